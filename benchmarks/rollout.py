@@ -25,6 +25,7 @@ import copy
 import resource
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,41 +107,95 @@ def _peak_mb(device: torch.device) -> float:
 def run_case(
     n_layer: int, batch: int, n_new: int, device: torch.device, repeats: int, iter_repeats: int
 ) -> dict:
-    env = BatchedTokenEnv("DelayedChoice", num_envs=batch, device=device, seed=0, horizon=n_new)
-    model = tiny_gpt2(env.codec, n_layer=n_layer, n_embd=128, n_head=4, n_positions=n_new + 8)
-    common: dict[str, Any] = {"n_epochs": 1, "batch_size": batch, "seed": 0, "device": device}
+    """One grid cell with a tiny GPT-2 (``n_layer`` x 128) on ``DelayedChoice``."""
+
+    def make_env() -> BatchedTokenEnv:
+        return BatchedTokenEnv(
+            "DelayedChoice", num_envs=batch, device=device, seed=0, horizon=n_new
+        )
+
+    codec = make_env().codec
+    model = tiny_gpt2(codec, n_layer=n_layer, n_embd=128, n_head=4, n_positions=n_new + 8)
+    row = measure(model, make_env, batch, n_new, device, repeats, iter_repeats)
+    return {"n_layer": n_layer, **row}
+
+
+def measure(
+    model: Any,
+    make_env: Callable[[], Any],
+    batch: int,
+    n_new: int,
+    device: torch.device,
+    repeats: int,
+    iter_repeats: int,
+    *,
+    bf16: bool = False,
+    terminations: Sequence[str] = ("ngram:5",),
+) -> dict:
+    """Rollout vs bare loop, then PPO vs MAPPO iterations, for one model and env.
+
+    :param make_env: builds a fresh env of ``batch`` rows whose episodes last ``n_new`` tokens
+        (no EOS), one per agent.
+    :param bf16: bfloat16 autocast on CUDA, for the agents and the bare loop alike.
+    :param terminations: MAPPO terminations timed against PPO; the first gives the
+        ``mappo_iter_s``/``mappo_over_ppo`` keys, all of them ``mappo_over_ppo_by_termination``.
+    """
+    env = make_env()
+    common: dict[str, Any] = {
+        "n_epochs": 1, "batch_size": batch, "seed": 0, "device": device, "bf16": bf16,
+    }  # fmt: skip
     ppo = PPO(model, env, **common)
     tokens = batch * n_new
 
     gen = torch.Generator(device=device).manual_seed(0)
     prompt, _ = env.reset(seed=0)
-    prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :]
+    prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :].to(device)
     callback = ppo._init_callback(None, progress_bar=False)
     finish = ppo._finish_rollout
     ppo._finish_rollout = lambda: None  # type: ignore[method-assign]  # time the stepping only
-    bare = lambda: bare_loop(ppo.policy.model, prompt_ids, n_new, gen)  # noqa: E731
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def bare() -> torch.Tensor:
+        with autocast:
+            return bare_loop(ppo.policy.model, prompt_ids, n_new, gen)
+
     agent = lambda: ppo.collect_rollouts(callback)  # noqa: E731
     bare_s, agent_s = _alternate(bare, agent, repeats, device, warmup=True)
     ppo._finish_rollout = finish  # type: ignore[method-assign]
 
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    env2 = BatchedTokenEnv("DelayedChoice", num_envs=batch, device=device, seed=0, horizon=n_new)
-    mappo = MAPPO(copy.deepcopy(model), env2, termination="ngram:5", **common)
-    ppo_s, mappo_s = _alternate(iteration(ppo), iteration(mappo), iter_repeats, device)
-    peak = _peak_mb(device)
-    return {
-        "n_layer": n_layer,
+    by_spec: dict[str, float] = {}
+    iter_s: dict[str, float] = {}
+    peaks: dict[str, float] = {}
+    for spec in terminations:
+        mappo = MAPPO(copy.deepcopy(model), make_env(), termination=spec, **common)
+        ppo_s, mappo_s = _alternate(iteration(ppo), iteration(mappo), iter_repeats, device)
+        by_spec[spec] = mappo_s / ppo_s
+        iter_s.setdefault("PPO", ppo_s)
+        iter_s[spec] = mappo_s
+        if device.type == "cuda":  # each agent's own peak: one more iteration from a reset
+            for name, algo in (("PPO", ppo), (spec, mappo)):
+                torch.cuda.reset_peak_memory_stats(device)
+                iteration(algo)()
+                peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+        del mappo
+    first = terminations[0]
+    row = {
         "batch": batch,
         "new_tokens": n_new,
+        "bf16": bf16,
         "bare_tok_s": tokens / bare_s,
         "agent_tok_s": tokens / agent_s,
         "agent_over_bare": bare_s / agent_s,
-        "ppo_iter_s": ppo_s,
-        "mappo_iter_s": mappo_s,
-        "mappo_over_ppo": mappo_s / ppo_s,
-        "peak_mb": peak,
+        "ppo_iter_s": iter_s["PPO"],
+        "mappo_iter_s": iter_s[first],
+        "mappo_over_ppo": by_spec[first],
+        "mappo_over_ppo_by_termination": by_spec,
+        "peak_mb": _peak_mb(device),
     }
+    if peaks:
+        row["peak_mb_by_agent"] = peaks
+        row["mappo_over_ppo_peak_mb"] = {s: peaks[s] / peaks["PPO"] for s in terminations}
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
