@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_doc import render_doc, rollout_file
+from bench_doc import kept_full_parity_files, render_doc, rollout_file
 from common import RESULTS_DIR, ROOT, machine_stamp, print_table, read_json, write_json
 
 PY = sys.executable
@@ -227,7 +227,10 @@ def summarize(
     summary: dict[str, Any] = {"mode": mode, "machine": stamp or end}
     if stamp is not None and stamp["commit"] != end["commit"]:
         summary["commit_at_end"] = end["commit"]
-    summary["gpu"] = "none on this machine: every number is CPU only"
+    gpu = read_json(RESULTS_DIR / "gpu.json")
+    summary["gpu"] = (
+        gpu_summary(gpu) if gpu else "none on this machine, and no kept GPU run (gpu.json)"
+    )
 
     roll = read_json(RESULTS_DIR / rollout_file(mode))
     if _ok(steps, "rollout") and roll:
@@ -273,30 +276,69 @@ def summarize(
 
     par = read_json(RESULTS_DIR / "parity.json")
     if par and par.get("mode") == mode:
-        summary["steps_to_parity"] = {
-            key: {
-                a["agent"]: {
-                    "median": a["tokens_to_parity"]["median"],
-                    "ci95": a["tokens_to_parity"]["ci95"],
-                    "seeds_reaching": a["tokens_to_parity"]["reached"],
-                    "seeds": a["tokens_to_parity"]["seeds"],
-                    "final_score": a["final_score"],
-                    "final_score_ci95": a["final_score_ci95"],
-                }
-                for a in task["agents"]
-            }
-            for key, task in par["tasks"].items()
-        }
+        summary["steps_to_parity"] = parity_summary_of(par)
         summary["ngram1_equals_ppo"] = {
             k: t["ngram1_equals_ppo"] for k, t in par["tasks"].items() if t["ngram1_equals_ppo"]
         }
     else:
         summary["steps_to_parity"] = None
         summary["steps_to_parity_error"] = _step_error(steps, "parity")
+    if mode == "quick":  # the kept full-settings runs, reported beside the quick ones
+        kept = {f.name: read_json(f) for f in kept_full_parity_files()}
+        summary["steps_to_parity_full"] = {
+            name: {"commit": par["machine"]["commit"], "date_utc": par["machine"]["date_utc"],
+                   "tasks": parity_summary_of(par)}
+            for name, par in kept.items() if par
+        }  # fmt: skip
     summary["steps"] = {
         k: {"rc": s["rc"], "wall_s": round(s["wall_s"], 1)} for k, s in steps.items()
     }
     return summary
+
+
+def parity_summary_of(par: dict[str, Any]) -> dict[str, Any]:
+    """Per task and agent: tokens to parity (median, interval, seeds) and the final score."""
+    return {
+        key: {
+            a["agent"]: {
+                "median": a["tokens_to_parity"]["median"],
+                "ci95": a["tokens_to_parity"]["ci95"],
+                "seeds_reaching": a["tokens_to_parity"]["reached"],
+                "seeds": a["tokens_to_parity"]["seeds"],
+                "final_score": a["final_score"],
+                "final_score_ci95": a["final_score_ci95"],
+            }
+            for a in task["agents"]
+        }
+        for key, task in par["tasks"].items()
+    }
+
+
+def gpu_row_key(row: dict[str, Any]) -> str:
+    """``SmolLM2-135M_B16_N128_bf16_pretrained``: one row of ``gpu.json``."""
+    weights = "pretrained" if str(row.get("weights", "")).startswith("pretrained") else "random"
+    dtype = "bf16" if row["bf16"] else "fp32"
+    return f"{row['model']}_B{row['batch']}_N{row['new_tokens']}_{dtype}_{weights}"
+
+
+def gpu_summary(gpu: dict[str, Any]) -> dict[str, Any]:
+    """The headline ratios of the kept GPU run (``benchmarks/gpu.py``, on a CUDA machine)."""
+    rows = gpu["results"]
+    return {
+        "device": gpu["machine"].get("device"),
+        "commit": gpu["machine"].get("commit"),
+        "date_utc": gpu["machine"].get("date_utc"),
+        "torch": gpu["machine"].get("torch"),
+        "rollout_vs_bare": {gpu_row_key(r): r["agent_over_bare"] for r in rows},
+        "mappo_vs_ppo_iteration": {
+            gpu_row_key(r): r["mappo_over_ppo_by_termination"] for r in rows
+        },
+        "mappo_vs_ppo_peak_mb": {
+            gpu_row_key(r): r["mappo_over_ppo_peak_mb"]
+            for r in rows
+            if "mappo_over_ppo_peak_mb" in r
+        },
+    }
 
 
 def _ok(steps: dict[str, dict[str, Any]], name: str) -> bool:

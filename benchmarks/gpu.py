@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import json
 import sys
 import sysconfig
 import time
@@ -164,6 +165,8 @@ def _grid(quick: bool, device: torch.device) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device)
     g = _grid(args.quick, device)
+    if args.dtypes is not None:
+        g["dtypes"] = [d == "bf16" for d in args.dtypes]
     if device.type != "cuda":
         g["dtypes"] = [False]  # bf16 autocast is a CUDA path here
     stamp = machine_stamp()
@@ -234,6 +237,26 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def merge(paths: list[Path]) -> dict[str, Any]:
+    """One result from several runs of this script (one device call may be too short for the
+    whole grid): the first run's stamp, every run's rows, each row marked with its weights."""
+    runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    rows = []
+    for run_ in runs:
+        for row in run_["results"]:
+            weights = run_["smollm2_weights"] if row["model"] == "SmolLM2-135M" else "random init"
+            rows.append({**row, "weights": weights})
+    return {
+        **runs[0],
+        "smollm2_weights": sorted({r["smollm2_weights"] for r in runs if r["smollm2_weights"]}),
+        "merged_from": [
+            {"file": Path(p).name, "wall_s": r["wall_s"]} for p, r in zip(paths, runs, strict=True)
+        ],
+        "wall_s": sum(r["wall_s"] or 0.0 for r in runs),
+        "results": rows,
+    }
+
+
 def _mb(value: float | None) -> Any:
     return "-" if value is None else round(value)
 
@@ -256,10 +279,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--models", nargs="+", choices=["tiny", "smollm2"], default=["tiny", "smollm2"]
     )
+    parser.add_argument(
+        "--dtypes", nargs="+", choices=["fp32", "bf16"], default=None,
+        help="SmolLM2 precisions (default both on CUDA)",
+    )  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="a tiny grid (checks the script)")
     parser.add_argument("--commit", default=None, help="commit to stamp (no .git on the device)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
+    parser.add_argument(
+        "--merge", type=Path, nargs="+", default=None, help="merge these result files into --out"
+    )
     args = parser.parse_args(argv)
+    if args.merge:
+        write_json(args.out, merge(args.merge))
+        print(f"wrote {args.out}")
+        return
     if args.random_weights:
         args.gguf = None
     elif args.gguf is None:

@@ -247,7 +247,9 @@ def test_mask_actions_samples_and_scores_only_allowed_tokens() -> None:
     assert bool(allowed[buf.response_ids[buf.response_mask]].all())
     assert algo.train_stats["train/approx_kl"] == 0.0  # old and new log-probs use the same mask
     # The masked distribution puts all its mass on the allowed tokens: log-probs are higher.
-    plain = PPO(tiny_model(env.codec), BatchedTokenEnv("DelayedChoice", 8, seed=0, horizon=4))
+    plain = PPO(
+        tiny_model(env.codec), BatchedTokenEnv("DelayedChoice", 8, seed=0, horizon=4), device="cpu"
+    )
     logp, _, _ = plain.policy.evaluate_actions(buf.input_ids, buf.attention_mask, buf.response_mask)
     assert bool((buf.logprobs[buf.response_mask] > logp[buf.response_mask]).all())
     with pytest.raises(ValueError, match="has no action_masks"):
