@@ -244,7 +244,7 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     rows = []
     for run_ in runs:
         for row in run_["results"]:
-            weights = run_["smollm2_weights"] if row["model"] == "SmolLM2-135M" else "random init"
+            weights = run_["smollm2_weights"] if row["model"] == "SmolLM2-135M" else "random"
             rows.append({**row, "weights": weights})
     return {
         **runs[0],
