@@ -30,7 +30,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy marlhf
 
 test: lint typecheck
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	MARLHF_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The main job: token-level PPO vs MAPPO (ngram:5) on delayed credit, 3 seeds, 2 worker processes
 # (a few minutes on 2 CPU cores). Writes runs/compare/{metrics.csv,curves.png,report.md}; a re-run

@@ -7,7 +7,6 @@ them on the CPU instead (a check of the tests themselves, not of CUDA).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import warnings
 from typing import Any
@@ -21,6 +20,7 @@ from marlhf.agents.advantages import compute_gae
 from marlhf.envs import BatchedTokenEnv
 from marlhf.options import available_terminations, compute_starts, make_termination
 from tests.agents.conftest import CueEnv, tiny_model
+from tests.extras import spec_param
 from tests.options.strategies import DEFAULT_SPECS, EXTRA_SPECS, RaggedBatch
 
 DEVICE = os.environ.get("MARLHF_TEST_DEVICE", "cuda")
@@ -75,11 +75,9 @@ def test_env_on_cuda_matches_cpu(task: str) -> None:
     assert envs[1].all_done
 
 
-def _specs() -> list[str]:
-    names = available_terminations()
-    if importlib.util.find_spec("spacy") is None:  # parse needs the optional spaCy pipeline
-        names = [n for n in names if n != "parse"]
-    return [DEFAULT_SPECS.get(n, n) for n in names] + EXTRA_SPECS
+def _specs() -> list[Any]:
+    specs = [DEFAULT_SPECS.get(n, n) for n in available_terminations()] + EXTRA_SPECS
+    return [spec_param(s) for s in specs]
 
 
 @pytest.mark.parametrize("spec", _specs())

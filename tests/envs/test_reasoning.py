@@ -10,6 +10,9 @@ import marlhf  # noqa: F401  (registers the env ids)
 from marlhf.envs.reasoning import ReasoningGymTask, available_datasets, extract_answer
 from marlhf.tokenization import TokenCodec
 from tests.envs.test_code import reward_batch
+from tests.extras import NEEDS_REASONING_GYM
+
+pytestmark = NEEDS_REASONING_GYM
 
 
 @pytest.fixture(scope="module")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium
 import pytest
 from gymnasium.utils.env_checker import check_env as gym_check_env
@@ -10,6 +12,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import marlhf  # noqa: F401  (registers the envs)
 from marlhf.envs import BatchedTokenEnv, TokenEnv, available_tasks, env_ids, make_task
+from tests.extras import NEEDS_REASONING_GYM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,8 +24,11 @@ TOY_IDS = [
 ]
 
 
-def _all_ids() -> list[str]:
-    return sorted(i for i in gymnasium.registry if i.startswith("marlhf/"))
+def _all_ids() -> list[Any]:
+    ids = sorted(i for i in gymnasium.registry if i.startswith("marlhf/"))
+    return [
+        pytest.param(i, marks=NEEDS_REASONING_GYM if "ReasoningGym" in i else [], id=i) for i in ids
+    ]
 
 
 def test_toy_ids_registered_on_import() -> None:

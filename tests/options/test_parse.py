@@ -15,6 +15,9 @@ from marlhf.options.base import SegmentationBatch, compute_starts
 from marlhf.options.parse import ParseTermination, _resolve_pipeline, load_pipeline
 from marlhf.options.registry import available_terminations, make_termination
 from marlhf.tokenization import SymbolCodec, TokenCodec
+from tests.extras import NEEDS_SPACY
+
+pytestmark = NEEDS_SPACY
 
 # One character per token: macro texts can be written down exactly.
 CHARS = SymbolCodec([chr(i) for i in range(32, 127)] + ["\n", "\t", "é", "≤", "➞"])

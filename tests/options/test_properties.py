@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from typing import Any
 
 import pytest
 import torch
@@ -23,6 +24,7 @@ from marlhf.options import (
     segment_mask,
     segment_reduce,
 )
+from tests.extras import spec_param
 from tests.options.strategies import (
     DEFAULT_SPECS,
     EXTRA_SPECS,
@@ -35,8 +37,9 @@ from tests.options.strategies import (
 PROPERTY = settings(deadline=None, max_examples=25)
 
 
-def all_specs() -> list[str]:
-    return [DEFAULT_SPECS.get(n, n) for n in available_terminations()] + EXTRA_SPECS
+def all_specs() -> list[Any]:
+    specs = [DEFAULT_SPECS.get(n, n) for n in available_terminations()] + EXTRA_SPECS
+    return [spec_param(s) for s in specs]
 
 
 def test_every_builtin_is_registered() -> None:

@@ -25,6 +25,7 @@ from marlhf.options import (
     register_termination,
 )
 from marlhf.options import registry as registry_module
+from tests.extras import spec_param
 from tests.options.strategies import CODEC, DEFAULT_SPECS, EXTRA_SPECS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +56,8 @@ def sample_batch(requires: frozenset[str]) -> SegmentationBatch:
 
 @pytest.mark.parametrize(
     "spec",
-    [DEFAULT_SPECS.get(n, n) for n in available_terminations()] + EXTRA_SPECS,
+    [spec_param(s) for s in [DEFAULT_SPECS.get(n, n) for n in available_terminations()]]
+    + [spec_param(s) for s in EXTRA_SPECS],
 )
 def test_spec_round_trips(spec: str) -> None:
     term = make_termination(spec)
