@@ -465,8 +465,15 @@ Reading it:
   step of the bare loop takes 24 to 36 ms (30 layers of eager `transformers` code; at that size
   the step is most likely bound by the VM's CPU issuing kernels, not by the H100, which was not
   profiled), and the agent is within a few percent of the bare loop or faster in float32.
-  Under bf16 autocast the agent is at 0.83-0.84 of the bare loop; the extra cost was not located
-  within the device time this task had.
+  Under bf16 autocast the agent is at 0.83-0.84 of the bare loop.
+  Where the difference goes (`python benchmarks/profile_rollout.py --device cuda [--bf16]`, tiny
+  2-layer model, B=16, N=256, cProfile of the host): of the agent's 0.9 s of host time per
+  rollout, about three quarters is the model's own forward inside `policy.advance`, as in the bare
+  loop; the rest is the env step (about 0.24 ms a token, including its one device sync for the
+  action range check) and the rollout's bookkeeping, about 0.7 ms a token in all, which the bare
+  loop does not do. A second device sync a token (the count of active rows) is now skipped while
+  the env knows on the host that no row has finished; the effect was not measurable: single
+  runs of the bare loop itself varied from 1.5 to 3.3 ms a token between runs on the same VM.
 - **MAPPO / PPO per iteration.** The termination's own work runs on the CPU and is the same as in
   section 4 (at most 25 ms for tree-sitter per 64 x 256 batch) against iterations of 3.5 to 6 s,
   so the expected overhead is under 1%. The measured ratios scatter from 0.72 to 1.22 in both

@@ -267,8 +267,9 @@ class LMOnPolicyAlgorithm:
         pad = int(env.codec.pad_token_id)
         env_device = getattr(env, "device", self.device)
         done = torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
-        # Rows not done yet, on the host: read with the one device sync a step the count of
-        # generated tokens takes anyway; while it is every row, nothing needs masking.
+        # Rows not done yet, on the host (a device sync a step once some row has finished;
+        # none before, with an env that knows it on the host); while it is every row, nothing
+        # needs masking.
         n_active = self.n_envs
         state: GenerationState | None = None
         callback.on_rollout_start()
@@ -312,7 +313,11 @@ class LMOnPolicyAlgorithm:
                 truncated, device=self.device
             )
             done = done | finished
-            n_active = n_envs - int(done.sum())
+            # While the env knows on the host that no row has finished, all are active: reading
+            # the count from the device would stall the CPU until the GPU caught up, every token.
+            n_active = (
+                n_envs if getattr(env, "any_done", None) is False else n_envs - int(done.sum())
+            )
             if listening:
                 callback.update_locals(locals())
             if not callback.on_step():

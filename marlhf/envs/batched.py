@@ -220,6 +220,11 @@ class BatchedTokenEnv(VectorEnv):
         """True when every row has finished (known from the last step; no device sync)."""
         return self._all_done
 
+    @property
+    def any_done(self) -> bool:
+        """True once any row has finished since the last reset (no device sync)."""
+        return self._any_done
+
     def _obs(self) -> Obs:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 

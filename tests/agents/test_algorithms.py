@@ -72,6 +72,20 @@ def test_same_seed_same_result_other_seed_differs() -> None:
     assert runs[0].num_timesteps == 2 * B * N
 
 
+@pytest.mark.parametrize("task", ["Reverse", "DelayedChoice"])
+def test_num_timesteps_counts_the_real_tokens_of_a_batched_env(task: str) -> None:
+    # BatchedTokenEnv tells the rollout on the host while no row has finished (no device sync
+    # for the count then); Reverse rows end early at EOS, DelayedChoice rows all at the horizon.
+    from marlhf.envs import BatchedTokenEnv
+
+    env = BatchedTokenEnv(task, num_envs=8, seed=0)
+    algo = PPO(tiny_model(env.codec), env, n_epochs=1, batch_size=8, seed=0, device="cpu")
+    algo.learn(1)
+    lengths = algo.rollout_buffer.response_mask.sum(1)
+    assert algo.num_timesteps == int(lengths.sum())
+    assert bool((lengths < env.max_new_tokens).any()) is (task == "Reverse")
+
+
 def test_save_load_predictions_and_resume_equal_uninterrupted(tmp_path) -> None:
     # An adaptive KL controller, so its state must travel through the checkpoint too.
     kw = {"termination": "ngram:2", "kl_target": 0.01, "kl_horizon": 10}
