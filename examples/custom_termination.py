@@ -22,9 +22,8 @@ class AfterToken(Termination):
         out[:, 1:] = batch.response_ids[:, :-1] == self.token_id  # the token after it starts
         return out & batch.mask
 
-    @property
-    def spec(self) -> str:
-        return f"{self.name}:{self.token_id}"
+    # No `spec` property needed: `AfterToken(9).spec` is "after_token:token_id=9", which
+    # make_termination turns back into the same rule (checkpoints store rules that way).
 
 
 if __name__ == "__main__":
@@ -33,4 +32,5 @@ if __name__ == "__main__":
     for spec in ("after_token:7", "union:after_token:7|ngram:3", "max_length:2|after_token:7"):
         term = make(spec)  # by string spec, as configs and the CLI do
         print(f"{term.spec:28s}", compute_starts(term, batch, isolate_last=True).int().tolist())
-    print(compute_starts(AfterToken(9), batch).int().tolist())  # or as a Python object
+    term = AfterToken(9)  # or as a Python object
+    print(f"{term.spec:28s}", compute_starts(term, batch).int().tolist())

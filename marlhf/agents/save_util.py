@@ -82,6 +82,30 @@ def _env_rng(env: Any) -> np.random.Generator | None:
 GENERATORS = ("sample", "shuffle", "predict", "termination")
 
 
+def _checked_spec(term: Any) -> str:
+    """The termination's spec, checked to rebuild a rule of the same class and spec on load.
+
+    :raises ValueError: before anything is written, when the rule cannot be rebuilt (not
+        registered, or an argument with no spec form).
+    """
+    from marlhf.options import make_termination
+
+    spec = term.spec  # raises for arguments with no spec form
+    try:
+        again = make_termination(spec)
+    except ValueError as exc:
+        raise ValueError(
+            f"save: the termination {type(term).__name__} cannot be rebuilt from its spec "
+            f"{spec!r} ({exc}); register it with @register_termination"
+        ) from exc
+    if type(again) is not type(term) or again.spec != spec:
+        raise ValueError(
+            f"save: the spec {spec!r} of {type(term).__name__} rebuilds "
+            f"{type(again).__name__}({again.spec!r}); give it a `spec` property that names it"
+        )
+    return str(spec)
+
+
 def save_algorithm(algo: Any, path: str | Path) -> None:
     """Save an ``LMOnPolicyAlgorithm``: weights first, then the zip (see the module docstring)."""
     from marlhf.options import Termination
@@ -92,7 +116,7 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
     replace_dir(tmp, weights)
     hp = dict(algo.hyperparams)
     if isinstance(hp["termination"], Termination):
-        hp["termination"] = hp["termination"].spec
+        hp["termination"] = _checked_spec(hp["termination"])
     env_rng = _env_rng(algo.env)
     data = {
         "class": type(algo).__name__,

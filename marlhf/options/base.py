@@ -13,10 +13,13 @@ Every output passes through :func:`validate_starts` (via :func:`compute_starts`)
 
 from __future__ import annotations
 
+import functools
+import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 
@@ -109,6 +112,29 @@ class Termination(ABC):
 
     #: set by ``make_termination`` when the subclass does not define ``spec`` itself
     _built_from_spec: str | None = None
+    #: the arguments the outermost ``__init__`` of a subclass was called with (recorded by
+    #: ``__init_subclass__``), so that the default :attr:`spec` can hold them
+    _init_args: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None:
+            return
+        signature = inspect.signature(init)
+
+        @functools.wraps(init)
+        def recording_init(self: Termination, *args: Any, **kw: Any) -> None:
+            if "_init_args" not in self.__dict__:  # the outermost call: a subclass's own args
+                try:
+                    bound = signature.bind(self, *args, **kw)
+                except TypeError:
+                    bound = None  # let the real __init__ raise its own error
+                if bound is not None:
+                    self._init_args = _named_arguments(signature, bound.arguments)
+            init(self, *args, **kw)
+
+        cls.__init__ = recording_init  # type: ignore[method-assign]
 
     def __init__(self) -> None:
         self.stats = TerminationStats()
@@ -121,13 +147,73 @@ class Termination(ABC):
     def spec(self) -> str:
         """A string that :func:`marlhf.options.make_termination` turns back into this rule.
 
-        By default: the spec it was built from by ``make_termination`` (so a plugged-in rule
-        built from ``"name:args"`` saves and loads with its arguments), else its name.
+        By default: the spec it was built from by ``make_termination``, else its registered
+        name with the arguments its constructor was called with (``name:key=value;...``), so a
+        plugged-in rule saves and loads with its arguments either way.
+
+        :raises ValueError: when an argument has no spec form (an object, ``None``, a string
+            holding one of ``;=:|()``); give the class its own ``spec`` property then.
         """
-        return self._built_from_spec or self.name
+        if self._built_from_spec:
+            return self._built_from_spec
+        args = self._init_args or {}
+        if not args:
+            return self.name
+        parts = [f"{key}={_spec_value(type(self).__name__, key, v)}" for key, v in args.items()]
+        return f"{self.name}:" + ";".join(parts)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec!r})"
+        try:
+            return f"{type(self).__name__}({self.spec!r})"
+        except ValueError:
+            return f"{type(self).__name__}(<no spec: {self._init_args}>)"
+
+
+def _named_arguments(signature: inspect.Signature, arguments: dict[str, Any]) -> dict[str, Any]:
+    """The explicitly passed arguments by name (``**kwargs`` flattened, ``self`` dropped)."""
+    out: dict[str, Any] = {}
+    for name, value in list(arguments.items())[1:]:
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            out.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            if value:
+                out[f"*{name}"] = value  # no spec form: reported by _spec_value
+        else:
+            out[name] = value
+    return out
+
+
+def _reads_as_other_type(text: str) -> bool:
+    """Whether the spec parser would read ``text`` back as a number or a bool."""
+    if text.strip().lower() in ("true", "false", "inf", "+inf", "infinity"):
+        return True
+    try:
+        float(text)
+    except ValueError:
+        return text != text.strip()  # the parser strips whitespace
+    return True
+
+
+def _spec_value(owner: str, key: str, value: Any) -> str:
+    """``value`` in the spec grammar (what ``parse_spec`` reads back to the same value)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int) or (isinstance(value, float) and not math.isnan(value)):
+        return "inf" if value == math.inf else repr(value)
+    plain = isinstance(value, str) and value and not any(c in value for c in ";=:|(),")
+    if plain and not _reads_as_other_type(value):
+        return str(value)
+    if isinstance(value, list | tuple) and value and not key.startswith("*"):
+        return ",".join(_spec_value(owner, key, v) for v in value) + (
+            "," if len(value) == 1 else ""
+        )
+    raise ValueError(
+        f"{owner}: argument {key}={value!r} has no spec form (valid: numbers, true/false, plain "
+        "strings without ;=:|(), that do not read as numbers, and non-empty lists of those); "
+        "define a `spec` property on "
+        f"{owner} to save and load it"
+    )
 
 
 class SegmentationError(ValueError):

@@ -270,3 +270,32 @@ def test_mask_actions_samples_and_scores_only_allowed_tokens() -> None:
         PPO(tiny_model(8), CueEnv(B, N), mask_actions=True, device="cpu")
     with pytest.raises(ValueError, match="mask_actions=1 must be True or False"):
         PPO(tiny_model(8), CueEnv(B, N), mask_actions=1, device="cpu")
+
+
+def test_a_directly_built_custom_termination_saves_and_loads_with_its_arguments(tmp_path) -> None:
+    from marlhf.options import Termination, register_termination
+    from marlhf.options import registry as registry_module
+
+    class EveryK(Termination):
+        def __init__(self, k: int = 2) -> None:
+            super().__init__()
+            self.k = k
+
+        def starts(self, batch: Any) -> torch.Tensor:
+            out = torch.zeros_like(batch.mask)
+            out[:, :: self.k] = True
+            return out & batch.mask
+
+    saved = dict(registry_module._REGISTRY)
+    try:
+        with pytest.raises(ValueError, match="register it with @register_termination"):
+            _make(MAPPO, termination=EveryK(3)).save(tmp_path / "unregistered")
+        assert not (tmp_path / "unregistered.zip").exists()  # nothing written
+        register_termination("every_k_save_test")(EveryK)
+        algo = _make(MAPPO, termination=EveryK(3)).learn(B * N)
+        algo.save(tmp_path / "ckpt")
+        loaded = MAPPO.load(tmp_path / "ckpt", env=CueEnv(B, N, eos=False), device="cpu")
+        assert isinstance(loaded.termination, EveryK) and loaded.termination.k == 3
+    finally:
+        registry_module._REGISTRY.clear()
+        registry_module._REGISTRY.update(saved)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import runpy
 import sys
 from collections.abc import Iterator
@@ -248,3 +249,49 @@ def test_spec_defaults_to_the_string_a_plugged_rule_was_built_from():
     rebuilt = make_termination(term.spec)
     assert isinstance(rebuilt, EveryK) and rebuilt.k == 3
     assert EveryK().spec == "every_k_test"  # built directly: only the name is known
+
+
+class _Marker(Termination):
+    """A rule with several argument types and no ``spec`` of its own (registered per test)."""
+
+    def __init__(
+        self, k: int = 2, scale: float = 1.0, tag: str = "x", on: bool = False, **extra: object
+    ) -> None:
+        super().__init__()
+        self.k, self.scale, self.tag, self.on, self.extra = k, scale, tag, on, extra
+
+    def starts(self, batch: SegmentationBatch) -> torch.Tensor:
+        out = torch.zeros_like(batch.mask)
+        out[:, :: self.k] = True
+        return out & batch.mask
+
+
+def test_spec_of_a_directly_built_rule_holds_its_arguments(clean_registry: None) -> None:
+    register_termination("marker_test")(_Marker)
+    term = _Marker(3, tag="abc", on=True, sizes=[1, 4], single=[5], top=math.inf)
+    spec = term.spec
+    assert spec.startswith("marker_test:k=3;tag=abc;on=true;")
+    again = make_termination(spec)
+    assert isinstance(again, _Marker) and again.spec == spec
+    assert (again.k, again.tag, again.on) == (3, "abc", True)
+    assert again.extra == {"sizes": [1, 4], "single": [5], "top": math.inf}
+    assert _Marker().spec == "marker_test"  # nothing passed: the name alone
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"tag": "a;b"}, r"tag='a;b' has no spec form"),
+        ({"tag": "12"}, r"tag='12' has no spec form"),
+        ({"tag": None}, r"tag=None has no spec form"),
+        ({"thing": object()}, r"thing=<object object at .*> has no spec form"),
+    ],
+)
+def test_argument_without_a_spec_form_raises(
+    clean_registry: None, kwargs: dict[str, object], match: str
+) -> None:
+    register_termination("marker_test")(_Marker)
+    term = _Marker(**kwargs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        _ = term.spec
+    assert "no spec" in repr(term)  # repr never raises
