@@ -12,7 +12,7 @@ that completes no character (the first half of a split character) has an empty c
 from __future__ import annotations
 
 import codecs
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol, runtime_checkable
@@ -223,3 +223,18 @@ def align_tokens(codec: TokenCodec, ids: Sequence[int]) -> TokenAlignment:
         ends.append(pos)
         parts.append(piece)
     return TokenAlignment("".join(parts), starts, ends)
+
+
+def tokenized_batches(
+    tokenizer: Any, texts: Sequence[str], batch_size: int, max_length: int, device: Any
+) -> Iterator[Any]:
+    """``texts`` through a ``transformers`` tokenizer in slices of ``batch_size``: each slice
+    padded, truncated to ``max_length`` tokens, as tensors on ``device``."""
+    for i in range(0, len(texts), batch_size):
+        yield tokenizer(
+            list(texts[i : i + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+            return_tensors="pt",
+        ).to(device)

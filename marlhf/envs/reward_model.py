@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from marlhf.envs.tasks import RewardBatch, RewardFunction
+from marlhf.tokenization import tokenized_batches
 
 __all__ = ["RewardModelReward"]
 
@@ -94,14 +95,9 @@ class RewardModelReward(RewardFunction):
     def score_texts(self, texts: list[str]) -> torch.Tensor:
         """``float[len(texts)]``: the model's score of each whole text (scale and shift applied)."""
         scores = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+        for enc in tokenized_batches(
+            self.tokenizer, texts, self.batch_size, self.max_length, self.device
+        ):
             logits = self.model(
                 input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
             ).logits

@@ -35,7 +35,7 @@ import torch
 
 from marlhf.envs.registration import register_task
 from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
-from marlhf.tokenization import HFCodec, TokenCodec
+from marlhf.tokenization import HFCodec, TokenCodec, tokenized_batches
 
 __all__ = [
     "DEFAULT_TEXT_DATA",
@@ -213,14 +213,9 @@ class EmbeddingSimilarity:
     def embed(self, texts: list[str]) -> torch.Tensor:
         """``float[len(texts), 384]`` unit-norm embeddings."""
         out = []
-        for i in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(
-                texts[i : i + self.batch_size],
-                padding=True,
-                truncation=True,
-                max_length=self.max_length,
-                return_tensors="pt",
-            ).to(self.device)
+        for enc in tokenized_batches(
+            self.tokenizer, texts, self.batch_size, self.max_length, self.device
+        ):
             hidden = self.model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1.0)

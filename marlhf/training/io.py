@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,3 +115,16 @@ def publish_dir(staged: Path, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
     staged.replace(out)
+
+
+@contextlib.contextmanager
+def staged_output(out: Path) -> Iterator[Path]:
+    """Build a result in a fresh staging folder beside ``out``: moved to ``out`` when the block
+    ends without error, removed when it raises (an earlier result at ``out`` stays intact)."""
+    work = staging_dir(out)
+    try:
+        yield work
+        publish_dir(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise

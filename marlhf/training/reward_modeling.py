@@ -31,9 +31,8 @@ from marlhf.training.io import (
     DataError,
     atomic_write_json,
     check_output_dir,
-    publish_dir,
     read_jsonl,
-    staging_dir,
+    staged_output,
 )
 
 RESULT_FILE = "marlhf_rm.json"
@@ -139,8 +138,7 @@ def run_rm(config: RmConfig) -> dict[str, Any]:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
     pairs = read_pairs(config.data)
     out = check_output_dir(config.output_dir, RESULT_FILE)
-    work = staging_dir(out)
-    try:
+    with staged_output(out) as work:
         if has_pretrained(config.model):
             tokenizer = load_tokenizer(config.model)
         else:
@@ -198,8 +196,4 @@ def run_rm(config: RmConfig) -> dict[str, Any]:
             "output_dir": str(out),
         }
         atomic_write_json(work / RESULT_FILE, {"config": to_dict(config), "result": result})
-        publish_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return result

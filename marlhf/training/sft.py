@@ -26,10 +26,9 @@ from marlhf.training.io import (
     DataError,
     atomic_write_json,
     check_output_dir,
-    publish_dir,
     read_jsonl,
     read_text_file,
-    staging_dir,
+    staged_output,
 )
 
 RESULT_FILE = "marlhf_sft.json"
@@ -85,8 +84,7 @@ def run_sft(config: SftConfig) -> dict[str, Any]:
         raise ValueError(f"eval_fraction={config.eval_fraction} must be in (0, 1)")
     texts = read_texts(config.data, config.text_field)
     out = check_output_dir(config.output_dir, RESULT_FILE)
-    work = staging_dir(out)
-    try:
+    with staged_output(out) as work:
         if has_pretrained(config.model):
             tokenizer = load_tokenizer(config.model)
             model = load_causal_lm(config.model)
@@ -151,8 +149,4 @@ def run_sft(config: SftConfig) -> dict[str, Any]:
             "output_dir": str(out),
         }
         atomic_write_json(work / RESULT_FILE, {"config": to_dict(config), "result": result})
-        publish_dir(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
     return result
