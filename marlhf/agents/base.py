@@ -48,6 +48,24 @@ def get_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(device)
 
 
+class TokenProgressBar(ProgressBarCallback):
+    """SB3's progress bar, advanced by the tokens actually generated.
+
+    SB3's own adds ``num_envs`` per step, which overshoots the total once rows finish early
+    (EOS): here a step adds the growth of ``num_timesteps``, which counts active rows only.
+    """
+
+    def _on_training_start(self) -> None:
+        super()._on_training_start()
+        self._last = self.model.num_timesteps
+
+    def _on_step(self) -> bool:
+        now = self.model.num_timesteps
+        self.pbar.update(now - self._last)
+        self._last = now
+        return True
+
+
 class LMOnPolicyAlgorithm:
     """Base of the on-policy LM algorithms (see :class:`marlhf.agents.PPO` for the arguments)."""
 
@@ -451,7 +469,7 @@ class LMOnPolicyAlgorithm:
         if not isinstance(callback, BaseCallback):
             callback = ConvertCallback(callback)
         if progress_bar:
-            callback = CallbackList([callback, ProgressBarCallback()])
+            callback = CallbackList([callback, TokenProgressBar()])
         callback.init_callback(self)
         return callback
 

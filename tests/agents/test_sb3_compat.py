@@ -122,3 +122,20 @@ def test_function_callback_is_converted() -> None:
 
     _algo().learn(B * N, callback=on_step)
     assert calls == [B * (k + 1) for k in range(N)]
+
+
+def test_progress_bar_counts_generated_tokens(monkeypatch) -> None:
+    from marlhf.agents.base import TokenProgressBar
+
+    seen: list[tuple[int, int]] = []
+    original = TokenProgressBar._on_training_end
+
+    def record(self: TokenProgressBar) -> None:
+        seen.append((int(self.pbar.n), int(self.pbar.total)))
+        original(self)
+
+    monkeypatch.setattr(TokenProgressBar, "_on_training_end", record)
+    env = CueEnv(8, 6, eos=True)  # rows end early at EOS: fewer tokens than 8 x 6 a rollout
+    algo = PPO(tiny_model(env.codec), env, n_epochs=1, batch_size=8, seed=0, device="cpu")
+    algo.learn(200, progress_bar=True)
+    assert seen == [(algo.num_timesteps, 200)]
