@@ -98,3 +98,42 @@ def test_table_and_json_helpers(tmp_path: Path) -> None:
         markdown_table(["a", "b"], [[1]])
     write_json(tmp_path / "x.json", {"r": [math.inf, np.float64(0.5), np.int64(2)]})
     assert json.loads((tmp_path / "x.json").read_text()) == {"r": [None, 0.5, 2]}
+
+
+def _gpu_run(tmp_path: Path, name: str, weights: str | None, models: list[str]) -> Path:
+    rows = [
+        {"model": m, "batch": 16, "new_tokens": 64, "bf16": m != "tiny-gpt2-2L",
+         "agent_over_bare": 0.9, "mappo_over_ppo_by_termination": {"ngram:5": 1.0},
+         "mappo_over_ppo_peak_mb": {"ngram:5": 1.01}}
+        for m in models
+    ]  # fmt: skip
+    run = {"machine": {"device": "cuda (X)", "commit": "abc", "date_utc": "d", "torch": "t"},
+           "smollm2_weights": weights, "wall_s": 10.0, "results": rows}  # fmt: skip
+    path = tmp_path / name
+    path.write_text(json.dumps(run))
+    return path
+
+
+def test_gpu_runs_merge_with_their_weights_and_summarize(tmp_path: Path) -> None:
+    from bench import gpu_summary
+    from gpu import merge
+
+    a = _gpu_run(tmp_path, "a.json", "random (arch)", ["tiny-gpt2-2L", "SmolLM2-135M"])
+    b = _gpu_run(tmp_path, "b.json", "pretrained (x.gguf)", ["SmolLM2-135M"])
+    merged = merge([a, b])
+    assert [r["weights"] for r in merged["results"]] == [
+        "random",
+        "random (arch)",
+        "pretrained (x.gguf)",
+    ]
+    assert merged["wall_s"] == 20.0 and [m["file"] for m in merged["merged_from"]] == [
+        "a.json",
+        "b.json",
+    ]
+    summary = gpu_summary(merged)
+    assert set(summary["rollout_vs_bare"]) == {
+        "tiny-gpt2-2L_B16_N64_fp32_random",
+        "SmolLM2-135M_B16_N64_bf16_random",
+        "SmolLM2-135M_B16_N64_bf16_pretrained",
+    }
+    assert summary["device"] == "cuda (X)"
