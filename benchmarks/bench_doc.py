@@ -313,7 +313,8 @@ def render_doc(s: dict[str, Any]) -> str:
             "`benchmarks/rollout.py`: tokens/s of `PPO.collect_rollouts` stepping "
             "`BatchedTokenEnv(DelayedChoice)` (no EOS) over tokens/s of a hand-written "
             "sampling loop with the model's KV cache, same model, batch and lengths; one torch "
-            "thread; best of the repeats after a warm-up.",
+            "thread; after a warm-up the two alternate until the bare loop has run 1.5 s in "
+            "all (at least 3 pairs in full mode), and each number is the best of its runs.",
             "",
             markdown_table(
                 ["layers", "batch", "new tokens", "bare tok/s", "agent tok/s", "agent/bare"],

@@ -11,8 +11,10 @@ new tokens) on ``DelayedChoice`` (no EOS, so every row generates exactly ``N`` t
 - ``MAPPO/PPO``: the same iteration with ``termination="ngram:5"`` over PPO's;
 - ``peak MB``: peak CUDA memory of the iteration, or on the CPU the process's peak RSS so far.
 
-Bare loop and agent rollout alternate ``--repeats`` times after one warm-up each, as do the PPO
-and MAPPO iterations (``--iter-repeats`` times); each number is the best of its runs. Prints a
+Bare loop and agent rollout alternate ``--repeats`` times after one warm-up each, and then more
+times until the bare loop has run ``--min-seconds`` in all (a 64-token rollout takes ~0.1 s, and
+a best of 3 such runs swung between 0.84 and 0.93 from run to run on this VM); the PPO and MAPPO
+iterations alternate ``--iter-repeats`` times; each number is the best of its runs. Prints a
 table and writes ``benchmarks/results/rollout.json``.
 
 Run: ``python benchmarks/rollout.py [--quick] [--device cpu|cuda] [--threads N]``.
@@ -40,6 +42,7 @@ from marlhf.envs import BatchedTokenEnv
 from marlhf.training.models import tiny_gpt2
 
 RESULTS = RESULTS_DIR / "rollout.json"
+MIN_SECONDS = 1.5  # bare-loop seconds each rollout number is the best over
 
 
 def _sync(device: torch.device) -> None:
@@ -55,14 +58,31 @@ def _timed(fn: Any, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
+MAX_REPEATS = 200
+
+
 def _alternate(
-    first: Any, second: Any, repeats: int, device: torch.device, warmup: bool = False
-) -> tuple[float, float]:
-    """Best times of two functions run in turn, so a change of machine load hits both alike."""
+    first: Any,
+    second: Any,
+    repeats: int,
+    device: torch.device,
+    warmup: bool = False,
+    min_seconds: float = 0.0,
+) -> tuple[float, float, int]:
+    """Best times of two functions run in turn, so a change of machine load hits both alike.
+
+    Runs ``repeats`` pairs, then more until ``first`` has been timed for ``min_seconds`` in all
+    (at most :data:`MAX_REPEATS` pairs): a short run's best-of-3 swings with the VM's load.
+    :return: ``(best first, best second, pairs run)``.
+    """
     if warmup:
         first(), second()
-    times = [(_timed(first, device), _timed(second, device)) for _ in range(repeats)]
-    return min(t[0] for t in times), min(t[1] for t in times)
+    times: list[tuple[float, float]] = []
+    while len(times) < repeats or (
+        sum(t[0] for t in times) < min_seconds and len(times) < MAX_REPEATS
+    ):
+        times.append((_timed(first, device), _timed(second, device)))
+    return min(t[0] for t in times), min(t[1] for t in times), len(times)
 
 
 def iteration(algo: Any) -> Any:
@@ -105,7 +125,13 @@ def _peak_mb(device: torch.device) -> float:
 
 
 def run_case(
-    n_layer: int, batch: int, n_new: int, device: torch.device, repeats: int, iter_repeats: int
+    n_layer: int,
+    batch: int,
+    n_new: int,
+    device: torch.device,
+    repeats: int,
+    iter_repeats: int,
+    min_seconds: float = MIN_SECONDS,
 ) -> dict:
     """One grid cell with a tiny GPT-2 (``n_layer`` x 128) on ``DelayedChoice``."""
 
@@ -116,7 +142,9 @@ def run_case(
 
     codec = make_env().codec
     model = tiny_gpt2(codec, n_layer=n_layer, n_embd=128, n_head=4, n_positions=n_new + 8)
-    row = measure(model, make_env, batch, n_new, device, repeats, iter_repeats)
+    row = measure(
+        model, make_env, batch, n_new, device, repeats, iter_repeats, min_seconds=min_seconds
+    )
     return {"n_layer": n_layer, **row}
 
 
@@ -131,12 +159,14 @@ def measure(
     *,
     bf16: bool = False,
     terminations: Sequence[str] = ("ngram:5",),
+    min_seconds: float = 0.0,
 ) -> dict:
     """Rollout vs bare loop, then PPO vs MAPPO iterations, for one model and env.
 
     :param make_env: builds a fresh env of ``batch`` rows whose episodes last ``n_new`` tokens
         (no EOS), one per agent.
     :param bf16: bfloat16 autocast on CUDA, for the agents and the bare loop alike.
+    :param min_seconds: time the bare loop for at least this long in all (more pairs of runs).
     :param terminations: MAPPO terminations timed against PPO; the first gives the
         ``mappo_iter_s``/``mappo_over_ppo`` keys, all of them ``mappo_over_ppo_by_termination``.
     """
@@ -160,7 +190,9 @@ def measure(
             return bare_loop(ppo.policy.model, prompt_ids, n_new, gen)
 
     agent = lambda: ppo.collect_rollouts(callback)  # noqa: E731
-    bare_s, agent_s = _alternate(bare, agent, repeats, device, warmup=True)
+    bare_s, agent_s, pairs = _alternate(
+        bare, agent, repeats, device, warmup=True, min_seconds=min_seconds
+    )
     ppo._finish_rollout = finish  # type: ignore[method-assign]
 
     by_spec: dict[str, float] = {}
@@ -168,7 +200,7 @@ def measure(
     peaks: dict[str, float] = {}
     for spec in terminations:
         mappo = MAPPO(copy.deepcopy(model), make_env(), termination=spec, **common)
-        ppo_s, mappo_s = _alternate(iteration(ppo), iteration(mappo), iter_repeats, device)
+        ppo_s, mappo_s, _ = _alternate(iteration(ppo), iteration(mappo), iter_repeats, device)
         by_spec[spec] = mappo_s / ppo_s
         iter_s.setdefault("PPO", ppo_s)
         iter_s[spec] = mappo_s
@@ -186,6 +218,7 @@ def measure(
         "bare_tok_s": tokens / bare_s,
         "agent_tok_s": tokens / agent_s,
         "agent_over_bare": bare_s / agent_s,
+        "rollout_pairs": pairs,
         "ppo_iter_s": iter_s["PPO"],
         "mappo_iter_s": iter_s[first],
         "mappo_over_ppo": by_spec[first],
@@ -203,6 +236,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per number (best)")
+    parser.add_argument(
+        "--min-seconds",
+        type=float,
+        default=MIN_SECONDS,
+        help=f"more runs until the bare loop has run this long (default {MIN_SECONDS})",
+    )
     parser.add_argument("--iter-repeats", type=int, default=2, help="timed PPO/MAPPO iterations")
     parser.add_argument("--quick", action="store_true", help="2 layers, batch 16, 64 tokens only")
     parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
@@ -214,7 +253,9 @@ def main(argv: list[str] | None = None) -> None:
     for n_layer in layers:
         for batch in batches:
             for n_new in lengths:
-                row = run_case(n_layer, batch, n_new, device, args.repeats, args.iter_repeats)
+                row = run_case(
+                    n_layer, batch, n_new, device, args.repeats, args.iter_repeats, args.min_seconds
+                )
                 rows.append(row)
                 print(
                     f"layers={n_layer} B={batch} N={n_new}: agent/bare "

@@ -137,3 +137,22 @@ def test_gpu_runs_merge_with_their_weights_and_summarize(tmp_path: Path) -> None
         "SmolLM2-135M_B16_N64_bf16_pretrained",
     }
     assert summary["device"] == "cuda (X)"
+
+
+def test_alternate_runs_more_pairs_until_the_first_reached_min_seconds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import rollout
+
+    clock = iter(range(10_000))  # each perf_counter call advances one "second"
+    monkeypatch.setattr(rollout.time, "perf_counter", lambda: float(next(clock)))
+    calls: list[str] = []
+    first, second = (lambda: calls.append("a")), (lambda: calls.append("b"))
+    cpu = rollout.torch.device("cpu")
+    # each timed call reads the clock twice: 1 s per run; 2 repeats, then up to 5 s of `first`
+    assert rollout._alternate(first, second, 2, cpu, min_seconds=5.0) == (1.0, 1.0, 5)
+    assert calls == ["a", "b"] * 5  # alternated, first first
+    calls.clear()
+    assert rollout._alternate(first, second, 3, cpu)[2] == 3  # no minimum: exactly the repeats
+    monkeypatch.setattr(rollout, "MAX_REPEATS", 4)
+    assert rollout._alternate(first, second, 1, cpu, min_seconds=1e9)[2] == 4  # capped
