@@ -64,9 +64,9 @@ PARITY_DISCUSSION = """\
   pays for one early decision, the case macro actions are for; Reverse pays partial credit per
   correct position, and a 5-gram gives one advantage to five tokens some of which were right and
   some wrong, blurring the per-token credit that token-level GAE keeps. On such a task MAPPO's
-  gain is expected to be small: at full settings (section 8: prompts of 10-20 symbols, 5 seeds)
-  MAPPO `ngram:5` ends modestly above PPO (0.215 against 0.180), a difference the quick mode's
-  short runs cannot resolve. A loss there is information about where macro actions help, not
+  gain is expected to be small: at full settings (`make bench-full`, prompts of 10-20 symbols,
+  5 seeds; see [parity_full.md](parity_full.md)) MAPPO `ngram:5` ends modestly above PPO (0.215
+  against 0.180), a difference the quick mode's short runs cannot resolve. A loss there is information about where macro actions help, not
   noise to tune away.
 - Nothing here was tuned towards an answer: every agent uses the same settings, the ones of
   `examples/configs/` (learning rate 1e-3, 4 epochs, minibatch 16, 32 episodes per iteration)."""
