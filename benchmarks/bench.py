@@ -333,10 +333,10 @@ def gpu_summary(gpu: dict[str, Any]) -> dict[str, Any]:
         "mappo_vs_ppo_iteration": {
             gpu_row_key(r): r["mappo_over_ppo_by_termination"] for r in rows
         },
+        # only rows measured per iteration above the resident memory (rollout.iteration_peak_mb);
+        # older runs measured each agent with the others resident and are not comparable
         "mappo_vs_ppo_peak_mb": {
-            gpu_row_key(r): r["mappo_over_ppo_peak_mb"]
-            for r in rows
-            if "mappo_over_ppo_peak_mb" in r
+            gpu_row_key(r): r["mappo_over_ppo_peak_mb"] for r in rows if "iteration_peak_mb" in r
         },
     }
 

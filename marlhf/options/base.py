@@ -13,9 +13,9 @@ Every output passes through :func:`validate_starts` (via :func:`compute_starts`)
 
 from __future__ import annotations
 
-import functools
 import inspect
 import math
+import numbers
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,29 +112,20 @@ class Termination(ABC):
 
     #: set by ``make_termination`` when the subclass does not define ``spec`` itself
     _built_from_spec: str | None = None
-    #: the arguments the outermost ``__init__`` of a subclass was called with (recorded by
-    #: ``__init_subclass__``), so that the default :attr:`spec` can hold them
+    #: the arguments the rule's constructor was called with (recorded by ``__new__``, which
+    #: sees the call of the most derived ``__init__``, dataclass-generated ones included), so
+    #: that the default :attr:`spec` can hold them
     _init_args: dict[str, Any] | None = None
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        init = cls.__dict__.get("__init__")
-        if init is None:
-            return
-        signature = inspect.signature(init)
-
-        @functools.wraps(init)
-        def recording_init(self: Termination, *args: Any, **kw: Any) -> None:
-            if "_init_args" not in self.__dict__:  # the outermost call: a subclass's own args
-                try:
-                    bound = signature.bind(self, *args, **kw)
-                except TypeError:
-                    bound = None  # let the real __init__ raise its own error
-                if bound is not None:
-                    self._init_args = _named_arguments(signature, bound.arguments)
-            init(self, *args, **kw)
-
-        cls.__init__ = recording_init  # type: ignore[method-assign]
+    def __new__(cls, *args: Any, **kwargs: Any) -> Termination:
+        self = super().__new__(cls)
+        signature = inspect.signature(cls.__init__)
+        try:
+            bound = signature.bind(self, *args, **kwargs)
+        except TypeError:
+            return self  # the real __init__ raises its own error
+        self._init_args = _named_arguments(signature, bound.arguments)
+        return self
 
     def __init__(self) -> None:
         self.stats = TerminationStats()
@@ -151,8 +142,10 @@ class Termination(ABC):
         name with the arguments its constructor was called with (``name:key=value;...``), so a
         plugged-in rule saves and loads with its arguments either way.
 
-        :raises ValueError: when an argument has no spec form (an object, ``None``, a string
-            holding one of ``;=:|()``); give the class its own ``spec`` property then.
+        :raises ValueError: when an argument has no spec form: anything but a number, a bool,
+            a plain string (non-empty, no ``;=:|(),``, no surrounding spaces, not reading as a
+            number or bool) or a non-empty flat list of those; give the class its own ``spec``
+            property then.
         """
         if self._built_from_spec:
             return self._built_from_spec
@@ -162,11 +155,19 @@ class Termination(ABC):
         parts = [f"{key}={_spec_value(type(self).__name__, key, v)}" for key, v in args.items()]
         return f"{self.name}:" + ";".join(parts)
 
+    def display_name(self) -> str:
+        """The spec for messages, or the class name with its arguments when it has no spec form
+        (never raises: only saving needs a spec)."""
+        try:
+            return str(self.spec)
+        except ValueError:
+            return f"{type(self).__name__}(<no spec form: {self._init_args}>)"
+
     def __repr__(self) -> str:
         try:
             return f"{type(self).__name__}({self.spec!r})"
         except ValueError:
-            return f"{type(self).__name__}(<no spec: {self._init_args}>)"
+            return self.display_name()
 
 
 def _named_arguments(signature: inspect.Signature, arguments: dict[str, Any]) -> dict[str, Any]:
@@ -199,18 +200,26 @@ def _spec_value(owner: str, key: str, value: Any) -> str:
     """``value`` in the spec grammar (what ``parse_spec`` reads back to the same value)."""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, int) or (isinstance(value, float) and not math.isnan(value)):
-        return "inf" if value == math.inf else repr(value)
+    if isinstance(value, numbers.Integral):  # numpy integers and int subclasses as plain ints
+        return repr(int(value))
+    if isinstance(value, numbers.Real) and not math.isnan(value):
+        return "inf" if value == math.inf else repr(float(value))
     plain = isinstance(value, str) and value and not any(c in value for c in ";=:|(),")
     if plain and not _reads_as_other_type(value):
         return str(value)
-    if isinstance(value, list | tuple) and value and not key.startswith("*"):
+    if (
+        isinstance(value, list | tuple)
+        and value
+        and not any(isinstance(v, list | tuple) for v in value)  # flat lists only
+        and not key.startswith("*")
+    ):
         return ",".join(_spec_value(owner, key, v) for v in value) + (
             "," if len(value) == 1 else ""
         )
     raise ValueError(
         f"{owner}: argument {key}={value!r} has no spec form (valid: numbers, true/false, plain "
-        "strings without ;=:|(), that do not read as numbers, and non-empty lists of those); "
+        "strings without ;=:|(), that do not read as numbers, and non-empty flat lists of "
+        "those); "
         "define a `spec` property on "
         f"{owner} to save and load it"
     )
@@ -279,7 +288,8 @@ def compute_starts(
     """
     raw = termination.starts(batch)
     mask = batch.mask
-    name = getattr(termination, "spec", type(termination).__name__)
+    display = getattr(termination, "display_name", None)
+    name = display() if callable(display) else type(termination).__name__
     if not isinstance(raw, torch.Tensor) or raw.dtype != torch.bool or raw.shape != mask.shape:
         validate_starts(raw, mask, name=name)  # raises with the precise complaint
     out = raw & mask

@@ -80,7 +80,8 @@ def _part_starts(part: Termination, batch: SegmentationBatch) -> torch.Tensor:
     if not isinstance(raw, torch.Tensor) or raw.dtype != torch.bool or raw.shape != mask.shape:
         got = (raw.dtype, tuple(raw.shape)) if isinstance(raw, torch.Tensor) else type(raw)
         raise SegmentationError(
-            f"{part.spec}: starts must be a bool tensor of shape {tuple(mask.shape)}, got {got}"
+            f"{part.display_name()}: starts must be a bool tensor of shape "
+            f"{tuple(mask.shape)}, got {got}"
         )
     part.stats.calls += 1
     part.stats.rows += int(mask.shape[0])

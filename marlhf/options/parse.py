@@ -149,7 +149,7 @@ class ParseTermination(Termination):
 
     def starts(self, batch: SegmentationBatch) -> torch.Tensor:
         """``bool[B, T]``: True on the token that begins each phrase-level macro action."""
-        alignments, lengths = text_rows(batch, self.spec)
+        alignments, lengths = text_rows(batch, self.display_name())
         docs = self._parse([a.text for a in alignments])
         out = torch.zeros(batch.mask.shape, dtype=torch.bool)
         for b, (alignment, n, doc) in enumerate(zip(alignments, lengths, docs, strict=True)):
@@ -172,7 +172,9 @@ class ParseTermination(Termination):
         try:
             parsed = list(nlp.pipe([texts[i] for i in ok], batch_size=self.batch_size))
         except Exception as exc:  # a broken row must not stop training; retry row by row
-            logger.warning("%s: nlp.pipe failed (%s); parsing rows one by one", self.spec, exc)
+            logger.warning(
+                "%s: nlp.pipe failed (%s); parsing rows one by one", self.display_name(), exc
+            )
             parsed = [self._parse_one(texts[i]) for i in ok]
         for i, doc in zip(ok, parsed, strict=True):
             docs[i] = doc if doc is not None and doc.text == texts[i] else None
@@ -182,7 +184,7 @@ class ParseTermination(Termination):
         try:
             return self.nlp(text)
         except Exception as exc:  # counted as a fallback by the caller
-            logger.warning("%s: spaCy failed on a row (%s); falling back", self.spec, exc)
+            logger.warning("%s: spaCy failed on a row (%s); falling back", self.display_name(), exc)
             return None
 
     def _doc_tokens(self, doc: Any, c2t: list[int]) -> set[int]:

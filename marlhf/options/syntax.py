@@ -293,7 +293,7 @@ class TreeSitterTermination(Termination):
 
     def starts(self, batch: SegmentationBatch) -> torch.Tensor:
         """``bool[B, T]``: True on the token that begins each syntactic macro action."""
-        alignments, lengths = text_rows(batch, self.spec)
+        alignments, lengths = text_rows(batch, self.display_name())
         from tree_sitter import QueryCursor
 
         cursor = QueryCursor(self._compiled.query)

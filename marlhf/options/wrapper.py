@@ -119,7 +119,7 @@ class MacroActionWrapper(
         ]
         if unsupported or missing:
             raise ValueError(
-                f"MacroActionWrapper: termination {self.termination.spec!r} requires "
+                f"MacroActionWrapper: termination {self.termination.display_name()!r} requires "
                 f"{sorted(need)}; unsupported {sorted(unsupported)}, missing arguments {missing}"
             )
         self._rng = np.random.default_rng(seed)

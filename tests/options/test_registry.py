@@ -295,3 +295,49 @@ def test_argument_without_a_spec_form_raises(
     with pytest.raises(ValueError, match=match):
         _ = term.spec
     assert "no spec" in repr(term)  # repr never raises
+
+
+def test_spec_records_dataclass_arguments_and_plain_numbers(clean_registry: None) -> None:
+    import dataclasses
+
+    import numpy as np
+
+    @register_termination("dc_test")
+    @dataclasses.dataclass
+    class Every(Termination):
+        k: int = 2
+        scale: float = 1.0
+
+        def __post_init__(self) -> None:
+            Termination.__init__(self)
+
+        def starts(self, batch: SegmentationBatch) -> torch.Tensor:
+            out = torch.zeros_like(batch.mask)
+            out[:, :: self.k] = True
+            return out & batch.mask
+
+    # the dataclass-generated __init__ is seen: its arguments are in the spec
+    assert Every(k=7).spec == "dc_test:k=7"
+    # numpy numbers are written as plain numbers, not as their repr
+    term = Every(k=np.int64(3), scale=np.float64(0.25))
+    assert term.spec == "dc_test:k=3;scale=0.25"
+    again = make_termination(term.spec)
+    assert isinstance(again, Every) and (again.k, again.scale) == (3, 0.25)
+    assert type(again.scale) is float
+
+
+def test_nested_lists_have_no_spec_form(clean_registry: None) -> None:
+    register_termination("marker_test")(_Marker)
+    with pytest.raises(ValueError, match=r"sizes=\[\[1, 2\], \[3\]\] has no spec form"):
+        _ = _Marker(sizes=[[1, 2], [3]]).spec
+
+
+def test_a_rule_without_a_spec_form_still_segments(clean_registry: None) -> None:
+    # only saving needs a spec: running the rule (and its messages) must not raise for it
+    term = _Marker(2, thing=object())
+    batch = SegmentationBatch(
+        response_ids=torch.ones(2, 5, dtype=torch.long), mask=torch.ones(2, 5).bool()
+    )
+    starts = compute_starts(term, batch)
+    assert starts[0].tolist() == [True, False, True, False, True]
+    assert "no spec form" in term.display_name() and "thing" in term.display_name()
