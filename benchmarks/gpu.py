@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import copy
 import json
 import sys
 import sysconfig
@@ -226,9 +227,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     def make_env(b: int = batch, t: Task = task) -> BatchedTokenEnv:
                         return BatchedTokenEnv(t, num_envs=b, device=device, seed=0)
 
-                    row = measure(
-                        model, make_env, batch, n_new, device, g["repeats"], g["iter_repeats"],
-                        bf16=bf16, terminations=g["terminations"],
+                    row = measure(  # a copy: every row starts from the loaded weights
+                        copy.deepcopy(model), make_env, batch, n_new, device, g["repeats"],
+                        g["iter_repeats"], bf16=bf16, terminations=g["terminations"],
                     )  # fmt: skip
                     record({"model": "SmolLM2-135M", **row})
                     if device.type == "cuda":
@@ -241,6 +242,9 @@ def merge(paths: list[Path]) -> dict[str, Any]:
     """One result from several runs of this script (one device call may be too short for the
     whole grid): the first run's stamp, every run's rows, each row marked with its weights."""
     runs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
+    devices = {r["machine"].get("device") for r in runs}
+    if len(devices) > 1:
+        raise ValueError(f"merge: the runs were made on different devices {sorted(devices)}")
     rows = []
     for run_ in runs:
         for row in run_["results"]:

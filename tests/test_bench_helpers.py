@@ -100,14 +100,16 @@ def test_table_and_json_helpers(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "x.json").read_text()) == {"r": [None, 0.5, 2]}
 
 
-def _gpu_run(tmp_path: Path, name: str, weights: str | None, models: list[str]) -> Path:
+def _gpu_run(
+    tmp_path: Path, name: str, weights: str | None, models: list[str], device: str = "cuda (X)"
+) -> Path:
     rows = [
         {"model": m, "batch": 16, "new_tokens": 64, "bf16": m != "tiny-gpt2-2L",
          "agent_over_bare": 0.9, "mappo_over_ppo_by_termination": {"ngram:5": 1.0},
          "mappo_over_ppo_peak_mb": {"ngram:5": 1.01}}
         for m in models
     ]  # fmt: skip
-    run = {"machine": {"device": "cuda (X)", "commit": "abc", "date_utc": "d", "torch": "t"},
+    run = {"machine": {"device": device, "commit": "abc", "date_utc": "d", "torch": "t"},
            "smollm2_weights": weights, "wall_s": 10.0, "results": rows}  # fmt: skip
     path = tmp_path / name
     path.write_text(json.dumps(run))
@@ -137,6 +139,15 @@ def test_gpu_runs_merge_with_their_weights_and_summarize(tmp_path: Path) -> None
         "SmolLM2-135M_B16_N64_bf16_pretrained",
     }
     assert summary["device"] == "cuda (X)"
+    # peaks measured with the other agents resident (no iteration_peak_mb) are left out
+    assert summary["mappo_vs_ppo_peak_mb"] == {}
+    merged["results"][0]["iteration_peak_mb"] = {"ngram:5": {"PPO": 100.0, "MAPPO": 101.0}}
+    assert gpu_summary(merged)["mappo_vs_ppo_peak_mb"] == {
+        "tiny-gpt2-2L_B16_N64_fp32_random": {"ngram:5": 1.01}
+    }
+    c = _gpu_run(tmp_path, "c.json", None, ["tiny-gpt2-2L"], device="cuda (Y)")
+    with pytest.raises(ValueError, match=r"different devices \['cuda \(X\)', 'cuda \(Y\)'\]"):
+        merge([a, c])
 
 
 def test_alternate_runs_more_pairs_until_the_first_reached_min_seconds(
