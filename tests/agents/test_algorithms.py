@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -272,8 +273,11 @@ def test_mask_actions_samples_and_scores_only_allowed_tokens() -> None:
         PPO(tiny_model(8), CueEnv(B, N), mask_actions=1, device="cpu")
 
 
-def test_a_directly_built_custom_termination_saves_and_loads_with_its_arguments(tmp_path) -> None:
-    from marlhf.options import Termination, register_termination
+@pytest.fixture
+def every_k() -> Iterator[type]:
+    """A fresh, unregistered custom termination class (``EveryK(k)``); the registry is restored
+    afterwards."""
+    from marlhf.options import Termination
     from marlhf.options import registry as registry_module
 
     class EveryK(Termination):
@@ -288,45 +292,39 @@ def test_a_directly_built_custom_termination_saves_and_loads_with_its_arguments(
 
     saved = dict(registry_module._REGISTRY)
     try:
-        with pytest.raises(ValueError, match="register it with @register_termination"):
-            _make(MAPPO, termination=EveryK(3)).save(tmp_path / "unregistered")
-        assert not (tmp_path / "unregistered.zip").exists()  # nothing written:
-        assert not (tmp_path / "unregistered_weights").exists()  # not the weights either
-        register_termination("every_k_save_test")(EveryK)
-        algo = _make(MAPPO, termination=EveryK(3)).learn(B * N)
-        algo.save(tmp_path / "ckpt")
-        loaded = MAPPO.load(tmp_path / "ckpt", env=CueEnv(B, N, eos=False), device="cpu")
-        assert isinstance(loaded.termination, EveryK) and loaded.termination.k == 3
+        yield EveryK
     finally:
         registry_module._REGISTRY.clear()
         registry_module._REGISTRY.update(saved)
 
 
-def test_save_refuses_a_spec_that_would_load_other_arguments(tmp_path, monkeypatch) -> None:
-    from marlhf.options import Termination, register_termination
+def test_a_directly_built_custom_termination_saves_and_loads_with_its_arguments(
+    tmp_path, every_k
+) -> None:
+    from marlhf.options import register_termination
+
+    with pytest.raises(ValueError, match="register it with @register_termination"):
+        _make(MAPPO, termination=every_k(3)).save(tmp_path / "unregistered")
+    assert not (tmp_path / "unregistered.zip").exists()  # nothing written:
+    assert not (tmp_path / "unregistered_weights").exists()  # not the weights either
+    register_termination("every_k_save_test")(every_k)
+    algo = _make(MAPPO, termination=every_k(3)).learn(B * N)
+    algo.save(tmp_path / "ckpt")
+    loaded = MAPPO.load(tmp_path / "ckpt", env=CueEnv(B, N, eos=False), device="cpu")
+    assert isinstance(loaded.termination, every_k) and loaded.termination.k == 3
+
+
+def test_save_refuses_a_spec_that_would_load_other_arguments(
+    tmp_path, monkeypatch, every_k
+) -> None:
     from marlhf.options import base as base_module
-    from marlhf.options import registry as registry_module
+    from marlhf.options import register_termination
 
-    class EveryK(Termination):
-        def __init__(self, k: int = 2) -> None:
-            super().__init__()
-            self.k = k
-
-        def starts(self, batch: Any) -> torch.Tensor:
-            out = torch.zeros_like(batch.mask)
-            out[:, :: self.k] = True
-            return out & batch.mask
-
-    saved = dict(registry_module._REGISTRY)
-    try:
-        register_termination("every_k_args_test")(EveryK)
-        algo = _make(MAPPO, termination=EveryK(3))
-        # a spec writer that loses the value: the rebuilt rule would run with k=4, not 3
-        monkeypatch.setattr(base_module, "_spec_value", lambda owner, key, v: "4")
-        with pytest.raises(ValueError, match=r"arguments \{'k': 3\} would load back as"):
-            algo.save(tmp_path / "lossy")
-        assert not (tmp_path / "lossy.zip").exists()
-        assert not (tmp_path / "lossy_weights").exists()
-    finally:
-        registry_module._REGISTRY.clear()
-        registry_module._REGISTRY.update(saved)
+    register_termination("every_k_args_test")(every_k)
+    algo = _make(MAPPO, termination=every_k(3))
+    # a spec writer that loses the value: the rebuilt rule would run with k=4, not 3
+    monkeypatch.setattr(base_module, "_spec_value", lambda owner, key, v: "4")
+    with pytest.raises(ValueError, match=r"arguments \{'k': 3\} would load back as"):
+        algo.save(tmp_path / "lossy")
+    assert not (tmp_path / "lossy.zip").exists()
+    assert not (tmp_path / "lossy_weights").exists()
