@@ -180,6 +180,8 @@ def _named_arguments(signature: inspect.Signature, arguments: dict[str, Any]) ->
         elif kind is inspect.Parameter.VAR_POSITIONAL:
             if value:
                 out[f"*{name}"] = value  # no spec form: reported by _spec_value
+        elif kind is inspect.Parameter.POSITIONAL_ONLY:
+            out[f"*{name}"] = [value]  # a spec passes keywords: no spec form either
         else:
             out[name] = value
     return out

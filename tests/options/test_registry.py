@@ -341,3 +341,17 @@ def test_a_rule_without_a_spec_form_still_segments(clean_registry: None) -> None
     starts = compute_starts(term, batch)
     assert starts[0].tolist() == [True, False, True, False, True]
     assert "no spec form" in term.display_name() and "thing" in term.display_name()
+
+
+def test_positional_only_arguments_have_no_spec_form(clean_registry: None) -> None:
+    @register_termination("posonly_test")
+    class PosOnly(Termination):
+        def __init__(self, k: int, /) -> None:
+            super().__init__()
+            self.k = k
+
+        def starts(self, batch: SegmentationBatch) -> torch.Tensor:
+            return batch.mask.clone()
+
+    with pytest.raises(ValueError, match=r"argument \*k=\[3\] has no spec form"):
+        _ = PosOnly(3).spec
