@@ -15,14 +15,12 @@ import pstats
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rollout import _sync, bare_loop
+from rollout import _sync, rollout_pair
 
-from marlhf.agents import PPO
 from marlhf.envs import BatchedTokenEnv
 from marlhf.training.models import tiny_gpt2
 
@@ -39,19 +37,10 @@ def main(argv: list[str] | None = None) -> None:
     dev, n = torch.device(args.device), args.new_tokens
     env = BatchedTokenEnv("DelayedChoice", num_envs=args.batch, device=dev, seed=0, horizon=n)
     model = tiny_gpt2(env.codec, n_layer=args.layers, n_embd=128, n_head=4, n_positions=n + 8)
-    ppo = PPO(model, env, n_epochs=1, batch_size=args.batch, seed=0, device=dev, bf16=args.bf16)
-    callback = ppo._init_callback(None, progress_bar=False)
-    ppo._finish_rollout = lambda: None  # type: ignore[method-assign]  # the stepping only
-    prompt, _ = env.reset(seed=0)
-    prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :].to(dev)
-    gen = torch.Generator(device=dev).manual_seed(0)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=args.bf16)
-
-    def bare() -> Any:
-        with autocast:
-            return bare_loop(ppo.policy.model, prompt_ids, n, gen)
-
-    for name, fn in (("bare", bare), ("agent", lambda: ppo.collect_rollouts(callback))):
+    _, bare, agent = rollout_pair(
+        model, env, n, n_epochs=1, batch_size=args.batch, seed=0, device=dev, bf16=args.bf16
+    )
+    for name, fn in (("bare", bare), ("agent", agent)):
         fn()
         _sync(dev)
         start = time.perf_counter()

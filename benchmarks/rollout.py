@@ -46,6 +46,7 @@ from marlhf.training.models import tiny_gpt2
 
 RESULTS = RESULTS_DIR / "rollout.json"
 MIN_SECONDS = 1.5  # bare-loop seconds each rollout number is the best over
+MAX_REPEATS = 200  # pairs of runs at most, whatever MIN_SECONDS asks
 
 
 def _sync(device: torch.device) -> None:
@@ -59,9 +60,6 @@ def _timed(fn: Any, device: torch.device) -> float:
     fn()
     _sync(device)
     return time.perf_counter() - start
-
-
-MAX_REPEATS = 200
 
 
 def _alternate(
@@ -153,6 +151,34 @@ def run_case(
     return {"n_layer": n_layer, **row}
 
 
+def rollout_pair(
+    model: Any, env: Any, n_new: int, **ppo_kwargs: Any
+) -> tuple[PPO, Callable[[], Any], Callable[[], Any]]:
+    """A ``PPO(model, env, **ppo_kwargs)`` and the two loops compared: the bare KV-cache loop
+    over the env's prompts, and the agent's rollout of ``n_new`` tokens (stepping only: the
+    no-grad scoring after it is skipped). Both under bf16 autocast when ``bf16=True``."""
+    ppo = PPO(model, env, **ppo_kwargs)
+    device, bf16 = ppo.device, bool(ppo_kwargs.get("bf16", False))
+    callback = ppo._init_callback(None, progress_bar=False)
+    prompt, _ = env.reset(seed=0)
+    prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :].to(device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def bare() -> torch.Tensor:
+        with autocast:
+            return bare_loop(ppo.policy.model, prompt_ids, n_new, gen)
+
+    def agent() -> bool:
+        ppo._finish_rollout = lambda: None  # type: ignore[method-assign]
+        try:
+            return ppo.collect_rollouts(callback)
+        finally:
+            del ppo._finish_rollout  # the class's own again, for the iterations
+
+    return ppo, bare, agent
+
+
 def measure(
     model: Any,
     make_env: Callable[[], Any],
@@ -175,30 +201,14 @@ def measure(
     :param terminations: MAPPO terminations timed against PPO; the first gives the
         ``mappo_iter_s``/``mappo_over_ppo`` keys, all of them ``mappo_over_ppo_by_termination``.
     """
-    env = make_env()
     common: dict[str, Any] = {
         "n_epochs": 1, "batch_size": batch, "seed": 0, "device": device, "bf16": bf16,
     }  # fmt: skip
-    ppo = PPO(model, env, **common)
+    ppo, bare, agent = rollout_pair(model, make_env(), n_new, **common)
     tokens = batch * n_new
-
-    gen = torch.Generator(device=device).manual_seed(0)
-    prompt, _ = env.reset(seed=0)
-    prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :].to(device)
-    callback = ppo._init_callback(None, progress_bar=False)
-    finish = ppo._finish_rollout
-    ppo._finish_rollout = lambda: None  # type: ignore[method-assign]  # time the stepping only
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
-
-    def bare() -> torch.Tensor:
-        with autocast:
-            return bare_loop(ppo.policy.model, prompt_ids, n_new, gen)
-
-    agent = lambda: ppo.collect_rollouts(callback)  # noqa: E731
     bare_s, agent_s, pairs = _alternate(
         bare, agent, repeats, device, warmup=True, min_seconds=min_seconds
     )
-    ppo._finish_rollout = finish  # type: ignore[method-assign]
 
     by_spec: dict[str, float] = {}
     iter_s: dict[str, float] = {}
