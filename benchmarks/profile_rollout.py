@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from rollout import _sync, rollout_pair
 
 from marlhf.envs import BatchedTokenEnv
-from marlhf.training.models import tiny_gpt2
+from marlhf.models import tiny_gpt2
 
 
 def main(argv: list[str] | None = None) -> None:

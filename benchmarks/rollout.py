@@ -42,7 +42,7 @@ from common import RESULTS_DIR, machine_stamp, print_table, write_json
 
 from marlhf.agents import MAPPO, PPO
 from marlhf.envs import BatchedTokenEnv
-from marlhf.training.models import tiny_gpt2
+from marlhf.models import tiny_gpt2
 
 RESULTS = RESULTS_DIR / "rollout.json"
 MIN_SECONDS = 1.5  # bare-loop seconds each rollout number is the best over

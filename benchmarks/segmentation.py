@@ -5,7 +5,7 @@ Batch: 64 responses x 256 tokens. Inputs:
 - ``ids``: random token ids (length-only rules; perplexity gets random reference log-probs);
 - ``code``: 256-token windows of real Python from the standard library, starting at a ``def``
   or ``class`` line, tokenised with a byte-level BPE trained in process
-  (:func:`marlhf.training.models.train_bpe_tokenizer`, 4096 tokens, cached);
+  (:func:`marlhf.models.train_bpe_tokenizer`, 4096 tokens, cached);
 - ``english``: 256-token windows of the standard library's docstrings (English prose), same BPE.
 
 For each termination: milliseconds per batch of ``compute_starts`` (the rule plus validation),
@@ -39,6 +39,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from marlhf.models import stdlib_source_files, tiny_gpt2, train_bpe_tokenizer
 from marlhf.options import (
     SegmentationBatch,
     Termination,
@@ -47,7 +48,6 @@ from marlhf.options import (
     make_termination,
 )
 from marlhf.tokenization import HFCodec, TokenCodec
-from marlhf.training.models import stdlib_source_files, tiny_gpt2, train_bpe_tokenizer
 
 BATCH, RESPONSE, PROMPT = 64, 256, 64
 RESULTS = Path(__file__).resolve().parent / "results" / "segmentation.json"

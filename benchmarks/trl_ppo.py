@@ -101,7 +101,7 @@ def time_trl(tokenizer: Any, prompts: list[list[int]], s: Setting, warmup: int, 
     from transformers import TrainerCallback
     from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     tok = copy.deepcopy(tokenizer)
     tok.padding_side = "left"
@@ -176,8 +176,8 @@ def time_marlhf(
     from marlhf.envs.batched import BatchedTokenEnv
     from marlhf.envs.reward_model import RewardModelReward
     from marlhf.envs.tasks import Prompt, Task
+    from marlhf.models import tiny_gpt2
     from marlhf.tokenization import HFCodec
-    from marlhf.training.models import tiny_gpt2
 
     class NoStopCodec(HFCodec):
         """The tokenizer's codec without an EOS: episodes last ``response_length`` (as in TRL)."""
@@ -261,7 +261,7 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
     import torch
     import transformers
 
-    from marlhf.training.models import train_bpe_tokenizer
+    from marlhf.models import train_bpe_tokenizer
 
     torch.set_num_threads(threads)
 

@@ -13,8 +13,8 @@
 
 from __future__ import annotations
 
+from marlhf.models import stdlib_source_files
 from marlhf.training.cli import main
-from marlhf.training.models import stdlib_source_files
 
 
 def marlhf(command: str, *overrides: str, config: str | None = None) -> None:

@@ -18,7 +18,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def bpe_tokenizer(tmp_path_factory: pytest.TempPathFactory):
     """A 1024-token byte-level BPE trained on part of the standard library (a few seconds)."""
-    from marlhf.training.models import stdlib_source_files, train_bpe_tokenizer
+    from marlhf.models import stdlib_source_files, train_bpe_tokenizer
 
     cache = tmp_path_factory.mktemp("tokenizer-cache")
     return train_bpe_tokenizer(

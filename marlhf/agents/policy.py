@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from marlhf.models import load_model
+
 
 def load_causal_lm(model: str | Path | nn.Module) -> nn.Module:
     """A causal LM instance from an instance or a local path (never downloads).
@@ -34,15 +36,7 @@ def load_causal_lm(model: str | Path | nn.Module) -> nn.Module:
     if isinstance(model, nn.Module):
         return model
     if isinstance(model, str | Path):
-        path = Path(model)
-        if not path.is_dir():
-            raise ValueError(
-                f"model: {str(model)!r} is not a local folder; pass a transformers model or the "
-                "path of a folder written by save_pretrained (nothing is downloaded)"
-            )
-        from transformers import AutoModelForCausalLM
-
-        return AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True)
+        return load_model(model, "causal_lm", field="model")
     raise TypeError(f"model: expected a torch nn.Module or a local path, got {type(model)}")
 
 

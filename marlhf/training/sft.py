@@ -76,7 +76,7 @@ def run_sft(config: SftConfig) -> dict[str, Any]:
     import torch
     from transformers import Trainer, TrainingArguments
 
-    from marlhf.training.models import tiny_gpt2, train_bpe_tokenizer
+    from marlhf.models import tiny_gpt2, train_bpe_tokenizer
 
     if config.block_size < 2:
         raise ValueError(f"block_size={config.block_size} must be >= 2")

@@ -83,7 +83,7 @@ def cue_env() -> CueEnv:
 
 
 def tiny_model(codec: Any, n_layer: int = 1, n_embd: int = 32, seed: int = 0) -> Any:
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     return tiny_gpt2(codec, n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64, seed=seed)
 

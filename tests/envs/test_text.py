@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import marlhf  # noqa: F401  (registers the env ids)
+from marlhf.envs.tasks import resolve_codec
 from marlhf.envs.text import (
     DEFAULT_TEXT_DATA,
     ReferenceSimilarityReward,
@@ -16,7 +17,6 @@ from marlhf.envs.text import (
     embedding_available,
     lexical_similarity,
     load_jsonl,
-    resolve_codec,
 )
 from marlhf.tokenization import HFCodec, TokenCodec
 from tests.envs.test_code import reward_batch

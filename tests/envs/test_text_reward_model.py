@@ -18,7 +18,7 @@ from tests.envs.test_code import reward_batch
 def rm_folder(bpe_tokenizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from transformers import GPT2ForSequenceClassification
 
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     config = tiny_gpt2(bpe_tokenizer, n_layer=1, n_embd=32, n_head=2, n_positions=256).config
     config.num_labels = 1

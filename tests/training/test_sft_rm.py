@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from marlhf.models import stdlib_source_files
 from marlhf.training.cli import main
-from marlhf.training.models import stdlib_source_files
 from tests.training.conftest import sets
 
 TINY_MODEL = ("model.n_layer=1", "model.n_embd=32", "model.n_head=2")
@@ -119,7 +119,7 @@ def test_bad_model_folder(tmp_path: Path, capsys, command: str) -> None:
     data = tmp_path / "d.jsonl"
     row = {"text": "x = 1", "chosen": "a", "rejected": "b"}
     data.write_text((json.dumps(row) + "\n") * 4)
-    from marlhf.training.models import tiny_gpt2
+    from marlhf.models import tiny_gpt2
 
     tiny_gpt2(300, n_layer=1, n_embd=16, n_head=2).save_pretrained(str(tmp_path / "lm"))
     value = f"[{data}]" if command == "sft" else str(data)
