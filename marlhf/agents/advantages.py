@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 from torch import Tensor
@@ -36,9 +37,12 @@ from marlhf.options.segments import (
     segment_reduce,
 )
 
-REWARD_AGGREGATIONS: tuple[str, ...] = ("sum", "mean")
-VALUE_AGGREGATIONS: tuple[str, ...] = ("mean", "first", "last", "position")
-DISCOUNTS: tuple[str, ...] = ("segment", "token")
+RewardAgg = Literal["sum", "mean"]
+ValueAgg = Literal["mean", "first", "last", "position"]
+Discount = Literal["segment", "token"]
+REWARD_AGGREGATIONS: tuple[str, ...] = get_args(RewardAgg)
+VALUE_AGGREGATIONS: tuple[str, ...] = get_args(ValueAgg)
+DISCOUNTS: tuple[str, ...] = get_args(Discount)
 
 
 @dataclass
@@ -259,14 +263,13 @@ def whiten(x: Tensor, mask: Tensor, shift_mean: bool = True, *, eps: float = 1e-
     :param mask: ``bool[...]`` of the same shape; only these entries set the statistics.
     :param shift_mean: when False, the mean is added back (scale only, as for rewards).
     :param eps: added to the variance before the square root, default 1e-8.
-    With fewer than two real entries there is no spread to scale by: the result is 0 (centred)
-    or ``x`` itself (``shift_mean=False``) on the real entry, so a one-token minibatch does not
-    stop training (SB3 likewise skips normalising a batch of one).
+    With fewer than two real entries there is no spread to scale by: the raw ``x`` is kept on the
+    real entry (as SB3 skips normalising a batch of one), so a one-token minibatch still learns
+    from the sign and size of its advantage instead of a zero.
     """
     _check_token_like("whiten", x, mask)
     if int(mask.sum()) < 2:
-        out = torch.zeros_like(x) if shift_mean else x
-        return torch.where(mask, out, torch.zeros_like(x))
+        return torch.where(mask, x, torch.zeros_like(x))
     mean, var, _ = _masked_moments(x, mask, "whiten")
     out = (x - mean) * torch.rsqrt(var + eps)
     if not shift_mean:

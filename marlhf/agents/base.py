@@ -9,6 +9,7 @@ token when there is none) -> GAE. The update itself is :meth:`train`, written by
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -25,18 +26,19 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import configure_logger
 
 from marlhf.agents import save_util
-from marlhf.agents.advantages import compute_gae, explained_variance
 from marlhf.agents.buffer import LMRolloutBuffer
+from marlhf.agents.config import PPOConfig, resolve_config
+from marlhf.agents.diagnostics import credit_stats, raise_non_finite
+from marlhf.agents.estimators import (
+    Estimate,
+    EstimatorBatch,
+    EstimatorSpec,
+    check_estimate,
+    get_estimator,
+)
 from marlhf.agents.kl import kl_penalty, make_kl_controller, shaped_rewards
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
-from marlhf.agents.presets import DEFAULTS, UNSET, get_preset, validate_hyperparams
-from marlhf.options import (
-    SegmentationBatch,
-    Termination,
-    compute_starts,
-    make_termination,
-    num_segments,
-)
+from marlhf.options import SegmentationBatch, Termination, compute_starts, make_termination
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")
 
@@ -67,65 +69,30 @@ class TokenProgressBar(ProgressBarCallback):
 
 
 class LMOnPolicyAlgorithm:
-    """Base of the on-policy LM algorithms (see :class:`marlhf.agents.PPO` for the arguments)."""
+    """Base of the on-policy LM algorithms (see :class:`marlhf.agents.PPO` for the arguments).
 
-    _defaults: ClassVar[dict[str, Any]] = {}
+    The hyper-parameters live in ``self.config`` (a :class:`~marlhf.agents.config.PPOConfig`);
+    each is also readable and writable as an attribute (``model.kl_coef``), validated on write.
+    """
 
-    # Hyper-parameters (set from DEFAULTS, the preset and the caller's arguments).
-    learning_rate: float
-    n_epochs: int
-    batch_size: int | None
-    gamma: float
-    gae_lambda: float
-    clip_range: float
-    clip_range_vf: float | None
-    normalize_advantage: bool
-    ent_coef: float
-    vf_coef: float
-    max_grad_norm: float | None
-    target_kl: float | None
-    kl_coef: float
-    kl_estimator: str
-    kl_target: float | None
-    kl_horizon: int
-    reward_clip: float | None
-    temperature: float
-    top_k: int
-    top_p: float
-    reward_agg: str
-    value_agg: str
-    ratio_level: str
-    discount: str
-    isolate_last: bool
-    bf16: bool
-    mask_actions: bool
+    #: The config dataclass of the algorithm (its fields are the keyword arguments).
+    config_class: ClassVar[type[PPOConfig]] = PPOConfig
+    config: PPOConfig
 
     def __init__(
         self,
         policy: CausalLMActorCritic | torch.nn.Module | str | Path,
-        env: Any,
-        hyperparams: dict[str, Any],
+        env: Any = None,
         *,
-        preset: str | None = None,
+        preset: str | list[str] | None = None,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
         device: str | torch.device = "auto",
+        **hyperparams: Any,
     ) -> None:
-        hp = {**DEFAULTS, **self._defaults}
-        if preset is not None:
-            hp.update(get_preset(preset))
-        hp.update({k: v for k, v in hyperparams.items() if v is not UNSET})
-        unknown = set(hp) - set(DEFAULTS)
-        if unknown:
-            raise TypeError(
-                f"unknown hyper-parameters {sorted(unknown)}; valid: {sorted(DEFAULTS)}"
-            )
-        validate_hyperparams(hp)
-        self.hyperparams = hp
-        for name, value in hp.items():
-            setattr(self, name, value)
+        self.config = resolve_config(self.config_class, preset, hyperparams)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
         self.policy_kwargs = dict(policy_kwargs or {})
@@ -133,8 +100,13 @@ class LMOnPolicyAlgorithm:
         # No seed: draw one from OS entropy and keep it, so the run can still be saved and resumed.
         self.seed = int(seed) if seed is not None else int(np.random.default_rng().integers(2**31))
         self.device = get_device(device)
+        term = self.config.termination
         self.termination: Termination | None = (
-            None if hp["termination"] is None else make_termination(hp["termination"])
+            None
+            if term is None
+            else term
+            if isinstance(term, Termination)
+            else make_termination(term)
         )
         self.num_timesteps = 0
         self._total_timesteps = 0
@@ -159,10 +131,16 @@ class LMOnPolicyAlgorithm:
             self.policy = CausalLMActorCritic(policy, **self.policy_kwargs)
         self.policy.to(self.device)
         self.policy.eval()
-        self.optimizer = torch.optim.Adam(
-            list(self.policy.trainable_parameters()), lr=self.learning_rate, eps=1e-5
+        params = list(self.policy.trainable_parameters())
+        lr, wd = self.config.learning_rate, self.config.weight_decay
+        self.optimizer: torch.optim.Optimizer = (
+            torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=wd)
+            if wd > 0
+            else torch.optim.Adam(params, lr=lr, eps=1e-5)
         )
-        self.kl_ctl = make_kl_controller(self.kl_coef, self.kl_target, self.kl_horizon)
+        self.kl_ctl = make_kl_controller(
+            self.config.kl_coef, self.config.kl_target, self.config.kl_horizon
+        )
         self.sample_generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.shuffle_generator = torch.Generator().manual_seed(self.seed + 1)
         self.predict_generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
@@ -171,6 +149,16 @@ class LMOnPolicyAlgorithm:
         self.rollout_buffer: LMRolloutBuffer | None = None
         if env is not None:
             self.set_env(env)
+
+    @property
+    def hyperparams(self) -> dict[str, Any]:
+        """The config as a plain dict (``termination`` as given: a spec, an object or None)."""
+        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+
+    @property
+    def estimator_spec(self) -> EstimatorSpec:
+        """The registered advantage estimator named by ``config.estimator``."""
+        return get_estimator(self.config.estimator)
 
     # ---------------------------------------------------------------- env and logger
     def set_env(self, env: Any) -> None:
@@ -188,15 +176,20 @@ class LMOnPolicyAlgorithm:
                 f"{self.policy.vocab_size} (model output {model_vocab}); build the model for the "
                 "env's codec, or CausalLMActorCritic(..., vocab_size=env.codec.vocab_size)"
             )
-        if self.mask_actions and not callable(getattr(env, "action_masks", None)):
+        if self.config.mask_actions and not callable(getattr(env, "action_masks", None)):
             raise ValueError(
                 f"mask_actions=True but {type(env).__name__} has no action_masks(); "
                 "use mask_actions=False or an env that exposes its allowed tokens"
             )
-        if self.batch_size is not None and env.num_envs % self.batch_size != 0:
+        if self.config.batch_size is not None and env.num_envs % self.config.batch_size != 0:
             raise ValueError(
-                f"batch_size={self.batch_size} cannot split a rollout of num_envs={env.num_envs} "
-                "episodes; use a divisor of num_envs"
+                f"batch_size={self.config.batch_size} cannot split a rollout of "
+                f"num_envs={env.num_envs} episodes; use a divisor of num_envs"
+            )
+        if env.num_envs % self.config.group_size != 0:
+            raise ValueError(
+                f"group_size={self.config.group_size} does not divide num_envs={env.num_envs}; "
+                "use a divisor of num_envs"
             )
         self.env = env
         self.n_envs = int(env.num_envs)
@@ -225,7 +218,7 @@ class LMOnPolicyAlgorithm:
         return None
 
     def _autocast(self) -> Any:
-        enabled = bool(self.bf16) and self.device.type == "cuda"
+        enabled = bool(self.config.bf16) and self.device.type == "cuda"
         return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     # ---------------------------------------------------------------- rollout
@@ -239,16 +232,23 @@ class LMOnPolicyAlgorithm:
     ) -> tuple[Any, GenerationState]:
         """Next token per row; ``state`` is the KV cache (pass back what the last call returned).
 
-        :param observation: ``{"input_ids", "attention_mask"}``, tensors or numpy arrays.
+        :param observation: ``{"input_ids", "attention_mask"}``, tensors or numpy arrays, of
+            shape ``[B, L]``, or ``[L]`` for a single observation (as SB3's ``predict`` takes
+            one: the action is then a scalar).
         :param state: ``None`` at an episode start; afterwards the returned state.
         :param episode_start: ``bool[B]``; any True restarts from ``observation``.
         :param deterministic: greedy decoding instead of sampling.
-        :param action_masks: ``bool[B, V]`` allowed tokens (as sb3-contrib's MaskablePPO takes
-            them, e.g. ``env.action_masks()``), or ``None`` for the whole vocabulary.
+        :param action_masks: ``bool[B, V]`` (or ``[V]``) allowed tokens (as sb3-contrib's
+            MaskablePPO takes them, e.g. ``env.action_masks()``), or ``None`` for all.
         :return: ``(actions, state)``; actions as numpy when the observation was numpy.
         """
         as_numpy = isinstance(observation["input_ids"], np.ndarray)
         obs = {k: torch.as_tensor(observation[k], device=self.device) for k in observation}
+        single = obs["input_ids"].dim() == 1
+        if single:
+            obs = {k: v[None] for k, v in obs.items()}
+            if action_masks is not None:
+                action_masks = torch.as_tensor(action_masks)[None]
         if episode_start is not None and bool(np.any(np.asarray(episode_start))):
             state = None
         mask = None if action_masks is None else torch.as_tensor(action_masks, device=self.device)
@@ -261,27 +261,65 @@ class LMOnPolicyAlgorithm:
                 generator=self.predict_generator,
                 **self._sampling_kwargs(),
             )
+        if single:
+            actions = actions[0]
         return (actions.cpu().numpy() if as_numpy else actions), state
 
     def _sampling_kwargs(self) -> dict[str, Any]:
-        return {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p}
+        return {
+            "temperature": self.config.temperature,
+            "top_k": self.config.top_k,
+            "top_p": self.config.top_p,
+        }
 
     def collect_rollouts(self, callback: BaseCallback) -> bool:
-        """One episode per env row into the buffer, then scores and advantages.
+        """One iteration's data: :meth:`collect`, then :meth:`finish_rollout` (score, shape,
+        segment, estimate).
 
         :return: False when a callback asked to stop (the rollout is then discarded).
         """
+        callback.on_rollout_start()
+        if not self.collect(callback):
+            return False
+        self.finish_rollout()
+        callback.on_rollout_end()
+        return True
+
+    def _reset_env(self) -> dict[str, torch.Tensor]:
         env, buffer = self.env, self.rollout_buffer
-        if env is None or buffer is None:
-            raise ValueError("collect_rollouts: no env; call set_env(env) first")
+        assert env is not None and buffer is not None
         seed = None if self._env_seeded else self.seed
-        obs, _ = env.reset(seed=seed)
+        group_size = self.config.group_size
+        if group_size > 1:
+            obs, info = env.reset(seed=seed, options={"group_size": group_size})
+        else:
+            obs, info = env.reset(seed=seed)
         self._env_seeded = True
         buffer.reset()
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
-        if self.mask_actions:  # the tokens each row may take, fixed for the episode
+        if group_size > 1:
+            if "group_ids" not in info:
+                raise ValueError(
+                    f"estimator={self.config.estimator!r} needs groups but "
+                    f"{type(env).__name__}.reset(options={{'group_size': {group_size}}}) "
+                    "returned no info['group_ids']"
+                )
+            buffer.group_ids = torch.as_tensor(info["group_ids"], device=self.device).long()
+        if self.config.mask_actions:  # the tokens each row may take, fixed for the episode
             buffer.action_mask = torch.as_tensor(env.action_masks(), device=self.device).bool()
+        return obs
+
+    def collect(self, callback: BaseCallback) -> bool:
+        """Stage 1: reset, then sample token by token (the KV cache is the recurrent state) and
+        step the env, recording actions and task rewards in the buffer.
+
+        :return: False when a callback asked to stop.
+        """
+        env, buffer = self.env, self.rollout_buffer
+        if env is None or buffer is None:
+            raise ValueError("collect_rollouts: no env; call set_env(env) first")
+        obs = self._reset_env()
         pad = int(env.codec.pad_token_id)
         env_device = getattr(env, "device", self.device)
         done = torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
@@ -290,7 +328,6 @@ class LMOnPolicyAlgorithm:
         # needs masking.
         n_active = self.n_envs
         state: GenerationState | None = None
-        callback.on_rollout_start()
         # An empty CallbackList reads no locals; skipping the copy saves time on every token.
         listening = not (isinstance(callback, CallbackList) and not callback.callbacks)
         n_envs, device_type = self.n_envs, self.device.type
@@ -342,9 +379,7 @@ class LMOnPolicyAlgorithm:
                 return False
             if listening:
                 policy, generator, sampling, autocast = settings()
-        self._finish_rollout()
         callback.update_locals(locals())
-        callback.on_rollout_end()
         return True
 
     @staticmethod
@@ -353,71 +388,63 @@ class LMOnPolicyAlgorithm:
         all_done = getattr(env, "all_done", None)
         return all_done if isinstance(all_done, bool) else bool(done.all())
 
-    @staticmethod
-    def _raise_non_finite(tensor: torch.Tensor, mask: torch.Tensor, what: str) -> None:
-        bad = ~torch.isfinite(tensor) & mask
-        if bool(bad.any()):
-            row, col = (int(i) for i in bad.nonzero()[0])
-            raise FloatingPointError(
-                f"non-finite {what} at row {row}, response token {col} "
-                f"(value {float(tensor[row, col])}); training stopped before any update"
-            )
+    def finish_rollout(self) -> None:
+        """Stages 2-5 on the collected rollout, each one call."""
+        with torch.no_grad():
+            self.score()
+            kl = self.shape()
+            self.segment()
+            estimate = self.estimate()
+        self._rollout_log(kl, estimate)
 
-    @torch.no_grad()
-    def _finish_rollout(self) -> None:
+    def score(self) -> None:
+        """Stage 2: no-grad log-probs, reference log-probs and (when the estimator declares it)
+        values of the whole rollout; non-finite scores stop training here."""
         buf = self.rollout_buffer
-        assert buf is not None  # set by collect_rollouts' check
+        assert buf is not None
         mask = buf.response_mask
-        self._raise_non_finite(buf.task_rewards, mask, "task reward (from the env's reward)")
+        raise_non_finite(buf.task_rewards, mask, "task reward (from the env's reward)")
         args = (buf.input_ids, buf.attention_mask, mask)
+        kw: dict[str, Any] = {
+            "temperature": self.config.scoring_temperature,
+            "action_mask": buf.action_mask,
+        }
         with self._autocast():
-            kw: dict[str, Any] = {"temperature": self.temperature, "action_mask": buf.action_mask}
-            logp, _, values = self.policy.evaluate_actions(*args, **kw)
+            logp, _, values = self.policy.evaluate_actions(
+                *args, **kw, with_values=self.estimator_spec.needs_critic
+            )
             if self.policy.reference_mode == "none":  # no reference: no KL penalty
                 ref_logp = logp.clone()
             else:
                 ref_logp = self.policy.reference_logprobs(*args, **kw)
-        self._raise_non_finite(values, mask, "value (from the value head)")
-        self._raise_non_finite(logp, mask, "policy log-prob")
-        self._raise_non_finite(ref_logp, mask, "reference log-prob")
-        zeros = torch.zeros_like(logp)
-        buf.logprobs = torch.where(mask, logp.float(), zeros)
-        buf.ref_logprobs = torch.where(mask, ref_logp.float(), zeros)
-        buf.values = torch.where(mask, values.float(), zeros)
-        kl = torch.where(mask, kl_penalty(buf.logprobs, buf.ref_logprobs, self.kl_estimator), zeros)
-        kl_coef = float(self.kl_ctl.value)
-        buf.rewards = shaped_rewards(buf.task_rewards, kl, mask, kl_coef, self.reward_clip)
-        buf.starts = self._starts()
-        gae = compute_gae(
-            buf.rewards,
-            buf.values,
-            mask,
-            buf.starts,
-            gamma=self.gamma,
-            gae_lambda=self.gae_lambda,
-            reward_agg=self.reward_agg,
-            value_agg=self.value_agg,
-            discount=self.discount,
-        )
-        buf.advantages, buf.returns = gae.advantages, gae.returns
-        kl_per_episode = kl.sum(dim=1)
-        self.kl_ctl.update(float(kl_per_episode.mean()), self.n_envs)
-        self.rollout_stats = self._credit_stats(gae)
-        self.rollout_stats.update(
-            {
-                "rollout/kl_ref": float(kl_per_episode.mean()),
-                "rollout/kl_coef": kl_coef,
-                "rollout/score_mean": float(buf.task_rewards.sum(dim=1).mean()),
-                "rollout/ep_len_mean": float(buf.lengths.float().mean()),
-            }
-        )
+        if values is not None:
+            raise_non_finite(values, mask, "value (from the value head)")
+        raise_non_finite(logp, mask, "policy log-prob")
+        raise_non_finite(ref_logp, mask, "reference log-prob")
+        buf.set_scores(logp, ref_logp, values)
 
-    def _starts(self) -> torch.Tensor:
-        """Macro starts: every token for token-level PPO, else the termination's boundaries."""
+    def shape(self) -> torch.Tensor:
+        """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t``; returns the per-token KL."""
+        buf = self.rollout_buffer
+        assert buf is not None
+        mask = buf.response_mask
+        zeros = torch.zeros_like(buf.logprobs)
+        kl = torch.where(
+            mask, kl_penalty(buf.logprobs, buf.ref_logprobs, self.config.kl_estimator), zeros
+        )
+        self._kl_coef_used = float(self.kl_ctl.value)
+        buf.set_rewards(
+            shaped_rewards(buf.task_rewards, kl, mask, self._kl_coef_used, self.config.reward_clip)
+        )
+        return kl
+
+    def segment(self) -> None:
+        """Stage 4: macro starts from the termination (every token when there is none)."""
         buf = self.rollout_buffer
         assert buf is not None
         if self.termination is None:
-            return buf.response_mask.clone()
+            buf.set_starts(buf.response_mask.clone())
+            return
         batch = SegmentationBatch.build(
             buf.response_ids,
             buf.response_mask,
@@ -427,34 +454,41 @@ class LMOnPolicyAlgorithm:
             ref_logprobs=buf.ref_logprobs,
             generator=self.termination_generator,
         )
-        return compute_starts(self.termination, batch, isolate_last=self.isolate_last)
+        buf.set_starts(
+            compute_starts(self.termination, batch, isolate_last=self.config.isolate_last)
+        )
 
-    def _credit_stats(self, gae: Any) -> dict[str, float]:
+    def estimate(self) -> Estimate:
+        """Stage 5: the estimator turns rewards (and what it declared) into advantages."""
         buf = self.rollout_buffer
         assert buf is not None
-        mask, starts = buf.response_mask, buf.starts
-        segments = num_segments(starts, mask).float()
-        lengths = buf.lengths.float()
-        cols = torch.arange(mask.shape[1], device=mask.device).float()
-        quantile = cols[None, :] / lengths.clamp(min=1)[:, None]
-        early, late = mask & (quantile < 0.25), mask & (quantile >= 0.75)
+        batch = EstimatorBatch(
+            rewards=buf.rewards,
+            task_rewards=buf.task_rewards,
+            mask=buf.response_mask,
+            starts=buf.starts,
+            values=buf.values if buf.has_values else None,
+            group_ids=buf.group_ids,
+        )
+        estimate = self.estimator_spec.fn(batch, self.config)
+        check_estimate(self.estimator_spec.name, estimate, batch)
+        buf.set_estimate(estimate.advantages, estimate.returns)
+        return estimate
 
-        def masked_var(x: torch.Tensor, m: torch.Tensor) -> float:
-            return float(x[m].var()) if int(m.sum()) > 1 else float("nan")
-
-        stats = {
-            "credit/macro_len_mean": float(lengths.sum() / segments.sum().clamp(min=1)),
-            "credit/segments_per_episode": float(segments.mean()),
-            "credit/adv_var_early": masked_var(gae.advantages, early),
-            "credit/adv_var_late": masked_var(gae.advantages, late),
-            "credit/explained_variance_segment": float(
-                explained_variance(gae.seg_values, gae.seg_returns, gae.seg_mask)
-            ),
-            "credit/termination_fallbacks": float(
-                self.termination.stats.fallbacks if self.termination is not None else 0
-            ),
-        }
-        return stats
+    def _rollout_log(self, kl: torch.Tensor, estimate: Estimate) -> None:
+        buf = self.rollout_buffer
+        assert buf is not None
+        kl_per_episode = kl.sum(dim=1)
+        self.kl_ctl.update(float(kl_per_episode.mean()), self.n_envs)
+        self.rollout_stats = credit_stats(buf.response_mask, buf.starts, estimate, self.termination)
+        self.rollout_stats.update(
+            {
+                "rollout/kl_ref": float(kl_per_episode.mean()),
+                "rollout/kl_coef": self._kl_coef_used,
+                "rollout/score_mean": float(buf.task_rewards.sum(dim=1).mean()),
+                "rollout/ep_len_mean": float(buf.lengths.float().mean()),
+            }
+        )
 
     # ---------------------------------------------------------------- learn
     def train(self) -> None:

@@ -81,12 +81,46 @@ class LMRolloutBuffer:
         self.returns = torch.zeros(b, n, dtype=torch.float32, device=dev)
         #: ``bool[B, V]`` tokens each episode was allowed (``None``: the whole vocabulary).
         self.action_mask: torch.Tensor | None = None
+        #: ``int64[B]``: rows with the same id answer the same prompt (``None``: no groups).
+        self.group_ids: torch.Tensor | None = None
+        #: Whether ``values``/``returns`` hold a critic's values (False for critic-free credit).
+        self.has_values = False
         self.pos = 0
 
     def set_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Store the prompts: the last ``P`` columns of the reset observation."""
         self.prompt_ids.copy_(input_ids[:, -self.prompt_len :])
         self.prompt_mask.copy_(attention_mask[:, -self.prompt_len :])
+
+    def set_scores(
+        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, values: torch.Tensor | None
+    ) -> None:
+        """Store the no-grad scores of the rollout (``float[B, N]`` each; 0 written on padding).
+
+        :param values: the critic's values, or ``None`` when the estimator needs no critic.
+        """
+        mask = self.response_mask
+        self.logprobs = torch.where(mask, logprobs.float(), 0.0)
+        self.ref_logprobs = torch.where(mask, ref_logprobs.float(), 0.0)
+        self.has_values = values is not None
+        self.values = (
+            torch.zeros_like(self.logprobs)
+            if values is None
+            else torch.where(mask, values.float(), 0.0)
+        )
+
+    def set_rewards(self, rewards: torch.Tensor) -> None:
+        """Store the shaped rewards ``float[B, N]`` (what the estimator credits)."""
+        self.rewards = rewards
+
+    def set_starts(self, starts: torch.Tensor) -> None:
+        """Store the segment starts ``bool[B, N]``."""
+        self.starts = starts
+
+    def set_estimate(self, advantages: torch.Tensor, returns: torch.Tensor | None) -> None:
+        """Store the estimator's advantages and value targets (``None``: no critic to train)."""
+        self.advantages = advantages
+        self.returns = torch.zeros_like(advantages) if returns is None else returns
 
     def add(
         self, actions: torch.Tensor, rewards: torch.Tensor, active: torch.Tensor | None

@@ -7,8 +7,9 @@ termination. ``MAPPO(termination="ngram:1")`` is token-level PPO exactly.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any
 
+from marlhf.agents.config import MAPPOConfig, bind_config
 from marlhf.agents.ppo import PPO
 
 
@@ -19,9 +20,9 @@ class MAPPO(PPO):
     differs: ``"ngram:5"``, the paper's best overall choice (``"ngram:10"`` for code). A
     termination is required (``None`` would be token-level PPO: use :class:`PPO`).
     ``MAPPO(..., preset="ma-rlhf-official")`` reproduces the released configuration.
-    """
 
-    _defaults: ClassVar[dict[str, Any]] = {"termination": "ngram:5"}
+    :hyperparameters:
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -30,3 +31,6 @@ class MAPPO(PPO):
                 "MAPPO: termination=None; pass a spec such as 'ngram:5' "
                 "(or use PPO for token-level credit)"
             )
+
+
+bind_config(MAPPO, MAPPOConfig)

@@ -246,7 +246,8 @@ class CausalLMActorCritic(nn.Module):
         response_mask: torch.Tensor,
         temperature: float = 1.0,
         action_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with_values: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Log-probs, entropies and values of the taken tokens, in one forward.
 
         :param input_ids: ``int64[B, P + N]``: the left-padded prompt, then the right-padded
@@ -256,14 +257,18 @@ class CausalLMActorCritic(nn.Module):
         :param temperature: the sampling temperature (log-probs are of ``softmax(logits / T)``).
         :param action_mask: ``bool[B, V]`` tokens each row may take (the distribution is
             renormalised over them), or ``None`` for the whole vocabulary.
+        :param with_values: False skips the critic (no value head, no separate critic forward)
+            for estimators that need no values; ``values`` is then ``None``.
         :return: ``(logp, entropy, values)``, each ``float32[B, N]``; ``values[:, t]`` is the value
             of the state before response token ``t``. Entries on padding are finite but meaningless.
         """
         p, n = self._split(input_ids, attention_mask, response_mask)
         mask = attention_mask.long()
-        out = self._forward(self.model, input_ids, mask, hidden=self.critic is None)
+        out = self._forward(self.model, input_ids, mask, hidden=with_values and self.critic is None)
         logits = out.logits[:, p - 1 : p + n - 1]
         logp, entropy = self._token_logp_entropy(logits, input_ids[:, p:], temperature, action_mask)
+        if not with_values:
+            return logp, entropy, None
         if self.critic is None:
             hidden = out.hidden_states[-1][:, p - 1 : p + n - 1]
         else:

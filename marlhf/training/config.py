@@ -13,6 +13,7 @@ valid keys, a wrong type an error naming the key and the expected type.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -22,6 +23,29 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 import yaml
 
 T = TypeVar("T")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+        |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+        |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML text safely, with ``1e-3`` read as a float."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass
 
 
 class ConfigError(ValueError):
@@ -56,7 +80,7 @@ def type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _check(value: Any, annotation: Any, key: str) -> Any:
+def check_value(value: Any, annotation: Any, key: str) -> Any:
     """Return ``value`` checked (and int widened to float) against ``annotation``, or raise."""
     origin = get_origin(annotation)
     if annotation is Any:
@@ -67,7 +91,7 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
     elif origin in (Union, types.UnionType):
         for arm in get_args(annotation):
             try:
-                return _check(value, arm, key)
+                return check_value(value, arm, key)
             except ConfigError:
                 continue
     elif origin is Literal:
@@ -76,7 +100,7 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
     elif origin in (list, Sequence):
         if isinstance(value, list | tuple):
             (inner,) = get_args(annotation) or (Any,)
-            return [_check(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+            return [check_value(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     elif origin in (dict, Mapping):
         if isinstance(value, Mapping):
             return dict(value)
@@ -94,13 +118,18 @@ def _check(value: Any, annotation: Any, key: str) -> Any:
     )
 
 
-def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
+def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", build: bool = False) -> T:
     """Build config ``cls`` from a (possibly partial) nested mapping, checking keys and types.
 
     :param cls: a dataclass whose fields are declared with :func:`doc` help text.
     :param data: values to set; missing fields keep their defaults.
     :param prefix: dotted path of ``cls`` inside its parent config (for error messages).
+    :param build: True skips ``cls.from_mapping`` (used by ``from_mapping`` itself).
     """
+    if not build and hasattr(cls, "from_mapping"):
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"config section {prefix.rstrip('.')!r}: expected a mapping")
+        return cls.from_mapping(data, prefix=prefix or "")  # type: ignore[attr-defined]
     if not isinstance(data, Mapping):
         raise ConfigError(
             f"config section {prefix.rstrip('.') or '<root>'!r}: expected a mapping, got {data!r}"
@@ -120,7 +149,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         if dataclasses.is_dataclass(annotation):
             kwargs[name] = from_dict(annotation, value, prefix=key + ".")  # type: ignore[arg-type]
         else:
-            kwargs[name] = _check(value, annotation, key)
+            kwargs[name] = check_value(value, annotation, key)
     return cls(**kwargs)
 
 
@@ -174,7 +203,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. agent.kl_coef=0.1")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
     return key.strip(), value
@@ -190,7 +219,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as err:
         raise ConfigError(f"config file {str(p)!r} cannot be read: {err}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
     if data is None:
@@ -226,9 +255,11 @@ def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
     """``(key, type, default, help)`` for every leaf field of ``cls`` (nested keys dotted)."""
     rows: list[tuple[str, str, str, str]] = []
     hints = _hints(cls)
-    instance = cls()
+    instance = cls.cli_default() if hasattr(cls, "cli_default") else cls()
     for f in dataclasses.fields(cls):
         annotation = hints[f.name]
+        if f.metadata.get("cli") is False:
+            continue
         if dataclasses.is_dataclass(annotation):
             rows.extend(describe(annotation, prefix + f.name + "."))  # type: ignore[arg-type]
             continue

@@ -6,12 +6,17 @@ ready YAML file for every task.
 
 from __future__ import annotations
 
+import dataclasses
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from marlhf.training.config import doc
+from marlhf.agents.config import PRESETS, PPOConfig, resolve_config
+from marlhf.training.config import ConfigError, check_value, doc, from_dict
 
 DEFAULT_TASK = "marlhf/DelayedChoice-v0"
+DEFAULT_TASK_KWARGS: dict[str, Any] = {"horizon": 32, "num_choices": 4}
 
 
 @dataclass
@@ -50,81 +55,80 @@ class TaskConfig:
         metadata=doc("registered env id under marlhf/ (see `marlhf train --help`)"),
     )
     kwargs: dict[str, Any] = field(
-        default_factory=lambda: {"horizon": 32, "num_choices": 4},
-        metadata=doc("keyword arguments of the task (passed to gymnasium.make_vec), e.g. horizon"),
+        default_factory=lambda: dict(DEFAULT_TASK_KWARGS),
+        metadata=doc(
+            "keyword arguments of the task (passed to gymnasium.make_vec), e.g. horizon; "
+            "setting another task.id without task.kwargs starts from {} (the task's defaults)"
+        ),
     )
     num_envs: int = field(
         default=32, metadata=doc("environments rolled out in parallel = episodes per iteration")
     )
 
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], prefix: str = "task.") -> TaskConfig:
+        """The section from the keys a user set; the default task's kwargs do not carry over to
+        another ``id`` (they would be another task's arguments)."""
+        values = dict(data)
+        if values.get("id", DEFAULT_TASK) != DEFAULT_TASK and "kwargs" not in values:
+            values["kwargs"] = {}
+        return from_dict(cls, values, prefix=prefix, build=True)
+
+
+#: The presets the CLI starts from (suggested values only; shown in ``--help``).
+CLI_PRESETS: list[str] = ["toy"]
+
 
 @dataclass
-class AgentConfig:
-    """PPO / MAPPO hyper-parameters (SB3 names); null means the agent's own default."""
+class AgentConfig(PPOConfig):
+    """The agent's hyper-parameters: :class:`marlhf.agents.PPOConfig`'s fields (the same names,
+    help and validation as ``PPO(...)``), starting from the ``preset`` list (default: ``toy``)."""
 
-    learning_rate: float = field(default=1e-3, metadata=doc("Adam learning rate"))
-    n_epochs: int = field(default=4, metadata=doc("optimisation epochs over each rollout"))
-    batch_size: int = field(
-        default=16, metadata=doc("minibatch size in episodes (rows); must divide task.num_envs")
+    preset: list[str] = field(
+        default_factory=lambda: list(CLI_PRESETS),
+        metadata=doc(
+            "presets applied in order before the values you set: toy (tiny models from "
+            f"scratch: {PRESETS['toy'].values()}), "
+            + ", ".join(name for name in PRESETS if name != "toy")
+            + "; e.g. [toy, ma-rlhf-official]. A knob a preset fixes cannot also be set"
+        ),
     )
-    gamma: float | None = field(
-        default=None, metadata=doc("discount factor (per segment step for MAPPO)")
-    )
-    gae_lambda: float | None = field(default=None, metadata=doc("GAE lambda"))
-    clip_range: float | None = field(
-        default=None, metadata=doc("PPO clip range of the probability ratio")
-    )
-    clip_range_vf: float | None = field(
-        default=None, metadata=doc("value clip range (null: no value clipping)")
-    )
-    normalize_advantage: bool | None = field(
-        default=None, metadata=doc("whiten advantages per minibatch")
-    )
-    ent_coef: float | None = field(default=None, metadata=doc("entropy bonus coefficient"))
-    vf_coef: float | None = field(default=None, metadata=doc("value loss coefficient"))
-    max_grad_norm: float | None = field(default=None, metadata=doc("gradient clipping norm"))
-    target_kl: float | None = field(
-        default=None, metadata=doc("stop the epochs early past 1.5 x this approx KL")
-    )
-    kl_coef: float | None = field(
-        default=0.0, metadata=doc("KL penalty coefficient beta towards the reference")
-    )
-    kl_estimator: str | None = field(default=None, metadata=doc("KL estimator: k1 or k3"))
-    kl_target: float | None = field(
-        default=None, metadata=doc("target KL of the adaptive controller (null: fixed)")
-    )
-    reward_clip: float | None = field(
-        default=None, metadata=doc("clip the task score to +-this before shaping")
-    )
-    temperature: float | None = field(default=None, metadata=doc("sampling temperature"))
-    top_k: int | None = field(default=None, metadata=doc("top-k sampling (null or 0: off)"))
-    top_p: float | None = field(default=None, metadata=doc("nucleus sampling threshold"))
-    reward_agg: str | None = field(
-        default=None, metadata=doc("MAPPO: reward aggregation in a segment: sum or mean")
-    )
-    value_agg: str | None = field(
-        default=None,
-        metadata=doc("MAPPO: value aggregation in a segment: mean, first, last or position"),
-    )
-    ratio_level: str | None = field(
-        default=None, metadata=doc("MAPPO: probability ratio per token or per macro")
-    )
-    discount: str | None = field(
-        default=None, metadata=doc("MAPPO: discount per segment step or per token")
-    )
-    isolate_last: bool | None = field(
-        default=None, metadata=doc("MAPPO: the last token is its own segment")
-    )
-    preset: str | None = field(default=None, metadata=doc("MAPPO preset, e.g. ma-rlhf-official"))
-    extra: dict[str, Any] = field(
-        default_factory=lambda: {},
-        metadata=doc("further keyword arguments passed to the agent as is"),
-    )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], prefix: str = "agent.") -> AgentConfig:
+        """The section from the keys a user set (YAML, ``--set``): presets first, then those."""
+        values = dict(data)
+        preset = values.pop("preset", list(CLI_PRESETS))
+        if isinstance(preset, str):
+            preset = [preset]
+        if not isinstance(preset, list) or not all(isinstance(p, str) for p in preset):
+            raise ConfigError(f"config key {prefix}preset: expected a list of preset names")
+        if values.pop("termination", None) is not None:
+            raise ConfigError(
+                f"config key {prefix}termination: set the termination with the top-level "
+                "`termination` (train) or `agents` (compare) key"
+            )
+        hints = typing.get_type_hints(PPOConfig)
+        for key, value in values.items():
+            if key not in hints:
+                valid = ", ".join(prefix + k for k in sorted(hints) if k != "termination")
+                raise ConfigError(f"unknown config key {prefix + key!r}; valid keys here: {valid}")
+            values[key] = check_value(value, hints[key], prefix + key)
+        try:
+            config = resolve_config(PPOConfig, preset, values)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"config section {prefix.rstrip('.')!r}: {err}") from None
+        return cls(**{**dataclasses.asdict(config), "preset": preset})
+
+    @classmethod
+    def cli_default(cls) -> AgentConfig:
+        """What the CLI uses when the section is not set: the ``CLI_PRESETS`` applied."""
+        return cls.from_mapping({})
 
     def agent_kwargs(self) -> dict[str, Any]:
-        """The keyword arguments for ``PPO``/``MAPPO``: every field that is not null."""
-        out = {k: v for k, v in vars(self).items() if k != "extra" and v is not None}
-        out.update(self.extra)
+        """Keyword arguments for ``PPO``/``MAPPO``: every hyper-parameter (presets applied)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig)}
+        out.pop("termination")
         return out
 
 
@@ -134,12 +138,18 @@ class TrainConfig:
 
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("the policy model"))
     task: TaskConfig = field(default_factory=TaskConfig, metadata=doc("the environment"))
-    agent: AgentConfig = field(default_factory=AgentConfig, metadata=doc("hyper-parameters"))
+    agent: AgentConfig = field(
+        default_factory=AgentConfig.cli_default, metadata=doc("hyper-parameters")
+    )
     algo: Literal["ppo", "mappo"] = field(
         default="mappo", metadata=doc("token-level ppo or macro-action mappo")
     )
-    termination: str = field(
-        default="ngram:5", metadata=doc("MAPPO termination spec, e.g. ngram:5, ngram:10")
+    termination: str | None = field(
+        default=None,
+        metadata=doc(
+            "MAPPO termination spec, e.g. ngram:5, ngram:10 (null: ngram:5 for mappo); an error "
+            "with algo=ppo, which is token-level"
+        ),
     )
     total_timesteps: int = field(
         default=20_000, metadata=doc("training budget in generated tokens")
@@ -165,7 +175,8 @@ class CompareConfig:
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("the policy model"))
     task: TaskConfig = field(default_factory=TaskConfig, metadata=doc("the environment"))
     agent: AgentConfig = field(
-        default_factory=AgentConfig, metadata=doc("hyper-parameters shared by every agent")
+        default_factory=AgentConfig.cli_default,
+        metadata=doc("hyper-parameters shared by every agent"),
     )
     terminations: list[str] = field(
         default_factory=lambda: ["ngram:5"],

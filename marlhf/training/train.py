@@ -45,17 +45,24 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
         raise ValueError(f"total_timesteps={config.total_timesteps} must be >= 1")
     if config.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 0")
+    if config.algo == "ppo" and config.termination is not None:
+        raise ValueError(
+            f"termination={config.termination!r} with algo='ppo': PPO is token-level; use "
+            "algo=mappo for macro actions, or remove the termination"
+        )
+    termination = "token"
     if config.algo == "mappo":
         from marlhf.options import make_termination
 
-        make_termination(config.termination)  # fail before any model is built
+        termination = config.termination if config.termination is not None else "ngram:5"
+        make_termination(termination)  # fail before any model is built
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
-    spec = RunSpec(
-        config.algo, config.termination if config.algo == "mappo" else "token", config.seed
-    )
+    spec = RunSpec(config.algo, termination, config.seed)
     out = Path(config.output_dir)
-    record_config(out, to_dict(config), RUN_DEFINING)
+    record = to_dict(config)
+    record["termination"] = termination if config.algo == "mappo" else None
+    record_config(out, record, RUN_DEFINING)
     result = train_run(
         spec,
         out,

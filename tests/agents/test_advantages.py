@@ -379,7 +379,9 @@ def test_whiten_uses_only_real_entries() -> None:
     scaled = whiten(x, mask, shift_mean=False)
     assert float(scaled[mask].mean()) == pytest.approx(float(x[mask].mean()), abs=1e-9)
     one = prefix_mask([0, 1, 0], 9)
-    assert not whiten(x, one).any()  # a single entry centres to 0
+    # A single real entry keeps its raw advantage (as SB3 skips normalising a batch of one).
+    assert whiten(x, one).tolist() == torch.where(one, x, 0.0).tolist()
+    assert float(whiten(x, one)[one]) != 0.0
     assert whiten(x, one, shift_mean=False).tolist() == torch.where(one, x, 0.0).tolist()
     assert not whiten(x, torch.zeros_like(one)).any()
     with pytest.raises(ValueError, match=r"x has shape \(3, 9\) but mask has \(3, 8\)"):

@@ -1,0 +1,460 @@
+"""One config per algorithm: every hyper-parameter in one place, with its help text and choices.
+
+``PPOConfig`` is the single source of the algorithms' hyper-parameters. ``PPO(...)``'s keyword
+arguments, its ``:param`` docs, the CLI's ``agent`` section, YAML files, ``--set`` and ``--help``
+are all generated from its fields (``field(metadata=doc(...))``; ``Literal`` types are the lists
+of valid choices). A new knob is one field here.
+
+Presets (``PRESETS``) are named partial configs. A preset *fixes* the knobs that define a method
+(passing one of those too is an error: the result would no longer be that method) and *suggests*
+others (learning rate, epochs, ...), which an explicit value overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, get_args, get_origin
+
+from marlhf.agents.advantages import Discount, RewardAgg, ValueAgg
+from marlhf.agents.estimators import get_estimator
+from marlhf.agents.kl import KLEstimator
+from marlhf.options import Termination
+
+RatioLevel = Literal["token", "macro"]
+LRSchedule = Literal["constant", "linear"]
+
+
+def doc(help: str, *, cli: bool = True) -> dict[str, Any]:
+    """Field metadata holding the help text: ``field(default=1, metadata=doc("what, unit"))``.
+
+    :param cli: False keeps the field out of the CLI's ``agent`` section (set elsewhere there).
+    """
+    return {"help": help, "cli": cli}
+
+
+def _positive(name: str, value: Any, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or not value > 0:
+        valid = "a positive finite number" + (" or None" if allow_none else "")
+        raise ValueError(f"{name}={value!r} must be {valid}")
+
+
+def _in_range(name: str, value: Any, low: float, high: float) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not low <= value <= high:
+        raise ValueError(f"{name}={value!r} must be a number in [{low}, {high}]")
+
+
+def _nonnegative(name: str, value: Any) -> None:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}={value!r} must be a finite number >= 0")
+
+
+def _int_at_least(name: str, value: Any, low: int, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name}={value!r} must be an int >= {low}{extra}")
+
+
+def _check_literal(name: str, value: Any, annotation: Any) -> None:
+    choices = literal_choices(annotation)
+    if choices is not None and value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {choices}")
+
+
+def literal_choices(annotation: Any) -> tuple[Any, ...] | None:
+    """The choices of a ``Literal`` annotation (also inside ``X | None``), else ``None``."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arm in get_args(annotation):
+        if get_origin(arm) is Literal:
+            return get_args(arm)
+    return None
+
+
+@dataclass
+class PPOConfig:
+    """Hyper-parameters of :class:`marlhf.agents.PPO` (SB3 names, plus the LM and MA-RLHF knobs)."""
+
+    learning_rate: float = field(default=1e-5, metadata=doc("Adam(W) learning rate"))
+    n_epochs: int = field(default=4, metadata=doc("passes over each rollout"))
+    batch_size: int | None = field(
+        default=None,
+        metadata=doc(
+            "minibatch size in episodes (rows); must divide num_envs; None: the whole rollout"
+        ),
+    )
+    gamma: float = field(default=1.0, metadata=doc("discount per segment step (per token: PPO)"))
+    gae_lambda: float = field(default=0.95, metadata=doc("GAE lambda"))
+    clip_range: float = field(default=0.2, metadata=doc("PPO clip of the probability ratio"))
+    clip_range_vf: float | None = field(
+        default=0.2, metadata=doc("value clip around the rollout's values; None: no value clip")
+    )
+    normalize_advantage: bool = field(default=True, metadata=doc("whiten advantages per minibatch"))
+    ent_coef: float = field(default=0.0, metadata=doc("entropy bonus coefficient"))
+    vf_coef: float = field(default=0.5, metadata=doc("value loss coefficient"))
+    max_grad_norm: float | None = field(
+        default=1.0, metadata=doc("gradient norm clip; None: no clipping")
+    )
+    target_kl: float | None = field(
+        default=None,
+        metadata=doc("stop the epochs early when approx KL exceeds 1.5 x this; None: never"),
+    )
+    kl_coef: float = field(
+        default=0.05, metadata=doc("beta of the per-token KL penalty towards the reference")
+    )
+    kl_estimator: KLEstimator = field(
+        default="k1",
+        metadata=doc("per-token KL estimate: k1 (log-ratio), k2 (half squared), k3 (Schulman)"),
+    )
+    kl_target: float | None = field(
+        default=None,
+        metadata=doc("target KL per episode of the adaptive controller; None: beta stays fixed"),
+    )
+    kl_horizon: int = field(
+        default=10000, metadata=doc("the adaptive KL controller's horizon in episodes")
+    )
+    reward_clip: float | None = field(
+        default=None, metadata=doc("clip task rewards to [-c, c] before shaping; None: no clip")
+    )
+    temperature: float = field(default=1.0, metadata=doc("sampling temperature"))
+    score_temperature: float | None = field(
+        default=None,
+        metadata=doc(
+            "temperature of the log-probs used for the ratio, the KL and the terminations; "
+            "None: the sampling temperature (the released MA-RLHF code scores at 1.0)"
+        ),
+    )
+    top_k: int = field(default=0, metadata=doc("sample among the k most likely tokens; 0: all"))
+    top_p: float = field(default=1.0, metadata=doc("nucleus sampling mass; 1.0: all"))
+    termination: str | Termination | None = field(
+        default=None,
+        metadata=doc(
+            "macro-action termination spec (ngram:5, ...) or object; None: every token is its "
+            "own action (token-level PPO)",
+            cli=False,
+        ),
+    )
+    reward_agg: RewardAgg = field(
+        default="sum", metadata=doc("segment reward: sum (paper) or mean (released code)")
+    )
+    value_agg: ValueAgg = field(
+        default="mean", metadata=doc("segment value: mean (released code), first, last, position")
+    )
+    ratio_level: RatioLevel = field(
+        default="token", metadata=doc("probability ratio per token or one per macro (segment)")
+    )
+    discount: Discount = field(
+        default="segment", metadata=doc("one gamma per macro step (segment) or gamma**len (token)")
+    )
+    isolate_last: bool = field(
+        default=True, metadata=doc("the last token is its own segment (carries the score alone)")
+    )
+    weight_decay: float = field(
+        default=0.0, metadata=doc("decoupled weight decay (AdamW); 0: plain Adam")
+    )
+    lr_schedule: LRSchedule = field(
+        default="constant",
+        metadata=doc("learning rate over training: constant, or linear decay to 0"),
+    )
+    warmup_fraction: float = field(
+        default=0.0,
+        metadata=doc("fraction of total_timesteps over which the learning rate warms up from 0"),
+    )
+    estimator: str = field(
+        default="gae",
+        metadata=doc(
+            "advantage estimator (marlhf.agents.estimators registry): gae (critic; tokens = PPO, "
+            "segments = MA-PPO), ..."
+        ),
+    )
+    group_size: int = field(
+        default=1,
+        metadata=doc(
+            "rollouts per prompt (num_envs / group_size prompts a rollout); group baselines "
+            "need >= 2"
+        ),
+    )
+    bf16: bool = field(default=False, metadata=doc("bfloat16 autocast on CUDA (ignored on CPU)"))
+    mask_actions: bool = field(
+        default=False,
+        metadata=doc(
+            "sample and score only the tokens the env allows (env.action_masks(), read at reset)"
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        _positive("learning_rate", self.learning_rate)
+        _positive("clip_range", self.clip_range)
+        _positive("temperature", self.temperature)
+        _positive("score_temperature", self.score_temperature, allow_none=True)
+        for name in ("clip_range_vf", "target_kl", "reward_clip", "kl_target", "max_grad_norm"):
+            _positive(name, getattr(self, name), allow_none=True)
+        _int_at_least("n_epochs", self.n_epochs, 1)
+        _int_at_least("batch_size", self.batch_size, 1, allow_none=True)
+        _int_at_least("kl_horizon", self.kl_horizon, 1)
+        _int_at_least("top_k", self.top_k, 0)
+        for name in ("gamma", "gae_lambda", "top_p"):
+            _in_range(name, getattr(self, name), 0.0, 1.0)
+        _in_range("warmup_fraction", self.warmup_fraction, 0.0, 1.0)
+        for name in ("ent_coef", "vf_coef", "kl_coef", "weight_decay"):
+            _nonnegative(name, getattr(self, name))
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hints[f.name] is bool and not isinstance(value, bool):
+                raise ValueError(f"{f.name}={value!r} must be True or False")
+            _check_literal(f.name, value, hints[f.name])
+        _int_at_least("group_size", self.group_size, 1)
+        spec = get_estimator(self.estimator)  # raises naming the valid estimators
+        if spec.needs_groups and self.group_size < 2:
+            raise ValueError(
+                f"estimator={self.estimator!r} needs groups: group_size={self.group_size} must "
+                "be >= 2 (and divide num_envs)"
+            )
+        if self.termination is not None and not isinstance(self.termination, str | Termination):
+            raise ValueError(
+                f"termination={self.termination!r} is not valid; expected a spec string "
+                "(e.g. 'ngram:5'), a Termination, or None"
+            )
+
+    @property
+    def scoring_temperature(self) -> float:
+        """The temperature log-probs are scored at (``score_temperature`` or ``temperature``)."""
+        return self.temperature if self.score_temperature is None else self.score_temperature
+
+
+@dataclass
+class MAPPOConfig(PPOConfig):
+    """Hyper-parameters of :class:`marlhf.agents.MAPPO`: PPO's, with a termination by default."""
+
+    termination: str | Termination | None = field(
+        default="ngram:5",
+        metadata=doc(
+            "macro-action termination spec or object (paper's best overall: ngram:5; "
+            "ngram:10 for code)",
+            cli=False,
+        ),
+    )
+
+
+def config_fields(cls: type[PPOConfig]) -> list[dataclasses.Field[Any]]:
+    """The fields of an algorithm config, in declaration order."""
+    return list(dataclasses.fields(cls))
+
+
+# ------------------------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class Preset:
+    """A named partial config.
+
+    :param fixed: knobs that define the method (combining one with the preset is an error).
+    :param suggested: defaults the preset recommends (an explicit value overrides them).
+    :param source: the paper or code it follows.
+    :param not_reproduced: what differs from that source, one item a line.
+    """
+
+    fixed: Mapping[str, Any]
+    suggested: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    source: str = ""
+    not_reproduced: tuple[str, ...] = ()
+
+    def values(self) -> dict[str, Any]:
+        """Every value the preset sets (suggested, then fixed)."""
+        return {**self.suggested, **self.fixed}
+
+
+PRESETS: dict[str, Preset] = {
+    # The configuration of the released MA-RLHF code (METHOD.md, "Knobs"): segment rewards and
+    # values are means, the ratio is per token, a fixed KL coefficient of 0.05, the terminal
+    # score clipped at +-2.5, gamma 1, lambda 0.95, PPO and value clipping 0.2, no advantage
+    # whitening, sampling at temperature 0.8 with top-k 50 but log-probs scored from raw logits,
+    # one epoch per rollout, lr 1.5e-5 with weight decay 0.1, warm-up then linear decay.
+    "ma-rlhf-official": Preset(
+        fixed={
+            "reward_agg": "mean",
+            "value_agg": "mean",
+            "ratio_level": "token",
+            "discount": "segment",
+            "isolate_last": True,
+            "kl_coef": 0.05,
+            "kl_target": None,
+            "kl_estimator": "k1",
+            "reward_clip": 2.5,
+            "gamma": 1.0,
+            "gae_lambda": 0.95,
+            "clip_range": 0.2,
+            "clip_range_vf": 0.2,
+            "normalize_advantage": False,
+            "temperature": 0.8,
+            "score_temperature": 1.0,
+            "top_k": 50,
+            "top_p": 1.0,
+        },
+        suggested={
+            "n_epochs": 1,
+            "learning_rate": 1.5e-5,
+            "weight_decay": 0.1,
+            "lr_schedule": "linear",
+            "warmup_fraction": 0.1,
+        },
+        source="MA-RLHF released code (DeepSpeed-Chat fork), arXiv 2410.02743",
+        not_reproduced=(
+            "a separate critic model: pass policy_kwargs={'critic': <model or path>} "
+            "(the preset cannot build a second model for you)",
+            "DeepSpeed ZeRO and its fused optimizer; warm-up length as a fraction of the run "
+            "(the released code counts steps)",
+            "the released code's random-n-gram RNG is unseeded; marlhf's is seeded",
+        ),
+    ),
+    # The scale the CLI starts from: a tiny model trained from scratch needs a large learning
+    # rate and no KL anchor to a random reference. Suggested values only; shown in --help.
+    "toy": Preset(
+        fixed={},
+        suggested={"learning_rate": 1e-3, "batch_size": 16, "kl_coef": 0.0},
+        source="marlhf's toy tasks with a tiny GPT-2 trained from scratch",
+    ),
+}
+
+
+def available_presets() -> list[str]:
+    """Sorted preset names."""
+    return sorted(PRESETS)
+
+
+def get_preset(name: str) -> Preset:
+    """Preset ``name``, or a ``ValueError`` listing the available ones."""
+    if not isinstance(name, str) or name not in PRESETS:
+        raise ValueError(f"preset={name!r} is unknown; available: {available_presets()}")
+    return PRESETS[name]
+
+
+def _preset_names(preset: str | Iterable[str] | None) -> list[str]:
+    if preset is None:
+        return []
+    if isinstance(preset, str):
+        return [preset]
+    names = list(preset)
+    for name in names:
+        get_preset(name)
+    return names
+
+
+def resolve_config(
+    cls: type[PPOConfig],
+    preset: str | Iterable[str] | None = None,
+    explicit: Mapping[str, Any] | None = None,
+) -> PPOConfig:
+    """The config of ``cls`` from its defaults, then ``preset`` (one name or several, applied in
+    order), then the ``explicit`` values.
+
+    :raises TypeError: an explicit key that is not a field (the message lists the valid ones).
+    :raises ValueError: an explicit key a preset fixes, an unknown preset, or a bad value.
+    """
+    explicit = dict(explicit or {})
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(explicit) - names)
+    if unknown:
+        raise TypeError(
+            f"unknown hyper-parameter {unknown[0]!r} for {cls.__name__}; valid: {sorted(names)}"
+        )
+    values: dict[str, Any] = {}
+    for name in _preset_names(preset):
+        p = get_preset(name)
+        clash = sorted(k for k in set(p.fixed) & set(explicit) if explicit[k] != p.fixed[k])
+        if clash:
+            raise ValueError(
+                f"preset={name!r} fixes {clash[0]}={p.fixed[clash[0]]!r}; remove "
+                f"{clash[0]}={explicit[clash[0]]!r} or the preset (the preset fixes "
+                f"{sorted(p.fixed)})"
+            )
+        values.update(p.values())
+    values.update(explicit)
+    return cls(**values)
+
+
+def field_help(cls: type[PPOConfig]) -> dict[str, str]:
+    """``{name: help text}`` of every field."""
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
+
+
+# ------------------------------------------------------------------- algorithm classes from it
+#: Keyword arguments every algorithm takes besides its hyper-parameters (with their defaults).
+COMMON_ARGUMENTS: dict[str, Any] = {
+    "preset": None,
+    "tensorboard_log": None,
+    "policy_kwargs": None,
+    "verbose": 0,
+    "seed": None,
+    "device": "auto",
+}
+HYPERPARAMETER_DOCS = ":hyperparameters:"
+
+
+def _default_repr(f: dataclasses.Field[Any]) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise TypeError(f"config field {f.name!r} has no default")
+
+
+def bind_config(cls: type, config_class: type[PPOConfig]) -> None:
+    """Generate an algorithm class's keyword arguments, ``:param`` docs and attribute access from
+    its config dataclass, so that a new field shows in ``help()`` with nothing else to edit.
+
+    - ``inspect.signature(cls)``: ``(policy, env=None, *, <every field with its default>,
+      preset=None, tensorboard_log=None, ...)``;
+    - the line ``:hyperparameters:`` in the class docstring becomes one ``:param`` per field;
+    - ``algo.<field>`` reads ``algo.config.<field>``; assigning validates and replaces the config.
+    """
+    import functools
+    import inspect
+
+    cls.config_class = config_class  # type: ignore[attr-defined]
+    fields = dataclasses.fields(config_class)
+    for f in fields:
+        if f.name == "termination":  # algo.termination is the built rule; the spec stays in config
+            continue
+
+        def getter(self: Any, _name: str = f.name) -> Any:
+            return getattr(self.config, _name)
+
+        def setter(self: Any, value: Any, _name: str = f.name) -> None:
+            self.config = dataclasses.replace(self.config, **{_name: value})
+
+        setattr(cls, f.name, property(getter, setter, doc=f.metadata["help"]))
+
+    original = cls.__init__  # type: ignore[misc]
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+
+    kw = inspect.Parameter.KEYWORD_ONLY
+    params = [
+        inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("policy", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+        inspect.Parameter("env", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None),
+    ]
+    params += [inspect.Parameter(f.name, kw, default=_default_repr(f)) for f in fields]
+    params += [inspect.Parameter(n, kw, default=d) for n, d in COMMON_ARGUMENTS.items()]
+    __init__.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    cls.__init__ = __init__  # type: ignore[misc]
+
+    if cls.__doc__ and HYPERPARAMETER_DOCS in cls.__doc__:
+        lines = [
+            f":param {f.name}: {f.metadata['help']} (default ``{_default_repr(f)!r}``)."
+            for f in fields
+        ]
+        indent = cls.__doc__.split(HYPERPARAMETER_DOCS)[0].rsplit("\n", 1)[-1]
+        cls.__doc__ = cls.__doc__.replace(HYPERPARAMETER_DOCS, ("\n" + indent).join(lines))

@@ -1,0 +1,220 @@
+"""Advantage estimators: a registry, each entry declaring the inputs it needs.
+
+Every credit-assignment scheme marlhf offers is an entry here (METHOD.md, "Credit assignment as one
+code path"): the agent reads ``requires`` and computes only what is declared (no value forward for
+an estimator that needs no critic, groups of rollouts only for group baselines, greedy rollouts
+only for ReMax, Monte-Carlo continuations only for VinePPO-style values).
+
+Add one with a decorated function::
+
+    @register_estimator("my_est", requires=("group_ids",))
+    def my_est(batch: EstimatorBatch, config) -> Estimate:
+        ...
+
+Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
+
+- ``values``: the critic's value of each state, ``float[B, T]``;
+- ``group_ids``: ``int64[B]``, rows with the same id answer the same prompt (``group_size`` rows);
+- ``greedy_rewards``: ``float[B]``, the task score of a greedy rollout of each row's prompt;
+- ``mc_values``: ``float[B, T]``, at each segment start the mean task score of ``mc_rollouts``
+  continuations sampled from prompt + response prefix (NaN elsewhere);
+- ``token_probs``: ``float[B, T]``, the policy's probability of each sampled token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from marlhf.agents.advantages import compute_gae
+
+ESTIMATOR_INPUTS: tuple[str, ...] = (
+    "values",
+    "group_ids",
+    "greedy_rewards",
+    "mc_values",
+    "token_probs",
+)
+
+
+@dataclass
+class EstimatorBatch:
+    """What an estimator reads (fields it did not declare are ``None``).
+
+    :param rewards: ``float[B, T]`` shaped token rewards (task reward, minus the KL penalty when
+        the KL is in the reward); 0 on padding.
+    :param task_rewards: ``float[B, T]`` the env's rewards alone.
+    :param mask: ``bool[B, T]`` real response tokens.
+    :param starts: ``bool[B, T]`` segment starts (every real token for token-level credit).
+    """
+
+    rewards: Tensor
+    task_rewards: Tensor
+    mask: Tensor
+    starts: Tensor
+    values: Tensor | None = None
+    group_ids: Tensor | None = None
+    greedy_rewards: Tensor | None = None
+    mc_values: Tensor | None = None
+    token_probs: Tensor | None = None
+
+
+@dataclass
+class Estimate:
+    """An estimator's output.
+
+    :param advantages: ``float[B, T]``; 0 on padding.
+    :param returns: ``float[B, T]`` value targets, or ``None`` when there is no critic to train.
+    :param segments: optional segment-level tensors for the logs (``seg_values``,
+        ``seg_returns``, ``seg_mask``).
+    """
+
+    advantages: Tensor
+    returns: Tensor | None = None
+    segments: dict[str, Tensor] = field(default_factory=dict)
+
+
+class EstimatorFn(Protocol):
+    def __call__(self, batch: EstimatorBatch, config: Any) -> Estimate: ...
+
+
+@dataclass(frozen=True)
+class EstimatorSpec:
+    """A registered estimator: its function, declared inputs and a one-line description."""
+
+    name: str
+    fn: EstimatorFn
+    requires: frozenset[str]
+    description: str
+
+    @property
+    def needs_critic(self) -> bool:
+        return "values" in self.requires
+
+    @property
+    def needs_groups(self) -> bool:
+        return "group_ids" in self.requires
+
+
+_REGISTRY: dict[str, EstimatorSpec] = {}
+
+
+def register_estimator(
+    name: str, requires: tuple[str, ...] = (), description: str = ""
+) -> Callable[[EstimatorFn], EstimatorFn]:
+    """Register ``fn(batch, config) -> Estimate`` under ``name``, declaring its inputs."""
+    unknown = sorted(set(requires) - set(ESTIMATOR_INPUTS))
+    if unknown:
+        raise ValueError(
+            f"register_estimator({name!r}): unknown input {unknown[0]!r}; valid: "
+            f"{list(ESTIMATOR_INPUTS)}"
+        )
+
+    def decorate(fn: EstimatorFn) -> EstimatorFn:
+        if name in _REGISTRY and _REGISTRY[name].fn is not fn:
+            raise ValueError(f"register_estimator: {name!r} is already registered")
+        text = description or (fn.__doc__ or "").strip().splitlines()[0]
+        _REGISTRY[name] = EstimatorSpec(name, fn, frozenset(requires), text)
+        return fn
+
+    return decorate
+
+
+def available_estimators() -> list[str]:
+    """Registered estimator names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_estimator(name: str) -> EstimatorSpec:
+    """The registered estimator ``name``, or a ``ValueError`` listing the valid names."""
+    if name not in _REGISTRY:
+        raise ValueError(f"estimator={name!r} is unknown; choose one of {available_estimators()}")
+    return _REGISTRY[name]
+
+
+def check_estimate(name: str, estimate: Estimate, batch: EstimatorBatch) -> None:
+    """An estimator's output has the batch's shape, is finite on real tokens and 0 on padding."""
+    for what, x in (("advantages", estimate.advantages), ("returns", estimate.returns)):
+        if x is None:
+            continue
+        if x.shape != batch.mask.shape:
+            raise ValueError(
+                f"estimator {name!r}: {what} has shape {tuple(x.shape)}, expected "
+                f"{tuple(batch.mask.shape)}"
+            )
+        if not bool(torch.isfinite(x[batch.mask]).all()):
+            raise FloatingPointError(f"estimator {name!r}: non-finite {what} on a real token")
+        if bool((x[~batch.mask] != 0).any()):
+            raise ValueError(f"estimator {name!r}: {what} must be 0 on padding")
+
+
+# ------------------------------------------------------------------------------------ helpers
+def sequence_returns(batch: EstimatorBatch) -> Tensor:
+    """``float[B]``: each row's total shaped reward (the outcome ``R_i``)."""
+    return torch.where(batch.mask, batch.rewards, 0.0).sum(dim=1)
+
+
+def broadcast(per_row: Tensor, mask: Tensor) -> Tensor:
+    """``float[B] -> float[B, T]``: the row's value on its real tokens, 0 on padding."""
+    return torch.where(mask, per_row[:, None].to(torch.float32), 0.0)
+
+
+def group_stats(values: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row mean, unbiased std and size of the row's group (rows sharing a group id).
+
+    :param values: ``float[B]``.
+    :param group_ids: ``int64[B]``.
+    :return: ``(mean[B], std[B], size[B])``; std is 0 for a group of one.
+    """
+    ids, inverse = torch.unique(group_ids, return_inverse=True)
+    n = len(ids)
+    v = values.to(torch.float64)
+    size = torch.zeros(n, dtype=torch.float64, device=v.device).index_add_(
+        0, inverse, torch.ones_like(v)
+    )
+    total = torch.zeros(n, dtype=torch.float64, device=v.device).index_add_(0, inverse, v)
+    mean = total / size
+    sq = torch.zeros(n, dtype=torch.float64, device=v.device).index_add_(
+        0, inverse, (v - mean[inverse]) ** 2
+    )
+    var = torch.where(size > 1, sq / (size - 1).clamp(min=1), torch.zeros_like(sq))
+    return mean[inverse], var.sqrt()[inverse], size[inverse]
+
+
+def returns_to_go(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
+    """``G_t = sum_{k >= t} gamma**(k - t) r_k`` per row, 0 on padding."""
+    out = torch.zeros_like(rewards, dtype=torch.float32)
+    running = torch.zeros(rewards.shape[0], dtype=torch.float32, device=rewards.device)
+    r = torch.where(mask, rewards, 0.0).float()
+    for t in range(rewards.shape[1] - 1, -1, -1):
+        running = r[:, t] + gamma * running
+        out[:, t] = running
+    return torch.where(mask, out, 0.0)
+
+
+# ------------------------------------------------------------------------------------ entries
+@register_estimator("gae", requires=("values",))
+def gae(batch: EstimatorBatch, config: Any) -> Estimate:
+    """GAE with a learned critic over segments (token-level PPO when every token starts one)."""
+    assert batch.values is not None
+    result = compute_gae(
+        batch.rewards,
+        batch.values,
+        batch.mask,
+        batch.starts,
+        gamma=config.gamma,
+        gae_lambda=config.gae_lambda,
+        reward_agg=config.reward_agg,
+        value_agg=config.value_agg,
+        discount=config.discount,
+    )
+    segments = {
+        "seg_values": result.seg_values,
+        "seg_returns": result.seg_returns,
+        "seg_mask": result.seg_mask,
+    }
+    return Estimate(result.advantages, result.returns, segments)
