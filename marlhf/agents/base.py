@@ -38,16 +38,10 @@ from marlhf.agents.estimators import (
 )
 from marlhf.agents.kl import kl_penalty, make_kl_controller, shaped_rewards
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
+from marlhf.models import resolve_device
 from marlhf.options import SegmentationBatch, Termination, compute_starts, make_termination
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")
-
-
-def get_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class TokenProgressBar(ProgressBarCallback):
@@ -99,7 +93,7 @@ class LMOnPolicyAlgorithm:
         self.verbose = verbose
         # No seed: draw one from OS entropy and keep it, so the run can still be saved and resumed.
         self.seed = int(seed) if seed is not None else int(np.random.default_rng().integers(2**31))
-        self.device = get_device(device)
+        self.device = resolve_device(device)
         term = self.config.termination
         self.termination: Termination | None = (
             None
