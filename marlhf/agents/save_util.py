@@ -1,15 +1,31 @@
-"""Atomic saving of an algorithm: a zip of its state plus ``save_pretrained`` weights beside it.
+"""Atomic checkpoints of an algorithm: a fresh weights folder, made current by one pointer file.
 
-``save("run/model")`` writes ``run/model.zip`` (``data.json``: hyper-parameters and counters;
-``state.pt``: optimizer, KL controller and RNG states) and ``run/model_weights/`` (``policy/``
-loadable by plain ``transformers``, ``reference/``, ``value_head.safetensors``). The weights are
-written first and the zip last, each through a temporary name and ``os.replace``, so a crash never
-leaves a half-written checkpoint under the final names.
+``save("run/model")`` writes::
+
+    run/model_weights.<pid>-<n>/  a fresh folder: ``policy/`` (loadable by plain transformers),
+                                  ``reference/`` and ``critic/`` when separate models,
+                                  ``value_head.safetensors``
+    run/model.zip                 the pointer: ``data.json`` (hyper-parameters, counters, the
+                                  env's identity, the weights folder's name and the SHA-256 of
+                                  each file in it) and ``state.pt`` (optimizer, KL controller and
+                                  RNG states)
+    run/model_weights             a link to the current weights folder (for transformers users)
+
+The weights are written and flushed to disk first; then the zip is written under a temporary
+name, flushed, and moved over ``run/model.zip`` by one ``os.replace``: that rename is the only
+step that changes which checkpoint is current. A save killed before it leaves the previous
+checkpoint whole (its zip names its own folder, which is not touched); after it, the new one is
+whole. Re-pointing the link and removing the previous folder come after; a later save removes
+whatever a killed one left behind. ``load`` checks every digest, so weights changed or damaged
+after the save are refused, and it refuses an env whose task or codec differs from the one
+saved (``force=True`` loads anyway).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import itertools
 import json
 import numbers
 import os
@@ -26,97 +42,343 @@ T = TypeVar("T")
 
 DATA_FILE = "data.json"
 STATE_FILE = "state.pt"
+FORMAT = "marlhf-checkpoint"
+#: 1: the weights in ``<name>_weights/``, terminations as spec strings (still loaded);
+#: 2: a fresh weights folder per save with digests, the env's identity, structured terminations.
+VERSION = 2
+GENERATORS = ("sample", "shuffle", "predict", "termination")
+#: Keys of a Gymnasium spec's kwargs that say how the env is run, not which task it is.
+RUN_KWARGS = frozenset(
+    {"task", "seed", "num_envs", "vectorization_mode", "device", "render_mode", "vector_kwargs"}
+)
+_counter = itertools.count()
+
+
+def write_step(name: str) -> None:
+    """Called between the writes of a save; does nothing (tests inject a kill here)."""
 
 
 def checkpoint_paths(path: str | Path) -> tuple[Path, Path]:
-    """``(zip_path, weights_dir)`` for a save path given with or without ``.zip``."""
+    """``(zip_path, weights_link)`` for a save path given with or without ``.zip``."""
     path = Path(path)
     zip_path = path if path.suffix == ".zip" else path.with_name(path.name + ".zip")
     weights = zip_path.with_name(zip_path.name[: -len(".zip")] + "_weights")
     return zip_path, weights
 
 
-def replace_dir(tmp: Path, final: Path) -> None:
-    """Move folder ``tmp`` to ``final``, replacing an existing folder there."""
-    old = final.with_name(final.name + f".old{os.getpid()}")
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+# ---------------------------------------------------------------------- files on disk
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_symlink() or path.is_file():
+        path.unlink(missing_ok=True)
+    elif path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def _temp_name(base: str, tag: str) -> str:
+    return f"{base}.{os.getpid()}-{tag}"
+
+
+def clean_stale(zip_path: Path, weights: Path, keep: str | None) -> list[Path]:
+    """Remove what killed saves to this path left: temporary zips and links, and weights
+    folders other than ``keep`` (the one the current zip names), unless written by another
+    process that is still running (it may be saving now). Returns what was removed."""
+    removed: list[Path] = []
+    parent = zip_path.parent
+    if not parent.is_dir():
+        return removed
+    for entry in parent.iterdir():
+        for base in (zip_path.name, weights.name):
+            tail = entry.name[len(base) + 1 :]
+            if not entry.name.startswith(base + ".") or entry.name == keep:
+                continue
+            pid_text = tail.partition("-")[0]
+            if not pid_text.isdigit():
+                continue
+            pid = int(pid_text)
+            if pid != os.getpid() and _pid_alive(pid):
+                continue
+            _remove(entry)
+            removed.append(entry)
+    return removed
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_digests(folder: Path, sync: bool = False) -> dict[str, str]:
+    """SHA-256 of every file under ``folder``, by relative path (flushed to disk first if
+    ``sync``)."""
+    out = {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        if sync:
+            _fsync(path)
+        out[path.relative_to(folder).as_posix()] = _sha256(path)
+    return out
+
+
+def _check_digests(zip_path: Path, folder: Path, digests: dict[str, str]) -> None:
+    for rel, want in digests.items():
+        path = folder / rel
+        if not path.is_file():
+            raise ValueError(
+                f"load: {str(path)!r}, listed in {str(zip_path)!r}, is missing; the checkpoint's "
+                "weights were moved or deleted after the save"
+            )
+        got = _sha256(path)
+        if got != want:
+            raise ValueError(
+                f"load: {str(path)!r} does not match the SHA-256 recorded in {str(zip_path)!r} "
+                f"({got[:12]}... != {want[:12]}...); the weights were changed or damaged after "
+                "the save"
+            )
 
 
 def write_zip(zip_path: Path, data: dict[str, Any], state: dict[str, Any]) -> None:
     """Write ``data`` (JSON) and ``state`` (``torch.save``) into ``zip_path`` atomically."""
     zip_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = zip_path.with_name(zip_path.name + f".tmp{os.getpid()}")
+    tmp = zip_path.with_name(_temp_name(zip_path.name, "tmp"))
     buffer = io.BytesIO()
     torch.save(state, buffer)
     with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr(DATA_FILE, json.dumps(data, indent=2, sort_keys=True))
+        write_step("zip data written")
         # Tensors (optimizer moments, weights) barely compress: storing them saves minutes on
         # a 135M model for a few percent of disk.
         archive.writestr(STATE_FILE, buffer.getvalue(), compress_type=zipfile.ZIP_STORED)
-    os.replace(tmp, zip_path)
+    write_step("zip written")
+    _fsync(tmp)
+    write_step("zip synced")
+    os.replace(tmp, zip_path)  # the commit
+    write_step("committed")
+    _fsync(zip_path.parent)
+    write_step("folder synced")
 
 
 def read_zip(zip_path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(data, state)`` from a zip written by :func:`write_zip` (tensors on the CPU)."""
+    """``(data, state)`` from a zip written by :func:`write_zip` (tensors on the CPU).
+
+    :raises FileNotFoundError: when there is no file at ``zip_path``.
+    :raises ValueError: naming the path, for a truncated, damaged or foreign file.
+    """
     if not zip_path.is_file():
         raise FileNotFoundError(f"load: no saved algorithm at {str(zip_path)!r}")
-    with zipfile.ZipFile(zip_path) as archive:
-        names = set(archive.namelist())
-        missing = {DATA_FILE, STATE_FILE} - names
-        if missing:
-            raise ValueError(f"load: {str(zip_path)!r} lacks {sorted(missing)}; not a marlhf save")
-        data = json.loads(archive.read(DATA_FILE))
-        state = torch.load(
-            io.BytesIO(archive.read(STATE_FILE)), map_location="cpu", weights_only=True
-        )
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            names = set(archive.namelist())
+            missing = {DATA_FILE, STATE_FILE} - names
+            if missing:
+                raise ValueError(
+                    f"load: {str(zip_path)!r} lacks {sorted(missing)}; not a marlhf save"
+                )
+            data = json.loads(archive.read(DATA_FILE))
+            raw = archive.read(STATE_FILE)
+        state = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+    except ValueError as exc:
+        if str(exc).startswith("load:"):
+            raise
+        raise _unreadable(zip_path, exc) from exc
+    except (zipfile.BadZipFile, EOFError, RuntimeError, OSError, KeyError) as exc:
+        raise _unreadable(zip_path, exc) from exc
+    if not isinstance(data, dict) or not isinstance(state, dict) or "class" not in data:
+        raise ValueError(f"load: {str(zip_path)!r} is not a marlhf save (no algorithm class)")
     return data, state
 
 
-def _env_rng(env: Any) -> np.random.Generator | None:
-    rng = getattr(env, "np_random", None)
-    return rng if isinstance(rng, np.random.Generator) else None
+def _unreadable(zip_path: Path, exc: BaseException) -> ValueError:
+    return ValueError(
+        f"load: {str(zip_path)!r} is truncated, damaged or not a marlhf save "
+        f"({type(exc).__name__}: {exc})"
+    )
 
 
-GENERATORS = ("sample", "shuffle", "predict", "termination")
+def _point_link(weights: Path, fresh: Path) -> None:
+    """Make ``weights`` a link to ``fresh`` (a sibling); a real folder there (a version-1 save)
+    is moved aside first and removed after."""
+    aside = None
+    if weights.exists() and not weights.is_symlink():
+        aside = weights.with_name(_temp_name(weights.name, "old"))
+        os.replace(weights, aside)
+        write_step("old folder moved aside")
+    tmp = weights.with_name(_temp_name(weights.name, "link"))
+    _remove(tmp)
+    os.symlink(fresh.name, tmp)
+    os.replace(tmp, weights)
+    write_step("link replaced")
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
-def _checked_spec(term: Any) -> str:
-    """The termination's spec, checked to rebuild a rule of the same class and spec on load.
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint: its zip, the weights folder it names, its link, and the leftovers
+    of killed saves."""
+    zip_path, weights = checkpoint_paths(path)
+    current = _current_weights(zip_path)
+    zip_path.unlink(missing_ok=True)
+    _remove(weights)
+    if current is not None and _plain_name(current):
+        _remove(zip_path.with_name(current))
+    clean_stale(zip_path, weights, keep=None)
 
-    :raises ValueError: before anything is written, when the rule cannot be rebuilt (not
-        registered, or an argument with no spec form).
-    """
-    from marlhf.options import Termination, make_termination
 
-    spec = term.spec  # raises for arguments with no spec form
+def _plain_name(name: str) -> bool:
+    """Whether ``name`` is a bare file name (no path), as the zip must hold."""
+    return bool(name) and "/" not in name and "\\" not in name and name not in (".", "..")
+
+
+def _current_weights(zip_path: Path) -> str | None:
+    """The weights folder the zip at ``zip_path`` names (None when absent or unreadable)."""
     try:
+        with zipfile.ZipFile(zip_path) as archive:
+            name = json.loads(archive.read(DATA_FILE)).get("weights")
+    except Exception:  # absent or unreadable: it protects nothing
+        return None
+    return name if isinstance(name, str) else None
+
+
+# ---------------------------------------------------------------------- identity
+def codec_fingerprint(codec: Any) -> str:
+    """SHA-256 (16 hex digits) of the vocabulary: size, pad and EOS ids, every token's bytes."""
+    h = hashlib.sha256()
+    size = int(codec.vocab_size)
+    eos = codec.eos_token_id
+    h.update(
+        json.dumps([size, int(codec.pad_token_id), None if eos is None else int(eos)]).encode()
+    )
+    for i in range(size):
+        piece = codec.token_bytes(i)
+        h.update(len(piece).to_bytes(4, "little") + piece)
+    return h.hexdigest()[:16]
+
+
+def _plain_kwarg(value: Any) -> Any:
+    """A task keyword argument as JSON data; an object (a tokenizer) by its type's name."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, list | tuple):
+        return [_plain_kwarg(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain_kwarg(v) for k, v in value.items()}
+    return f"<{type(value).__name__}>"
+
+
+def env_identity(env: Any) -> dict[str, Any]:
+    """What a checkpoint records of its env: the env id and task keyword arguments (known when
+    the env came from ``gymnasium.make_vec``), the task's name and the codec's fingerprint."""
+    spec = getattr(env, "spec", None)
+    env_id = getattr(spec, "id", None)
+    kwargs = None
+    if spec is not None and env_id is not None:
+        kwargs = {k: _plain_kwarg(v) for k, v in sorted(spec.kwargs.items()) if k not in RUN_KWARGS}
+    task = getattr(getattr(env, "task", None), "name", None)
+    return {
+        "env_id": env_id,
+        "task": task if isinstance(task, str) else type(env).__name__,
+        "task_kwargs": kwargs,
+        "codec": codec_fingerprint(env.codec),
+    }
+
+
+def _describe(identity: dict[str, Any]) -> str:
+    name = identity.get("env_id") or identity.get("task")
+    kwargs = identity.get("task_kwargs")
+    return f"{name}" + ("" if kwargs is None else f" {kwargs}") + f" (codec {identity['codec']})"
+
+
+def check_identity(zip_path: Path, saved: dict[str, Any], env: Any) -> None:
+    """Raise when ``env`` is another task or codec than the one ``saved`` (naming both)."""
+    now = env_identity(env)
+    differs = [
+        key
+        for key in ("env_id", "task_kwargs")
+        if saved.get(key) is not None and now[key] is not None and saved[key] != now[key]
+    ]
+    differs += [key for key in ("task", "codec") if saved.get(key) != now[key]]
+    if differs:
+        raise ValueError(
+            f"load: {str(zip_path)!r} was trained on {_describe(saved)}; the env given is "
+            f"{_describe(now)} (differs in {', '.join(differs)}); pass an env of the saved "
+            "task, or force=True to load onto this one anyway"
+        )
+
+
+# ---------------------------------------------------------------------- terminations
+def termination_data(term: Any) -> dict[str, Any]:
+    """The termination as checkpoint data: ``{"name", "kwargs"}``, checked to rebuild the same
+    rule; a rule whose arguments are not plain data falls back to ``{"spec"}`` when its spec
+    rebuilds it with the same arguments (a plugged-in rule with its own ``spec`` property).
+
+    :raises ValueError: before anything is written, when neither form rebuilds it.
+    """
+    from marlhf.options import Termination, make_termination, registry
+
+    name = type(term).__name__
+    try:
+        config = registry.termination_config(term)
+        again = registry.build_termination(config)
+        if _rule(again) == _rule(term):
+            return config
+        problem = f"{config} rebuilds {type(again).__name__}{_plain(again.config_kwargs())}"
+    except ValueError as exc:
+        problem = str(exc)
+    try:
+        spec = str(term.spec)  # raises for arguments with no spec form
         again = make_termination(spec)
     except ValueError as exc:
         raise ValueError(
-            f"save: the termination {type(term).__name__} cannot be rebuilt from its spec "
-            f"{spec!r} ({exc}); register it with @register_termination"
+            f"save: the termination {name} cannot be saved: as data, {problem}; as a spec, "
+            f"{exc}; register it with @register_termination and pass plain-data arguments"
         ) from exc
     if type(again) is not type(term) or again.spec != spec:
         raise ValueError(
-            f"save: the spec {spec!r} of {type(term).__name__} rebuilds "
-            f"{type(again).__name__}({again.spec!r}); give it a `spec` property that names it"
+            f"save: the termination {name} cannot be saved: as data, {problem}; its spec "
+            f"{spec!r} rebuilds {type(again).__name__}({again.spec!r}); give it a `spec` "
+            "property that names it"
         )
     # The default spec is written from the constructor's arguments: they must read back equal.
     if type(term).spec is Termination.spec and term._init_args is not None:
         ours, theirs = _plain(term._init_args), _plain(again._init_args or {})
         if ours != theirs:
             raise ValueError(
-                f"save: {type(term).__name__}'s arguments {ours} would load back as {theirs} "
-                f"from its spec {spec!r}; give it a `spec` property that keeps them"
+                f"save: {name}'s arguments {ours} would load back as {theirs} from its spec "
+                f"{spec!r}; give it a `spec` property that keeps them"
             )
-    return str(spec)
+    return {"spec": spec}
+
+
+def _rule(term: Any) -> tuple[type, Any]:
+    """A termination's class and arguments, nested rules included (what makes it the same)."""
+    return type(term), _plain(term.config_kwargs())
 
 
 def _plain(value: Any) -> Any:
     """``value`` as the spec grammar reads it back: numbers as int/float, sequences as lists."""
+    from marlhf.options import Termination
+
+    if isinstance(value, Termination):
+        return _rule(value)
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -130,19 +392,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def save_algorithm(algo: Any, path: str | Path) -> None:
-    """Save an ``LMOnPolicyAlgorithm``: weights first, then the zip (see the module docstring)."""
-    from marlhf.options import Termination
+def termination_from_data(value: Any) -> Any:
+    """Rebuild what :func:`termination_data` wrote (a version-1 spec string too)."""
+    from marlhf.options import build_termination, make_termination
 
+    if value is None:
+        return None
+    if isinstance(value, str):  # version 1
+        return make_termination(value)
+    if isinstance(value, dict) and set(value) == {"spec"}:
+        return make_termination(value["spec"])
+    return build_termination(value)
+
+
+# ---------------------------------------------------------------------- save / load
+def _env_rng(env: Any) -> np.random.Generator | None:
+    rng = getattr(env, "np_random", None)
+    return rng if isinstance(rng, np.random.Generator) else None
+
+
+def save_algorithm(algo: Any, path: str | Path) -> None:
+    """Save an ``LMOnPolicyAlgorithm`` (see the module docstring for the protocol)."""
     zip_path, weights = checkpoint_paths(path)
     hp = dict(algo.hyperparams)
-    if isinstance(hp["termination"], Termination):  # checked before anything is written
-        hp["termination"] = _checked_spec(hp["termination"])
-    tmp = weights.with_name(weights.name + f".tmp{os.getpid()}")
-    algo.policy.save_pretrained(tmp)
-    replace_dir(tmp, weights)
+    term = getattr(algo, "termination", None)
+    hp["termination"] = None if term is None else termination_data(term)  # before any write
     env_rng = _env_rng(algo.env)
-    data = {
+    data: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
         "class": type(algo).__name__,
         "hyperparams": hp,
         "preset": algo.preset,
@@ -153,7 +431,7 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
         "n_updates": algo._n_updates,
         "iteration": algo._iteration,
         "env_seeded": algo._env_seeded,
-        "weights": weights.name,
+        "env": None if algo.env is None else env_identity(algo.env),
     }
     state = {
         "optimizer": algo.optimizer.state_dict(),
@@ -164,23 +442,61 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
             for name in GENERATORS
         },
     }
+    json.dumps(data)  # fails here, before any write, on a value JSON cannot hold
+    zip_path.parent.mkdir(parents=True, exist_ok=True)
+    previous = _current_weights(zip_path)
+    clean_stale(zip_path, weights, keep=previous)
+    write_step("stale cleaned")
+    fresh = weights.with_name(_temp_name(weights.name, str(next(_counter))))
+    fresh.mkdir()
+    write_step("folder created")
+    algo.policy.save_pretrained(fresh)
+    write_step("weights written")
+    data["weights"] = fresh.name
+    data["weights_sha256"] = file_digests(fresh, sync=True)
+    _fsync(fresh.parent)
+    write_step("weights synced")
     write_zip(zip_path, data, state)
+    _point_link(weights, fresh)
+    if previous is not None and previous != weights.name and previous != fresh.name:
+        _remove(zip_path.with_name(previous))
+    write_step("previous removed")
 
 
 def load_algorithm(
     cls: type[T], path: str | Path, env: Any, device: Any, overrides: dict[str, Any]
 ) -> T:
-    """Rebuild an algorithm of class ``cls`` saved by :func:`save_algorithm`."""
+    """Rebuild an algorithm of class ``cls`` saved by :func:`save_algorithm`.
+
+    ``overrides`` are hyper-parameters to change, plus ``force=True`` to load onto an env whose
+    task or codec differs from the saved one.
+    """
     from marlhf.agents.policy import CausalLMActorCritic
 
+    overrides = dict(overrides)
+    force = bool(overrides.pop("force", False))
     zip_path, _ = checkpoint_paths(path)
     data, state = read_zip(zip_path)
     if data["class"] != cls.__name__:
         raise ValueError(f"load: {str(zip_path)!r} holds a {data['class']}, not a {cls.__name__}")
-    weights = zip_path.with_name(data["weights"])
+    name = data.get("weights")
+    if not isinstance(name, str) or not _plain_name(name):
+        raise ValueError(f"load: {str(zip_path)!r} names no valid weights folder ({name!r})")
+    weights = zip_path.with_name(name)
+    if not weights.is_dir():
+        raise ValueError(
+            f"load: {str(zip_path)!r} names the weights folder {str(weights)!r}, which does not "
+            "exist (moved or deleted after the save)"
+        )
+    if "weights_sha256" in data:  # version 1 saves have no digests
+        _check_digests(zip_path, weights, data["weights_sha256"])
+    if env is not None and data.get("env") is not None and not force:
+        check_identity(zip_path, data["env"], env)
     vocab = None if env is None else int(env.codec.vocab_size)
     policy = CausalLMActorCritic.from_pretrained(weights, vocab_size=vocab)
-    hp = {**data["hyperparams"], **overrides}
+    hp = dict(data["hyperparams"])
+    hp["termination"] = termination_from_data(hp.get("termination"))
+    hp.update(overrides)
     algo: Any = cls(
         policy,  # type: ignore[call-arg]
         env,
@@ -193,14 +509,14 @@ def load_algorithm(
     algo.preset = data["preset"]
     algo.optimizer.load_state_dict(state["optimizer"])
     algo.kl_ctl.load_state_dict(state["kl_ctl"])
-    for name in GENERATORS:
-        generator = getattr(algo, f"{name}_generator")
+    for gen_name in GENERATORS:
+        generator = getattr(algo, f"{gen_name}_generator")
         try:
-            generator.set_state(state[f"{name}_generator"])
+            generator.set_state(state[f"{gen_name}_generator"])
         except RuntimeError:  # saved on another device type (a CUDA state on the CPU, say)
             warnings.warn(
-                f"load: the {name} RNG state was saved on another device type; it restarts from "
-                "the run's seed, so the continuation will not repeat an uninterrupted run",
+                f"load: the {gen_name} RNG state was saved on another device type; it restarts "
+                "from the run's seed, so the continuation will not repeat an uninterrupted run",
                 stacklevel=3,
             )
     algo.num_timesteps = int(data["num_timesteps"])

@@ -23,9 +23,11 @@ from marlhf.options.perplexity import Perplexity
 from marlhf.options.punctuation import Punctuation
 from marlhf.options.registry import (
     available_terminations,
+    build_termination,
     make_termination,
     parse_spec,
     register_termination,
+    termination_config,
 )
 from marlhf.options.segments import (
     REDUCTIONS,
@@ -63,6 +65,7 @@ __all__ = [
     "Union",
     "available_terminations",
     "broadcast_to_tokens",
+    "build_termination",
     "compute_starts",
     "lengths_to_starts",
     "make_termination",
@@ -74,5 +77,6 @@ __all__ = [
     "segment_lengths",
     "segment_mask",
     "segment_reduce",
+    "termination_config",
     "validate_starts",
 ]

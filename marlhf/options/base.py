@@ -155,6 +155,19 @@ class Termination(ABC):
         parts = [f"{key}={_spec_value(type(self).__name__, key, v)}" for key, v in args.items()]
         return f"{self.name}:" + ";".join(parts)
 
+    def config_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments that rebuild this rule (checkpoints store them with its name).
+
+        By default the arguments its constructor was called with; a rule that normalises its
+        arguments (the combinators build their parts) returns the normalised ones.
+        """
+        if self._init_args is None:
+            raise ValueError(
+                f"{type(self).__name__}: its constructor arguments were not recorded; define "
+                "config_kwargs() to return them"
+            )
+        return dict(self._init_args)
+
     def display_name(self) -> str:
         """The spec for messages, or the class name with its arguments when it has no spec form
         (never raises: only saving needs a spec)."""

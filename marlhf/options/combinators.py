@@ -96,6 +96,9 @@ class Combinator(Termination):
         self.parts: list[Termination] = [make_termination(p) for p in parts]
         self.requires = frozenset().union(*(p.requires for p in self.parts))
 
+    def config_kwargs(self) -> dict[str, Any]:
+        return {"parts": list(self.parts)}
+
     def _sync_stats(self) -> None:
         self.stats.fallbacks = sum(p.stats.fallbacks for p in self.parts)
         extra: dict[str, int] = {}
@@ -159,6 +162,9 @@ class _LengthBound(Combinator):
     def inner(self) -> Termination:
         """The wrapped termination."""
         return self.parts[0]
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return {"termination": self.inner, "n": self.n}
 
     @classmethod
     def parse_spec_args(cls, rest: str) -> tuple[list[Any], dict[str, Any]]:

@@ -18,6 +18,10 @@ combinators do, because their arguments are specs: ``union:ngram:5|punctuation``
 to group a nested part (``union:(max_length:10|punctuation)|ngram:20``); see
 :mod:`marlhf.options.combinators`.
 
+Checkpoints store a termination as structured data, ``{"name": ..., "kwargs": {...}}`` (a
+nested rule as ``{"termination": {"name": ..., "kwargs": ...}}``), written by
+:func:`termination_config` and rebuilt by :func:`build_termination` without any spec parsing.
+
 Third-party packages register through the ``marlhf.terminations`` entry-point group: each
 entry point names a ``Termination`` subclass (or a factory), registered under the entry point's
 name the first time the registry is consulted.
@@ -26,8 +30,9 @@ name the first time the registry is consulted.
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from typing import Any, TypeVar
 
@@ -125,14 +130,17 @@ def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
     return name.strip(), args, kwargs
 
 
-def make_termination(spec: str | Termination) -> Termination:
-    """Build a termination from a spec string (a ``Termination`` passes through unchanged).
+def make_termination(spec: str | Termination | Mapping[str, Any]) -> Termination:
+    """Build a termination from a spec string (a ``Termination`` passes through unchanged; a
+    mapping ``{"name", "kwargs"}`` is built by :func:`build_termination`).
 
     A factory with a ``parse_spec_args(rest: str) -> (args, kwargs)`` attribute parses the text
     after ``name:`` itself (the combinators do: their arguments are nested specs).
     """
     if isinstance(spec, Termination):
         return spec
+    if isinstance(spec, Mapping):
+        return build_termination(spec)
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(
             f"termination spec must be a non-empty string, got {spec!r}; "
@@ -162,3 +170,85 @@ def make_termination(spec: str | Termination) -> Termination:
     if type(term).spec is Termination.spec:  # no own spec: remember the one it came from
         term._built_from_spec = spec.strip()
     return term
+
+
+#: The key that marks a nested termination inside a structured termination's arguments.
+NESTED = "termination"
+
+
+def termination_config(term: Termination) -> dict[str, Any]:
+    """``{"name", "kwargs"}``: the data :func:`build_termination` rebuilds ``term`` from.
+
+    The arguments are the rule's :meth:`~Termination.config_kwargs` (by default those its
+    constructor was called with); nested terminations become ``{"termination": {...}}``.
+
+    :raises ValueError: naming the argument, when one is not plain data (numbers, strings,
+        bools, None, lists and string-keyed mappings of those, or terminations).
+    """
+    owner = type(term).__name__
+    kwargs = term.config_kwargs()
+    bad = [key for key in kwargs if key.startswith("*")]
+    if bad:
+        raise ValueError(
+            f"{owner}: argument {bad[0]!r} is positional-only or variadic; a structured "
+            "termination passes keywords"
+        )
+    return {"name": term.name, "kwargs": {k: _to_data(owner, k, v) for k, v in kwargs.items()}}
+
+
+def _to_data(owner: str, key: str, value: Any) -> Any:
+    if isinstance(value, Termination):
+        return {NESTED: termination_config(value)}
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and not math.isnan(value):
+        return float(value)
+    if isinstance(value, list | tuple):
+        return [_to_data(owner, key, v) for v in value]
+    if isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        if set(value) == {NESTED}:
+            raise ValueError(f"{owner}: argument {key}={value!r} reads as a nested termination")
+        return {k: _to_data(owner, f"{key}.{k}", v) for k, v in value.items()}
+    raise ValueError(
+        f"{owner}: argument {key}={value!r} ({type(value).__name__}) is not plain data "
+        "(numbers, strings, bools, None, lists, mappings, terminations)"
+    )
+
+
+def build_termination(config: Mapping[str, Any]) -> Termination:
+    """The termination described by ``{"name": ..., "kwargs": {...}}`` (see
+    :func:`termination_config`); no spec string is parsed."""
+    if not isinstance(config, Mapping) or not isinstance(config.get("name"), str):
+        raise ValueError(
+            f"structured termination {config!r} must be a mapping with a 'name' (and 'kwargs'); "
+            f"registered: {available_terminations()}"
+        )
+    name, kwargs = config["name"], config.get("kwargs") or {}
+    extra = set(config) - {"name", "kwargs"}
+    if extra or not isinstance(kwargs, Mapping):
+        raise ValueError(
+            f"structured termination {dict(config)!r}: expected keys 'name' and 'kwargs' "
+            "(a mapping)"
+        )
+    _load_entry_points()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown termination {name!r}; registered: {available_terminations()}")
+    try:
+        term = _REGISTRY[name](**{k: _from_data(v) for k, v in kwargs.items()})
+    except TypeError as exc:
+        raise ValueError(f"termination {name!r} with arguments {dict(kwargs)}: {exc}") from exc
+    if not isinstance(term, Termination):
+        raise TypeError(f"termination factory {name!r} returned {type(term)}, not a Termination")
+    return term
+
+
+def _from_data(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        if set(value) == {NESTED}:
+            return build_termination(value[NESTED])
+        return {k: _from_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_from_data(v) for v in value]
+    return value

@@ -2,22 +2,24 @@
 
 A run lives in its own folder::
 
-    <run>/checkpoint.zip, checkpoint_weights/   the agent (PPO/MAPPO ``save``), refreshed
+    <run>/checkpoint.zip, checkpoint_weights*   the agent (PPO/MAPPO ``save``, atomic), refreshed
                                                 every ``checkpoint_every`` iterations
-    <run>/progress.json                         metrics so far, tokens and wall time of that
-                                                checkpoint (written after it, atomically)
+    <run>/progress.json                         metrics, tokens and wall time up to the
+                                                checkpoint (written atomically before it, the
+                                                previous checkpoint's record kept until then)
     <run>/result.json                           written atomically when the run is finished
 
 A run is finished only when ``result.json`` exists. Otherwise a re-run resumes from the
-checkpoint when ``progress.json`` matches it, and restarts from scratch when not.
+checkpoint when ``progress.json`` holds its record, and restarts from scratch when not; a kill
+at any point leaves a checkpoint and its record.
 """
 
 from __future__ import annotations
 
 import inspect
 import json
-import shutil
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger
 
+from marlhf.agents.save_util import remove_checkpoint
 from marlhf.models import resolve_device, tiny_gpt2
 from marlhf.training.builders import (
     check_env_id,
@@ -271,25 +274,31 @@ def train_run(
     env, lm, tokenizer = build_env_and_model(task, model, spec.seed, device)
     cls = agent_class(spec.agent)
 
-    saved = _read_json(folder / PROGRESS_FILE)
+    progress_by_tokens = _read_progress(folder / PROGRESS_FILE)
     algo = None
     rows: list[dict[str, Any]] = []
     wall_offset = 0.0
     resumed_from = 0
-    if isinstance(saved, dict) and (folder / f"{CHECKPOINT}.zip").exists():
+    if progress_by_tokens and (folder / f"{CHECKPOINT}.zip").exists():
         try:
             algo = cls.load(folder / CHECKPOINT, env=env, device=device)
-        except Exception:  # an unreadable checkpoint is restarted, never trusted
+        except Exception as err:  # an unreadable checkpoint is restarted, never trusted
+            warnings.warn(
+                f"run {spec.name}: the checkpoint in {str(folder)!r} cannot be resumed "
+                f"({type(err).__name__}: {err}); the run restarts from the beginning",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             algo = None
-        if algo is not None and algo.num_timesteps == saved.get("tokens"):
+        saved = None if algo is None else progress_by_tokens.get(int(algo.num_timesteps))
+        if algo is not None and saved is not None:
             rows, wall_offset = list(saved["rows"]), float(saved["wall_time"])
             resumed_from = int(algo.num_timesteps)
         else:
             algo = None
     if algo is None:
-        for stale in (folder / f"{CHECKPOINT}.zip", folder / PROGRESS_FILE):
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(folder / f"{CHECKPOINT}_weights", ignore_errors=True)
+        remove_checkpoint(folder / CHECKPOINT)
+        (folder / PROGRESS_FILE).unlink(missing_ok=True)
         algo = build_agent(spec, lm, env, agent, device, None)
 
     recorder = MetricsRecorder(
@@ -301,17 +310,21 @@ def train_run(
         progress(int(algo.num_timesteps), total_timesteps)
 
     tokens_per_iter = env.num_envs * env.max_new_tokens
+    resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
     while algo.num_timesteps < total_timesteps:
         chunk = total_timesteps - algo.num_timesteps
         if checkpoint_every > 0:
             chunk = min(chunk, checkpoint_every * tokens_per_iter)
         algo.learn(chunk, reset_num_timesteps=False)
         if checkpoint_every > 0 and algo.num_timesteps < total_timesteps:
+            # The metrics of the new checkpoint are written before it and those of the previous
+            # one kept until it is replaced: a kill anywhere leaves the pair a resume needs.
+            entry = {"tokens": algo.num_timesteps, "wall_time": recorder.wall_time(), "rows": rows}
+            previous = [e for e in _progress_entries(folder) if e["tokens"] == resumed_tokens]
+            atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
             algo.save(folder / CHECKPOINT)
-            atomic_write_json(
-                folder / PROGRESS_FILE,
-                {"tokens": algo.num_timesteps, "wall_time": recorder.wall_time(), "rows": rows},
-            )
+            atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
+            resumed_tokens = int(algo.num_timesteps)
     algo.save(folder / "final")
     if tokenizer is not None:  # so the saved policy loads with plain transformers, text and all
         tokenizer.save_pretrained(str(folder / "final_weights" / "policy"))
@@ -327,7 +340,22 @@ def train_run(
     }
     atomic_write_json(folder / RESULT_FILE, result)
     # the checkpoint only served resuming; the final save replaces it
-    (folder / f"{CHECKPOINT}.zip").unlink(missing_ok=True)
+    remove_checkpoint(folder / CHECKPOINT)
     (folder / PROGRESS_FILE).unlink(missing_ok=True)
-    shutil.rmtree(folder / f"{CHECKPOINT}_weights", ignore_errors=True)
     return result
+
+
+def _progress_entries(folder: Path) -> list[dict[str, Any]]:
+    """The progress records in ``folder`` (metrics up to each checkpoint, by its tokens)."""
+    data = _read_json(folder / PROGRESS_FILE)
+    if isinstance(data, dict) and "tokens" in data:  # one record, as written before entries
+        data = {"entries": [data]}
+    entries = data.get("entries") if isinstance(data, dict) else None
+    if not isinstance(entries, list):
+        return []
+    keys = {"tokens", "wall_time", "rows"}
+    return [e for e in entries if isinstance(e, dict) and keys <= set(e)]
+
+
+def _read_progress(path: Path) -> dict[int, dict[str, Any]]:
+    return {int(e["tokens"]): e for e in _progress_entries(path.parent)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from unittest.mock import Mock
 
 import numpy as np
 import pytest
@@ -325,9 +326,14 @@ def test_save_refuses_a_spec_that_would_load_other_arguments(
 ) -> None:
     from marlhf.options import base as base_module
     from marlhf.options import register_termination
+    from marlhf.options import registry as registry_module
 
     register_termination("every_k_args_test")(every_k)
     algo = _make(MAPPO, termination=every_k(3))
+    # checkpoints store a rule as data; the spec is the fallback when its arguments are not data
+    monkeypatch.setattr(
+        registry_module, "termination_config", Mock(side_effect=ValueError("not plain data"))
+    )
     # a spec writer that loses the value: the rebuilt rule would run with k=4, not 3
     monkeypatch.setattr(base_module, "_spec_value", lambda owner, key, v: "4")
     with pytest.raises(ValueError, match=r"arguments \{'k': 3\} would load back as"):
