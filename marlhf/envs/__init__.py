@@ -2,11 +2,13 @@
 
 - :class:`TokenEnv`: one sequence, numpy observations (SB3 and Gymnasium checkers pass).
 - :class:`BatchedTokenEnv`: the native batched form on a torch device (what the agents drive).
+- :class:`BatchedEnv`: the protocol agents rely on; :func:`check_batched_env` executes it.
 - :class:`Task`, :class:`RewardFunction`, :class:`Prompt`, :class:`RewardBatch`: the task contract.
 - Toy tasks in :mod:`marlhf.envs.toy`; every task is registered as ``marlhf/<Name>-v0``.
 """
 
 from marlhf.envs.batched import BatchedTokenEnv
+from marlhf.envs.contract import BatchedEnv, MaskableBatchedEnv, check_batched_env
 from marlhf.envs.registration import (
     TASK_MODULES,
     available_tasks,
@@ -22,9 +24,11 @@ from marlhf.envs.toy import DelayedChoiceTask, ExprTargetTask, ReverseDenseTask,
 
 __all__ = [
     "TASK_MODULES",
+    "BatchedEnv",
     "BatchedTokenEnv",
     "DelayedChoiceTask",
     "ExprTargetTask",
+    "MaskableBatchedEnv",
     "Prompt",
     "ReverseDenseTask",
     "ReverseTask",
@@ -33,6 +37,7 @@ __all__ = [
     "Task",
     "TokenEnv",
     "available_tasks",
+    "check_batched_env",
     "check_task",
     "env_ids",
     "make_task",

@@ -26,6 +26,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from marlhf.envs.registration import make_task
+from marlhf.envs.reset_options import RESET_OPTIONS, check_prefixes, group_size
 from marlhf.envs.tasks import Prompt, RewardBatch, Task, check_rewards, nonfinite_message
 from marlhf.models import resolve_device
 
@@ -114,6 +115,7 @@ class BatchedTokenEnv(VectorEnv):
         # Host-side state of the step's fast path: has any row finished, steps since the reset.
         self._any_done = True
         self._steps = 0
+        self._ragged = False  # rows at different columns (prefix resets): no fast path
         self._on_cpu = dev.type == "cpu"
         self._ones_column = torch.ones((B, 1), dtype=torch.int64, device=dev)
 
@@ -121,12 +123,10 @@ class BatchedTokenEnv(VectorEnv):
     def _where(self) -> str:
         return f"BatchedTokenEnv(task {self.task.name!r}, num_envs={self.num_envs})"
 
-    def _check_prompts(self, prompts: object) -> list[Prompt]:
-        if not isinstance(prompts, (list, tuple)) or len(prompts) != self.num_envs:
+    def _check_prompts(self, prompts: object, count: int) -> list[Prompt]:
+        if not isinstance(prompts, (list, tuple)) or len(prompts) != count:
             got = len(prompts) if isinstance(prompts, (list, tuple)) else type(prompts).__name__
-            raise ValueError(
-                f"{self._where()}: expected a list of {self.num_envs} Prompts, got {got}"
-            )
+            raise ValueError(f"{self._where()}: expected a list of {count} Prompts, got {got}")
         for i, p in enumerate(prompts):
             if not isinstance(p, Prompt):
                 raise TypeError(f"{self._where()}: prompt {i} is {type(p).__name__}, not Prompt")
@@ -154,22 +154,58 @@ class BatchedTokenEnv(VectorEnv):
         """Start one new episode in every row.
 
         :param seed: reseeds the prompt sampler.
-        :param options: ``{"prompts": list[Prompt]}`` to use these ``num_envs`` prompts
-            instead of sampling (evaluation on fixed prompts).
+        :param options: any of
+
+            - ``"group_size"``: ``K``, an int dividing ``num_envs``: ``num_envs / K`` prompts,
+              each in ``K`` consecutive rows (row ``i`` is in group ``i // K``); the rows of a
+              group share the prompt only, every step of each row is its own.
+            - ``"prompts"``: ``list[Prompt]`` of ``num_envs / K`` prompts to use instead of
+              sampling (evaluation on fixed prompts; ``K = 1`` without ``group_size``).
+            - ``"prefixes"``: Monte-Carlo continuations. A sequence of ``num_envs / K`` token-id
+              sequences (``list[int]``, 1-D numpy array or tensor), needs ``"prompts"``;
+              entry ``j`` is a partial response to ``prompts[j]`` of ``0..max_new_tokens - 1``
+              ids in ``[0, vocab_size)`` without EOS. Its rows start exactly where a row that
+              took those tokens after that prompt would be: the window holds prompt + prefix,
+              the prefix counts against ``max_new_tokens``, and a terminal reward scores
+              prefix + continuation. Rewards are paid from the reset on (the prefix's own
+              dense rewards are not), so ``episode_return`` is the return from that state.
+
         :returns: ``(obs, info)``; ``info["prompts"]`` holds the ``Prompt`` of each row and
-            ``info["prompt_text"]`` their decoded text.
+            ``info["prompt_text"]`` their decoded text; with ``group_size``,
+            ``info["group_ids"]`` is ``int64[B]`` (``arange(B) // K``) on :attr:`device`.
+        :raises ValueError: an unknown option, or a bad value (named with the valid ones).
         """
         super().reset(seed=seed)
         options = options or {}
-        unknown = set(options) - {"prompts"}
+        unknown = set(options) - set(RESET_OPTIONS)
         if unknown:
             raise ValueError(
-                f"{self._where()}: unknown reset options {sorted(unknown)}; valid: ['prompts']"
+                f"{self._where()}: unknown reset options {sorted(unknown)}; "
+                f"valid: {list(RESET_OPTIONS)}"
             )
+        K = group_size(options.get("group_size", 1), self.num_envs, self._where())
+        count = self.num_envs // K
         if "prompts" in options:
-            prompts = self._check_prompts(options["prompts"])
+            prompts = self._check_prompts(options["prompts"], count)
         else:
-            prompts = self._check_prompts(self.task.sample_prompts(self.np_random, self.num_envs))
+            prompts = self._check_prompts(self.task.sample_prompts(self.np_random, count), count)
+        prefixes: list[list[int]] = [[] for _ in range(count)]
+        if "prefixes" in options:
+            if "prompts" not in options:
+                raise ValueError(
+                    f"{self._where()}: reset option prefixes needs option prompts "
+                    "(the prompt each prefix continues)"
+                )
+            prefixes = check_prefixes(
+                options["prefixes"],
+                count,
+                self.vocab_size,
+                self.max_new_tokens,
+                self.eos_token_id,
+                self._where(),
+            )
+        prompts = [p for p in prompts for _ in range(K)]
+        prefixes = [q for q in prefixes for _ in range(K)]
         P, N = self.max_prompt_len, self.max_new_tokens
         ids = np.full((self.num_envs, P), self.pad_token_id, dtype=np.int64)
         for i, p in enumerate(prompts):
@@ -203,8 +239,34 @@ class BatchedTokenEnv(VectorEnv):
         self._all_done = False
         self._any_done = False
         self._steps = 0
-        info = {"prompts": prompts, "prompt_text": [self.codec.decode(p.ids) for p in prompts]}
+        self._ragged = False
+        if any(prefixes):
+            self._apply_prefixes(prefixes)
+        info: dict[str, Any] = {
+            "prompts": prompts,
+            "prompt_text": [self.codec.decode(p.ids) for p in prompts],
+        }
+        if "group_size" in options:
+            info["group_ids"] = torch.arange(self.num_envs, device=self.device) // K
         return self._obs(), info
+
+    def _apply_prefixes(self, prefixes: list[list[int]]) -> None:
+        """Put each row where stepping its prefix from the prompt would have left it."""
+        N, dev = self.max_new_tokens, self.device
+        lengths = [len(q) for q in prefixes]
+        window, mask = self.input_ids.cpu().numpy(), self.attention_mask.cpu().numpy()
+        for i, q in enumerate(prefixes):  # shift left by len(q), append q (as len(q) steps do)
+            window[i] = np.concatenate([window[i], np.asarray(q, dtype=np.int64)])[len(q) :]
+            mask[i] = np.concatenate([mask[i], np.ones(len(q), dtype=np.int64)])[len(q) :]
+        self.input_ids = torch.as_tensor(window, device=dev)
+        self.attention_mask = torch.as_tensor(mask, device=dev)
+        self.lengths = torch.tensor(lengths, dtype=torch.int64, device=dev)
+        self.response_mask = torch.arange(N, device=dev)[None, :] < self.lengths[:, None]
+        for i, q in enumerate(prefixes):
+            self.response_ids[i, : len(q)] = torch.as_tensor(q, dtype=torch.int64, device=dev)
+        # The all-rows-at-one-column fast path of step() holds while every prefix is as long.
+        self._ragged = len(set(lengths)) > 1
+        self._steps = lengths[0]
 
     @property
     def all_done(self) -> bool:
@@ -279,7 +341,7 @@ class BatchedTokenEnv(VectorEnv):
                 f"outside the vocabulary; valid token ids are 0..{self.vocab_size - 1}"
             )
         try:
-            if self._any_done:
+            if self._any_done or self._ragged:
                 return self._advance(actions)
             return self._advance_all_active(actions)
         except Exception:
@@ -410,6 +472,7 @@ class BatchedTokenEnv(VectorEnv):
             raise ValueError(nonfinite_message(self.task.name, dense) + " (the env must be reset)")
         if any_finished and self.reward_mode == "terminal":
             rewards = self._terminal_rewards(finished, rewards)
+        self._any_done = self._any_done or bool(any_finished)  # reached with none done if ragged
         self.episode_return += rewards
         self._all_done = bool(all_done)
         info: dict[str, Any] = {"active": active}

@@ -1,6 +1,9 @@
 """A tiny batched text env with BatchedTokenEnv's contract, so agent tests do not depend on the
 task zoo: the prompt is a cue symbol; the first response token should name the cue's partner;
-the score (1 or 0) arrives on each row's last real token. EOS ends an episode early."""
+the score (1 or 0) arrives on each row's last real token. EOS ends an episode early.
+
+Written independently of :class:`~marlhf.envs.BatchedTokenEnv` (Python loops over rows), it
+passes the same :func:`~marlhf.envs.contract.check_batched_env` (tests/envs/test_contract.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from marlhf.envs.tasks import Prompt
 from marlhf.tokenization import SymbolCodec
 
 SYMBOLS = ["a", "b", "c", "d", "x", "y"]
@@ -17,7 +21,12 @@ PARTNER = {"a": "c", "b": "d"}
 
 
 class CueEnv:
-    """``num_envs`` rows; prompts of 1-2 tokens left-padded to ``P = 2``; horizon ``N``."""
+    """``num_envs`` rows; prompts of 1-2 tokens left-padded to ``P = 2``; horizon ``N``.
+
+    Reset options as BatchedTokenEnv's: ``group_size``, ``prompts``, ``prefixes``.
+    """
+
+    reward_mode = "terminal"
 
     def __init__(
         self, num_envs: int = 4, max_new_tokens: int = 4, device: str = "cpu", eos: bool = True
@@ -30,51 +39,94 @@ class CueEnv:
         self.seq_len = self.max_prompt_len + max_new_tokens
         self.np_random = np.random.default_rng()
         self.reward_override: float | None = None
+        self.done = torch.ones(num_envs, dtype=torch.bool)
 
-    def reset(self, seed: int | None = None) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    @property
+    def all_done(self) -> bool:
+        return bool(self.done.all())
+
+    @property
+    def any_done(self) -> bool:
+        return bool(self.done.any())
+
+    def _sample(self, count: int) -> list[Prompt]:
+        cues = self.np_random.integers(0, 2, size=count)
+        lengths = self.np_random.integers(1, 3, size=count)
+        filler = self.codec.encode("x")[0]
+        out = []
+        for cue, n in zip(cues.tolist(), lengths.tolist(), strict=True):
+            ids = [filler, self.codec.encode("ab"[cue])[0]][-n:]
+            out.append(Prompt(ids, {"cue": "ab"[cue]}))
+        return out
+
+    def reset(
+        self, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         if seed is not None:
             self.np_random = np.random.default_rng(seed)
+        options = options or {}
         b, p, n = self.num_envs, self.max_prompt_len, self.max_new_tokens
-        cues = self.np_random.integers(0, 2, size=b)
-        lengths = self.np_random.integers(1, 3, size=b)
-        ids = torch.zeros(b, p + n, dtype=torch.long)
-        mask = torch.zeros(b, p + n, dtype=torch.long)
-        for row in range(b):
-            cue = self.codec.encode("ab"[cues[row]])[0]
-            filler = self.codec.encode("x")[0]
-            prompt = [filler, cue][-int(lengths[row]) :]
-            ids[row, p + n - len(prompt) :] = torch.tensor(prompt)
-            mask[row, p + n - len(prompt) :] = 1
-        self.cues = cues
-        self.done = torch.zeros(b, dtype=torch.bool)
+        k = options.get("group_size", 1)
+        if not isinstance(k, int) or k < 1 or b % k:
+            raise ValueError(f"CueEnv: group_size={k!r} must be an int >= 1 dividing {b}")
+        prompts = options["prompts"] if "prompts" in options else self._sample(b // k)
+        prefixes = [list(q) for q in options.get("prefixes", [[]] * (b // k))]
+        if len(prompts) != b // k or len(prefixes) != b // k:
+            raise ValueError(f"CueEnv: prompts and prefixes need {b // k} entries each")
+        if any(len(q) >= n or self.codec.eos_token_id in q for q in prefixes):
+            raise ValueError(f"CueEnv: prefixes must be shorter than {n} tokens, without EOS")
+        self.prompts = [pr for pr in prompts for _ in range(k)]
         self.response_ids = torch.zeros(b, n, dtype=torch.long)
-        self.response_mask = torch.zeros(b, n, dtype=torch.bool)
         self.lengths = torch.zeros(b, dtype=torch.long)
-        return {"input_ids": ids.to(self.device), "attention_mask": mask.to(self.device)}, {}
+        self.ids = torch.zeros(b, p + n, dtype=torch.long)
+        self.mask = torch.zeros(b, p + n, dtype=torch.long)
+        for row in range(b):
+            prefix = prefixes[row // k]
+            tokens = list(self.prompts[row].ids) + prefix
+            self.ids[row, p + n - len(tokens) :] = torch.tensor(tokens)
+            self.mask[row, p + n - len(tokens) :] = 1
+            self.response_ids[row, : len(prefix)] = torch.tensor(prefix, dtype=torch.long)
+            self.lengths[row] = len(prefix)
+        self.done = torch.zeros(b, dtype=torch.bool)
+        info: dict[str, Any] = {"prompts": self.prompts}
+        if "group_size" in options:
+            info["group_ids"] = torch.arange(b, device=self.device) // k
+        return self._obs(), info
+
+    def _obs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.ids.to(self.device), "attention_mask": self.mask.to(self.device)}
 
     def step(self, actions: torch.Tensor) -> tuple[Any, ...]:
         if bool(self.done.all()):
             raise RuntimeError("step after every row finished")
         actions = actions.cpu()
         active = ~self.done
-        rows = active.nonzero().flatten()
-        self.response_ids[rows, self.lengths[rows]] = actions[rows]
-        self.response_mask[rows, self.lengths[rows]] = True
-        self.lengths += active.long()
         eos = self.codec.eos_token_id
-        terminated = active & (actions == eos) if eos is not None else torch.zeros_like(active)
-        truncated = active & ~terminated & (self.lengths >= self.max_new_tokens)
-        finished = terminated | truncated
         rewards = torch.zeros(self.num_envs)
-        for row in finished.nonzero().flatten().tolist():
-            want = self.codec.encode(PARTNER["ab"[self.cues[row]]])[0]
-            rewards[row] = float(int(self.response_ids[row, 0]) == want)
-            if self.reward_override is not None:
-                rewards[row] = self.reward_override
-        self.done = self.done | finished
-        obs = {"input_ids": torch.zeros(1), "attention_mask": torch.zeros(1)}
+        terminated = torch.zeros(self.num_envs, dtype=torch.bool)
+        truncated = torch.zeros(self.num_envs, dtype=torch.bool)
+        for row in active.nonzero().flatten().tolist():
+            token = int(actions[row])
+            self.response_ids[row, self.lengths[row]] = token
+            self.lengths[row] += 1
+            self.ids[row] = torch.cat([self.ids[row, 1:], actions[row : row + 1]])
+            self.mask[row] = torch.cat([self.mask[row, 1:], torch.ones(1, dtype=torch.long)])
+            terminated[row] = eos is not None and token == eos
+            truncated[row] = not terminated[row] and int(self.lengths[row]) >= self.max_new_tokens
+            if terminated[row] or truncated[row]:
+                want = self.codec.encode(PARTNER[self.prompts[row].metadata["cue"]])[0]
+                rewards[row] = float(int(self.response_ids[row, 0]) == want)
+                if self.reward_override is not None:
+                    rewards[row] = self.reward_override
+        self.done = self.done | terminated | truncated
         dev = self.device
-        return obs, rewards.to(dev), terminated.to(dev), truncated.to(dev), {"active": active}
+        return (
+            self._obs(),
+            rewards.to(dev),
+            terminated.to(dev),
+            truncated.to(dev),
+            {"active": active.to(dev)},
+        )
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -295,3 +295,73 @@ def test_bad_reward_outputs_raise(mode: str, value: object, error: type, pattern
     assert "Tiny" in str(exc.value)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(torch.full((3,), 2))
+
+
+def test_group_reset_repeats_each_prompt_k_times() -> None:
+    env = BatchedTokenEnv("DelayedChoice", num_envs=6, seed=0)
+    obs, info = env.reset(seed=3, options={"group_size": 3})
+    assert info["group_ids"].dtype == torch.int64
+    assert info["group_ids"].tolist() == [0, 0, 0, 1, 1, 1]
+    assert info["prompts"][0] is info["prompts"][2] and info["prompts"][3] is info["prompts"][5]
+    assert torch.equal(obs["input_ids"][0], obs["input_ids"][1])
+    _, plain = env.reset(seed=3)
+    assert "group_ids" not in plain
+    fixed = [Prompt(p.ids) for p in info["prompts"][::3]]
+    _, again = env.reset(options={"group_size": 3, "prompts": fixed})
+    assert [p.ids for p in again["prompts"]] == [p.ids for p in info["prompts"]]
+
+
+def test_bad_group_size_names_the_field_and_the_valid_values() -> None:
+    env = BatchedTokenEnv("DelayedChoice", num_envs=6)
+    with pytest.raises(
+        ValueError, match=r"group_size=4 does not divide num_envs=6; valid: \[1, 2, 3, 6\]"
+    ):
+        env.reset(options={"group_size": 4})
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="group_size"):
+            env.reset(options={"group_size": bad})
+    with pytest.raises(ValueError, match="list of 3 Prompts"):
+        env.reset(options={"group_size": 2, "prompts": [Prompt([2])] * 6})
+
+
+def test_prefix_reset_continues_where_the_prefix_left_off() -> None:
+    env = BatchedTokenEnv(_TinyTask(_Const(_ok)), num_envs=2)  # max_new_tokens = 2
+    prompts = [Prompt([2]), Prompt([3, 2])]
+    obs, info = env.reset(options={"prompts": prompts, "prefixes": [[3], []]})
+    assert [p.ids for p in info["prompts"]] == [[2], [3, 2]]
+    assert obs["input_ids"].tolist()[0][-2:] == [2, 3] and obs["attention_mask"][0].sum() == 2
+    assert env.lengths.tolist() == [1, 0] and env.response_mask.tolist()[0][:2] == [True, False]
+    assert obs["input_ids"].tolist()[1][-2:] == [3, 2]
+    # row 0 has one token left (the prefix counts against max_new_tokens), row 1 two
+    _, _, terminated, truncated, info = env.step(torch.tensor([2, 2]))
+    assert truncated.tolist() == [True, False] and not terminated.any()
+    assert env.any_done and not env.all_done
+    *_, info = env.step(torch.tensor([0, 3]))
+    assert info["active"].tolist() == [False, True] and env.all_done
+    assert info["response_text"] == ["yx", "xy"]  # prefix + continuation
+
+
+def test_bad_prefixes_name_the_field() -> None:
+    env = BatchedTokenEnv(_TinyTask(_Const(_ok)), num_envs=2)
+    prompts = [Prompt([2]), Prompt([2])]
+    n = env.max_new_tokens
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"prefixes": [[], []]}, "prefixes needs option prompts"),
+        ({"prompts": prompts, "prefixes": [[]]}, r"prefixes: 1 entries; expected 2"),
+        (
+            {"prompts": prompts, "prefixes": [[2] * n, []]},
+            rf"prefixes\[0\]: {n} tokens; valid lengths are 0\.\.{n - 1}",
+        ),
+        (
+            {"prompts": prompts, "prefixes": [[], [99]]},
+            r"prefixes\[1\]: token ids must be ints in \[0, ",
+        ),
+        ({"prompts": prompts, "prefixes": [[], [2.5]]}, r"prefixes\[1\]: token ids must be ints"),
+    ]
+    if env.eos_token_id is not None:
+        cases.append(({"prompts": prompts, "prefixes": [[env.eos_token_id], []]}, "holds EOS"))
+    for options, message in cases:
+        with pytest.raises(ValueError, match=message):
+            env.reset(options=options)
+    with pytest.raises(TypeError, match="prefixes must be a list"):
+        env.reset(options={"prompts": prompts, "prefixes": "ab"})
