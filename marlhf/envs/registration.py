@@ -33,6 +33,7 @@ BATCHED_ENV_ENTRY_POINT = "marlhf.envs.batched:BatchedTokenEnv"
 #: Modules that register more tasks when imported (skipped when absent from the install).
 TASK_MODULES: list[str] = [
     "marlhf.envs.toy",
+    "marlhf.envs.credit",
     "marlhf.envs.code",
     "marlhf.envs.reasoning",
     "marlhf.envs.text",

@@ -1,0 +1,270 @@
+"""The credit audit: each estimator's advantages against the true ones, on the same samples.
+
+For one batch of scored episodes (:class:`~marlhf.agents.rollout_io.Rollouts`) and its truth
+(:mod:`marlhf.agents.truth`), every :class:`Scheme` (an estimator, a termination, knobs)
+re-segments the same responses, re-estimates advantages from the same task rewards and values,
+and is scored against the truth:
+
+- per token (``A_hat_t`` against ``A(s_t, a_t)``, over real tokens): ``bias`` = mean error,
+  ``error_var`` = variance of the error, ``rmse``, ``corr`` (Pearson; scale-free, so estimators
+  that normalise are not penalised for their scale), ``sign_agreement`` (over tokens whose true
+  advantage is not 0) and ``null_abs`` (mean ``|A_hat|`` where the true advantage is 0: credit
+  given to tokens that changed nothing);
+- the same per token position (``per_position``: one list entry per column);
+- per segment of the scheme's own segmentation: the true advantage of a macro action
+  ``omega = a_t .. a_{t+n-1}`` is ``Q(s_t, omega) - V(s_t) = sum_k gamma**k A(s_{t+k},
+  a_{t+k})`` (a telescoping sum), compared with the mean of ``A_hat`` over the segment (every
+  token of a segment carries the same advantage under segment GAE); per segment index in
+  ``per_segment``.
+
+Rewards are the task's (no KL shaping), because the truth is of the task's return.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from marlhf.agents.advantages import compute_gae
+from marlhf.agents.rollout_io import Rollouts, resegment
+from marlhf.agents.truth import TrueAdvantages
+from marlhf.options.segments import position_in_segment, segment_ids
+
+#: Knobs a scheme may set, with their defaults (those of PPO).
+SCHEME_PARAMS: dict[str, Any] = {
+    "gamma": 1.0,
+    "gae_lambda": 0.95,
+    "reward_agg": "sum",
+    "value_agg": "mean",
+    "discount": "segment",
+}
+ZERO_TOL = 1e-9
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One credit-assignment scheme: an estimator over a segmentation with its knobs.
+
+    :param estimator: the estimator's name (``"gae"``).
+    :param termination: a termination spec (``"ngram:5"``), or ``None`` for every token.
+    :param params: knobs of :data:`SCHEME_PARAMS` that differ from the defaults.
+    """
+
+    estimator: str = "gae"
+    termination: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``estimator[@termination][ key=value ...]``: what :meth:`parse` reads back."""
+        text = self.estimator + ("" if self.termination is None else f"@{self.termination}")
+        return " ".join([text, *(f"{k}={v}" for k, v in sorted(self.params.items()))])
+
+    @classmethod
+    def parse(cls, text: str) -> Scheme:
+        """Read ``"gae"``, ``"gae@ngram:5"`` or ``"gae@ngram:5 gae_lambda=1.0 gamma=0.99"``."""
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"scheme {text!r}: expected 'estimator[@termination] [key=value ...]'")
+        head, *pairs = text.split()
+        estimator, _, termination = head.partition("@")
+        params: dict[str, Any] = {}
+        for pair in pairs:
+            key, sep, value = pair.partition("=")
+            if not sep or key not in SCHEME_PARAMS:
+                raise ValueError(
+                    f"scheme {text!r}: {pair!r} is not key=value with a key in "
+                    f"{sorted(SCHEME_PARAMS)}"
+                )
+            default = SCHEME_PARAMS[key]
+            params[key] = float(value) if isinstance(default, float) else value
+        if estimator not in available_estimators():
+            raise ValueError(
+                f"scheme {text!r}: unknown estimator {estimator!r}; valid: {available_estimators()}"
+            )
+        return cls(estimator, termination or None, params)
+
+
+def available_estimators() -> list[str]:
+    """Estimators the audit can run."""
+    return ["gae"]
+
+
+def estimate(
+    scheme: Scheme, rollouts: Rollouts, *, codec: Any = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(advantages float64[B, T], starts bool[B, T])`` of ``scheme`` on ``rollouts``."""
+    starts = resegment(rollouts, scheme.termination, codec=codec)
+    knobs = {**SCHEME_PARAMS, **scheme.params}
+    if scheme.estimator != "gae":
+        raise ValueError(f"estimate: estimator={scheme.estimator!r}; valid: {available_estimators()}")
+    gae = compute_gae(
+        rollouts.task_rewards.double(),
+        rollouts.values.double(),
+        rollouts.response_mask,
+        starts,
+        **knobs,
+    )
+    return gae.advantages, starts
+
+
+# ----------------------------------------------------------------------------- metrics
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    if x.numel() < 2:
+        return math.nan
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = float((xc.square().sum() * yc.square().sum()).sqrt())
+    return float((xc * yc).sum()) / denom if denom > 0 else math.nan
+
+
+def error_metrics(est: torch.Tensor, true: torch.Tensor) -> dict[str, float]:
+    """Bias, error variance, RMSE, correlation, sign agreement and null credit of 1-D tensors."""
+    n = est.numel()
+    if n == 0:
+        return {k: math.nan for k in ("bias", "error_var", "rmse", "corr", "sign", "null_abs")}
+    err = est - true
+    nonzero = true.abs() > ZERO_TOL
+    zero = ~nonzero
+    return {
+        "bias": float(err.mean()),
+        "error_var": float(err.var()) if n > 1 else math.nan,
+        "rmse": float(err.square().mean().sqrt()),
+        "corr": _pearson(est, true),
+        "sign": float((est[nonzero].sign() == true[nonzero].sign()).double().mean())
+        if bool(nonzero.any())
+        else math.nan,
+        "null_abs": float(est[zero].abs().mean()) if bool(zero.any()) else math.nan,
+    }
+
+
+def segment_truth(
+    true: torch.Tensor, est: torch.Tensor, mask: torch.Tensor, starts: torch.Tensor, gamma: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(true_seg, est_seg, seg_mask)`` ``[B, S]``: each segment's true advantage
+    ``sum_k gamma**k A_{t+k}`` and the mean estimate over its tokens."""
+    ids = segment_ids(starts, mask).clamp(min=0)  # padding joins segment 0 with weight 0
+    S = max(int(starts.sum(dim=1).max()) if starts.numel() else 0, 1)
+    B = true.shape[0]
+    offset = position_in_segment(starts, mask).double()
+    weights = torch.where(mask, torch.pow(float(gamma), offset), torch.zeros_like(offset))
+    zeros = torch.zeros((B, S), dtype=torch.float64)
+    true_seg = zeros.scatter_add(1, ids, weights * true)
+    est_sum = zeros.scatter_add(1, ids, torch.where(mask, est, 0.0))
+    count = zeros.scatter_add(1, ids, mask.double())
+    seg_mask = count > 0
+    est_seg = torch.where(seg_mask, est_sum / count.clamp(min=1), 0.0)
+    return true_seg, est_seg, seg_mask
+
+
+def _per_index(est: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> dict[str, list]:
+    keys = ("bias", "rmse", "corr", "sign", "count")
+    out: dict[str, list] = {k: [] for k in keys}
+    for j in range(est.shape[1]):
+        m = mask[:, j]
+        row = error_metrics(est[m, j], true[m, j])
+        row["count"] = int(m.sum())
+        for k in keys:
+            out[k].append(row[k])
+    return out
+
+
+@dataclass
+class AuditResult:
+    """Every scheme's figures (see the module docstring), JSON-ready."""
+
+    schemes: dict[str, dict[str, Any]]
+    truth: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"truth": self.truth, "schemes": self.schemes}
+
+    def table(self) -> str:
+        """A markdown table of the per-token and per-segment summary of every scheme."""
+        head = (
+            "| scheme | bias | error var | RMSE | corr | sign agree | abs(A_hat) where A=0 "
+            "| segment corr |\n|---|---|---|---|---|---|---|---|"
+        )
+        rows = []
+        for name, s in self.schemes.items():
+            t = s["tokens"]
+            rows.append(
+                f"| `{name}` | {t['bias']:.3f} | {t['error_var']:.4f} | {t['rmse']:.3f} | "
+                f"{t['corr']:.3f} | {t['sign']:.3f} | {t['null_abs']:.3f} | "
+                f"{s['segments']['corr']:.3f} |"
+            )
+        return "\n".join([head, *rows])
+
+
+def audit(
+    rollouts: Rollouts,
+    truth: TrueAdvantages,
+    schemes: list[Scheme],
+    *,
+    codec: Any = None,
+) -> AuditResult:
+    """Score every scheme's advantages against ``truth`` on ``rollouts`` (module docstring)."""
+    mask = rollouts.response_mask
+    if truth.advantages.shape != mask.shape:
+        raise ValueError(
+            f"audit: truth has shape {tuple(truth.advantages.shape)} but the rollouts "
+            f"{tuple(mask.shape)}; compute the truth on these rollouts"
+        )
+    if not schemes:
+        raise ValueError("audit: schemes is empty; give at least one (e.g. Scheme.parse('gae'))")
+    true = truth.advantages.double()
+    out: dict[str, dict[str, Any]] = {}
+    for scheme in schemes:
+        est, starts = estimate(scheme, rollouts, codec=codec)
+        est = est.double()
+        gamma = float({**SCHEME_PARAMS, **scheme.params}["gamma"])
+        true_seg, est_seg, seg_mask = segment_truth(true, est, mask, starts, gamma)
+        segments = error_metrics(est_seg[seg_mask], true_seg[seg_mask])
+        segments["count"] = int(seg_mask.sum())
+        tokens = error_metrics(est[mask], true[mask])
+        tokens["count"] = int(mask.sum())
+        out[scheme.name] = {
+            "estimator": scheme.estimator,
+            "termination": scheme.termination,
+            "params": {**SCHEME_PARAMS, **scheme.params},
+            "tokens": tokens,
+            "segments": segments,
+            "per_position": _per_index(est, true, mask),
+            "per_segment": _per_index(est_seg, true_seg, seg_mask),
+        }
+    info: dict[str, Any] = {"method": truth.method, **truth.stats}
+    nonzero = (true.abs() > ZERO_TOL) & mask
+    info["nonzero_fraction"] = float(nonzero.sum()) / max(int(mask.sum()), 1)
+    info["abs_mean"] = float(true[mask].abs().mean()) if bool(mask.any()) else math.nan
+    if truth.stderr is not None:
+        info["stderr_mean"] = float(truth.stderr[mask].mean())
+    return AuditResult(out, info)
+
+
+def plot_audit(result: AuditResult, path: str | Path, title: str = "") -> Path:
+    """Per-position RMSE and correlation of each scheme against the truth, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_rmse, ax_corr) = plt.subplots(1, 2, figsize=(11, 4))
+    for name, s in result.schemes.items():
+        pos = s["per_position"]
+        xs = range(len(pos["rmse"]))
+        ax_rmse.plot(xs, pos["rmse"], label=name)
+        ax_corr.plot(xs, pos["corr"], label=name)
+    ax_rmse.set(xlabel="response token position", ylabel="RMSE of A_hat vs true A")
+    ax_corr.set(xlabel="response token position", ylabel="corr(A_hat, true A) across episodes")
+    ax_corr.axhline(0.0, color="grey", lw=0.5)
+    ax_rmse.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
