@@ -32,6 +32,7 @@ import torch
 from marlhf.agents.advantages import compute_gae
 from marlhf.agents.rollout_io import Rollouts, resegment
 from marlhf.agents.truth import TrueAdvantages
+from marlhf.options import make_termination
 from marlhf.options.segments import position_in_segment, segment_ids
 
 #: Knobs a scheme may set, with their defaults (those of PPO).
@@ -85,6 +86,8 @@ class Scheme:
             raise ValueError(
                 f"scheme {text!r}: unknown estimator {estimator!r}; valid: {available_estimators()}"
             )
+        if termination:
+            make_termination(termination)  # an unknown rule fails here, naming the valid ones
         return cls(estimator, termination or None, params)
 
 
@@ -100,7 +103,9 @@ def estimate(
     starts = resegment(rollouts, scheme.termination, codec=codec)
     knobs = {**SCHEME_PARAMS, **scheme.params}
     if scheme.estimator != "gae":
-        raise ValueError(f"estimate: estimator={scheme.estimator!r}; valid: {available_estimators()}")
+        raise ValueError(
+            f"estimate: estimator={scheme.estimator!r}; valid: {available_estimators()}"
+        )
     gae = compute_gae(
         rollouts.task_rewards.double(),
         rollouts.values.double(),

@@ -113,9 +113,13 @@ class Rollouts:
             )
         group_ids = getattr(buf, "group_ids", None)
         termination = getattr(algo, "termination", None)
+        try:
+            spec = None if termination is None else termination.spec
+        except ValueError:  # a rule whose arguments have no spec form
+            spec = repr(termination)
         info = {
             "task": getattr(getattr(env, "task", None), "name", None),
-            "termination": None if termination is None else getattr(termination, "spec", None),
+            "termination": spec,
             "num_timesteps": int(getattr(algo, "num_timesteps", 0)),
             "seed": getattr(algo, "seed", None),
         }
@@ -197,6 +201,20 @@ class Rollouts:
             for row, m, p in zip(ids, mask, meta["prompts"], strict=True)
         ]
         return cls(**tensors, prompts=prompts, info=dict(meta["info"]))
+
+
+def collect(algo: Any) -> Rollouts:
+    """Collect and score one rollout with ``algo``'s current policy, without an update.
+
+    The algorithm's counters move as in training (``num_timesteps``, the env's prompt stream,
+    the KL controller), so auditing in the middle of a run spends tokens like an iteration.
+    """
+    from stable_baselines3.common.callbacks import CallbackList
+
+    callback = CallbackList([])
+    callback.init_callback(algo)
+    algo.collect_rollouts(callback)  # an empty callback list never stops a rollout
+    return Rollouts.from_algorithm(algo)
 
 
 def resegment(

@@ -249,7 +249,7 @@ def _enumerate(allowed: list[int], depth: int, eos: int | None, limit: int) -> l
     leaves: list[tuple] = []
     frontier: list[tuple] = [()]
     for _ in range(depth):
-        nxt = []
+        nxt: list[tuple] = []
         for prefix in frontier:
             for a in allowed:
                 (leaves if a == eos else nxt).append((*prefix, a))
@@ -343,16 +343,14 @@ def exact_advantages(
         ended = len(s) < depth or depth == horizon
         leaf_value[(key, s)] = 0.0 if ended else float(tails[i, depth])
     values = dict(leaf_value)
-    for d in range(depth - 1, -1, -1):
-        for node, p in node_probs.items():
-            if len(node[1]) != d:
-                continue
-            key, prefix = node
-            values[node] = sum(
-                float(p[a]) * (edge_reward[(key, (*prefix, a))] + gamma * values[(key, (*prefix, a))])
-                for a in allowed
-                if p[a] > 0.0
-            )
+    for node in sorted(node_probs, key=lambda n: -len(n[1])):  # children before parents
+        key, prefix = node
+        pi = node_probs[node]
+        values[node] = sum(
+            float(pi[a]) * (edge_reward[(key, (*prefix, a))] + gamma * values[(key, (*prefix, a))])
+            for a in allowed
+            if pi[a] > 0.0
+        )
 
     B, T = response_ids.shape
     adv = torch.zeros((B, T), dtype=torch.float64)
@@ -414,9 +412,7 @@ def _continuation_returns(
             actions = prefixes[:, k]
         else:
             ids = torch.cat([p_ids, written[:, :k], torch.full_like(p_ids[:, :1], pad)], dim=1)
-            mask = torch.cat(
-                [p_mask, torch.ones((len(prompts), k + 1), dtype=torch.bool)], dim=1
-            )
+            mask = torch.cat([p_mask, torch.ones((len(prompts), k + 1), dtype=torch.bool)], dim=1)
             logits = _next_token_logits(model, ids.to(device), mask.to(device), width + k, vocab)
             probs = sampling.probs(logits[:, -1])
             actions = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu()

@@ -63,9 +63,11 @@ def random_return(num_symbols: int, num_decisions: int) -> float:
 class _CreditSumReward(RewardFunction):
     mode: ClassVar[RewardMode] = "terminal"
 
-    def __init__(self, digit_ids: torch.Tensor, num_decisions: int, span: int) -> None:
+    def __init__(
+        self, digit_ids: torch.Tensor, vocab_size: int, num_decisions: int, span: int
+    ) -> None:
         # value_of[token id] = the digit it writes (-1 for any other token)
-        self._value_of = torch.full((int(digit_ids.max()) + 1,), -1, dtype=torch.int64)
+        self._value_of = torch.full((vocab_size,), -1, dtype=torch.int64)
         self._value_of[digit_ids] = torch.arange(len(digit_ids))
         self.num_decisions = num_decisions
         self.span = span
@@ -74,8 +76,7 @@ class _CreditSumReward(RewardFunction):
         m = self.num_decisions
         dev = batch.response_ids.device
         value_of = self._value_of.to(dev)
-        ids = batch.response_ids[:, :m].clamp(max=len(value_of) - 1)
-        digits = value_of[ids]
+        digits = value_of[batch.response_ids[:, :m]]
         valid = (digits >= 0).all(dim=1) & batch.response_mask[:, :m].all(dim=1)
         targets = torch.tensor(
             [int(p.metadata["target"]) for p in batch.prompts], dtype=torch.int64, device=dev
@@ -91,7 +92,7 @@ class CreditSumTask(ToyTask):
         (default 32).
     :param num_symbols: ``K``, the digits ``0 .. K - 1`` allowed as actions, 2..10 (default 3).
     :param num_decisions: ``m``, the leading tokens the score reads, 1..8 (default 3); the
-        targets span ``0 .. m * (K - 1)``, at most 99.
+        targets span ``0 .. m * (K - 1)`` (at most 72).
     """
 
     def __init__(self, horizon: int = 32, num_symbols: int = 3, num_decisions: int = 3) -> None:
@@ -100,11 +101,6 @@ class CreditSumTask(ToyTask):
         m = _check_int(self.name, "num_decisions", num_decisions, 1, 8)
         self.max_new_tokens = _check_int(self.name, "horizon", horizon, m, 512)
         self.span = m * (k - 1)
-        if self.span > 99:
-            raise ValueError(
-                f"{self.name}: num_decisions * (num_symbols - 1) = {self.span} exceeds 99 "
-                f"(num_decisions={m}, num_symbols={k}); valid: a product of at most 99"
-            )
         self.num_symbols = k
         self.num_decisions = m
         #: The return depends only on the prompt and this many leading response tokens, and
@@ -114,7 +110,7 @@ class CreditSumTask(ToyTask):
         self.max_prompt_len = len(str(self.span)) + 1
         digit_ids = torch.tensor([self.codec.tokens.index(d) for d in DIGITS[:k]])
         self._digit_ids = digit_ids.tolist()
-        self.reward_fn = _CreditSumReward(digit_ids, m, self.span)
+        self.reward_fn = _CreditSumReward(digit_ids, self.codec.vocab_size, m, self.span)
         self.optimal_return = 1.0
         self.random_return = random_return(k, m)
 

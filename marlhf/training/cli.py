@@ -1,4 +1,4 @@
-"""The ``marlhf`` command line: ``train``, ``compare``, ``eval``, ``sft``, ``rm``.
+"""The ``marlhf`` command line: ``train``, ``compare``, ``eval``, ``sft``, ``rm``, ``audit``.
 
 Every command reads its config dataclass (``marlhf.training.configs``): defaults, then
 ``--config FILE.yaml``, then ``--set KEY=VALUE`` (repeatable, dotted keys). ``--help`` lists
@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from marlhf.training.audit import AuditConfig
 from marlhf.training.config import ConfigError, help_text, load_config, to_dict
 from marlhf.training.configs import (
     CompareConfig,
@@ -52,6 +53,12 @@ def _sft(config: Any) -> dict[str, Any]:
     return run_sft(config)
 
 
+def _audit(config: Any) -> dict[str, Any]:
+    from marlhf.training.audit import run_audit
+
+    return run_audit(config)
+
+
 def _rm(config: Any) -> dict[str, Any]:
     from marlhf.training.reward_modeling import run_rm
 
@@ -69,6 +76,12 @@ COMMANDS: dict[str, tuple[type, Callable[[Any], dict[str, Any]], str]] = {
     "eval": (EvalConfig, _eval, "score a saved model on a task's held-out prompts (JSONL samples)"),
     "sft": (SftConfig, _sft, "causal-LM fine-tuning on text files or JSON lines (warm start)"),
     "rm": (RmConfig, _rm, "Bradley-Terry reward model from chosen/rejected JSON lines"),
+    "audit": (
+        AuditConfig,
+        _audit,
+        "each estimator's advantages against the policy's true advantages (exact or Monte "
+        "Carlo) on the same rollouts: bias, variance, correlation per position and segment",
+    ),
 }
 
 
@@ -78,6 +91,7 @@ EXAMPLES = {
     "eval": "marlhf eval --set model.path=runs/train/final --set task.id=marlhf/DelayedChoice-v0",
     "sft": "marlhf sft --set 'data=[corpus.txt, more.jsonl]' --set output_dir=runs/sft",
     "rm": "marlhf rm --set data=pairs.jsonl --set output_dir=runs/rm",
+    "audit": "marlhf audit --set train_timesteps=20480 --set 'schemes=[gae, gae@ngram:5]'",
 }
 
 

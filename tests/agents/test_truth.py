@@ -12,7 +12,7 @@ from torch import nn
 from marlhf.agents.truth import Sampling, exact_advantages, mc_advantages, true_advantages
 from marlhf.envs.credit import CreditSumTask
 from marlhf.envs.tasks import Prompt
-from marlhf.training.models import tiny_gpt2
+from marlhf.models import tiny_gpt2
 
 
 class BigramLM(nn.Module):
@@ -131,7 +131,13 @@ def test_bad_input_is_named() -> None:
     task, model, prompts, responses, mask, sampling = _gpt_case(horizon=4)
     with pytest.raises(ValueError, match="max_sequences"):
         exact_advantages(
-            model, task, prompts, responses, mask, sampling=sampling, decisive=False,
+            model,
+            task,
+            prompts,
+            responses,
+            mask,
+            sampling=sampling,
+            decisive=False,
             max_sequences=4,
         )
     outside = responses.clone()

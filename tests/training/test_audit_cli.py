@@ -1,0 +1,79 @@
+"""`marlhf audit` end to end on tiny settings: files, a saved agent, saved rollouts, bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from marlhf.agents.rollout_io import Rollouts
+from marlhf.training.cli import main
+from tests.training.conftest import TINY, sets
+
+TINY_CREDIT = [
+    "task.id=marlhf/CreditSum-v0",
+    "task.kwargs={horizon: 6, num_symbols: 2, num_decisions: 2}",
+    *TINY[1:],
+]
+
+
+def test_audit_writes_its_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "audit"
+    argv = [
+        "audit",
+        *sets(
+            *TINY_CREDIT, "train_timesteps=48", f"output_dir={out}", "schemes=[gae, gae@ngram:2]"
+        ),
+    ]
+    assert main(argv) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["truth"] == "exact" and summary["episodes"] == 8
+    assert set(summary["rmse"]) == {"gae", "gae@ngram:2"}
+    report = json.loads((out / "audit.json").read_text())
+    assert report["num_timesteps"] >= 48 + 8 * 6  # trained, then one more rollout audited
+    assert len(report["schemes"]["gae"]["per_position"]["rmse"]) == 6
+    assert "| `gae@ngram:2` |" in (out / "audit.md").read_text()
+    assert (out / "audit.png").stat().st_size > 0
+    assert Rollouts.load(out / "rollouts.safetensors").num_rows == 8
+
+
+def test_audit_of_a_saved_agent_on_saved_rollouts_by_monte_carlo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    train = tmp_path / "train"
+    assert main(["train", *sets(*TINY_CREDIT, "total_timesteps=48", f"output_dir={train}")]) == 0
+    first = tmp_path / "first"
+    base = [*TINY_CREDIT, f"model.path={train}/final", "algo=mappo"]
+    assert main(["audit", *sets(*base, f"output_dir={first}")]) == 0
+    capsys.readouterr()
+    again = tmp_path / "again"
+    argv = sets(
+        *base,
+        f"output_dir={again}",
+        f"rollouts={first}/rollouts.safetensors",
+        "truth=mc",
+        "mc_samples=8",
+    )
+    assert main(["audit", *argv]) == 0
+    report = json.loads((again / "audit.json").read_text())
+    assert report["truth"]["method"] == "mc" and report["truth"]["stderr_mean"] > 0
+    assert not (again / "rollouts.safetensors").exists()  # the given rollouts were audited
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("schemes=[gae@bogus:3]", "bogus"),
+        ("schemes=[oracle]", "unknown estimator 'oracle'"),
+        ("truth=guess", "truth"),
+        ("mc_samples=1", "mc_samples=1"),
+    ],
+)
+def test_bad_input_is_one_line(
+    override: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", *sets(*TINY_CREDIT, override, f"output_dir={tmp_path}/a")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marlhf audit: error:") and message in err
+    assert len(err.strip().splitlines()) == 1
