@@ -22,37 +22,53 @@ Rewards are the task's (no KL shaping), because the truth is of the task's retur
 
 from __future__ import annotations
 
+import json
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from marlhf.agents.advantages import compute_gae
+from marlhf.agents.config import PPOConfig
+from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator
 from marlhf.agents.rollout_io import Rollouts, resegment
 from marlhf.agents.truth import TrueAdvantages
 from marlhf.options import make_termination
 from marlhf.options.segments import position_in_segment, segment_ids
 
-#: Knobs a scheme may set, with their defaults (those of PPO).
-SCHEME_PARAMS: dict[str, Any] = {
-    "gamma": 1.0,
-    "gae_lambda": 0.95,
-    "reward_agg": "sum",
-    "value_agg": "mean",
-    "discount": "segment",
-}
 ZERO_TOL = 1e-9
+#: PPOConfig fields a scheme cannot set: they are the scheme's own parts or not about credit.
+_NOT_KNOBS = ("termination", "estimator")
+
+
+def _knob_types() -> dict[str, Any]:
+    hints = typing.get_type_hints(PPOConfig)
+    return {k: v for k, v in hints.items() if k not in _NOT_KNOBS}
+
+
+def _parse_value(key: str, text: str) -> Any:
+    """``"1"`` -> 1.0 for a float knob, ``"true"`` -> True, ``"mean"`` -> ``"mean"``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return text
+    hint = _knob_types()[key]
+    takes_float = hint is float or float in typing.get_args(hint)
+    if takes_float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 @dataclass(frozen=True)
 class Scheme:
     """One credit-assignment scheme: an estimator over a segmentation with its knobs.
 
-    :param estimator: the estimator's name (``"gae"``).
+    :param estimator: a registered estimator (``marlhf.agents.estimators``).
     :param termination: a termination spec (``"ngram:5"``), or ``None`` for every token.
-    :param params: knobs of :data:`SCHEME_PARAMS` that differ from the defaults.
+    :param params: :class:`~marlhf.agents.PPOConfig` fields that differ from their defaults
+        (``gamma``, ``gae_lambda``, ``value_agg``, ...).
     """
 
     estimator: str = "gae"
@@ -63,7 +79,11 @@ class Scheme:
     def name(self) -> str:
         """``estimator[@termination][ key=value ...]``: what :meth:`parse` reads back."""
         text = self.estimator + ("" if self.termination is None else f"@{self.termination}")
-        return " ".join([text, *(f"{k}={v}" for k, v in sorted(self.params.items()))])
+        pairs = (
+            f"{k}={json.dumps(v) if not isinstance(v, str) else v}"
+            for k, v in sorted(self.params.items())
+        )
+        return " ".join([text, *pairs])
 
     @classmethod
     def parse(cls, text: str) -> Scheme:
@@ -72,48 +92,63 @@ class Scheme:
             raise ValueError(f"scheme {text!r}: expected 'estimator[@termination] [key=value ...]'")
         head, *pairs = text.split()
         estimator, _, termination = head.partition("@")
+        knobs = _knob_types()
         params: dict[str, Any] = {}
         for pair in pairs:
             key, sep, value = pair.partition("=")
-            if not sep or key not in SCHEME_PARAMS:
+            if not sep or key not in knobs:
                 raise ValueError(
-                    f"scheme {text!r}: {pair!r} is not key=value with a key in "
-                    f"{sorted(SCHEME_PARAMS)}"
+                    f"scheme {text!r}: {pair!r} is not key=value with a PPOConfig field as key "
+                    f"(e.g. gamma, gae_lambda, value_agg; valid: {sorted(knobs)})"
                 )
-            default = SCHEME_PARAMS[key]
-            params[key] = float(value) if isinstance(default, float) else value
-        if estimator not in available_estimators():
-            raise ValueError(
-                f"scheme {text!r}: unknown estimator {estimator!r}; valid: {available_estimators()}"
-            )
+            params[key] = _parse_value(key, value)
+        get_estimator(estimator)  # an unknown name fails here, listing the registered ones
         if termination:
-            make_termination(termination)  # an unknown rule fails here, naming the valid ones
-        return cls(estimator, termination or None, params)
+            make_termination(termination)  # likewise for the rule
+        scheme = cls(estimator, termination or None, params)
+        try:
+            scheme.config()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"scheme {text!r}: {err}") from None
+        return scheme
 
-
-def available_estimators() -> list[str]:
-    """Estimators the audit can run."""
-    return ["gae"]
+    def config(self) -> PPOConfig:
+        """The estimator's config: PPOConfig's defaults with this scheme's knobs."""
+        return PPOConfig(**self.params)
 
 
 def estimate(
     scheme: Scheme, rollouts: Rollouts, *, codec: Any = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(advantages float64[B, T], starts bool[B, T])`` of ``scheme`` on ``rollouts``."""
+    """``(advantages float[B, T], starts bool[B, T])`` of ``scheme`` on ``rollouts``.
+
+    The estimator reads the task rewards (no KL shaping: the truth is of the task's return) and
+    what it declares of the saved values, group ids and token probabilities.
+    """
+    spec = get_estimator(scheme.estimator)
     starts = resegment(rollouts, scheme.termination, codec=codec)
-    knobs = {**SCHEME_PARAMS, **scheme.params}
-    if scheme.estimator != "gae":
+    held = {"token_probs"}
+    held |= {"values"} if rollouts.values is not None else set()
+    held |= {"group_ids"} if rollouts.group_ids is not None else set()
+    missing = sorted(spec.requires - held)
+    if missing:
         raise ValueError(
-            f"estimate: estimator={scheme.estimator!r}; valid: {available_estimators()}"
+            f"scheme {scheme.name!r}: estimator {scheme.estimator!r} needs {missing}, which "
+            "these rollouts do not hold (values come from an agent with a critic, group ids "
+            "from a rollout collected with group_size > 1)"
         )
-    gae = compute_gae(
-        rollouts.task_rewards.double(),
-        rollouts.values.double(),
-        rollouts.response_mask,
-        starts,
-        **knobs,
+    batch = EstimatorBatch(
+        rewards=rollouts.task_rewards,
+        task_rewards=rollouts.task_rewards,
+        mask=rollouts.response_mask,
+        starts=starts,
+        values=rollouts.values if "values" in spec.requires else None,
+        group_ids=rollouts.group_ids if "group_ids" in spec.requires else None,
+        token_probs=rollouts.logprobs.exp() if "token_probs" in spec.requires else None,
     )
-    return gae.advantages, starts
+    result = spec.fn(batch, scheme.config())
+    check_estimate(spec.name, result, batch)
+    return result.advantages, starts
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -224,7 +259,7 @@ def audit(
     for scheme in schemes:
         est, starts = estimate(scheme, rollouts, codec=codec)
         est = est.double()
-        gamma = float({**SCHEME_PARAMS, **scheme.params}["gamma"])
+        gamma = float(scheme.config().gamma)
         true_seg, est_seg, seg_mask = segment_truth(true, est, mask, starts, gamma)
         segments = error_metrics(est_seg[seg_mask], true_seg[seg_mask])
         segments["count"] = int(seg_mask.sum())
@@ -233,7 +268,7 @@ def audit(
         out[scheme.name] = {
             "estimator": scheme.estimator,
             "termination": scheme.termination,
-            "params": {**SCHEME_PARAMS, **scheme.params},
+            "params": scheme.params,
             "tokens": tokens,
             "segments": segments,
             "per_position": _per_index(est, true, mask),

@@ -26,9 +26,9 @@ from marlhf.options import SegmentationBatch, compute_starts, make_termination
 FORMAT_VERSION = 1
 METADATA_KEY = "marlhf_rollouts"
 
-#: Tensor fields, their dtype and whether they are per row (``[B]``) rather than ``[B, T]``.
+#: The ``float[B, T]`` fields, and the fields that may be ``None``.
 _TOKEN_FLOATS = ("logprobs", "ref_logprobs", "task_rewards", "rewards", "values")
-_OPTIONAL = ("starts", "advantages", "group_ids")
+_OPTIONAL = ("values", "starts", "advantages", "group_ids")
 
 
 @dataclass
@@ -43,8 +43,8 @@ class Rollouts:
     :param ref_logprobs: ``float32[B, T]`` the reference's log-probs.
     :param task_rewards: ``float32[B, T]`` the env's rewards (the task score).
     :param rewards: ``float32[B, T]`` shaped rewards (task reward - beta * KL) the agent used.
-    :param values: ``float32[B, T]`` critic values ``V(s_t)`` (0 when there is no critic).
     :param prompts: one :class:`~marlhf.envs.Prompt` per row (ids and reward metadata).
+    :param values: ``float32[B, T]`` critic values ``V(s_t)``, or ``None`` (no critic).
     :param starts: ``bool[B, T]`` the agent's segment starts, or ``None``.
     :param advantages: ``float32[B, T]`` the agent's advantages, or ``None``.
     :param group_ids: ``int64[B]`` prompt group of each row, or ``None``.
@@ -59,8 +59,8 @@ class Rollouts:
     ref_logprobs: torch.Tensor
     task_rewards: torch.Tensor
     rewards: torch.Tensor
-    values: torch.Tensor
     prompts: list[Prompt]
+    values: torch.Tensor | None = None
     starts: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     group_ids: torch.Tensor | None = None
@@ -138,7 +138,7 @@ class Rollouts:
             ref_logprobs=cpu(buf.ref_logprobs),
             task_rewards=cpu(buf.task_rewards),
             rewards=cpu(buf.rewards),
-            values=cpu(buf.values),
+            values=cpu(buf.values) if getattr(buf, "has_values", True) else None,
             prompts=list(prompts),
             starts=cpu(buf.starts),
             advantages=cpu(buf.advantages),

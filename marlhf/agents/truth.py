@@ -71,10 +71,11 @@ class Sampling:
     @classmethod
     def of(cls, algo: Any) -> Sampling:
         """The sampling settings of an algorithm (``PPO``/``MAPPO``) and its env."""
+        config = algo.config
         mask = None
-        if getattr(algo, "mask_actions", False):
+        if config.mask_actions:
             mask = torch.as_tensor(algo.env.task.action_mask(), dtype=torch.bool)
-        return cls(float(algo.temperature), int(algo.top_k), float(algo.top_p), mask)
+        return cls(float(config.temperature), int(config.top_k), float(config.top_p), mask)
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """``float[..., V]`` sampling probabilities from logits ``[..., V]`` (float32 or wider)."""

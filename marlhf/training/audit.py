@@ -44,8 +44,11 @@ class AuditConfig:
         metadata=doc("the environment; num_envs = episodes audited"),
     )
     agent: AgentConfig = field(
-        default_factory=AgentConfig,
-        metadata=doc("hyper-parameters of the agent that samples (and trains, see below)"),
+        default_factory=AgentConfig.cli_default,
+        metadata=doc(
+            "hyper-parameters of the agent that samples (and trains, see below); "
+            "agent.mask_actions=true keeps the exact truth's enumeration to the task's tokens"
+        ),
     )
     algo: Literal["ppo", "mappo"] = field(
         default="ppo", metadata=doc("the agent trained before the audit: ppo or mappo")
@@ -72,9 +75,6 @@ class AuditConfig:
     rollouts: str | None = field(
         default=None,
         metadata=doc("audit these saved rollouts (.safetensors) instead of collecting new ones"),
-    )
-    mask_actions: bool = field(
-        default=True, metadata=doc("sample only the task's allowed tokens (cheaper exact truth)")
     )
     seed: int = field(default=0, metadata=doc("seed of the model init, env, agent and MC"))
     output_dir: str = field(default="runs/audit", metadata=doc("folder for the audit's files"))
@@ -112,9 +112,7 @@ def build_audited_agent(config: AuditConfig) -> Any:
     else:
         env, lm, _ = build_env_and_model(config.task, config.model, config.seed, device)
         spec = RunSpec(config.algo, config.termination, config.seed)
-        agent = AgentConfig(**{**vars(config.agent), "extra": dict(config.agent.extra)})
-        agent.extra.setdefault("mask_actions", config.mask_actions)
-        algo = build_agent(spec, lm, env, agent, device, None)
+        algo = build_agent(spec, lm, env, config.agent, device, None)
     if config.train_timesteps > 0:
         algo.learn(config.train_timesteps)
     return algo

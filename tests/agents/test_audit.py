@@ -112,7 +112,14 @@ def test_schemes_parse_and_name_round_trip() -> None:
     assert s.termination == "random_ngram:sizes=1,2;repeat=2"
     assert s.params == {"gae_lambda": 1.0, "value_agg": "last"}
     assert Scheme.parse(s.name) == s
-    for bad, match in (("", "expected"), ("gae lam=1", "gae_lambda"), ("oracle", "unknown")):
+    assert Scheme.parse("gae gamma=1").params == {"gamma": 1.0}
+    for bad, match in (
+        ("", "expected"),
+        ("gae lam=1", "gae_lambda"),
+        ("oracle", "unknown"),
+        ("gae value_agg=median", "value_agg"),
+        ("gae@bogus:2", "bogus"),
+    ):
         with pytest.raises(ValueError, match=match):
             Scheme.parse(bad)
 
@@ -124,6 +131,9 @@ def test_audit_rejects_mismatched_truth_and_plots(scored, tmp_path) -> None:
     short = dataclasses.replace(truth, advantages=truth.advantages[:, :2])
     with pytest.raises(ValueError, match="compute the truth on these rollouts"):
         audit(rollouts, short, [Scheme()])
+    no_critic = dataclasses.replace(rollouts, values=None)
+    with pytest.raises(ValueError, match=r"needs \['values'\]"):
+        audit(no_critic, truth, [Scheme()])
     result = audit(rollouts, truth, [Scheme(), Scheme(termination="ngram:3")])
     assert "| `gae@ngram:3` |" in result.table()
     png = plot_audit(result, tmp_path / "audit.png", title="t")

@@ -65,7 +65,7 @@ def test_audit_of_a_saved_agent_on_saved_rollouts_by_monte_carlo(
     ("override", "message"),
     [
         ("schemes=[gae@bogus:3]", "bogus"),
-        ("schemes=[oracle]", "unknown estimator 'oracle'"),
+        ("schemes=[oracle]", "estimator='oracle' is unknown"),
         ("truth=guess", "truth"),
         ("mc_samples=1", "mc_samples=1"),
     ],
