@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint typecheck test demo bench clean
+.PHONY: install lint typecheck test test-fast demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check marlhf tests benchmarks examples
 
 typecheck: $(STAMP)
-	$(BIN)/mypy marlhf
+	$(BIN)/mypy marlhf tests
 
 test: lint typecheck
 	MARLHF_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+
+# The inner loop: every test but the few marked `slow` (training runs, the real-model smoke test);
+# no lint or typecheck. `make test` (CI) still runs everything.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 # The main job: token-level PPO vs MAPPO (ngram:5) on delayed credit, 3 seeds, 2 worker processes
 # (a few minutes on 2 CPU cores). Writes runs/compare/{metrics.csv,curves.png,report.md}; a re-run

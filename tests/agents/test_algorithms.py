@@ -12,6 +12,7 @@ import torch
 
 from marlhf.agents import MAPPO, PPO, CausalLMActorCritic
 from marlhf.agents.base import LMOnPolicyAlgorithm
+from marlhf.agents.buffer import LMRolloutBuffer
 from tests.agents.conftest import CueEnv, tiny_model
 
 B, N = 4, 4
@@ -22,6 +23,12 @@ KW: dict[str, Any] = {
     "seed": 3,
     "device": "cpu",
 }
+
+
+def _buffer(algo: LMOnPolicyAlgorithm) -> LMRolloutBuffer:
+    """The rollout buffer of an algorithm that has one (every algorithm with an env does)."""
+    assert algo.rollout_buffer is not None
+    return algo.rollout_buffer
 
 
 def _params(algo: LMOnPolicyAlgorithm) -> list[torch.Tensor]:
@@ -83,14 +90,14 @@ def test_num_timesteps_counts_the_real_tokens_of_a_batched_env(task: str) -> Non
     env = BatchedTokenEnv(task, num_envs=8, seed=0)
     algo = PPO(tiny_model(env.codec), env, n_epochs=1, batch_size=8, seed=0, device="cpu")
     algo.learn(1)
-    lengths = algo.rollout_buffer.response_mask.sum(1)
+    lengths = _buffer(algo).response_mask.sum(1)
     assert algo.num_timesteps == int(lengths.sum())
     assert bool((lengths < env.max_new_tokens).any()) is (task == "Reverse")
 
 
 def test_save_load_predictions_and_resume_equal_uninterrupted(tmp_path) -> None:
     # An adaptive KL controller, so its state must travel through the checkpoint too.
-    kw = {"termination": "ngram:2", "kl_target": 0.01, "kl_horizon": 10}
+    kw: dict[str, Any] = {"termination": "ngram:2", "kl_target": 0.01, "kl_horizon": 10}
     straight = _make(MAPPO, **kw).learn(2 * B * N)
 
     first = _make(MAPPO, **kw).learn(B * N)
@@ -109,7 +116,7 @@ def test_save_load_predictions_and_resume_equal_uninterrupted(tmp_path) -> None:
     assert resumed.num_timesteps == straight.num_timesteps == 2 * B * N
     for p, q in zip(_params(straight), _params(resumed), strict=True):
         assert torch.equal(p, q)
-    assert torch.equal(straight.rollout_buffer.response_ids, resumed.rollout_buffer.response_ids)
+    assert torch.equal(_buffer(straight).response_ids, _buffer(resumed).response_ids)
     assert straight.kl_ctl.value == resumed.kl_ctl.value
 
 
@@ -252,7 +259,7 @@ def test_resume_with_the_real_env_continues_its_prompt_stream(tmp_path) -> None:
     first.save(tmp_path / "ck")
     resumed = MAPPO.load(tmp_path / "ck", env=env(), device="cpu")
     resumed.learn(2 * 8 * 3, reset_num_timesteps=False)
-    assert torch.equal(straight.rollout_buffer.prompt_ids, resumed.rollout_buffer.prompt_ids)
+    assert torch.equal(_buffer(straight).prompt_ids, _buffer(resumed).prompt_ids)
     for p, q in zip(_params(straight), _params(resumed), strict=True):
         assert torch.equal(p, q)
 
@@ -264,7 +271,7 @@ def test_mask_actions_samples_and_scores_only_allowed_tokens() -> None:
     algo = PPO(
         tiny_model(env.codec), env, mask_actions=True, n_epochs=1, seed=0, device="cpu"
     ).learn(1)
-    buf = algo.rollout_buffer
+    buf = _buffer(algo)
     allowed = torch.as_tensor(env.task.action_mask())
     assert bool(allowed[buf.response_ids[buf.response_mask]].all())
     assert algo.train_stats["train/approx_kl"] == 0.0  # old and new log-probs use the same mask

@@ -48,6 +48,7 @@ def test_mappo_runs_on_cuda(bf16: bool) -> None:
     assert algo.device.type == DEVICE
     before = _params(algo)
     algo.learn(16)
+    assert algo.rollout_buffer is not None
     assert algo.rollout_buffer.advantages.device.type == DEVICE
     after = list(algo.policy.trainable_parameters())
     assert any(not torch.equal(p, q) for p, q in zip(before, after, strict=True))
@@ -103,7 +104,7 @@ def test_gae_on_cuda_matches_cpu(reward_agg: str) -> None:
     mask = torch.arange(16)[None] < torch.tensor([16, 9, 3, 1, 12])[:, None]
     starts = (torch.rand(5, 16, generator=gen) < 0.3) & mask
     starts[:, 0] = True
-    kw = {"gamma": 0.99, "gae_lambda": 0.9, "reward_agg": reward_agg}
+    kw: dict[str, Any] = {"gamma": 0.99, "gae_lambda": 0.9, "reward_agg": reward_agg}
     cpu = compute_gae(rewards, values, mask, starts, **kw)
     gpu = compute_gae(
         rewards.to(DEVICE), values.to(DEVICE), mask.to(DEVICE), starts.to(DEVICE), **kw
@@ -115,11 +116,16 @@ def test_gae_on_cuda_matches_cpu(reward_agg: str) -> None:
 def test_mappo_ngram1_equals_ppo_on_cuda() -> None:
     kw: dict[str, Any] = {"n_epochs": 2, "batch_size": 2, "seed": 3, "device": DEVICE}
     algos = []
-    for cls, extra in ((PPO, {}), (MAPPO, {"termination": "ngram:1"})):
+    extras: list[tuple[type[PPO], dict[str, Any]]] = [
+        (PPO, {}),
+        (MAPPO, {"termination": "ngram:1"}),
+    ]
+    for cls, extra in extras:
         env = CueEnv(4, 4, device=DEVICE)
         env.reward_override = 0.5
         algos.append(cls(tiny_model(env.codec), env, **kw, **extra).learn(17))
     a, b = (algo.rollout_buffer for algo in algos)
+    assert a is not None and b is not None
     assert torch.equal(a.response_ids, b.response_ids)
     assert torch.equal(a.advantages, b.advantages) and torch.equal(a.returns, b.returns)
     for p, q in zip(_params(algos[0]), _params(algos[1]), strict=True):

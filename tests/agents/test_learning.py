@@ -55,6 +55,7 @@ def _train(cls: Any, kwargs: dict[str, Any], seed: int) -> tuple[float, list[flo
     return greedy_score(algo, _env(seed=1234)), scores
 
 
+@pytest.mark.slow  # trains until the greedy policy is right
 @pytest.mark.parametrize(("cls", "kwargs"), [(PPO, {}), (MAPPO, {"termination": "ngram:4"})])
 def test_agent_learns_delayed_choice(cls: Any, kwargs: dict[str, Any]) -> None:
     # Three seeds and their median: one seed in about twenty gets stuck on a wrong answer for

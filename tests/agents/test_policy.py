@@ -18,7 +18,9 @@ def _policy(**kwargs: object) -> CausalLMActorCritic:
     return CausalLMActorCritic(tiny_model(CODEC, n_layer=2), **kwargs)  # type: ignore[arg-type]
 
 
-def _cat(prompt, pmask, response, rmask):
+def _cat(
+    prompt: torch.Tensor, pmask: torch.Tensor, response: torch.Tensor, rmask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The ``(input_ids, attention_mask, response_mask)`` the scoring methods take."""
     ids = torch.cat([prompt, response], 1)
     return ids, torch.cat([pmask.long(), rmask.long()], 1), rmask
@@ -159,7 +161,7 @@ class FakePeft(torch.nn.Module):
     """Just enough of a PEFT model: an adapter (a logit bias) that ``disable_adapter()`` turns
     off, and a frozen base (PEFT itself is optional and not installed in the test env)."""
 
-    def __init__(self, base: torch.nn.Module) -> None:
+    def __init__(self, base: Any) -> None:  # a transformers causal LM
         super().__init__()
         self.base = base.requires_grad_(False)
         self.config = base.config

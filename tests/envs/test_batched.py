@@ -285,7 +285,8 @@ def test_bad_reward_outputs_raise(mode: str, value: object, error: type, pattern
             return torch.zeros(n + 1)
         if value == "list":
             return [0.0] * n
-        return torch.full((n,), value)  # type: ignore[arg-type]
+        assert isinstance(value, float)
+        return torch.full((n,), value)
 
     env = BatchedTokenEnv(_TinyTask(_Const(out, mode)), num_envs=3)  # type: ignore[arg-type]
     env.reset(seed=0)

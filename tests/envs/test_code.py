@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import marlhf  # noqa: F401  (registers the env ids)
+from marlhf.envs import BatchedTokenEnv
 from marlhf.envs.code import RLTF_REWARDS, HumanEvalTask, split_check_tests
 from marlhf.envs.sandbox import Status
 from marlhf.envs.tasks import Prompt, RewardBatch
@@ -178,7 +179,8 @@ def test_batched_env_rewards_the_last_token(bpe_codec: TokenCodec) -> None:
         max_problems=1,
         max_new_tokens=128,
     )
-    task = env.unwrapped.task if hasattr(env, "unwrapped") else env.task
+    assert isinstance(env, BatchedTokenEnv) and isinstance(env.task, HumanEvalTask)
+    task = env.task
     prompt = task.prompt(0)  # HumanEval/0
     right = [*bpe_codec.encode(task.problems[0]["canonical_solution"]), bpe_codec.eos_token_id]
     wrong = [*bpe_codec.encode("    return False\n"), bpe_codec.eos_token_id]

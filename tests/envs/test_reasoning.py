@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import marlhf  # noqa: F401  (registers the env ids)
+from marlhf.envs import TokenEnv
 from marlhf.envs.reasoning import ReasoningGymTask, available_datasets, extract_answer
 from marlhf.tokenization import TokenCodec
 from tests.envs.test_code import reward_batch
@@ -70,6 +71,7 @@ def test_env_constructs_with_defaults_and_passes_checkers() -> None:
     check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped)
     env = gymnasium.make("marlhf/ReasoningGym-v0", dataset="basic_arithmetic", size=8)
+    assert isinstance(env.unwrapped, TokenEnv)
     assert "basic_arithmetic" in env.unwrapped.task.name
     env.close()
 

@@ -11,7 +11,14 @@ from gymnasium.vector import AutoresetMode
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import marlhf  # noqa: F401  (registers the envs)
-from marlhf.envs import BatchedTokenEnv, TokenEnv, available_tasks, env_ids, make_task
+from marlhf.envs import (
+    BatchedTokenEnv,
+    DelayedChoiceTask,
+    TokenEnv,
+    available_tasks,
+    env_ids,
+    make_task,
+)
 from tests.extras import NEEDS_REASONING_GYM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,9 +72,10 @@ def test_make_vec_returns_batched_env(env_id: str) -> None:
 
 
 def test_task_kwargs_pass_through_make_and_make_vec() -> None:
-    single = gymnasium.make("marlhf/DelayedChoice-v0", horizon=48, num_choices=3)
-    assert single.unwrapped.max_new_tokens == 48
-    assert single.unwrapped.task.num_choices == 3
+    single = gymnasium.make("marlhf/DelayedChoice-v0", horizon=48, num_choices=3).unwrapped
+    assert isinstance(single, TokenEnv) and isinstance(single.task, DelayedChoiceTask)
+    assert single.max_new_tokens == 48
+    assert single.task.num_choices == 3
     vec = gymnasium.make_vec(
         "marlhf/DelayedChoice-v0",
         num_envs=8,
@@ -75,6 +83,7 @@ def test_task_kwargs_pass_through_make_and_make_vec() -> None:
         horizon=128,
         seed=3,
     )
+    assert isinstance(vec, BatchedTokenEnv)
     assert vec.max_new_tokens == 128
     assert vec.seq_len == 129
 
@@ -103,10 +112,11 @@ def test_user_task_registers_and_builds_by_id() -> None:
     env_id = register_task("UserReverse3", factory, version=2)
     try:
         assert env_id == "marlhf/UserReverse3-v2"
-        env = gymnasium.make(env_id, max_len=3)
-        assert env.unwrapped.task.max_len == 3 and env.unwrapped.codec.vocab_size == 5
+        env = gymnasium.make(env_id, max_len=3).unwrapped
+        assert isinstance(env, TokenEnv) and isinstance(env.task, ReverseTask)
+        assert env.task.max_len == 3 and env.codec.vocab_size == 5
         vec = gymnasium.make_vec(env_id, num_envs=4, vectorization_mode="vector_entry_point")
-        assert vec.task.codec.vocab_size == 5
+        assert isinstance(vec, BatchedTokenEnv) and vec.task.codec.vocab_size == 5
     finally:  # leave the global registries as other tests expect them
         del gymnasium.registry[env_id]
         registration._TASKS.pop("UserReverse3")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from gymnasium.wrappers import FlattenObservation
 
 import marlhf  # noqa: F401
 from marlhf.envs import Prompt, TokenEnv
+from marlhf.envs.toy import ToyTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,8 +24,10 @@ def test_episode_info_and_step_after_end_raises() -> None:
     assert obs["input_ids"].dtype == np.int64 and obs["input_ids"].shape == (env.seq_len,)
     assert info["prompt"] == env.codec.decode(env.prompt.ids)
     assert "target" in info["metadata"]
+    assert isinstance(env.task, ToyTask)
     script = env.task.optimal_response(env.prompt)
-    total, terminated, step_info = 0.0, False, {}
+    total, terminated = 0.0, False
+    step_info: dict[str, Any] = {}
     for tok in script:
         obs, r, terminated, truncated, step_info = env.step(tok)
         total += r
@@ -39,6 +44,7 @@ def test_episode_info_and_step_after_end_raises() -> None:
 def test_bad_single_actions() -> None:
     env = TokenEnv("Reverse")
     env.reset(seed=0)
+    assert isinstance(env.action_space, gymnasium.spaces.Discrete)
     with pytest.raises(ValueError, match=r"Reverse.*outside the vocabulary.*Discrete"):
         env.step(env.action_space.n)
     with pytest.raises(ValueError, match="outside the vocabulary"):
@@ -67,6 +73,7 @@ def test_reset_with_given_prompt_and_bad_options() -> None:
         TokenEnv("Reverse", render_mode="human")
 
 
+@pytest.mark.slow  # stock SB3 PPO trains until it beats chance
 def test_stock_sb3_ppo_learns_delayed_choice() -> None:
     """Stock PPO + MlpPolicy (on the flattened observation) beats the random policy clearly."""
     from stable_baselines3 import PPO
@@ -76,7 +83,9 @@ def test_stock_sb3_ppo_learns_delayed_choice() -> None:
             gymnasium.make("marlhf/DelayedChoice-v0", horizon=4, num_choices=2)
         )
 
-    task = gymnasium.make("marlhf/DelayedChoice-v0", horizon=4, num_choices=2).unwrapped.task
+    single = gymnasium.make("marlhf/DelayedChoice-v0", horizon=4, num_choices=2).unwrapped
+    assert isinstance(single, TokenEnv)
+    task = single.task
     model = PPO(
         "MlpPolicy",
         make(),
@@ -112,18 +121,20 @@ def test_maskable_ppo_runs_through_action_masks() -> None:
     seen: list[int] = []
 
     class Recorder(gymnasium.Wrapper):
-        def step(self, action):  # type: ignore[no-untyped-def]
+        def step(self, action: Any) -> Any:
             seen.append(int(action))
             return super().step(action)
 
     base = gymnasium.make("marlhf/ExprTarget-v0")
-    env = Recorder(ActionMasker(base, lambda e: e.unwrapped.action_masks()))
+    single = base.unwrapped
+    assert isinstance(single, TokenEnv)
+    env = Recorder(ActionMasker(base, lambda e: single.action_masks()))
     model = MaskablePPO("MultiInputPolicy", env, n_steps=64, batch_size=32, n_epochs=1, seed=0)
     model.learn(128)
-    allowed = base.unwrapped.action_masks()
+    allowed = single.action_masks()
     assert len(seen) >= 128
     assert all(allowed[a] for a in seen)
-    assert not allowed[base.unwrapped.codec.encode("=")[0]]  # masked symbols were never taken
+    assert not allowed[single.codec.encode("=")[0]]  # masked symbols were never taken
 
 
 def test_obs_arrays_are_not_aliased_between_steps() -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -17,7 +20,7 @@ from marlhf.envs import (
     scripted_returns,
 )
 from marlhf.envs.safe_expr import evaluate
-from marlhf.envs.toy import ToyTask
+from marlhf.envs.toy import EXPR_SYMBOLS, ToyTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -45,6 +48,52 @@ def test_random_rollouts_match_documented_random_return(make) -> None:
     stderr = returns.std() / np.sqrt(len(returns))
     assert abs(returns.mean() - task.random_return) < 4 * stderr + 1e-3
     assert task.random_return < task.optimal_return
+
+
+def _independent_expr_score(text: str, target: int) -> float:
+    """ExprTarget's documented score, written apart from safe_expr: Python's own ``eval`` on a
+    tree whose every node is checked first (no ``**``, no unary ``+``, integers only)."""
+    allowed = (ast.Expression, ast.BinOp, ast.UnaryOp, ast.Add, ast.Sub, ast.Mult, ast.USub)
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError:
+        return 0.0
+    nodes = list(ast.walk(tree))
+    for node in nodes:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            continue
+        if not isinstance(node, allowed):
+            return 0.0
+    # 12 characters bound every value far below safe_expr's 10**12 limit: eval is safe here.
+    value = eval(compile(tree, "<expr>", "eval"), {"__builtins__": {}})
+    if value != target:
+        return 0.1 + 0.4 / (1 + abs(value - target))
+    return 1.0 if any(isinstance(n, ast.BinOp) for n in nodes) else 0.6
+
+
+def test_expr_target_random_return_against_an_independent_simulation() -> None:
+    """The documented random return (a Monte-Carlo estimate through the batched env) agrees with
+    a plain-Python simulation of the uniform policy that shares no code with the env or reward."""
+    task = ExprTargetTask()
+    rng = random.Random(2024)
+    alphabet = [*EXPR_SYMBOLS, None]  # None: EOS (the task's action mask: symbols and EOS)
+    scores = []
+    for _ in range(20_000):
+        target = rng.randint(0, task.max_target)
+        chars = []
+        for _ in range(task.max_new_tokens):
+            c = rng.choice(alphabet)
+            if c is None:
+                break
+            chars.append(c)
+        text = "".join(chars)
+        scores.append(_independent_expr_score(text, target) if text.strip() else 0.0)
+    sim = np.asarray(scores)
+    documented = task.random_return
+    # stderr of both estimates (the documented one uses 4096 episodes)
+    stderr = sim.std() * np.sqrt(1 / len(sim) + 1 / 4096)
+    assert abs(sim.mean() - documented) < 4 * stderr, (sim.mean(), documented, stderr)
+    assert 0.005 < sim.mean() < 0.05  # "about 0.017 at the defaults"
 
 
 def test_random_return_formulas() -> None:

@@ -51,7 +51,8 @@ def test_registered_and_spec_round_trip() -> None:
     assert isinstance(term, ParseTermination)
     assert (term.cutoff, term.pipeline) == (7, "en_core_web_sm")
     assert make_termination(term.spec).spec == term.spec == "parse:7;pipeline=en_core_web_sm"
-    assert make_termination("parse").cutoff == 5  # the paper's C
+    default = make_termination("parse")
+    assert isinstance(default, ParseTermination) and default.cutoff == 5  # the paper's C
 
 
 def test_pipeline_loaded_once_with_only_the_parser() -> None:

@@ -319,7 +319,8 @@ def test_spec_records_dataclass_arguments_and_plain_numbers(clean_registry: None
     # the dataclass-generated __init__ is seen: its arguments are in the spec
     assert Every(k=7).spec == "dc_test:k=7"
     # numpy numbers are written as plain numbers, not as their repr
-    term = Every(k=np.int64(3), scale=np.float64(0.25))
+    # numpy numbers where the annotation says int/float, on purpose
+    term = Every(k=np.int64(3), scale=np.float64(0.25))  # type: ignore[arg-type]
     assert term.spec == "dc_test:k=3;scale=0.25"
     again = make_termination(term.spec)
     assert isinstance(again, Every) and (again.k, again.scale) == (3, 0.25)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,6 +42,7 @@ def _table(out: Path) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow  # two agents x two seeds trained end to end, then resumed
 def test_compare_folder_report_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cmp"
     _compare(out, "workers=2")  # two worker processes
@@ -101,7 +103,7 @@ def test_compare_refuses_a_different_config_on_the_same_folder(tmp_path: Path, c
 
 def test_run_resumes_from_checkpoint_after_interruption(tmp_path: Path) -> None:
     config = load_config(CompareConfig, overrides=TINY)
-    kwargs = {"task": config.task, "model": config.model, "agent": config.agent}
+    kwargs: dict[str, Any] = {"task": config.task, "model": config.model, "agent": config.agent}
     spec = RunSpec("mappo", "ngram:3", seed=5)
     # uninterrupted, in one learn() call (no checkpoints): chunking must not change the result
     whole = train_run(spec, tmp_path / "whole", total_timesteps=192, checkpoint_every=0, **kwargs)

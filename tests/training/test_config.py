@@ -93,7 +93,7 @@ def test_example_configs_load() -> None:
         first = path.read_text().splitlines()[0]
         # every example starts with "# marlhf <command> --config examples/configs/<file>"
         command = first.split()[2]
-        config = load_config(COMMAND_CONFIGS[command], path)
+        config: object = load_config(COMMAND_CONFIGS[command], path)
         assert config is not None
 
 
