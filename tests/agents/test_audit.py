@@ -56,6 +56,7 @@ def test_offline_estimates_reproduce_the_agents_online_ones() -> None:
         algo = _algo(cls, **kwargs)
         rollouts = collect(algo)
         advantages, starts = estimate(Scheme.parse(scheme), rollouts)
+        assert rollouts.starts is not None
         assert torch.equal(starts, rollouts.starts)
         torch.testing.assert_close(advantages.float(), rollouts.advantages, rtol=0, atol=1e-6)
 

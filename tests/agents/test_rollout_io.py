@@ -8,6 +8,7 @@ import torch
 
 from marlhf.agents import PPO
 from marlhf.agents.rollout_io import Rollouts, collect, resegment
+from marlhf.envs import BatchedTokenEnv
 from marlhf.models import tiny_gpt2
 from marlhf.options import SegmentationBatch, compute_starts, make_termination
 
@@ -22,6 +23,7 @@ def algo():
         num_decisions=2,
         vectorization_mode="vector_entry_point",
     )
+    assert isinstance(env, BatchedTokenEnv)
     model = tiny_gpt2(env.codec, n_layer=1, n_embd=16, n_head=2, n_positions=16, seed=0)
     return PPO(model, env, batch_size=4, kl_coef=0.05, seed=0, mask_actions=True)
 
@@ -30,6 +32,7 @@ def test_round_trip_keeps_every_field(algo, tmp_path) -> None:
     rollouts = collect(algo)
     buf = algo.rollout_buffer
     assert torch.equal(rollouts.response_ids, buf.response_ids)
+    assert rollouts.advantages is not None
     assert torch.equal(rollouts.advantages, buf.advantages)
     assert rollouts.info["task"] == "CreditSum" and rollouts.info["kl_coef"] == 0.05
     path = rollouts.save(tmp_path / "sub" / "r.safetensors")
@@ -59,6 +62,7 @@ def test_group_ids_round_trip(algo, tmp_path) -> None:
     rollouts = collect(algo)
     rollouts.group_ids = torch.arange(rollouts.num_rows) // 2
     back = Rollouts.load(rollouts.save(tmp_path / "g.safetensors"))
+    assert back.group_ids is not None
     assert torch.equal(back.group_ids, rollouts.group_ids)
 
 
@@ -85,6 +89,7 @@ def test_bad_input_is_named(algo, tmp_path) -> None:
     with pytest.raises(ValueError, match="marlhf_rollouts"):
         Rollouts.load(tmp_path / "other.safetensors")
     fields = {k: getattr(rollouts, k) for k in rollouts.__dataclass_fields__}
+    assert rollouts.values is not None
     with pytest.raises(ValueError, match=r"values is torch\.float32"):
         Rollouts(**{**fields, "values": rollouts.values[:, :2]})
     with pytest.raises(ValueError, match="prompts"):

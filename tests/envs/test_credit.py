@@ -51,7 +51,7 @@ def test_defaults_are_documented() -> None:
     assert task.decisive_tokens == 3
     assert task.random_return == pytest.approx(2 / 3)
     env = gym.make_vec("marlhf/CreditSum-v0", num_envs=2, vectorization_mode="vector_entry_point")
-    assert env.unwrapped.task.name == "CreditSum"
+    assert isinstance(env, BatchedTokenEnv) and env.task.name == "CreditSum"
 
 
 def test_only_the_leading_tokens_are_scored_and_only_at_the_horizon() -> None:
