@@ -168,3 +168,15 @@ def test_cuda_checkpoint_loads_and_trains_on_cpu(tmp_path) -> None:
     loaded.learn(16, reset_num_timesteps=False)
     assert loaded.num_timesteps == 32
     assert np.isfinite(loaded.train_stats["train/value_loss"])
+
+
+@pytest.mark.parametrize("task", [*TOY_TASKS, "CueEnv"])
+def test_batched_env_contract_holds_on_cuda(task: str) -> None:
+    from marlhf.envs.contract import check_batched_env
+
+    env: Any = (
+        CueEnv(num_envs=4, max_new_tokens=5, device=DEVICE)
+        if task == "CueEnv"
+        else BatchedTokenEnv(task, num_envs=4, device=DEVICE)
+    )
+    check_batched_env(env, seed=0)
