@@ -17,12 +17,17 @@ others from their last checkpoint (or restarts them when it cannot be trusted). 
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue as queue_mod
+import signal
+import sys
+import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from marlhf.models import resolve_device
 from marlhf.training.builders import check_env_id
 from marlhf.training.config import from_dict, to_dict
 from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
@@ -35,7 +40,14 @@ from marlhf.training.report import (
     summarize,
     write_metrics_csv,
 )
-from marlhf.training.runner import RunSpec, load_result, record_config, train_run
+from marlhf.training.runner import (
+    RunSpec,
+    check_batch_fits,
+    load_result,
+    locked_run_folder,
+    record_config,
+    train_run,
+)
 
 #: Config keys that define what a run computes: a re-run on the same folder must keep them.
 RUN_DEFINING = ("model", "task", "agent", "total_timesteps", "device")
@@ -63,6 +75,8 @@ def validate(config: CompareConfig) -> None:
         raise ValueError(f"terminations={config.terminations} holds duplicates")
     for spec in config.terminations:
         make_termination(spec)  # raises with the registered names
+    resolve_device(config.device)  # a device this machine lacks
+    check_batch_fits(config.agent, config.task)
     for name in ("total_timesteps", "workers", "threads_per_worker"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
@@ -70,27 +84,58 @@ def validate(config: CompareConfig) -> None:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 0")
 
 
+#: The progress queue of a worker process (set by :func:`_init_worker`).
+_progress_queue: Any = None
+
+
+def _init_worker(progress_queue: Any, parent: int) -> None:
+    """Start of a worker process: die with the parent, keep the progress queue."""
+    global _progress_queue
+    _progress_queue = progress_queue
+    die_with_parent(parent)
+
+
+def die_with_parent(parent: int) -> None:
+    """End this process when process ``parent`` ends, even by ``kill -9``: the kernel sends
+    SIGKILL on Linux (``PR_SET_PDEATHSIG``); elsewhere a thread polls the parent id."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0:
+            if os.getppid() != parent:  # the parent died before the request took effect
+                os._exit(1)
+            return
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="die-with-parent").start()
+
+
+PR_SET_PDEATHSIG = 1
+
+
 def _worker(
-    spec: RunSpec,
-    folder: str,
-    sections: dict[str, Any],
-    settings: dict[str, Any],
-    progress_queue: Any,
+    spec: RunSpec, folder: str, sections: dict[str, Any], settings: dict[str, Any]
 ) -> dict[str, Any]:
-    """Entry point of a worker process: one run, progress sent through ``progress_queue``."""
+    """Entry point of a worker process: one run, progress sent through the worker's queue."""
     import torch
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
     torch.set_num_threads(settings.pop("threads"))
+    queue = _progress_queue
     return train_run(
         spec,
         folder,
         task=from_dict(TaskConfig, sections["task"]),
         model=from_dict(ModelConfig, sections["model"]),
         agent=from_dict(AgentConfig, sections["agent"]),
-        progress=lambda t, total: progress_queue.put((spec.name, t)),
+        progress=lambda t, total: queue.put((spec.name, t)),
         **settings,
     )
 
@@ -145,35 +190,37 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
                 torch.set_num_threads(threads)
             return results
 
+        # Workers die with this process (a kill -9 of compare leaves none writing into the
+        # folder once its lock is gone); no manager process, whose server would outlive it.
         ctx = mp.get_context("spawn")
-        with ctx.Manager() as manager:
-            progress_queue = manager.Queue()
-            with ProcessPoolExecutor(max_workers=config.workers, mp_context=ctx) as pool:
-                futures: dict[Future[dict[str, Any]], RunSpec] = {
-                    pool.submit(
-                        _worker,
-                        spec,
-                        str(out / "runs" / spec.name),
-                        sections,
-                        dict(settings),
-                        progress_queue,
-                    ): spec
-                    for spec in todo
-                }
-                pending = set(futures)
-                while pending:
-                    try:
-                        name, tokens = progress_queue.get(timeout=0.2)
-                        update(name, tokens)
-                    except queue_mod.Empty:
-                        pass
-                    for fut in [f for f in pending if f.done()]:
-                        pending.discard(fut)
-                        err = fut.exception()
-                        if err is None:
-                            results.append(fut.result())
-                        else:
-                            failures.append(f"{futures[fut].name}: {type(err).__name__}: {err}")
+        progress_queue = ctx.Queue()
+        with ProcessPoolExecutor(
+            max_workers=min(config.workers, len(todo)),
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(progress_queue, os.getpid()),
+        ) as pool:
+            futures: dict[Future[dict[str, Any]], RunSpec] = {
+                pool.submit(
+                    _worker, spec, str(out / "runs" / spec.name), sections, dict(settings)
+                ): spec
+                for spec in todo
+            }
+            pending = set(futures)
+            while pending:
+                try:
+                    name, tokens = progress_queue.get(timeout=0.2)
+                    update(name, tokens)
+                except queue_mod.Empty:
+                    pass
+                for fut in [f for f in pending if f.done()]:
+                    pending.discard(fut)
+                    err = fut.exception()
+                    if err is None:
+                        results.append(fut.result())
+                    else:
+                        failures.append(f"{futures[fut].name}: {type(err).__name__}: {err}")
+        progress_queue.close()
     if failures:
         raise RuntimeError(
             "some runs failed (finished runs are kept; re-run to resume): " + "; ".join(failures)
@@ -201,6 +248,11 @@ def run_compare(config: CompareConfig) -> dict[str, Any]:
     """
     validate(config)
     out = Path(config.output_dir)
+    with locked_run_folder(out, "marlhf compare"):
+        return _run_compare(config, out)
+
+
+def _run_compare(config: CompareConfig, out: Path) -> dict[str, Any]:
     record_config(out, to_dict(config), RUN_DEFINING)
     started = time.perf_counter()
 

@@ -13,6 +13,7 @@ valid keys, a wrong type an error naming the key and the expected type.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -26,7 +27,28 @@ T = TypeVar("T")
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML's safe loader, reading ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``)."""
+    """YAML's safe loader, reading ``1e-3`` as a float (YAML 1.1 wants ``1.0e-3``) and refusing
+    a key written twice in one mapping (YAML would keep the last one without a word)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> Any:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` overrides on purpose
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, key_node.start_mark.line)
+            except TypeError:  # an unhashable key: the base constructor reports it
+                continue
+            if first is not None:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"duplicate key {key!r} (first on line {first + 1}); each key may appear once",
+                    key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(
@@ -128,7 +150,9 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", build: bo
     """
     if not build and hasattr(cls, "from_mapping"):
         if not isinstance(data, Mapping):
-            raise ConfigError(f"config section {prefix.rstrip('.')!r}: expected a mapping")
+            raise ConfigError(
+                f"config section {prefix.rstrip('.')!r}: expected a mapping, got {data!r}"
+            )
         return cls.from_mapping(data, prefix=prefix or "")  # type: ignore[attr-defined]
     if not isinstance(data, Mapping):
         raise ConfigError(
@@ -150,7 +174,10 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", build: bo
             kwargs[name] = from_dict(annotation, value, prefix=key + ".")  # type: ignore[arg-type]
         else:
             kwargs[name] = check_value(value, annotation, key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:  # a section's own check names the field without the section
+        raise ConfigError(f"{prefix}{err}" if prefix else str(err)) from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:
@@ -205,8 +232,20 @@ def parse_override(text: str) -> tuple[str, Any]:
     try:
         value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
-        raise ConfigError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+        raise ConfigError(
+            f"--set {text!r}: the value is not valid YAML ({_one_line(err)})"
+        ) from None
     return key.strip(), value
+
+
+def _one_line(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: where, then what."""
+    if isinstance(err, yaml.MarkedYAMLError):
+        mark = err.problem_mark
+        where = "" if mark is None else f"line {mark.line + 1}, column {mark.column + 1}: "
+        what = " ".join(str(x) for x in (err.context, err.problem) if x)
+        return where + what
+    return " ".join(str(err).split())
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -216,12 +255,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"config file {str(p)!r} does not exist") from None
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {str(p)!r} is not UTF-8 text (byte {err.object[err.start]:#04x} at "
+            f"offset {err.start}); save it as UTF-8"
+        ) from None
     except OSError as err:
         raise ConfigError(f"config file {str(p)!r} cannot be read: {err}") from None
     try:
         data = yaml_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {str(p)!r} is not valid YAML: {_one_line(err)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -275,3 +319,49 @@ def help_text(cls: type) -> str:
         lines.append(f"  {key} ({tname}, default {default})")
         lines.append(f"      {text}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- value checks
+#: The largest seed accepted (numpy's legacy seeding and many libraries take 32 bits).
+MAX_SEED = 2**32 - 1
+
+
+def check_int(key: str, value: int, low: int, high: int | None = None, note: str = "") -> None:
+    """Raise a :class:`ConfigError` naming ``key`` unless ``low <= value <= high``."""
+    if low <= value and (high is None or value <= high):
+        return
+    bounds = f">= {low}" if high is None else f"between {low} and {high}"
+    raise ConfigError(f"{key}={value!r} must be an integer {bounds}{note}")
+
+
+def check_float(key: str, value: float, low: float, high: float, *, open_low: bool = True) -> None:
+    """Raise a :class:`ConfigError` naming ``key`` unless ``value`` is finite and in range."""
+    inside = (low < value if open_low else low <= value) and value <= high
+    if not (math.isfinite(value) and inside):
+        left = "(" if open_low else "["
+        raise ConfigError(f"{key}={value!r} must be a finite number in {left}{low}, {high}]")
+
+
+def check_seed(key: str, value: int) -> None:
+    """Seeds are integers in ``[0, MAX_SEED]``."""
+    check_int(key, value, 0, MAX_SEED)
+
+
+DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def check_device(key: str, value: str) -> None:
+    """``value`` names a device (``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``); whether the
+    machine has it is checked when the run starts."""
+    if value == "auto":
+        return
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(
+            f"{key}={value!r} is not a device; valid: auto, cpu, cuda, cuda:N (N a GPU index), mps"
+        )

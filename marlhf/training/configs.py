@@ -13,10 +13,23 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from marlhf.agents.config import PRESETS, PPOConfig, resolve_config
-from marlhf.training.config import ConfigError, check_value, doc, from_dict
+from marlhf.training.config import (
+    ConfigError,
+    check_device,
+    check_float,
+    check_int,
+    check_seed,
+    check_value,
+    doc,
+    from_dict,
+)
 
 DEFAULT_TASK = "marlhf/DelayedChoice-v0"
 DEFAULT_TASK_KWARGS: dict[str, Any] = {"horizon": 32, "num_choices": 4}
+#: Bounds checked before anything is allocated (a typo of a few zeros must not freeze the
+#: machine): rows stepped together, and the parameters of a tiny GPT-2 built from scratch.
+MAX_NUM_ENVS = 65_536
+MAX_TINY_PARAMS = 1_000_000_000
 
 
 @dataclass
@@ -45,6 +58,28 @@ class ModelConfig:
         default=None, metadata=doc("seed of the tiny model's initial weights; null: the run's seed")
     )
 
+    def __post_init__(self) -> None:
+        if self.init_seed is not None:
+            check_seed("init_seed", self.init_seed)
+        if self.path is not None or self.gguf_file is not None:
+            return  # the tiny model's sizes are not used
+        check_int("n_layer", self.n_layer, 1)
+        check_int("n_embd", self.n_embd, 1)
+        check_int("n_head", self.n_head, 1, self.n_embd)
+        if self.n_embd % self.n_head:
+            raise ConfigError(
+                f"n_head={self.n_head} must divide n_embd={self.n_embd} (e.g. n_head=4 with "
+                "n_embd=64)"
+            )
+        blocks = 12 * self.n_layer * self.n_embd**2  # attention and MLP weights of GPT-2
+        if blocks > MAX_TINY_PARAMS:
+            raise ConfigError(
+                f"n_layer={self.n_layer} and n_embd={self.n_embd} make a tiny GPT-2 of about "
+                f"{blocks:.2g} parameters ({4 * blocks / 2**30:.0f} GiB in float32 before the "
+                f"optimizer); the limit for a model built from scratch is {MAX_TINY_PARAMS:.0e}: "
+                "use a smaller size, or model.path for a pretrained model"
+            )
+
 
 @dataclass
 class TaskConfig:
@@ -64,6 +99,9 @@ class TaskConfig:
     num_envs: int = field(
         default=32, metadata=doc("environments rolled out in parallel = episodes per iteration")
     )
+
+    def __post_init__(self) -> None:
+        check_int("num_envs", self.num_envs, 1, MAX_NUM_ENVS)
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "task.") -> TaskConfig:
@@ -167,6 +205,14 @@ class TrainConfig:
         metadata=doc("save a resumable checkpoint every this many iterations (0: never)"),
     )
 
+    def __post_init__(self) -> None:
+        check_int("total_timesteps", self.total_timesteps, 1)
+        check_seed("seed", self.seed)
+        check_device("device", self.device)
+        if self.num_threads is not None:
+            check_int("num_threads", self.num_threads, 1, 4096, " (null: torch's default)")
+        check_int("checkpoint_every", self.checkpoint_every, 0, note=" (0: never)")
+
 
 @dataclass
 class CompareConfig:
@@ -210,6 +256,15 @@ class CompareConfig:
         default="rollout/score_mean", metadata=doc("logged metric the report and curves compare")
     )
 
+    def __post_init__(self) -> None:
+        check_int("total_timesteps", self.total_timesteps, 1)
+        for i, seed in enumerate(self.seeds):
+            check_seed(f"seeds[{i}]", seed)
+        check_device("device", self.device)
+        check_int("workers", self.workers, 1, 1024)
+        check_int("threads_per_worker", self.threads_per_worker, 1, 4096)
+        check_int("checkpoint_every", self.checkpoint_every, 0, note=" (0: never)")
+
 
 @dataclass
 class EvalConfig:
@@ -234,6 +289,12 @@ class EvalConfig:
         default=None, metadata=doc("JSONL file for the samples (default: beside the model)")
     )
     device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda or auto"))
+
+    def __post_init__(self) -> None:
+        check_int("episodes", self.episodes, 1)
+        check_seed("seed", self.seed)
+        check_float("temperature", self.temperature, 0.0, 100.0)
+        check_device("device", self.device)
 
 
 @dataclass
@@ -267,6 +328,18 @@ class SftConfig:
     output_dir: str = field(default="runs/sft", metadata=doc("folder for the model and tokenizer"))
     device: str = field(default="cpu", metadata=doc("cpu or cuda"))
 
+    def __post_init__(self) -> None:
+        if self.max_steps != -1:
+            check_int("max_steps", self.max_steps, 1, note=", or -1 to run `epochs` full epochs")
+        check_float("epochs", self.epochs, 0.0, 1e6)
+        check_int("vocab_size", self.vocab_size, 300, 1_000_000, " (256 bytes + merges)")
+        check_int("block_size", self.block_size, 2, 1_000_000)
+        check_int("batch_size", self.batch_size, 1, 1_000_000)
+        check_float("learning_rate", self.learning_rate, 0.0, 1.0)
+        check_float("eval_fraction", self.eval_fraction, 0.0, 0.99)
+        check_seed("seed", self.seed)
+        check_device("device", self.device)
+
 
 @dataclass
 class RmConfig:
@@ -293,3 +366,13 @@ class RmConfig:
         default="runs/rm", metadata=doc("folder for the sequence-classification model")
     )
     device: str = field(default="cpu", metadata=doc("cpu or cuda"))
+
+    def __post_init__(self) -> None:
+        check_int("vocab_size", self.vocab_size, 300, 1_000_000, " (256 bytes + merges)")
+        check_int("max_length", self.max_length, 2, 1_000_000)
+        check_int("epochs", self.epochs, 1, 1_000_000)
+        check_int("batch_size", self.batch_size, 1, 1_000_000)
+        check_float("learning_rate", self.learning_rate, 0.0, 1.0)
+        check_float("eval_fraction", self.eval_fraction, 0.0, 0.99)
+        check_seed("seed", self.seed)
+        check_device("device", self.device)

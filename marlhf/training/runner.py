@@ -16,11 +16,14 @@ at any point leaves a checkpoint and its record.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import inspect
 import json
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, atomic_write_text
 
 RESULT_FILE = "result.json"
+LOCK_FILE = ".lock"
 PROGRESS_FILE = "progress.json"
 CHECKPOINT = "checkpoint"
 #: Logged keys kept in the metrics (numbers under these prefixes).
@@ -207,6 +211,15 @@ def build_agent(
     )
 
 
+def check_batch_fits(agent: AgentConfig, task: TaskConfig) -> None:
+    """Fail before anything is built when the minibatches cannot split a rollout."""
+    if agent.batch_size is not None and task.num_envs % agent.batch_size:
+        raise ValueError(
+            f"agent.batch_size={agent.batch_size} must divide task.num_envs={task.num_envs} "
+            "(a minibatch holds whole episodes)"
+        )
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -237,6 +250,38 @@ def record_config(out: Path, config: dict[str, Any], keys: tuple[str, ...]) -> N
                 )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+class RunFolderBusy(ValueError):
+    """Another process holds the run folder's lock."""
+
+
+@contextlib.contextmanager
+def locked_run_folder(out: Path, command: str) -> Iterator[None]:
+    """Hold an exclusive lock on run folder ``out`` (created) while the block runs.
+
+    The lock is an ``flock`` on ``out/.lock``, which records its holder; the system releases it
+    when the holder exits, however it ends (``kill -9`` included), so it is never stale.
+
+    :raises RunFolderBusy: at once, naming the holder, when another process holds it.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 1024, 0).decode("utf-8", "replace").strip()
+            raise RunFolderBusy(
+                f"output_dir {str(out)!r} is in use by {holder or 'another process'}; wait for "
+                "it to finish, stop it, or use another output_dir"
+            ) from None
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"process {os.getpid()} ({command}, since {since})\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def load_result(folder: Path) -> dict[str, Any] | None:

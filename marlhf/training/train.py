@@ -14,11 +14,18 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.models import resolve_device
 from marlhf.training.builders import check_env_id
 from marlhf.training.config import to_dict
 from marlhf.training.configs import TrainConfig
 from marlhf.training.report import final_score, write_metrics_csv
-from marlhf.training.runner import RunSpec, record_config, train_run
+from marlhf.training.runner import (
+    RunSpec,
+    check_batch_fits,
+    locked_run_folder,
+    record_config,
+    train_run,
+)
 
 #: Config keys that define the run: re-running on its folder must keep them (it resumes).
 RUN_DEFINING = (
@@ -56,24 +63,27 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
 
         termination = config.termination if config.termination is not None else "ngram:5"
         make_termination(termination)  # fail before any model is built
+    resolve_device(config.device)  # a device this machine lacks: before the folder is touched
+    check_batch_fits(config.agent, config.task)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     spec = RunSpec(config.algo, termination, config.seed)
     out = Path(config.output_dir)
     record = to_dict(config)
     record["termination"] = termination if config.algo == "mappo" else None
-    record_config(out, record, RUN_DEFINING)
-    result = train_run(
-        spec,
-        out,
-        task=config.task,
-        model=config.model,
-        agent=config.agent,
-        total_timesteps=config.total_timesteps,
-        device=config.device,
-        checkpoint_every=config.checkpoint_every,
-    )
-    write_metrics_csv(out / "metrics.csv", [result])
+    with locked_run_folder(out, "marlhf train"):
+        record_config(out, record, RUN_DEFINING)
+        result = train_run(
+            spec,
+            out,
+            task=config.task,
+            model=config.model,
+            agent=config.agent,
+            total_timesteps=config.total_timesteps,
+            device=config.device,
+            checkpoint_every=config.checkpoint_every,
+        )
+        write_metrics_csv(out / "metrics.csv", [result])
     scores = np.array([r["value"] for r in result["rows"] if r["metric"] == "rollout/score_mean"])
     return {
         "output_dir": str(out),
