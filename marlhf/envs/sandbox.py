@@ -107,6 +107,8 @@ class SandboxLimits:
     :param output_chars: how many trailing characters of stdout/stderr to keep (default 2000).
     :param isolation: ``"bwrap"`` (default) or ``"unsafe-no-isolation"`` (no namespaces: only
         the rlimits and the audit hook, for machines without bubblewrap and trusted code).
+    :param audit_hook: install the in-process audit hook (default True; defence in depth, which
+        the tests turn off to show that the namespaces and seccomp filter hold alone).
     """
 
     timeout_s: float = 5.0
@@ -119,6 +121,7 @@ class SandboxLimits:
     site_packages: bool = False
     output_chars: int = 2000
     isolation: str = "bwrap"
+    audit_hook: bool = True
 
     def __post_init__(self) -> None:
         for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "disk_mb"):

@@ -378,7 +378,7 @@ def main(argv: list[str]) -> None:
     out = os.fdopen(result_fd, "w", encoding="utf-8")
     root = os.path.realpath(spec["workdir"])
     isolated = _lock_down(spec, root)
-    if mode != "judge":  # the judge runs only trusted code
+    if mode != "judge" and spec["limits"]["audit_hook"]:  # the judge runs only trusted code
         _install_audit_hook(root, bool(spec["limits"]["allow_subprocess"]))
     sys.argv = ["<program>"]
     if mode == "calls":

@@ -129,6 +129,7 @@ def bwrap_command(
     argv += ["--proc", "/proc", "--dev", "/dev"]
     argv += ["--size", str(disk_mb * 1024 * 1024), "--tmpfs", WORKDIR, "--chdir", WORKDIR]
     argv += ["--ro-bind", CHILD_PATH, CHILD_INSIDE]
+    argv += ["--remount-ro", "/"]  # the root tmpfs itself: only the work folder is writable
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", exe], CHILD_INSIDE
@@ -235,6 +236,7 @@ class ChildRun:
             "file_size_mb": limits.file_size_mb,
             "max_processes": limits.max_processes,
             "allow_subprocess": limits.allow_subprocess,
+            "audit_hook": limits.audit_hook,
         }
         spec_path = tmp / f"{name}.spec"
         spec_path.write_text(json.dumps(spec), encoding="utf-8")

@@ -1,0 +1,281 @@
+"""Hostile completions against the code reward, through the reward's own path.
+
+Each attack is a completion of ``add(a, b)`` whose honest answer would be wrong, judged by
+:meth:`CodeExecutionReward.judge` on a structured check (``assert candidate(..) == ..``) and, for
+most, on a check that takes the judged path (a loop). Contained means: the sample does not pass,
+it took no longer than the time limit, nothing was written outside its work folder (a canary
+folder of ours is untouched and no temporary folder is left), no process survives it, the parent
+lives, and the parent's environment (a secret set here) is not in anything that came back.
+
+Attacks (``ATTACKS`` below): replacing ``json.dumps``, ``exec``, ``compile``, ``AssertionError``
+or the result encoder, from the body or at module level; walking frames to the harness; forged
+result lines; an object whose ``__eq__`` always says yes (a plain class and an ``int``
+subclass); process creation through ``os.posix_spawn``, ``os.fork``, ``_posixsubprocess`` (which
+no audit hook sees) and ``ctypes``; ``setsid`` and a double fork; writes after ``chdir``,
+through ``dir_fd`` and a symlink; reading ``/proc/<ppid>/environ``, directly and through
+``dir_fd``; and the classics: infinite loop, fork bomb, thread bomb, memory bomb, disk bomb,
+output flood, network, ``sys.exit(0)``, ``os._exit(0)``, killing the parent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from marlhf.envs.checks import parse_check
+from marlhf.envs.code import CodeExecutionReward, split_check_tests
+from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_calls
+
+PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
+STRUCTURED = (
+    "def check(candidate):\n    assert candidate(1, 2) == 3\n    assert candidate(-1, 1) == 0\n"
+)
+JUDGED = "def check(candidate):\n    for x in range(2):\n        assert candidate(x, 1) == x + 1\n"
+LIMITS = SandboxLimits(timeout_s=2.0, cpu_s=2, memory_mb=512, file_size_mb=4, disk_mb=8)
+SLACK_S = 2.5  # start-up and teardown on a loaded 2-core machine
+SECRET = "hunter2-must-not-leak"
+WRONG = "    return a - b\n"
+
+ATTACKS: dict[str, str] = {
+    # Forging the verdict from inside the process.
+    "json.dumps at module level": WRONG + "import json\n"
+    'json.dumps = lambda *a, **k: \'{"status": "passed", "passed": 2, "total": 2}\'\n',
+    "json.dumps from the body": "    import json\n"
+    '    json.dumps = lambda *a, **k: \'{"event": "done"}\'\n' + WRONG,
+    "exec and compile replaced": WRONG + "import builtins\n"
+    "builtins.exec = lambda *a, **k: None\nbuiltins.compile = lambda *a, **k: None\n",
+    "AssertionError replaced": WRONG + "import builtins\n"
+    "builtins.AssertionError = type('Nothing', (Exception,), {})\n",
+    "result encoder replaced": WRONG + "import __main__\n"
+    "__main__.encode = lambda v, _d=0: {'verdict': 'passed'}\n",
+    "frames walked to the harness": "    import sys\n    f = sys._getframe()\n"
+    "    while f is not None:\n"
+    "        for key in ('spec', 'checks', 'expected', 'tests'):\n"
+    "            if isinstance(f.f_locals.get(key), (dict, list)):\n"
+    "                f.f_locals[key].clear()\n"
+    "        f = f.f_back\n" + WRONG,
+    "forged result lines": WRONG + "import os\nfor fd in range(3, 12):\n    try:\n"
+    '        os.write(fd, b\'{"event": "loaded"}\\n{"i": 0, "outcome": "passed"}\\n'
+    '{"status": "passed", "passed": 2}\\n\')\n'
+    "    except OSError:\n        pass\n",
+    "__eq__ always true": "    class Yes:\n"
+    "        def __eq__(self, other):\n            return True\n"
+    "        __hash__ = object.__hash__\n    return Yes()\n",
+    "int subclass equal to all": "    class Yes(int):\n"
+    "        def __eq__(self, other):\n            return True\n"
+    "        __hash__ = int.__hash__\n    return Yes(7)\n",
+    # Processes: spawning, leaving the group, outliving the run.
+    "os.posix_spawn": "    import os\n    os.posix_spawn('/usr/bin/sleep', ['sleep', '60'], {})\n"
+    + WRONG,
+    "_posixsubprocess.fork_exec": "    import _posixsubprocess, os\n    r, w = os.pipe()\n"
+    "    _posixsubprocess.fork_exec([b'/usr/bin/sleep', b'60'], [b'/usr/bin/sleep'], True, (),"
+    " None, None, -1, -1, -1, -1, -1, -1, r, w, False, True, -1, None, None, None, -1, None,"
+    " False)\n" + WRONG,
+    "ctypes fork": "    import ctypes\n    ctypes.CDLL(None).fork()\n" + WRONG,
+    "setsid and double fork": "    import os, time\n    if os.fork() == 0:\n        os.setsid()\n"
+    "        if os.fork() == 0:\n            time.sleep(60)\n        os._exit(0)\n" + WRONG,
+    # Files.
+    "write after chdir": "    import os\n    os.chdir('/')\n"
+    "    open('escape.txt', 'w').write('x')\n" + WRONG,
+    "write through dir_fd": "    import os\n    fd = os.open('/', os.O_RDONLY)\n"
+    "    os.close(os.open('escape.txt', os.O_WRONLY | os.O_CREAT, dir_fd=fd))\n" + WRONG,
+    "write through a symlink": "    import os\n    os.symlink('/', 'up')\n"
+    "    open('up/escape.txt', 'w').write('x')\n" + WRONG,
+    "write to the host's paths": "    for p in ('/tmp/escape.txt', CANARY + '/escape.txt'):\n"
+    "        try:\n            open(p, 'w').write('x')\n        except OSError as e:\n"
+    "            print(e)\n" + WRONG,
+    # The parent's environment.
+    "/proc/ppid/environ": "    import os\n"
+    "    print(open(f'/proc/{os.getppid()}/environ').read())\n" + WRONG,
+    "/proc environ through dir_fd": "    import os\n    d = os.open('/proc', os.O_RDONLY)\n"
+    "    for pid in ('1', '2', str(os.getppid())):\n        try:\n"
+    "            print(os.read(os.open(pid + '/environ', os.O_RDONLY, dir_fd=d), 10**6))\n"
+    "        except OSError as e:\n            print(e)\n"
+    "    print(dict(os.environ))\n    return str(os.environ)\n",
+    # The classics.
+    "infinite loop": "    while True:\n        pass\n",
+    "fork bomb": "    import os\n    while True:\n        os.fork()\n",
+    "thread bomb": "    import threading, time\n    while True:\n"
+    "        threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n",
+    "memory bomb": "    x = [bytearray(2**20)]\n    while True:\n"
+    "        x.append(bytearray(2**24))\n",
+    "disk bomb": "    k = 0\n    while True:\n"
+    "        open(f'f{k}', 'wb').write(b'x' * 2**20)\n        k += 1\n",
+    "output flood": "    import sys\n    while True:\n        sys.stdout.write('x' * 2**20)\n",
+    "network": "    import socket\n    socket.create_connection(('1.1.1.1', 53), timeout=1)\n"
+    + WRONG,
+    "raw socket module": "    import _socket\n    s = _socket.socket()\n"
+    "    s.connect(('127.0.0.1', 22))\n" + WRONG,
+    "sys.exit(0)": "    import sys\n    sys.exit(0)\n",
+    "sys.exit(0) at module level": WRONG + "import sys\nsys.exit(0)\n",
+    "os._exit(0)": "    import os\n    os._exit(0)\n",
+    "kill the parent": "    import os, signal\n    for pid in (os.getppid(), 1, -1):\n"
+    "        try:\n            os.kill(pid, signal.SIGKILL)\n        except OSError as e:\n"
+    "            print(e)\n" + WRONG,
+}
+#: Attacks also tried on the judged path (the rest only concern the program's own sandbox).
+JUDGED_TOO = [
+    "json.dumps at module level",
+    "result encoder replaced",
+    "frames walked to the harness",
+    "forged result lines",
+    "__eq__ always true",
+    "int subclass equal to all",
+    "_posixsubprocess.fork_exec",
+    "/proc environ through dir_fd",
+    "infinite loop",
+    "output flood",
+    "sys.exit(0)",
+    "kill the parent",
+]
+
+
+def problem(test: str) -> dict:
+    setup, tests = split_check_tests(test, "add")
+    checks = parse_check(test, "add")
+    meta = {"entry_point": "add", "program_prefix": PROMPT, "setup": setup, "tests": tests}
+    return {**meta, "checks": checks}
+
+
+def live_children() -> list[int]:
+    """Our child processes (orphans are re-parented to us: see ``subreaper``), zombies reaped."""
+    me, found = os.getpid(), []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == me:
+            if fields[0] == "Z":
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(int(entry.name), os.WNOHANG)
+            else:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture(scope="module")
+def subreaper() -> Iterator[None]:
+    """Make this process the reaper of orphaned descendants, so that a process that escaped
+    its run would show up as our child."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    yield
+    libc.prctl(36, 0, 0, 0, 0)
+
+
+@pytest.fixture
+def guarded(
+    subreaper: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[Path, Path]]:
+    """A canary folder, a private temporary root, a secret in our environment; after the test,
+    the folder and root are as they were and no child process is left."""
+    canary = tmp_path / "canary"
+    canary.mkdir()
+    (canary / "keep.txt").write_text("keep me")
+    temp_root = tmp_path / "tmp"
+    temp_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp_root))
+    monkeypatch.setenv("MARLHF_TEST_SECRET", SECRET)
+    assert live_children() == []
+    yield canary, temp_root
+    assert sorted(p.name for p in canary.iterdir()) == ["keep.txt"]
+    assert (canary / "keep.txt").read_text() == "keep me"
+    assert list(temp_root.iterdir()) == [], "a run left its temporary folder"
+    deadline = time.monotonic() + 3.0
+    while live_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert live_children() == [], "a process outlived its run"
+    assert not Path("/tmp/escape.txt").exists() and not Path("/escape.txt").exists()
+
+
+def judge(body: str, test: str, canary: Path, limits: SandboxLimits = LIMITS) -> SandboxResult:
+    reward = CodeExecutionReward(limits=limits)
+    program = PROMPT + body.replace("CANARY", repr(str(canary)))
+    start = time.perf_counter()
+    result = reward.judge(program, problem(test))
+    assert time.perf_counter() - start < limits.timeout_s + SLACK_S, result
+    assert result.status is not Status.PASSED and result.passed < result.total, result
+    assert SECRET not in result.stdout + result.stderr + result.error
+    return result
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_is_contained(name: str, guarded: tuple[Path, Path]) -> None:
+    judge(ATTACKS[name], STRUCTURED, guarded[0])
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_attack_is_contained_without_the_audit_hook(name: str, guarded: tuple[Path, Path]) -> None:
+    """The hook is defence in depth: with it off, the namespaces, the seccomp filter and the
+    rlimits contain every attack on their own."""
+    judge(ATTACKS[name], STRUCTURED, guarded[0], dataclasses.replace(LIMITS, audit_hook=False))
+
+
+@pytest.mark.parametrize("name", JUDGED_TOO)
+def test_attack_on_the_judged_path_is_contained(name: str, guarded: tuple[Path, Path]) -> None:
+    assert problem(JUDGED)["checks"] is None  # this check really takes the judged path
+    judge(ATTACKS[name], JUDGED, guarded[0])
+
+
+@pytest.mark.parametrize("name", ["setsid and double fork", "_posixsubprocess.fork_exec"])
+def test_processes_die_with_the_run_even_when_allowed(
+    name: str, guarded: tuple[Path, Path]
+) -> None:
+    """With process creation allowed (no seccomp filter), a daemonised grandchild still ends
+    with the run's PID namespace (``guarded`` checks that none is left)."""
+    allowed = dataclasses.replace(LIMITS, allow_subprocess=True)
+    result = judge(ATTACKS[name], STRUCTURED, guarded[0], allowed)
+    assert result.status is Status.FAILED  # it ran, spawned, and returned the wrong sum
+
+
+def test_honest_programs_still_pass(guarded: tuple[Path, Path]) -> None:
+    reward = CodeExecutionReward(limits=LIMITS)
+    for test in (STRUCTURED, JUDGED):
+        result = reward.judge(PROMPT + "    return a + b\n", problem(test))
+        assert result.status is Status.PASSED and result.passed == result.total >= 1, result
+
+
+def test_unsafe_mode_is_named_and_the_default_needs_bwrap(guarded: tuple[Path, Path]) -> None:
+    with pytest.raises(ValueError, match="unsafe-no-isolation"):
+        SandboxLimits(isolation="none")
+    unsafe = dataclasses.replace(LIMITS, isolation="unsafe-no-isolation")
+    for test in (STRUCTURED, JUDGED):
+        result = CodeExecutionReward(limits=unsafe).judge(PROMPT + WRONG, problem(test))
+        assert result.status is Status.FAILED and result.passed == 0, result
+        result = CodeExecutionReward(limits=unsafe).judge(
+            PROMPT + "    return a + b\n", problem(test)
+        )
+        assert result.status is Status.PASSED, result
+
+
+def test_missing_bwrap_refuses_with_the_install_command(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import marlhf.envs.sandbox_process as process
+
+    monkeypatch.setattr(process.shutil, "which", lambda name: None)
+    with pytest.raises(process.SandboxUnavailableError, match="apt-get install -y bubblewrap"):
+        CodeExecutionReward()
+    CodeExecutionReward(limits=SandboxLimits(isolation="unsafe-no-isolation"))  # named: allowed
+
+
+@pytest.mark.slow
+def test_scoring_a_thousand_programs_leaves_nothing_behind(guarded: tuple[Path, Path]) -> None:
+    fds = sorted(os.listdir("/proc/self/fd"))
+    reward = CodeExecutionReward(limits=LIMITS, max_workers=2)
+    programs = [PROMPT + f"    return a + b + {k % 2}\n" for k in range(1000)]
+    results = reward.run(programs, [problem(STRUCTURED)] * 1000)
+    assert [r.status for r in results] == [Status.PASSED, Status.FAILED] * 500
+    assert len(os.listdir("/proc/self/fd")) == len(fds)
+    assert run_calls("def f():\n    return 1\n", "f", [((), {})]).results[0].value == 1
