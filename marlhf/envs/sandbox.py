@@ -257,7 +257,10 @@ def run_calls(
             status = Status.RUNTIME_ERROR
             error = f"exited with code {run.proc.returncode} before reporting a result"
     code = run.returncode(bwrap)
-    return CallsOutcome(status, error, results, duration, code, stdout, stderr, bwrap)
+    # Under bwrap the namespace is empty whatever the program says; unsafe mode reports the
+    # child's own attempt (informational: the program could claim anything).
+    isolated = bwrap or bool(records and records[0].get("network_isolated") is True)
+    return CallsOutcome(status, error, results, duration, code, stdout, stderr, isolated)
 
 
 def _ended(run: ChildRun, bwrap: bool) -> tuple[Status | None, str]:
