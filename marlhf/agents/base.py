@@ -35,6 +35,7 @@ from marlhf.agents.estimators import (
     EstimatorSpec,
     check_estimate,
     get_estimator,
+    uniform_groups,
 )
 from marlhf.agents.kl import kl_penalty, make_kl_controller, shaped_rewards
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
@@ -418,7 +419,9 @@ class LMOnPolicyAlgorithm:
         buf.set_scores(logp, ref_logp, values)
 
     def shape(self) -> torch.Tensor:
-        """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t``; returns the per-token KL."""
+        """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t`` (``kl_in="reward"``; with
+        ``kl_in="loss"`` the KL acts in the loss instead and ``beta`` is 0 here); returns the
+        per-token KL (for the logs and the adaptive controller)."""
         buf = self.rollout_buffer
         assert buf is not None
         mask = buf.response_mask
@@ -427,9 +430,8 @@ class LMOnPolicyAlgorithm:
             mask, kl_penalty(buf.logprobs, buf.ref_logprobs, self.config.kl_estimator), zeros
         )
         self._kl_coef_used = float(self.kl_ctl.value)
-        buf.set_rewards(
-            shaped_rewards(buf.task_rewards, kl, mask, self._kl_coef_used, self.config.reward_clip)
-        )
+        beta = self._kl_coef_used if self.config.kl_in == "reward" else 0.0
+        buf.set_rewards(shaped_rewards(buf.task_rewards, kl, mask, beta, self.config.reward_clip))
         return kl
 
     def segment(self) -> None:
@@ -466,7 +468,8 @@ class LMOnPolicyAlgorithm:
         )
         estimate = self.estimator_spec.fn(batch, self.config)
         check_estimate(self.estimator_spec.name, estimate, batch)
-        buf.set_estimate(estimate.advantages, estimate.returns)
+        keep = ~uniform_groups(batch) if self.config.drop_uniform_groups else None
+        buf.set_estimate(estimate.advantages, estimate.returns, keep)
         return estimate
 
     def _rollout_log(self, kl: torch.Tensor, estimate: Estimate) -> None:

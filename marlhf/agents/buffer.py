@@ -26,6 +26,8 @@ class RolloutSamples:
     old_values: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
+    ref_logprobs: torch.Tensor
+    keep: torch.Tensor
     action_mask: torch.Tensor | None = None
 
     @property
@@ -85,6 +87,8 @@ class LMRolloutBuffer:
         self.group_ids: torch.Tensor | None = None
         #: Whether ``values``/``returns`` hold a critic's values (False for critic-free credit).
         self.has_values = False
+        #: ``bool[B]`` rows the update learns from (False: left out, e.g. a uniform group).
+        self.keep = torch.ones(b, dtype=torch.bool, device=dev)
         self.pos = 0
 
     def set_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
@@ -117,9 +121,17 @@ class LMRolloutBuffer:
         """Store the segment starts ``bool[B, N]``."""
         self.starts = starts
 
-    def set_estimate(self, advantages: torch.Tensor, returns: torch.Tensor | None) -> None:
-        """Store the estimator's advantages and value targets (``None``: no critic to train)."""
+    def set_estimate(
+        self,
+        advantages: torch.Tensor,
+        returns: torch.Tensor | None,
+        keep: torch.Tensor | None = None,
+    ) -> None:
+        """Store the estimator's advantages, value targets (``None``: no critic to train) and
+        the rows the update learns from (``None``: all)."""
         self.advantages = advantages
+        if keep is not None:
+            self.keep = keep
         self.returns = torch.zeros_like(advantages) if returns is None else returns
 
     def add(
@@ -187,6 +199,8 @@ class LMRolloutBuffer:
             "old_values": self.values,
             "advantages": self.advantages,
             "returns": self.returns,
+            "ref_logprobs": self.ref_logprobs,
+            "keep": self.keep,
         }
         samples = {f.name: source[f.name][idx] for f in fields(RolloutSamples) if f.name in source}
         mask = None if self.action_mask is None else self.action_mask[idx]

@@ -24,7 +24,9 @@ from marlhf.agents.estimators import get_estimator
 from marlhf.agents.kl import KLEstimator
 from marlhf.options import Termination
 
-RatioLevel = Literal["token", "macro"]
+RatioLevel = Literal["token", "macro", "sequence"]
+LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-sum-constant"]
+KLIn = Literal["reward", "loss"]
 LRSchedule = Literal["constant", "linear"]
 
 
@@ -151,7 +153,30 @@ class PPOConfig:
         default="mean", metadata=doc("segment value: mean (released code), first, last, position")
     )
     ratio_level: RatioLevel = field(
-        default="token", metadata=doc("probability ratio per token or one per macro (segment)")
+        default="token",
+        metadata=doc(
+            "probability ratio per token, one per macro (segment), or one per response "
+            "(sequence: GSPO's length-normalised ratio)"
+        ),
+    )
+    clip_range_high: float | None = field(
+        default=None,
+        metadata=doc("upper ratio clip 1 + this (DAPO: 0.28); None: clip_range (symmetric)"),
+    )
+    loss_agg: LossAgg = field(
+        default="token-mean",
+        metadata=doc(
+            "policy loss over tokens: token-mean (every token of the batch alike), "
+            "seq-mean-token-mean (per response, then over responses), seq-sum-constant "
+            "(Dr. GRPO: sum / (rows x max_new_tokens))"
+        ),
+    )
+    kl_in: KLIn = field(
+        default="reward",
+        metadata=doc(
+            "where the KL to the reference acts: reward (per-token penalty in the shaped reward) "
+            "or loss (kl_coef x kl_estimator term in the loss, as GRPO with k3)"
+        ),
     )
     discount: Discount = field(
         default="segment", metadata=doc("one gamma per macro step (segment) or gamma**len (token)")
@@ -174,7 +199,7 @@ class PPOConfig:
         default="gae",
         metadata=doc(
             "advantage estimator (marlhf.agents.estimators registry): gae (critic; tokens = PPO, "
-            "segments = MA-PPO), ..."
+            "segments = MA-PPO), grpo, rloo, reinforce_pp, reinforce_pp_baseline"
         ),
     )
     group_size: int = field(
@@ -183,6 +208,14 @@ class PPOConfig:
             "rollouts per prompt (num_envs / group_size prompts a rollout); group baselines "
             "need >= 2"
         ),
+    )
+    group_std: bool = field(
+        default=True,
+        metadata=doc("grpo: divide by the group's std (False: Dr. GRPO's unscaled advantage)"),
+    )
+    drop_uniform_groups: bool = field(
+        default=False,
+        metadata=doc("leave out of the update the groups whose rewards are all equal (DAPO)"),
     )
     bf16: bool = field(default=False, metadata=doc("bfloat16 autocast on CUDA (ignored on CPU)"))
     mask_actions: bool = field(
@@ -195,6 +228,7 @@ class PPOConfig:
     def __post_init__(self) -> None:
         _positive("learning_rate", self.learning_rate)
         _positive("clip_range", self.clip_range)
+        _positive("clip_range_high", self.clip_range_high, allow_none=True)
         _positive("temperature", self.temperature)
         _positive("score_temperature", self.score_temperature, allow_none=True)
         for name in ("clip_range_vf", "target_kl", "reward_clip", "kl_target", "max_grad_norm"):
@@ -216,6 +250,10 @@ class PPOConfig:
             _check_literal(f.name, value, hints[f.name])
         _int_at_least("group_size", self.group_size, 1)
         spec = get_estimator(self.estimator)  # raises naming the valid estimators
+        if self.drop_uniform_groups and self.group_size < 2:
+            raise ValueError(
+                f"drop_uniform_groups=True needs groups: group_size={self.group_size} must be >= 2"
+            )
         if spec.needs_groups and self.group_size < 2:
             raise ValueError(
                 f"estimator={self.estimator!r} needs groups: group_size={self.group_size} must "
@@ -315,6 +353,83 @@ PRESETS: dict[str, Preset] = {
             "(the released code counts steps)",
             "the released code's random-n-gram RNG is unseeded; marlhf's is seeded",
         ),
+    ),
+    "ppo": Preset(
+        fixed={"estimator": "gae", "termination": None},
+        source="PPO for RLHF (Schulman et al. 2017; Ouyang et al. 2022): token-level GAE",
+    ),
+    "ma-ppo": Preset(
+        fixed={"estimator": "gae"},
+        suggested={"termination": "ngram:5"},
+        source="MA-PPO (arXiv 2410.02743): GAE over n-gram macro actions (paper's best: n=5)",
+    ),
+    "grpo": Preset(
+        fixed={
+            "estimator": "grpo",
+            "group_std": True,
+            "normalize_advantage": False,
+            "kl_in": "loss",
+            "kl_estimator": "k3",
+        },
+        suggested={"group_size": 4},
+        source="GRPO (DeepSeekMath, arXiv 2402.03300), outcome supervision",
+        not_reproduced=("one update per rollout batch is not enforced (n_epochs is yours)",),
+    ),
+    "dr-grpo": Preset(
+        fixed={
+            "estimator": "grpo",
+            "group_std": False,
+            "normalize_advantage": False,
+            "loss_agg": "seq-sum-constant",
+        },
+        suggested={"group_size": 4, "kl_coef": 0.0},
+        source="Dr. GRPO (arXiv 2503.20783): no std scaling, loss sum / constant",
+    ),
+    "rloo": Preset(
+        fixed={"estimator": "rloo", "normalize_advantage": False, "kl_in": "reward"},
+        suggested={"group_size": 4},
+        source="RLOO (arXiv 2402.14740): leave-one-out baseline",
+        not_reproduced=("the KL is shaped per token, not summed into one sequence reward",),
+    ),
+    "reinforce++": Preset(
+        fixed={"estimator": "reinforce_pp", "normalize_advantage": False, "kl_in": "reward"},
+        source="REINFORCE++ (arXiv 2501.03262): return-to-go, global batch whitening",
+    ),
+    "reinforce++-baseline": Preset(
+        fixed={
+            "estimator": "reinforce_pp_baseline",
+            "normalize_advantage": False,
+            "kl_in": "reward",
+        },
+        suggested={"group_size": 4},
+        source="REINFORCE++-baseline (arXiv 2501.03262): group-mean baseline, then whitening",
+    ),
+    "dapo": Preset(
+        fixed={
+            "estimator": "grpo",
+            "group_std": True,
+            "normalize_advantage": False,
+            "clip_range": 0.2,
+            "clip_range_high": 0.28,
+            "loss_agg": "token-mean",
+            "drop_uniform_groups": True,
+        },
+        suggested={"group_size": 4, "kl_coef": 0.0},
+        source="DAPO (arXiv 2503.14476): clip-higher, token-level loss, dynamic sampling",
+        not_reproduced=(
+            "dynamic sampling drops uniform groups but does not re-sample to refill the batch",
+            "the overlong reward shaping is not applied",
+        ),
+    ),
+    "gspo": Preset(
+        fixed={
+            "estimator": "grpo",
+            "group_std": True,
+            "normalize_advantage": False,
+            "ratio_level": "sequence",
+        },
+        suggested={"group_size": 4, "clip_range": 3e-4, "clip_range_high": 4e-4},
+        source="GSPO (arXiv 2507.18071): sequence-level, length-normalised ratio",
     ),
     # The scale the CLI starts from: a tiny model trained from scratch needs a large learning
     # rate and no KL anchor to a random reference. Suggested values only; shown in --help.

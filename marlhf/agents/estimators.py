@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from marlhf.agents.advantages import compute_gae
+from marlhf.agents.advantages import compute_gae, whiten
 
 ESTIMATOR_INPUTS: tuple[str, ...] = (
     "values",
@@ -218,3 +218,63 @@ def gae(batch: EstimatorBatch, config: Any) -> Estimate:
         "seg_mask": result.seg_mask,
     }
     return Estimate(result.advantages, result.returns, segments)
+
+
+def _group_baseline(batch: EstimatorBatch, leave_one_out: bool) -> tuple[Tensor, Tensor, Tensor]:
+    if batch.group_ids is None:
+        raise ValueError("a group estimator needs group_ids (set group_size >= 2)")
+    outcome = sequence_returns(batch)
+    mean, std, size = group_stats(outcome, batch.group_ids)
+    if leave_one_out:
+        if bool((size < 2).any()):
+            raise ValueError("rloo needs groups of at least 2 rows (group_size >= 2)")
+        # (sum - R_i) / (G - 1): the mean of the other rows of the group.
+        mean = (mean * size - outcome.to(torch.float64)) / (size - 1)
+    return outcome.to(torch.float64), mean, std
+
+
+@register_estimator("grpo", requires=("group_ids",))
+def grpo(batch: EstimatorBatch, config: Any) -> Estimate:
+    """GRPO (arXiv 2402.03300): (R - group mean) / group std; std off = Dr. GRPO (2503.20783)."""
+    outcome, mean, std = _group_baseline(batch, leave_one_out=False)
+    adv = outcome - mean
+    if getattr(config, "group_std", True):
+        adv = adv / (std + 1e-6)
+    return Estimate(broadcast(adv, batch.mask))
+
+
+@register_estimator("rloo", requires=("group_ids",))
+def rloo(batch: EstimatorBatch, config: Any) -> Estimate:
+    """RLOO (arXiv 2402.14740): R minus the mean of the other rows of the group."""
+    outcome, mean, _ = _group_baseline(batch, leave_one_out=True)
+    return Estimate(broadcast(outcome - mean, batch.mask))
+
+
+def _whiten_batch(x: Tensor, mask: Tensor) -> Tensor:
+    # REINFORCE++ normalises over the whole (global) batch, once, before the update.
+    return whiten(x, mask)
+
+
+@register_estimator("reinforce_pp")
+def reinforce_pp(batch: EstimatorBatch, config: Any) -> Estimate:
+    """REINFORCE++ (arXiv 2501.03262): return-to-go of the shaped rewards, batch-whitened."""
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma))
+    return Estimate(_whiten_batch(returns, batch.mask))
+
+
+@register_estimator("reinforce_pp_baseline", requires=("group_ids",))
+def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
+    """REINFORCE++-baseline: return-to-go minus the group's mean outcome, batch-whitened."""
+    _, mean, _ = _group_baseline(batch, leave_one_out=False)
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma))
+    centred = torch.where(batch.mask, returns - mean[:, None].to(returns.dtype), 0.0)
+    return Estimate(_whiten_batch(centred, batch.mask))
+
+
+def uniform_groups(batch: EstimatorBatch) -> Tensor:
+    """``bool[B]``: rows whose group's outcomes are all equal (no signal to learn; DAPO drops
+    them). Without groups nothing is uniform."""
+    if batch.group_ids is None:
+        return torch.zeros(batch.mask.shape[0], dtype=torch.bool, device=batch.mask.device)
+    _, std, _ = group_stats(sequence_returns(batch), batch.group_ids)
+    return std == 0

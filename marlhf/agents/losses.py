@@ -15,7 +15,8 @@ from marlhf.agents.advantages import check_choice
 from marlhf.options.base import validate_starts
 from marlhf.options.segments import broadcast_to_tokens, segment_reduce
 
-RATIO_LEVELS: tuple[str, ...] = ("token", "macro")
+RATIO_LEVELS: tuple[str, ...] = ("token", "macro", "sequence")
+LOSS_AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-sum-constant")
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -45,6 +46,12 @@ def _check_positive(where: str, name: str, value: float) -> None:
         raise ValueError(f"{where}: {name}={value!r} must be a number > 0")
 
 
+def _outside(ratio: Tensor, low: float, high: float) -> Tensor:
+    if low == high:  # the symmetric test, written as before (bitwise the same statistics)
+        return (ratio - 1.0).abs() > low
+    return (ratio < 1.0 - low) | (ratio > 1.0 + high)
+
+
 def policy_loss(
     new_logp: Tensor,
     old_logp: Tensor,
@@ -54,6 +61,8 @@ def policy_loss(
     *,
     clip_range: float,
     ratio_level: str = "token",
+    clip_range_high: float | None = None,
+    loss_agg: str = "token-mean",
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped PPO surrogate ``-min(r A, clip(r, 1 - c, 1 + c) A)``, averaged over real tokens.
 
@@ -74,7 +83,14 @@ def policy_loss(
     :param mask: ``bool[B, T]`` real response tokens.
     :param starts: ``bool[B, T]`` macro-action starts (only used, and validated, by ``"macro"``).
     :param clip_range: ``c > 0``, e.g. 0.2.
-    :param ratio_level: ``"token"`` (default) or ``"macro"``.
+    :param ratio_level: ``"token"`` (default), ``"macro"`` or ``"sequence"`` (GSPO,
+        arXiv 2507.18071: one ratio per response, ``exp(mean over its tokens of (new - old))``,
+        clipped per response, with the response's mean advantage).
+    :param clip_range_high: the upper clip ``1 + clip_range_high`` (DAPO's asymmetric clipping,
+        e.g. 0.28); ``None``: symmetric.
+    :param loss_agg: ``"token-mean"`` (every real token of the batch weighs the same; default),
+        ``"seq-mean-token-mean"`` (each response's token mean, then the mean over responses),
+        ``"seq-sum-constant"`` (Dr. GRPO: the sum over tokens divided by ``B * T``, a constant).
     :return: ``(loss, stats)``; ``stats["clip_fraction"]`` is the fraction of real tokens whose
         ratio (their segment's, for ``"macro"``) lies outside ``[1 - c, 1 + c]``;
         ``stats["approx_kl"]`` the mean over real tokens of ``(r - 1) - log r`` with the
@@ -82,7 +98,10 @@ def policy_loss(
     """
     where = "policy_loss"
     check_choice(where, "ratio_level", ratio_level, RATIO_LEVELS)
+    check_choice(where, "loss_agg", loss_agg, LOSS_AGGREGATIONS)
     _check_positive(where, "clip_range", clip_range)
+    high = clip_range if clip_range_high is None else clip_range_high
+    _check_positive(where, "clip_range_high", high)
     _check_same_shape(
         where, new_logp=new_logp, old_logp=old_logp, advantages=advantages, mask=mask, starts=starts
     )
@@ -90,23 +109,45 @@ def policy_loss(
     log_ratio = torch.where(mask, new_logp - old_logp, zeros)
     adv = torch.where(mask, advantages, torch.zeros_like(advantages))
 
+    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1).to(new_logp.dtype)
     if ratio_level == "token":
         ratio = torch.exp(log_ratio)
-        clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+        clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
         token_loss = torch.maximum(-adv * ratio, -adv * clipped)
-        loss = masked_mean(token_loss, mask)
-        outside = (ratio - 1.0).abs() > clip_range
-    else:
+        outside = _outside(ratio, clip_range, high)
+        if loss_agg == "token-mean":
+            loss = masked_mean(token_loss, mask)
+    elif ratio_level == "macro":
         validate_starts(starts, mask, name=where)
         seg_log_ratio = segment_reduce(log_ratio, starts, mask, "sum")
         seg_adv = segment_reduce(adv, starts, mask, "mean")
         seg_ratio = torch.exp(seg_log_ratio)
-        seg_clipped = torch.clamp(seg_ratio, 1.0 - clip_range, 1.0 + clip_range)
+        seg_clipped = torch.clamp(seg_ratio, 1.0 - clip_range, 1.0 + high)
         seg_loss = torch.maximum(-seg_adv * seg_ratio, -seg_adv * seg_clipped)
-        # Absent segments hold zeros (ratio 1, advantage 0), so they add nothing to the sum.
-        loss = seg_loss.sum() / mask.sum().clamp(min=1).to(seg_loss.dtype)
-        seg_outside = ((seg_ratio - 1.0).abs() > clip_range).to(new_logp.dtype)
+        if loss_agg == "token-mean":
+            # Absent segments hold zeros (ratio 1, advantage 0), so they add nothing to the sum.
+            loss = seg_loss.sum() / mask.sum().clamp(min=1).to(seg_loss.dtype)
+        seg_outside = _outside(seg_ratio, clip_range, high).to(adv.dtype)
         outside = broadcast_to_tokens(seg_outside.detach(), starts, mask) > 0.5
+        # A segment's loss shared by its tokens, for the other aggregations.
+        seg_len = segment_reduce(mask.to(adv.dtype), starts, mask, "sum").clamp(min=1)
+        token_loss = broadcast_to_tokens(seg_loss / seg_len, starts, mask)
+    else:
+        seq_ratio = torch.exp(log_ratio.sum(dim=1, keepdim=True) / lengths)
+        seq_adv = adv.sum(dim=1, keepdim=True) / lengths
+        seq_clipped = torch.clamp(seq_ratio, 1.0 - clip_range, 1.0 + high)
+        seq_loss = torch.maximum(-seq_adv * seq_ratio, -seq_adv * seq_clipped)
+        token_loss = torch.where(mask, (seq_loss / lengths).expand_as(adv), zeros)
+        seq_outside = _outside(seq_ratio, clip_range, high)
+        outside = seq_outside.expand_as(mask) & mask
+        if loss_agg == "token-mean":
+            loss = token_loss.sum() / mask.sum().clamp(min=1).to(token_loss.dtype)
+    if loss_agg == "seq-mean-token-mean":
+        rows = mask.any(dim=1)
+        per_row = torch.where(mask, token_loss, zeros).sum(dim=1) / lengths.squeeze(1)
+        loss = per_row[rows].sum() / rows.sum().clamp(min=1).to(per_row.dtype)
+    elif loss_agg == "seq-sum-constant":
+        loss = torch.where(mask, token_loss, zeros).sum() / float(mask.numel() or 1)
 
     with torch.no_grad():
         lr = log_ratio.detach()

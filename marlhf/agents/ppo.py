@@ -15,7 +15,8 @@ from marlhf.agents.advantages import explained_variance, whiten
 from marlhf.agents.base import LMOnPolicyAlgorithm
 from marlhf.agents.buffer import RolloutSamples
 from marlhf.agents.config import PPOConfig, bind_config
-from marlhf.agents.losses import entropy_loss, policy_loss, value_loss
+from marlhf.agents.kl import kl_penalty
+from marlhf.agents.losses import entropy_loss, masked_mean, policy_loss, value_loss
 
 
 class PPO(LMOnPolicyAlgorithm):
@@ -100,7 +101,7 @@ class PPO(LMOnPolicyAlgorithm):
         self, mb: RolloutSamples
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """The loss of one minibatch: ``(total, policy, value, entropy, stats)``."""
-        mask = mb.response_mask
+        mask = mb.response_mask & mb.keep[:, None]
         advantages = mb.advantages
         if self.config.normalize_advantage:
             advantages = whiten(advantages, mask)
@@ -122,6 +123,8 @@ class PPO(LMOnPolicyAlgorithm):
             mb.starts,
             clip_range=self.config.clip_range,
             ratio_level=self.config.ratio_level,
+            clip_range_high=self.config.clip_range_high,
+            loss_agg=self.config.loss_agg,
         )
         if values is None:  # an estimator without a critic: no value loss at all
             vf_loss = torch.zeros((), device=pg_loss.device)
@@ -135,6 +138,10 @@ class PPO(LMOnPolicyAlgorithm):
             )
         ent_loss = entropy_loss(entropy.float(), mask)
         loss = pg_loss + self.config.ent_coef * ent_loss
+        if self.config.kl_in == "loss" and self.kl_ctl.value > 0:
+            # The KL to the reference as a loss term (GRPO: k3), on the current log-probs.
+            kl = kl_penalty(logp.float(), mb.ref_logprobs, self.config.kl_estimator)
+            loss = loss + float(self.kl_ctl.value) * masked_mean(kl, mask)
         if values is not None:
             loss = loss + self.config.vf_coef * vf_loss
         return loss, pg_loss, vf_loss, ent_loss, stats
