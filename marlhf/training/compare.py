@@ -45,6 +45,7 @@ from marlhf.training.runner import (
     check_batch_fits,
     load_result,
     locked_run_folder,
+    parse_agent,
     record_config,
     train_run,
 )
@@ -57,6 +58,7 @@ def run_specs(config: CompareConfig) -> list[RunSpec]:
     """Every run of the comparison: PPO (when included) and each termination, per seed."""
     agents = [("ppo", "token")] if config.include_ppo else []
     agents += [("mappo", t) for t in config.terminations]
+    agents += [parse_agent(text) for text in config.agents]
     return [RunSpec(a, t, s) for a, t in agents for s in config.seeds]
 
 
@@ -69,14 +71,25 @@ def validate(config: CompareConfig) -> None:
         raise ValueError("seeds: need at least one seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise ValueError(f"seeds={config.seeds} holds duplicates")
-    if not config.terminations and not config.include_ppo:
-        raise ValueError("terminations is empty and include_ppo is false: nothing to train")
+    if not config.terminations and not config.include_ppo and not config.agents:
+        raise ValueError(
+            "terminations and agents are empty and include_ppo is false: nothing to train"
+        )
     if len(set(config.terminations)) != len(config.terminations):
         raise ValueError(f"terminations={config.terminations} holds duplicates")
     for spec in config.terminations:
         make_termination(spec)  # raises with the registered names
     resolve_device(config.device)  # a device this machine lacks
     check_batch_fits(config.agent, config.task)
+    pairs = [parse_agent(text) for text in config.agents]  # raises naming the presets
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"agents={config.agents} holds duplicates")
+    for _, termination in pairs:
+        if termination != "token":
+            make_termination(termination)
+    for run in run_specs(config):  # each agent's config builds (a preset clash fails here)
+        if run.agent not in ("ppo", "mappo"):
+            _check_preset_agent(config, run)
     for name in ("total_timesteps", "workers", "threads_per_worker"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
@@ -116,6 +129,26 @@ def die_with_parent(parent: int) -> None:
 
 
 PR_SET_PDEATHSIG = 1
+
+
+def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
+    from marlhf.agents import MAPPOConfig, PPOConfig
+    from marlhf.agents.config import resolve_config
+
+    values = config.agent.agent_kwargs()
+    explicit = {k: values[k] for k in config.agent.explicit}
+    if spec.termination != "token":
+        explicit["termination"] = spec.termination
+    cls = PPOConfig if spec.termination == "token" else MAPPOConfig
+    try:
+        cfg = resolve_config(cls, [*config.agent.preset, spec.agent], explicit)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"agents: {spec.agent!r}: {err}") from None
+    if config.task.num_envs % cfg.group_size:
+        raise ValueError(
+            f"agents: {spec.agent!r} samples groups of group_size={cfg.group_size}, which does "
+            f"not divide task.num_envs={config.task.num_envs}"
+        )
 
 
 def _worker(

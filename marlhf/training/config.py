@@ -23,6 +23,10 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
+from marlhf.agents.config import doc
+
+__all__ = ["ConfigError", "doc", "from_dict", "load_config", "to_dict"]
+
 T = TypeVar("T")
 
 
@@ -72,11 +76,6 @@ def yaml_load(text: str) -> Any:
 
 class ConfigError(ValueError):
     """A config file or override that does not fit the config's schema."""
-
-
-def doc(help: str) -> dict[str, str]:
-    """Field metadata holding the help text: ``field(default=1, metadata=doc("what, unit"))``."""
-    return {"help": help}
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -132,11 +132,17 @@ class AgentConfig(PPOConfig):
         ),
     )
 
+    explicit: list[str] = field(
+        default_factory=list,
+        metadata=doc("the keys set by the user (recorded for compare's presets)", cli=False),
+    )
+
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "agent.") -> AgentConfig:
         """The section from the keys a user set (YAML, ``--set``): presets first, then those."""
         values = dict(data)
         preset = values.pop("preset", list(CLI_PRESETS))
+        recorded = values.pop("explicit", None)
         if isinstance(preset, str):
             preset = [preset]
         if not isinstance(preset, list) or not all(isinstance(p, str) for p in preset):
@@ -156,7 +162,8 @@ class AgentConfig(PPOConfig):
             config = resolve_config(PPOConfig, preset, values)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config section {prefix.rstrip('.')!r}: {err}") from None
-        return cls(**{**dataclasses.asdict(config), "preset": preset})
+        explicit = sorted(values) if recorded is None else list(recorded)
+        return cls(**{**dataclasses.asdict(config), "preset": preset, "explicit": explicit})
 
     @classmethod
     def cli_default(cls) -> AgentConfig:
@@ -168,6 +175,12 @@ class AgentConfig(PPOConfig):
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig)}
         out.pop("termination")
         return out
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = sorted(set(self.explicit) - {f.name for f in dataclasses.fields(PPOConfig)})
+        if unknown:
+            raise ConfigError(f"agent.explicit: {unknown[0]!r} is not an agent key")
 
 
 @dataclass
@@ -216,7 +229,8 @@ class TrainConfig:
 
 @dataclass
 class CompareConfig:
-    """`marlhf compare`: token-level PPO vs MAPPO terminations over several seeds."""
+    """`marlhf compare`: credit-assignment schemes (token-level PPO, MAPPO terminations, group
+    baselines, ...) on one task over several seeds, at the same token budget."""
 
     model: ModelConfig = field(default_factory=ModelConfig, metadata=doc("the policy model"))
     task: TaskConfig = field(default_factory=TaskConfig, metadata=doc("the environment"))
@@ -233,6 +247,15 @@ class CompareConfig:
     )
     include_ppo: bool = field(
         default=True, metadata=doc("also train token-level PPO (the reference of the report)")
+    )
+    agents: list[str] = field(
+        default_factory=lambda: ["grpo", "rloo"],
+        metadata=doc(
+            "more credit-assignment schemes, each PRESET or PRESET@TERMINATION (grpo, rloo, "
+            "dr-grpo, reinforce++, dapo, gspo, ma-ppo@ngram:10, grpo@ngram:5, ...; see "
+            "marlhf.agents.PRESETS), trained after PPO and the terminations with the shared "
+            "agent section and the same seeds and token budget"
+        ),
     )
     seeds: list[int] = field(
         default_factory=lambda: [0, 1, 2], metadata=doc("seeds; every agent runs once per seed")

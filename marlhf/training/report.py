@@ -33,8 +33,8 @@ _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 def label(agent: str, termination: str) -> str:
-    """The agent's name in tables and plots: ``ppo`` or ``mappo ngram:5``."""
-    return agent if agent == "ppo" else f"{agent} {termination}"
+    """The agent's name in tables and plots: ``ppo``, ``grpo`` or ``mappo ngram:5``."""
+    return agent if termination == "token" else f"{agent} {termination}"
 
 
 def write_metrics_csv(path: str | Path, results: Iterable[dict[str, Any]]) -> None:

@@ -55,8 +55,8 @@ ProgressFn = Callable[[int, int], None]
 class RunSpec:
     """Which agent, termination and seed one run trains.
 
-    :param agent: ``"ppo"`` (token level) or ``"mappo"``.
-    :param termination: the MAPPO termination spec; ``"token"`` for PPO.
+    :param agent: ``"ppo"`` (token level), ``"mappo"``, or a preset name (``grpo``, ...).
+    :param termination: the termination spec; ``"token"`` for token-level credit.
     :param seed: seeds the model init, the env and the agent.
     """
 
@@ -189,25 +189,64 @@ def _tiny_for_codec(model: ModelConfig, codec: Any, seed: int, seq_len: int) -> 
     )
 
 
-def agent_class(name: str) -> Any:
-    """``PPO`` or ``MAPPO``."""
+def agent_class(name: str, termination: str = "token") -> Any:
+    """``PPO`` for token-level credit, ``MAPPO`` when the run has a termination."""
     from marlhf.agents import MAPPO, PPO
+    from marlhf.agents.config import PRESETS
 
-    classes = {"ppo": PPO, "mappo": MAPPO}
-    if name not in classes:
-        raise ValueError(f"agent {name!r} is not one of {sorted(classes)}")
-    return classes[name]
+    if name not in ("ppo", "mappo") and name not in PRESETS:
+        raise ValueError(f"agent {name!r} is not one of {sorted({'ppo', 'mappo', *PRESETS})}")
+    if name == "mappo":
+        return MAPPO
+    return PPO if termination == "token" else MAPPO
+
+
+def parse_agent(text: str) -> tuple[str, str]:
+    """``"grpo"`` -> ``("grpo", "token")``; ``"ma-ppo@ngram:10"`` -> ``("ma-ppo", "ngram:10")``.
+
+    The part before ``@`` is a preset (``marlhf.agents.PRESETS``) or ``ppo``/``mappo``; after it,
+    a termination spec (macro-action credit); without it, credit is token-level (``ma-ppo``
+    alone uses its preset's ``ngram:5``).
+    """
+    from marlhf.agents.config import PRESETS
+
+    name, sep, termination = text.partition("@")
+    name = name.strip()
+    if name not in PRESETS and name != "mappo":
+        raise ValueError(
+            f"agents: {text!r} names no preset; valid: {sorted(PRESETS)} (optionally "
+            "followed by @TERMINATION, e.g. ma-ppo@ngram:10)"
+        )
+    if not sep:
+        suggested = PRESETS[name].values().get("termination") if name in PRESETS else "ngram:5"
+        termination = suggested if isinstance(suggested, str) else "token"
+    return name, termination.strip() or "token"
 
 
 def build_agent(
     spec: RunSpec, lm: Any, env: Any, agent: AgentConfig, device: str, tensorboard_log: str | None
 ) -> Any:
-    """The PPO or MAPPO of ``spec`` on ``env`` starting from ``lm``."""
-    kwargs = agent.agent_kwargs()
-    if spec.agent == "mappo":
+    """The agent of ``spec`` on ``env`` starting from ``lm``: the shared ``agent`` section with
+    the run's preset on top (``ppo``/``mappo``: the section alone)."""
+    if spec.agent in ("ppo", "mappo"):
+        kwargs = agent.agent_kwargs()
+        preset: list[str] | None = None
+    else:
+        # The section's presets, then the method's; only the keys the user set are explicit,
+        # so a method's fixed knobs win over the section's defaults (and clash with its settings).
+        preset = [*agent.preset, spec.agent]
+        values = agent.agent_kwargs()
+        kwargs = {k: values[k] for k in agent.explicit}
+    if spec.termination != "token":
         kwargs["termination"] = spec.termination
-    return agent_class(spec.agent)(
-        lm, env, seed=spec.seed, device=device, tensorboard_log=tensorboard_log, **kwargs
+    return agent_class(spec.agent, spec.termination)(
+        lm,
+        env,
+        seed=spec.seed,
+        device=device,
+        tensorboard_log=tensorboard_log,
+        preset=preset,
+        **kwargs,
     )
 
 
@@ -317,7 +356,7 @@ def train_run(
     device = str(resolve_device(device))
     folder.mkdir(parents=True, exist_ok=True)
     env, lm, tokenizer = build_env_and_model(task, model, spec.seed, device)
-    cls = agent_class(spec.agent)
+    cls = agent_class(spec.agent, spec.termination)
 
     progress_by_tokens = _read_progress(folder / PROGRESS_FILE)
     algo = None

@@ -128,7 +128,10 @@ WORKED_PPL = [5, 4, 3, 3.5, 2, 1.5, 1.8, 1, 0.9, 1.2]
     ("rule", "expected"),
     [
         ("paper", [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]),
+        ("consecutive", [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9]]),
         ("released", [[0, 1], [2, 3, 4], [5, 6, 7], [8], [9]]),
+        # No token's nll exceeds the running mean of a macro that started at ppl 5.
+        ("macro", [[0, 1, 2, 3, 4, 5, 6, 7, 8], [9]]),
     ],
 )
 def test_perplexity_worked_example(rule: str, expected: list[list[int]]) -> None:
@@ -136,6 +139,18 @@ def test_perplexity_worked_example(rule: str, expected: list[list[int]]) -> None
     batch = batch_of([10], width=12, ref_logprobs=ref)
     starts = compute_starts(make_termination(f"perplexity:rule={rule}"), batch, isolate_last=True)
     assert segments(starts, batch.mask) == [expected]
+
+
+def test_perplexity_macro_rule_compares_the_macro_with_and_without_the_token() -> None:
+    # ppl [1, 1, 5, 1, 2]: token 2 raises the macro's perplexity (cut); token 3 (ppl 1) lowers
+    # the new macro's {5}; token 4 (ppl 2) is below that macro's geometric mean sqrt(5).
+    ref = -torch.log(torch.tensor([[1.0, 1.0, 5.0, 1.0, 2.0]]))
+    batch = batch_of([5], width=5, ref_logprobs=ref)
+    starts = compute_starts(Perplexity("macro"), batch)
+    assert segments(starts, batch.mask) == [[[0, 1], [2, 3, 4]]]
+    # The consecutive rule cuts at every rise instead (5 > 1 and 2 > 1).
+    starts = compute_starts(Perplexity("consecutive"), batch)
+    assert segments(starts, batch.mask) == [[[0, 1], [2, 3], [4]]]
 
 
 def test_perplexity_rules_without_isolate_last() -> None:

@@ -107,7 +107,10 @@ def test_unknown_or_malformed_specs_list_registered_names(spec: str) -> None:
         ("random_ngram:sizes=", r"sizes='' must be a list of positive integers"),
         ("random_ngram:sizes=1,0", r"sizes=0 must be a positive integer"),
         ("random_ngram:repeat=0", r"repeat=0 must be a positive integer"),
-        ("perplexity:rule=exact", r"rule='exact' is not one of \('paper', 'released'\)"),
+        (
+            "perplexity:rule=exact",
+            r"rule='exact' is not one of \('consecutive', 'macro', 'released', 'paper'\)",
+        ),
         ("punctuation:level=word", r"level='word' is not one of \['clause', 'sentence'\]"),
         ("union:ngram:2", r"at least two"),
         ("min_length:0|ngram:2", r"min_length: n=0 must be a positive integer"),
