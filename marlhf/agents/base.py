@@ -39,6 +39,7 @@ from marlhf.agents.estimators import (
 )
 from marlhf.agents.kl import kl_penalty, make_kl_controller, shaped_rewards
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
+from marlhf.agents.vine import choose_branch_points, monte_carlo_values, run_to_end
 from marlhf.models import resolve_device
 from marlhf.options import SegmentationBatch, Termination, compute_starts, make_termination
 
@@ -140,6 +141,12 @@ class LMOnPolicyAlgorithm:
         self.shuffle_generator = torch.Generator().manual_seed(self.seed + 1)
         self.predict_generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
         self.termination_generator = torch.Generator().manual_seed(self.seed + 3)
+        self.mc_generator = torch.Generator(device=self.device).manual_seed(self.seed + 4)
+        #: Tokens generated for baselines (continuations, greedy rollouts), not trained on;
+        #: also counted in ``num_timesteps``, so budgets stay compute-matched.
+        self.mc_tokens = 0
+        self._rollout_prompts: list[Any] | None = None
+        self._rollout_state: GenerationState | None = None
         self.env: Any = None
         self.rollout_buffer: LMRolloutBuffer | None = None
         if env is not None:
@@ -290,9 +297,11 @@ class LMOnPolicyAlgorithm:
         else:
             obs, info = env.reset(seed=seed)
         self._env_seeded = True
+        self._rollout_prompts = info.get("prompts")
         buffer.reset()
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
+        self._prefill_ids = obs["input_ids"]  # the window the KV cache was prefilled with
         if group_size > 1:
             if "group_ids" not in info:
                 raise ValueError(
@@ -374,6 +383,9 @@ class LMOnPolicyAlgorithm:
                 return False
             if listening:
                 policy, generator, sampling, autocast = settings()
+        # Continuations branch from this cache (forked, never re-prefilled).
+        needs_cache = "mc_values" in self.estimator_spec.requires
+        self._rollout_state = state if needs_cache else None
         callback.update_locals(locals())
         return True
 
@@ -385,6 +397,7 @@ class LMOnPolicyAlgorithm:
 
     def finish_rollout(self) -> None:
         """Stages 2-5 on the collected rollout, each one call."""
+        self._rollout_mc_tokens = 0
         with torch.no_grad():
             self.score()
             kl = self.shape()
@@ -458,6 +471,7 @@ class LMOnPolicyAlgorithm:
         """Stage 5: the estimator turns rewards (and what it declared) into advantages."""
         buf = self.rollout_buffer
         assert buf is not None
+        requires = self.estimator_spec.requires
         batch = EstimatorBatch(
             rewards=buf.rewards,
             task_rewards=buf.task_rewards,
@@ -465,12 +479,75 @@ class LMOnPolicyAlgorithm:
             starts=buf.starts,
             values=buf.values if buf.has_values else None,
             group_ids=buf.group_ids,
+            greedy_rewards=self._greedy_rewards() if "greedy_rewards" in requires else None,
+            mc_values=self._mc_values() if "mc_values" in requires else None,
+            token_probs=buf.logprobs.exp() if "token_probs" in requires else None,
         )
+        buf.set_baselines(batch.mc_values, batch.greedy_rewards)
         estimate = self.estimator_spec.fn(batch, self.config)
         check_estimate(self.estimator_spec.name, estimate, batch)
+        threshold = self.config.prob_mask_threshold
+        if threshold is not None:  # SPO: no credit where the policy was already confident
+            estimate.advantages = torch.where(
+                buf.logprobs.exp() > threshold, 0.0, estimate.advantages
+            )
         keep = ~uniform_groups(batch) if self.config.drop_uniform_groups else None
         buf.set_estimate(estimate.advantages, estimate.returns, keep)
         return estimate
+
+    def _baseline_kwargs(self) -> dict[str, Any]:
+        buf = self.rollout_buffer
+        if self._rollout_prompts is None:
+            raise ValueError(
+                f"estimator={self.config.estimator!r} replays the rollout's prompts, but "
+                f"{type(self.env).__name__}.reset returned no info['prompts']"
+            )
+        assert buf is not None
+        return {
+            "sampling": self._sampling_kwargs(),
+            "action_mask": buf.action_mask,
+            "device": self.device,
+        }
+
+    def _greedy_rewards(self) -> torch.Tensor:
+        """ReMax's baseline: the task return of a greedy rollout of each row's prompt."""
+        kw = self._baseline_kwargs()
+        obs, _ = self.env.reset(options={"prompts": self._rollout_prompts})
+        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
+        with self._autocast():
+            result = run_to_end(
+                self.policy, self.env, obs, None, deterministic=True, generator=None, **kw
+            )
+        self._count_baseline_tokens(result.tokens)
+        return result.returns
+
+    def _mc_values(self) -> torch.Tensor:
+        """Mean task return of ``mc_rollouts`` continuations at each chosen segment start."""
+        buf = self.rollout_buffer
+        assert buf is not None and self._rollout_state is not None
+        kw = self._baseline_kwargs()
+        branch = choose_branch_points(buf.starts, buf.response_mask, self.config.mc_max_starts)
+        with self._autocast():
+            values, tokens = monte_carlo_values(
+                self.policy,
+                self.env,
+                self._rollout_state,
+                self._rollout_prompts or [],
+                self._prefill_ids,
+                buf.response_ids,
+                branch,
+                self.config.mc_rollouts,
+                generator=self.mc_generator,
+                **kw,
+            )
+        self._rollout_state = None
+        self._count_baseline_tokens(tokens)
+        return values
+
+    def _count_baseline_tokens(self, tokens: int) -> None:
+        self.num_timesteps += tokens
+        self.mc_tokens += tokens
+        self._rollout_mc_tokens += tokens
 
     def _rollout_log(self, kl: torch.Tensor, estimate: Estimate) -> None:
         buf = self.rollout_buffer
@@ -484,6 +561,7 @@ class LMOnPolicyAlgorithm:
                 "rollout/kl_coef": self._kl_coef_used,
                 "rollout/score_mean": float(buf.task_rewards.sum(dim=1).mean()),
                 "rollout/ep_len_mean": float(buf.lengths.float().mean()),
+                "rollout/mc_tokens": float(self._rollout_mc_tokens),
             }
         )
 

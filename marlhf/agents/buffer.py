@@ -85,6 +85,10 @@ class LMRolloutBuffer:
         self.action_mask: torch.Tensor | None = None
         #: ``int64[B]``: rows with the same id answer the same prompt (``None``: no groups).
         self.group_ids: torch.Tensor | None = None
+        #: Baseline inputs of the last estimate: ``float[B, T]`` Monte-Carlo values (NaN off the
+        #: branch points) and ``float[B]`` greedy-rollout rewards, when the estimator used them.
+        self.mc_values: torch.Tensor | None = None
+        self.greedy_rewards: torch.Tensor | None = None
         #: Whether ``values``/``returns`` hold a critic's values (False for critic-free credit).
         self.has_values = False
         #: ``bool[B]`` rows the update learns from (False: left out, e.g. a uniform group).
@@ -120,6 +124,13 @@ class LMRolloutBuffer:
     def set_starts(self, starts: torch.Tensor) -> None:
         """Store the segment starts ``bool[B, N]``."""
         self.starts = starts
+
+    def set_baselines(
+        self, mc_values: torch.Tensor | None, greedy_rewards: torch.Tensor | None
+    ) -> None:
+        """Store the baseline rollouts' results the estimator read (for audits and tests)."""
+        self.mc_values = mc_values
+        self.greedy_rewards = greedy_rewards
 
     def set_estimate(
         self,

@@ -199,7 +199,8 @@ class PPOConfig:
         default="gae",
         metadata=doc(
             "advantage estimator (marlhf.agents.estimators registry): gae (critic; tokens = PPO, "
-            "segments = MA-PPO), grpo, rloo, reinforce_pp, reinforce_pp_baseline"
+            "segments = MA-PPO), grpo, rloo, reinforce_pp, reinforce_pp_baseline, remax (greedy "
+            "baseline), mc (Monte-Carlo values at segment starts: VinePPO, SPO)"
         ),
     )
     group_size: int = field(
@@ -212,6 +213,23 @@ class PPOConfig:
     group_std: bool = field(
         default=True,
         metadata=doc("grpo: divide by the group's std (False: Dr. GRPO's unscaled advantage)"),
+    )
+    mc_rollouts: int = field(
+        default=4,
+        metadata=doc("mc: continuations sampled from each branch point (K); must divide num_envs"),
+    )
+    mc_max_starts: int = field(
+        default=8,
+        metadata=doc(
+            "mc: branch points per response at most (the first token always; the others evenly "
+            "spread over the segment starts)"
+        ),
+    )
+    prob_mask_threshold: float | None = field(
+        default=None,
+        metadata=doc(
+            "advantage 0 on tokens sampled with probability above this (SPO-chain: 0.9); None: off"
+        ),
     )
     drop_uniform_groups: bool = field(
         default=False,
@@ -249,10 +267,19 @@ class PPOConfig:
                 raise ValueError(f"{f.name}={value!r} must be True or False")
             _check_literal(f.name, value, hints[f.name])
         _int_at_least("group_size", self.group_size, 1)
+        _int_at_least("mc_rollouts", self.mc_rollouts, 1)
+        _int_at_least("mc_max_starts", self.mc_max_starts, 1)
+        if self.prob_mask_threshold is not None:
+            _in_range("prob_mask_threshold", self.prob_mask_threshold, 0.0, 1.0)
         spec = get_estimator(self.estimator)  # raises naming the valid estimators
         if self.drop_uniform_groups and self.group_size < 2:
             raise ValueError(
                 f"drop_uniform_groups=True needs groups: group_size={self.group_size} must be >= 2"
+            )
+        if "mc_values" in spec.requires and self.kl_in == "reward" and self.kl_coef > 0:
+            raise ValueError(
+                f"estimator={self.estimator!r} estimates values from task rewards only: use "
+                f"kl_in='loss' or kl_coef=0 (got kl_in='reward', kl_coef={self.kl_coef})"
             )
         if spec.needs_groups and self.group_size < 2:
             raise ValueError(
@@ -430,6 +457,30 @@ PRESETS: dict[str, Preset] = {
         },
         suggested={"group_size": 4, "clip_range": 3e-4, "clip_range_high": 4e-4},
         source="GSPO (arXiv 2507.18071): sequence-level, length-normalised ratio",
+    ),
+    "remax": Preset(
+        fixed={"estimator": "remax", "normalize_advantage": False},
+        source="ReMax (arXiv 2310.10505): the reward of a greedy rollout of the prompt",
+        not_reproduced=("the greedy rollout's tokens are counted as compute but not trained on",),
+    ),
+    "vineppo": Preset(
+        fixed={"estimator": "mc", "normalize_advantage": False, "kl_in": "loss"},
+        suggested={"mc_rollouts": 4, "mc_max_starts": 8},
+        source="VinePPO (arXiv 2410.01679): Monte-Carlo values at step starts, lambda 0",
+        not_reproduced=(
+            "steps are the termination's segments (every token by default, capped by "
+            "mc_max_starts); VinePPO cuts reasoning steps at newlines: pass a termination",
+        ),
+    ),
+    "spo-chain": Preset(
+        fixed={
+            "estimator": "mc",
+            "normalize_advantage": False,
+            "kl_in": "loss",
+            "prob_mask_threshold": 0.9,
+        },
+        suggested={"termination": "lowprob:p=0.9", "mc_rollouts": 4, "mc_max_starts": 8},
+        source="SPO-chain (arXiv 2505.23564): MC values at low-probability cut points",
     ),
     # The scale the CLI starts from: a tiny model trained from scratch needs a large learning
     # rate and no KL anchor to a random reference. Suggested values only; shown in --help.

@@ -278,3 +278,37 @@ def uniform_groups(batch: EstimatorBatch) -> Tensor:
         return torch.zeros(batch.mask.shape[0], dtype=torch.bool, device=batch.mask.device)
     _, std, _ = group_stats(sequence_returns(batch), batch.group_ids)
     return std == 0
+
+
+@register_estimator("remax", requires=("greedy_rewards",))
+def remax(batch: EstimatorBatch, config: Any) -> Estimate:
+    """ReMax (arXiv 2310.10505): R minus the reward of a greedy rollout of the same prompt."""
+    assert batch.greedy_rewards is not None
+    adv = sequence_returns(batch).double() - batch.greedy_rewards.double()
+    return Estimate(broadcast(adv, batch.mask))
+
+
+@register_estimator("mc", requires=("mc_values",))
+def mc(batch: EstimatorBatch, config: Any) -> Estimate:
+    """Monte-Carlo values at segment starts, lambda 0 TD over segments (VinePPO; MA-Vine with
+    macro actions; SPO-chain at low-probability cut points)."""
+    assert batch.mc_values is not None
+    branch = torch.isfinite(batch.mc_values) & batch.mask
+    values = torch.where(branch, batch.mc_values, 0.0)
+    result = compute_gae(
+        batch.rewards,
+        values,
+        batch.mask,
+        branch,
+        gamma=config.gamma,
+        gae_lambda=0.0,
+        reward_agg="sum",
+        value_agg="first",
+        discount=config.discount,
+    )
+    segments = {
+        "seg_values": result.seg_values,
+        "seg_returns": result.seg_returns,
+        "seg_mask": result.seg_mask,
+    }
+    return Estimate(result.advantages, None, segments)

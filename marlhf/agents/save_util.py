@@ -46,7 +46,7 @@ FORMAT = "marlhf-checkpoint"
 #: 1: the weights in ``<name>_weights/``, terminations as spec strings (still loaded);
 #: 2: a fresh weights folder per save with digests, the env's identity, structured terminations.
 VERSION = 2
-GENERATORS = ("sample", "shuffle", "predict", "termination")
+GENERATORS = ("sample", "shuffle", "predict", "termination", "mc")
 #: Keys of a Gymnasium spec's kwargs that say how the env is run, not which task it is.
 RUN_KWARGS = frozenset(
     {"task", "seed", "num_envs", "vectorization_mode", "device", "render_mode", "vector_kwargs"}
@@ -428,6 +428,7 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
         "verbose": algo.verbose,
         "tensorboard_log": algo.tensorboard_log,
         "num_timesteps": algo.num_timesteps,
+        "mc_tokens": algo.mc_tokens,
         "n_updates": algo._n_updates,
         "iteration": algo._iteration,
         "env_seeded": algo._env_seeded,
@@ -511,6 +512,8 @@ def load_algorithm(
     algo.kl_ctl.load_state_dict(state["kl_ctl"])
     for gen_name in GENERATORS:
         generator = getattr(algo, f"{gen_name}_generator")
+        if f"{gen_name}_generator" not in state:  # a checkpoint older than this generator
+            continue
         try:
             generator.set_state(state[f"{gen_name}_generator"])
         except RuntimeError:  # saved on another device type (a CUDA state on the CPU, say)
@@ -520,6 +523,7 @@ def load_algorithm(
                 stacklevel=3,
             )
     algo.num_timesteps = int(data["num_timesteps"])
+    algo.mc_tokens = int(data.get("mc_tokens", 0))
     algo._n_updates = int(data["n_updates"])
     algo._iteration = int(data["iteration"])
     # A fresh env (or none) has not been reset with the run's seed stream yet.

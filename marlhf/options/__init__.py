@@ -18,6 +18,7 @@ from marlhf.options.base import (
     validate_starts,
 )
 from marlhf.options.combinators import MaxLength, MinLength, Union
+from marlhf.options.lowprob import LowProbability
 from marlhf.options.ngram import NGram, RandomNGram
 from marlhf.options.perplexity import Perplexity
 from marlhf.options.punctuation import Punctuation
@@ -51,6 +52,7 @@ del _module
 
 __all__ = [
     "REDUCTIONS",
+    "LowProbability",
     "MacroActionWrapper",
     "MaxLength",
     "MinLength",
