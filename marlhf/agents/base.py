@@ -301,7 +301,8 @@ class LMOnPolicyAlgorithm:
         buffer.reset()
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
-        self._prefill_ids = obs["input_ids"]  # the window the KV cache was prefilled with
+        # The window the KV cache was prefilled with (continuations fork that cache).
+        self._prefill = (obs["input_ids"], obs["attention_mask"])
         if group_size > 1:
             if "group_ids" not in info:
                 raise ValueError(
@@ -533,7 +534,7 @@ class LMOnPolicyAlgorithm:
                 self.env,
                 self._rollout_state,
                 self._rollout_prompts or [],
-                self._prefill_ids,
+                *self._prefill,
                 buf.response_ids,
                 branch,
                 self.config.mc_rollouts,

@@ -39,6 +39,7 @@ def fork_state(
     policy: CausalLMActorCritic,
     state: GenerationState,
     prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     rows: torch.Tensor,
     starts: torch.Tensor,
@@ -49,11 +50,16 @@ def fork_state(
         columns, then response token ``t`` at column ``L + t`` (for every token fed so far).
     :param prompt_ids: ``int64[B, L]`` the window the cache was prefilled with at reset (the
         prompt right-aligned, left padding).
+    :param prompt_mask: ``[B, L]`` its attention mask.
     :param response_ids: ``int64[B, N]`` the sampled responses.
     :param rows: ``int64[M]`` the row each branch continues.
     :param starts: ``int64[M]`` the branch point ``t``: the state ``prompt + response[:t]``.
     :return: the state of the ``M`` branches, ``next_logits`` at their branch points.
     """
+    # CausalLMActorCritic.start drops the window's leading all-padding columns before the
+    # prefill; the cache's prompt part is what is left of the window.
+    first = int(prompt_mask.bool().any(dim=0).long().argmax())
+    prompt_ids = prompt_ids[:, first:]
     width = prompt_ids.shape[1]
     last_col = width + starts - 1  # the column of the prefix's last token, fed again below
     keep = int(last_col.max()) if len(starts) else 0
@@ -157,6 +163,7 @@ def monte_carlo_values(
     state: GenerationState,
     prompts: list[Any],
     prompt_ids: torch.Tensor,
+    prompt_mask: torch.Tensor,
     response_ids: torch.Tensor,
     branch: torch.Tensor,
     k: int,
@@ -199,7 +206,7 @@ def monte_carlo_values(
         }
         obs, _ = env.reset(options=options)
         obs = {key: torch.as_tensor(v, device=device) for key, v in obs.items()}
-        forked = fork_state(policy, state, prompt_ids, response_ids, r_rep, c_rep)
+        forked = fork_state(policy, state, prompt_ids, prompt_mask, response_ids, r_rep, c_rep)
         mask = None if action_mask is None else action_mask[r_rep]
         result = run_to_end(
             policy,

@@ -30,6 +30,9 @@ def test_forked_cache_matches_a_fresh_prefill() -> None:
     policy = CausalLMActorCritic(tiny_gpt2(40, n_layer=2, n_embd=32, n_head=2), reference=None)
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13]]
     window, window_mask = _left_pad(prompts)
+    # The env's window starts with columns that are padding in every row (start() drops them).
+    window = torch.cat([torch.zeros(3, 2, dtype=torch.long), window], dim=1)
+    window_mask = torch.cat([torch.zeros(3, 2, dtype=torch.long), window_mask], dim=1)
     gen = torch.Generator().manual_seed(1)
     response = torch.randint(1, 40, (3, 6), generator=gen)
     state = policy.start(window, window_mask)
@@ -37,7 +40,7 @@ def test_forked_cache_matches_a_fresh_prefill() -> None:
         state = policy.advance(state, response[:, t])
     rows = torch.tensor([0, 0, 1, 2, 2, 1])
     starts = torch.tensor([0, 3, 5, 1, 4, 2])
-    forked = fork_state(policy, state, window, response, rows, starts)
+    forked = fork_state(policy, state, window, window_mask, response, rows, starts)
     for i, (r, t) in enumerate(zip(rows.tolist(), starts.tolist(), strict=True)):
         ids, mask = _left_pad([prompts[r] + response[r, :t].tolist()])
         fresh = policy.start(ids, mask).next_logits[0]
