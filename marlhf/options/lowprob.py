@@ -48,5 +48,6 @@ class LowProbability(Termination):
         candidate = (lp.to(mask.device) < math.log(self.p)) & mask
         rank = torch.cumsum(candidate.long(), dim=1)  # 1 for the first candidate of a row
         out = candidate & ((rank - 1) % self.every == 0)
-        out[:, 0] = mask[:, 0]
+        if mask.shape[1]:
+            out[:, 0] = mask[:, 0]
         return out

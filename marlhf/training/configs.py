@@ -134,6 +134,7 @@ class AgentConfig(PPOConfig):
 
     explicit: list[str] = field(
         default_factory=list,
+        compare=False,
         metadata=doc("the keys set by the user (recorded for compare's presets)", cli=False),
     )
 
@@ -261,7 +262,11 @@ class CompareConfig:
         default_factory=lambda: [0, 1, 2], metadata=doc("seeds; every agent runs once per seed")
     )
     total_timesteps: int = field(
-        default=61_440, metadata=doc("training budget per run, in generated tokens")
+        default=32_768,
+        metadata=doc(
+            "training budget per run, in generated tokens (continuations and greedy baseline "
+            "rollouts included: budgets are compute-matched)"
+        ),
     )
     output_dir: str = field(
         default="runs/compare", metadata=doc("run folder; re-running on it resumes")
