@@ -8,7 +8,6 @@ token when there is none) -> GAE. The update itself is :meth:`train`, written by
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -28,20 +27,11 @@ from stable_baselines3.common.utils import configure_logger
 from marlhf.agents import save_util
 from marlhf.agents.buffer import LMRolloutBuffer
 from marlhf.agents.config import PPOConfig, resolve_config
-from marlhf.agents.diagnostics import credit_stats, raise_non_finite
-from marlhf.agents.estimators import (
-    Estimate,
-    EstimatorBatch,
-    EstimatorSpec,
-    check_estimate,
-    get_estimator,
-    uniform_groups,
-)
-from marlhf.agents.kl import kl_penalty, make_kl_controller, shaped_rewards
+from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
-from marlhf.agents.vine import choose_branch_points, monte_carlo_values, run_to_end
+from marlhf.agents.stages import IterationStages
 from marlhf.models import resolve_device
-from marlhf.options import SegmentationBatch, Termination, compute_starts, make_termination
+from marlhf.options import Termination, make_termination
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")
 
@@ -64,7 +54,7 @@ class TokenProgressBar(ProgressBarCallback):
         return True
 
 
-class LMOnPolicyAlgorithm:
+class LMOnPolicyAlgorithm(IterationStages):
     """Base of the on-policy LM algorithms (see :class:`marlhf.agents.PPO` for the arguments).
 
     The hyper-parameters live in ``self.config`` (a :class:`~marlhf.agents.config.PPOConfig`);
@@ -156,11 +146,6 @@ class LMOnPolicyAlgorithm:
     def hyperparams(self) -> dict[str, Any]:
         """The config as a plain dict (``termination`` as given: a spec, an object or None)."""
         return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
-
-    @property
-    def estimator_spec(self) -> EstimatorSpec:
-        """The registered advantage estimator named by ``config.estimator``."""
-        return get_estimator(self.config.estimator)
 
     # ---------------------------------------------------------------- env and logger
     def set_env(self, env: Any) -> None:
@@ -273,298 +258,6 @@ class LMOnPolicyAlgorithm:
             "top_k": self.config.top_k,
             "top_p": self.config.top_p,
         }
-
-    def collect_rollouts(self, callback: BaseCallback) -> bool:
-        """One iteration's data: :meth:`collect`, then :meth:`finish_rollout` (score, shape,
-        segment, estimate).
-
-        :return: False when a callback asked to stop (the rollout is then discarded).
-        """
-        callback.on_rollout_start()
-        if not self.collect(callback):
-            return False
-        self.finish_rollout()
-        callback.on_rollout_end()
-        return True
-
-    def _reset_env(self) -> dict[str, torch.Tensor]:
-        env, buffer = self.env, self.rollout_buffer
-        assert env is not None and buffer is not None
-        seed = None if self._env_seeded else self.seed
-        group_size = self.config.group_size
-        if group_size > 1:
-            obs, info = env.reset(seed=seed, options={"group_size": group_size})
-        else:
-            obs, info = env.reset(seed=seed)
-        self._env_seeded = True
-        self._rollout_prompts = info.get("prompts")
-        buffer.reset()
-        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
-        buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
-        # The window the KV cache was prefilled with (continuations fork that cache).
-        self._prefill = (obs["input_ids"], obs["attention_mask"])
-        if group_size > 1:
-            if "group_ids" not in info:
-                raise ValueError(
-                    f"estimator={self.config.estimator!r} needs groups but "
-                    f"{type(env).__name__}.reset(options={{'group_size': {group_size}}}) "
-                    "returned no info['group_ids']"
-                )
-            buffer.group_ids = torch.as_tensor(info["group_ids"], device=self.device).long()
-        if self.config.mask_actions:  # the tokens each row may take, fixed for the episode
-            buffer.action_mask = torch.as_tensor(env.action_masks(), device=self.device).bool()
-        return obs
-
-    def collect(self, callback: BaseCallback) -> bool:
-        """Stage 1: reset, then sample token by token (the KV cache is the recurrent state) and
-        step the env, recording actions and task rewards in the buffer.
-
-        :return: False when a callback asked to stop.
-        """
-        env, buffer = self.env, self.rollout_buffer
-        if env is None or buffer is None:
-            raise ValueError("collect_rollouts: no env; call set_env(env) first")
-        obs = self._reset_env()
-        pad = int(env.codec.pad_token_id)
-        env_device = getattr(env, "device", self.device)
-        done = torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
-        # Rows not done yet, on the host (a device sync a step once some row has finished;
-        # none before, with an env that knows it on the host); while it is every row, nothing
-        # needs masking.
-        n_active = self.n_envs
-        state: GenerationState | None = None
-        # An empty CallbackList reads no locals; skipping the copy saves time on every token.
-        listening = not (isinstance(callback, CallbackList) and not callback.callbacks)
-        n_envs, device_type = self.n_envs, self.device.type
-
-        def settings() -> tuple[Any, ...]:
-            # Read once, and again after each step a callback saw (it may change them).
-            autocast: Any = self._autocast()
-            try:  # A disabled autocast under none is a no-op: skip its cost on every token.
-                with autocast:
-                    inside = torch.is_autocast_enabled(device_type)
-                if not inside and not torch.is_autocast_enabled(device_type):
-                    autocast = contextlib.nullcontext()
-            except TypeError:  # torch < 2.4: is_autocast_enabled() takes no device type
-                pass
-            return self.policy, self.sample_generator, self._sampling_kwargs(), autocast
-
-        policy, generator, sampling, autocast = settings()
-        for _step in range(buffer.max_new_tokens):
-            if _step > 0 and self._rollout_over(env, done):
-                break
-            with autocast:
-                actions, state = policy.act(
-                    obs, state, generator=generator, action_mask=buffer.action_mask, **sampling
-                )
-            all_active = n_active == n_envs  # then there is nothing to mask
-            if not all_active:
-                actions = actions.masked_fill(done, pad)
-            state.pending = actions
-            new_obs, rewards, terminated, truncated, infos = env.step(actions.to(env_device))
-            active = ~done
-            buffer.add(
-                actions,
-                torch.as_tensor(rewards, device=self.device),
-                None if all_active else active,
-            )
-            self.num_timesteps += n_active
-            finished = torch.as_tensor(terminated, device=self.device) | torch.as_tensor(
-                truncated, device=self.device
-            )
-            done = done | finished
-            # While the env knows on the host that no row has finished, all are active: reading
-            # the count from the device would stall the CPU until the GPU caught up, every token.
-            n_active = (
-                n_envs if getattr(env, "any_done", None) is False else n_envs - int(done.sum())
-            )
-            if listening:
-                callback.update_locals(locals())
-            if not callback.on_step():
-                return False
-            if listening:
-                policy, generator, sampling, autocast = settings()
-        # Continuations branch from this cache (forked, never re-prefilled).
-        needs_cache = "mc_values" in self.estimator_spec.requires
-        self._rollout_state = state if needs_cache else None
-        callback.update_locals(locals())
-        return True
-
-    @staticmethod
-    def _rollout_over(env: Any, done: torch.Tensor) -> bool:
-        # BatchedTokenEnv knows it without a device sync; other envs are asked through `done`.
-        all_done = getattr(env, "all_done", None)
-        return all_done if isinstance(all_done, bool) else bool(done.all())
-
-    def finish_rollout(self) -> None:
-        """Stages 2-5 on the collected rollout, each one call."""
-        self._rollout_mc_tokens = 0
-        with torch.no_grad():
-            self.score()
-            kl = self.shape()
-            self.segment()
-            estimate = self.estimate()
-        self._rollout_log(kl, estimate)
-
-    def score(self) -> None:
-        """Stage 2: no-grad log-probs, reference log-probs and (when the estimator declares it)
-        values of the whole rollout; non-finite scores stop training here."""
-        buf = self.rollout_buffer
-        assert buf is not None
-        mask = buf.response_mask
-        raise_non_finite(buf.task_rewards, mask, "task reward (from the env's reward)")
-        args = (buf.input_ids, buf.attention_mask, mask)
-        kw: dict[str, Any] = {
-            "temperature": self.config.scoring_temperature,
-            "action_mask": buf.action_mask,
-        }
-        with self._autocast():
-            logp, _, values = self.policy.evaluate_actions(
-                *args, **kw, with_values=self.estimator_spec.needs_critic
-            )
-            if self.policy.reference_mode == "none":  # no reference: no KL penalty
-                ref_logp = logp.clone()
-            else:
-                ref_logp = self.policy.reference_logprobs(*args, **kw)
-        if values is not None:
-            raise_non_finite(values, mask, "value (from the value head)")
-        raise_non_finite(logp, mask, "policy log-prob")
-        raise_non_finite(ref_logp, mask, "reference log-prob")
-        buf.set_scores(logp, ref_logp, values)
-
-    def shape(self) -> torch.Tensor:
-        """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t`` (``kl_in="reward"``; with
-        ``kl_in="loss"`` the KL acts in the loss instead and ``beta`` is 0 here); returns the
-        per-token KL (for the logs and the adaptive controller)."""
-        buf = self.rollout_buffer
-        assert buf is not None
-        mask = buf.response_mask
-        zeros = torch.zeros_like(buf.logprobs)
-        kl = torch.where(
-            mask, kl_penalty(buf.logprobs, buf.ref_logprobs, self.config.kl_estimator), zeros
-        )
-        self._kl_coef_used = float(self.kl_ctl.value)
-        beta = self._kl_coef_used if self.config.kl_in == "reward" else 0.0
-        buf.set_rewards(shaped_rewards(buf.task_rewards, kl, mask, beta, self.config.reward_clip))
-        return kl
-
-    def segment(self) -> None:
-        """Stage 4: macro starts from the termination (every token when there is none)."""
-        buf = self.rollout_buffer
-        assert buf is not None
-        if self.termination is None:
-            buf.set_starts(buf.response_mask.clone())
-            return
-        batch = SegmentationBatch.build(
-            buf.response_ids,
-            buf.response_mask,
-            self.termination.requires,
-            codec=self.env.codec,
-            logprobs=buf.logprobs,
-            ref_logprobs=buf.ref_logprobs,
-            generator=self.termination_generator,
-        )
-        buf.set_starts(
-            compute_starts(self.termination, batch, isolate_last=self.config.isolate_last)
-        )
-
-    def estimate(self) -> Estimate:
-        """Stage 5: the estimator turns rewards (and what it declared) into advantages."""
-        buf = self.rollout_buffer
-        assert buf is not None
-        requires = self.estimator_spec.requires
-        batch = EstimatorBatch(
-            rewards=buf.rewards,
-            task_rewards=buf.task_rewards,
-            mask=buf.response_mask,
-            starts=buf.starts,
-            values=buf.values if buf.has_values else None,
-            group_ids=buf.group_ids,
-            greedy_rewards=self._greedy_rewards() if "greedy_rewards" in requires else None,
-            mc_values=self._mc_values() if "mc_values" in requires else None,
-            token_probs=buf.logprobs.exp() if "token_probs" in requires else None,
-        )
-        buf.set_baselines(batch.mc_values, batch.greedy_rewards)
-        estimate = self.estimator_spec.fn(batch, self.config)
-        check_estimate(self.estimator_spec.name, estimate, batch)
-        threshold = self.config.prob_mask_threshold
-        if threshold is not None:  # SPO: no credit where the policy was already confident
-            estimate.advantages = torch.where(
-                buf.logprobs.exp() > threshold, 0.0, estimate.advantages
-            )
-        keep = ~uniform_groups(batch) if self.config.drop_uniform_groups else None
-        buf.set_estimate(estimate.advantages, estimate.returns, keep)
-        return estimate
-
-    def _baseline_kwargs(self) -> dict[str, Any]:
-        buf = self.rollout_buffer
-        if self._rollout_prompts is None:
-            raise ValueError(
-                f"estimator={self.config.estimator!r} replays the rollout's prompts, but "
-                f"{type(self.env).__name__}.reset returned no info['prompts']"
-            )
-        assert buf is not None
-        return {
-            "sampling": self._sampling_kwargs(),
-            "action_mask": buf.action_mask,
-            "device": self.device,
-        }
-
-    def _greedy_rewards(self) -> torch.Tensor:
-        """ReMax's baseline: the task return of a greedy rollout of each row's prompt."""
-        kw = self._baseline_kwargs()
-        obs, _ = self.env.reset(options={"prompts": self._rollout_prompts})
-        obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
-        with self._autocast():
-            result = run_to_end(
-                self.policy, self.env, obs, None, deterministic=True, generator=None, **kw
-            )
-        self._count_baseline_tokens(result.tokens)
-        return result.returns
-
-    def _mc_values(self) -> torch.Tensor:
-        """Mean task return of ``mc_rollouts`` continuations at each chosen segment start."""
-        buf = self.rollout_buffer
-        assert buf is not None and self._rollout_state is not None
-        kw = self._baseline_kwargs()
-        branch = choose_branch_points(buf.starts, buf.response_mask, self.config.mc_max_starts)
-        with self._autocast():
-            values, tokens = monte_carlo_values(
-                self.policy,
-                self.env,
-                self._rollout_state,
-                self._rollout_prompts or [],
-                *self._prefill,
-                buf.response_ids,
-                branch,
-                self.config.mc_rollouts,
-                generator=self.mc_generator,
-                **kw,
-            )
-        self._rollout_state = None
-        self._count_baseline_tokens(tokens)
-        return values
-
-    def _count_baseline_tokens(self, tokens: int) -> None:
-        self.num_timesteps += tokens
-        self.mc_tokens += tokens
-        self._rollout_mc_tokens += tokens
-
-    def _rollout_log(self, kl: torch.Tensor, estimate: Estimate) -> None:
-        buf = self.rollout_buffer
-        assert buf is not None
-        kl_per_episode = kl.sum(dim=1)
-        self.kl_ctl.update(float(kl_per_episode.mean()), self.n_envs)
-        self.rollout_stats = credit_stats(buf.response_mask, buf.starts, estimate, self.termination)
-        self.rollout_stats.update(
-            {
-                "rollout/kl_ref": float(kl_per_episode.mean()),
-                "rollout/kl_coef": self._kl_coef_used,
-                "rollout/score_mean": float(buf.task_rewards.sum(dim=1).mean()),
-                "rollout/ep_len_mean": float(buf.lengths.float().mean()),
-                "rollout/mc_tokens": float(self._rollout_mc_tokens),
-            }
-        )
 
     # ---------------------------------------------------------------- learn
     def train(self) -> None:

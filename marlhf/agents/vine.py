@@ -129,7 +129,7 @@ def run_to_end(
         )
         actions = actions.masked_fill(done, pad)
         state.pending = actions
-        _, rewards, terminated, truncated, _ = env.step(actions.to(getattr(env, "device", device)))
+        _, rewards, terminated, truncated, _ = env.step(actions.to(env.device))
         active = ~done
         tokens += int(active.sum())
         returns += torch.where(active, torch.as_tensor(rewards, device=device).double(), 0.0)

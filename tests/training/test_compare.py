@@ -21,7 +21,10 @@ RUNS = ["ppo-token-seed0", "ppo-token-seed1", "mappo-ngram_5-seed0", "mappo-ngra
 
 
 def _compare(out: Path, *extra: str) -> dict:
-    argv = ["compare", *sets(*TINY, "seeds=[0, 1]", "total_timesteps=256", f"output_dir={out}")]
+    argv = [
+        "compare",
+        *sets(*TINY, "seeds=[0, 1]", "total_timesteps=256", "agents=[]", f"output_dir={out}"),
+    ]
     assert main([*argv, *sets(*extra)]) == 0
     return json.loads((out / "summary.json").read_text())
 
@@ -131,3 +134,48 @@ def test_run_resumes_from_checkpoint_after_interruption(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         [r["value"] for r in resumed["rows"]], [r["value"] for r in whole["rows"]], rtol=1e-5
     )
+
+
+def test_compare_a_five_agent_mix(tmp_path: Path) -> None:
+    """Token PPO, MA-PPO, GRPO, RLOO and Dr. GRPO over macro actions, on the same task, seeds
+    and token budget; the report and the curves show every agent."""
+    out = tmp_path / "mix"
+    argv = sets(
+        *TINY,
+        "seeds=[0]",
+        "total_timesteps=128",
+        "workers=1",
+        "agents=[grpo, rloo, dr-grpo@ngram:2]",
+        f"output_dir={out}",
+    )
+    assert main(["compare", *argv]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    agents = [row["agent"] for row in summary["summary"]]
+    assert set(agents) == {"ppo", "mappo ngram:5", "grpo", "rloo", "dr-grpo ngram:2"}
+    names = sorted(p.name for p in (out / "runs").iterdir())
+    assert names == sorted(
+        [
+            "ppo-token-seed0",
+            "mappo-ngram_5-seed0",
+            "grpo-token-seed0",
+            "rloo-token-seed0",
+            "dr-grpo-ngram_2-seed0",
+        ]
+    )
+    # The same budget for every agent, in generated tokens.
+    tokens = {json.loads((out / "runs" / n / "result.json").read_text())["tokens"] for n in names}
+    assert min(tokens) >= 128
+
+
+@pytest.mark.parametrize(
+    ("agents", "match"),
+    [
+        ("[nosuch]", r"agents: 'nosuch' names no preset; valid: \["),
+        ("[grpo, grpo]", r"holds duplicates"),
+        ("[grpo@nosuch:1]", r"unknown termination 'nosuch'"),
+    ],
+)
+def test_compare_bad_agents(tmp_path: Path, agents: str, match: str, capsys: Any) -> None:
+    argv = sets(*TINY, f"agents={agents}", f"output_dir={tmp_path / 'x'}")
+    assert main(["compare", *argv]) == 2
+    assert __import__("re").search(match, capsys.readouterr().err)
