@@ -160,16 +160,18 @@ def require_bwrap() -> str:
     if bwrap is None:
         raise SandboxUnavailableError(
             "code execution needs bubblewrap (`bwrap`), which is not installed: run "
-            f"`{BWRAP_INSTALL}` (as root; `make install` does it where it can), or pass "
-            "sandbox='unsafe-no-isolation' to run programs without isolation"
+            f"`{BWRAP_INSTALL}` (as root; `make install` does it where it can), or choose the "
+            "isolation 'unsafe-no-isolation' by name (HumanEval's `sandbox` keyword) to run "
+            "programs without it"
         )
     problem = _probe(bwrap)
     if problem:
         raise SandboxUnavailableError(
             f"bubblewrap ({bwrap}) cannot create its sandbox here: {problem}. As a non-root "
             "user it needs unprivileged user namespaces (sysctl user.max_user_namespaces > 0, "
-            "and kernel.unprivileged_userns_clone=1 where that exists); or pass "
-            "sandbox='unsafe-no-isolation' to run programs without isolation"
+            "and kernel.unprivileged_userns_clone=1 where that exists); or choose the isolation "
+            "'unsafe-no-isolation' by name (HumanEval's `sandbox` keyword) to run programs "
+            "without it"
         )
     return bwrap
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import os
 import secrets
 import time
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_many, run_program
+from marlhf.envs.sandbox_child import PlainDataError, decode, encode
 
 FAST = SandboxLimits(timeout_s=1.5, cpu_s=1, memory_mb=512)
 SLACK_S = 1.5  # process start-up, teardown and a loaded 2-core machine
@@ -239,3 +241,35 @@ def test_a_tampered_record_is_not_a_pass() -> None:
     )
     r = run(program, ["assert False"])
     assert r.status is Status.RUNTIME_ERROR and "inconsistent" in r.error and r.passed == 0
+
+
+def test_plain_data_round_trips_and_nothing_else_passes() -> None:
+    value: list[object] = [None, True, 3, -2.5, float("inf"), "s", b"\x00b", (1, (2,)), {1, 2}]
+    value += [frozenset({"a"}), {"k": [1], 2: (3,)}]
+    assert decode(json.loads(json.dumps(encode(value)))) == value
+    assert type(decode(encode((1,)))) is tuple and type(decode(encode(1.0))) is float
+
+    class Sneaky(int):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+        __hash__ = int.__hash__
+
+    for bad in [Sneaky(1), object(), 1j, [1, iter([])]]:
+        with pytest.raises(PlainDataError):
+            encode(bad)
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    with pytest.raises(PlainDataError):
+        encode(deep)
+    for forged in [
+        {"list": [1], "tuple": [2]},  # two tags
+        {"int": "3"},  # unknown tag
+        {"float": 1.5},  # a tag with the wrong body
+        {"set": [{"list": []}]},  # an unhashable member
+        {"dict": [[1]]},  # not a pair
+        [1, 2],  # a bare JSON array is not how lists are written
+    ]:
+        with pytest.raises(PlainDataError):
+            decode(forged)
