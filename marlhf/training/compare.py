@@ -43,6 +43,7 @@ from marlhf.training.report import (
 from marlhf.training.runner import (
     RunSpec,
     check_batch_fits,
+    check_task_kwargs,
     load_result,
     locked_run_folder,
     parse_agent,
@@ -90,6 +91,7 @@ def validate(config: CompareConfig) -> None:
     for run in run_specs(config):  # each agent's config builds (a preset clash fails here)
         if run.agent not in ("ppo", "mappo"):
             _check_preset_agent(config, run)
+    check_task_kwargs(config.task)
     for name in ("total_timesteps", "workers", "threads_per_worker"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 1")

@@ -118,14 +118,33 @@ def build_env(task: TaskConfig, seed: int, device: str, tokenizer: Any = None) -
         factory_params = _task_parameters(task.id)
         if "tokenizer" in factory_params:
             kwargs["tokenizer"] = tokenizer
-    return gymnasium.make_vec(
-        task.id,
-        num_envs=task.num_envs,
-        vectorization_mode="vector_entry_point",
-        device=device,
-        seed=seed,
-        **kwargs,
-    )
+    try:
+        return gymnasium.make_vec(
+            task.id,
+            num_envs=task.num_envs,
+            vectorization_mode="vector_entry_point",
+            device=device,
+            seed=seed,
+            **kwargs,
+        )
+    except TypeError as err:  # an argument the task does not take
+        raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from err
+
+
+def check_task_kwargs(task: TaskConfig) -> None:
+    """Fail before anything is built on a keyword argument the task does not take."""
+    from marlhf.envs import registration
+
+    try:
+        params = inspect.signature(registration.task_factory(task.id)).parameters
+    except (TypeError, ValueError):  # not introspectable: the task itself will say
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(task.kwargs) - set(params))
+    if unknown:
+        valid = sorted(k for k in params if k != "tokenizer")
+        raise ValueError(f"task.kwargs: {task.id} takes no argument {unknown[0]!r}; valid: {valid}")
 
 
 def _task_parameters(env_id: str) -> set[str]:
@@ -275,7 +294,7 @@ def record_config(out: Path, config: dict[str, Any], keys: tuple[str, ...]) -> N
     import yaml
 
     path = out / "config.yaml"
-    if path.exists():
+    if path.exists() and _holds_runs(out):  # a record of nothing trained (a failed start) yields
         try:
             old = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError:
@@ -291,6 +310,14 @@ def record_config(out: Path, config: dict[str, Any], keys: tuple[str, ...]) -> N
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
+#: Files that show a run folder holds training (a checkpoint, its progress or a result).
+RUN_FILES = ("checkpoint.zip", PROGRESS_FILE, RESULT_FILE, "final.zip")
+
+
+def _holds_runs(out: Path) -> bool:
+    return any(p.name in RUN_FILES for p in out.rglob("*"))
+
+
 class RunFolderBusy(ValueError):
     """Another process holds the run folder's lock."""
 
@@ -304,8 +331,11 @@ def locked_run_folder(out: Path, command: str) -> Iterator[None]:
 
     :raises RunFolderBusy: at once, naming the holder, when another process holds it.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise ValueError(f"output_dir {str(out)!r} cannot be used: {err.strerror or err}") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

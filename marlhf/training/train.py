@@ -22,6 +22,7 @@ from marlhf.training.report import final_score, write_metrics_csv
 from marlhf.training.runner import (
     RunSpec,
     check_batch_fits,
+    check_task_kwargs,
     locked_run_folder,
     record_config,
     train_run,
@@ -65,6 +66,7 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
         make_termination(termination)  # fail before any model is built
     resolve_device(config.device)  # a device this machine lacks: before the folder is touched
     check_batch_fits(config.agent, config.task)
+    check_task_kwargs(config.task)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     spec = RunSpec(config.algo, termination, config.seed)

@@ -36,6 +36,8 @@ BAD_VALUES = [
     ("train", ["agent.batch_size=5"], "agent.batch_size=5 must divide task.num_envs=32"),
     ("train", ["model=3"], "config section 'model': expected a mapping, got 3"),
     ("train", ["task.kwargs=5"], "'task.kwargs': got 5"),
+    ("train", ["task.kwargs.bogus=1"], "task.kwargs: marlhf/DelayedChoice-v0 takes no argument"),
+    ("compare", ["task.kwargs.bogus=1"], "'bogus'; valid: ['horizon', 'num_choices'"),
     ("compare", ["seeds=[0, -2]"], "seeds[1]=-2"),
     ("compare", ["workers=0"], "workers=0"),
     ("compare", ["device=gpu"], "device='gpu'"),
@@ -118,6 +120,26 @@ def _holder(folder: Path) -> subprocess.Popen:
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
     return proc
+
+
+def test_an_output_dir_that_cannot_be_created_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "file").write_text("")
+    err = _one_line_error(capsys, ["train", *sets(*TINY, f"output_dir={tmp_path}/file/run")])
+    assert f"output_dir '{tmp_path}/file/run' cannot be used: " in err, err
+
+
+def test_a_run_that_failed_to_start_does_not_hold_its_folder_to_its_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "run"
+    argv = ["train", *sets(*TINY, "total_timesteps=64", f"output_dir={out}")]
+    err = _one_line_error(capsys, [*argv, *sets("task.kwargs={horizon: 1}")])
+    assert "horizon=1" in err  # the task's own check, when the env is built
+    assert main([*argv, *sets("task.kwargs={horizon: 8}")]) == 0  # corrected: not refused
+    err = _one_line_error(capsys, [*argv, *sets("task.kwargs={horizon: 6}")])
+    assert "holds runs made with a different 'task'" in err  # a trained folder still is
 
 
 def test_a_locked_run_folder_is_refused_at_once_naming_the_holder(
