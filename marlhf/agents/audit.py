@@ -30,11 +30,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 from marlhf.agents.config import PPOConfig
 from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator
 from marlhf.agents.rollout_io import Rollouts, resegment
-from marlhf.agents.truth import TrueAdvantages
+from marlhf.agents.truth import Sampling, TrueAdvantages, true_advantages
 from marlhf.options import make_termination
 from marlhf.options.segments import position_in_segment, segment_ids
 
@@ -308,3 +309,86 @@ def plot_audit(result: AuditResult, path: str | Path, title: str = "") -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+# ----------------------------------------------------------------------------- during training
+def scheme_of(algo: Any) -> Scheme:
+    """The scheme an agent trains with: its estimator, termination and credit knobs."""
+    config = algo.config
+    termination = getattr(algo, "termination", None)
+    knobs = ("gamma", "gae_lambda", "reward_agg", "value_agg", "discount")
+    defaults = PPOConfig()
+    params = {k: getattr(config, k) for k in knobs if getattr(config, k) != getattr(defaults, k)}
+    return Scheme(config.estimator, None if termination is None else termination.spec, params)
+
+
+class CreditAuditCallback(BaseCallback):
+    """Log the audit as ``credit/<scheme>/<figure>`` every ``every`` rollouts of training.
+
+    It runs at the end of a rollout, after the agent scored and estimated it and before the
+    update, so the truth is that of the policy that sampled the episodes. Figures logged per
+    scheme: ``rmse``, ``corr``, ``sign``, ``null_abs``, ``segment_corr``; and
+    ``credit/truth_abs_mean``, ``credit/truth_seconds``. Each audit is also kept in
+    :attr:`records` (``{"num_timesteps", "figures"}``).
+
+    :param every: audit every this many rollouts (the first rollout is audited).
+    :param schemes: schemes to audit besides the agent's own (``scheme_of(algo)``).
+    :param method: ``"exact"`` or ``"mc"`` (see :func:`marlhf.agents.truth.true_advantages`).
+    :param mc_samples: continuations per prefix for ``"mc"``.
+    """
+
+    def __init__(
+        self,
+        every: int = 10,
+        schemes: list[str] | None = None,
+        method: str = "exact",
+        mc_samples: int = 16,
+        verbose: int = 0,
+    ) -> None:
+        super().__init__(verbose)
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"CreditAuditCallback: every={every!r} must be an int >= 1")
+        if method not in ("exact", "mc"):
+            raise ValueError(f"CreditAuditCallback: method={method!r}; valid: 'exact', 'mc'")
+        self.every = every
+        self.extra = [Scheme.parse(s) for s in schemes or []]
+        self.method = method
+        self.mc_samples = mc_samples
+        self.records: list[dict[str, Any]] = []
+        self._rollouts = 0
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        self._rollouts += 1
+        if (self._rollouts - 1) % self.every:
+            return
+        algo: Any = self.model
+        rollouts = Rollouts.from_algorithm(algo)
+        truth = true_advantages(
+            algo.policy,
+            algo.env.task,
+            rollouts.prompts,
+            rollouts.response_ids,
+            rollouts.response_mask,
+            method=self.method,
+            sampling=Sampling.of(algo),
+            samples=self.mc_samples,
+            seed=self._rollouts,
+        )
+        by_name = {s.name: s for s in [scheme_of(algo), *self.extra]}
+        schemes = list(by_name.values())
+        result = audit(rollouts, truth, schemes, codec=algo.env.codec)
+        figures: dict[str, float] = {
+            "credit/truth_abs_mean": result.truth["abs_mean"],
+            "credit/truth_seconds": truth.stats["seconds"],
+        }
+        for name, s in result.schemes.items():
+            key = "credit/" + name.replace(" ", ",")
+            for figure in ("rmse", "corr", "sign", "null_abs"):
+                figures[f"{key}/{figure}"] = s["tokens"][figure]
+            figures[f"{key}/segment_corr"] = s["segments"]["corr"]
+        for k, v in figures.items():
+            self.logger.record(k, v)
+        self.records.append({"num_timesteps": int(algo.num_timesteps), "figures": figures})

@@ -118,6 +118,9 @@ class DelayedChoiceTask(ToyTask):
         self.reward_fn = _DelayedChoiceReward(table)
         self.optimal_return = 1.0
         self.random_return = 1.0 / k
+        #: The reward reads only the first response token and episodes last the horizon, so
+        #: the exact truth of :mod:`marlhf.agents.truth` enumerates that token alone.
+        self.decisive_tokens = 1
 
     def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
         picks = rng.integers(0, self.num_choices, size=n)

@@ -139,3 +139,27 @@ def test_audit_rejects_mismatched_truth_and_plots(scored, tmp_path) -> None:
     assert "| `gae@ngram:3` |" in result.table()
     png = plot_audit(result, tmp_path / "audit.png", title="t")
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_credit_callback_logs_at_its_cadence(tmp_path) -> None:
+    import json
+
+    from stable_baselines3.common.logger import configure
+
+    from marlhf.agents.audit import CreditAuditCallback, scheme_of
+
+    algo = _algo(MAPPO, termination="ngram:2", gae_lambda=0.9)
+    assert scheme_of(algo) == Scheme("gae", "ngram:2", {"gae_lambda": 0.9})
+    algo.set_logger(configure(str(tmp_path), ["json"]))
+    callback = CreditAuditCallback(every=2, schemes=["gae gae_lambda=0.0"])
+    algo.learn(3 * 8 * 6, callback=callback)  # three rollouts of 8 episodes x 6 tokens
+    assert [r["num_timesteps"] for r in callback.records] == [48, 144]
+    figures = callback.records[0]["figures"]
+    own = "credit/gae@ngram:2,gae_lambda=0.9"
+    assert {f"{own}/rmse", f"{own}/segment_corr", "credit/gae,gae_lambda=0.0/corr"} <= set(figures)
+    assert figures[f"{own}/rmse"] > 0
+    logged = [json.loads(line) for line in (tmp_path / "progress.json").read_text().splitlines()]
+    assert logged[0][f"{own}/rmse"] == pytest.approx(figures[f"{own}/rmse"])
+    assert f"{own}/rmse" not in logged[1]  # the second rollout was not audited
+    with pytest.raises(ValueError, match="every=0"):
+        CreditAuditCallback(every=0)

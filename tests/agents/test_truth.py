@@ -150,3 +150,23 @@ def test_bad_input_is_named() -> None:
         true_advantages(model, task, prompts, responses, mask, method="oracle")
     with pytest.raises(ValueError, match="prompts"):
         exact_advantages(model, task, prompts[:2], responses, mask, sampling=sampling)
+
+
+def test_delayed_choice_declares_its_one_decisive_token() -> None:
+    from marlhf.envs.toy import DelayedChoiceTask
+
+    task = DelayedChoiceTask(horizon=4, num_choices=2)
+    model = tiny_gpt2(task.codec, n_layer=1, n_embd=16, n_head=2, n_positions=16, seed=1)
+    prompts = task.sample_prompts(__import__("numpy").random.default_rng(0), 4)
+    allowed = torch.as_tensor(task.action_mask())
+    choices = allowed.nonzero().flatten()
+    responses = choices[torch.randint(2, (4, 4), generator=torch.Generator().manual_seed(0))]
+    mask = torch.ones_like(responses, dtype=torch.bool)
+    sampling = Sampling(action_mask=allowed)
+    short = exact_advantages(model, task, prompts, responses, mask, sampling=sampling)
+    full = exact_advantages(
+        model, task, prompts, responses, mask, sampling=sampling, decisive=False
+    )
+    assert short.stats["depth"] == 1 and full.stats["depth"] == 4
+    torch.testing.assert_close(short.advantages, full.advantages, rtol=0, atol=1e-9)
+    assert bool((short.advantages[:, 1:] == 0).all())
