@@ -19,7 +19,7 @@ issue's goal of one minute for 64 rollouts of 32 tokens. One Monte-Carlo check p
 compares :func:`mc_advantages` (``MC_EPISODES`` episodes, ``MC_SAMPLES`` continuations per
 prefix) with the exact truth (mean ``|z|`` should be about 0.8 if the SE is right).
 
-Run: ``python benchmarks/credit.py`` (about 15 minutes on two cores; ``--quick``: one seed,
+Run: ``python benchmarks/credit.py`` (about 10 minutes on two cores; ``--quick``: one seed,
 two budgets, about 3 minutes). Writes ``benchmarks/results/credit.json``, prints the table and
 (full mode) renders its block of ``docs/credit.md``; ``--doc-only`` re-renders from the JSON.
 """
