@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import os
 import secrets
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_many, run_program
+from marlhf.envs.sandbox import (
+    ISOLATIONS,
+    SandboxLimits,
+    SandboxResult,
+    Status,
+    run_many,
+    run_program,
+)
 from marlhf.envs.sandbox_child import PlainDataError, decode, encode
 
 FAST = SandboxLimits(timeout_s=1.5, cpu_s=1, memory_mb=512)
@@ -64,10 +72,11 @@ def test_cpu_limit_before_wall_limit() -> None:
     assert r.duration_s < 30.0
 
 
-def test_fork_bomb_is_refused() -> None:
-    r = run("import os\nwhile True:\n    os.fork()\n")
+@pytest.mark.parametrize("isolation", ISOLATIONS)  # the audit hook alone, and under bwrap
+def test_fork_bomb_is_refused(isolation: str) -> None:
+    r = run("import os\nwhile True:\n    os.fork()\n", isolation=isolation)
     assert r.status is Status.RUNTIME_ERROR and "os.fork is not allowed" in r.error
-    r = run("import subprocess\nsubprocess.Popen(['sleep', '10'])\n")
+    r = run("import subprocess\nsubprocess.Popen(['sleep', '10'])\n", isolation=isolation)
     assert r.status is Status.RUNTIME_ERROR and "not allowed" in r.error
 
 
@@ -78,7 +87,10 @@ def test_huge_allocation_fails() -> None:
     assert r.status in (Status.RUNTIME_ERROR, Status.KILLED, Status.TIMEOUT)
 
 
-def test_writes_and_deletes_outside_the_folder_change_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolation", ISOLATIONS)  # the audit hook alone, and under bwrap
+def test_writes_and_deletes_outside_the_folder_change_nothing(
+    tmp_path: Path, isolation: str
+) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -94,44 +106,54 @@ def test_writes_and_deletes_outside_the_folder_change_nothing(tmp_path: Path) ->
         f"import os\nos.symlink({str(victim)!r}, 'link')\nopen('link', 'w').write('pwned')",
     ]
     for program in attempts:
-        r = run(program)
+        r = run(program, isolation=isolation)
         assert r.status is Status.RUNTIME_ERROR and "not allowed" in r.error, (program, r)
     assert victim.read_text() == "keep me"
     assert sorted(p.name for p in tmp_path.iterdir()) == before
     # Its own folder is writable, and removed afterwards.
+    lim = dataclasses.replace(FAST, isolation=isolation)
     r = run_program(
-        "import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())", [], limits=FAST
+        "import os\nopen('scratch.txt', 'w').write('x')\nprint(os.getcwd())", [], limits=lim
     )
     assert r.status is Status.PASSED
     assert not Path(r.stdout.strip()).exists()
 
 
-def test_parent_secrets_are_not_visible(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("isolation", ISOLATIONS)  # the audit hook alone, and under bwrap
+def test_parent_secrets_are_not_visible(monkeypatch: pytest.MonkeyPatch, isolation: str) -> None:
     monkeypatch.setenv("MARLHF_TEST_SECRET", "hunter2-do-not-leak")
-    r = run_program("import os\nprint(dict(os.environ))", [], limits=FAST)
+    lim = dataclasses.replace(FAST, isolation=isolation)
+    r = run_program("import os\nprint(dict(os.environ))", [], limits=lim)
     assert r.status is Status.PASSED and "hunter2" not in r.stdout
-    # The environment is printed, and it is empty but for what bwrap and Python set themselves.
-    assert set(ast.literal_eval(r.stdout)) <= {"PWD", "LC_CTYPE"}, r.stdout
-    r = run("import os\nprint(open(f'/proc/{os.getppid()}/environ').read())")
+    # The environment is printed: under bwrap it is empty but for what bwrap and Python set
+    # themselves; without, the scrubbed one.
+    allowed = {"PWD", "LC_CTYPE"} if isolation == "bwrap" else {"PATH", "HOME", "LANG", "LC_CTYPE"}
+    assert set(ast.literal_eval(r.stdout)) <= allowed, r.stdout
+    r = run("import os\nprint(open(f'/proc/{os.getppid()}/environ').read())", isolation=isolation)
     assert r.status is Status.RUNTIME_ERROR and "hunter2" not in r.stdout
 
 
-def test_network_is_refused() -> None:
-    r = run("import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=0.5)")
+@pytest.mark.parametrize("isolation", ISOLATIONS)  # the audit hook alone, and under bwrap
+def test_network_is_refused(isolation: str) -> None:
+    r = run(
+        "import socket\nsocket.create_connection(('127.0.0.1', 9), timeout=0.5)",
+        isolation=isolation,
+    )
     assert r.status is Status.RUNTIME_ERROR and "socket" in r.error
-    r = run("import socket\ns = socket.socket()\n")
+    r = run("import socket\ns = socket.socket()\n", isolation=isolation)
     assert r.status is Status.RUNTIME_ERROR and "not allowed" in r.error
-    if os.geteuid() == 0:  # root may create a network namespace: then no packet can leave
+    if os.geteuid() == 0 or isolation == "bwrap":  # then no packet can leave
         assert r.network_isolated
 
 
-def test_killing_the_parent_is_refused() -> None:
+@pytest.mark.parametrize("isolation", ISOLATIONS)  # the audit hook alone, and under bwrap
+def test_killing_the_parent_is_refused(isolation: str) -> None:
     for program in [
         "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)",
         "import os, signal\nos.killpg(os.getpgid(os.getppid()), signal.SIGKILL)",
         "import ctypes\nctypes.CDLL(None).kill(0, 9)",
     ]:
-        r = run(program)
+        r = run(program, isolation=isolation)
         assert r.status is Status.RUNTIME_ERROR and "not allowed" in r.error, (program, r)
     assert alive(os.getpid())
 
