@@ -315,7 +315,8 @@ RUN_FILES = ("checkpoint.zip", PROGRESS_FILE, RESULT_FILE, "final.zip")
 
 
 def _holds_runs(out: Path) -> bool:
-    return any(p.name in RUN_FILES for p in out.rglob("*"))
+    """Whether ``out`` (a train folder, or a compare folder with ``runs/<run>/``) has trained."""
+    return any(any(out.glob(pattern + name)) for pattern in ("", "runs/*/") for name in RUN_FILES)
 
 
 class RunFolderBusy(ValueError):
