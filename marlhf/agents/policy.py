@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +25,23 @@ from typing import Any
 import torch
 from torch import nn
 
+from marlhf.agents.lora import (
+    LoRAConfig,
+    apply_lora,
+    checkpointed_blocks,
+    enable_checkpointing,
+    is_peft_model,
+    load_peft_policy,
+    lora_config_of,
+    save_merged,
+    save_peft_policy,
+    set_adapter_dropout,
+)
 from marlhf.models import load_model
+
+#: What ``from_pretrained`` needs besides the weights (reference mode, switches).
+SETTINGS_FILE = "actor_critic.json"
+REFERENCES = ("auto", "copy", "adapters", "none")
 
 
 def load_causal_lm(model: str | Path | nn.Module) -> nn.Module:
@@ -38,10 +55,6 @@ def load_causal_lm(model: str | Path | nn.Module) -> nn.Module:
     if isinstance(model, str | Path):
         return load_model(model, "causal_lm", field="model")
     raise TypeError(f"model: expected a torch nn.Module or a local path, got {type(model)}")
-
-
-def _is_peft(model: nn.Module) -> bool:
-    return callable(getattr(model, "disable_adapter", None)) and hasattr(model, "peft_config")
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -100,23 +113,42 @@ class CausalLMActorCritic(nn.Module):
     :param critic: ``None`` (default) puts the value head on the policy's own last hidden state
         (shared trunk); a causal LM or a local path uses that model's last hidden state instead
         (a separate critic).
-    :param reference: ``"copy"`` (default) keeps a frozen deep copy of ``model`` as the KL
-        reference; ``"adapters"`` uses the PEFT model itself with its adapters disabled (no second
-        model; only for PEFT models); a model or path uses that model; ``None`` disables it.
+    :param reference: ``"auto"`` (default) is ``"adapters"`` for a PEFT model (``lora`` given,
+        or a model that already has adapters) and ``"copy"`` otherwise; ``"copy"`` keeps a frozen
+        deep copy of ``model`` as the KL reference; ``"adapters"`` uses the PEFT model itself with
+        its adapters disabled (no second model); a model or path uses that model; ``None`` (or
+        ``"none"``) disables it.
     :param vocab_size: the env's vocabulary size; logits are cut to it when the model has more
         rows (padded embeddings); default: the model's own output size.
+    :param lora: a :class:`~marlhf.agents.lora.LoRAConfig` (or a dict of its fields) wraps
+        ``model`` in PEFT LoRA adapters: the base weights freeze, the adapters and the value head
+        train. ``None`` (default) trains the whole model.
+    :param gradient_checkpointing: recompute each transformer block's activations in the backward
+        pass instead of storing them (``transformers``' own checkpointing, non-reentrant): less
+        memory for one more forward per update; results are unchanged.
     """
 
     def __init__(
         self,
         model: str | Path | nn.Module,
         critic: str | Path | nn.Module | None = None,
-        reference: str | Path | nn.Module | None = "copy",
+        reference: str | Path | nn.Module | None = "auto",
         vocab_size: int | None = None,
+        lora: LoRAConfig | dict[str, Any] | None = None,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
-        self.model = load_causal_lm(model)
+        lora_config = LoRAConfig.coerce(lora)
+        model = load_causal_lm(model)
+        if not isinstance(gradient_checkpointing, bool):
+            raise TypeError(f"gradient_checkpointing={gradient_checkpointing!r} must be a bool")
+        self.gradient_checkpointing = gradient_checkpointing
+        if gradient_checkpointing:  # before PEFT wraps it: the base model has the switch
+            enable_checkpointing(model)
+        self.model = model if lora_config is None else apply_lora(model, lora_config)
         self.critic = None if critic is None else load_causal_lm(critic)
+        if gradient_checkpointing and self.critic is not None:
+            enable_checkpointing(self.critic)
         hidden = self._hidden_size(self.critic if self.critic is not None else self.model)
         self.value_head = nn.Linear(hidden, 1)
         # Zero init: the critic starts at V = 0 everywhere, a neutral baseline.
@@ -124,18 +156,28 @@ class CausalLMActorCritic(nn.Module):
         nn.init.zeros_(self.value_head.bias)
         self.reference_mode: str
         self.ref_model: nn.Module | None
+        if isinstance(reference, str) and reference not in REFERENCES:
+            path = Path(reference)
+            if not path.is_dir():
+                raise ValueError(
+                    f"reference={reference!r} is neither one of {list(REFERENCES)} nor a local "
+                    "folder of a model"
+                )
+        if reference == "auto":
+            reference = "adapters" if is_peft_model(self.model) else "copy"
         if reference == "copy":
             self.reference_mode = "copy"
             self.ref_model = copy.deepcopy(self.model)
         elif reference == "adapters":
-            if not _is_peft(self.model):
+            if not is_peft_model(self.model):
                 raise ValueError(
                     "reference='adapters' needs a PEFT model (with disable_adapter()); "
-                    f"got {type(self.model).__name__}; use reference='copy'"
+                    f"got {type(self.model).__name__}; pass lora={{...}} (needs the peft "
+                    "package), a PEFT model, or use reference='copy'"
                 )
             self.reference_mode = "adapters"
             self.ref_model = None
-        elif reference is None:
+        elif reference is None or reference == "none":
             self.reference_mode = "none"
             self.ref_model = None
         else:
@@ -151,7 +193,9 @@ class CausalLMActorCritic(nn.Module):
                 f"{model_vocab}; use a model whose vocabulary covers the env's tokens"
             )
         self.vocab_size = model_vocab if vocab_size is None else vocab_size
-        self._cache_kw = self._cache_keyword(self.model)
+        # A PEFT wrapper passes keywords through (**kwargs): ask the model it wraps.
+        unwrap = getattr(self.model, "get_base_model", None)
+        self._cache_kw = self._cache_keyword(unwrap() if callable(unwrap) else self.model)
         self.eval()  # dropout off for good; see train()
 
     # ---------------------------------------------------------------- introspection
@@ -189,10 +233,27 @@ class CausalLMActorCritic(nn.Module):
             if p.requires_grad and id(p) not in ref_ids:
                 yield p
 
+    @property
+    def lora(self) -> LoRAConfig | None:
+        """The LoRA block of the policy (``None`` when the whole model trains)."""
+        return lora_config_of(self.model)
+
     def train(self, mode: bool = True) -> CausalLMActorCritic:
-        # Dropout stays off: PPO's ratio must be exactly 1 on the first epoch.
+        # The model's dropout stays off: PPO's ratio must be exactly 1 on the first epoch. Two
+        # things follow the mode: LoRA's own dropout (an update-only regulariser), and the
+        # training flag of checkpointed blocks, which transformers reads to checkpoint (only
+        # with gradients enabled, so sampling with the KV cache is unaffected).
         super().train(False)
+        set_adapter_dropout(self.model, mode)
+        if self.gradient_checkpointing:
+            for module in self._checkpointed_blocks():
+                module.training = mode
         return self
+
+    def _checkpointed_blocks(self) -> Iterator[nn.Module]:
+        for part in (self.model, self.critic):
+            if part is not None:
+                yield from checkpointed_blocks(part)
 
     # ---------------------------------------------------------------- scoring
     def _forward(
@@ -404,20 +465,42 @@ class CausalLMActorCritic(nn.Module):
         return actions, state
 
     # ---------------------------------------------------------------- persistence
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write ``policy/`` (plain ``transformers``), ``value_head.safetensors``, and the
-        reference and critic when they are separate models."""
+    def save_pretrained(self, folder: str | Path, merged: bool = False) -> None:
+        """Write ``policy/`` (plain ``transformers``; with LoRA: the adapters in PEFT's format
+        and the frozen base in ``base/``), ``value_head.safetensors``, ``actor_critic.json``, and
+        the reference and critic when they are separate models.
+
+        :param merged: with LoRA, also write ``merged/``: the adapters folded into the base
+            weights, a model plain ``transformers`` loads (see :meth:`save_merged`).
+        """
         from safetensors.torch import save_file
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(str(folder / "policy"))  # type: ignore[operator]
+        lora = self.lora
+        if is_peft_model(self.model) and lora is not None:
+            save_peft_policy(self.model, folder)
+            if merged:
+                self.save_merged(folder / "merged")
+        else:
+            self.model.save_pretrained(str(folder / "policy"))  # type: ignore[operator]
+        settings = {
+            "reference_mode": self.reference_mode,
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "lora": None if lora is None else lora.to_dict(),
+        }
+        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
         if self.critic is not None:
             self.critic.save_pretrained(str(folder / "critic"))  # type: ignore[operator]
         if self.ref_model is not None:
             self.ref_model.save_pretrained(str(folder / "reference"))  # type: ignore[operator]
         head = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
         save_file(head, str(folder / "value_head.safetensors"))
+
+    def save_merged(self, folder: str | Path) -> None:
+        """Write the policy's LM as a plain ``transformers`` model: with LoRA, the adapters
+        folded into a copy of the base weights (the training model is left as it is)."""
+        save_merged(self.model, folder)
 
     @classmethod
     def from_pretrained(
@@ -429,8 +512,20 @@ class CausalLMActorCritic(nn.Module):
         folder = Path(folder)
         if not (folder / "policy").is_dir():
             raise ValueError(f"from_pretrained: {str(folder)!r} has no 'policy' folder")
+        settings_file = folder / SETTINGS_FILE
+        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
         critic = folder / "critic" if (folder / "critic").is_dir() else None
-        ref = folder / "reference" if (folder / "reference").is_dir() else None
-        policy = cls(folder / "policy", critic=critic, reference=ref, vocab_size=vocab_size)
+        ref: Any = folder / "reference" if (folder / "reference").is_dir() else None
+        if ref is None and settings.get("reference_mode") == "adapters":
+            ref = "adapters"
+        adapters = (folder / "policy" / "adapter_config.json").is_file()
+        model: Any = load_peft_policy(folder) if adapters else folder / "policy"
+        policy = cls(
+            model,
+            critic=critic,
+            reference=ref,
+            vocab_size=vocab_size,
+            gradient_checkpointing=bool(settings.get("gradient_checkpointing", False)),
+        )
         policy.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
         return policy
