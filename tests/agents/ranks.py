@@ -8,6 +8,7 @@ with every failing rank's traceback. ``fn`` must be importable (a module-level f
 from __future__ import annotations
 
 import os
+import pickle
 import queue
 import socket
 import traceback
@@ -44,7 +45,9 @@ def _worker(
     )
     try:
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
-        out.put((rank, True, fn(rank, world_size, *args)))
+        # Plain pickle bytes: a tensor sent through the queue as such would be shared memory
+        # that vanishes when this process exits before the parent reads it.
+        out.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
     except BaseException:
         out.put((rank, False, traceback.format_exc()))
     finally:
@@ -80,4 +83,4 @@ def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     if missing or failed:
         detail = "\n".join(f"--- rank {r}:\n{tb}" for r, tb in sorted(failed.items()))
         raise AssertionError(f"ranks failed {sorted(failed)}, no answer from {missing}\n{detail}")
-    return [results[r][1] for r in range(world_size)]
+    return [pickle.loads(results[r][1]) for r in range(world_size)]
