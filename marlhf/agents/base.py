@@ -24,6 +24,7 @@ from stable_baselines3.common.callbacks import (
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.utils import configure_logger
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.agents import save_util
 from marlhf.agents.buffer import LMRolloutBuffer
 from marlhf.agents.config import PPOConfig, resolve_config
@@ -85,7 +86,13 @@ class LMOnPolicyAlgorithm(IterationStages):
         self.verbose = verbose
         # No seed: draw one from OS entropy and keep it, so the run can still be saved and resumed.
         self.seed = int(seed) if seed is not None else int(np.random.default_rng().integers(2**31))
-        self.device = resolve_device(device)
+        #: This process's place among the ranks (one process: rank 0 of 1).
+        self.world = dist_utils.world()
+        self.device = (
+            dist_utils.device_for(self.world, device)
+            if self.world.distributed
+            else resolve_device(device)
+        )
         term = self.config.termination
         self.termination: Termination | None = (
             None
@@ -127,11 +134,14 @@ class LMOnPolicyAlgorithm(IterationStages):
         self.kl_ctl = make_kl_controller(
             self.config.kl_coef, self.config.kl_target, self.config.kl_horizon
         )
-        self.sample_generator = torch.Generator(device=self.device).manual_seed(self.seed)
+        # Ranks sample their own prompts and tokens (rank 0 keeps the seed); the minibatch
+        # order is one permutation of the global rows, drawn alike on every rank.
+        rank_seed = dist_utils.rank_seed(self.seed, self.world)
+        self.sample_generator = torch.Generator(device=self.device).manual_seed(rank_seed)
         self.shuffle_generator = torch.Generator().manual_seed(self.seed + 1)
-        self.predict_generator = torch.Generator(device=self.device).manual_seed(self.seed + 2)
-        self.termination_generator = torch.Generator().manual_seed(self.seed + 3)
-        self.mc_generator = torch.Generator(device=self.device).manual_seed(self.seed + 4)
+        self.predict_generator = torch.Generator(device=self.device).manual_seed(rank_seed + 2)
+        self.termination_generator = torch.Generator().manual_seed(rank_seed + 3)
+        self.mc_generator = torch.Generator(device=self.device).manual_seed(rank_seed + 4)
         #: Tokens generated for baselines (continuations, greedy rollouts), not trained on;
         #: also counted in ``num_timesteps``, so budgets stay compute-matched.
         self.mc_tokens = 0
@@ -168,10 +178,16 @@ class LMOnPolicyAlgorithm(IterationStages):
                 f"mask_actions=True but {type(env).__name__} has no action_masks(); "
                 "use mask_actions=False or an env that exposes its allowed tokens"
             )
-        if self.config.batch_size is not None and env.num_envs % self.config.batch_size != 0:
+        # With several ranks, env.num_envs is this rank's shard; batch_size counts global rows.
+        sizes = dist_utils.all_gather_objects(int(env.num_envs))
+        if len(set(sizes)) != 1:
+            raise ValueError(f"env.num_envs differs between ranks ({sizes}); give each the same")
+        total = int(env.num_envs) * self.world.world_size
+        if self.config.batch_size is not None and total % self.config.batch_size != 0:
+            where = "" if not self.world.distributed else f" over {self.world.world_size} ranks"
             raise ValueError(
                 f"batch_size={self.config.batch_size} cannot split a rollout of "
-                f"num_envs={env.num_envs} episodes; use a divisor of num_envs"
+                f"num_envs={total} episodes{where}; use a divisor of {total}"
             )
         if env.num_envs % self.config.group_size != 0:
             raise ValueError(
@@ -297,7 +313,9 @@ class LMOnPolicyAlgorithm(IterationStages):
             total_timesteps += self.num_timesteps
         self._total_timesteps = int(total_timesteps)
         self._num_timesteps_at_start = self.num_timesteps
-        if not self._custom_logger:
+        if not self.world.is_main:  # rank 0 logs; the others write nothing
+            self._logger = Logger(folder=None, output_formats=[])
+        elif not self._custom_logger:
             self._logger = configure_logger(
                 self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps
             )

@@ -199,6 +199,10 @@ class LMRolloutBuffer:
             idx = order[begin : begin + size]
             yield self._samples(idx)
 
+    def rows(self, idx: torch.Tensor) -> RolloutSamples:
+        """The episodes ``idx`` (``int64[k]`` row indices, maybe none) as one minibatch."""
+        return self._samples(idx)
+
     def _samples(self, idx: torch.Tensor) -> RolloutSamples:
         source = {
             "prompt_ids": self.prompt_ids,

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from marlhf.agents.advantages import whiten
+
 #: Distance between the seed streams of consecutive ranks (an algorithm draws several
 #: generators from ``seed + k`` for small ``k``; the stride keeps ranks' streams apart).
 SEED_STRIDE = 1_000
@@ -165,14 +167,25 @@ def global_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, int]:
 
 
 def global_whiten(x: Tensor, mask: Tensor, *, eps: float = 1e-8) -> Tensor:
-    """Zero mean, unit variance over the real entries of every rank (0 on padding); with fewer
-    than two real entries over all ranks there is no spread: the result is 0."""
+    """Zero mean, unit variance over the real entries of every rank (0 on padding), as
+    :func:`marlhf.agents.advantages.whiten` computes it on all rows in one process: with fewer
+    than two real entries over all ranks there is no spread, and ``x`` is kept as it is."""
+    if not (initialized() and dist.get_world_size() > 1):
+        return whiten(x, mask, eps=eps)
     count = int(global_count(mask))
     if count < 2:
-        return torch.zeros_like(x)
+        return torch.where(mask, x, torch.zeros_like(x))
     mean, var, _ = global_moments(x, mask)
     out = (x - mean) * torch.rsqrt(var + eps)
     return torch.where(mask, out, torch.zeros_like(out))
+
+
+def global_token_mean(value: Tensor | float, share: float) -> float:
+    """A per-rank token mean (a loss, ``approx_kl``) turned into the mean over all ranks'
+    tokens, given this rank's :func:`local_share` of them; ``value`` itself with one process."""
+    if not (initialized() and dist.get_world_size() > 1):
+        return float(value)
+    return float(global_sum(float(value) * share))
 
 
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:

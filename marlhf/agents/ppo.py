@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.agents.advantages import explained_variance, whiten
 from marlhf.agents.base import LMOnPolicyAlgorithm
 from marlhf.agents.buffer import RolloutSamples
@@ -50,23 +51,30 @@ class PPO(LMOnPolicyAlgorithm):
         self.policy.train()
         logs: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "clip", "kl")}
         continue_training = True
+        # Several ranks: each minibatch is the same episodes as one process would draw, every
+        # mean is over all ranks' tokens, the gradients are summed over ranks before clipping,
+        # and the early-stop and non-finite decisions are taken together.
+        distributed = self.world.distributed
         for epoch in range(self.config.n_epochs):
-            for mb in buf.get(self.config.batch_size, self.shuffle_generator):
+            for mb in self._minibatches(buf):
                 loss, pg_loss, vf_loss, ent_loss, stats = self._minibatch_loss(mb)
-                self._check_loss(loss, pg_loss, vf_loss, ent_loss)
+                self._together(self._check_loss, loss, pg_loss, vf_loss, ent_loss)
+                share = dist_utils.local_share(mb.response_mask)
 
-                logs["kl"].append(float(stats["approx_kl"]))
+                logs["kl"].append(dist_utils.global_token_mean(stats["approx_kl"], share))
                 if (
                     self.config.target_kl is not None
                     and logs["kl"][-1] > 1.5 * self.config.target_kl
                 ):
                     continue_training = False
-                    if self.verbose >= 1:
+                    if self.verbose >= 1 and self.world.is_main:
                         print(f"Early stop at epoch {epoch}: approx_kl {logs['kl'][-1]:.4f}")
                     break
 
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss.requires_grad:  # not on a rank with no rows in this minibatch
+                    (loss * share if distributed else loss).backward()
+                dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
                 if self.config.max_grad_norm is not None:
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         list(self.policy.trainable_parameters()), self.config.max_grad_norm
@@ -75,10 +83,10 @@ class PPO(LMOnPolicyAlgorithm):
                 self.optimizer.step()
                 self._check_parameters()
                 self._n_updates += 1
-                logs["pg"].append(pg_loss.item())
-                logs["vf"].append(vf_loss.item())
-                logs["ent"].append(ent_loss.item())
-                logs["clip"].append(float(stats["clip_fraction"]))
+                logs["pg"].append(dist_utils.global_token_mean(pg_loss.item(), share))
+                logs["vf"].append(dist_utils.global_token_mean(vf_loss.item(), share))
+                logs["ent"].append(dist_utils.global_token_mean(ent_loss.item(), share))
+                logs["clip"].append(dist_utils.global_token_mean(stats["clip_fraction"], share))
             if not continue_training:
                 break
 
@@ -103,8 +111,12 @@ class PPO(LMOnPolicyAlgorithm):
         """The loss of one minibatch: ``(total, policy, value, entropy, stats)``."""
         mask = mb.response_mask & mb.keep[:, None]
         advantages = mb.advantages
-        if self.config.normalize_advantage:
-            advantages = whiten(advantages, mask)
+        if self.config.normalize_advantage:  # over the global minibatch's tokens
+            distributed = self.world.distributed
+            advantages = (dist_utils.global_whiten if distributed else whiten)(advantages, mask)
+        if mask.shape[0] == 0:  # this rank holds none of the minibatch's episodes
+            zero = torch.zeros((), device=mask.device)
+            return zero, zero, zero, zero, {"approx_kl": 0.0, "clip_fraction": 0.0}
         with_values = self.rollout_buffer is not None and self.rollout_buffer.has_values
         with self._autocast():
             logp, entropy, values = self.policy.evaluate_actions(
@@ -145,6 +157,17 @@ class PPO(LMOnPolicyAlgorithm):
         if values is not None:
             loss = loss + self.config.vf_coef * vf_loss
         return loss, pg_loss, vf_loss, ent_loss, stats
+
+    def _minibatches(self, buf: Any) -> Any:
+        """The rollout's minibatches; with several ranks, this rank's rows of each global one."""
+        if not self.world.distributed:
+            return buf.get(self.config.batch_size, self.shuffle_generator)
+        return (
+            buf.rows(idx.to(buf.device))
+            for idx in dist_utils.shard_minibatches(
+                buf.num_envs, self.config.batch_size, self.shuffle_generator, self.world
+            )
+        )
 
     def _update_learning_rate(self) -> None:
         """Warm-up then constant or linear decay, by the fraction of ``total_timesteps`` done."""

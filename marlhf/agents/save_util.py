@@ -413,11 +413,20 @@ def _env_rng(env: Any) -> np.random.Generator | None:
 
 def save_algorithm(algo: Any, path: str | Path) -> None:
     """Save an ``LMOnPolicyAlgorithm`` (see the module docstring for the protocol)."""
+    from marlhf.agents import distributed as dist_utils
+
     zip_path, weights = checkpoint_paths(path)
     hp = dict(algo.hyperparams)
     term = getattr(algo, "termination", None)
     hp["termination"] = None if term is None else termination_data(term)  # before any write
     env_rng = _env_rng(algo.env)
+    # Several ranks: every rank's random streams go into rank 0's checkpoint (a collective:
+    # every rank calls save), and only rank 0 writes.
+    world = dist_utils.world()
+    rank_states = dist_utils.all_gather_objects(_rank_state(algo))
+    if not world.is_main:
+        dist_utils.barrier()  # returns once rank 0 has written the checkpoint
+        return
     data: dict[str, Any] = {
         "format": FORMAT,
         "version": VERSION,
@@ -433,6 +442,7 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
         "iteration": algo._iteration,
         "env_seeded": algo._env_seeded,
         "env": None if algo.env is None else env_identity(algo.env),
+        "world_size": world.world_size,
     }
     state = {
         "optimizer": algo.optimizer.state_dict(),
@@ -443,6 +453,8 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
             for name in GENERATORS
         },
     }
+    if world.distributed:
+        state["rank_states"] = rank_states
     json.dumps(data)  # fails here, before any write, on a value JSON cannot hold
     zip_path.parent.mkdir(parents=True, exist_ok=True)
     previous = _current_weights(zip_path)
@@ -462,6 +474,17 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
     if previous is not None and previous != weights.name and previous != fresh.name:
         _remove(zip_path.with_name(previous))
     write_step("previous removed")
+    if world.distributed:
+        dist_utils.barrier()
+
+
+def _rank_state(algo: Any) -> dict[str, Any]:
+    """This rank's random streams (the env's prompt sampler and the algorithm's generators)."""
+    env_rng = _env_rng(algo.env)
+    return {
+        "env_rng": None if env_rng is None else env_rng.bit_generator.state,
+        **{f"{n}_generator": getattr(algo, f"{n}_generator").get_state() for n in GENERATORS},
+    }
 
 
 def load_algorithm(
@@ -476,10 +499,22 @@ def load_algorithm(
 
     overrides = dict(overrides)
     force = bool(overrides.pop("force", False))
+    from marlhf.agents import distributed as dist_utils
+
     zip_path, _ = checkpoint_paths(path)
     data, state = read_zip(zip_path)
     if data["class"] != cls.__name__:
         raise ValueError(f"load: {str(zip_path)!r} holds a {data['class']}, not a {cls.__name__}")
+    world = dist_utils.world()
+    saved_world = int(data.get("world_size", 1))
+    if saved_world != world.world_size:
+        raise ValueError(
+            f"load: {str(zip_path)!r} was saved by {saved_world} rank(s) but this run has world "
+            f"size {world.world_size}; launch it with torchrun --nproc-per-node {saved_world} "
+            "(each rank's random streams are in the checkpoint)"
+        )
+    if world.distributed:  # this rank's own streams
+        state = {**state, **state["rank_states"][world.rank]}
     name = data.get("weights")
     if not isinstance(name, str) or not _plain_name(name):
         raise ValueError(f"load: {str(zip_path)!r} names no valid weights folder ({name!r})")

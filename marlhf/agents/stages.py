@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.agents.buffer import LMRolloutBuffer
 from marlhf.agents.config import PPOConfig
 from marlhf.agents.diagnostics import credit_stats, raise_non_finite
@@ -52,6 +53,7 @@ class IterationStages:
     termination_generator: torch.Generator
     mc_generator: torch.Generator
     _env_seeded: bool
+    world: dist_utils.WorldInfo
     _rollout_prompts: list[Any] | None
     _rollout_state: GenerationState | None
 
@@ -80,7 +82,7 @@ class IterationStages:
     def _reset_env(self) -> dict[str, torch.Tensor]:
         env, buffer = self.env, self.rollout_buffer
         assert env is not None and buffer is not None
-        seed = None if self._env_seeded else self.seed
+        seed = None if self._env_seeded else dist_utils.rank_seed(self.seed, self.world)
         group_size = self.config.group_size
         if group_size > 1:
             obs, info = env.reset(seed=seed, options={"group_size": group_size})
@@ -115,6 +117,7 @@ class IterationStages:
         if env is None or buffer is None:
             raise ValueError("collect_rollouts: no env; call set_env(env) first")
         obs = self._reset_env()
+        start_timesteps = self.num_timesteps
         pad = int(env.codec.pad_token_id)
         env_device = env.device
         done = torch.zeros(self.n_envs, dtype=torch.bool, device=self.device)
@@ -169,14 +172,40 @@ class IterationStages:
             if listening:
                 callback.update_locals(locals())
             if not callback.on_step():
-                return False
+                if not self.world.distributed:
+                    return False
+                return self._sync_collect(start_timesteps, stopped=True)
             if listening:
                 policy, generator, sampling, autocast = settings()
         # Continuations branch from this cache (forked, never re-prefilled).
         needs_cache = "mc_values" in self.estimator_spec.requires
         self._rollout_state = state if needs_cache else None
         callback.update_locals(locals())
-        return True
+        return self._sync_collect(start_timesteps, stopped=False)
+
+    def _sync_collect(self, start_timesteps: int, stopped: bool) -> bool:
+        """Every rank counts every rank's tokens, and stops when any rank's callback asked
+        (so all run the same number of iterations); one process: nothing to do."""
+        if not self.world.distributed:
+            return not stopped
+        local = torch.tensor(
+            [self.num_timesteps - start_timesteps, int(stopped)], dtype=torch.int64
+        ).to(self.device)
+        tokens, any_stopped = (int(v) for v in dist_utils.all_reduce_sum(local).cpu())
+        self.num_timesteps = start_timesteps + tokens
+        return any_stopped == 0
+
+    def _together(self, check: Callable[..., Any], *args: Any) -> None:
+        """Run a check that raises ``FloatingPointError``; with several ranks, all raise when
+        any does (the first failing rank's message), so none waits forever in a collective."""
+        error: FloatingPointError | None = None
+        try:
+            check(*args)
+        except FloatingPointError as exc:
+            if not self.world.distributed:
+                raise
+            error = exc
+        dist_utils.raise_together(error)
 
     def finish_rollout(self) -> None:
         """Stages 2-5 on the collected rollout, each one call."""
@@ -194,7 +223,8 @@ class IterationStages:
         buf = self.rollout_buffer
         assert buf is not None
         mask = buf.response_mask
-        raise_non_finite(buf.task_rewards, mask, "task reward (from the env's reward)")
+        what = "task reward (from the env's reward)"
+        self._together(raise_non_finite, buf.task_rewards, mask, what)
         args = (buf.input_ids, buf.attention_mask, mask)
         kw: dict[str, Any] = {
             "temperature": self.config.scoring_temperature,
@@ -209,9 +239,9 @@ class IterationStages:
             else:
                 ref_logp = self.policy.reference_logprobs(*args, **kw)
         if values is not None:
-            raise_non_finite(values, mask, "value (from the value head)")
-        raise_non_finite(logp, mask, "policy log-prob")
-        raise_non_finite(ref_logp, mask, "reference log-prob")
+            self._together(raise_non_finite, values, mask, "value (from the value head)")
+        self._together(raise_non_finite, logp, mask, "policy log-prob")
+        self._together(raise_non_finite, ref_logp, mask, "reference log-prob")
         buf.set_scores(logp, ref_logp, values)
 
     def shape(self) -> torch.Tensor:
@@ -328,6 +358,8 @@ class IterationStages:
         return values
 
     def _count_baseline_tokens(self, tokens: int) -> None:
+        if self.world.distributed:  # every rank counts every rank's tokens
+            tokens = int(dist_utils.global_sum(tokens))
         self.num_timesteps += tokens
         self.mc_tokens += tokens
         self._rollout_mc_tokens += tokens
@@ -336,14 +368,26 @@ class IterationStages:
         buf = self.rollout_buffer
         assert buf is not None
         kl_per_episode = kl.sum(dim=1)
-        self.kl_ctl.update(float(kl_per_episode.mean()), self.n_envs)
+        kl_mean = float(kl_per_episode.mean())
+        score_mean = float(buf.task_rewards.sum(dim=1).mean())
+        len_mean = float(buf.lengths.float().mean())
+        n_episodes = self.n_envs * self.world.world_size
+        if self.world.distributed:  # means over every rank's episodes (the controller's KL too)
+            sums = torch.stack(
+                [kl_per_episode.sum(), buf.task_rewards.sum(), buf.lengths.sum().float()]
+            ).double()
+            kl_mean, score_mean, len_mean = (
+                float(v) / n_episodes for v in dist_utils.all_reduce_sum(sums)
+            )
+        self.kl_ctl.update(kl_mean, n_episodes)
+        # The credit diagnostics are this rank's (rank 0 logs them).
         self.rollout_stats = credit_stats(buf.response_mask, buf.starts, estimate, self.termination)
         self.rollout_stats.update(
             {
-                "rollout/kl_ref": float(kl_per_episode.mean()),
+                "rollout/kl_ref": kl_mean,
                 "rollout/kl_coef": self._kl_coef_used,
-                "rollout/score_mean": float(buf.task_rewards.sum(dim=1).mean()),
-                "rollout/ep_len_mean": float(buf.lengths.float().mean()),
+                "rollout/score_mean": score_mean,
+                "rollout/ep_len_mean": len_mean,
                 "rollout/mc_tokens": float(self._rollout_mc_tokens),
             }
         )

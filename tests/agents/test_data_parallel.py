@@ -1,0 +1,207 @@
+"""Data parallelism end to end: PPO and MAPPO on 2 gloo ranks (B/2 envs each) against one
+process with B envs, on the same prompts and samples; decisions taken by both ranks together;
+a 2-rank checkpoint that resumes exactly."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from marlhf.agents import MAPPO, PPO
+from marlhf.agents.estimators import available_estimators, get_estimator
+from tests.agents.conftest import CueEnv, tiny_model
+from tests.agents.ranks import run_ranks
+
+B, N = 4, 3
+SETTINGS = {"n_epochs": 2, "batch_size": 2, "learning_rate": 0.005, "kl_coef": 0.1}
+#: Estimators the agent can feed here (the rollout stages compute values and group ids).
+ESTIMATORS = [
+    name
+    for name in available_estimators()
+    if get_estimator(name).requires <= {"values", "group_ids"} and name != "gae"  # gae: "ppo"
+]
+#: Terminal scores replayed on every layout (the tiny random policy rarely earns CueEnv's 1).
+SCORES = torch.tensor([1.0, -0.5, 0.25, 0.75])
+
+
+def _configs() -> dict[str, tuple[type, dict[str, Any]]]:
+    out: dict[str, tuple[type, dict[str, Any]]] = {
+        "ppo": (PPO, {}),
+        "mappo": (MAPPO, {"termination": "ngram:2", "ratio_level": "macro"}),
+    }
+    for name in ESTIMATORS:
+        extra: dict[str, Any] = {"estimator": name}
+        if get_estimator(name).needs_groups:
+            extra["group_size"] = 2  # a group never straddles the two ranks' shards
+        out[f"ppo-{name}"] = (PPO, extra)
+    return out
+
+
+def _algo(kind: str, num_envs: int, **overrides: Any) -> Any:
+    cls, extra = _configs()[kind]
+    env = CueEnv(num_envs=num_envs, max_new_tokens=N)
+    kwargs = {**SETTINGS, **extra, **overrides}
+    return cls(tiny_model(env.codec, seed=0), env, seed=0, **kwargs)
+
+
+def _rollout(kind: str) -> dict[str, torch.Tensor]:
+    """One process's rollout of B episodes: the prompts and samples every layout replays."""
+    algo = _algo(kind, B)
+    algo._setup_learn(1, None, True, "run", False)
+    assert algo.collect(algo._init_callback(None, False))
+    buf = algo.rollout_buffer
+    out = {
+        "prompt_ids": buf.prompt_ids,
+        "prompt_mask": buf.prompt_mask,
+        "response_ids": buf.response_ids,
+        "response_mask": buf.response_mask,
+        "task_rewards": buf.task_rewards,
+    }
+    last = buf.lengths - 1
+    out["task_rewards"] = torch.zeros_like(buf.task_rewards)
+    out["task_rewards"][torch.arange(B), last] = SCORES
+    if buf.group_ids is not None:
+        out["group_ids"] = buf.group_ids
+    return {k: v.clone() for k, v in out.items()}
+
+
+def _replay(algo: Any, data: dict[str, torch.Tensor], rows: slice) -> None:
+    """Fill the buffer with ``rows`` of a recorded rollout, step by step as ``collect`` does."""
+    buf = algo.rollout_buffer
+    buf.reset()
+    ids = torch.cat([data["prompt_ids"][rows], data["response_ids"][rows]], 1)
+    mask = torch.cat([data["prompt_mask"][rows], torch.zeros_like(data["response_ids"][rows])], 1)
+    buf.set_prompts(ids[:, : buf.prompt_len], mask[:, : buf.prompt_len])
+    for t in range(N):
+        buf.add(
+            data["response_ids"][rows, t],
+            data["task_rewards"][rows, t],
+            data["response_mask"][rows, t],
+        )
+    if "group_ids" in data:
+        buf.group_ids = data["group_ids"][rows] - data["group_ids"][rows].min()
+
+
+def _update(kind: str, data: dict[str, torch.Tensor], rank: int, world_size: int) -> Any:
+    share = B // world_size
+    algo = _algo(kind, share)
+    algo._setup_learn(1, None, True, "run", False)
+    _replay(algo, data, slice(rank * share, (rank + 1) * share))
+    algo.finish_rollout()
+    algo.train()
+    return algo
+
+
+def _params(algo: Any) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in algo.policy.named_parameters() if p.requires_grad}
+
+
+def _updates_on_ranks(rank: int, world_size: int, rollouts: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for kind, data in rollouts.items():
+        algo = _update(kind, data, rank, world_size)
+        out[kind] = {"params": _params(algo), "stats": dict(algo.train_stats)}
+    return out
+
+
+def test_two_ranks_update_like_one_process_with_every_row() -> None:
+    rollouts = {kind: _rollout(kind) for kind in _configs()}
+    results = run_ranks(_updates_on_ranks, 2, rollouts)
+    for kind, data in rollouts.items():
+        one = _update(kind, data, 0, 1)
+        want = _params(one)
+        start = _params(_algo(kind, B))
+        moved = max(float((want[n] - start[n]).abs().max()) for n in want)
+        assert moved > 1e-3, kind  # the update did something to compare
+        for rank, got in enumerate(results):
+            for name, value in want.items():
+                torch.testing.assert_close(
+                    got[kind]["params"][name], value, atol=1e-6, rtol=0, msg=f"{kind} {name}"
+                )
+            for key in ("train/policy_loss", "train/approx_kl", "train/clip_fraction"):
+                assert got[kind]["stats"][key] == pytest.approx(one.train_stats[key], abs=1e-5), (
+                    kind,
+                    rank,
+                    key,
+                )
+
+
+def _failures(rank: int, world_size: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    # A NaN task reward on rank 1 only: both stop in the score stage with rank 1's message.
+    algo = _algo("ppo", 2)
+    if rank == 1:
+        algo.env.reward_override = float("nan")
+    try:
+        algo.learn(8)
+    except FloatingPointError as exc:
+        out["reward"] = str(exc)
+    # A NaN advantage on rank 1 reaches its loss: both stop before any optimizer step.
+    algo = _algo("ppo", 2, normalize_advantage=False, batch_size=None)
+    algo._setup_learn(1, None, True, "run", False)
+    _replay(algo, data, slice(rank * 2, rank * 2 + 2))
+    algo.finish_rollout()
+    if rank == 1:
+        algo.rollout_buffer.advantages[0, 0] = float("nan")
+    before = _params(algo)
+    try:
+        algo.train()
+    except FloatingPointError as exc:
+        out["loss"] = str(exc)
+        out["unchanged"] = all(torch.equal(p, before[n]) for n, p in _params(algo).items())
+    # target_kl: every rank stops at the same minibatch (the global approx_kl decides).
+    algo = _algo("ppo", 2, target_kl=1e-4, n_epochs=4, batch_size=1, learning_rate=0.2)
+    algo._setup_learn(1, None, True, "run", False)
+    _replay(algo, data, slice(rank * 2, rank * 2 + 2))
+    algo.finish_rollout()
+    algo.train()
+    out["n_updates"] = algo._n_updates
+    return out
+
+
+def test_a_nan_or_target_kl_on_one_rank_stops_every_rank_together() -> None:
+    data = _rollout("ppo")
+    results = run_ranks(_failures, 2, data)
+    for got in results:
+        assert got["reward"].startswith("rank 1: non-finite task reward")
+        assert got["loss"].startswith("rank 1: non-finite") and got["unchanged"]
+    # The same minibatch on both ranks, and the one a single process stops at.
+    one = _algo("ppo", B, target_kl=1e-4, n_epochs=4, batch_size=1, learning_rate=0.2)
+    one._setup_learn(1, None, True, "run", False)
+    _replay(one, data, slice(0, B))
+    one.finish_rollout()
+    one.train()
+    assert 0 < one._n_updates < 4 * B  # it stopped early, after some steps
+    assert results[0]["n_updates"] == results[1]["n_updates"] == one._n_updates
+
+
+def _resume(rank: int, world_size: int, folder: str) -> dict[str, Any]:
+    path = Path(folder) / "ckpt"
+    algo = _algo("mappo", 2)
+    algo.learn(2 * B * N)
+    algo.save(path)
+    algo.learn(2 * B * N, reset_num_timesteps=False)
+    straight = _params(algo)
+    again = MAPPO.load(path, env=CueEnv(num_envs=2, max_new_tokens=N), device="cpu")
+    again.learn(2 * B * N, reset_num_timesteps=False)
+    return {
+        "straight": straight,
+        "resumed": _params(again),
+        "timesteps": (algo.num_timesteps, again.num_timesteps),
+    }
+
+
+def test_two_rank_checkpoint_resumes_exactly_and_refuses_one_rank(tmp_path: Path) -> None:
+    results = run_ranks(_resume, 2, str(tmp_path))
+    for got in results:
+        assert got["timesteps"][0] == got["timesteps"][1]
+        for name, value in got["straight"].items():
+            torch.testing.assert_close(got["resumed"][name], value, atol=1e-6, rtol=0, msg=name)
+    # Both ranks hold the same parameters (gradients were all-reduced).
+    for name, value in results[0]["straight"].items():
+        torch.testing.assert_close(results[1]["straight"][name], value, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"saved by 2 rank\(s\) but this run has world size 1"):
+        MAPPO.load(tmp_path / "ckpt", env=CueEnv(num_envs=2, max_new_tokens=N), device="cpu")
