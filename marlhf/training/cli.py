@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.training.audit import AuditConfig
 from marlhf.training.config import ConfigError, help_text, load_config, to_dict
 from marlhf.training.configs import (
@@ -168,7 +169,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    print(json.dumps(result, indent=2, default=str))
+    finally:
+        world = dist_utils.world()  # under torchrun, rank 0 speaks for the run
+        dist_utils.destroy()
+    if world.is_main:
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -57,10 +57,38 @@ class ModelConfig:
     init_seed: int | None = field(
         default=None, metadata=doc("seed of the tiny model's initial weights; null: the run's seed")
     )
+    lora: dict[str, Any] | None = field(
+        default=None,
+        metadata=doc(
+            "LoRA adapters (needs the scale extra, peft): {r, alpha, dropout, target_modules}, "
+            "e.g. --set model.lora.r=8; the base stays frozen and the KL reference is the model "
+            "with its adapters off; null: full fine-tuning with a copied reference"
+        ),
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata=doc("recompute block activations in the backward pass (less memory, same result)"),
+    )
+
+    def policy_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for CausalLMActorCritic beyond the model itself."""
+        out: dict[str, Any] = {}
+        if self.lora is not None:
+            out["lora"] = dict(self.lora)
+        if self.gradient_checkpointing:
+            out["gradient_checkpointing"] = True
+        return out
 
     def __post_init__(self) -> None:
         if self.init_seed is not None:
             check_seed("init_seed", self.init_seed)
+        if self.lora is not None:
+            from marlhf.agents.lora import LoRAConfig
+
+            try:
+                LoRAConfig.coerce(self.lora)
+            except (TypeError, ValueError) as err:
+                raise ConfigError(f"model.{err}") from err
         if self.path is not None or self.gguf_file is not None:
             return  # the tiny model's sizes are not used
         check_int("n_layer", self.n_layer, 1)

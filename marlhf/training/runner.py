@@ -30,6 +30,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.agents.save_util import remove_checkpoint
 from marlhf.models import resolve_device, tiny_gpt2
 from marlhf.training.builders import (
@@ -243,7 +244,13 @@ def parse_agent(text: str) -> tuple[str, str]:
 
 
 def build_agent(
-    spec: RunSpec, lm: Any, env: Any, agent: AgentConfig, device: str, tensorboard_log: str | None
+    spec: RunSpec,
+    lm: Any,
+    env: Any,
+    agent: AgentConfig,
+    device: str,
+    tensorboard_log: str | None,
+    policy_kwargs: dict[str, Any] | None = None,
 ) -> Any:
     """The agent of ``spec`` on ``env`` starting from ``lm``: the shared ``agent`` section with
     the run's preset on top (``ppo``/``mappo``: the section alone)."""
@@ -265,6 +272,7 @@ def build_agent(
         device=device,
         tensorboard_log=tensorboard_log,
         preset=preset,
+        policy_kwargs=policy_kwargs or None,
         **kwargs,
     )
 
@@ -384,7 +392,10 @@ def train_run(
     done = load_result(folder)
     if done is not None:
         return done
-    device = str(resolve_device(device))
+    world = dist_utils.world()  # each rank its own GPU, when there are several
+    device = str(
+        dist_utils.device_for(world, device) if world.distributed else resolve_device(device)
+    )
     folder.mkdir(parents=True, exist_ok=True)
     env, lm, tokenizer = build_env_and_model(task, model, spec.seed, device)
     cls = agent_class(spec.agent, spec.termination)
@@ -411,10 +422,12 @@ def train_run(
             resumed_from = int(algo.num_timesteps)
         else:
             algo = None
+    main = dist_utils.on_main()  # with several ranks, rank 0 writes the run's files
     if algo is None:
-        remove_checkpoint(folder / CHECKPOINT)
-        (folder / PROGRESS_FILE).unlink(missing_ok=True)
-        algo = build_agent(spec, lm, env, agent, device, None)
+        if main:
+            remove_checkpoint(folder / CHECKPOINT)
+            (folder / PROGRESS_FILE).unlink(missing_ok=True)
+        algo = build_agent(spec, lm, env, agent, device, None, model.policy_kwargs())
 
     recorder = MetricsRecorder(
         wall_offset, None if progress is None else (lambda t: progress(t, total_timesteps))
@@ -424,7 +437,7 @@ def train_run(
     if progress is not None:
         progress(int(algo.num_timesteps), total_timesteps)
 
-    tokens_per_iter = env.num_envs * env.max_new_tokens
+    tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
     resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
     while algo.num_timesteps < total_timesteps:
         chunk = total_timesteps - algo.num_timesteps
@@ -436,11 +449,15 @@ def train_run(
             # one kept until it is replaced: a kill anywhere leaves the pair a resume needs.
             entry = {"tokens": algo.num_timesteps, "wall_time": recorder.wall_time(), "rows": rows}
             previous = [e for e in _progress_entries(folder) if e["tokens"] == resumed_tokens]
-            atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
-            algo.save(folder / CHECKPOINT)
-            atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
+            if main:
+                atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
+            algo.save(folder / CHECKPOINT)  # every rank: it gathers their random streams
+            if main:
+                atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
             resumed_tokens = int(algo.num_timesteps)
     algo.save(folder / "final")
+    if not main:
+        return {"tokens": int(algo.num_timesteps), "wall_time": recorder.wall_time(), "rows": rows}
     if tokenizer is not None:  # so the saved policy loads with plain transformers, text and all
         tokenizer.save_pretrained(str(folder / "final_weights" / "policy"))
     result = {

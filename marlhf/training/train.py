@@ -9,11 +9,14 @@ one is not retrained; a folder made with other settings is refused.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.models import resolve_device
 from marlhf.training.builders import check_env_id
 from marlhf.training.config import to_dict
@@ -73,19 +76,31 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     record = to_dict(config)
     record["termination"] = termination if config.algo == "mappo" else None
-    with locked_run_folder(out, "marlhf train"):
-        record_config(out, record, RUN_DEFINING)
+    # Under torchrun: join the ranks; each drives task.num_envs / world_size envs.
+    world = dist_utils.init_from_env()
+    task = config.task
+    if world.distributed:
+        shard = dist_utils.shard_size(
+            task.num_envs, "task.num_envs", world, group=config.agent.group_size
+        )
+        task = dataclasses.replace(task, num_envs=shard)
+    main = world.is_main
+    with locked_run_folder(out, "marlhf train") if main else contextlib.nullcontext():
+        if main:
+            record_config(out, record, RUN_DEFINING)
+        dist_utils.barrier()  # the folder is set up before any rank reads it
         result = train_run(
             spec,
             out,
-            task=config.task,
+            task=task,
             model=config.model,
             agent=config.agent,
             total_timesteps=config.total_timesteps,
             device=config.device,
             checkpoint_every=config.checkpoint_every,
         )
-        write_metrics_csv(out / "metrics.csv", [result])
+        if main:
+            write_metrics_csv(out / "metrics.csv", [result])
     scores = np.array([r["value"] for r in result["rows"] if r["metric"] == "rollout/score_mean"])
     return {
         "output_dir": str(out),
