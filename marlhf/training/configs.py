@@ -61,8 +61,9 @@ class ModelConfig:
         default=None,
         metadata=doc(
             "LoRA adapters (needs the scale extra, peft): {r, alpha, dropout, target_modules}, "
-            "e.g. --set model.lora.r=8; the base stays frozen and the KL reference is the model "
-            "with its adapters off; null: full fine-tuning with a copied reference"
+            "e.g. --set 'model.lora={r: 8}'; the base stays frozen, the KL reference is the "
+            "model with its adapters off, and the run also writes final_merged/ (a plain "
+            "transformers model); null: full fine-tuning with a copied reference"
         ),
     )
     gradient_checkpointing: bool = field(

@@ -105,6 +105,10 @@ class MetricsRecorder(KVWriter):
         pass
 
 
+#: With LoRA, the final policy with its adapters merged (plain transformers).
+MERGED = "final_merged"
+
+
 def build_env(task: TaskConfig, seed: int, device: str, tokenizer: Any = None) -> Any:
     """``gymnasium.make_vec`` of ``task`` as a :class:`BatchedTokenEnv`.
 
@@ -458,8 +462,12 @@ def train_run(
     algo.save(folder / "final")
     if not main:
         return {"tokens": int(algo.num_timesteps), "wall_time": recorder.wall_time(), "rows": rows}
+    plain = folder / "final_weights" / "policy"
+    if model.lora is not None:  # the adapters folded in: a model plain transformers loads
+        plain = folder / MERGED
+        algo.policy.save_merged(plain)
     if tokenizer is not None:  # so the saved policy loads with plain transformers, text and all
-        tokenizer.save_pretrained(str(folder / "final_weights" / "policy"))
+        tokenizer.save_pretrained(str(plain))
     result = {
         "run": spec.name,
         "agent": spec.agent,

@@ -23,6 +23,7 @@ from marlhf.training.config import to_dict
 from marlhf.training.configs import TrainConfig
 from marlhf.training.report import final_score, write_metrics_csv
 from marlhf.training.runner import (
+    MERGED,
     RunSpec,
     check_batch_fits,
     check_task_kwargs,
@@ -107,5 +108,5 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
         "tokens": result["tokens"],
         "wall_time": result["wall_time"],
         "final_score": final_score(scores) if len(scores) else None,
-        "model": str(out / "final_weights" / "policy"),
+        "model": str(out / (MERGED if config.model.lora is not None else "final_weights/policy")),
     }
