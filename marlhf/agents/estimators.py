@@ -30,7 +30,8 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor
 
-from marlhf.agents.advantages import compute_gae, whiten
+from marlhf.agents.advantages import compute_gae
+from marlhf.agents.distributed import global_whiten
 
 ESTIMATOR_INPUTS: tuple[str, ...] = (
     "values",
@@ -251,8 +252,9 @@ def rloo(batch: EstimatorBatch, config: Any) -> Estimate:
 
 
 def _whiten_batch(x: Tensor, mask: Tensor) -> Tensor:
-    # REINFORCE++ normalises over the whole (global) batch, once, before the update.
-    return whiten(x, mask)
+    # REINFORCE++ normalises over the whole (global) batch, once, before the update: with
+    # several ranks, over every rank's tokens (one process: plain whiten).
+    return global_whiten(x, mask)
 
 
 @register_estimator("reinforce_pp")
