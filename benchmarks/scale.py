@@ -1,6 +1,6 @@
 """Scale: data-parallel throughput on gloo, and the memory LoRA and gradient checkpointing save.
 
-- ``scaling``: PPO on ``DelayedChoice`` with a tiny GPT-2 (4 layers, 128 wide), the same global
+- ``scaling``: PPO on ``DelayedChoice`` with a tiny GPT-2 (4 layers, 256 wide), the same global
   batch (``--envs`` episodes of ``--tokens`` new tokens an iteration) on 1 rank x 1 thread and on
   2 gloo ranks x 1 thread (half the envs each); response tokens per second over ``--iters``
   iterations after one warm-up iteration (the slowest rank's time). Goal: ratio >= 1.7.
@@ -60,7 +60,9 @@ def _scaling_rank(rank: int, world: int, port: int, args: dict[str, Any], out: A
     task = TaskConfig(num_envs=args["envs"] // world)
     task.kwargs = {**task.kwargs, "horizon": args["tokens"]}
     env = build_env(task, seed=0, device="cpu")
-    lm = tiny_gpt2(env.codec, n_layer=4, n_embd=128, n_head=4, n_positions=256, seed=0)
+    lm = tiny_gpt2(
+        env.codec, n_layer=args["layers"], n_embd=args["width"], n_head=4, n_positions=256, seed=0
+    )
     algo = PPO(lm, env, n_epochs=1, batch_size=None, seed=0, device="cpu")
     per_iter = args["envs"] * args["tokens"]
     algo.learn(per_iter)  # warm-up
@@ -105,7 +107,7 @@ def measure_scaling(args: dict[str, Any]) -> dict[str, Any]:
         rows[world] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
     ratio = rows[2]["tokens_per_s"] / rows[1]["tokens_per_s"]
     return {
-        "settings": {**args, "model": "tiny GPT-2, 4 layers x 128", "threads_per_rank": 1},
+        "settings": {**args, "model": "tiny GPT-2", "threads_per_rank": 1},
         "one_rank": rows[1],
         "two_ranks": rows[2],
         "ratio": ratio,
@@ -188,12 +190,17 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--iters", type=int, default=None)
+    parser.add_argument("--layers", type=int, default=4, help="tiny GPT-2 blocks")
+    parser.add_argument("--width", type=int, default=256, help="tiny GPT-2 hidden width")
     opts = parser.parse_args()
     data = read_json(RESULTS) or {}
     data["machine"] = machine_stamp()
     if opts.part in ("scaling", "all"):
         iters = opts.iters or (1 if opts.quick else 4)
-        scaling = measure_scaling({"envs": opts.envs, "tokens": opts.tokens, "iters": iters})
+        sizes = {"layers": opts.layers, "width": opts.width}
+        scaling = measure_scaling(
+            {"envs": opts.envs, "tokens": opts.tokens, "iters": iters, **sizes}
+        )
         data["scaling"] = scaling
         print_table(
             "data parallelism (gloo, 1 thread per rank, same global batch)",
