@@ -1,23 +1,27 @@
-"""Run a function on several gloo ranks spawned from a test (one torch thread each).
+"""Run a function on several gloo ranks launched from a test (one torch thread each).
 
-``run_ranks(fn, world_size, *args)`` starts ``world_size`` processes that join one gloo group
-and call ``fn(rank, world_size, *args)``; it returns their results in rank order, or raises
-with every failing rank's traceback. ``fn`` must be importable (a module-level function).
+``run_ranks(fn, world_size, *args)`` starts ``world_size`` Python processes (plain subprocesses,
+all waited for: no helper process such as multiprocessing's resource tracker outlives the call,
+which the sandbox tests check for) that join one gloo group and call
+``fn(rank, world_size, *args)``; it returns their results in rank order, or raises with every
+failing rank's traceback. ``fn`` must be importable (a module-level function).
 """
 
 from __future__ import annotations
 
 import os
 import pickle
-import queue
 import socket
+import subprocess
+import sys
+import tempfile
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-import torch.multiprocessing as mp
-
-TIMEOUT_S = 90
+TIMEOUT_S = 120
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
@@ -26,9 +30,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker(
-    rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, out: Any
-) -> None:
+def _rank_main(folder: str, rank: int, world_size: int, port: int) -> None:
+    """One rank: join the group, run the job in ``folder``, write ``result<rank>.pkl``."""
     import torch
     import torch.distributed as dist
 
@@ -40,47 +43,56 @@ def _worker(
             "RANK": str(rank),
             "WORLD_SIZE": str(world_size),
             "LOCAL_RANK": str(rank),
-            "HF_HUB_OFFLINE": "1",
         }
     )
+    result: tuple[bool, Any]
     try:
+        fn, args = pickle.loads((Path(folder) / "job.pkl").read_bytes())
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
-        # Plain pickle bytes: a tensor sent through the queue as such would be shared memory
-        # that vanishes when this process exits before the parent reads it.
-        out.put((rank, True, pickle.dumps(fn(rank, world_size, *args))))
+        result = (True, fn(rank, world_size, *args))
     except BaseException:
-        out.put((rank, False, traceback.format_exc()))
+        result = (False, traceback.format_exc())
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+    (Path(folder) / f"result{rank}.pkl").write_bytes(pickle.dumps(result))
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     """``[fn(0, world_size, *args), ..., fn(world_size - 1, ...)]``, each in its own process."""
-    ctx = mp.get_context("spawn")
-    out = ctx.Queue()
     port = free_port()
-    procs = [
-        ctx.Process(target=_worker, args=(r, world_size, port, fn, args, out), daemon=True)
-        for r in range(world_size)
-    ]
-    for proc in procs:
-        proc.start()
-    results: dict[int, tuple[bool, Any]] = {}
-    try:
-        for _ in procs:
-            rank, ok, value = out.get(timeout=TIMEOUT_S)
-            results[rank] = (ok, value)
-    except queue.Empty:
-        pass
-    finally:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / "job.pkl").write_bytes(pickle.dumps((fn, args)))
+        code = (
+            "import sys; from tests.agents.ranks import _rank_main; "
+            "_rank_main(sys.argv[1], *map(int, sys.argv[2:]))"
+        )
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", code, folder, str(r), str(world_size), str(port)],
+                env=env,
+                cwd=ROOT,
+            )
+            for r in range(world_size)
+        ]
         for proc in procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
+            try:
+                proc.wait(timeout=TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                for other in procs:
+                    other.kill()
+                    other.wait()
+                raise AssertionError(f"ranks did not finish within {TIMEOUT_S} s") from None
+        results: dict[int, tuple[bool, Any]] = {}
+        for r in range(world_size):
+            path = Path(folder) / f"result{r}.pkl"
+            if path.is_file():
+                results[r] = pickle.loads(path.read_bytes())
     missing = sorted(set(range(world_size)) - set(results))
     failed = {r: v for r, (ok, v) in results.items() if not ok}
     if missing or failed:
         detail = "\n".join(f"--- rank {r}:\n{tb}" for r, tb in sorted(failed.items()))
         raise AssertionError(f"ranks failed {sorted(failed)}, no answer from {missing}\n{detail}")
-    return [pickle.loads(results[r][1]) for r in range(world_size)]
+    return [results[r][1] for r in range(world_size)]
