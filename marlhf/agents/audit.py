@@ -124,32 +124,44 @@ def estimate(
     """``(advantages float[B, T], starts bool[B, T])`` of ``scheme`` on ``rollouts``.
 
     The estimator reads the task rewards (no KL shaping: the truth is of the task's return) and
-    what it declares of the saved values, group ids and token probabilities.
+    what it declares of the saved values, group ids, Monte-Carlo values (at the branch points
+    the collecting agent chose), greedy rewards and token probabilities.
     """
     spec = get_estimator(scheme.estimator)
     starts = resegment(rollouts, scheme.termination, codec=codec)
-    held = {"token_probs"}
-    held |= {"values"} if rollouts.values is not None else set()
-    held |= {"group_ids"} if rollouts.group_ids is not None else set()
+    held = {"token_probs"} | {
+        name
+        for name in ("values", "group_ids", "mc_values", "greedy_rewards")
+        if getattr(rollouts, name) is not None
+    }
     missing = sorted(spec.requires - held)
     if missing:
         raise ValueError(
             f"scheme {scheme.name!r}: estimator {scheme.estimator!r} needs {missing}, which "
             "these rollouts do not hold (values come from an agent with a critic, group ids "
-            "from a rollout collected with group_size > 1)"
+            "from a rollout collected with group_size > 1, mc_values and greedy_rewards from "
+            "an agent whose estimator computed them)"
         )
     batch = EstimatorBatch(
         rewards=rollouts.task_rewards,
         task_rewards=rollouts.task_rewards,
         mask=rollouts.response_mask,
         starts=starts,
-        values=rollouts.values if "values" in spec.requires else None,
-        group_ids=rollouts.group_ids if "group_ids" in spec.requires else None,
+        **{
+            name: getattr(rollouts, name)
+            for name in ("values", "group_ids", "mc_values", "greedy_rewards")
+            if name in spec.requires
+        },
         token_probs=rollouts.logprobs.exp() if "token_probs" in spec.requires else None,
     )
-    result = spec.fn(batch, scheme.config())
+    config = scheme.config()
+    result = spec.fn(batch, config)
     check_estimate(spec.name, result, batch)
-    return result.advantages, starts
+    advantages = result.advantages
+    if config.prob_mask_threshold is not None:  # SPO: as the agent applies it after the estimate
+        confident = rollouts.logprobs.exp() > config.prob_mask_threshold
+        advantages = torch.where(confident, 0.0, advantages)
+    return advantages, starts
 
 
 # ----------------------------------------------------------------------------- metrics

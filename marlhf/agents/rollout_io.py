@@ -28,7 +28,7 @@ METADATA_KEY = "marlhf_rollouts"
 
 #: The ``float[B, T]`` fields, and the fields that may be ``None``.
 _TOKEN_FLOATS = ("logprobs", "ref_logprobs", "task_rewards", "rewards", "values")
-_OPTIONAL = ("values", "starts", "advantages", "group_ids")
+_OPTIONAL = ("values", "starts", "advantages", "group_ids", "mc_values", "greedy_rewards")
 
 
 @dataclass
@@ -48,6 +48,10 @@ class Rollouts:
     :param starts: ``bool[B, T]`` the agent's segment starts, or ``None``.
     :param advantages: ``float32[B, T]`` the agent's advantages, or ``None``.
     :param group_ids: ``int64[B]`` prompt group of each row, or ``None``.
+    :param mc_values: ``float32[B, T]`` Monte-Carlo values at the agent's branch points (NaN
+        elsewhere), when its estimator read them (``mc``), else ``None``.
+    :param greedy_rewards: ``float32[B]`` the return of a greedy rollout of each row's prompt,
+        when its estimator read them (``remax``), else ``None``.
     :param info: JSON-serialisable facts about the run (task id, kwargs, termination, ...).
     """
 
@@ -64,6 +68,8 @@ class Rollouts:
     starts: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     group_ids: torch.Tensor | None = None
+    mc_values: torch.Tensor | None = None
+    greedy_rewards: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,7 +81,11 @@ class Rollouts:
             "response_mask": ((B, T), (torch.bool,)),
             "starts": ((B, T), (torch.bool,)),
             "group_ids": ((B,), (torch.int64,)),
-            **{n: ((B, T), (torch.float32, torch.float64)) for n in (*_TOKEN_FLOATS, "advantages")},
+            "greedy_rewards": ((B,), (torch.float32, torch.float64)),
+            **{
+                n: ((B, T), (torch.float32, torch.float64))
+                for n in (*_TOKEN_FLOATS, "advantages", "mc_values")
+            },
         }
         if B < 0:
             raise ValueError(
@@ -112,6 +122,8 @@ class Rollouts:
                 "or algo.learn(...) first"
             )
         group_ids = getattr(buf, "group_ids", None)
+        mc_values = getattr(buf, "mc_values", None)
+        greedy = getattr(buf, "greedy_rewards", None)
         termination = getattr(algo, "termination", None)
         try:
             spec = None if termination is None else termination.spec
@@ -143,6 +155,8 @@ class Rollouts:
             starts=cpu(buf.starts),
             advantages=cpu(buf.advantages),
             group_ids=None if group_ids is None else cpu(group_ids),
+            mc_values=None if mc_values is None else cpu(mc_values).float(),
+            greedy_rewards=None if greedy is None else cpu(greedy).float(),
             info=info,
         )
 

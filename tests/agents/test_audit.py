@@ -11,7 +11,7 @@ import torch
 
 from marlhf.agents import MAPPO, PPO
 from marlhf.agents.audit import Scheme, audit, error_metrics, estimate, plot_audit
-from marlhf.agents.rollout_io import collect
+from marlhf.agents.rollout_io import Rollouts, collect
 from marlhf.agents.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
@@ -48,17 +48,40 @@ def scored():
     return algo, rollouts, truth
 
 
-def test_offline_estimates_reproduce_the_agents_online_ones() -> None:
-    for cls, kwargs, scheme in (
+@pytest.mark.parametrize(
+    ("cls", "kwargs", "scheme"),
+    [
         (PPO, {}, "gae"),
         (MAPPO, {"termination": "ngram:2"}, "gae@ngram:2"),
-    ):
-        algo = _algo(cls, **kwargs)
-        rollouts = collect(algo)
-        advantages, starts = estimate(Scheme.parse(scheme), rollouts)
-        assert rollouts.starts is not None
-        assert torch.equal(starts, rollouts.starts)
-        torch.testing.assert_close(advantages.float(), rollouts.advantages, rtol=0, atol=1e-6)
+        (PPO, {"estimator": "grpo", "group_size": 4}, "grpo"),
+        (PPO, {"estimator": "rloo", "group_size": 4}, "rloo"),
+        (PPO, {"estimator": "reinforce_pp"}, "reinforce_pp"),
+        (PPO, {"estimator": "remax"}, "remax"),
+        (
+            MAPPO,
+            {"estimator": "mc", "termination": "ngram:2", "mc_rollouts": 2},
+            "mc@ngram:2",
+        ),
+        (
+            MAPPO,
+            {
+                "estimator": "mc",
+                "termination": "ngram:2",
+                "mc_rollouts": 2,
+                "prob_mask_threshold": 0.5,
+            },
+            "mc@ngram:2 prob_mask_threshold=0.5",
+        ),
+    ],
+)
+def test_offline_estimates_reproduce_the_agents_online_ones(cls, kwargs, scheme, tmp_path) -> None:
+    algo = _algo(cls, **kwargs)
+    rollouts = Rollouts.load(collect(algo).save(tmp_path / "r.safetensors"))
+    advantages, starts = estimate(Scheme.parse(scheme), rollouts)
+    assert rollouts.starts is not None and rollouts.advantages is not None
+    assert torch.equal(starts, rollouts.starts)
+    torch.testing.assert_close(advantages.float(), rollouts.advantages, rtol=0, atol=1e-6)
+    assert float(rollouts.advantages.abs().max()) > 0
 
 
 def test_the_true_critic_makes_td0_exact(scored) -> None:
