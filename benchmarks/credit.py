@@ -2,16 +2,18 @@
 
 Task: ``marlhf/CreditSum-v0`` at its defaults (3 digits, 3 decisions, horizon 32: the score
 depends on the first 3 tokens and arrives on the 32nd). A tiny GPT-2 (2 layers, width 64) is
-trained from scratch by token-level PPO and by MA-PPO ``ngram:5`` (the toy preset's learning
-rate and batch size, no KL, actions masked to the digits), and at several training budgets
-each agent's current policy samples 64 episodes that are audited:
+trained from scratch by token-level PPO, by MA-PPO ``ngram:5`` and by GRPO (the toy preset's
+learning rate and batch size, no KL, actions masked to the digits, every agent sampling groups
+of 4 episodes per prompt), and at several training budgets each agent's current policy samples
+64 episodes (16 prompts x 4) that are audited:
 
 - the true advantages by exact enumeration (:mod:`marlhf.agents.truth`; the agents sample
   only the 3 digits, so 3^3 continuations per distinct prompt; once per agent the cost over
   the whole 12-token vocabulary, 12^3 per prompt, is timed too);
-- every scheme of ``SCHEMES`` re-estimated on the same episodes from the agent's own critic
-  (:mod:`marlhf.agents.audit`): RMSE, correlation, sign agreement, credit on filler tokens,
-  per-segment correlation, and the correlation at each decision position.
+- every scheme of ``SCHEMES`` re-estimated on the same episodes (:mod:`marlhf.agents.audit`),
+  the ``gae`` ones from the agent's own critic (so not on GRPO's samples: it has none): RMSE,
+  correlation, sign agreement, credit on filler tokens, per-segment correlation, and the
+  correlation at each decision position.
 
 Timings (1 torch thread; wall seconds, and CPU seconds since the machine is shared): the
 exact truth, and the whole audit (truth + every scheme's estimate and metrics), against the
@@ -19,7 +21,7 @@ issue's goal of one minute for 64 rollouts of 32 tokens. One Monte-Carlo check p
 compares :func:`mc_advantages` (``MC_EPISODES`` episodes, ``MC_SAMPLES`` continuations per
 prefix) with the exact truth (mean ``|z|`` should be about 0.8 if the SE is right).
 
-Run: ``python benchmarks/credit.py`` (about 10 minutes on two cores; ``--quick``: one seed,
+Run: ``python benchmarks/credit.py`` (about 15 minutes on two cores; ``--quick``: one seed,
 two budgets, about 3 minutes). Writes ``benchmarks/results/credit.json``, prints the table and
 (full mode) renders its block of ``docs/credit.md``; ``--doc-only`` re-renders from the JSON.
 """
@@ -63,8 +65,17 @@ SCHEMES = [
     "gae gae_lambda=0.0",
     "gae@ngram:5",
     "gae@ngram:inf",
+    "grpo",
+    "grpo group_std=false",
+    "rloo",
+    "reinforce_pp_baseline",
 ]
-AGENTS = {"ppo": {}, "mappo ngram:5": {"termination": "ngram:5"}}
+GROUP_SIZE = 4
+AGENTS: dict[str, dict[str, Any]] = {
+    "ppo": {},
+    "mappo ngram:5": {"termination": "ngram:5"},
+    "grpo": {"estimator": "grpo"},
+}
 BUDGETS_FULL = [0, 20_480, 61_440, 122_880]
 BUDGETS_QUICK = [0, 20_480]
 MC_EPISODES, MC_SAMPLES = 8, 16
@@ -84,6 +95,7 @@ def make_agent(name: str, seed: int) -> Any:
         batch_size=16,
         kl_coef=0.0,
         mask_actions=True,
+        group_size=GROUP_SIZE,
         seed=seed,
         **AGENTS[name],
     )
@@ -102,7 +114,9 @@ def audit_once(algo: Any, schemes: list[Scheme], with_mc: bool) -> dict[str, Any
         sampling=sampling,
     )
     truth_s = time.perf_counter() - start
-    result = audit(rollouts, truth, schemes, codec=task.codec)
+    # a scheme reading the critic's values is audited only on agents that have a critic
+    usable = [s for s in schemes if rollouts.values is not None or s.estimator != "gae"]
+    result = audit(rollouts, truth, usable, codec=task.codec)
     audit_s = time.perf_counter() - start
     row: dict[str, Any] = {
         "score_mean": float(rollouts.task_rewards.sum(dim=1).mean()),
@@ -203,6 +217,8 @@ def summarise(data: dict[str, Any]) -> list[list[Any]]:
         runs = [r for r in data["runs"] if r["agent"] == agent and r["budget"] == budget]
         score = statistics.mean(r["score_mean"] for r in runs)
         for scheme in data["schemes"]:
+            if scheme not in runs[0]["schemes"]:
+                continue
             figures = [r["schemes"][scheme] for r in runs]
 
             def mean(get: Any, figures: list[dict[str, Any]] = figures) -> float:
@@ -253,7 +269,7 @@ def render_doc(data: dict[str, Any], doc: Path = DOC) -> None:
     timing = [
         f"Measured at commit `{m.get('commit')}` on {m.get('cpu')} ({m.get('cores')} cores "
         f"shared), mode `{data['mode']}`, {len(data['runs'])} audits. Whole audit (exact "
-        f"truth + {len(data['schemes'])} schemes) of {EPISODES} episodes x 32 tokens: at most "
+        f"truth + up to {len(data['schemes'])} schemes) of {EPISODES} episodes x 32 tokens: at most "
         f"{data['audit_seconds_max']:.2f} s wall; exact truth at most "
         f"{data['truth_seconds_max']:.2f} s.",
     ]
