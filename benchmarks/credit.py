@@ -269,7 +269,8 @@ def render_doc(data: dict[str, Any], doc: Path = DOC) -> None:
     timing = [
         f"Measured at commit `{m.get('commit')}` on {m.get('cpu')} ({m.get('cores')} cores "
         f"shared), mode `{data['mode']}`, {len(data['runs'])} audits. Whole audit (exact "
-        f"truth + up to {len(data['schemes'])} schemes) of {EPISODES} episodes x 32 tokens: at most "
+        f"truth + up to {len(data['schemes'])} schemes) of {EPISODES} episodes x 32 tokens: "
+        "at most "
         f"{data['audit_seconds_max']:.2f} s wall; exact truth at most "
         f"{data['truth_seconds_max']:.2f} s.",
     ]
