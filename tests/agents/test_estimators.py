@@ -90,6 +90,29 @@ def test_exact_reductions_to_gae_with_one_segment() -> None:
     assert torch.allclose(run("rloo", b), ref_loo.advantages, atol=1e-6)
 
 
+def test_mc_is_lambda0_td_over_branch_points_by_hand() -> None:
+    # VinePPO: V at each branch point from Monte Carlo; A_tau = R_tau + V_{tau+1} - V_tau, the
+    # last segment bootstrapping from 0 (METHOD.md: lambda = 0 with MC values at step starts).
+    mask = prefix_mask([5], 5)
+    rewards = torch.tensor([[0.0, -0.1, 0.0, -0.2, 1.0]])
+    nan = float("nan")
+    mc_values = torch.tensor([[0.4, nan, 0.7, nan, 0.9]])
+    batch = EstimatorBatch(
+        rewards=rewards, task_rewards=rewards, mask=mask, starts=mask.clone(), mc_values=mc_values
+    )
+    adv = get_estimator("mc").fn(batch, PPOConfig(estimator="mc", kl_coef=0.0)).advantages
+    expected = [(0.0 - 0.1) + 0.7 - 0.4] * 2 + [(0.0 - 0.2) + 0.9 - 0.7] * 2 + [1.0 - 0.9]
+    assert adv[0].tolist() == pytest.approx(expected)
+
+
+def test_remax_subtracts_the_greedy_reward() -> None:
+    b = terminal_batch(SCORES, LENGTHS, GROUPS)
+    b.greedy_rewards = torch.tensor([0.5, 0.5, 0.5, 2.0, 2.0, 2.0])
+    adv = get_estimator("remax").fn(b, PPOConfig(estimator="remax")).advantages
+    assert adv[:, 0].tolist() == pytest.approx([0.5, -0.5, 2.5, -1.5, -1.5, 0.0])
+    assert not adv[~b.mask].any()
+
+
 def test_reinforce_pp_is_whitened_return_to_go() -> None:
     b = terminal_batch(SCORES, LENGTHS, GROUPS)
     b.rewards[1, 0] = -0.25  # a dense (KL-like) reward before the end
