@@ -277,14 +277,14 @@ def test_every_preset_trains_on_a_toy_task(preset: str) -> None:
     from marlhf.agents import PPO
     from marlhf.models import tiny_gpt2
 
-    env = gym.make_vec(
+    env: Any = gym.make_vec(
         "marlhf/DelayedChoice-v0",
         num_envs=16,
         horizon=4,
         num_choices=2,
         vectorization_mode="vector_entry_point",
     )
-    extra = {"clip_range": 0.2, "clip_range_high": 0.28} if preset == "gspo" else {}
+    extra: dict[str, Any] = {"clip_range": 0.2, "clip_range_high": 0.28} if preset == "gspo" else {}
     algo = PPO(
         tiny_gpt2(env.codec, n_layer=1, n_embd=32, n_head=2, seed=0),
         env,
@@ -304,6 +304,7 @@ def test_every_preset_trains_on_a_toy_task(preset: str) -> None:
     needs_groups = get_estimator(algo.config.estimator).needs_groups
     assert (buf.group_ids is not None) == needs_groups
     if needs_groups:  # num_envs / K prompts, each K times
+        assert buf.group_ids is not None
         assert buf.group_ids.tolist() == [i // algo.config.group_size for i in range(16)]
     # No critic unless the estimator declares values: no value loss was computed.
     assert buf.has_values == get_estimator(algo.config.estimator).needs_critic

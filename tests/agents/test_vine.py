@@ -4,6 +4,7 @@ built on them (ReMax, VinePPO-style Monte-Carlo values)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import gymnasium as gym
 import pytest
@@ -59,7 +60,7 @@ def test_branch_points_respect_the_budget() -> None:
     assert bool(branch[:, 0].all()) and int(branch[0].nonzero()[-1]) == 9
 
 
-def _delayed(num_envs: int = 8, horizon: int = 4) -> gym.vector.VectorEnv:
+def _delayed(num_envs: int = 8, horizon: int = 4) -> Any:
     return gym.make_vec(
         "marlhf/DelayedChoice-v0",
         num_envs=num_envs,
@@ -103,6 +104,7 @@ def test_mc_values_after_the_decision_equal_the_outcome() -> None:
 @pytest.mark.parametrize("preset", ["remax", "vineppo", "spo-chain"])
 def test_baseline_presets_train(preset: str) -> None:
     env = _delayed(num_envs=8, horizon=4)
+    extra: dict[str, Any] = {"mc_rollouts": 2} if preset != "remax" else {}
     algo = PPO(
         tiny_gpt2(env.codec, n_layer=1, n_embd=32, n_head=2),
         env,
@@ -111,7 +113,7 @@ def test_baseline_presets_train(preset: str) -> None:
         mask_actions=True,
         seed=0,
         device="cpu",
-        **({"mc_rollouts": 2} if preset != "remax" else {}),
+        **extra,
     )
     algo.learn(8 * 4 * 3)
     assert math.isfinite(algo.rollout_stats["rollout/score_mean"])
