@@ -49,7 +49,8 @@ def _scaling_rank(rank: int, world: int, port: int, args: dict[str, Any], out: A
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    if world > 1:
+    joined = world > 1 and not args.get("independent", False)
+    if joined:
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
         dist.init_process_group("gloo", rank=rank, world_size=world)
     from marlhf.agents import PPO
@@ -64,16 +65,17 @@ def _scaling_rank(rank: int, world: int, port: int, args: dict[str, Any], out: A
         env.codec, n_layer=args["layers"], n_embd=args["width"], n_head=4, n_positions=256, seed=0
     )
     algo = PPO(lm, env, n_epochs=1, batch_size=None, seed=0, device="cpu")
-    per_iter = args["envs"] * args["tokens"]
+    # Joined ranks count every rank's tokens; an unconnected process only its own.
+    per_iter = (args["envs"] if joined or world == 1 else args["envs"] // world) * args["tokens"]
     algo.learn(per_iter)  # warm-up
-    if world > 1:
+    if joined:
         dist.barrier()
     start = time.perf_counter()
     before = algo.num_timesteps
     algo.learn(per_iter * args["iters"], reset_num_timesteps=False)
     seconds = time.perf_counter() - start
     out.put((rank, algo.num_timesteps - before, seconds))
-    if world > 1:
+    if joined:
         dist.destroy_process_group()
 
 
@@ -99,6 +101,12 @@ def run_ranks(target: Any, world: int, *args: Any) -> list[Any]:
 
 
 def measure_scaling(args: dict[str, Any]) -> dict[str, Any]:
+    # One process with half the envs: the work one of two ranks does. B / (B/2) seconds is the
+    # most two ranks can gain with a core each (a small model's token loop does not halve).
+    half = run_ranks(_scaling_rank, 1, {**args, "envs": args["envs"] // 2})[0]
+    # Control: two unconnected processes with half the envs each, at the same time (no
+    # collective at all): what the machine gives two concurrent processes.
+    apart = run_ranks(_scaling_rank, 2, {**args, "independent": True})
     rows = {}
     for world in (1, 2):
         results = run_ranks(_scaling_rank, world, args)
@@ -106,7 +114,12 @@ def measure_scaling(args: dict[str, Any]) -> dict[str, Any]:
         seconds = max(r[2] for r in results)
         rows[world] = {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
     ratio = rows[2]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    half_s = half[2]
     return {
+        "half_batch_one_rank_seconds": half_s,
+        "ceiling_ratio": rows[1]["seconds"] / half_s,
+        "two_independent_processes_seconds": max(r[2] for r in apart),
+        "independent_ratio": rows[1]["seconds"] / max(r[2] for r in apart),
         "settings": {**args, "model": "tiny GPT-2", "threads_per_rank": 1},
         "one_rank": rows[1],
         "two_ranks": rows[2],
@@ -210,7 +223,11 @@ def main() -> None:
                 for w, r in ((1, scaling["one_rank"]), (2, scaling["two_ranks"]))
             ],
         )
-        print(f"ratio 2 ranks / 1 rank: {scaling['ratio']:.2f} (goal >= 1.7)")
+        print(
+            f"ratio 2 ranks / 1 rank: {scaling['ratio']:.2f} (goal >= 1.7); one rank's share of "
+            f"the work alone runs {scaling['ceiling_ratio']:.2f}x faster than the whole batch; "
+            f"two unconnected half-batch processes at once: {scaling['independent_ratio']:.2f}x"
+        )
     if opts.part in ("memory", "all"):
         memory = measure_memory()
         data["memory"] = memory
