@@ -32,7 +32,7 @@ def _normalisers(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     x, mask = _mine(x, rank), _mine(mask, rank)
     info = dist_utils.world()
     assert (info.rank, info.world_size) == (rank, world_size)
-    weight = torch.linspace(-1.0, 1.0, 5, requires_grad=True)
+    weight = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 5))
     # A token-mean loss: the local mean times this rank's share, gradients summed over ranks.
     y = torch.where(mask, x, torch.zeros_like(x)) * weight
     loss = masked_mean(y, mask) * dist_utils.local_share(mask)

@@ -114,7 +114,8 @@ def test_lora_save_load_and_merged_export(tmp_path) -> None:
     got = merged(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     base = AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"), local_files_only=True)
-    with policy.model.disable_adapter():
+    peft_model: Any = policy.model
+    with peft_model.disable_adapter():
         want_base = policy.model(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     got_base = base(input_ids=ids, attention_mask=mask, position_ids=pos).logits
     torch.testing.assert_close(got_base, want_base, atol=1e-6, rtol=0)
@@ -145,7 +146,8 @@ def test_ppo_with_lora_leaves_the_base_weights() -> None:
     algo = PPO(base, env, n_epochs=2, learning_rate=1e-2, seed=0, policy_kwargs={"lora": {"r": 2}})
     algo.learn(24)  # two iterations: the second rollout is scored after an update
     assert algo.policy.reference_mode == "adapters"
-    for name, param in algo.policy.model.get_base_model().named_parameters():
+    peft_model: Any = algo.policy.model
+    for name, param in peft_model.get_base_model().named_parameters():
         if "lora_" not in name:
             assert torch.equal(param, frozen[name.replace(".base_layer.", ".")]), name
     assert algo.rollout_stats["rollout/kl_ref"] != 0.0  # the adapters moved the policy
@@ -234,18 +236,19 @@ def test_checkpointed_policy_samples_with_its_cache_after_an_update() -> None:
     plain = CausalLMActorCritic(copy.deepcopy(model), reference=None)
     checked = CausalLMActorCritic(model, reference=None, gradient_checkpointing=True)
     checked.train()  # as PPO leaves it after an update
+    runs = []
     for policy in (plain, checked):
         gen = torch.Generator().manual_seed(3)
-        state, tokens = None, []
+        state: Any = None
+        tokens = []
         for _ in range(5):
             action, state = policy.act(
                 {"input_ids": PROMPT, "attention_mask": PMASK}, state, generator=gen
             )
             tokens.append(action)
-        policy.sampled = torch.stack(tokens, 1)  # type: ignore[assignment]
-        policy.last_logits = state.next_logits  # type: ignore[assignment]
-    assert torch.equal(plain.sampled, checked.sampled)
-    torch.testing.assert_close(checked.last_logits, plain.last_logits, atol=1e-6, rtol=0)
+        runs.append((torch.stack(tokens, 1), state.next_logits))
+    assert torch.equal(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[1][1], runs[0][1], atol=1e-6, rtol=0)
 
 
 def test_checkpointing_setting_survives_save_and_load(tmp_path) -> None:
