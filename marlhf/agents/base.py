@@ -9,6 +9,7 @@ token when there is none) -> GAE. The update itself is :meth:`train`, written by
 from __future__ import annotations
 
 import dataclasses
+import sys
 import time
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -21,7 +22,7 @@ from stable_baselines3.common.callbacks import (
     ConvertCallback,
     ProgressBarCallback,
 )
-from stable_baselines3.common.logger import Logger
+from stable_baselines3.common.logger import HumanOutputFormat, Logger
 from stable_baselines3.common.utils import configure_logger
 
 from marlhf.agents import distributed as dist_utils
@@ -35,6 +36,16 @@ from marlhf.models import resolve_device
 from marlhf.options import Termination, make_termination
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")
+
+
+def make_logger(
+    verbose: int, tensorboard_log: str | None, tb_log_name: str, reset_num_timesteps: bool
+) -> Logger:
+    """SB3's ``configure_logger``, except that without tensorboard no folder is made (SB3's
+    creates an empty ``SB3-<date>`` folder in the temp dir on every ``learn``)."""
+    if tensorboard_log is None:
+        return Logger(None, [HumanOutputFormat(sys.stdout)] if verbose >= 1 else [])
+    return configure_logger(verbose, tensorboard_log, tb_log_name, reset_num_timesteps)
 
 
 class TokenProgressBar(ProgressBarCallback):
@@ -160,6 +171,26 @@ class LMOnPolicyAlgorithm(IterationStages):
     # ---------------------------------------------------------------- env and logger
     def set_env(self, env: Any) -> None:
         """Attach a ``BatchedTokenEnv`` (or anything with its contract) and size the buffer."""
+        self._attach_env(env)
+        self._check_batch_size()
+
+    def _check_batch_size(self) -> None:
+        env = self.env
+        # With several ranks, env.num_envs is this rank's shard; batch_size counts global rows.
+        sizes = dist_utils.all_gather_objects(int(env.num_envs))
+        if len(set(sizes)) != 1:
+            raise ValueError(f"env.num_envs differs between ranks ({sizes}); give each the same")
+        total = int(env.num_envs) * self.world.world_size
+        if self.config.batch_size is not None and total % self.config.batch_size != 0:
+            where = "" if not self.world.distributed else f" over {self.world.world_size} ranks"
+            raise ValueError(
+                f"batch_size={self.config.batch_size} cannot split a rollout of "
+                f"num_envs={total} episodes{where}; use a divisor of {total}"
+            )
+
+    def _attach_env(self, env: Any) -> None:
+        """:meth:`set_env` without the minibatch check (``load`` for inference on any number
+        of envs; :meth:`learn` checks it)."""
         for attr in ("num_envs", "codec", "max_prompt_len", "max_new_tokens"):
             if not hasattr(env, attr):
                 raise TypeError(f"env: {type(env).__name__} lacks {attr!r}; pass a BatchedTokenEnv")
@@ -177,17 +208,6 @@ class LMOnPolicyAlgorithm(IterationStages):
             raise ValueError(
                 f"mask_actions=True but {type(env).__name__} has no action_masks(); "
                 "use mask_actions=False or an env that exposes its allowed tokens"
-            )
-        # With several ranks, env.num_envs is this rank's shard; batch_size counts global rows.
-        sizes = dist_utils.all_gather_objects(int(env.num_envs))
-        if len(set(sizes)) != 1:
-            raise ValueError(f"env.num_envs differs between ranks ({sizes}); give each the same")
-        total = int(env.num_envs) * self.world.world_size
-        if self.config.batch_size is not None and total % self.config.batch_size != 0:
-            where = "" if not self.world.distributed else f" over {self.world.world_size} ranks"
-            raise ValueError(
-                f"batch_size={self.config.batch_size} cannot split a rollout of "
-                f"num_envs={total} episodes{where}; use a divisor of {total}"
             )
         if env.num_envs % self.config.group_size != 0:
             raise ValueError(
@@ -208,7 +228,7 @@ class LMOnPolicyAlgorithm(IterationStages):
     def logger(self) -> Logger:
         """The SB3 ``Logger`` (configured by :meth:`learn` unless :meth:`set_logger` was called)."""
         if self._logger is None:
-            self._logger = configure_logger(self.verbose, None, "", True)
+            self._logger = make_logger(self.verbose, None, "", True)
         return self._logger
 
     def set_logger(self, logger: Logger) -> None:
@@ -304,6 +324,7 @@ class LMOnPolicyAlgorithm(IterationStages):
             raise ValueError(f"total_timesteps={total_timesteps!r} must be a positive int")
         if self.env is None:
             raise ValueError("learn: no env; pass one to the constructor, load() or set_env()")
+        self._check_batch_size()  # an env attached by load() for inference may not fit
         self.start_time = time.time_ns()
         if reset_num_timesteps:
             self.num_timesteps = 0
@@ -316,7 +337,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         if not self.world.is_main:  # rank 0 logs; the others write nothing
             self._logger = Logger(folder=None, output_formats=[])
         elif not self._custom_logger:
-            self._logger = configure_logger(
+            self._logger = make_logger(
                 self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps
             )
         return int(total_timesteps), self._init_callback(callback, progress_bar)
@@ -380,13 +401,16 @@ class LMOnPolicyAlgorithm(IterationStages):
         path: str | Path,
         env: Any = None,
         device: str | torch.device = "auto",
+        force: bool = False,
         **kwargs: Any,
     ) -> SelfAlgo:
         """Rebuild a saved algorithm; with ``env``, also restore the env's random stream.
 
         :param path: what :meth:`save` was given (with or without ``.zip``).
-        :param env: the env to train on (``None``: attach one later with :meth:`set_env`).
+        :param env: the env to train on (``None``: attach one later with :meth:`set_env`); its
+            task and codec must be the saved ones, its number of envs may differ.
         :param device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        :param force: load onto an env of another task or codec than the saved one.
         :param kwargs: hyper-parameters to change on the loaded algorithm.
         """
-        return save_util.load_algorithm(cls, path, env, device, kwargs)
+        return save_util.load_algorithm(cls, path, env, device, {**kwargs, "force": force})

@@ -535,13 +535,15 @@ def load_algorithm(
     hp.update(overrides)
     algo: Any = cls(
         policy,  # type: ignore[call-arg]
-        env,
+        None,  # attached below: any number of envs (learn checks the minibatch size)
         seed=data["seed"],
         verbose=data["verbose"],
         tensorboard_log=data["tensorboard_log"],
         device=device,
         **hp,
     )
+    if env is not None:
+        algo._attach_env(env)
     algo.preset = data["preset"]
     algo.optimizer.load_state_dict(state["optimizer"])
     algo.kl_ctl.load_state_dict(state["kl_ctl"])

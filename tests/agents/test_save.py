@@ -299,9 +299,24 @@ def test_a_data_form_that_rebuilds_another_rule_falls_back_to_the_rules_own_spec
 def test_load_for_inference_with_another_number_of_envs(tmp_path: Path) -> None:
     algo = _make().learn(B * N)
     algo.save(tmp_path / "ck")
-    for n in (2, 8):
+    for n in (2, 3, 8):  # batch_size=2 does not split 3 rows: fine for inference
         env = CueEnv(n, N, eos=False)
         loaded = MAPPO.load(tmp_path / "ck", env=env, device="cpu")
         obs, _ = env.reset(seed=1)
         actions, _ = loaded.predict(obs, deterministic=True)
         assert actions.shape == (n,) and loaded.n_envs == n
+    with pytest.raises(ValueError, match="batch_size=2 cannot split a rollout of num_envs=3"):
+        MAPPO.load(tmp_path / "ck", env=CueEnv(3, N, eos=False), device="cpu").learn(1)
+
+
+def test_learn_leaves_no_logger_folder_in_the_temp_dir(tmp_path: Path, monkeypatch: Any) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    algo = _make(verbose=1)
+    algo.learn(B * N)
+    algo.logger.record("x", 1.0)
+    assert list(tmp_path.iterdir()) == []
+    algo.tensorboard_log = str(tmp_path / "tb")  # with tensorboard, its folder only
+    algo.learn(B * N)
+    assert [p.name for p in tmp_path.iterdir()] == ["tb"]
