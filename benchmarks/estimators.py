@@ -27,7 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
-from common import RESULTS_DIR, machine_stamp, print_table, write_json
+from common import RESULTS_DIR, machine_stamp, print_table, read_json, write_json
 
 from marlhf.agents import PPO, CausalLMActorCritic
 from marlhf.agents.vine import fork_state
@@ -49,20 +49,27 @@ def fork_costs(
     policy = CausalLMActorCritic(tiny_gpt2(vocab, n_layer=2, n_embd=128), reference=None)
     gen = torch.Generator().manual_seed(0)
     window = torch.randint(1, vocab, (batch, prompt), generator=gen)
-    window_mask = torch.ones_like(window)
+    # Left-padded prompts of 8..16 tokens, as the env's window holds them.
+    lengths = torch.randint(prompt // 2, prompt + 1, (batch,), generator=gen)
+    window_mask = (torch.arange(prompt)[None, :] >= prompt - lengths[:, None]).long()
+    window = window * window_mask
     response = torch.randint(1, vocab, (batch, length), generator=gen)
 
-    # The plain rollout: prefill, then one token per step for the whole batch.
-    state = policy.start(window, window_mask)
-    start = time.perf_counter()
+    # The plain rollout: prefill, then one token per step for the whole batch. Its steps are
+    # timed in pieces interleaved with the continuations below (this machine's load varies).
+    plain = policy.start(window, window_mask)
+    state = plain
     for t in range(length - 1):
         state = policy.advance(state, response[:, t])
-    plain_per_token = (time.perf_counter() - start) / (batch * (length - 1))
+    plain = policy.start(window, window_mask)
+    plain_t, plain_s = 0, 0.0
 
     # Branch points: evenly spread, K rows each; chunks of `chunk` rows.
     cols = torch.linspace(0, length - 2, branches).round().long()
     rows = torch.arange(batch).repeat_interleave(branches * k)
     starts = cols.repeat(batch).repeat_interleave(k)
+    order = torch.argsort(starts, stable=True)  # as monte_carlo_values orders its branches
+    rows, starts = rows[order], starts[order]
     steps = 16  # tokens generated per continuation in the decode measurement
     fork_s = prefill_s = decode_fork_s = decode_prefill_s = 0.0
     for begin in range(0, len(rows), chunk):
@@ -91,6 +98,18 @@ def fork_costs(
                 decode_fork_s += elapsed
             else:
                 decode_prefill_s += elapsed
+        piece = min(length - 1 - plain_t, max(1, (length - 1) // (len(rows) // chunk)))
+        t0 = time.perf_counter()
+        for _ in range(piece):
+            plain = policy.advance(plain, response[:, plain_t])
+            plain_t += 1
+        plain_s += time.perf_counter() - t0
+    while plain_t < length - 1:  # the rest of the plain rollout, if any
+        t0 = time.perf_counter()
+        plain = policy.advance(plain, response[:, plain_t])
+        plain_s += time.perf_counter() - t0
+        plain_t += 1
+    plain_per_token = plain_s / (batch * (length - 1))
     n = len(rows)
     per_token_fork = decode_fork_s / (n * steps)
     return {
@@ -171,11 +190,80 @@ def iteration_costs(num_envs: int, horizon: int, repeats: int, mc: bool) -> list
     return rows
 
 
+DOC = Path(__file__).resolve().parent.parent / "docs" / "estimators.md"
+
+
+def render_doc(data: dict[str, Any]) -> str:
+    """``docs/estimators.md`` from the JSON this script wrote (no number typed by hand)."""
+    f = data["fork"]
+    lines = [
+        "# What the estimators cost",
+        "",
+        "Rendered by `python benchmarks/estimators.py` from `benchmarks/results/estimators.json`"
+        f" (commit `{data['machine'].get('commit', '?')}`, {data['machine'].get('cpu', '?')},"
+        " one torch thread; other jobs shared this machine, so ratios are measured side by side"
+        " and only they are meant to be read).",
+        "",
+        "## Continuations from a forked KV cache",
+        "",
+        f"{f['batch']} samples x {f['length']} tokens, {f['branch_points']} branch points per "
+        f"sample, K = {f['k']}: {f['continuations']} continuations in chunks of "
+        f"{f['chunk_rows']} rows (`marlhf.agents.vine`).",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| starting a continuation: re-prefill / fork | {f['prefill_over_fork_start']:.1f}x |",
+        f"| a generated token: forked decoding / the plain rollout's | "
+        f"{f['forked_token_over_plain_token']:.2f}x |",
+        f"| a 16-token continuation, start included, per token / plain rollout token | "
+        f"{f['fork_continuation_over_plain_token']:.2f}x |",
+        f"| a 16-token continuation: re-prefill / fork | "
+        f"{f['prefill_continuation_over_fork_continuation']:.2f}x |",
+        "",
+        "Forking is a batch-indexed copy of the cache and one token of compute, against a "
+        "prefill of prompt + prefix: that is where the large ratio is. Once started, a forked "
+        "continuation decodes like any left-padded batch (the forked and the re-prefilled "
+        "decodes cost the same per token); over a whole continuation the start's share, and so "
+        "the ratio to re-prefilling, shrinks as the continuation grows.",
+        "",
+        "## One iteration per preset",
+        "",
+        "DelayedChoice, 32 envs x 32 tokens, tiny GPT-2 (2 x 64), medians of alternating "
+        "repeats; tokens per iteration include greedy rollouts (ReMax) and continuations "
+        "(VinePPO, SPO-chain), which `marlhf compare` counts against the same budget.",
+        "",
+        "| preset | estimator | critic | s / iteration | x PPO | tokens / iteration |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in data["iterations"]:
+        lines.append(
+            f"| {r['preset']} | {r['estimator']} | {'yes' if r['critic'] else 'no'} | "
+            f"{r['seconds_per_iteration']:.3f} | {r['over_ppo']:.2f} | "
+            f"{r['tokens_per_iteration']:.0f} |"
+        )
+    lines += [
+        "",
+        "Critic-free estimators run no value forward and no value loss (`critic` no); whether "
+        "that shows in the `x PPO` column depends on the machine's load while the repeats ran "
+        "(the tiny model's value head is a small share of an iteration). Monte-Carlo "
+        "estimators pay for their continuations "
+        "(`mc_rollouts` x up to `mc_max_starts` branch points per sample), which is why a fair "
+        "comparison matches budgets in generated tokens, not iterations.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, no MC presets")
     parser.add_argument("--out", default=str(RESULTS_DIR / "estimators.json"))
+    parser.add_argument("--doc-only", action="store_true", help="re-render the doc from --out")
     args = parser.parse_args()
+    if args.doc_only:
+        DOC.write_text(render_doc(read_json(args.out)), encoding="utf-8")
+        print(f"wrote {DOC}")
+        return
     torch.set_num_threads(1)
     fork = fork_costs(64, 128, 4, 4, prompt=16, chunk=64, vocab=4096)
     print_table(
@@ -204,6 +292,9 @@ def main() -> None:
         {"machine": machine_stamp(), "quick": args.quick, "fork": fork, "iterations": rows},
     )
     print(f"wrote {args.out}")
+    if not args.quick:
+        DOC.write_text(render_doc(read_json(args.out)), encoding="utf-8")
+        print(f"wrote {DOC}")
 
 
 if __name__ == "__main__":

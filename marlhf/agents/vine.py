@@ -188,6 +188,10 @@ def monte_carlo_values(
         raise ValueError(f"mc_rollouts={k} must divide num_envs={n}")
     per_chunk = n // k
     rows, cols = torch.nonzero(branch, as_tuple=True)
+    # Branches at similar depths share a chunk, so each chunk's fork keeps only the cache
+    # columns its deepest branch needs (masked columns still cost attention).
+    order = torch.argsort(cols, stable=True)
+    rows, cols = rows[order], cols[order]
     values = torch.full(branch.shape, float("nan"), device=branch.device)
     tokens = 0
     for begin in range(0, len(rows), per_chunk):
