@@ -170,11 +170,11 @@ def rollout_pair(
             return bare_loop(ppo.policy.model, prompt_ids, n_new, gen)
 
     def agent() -> bool:
-        ppo._finish_rollout = lambda: None  # type: ignore[method-assign]
+        ppo.finish_rollout = lambda: None  # type: ignore[method-assign]
         try:
             return ppo.collect_rollouts(callback)
         finally:
-            del ppo._finish_rollout  # the class's own again, for the iterations
+            del ppo.finish_rollout  # the class's own again, for the iterations
 
     return ppo, bare, agent
 
