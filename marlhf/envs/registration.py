@@ -12,13 +12,28 @@ Task keyword arguments (``horizon`` etc.) pass straight through both.
 
 Modules of other task families register themselves when imported; the modules listed in
 :data:`TASK_MODULES` are imported by :func:`register_envs` (on ``import marlhf``) when they exist.
+
+User tasks reach the CLI and its worker processes in two ways:
+
+- an installed package declares entry points in the ``marlhf.tasks`` group
+  (:data:`ENTRY_POINT_GROUP`), ``Name = "package.module:TaskClass"``; each is registered as
+  ``marlhf/Name-v0`` on ``import marlhf`` and imported only when the task is built;
+- a script's own module is named with ``--import MODULE`` (or ``imports: [MODULE]`` in a config);
+  :func:`import_modules` imports it (a dotted module name importable from the current folder,
+  or the path of a ``.py`` file), in the CLI process and in every worker process.
 """
 
 from __future__ import annotations
 
 import importlib
 import importlib.util
-from collections.abc import Callable
+import os
+import sys
+import warnings
+from collections.abc import Callable, Sequence
+from importlib.metadata import entry_points
+from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import gymnasium
@@ -28,6 +43,8 @@ if TYPE_CHECKING:
 
 NAMESPACE = "marlhf"
 TOKEN_ENV_ENTRY_POINT = "marlhf.envs.token_env:TokenEnv"
+#: Entry-point group through which installed packages register their tasks.
+ENTRY_POINT_GROUP = "marlhf.tasks"
 BATCHED_ENV_ENTRY_POINT = "marlhf.envs.batched:BatchedTokenEnv"
 
 #: Modules that register more tasks when imported (skipped when absent from the install).
@@ -138,7 +155,9 @@ _REGISTERED = False
 
 
 def register_envs() -> None:
-    """Import :data:`TASK_MODULES` (each registers its tasks); idempotent."""
+    """Import :data:`TASK_MODULES` (each registers its tasks), then register the tasks of the
+    ``marlhf.tasks`` entry points (lazily: a plugin is imported when its task is built);
+    idempotent."""
     global _REGISTERED
     if _REGISTERED:
         return
@@ -146,3 +165,77 @@ def register_envs() -> None:
     for module in TASK_MODULES:
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module)
+    _register_entry_points()
+
+
+def _register_entry_points() -> None:
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _TASKS:  # a built-in or an earlier registration keeps its name
+            continue
+        try:
+            register_task(ep.name, f"{ep.module}:{ep.attr}")
+        except (ValueError, TypeError) as exc:  # a broken plugin must not hide the others
+            warnings.warn(
+                f"marlhf: task plugin {ep.name!r} = {ep.value!r} (entry-point group "
+                f"{ENTRY_POINT_GROUP!r}) is skipped: {exc}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
+def import_modules(modules: Sequence[str]) -> list[ModuleType]:
+    """Import user modules so that the tasks and terminations they register exist here.
+
+    :param modules: dotted module names (importable from the current folder or ``PYTHONPATH``)
+        or paths of ``.py`` files; a module already imported is not imported again.
+    :returns: the imported modules.
+    :raises ValueError: naming the module when it cannot be found.
+    """
+    out = []
+    for name in modules:
+        if not isinstance(name, str) or not name.strip():
+            raise ValueError(f"imports: {name!r} must be a module name or a .py file path")
+        try:
+            out.append(_import_file(name) if name.endswith(".py") else _import_name(name.strip()))
+        except ValueError:
+            raise
+        except Exception as err:  # the user's module failed: one line naming it, not a traceback
+            raise ValueError(
+                f"imports: importing {name!r} failed: {type(err).__name__}: {err}"
+            ) from err
+    return out
+
+
+def _import_file(name: str) -> ModuleType:
+    path = Path(name).resolve()
+    if not path.is_file():
+        raise ValueError(f"imports: file {name!r} does not exist")
+    for module in list(sys.modules.values()):  # e.g. the running script, or an earlier import
+        file = getattr(module, "__file__", None)
+        if isinstance(file, str) and Path(file).resolve() == path:
+            return module
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    if spec is None or spec.loader is None:
+        raise ValueError(f"imports: {name!r} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[path.stem]
+        raise
+    return module
+
+
+def _import_name(name: str) -> ModuleType:
+    if os.getcwd() not in sys.path and "" not in sys.path:  # the console script lacks the cwd
+        sys.path.append(os.getcwd())
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not name.startswith(err.name):
+            raise  # the module exists but one of its own imports is missing
+        raise ValueError(
+            f"imports: no module named {name!r} (looked in the current folder and on "
+            "PYTHONPATH); give a dotted module name or the path of a .py file"
+        ) from None

@@ -29,6 +29,7 @@ name the first time the registry is consulted.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import warnings
@@ -53,7 +54,12 @@ def register_termination(name: str, *, overwrite: bool = False) -> Callable[[F],
         raise ValueError(f"register_termination: name {name!r} must be alphanumeric/_/-")
 
     def deco(factory: F) -> F:
-        if name in _REGISTRY and not overwrite and _REGISTRY[name] is not factory:
+        if (
+            name in _REGISTRY
+            and not overwrite
+            and _REGISTRY[name] is not factory
+            and not _same_source(_REGISTRY[name], factory)
+        ):
             raise ValueError(
                 f"register_termination: {name!r} is already registered to {_REGISTRY[name]!r}; "
                 "pass overwrite=True to replace it"
@@ -64,6 +70,15 @@ def register_termination(name: str, *, overwrite: bool = False) -> Callable[[F],
         return factory
 
     return deco
+
+
+def _same_source(a: Any, b: Any) -> bool:
+    """True when ``a`` and ``b`` are one definition imported twice (a script run as
+    ``__main__`` and imported again by name, e.g. by ``--import`` or a worker process)."""
+    try:
+        return a.__qualname__ == b.__qualname__ and inspect.getfile(a) == inspect.getfile(b)
+    except (AttributeError, TypeError):
+        return False
 
 
 def _load_entry_points() -> None:

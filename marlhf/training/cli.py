@@ -4,14 +4,24 @@ Every command reads its config dataclass (``marlhf.training.configs``): defaults
 ``--config FILE.yaml``, then ``--set KEY=VALUE`` (repeatable, dotted keys). ``--help`` lists
 every key with its type, default and help text; ``--print-config`` shows the merged config as
 YAML and exits. Bad input ends with a one-line error on stderr and exit status 2.
+
+``--import MODULE`` (repeatable; or the ``imports`` config key) imports a module that registers
+your own tasks or terminations before anything is built, so ``task.id`` and termination specs
+can name them (``compare``'s worker processes import it too). The result of a command is one
+JSON object on stdout; progress bars, sample completions and tables go to stderr (``--quiet``
+turns them off, ``--verbose`` adds a line per iteration and library warnings).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
-from collections.abc import Callable, Sequence
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import yaml
@@ -28,45 +38,112 @@ from marlhf.training.configs import (
 )
 
 EXIT_BAD_INPUT = 2
+#: Verbosity levels: ``--quiet``, the default, ``--verbose``.
+QUIET, NORMAL, VERBOSE = 0, 1, 2
+#: Sample completions ``marlhf eval`` shows.
+SHOWN_SAMPLES = 3
 
 
-def _train(config: Any) -> dict[str, Any]:
+def _train(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.train import run_train
 
-    return run_train(config)
+    if verbosity == QUIET:
+        return run_train(config)
+    with _train_progress(config.total_timesteps, verbosity) as progress:
+        return run_train(config, progress=progress)
 
 
-def _compare(config: Any) -> dict[str, Any]:
+@contextlib.contextmanager
+def _train_progress(total: int, verbosity: int) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr (tokens, score, tokens/s); ``--verbose`` also logs each update."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    columns = (
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        "tokens",
+        TextColumn("score {task.fields[score]}"),
+        TextColumn("{task.fields[speed]} tok/s"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    started: list[tuple[float, int]] = []
+    bar = Progress(*columns, console=console, transient=False)
+    task = bar.add_task("train", total=total, score="-", speed="-")
+
+    def progress(tokens: int, total: int, score: float | None = None) -> None:
+        now = time.perf_counter()
+        if not started:  # shown once training starts (a config error prints no bar)
+            started.append((now, tokens))  # the first call: 0, or a resumed run's tokens
+            bar.start()
+        t0, k0 = started[0]
+        speed = f"{(tokens - k0) / (now - t0):,.0f}" if now > t0 and tokens > k0 else "-"
+        shown = "-" if score is None else f"{score:.3f}"
+        bar.update(task, completed=min(tokens, total), score=shown, speed=speed)
+        if verbosity >= VERBOSE and tokens > k0:
+            bar.console.log(f"tokens {tokens:,}/{total:,}  score {shown}  {speed} tok/s")
+
+    try:
+        yield progress
+    finally:
+        if started:
+            bar.stop()
+
+
+def _compare(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.compare import run_compare
 
     return run_compare(config)
 
 
-def _eval(config: Any) -> dict[str, Any]:
+def _eval(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.evaluate import run_eval
 
-    return run_eval(config)
+    summary = run_eval(config)
+    if verbosity >= NORMAL:
+        _show_samples(summary)
+    return summary
 
 
-def _sft(config: Any) -> dict[str, Any]:
+def _show_samples(summary: dict[str, Any]) -> None:
+    """Print the first sampled completions of an eval on stderr."""
+    for i, rec in enumerate(summary.get("examples", [])[:SHOWN_SAMPLES]):
+        print(
+            f"--- sample {i} (score {rec['score']:.3f})\nprompt:   {rec['prompt']!r}\n"
+            f"response: {rec['response']!r}",
+            file=sys.stderr,
+        )
+
+
+def _sft(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.sft import run_sft
 
     return run_sft(config)
 
 
-def _audit(config: Any) -> dict[str, Any]:
+def _audit(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.audit import run_audit
 
     return run_audit(config)
 
 
-def _rm(config: Any) -> dict[str, Any]:
+def _rm(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.reward_modeling import run_rm
 
     return run_rm(config)
 
 
-COMMANDS: dict[str, tuple[type, Callable[[Any], dict[str, Any]], str]] = {
+COMMANDS: dict[str, tuple[type, Callable[[Any, int], dict[str, Any]], str]] = {
     "train": (TrainConfig, _train, "train one agent (PPO or MAPPO) on one task"),
     "compare": (
         CompareConfig,
@@ -114,10 +191,13 @@ def _catalogue() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with one sub-command per entry of :data:`COMMANDS`."""
+    from marlhf import __version__
+
     parser = argparse.ArgumentParser(
         prog="marlhf",
         description="marlhf: RLHF with macro actions (MA-RLHF). Run `marlhf COMMAND --help`.",
     )
+    parser.add_argument("--version", action="version", version=f"marlhf {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (cls, _, summary) in COMMANDS.items():
         epilog = f"example:\n  {EXAMPLES[name]}\n\n" + help_text(cls)
@@ -143,7 +223,65 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument(
             "--print-config", action="store_true", help="print the merged config as YAML and exit"
         )
+        _add_import_option(p)
+        talk = p.add_mutually_exclusive_group()
+        talk.add_argument(
+            "--verbose",
+            "-v",
+            dest="verbosity",
+            action="store_const",
+            const=VERBOSE,
+            default=NORMAL,
+            help="also print a line per iteration and library warnings",
+        )
+        talk.add_argument(
+            "--quiet",
+            "-q",
+            dest="verbosity",
+            action="store_const",
+            const=QUIET,
+            help="print only the result (JSON) and errors: no progress, samples or tables",
+        )
     return parser
+
+
+def _add_import_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--import",
+        dest="imports",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import a module (dotted name or .py path) that registers your own tasks or "
+        "terminations first (repeatable; same as the `imports` config key)",
+    )
+
+
+def _pre_import(argv: list[str]) -> None:
+    """Import the ``--import`` modules before the parser is built, so that ``--help`` lists
+    the tasks and terminations they register."""
+    from marlhf.envs.registration import import_modules
+
+    pre = argparse.ArgumentParser(add_help=False)
+    _add_import_option(pre)
+    known, _ = pre.parse_known_args(argv)
+    import_modules(known.imports)
+
+
+@contextlib.contextmanager
+def _talk(verbosity: int) -> Iterator[None]:
+    """Quiet: stdout of the command (tables, bars) and warnings silenced; verbose: library
+    warnings shown; normal: library logging at error level only."""
+    if verbosity == VERBOSE:
+        yield
+        return
+    with warnings.catch_warnings():
+        if verbosity == QUIET:
+            warnings.simplefilter("ignore")
+            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
+                yield
+        else:
+            yield
 
 
 def _quiet_libraries() -> None:
@@ -156,16 +294,32 @@ def _quiet_libraries() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0 success, 2 bad input)."""
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    try:
+        _pre_import(argv)
+    except (ValueError, ImportError) as err:
+        print(f"marlhf: error: {err}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     parser = build_parser()
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    _quiet_libraries()
+    args = parser.parse_args(argv)
     cls, run, _ = COMMANDS[args.command]
+    if args.verbosity < VERBOSE:
+        _quiet_libraries()
     try:
         config: Any = load_config(cls, args.config, args.overrides)
+        if hasattr(config, "imports"):  # recorded with the run; compare's workers import them
+            config.imports = [
+                *config.imports,
+                *(m for m in args.imports if m not in config.imports),
+            ]
+            from marlhf.envs.registration import import_modules
+
+            import_modules(config.imports)
         if args.print_config:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
-        result = run(config)
+        with _talk(args.verbosity):
+            result = run(config, args.verbosity)
     except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT

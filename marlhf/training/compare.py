@@ -27,6 +27,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from marlhf.envs.registration import import_modules
 from marlhf.models import resolve_device
 from marlhf.training.builders import check_env_id
 from marlhf.training.config import from_dict, to_dict
@@ -164,26 +165,33 @@ def _worker(
     logging.set_verbosity_error()
     torch.set_num_threads(settings.pop("threads"))
     queue = _progress_queue
+    import_modules(settings.pop("imports"))  # the user's tasks and terminations
     return train_run(
         spec,
         folder,
         task=from_dict(TaskConfig, sections["task"]),
         model=from_dict(ModelConfig, sections["model"]),
         agent=from_dict(AgentConfig, sections["agent"]),
-        progress=lambda t, total: queue.put((spec.name, t)),
+        progress=lambda t, total, score: queue.put((spec.name, t, score)),
         **settings,
     )
 
 
 def _progress_for(update: Any, name: str) -> Any:
-    def progress(tokens: int, total: int) -> None:
-        update(name, tokens)
+    def progress(tokens: int, total: int, score: float | None) -> None:
+        update(name, tokens, score)
 
     return progress
 
 
 def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[dict[str, Any]]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
 
     sections = {k: to_dict(getattr(config, k)) for k in ("task", "model", "agent")}
     settings = {
@@ -191,15 +199,26 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
         "device": config.device,
         "checkpoint_every": config.checkpoint_every,
         "threads": config.threads_per_worker,
+        "tensorboard": config.tensorboard,
+        "imports": config.imports,
     }
     results: list[dict[str, Any]] = []
     failures: list[str] = []
-    columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        "{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("score {task.fields[score]}"),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, transient=False) as bar:
-        tasks = {s.name: bar.add_task(s.name, total=config.total_timesteps) for s in todo}
+        tasks = {
+            s.name: bar.add_task(s.name, total=config.total_timesteps, score="-") for s in todo
+        }
 
-        def update(name: str, tokens: int) -> None:
-            bar.update(tasks[name], completed=min(tokens, config.total_timesteps))
+        def update(name: str, tokens: int, score: float | None) -> None:
+            shown = "-" if score is None else f"{score:.3f}"
+            bar.update(tasks[name], completed=min(tokens, config.total_timesteps), score=shown)
 
         if config.workers == 1 or len(todo) == 1:
             import torch
@@ -219,6 +238,7 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
                             device=config.device,
                             checkpoint_every=config.checkpoint_every,
                             progress=_progress_for(update, spec.name),
+                            tensorboard=config.tensorboard,
                         )
                     )
             finally:
@@ -244,8 +264,8 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
             pending = set(futures)
             while pending:
                 try:
-                    name, tokens = progress_queue.get(timeout=0.2)
-                    update(name, tokens)
+                    name, tokens, score = progress_queue.get(timeout=0.2)
+                    update(name, tokens, score)
                 except queue_mod.Empty:
                     pass
                 for fut in [f for f in pending if f.done()]:

@@ -247,6 +247,19 @@ class TrainConfig:
         default=10,
         metadata=doc("save a resumable checkpoint every this many iterations (0: never)"),
     )
+    tensorboard: bool = field(
+        default=False,
+        metadata=doc(
+            "also write TensorBoard event files in the run folder(s) (tensorboard --logdir)"
+        ),
+    )
+    imports: list[str] = field(
+        default_factory=lambda: [],
+        metadata=doc(
+            "modules that register your own tasks or terminations, imported before anything "
+            "is built (and in every worker process): dotted names or .py paths"
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_int("total_timesteps", self.total_timesteps, 1)
@@ -312,6 +325,39 @@ class CompareConfig:
     metric: str = field(
         default="rollout/score_mean", metadata=doc("logged metric the report and curves compare")
     )
+    tensorboard: bool = field(
+        default=False,
+        metadata=doc(
+            "also write TensorBoard event files in the run folder(s) (tensorboard --logdir)"
+        ),
+    )
+    imports: list[str] = field(
+        default_factory=lambda: [],
+        metadata=doc(
+            "modules that register your own tasks or terminations, imported before anything "
+            "is built (and in every worker process): dotted names or .py paths"
+        ),
+    )
+
+
+@dataclass
+class EvalTaskConfig(TaskConfig):
+    """The task of `marlhf eval`: by default the one the model was trained on."""
+
+    id: str = field(
+        default="",
+        metadata=doc(
+            "env id to score on; empty: the task the model was trained on, read from its run "
+            "folder (config.yaml); another id is evaluated only when named here"
+        ),
+    )
+    kwargs: dict[str, Any] = field(
+        default_factory=lambda: {},
+        metadata=doc(
+            "task keyword arguments; with the trained task they update the recorded ones "
+            "(e.g. max_new_tokens)"
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_int("total_timesteps", self.total_timesteps, 1)
@@ -330,7 +376,10 @@ class EvalConfig:
     model: ModelConfig = field(
         default_factory=ModelConfig, metadata=doc("the model to score (model.path required)")
     )
-    task: TaskConfig = field(default_factory=TaskConfig, metadata=doc("the environment"))
+    task: EvalTaskConfig = field(
+        default_factory=lambda: EvalTaskConfig(),
+        metadata=doc("the environment (default: the one the model was trained on)"),
+    )
     episodes: int = field(default=64, metadata=doc("number of held-out prompts to score"))
     seed: int = field(
         default=12345,
@@ -346,6 +395,13 @@ class EvalConfig:
         default=None, metadata=doc("JSONL file for the samples (default: beside the model)")
     )
     device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda or auto"))
+    imports: list[str] = field(
+        default_factory=lambda: [],
+        metadata=doc(
+            "modules that register your own tasks or terminations, imported before anything "
+            "is built (and in every worker process): dotted names or .py paths"
+        ),
+    )
 
     def __post_init__(self) -> None:
         check_int("episodes", self.episodes, 1)

@@ -2,10 +2,15 @@
 
 ``model.path`` may be an agent save (``run/final`` or ``run/final.zip``, whose weights are in
 ``run/final_weights/policy``), a ``*_weights`` folder, or any transformers causal-LM folder.
+The task defaults to the one the model was trained on: its id, keyword arguments and
+``imports`` are read from the run's ``config.yaml`` (``marlhf train`` and ``marlhf compare``
+write it; it is found in the save's folder or up to three folders above). ``task.kwargs`` given
+with it update the recorded ones; another task is scored only when ``task.id`` names it.
 Held-out prompts: tasks with a ``split`` argument are built with ``split="eval"``; procedural
 tasks draw their prompts from the seed ``seed``, a stream distinct from the training seeds.
 Every episode is written (prompt, response, score) to ``output`` (default
-``<model>/eval_<task>.jsonl``) and a summary is returned.
+``<model>/eval_<task>.jsonl``) and a summary, with the first few samples, beside it
+(``.summary.json``) and returned.
 """
 
 from __future__ import annotations
@@ -16,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.envs.registration import import_modules
 from marlhf.models import ModelLoadError, resolve_device
 from marlhf.training.builders import (
     load_causal_lm,
     load_tokenizer,
 )
-from marlhf.training.configs import EvalConfig, ModelConfig
+from marlhf.training.configs import EvalConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, write_jsonl
 from marlhf.training.runner import _task_parameters, build_env
 
@@ -41,6 +47,63 @@ def resolve_model_folder(path: str) -> Path:
         f"model.path: no transformers model (config.json) in {path!r}, its 'policy/' folder "
         f"or {str(candidates[-1])!r}"
     )
+
+
+#: Sampled completions kept in the summary (the CLI prints them).
+EXAMPLES = 3
+#: How many folders above a save ``config.yaml`` is looked for (compare: run/runs/<name>/final).
+RECORD_DEPTH = 3
+
+
+def trained_task(model_path: str) -> tuple[dict[str, Any], Path] | None:
+    """The run record (``config.yaml`` with a ``task`` section) of the run that saved
+    ``model_path``, and its path; None when there is none."""
+    import yaml
+
+    start = Path(model_path).resolve()
+    folders = [start] if start.is_dir() else []
+    folders += list(start.parents)[:RECORD_DEPTH]
+    for folder in folders:
+        path = folder / "config.yaml"
+        if not path.is_file():
+            continue
+        try:
+            record = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        task = record.get("task") if isinstance(record, dict) else None
+        if isinstance(task, dict) and isinstance(task.get("id"), str) and task["id"]:
+            return record, path
+    return None
+
+
+def resolve_task(config: EvalConfig) -> tuple[TaskConfig, dict[str, Any]]:
+    """The task to score on and where it came from (``{"task_source", "trained_task", ...}``).
+
+    :raises ValueError: when no task is named and the model has no run record.
+    """
+    found = None if config.model.path is None else trained_task(config.model.path)
+    given = config.task
+    if found is None:
+        if not given.id:
+            raise ValueError(
+                f"eval: model.path {config.model.path!r} has no run record (config.yaml with a "
+                "task) beside it or above it; name the task with --set task.id=marlhf/NAME-v0 "
+                "(and task.kwargs)"
+            )
+        return TaskConfig(given.id, dict(given.kwargs), given.num_envs), {"task_source": "named"}
+    record, path = found
+    import_modules(record.get("imports") or [])  # the user's task may live in a module
+    trained = record["task"]
+    kwargs = dict(trained.get("kwargs") or {})
+    origin = {"trained_task": trained["id"], "run_record": str(path)}
+    if given.id and given.id != trained["id"]:
+        return TaskConfig(given.id, dict(given.kwargs), given.num_envs), {
+            "task_source": "named (not the trained task)",
+            **origin,
+        }
+    kwargs.update(given.kwargs)
+    return TaskConfig(trained["id"], kwargs, given.num_envs), {"task_source": "trained", **origin}
 
 
 def generate_episodes(
@@ -101,15 +164,13 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         folder = resolve_model_folder(str(config.model.path))
         model_cfg = ModelConfig(path=str(folder))
         out_dir = folder
-    params = _task_parameters(config.task.id)
+    import_modules(config.imports)
+    task, origin = resolve_task(config)
+    params = _task_parameters(task.id)
     tokenizer = load_tokenizer(model_cfg) if "tokenizer" in params else None
-    task = config.task
     if "split" in params and "split" not in task.kwargs:
-        task = type(task)(
-            id=task.id, kwargs={**task.kwargs, "split": "eval"}, num_envs=task.num_envs
-        )
-    num_envs = min(task.num_envs, config.episodes)
-    task = type(task)(id=task.id, kwargs=task.kwargs, num_envs=num_envs)
+        task.kwargs["split"] = "eval"
+    task.num_envs = min(task.num_envs, config.episodes)
     device = str(resolve_device(config.device))
     env = build_env(task, config.seed, device, tokenizer)
     lm = load_causal_lm(model_cfg)
@@ -119,11 +180,13 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         policy, env, config.episodes, config.greedy, config.temperature, config.seed
     )
     scores = np.array([r["score"] for r in records])
-    name = config.task.id.split("/")[-1]
+    name = task.id.split("/")[-1]
     output = Path(config.output) if config.output else out_dir / f"eval_{name}.jsonl"
     write_jsonl(output, records)
     summary = {
-        "task": config.task.id,
+        "task": task.id,
+        "task_kwargs": task.kwargs,
+        **origin,
         "model": str(model_cfg.path or model_cfg.gguf_file),
         "episodes": len(records),
         "score_mean": float(scores.mean()),
@@ -132,6 +195,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         if len(scores) > 1
         else 0.0,
         "samples": str(output),
+        "examples": records[:EXAMPLES],
     }
     atomic_write_json(output.with_suffix(".summary.json"), summary)
     return summary

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stable_baselines3.common.logger import KVWriter, Logger
+from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
 from marlhf.agents import distributed as dist_utils
 from marlhf.agents.save_util import remove_checkpoint
@@ -49,7 +49,10 @@ CHECKPOINT = "checkpoint"
 #: Logged keys kept in the metrics (numbers under these prefixes).
 KEPT_PREFIXES = ("rollout/", "train/", "credit/")
 
-ProgressFn = Callable[[int, int], None]
+#: Called as ``progress(tokens, total_timesteps, score)``; ``score`` is the last logged
+#: :data:`SCORE_METRIC` (None before the first log).
+ProgressFn = Callable[[int, int, "float | None"], None]
+SCORE_METRIC = "rollout/score_mean"
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class MetricsRecorder(KVWriter):
         self.wall_offset = wall_offset
         self.started = time.perf_counter()
         self.on_dump = on_dump
+        self.score: float | None = None  # the last logged SCORE_METRIC
 
     def wall_time(self) -> float:
         """Seconds this run has trained, over every session."""
@@ -98,6 +102,8 @@ class MetricsRecorder(KVWriter):
                 self.rows.append(
                     {"tokens": int(step), "wall_time": wall, "metric": key, "value": float(value)}
                 )
+                if key == SCORE_METRIC:
+                    self.score = float(value)
         if self.on_dump is not None:
             self.on_dump(int(step))
 
@@ -383,12 +389,14 @@ def train_run(
     device: str = "cpu",
     checkpoint_every: int = 10,
     progress: ProgressFn | None = None,
+    tensorboard: bool = False,
 ) -> dict[str, Any]:
     """Train one run to ``total_timesteps`` tokens (resuming when possible); return its result.
 
     :param folder: the run's folder (created).
     :param checkpoint_every: iterations between checkpoints; 0 saves none (no resume).
-    :param progress: called with ``(tokens, total_timesteps)`` after every logger dump.
+    :param progress: called with ``(tokens, total_timesteps, last score)`` after every dump.
+    :param tensorboard: also write TensorBoard event files to ``<folder>/tensorboard``.
     :returns: ``{"run", "agent", "termination", "seed", "tokens", "wall_time", "rows",
         "resumed_from"}``; also written to ``<folder>/result.json``.
     """
@@ -434,12 +442,16 @@ def train_run(
         algo = build_agent(spec, lm, env, agent, device, None, model.policy_kwargs())
 
     recorder = MetricsRecorder(
-        wall_offset, None if progress is None else (lambda t: progress(t, total_timesteps))
+        wall_offset,
+        None if progress is None else (lambda t: progress(t, total_timesteps, recorder.score)),
     )
     recorder.rows = rows
-    algo.set_logger(Logger(folder=str(folder), output_formats=[recorder]))
+    formats: list[KVWriter] = [recorder]
+    if tensorboard:
+        formats.append(TensorBoardOutputFormat(str(folder / "tensorboard")))
+    algo.set_logger(Logger(folder=str(folder), output_formats=formats))
     if progress is not None:
-        progress(int(algo.num_timesteps), total_timesteps)
+        progress(int(algo.num_timesteps), total_timesteps, None)
 
     tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
     resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
@@ -459,6 +471,8 @@ def train_run(
             if main:
                 atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
             resumed_tokens = int(algo.num_timesteps)
+    for fmt in formats[1:]:  # flush the TensorBoard events
+        fmt.close()
     algo.save(folder / "final")
     if not main:
         return {"tokens": int(algo.num_timesteps), "wall_time": recorder.wall_time(), "rows": rows}

@@ -24,6 +24,7 @@ from marlhf.training.configs import TrainConfig
 from marlhf.training.report import final_score, write_metrics_csv
 from marlhf.training.runner import (
     MERGED,
+    ProgressFn,
     RunSpec,
     check_batch_fits,
     check_task_kwargs,
@@ -45,8 +46,10 @@ RUN_DEFINING = (
 )
 
 
-def run_train(config: TrainConfig) -> dict[str, Any]:
+def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Train, save and summarise one run.
+
+    :param progress: called as ``progress(tokens, total, score)`` after each iteration.
 
     :returns: ``{"output_dir", "tokens", "wall_time", "final_score", "model"}``.
     """
@@ -99,6 +102,8 @@ def run_train(config: TrainConfig) -> dict[str, Any]:
             total_timesteps=config.total_timesteps,
             device=config.device,
             checkpoint_every=config.checkpoint_every,
+            progress=progress,
+            tensorboard=config.tensorboard,
         )
         if main:
             write_metrics_csv(out / "metrics.csv", [result])

@@ -111,7 +111,7 @@ def test_run_resumes_from_checkpoint_after_interruption(tmp_path: Path) -> None:
     # uninterrupted, in one learn() call (no checkpoints): chunking must not change the result
     whole = train_run(spec, tmp_path / "whole", total_timesteps=192, checkpoint_every=0, **kwargs)
 
-    def crash(tokens: int, total: int) -> None:
+    def crash(tokens: int, total: int, score: float | None) -> None:
         if tokens >= 128:  # the dump of the 2nd iteration, before its checkpoint
             raise KeyboardInterrupt
 
