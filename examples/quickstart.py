@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 
 import gymnasium as gym
-from marlhf.models import tiny_gpt2
 
-import marlhf  # noqa: F401  (registers the marlhf/ env ids)
-from marlhf import MAPPO
+from marlhf import MAPPO  # importing marlhf registers the marlhf/ env ids
+from marlhf.models import tiny_gpt2
 
 
 def main() -> None:
