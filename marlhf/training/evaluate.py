@@ -77,13 +77,41 @@ def trained_task(model_path: str) -> tuple[dict[str, Any], Path] | None:
     return None
 
 
+def checkpoint_task(model_path: str) -> dict[str, Any] | None:
+    """``{"id", "kwargs"}`` of the env an agent save (``run/final`` or ``run/final.zip``) was
+    trained on, from the identity the save records; None when it records none."""
+    import json
+    import zipfile
+
+    from marlhf.agents.save_util import DATA_FILE, checkpoint_paths
+
+    zip_path = checkpoint_paths(model_path)[0]
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            env = json.loads(archive.read(DATA_FILE)).get("env")
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+    if not isinstance(env, dict) or not isinstance(env.get("env_id"), str):
+        return None
+    kwargs = env.get("task_kwargs") or {}
+    # arguments saved as "<Type>" placeholders (a tokenizer object) are rebuilt, not passed
+    plain = {k: v for k, v in kwargs.items() if not (isinstance(v, str) and v.startswith("<"))}
+    return {"id": env["env_id"], "kwargs": plain}
+
+
 def resolve_task(config: EvalConfig) -> tuple[TaskConfig, dict[str, Any]]:
     """The task to score on and where it came from (``{"task_source", "trained_task", ...}``).
 
     :raises ValueError: when no task is named and the model has no run record.
     """
+    from marlhf.agents.save_util import checkpoint_paths
+
     found = None if config.model.path is None else trained_task(config.model.path)
     given = config.task
+    if found is None and config.model.path is not None:  # no run folder: the save's own record
+        saved = checkpoint_task(config.model.path)
+        if saved is not None:
+            found = {"task": saved}, checkpoint_paths(config.model.path)[0]
     if found is None:
         if not given.id:
             raise ValueError(
@@ -96,7 +124,7 @@ def resolve_task(config: EvalConfig) -> tuple[TaskConfig, dict[str, Any]]:
     import_modules(record.get("imports") or [])  # the user's task may live in a module
     trained = record["task"]
     kwargs = dict(trained.get("kwargs") or {})
-    origin = {"trained_task": trained["id"], "run_record": str(path)}
+    origin = {"trained_task": trained["id"], "run_record": str(path)}  # config.yaml or the zip
     if given.id and given.id != trained["id"]:
         return TaskConfig(given.id, dict(given.kwargs), given.num_envs), {
             "task_source": "named (not the trained task)",

@@ -4,6 +4,7 @@ and eval on the task the model was trained on."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -99,14 +100,18 @@ def test_eval_on_another_task_is_explicit(
     summary = json.loads(capsys.readouterr().out)
     assert summary["task_kwargs"] == {"horizon": 3}  # named task: only the kwargs given
     assert summary["task_source"] == "trained"  # same id: the recorded kwargs, updated
-    # a model folder with no run record: the task must be named
-    policy = tmp_path / "policy"
-    (run / "final_weights" / "policy").rename(policy)
-    err_argv = ["eval", *sets(f"model.path={policy}")]
+    # no run folder record: the agent save's own record of its env
     (run / "config.yaml").unlink()
-    assert main(err_argv) == 2
+    assert main(["eval", "-q", *sets(f"model.path={run / 'final'}", "episodes=2")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["task_source"] == "trained" and summary["task_kwargs"]["horizon"] == 8
+    assert summary["run_record"].endswith("final.zip")
+    # a plain model folder: the task must be named
+    policy = tmp_path / "policy"
+    shutil.copytree(run / "final_weights" / "policy", policy)
+    assert main(["eval", *sets(f"model.path={policy}")]) == 2
     assert "no run record" in capsys.readouterr().err
-    assert main([*err_argv, *sets("episodes=2", *other)]) == 0
+    assert main(["eval", "-q", *sets(f"model.path={policy}", "episodes=2", *other)]) == 0
     assert json.loads(capsys.readouterr().out)["task_source"] == "named"
 
 
