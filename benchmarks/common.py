@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+# One definition of "tokens to reach the baseline's final score", shared with `marlhf compare`'s
+# report (re-exported here for the benchmarks).
+from marlhf.training.report import final_score as final_value  # noqa: F401
+from marlhf.training.report import reach, tokens_to_reach, trailing_mean  # noqa: F401
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 DOCS_DIR = ROOT / "docs"
@@ -211,54 +216,6 @@ def bootstrap_ci(
     return low, high
 
 
-def trailing_mean(values: Sequence[float] | np.ndarray, window: int) -> np.ndarray:
-    """Trailing mean over ``window`` points (shorter at the start).
-
-    :raises ValueError: when ``window`` < 1.
-    """
-    if window < 1:
-        raise ValueError(f"trailing_mean: window={window} must be >= 1")
-    v = np.asarray(values, dtype=float)
-    c = np.cumsum(np.insert(v, 0, 0.0))
-    idx = np.arange(1, len(v) + 1)
-    lo = np.maximum(idx - window, 0)
-    return np.asarray((c[idx] - c[lo]) / (idx - lo))
-
-
-def tokens_to_reach(
-    tokens: Sequence[float] | np.ndarray,
-    values: Sequence[float] | np.ndarray,
-    target: float,
-    window: int = 5,
-) -> float:
-    """First logged token count at which the smoothed curve reaches ``target``; ``inf`` if never.
-
-    :param tokens: tokens generated at each logged point (increasing).
-    :param values: the metric at each point.
-    :param target: the score to reach (``>=``).
-    :param window: trailing-mean window over logged points (default 5, as ``marlhf compare``).
-    :raises ValueError: on mismatched lengths, no points, or decreasing ``tokens``.
-    """
-    t = np.asarray(tokens, dtype=float)
-    v = np.asarray(values, dtype=float)
-    if t.shape != v.shape or t.ndim != 1 or len(t) == 0:
-        raise ValueError(
-            f"tokens_to_reach: tokens {t.shape} and values {v.shape} must be equal, non-empty 1-D"
-        )
-    if np.any(np.diff(t) < 0):
-        raise ValueError("tokens_to_reach: tokens must be non-decreasing")
-    hit = np.nonzero(trailing_mean(v, window) >= target)[0]
-    return float(t[hit[0]]) if len(hit) else math.inf
-
-
-def final_value(values: Sequence[float] | np.ndarray, window: int = 5) -> float:
-    """Mean of the last ``window`` values (the end of the smoothed curve)."""
-    v = np.asarray(values, dtype=float)
-    if len(v) == 0:
-        raise ValueError("final_value: no values")
-    return float(v[-window:].mean())
-
-
 def parity_summary(
     ppo_runs: Sequence[tuple[np.ndarray, np.ndarray]],
     agent_runs: Sequence[tuple[np.ndarray, np.ndarray]],
@@ -281,14 +238,14 @@ def parity_summary(
         raise ValueError(
             f"parity_summary: need runs of both (ppo: {len(ppo_runs)}, agent: {len(agent_runs)})"
         )
-    target = float(np.mean([final_value(v, window) for _, v in ppo_runs]))
     budget = float(np.mean([t[-1] for t, _ in ppo_runs]))
     if budget <= 0:
         raise ValueError(f"parity_summary: PPO's total tokens {budget} must be > 0")
-    ratios = [tokens_to_reach(t, v, target, window) / budget for t, v in agent_runs]
+    hit = reach(ppo_runs, agent_runs, window)  # marlhf compare's definition, per seed
+    ratios = [tokens / budget for tokens in hit["per_seed"]]
     low, high = bootstrap_ci(ratios, seed=seed)
     return {
-        "target_score": target,
+        "target_score": hit["target"],
         "ppo_tokens": budget,
         "median": float(np.median(ratios)),
         "ci95": [low, high],

@@ -339,6 +339,15 @@ class CompareConfig:
         ),
     )
 
+    def __post_init__(self) -> None:
+        check_int("total_timesteps", self.total_timesteps, 1)
+        for i, seed in enumerate(self.seeds):
+            check_seed(f"seeds[{i}]", seed)
+        check_device("device", self.device)
+        check_int("workers", self.workers, 1, 1024)
+        check_int("threads_per_worker", self.threads_per_worker, 1, 4096)
+        check_int("checkpoint_every", self.checkpoint_every, 0, note=" (0: never)")
+
 
 @dataclass
 class EvalTaskConfig(TaskConfig):
@@ -358,15 +367,6 @@ class EvalTaskConfig(TaskConfig):
             "(e.g. max_new_tokens)"
         ),
     )
-
-    def __post_init__(self) -> None:
-        check_int("total_timesteps", self.total_timesteps, 1)
-        for i, seed in enumerate(self.seeds):
-            check_seed(f"seeds[{i}]", seed)
-        check_device("device", self.device)
-        check_int("workers", self.workers, 1, 1024)
-        check_int("threads_per_worker", self.threads_per_worker, 1, 4096)
-        check_int("checkpoint_every", self.checkpoint_every, 0, note=" (0: never)")
 
 
 @dataclass
