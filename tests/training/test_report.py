@@ -4,6 +4,7 @@ order, escaped table cells, and a baseline that did not learn."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from marlhf.training.report import reach, render_markdown, summarize, table_rows
 METRIC = "rollout/score_mean"
 
 
-def rows_of(curves: dict[tuple[str, str], list[list[float]]]) -> list[dict]:
+def rows_of(curves: dict[tuple[str, str], list[Sequence[float]]]) -> list[dict]:
     """Tidy metric rows: one curve per seed, logged every 100 tokens, in the dict's order."""
     out = []
     for (agent, term), seeds in curves.items():
