@@ -267,8 +267,8 @@ def _fmt_tokens(s: dict[str, Any]) -> str:
 
 
 def _fmt_speedup(s: dict[str, Any]) -> str:
-    if s["ppo_learned"] is False:
-        return "n/a: PPO did not learn"
+    if s["ppo_learned"] is False:  # flagged under the table (NOT_LEARNED)
+        return "-"
     if s["speedup_at_least"] is not None:
         return f"> {s['speedup_at_least']:.2f}x"
     return "-" if s["speedup_vs_ppo"] is None else f"{s['speedup_vs_ppo']:.2f}x"
@@ -295,6 +295,13 @@ HEADER = [
     "speed-up vs PPO",
     "wall time (s)",
 ]
+
+
+NOT_LEARNED = (
+    f"PPO did not learn: its final score is not above its start (the mean of its first {SMOOTH} "
+    "logged values), so any curve reaches it at once; no speed-ups are given. Train longer or "
+    "tune the agent before comparing."
+)
 
 
 def md_cell(text: str) -> str:
@@ -344,12 +351,7 @@ def render_markdown(summary: list[dict[str, Any]], metric: str, context: dict[st
     for cells in table_rows(summary):
         lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
     if any(s["ppo_learned"] is False for s in summary):
-        lines += [
-            "",
-            "**PPO did not learn**: its final score is not above its start (the mean of its "
-            f"first {SMOOTH} logged values), so every curve reaches it at once and speed-ups "
-            "against it mean nothing. Train longer or tune the agent before comparing.",
-        ]
+        lines += ["", f"**{NOT_LEARNED}**"]
     lines += [
         "",
         f"Final score: mean of each run's last {SMOOTH} logged values, averaged over seeds "
@@ -375,4 +377,6 @@ def print_table(summary: list[dict[str, Any]], metric: str) -> None:
         table.add_column(h, justify="left" if h == "agent" else "right")
     for cells in table_rows(summary):
         table.add_row(*cells)
+    if any(s["ppo_learned"] is False for s in summary):
+        table.caption = NOT_LEARNED
     Console().print(table)

@@ -97,6 +97,6 @@ def test_a_baseline_that_did_not_learn_is_flagged() -> None:
     rows = rows_of({("ppo", "token"): [flat, flat], ("mappo", "ngram:5"): [up, up]})
     summary = summarize(rows, METRIC)
     assert all(s["speedup_vs_ppo"] is None and s["ppo_learned"] is False for s in summary)
-    assert {r[3] for r in table_rows(summary)} == {"n/a: PPO did not learn"}
-    assert "PPO did not learn" in render_markdown(summary, METRIC, {})
+    assert {r[3] for r in table_rows(summary)} == {"-"}
+    assert report.NOT_LEARNED in render_markdown(summary, METRIC, {})
     assert not math.isnan(summary[1]["final_score"])
