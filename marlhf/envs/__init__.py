@@ -2,6 +2,7 @@
 
 - :class:`TokenEnv`: one sequence, numpy observations (SB3 and Gymnasium checkers pass).
 - :class:`BatchedTokenEnv`: the native batched form on a torch device (what the agents drive).
+- :class:`TorchToNumpy`: its numpy view, for Gymnasium's numpy wrappers.
 - :class:`BatchedEnv`: the protocol agents rely on; :func:`check_batched_env` executes it.
 - :class:`Task`, :class:`RewardFunction`, :class:`Prompt`, :class:`RewardBatch`: the task contract.
 - Toy tasks in :mod:`marlhf.envs.toy`; every task is registered as ``marlhf/<Name>-v0``.
@@ -9,6 +10,7 @@
 
 from marlhf.envs.batched import BatchedTokenEnv
 from marlhf.envs.contract import BatchedEnv, MaskableBatchedEnv, check_batched_env
+from marlhf.envs.numpy_view import TorchToNumpy
 from marlhf.envs.registration import (
     TASK_MODULES,
     available_tasks,
@@ -36,6 +38,7 @@ __all__ = [
     "RewardFunction",
     "Task",
     "TokenEnv",
+    "TorchToNumpy",
     "available_tasks",
     "check_batched_env",
     "check_task",

@@ -8,6 +8,11 @@ ends on EOS (``terminated``, when the task's codec has one) or after ``N`` token
 flags False) until :meth:`BatchedTokenEnv.reset`, so one rollout is one episode per row
 (``autoreset_mode = DISABLED``).
 
+Gymnasium conventions: values are torch tensors on the env's device; ``observation_space``
+describes their shapes, dtypes and bounds (as numpy arrays they lie in it;
+:class:`~marlhf.envs.numpy_view.TorchToNumpy` gives that view, for Gymnasium's numpy wrappers
+such as ``RecordEpisodeStatistics``). There is no autoreset (``AutoresetMode.DISABLED``).
+
 Speed: :meth:`~BatchedTokenEnv.step` has no Python loop over rows and synchronises with the
 device at most twice per step (action check, flags); until a row finishes it skips the masking
 of done rows, and then needs the flags sync only when a token can be EOS or rewards are dense.
@@ -283,11 +288,16 @@ class BatchedTokenEnv(VectorEnv):
 
     # ------------------------------------------------------------------- step
     def _check_actions(self, actions: object) -> torch.Tensor:
+        if isinstance(actions, np.ndarray):  # e.g. action_space.sample(): moved to the device
+            if not np.issubdtype(actions.dtype, np.integer):
+                raise TypeError(
+                    f"{self._where()}: numpy actions dtype {actions.dtype}; valid: an integer dtype"
+                )
+            actions = torch.as_tensor(actions.astype(np.int64, copy=False), device=self.device)
         if not isinstance(actions, torch.Tensor):
             raise TypeError(
                 f"{self._where()}: actions must be a torch.Tensor int64[{self.num_envs}] on "
-                f"{self.device}, got {type(actions).__name__} "
-                "(convert with torch.as_tensor(actions, device=env.device))"
+                f"{self.device} or a numpy integer array, got {type(actions).__name__}"
             )
         if actions.dtype not in (torch.int64, torch.int32):
             raise TypeError(
@@ -305,11 +315,12 @@ class BatchedTokenEnv(VectorEnv):
         return actions.long()
 
     def step(
-        self, actions: torch.Tensor
+        self, actions: torch.Tensor | np.ndarray
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """Append one token per active row.
 
-        :param actions: ``int64[B]`` token ids on :attr:`device`; rows already done ignore
+        :param actions: ``int64[B]`` token ids on :attr:`device`, or a numpy integer array
+            (such as ``action_space.sample()``), copied to the device; rows already done ignore
             theirs (send pad), but every value must lie in ``[0, vocab_size)``.
         :returns: ``(obs, rewards float32[B], terminated bool[B], truncated bool[B], info)``;
             ``info["active"]`` marks the rows that consumed their action; when the last row

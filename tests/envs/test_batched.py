@@ -243,8 +243,10 @@ def test_bad_actions_raise_naming_env_and_valid_values() -> None:
         env.step(torch.tensor([2, 2, 2]))
     with pytest.raises(TypeError, match=r"dtype torch\.float32"):
         env.step(torch.tensor([2.0, 2.0, 2.0, 2.0]))
-    with pytest.raises(TypeError, match=r"torch\.Tensor"):
-        env.step(np.array([2, 2, 2, 2]))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"torch\.Tensor.*or a numpy integer array"):
+        env.step([2, 2, 2, 2])  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"numpy actions dtype float64"):  # ints are accepted
+        env.step(np.array([2.0, 2.0, 2.0, 2.0]))
     with pytest.raises(ValueError, match="device meta"):
         env.step(torch.tensor([2, 2, 2, 2], device="meta"))
     env.step(torch.tensor([2, 2, 2, 2], dtype=torch.int32))  # int32 is accepted
