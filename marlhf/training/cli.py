@@ -47,8 +47,8 @@ SHOWN_SAMPLES = 3
 def _train(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.train import run_train
 
-    if verbosity == QUIET:
-        return run_train(config)
+    if verbosity == QUIET or (verbosity == NORMAL and not sys.stderr.isatty()):
+        return run_train(config)  # a bar only on a terminal; --verbose logs lines anywhere
     with _train_progress(config.total_timesteps, verbosity) as progress:
         return run_train(config, progress=progress)
 
