@@ -19,6 +19,10 @@ from marlhf.options import registry as term_registry
 ROOT = Path(__file__).resolve().parents[2]
 TASK_FILE = ROOT / "examples" / "custom_task.py"
 
+#: The modules these tests write and import (forgotten after each test).
+USER_MODULES = {"plugged_tasks", "counted", "pkg", "broken", "needs_dep", "as_main", "by_name"}
+USER_MODULES |= {"custom_task", "other"}
+
 COUNTING_MODULE = """
 import builtins
 builtins.MARLHF_TEST_IMPORTS = getattr(builtins, "MARLHF_TEST_IMPORTS", 0) + 1
@@ -39,8 +43,9 @@ def clean_registries() -> Iterator[None]:
         del gymnasium.registry[env_id]
     term_registry._REGISTRY.clear()
     term_registry._REGISTRY.update(terms)
-    for name in set(sys.modules) - modules:
-        del sys.modules[name]
+    for name in set(sys.modules) - modules:  # only the tests' own modules: re-importing a
+        if name.split(".")[0] in USER_MODULES:  # library module would duplicate its state
+            del sys.modules[name]
 
 
 def test_entry_point_task_is_registered_lazily(
