@@ -89,7 +89,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:  # another user's process
         return True
-    return True
+    # A killed process that nobody has reaped yet (a zombie: its parent died too, and a
+    # container's PID 1 may never reap it) still answers kill(0) but will write nothing more.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): trust kill(0)
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
 
 
 def _temp_name(base: str, tag: str) -> str:

@@ -320,3 +320,23 @@ def test_learn_leaves_no_logger_folder_in_the_temp_dir(tmp_path: Path, monkeypat
     algo.tensorboard_log = str(tmp_path / "tb")  # with tensorboard, its folder only
     algo.learn(B * N)
     assert [p.name for p in tmp_path.iterdir()] == ["tb"]
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from /proc")
+def test_an_unreaped_killed_saver_counts_as_dead() -> None:
+    # A worker killed mid-save whose parent died too stays a zombie until someone reaps it (a
+    # container's PID 1 may never): its half-written folder must still be cleaned.
+    import subprocess
+    import time
+
+    from marlhf.agents.save_util import _pid_alive
+
+    child = subprocess.Popen(["sleep", "0.05"])
+    deadline = time.monotonic() + 10
+    while "Z" not in Path(f"/proc/{child.pid}/stat").read_text().rpartition(")")[2][:3]:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert not _pid_alive(child.pid)  # a zombie
+    assert _pid_alive(os.getpid())
+    child.wait()
+    assert not _pid_alive(child.pid)
