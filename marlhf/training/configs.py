@@ -110,6 +110,33 @@ class ModelConfig:
             )
 
 
+# Run options that several commands share (one definition each).
+def checkpoint_every_field() -> Any:
+    return field(
+        default=10,
+        metadata=doc("save a resumable checkpoint every this many iterations (0: never)"),
+    )
+
+
+def tensorboard_field() -> Any:
+    return field(
+        default=False,
+        metadata=doc(
+            "also write TensorBoard event files in the run folder(s) (tensorboard --logdir)"
+        ),
+    )
+
+
+def imports_field() -> Any:
+    return field(
+        default_factory=lambda: [],
+        metadata=doc(
+            "modules that register your own tasks or terminations, imported before anything "
+            "is built (and in every worker process): dotted names or .py paths"
+        ),
+    )
+
+
 @dataclass
 class TaskConfig:
     """Which environment, with which arguments."""
@@ -243,23 +270,9 @@ class TrainConfig:
     num_threads: int | None = field(
         default=None, metadata=doc("torch CPU threads (null: torch's default)")
     )
-    checkpoint_every: int = field(
-        default=10,
-        metadata=doc("save a resumable checkpoint every this many iterations (0: never)"),
-    )
-    tensorboard: bool = field(
-        default=False,
-        metadata=doc(
-            "also write TensorBoard event files in the run folder(s) (tensorboard --logdir)"
-        ),
-    )
-    imports: list[str] = field(
-        default_factory=lambda: [],
-        metadata=doc(
-            "modules that register your own tasks or terminations, imported before anything "
-            "is built (and in every worker process): dotted names or .py paths"
-        ),
-    )
+    checkpoint_every: int = checkpoint_every_field()
+    tensorboard: bool = tensorboard_field()
+    imports: list[str] = imports_field()
 
     def __post_init__(self) -> None:
         check_int("total_timesteps", self.total_timesteps, 1)
@@ -318,26 +331,12 @@ class CompareConfig:
         default=2, metadata=doc("runs trained in parallel processes (1: in this process)")
     )
     threads_per_worker: int = field(default=1, metadata=doc("torch CPU threads per run"))
-    checkpoint_every: int = field(
-        default=10,
-        metadata=doc("save a resumable checkpoint every this many iterations (0: never)"),
-    )
+    checkpoint_every: int = checkpoint_every_field()
     metric: str = field(
         default="rollout/score_mean", metadata=doc("logged metric the report and curves compare")
     )
-    tensorboard: bool = field(
-        default=False,
-        metadata=doc(
-            "also write TensorBoard event files in the run folder(s) (tensorboard --logdir)"
-        ),
-    )
-    imports: list[str] = field(
-        default_factory=lambda: [],
-        metadata=doc(
-            "modules that register your own tasks or terminations, imported before anything "
-            "is built (and in every worker process): dotted names or .py paths"
-        ),
-    )
+    tensorboard: bool = tensorboard_field()
+    imports: list[str] = imports_field()
 
     def __post_init__(self) -> None:
         check_int("total_timesteps", self.total_timesteps, 1)
@@ -395,13 +394,7 @@ class EvalConfig:
         default=None, metadata=doc("JSONL file for the samples (default: beside the model)")
     )
     device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda or auto"))
-    imports: list[str] = field(
-        default_factory=lambda: [],
-        metadata=doc(
-            "modules that register your own tasks or terminations, imported before anything "
-            "is built (and in every worker process): dotted names or .py paths"
-        ),
-    )
+    imports: list[str] = imports_field()
 
     def __post_init__(self) -> None:
         check_int("episodes", self.episodes, 1)
