@@ -115,12 +115,7 @@ class CreditSumTask(ToyTask):
         self.random_return = random_return(k, m)
 
     def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
-        targets = rng.integers(0, self.span + 1, size=n)
-        out = []
-        for t in targets.tolist():
-            text = f"{t}="
-            out.append(Prompt(self.codec.encode(text), {"target": t}, text=text))
-        return out
+        return self._target_prompts(rng, n, self.span)
 
     def action_mask(self) -> np.ndarray:
         return self._mask_of(DIGITS[: self.num_symbols], eos=False)

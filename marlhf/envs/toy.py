@@ -65,6 +65,14 @@ class ToyTask(Task):
             mask[self.codec.eos_token_id] = True
         return mask
 
+    def _target_prompts(self, rng: np.random.Generator, n: int, high: int) -> list[Prompt]:
+        """``n`` prompts ``"<t>="`` with targets ``t`` uniform in ``[0, high]``."""
+        out = []
+        for t in rng.integers(0, high + 1, size=n).tolist():
+            text = f"{t}="
+            out.append(Prompt(self.codec.encode(text), {"target": t}, text=text))
+        return out
+
 
 # ----------------------------------------------------------------------------- DelayedChoice
 class _DelayedChoiceReward(RewardFunction):
@@ -324,12 +332,7 @@ class ExprTargetTask(ToyTask):
         return float(random_returns(self, episodes=4096, seed=0).mean())
 
     def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
-        targets = rng.integers(0, self.max_target + 1, size=n)
-        out = []
-        for t in targets.tolist():
-            text = f"{t}="
-            out.append(Prompt(self.codec.encode(text), {"target": t}, text=text))
-        return out
+        return self._target_prompts(rng, n, self.max_target)
 
     def action_mask(self) -> np.ndarray:
         return self._mask_of(EXPR_SYMBOLS, eos=True)
