@@ -257,15 +257,47 @@ class CausalLMActorCritic(nn.Module):
 
     # ---------------------------------------------------------------- scoring
     def _forward(
-        self, model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, hidden: bool
-    ) -> Any:
-        return model(
+        self,
+        model: nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        n: int,
+        hidden: bool,
+        logits: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(logits, last_hidden)`` at the ``n`` positions that predict the response tokens,
+        ``[B, n, V]`` and ``[B, n, H]`` (``None`` unless ``hidden``). ``logits=False`` (a
+        critic, whose hidden state alone is used) keeps the logits of one position only.
+
+        Only what scoring uses is computed: leading columns that are padding in every row are
+        dropped (positions come from the mask, so nothing else changes), the last column is
+        dropped (no response token is predicted from it), and the LM head runs on the last ``n``
+        positions only (``logits_to_keep``, when the model takes it): full-vocabulary logits over
+        a long prompt would otherwise be the largest activation of the update.
+        """
+        first = min(int(mask.any(dim=0).long().argmax()), ids.shape[1] - n - 1)
+        ids, mask = ids[:, first:-1], mask[:, first:-1]
+        kw: dict[str, Any] = {}
+        if self._keeps_logits(model):  # (logits_to_keep=0 would mean every position)
+            kw["logits_to_keep"] = n if logits else 1
+        out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
             output_hidden_states=hidden,
             use_cache=False,
+            **kw,
         )
+        last = out.hidden_states[-1][:, -n:] if hidden else None
+        return out.logits[:, -n:] if logits else out.logits, last
+
+    @staticmethod
+    def _keeps_logits(model: nn.Module) -> bool:
+        """Whether ``model``'s forward takes ``logits_to_keep`` (a PEFT wrapper passes keywords
+        through to the model it wraps: ask that one)."""
+        unwrap = getattr(model, "get_base_model", None)
+        inner = unwrap() if callable(unwrap) else model
+        return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
     def _token_logp_entropy(
         self,
@@ -274,7 +306,9 @@ class CausalLMActorCritic(nn.Module):
         temperature: float,
         action_mask: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits[..., : self.vocab_size].float() / temperature
+        logits = logits[..., : self.vocab_size].float()
+        if temperature != 1.0:  # (no copy at temperature 1)
+            logits = logits / temperature
         if action_mask is not None:
             logits = mask_logits(logits, action_mask[:, None, :])
         logp_all = logits.log_softmax(dim=-1)
@@ -325,16 +359,15 @@ class CausalLMActorCritic(nn.Module):
         """
         p, n = self._split(input_ids, attention_mask, response_mask)
         mask = attention_mask.long()
-        out = self._forward(self.model, input_ids, mask, hidden=with_values and self.critic is None)
-        logits = out.logits[:, p - 1 : p + n - 1]
+        shared = with_values and self.critic is None
+        logits, hidden = self._forward(self.model, input_ids, mask, n, hidden=shared)
         logp, entropy = self._token_logp_entropy(logits, input_ids[:, p:], temperature, action_mask)
+        del logits
         if not with_values:
             return logp, entropy, None
-        if self.critic is None:
-            hidden = out.hidden_states[-1][:, p - 1 : p + n - 1]
-        else:
-            c_out = self._forward(self.critic, input_ids, mask, hidden=True)
-            hidden = c_out.hidden_states[-1][:, p - 1 : p + n - 1]
+        if self.critic is not None:
+            hidden = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)[1]
+        assert hidden is not None
         # The value head runs in float32 even under bf16 autocast: returns need the precision.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             values = self.value_head(hidden.float()).squeeze(-1)
@@ -360,8 +393,7 @@ class CausalLMActorCritic(nn.Module):
             ctx = self.model.disable_adapter()  # type: ignore[operator]
             model = self.model
         with ctx:
-            out = self._forward(model, input_ids, attention_mask.long(), hidden=False)  # type: ignore[arg-type]
-        logits = out.logits[:, p - 1 : p + n - 1]
+            logits = self._forward(model, input_ids, attention_mask.long(), n, hidden=False)[0]  # type: ignore[arg-type]
         return self._token_logp_entropy(logits, input_ids[:, p:], temperature, action_mask)[0]
 
     # ---------------------------------------------------------------- sampling
