@@ -1,6 +1,20 @@
 """Data parallelism end to end: PPO and MAPPO on 2 gloo ranks (B/2 envs each) against one
 process with B envs, on the same prompts and samples; decisions taken by both ranks together;
-a 2-rank checkpoint that resumes exactly."""
+a 2-rank checkpoint that resumes exactly.
+
+Every estimator is compared. The rollout itself is replayed (one process's prompts, samples and
+scores), because sampling draws from one random stream per process: which numbers a row gets
+depends on the layout. The baseline rollouts run for real on each rank where that is exact:
+ReMax's greedy rollout uses no random numbers, so each rank's greedy rollout of its prompts
+gives one process's baseline for those rows. VinePPO's Monte-Carlo continuations cannot match
+by construction, for the same reason as the rollout: one process draws every branch's
+continuations from its one stream (``mc_generator``), in chunks of ``num_envs`` branches sorted
+by depth over all its rows, while each rank draws its own rows' from its own stream (seed +
+1000 x rank) in its own chunks; equal draws would need a random stream per episode for every
+sampler. So the ``mc`` update is compared with the one process's Monte-Carlo values replayed,
+and the continuations run on 2 ranks are checked for what does hold (see
+:func:`test_monte_carlo_continuations_on_two_ranks`).
+"""
 
 from __future__ import annotations
 
@@ -17,14 +31,23 @@ from tests.agents.ranks import run_ranks
 
 B, N = 4, 3
 SETTINGS = {"n_epochs": 2, "batch_size": 2, "learning_rate": 0.002, "kl_coef": 0.1}
-#: Estimators the agent can feed here (the rollout stages compute values and group ids).
-ESTIMATORS = [
-    name
-    for name in available_estimators()
-    if get_estimator(name).requires <= {"values", "group_ids"} and name != "gae"  # gae: "ppo"
-]
+#: Every estimator but ``gae`` (that is "ppo").
+ESTIMATORS = [name for name in available_estimators() if name != "gae"]
 #: Terminal scores replayed on every layout (the tiny random policy rarely earns CueEnv's 1).
 SCORES = torch.tensor([1.0, -0.5, 0.25, 0.75])
+
+
+class GradedCueEnv(CueEnv):
+    """CueEnv whose terminal score also grades the first response token and the cue (the
+    tiny random policy's greedy rollouts would all score 0 there): baselines that vary."""
+
+    def step(self, actions: torch.Tensor) -> tuple[Any, ...]:
+        obs, _, terminated, truncated, info = super().step(actions)
+        cue_b = torch.tensor([p.metadata["cue"] == "b" for p in self.prompts]).float()
+        score = self.response_ids[:, 0].float() / self.codec.vocab_size + cue_b
+        finished = (terminated | truncated).cpu()
+        rewards = torch.where(finished, score, 0.0).to(self.device)
+        return obs, rewards, terminated, truncated, info
 
 
 def _configs() -> dict[str, tuple[type, dict[str, Any]]]:
@@ -37,13 +60,16 @@ def _configs() -> dict[str, tuple[type, dict[str, Any]]]:
         extra: dict[str, Any] = {"estimator": name, "normalize_advantage": False}
         if get_estimator(name).needs_groups:
             extra["group_size"] = 2  # a group never straddles the two ranks' shards
+        if "mc_values" in get_estimator(name).requires:
+            extra.update(mc_rollouts=2, mc_max_starts=2, kl_in="loss")  # as vineppo
         out[f"ppo-{name}"] = (PPO, extra)
     return out
 
 
 def _algo(kind: str, num_envs: int, **overrides: Any) -> Any:
     cls, extra = _configs()[kind]
-    env = CueEnv(num_envs=num_envs, max_new_tokens=N)
+    baseline = {"remax", "mc"} & {extra.get("estimator")}
+    env = (GradedCueEnv if baseline else CueEnv)(num_envs=num_envs, max_new_tokens=N)
     kwargs = {**SETTINGS, **extra, **overrides}
     return cls(tiny_model(env.codec, seed=0), env, seed=0, **kwargs)
 
@@ -66,10 +92,16 @@ def _rollout(kind: str) -> dict[str, torch.Tensor]:
     out["task_rewards"][torch.arange(B), last] = SCORES
     if buf.group_ids is not None:
         out["group_ids"] = buf.group_ids
-    return {k: v.clone() for k, v in out.items()}
+    out["window_ids"], out["window_mask"] = algo._prefill  # the reset window (baseline rollouts)
+    data: dict[str, Any] = {k: v.clone() for k, v in out.items()}
+    data["prompts"] = list(algo._rollout_prompts)
+    if "mc_values" in algo.estimator_spec.requires:  # one process's, replayed on every layout
+        one = _update(kind, data, 0, 1, train=False)
+        data["mc_values"] = one.rollout_buffer.mc_values.clone()
+    return data
 
 
-def _replay(algo: Any, data: dict[str, torch.Tensor], rows: slice) -> None:
+def _replay(algo: Any, data: dict[str, Any], rows: slice) -> None:
     """Fill the buffer with ``rows`` of a recorded rollout, step by step as ``collect`` does."""
     buf = algo.rollout_buffer
     buf.reset()
@@ -84,15 +116,29 @@ def _replay(algo: Any, data: dict[str, torch.Tensor], rows: slice) -> None:
         )
     if "group_ids" in data:
         buf.group_ids = data["group_ids"][rows] - data["group_ids"][rows].min()
+    # What collect leaves for the baseline rollouts: the rows' prompts, the reset window, and
+    # the KV cache after the last fed token (the last sampled one is pending, as in collect).
+    algo._rollout_prompts = data["prompts"][rows]
+    window = (data["window_ids"][rows], data["window_mask"][rows])
+    algo._prefill = window
+    if "mc_values" in algo.estimator_spec.requires:
+        state = algo.policy.start(*window)
+        steps = int(data["response_mask"][rows].sum(dim=1).max())
+        for t in range(steps - 1):
+            state = algo.policy.advance(state, data["response_ids"][rows, t])
+        algo._rollout_state = state
+    if "mc_values" in data:
+        algo._mc_values = lambda: data["mc_values"][rows]
 
 
-def _update(kind: str, data: dict[str, torch.Tensor], rank: int, world_size: int) -> Any:
+def _update(kind: str, data: dict[str, Any], rank: int, world_size: int, train: bool = True) -> Any:
     share = B // world_size
     algo = _algo(kind, share)
     algo._setup_learn(1, None, True, "run", False)
     _replay(algo, data, slice(rank * share, (rank + 1) * share))
     algo.finish_rollout()
-    algo.train()
+    if train:
+        algo.train()
     return algo
 
 
@@ -104,7 +150,9 @@ def _updates_on_ranks(rank: int, world_size: int, rollouts: dict[str, Any]) -> d
     out = {}
     for kind, data in rollouts.items():
         algo = _update(kind, data, rank, world_size)
-        out[kind] = {"params": _params(algo), "stats": dict(algo.train_stats)}
+        buf = algo.rollout_buffer
+        baselines = {"greedy": buf.greedy_rewards, "mc": buf.mc_values}
+        out[kind] = {"params": _params(algo), "stats": dict(algo.train_stats), **baselines}
     return out
 
 
@@ -117,6 +165,12 @@ def test_two_ranks_update_like_one_process_with_every_row() -> None:
         start = _params(_algo(kind, B))
         moved = max(float((want[n] - start[n]).abs().max()) for n in want)
         assert moved > 1e-3, kind  # the update did something to compare
+        if kind == "ppo-mc":
+            assert bool(torch.isfinite(data["mc_values"]).any())
+        if kind == "ppo-remax":  # each rank's own greedy rollouts: one process's baseline
+            greedy = torch.cat([got[kind]["greedy"] for got in results])
+            torch.testing.assert_close(greedy, one.rollout_buffer.greedy_rewards, atol=0, rtol=0)
+            assert len(set(greedy.tolist())) > 1, greedy  # a baseline that varies by prompt
         for rank, got in enumerate(results):
             for name, value in want.items():
                 torch.testing.assert_close(
@@ -128,6 +182,38 @@ def test_two_ranks_update_like_one_process_with_every_row() -> None:
                     rank,
                     key,
                 )
+
+
+def _continuations(rank: int, world_size: int, data: dict[str, Any]) -> dict[str, Any]:
+    algo = _update("ppo-mc", data, rank, world_size)
+    buf = algo.rollout_buffer
+    return {"mc": buf.mc_values, "params": _params(algo), "timesteps": algo.num_timesteps}
+
+
+def test_monte_carlo_continuations_on_two_ranks() -> None:
+    """Each rank samples its own rows' continuations (so the draws differ from one process's,
+    see the module docstring); what holds: the same branch points, every value that the prefix
+    decides equal to one process's (GradedCueEnv's score depends on the cue and the first
+    response token only, so continuations from a later token all return the same score),
+    first-token values that are means of draws for the row's own cue, and both ranks ending
+    with the same parameters and token count."""
+    data = _rollout("ppo-mc")
+    data.pop("mc_values")  # sampled for real below
+    results = run_ranks(_continuations, 2, data)
+    want = _update("ppo-mc", data, 0, 1).rollout_buffer.mc_values
+    got = torch.cat([r["mc"] for r in results])
+    branch = torch.isfinite(want)
+    assert torch.equal(torch.isfinite(got), branch)
+    later = branch.clone()
+    later[:, 0] = False
+    assert bool(later.any())
+    torch.testing.assert_close(got[later], want[later], atol=0, rtol=0)
+    cue_b = torch.tensor([p.metadata["cue"] == "b" for p in data["prompts"]]).float()
+    assert bool(branch[:, 0].all())
+    assert bool(((got[:, 0] >= cue_b) & (got[:, 0] < cue_b + 1)).all()), (got[:, 0], cue_b)
+    assert results[0]["timesteps"] == results[1]["timesteps"]
+    for name, value in results[0]["params"].items():
+        torch.testing.assert_close(results[1]["params"][name], value, atol=0, rtol=0)
 
 
 def _failures(rank: int, world_size: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
