@@ -457,23 +457,90 @@ def mc_advantages(
         raise ValueError(f"mc_advantages: gamma={gamma!r} must be in [0, 1]")
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
     _check_rollouts(task, prompts, response_ids, response_mask)
-    model, device = _model_and_vocab(policy, task.codec.vocab_size)
-    generator = torch.Generator(device=device).manual_seed(seed)
     B, T = response_ids.shape
     horizon, pad = task.max_new_tokens, task.codec.pad_token_id
     scripts = torch.full((B, horizon), pad, dtype=torch.int64)
     scripts[:, :T] = torch.where(response_mask, response_ids, pad)
     rewards, _ = env_rewards(task, prompts, scripts, batch_rows)
-    lengths = response_mask.sum(dim=1)
 
     # V(s_t) for t < length from `samples` continuations; V(s_length) = 0 (the episode ended).
-    v_mean = torch.zeros((B, T + 1), dtype=torch.float64)
-    v_se = torch.zeros((B, T + 1), dtype=torch.float64)
+    values, v_se, tokens = mc_values(
+        policy,
+        task,
+        prompts,
+        response_ids,
+        response_mask,
+        sampling=sampling,
+        gamma=gamma,
+        samples=samples,
+        seed=seed,
+        batch_rows=batch_rows,
+    )
+    zeros_col = torch.zeros((B, 1), dtype=torch.float64)
+    v_mean = torch.cat([torch.nan_to_num(values, nan=0.0), zeros_col], dim=1)
+    v_se = torch.cat([torch.nan_to_num(v_se, nan=0.0), zeros_col], dim=1)
+    q = rewards[:, :T] + gamma * v_mean[:, 1:]
+    mask = response_mask
+    zeros = torch.zeros((B, T), dtype=torch.float64)
+    adv = torch.where(mask, q - v_mean[:, :T], zeros)
+    se = torch.where(mask, (gamma**2 * v_se[:, 1:] ** 2 + v_se[:, :T] ** 2).sqrt(), zeros)
+    stats = {
+        "samples": float(samples),
+        "mc_tokens": float(tokens),
+        "seconds": time.perf_counter() - start,
+    }
+    return TrueAdvantages(
+        adv, torch.where(mask, v_mean[:, :T], zeros), torch.where(mask, q, zeros), se, "mc", stats
+    )
+
+
+@torch.no_grad()
+def mc_values(
+    policy: nn.Module,
+    task: Task,
+    prompts: list[Prompt],
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    *,
+    at: torch.Tensor | None = None,
+    sampling: Sampling | None = None,
+    gamma: float = 1.0,
+    samples: int = 64,
+    seed: int = 0,
+    batch_rows: int = 2048,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Monte-Carlo ``V(s_t)``: the mean discounted return of ``samples`` continuations sampled
+    from the policy after each prefix ``s_t`` (the prompt and the first ``t`` response tokens).
+
+    Arguments as in :func:`mc_advantages`, plus:
+
+    :param at: ``bool[B, T]`` the prefixes to estimate (default: every real token's); with
+        ``Sampling(top_k=1)`` and ``samples=1`` the value of ``s_0`` is a greedy rollout's return.
+    :returns: ``(values, stderr, tokens)``: ``float64[B, T]`` means and standard errors (NaN
+        where not estimated; the standard error is NaN with one sample) and the number of
+        tokens sampled.
+    """
+    sampling = sampling or Sampling()
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"mc_values: samples={samples!r} must be an int >= 1")
+    response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
+    _check_rollouts(task, prompts, response_ids, response_mask)
+    B, T = response_ids.shape
+    at = response_mask if at is None else at.cpu().bool() & response_mask
+    if at.shape != (B, T):
+        raise ValueError(f"mc_values: at has shape {tuple(at.shape)}; expected {(B, T)}")
+    model, device = _model_and_vocab(policy, task.codec.vocab_size)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    horizon, pad = task.max_new_tokens, task.codec.pad_token_id
+    scripts = torch.full((B, horizon), pad, dtype=torch.int64)
+    scripts[:, :T] = torch.where(response_mask, response_ids, pad)
+    v_mean = torch.full((B, T), torch.nan, dtype=torch.float64)
+    v_se = torch.full((B, T), torch.nan, dtype=torch.float64)
     tokens = 0
     for t in range(T):
-        rows = (lengths > t).nonzero().flatten()
+        rows = at[:, t].nonzero().flatten()
         if len(rows) == 0:
-            break
+            continue
         work = rows.repeat_interleave(samples)
         out = torch.zeros(len(work), dtype=torch.float64)
         for begin in range(0, len(work), batch_rows):
@@ -493,20 +560,9 @@ def mc_advantages(
             tokens += n
         per_row = out.view(len(rows), samples)
         v_mean[rows, t] = per_row.mean(dim=1)
-        v_se[rows, t] = per_row.std(dim=1) / samples**0.5
-    q = rewards[:, :T] + gamma * v_mean[:, 1:]
-    mask = response_mask
-    zeros = torch.zeros((B, T), dtype=torch.float64)
-    adv = torch.where(mask, q - v_mean[:, :T], zeros)
-    se = torch.where(mask, (gamma**2 * v_se[:, 1:] ** 2 + v_se[:, :T] ** 2).sqrt(), zeros)
-    stats = {
-        "samples": float(samples),
-        "mc_tokens": float(tokens),
-        "seconds": time.perf_counter() - start,
-    }
-    return TrueAdvantages(
-        adv, torch.where(mask, v_mean[:, :T], zeros), torch.where(mask, q, zeros), se, "mc", stats
-    )
+        if samples > 1:
+            v_se[rows, t] = per_row.std(dim=1) / samples**0.5
+    return v_mean, v_se, tokens
 
 
 def true_advantages(

@@ -170,3 +170,35 @@ def test_delayed_choice_declares_its_one_decisive_token() -> None:
     assert short.stats["depth"] == 1 and full.stats["depth"] == 4
     torch.testing.assert_close(short.advantages, full.advantages, rtol=0, atol=1e-9)
     assert bool((short.advantages[:, 1:] == 0).all())
+
+
+def test_mc_values_estimates_only_the_requested_prefixes() -> None:
+    from marlhf.agents.truth import mc_values
+
+    task, model, prompts, responses, mask, sampling = _gpt_case(horizon=4)
+    at = torch.zeros_like(mask)
+    at[:, 0] = True
+    at[1, 2] = True
+    exact = exact_advantages(model, task, prompts, responses, mask, sampling=sampling)
+    values, stderr, tokens = mc_values(
+        model, task, prompts, responses, mask, at=at, sampling=sampling, samples=256, seed=3
+    )
+    assert bool(torch.isfinite(values[at]).all()) and bool(torch.isnan(values[~at]).all())
+    assert tokens == 256 * (len(prompts) * 4 + 2)  # continuations from s_0 and s_2, all counted
+    noisy = at & (stderr > 0)
+    z = (values[noisy] - exact.values[noisy]) / stderr[noisy]
+    assert float(z.abs().max()) < 4.0
+    # s_2 follows both decisions: every continuation scores the same, so MC is exact there
+    assert float(stderr[1, 2]) == 0.0
+    assert abs(float(values[1, 2] - exact.values[1, 2])) < 1e-9
+    # one greedy continuation (top-k 1) is deterministic: its SE is undefined, a second draw
+    # with another seed gives the same value
+    greedy = Sampling(1.0, 1, 1.0, sampling.action_mask)
+    g1, se1, _ = mc_values(model, task, prompts, responses, mask, at=at, sampling=greedy, samples=1)
+    g2, _, _ = mc_values(
+        model, task, prompts, responses, mask, at=at, sampling=greedy, samples=1, seed=9
+    )
+    torch.testing.assert_close(g1[at], g2[at], rtol=0, atol=0)
+    assert bool(torch.isnan(se1).all())
+    with pytest.raises(ValueError, match="samples"):
+        mc_values(model, task, prompts, responses, mask, sampling=sampling, samples=0)
