@@ -17,6 +17,10 @@ iteration                this file, one process per termination: seconds per PPO
                          iteration and peak RSS (``mappo_vs_ppo_iteration``, ``peak_rss_mb``)
 trl                      ``benchmarks/trl_ppo.py`` in ``.venv-bench``: marlhf vs TRL's PPO
 parity                   ``benchmarks/parity.py``: tokens MAPPO needs to reach PPO's score
+credit                   ``benchmarks/credit.py``: the credit audit of PPO, MA-PPO and GRPO on
+                         CreditSum during training (``--quick`` in quick mode)
+evidence                 ``benchmarks/evidence.py``: every estimator preset, learning beside
+                         its audit (``--mode quick``: one task and seed, a few presets)
 =======================  ===================================================================
 """
 
@@ -290,10 +294,39 @@ def summarize(
                    "tasks": parity_summary_of(par)}
             for name, par in kept.items() if par
         }  # fmt: skip
+    summary["credit"] = credit_summary(mode, steps)
     summary["steps"] = {
         k: {"rc": s["rc"], "wall_s": round(s["wall_s"], 1)} for k, s in steps.items()
     }
     return summary
+
+
+def credit_summary(mode: str, steps: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Where the credit audit and the estimator comparison of this run are, and per task of the
+    comparison its closest-to-the-truth and fastest method (details: docs/credit.md)."""
+    suffix = "" if mode == "full" else "_quick"
+    credit = read_json(RESULTS_DIR / f"credit{suffix}.json")
+    evidence = read_json(RESULTS_DIR / f"evidence{suffix}.json")
+    out: dict[str, Any] = {
+        "credit_json": f"benchmarks/results/credit{suffix}.json" if credit else None,
+        "evidence_json": f"benchmarks/results/evidence{suffix}.json" if evidence else None,
+    }
+    if credit:
+        out["audit_seconds_max"] = credit.get("audit_seconds_max")
+    else:
+        out["credit_error"] = _step_error(steps, "credit")
+    if evidence:
+        out["evidence_tasks"] = {
+            key: {
+                "closest_by_corr": t["analysis"]["closest_by_corr"],
+                "fastest": t["analysis"]["fastest"],
+                "best_final": t["analysis"]["best_final"],
+            }
+            for key, t in evidence.get("tasks", {}).items()
+        }
+    else:
+        out["evidence_error"] = _step_error(steps, "evidence")
+    return out
 
 
 def parity_summary_of(par: dict[str, Any]) -> dict[str, Any]:
@@ -370,6 +403,8 @@ def main(mode: str = "quick", skip: list[str] | None = None) -> dict[str, Any]:
         ("iteration", None),
         ("trl", [str(BENCH_PY), "benchmarks/trl_ppo.py", *([] if mode == "quick" else ["--full"])]),
         ("parity", [PY, "benchmarks/parity.py", "--mode", mode]),
+        ("credit", [PY, "benchmarks/credit.py", *(["--quick"] if mode == "quick" else [])]),
+        ("evidence", [PY, "benchmarks/evidence.py", "--mode", mode]),
     ]
     for name, cmd in plan:
         if name in skip:

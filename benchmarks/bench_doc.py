@@ -454,7 +454,39 @@ def render_doc(s: dict[str, Any]) -> str:
     lines += _gpu_section()
     if s["mode"] == "quick":
         lines += _kept_full_parity_section()
+    lines += _credit_section(s)
     return "\n".join(lines) + "\n"
+
+
+def _credit_section(s: dict[str, Any]) -> list[str]:
+    """Where the credit audit and the estimator comparison of this run are (docs/credit.md)."""
+    c = s.get("credit") or {}
+    lines = ["## 9. Credit assignment against the true advantages (`credit`, `evidence`)", ""]
+    lines += [
+        "The audit of each estimator's advantages against the exact or Monte-Carlo truth, and "
+        "the comparison of every estimator preset with the audit beside the learning results, "
+        "are written up in [credit.md](credit.md) from the full runs' JSON. This run wrote:",
+        "",
+    ]
+    if c.get("credit_json"):
+        lines.append(
+            f"- `{c['credit_json']}`: the slowest whole audit (exact truth + every scheme) took "
+            f"{c.get('audit_seconds_max') or 0:.2f} s"
+        )
+    else:
+        lines.append(f"- credit audit not measured: {c.get('credit_error', 'step not run')}")
+    if c.get("evidence_json"):
+        lines.append(f"- `{c['evidence_json']}`:")
+        for key, t in c.get("evidence_tasks", {}).items():
+            lines.append(
+                f"  - {key}: closest to the truth (correlation at the decision tokens) "
+                f"{t['closest_by_corr']['init']} at 0 tokens, {t['closest_by_corr']['half']} at "
+                f"half the budget; fastest to PPO's final score {t['fastest']}; best final "
+                f"score {t['best_final']}"
+            )
+    else:
+        lines.append(f"- comparison not run: {c.get('evidence_error', 'step not run')}")
+    return [*lines, ""]
 
 
 GPU_NOTES = """\

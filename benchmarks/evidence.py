@@ -16,9 +16,10 @@ For every task of ``TASKS`` this script
 3. writes ``benchmarks/results/evidence.json`` (``evidence_quick.json`` in quick mode) and, in
    full mode, renders its block of ``docs/credit.md`` (:mod:`benchmarks.evidence_doc`).
 
-Run: ``python benchmarks/evidence.py --mode full`` (hours on two cores; re-running resumes: finished
-runs and audits are kept), ``--mode quick`` (one task, one seed, a few presets, small budget: a
-few minutes; part of ``make bench``), ``--doc-only`` (re-render the doc from the JSON).
+Run: ``python benchmarks/evidence.py --mode full`` (hours on two cores; ``make bench-full``;
+re-running resumes: finished runs and audits are kept), ``--mode quick`` (one task, one seed, a
+few presets, small budget, from scratch: a few minutes; part of ``make bench``),
+``--doc-only`` (re-render the doc from the JSON).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -281,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     else:
         data.pop("reasoning_missing", None)
+    if args.mode == "quick":  # a measurement of this checkout: nothing reused from earlier runs
+        shutil.rmtree(RUNS_DIR / "quick", ignore_errors=True)
+        data["tasks"] = {}
     for task in tasks:
         if args.tasks and task.key not in args.tasks:
             continue

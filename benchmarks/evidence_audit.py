@@ -248,7 +248,7 @@ def audit_task(
         name, scheme, cfg = preset_scheme(config.agent, text)
         schemes[name] = (scheme, cfg)
         names[name] = scheme.name
-    snapshots = {"init": [], "half": []}
+    snapshots: dict[str, list[dict[str, Any]]] = {"init": [], "half": []}
     for seed in seeds:
         for key, tokens in (("init", 0), ("half", config.total_timesteps // 2)):
             snapshots[key].append(audit_snapshot(spec, config, seed, tokens, schemes, folder, rows))

@@ -155,6 +155,7 @@ HEADER = [
     "RMSE half",
     "corr half",
     "sign half",
+    "baseline tokens",
 ]
 
 
@@ -183,6 +184,7 @@ def task_block(section: dict[str, Any]) -> list[str]:
                 _tokens(m),
                 _f(m.get("wall_time"), 0),
                 *(_f(m[snap][f]) for snap in SNAPSHOTS for f in FIGURES),
+                _f(m["half"]["baseline_tokens"], 0),
             ]
         )
     lines.append(markdown_table(HEADER, rows))

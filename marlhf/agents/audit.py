@@ -343,7 +343,8 @@ class CreditAuditCallback(BaseCallback):
     ``credit/truth_abs_mean``, ``credit/truth_seconds``. Each audit is also kept in
     :attr:`records` (``{"num_timesteps", "figures"}``).
 
-    :param every: audit every this many rollouts (the first rollout is audited).
+    :param every: audit every this many rollouts: those that start iteration 0, ``every``,
+        ``2 * every``, ... of the agent (counted by the agent, so a resumed run keeps the cadence).
     :param schemes: schemes to audit besides the agent's own (``scheme_of(algo)``).
     :param method: ``"exact"`` or ``"mc"`` (see :func:`marlhf.agents.truth.true_advantages`).
     :param mc_samples: continuations per prefix for ``"mc"``.
@@ -367,16 +368,15 @@ class CreditAuditCallback(BaseCallback):
         self.method = method
         self.mc_samples = mc_samples
         self.records: list[dict[str, Any]] = []
-        self._rollouts = 0
 
     def _on_step(self) -> bool:
         return True
 
     def _on_rollout_end(self) -> None:
-        self._rollouts += 1
-        if (self._rollouts - 1) % self.every:
-            return
         algo: Any = self.model
+        iteration = int(algo._iteration)  # iterations finished before this rollout's update
+        if iteration % self.every:
+            return
         rollouts = Rollouts.from_algorithm(algo)
         truth = true_advantages(
             algo.policy,
@@ -387,7 +387,7 @@ class CreditAuditCallback(BaseCallback):
             method=self.method,
             sampling=Sampling.of(algo),
             samples=self.mc_samples,
-            seed=self._rollouts,
+            seed=iteration,
         )
         by_name = {s.name: s for s in [scheme_of(algo), *self.extra]}
         schemes = list(by_name.values())

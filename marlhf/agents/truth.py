@@ -264,6 +264,16 @@ def _enumerate(allowed: list[int], depth: int, eos: int | None, limit: int) -> l
     return leaves + frontier
 
 
+def check_exact(task: Task, sampling: Sampling | None = None, max_sequences: int = 65536) -> int:
+    """Continuations per prompt :func:`exact_advantages` would enumerate for ``task`` under
+    ``sampling``; raises its ``ValueError`` (naming ``max_sequences`` or ``decisive_tokens``)
+    when it cannot, without building a model."""
+    sampling = sampling or Sampling()
+    allowed = _allowed_tokens(task, sampling)
+    depth = _depth(task, True, allowed)
+    return len(_enumerate(allowed, depth, task.codec.eos_token_id, max_sequences))
+
+
 @torch.no_grad()
 def exact_advantages(
     policy: nn.Module,

@@ -193,3 +193,41 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         "rmse": {n: s["tokens"]["rmse"] for n, s in result.schemes.items()},
         "corr": {n: s["tokens"]["corr"] for n, s in result.schemes.items()},
     }
+
+
+# ----------------------------------------------------------------------------- during training
+def credit_settings(config: Any) -> dict[str, Any] | None:
+    """The ``CreditAuditCallback`` arguments of a train/compare config (None: ``credit_every``
+    is 0)."""
+    if config.credit_every == 0:
+        return None
+    return {
+        "every": config.credit_every,
+        "method": config.credit_truth,
+        "mc_samples": config.credit_mc_samples,
+        "schemes": list(config.credit_schemes),
+    }
+
+
+def check_credit_task(config: Any, task: TaskConfig, agent: AgentConfig) -> None:
+    """Before training: with ``credit_truth=exact``, the task's continuations can be enumerated
+    under the agent's action mask (else the first audit would fail mid-run)."""
+    if config.credit_every == 0 or config.credit_truth != "exact":
+        return
+    import torch
+
+    from marlhf.agents.truth import Sampling, check_exact
+    from marlhf.envs.registration import make_task
+
+    try:
+        built = make_task(task.id, **task.kwargs)
+    except Exception:  # a task built only with the model's tokenizer: the first audit will say
+        return
+    mask = torch.as_tensor(built.action_mask(), dtype=torch.bool) if agent.mask_actions else None
+    try:
+        check_exact(built, Sampling(action_mask=mask))
+    except ValueError as err:
+        raise ValueError(
+            f"credit_truth='exact' cannot audit {task.id} {dict(task.kwargs)}: {err}. Use "
+            "credit_truth=mc, agent.mask_actions=true, or a smaller task"
+        ) from None

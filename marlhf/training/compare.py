@@ -29,6 +29,7 @@ from typing import Any
 
 from marlhf.envs.registration import import_modules
 from marlhf.models import resolve_device
+from marlhf.training.audit import check_credit_task, credit_settings
 from marlhf.training.builders import check_env_id
 from marlhf.training.config import from_dict, to_dict
 from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
@@ -98,6 +99,7 @@ def validate(config: CompareConfig) -> None:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
     if config.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 0")
+    check_credit_task(config, config.task, config.agent)
 
 
 #: The progress queue of a worker process (set by :func:`_init_worker`).
@@ -201,6 +203,7 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
         "threads": config.threads_per_worker,
         "tensorboard": config.tensorboard,
         "imports": config.imports,
+        "credit": credit_settings(config),
     }
     results: list[dict[str, Any]] = []
     failures: list[str] = []
@@ -239,6 +242,7 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
                             checkpoint_every=config.checkpoint_every,
                             progress=_progress_for(update, spec.name),
                             tensorboard=config.tensorboard,
+                            credit=credit_settings(config),
                         )
                     )
             finally:

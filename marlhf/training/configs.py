@@ -137,6 +137,64 @@ def imports_field() -> Any:
     )
 
 
+CreditTruth = Literal["exact", "mc"]
+
+
+def credit_every_field() -> Any:
+    return field(
+        default=0,
+        metadata=doc(
+            "log the credit audit every this many iterations (0: off): the agent's own scheme "
+            "and credit_schemes scored against the policy's true advantages on the rollout just "
+            "collected, as credit/<scheme>/{rmse,corr,sign,null_abs,segment_corr} in "
+            "metrics.csv and TensorBoard (marlhf.agents.audit.CreditAuditCallback)"
+        ),
+    )
+
+
+def credit_truth_field() -> Any:
+    return field(
+        default="exact",
+        metadata=doc(
+            "the audit's truth: exact (enumerate continuations: CreditSum, DelayedChoice, tiny "
+            "settings of other tasks; checked before training) or mc (Monte Carlo, any task, "
+            "slow)"
+        ),
+    )
+
+
+def credit_mc_samples_field() -> Any:
+    return field(
+        default=16,
+        metadata=doc("credit_truth=mc: continuations per prefix (>= 2; SE shrinks as 1/sqrt)"),
+    )
+
+
+def credit_schemes_field() -> Any:
+    return field(
+        default_factory=lambda: [],
+        metadata=doc(
+            "schemes audited beside the agent's own: 'estimator[@termination] [key=value ...]' "
+            "(e.g. 'gae@ngram:5', 'gae gae_lambda=1.0'); each needs what the rollouts hold"
+        ),
+    )
+
+
+def check_credit(config: Any) -> None:
+    """Check the ``credit_*`` fields of a train or compare config (named errors)."""
+    check_int("credit_every", config.credit_every, 0, note=" (0: off)")
+    if config.credit_truth not in ("exact", "mc"):
+        raise ConfigError(f"credit_truth={config.credit_truth!r}; valid: 'exact', 'mc'")
+    check_int("credit_mc_samples", config.credit_mc_samples, 2, 1_000_000)
+    from marlhf.agents.audit import Scheme
+
+    for i, text in enumerate(config.credit_schemes):
+        try:
+            Scheme.parse(text)
+        except ValueError as err:
+            raise ConfigError(f"credit_schemes[{i}]: {err}") from None
+
+
 @dataclass
 class TaskConfig:
     """Which environment, with which arguments."""
@@ -273,9 +331,14 @@ class TrainConfig:
     checkpoint_every: int = checkpoint_every_field()
     tensorboard: bool = tensorboard_field()
     imports: list[str] = imports_field()
+    credit_every: int = credit_every_field()
+    credit_truth: CreditTruth = credit_truth_field()
+    credit_mc_samples: int = credit_mc_samples_field()
+    credit_schemes: list[str] = credit_schemes_field()
 
     def __post_init__(self) -> None:
         check_int("total_timesteps", self.total_timesteps, 1)
+        check_credit(self)
         check_seed("seed", self.seed)
         check_device("device", self.device)
         if self.num_threads is not None:
@@ -337,9 +400,14 @@ class CompareConfig:
     )
     tensorboard: bool = tensorboard_field()
     imports: list[str] = imports_field()
+    credit_every: int = credit_every_field()
+    credit_truth: CreditTruth = credit_truth_field()
+    credit_mc_samples: int = credit_mc_samples_field()
+    credit_schemes: list[str] = credit_schemes_field()
 
     def __post_init__(self) -> None:
         check_int("total_timesteps", self.total_timesteps, 1)
+        check_credit(self)
         for i, seed in enumerate(self.seeds):
             check_seed(f"seeds[{i}]", seed)
         check_device("device", self.device)

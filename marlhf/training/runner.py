@@ -390,6 +390,7 @@ def train_run(
     checkpoint_every: int = 10,
     progress: ProgressFn | None = None,
     tensorboard: bool = False,
+    credit: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Train one run to ``total_timesteps`` tokens (resuming when possible); return its result.
 
@@ -397,6 +398,9 @@ def train_run(
     :param checkpoint_every: iterations between checkpoints; 0 saves none (no resume).
     :param progress: called with ``(tokens, total_timesteps, last score)`` after every dump.
     :param tensorboard: also write TensorBoard event files to ``<folder>/tensorboard``.
+    :param credit: log the credit audit during training: the keyword arguments of
+        :class:`~marlhf.agents.audit.CreditAuditCallback` (``every``, ``method``,
+        ``mc_samples``, ``schemes``); its ``credit/*`` figures join the metrics.
     :returns: ``{"run", "agent", "termination", "seed", "tokens", "wall_time", "rows",
         "resumed_from"}``; also written to ``<folder>/result.json``.
     """
@@ -453,13 +457,18 @@ def train_run(
     if progress is not None:
         progress(int(algo.num_timesteps), total_timesteps, None)
 
+    callback = None
+    if credit is not None:
+        from marlhf.agents.audit import CreditAuditCallback
+
+        callback = CreditAuditCallback(**credit)
     tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
     resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
     while algo.num_timesteps < total_timesteps:
         chunk = total_timesteps - algo.num_timesteps
         if checkpoint_every > 0:
             chunk = min(chunk, checkpoint_every * tokens_per_iter)
-        algo.learn(chunk, reset_num_timesteps=False)
+        algo.learn(chunk, callback=callback, reset_num_timesteps=False)
         if checkpoint_every > 0 and algo.num_timesteps < total_timesteps:
             # The metrics of the new checkpoint are written before it and those of the previous
             # one kept until it is replaced: a kill anywhere leaves the pair a resume needs.

@@ -18,6 +18,7 @@ import numpy as np
 
 from marlhf.agents import distributed as dist_utils
 from marlhf.models import resolve_device
+from marlhf.training.audit import check_credit_task, credit_settings
 from marlhf.training.builders import check_env_id
 from marlhf.training.config import to_dict
 from marlhf.training.configs import TrainConfig
@@ -74,6 +75,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
     resolve_device(config.device)  # a device this machine lacks: before the folder is touched
     check_batch_fits(config.agent, config.task)
     check_task_kwargs(config.task)
+    check_credit_task(config, config.task, config.agent)
     if config.num_threads is not None:
         torch.set_num_threads(config.num_threads)
     spec = RunSpec(config.algo, termination, config.seed)
@@ -104,6 +106,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
             checkpoint_every=config.checkpoint_every,
             progress=progress,
             tensorboard=config.tensorboard,
+            credit=credit_settings(config),
         )
         if main:
             write_metrics_csv(out / "metrics.csv", [result])
