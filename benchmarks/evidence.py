@@ -57,6 +57,9 @@ class TaskSpec:
     :param model: ``ModelConfig`` keyword arguments, or a function of the work folder that
         returns them (e.g. an SFT start that it trains once).
     :param note: one line on the task for the report.
+    :param agent: agent keys set on top of ``AGENT`` for this task (e.g. a pretrained start's
+        smaller learning rate).
+    :param num_envs: episodes per iteration (default ``NUM_ENVS``).
     """
 
     key: str
@@ -69,6 +72,8 @@ class TaskSpec:
         default_factory=dict
     )
     note: str = ""
+    agent: dict[str, Any] = dataclasses.field(default_factory=dict)
+    num_envs: int | None = None
 
 
 #: The tasks, in the order they are run (the full run renders whatever has finished).
@@ -106,13 +111,35 @@ TASKS: list[TaskSpec] = [
 
 
 def _reasoning_task() -> TaskSpec | None:
-    """The reasoning task with its SFT start, when ``benchmarks/reasoning.py`` provides one."""
+    """The reasoning task of ``benchmarks/reasoning.py`` (its ``rl_task_config()`` and ``RL``
+    settings), every seed's runs starting from its ``sft_start`` model of seed 0 (trained once
+    into the work folder); None when that file or those names are absent."""
     try:
         from benchmarks import reasoning  # type: ignore[attr-defined]
     except ImportError:
         return None
-    spec = getattr(reasoning, "evidence_task", None)
-    return spec() if callable(spec) else None
+    start = getattr(reasoning, "sft_start", None)
+    task_config = getattr(reasoning, "rl_task_config", None)
+    if not callable(start) or not callable(task_config):
+        return None
+    task = task_config()
+    rl = getattr(reasoning, "RL", {})
+
+    def model(work: Path) -> dict[str, Any]:
+        return {"path": str(start(0, work / "sft"))}
+
+    return TaskSpec(
+        "reasoning",
+        task["id"],
+        dict(task.get("kwargs", {})),
+        int(rl.get("total_timesteps", 23_040)),
+        truth="mc",
+        mc_samples=32,
+        model=model,
+        note="the reasoning task of benchmarks/reasoning.py from its SFT model (seed 0's)",
+        agent={k: v for k, v in rl.get("agent", {}).items() if k != "preset"},
+        num_envs=task.get("num_envs"),
+    )
 
 
 #: The estimator presets (``marlhf.agents.PRESETS``), after token PPO (``include_ppo``).
@@ -189,8 +216,10 @@ def compare_config(task: TaskSpec, mode: str, work: Path, scale: float | None = 
     model = task.model(work) if callable(task.model) else dict(task.model)
     return CompareConfig(
         model=ModelConfig(**model),
-        task=TaskConfig(id=task.env_id, kwargs=dict(task.kwargs), num_envs=NUM_ENVS),
-        agent=AgentConfig.from_mapping(dict(AGENT)),
+        task=TaskConfig(
+            id=task.env_id, kwargs=dict(task.kwargs), num_envs=task.num_envs or NUM_ENVS
+        ),
+        agent=AgentConfig.from_mapping({**AGENT, **task.agent}),
         terminations=[],
         include_ppo=True,
         agents=list(m["presets"]),
@@ -225,6 +254,8 @@ def run_task(task: TaskSpec, mode: str, scale: float | None = None) -> dict[str,
             "truth": task.truth,
             "mc_samples": task.mc_samples if task.truth == "mc" else None,
         },
+        "machine": machine_stamp(),
+        "agent_overrides": task.agent,
         "budget": config.total_timesteps,
         "num_envs": config.task.num_envs,
         "seeds": config.seeds,
@@ -279,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     data.setdefault("tasks", {})
     if _reasoning_task() is None:
         data["reasoning_missing"] = (
-            "benchmarks/reasoning.py provides no evidence_task() on this checkout"
+            "benchmarks/reasoning.py (sft_start, rl_task_config) is not on this checkout"
         )
     else:
         data.pop("reasoning_missing", None)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, markdown_table
+from marlhf.training.report import mean_ci95
 
 DOC = ROOT / "docs" / "credit.md"
 BEGIN, END = "<!-- evidence.json:begin -->", "<!-- evidence.json:end -->"
@@ -79,6 +80,8 @@ def summarize_task(section: dict[str, Any]) -> dict[str, Any]:
             records = [r["schemes"][name] for r in audit["snapshots"][snap] if name in r["schemes"]]
             row[snap] = {f: _mean([r["decisions"][f] for r in records]) for f in FIGURES}
             row[snap]["baseline_tokens"] = _mean([r["baseline_tokens"] for r in records])
+            corr = [r["decisions"]["corr"] for r in records if _finite(r["decisions"]["corr"])]
+            row[snap]["corr_ci95"] = mean_ci95(corr)[1] if corr else None
         methods.append(row)
     ranks: dict[str, Any] = {}
     for snap in SNAPSHOTS:
@@ -113,11 +116,26 @@ def summarize_task(section: dict[str, Any]) -> dict[str, Any]:
         ),
         default=None,
     )
+    # the methods whose correlation interval (over the audit seeds) overlaps the closest one's
+    tied: dict[str, list[str]] = {}
+    for snap, best in closest.items():
+        if best is None:
+            tied[snap] = []
+            continue
+        low = best[snap]["corr"] - (best[snap]["corr_ci95"] or 0.0)
+        tied[snap] = [
+            m["method"]
+            for m in methods
+            if m is not best
+            and _finite(m[snap]["corr"])
+            and m[snap]["corr"] + (m[snap]["corr_ci95"] or 0.0) >= low
+        ]
     checks = [r["replay_check"] for r in audit["snapshots"]["half"] if "replay_check" in r]
     return {
         "methods": methods,
         "spearman": ranks,
         "closest_by_corr": {k: (v["method"] if v else None) for k, v in closest.items()},
+        "tied_with_closest": tied,
         "fastest": fastest["method"] if fastest else None,
         "best_final": max(trained, key=lambda m: m["final_score"])["method"] if trained else None,
         "replay": {"equal": sum(bool(c["equal"]) for c in checks), "checked": len(checks)},
@@ -167,8 +185,19 @@ def task_block(section: dict[str, Any]) -> list[str]:
         "",
         f"{t['note']}. Budget {section['budget']:,} generated tokens per run, "
         f"{section['num_envs']} episodes per iteration, seeds {section['seeds']}; "
-        f"compare wall time {section['compare_wall_s']:.0f} s (this invocation). "
-        f"Reproduce: `{section['command']}`.",
+        f"compare wall time {section['compare_wall_s']:.0f} s (this invocation)"
+        + (
+            f"; agent keys over the shared section: `{section['agent_overrides']}`"
+            if section.get("agent_overrides")
+            else ""
+        )
+        + (
+            f"; measured at commit `{section['machine']['commit']}`, "
+            f"{section['machine']['date_utc']}"
+            if section.get("machine")
+            else ""
+        )
+        + f". Reproduce: `{section['command']}`.",
         "",
     ]
     rows = []
@@ -230,11 +259,26 @@ def task_block(section: dict[str, Any]) -> list[str]:
             rank_rows,
         )
     )
+    closest = []
+    for snap, when in (("init", "at 0 tokens"), ("half", "at half the budget")):
+        best = next((m for m in a["methods"] if m["method"] == a["closest_by_corr"][snap]), None)
+        if best is None:
+            continue
+        tied = a.get("tied_with_closest", {}).get(snap, [])
+        closest.append(
+            f"{when} **{best['method']}** ({_f(best[snap]['corr'])} ± "
+            f"{_f(best[snap].get('corr_ci95'))}"
+            + (
+                f"; intervals overlapping it: {', '.join(tied)})"
+                if tied
+                else "; no other overlaps)"
+            )
+        )
     lines += [
         "",
-        f"Closest to the truth (corr at decisions): {a['closest_by_corr']['init']} at 0 tokens, "
-        f"{a['closest_by_corr']['half']} at half the budget. Fastest to PPO's final score: "
-        f"{a['fastest']}; best final score: {a['best_final']}.",
+        "Closest to the truth (correlation at the decision tokens, mean ± 95% half-width over "
+        f"the audit seeds): {'; '.join(closest)}. Fastest to PPO's final score (median tokens): "
+        f"**{a['fastest']}**; best final score: **{a['best_final']}**.",
         "",
     ]
     return lines

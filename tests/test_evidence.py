@@ -148,3 +148,32 @@ def test_analysis_and_block_come_from_the_json() -> None:
     assert "reasoning task is not in this run: not landed" in block
     assert "python benchmarks/evidence.py --mode full --tasks a" in block
     assert "0.900 ± 0.010" in block  # vineppo's final score, from the JSON
+
+
+def test_the_reasoning_task_joins_when_benchmarks_reasoning_provides_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import benchmarks
+    from benchmarks.evidence import tasks_of
+
+    module = types.ModuleType("benchmarks.reasoning")
+    module.sft_start = lambda seed, out: Path(out) / f"sft-{seed}"  # type: ignore[attr-defined]
+    module.rl_task_config = lambda: {  # type: ignore[attr-defined]
+        "id": "marlhf/ReasoningGym-v0",
+        "kwargs": {"dataset": "chain_sum"},
+        "num_envs": 64,
+    }
+    module.RL = {"agent": {"learning_rate": 3e-4}, "total_timesteps": 1000}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "benchmarks.reasoning", module)
+    monkeypatch.setattr(benchmarks, "reasoning", module, raising=False)
+    task = tasks_of("full")[-1]
+    assert (task.key, task.truth, task.budget, task.num_envs) == ("reasoning", "mc", 1000, 64)
+    config = compare_config(task, "full", tmp_path)
+    assert config.model.path == str(tmp_path / "sft" / "sft-0")
+    assert config.agent.learning_rate == 3e-4 and config.agent.group_size == 4
+    assert config.task.num_envs == 64
+    monkeypatch.delitem(sys.modules, "benchmarks.reasoning")
+    monkeypatch.setattr(benchmarks, "reasoning", None, raising=False)
+    assert "reasoning" not in [t.key for t in tasks_of("full")]
