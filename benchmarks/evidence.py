@@ -104,7 +104,7 @@ TASKS: list[TaskSpec] = [
         "delayed128",
         "marlhf/DelayedChoice-v0",
         {"horizon": 128, "num_choices": 4},
-        98_304,
+        49_152,
         note="one decision, score after 128 tokens",
     ),
 ]
@@ -263,7 +263,8 @@ def run_task(task: TaskSpec, mode: str, scale: float | None = None) -> dict[str,
         "summary": out["summary"],
         "compare_wall_s": compare_s,
         "audit": audits,
-        "command": f"python benchmarks/evidence.py --mode {mode} --tasks {task.key}",
+        "command": f"python benchmarks/evidence.py --mode {mode} --tasks {task.key}"
+        + ("" if scale is None else f" --budget-scale {scale}"),
     }
 
 
