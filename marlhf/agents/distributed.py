@@ -188,6 +188,14 @@ def global_token_mean(value: Tensor | float, share: float) -> float:
     return float(global_sum(float(value) * share))
 
 
+def global_sums(values: list[float]) -> list[float]:
+    """Each of ``values`` summed over the ranks, in one collective (float64); as given with one
+    process."""
+    if not values or not (initialized() and dist.get_world_size() > 1):
+        return list(values)
+    return [float(v) for v in all_reduce_sum(torch.tensor(values, dtype=torch.float64))]
+
+
 def any_rank(flag: bool, device: torch.device | None = None) -> bool:
     """True on every rank when ``flag`` is True on any (for ``target_kl`` and stop decisions)."""
     if not (initialized() and dist.get_world_size() > 1):
@@ -242,7 +250,8 @@ def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
     offset = 0
     for p in params:
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype).clone()
+        # A view of the reduced buffer (no copy; a parameter of another dtype gets one).
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
         offset += n
 
 

@@ -83,12 +83,20 @@ class PPO(LMOnPolicyAlgorithm):
                 self.optimizer.step()
                 self._check_parameters()
                 self._n_updates += 1
-                logs["pg"].append(dist_utils.global_token_mean(pg_loss.item(), share))
-                logs["vf"].append(dist_utils.global_token_mean(vf_loss.item(), share))
-                logs["ent"].append(dist_utils.global_token_mean(ent_loss.item(), share))
-                logs["clip"].append(dist_utils.global_token_mean(stats["clip_fraction"], share))
+                # This rank's part of each global token mean; summed over ranks below, in one
+                # collective for the whole update rather than four per minibatch.
+                for key, value in (
+                    ("pg", pg_loss.item()),
+                    ("vf", vf_loss.item()),
+                    ("ent", ent_loss.item()),
+                    ("clip", stats["clip_fraction"]),
+                ):
+                    logs[key].append(float(value) * share if distributed else float(value))
             if not continue_training:
                 break
+        if distributed:
+            for key in ("pg", "vf", "ent", "clip"):
+                logs[key] = dist_utils.global_sums(logs[key])
 
         self.train_stats = {
             "train/policy_loss": _mean(logs["pg"]),
