@@ -88,6 +88,22 @@ def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
     return logits.masked_fill(~allowed.bool(), torch.finfo(logits.dtype).min)
 
 
+def length_groups(mask: torch.Tensor, ratio: float = 0.75) -> list[torch.Tensor]:
+    """Row indices of ``mask [B, L]`` (left-padded rows) in groups of similar length, longest
+    first: a group ends before the first row whose span (from its first real column to the
+    end) is at most ``ratio`` times the group's longest, so a group's own padding stays under
+    a quarter of its columns. One group when the rows are alike."""
+    span = mask.shape[1] - mask.long().argmax(dim=1)
+    order = torch.argsort(span, descending=True, stable=True)
+    spans = span[order].tolist()
+    groups, begin = [], 0
+    for i in range(1, len(spans) + 1):
+        if i == len(spans) or spans[i] <= ratio * spans[begin]:
+            groups.append(order[begin:i])
+            begin = i
+    return groups
+
+
 @dataclass
 class GenerationState:
     """The policy's recurrent state during a rollout: the KV cache and what goes with it.
@@ -269,12 +285,32 @@ class CausalLMActorCritic(nn.Module):
         ``[B, n, V]`` and ``[B, n, H]`` (``None`` unless ``hidden``). ``logits=False`` (a
         critic, whose hidden state alone is used) keeps the logits of one position only.
 
-        Only what scoring uses is computed: leading columns that are padding in every row are
-        dropped (positions come from the mask, so nothing else changes), the last column is
-        dropped (no response token is predicted from it), and the LM head runs on the last ``n``
-        positions only (``logits_to_keep``, when the model takes it): full-vocabulary logits over
-        a long prompt would otherwise be the largest activation of the update.
+        Only what scoring uses is computed. Rows run in groups of similar length
+        (:func:`length_groups`), each group without the columns that are padding in all its
+        rows (positions come from the mask, so nothing else changes): ragged prompts would
+        otherwise make most of the activations padding. The last column is not fed (no response
+        token is predicted from it), and the LM head runs on the last ``n`` positions only
+        (``logits_to_keep``, when the model takes it): full-vocabulary logits over a long
+        prompt would otherwise be the largest activation of the update.
         """
+        groups = length_groups(mask)
+        if len(groups) == 1:
+            return self._forward_rows(model, ids, mask, n, hidden, logits)
+        parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in groups]
+        inverse = torch.argsort(torch.cat(groups))
+        out = torch.cat([part[0] for part in parts])[inverse]
+        last = torch.cat([part[1] for part in parts])[inverse] if hidden else None  # type: ignore[misc]
+        return out, last
+
+    def _forward_rows(
+        self,
+        model: nn.Module,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        n: int,
+        hidden: bool,
+        logits: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         first = min(int(mask.any(dim=0).long().argmax()), ids.shape[1] - n - 1)
         ids, mask = ids[:, first:-1], mask[:, first:-1]
         kw: dict[str, Any] = {}

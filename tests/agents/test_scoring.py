@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from marlhf.agents import PPO
-from marlhf.agents.policy import CausalLMActorCritic, position_ids_from_mask
+from marlhf.agents.policy import CausalLMActorCritic, length_groups, position_ids_from_mask
 from tests.agents.conftest import CueEnv, tiny_model
 from tests.agents.test_lora import CODEC, NEEDS_PEFT, tiny_llama
 
@@ -90,10 +90,10 @@ def test_response_only_scoring_equals_the_full_sequence_forward(name: str, monke
     want = _scores(POLICIES[name]())
     assert got.keys() == want.keys() and any(k.startswith("grad value_head") for k in got)
     for key, value in want.items():  # every entry, padding included
-        # Gradients (up to ~300 here) to 1e-6 relative: a bias's sums over fewer padding
-        # positions, in another float32 order.
-        rtol = 1e-6 if key.startswith("grad") else 0.0
-        torch.testing.assert_close(got[key], value, atol=1e-6, rtol=rtol, msg=key)
+        # Gradients (sums over positions and rows, up to ~300 here) to 1e-6 of their largest
+        # entry: rows grouped by length and fewer padding positions sum in another float order.
+        scale = max(1.0, float(value.abs().max())) if key.startswith("grad") else 1.0
+        torch.testing.assert_close(got[key], value, atol=1e-6 * scale, rtol=0, msg=key)
 
 
 @pytest.mark.parametrize("name", PARAMS)
@@ -110,11 +110,25 @@ def test_the_lm_head_sees_only_the_response_positions(name: str) -> None:
         policy.evaluate_actions(*_batch())
         policy.reference_logprobs(*_batch())
     n, v = RESPONSE.shape[1], CODEC.vocab_size
-    # The policy and the reference predict the 4 response tokens; a critic's head 1 position.
-    critic = [] if policy.critic is None else [(3, 1, v)]
-    assert shapes["head"] == [(3, n, v), *critic, (3, n, v)]
-    # 2 all-padding prompt columns and the last column are not fed (9 columns of 5 + 4 left 6).
-    assert set(shapes["embed"]) == {(3, 6, shapes["embed"][0][2])}
+    # Rows 1 and 0 run together, row 2 (2 tokens shorter than row 1's 7) alone. The policy
+    # and the reference predict the 4 response tokens; a critic's head 1 position.
+    policy_heads = [(2, n, v), (1, n, v)]
+    critic = [] if policy.critic is None else [(2, 1, v), (1, 1, v)]
+    assert shapes["head"] == [*policy_heads, *critic, *policy_heads]
+    # Columns that are padding in every row of a group and the last column are not fed: of the
+    # 9 columns, 6 for rows 1 and 0 (from column 2), 4 for row 2 (from column 4).
+    width = shapes["embed"][0][2]
+    assert set(shapes["embed"]) == {(2, 6, width), (1, 4, width)}
+
+
+def test_length_groups_keep_alike_rows_together() -> None:
+    def groups(firsts: list[int], width: int = 20) -> list[list[int]]:
+        mask = (torch.arange(width)[None, :] >= torch.tensor(firsts)[:, None]).long()
+        return [g.tolist() for g in length_groups(mask)]
+
+    assert groups([0, 0, 2]) == [[0, 1, 2]]  # spans 20, 20, 18: one group
+    assert groups([10, 0, 12, 4, 0]) == [[1, 4, 3], [0, 2]]  # spans 10 and 8 <= 0.75 * 20
+    assert groups([19]) == [[0]]
 
 
 def _policy(lora: bool) -> CausalLMActorCritic:
