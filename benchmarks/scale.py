@@ -6,7 +6,7 @@
   iterations after one warm-up iteration (the slowest rank's time). Each ``--envs`` size (default
   64 and 128) is one row; the goal, ratio >= 1.7, is judged on the largest. A small batch scales
   less: per token step each rank pays a fixed cost (Python, the env step, one small forward)
-  that does not halve with its half batch, and the collectives of an iteration (about 15 small
+  that does not halve with its half batch, and the collectives of an iteration (about 18 small
   all-reduces and one of the gradients) are a larger share of a shorter iteration. Each row
   also counts the 2-rank run's collectives per iteration and the seconds rank 0 spent in them
   (waiting for the other rank included).
