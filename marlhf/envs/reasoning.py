@@ -149,7 +149,7 @@ class ReasoningGymTask(Task):
         self._prompt_ids = [self.codec.encode(e["question"] + prompt_suffix) for e in self.entries]
         self.max_prompt_len = max(len(ids) for ids in self._prompt_ids)
         self.max_new_tokens = max_new_tokens
-        self.reward_fn = ReasoningGymReward(self.dataset, answer_format)
+        self.reward_fn: ReasoningGymReward = ReasoningGymReward(self.dataset, answer_format)
         self.optimal_return = 1.0
         self.random_return = 0.0  # estimate: random tokens almost never spell the answer
 
@@ -167,6 +167,39 @@ class ReasoningGymTask(Task):
 
     def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
         return [self.prompt(int(i)) for i in rng.integers(len(self.entries), size=n)]
+
+    def solution(self, prompt: Prompt) -> str:
+        """A response that scores 1.0 on ``prompt``: the entry's reference answer in the task's
+        answer format (``"raw"``: the answer; ``"tag"``: ``<answer>ANSWER</answer>``). This is
+        what ``marlhf sft`` with ``task.id`` trains on.
+
+        :raises ValueError: the prompt is not one of this task's (no ``entry`` in its
+            metadata), the entry has no reference answer, or the dataset's own verifier scores
+            that answer below 1.0 (the dataset cannot supply solutions).
+        """
+        entry = prompt.metadata.get("entry") if isinstance(prompt.metadata, dict) else None
+        if not isinstance(entry, dict):
+            raise ValueError(
+                f"{self.name}: solution() needs a prompt of this task (its metadata holds the "
+                f"reasoning-gym 'entry'); got metadata keys {sorted(prompt.metadata or {})}"
+            )
+        answer = entry.get("answer")
+        if answer is None or not str(answer).strip():
+            raise ValueError(
+                f"{self.name}: question {prompt.metadata.get('index')!r} has no reference "
+                f"answer (answer={answer!r}); this dataset cannot supply solutions"
+            )
+        text = (
+            str(answer) if self.reward_fn.answer_format == "raw" else f"<answer>{answer}</answer>"
+        )
+        score = self.reward_fn.score(text, entry)
+        if score < 1.0:
+            raise ValueError(
+                f"{self.name}: the dataset's verifier scores its own answer {answer!r} "
+                f"{score:g} < 1.0 (question {prompt.metadata.get('index')!r}); this dataset "
+                "cannot supply solutions"
+            )
+        return text
 
 
 register_task("ReasoningGym", ReasoningGymTask)

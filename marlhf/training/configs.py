@@ -472,12 +472,40 @@ class EvalConfig:
 
 
 @dataclass
+class SftTaskConfig:
+    """`marlhf sft` on a task's own solutions instead of files."""
+
+    id: str = field(
+        default="",
+        metadata=doc(
+            "env id of a task that can write solutions (e.g. marlhf/ReasoningGym-v0); "
+            "empty: train on `data`"
+        ),
+    )
+    kwargs: dict[str, Any] = field(
+        default_factory=lambda: {},
+        metadata=doc("the task's keyword arguments (use the same ones for `marlhf train`)"),
+    )
+    examples: int = field(
+        default=2000, metadata=doc("(prompt, solution) pairs drawn from the task")
+    )
+
+    def __post_init__(self) -> None:
+        check_int("examples", self.examples, 2, 10_000_000, " (one is held out at least)")
+
+
+@dataclass
 class SftConfig:
-    """`marlhf sft`: causal-LM fine-tuning on text files or JSON lines."""
+    """`marlhf sft`: causal-LM fine-tuning on text files or JSON lines, or on the solutions a
+    task writes for its own prompts (loss on the solution tokens only)."""
 
     data: list[str] = field(
         default_factory=lambda: [],
         metadata=doc("text files (any extension) or .jsonl files with a text field"),
+    )
+    task: SftTaskConfig = field(
+        default_factory=SftTaskConfig,
+        metadata=doc("generate the data from a task instead: task.id, task.kwargs, examples"),
     )
     text_field: str = field(
         default="text", metadata=doc("the field holding the text in .jsonl files")
@@ -488,7 +516,13 @@ class SftConfig:
     vocab_size: int = field(
         default=2048, metadata=doc("BPE vocabulary trained on the data when model.path is null")
     )
-    block_size: int = field(default=128, metadata=doc("training sequence length in tokens"))
+    block_size: int = field(
+        default=128,
+        metadata=doc(
+            "training sequence length in tokens (with task.id: the longest prompt + solution "
+            "allowed; a longer one is an error)"
+        ),
+    )
     max_steps: int = field(
         default=200, metadata=doc("optimiser steps (-1: run `epochs` full epochs)")
     )
@@ -513,6 +547,10 @@ class SftConfig:
         check_float("eval_fraction", self.eval_fraction, 0.0, 0.99)
         check_seed("seed", self.seed)
         check_device("device", self.device)
+        if self.data and self.task.id:
+            raise ConfigError(
+                f"data={self.data!r} and task.id={self.task.id!r}: give one source, not both"
+            )
 
 
 @dataclass

@@ -1,8 +1,12 @@
-"""`marlhf sft`: causal-LM fine-tuning on local text, to warm-start a policy.
+"""`marlhf sft`: causal-LM fine-tuning on local text or on a task's solutions, to warm-start a
+policy.
 
 The texts (whole files, or one field of each JSON line) are tokenised, joined with EOS and cut
 into blocks of ``block_size`` tokens; a seeded fraction of the blocks is held out for the eval
-loss. Training runs through ``transformers``' ``Trainer``. With ``model.path`` null a byte-level
+loss. With ``task.id`` the data are instead ``task.examples`` (prompt, solution) pairs that the
+task writes (:mod:`marlhf.training.sft_data`), one sequence each, with the loss on the solution
+and its EOS only (the prompt is masked); ``sft_examples.jsonl`` in the result folder lists
+them. Training runs through ``transformers``' ``Trainer``. With ``model.path`` null a byte-level
 BPE is trained on the data and a tiny GPT-2 is built for it, so
 ``marlhf sft --set data=[...stdlib files...]`` makes a small code model from nothing.
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import math
 import shutil
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,6 +34,7 @@ from marlhf.training.io import (
     read_jsonl,
     read_text_file,
     staged_output,
+    write_jsonl,
 )
 
 RESULT_FILE = "marlhf_sft.json"
@@ -67,56 +73,84 @@ def make_blocks(token_lists: list[list[int]], eos_id: int, block_size: int) -> n
     return np.asarray(stream[: n * block_size], dtype=np.int64).reshape(n, block_size)
 
 
+def _new_model(config: SftConfig, tokenizer: Any) -> Any:
+    """A tiny GPT-2 for ``tokenizer`` sized by ``config.model`` (the run's seed by default)."""
+    from marlhf.models import tiny_gpt2
+
+    init_seed = config.model.init_seed
+    return tiny_gpt2(
+        tokenizer,
+        n_layer=config.model.n_layer,
+        n_embd=config.model.n_embd,
+        n_head=config.model.n_head,
+        n_positions=max(config.block_size, 1024),  # RL prompts run longer than blocks
+        seed=config.seed if init_seed is None else init_seed,
+    )
+
+
+def _text_data(config: SftConfig, texts: list[str], work: Path) -> tuple[Any, list[dict[str, Any]]]:
+    """``(tokenizer, rows)`` of the texts: blocks of ``block_size`` tokens, loss on all."""
+    import torch
+
+    from marlhf.models import train_bpe_tokenizer
+
+    if has_pretrained(config.model):
+        tokenizer = load_tokenizer(config.model)
+    else:
+        corpus = work / "corpus.txt"
+        corpus.write_text("\n".join(texts), encoding="utf-8")
+        tokenizer = train_bpe_tokenizer(
+            vocab_size=config.vocab_size, files=[corpus], cache_dir=work / "tokenizer-cache"
+        )
+        shutil.rmtree(work / "tokenizer-cache")
+        corpus.unlink()
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    blocks = make_blocks(ids, eos, config.block_size)
+    rows = [{"input_ids": torch.from_numpy(b), "labels": torch.from_numpy(b)} for b in blocks]
+    return tokenizer, rows
+
+
 def run_sft(config: SftConfig) -> dict[str, Any]:
     """Fine-tune, save model + tokenizer to ``config.output_dir``, return the losses.
 
+    The data are ``config.data`` (text, loss on every token) or, with ``config.task.id``,
+    (prompt, solution) pairs from that task (loss on the solution tokens only; see
+    :mod:`marlhf.training.sft_data`).
+
     :returns: ``{"train_loss", "eval_loss_before", "eval_loss_after", "eval_perplexity",
-        "train_blocks", "eval_blocks", "output_dir"}``.
+        "train_blocks", "eval_blocks", "output_dir"}`` (blocks are examples with a task).
     """
-    import torch
     from transformers import Trainer, TrainingArguments
 
-    from marlhf.models import tiny_gpt2, train_bpe_tokenizer
+    from marlhf.training.sft_data import EXAMPLES_FILE, Collator, check_task_section, task_data
 
     if config.block_size < 2:
         raise ValueError(f"block_size={config.block_size} must be >= 2")
     if not 0.0 < config.eval_fraction < 1.0:
         raise ValueError(f"eval_fraction={config.eval_fraction} must be in (0, 1)")
-    texts = read_texts(config.data, config.text_field)
+    # fail on the data source before anything is made
+    texts = [] if config.task.id else read_texts(config.data, config.text_field)
+    if config.task.id:
+        check_task_section(config.task)
     out = check_output_dir(config.output_dir, RESULT_FILE)
     with staged_output(out) as work:
-        if has_pretrained(config.model):
-            tokenizer = load_tokenizer(config.model)
-            model = load_causal_lm(config.model)
+        collator = None
+        if config.task.id:
+            tokenizer, examples = task_data(config, work)
+            rows = [e.row() for e in examples]
+            collator = Collator(int(tokenizer.pad_token_id))
+            write_jsonl(work / EXAMPLES_FILE, [e.to_json() for e in examples])
         else:
-            corpus = work / "corpus.txt"
-            corpus.write_text("\n".join(texts), encoding="utf-8")
-            tokenizer = train_bpe_tokenizer(
-                vocab_size=config.vocab_size, files=[corpus], cache_dir=work / "tokenizer-cache"
-            )
-            shutil.rmtree(work / "tokenizer-cache")
-            corpus.unlink()
-            init_seed = config.model.init_seed
-            model = tiny_gpt2(
-                tokenizer,
-                n_layer=config.model.n_layer,
-                n_embd=config.model.n_embd,
-                n_head=config.model.n_head,
-                n_positions=max(config.block_size, 1024),  # RL prompts run longer than blocks
-                seed=config.seed if init_seed is None else init_seed,
-            )
-        eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
-        blocks = make_blocks(ids, eos, config.block_size)
-        order = np.random.default_rng(config.seed).permutation(len(blocks))
-        n_eval = max(1, round(config.eval_fraction * len(blocks)))
-        if len(blocks) - n_eval < 1:
-            raise DataError(f"data: only {len(blocks)} blocks; need at least 2 to hold one out")
-        as_rows = [
-            {"input_ids": torch.from_numpy(b), "labels": torch.from_numpy(b)} for b in blocks
-        ]
-        eval_set = [as_rows[i] for i in order[:n_eval]]
-        train_set = [as_rows[i] for i in order[n_eval:]]
+            tokenizer, rows = _text_data(config, texts, work)
+        model = load_causal_lm(config.model) if has_pretrained(config.model) else None
+        model = model if model is not None else _new_model(config, tokenizer)
+        order = np.random.default_rng(config.seed).permutation(len(rows))
+        n_eval = max(1, round(config.eval_fraction * len(rows)))
+        if len(rows) - n_eval < 1:
+            raise DataError(f"data: only {len(rows)} blocks; need at least 2 to hold one out")
+        eval_set = [rows[i] for i in order[:n_eval]]
+        train_set = [rows[i] for i in order[n_eval:]]
         args = TrainingArguments(
             output_dir=str(work / "trainer"),
             max_steps=config.max_steps,
@@ -132,7 +166,13 @@ def run_sft(config: SftConfig) -> dict[str, Any]:
             use_cpu=config.device == "cpu",
             disable_tqdm=True,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=train_set,
+            eval_dataset=eval_set,
+            data_collator=collator,
+        )
         before = float(trainer.evaluate()["eval_loss"])
         train_out = trainer.train()
         after = float(trainer.evaluate()["eval_loss"])
