@@ -42,29 +42,34 @@ from benchmarks.common import (
     write_json,
 )
 
-ENV_ID = "marlhf/ReasoningGym-v0"
-#: The task, for SFT and RL alike (the RL env must be built with the same arguments).
-TASK_KWARGS: dict[str, Any] = {
-    "dataset": "chain_sum",
-    "size": 5000,
-    "dataset_kwargs": {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1},
-    "max_new_tokens": 6,
-}
-#: ``marlhf sft`` settings (``SftConfig`` keys; ``output_dir`` and ``seed`` are set per seed).
-SFT: dict[str, Any] = {
-    "task": {"id": ENV_ID, "kwargs": TASK_KWARGS, "examples": 2000},
-    "vocab_size": 400,
-    "model": {"n_layer": 2, "n_embd": 128, "n_head": 4},
-    "max_steps": 300,
-    "batch_size": 32,
-    "learning_rate": 1e-3,
-}
-#: RL settings shared by every preset (``marlhf train`` keys).
+CONFIGS = ROOT / "examples" / "configs"
+SFT_YAML = CONFIGS / "reasoning_sft.yaml"
+RL_YAML = CONFIGS / "reasoning_rl.yaml"
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise SystemExit(f"{path}: expected a mapping")
+    return data
+
+
+#: ``marlhf sft`` settings: ``examples/configs/reasoning_sft.yaml`` (``output_dir`` and
+#: ``seed`` are set per seed).
+SFT: dict[str, Any] = {k: v for k, v in _yaml(SFT_YAML).items() if k not in ("output_dir", "seed")}
+_RL = _yaml(RL_YAML)
+#: RL settings shared by every preset: ``examples/configs/reasoning_rl.yaml``'s task, budget and
+#: agent section (its preset list is replaced by each run's preset on top of ``toy``).
 RL: dict[str, Any] = {
-    "task": {"id": ENV_ID, "kwargs": TASK_KWARGS, "num_envs": 32},
-    "agent": {"learning_rate": 1e-4, "batch_size": 16, "n_epochs": 2, "kl_coef": 0.0},
-    "total_timesteps": 32 * 6 * 40,
+    "task": _RL["task"],
+    "agent": {k: v for k, v in _RL["agent"].items() if k != "preset"},
+    "total_timesteps": _RL["total_timesteps"],
 }
+ENV_ID: str = SFT["task"]["id"]
+#: The task, for SFT and RL alike (the RL env must be built with the same arguments).
+TASK_KWARGS: dict[str, Any] = SFT["task"]["kwargs"]
 PRESETS = ["ppo", "grpo"]
 SEEDS = [0, 1, 2]
 EVAL_QUESTIONS = 200
@@ -106,14 +111,52 @@ def rl_task_config() -> dict[str, Any]:
     return copy.deepcopy(RL["task"])
 
 
+def held_out_questions(
+    questions: int, task_kwargs: dict[str, Any] | None = None, novel_only: bool = True
+) -> list[int]:
+    """Indices of the first ``questions`` questions of the ``eval`` split that never occur in
+    the ``train`` split (SFT and RL draw from the train split; with small numbers the two
+    splits share many questions, and those would not test generalisation).
+
+    :param novel_only: False: simply the first ``questions`` of the eval split (for tasks with
+        so few distinct questions that the splits share them all).
+    :raises SystemExit: fewer such questions than asked for among four times as many drawn.
+    """
+    if not novel_only:
+        return list(range(questions))
+    import reasoning_gym
+
+    from marlhf.envs.reasoning import EVAL_SEED_OFFSET
+
+    kwargs = copy.deepcopy(task_kwargs or TASK_KWARGS)
+    name, extra = kwargs.get("dataset", "chain_sum"), kwargs.get("dataset_kwargs") or {}
+    seed = int(kwargs.get("seed", 0))
+    train = reasoning_gym.create_dataset(
+        name, size=int(kwargs.get("size", 200)), seed=seed, **extra
+    )
+    seen = {e["question"] for e in train}
+    pool = 4 * questions
+    held = reasoning_gym.create_dataset(name, size=pool, seed=seed + EVAL_SEED_OFFSET, **extra)
+    fresh = [i for i in range(pool) if held[i]["question"] not in seen][:questions]
+    if len(fresh) < questions:
+        raise SystemExit(
+            f"only {len(fresh)} of {pool} eval questions are absent from the train split; "
+            f"the task has too few distinct questions for {questions} held-out ones"
+        )
+    return fresh
+
+
 def held_out_accuracy(
     model_path: str | Path,
     questions: int = EVAL_QUESTIONS,
     samples: int = EVAL_SAMPLES,
     seed: int = EVAL_SEED,
     task_kwargs: dict[str, Any] | None = None,
+    novel_only: bool = True,
 ) -> dict[str, float]:
-    """Accuracy of the model in ``model_path`` on the first ``questions`` of the eval split.
+    """Accuracy of the model in ``model_path`` on ``questions`` held-out questions
+    (:func:`held_out_questions`: eval split, none in the train split unless ``novel_only`` is
+    False).
 
     Every question is asked once greedily and ``samples`` times at temperature 1 (a generator
     seeded by ``seed``), so two models are scored on exactly the same prompts.
@@ -127,12 +170,13 @@ def held_out_accuracy(
     from marlhf.training.configs import ModelConfig, TaskConfig
     from marlhf.training.runner import build_env
 
+    indices = held_out_questions(questions, task_kwargs, novel_only)
     kwargs = {**copy.deepcopy(task_kwargs or TASK_KWARGS), "split": "eval"}
-    kwargs["size"] = max(int(kwargs.get("size", questions)), questions)
+    kwargs["size"] = max(indices) + 1
     model = ModelConfig(path=str(model_path))
     tokenizer = load_tokenizer(model)
     probe = build_env(TaskConfig(ENV_ID, kwargs, 1), seed, "cpu", tokenizer)
-    prompts = [probe.task.prompt(i) for i in range(questions)]
+    prompts = [probe.task.prompt(i) for i in indices]
     policy = CausalLMActorCritic(
         load_causal_lm(model), reference=None, vocab_size=int(probe.codec.vocab_size)
     ).eval()
