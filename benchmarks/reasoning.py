@@ -73,6 +73,10 @@ TASK_KWARGS: dict[str, Any] = SFT["task"]["kwargs"]
 PRESETS = ["ppo", "grpo"]
 SEEDS = [0, 1, 2]
 EVAL_QUESTIONS = 200
+#: chain_sum with two one-digit terms has 200 distinct questions: both splits draw from all of
+#: them, so the eval split cannot hold questions the train split lacks (held_out_questions with
+#: novel_only=True finds none). The score is on the eval split's own draw of questions.
+NOVEL_ONLY = False
 EVAL_SAMPLES = 4
 EVAL_SEED = 12345
 OUT = ROOT / "runs" / "bench-reasoning"
@@ -152,7 +156,7 @@ def held_out_accuracy(
     samples: int = EVAL_SAMPLES,
     seed: int = EVAL_SEED,
     task_kwargs: dict[str, Any] | None = None,
-    novel_only: bool = True,
+    novel_only: bool = NOVEL_ONLY,
 ) -> dict[str, float]:
     """Accuracy of the model in ``model_path`` on ``questions`` held-out questions
     (:func:`held_out_questions`: eval split, none in the train split unless ``novel_only`` is
