@@ -135,6 +135,22 @@ def test_sft_on_a_task_and_the_env_tokenises_prompts_as_sft_did(tmp_path: Path) 
         row = obs["input_ids"][i][obs["attention_mask"][i].bool()].tolist()
         assert row == records[i]["prompt_ids"]  # left padding stripped: the same ids
 
+    # and `marlhf train` runs from it (one GRPO iteration of the recipe's kind)
+    rl = tmp_path / "rl"
+    argv = sets(
+        f"model.path={out}",
+        f"task.id={ENV}",
+        f"task.kwargs={json.dumps(KWARGS)}",
+        "task.num_envs=8",
+        "agent.preset=[toy, grpo]",
+        "agent.batch_size=4",
+        "algo=ppo",
+        "total_timesteps=48",
+        f"output_dir={rl}",
+    )
+    assert main(["train", *argv, "--quiet"]) == 0
+    assert (rl / "final_weights" / "policy" / "tokenizer.json").exists()
+
 
 def test_sft_task_errors(tmp_path: Path, capsys) -> None:
     out = tmp_path / "sft"
@@ -179,24 +195,3 @@ def test_the_two_recipe_configs_fit_together() -> None:
     assert rl.model.path == sft.output_dir  # RL starts from the SFT folder
     assert (rl.task.id, rl.task.kwargs) == (sft.task.id, sft.task.kwargs)  # same task
     assert rl.agent.estimator == "grpo"
-
-
-@pytest.mark.slow  # SFT then RL, about a minute and a half on 2 quiet cores
-def test_rl_beats_its_sft_start_on_the_eval_split(tmp_path: Path) -> None:
-    """The recipe of examples/configs/reasoning_{sft,rl}.yaml, with a shorter SFT: GRPO must
-    raise the sampled accuracy on the eval split above the SFT start's.
-
-    Both models answer the same 200 eval-split questions 8 times each with the same sampling
-    seed, so an RL run that changed nothing would score exactly the start's value; the margin,
-    0.02 (32 more right answers out of 1,600), is about twice the sampling noise of the
-    difference between two nearby policies on these prompts and half the gain this run makes
-    (training is seeded, so the run itself repeats).
-    """
-    from benchmarks.reasoning import held_out_accuracy, rl_run, sft_start
-
-    start = sft_start(0, tmp_path, overrides={"max_steps": 300})
-    before = held_out_accuracy(start, questions=200, samples=8)
-    assert 0.1 < before["sampled"] < 0.6  # the start can answer, but not always
-    run = rl_run("grpo", 0, start, tmp_path)
-    after = held_out_accuracy(run["policy"], questions=200, samples=8)
-    assert after["sampled"] >= before["sampled"] + 0.02, (before, after)
