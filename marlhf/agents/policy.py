@@ -349,8 +349,13 @@ class CausalLMActorCritic(nn.Module):
             logits = mask_logits(logits, action_mask[:, None, :])
         logp_all = logits.log_softmax(dim=-1)
         logp = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        entropy = -(logp_all.exp() * logp_all).sum(dim=-1)
-        return logp, entropy
+        plogp = logp_all.exp() * logp_all
+        if action_mask is not None:
+            # A masked token's p * log p is 0 * (dtype min): its value is 0, but its gradient
+            # (upstream * log p, then * p) overflows to -inf * 0 = NaN once the upstream
+            # gradient exceeds 1. Filled with 0, it takes no gradient.
+            plogp = plogp.masked_fill(~action_mask[:, None, :].bool(), 0.0)
+        return logp, -plogp.sum(dim=-1)
 
     @staticmethod
     def _split(
