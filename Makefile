@@ -53,8 +53,10 @@ test-fast: $(STAMP) bwrap
 demo: $(STAMP)
 	$(BIN)/marlhf compare
 
-# bench: every benchmark, reduced (about 5 min on 2 cores); bench-full: the full set (93 min on
-# 2 cores, 84 of them the parity runs).
+# bench: every benchmark, reduced (about 5 min on 2 cores before the credit and evidence steps,
+# which add about 3 min (credit.py --quick) and 2 min (evidence.py --mode quick: 2.2 min on the
+# loaded 2-core machine)); bench-full: the full set (93 min on 2 cores, 84 of them the parity
+# runs, plus credit.py's 15 min and evidence.py --mode full's hours, which resumes).
 # Both write benchmarks/results/summary.json and docs/benchmarks.md. TRL lives in its own venv
 # (.venv-bench): trl==1.12.0 is the last release that ships trl.experimental.ppo.
 .PHONY: bench-full

@@ -131,6 +131,7 @@ def summarize_task(section: dict[str, Any]) -> dict[str, Any]:
             and m[snap]["corr"] + (m[snap]["corr_ci95"] or 0.0) >= low
         ]
     checks = [r["replay_check"] for r in audit["snapshots"]["half"] if "replay_check" in r]
+    ppo = summary.get("ppo")
     return {
         "methods": methods,
         "spearman": ranks,
@@ -139,6 +140,7 @@ def summarize_task(section: dict[str, Any]) -> dict[str, Any]:
         "fastest": fastest["method"] if fastest else None,
         "best_final": max(trained, key=lambda m: m["final_score"])["method"] if trained else None,
         "replay": {"equal": sum(bool(c["equal"]) for c in checks), "checked": len(checks)},
+        "ppo_learned": None if ppo is None else ppo.get("ppo_learned"),
     }
 
 
@@ -281,6 +283,12 @@ def task_block(section: dict[str, Any]) -> list[str]:
         f"**{a['fastest']}**; best final score: **{a['best_final']}**.",
         "",
     ]
+    if a.get("ppo_learned") is False:
+        lines += [
+            "**Token PPO did not learn here** (its final score is not above its start), so every "
+            "method reaches its final score at once: read the final scores, not the tokens.",
+            "",
+        ]
     return lines
 
 
@@ -292,8 +300,9 @@ def render_block(data: dict[str, Any]) -> str:
     lines = [
         BEGIN,
         "",
-        f"Measured at commit `{m.get('commit')}` on {m.get('cpu')} ({m.get('cores')} cores "
-        f"shared with other jobs), {m.get('date_utc')}, mode `{data['mode']}`. Methods: "
+        f"Measured on {m.get('cpu')} ({m.get('cores')} cores shared with other jobs), torch "
+        f"{m.get('torch')}, mode `{data['mode']}`; each task gives the commit and date it was "
+        "measured at. Methods: "
         f"{', '.join(data['presets'])}. Every run shares the agent section "
         f"`{data['agent_section']}`.",
         "",

@@ -148,6 +148,10 @@ def test_analysis_and_block_come_from_the_json() -> None:
     assert "reasoning task is not in this run: not landed" in block
     assert "python benchmarks/evidence.py --mode full --tasks a" in block
     assert "0.900 ± 0.010" in block  # vineppo's final score, from the JSON
+    assert "did not learn" not in block
+    section["summary"][0]["ppo_learned"] = False  # the compare report's flag
+    section["analysis"] = summarize_task(section)
+    assert "**Token PPO did not learn here**" in render_block(data)
 
 
 def test_the_reasoning_task_joins_when_benchmarks_reasoning_provides_it(
