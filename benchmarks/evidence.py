@@ -278,7 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="tokens per run as a fraction of each task's full budget (default: the mode's)",
     )
-    parser.add_argument("--doc-only", action="store_true", help="re-render docs/credit.md")
+    parser.add_argument(
+        "--doc-only",
+        action="store_true",
+        help="recompute the analysis from the JSON's runs and audits, re-render docs/credit.md",
+    )
     args = parser.parse_args(argv)
     from benchmarks.evidence_doc import render_doc, summarize_task
 
@@ -287,6 +291,9 @@ def main(argv: list[str] | None = None) -> int:
         data = read_json(path)
         if data is None:
             raise SystemExit(f"--doc-only: {path} is missing; run the benchmark first")
+        for section in data.get("tasks", {}).values():  # the analysis of this checkout
+            section["analysis"] = summarize_task(section)
+        write_json(path, data)
         render_doc(data)
         return 0
     import torch
