@@ -114,8 +114,10 @@ def _reasoning_task() -> TaskSpec | None:
     """The reasoning task of ``benchmarks/reasoning.py`` (its ``rl_task_config()`` and ``RL``
     settings), every seed's runs starting from its ``sft_start`` model of seed 0 (trained once
     into the work folder); None when that file or those names are absent."""
+    import importlib
+
     try:
-        from benchmarks import reasoning  # type: ignore[attr-defined]
+        reasoning = importlib.import_module("benchmarks.reasoning")
     except ImportError:
         return None
     start = getattr(reasoning, "sft_start", None)
@@ -232,7 +234,9 @@ def compare_config(task: TaskSpec, mode: str, work: Path, scale: float | None = 
     )
 
 
-def run_task(task: TaskSpec, mode: str, scale: float | None = None) -> dict[str, Any]:
+def run_task(
+    task: TaskSpec, mode: str, scale: float | None = None, audit_seeds: list[int] | None = None
+) -> dict[str, Any]:
     """Train (or resume) the comparison of one task, audit it, return its JSON section."""
     from benchmarks.evidence_audit import audit_task
     from marlhf.training.compare import run_compare
@@ -244,7 +248,8 @@ def run_task(task: TaskSpec, mode: str, scale: float | None = None) -> dict[str,
     out = run_compare(config)
     compare_s = time.perf_counter() - started
     rows = read_metrics_csv(Path(config.output_dir) / "metrics.csv")
-    audits = audit_task(task, config, MODES[mode]["audit_seeds"], work / "audit", rows)
+    seeds = MODES[mode]["audit_seeds"] if audit_seeds is None else audit_seeds
+    audits = audit_task(task, config, seeds, work / "audit", rows)
     return {
         "task": {
             "key": task.key,
@@ -264,7 +269,8 @@ def run_task(task: TaskSpec, mode: str, scale: float | None = None) -> dict[str,
         "compare_wall_s": compare_s,
         "audit": audits,
         "command": f"python benchmarks/evidence.py --mode {mode} --tasks {task.key}"
-        + ("" if scale is None else f" --budget-scale {scale}"),
+        + ("" if scale is None else f" --budget-scale {scale}")
+        + ("" if audit_seeds is None else " --audit-seeds " + " ".join(map(str, audit_seeds))),
     }
 
 
@@ -277,6 +283,13 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="tokens per run as a fraction of each task's full budget (default: the mode's)",
+    )
+    parser.add_argument(
+        "--audit-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="audit only these seeds' snapshots (default: the mode's)",
     )
     parser.add_argument(
         "--doc-only",
@@ -329,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.tasks and task.key not in args.tasks:
             continue
         print(f"\n=== evidence: {task.key} ({task.env_id} {task.kwargs})", flush=True)
-        section = run_task(task, args.mode, args.budget_scale)
+        section = run_task(task, args.mode, args.budget_scale, args.audit_seeds)
         section["analysis"] = summarize_task(section)
         data["tasks"][task.key] = section
         write_json(path, data)  # after every task: an interrupted run keeps what finished
