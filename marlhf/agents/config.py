@@ -95,6 +95,14 @@ class PPOConfig:
             "minibatch size in episodes (rows); must divide num_envs; None: the whole rollout"
         ),
     )
+    micro_batch_size: int | None = field(
+        default=None,
+        metadata=doc(
+            "gradient accumulation: each minibatch's forward and backward in chunks of at most "
+            "this many episodes (one optimizer step per minibatch; the same update up to "
+            "rounding, less activation memory); None: the whole minibatch at once"
+        ),
+    )
     gamma: float = field(default=1.0, metadata=doc("discount per segment step (per token: PPO)"))
     gae_lambda: float = field(default=0.95, metadata=doc("GAE lambda"))
     clip_range: float = field(default=0.2, metadata=doc("PPO clip of the probability ratio"))
@@ -253,6 +261,7 @@ class PPOConfig:
             _positive(name, getattr(self, name), allow_none=True)
         _int_at_least("n_epochs", self.n_epochs, 1)
         _int_at_least("batch_size", self.batch_size, 1, allow_none=True)
+        _int_at_least("micro_batch_size", self.micro_batch_size, 1, allow_none=True)
         _int_at_least("kl_horizon", self.kl_horizon, 1)
         _int_at_least("top_k", self.top_k, 0)
         for name in ("gamma", "gae_lambda", "top_p"):

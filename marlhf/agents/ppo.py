@@ -6,6 +6,7 @@ termination, so token-level PPO is MAPPO with every token its own macro action.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -57,32 +58,31 @@ class PPO(LMOnPolicyAlgorithm):
         distributed = self.world.distributed
         for epoch in range(self.config.n_epochs):
             for mb in self._minibatches(buf):
+                if self.config.micro_batch_size is not None:
+                    # Gradients accumulated over micro-batches; the decisions come after them.
+                    parts, kl = self._accumulate(mb, self.config.micro_batch_size)
+                    logs["kl"].append(kl)
+                    if self._early_stop(epoch, kl):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        continue_training = False
+                        break
+                    self._step()
+                    for key, value in zip(("pg", "vf", "ent", "clip"), parts, strict=True):
+                        logs[key].append(value)
+                    continue
                 loss, pg_loss, vf_loss, ent_loss, stats = self._minibatch_loss(mb)
                 self._together(self._check_loss, loss, pg_loss, vf_loss, ent_loss)
                 share = dist_utils.local_share(mb.response_mask)
 
                 logs["kl"].append(dist_utils.global_token_mean(stats["approx_kl"], share))
-                if (
-                    self.config.target_kl is not None
-                    and logs["kl"][-1] > 1.5 * self.config.target_kl
-                ):
+                if self._early_stop(epoch, logs["kl"][-1]):
                     continue_training = False
-                    if self.verbose >= 1 and self.world.is_main:
-                        print(f"Early stop at epoch {epoch}: approx_kl {logs['kl'][-1]:.4f}")
                     break
 
                 self.optimizer.zero_grad(set_to_none=True)
                 if loss.requires_grad:  # not on a rank with no rows in this minibatch
                     (loss * share if distributed else loss).backward()
-                dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
-                if self.config.max_grad_norm is not None:
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
-                        list(self.policy.trainable_parameters()), self.config.max_grad_norm
-                    )
-                    self._check_loss(grad_norm, names=("gradient norm",))
-                self.optimizer.step()
-                self._check_parameters()
-                self._n_updates += 1
+                self._step()
                 # This rank's part of each global token mean; summed over ranks below, in one
                 # collective for the whole update rather than four per minibatch.
                 for key, value in (
@@ -113,15 +113,96 @@ class PPO(LMOnPolicyAlgorithm):
         }
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
-    def _minibatch_loss(
-        self, mb: RolloutSamples
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """The loss of one minibatch: ``(total, policy, value, entropy, stats)``."""
+    def _early_stop(self, epoch: int, kl: float) -> bool:
+        """Whether ``target_kl`` stops the epochs at this minibatch's ``approx_kl``."""
+        if self.config.target_kl is None or kl <= 1.5 * self.config.target_kl:
+            return False
+        if self.verbose >= 1 and self.world.is_main:
+            print(f"Early stop at epoch {epoch}: approx_kl {kl:.4f}")
+        return True
+
+    def _step(self) -> None:
+        """Sum the gradients over ranks, clip them, and take one optimizer step."""
+        dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
+        if self.config.max_grad_norm is not None:
+            grad_norm = torch.nn.utils.clip_grad_norm_(
+                list(self.policy.trainable_parameters()), self.config.max_grad_norm
+            )
+            self._check_loss(grad_norm, names=("gradient norm",))
+        self.optimizer.step()
+        self._check_parameters()
+        self._n_updates += 1
+
+    def _accumulate(self, mb: RolloutSamples, size: int) -> tuple[list[float], float]:
+        """Forward and backward ``mb`` in chunks of at most ``size`` rows (gradient accumulation).
+
+        The advantages are whitened over the whole (global) minibatch first. Each chunk's loss
+        is weighted by its part of the global minibatch's normaliser, so the chunks' gradients
+        sum to the whole minibatch's: the policy loss by its ``loss_agg`` (token-mean: real
+        tokens; seq-mean-token-mean: responses with a real token; seq-sum-constant: rows x
+        columns), every other term (value, entropy, KL in the loss, the statistics) by real
+        tokens. With several ranks, the same weights make each rank's sum its part of the global
+        values, which the caller adds over ranks as for the whole-minibatch path.
+
+        :return: this rank's parts of the minibatch's ``[policy, value, entropy, clip fraction]``
+            and the global ``approx_kl``.
+        """
         mask = mb.response_mask & mb.keep[:, None]
-        advantages = mb.advantages
-        if self.config.normalize_advantage:  # over the global minibatch's tokens
-            distributed = self.world.distributed
-            advantages = (dist_utils.global_whiten if distributed else whiten)(advantages, mask)
+        advantages = self._advantages(mb, mask)
+        totals = dist_utils.global_sums(
+            [float(mask.sum()), float(mask.any(dim=1).sum()), float(mask.numel())]
+        )
+        # This rank's parts of the minibatch's total, policy, value and entropy losses (tensors,
+        # for the non-finite check), then of its clip fraction and approx_kl.
+        losses = [torch.zeros((), dtype=torch.float64, device=mask.device) for _ in range(4)]
+        clip = kl = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for begin in range(0, mask.shape[0], size):
+            rows = slice(begin, begin + size)
+            sliced = {f.name: getattr(mb, f.name) for f in dataclasses.fields(RolloutSamples)}
+            micro = dataclasses.replace(
+                mb, **{k: v[rows] for k, v in sliced.items() if v is not None}
+            )
+            micro.advantages = advantages[rows]
+            m = mask[rows]
+            counts = (float(m.sum()), float(m.any(dim=1).sum()), float(m.numel()))
+            shares = [c / t if t > 0 else 0.0 for c, t in zip(counts, totals, strict=True)]
+            pg_w, tok_w = shares[_AGG_SHARE[self.config.loss_agg]], shares[0]
+            loss, pg_loss, vf_loss, ent_loss, stats = self._minibatch_loss(
+                micro, whitened=True, weights=(pg_w, tok_w)
+            )
+            for i, (value, w) in enumerate(
+                ((loss, 1.0), (pg_loss, pg_w), (vf_loss, tok_w), (ent_loss, tok_w))
+            ):
+                losses[i] = losses[i] + value.detach().double() * w
+            clip += float(stats["clip_fraction"]) * tok_w
+            kl += float(stats["approx_kl"]) * tok_w
+            loss.backward()  # frees this chunk's activations before the next one's forward
+        self._together(self._check_loss, *losses)
+        return [float(x) for x in losses[1:]] + [clip], dist_utils.global_token_mean(kl, 1.0)
+
+    def _advantages(self, mb: RolloutSamples, mask: torch.Tensor) -> torch.Tensor:
+        """The minibatch's advantages, whitened over its global tokens when configured."""
+        if not self.config.normalize_advantage:
+            return mb.advantages
+        distributed = self.world.distributed
+        return (dist_utils.global_whiten if distributed else whiten)(mb.advantages, mask)
+
+    def _minibatch_loss(
+        self,
+        mb: RolloutSamples,
+        *,
+        whitened: bool = False,
+        weights: tuple[float, float] = (1.0, 1.0),
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """The loss of one minibatch: ``(total, policy, value, entropy, stats)``.
+
+        :param whitened: ``mb.advantages`` are already whitened (by :meth:`_accumulate`).
+        :param weights: ``(policy, tokens)``: the total weights the policy loss by the first and
+            the token-mean terms by the second (1.0 each: the plain sum, bitwise).
+        """
+        mask = mb.response_mask & mb.keep[:, None]
+        advantages = mb.advantages if whitened else self._advantages(mb, mask)
         if mask.shape[0] == 0:  # this rank holds none of the minibatch's episodes
             zero = torch.zeros((), device=mask.device)
             return zero, zero, zero, zero, {"approx_kl": 0.0, "clip_fraction": 0.0}
@@ -157,13 +238,14 @@ class PPO(LMOnPolicyAlgorithm):
                 clip_range_vf=self.config.clip_range_vf,
             )
         ent_loss = entropy_loss(entropy.float(), mask)
-        loss = pg_loss + self.config.ent_coef * ent_loss
+        pg_w, tok_w = weights
+        loss = pg_w * pg_loss + tok_w * (self.config.ent_coef * ent_loss)
         if self.config.kl_in == "loss" and self.kl_ctl.value > 0:
             # The KL to the reference as a loss term (GRPO: k3), on the current log-probs.
             kl = kl_penalty(logp.float(), mb.ref_logprobs, self.config.kl_estimator)
-            loss = loss + float(self.kl_ctl.value) * masked_mean(kl, mask)
+            loss = loss + tok_w * (float(self.kl_ctl.value) * masked_mean(kl, mask))
         if values is not None:
-            loss = loss + self.config.vf_coef * vf_loss
+            loss = loss + tok_w * (self.config.vf_coef * vf_loss)
         return loss, pg_loss, vf_loss, ent_loss, stats
 
     def _minibatches(self, buf: Any) -> Any:
@@ -217,6 +299,11 @@ class PPO(LMOnPolicyAlgorithm):
                     f"non-finite {name} ({value.item()}) at update {self._n_updates}; "
                     "training stopped before the optimizer step"
                 )
+
+
+#: Which of ``(real tokens, responses with a real token, rows x columns)`` each ``loss_agg``
+#: divides the policy loss by (:func:`marlhf.agents.losses.policy_loss`).
+_AGG_SHARE = {"token-mean": 0, "seq-mean-token-mean": 1, "seq-sum-constant": 2}
 
 
 def _mean(values: list[float]) -> float:
