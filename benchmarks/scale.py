@@ -16,12 +16,14 @@
   and each with gradient checkpointing. The peak is the process's high-water mark reset
   (``/proc/self/clear_refs``) after the model and agent are built, so it counts everything
   resident during the iteration (weights, reference, optimizer state, activations).
-  Goal: LoRA / full <= 0.6.
+  Goal: LoRA / full <= 0.6. Two more rows run the update with ``micro_batch_size=1``
+  (gradient accumulation over one-episode chunks, the same update) for both sides. ``--settings``
+  measures only the named rows and keeps the others from the JSON (each row says when it ran).
 
 Both print a table and write ``benchmarks/results/scale.json``; the machine's load average is
 recorded beside the timings (other processes share its cores).
 
-Run: ``python benchmarks/scale.py [--part scaling|memory|all] [--quick]``.
+Run: ``python benchmarks/scale.py [--part scaling|memory|all] [--quick] [--settings NAME ...]``.
 """
 
 from __future__ import annotations
@@ -42,11 +44,15 @@ from common import RESULTS_DIR, machine_stamp, print_table, read_json, write_jso
 
 RESULTS = RESULTS_DIR / "scale.json"
 LOAD_BEFORE = os.getloadavg()
+#: The micro-batch rows' ``micro_batch_size`` (episodes per forward/backward of the update).
+MICRO = 1
 MEMORY_SETTINGS = {
     "full + copied reference": {},
     "LoRA + adapters-off reference": {"lora": {"r": 8}},
     "full + copied reference + checkpointing": {"gradient_checkpointing": True},
     "LoRA + adapters-off + checkpointing": {"lora": {"r": 8}, "gradient_checkpointing": True},
+    "full + copied reference + micro-batch 1": {"micro_batch_size": MICRO},
+    "LoRA + adapters-off + micro-batch 1": {"lora": {"r": 8}, "micro_batch_size": MICRO},
 }
 
 
@@ -194,7 +200,17 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
         num_envs=8,
     )
     env, lm, _ = build_env_and_model(task, ModelConfig(gguf_file="smollm2"), 0, "cpu")
-    algo = PPO(lm, env, n_epochs=1, batch_size=8, seed=0, device="cpu", policy_kwargs=setting)
+    policy_kwargs = {k: v for k, v in setting.items() if k != "micro_batch_size"}
+    algo = PPO(
+        lm,
+        env,
+        n_epochs=1,
+        batch_size=8,
+        micro_batch_size=setting.get("micro_batch_size"),
+        seed=0,
+        device="cpu",
+        policy_kwargs=policy_kwargs,
+    )
     trainable = sum(p.numel() for p in algo.policy.trainable_parameters())
     gc.collect()
     resident = _rss_mb("VmRSS")
@@ -212,15 +228,28 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
     )
 
 
-def measure_memory() -> dict[str, Any]:
+def measure_memory(names: list[str], previous: dict[str, Any] | None) -> dict[str, Any]:
+    """Measure the settings ``names`` (each in a fresh process); the other rows are kept from
+    ``previous`` (an earlier run's ``memory`` section), each row stamped with when it ran."""
     load_before = os.getloadavg()
-    rows = {}
-    for name, setting in MEMORY_SETTINGS.items():
-        rows[name] = run_ranks(_memory_run, 1, setting)[0]
+    rows = dict((previous or {}).get("rows", {}))
+    for name in names:
+        loads = os.getloadavg()
+        rows[name] = run_ranks(_memory_run, 1, MEMORY_SETTINGS[name])[0]
+        rows[name].update(
+            measured_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+            load_average_before=loads,
+        )
         print(f"  {name}: {rows[name]['peak_mb']:.0f} MB", flush=True)
+    rows = {k: rows[k] for k in MEMORY_SETTINGS if k in rows}
+    missing = [k for k in MEMORY_SETTINGS if k not in rows]
+    if missing:
+        raise SystemExit(f"memory: no measurement of {missing}; run with --settings {missing}")
     full = rows["full + copied reference"]["peak_mb"]
     lora = rows["LoRA + adapters-off reference"]["peak_mb"]
     ckpt = rows["full + copied reference + checkpointing"]["peak_mb"]
+    full_micro = rows["full + copied reference + micro-batch 1"]["peak_mb"]
+    lora_micro = rows["LoRA + adapters-off + micro-batch 1"]["peak_mb"]
     return {
         "settings": {
             "model": "SmolLM2-135M-Instruct (GGUF, float32)",
@@ -229,12 +258,17 @@ def measure_memory() -> dict[str, Any]:
             "new_tokens": 32,
             "lora": {"r": 8, "alpha": 16, "targets": "q_proj, v_proj"},
             "threads": int(os.environ.get("SCALE_THREADS", "2")),
+            "micro_batch_size": MICRO,
+            "malloc": "glibc defaults (no MALLOC_* settings) in every row",
         },
         "rows": rows,
+        "rows_measured_now": names,
         "lora_over_full": lora / full,
         "goal_lora_over_full": 0.6,
         "checkpointing_saving_mb": full - ckpt,
         "checkpointing_over_full": ckpt / full,
+        "micro_batch_lora_over_full": lora_micro / full_micro,
+        "micro_batch_saving_mb": {"full": full - full_micro, "lora": lora - lora_micro},
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
@@ -250,6 +284,14 @@ def main() -> None:
         nargs="+",
         default=[64, 128],
         help="global batch sizes of the scaling part, one row each (goal judged on the largest)",
+    )
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(MEMORY_SETTINGS),
+        default=list(MEMORY_SETTINGS),
+        metavar="NAME",
+        help="memory rows to measure (default: all); the others are kept from the JSON",
     )
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--iters", type=int, default=None)
@@ -295,7 +337,7 @@ def main() -> None:
             "ceiling: one rank's share of the work alone"
         )
     if opts.part in ("memory", "all"):
-        memory = measure_memory()
+        memory = measure_memory(opts.settings, data.get("memory"))
         data["memory"] = memory
         print_table(
             "peak RSS of one PPO iteration, SmolLM2-135M, batch 8, 32 new tokens",
@@ -307,7 +349,8 @@ def main() -> None:
         )
         print(
             f"LoRA / full: {memory['lora_over_full']:.2f} (goal <= 0.6); checkpointing saves "
-            f"{memory['checkpointing_saving_mb']:.0f} MB of the full fine-tune's peak"
+            f"{memory['checkpointing_saving_mb']:.0f} MB of the full fine-tune's peak; with "
+            f"micro_batch_size={MICRO}: LoRA / full {memory['micro_batch_lora_over_full']:.2f}"
         )
     write_json(RESULTS, data)
     print(f"wrote {RESULTS}")
