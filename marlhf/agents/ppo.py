@@ -53,14 +53,20 @@ class PPO(LMOnPolicyAlgorithm):
         logs: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "clip", "kl")}
         continue_training = True
         # Several ranks: each minibatch is the same episodes as one process would draw, every
-        # mean is over all ranks' tokens, the gradients are summed over ranks before clipping,
-        # and the early-stop and non-finite decisions are taken together.
+        # mean is over all ranks' normalisers, the gradients are summed over ranks before
+        # clipping, and the early-stop and non-finite decisions are taken together. Each rank's
+        # loss is weighted by its part of the global normaliser of each term, as micro-batches
+        # are (_accumulate; a token share alone is wrong for the per-response aggregations), so
+        # without micro-batches each rank's rows are one chunk.
         distributed = self.world.distributed
+        micro = self.config.micro_batch_size
+        if micro is None and distributed:
+            micro = max(1, buf.num_envs)
         for epoch in range(self.config.n_epochs):
             for mb in self._minibatches(buf):
-                if self.config.micro_batch_size is not None:
+                if micro is not None:
                     # Gradients accumulated over micro-batches; the decisions come after them.
-                    parts, kl = self._accumulate(mb, self.config.micro_batch_size)
+                    parts, kl = self._accumulate(mb, micro)
                     logs["kl"].append(kl)
                     if self._early_stop(epoch, kl):
                         self.optimizer.zero_grad(set_to_none=True)
@@ -70,31 +76,27 @@ class PPO(LMOnPolicyAlgorithm):
                     for key, value in zip(("pg", "vf", "ent", "clip"), parts, strict=True):
                         logs[key].append(value)
                     continue
+                # One process, the whole minibatch at once.
                 loss, pg_loss, vf_loss, ent_loss, stats = self._minibatch_loss(mb)
-                self._together(self._check_loss, loss, pg_loss, vf_loss, ent_loss)
-                share = dist_utils.local_share(mb.response_mask)
-
-                logs["kl"].append(dist_utils.global_token_mean(stats["approx_kl"], share))
+                self._check_loss(loss, pg_loss, vf_loss, ent_loss)
+                logs["kl"].append(float(stats["approx_kl"]))
                 if self._early_stop(epoch, logs["kl"][-1]):
                     continue_training = False
                     break
 
                 self.optimizer.zero_grad(set_to_none=True)
-                if loss.requires_grad:  # not on a rank with no rows in this minibatch
-                    (loss * share if distributed else loss).backward()
+                loss.backward()
                 self._step()
-                # This rank's part of each global token mean; summed over ranks below, in one
-                # collective for the whole update rather than four per minibatch.
                 for key, value in (
                     ("pg", pg_loss.item()),
                     ("vf", vf_loss.item()),
                     ("ent", ent_loss.item()),
                     ("clip", stats["clip_fraction"]),
                 ):
-                    logs[key].append(float(value) * share if distributed else float(value))
+                    logs[key].append(float(value))
             if not continue_training:
                 break
-        if distributed:
+        if distributed:  # each rank holds its parts of the global values: sum them
             for key in ("pg", "vf", "ent", "clip"):
                 logs[key] = dist_utils.global_sums(logs[key])
 
@@ -115,7 +117,7 @@ class PPO(LMOnPolicyAlgorithm):
 
     def _early_stop(self, epoch: int, kl: float) -> bool:
         """Whether ``target_kl`` stops the epochs at this minibatch's ``approx_kl``."""
-        if self.config.target_kl is None or kl <= 1.5 * self.config.target_kl:
+        if self.config.target_kl is None or not kl > 1.5 * self.config.target_kl:
             return False
         if self.verbose >= 1 and self.world.is_main:
             print(f"Early stop at epoch {epoch}: approx_kl {kl:.4f}")

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from marlhf.agents import MAPPO, PPO
+from tests.agents import test_data_parallel as dp
 from tests.agents.conftest import CueEnv, tiny_model
+from tests.agents.ranks import run_ranks
 
 B, N = 8, 5
 #: Minibatches of 4 episodes: micro-batches of 1, and of 3 (3 + 1: not a divisor).
@@ -101,3 +103,49 @@ def test_bad_micro_batch_size_is_refused_naming_the_field(bad: Any) -> None:
     env = CueEnv(num_envs=B, max_new_tokens=N)
     with pytest.raises(ValueError, match=r"micro_batch_size=.* must be an int >= 1 or None"):
         PPO(tiny_model(env.codec), env, micro_batch_size=bad)
+
+
+def _dp_update(kind: str, data: dict[str, Any], rank: int, world_size: int, **kw: Any) -> Any:
+    """``test_data_parallel``'s update of a replayed rollout, with config overrides."""
+    share = dp.B // world_size
+    algo = dp._algo(kind, share, **kw)
+    algo._setup_learn(1, None, True, "run", False)
+    dp._replay(algo, data, slice(rank * share, (rank + 1) * share))
+    algo.finish_rollout()
+    algo.train()
+    return algo
+
+
+DP_CASES = {  # (test_data_parallel kind, overrides): whitened advantages, macro ratios, each agg
+    "ppo": ("ppo", {}),
+    "mappo": ("mappo", {}),
+    "grpo-seq-sum-constant": ("ppo-grpo", {"loss_agg": "seq-sum-constant"}),
+    "grpo-seq-mean-token-mean": ("ppo-grpo", {"loss_agg": "seq-mean-token-mean"}),
+}
+
+
+def _micro_on_ranks(rank: int, world_size: int, rollouts: dict[str, Any]) -> dict[Any, Any]:
+    out = {}
+    for name, (kind, kw) in DP_CASES.items():
+        sizes = (1, None) if "loss_agg" in kw else (1,)  # None: test_data_parallel's other cases
+        for size in sizes:
+            algo = _dp_update(kind, rollouts[name], rank, world_size, micro_batch_size=size, **kw)
+            out[name, size] = _params(algo)
+    return out
+
+
+def test_micro_batches_on_two_ranks_update_like_one_process() -> None:
+    """And, for the per-response aggregations, whole minibatches on two ranks too: each rank's
+    part is weighted by its share of the aggregation's normaliser, not of the tokens."""
+    rollouts = {name: dp._rollout(kind) for name, (kind, _) in DP_CASES.items()}
+    results = run_ranks(_micro_on_ranks, 2, rollouts)
+    for name, (kind, kw) in DP_CASES.items():
+        want = _params(_dp_update(kind, rollouts[name], 0, 1, **kw))
+        for got in results:
+            for (case, size), params in got.items():
+                if case != name:
+                    continue
+                for param, value in want.items():
+                    torch.testing.assert_close(
+                        params[param], value, atol=1e-6, rtol=0, msg=f"{name} {size} {param}"
+                    )
