@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import inspect
 import json
 from collections.abc import Iterator
@@ -80,6 +81,11 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(cls: type[nn.Module]) -> bool:
+    return "logits_to_keep" in inspect.signature(cls.forward).parameters
 
 
 def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
@@ -330,10 +336,11 @@ class CausalLMActorCritic(nn.Module):
     @staticmethod
     def _keeps_logits(model: nn.Module) -> bool:
         """Whether ``model``'s forward takes ``logits_to_keep`` (a PEFT wrapper passes keywords
-        through to the model it wraps: ask that one)."""
+        through to the model it wraps: ask that one). Asked once per model class: every
+        scoring forward asks."""
         unwrap = getattr(model, "get_base_model", None)
         inner = unwrap() if callable(unwrap) else model
-        return "logits_to_keep" in inspect.signature(inner.forward).parameters
+        return _forward_takes_logits_to_keep(type(inner))  # type: ignore[arg-type]
 
     def _token_logp_entropy(
         self,
