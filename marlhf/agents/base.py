@@ -29,6 +29,7 @@ from marlhf.agents import distributed as dist_utils
 from marlhf.agents import save_util
 from marlhf.agents.buffer import LMRolloutBuffer
 from marlhf.agents.config import PPOConfig, resolve_config
+from marlhf.agents.fsdp import shard_policy
 from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.stages import IterationStages
@@ -135,6 +136,14 @@ class LMOnPolicyAlgorithm(IterationStages):
             self.policy = CausalLMActorCritic(policy, **self.policy_kwargs)
         self.policy.to(self.device)
         self.policy.eval()
+        if self.config.fsdp:
+            if self.policy.fsdp is not None:
+                raise ValueError(
+                    "fsdp=True: this policy is already sharded by another algorithm; build a "
+                    "fresh CausalLMActorCritic for each"
+                )
+            shard_policy(self.policy, self.device)
+        # (Sharded: the optimizer holds this rank's shards; the weights are gathered after.)
         params = list(self.policy.trainable_parameters())
         lr, wd = self.config.learning_rate, self.config.weight_decay
         self.optimizer: torch.optim.Optimizer = (
@@ -142,6 +151,8 @@ class LMOnPolicyAlgorithm(IterationStages):
             if wd > 0
             else torch.optim.Adam(params, lr=lr, eps=1e-5)
         )
+        if self.policy.fsdp is not None:
+            self.policy.fsdp.gather()
         self.kl_ctl = make_kl_controller(
             self.config.kl_coef, self.config.kl_target, self.config.kl_horizon
         )

@@ -244,6 +244,13 @@ class PPOConfig:
         metadata=doc("leave out of the update the groups whose rewards are all equal (DAPO)"),
     )
     bf16: bool = field(default=False, metadata=doc("bfloat16 autocast on CUDA (ignored on CPU)"))
+    fsdp: bool = field(
+        default=False,
+        metadata=doc(
+            "shard parameters, gradients and optimizer state over the ranks during the update "
+            "(FSDP2, fully_shard; needs torchrun); sampling runs on gathered weights"
+        ),
+    )
     mask_actions: bool = field(
         default=False,
         metadata=doc(

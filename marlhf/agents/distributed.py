@@ -209,9 +209,12 @@ def raise_together(error: BaseException | None) -> None:
 
     Every rank raises the same exception type and message: the first failing rank's, prefixed
     with that rank (``"rank 1: non-finite ..."``). With one process: ``error`` itself, if any.
+    The exception raised has ``raised_together = True`` (every rank is at the same point: a
+    collective after it is safe).
     """
     if not (initialized() and dist.get_world_size() > 1):
         if error is not None:
+            error.raised_together = True  # type: ignore[attr-defined]
             raise error
         return
     failed = any_rank(error is not None)
@@ -221,8 +224,9 @@ def raise_together(error: BaseException | None) -> None:
     reports: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(reports, mine)
     rank, (kind, message) = next((r, m) for r, m in enumerate(reports) if m is not None)
-    cls = _ERRORS.get(kind, RuntimeError)
-    raise cls(f"rank {rank}: {message}") from error
+    together = _ERRORS.get(kind, RuntimeError)(f"rank {rank}: {message}")
+    together.raised_together = True  # type: ignore[attr-defined]
+    raise together from error
 
 
 _ERRORS: dict[str, type[BaseException]] = {

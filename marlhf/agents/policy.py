@@ -160,6 +160,11 @@ class CausalLMActorCritic(nn.Module):
         gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        #: The FSDP state when the algorithm shards this policy (``fsdp=True``), else ``None``.
+        self.fsdp: Any = None
+        #: Score rows in groups of similar length (off in a sharded update: every rank must make
+        #: the same forward calls).
+        self.group_lengths = True
         lora_config = LoRAConfig.coerce(lora)
         model = load_causal_lm(model)
         if not isinstance(gradient_checkpointing, bool):
@@ -299,8 +304,8 @@ class CausalLMActorCritic(nn.Module):
         (``logits_to_keep``, when the model takes it): full-vocabulary logits over a long
         prompt would otherwise be the largest activation of the update.
         """
-        groups = length_groups(mask)
-        if len(groups) == 1:
+        groups = length_groups(mask) if self.group_lengths else []
+        if len(groups) <= 1:
             return self._forward_rows(model, ids, mask, n, hidden, logits)
         parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in groups]
         inverse = torch.argsort(torch.cat(groups))
@@ -555,6 +560,9 @@ class CausalLMActorCritic(nn.Module):
         """
         from safetensors.torch import save_file
 
+        if self.fsdp is not None:  # sharded: save an unsharded twin over the gathered weights
+            self.fsdp.twin().save_pretrained(folder, merged=merged)
+            return
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         lora = self.lora

@@ -6,6 +6,7 @@ termination, so token-level PPO is MAPPO with every token its own macro action.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -17,6 +18,7 @@ from marlhf.agents.advantages import explained_variance, whiten
 from marlhf.agents.base import LMOnPolicyAlgorithm
 from marlhf.agents.buffer import RolloutSamples
 from marlhf.agents.config import PPOConfig, bind_config
+from marlhf.agents.fsdp import local, whole
 from marlhf.agents.kl import kl_penalty
 from marlhf.agents.losses import entropy_loss, masked_mean, policy_loss, value_loss
 
@@ -48,6 +50,11 @@ class PPO(LMOnPolicyAlgorithm):
         buf = self.rollout_buffer
         if buf is None:
             raise ValueError("train: no rollout buffer; call set_env(env) and collect a rollout")
+        sharded = self.policy.fsdp
+        with sharded.update() if sharded is not None else contextlib.nullcontext():
+            self._train(buf)
+
+    def _train(self, buf: Any) -> None:
         self._update_learning_rate()
         self.policy.train()
         logs: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "clip", "kl")}
@@ -125,12 +132,13 @@ class PPO(LMOnPolicyAlgorithm):
 
     def _step(self) -> None:
         """Sum the gradients over ranks, clip them, and take one optimizer step."""
-        dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
+        if self.policy.fsdp is None:  # (FSDP has reduce-scattered them in the backward)
+            dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
         if self.config.max_grad_norm is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(
                 list(self.policy.trainable_parameters()), self.config.max_grad_norm
             )
-            self._check_loss(grad_norm, names=("gradient norm",))
+            self._check_loss(whole(grad_norm), names=("gradient norm",))
         self.optimizer.step()
         self._check_parameters()
         self._n_updates += 1
@@ -159,7 +167,14 @@ class PPO(LMOnPolicyAlgorithm):
         losses = [torch.zeros((), dtype=torch.float64, device=mask.device) for _ in range(4)]
         clip = kl = 0.0
         self.optimizer.zero_grad(set_to_none=True)
-        for begin in range(0, mask.shape[0], size):
+        begins = list(range(0, mask.shape[0], size))
+        if self.policy.fsdp is not None:
+            # Every rank makes as many forward and backward calls as the busiest one (each
+            # gathers parameters collectively): the others run a row at weight 0.
+            most = int(dist_utils.all_reduce_max(torch.tensor(len(begins))))
+            for _ in range(most - len(begins)):
+                self._idle_chunk()
+        for begin in begins:
             rows = slice(begin, begin + size)
             sliced = {f.name: getattr(mb, f.name) for f in dataclasses.fields(RolloutSamples)}
             micro = dataclasses.replace(
@@ -182,6 +197,15 @@ class PPO(LMOnPolicyAlgorithm):
             loss.backward()  # frees this chunk's activations before the next one's forward
         self._together(self._check_loss, *losses)
         return [float(x) for x in losses[1:]] + [clip], dist_utils.global_token_mean(kl, 1.0)
+
+    def _idle_chunk(self) -> None:
+        """A forward and backward of one rollout row at weight 0: no gradient, but this rank
+        takes part in the sharded update's collectives (FSDP)."""
+        assert self.rollout_buffer is not None
+        row = self.rollout_buffer.rows(torch.zeros(1, dtype=torch.long, device=self.device))
+        row.advantages = torch.zeros_like(row.advantages)
+        loss = self._minibatch_loss(row, whitened=True, weights=(0.0, 0.0))[0]
+        (loss * 0.0).backward()
 
     def _advantages(self, mb: RolloutSamples, mask: torch.Tensor) -> torch.Tensor:
         """The minibatch's advantages, whitened over its global tokens when configured."""
@@ -279,15 +303,23 @@ class PPO(LMOnPolicyAlgorithm):
     def _check_parameters(self) -> None:
         # One reduction per tensor: cheap next to the update, and it stops training before a
         # corrupted model samples, is evaluated or is saved.
+        # Sharded (FSDP), each rank checks its shards and all decide together.
         params = list(self.policy.trainable_parameters())
-        total = torch.stack([p.detach().float().sum() for p in params]).sum()
+        total = torch.stack([local(p).detach().float().sum() for p in params]).sum()
+        error = None
         if not bool(torch.isfinite(total)):
-            bad = next(n for n, p in self.policy.named_parameters() if not p.isfinite().all())
-            raise FloatingPointError(
+            bad = next(
+                n for n, p in self.policy.named_parameters() if not local(p).isfinite().all()
+            )
+            error = FloatingPointError(
                 f"non-finite parameter {bad!r} after update {self._n_updates} "
                 f"(learning_rate={self.config.learning_rate}); training stopped before the "
                 "model is used or saved"
             )
+        if self.policy.fsdp is not None:
+            dist_utils.raise_together(error)
+        elif error is not None:
+            raise error
 
     def _check_loss(
         self,

@@ -38,6 +38,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from marlhf.agents import fsdp
+
 T = TypeVar("T")
 
 DATA_FILE = "data.json"
@@ -430,6 +432,10 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
     # every rank calls save), and only rank 0 writes.
     world = dist_utils.world()
     rank_states = dist_utils.all_gather_objects(_rank_state(algo))
+    # Sharded (FSDP): the optimizer's moments are gathered whole (a collective), as one
+    # process's; the weights are saved from whole tensors too (policy.save_pretrained).
+    sharded = algo.policy.fsdp is not None
+    optimizer = fsdp.optimizer_state(algo.optimizer) if sharded else algo.optimizer.state_dict()
     if not world.is_main:
         dist_utils.barrier()  # returns once rank 0 has written the checkpoint
         return
@@ -451,7 +457,7 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
         "world_size": world.world_size,
     }
     state = {
-        "optimizer": algo.optimizer.state_dict(),
+        "optimizer": optimizer,
         "kl_ctl": algo.kl_ctl.state_dict(),
         "env_rng": None if env_rng is None else env_rng.bit_generator.state,
         **{
@@ -551,7 +557,10 @@ def load_algorithm(
     if env is not None:
         algo._attach_env(env)
     algo.preset = data["preset"]
-    algo.optimizer.load_state_dict(state["optimizer"])
+    if algo.policy.fsdp is not None:  # whole moments, cut to this rank's shards
+        fsdp.load_optimizer_state(algo.optimizer, state["optimizer"])
+    else:
+        algo.optimizer.load_state_dict(state["optimizer"])
     algo.kl_ctl.load_state_dict(state["kl_ctl"])
     for gen_name in GENERATORS:
         generator = getattr(algo, f"{gen_name}_generator")

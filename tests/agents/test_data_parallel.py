@@ -131,9 +131,16 @@ def _replay(algo: Any, data: dict[str, Any], rows: slice) -> None:
         algo._mc_values = lambda: data["mc_values"][rows]
 
 
-def _update(kind: str, data: dict[str, Any], rank: int, world_size: int, train: bool = True) -> Any:
+def _update(
+    kind: str,
+    data: dict[str, Any],
+    rank: int,
+    world_size: int,
+    train: bool = True,
+    **overrides: Any,
+) -> Any:
     share = B // world_size
-    algo = _algo(kind, share)
+    algo = _algo(kind, share, **overrides)
     algo._setup_learn(1, None, True, "run", False)
     _replay(algo, data, slice(rank * share, (rank + 1) * share))
     algo.finish_rollout()
@@ -216,10 +223,14 @@ def test_monte_carlo_continuations_on_two_ranks() -> None:
         torch.testing.assert_close(results[1]["params"][name], value, atol=0, rtol=0)
 
 
-def _failures(rank: int, world_size: int, data: dict[str, torch.Tensor]) -> dict[str, Any]:
+def _failures(
+    rank: int, world_size: int, data: dict[str, torch.Tensor], more: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """What stops both ranks together; ``more``: settings for every algorithm (``fsdp``)."""
+    more = more or {}
     out: dict[str, Any] = {}
     # A NaN task reward on rank 1 only: both stop in the score stage with rank 1's message.
-    algo = _algo("ppo", 2)
+    algo = _algo("ppo", 2, **more)
     if rank == 1:
         algo.env.reward_override = float("nan")
     try:
@@ -227,7 +238,7 @@ def _failures(rank: int, world_size: int, data: dict[str, torch.Tensor]) -> dict
     except FloatingPointError as exc:
         out["reward"] = str(exc)
     # A NaN advantage on rank 1 reaches its loss: both stop before any optimizer step.
-    algo = _algo("ppo", 2, normalize_advantage=False, batch_size=None)
+    algo = _algo("ppo", 2, normalize_advantage=False, batch_size=None, **more)
     algo._setup_learn(1, None, True, "run", False)
     _replay(algo, data, slice(rank * 2, rank * 2 + 2))
     algo.finish_rollout()
@@ -240,7 +251,7 @@ def _failures(rank: int, world_size: int, data: dict[str, torch.Tensor]) -> dict
         out["loss"] = str(exc)
         out["unchanged"] = all(torch.equal(p, before[n]) for n, p in _params(algo).items())
     # target_kl: every rank stops at the same minibatch (the global approx_kl decides).
-    algo = _algo("ppo", 2, target_kl=1e-4, n_epochs=4, batch_size=1, learning_rate=0.2)
+    algo = _algo("ppo", 2, target_kl=1e-4, n_epochs=4, batch_size=1, learning_rate=0.2, **more)
     algo._setup_learn(1, None, True, "run", False)
     _replay(algo, data, slice(rank * 2, rank * 2 + 2))
     algo.finish_rollout()
@@ -249,9 +260,9 @@ def _failures(rank: int, world_size: int, data: dict[str, torch.Tensor]) -> dict
     return out
 
 
-def test_a_nan_or_target_kl_on_one_rank_stops_every_rank_together() -> None:
-    data = _rollout("ppo")
-    results = run_ranks(_failures, 2, data)
+def check_failures(results: list[dict[str, Any]], data: dict[str, Any]) -> None:
+    """Both ranks stopped with rank 1's error, before any step, and at ``target_kl`` at the
+    minibatch one process stops at."""
     for got in results:
         assert got["reward"].startswith("rank 1: non-finite task reward")
         assert got["loss"].startswith("rank 1: non-finite") and got["unchanged"]
@@ -263,6 +274,11 @@ def test_a_nan_or_target_kl_on_one_rank_stops_every_rank_together() -> None:
     one.train()
     assert 0 < one._n_updates < 4 * B  # it stopped early, after some steps
     assert results[0]["n_updates"] == results[1]["n_updates"] == one._n_updates
+
+
+def test_a_nan_or_target_kl_on_one_rank_stops_every_rank_together() -> None:
+    data = _rollout("ppo")
+    check_failures(run_ranks(_failures, 2, data), data)
 
 
 def _resume(rank: int, world_size: int, folder: str) -> dict[str, Any]:

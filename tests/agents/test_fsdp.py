@@ -1,0 +1,132 @@
+"""FSDP (``fsdp=True``) on 2 gloo ranks against one unsharded process with every row.
+
+The rollouts are replayed as in ``test_data_parallel.py`` (whose helpers these are): the
+question here is whether sharding the update changes it. It must not: the ranks' gradients are
+summed shard by shard, the norm is clipped over the shards, and each rank steps its shards.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import transformers
+
+from marlhf.agents import MAPPO, PPO, CausalLMActorCritic
+from tests.agents.conftest import CueEnv
+from tests.agents.ranks import run_ranks
+from tests.agents.test_data_parallel import (
+    B,
+    N,
+    _algo,
+    _configs,
+    _failures,
+    _params,
+    _rollout,
+    _update,
+    check_failures,
+)
+
+#: Every estimator, then the memory savers and micro-batches under FSDP.
+CASES: dict[str, tuple[str, dict[str, Any]]] = {
+    **{kind: (kind, {}) for kind in _configs()},
+    "ppo+micro-batch 1": ("ppo", {"micro_batch_size": 1}),
+    "ppo+checkpointing": ("ppo", {"policy_kwargs": {"gradient_checkpointing": True}}),
+    "ppo+lora": ("ppo", {"policy_kwargs": {"lora": {"r": 4}}}),
+}
+
+
+def _sharded_updates(rank: int, world_size: int, rollouts: dict[str, Any]) -> dict[str, Any]:
+    out = {}
+    for case, (kind, extra) in CASES.items():
+        torch.manual_seed(0)  # LoRA draws its A matrices from the global stream
+        algo = _update(kind, rollouts[kind], rank, world_size, fsdp=True, **extra)
+        moments = [
+            v for slot in algo.optimizer.state.values() for k, v in slot.items() if k == "exp_avg"
+        ]
+        out[case] = {
+            "params": _params(algo),
+            "stats": dict(algo.train_stats),
+            # How much of the Adam moments this rank holds, and of how much in all.
+            "held": sum(v.to_local().numel() for v in moments),
+            "whole": sum(v.numel() for v in moments),
+        }
+    return out
+
+
+def test_fsdp_on_two_ranks_updates_like_one_unsharded_process() -> None:
+    rollouts = {kind: _rollout(kind) for kind in _configs()}
+    results = run_ranks(_sharded_updates, 2, rollouts)
+    for case, (kind, extra) in CASES.items():
+        torch.manual_seed(0)
+        one = _update(kind, rollouts[kind], 0, 1, **extra)
+        want = _params(one)
+        torch.manual_seed(0)
+        start = _params(_algo(kind, B, **extra))
+        moved = max(float((want[n] - start[n]).abs().max()) for n in want)
+        assert moved > 1e-3, case  # the update did something to compare
+        for rank, got in enumerate(results):
+            assert set(got[case]["params"]) == set(want), case
+            for name, value in want.items():
+                torch.testing.assert_close(
+                    got[case]["params"][name], value, atol=1e-6, rtol=0, msg=f"{case} {name}"
+                )
+            for key in ("train/policy_loss", "train/approx_kl", "train/clip_fraction"):
+                assert got[case]["stats"][key] == pytest.approx(one.train_stats[key], abs=1e-5), (
+                    case,
+                    rank,
+                    key,
+                )
+        # Each rank held about half of the optimizer state (the shards of odd-sized rows
+        # differ by a row): the training state was sharded, not replicated.
+        held = [got[case]["held"] for got in results]
+        whole = results[0][case]["whole"]
+        assert sum(held) == whole, case
+        assert max(held) <= 0.55 * whole, (case, held, whole)
+
+
+def test_fsdp_stops_every_rank_together_on_a_nan_or_target_kl() -> None:
+    data = _rollout("ppo")
+    check_failures(run_ranks(_failures, 2, data, {"fsdp": True}), data)
+
+
+def _resume(rank: int, world_size: int, folder: str) -> dict[str, Any]:
+    path = Path(folder) / "ckpt"
+    algo = _algo("mappo", 2, fsdp=True)
+    algo.learn(2 * B * N)
+    algo.save(path)
+    saved = _params(algo)
+    algo.learn(2 * B * N, reset_num_timesteps=False)
+    straight = _params(algo)
+    again = MAPPO.load(path, env=CueEnv(num_envs=2, max_new_tokens=N), device="cpu")
+    assert again.policy.fsdp is not None
+    again.learn(2 * B * N, reset_num_timesteps=False)
+    return {"saved": saved, "straight": straight, "resumed": _params(again)}
+
+
+def test_fsdp_checkpoint_holds_whole_weights_and_resumes_exactly(tmp_path: Path) -> None:
+    results = run_ranks(_resume, 2, str(tmp_path))
+    for got in results:
+        for name, value in got["straight"].items():
+            torch.testing.assert_close(got["resumed"][name], value, atol=1e-6, rtol=0, msg=name)
+    for name, value in results[0]["straight"].items():
+        torch.testing.assert_close(results[1]["straight"][name], value, atol=0, rtol=0)
+    # The weights on disk are whole: one process loads them, and plain transformers loads the
+    # policy's LM, equal to what the ranks held at the save.
+    weights = tmp_path / "ckpt_weights"
+    policy = CausalLMActorCritic.from_pretrained(weights)
+    loaded = {n: p for n, p in policy.named_parameters() if p.requires_grad}
+    assert set(loaded) == set(results[0]["saved"])
+    for name, value in results[0]["saved"].items():
+        torch.testing.assert_close(loaded[name], value, atol=0, rtol=0, msg=name)
+    plain = transformers.AutoModelForCausalLM.from_pretrained(str(weights / "policy"))
+    for name, value in plain.named_parameters():
+        torch.testing.assert_close(value, loaded[f"model.{name}"], atol=0, rtol=0, msg=name)
+
+
+def test_fsdp_without_a_process_group_is_a_clear_error() -> None:
+    env = CueEnv(num_envs=2, max_new_tokens=N)
+    with pytest.raises(ValueError, match=r"fsdp=True needs torch.distributed: launch with torch"):
+        PPO(_algo("ppo", 2).policy.model, env, fsdp=True)
