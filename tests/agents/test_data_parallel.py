@@ -66,12 +66,15 @@ def _configs() -> dict[str, tuple[type, dict[str, Any]]]:
     return out
 
 
-def _algo(kind: str, num_envs: int, **overrides: Any) -> Any:
+def _algo(kind: str, num_envs: int, lm: Any = None, **overrides: Any) -> Any:
+    """``kind``'s algorithm on ``num_envs`` envs; ``lm(codec)`` builds the model (default: the
+    tiny GPT-2)."""
     cls, extra = _configs()[kind]
     baseline = {"remax", "mc"} & {extra.get("estimator")}
     env = (GradedCueEnv if baseline else CueEnv)(num_envs=num_envs, max_new_tokens=N)
     kwargs = {**SETTINGS, **extra, **overrides}
-    return cls(tiny_model(env.codec, seed=0), env, seed=0, **kwargs)
+    model = tiny_model(env.codec, seed=0) if lm is None else lm(env.codec)
+    return cls(model, env, seed=0, **kwargs)
 
 
 def _rollout(kind: str) -> dict[str, torch.Tensor]:

@@ -7,6 +7,7 @@ summed shard by shard, the norm is clipped over the shards, and each rank steps 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 import transformers
 
 from marlhf.agents import MAPPO, PPO, CausalLMActorCritic
-from tests.agents.conftest import CueEnv
+from tests.agents.conftest import CueEnv, tiny_model
 from tests.agents.ranks import run_ranks
 from tests.agents.test_data_parallel import (
     B,
@@ -29,20 +30,55 @@ from tests.agents.test_data_parallel import (
     check_failures,
 )
 
-#: Every estimator, then the memory savers and micro-batches under FSDP.
-CASES: dict[str, tuple[str, dict[str, Any]]] = {
-    **{kind: (kind, {}) for kind in _configs()},
-    "ppo+micro-batch 1": ("ppo", {"micro_batch_size": 1}),
-    "ppo+checkpointing": ("ppo", {"policy_kwargs": {"gradient_checkpointing": True}}),
-    "ppo+lora": ("ppo", {"policy_kwargs": {"lora": {"r": 4}}}),
+
+def _llama(codec: Any) -> Any:
+    """A 2-block Llama (SmolLM2's architecture: rotary positions, grouped KV heads, tied
+    embeddings)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=codec.vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        tie_word_embeddings=True,
+        pad_token_id=codec.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+def _gpt2(codec: Any) -> Any:
+    return tiny_model(codec, n_layer=2, seed=0)
+
+
+#: Every estimator, then the memory savers, micro-batches, a separate critic and a copied
+#: reference on a 2-block Llama under FSDP: ``(kind, settings)``, settings built per process
+#: (a model is not sent between processes).
+CASES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
+    **{kind: (kind, dict) for kind in _configs()},
+    "ppo+micro-batch 1": ("ppo", lambda: {"micro_batch_size": 1, "lm": _gpt2}),
+    "ppo+checkpointing": (
+        "ppo",
+        lambda: {"lm": _gpt2, "policy_kwargs": {"gradient_checkpointing": True}},
+    ),
+    "ppo+lora": ("ppo", lambda: {"lm": _gpt2, "policy_kwargs": {"lora": {"r": 4}}}),
+    "ppo+llama": ("ppo", lambda: {"lm": _llama}),
+    "ppo+separate critic": (
+        "ppo",
+        lambda: {"lm": _gpt2, "policy_kwargs": {"critic": _gpt2(CueEnv().codec)}},
+    ),
 }
 
 
 def _sharded_updates(rank: int, world_size: int, rollouts: dict[str, Any]) -> dict[str, Any]:
     out = {}
-    for case, (kind, extra) in CASES.items():
+    for case, (kind, settings) in CASES.items():
         torch.manual_seed(0)  # LoRA draws its A matrices from the global stream
-        algo = _update(kind, rollouts[kind], rank, world_size, fsdp=True, **extra)
+        algo = _update(kind, rollouts[kind], rank, world_size, fsdp=True, **settings())
         moments = [
             v for slot in algo.optimizer.state.values() for k, v in slot.items() if k == "exp_avg"
         ]
@@ -59,12 +95,12 @@ def _sharded_updates(rank: int, world_size: int, rollouts: dict[str, Any]) -> di
 def test_fsdp_on_two_ranks_updates_like_one_unsharded_process() -> None:
     rollouts = {kind: _rollout(kind) for kind in _configs()}
     results = run_ranks(_sharded_updates, 2, rollouts)
-    for case, (kind, extra) in CASES.items():
+    for case, (kind, settings) in CASES.items():
         torch.manual_seed(0)
-        one = _update(kind, rollouts[kind], 0, 1, **extra)
+        one = _update(kind, rollouts[kind], 0, 1, **settings())
         want = _params(one)
         torch.manual_seed(0)
-        start = _params(_algo(kind, B, **extra))
+        start = _params(_algo(kind, B, **settings()))
         moved = max(float((want[n] - start[n]).abs().max()) for n in want)
         assert moved > 1e-3, case  # the update did something to compare
         for rank, got in enumerate(results):
