@@ -17,8 +17,14 @@
   (``/proc/self/clear_refs``) after the model and agent are built, so it counts everything
   resident during the iteration (weights, reference, optimizer state, activations).
   Goal: LoRA / full <= 0.6. Two more rows run the update with ``micro_batch_size=1``
-  (gradient accumulation over one-episode chunks, the same update) for both sides. ``--settings``
-  measures only the named rows and keeps the others from the JSON (each row says when it ran).
+  (gradient accumulation over one-episode chunks, the same update) for both sides. Two more
+  run the full fine-tune on 2 gloo ranks x 1 thread (4 episodes each, the same global batch of
+  8), replicated (data parallel) and with ``fsdp=True``, each with whole minibatches and with
+  micro-batches of 1, and the micro-batch pair again with ``MALLOC_MMAP_THRESHOLD_`` at 128 KiB
+  (freed blocks go back to the system, so the peak is of live memory); each reports its largest
+  rank's peak.
+  ``--settings`` measures only the named rows and keeps the others from the JSON (each row says
+  when it ran).
 
 Both print a table and write ``benchmarks/results/scale.json``; the machine's load average is
 recorded beside the timings (other processes share its cores).
@@ -46,6 +52,8 @@ RESULTS = RESULTS_DIR / "scale.json"
 LOAD_BEFORE = os.getloadavg()
 #: The micro-batch rows' ``micro_batch_size`` (episodes per forward/backward of the update).
 MICRO = 1
+#: ``MALLOC_MMAP_THRESHOLD_`` of the rows that measure live memory (bytes).
+MMAP_THRESHOLD = 128 * 1024
 MEMORY_SETTINGS = {
     "full + copied reference": {},
     "LoRA + adapters-off reference": {"lora": {"r": 8}},
@@ -53,6 +61,44 @@ MEMORY_SETTINGS = {
     "LoRA + adapters-off + checkpointing": {"lora": {"r": 8}, "gradient_checkpointing": True},
     "full + copied reference + micro-batch 1": {"micro_batch_size": MICRO},
     "LoRA + adapters-off + micro-batch 1": {"lora": {"r": 8}, "micro_batch_size": MICRO},
+    "2 ranks: full + copied reference": {"ranks": 2},
+    "2 ranks: full + copied reference + FSDP": {"ranks": 2, "fsdp": True},
+    "2 ranks: full + copied reference + micro-batch 1": {"ranks": 2, "micro_batch_size": MICRO},
+    "2 ranks: full + copied reference + FSDP + micro-batch 1": {
+        "ranks": 2,
+        "fsdp": True,
+        "micro_batch_size": MICRO,
+    },
+    # The same two with glibc returning every freed block of 128 KiB or more to the system at
+    # once: the peak of live memory, not of what the allocator keeps for reuse.
+    "2 ranks: micro-batch 1, mmap threshold 128 KiB": {
+        "ranks": 2,
+        "micro_batch_size": MICRO,
+        "mmap_threshold": MMAP_THRESHOLD,
+    },
+    "2 ranks: FSDP + micro-batch 1, mmap threshold 128 KiB": {
+        "ranks": 2,
+        "fsdp": True,
+        "micro_batch_size": MICRO,
+        "mmap_threshold": MMAP_THRESHOLD,
+    },
+}
+#: Settings that are the algorithm's or the process's own (the rest go to the policy).
+ALGO_KEYS = ("micro_batch_size", "fsdp", "ranks", "mmap_threshold")
+#: Pairs compared on 2 ranks: (replicated, FSDP).
+FSDP_PAIRS = {
+    "glibc defaults": (
+        "2 ranks: full + copied reference",
+        "2 ranks: full + copied reference + FSDP",
+    ),
+    "micro-batch 1": (
+        "2 ranks: full + copied reference + micro-batch 1",
+        "2 ranks: full + copied reference + FSDP + micro-batch 1",
+    ),
+    "micro-batch 1, mmap threshold 128 KiB": (
+        "2 ranks: micro-batch 1, mmap threshold 128 KiB",
+        "2 ranks: FSDP + micro-batch 1, mmap threshold 128 KiB",
+    ),
 }
 
 
@@ -189,7 +235,13 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
 
     import torch
 
-    torch.set_num_threads(int(os.environ.get("SCALE_THREADS", "2")))
+    ranks = int(setting.get("ranks", 1))
+    if ranks > 1:  # one thread each: the machine's two cores
+        import torch.distributed as dist
+
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1 if ranks > 1 else int(os.environ.get("SCALE_THREADS", "2")))
     from marlhf.agents import PPO
     from marlhf.training.configs import ModelConfig, TaskConfig
     from marlhf.training.runner import build_env_and_model
@@ -197,16 +249,17 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
     task = TaskConfig(
         id="marlhf/HumanEval-v0",
         kwargs={"split": "train", "max_problems": 16, "max_new_tokens": 32},
-        num_envs=8,
+        num_envs=8 // ranks,
     )
     env, lm, _ = build_env_and_model(task, ModelConfig(gguf_file="smollm2"), 0, "cpu")
-    policy_kwargs = {k: v for k, v in setting.items() if k != "micro_batch_size"}
+    policy_kwargs = {k: v for k, v in setting.items() if k not in ALGO_KEYS}
     algo = PPO(
         lm,
         env,
         n_epochs=1,
         batch_size=8,
         micro_batch_size=setting.get("micro_batch_size"),
+        fsdp=bool(setting.get("fsdp", False)),
         seed=0,
         device="cpu",
         policy_kwargs=policy_kwargs,
@@ -219,13 +272,34 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
     algo.learn(8 * 32)
     seconds = time.perf_counter() - start
     out.put(
-        {
-            "peak_mb": _rss_mb("VmHWM"),
-            "resident_before_mb": resident,
-            "iteration_s": seconds,
-            "trainable_params": trainable,
-        }
+        (
+            rank,
+            {
+                "peak_mb": _rss_mb("VmHWM"),
+                "resident_before_mb": resident,
+                "iteration_s": seconds,
+                "trainable_params": trainable,
+            },
+        )
     )
+    if ranks > 1:
+        dist.destroy_process_group()
+
+
+def _memory_row(name: str) -> dict[str, Any]:
+    """One setting's row: with several ranks, the largest rank's peak and each rank's."""
+    setting = MEMORY_SETTINGS[name]
+    threshold = setting.get("mmap_threshold")
+    if threshold is not None:  # read by glibc when the spawned processes start
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(threshold)
+    try:
+        per_rank = [r for _, r in run_ranks(_memory_run, int(setting.get("ranks", 1)), setting)]
+    finally:
+        os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    row = max(per_rank, key=lambda r: r["peak_mb"])
+    if len(per_rank) > 1:
+        row = {**row, "ranks": per_rank}
+    return row
 
 
 def measure_memory(names: list[str], previous: dict[str, Any] | None) -> dict[str, Any]:
@@ -235,7 +309,7 @@ def measure_memory(names: list[str], previous: dict[str, Any] | None) -> dict[st
     rows = dict((previous or {}).get("rows", {}))
     for name in names:
         loads = os.getloadavg()
-        rows[name] = run_ranks(_memory_run, 1, MEMORY_SETTINGS[name])[0]
+        rows[name] = _memory_row(name)
         rows[name].update(
             measured_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
             load_average_before=loads,
@@ -250,6 +324,14 @@ def measure_memory(names: list[str], previous: dict[str, Any] | None) -> dict[st
     ckpt = rows["full + copied reference + checkpointing"]["peak_mb"]
     full_micro = rows["full + copied reference + micro-batch 1"]["peak_mb"]
     lora_micro = rows["LoRA + adapters-off + micro-batch 1"]["peak_mb"]
+    fsdp = {
+        pair: {
+            "replicated_mb": rows[a]["peak_mb"],
+            "fsdp_mb": rows[b]["peak_mb"],
+            "fsdp_over_replicated": rows[b]["peak_mb"] / rows[a]["peak_mb"],
+        }
+        for pair, (a, b) in FSDP_PAIRS.items()
+    }
     return {
         "settings": {
             "model": "SmolLM2-135M-Instruct (GGUF, float32)",
@@ -259,7 +341,7 @@ def measure_memory(names: list[str], previous: dict[str, Any] | None) -> dict[st
             "lora": {"r": 8, "alpha": 16, "targets": "q_proj, v_proj"},
             "threads": int(os.environ.get("SCALE_THREADS", "2")),
             "micro_batch_size": MICRO,
-            "malloc": "glibc defaults (no MALLOC_* settings) in every row",
+            "malloc": "glibc defaults (no MALLOC_* settings) except the rows named mmap threshold",
         },
         "rows": rows,
         "rows_measured_now": names,
@@ -269,6 +351,7 @@ def measure_memory(names: list[str], previous: dict[str, Any] | None) -> dict[st
         "checkpointing_over_full": ckpt / full,
         "micro_batch_lora_over_full": lora_micro / full_micro,
         "micro_batch_saving_mb": {"full": full - full_micro, "lora": lora - lora_micro},
+        "fsdp_two_ranks": fsdp,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg(),
     }
@@ -352,6 +435,11 @@ def main() -> None:
             f"{memory['checkpointing_saving_mb']:.0f} MB of the full fine-tune's peak; with "
             f"micro_batch_size={MICRO}: LoRA / full {memory['micro_batch_lora_over_full']:.2f}"
         )
+        for pair, r in memory["fsdp_two_ranks"].items():
+            print(
+                f"2 ranks, FSDP / replicated ({pair}; the largest rank's peak): "
+                f"{r['fsdp_over_replicated']:.2f}"
+            )
     write_json(RESULTS, data)
     print(f"wrote {RESULTS}")
 

@@ -5,7 +5,7 @@ every helper here is the identity, so one process is the world-size-1 case of th
 
 Each rank holds a shard of the rollout's episodes. Whatever normalises over the batch is computed
 over all ranks, so results do not depend on the layout: loss means divide by the global token
-count, gradients are summed across ranks (one flattened ``all_reduce``, as CleanRL's
+count, gradients are summed across ranks (flattened ``all_reduce`` buckets, as CleanRL's
 ``ppo_atari_multigpu.py``), whitening uses global moments, and every decision that ends an
 update (``target_kl``, a non-finite value) is taken by all ranks together, so none is left
 waiting in a collective.
@@ -237,19 +237,42 @@ _ERRORS: dict[str, type[BaseException]] = {
 }
 
 
+#: Gradients are all-reduced in buckets of at most this many bytes (PyTorch DDP's default cap):
+#: one flat copy of the whole gradient would hold a second model-sized buffer at the step.
+BUCKET_BYTES = 25 * 2**20
+
+
 def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:
-    """Sum every parameter's gradient over the ranks in one flattened ``all_reduce``.
+    """Sum every parameter's gradient over the ranks, in flattened ``all_reduce`` buckets of at
+    most :data:`BUCKET_BYTES` (one bucket for a small model; a parameter larger than the cap is
+    a bucket of its own).
 
     A parameter without a gradient on this rank (e.g. no tokens in its minibatch share) counts
     as zeros; afterwards every rank holds the same gradients. No-op with one process.
     """
     if not (initialized() and dist.get_world_size() > 1):
         return
-    params = [p for p in parameters if p.requires_grad]
-    if not params:
-        return
+    bucket: list[torch.nn.Parameter] = []
+    size = 0
+    for p in parameters:
+        if not p.requires_grad:
+            continue
+        nbytes = p.numel() * p.element_size()
+        if bucket and size + nbytes > BUCKET_BYTES:
+            _all_reduce_bucket(bucket)
+            bucket, size = [], 0
+        bucket.append(p)
+        size += nbytes
+    if bucket:
+        _all_reduce_bucket(bucket)
+
+
+def _all_reduce_bucket(params: list[torch.nn.Parameter]) -> None:
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
     flat = torch.cat([g.reshape(-1) for g in grads])
+    del grads
+    for p in params:  # (each gradient is replaced by a view of the reduced buffer below)
+        p.grad = None
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
     offset = 0
     for p in params:

@@ -62,7 +62,10 @@ def _meta_copy(module: nn.Module) -> nn.Module:
 class ShardedPolicy:
     """The FSDP state of one :class:`~marlhf.agents.policy.CausalLMActorCritic`.
 
-    Built by :func:`shard_policy`; the policy keeps it as ``policy.fsdp``.
+    Built by :func:`shard_policy`; the policy keeps it as ``policy.fsdp``. Between updates the
+    policy's own units (LM, critic, value head) are gathered; a separate frozen reference
+    (``reference="copy"`` or a model) stays sharded and runs its forward sharded, block by
+    block, in the rollout's scoring, where every rank scores the same number of chunks.
     """
 
     def __init__(self, policy: CausalLMActorCritic, template: nn.Module) -> None:
@@ -70,12 +73,19 @@ class ShardedPolicy:
         self.template = template
         self.gathered = False
 
-    def units(self) -> list[Any]:
+    def units(self, reference: bool = False) -> list[Any]:
+        """The FSDP units of the policy's own models (``reference=True``: the reference's)."""
         _, FSDPModule, _ = _fsdp_api()
-        return [m for m in self.policy.modules() if isinstance(m, FSDPModule)]
+        ref = self.policy.ref_model
+        ref_ids = set() if ref is None else {id(m) for m in ref.modules()}
+        return [
+            m
+            for m in self.policy.modules()
+            if isinstance(m, FSDPModule) and (id(m) in ref_ids) == reference
+        ]
 
     def gather(self) -> None:
-        """All-gather every unit's parameters and keep them whole (a collective: every rank)."""
+        """All-gather the policy's units and keep them whole (a collective: every rank)."""
         if self.gathered:
             return
         for unit in self.units():
@@ -91,6 +101,23 @@ class ShardedPolicy:
             unit.reshard()
             unit.set_reshard_after_forward(True, recurse=False)
         self.gathered = False
+
+    def reference_done(self) -> None:
+        """Reshard the reference after a forward (FSDP keeps a root's weights whole after its
+        forward, for a backward that a frozen reference never has; local)."""
+        for unit in self.units(reference=True):
+            unit.reshard()
+
+    @contextlib.contextmanager
+    def whole_reference(self) -> Iterator[None]:
+        """The reference's weights gathered whole inside the block (to save it; a collective:
+        every rank)."""
+        for unit in self.units(reference=True):
+            unit.unshard()
+        try:
+            yield
+        finally:
+            self.reference_done()
 
     @contextlib.contextmanager
     def update(self) -> Iterator[None]:
@@ -116,14 +143,25 @@ class ShardedPolicy:
             self.policy.group_lengths = grouping
         self.gather()
 
-    def twin(self) -> nn.Module:
+    def twin(self, reference: bool = True) -> nn.Module:
         """An unsharded copy of the policy over the gathered weights (no copy of them; local:
-        rank 0 saves from it alone)."""
+        rank 0 saves from it alone). ``reference=False``: without the reference's weights (its
+        parameters stay on the meta device), for what uses the LM alone."""
         if not self.gathered:
             raise RuntimeError("FSDP: the weights are sharded (inside an update); save after it")
+        from torch.distributed.tensor import DTensor
+
         live = dict(self.policy.named_parameters())
         memo: dict[int, Any] = {}
         for name, p in self.template.named_parameters():
+            if isinstance(live[name], DTensor):  # a reference unit, not gathered
+                if reference:
+                    raise RuntimeError(
+                        "FSDP: the reference model is sharded; save with the algorithm's "
+                        "save() on every rank (it gathers the reference), or inside `with "
+                        "policy.fsdp.whole_reference():` entered on every rank"
+                    )
+                continue
             memo[id(p)] = live[name]
         return copy.deepcopy(self.template, memo)
 

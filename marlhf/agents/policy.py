@@ -304,7 +304,9 @@ class CausalLMActorCritic(nn.Module):
         (``logits_to_keep``, when the model takes it): full-vocabulary logits over a long
         prompt would otherwise be the largest activation of the update.
         """
-        groups = length_groups(mask) if self.group_lengths else []
+        # (Sharded, the reference runs with collectives: one forward per call on every rank.)
+        sharded = self.fsdp is not None and model is self.ref_model
+        groups = length_groups(mask) if self.group_lengths and not sharded else []
         if len(groups) <= 1:
             return self._forward_rows(model, ids, mask, n, hidden, logits)
         parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in groups]
@@ -447,6 +449,8 @@ class CausalLMActorCritic(nn.Module):
             model = self.model
         with ctx:
             logits = self._forward(model, input_ids, attention_mask.long(), n, hidden=False)[0]  # type: ignore[arg-type]
+        if self.fsdp is not None and self.ref_model is not None:
+            self.fsdp.reference_done()
         return self._token_logp_entropy(logits, input_ids[:, p:], temperature, action_mask)[0]
 
     # ---------------------------------------------------------------- sampling
@@ -588,6 +592,9 @@ class CausalLMActorCritic(nn.Module):
     def save_merged(self, folder: str | Path) -> None:
         """Write the policy's LM as a plain ``transformers`` model: with LoRA, the adapters
         folded into a copy of the base weights (the training model is left as it is)."""
+        if self.fsdp is not None:  # sharded: from an unsharded twin over the gathered weights
+            self.fsdp.twin(reference=False).save_merged(folder)
+            return
         save_merged(self.model, folder)
 
     @classmethod

@@ -140,6 +140,9 @@ class PPO(LMOnPolicyAlgorithm):
             )
             self._check_loss(whole(grad_norm), names=("gradient norm",))
         self.optimizer.step()
+        # Free the gradients now rather than at the next minibatch: they would otherwise stay
+        # resident through the next rollout (a model's size; FSDP: its shard).
+        self.optimizer.zero_grad(set_to_none=True)
         self._check_parameters()
         self._n_updates += 1
 

@@ -23,6 +23,7 @@ saved (``force=True`` loads anyway).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import itertools
@@ -420,7 +421,15 @@ def _env_rng(env: Any) -> np.random.Generator | None:
 
 
 def save_algorithm(algo: Any, path: str | Path) -> None:
-    """Save an ``LMOnPolicyAlgorithm`` (see the module docstring for the protocol)."""
+    """Save an ``LMOnPolicyAlgorithm`` (see the module docstring for the protocol); every rank
+    calls it."""
+    sharded = algo.policy.fsdp
+    # FSDP: the sharded reference is gathered whole for the save (a collective).
+    with sharded.whole_reference() if sharded is not None else contextlib.nullcontext():
+        _save_algorithm(algo, path)
+
+
+def _save_algorithm(algo: Any, path: str | Path) -> None:
     from marlhf.agents import distributed as dist_utils
 
     zip_path, weights = checkpoint_paths(path)

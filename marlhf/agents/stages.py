@@ -219,16 +219,32 @@ class IterationStages:
 
     def score(self) -> None:
         """Stage 2: no-grad log-probs, reference log-probs and (when the estimator declares it)
-        values of the whole rollout; non-finite scores stop training here."""
+        values of the whole rollout; non-finite scores stop training here. With
+        ``micro_batch_size``, in chunks of that many episodes (as the update's forwards)."""
         buf = self.rollout_buffer
         assert buf is not None
         mask = buf.response_mask
         what = "task reward (from the env's reward)"
         self._together(raise_non_finite, buf.task_rewards, mask, what)
-        args = (buf.input_ids, buf.attention_mask, mask)
+        size = self.config.micro_batch_size or mask.shape[0]
+        parts = [self._score_rows(slice(b, b + size)) for b in range(0, mask.shape[0], size)]
+        logp, ref_logp = (torch.cat([part[i] for part in parts]) for i in range(2))
+        values = None if parts[0][2] is None else torch.cat([part[2] for part in parts])
+        if values is not None:
+            self._together(raise_non_finite, values, mask, "value (from the value head)")
+        self._together(raise_non_finite, logp, mask, "policy log-prob")
+        self._together(raise_non_finite, ref_logp, mask, "reference log-prob")
+        buf.set_scores(logp, ref_logp, values)
+
+    @torch.no_grad()
+    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """``(logp, ref_logp, values)`` of the rollout's ``rows`` (``values`` may be None)."""
+        buf = self.rollout_buffer
+        assert buf is not None
+        args = (buf.input_ids[rows], buf.attention_mask[rows], buf.response_mask[rows])
         kw: dict[str, Any] = {
             "temperature": self.config.scoring_temperature,
-            "action_mask": buf.action_mask,
+            "action_mask": None if buf.action_mask is None else buf.action_mask[rows],
         }
         with self._autocast():
             logp, _, values = self.policy.evaluate_actions(
@@ -238,11 +254,7 @@ class IterationStages:
                 ref_logp = logp.clone()
             else:
                 ref_logp = self.policy.reference_logprobs(*args, **kw)
-        if values is not None:
-            self._together(raise_non_finite, values, mask, "value (from the value head)")
-        self._together(raise_non_finite, logp, mask, "policy log-prob")
-        self._together(raise_non_finite, ref_logp, mask, "reference log-prob")
-        buf.set_scores(logp, ref_logp, values)
+        return logp, ref_logp, values
 
     def shape(self) -> torch.Tensor:
         """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t`` (``kl_in="reward"``; with

@@ -311,3 +311,18 @@ def test_two_rank_checkpoint_resumes_exactly_and_refuses_one_rank(tmp_path: Path
         torch.testing.assert_close(results[1]["straight"][name], value, atol=0, rtol=0)
     with pytest.raises(ValueError, match=r"saved by 2 rank\(s\) but this run has world size 1"):
         MAPPO.load(tmp_path / "ckpt", env=CueEnv(num_envs=2, max_new_tokens=N), device="cpu")
+
+
+def _small_buckets(rank: int, world_size: int, data: dict[str, Any]) -> dict[str, Any]:
+    from marlhf.agents import distributed
+
+    distributed.BUCKET_BYTES = 200  # a bucket per parameter or two (a 1 KB matrix: its own)
+    return _params(_update("ppo", data, rank, world_size))
+
+
+def test_gradients_all_reduced_in_many_buckets_update_like_one_process() -> None:
+    data = _rollout("ppo")
+    want = _params(_update("ppo", data, 0, 1))
+    for got in run_ranks(_small_buckets, 2, data):
+        for name, value in want.items():
+            torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)

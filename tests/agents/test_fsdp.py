@@ -166,3 +166,43 @@ def test_fsdp_without_a_process_group_is_a_clear_error() -> None:
     env = CueEnv(num_envs=2, max_new_tokens=N)
     with pytest.raises(ValueError, match=r"fsdp=True needs torch.distributed: launch with torch"):
         PPO(_algo("ppo", 2).policy.model, env, fsdp=True)
+
+
+def _saving(rank: int, world_size: int, folder: str) -> dict[str, Any]:
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, Any] = {}
+    # LoRA: rank 0 alone writes the merged model (no collective: the weights are gathered).
+    torch.manual_seed(0)
+    lora = _algo(
+        "ppo", 2, lm=_gpt2, fsdp=True, policy_kwargs={"lora": {"r": 4}}, learning_rate=0.05
+    )
+    lora.learn(2 * B * N)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        out["logits"] = lora.policy.model(input_ids=ids).logits
+    if rank == 0:
+        lora.policy.save_merged(Path(folder) / "merged")
+    # A copied reference stays sharded between updates, and saving it alone is refused.
+    algo = _algo("ppo", 2, lm=_gpt2, fsdp=True)
+    algo.learn(2 * B * N)
+    out["reference sharded"] = all(
+        isinstance(p, DTensor) for p in algo.policy.ref_model.parameters()
+    )
+    out["policy whole"] = not any(isinstance(p, DTensor) for p in algo.policy.model.parameters())
+    try:
+        algo.policy.save_pretrained(Path(folder) / f"alone{rank}")
+    except RuntimeError as exc:
+        out["refused"] = str(exc)
+    return out
+
+
+def test_fsdp_merged_export_and_a_sharded_reference(tmp_path: Path) -> None:
+    results = run_ranks(_saving, 2, str(tmp_path))
+    merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
+    with torch.no_grad():
+        logits = merged(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    torch.testing.assert_close(logits, results[0]["logits"], atol=1e-5, rtol=0)
+    for got in results:
+        assert got["reference sharded"] and got["policy whole"]
+        assert "the reference model is sharded; save with the algorithm's save()" in got["refused"]

@@ -149,3 +149,26 @@ def test_micro_batches_on_two_ranks_update_like_one_process() -> None:
                     torch.testing.assert_close(
                         params[param], value, atol=1e-6, rtol=0, msg=f"{name} {size} {param}"
                     )
+
+
+def _scored(**overrides: Any) -> Any:
+    cls, extra = CASES["ppo"]
+    env = CueEnv(num_envs=B, max_new_tokens=N)
+    algo = cls(tiny_model(env.codec, seed=0), env, seed=3, **{**SETTINGS, **extra, **overrides})
+    torch.manual_seed(1)  # a value head that is not zero (it starts at 0)
+    torch.nn.init.normal_(algo.policy.value_head.weight)
+    algo._setup_learn(1, None, True, "run", False)
+    assert algo.collect(algo._init_callback(None, False))
+    algo.score()
+    return algo.rollout_buffer
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_rollout_scoring_in_micro_batches_equals_all_rows_at_once(size: int) -> None:
+    whole, micro = _scored(), _scored(micro_batch_size=size)
+    assert torch.equal(micro.response_ids, whole.response_ids)  # the same rollout
+    mask = whole.response_mask
+    for name in ("logprobs", "ref_logprobs", "values"):
+        got, want = getattr(micro, name), getattr(whole, name)
+        torch.testing.assert_close(got[mask], want[mask], atol=1e-6, rtol=0, msg=name)
+    assert float(whole.values[mask].abs().max()) > 0  # the values were computed, not zeros
