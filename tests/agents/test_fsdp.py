@@ -194,6 +194,10 @@ def _saving(rank: int, world_size: int, folder: str) -> dict[str, Any]:
         algo.policy.save_pretrained(Path(folder) / f"alone{rank}")
     except RuntimeError as exc:
         out["refused"] = str(exc)
+    try:  # one policy, two sharded algorithms
+        PPO(algo.policy, algo.env, fsdp=True)
+    except ValueError as exc:
+        out["twice"] = str(exc)
     return out
 
 
@@ -206,3 +210,4 @@ def test_fsdp_merged_export_and_a_sharded_reference(tmp_path: Path) -> None:
     for got in results:
         assert got["reference sharded"] and got["policy whole"]
         assert "the reference model is sharded; save with the algorithm's save()" in got["refused"]
+        assert "this policy is already sharded by another algorithm" in got["twice"]
