@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
-import inspect
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,88 +23,29 @@ from typing import Any
 import torch
 from torch import nn
 
+from marlhf.agents import policy_io
+from marlhf.agents.lm_utils import (
+    cache_keyword,
+    filter_logits,
+    hidden_size,
+    keeps_logits,
+    length_groups,
+    load_causal_lm,
+    mask_logits,
+    position_ids_from_mask,
+)
 from marlhf.agents.lora import (
     LoRAConfig,
     apply_lora,
     checkpointed_blocks,
     enable_checkpointing,
     is_peft_model,
-    load_peft_policy,
     lora_config_of,
     save_merged,
-    save_peft_policy,
     set_adapter_dropout,
 )
-from marlhf.models import load_model
 
-#: What ``from_pretrained`` needs besides the weights (reference mode, switches).
-SETTINGS_FILE = "actor_critic.json"
 REFERENCES = ("auto", "copy", "adapters", "none")
-
-
-def load_causal_lm(model: str | Path | nn.Module) -> nn.Module:
-    """A causal LM instance from an instance or a local path (never downloads).
-
-    :param model: a ``transformers`` causal LM, or the path of a folder written by
-        ``save_pretrained``.
-    """
-    if isinstance(model, nn.Module):
-        return model
-    if isinstance(model, str | Path):
-        return load_model(model, "causal_lm", field="model")
-    raise TypeError(f"model: expected a torch nn.Module or a local path, got {type(model)}")
-
-
-def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
-    """``int64[B, L]``: 0-based positions of real tokens that ignore left padding."""
-    return (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask logits outside the top-k and outside the top-p nucleus with ``-inf``.
-
-    :param top_k: keep the ``k`` most likely tokens; 0 keeps all.
-    :param top_p: keep the smallest set of tokens whose probability reaches ``top_p`` (the most
-        likely token is always kept); 1.0 keeps all.
-    """
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-        probs = sorted_logits.softmax(dim=-1)
-        # Drop a token when the mass before it already reaches top_p.
-        drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return logits
-
-
-@functools.cache
-def _forward_takes_logits_to_keep(cls: type[nn.Module]) -> bool:
-    return "logits_to_keep" in inspect.signature(cls.forward).parameters
-
-
-def mask_logits(logits: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
-    """Logits with disallowed tokens at the dtype's lowest value (probability exactly 0; unlike
-    ``-inf`` it keeps ``p * log p`` finite in the entropy)."""
-    return logits.masked_fill(~allowed.bool(), torch.finfo(logits.dtype).min)
-
-
-def length_groups(mask: torch.Tensor, ratio: float = 0.75) -> list[torch.Tensor]:
-    """Row indices of ``mask [B, L]`` (left-padded rows) in groups of similar length, longest
-    first: a group ends before the first row whose span (from its first real column to the
-    end) is at most ``ratio`` times the group's longest, so a group's own padding stays under
-    a quarter of its columns. One group when the rows are alike."""
-    span = mask.shape[1] - mask.long().argmax(dim=1)
-    order = torch.argsort(span, descending=True, stable=True)
-    spans = span[order].tolist()
-    groups, begin = [], 0
-    for i in range(1, len(spans) + 1):
-        if i == len(spans) or spans[i] <= ratio * spans[begin]:
-            groups.append(order[begin:i])
-            begin = i
-    return groups
 
 
 @dataclass
@@ -176,7 +114,7 @@ class CausalLMActorCritic(nn.Module):
         self.critic = None if critic is None else load_causal_lm(critic)
         if gradient_checkpointing and self.critic is not None:
             enable_checkpointing(self.critic)
-        hidden = self._hidden_size(self.critic if self.critic is not None else self.model)
+        hidden = hidden_size(self.critic if self.critic is not None else self.model)
         self.value_head = nn.Linear(hidden, 1)
         # Zero init: the critic starts at V = 0 everywhere, a neutral baseline.
         nn.init.zeros_(self.value_head.weight)
@@ -222,25 +160,10 @@ class CausalLMActorCritic(nn.Module):
         self.vocab_size = model_vocab if vocab_size is None else vocab_size
         # A PEFT wrapper passes keywords through (**kwargs): ask the model it wraps.
         unwrap = getattr(self.model, "get_base_model", None)
-        self._cache_kw = self._cache_keyword(unwrap() if callable(unwrap) else self.model)
+        self._cache_kw = cache_keyword(unwrap() if callable(unwrap) else self.model)
         self.eval()  # dropout off for good; see train()
 
     # ---------------------------------------------------------------- introspection
-    @staticmethod
-    def _hidden_size(model: nn.Module) -> int:
-        config = getattr(model, "config", None)
-        for name in ("hidden_size", "n_embd", "d_model"):
-            value = getattr(config, name, None)
-            if isinstance(value, int):
-                return value
-        raise ValueError(f"cannot read the hidden size from the config of {type(model).__name__}")
-
-    @staticmethod
-    def _cache_keyword(model: nn.Module) -> str:
-        # transformers 5 renamed ``past_key_values`` to ``cache``.
-        params = inspect.signature(model.forward).parameters
-        return "cache" if "cache" in params else "past_key_values"
-
     @property
     def model_vocab_size(self) -> int:
         """Rows of the model's output layer."""
@@ -327,7 +250,7 @@ class CausalLMActorCritic(nn.Module):
         first = min(int(mask.any(dim=0).long().argmax()), ids.shape[1] - n - 1)
         ids, mask = ids[:, first:-1], mask[:, first:-1]
         kw: dict[str, Any] = {}
-        if self._keeps_logits(model):  # (logits_to_keep=0 would mean every position)
+        if keeps_logits(model):  # (logits_to_keep=0 would mean every position)
             kw["logits_to_keep"] = n if logits else 1
         out = model(
             input_ids=ids,
@@ -339,15 +262,6 @@ class CausalLMActorCritic(nn.Module):
         )
         last = out.hidden_states[-1][:, -n:] if hidden else None
         return out.logits[:, -n:] if logits else out.logits, last
-
-    @staticmethod
-    def _keeps_logits(model: nn.Module) -> bool:
-        """Whether ``model``'s forward takes ``logits_to_keep`` (a PEFT wrapper passes keywords
-        through to the model it wraps: ask that one). Asked once per model class: every
-        scoring forward asks."""
-        unwrap = getattr(model, "get_base_model", None)
-        inner = unwrap() if callable(unwrap) else model
-        return _forward_takes_logits_to_keep(type(inner))  # type: ignore[arg-type]
 
     def _token_logp_entropy(
         self,
@@ -562,32 +476,7 @@ class CausalLMActorCritic(nn.Module):
         :param merged: with LoRA, also write ``merged/``: the adapters folded into the base
             weights, a model plain ``transformers`` loads (see :meth:`save_merged`).
         """
-        from safetensors.torch import save_file
-
-        if self.fsdp is not None:  # sharded: save an unsharded twin over the gathered weights
-            self.fsdp.twin().save_pretrained(folder, merged=merged)
-            return
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        lora = self.lora
-        if is_peft_model(self.model) and lora is not None:
-            save_peft_policy(self.model, folder)
-            if merged:
-                self.save_merged(folder / "merged")
-        else:
-            self.model.save_pretrained(str(folder / "policy"))  # type: ignore[operator]
-        settings = {
-            "reference_mode": self.reference_mode,
-            "gradient_checkpointing": self.gradient_checkpointing,
-            "lora": None if lora is None else lora.to_dict(),
-        }
-        (folder / SETTINGS_FILE).write_text(json.dumps(settings, indent=2, sort_keys=True))
-        if self.critic is not None:
-            self.critic.save_pretrained(str(folder / "critic"))  # type: ignore[operator]
-        if self.ref_model is not None:
-            self.ref_model.save_pretrained(str(folder / "reference"))  # type: ignore[operator]
-        head = {k: v.detach().cpu().contiguous() for k, v in self.value_head.state_dict().items()}
-        save_file(head, str(folder / "value_head.safetensors"))
+        policy_io.save_actor_critic(self, folder, merged)
 
     def save_merged(self, folder: str | Path) -> None:
         """Write the policy's LM as a plain ``transformers`` model: with LoRA, the adapters
@@ -602,25 +491,4 @@ class CausalLMActorCritic(nn.Module):
         cls, folder: str | Path, vocab_size: int | None = None
     ) -> CausalLMActorCritic:
         """Rebuild a policy written by :meth:`save_pretrained`."""
-        from safetensors.torch import load_file
-
-        folder = Path(folder)
-        if not (folder / "policy").is_dir():
-            raise ValueError(f"from_pretrained: {str(folder)!r} has no 'policy' folder")
-        settings_file = folder / SETTINGS_FILE
-        settings = json.loads(settings_file.read_text()) if settings_file.is_file() else {}
-        critic = folder / "critic" if (folder / "critic").is_dir() else None
-        ref: Any = folder / "reference" if (folder / "reference").is_dir() else None
-        if ref is None and settings.get("reference_mode") == "adapters":
-            ref = "adapters"
-        adapters = (folder / "policy" / "adapter_config.json").is_file()
-        model: Any = load_peft_policy(folder) if adapters else folder / "policy"
-        policy = cls(
-            model,
-            critic=critic,
-            reference=ref,
-            vocab_size=vocab_size,
-            gradient_checkpointing=bool(settings.get("gradient_checkpointing", False)),
-        )
-        policy.value_head.load_state_dict(load_file(str(folder / "value_head.safetensors")))
-        return policy
+        return policy_io.load_actor_critic(cls, folder, vocab_size)

@@ -29,180 +29,33 @@ Two methods:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from marlhf.agents.policy import CausalLMActorCritic, filter_logits, mask_logits
+from marlhf.agents.truth_base import (
+    Sampling,
+    TrueAdvantages,
+    check_rollouts,
+    env_rewards,
+    model_and_vocab,
+    next_token_logits,
+    prompt_tensors,
+)
 from marlhf.envs.batched import BatchedTokenEnv
 from marlhf.envs.tasks import Prompt, Task
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How the policy turns logits into its sampling distribution (as ``policy.sample`` does).
-
-    :param temperature: logits are divided by it (> 0).
-    :param top_k: keep the ``k`` most likely tokens (0: all).
-    :param top_p: nucleus threshold (1.0: all).
-    :param action_mask: ``bool[V]`` tokens the policy may sample, or ``None`` for all.
-    """
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    action_mask: torch.Tensor | None = None
-
-    def __post_init__(self) -> None:
-        if not self.temperature > 0:
-            raise ValueError(f"Sampling: temperature={self.temperature!r} must be > 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"Sampling: top_p={self.top_p!r} must be in (0, 1]")
-        if self.top_k < 0:
-            raise ValueError(f"Sampling: top_k={self.top_k!r} must be >= 0 (0: off)")
-
-    @classmethod
-    def of(cls, algo: Any) -> Sampling:
-        """The sampling settings of an algorithm (``PPO``/``MAPPO``) and its env."""
-        config = algo.config
-        mask = None
-        if config.mask_actions:
-            mask = torch.as_tensor(algo.env.task.action_mask(), dtype=torch.bool)
-        return cls(float(config.temperature), int(config.top_k), float(config.top_p), mask)
-
-    def probs(self, logits: torch.Tensor) -> torch.Tensor:
-        """``float[..., V]`` sampling probabilities from logits ``[..., V]`` (float32 or wider)."""
-        scaled = logits.to(torch.promote_types(logits.dtype, torch.float32)) / self.temperature
-        if self.action_mask is not None:
-            scaled = mask_logits(scaled, self.action_mask.to(scaled.device))
-        flat = filter_logits(scaled.reshape(-1, scaled.shape[-1]), self.top_k, self.top_p)
-        return flat.softmax(dim=-1).reshape(scaled.shape)
-
-
-@dataclass
-class TrueAdvantages:
-    """Per-token truth for a batch of responses (``float64[B, T]``, 0 on padding).
-
-    :param advantages: ``A(s_t, a_t)``.
-    :param values: ``V(s_t)``, the value of the state before token ``t``.
-    :param q_values: ``Q(s_t, a_t)``.
-    :param stderr: standard error of each advantage (Monte Carlo), ``None`` when exact.
-    :param method: ``"exact"`` or ``"mc"``.
-    :param stats: cost counters (sequences, forward tokens, env steps, seconds, ...).
-    """
-
-    advantages: torch.Tensor
-    values: torch.Tensor
-    q_values: torch.Tensor
-    stderr: torch.Tensor | None
-    method: str
-    stats: dict[str, float] = field(default_factory=dict)
-
-
 # ----------------------------------------------------------------------------- helpers
-def _model_and_vocab(policy: nn.Module, vocab_size: int) -> tuple[nn.Module, torch.device]:
-    model = policy.model if isinstance(policy, CausalLMActorCritic) else policy
-    try:
-        device = next(policy.parameters()).device
-    except StopIteration:
-        device = torch.device("cpu")
-    if isinstance(policy, CausalLMActorCritic) and policy.vocab_size < vocab_size:
-        raise ValueError(
-            f"truth: the policy's vocabulary ({policy.vocab_size}) is smaller than the task's "
-            f"({vocab_size})"
-        )
-    return model, device
-
-
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Dropout off while the truth is computed (the sampler's distribution has none)."""
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-@torch.no_grad()
-def _next_token_logits(
-    model: nn.Module, ids: torch.Tensor, mask: torch.Tensor, first: int, vocab_size: int
-) -> torch.Tensor:
-    """Logits ``float[R, L - first, V]`` predicting the tokens at columns ``first ..``."""
-    positions = (mask.long().cumsum(dim=-1) - 1).clamp(min=0)
-    with _eval_mode(model):
-        out = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions)
-    return out.logits[:, first - 1 : -1, :vocab_size].float()
-
-
 def _prompt_key(prompt: Prompt) -> tuple[tuple[int, ...], str]:
     try:
         meta = json.dumps(prompt.metadata, sort_keys=True, default=repr)
     except (TypeError, ValueError):  # unsortable keys: fall back to the repr
         meta = repr(prompt.metadata)
     return tuple(int(i) for i in prompt.ids), meta
-
-
-def _check_rollouts(
-    task: Task, prompts: list[Prompt], response_ids: torch.Tensor, mask: torch.Tensor
-) -> None:
-    if response_ids.dim() != 2 or response_ids.shape != mask.shape:
-        raise ValueError(
-            f"truth: response_ids {tuple(response_ids.shape)} and response_mask "
-            f"{tuple(mask.shape)} must both be [B, T]"
-        )
-    if len(prompts) != response_ids.shape[0]:
-        raise ValueError(
-            f"truth: {len(prompts)} prompts for {response_ids.shape[0]} responses; one per row"
-        )
-    if response_ids.shape[1] > task.max_new_tokens:
-        raise ValueError(
-            f"truth: responses have {response_ids.shape[1]} columns but task {task.name!r} "
-            f"has horizon {task.max_new_tokens}"
-        )
-
-
-def _prompt_tensors(
-    prompts: list[Prompt], width: int, pad: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    ids = torch.full((len(prompts), width), pad, dtype=torch.int64)
-    mask = torch.zeros((len(prompts), width), dtype=torch.bool)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p.ids) :] = torch.as_tensor(p.ids, dtype=torch.int64)
-        mask[i, width - len(p.ids) :] = True
-    return ids, mask
-
-
-def env_rewards(
-    task: Task, prompts: list[Prompt], scripts: torch.Tensor, batch_rows: int = 4096
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step the task's env through fixed responses; ``(rewards float64[R, H], lengths int64[R])``.
-
-    :param scripts: ``int64[R, H]`` the tokens each row writes (what follows an EOS is ignored).
-    """
-    horizon = task.max_new_tokens
-    rewards = torch.zeros((len(prompts), horizon), dtype=torch.float64)
-    lengths = torch.zeros(len(prompts), dtype=torch.int64)
-    for begin in range(0, len(prompts), batch_rows):
-        rows = prompts[begin : begin + batch_rows]
-        env = BatchedTokenEnv(task, num_envs=len(rows))
-        env.reset(options={"prompts": rows})
-        for t in range(horizon):
-            actions = torch.where(env.done, env.pad_token_id, scripts[begin : begin + len(rows), t])
-            _, r, *_ = env.step(actions)
-            rewards[begin : begin + len(rows), t] = r.double()
-            if env.all_done:
-                break
-        lengths[begin : begin + len(rows)] = env.lengths
-    return rewards, lengths
 
 
 def _discounted_tail(rewards: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -307,12 +160,12 @@ def exact_advantages(
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"exact_advantages: gamma={gamma!r} must be in [0, 1]")
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
-    _check_rollouts(task, prompts, response_ids, response_mask)
+    check_rollouts(task, prompts, response_ids, response_mask)
     vocab, horizon, pad = task.codec.vocab_size, task.max_new_tokens, task.codec.pad_token_id
     allowed = _allowed_tokens(task, sampling)
     depth = _depth(task, decisive, allowed)
     eos = task.codec.eos_token_id
-    model, device = _model_and_vocab(policy, vocab)
+    model, device = model_and_vocab(policy, vocab)
 
     keys = [_prompt_key(p) for p in prompts]
     distinct: dict[tuple, Prompt] = {}
@@ -334,14 +187,14 @@ def exact_advantages(
 
     # Probabilities at every node on each sequence's path: one forward per sequence.
     width = max(len(p.ids) for p in distinct.values())
-    p_ids, p_mask = _prompt_tensors(leaf_prompts, width, pad)
+    p_ids, p_mask = prompt_tensors(leaf_prompts, width, pad)
     probs = torch.zeros((n, depth, vocab), dtype=torch.float64)
     for begin in range(0, n, batch_rows):
         sl = slice(begin, begin + batch_rows)
         resp = scripts[sl, :depth]
         ids = torch.cat([p_ids[sl], resp], dim=1).to(device)
         mask = torch.cat([p_mask[sl], torch.ones_like(resp, dtype=torch.bool)], dim=1).to(device)
-        logits = _next_token_logits(model, ids, mask, width, vocab)
+        logits = next_token_logits(model, ids, mask, width, vocab)
         probs[sl] = sampling.probs(logits.double()).cpu()
 
     node_probs: dict[tuple, np.ndarray] = {}
@@ -414,7 +267,7 @@ def _continuation_returns(
     env = BatchedTokenEnv(task, num_envs=len(prompts))
     env.reset(options={"prompts": prompts})
     width = task.max_prompt_len
-    p_ids, p_mask = _prompt_tensors(prompts, width, pad)
+    p_ids, p_mask = prompt_tensors(prompts, width, pad)
     written = torch.full((len(prompts), horizon), pad, dtype=torch.int64)
     returns = torch.zeros(len(prompts), dtype=torch.float64)
     sampled = 0
@@ -424,7 +277,7 @@ def _continuation_returns(
         else:
             ids = torch.cat([p_ids, written[:, :k], torch.full_like(p_ids[:, :1], pad)], dim=1)
             mask = torch.cat([p_mask, torch.ones((len(prompts), k + 1), dtype=torch.bool)], dim=1)
-            logits = _next_token_logits(model, ids.to(device), mask.to(device), width + k, vocab)
+            logits = next_token_logits(model, ids.to(device), mask.to(device), width + k, vocab)
             probs = sampling.probs(logits[:, -1])
             actions = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu()
             sampled += int((~env.done).sum())
@@ -466,7 +319,7 @@ def mc_advantages(
     if not 0.0 <= gamma <= 1.0:
         raise ValueError(f"mc_advantages: gamma={gamma!r} must be in [0, 1]")
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
-    _check_rollouts(task, prompts, response_ids, response_mask)
+    check_rollouts(task, prompts, response_ids, response_mask)
     B, T = response_ids.shape
     horizon, pad = task.max_new_tokens, task.codec.pad_token_id
     scripts = torch.full((B, horizon), pad, dtype=torch.int64)
@@ -534,12 +387,12 @@ def mc_values(
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"mc_values: samples={samples!r} must be an int >= 1")
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
-    _check_rollouts(task, prompts, response_ids, response_mask)
+    check_rollouts(task, prompts, response_ids, response_mask)
     B, T = response_ids.shape
     at = response_mask if at is None else at.cpu().bool() & response_mask
     if at.shape != (B, T):
         raise ValueError(f"mc_values: at has shape {tuple(at.shape)}; expected {(B, T)}")
-    model, device = _model_and_vocab(policy, task.codec.vocab_size)
+    model, device = model_and_vocab(policy, task.codec.vocab_size)
     generator = torch.Generator(device=device).manual_seed(seed)
     horizon, pad = task.max_new_tokens, task.codec.pad_token_id
     scripts = torch.full((B, horizon), pad, dtype=torch.int64)
