@@ -140,6 +140,24 @@ def tiny_model(codec: Any, n_layer: int = 1, n_embd: int = 32, seed: int = 0) ->
     return tiny_gpt2(codec, n_layer=n_layer, n_embd=n_embd, n_head=2, n_positions=64, seed=seed)
 
 
+def tiny_llama_for(codec: Any, seed: int = 0, **config: Any) -> Any:
+    """A 2-block Llama for ``codec`` (SmolLM2's architecture: rotary positions, grouped KV
+    heads); ``config``: more ``LlamaConfig`` fields (``tie_word_embeddings``...)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    settings = {
+        "vocab_size": codec.vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 64,
+    }
+    return LlamaForCausalLM(LlamaConfig(**{**settings, **config}))
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tiny models gain nothing from intra-op threads, and on a shared 2-core machine two

@@ -16,7 +16,7 @@ import torch
 import transformers
 
 from marlhf.agents import MAPPO, PPO, CausalLMActorCritic
-from tests.agents.conftest import CueEnv, tiny_model
+from tests.agents.conftest import CueEnv, tiny_llama_for, tiny_model
 from tests.agents.ranks import run_ranks
 from tests.agents.test_data_parallel import (
     B,
@@ -32,23 +32,8 @@ from tests.agents.test_data_parallel import (
 
 
 def _llama(codec: Any) -> Any:
-    """A 2-block Llama (SmolLM2's architecture: rotary positions, grouped KV heads, tied
-    embeddings)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=codec.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-        pad_token_id=codec.pad_token_id,
-    )
-    return LlamaForCausalLM(config)
+    """A 2-block Llama with tied embeddings (as SmolLM2's)."""
+    return tiny_llama_for(codec, tie_word_embeddings=True, pad_token_id=codec.pad_token_id)
 
 
 def _gpt2(codec: Any) -> Any:

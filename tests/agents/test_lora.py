@@ -12,7 +12,7 @@ from marlhf.agents import PPO
 from marlhf.agents.lora import DEFAULT_TARGETS, LoRAConfig
 from marlhf.agents.policy import CausalLMActorCritic
 from marlhf.tokenization import SymbolCodec
-from tests.agents.conftest import SYMBOLS, CueEnv, tiny_model
+from tests.agents.conftest import SYMBOLS, CueEnv, tiny_llama_for, tiny_model
 from tests.extras import needs
 
 CODEC = SymbolCodec(SYMBOLS)
@@ -30,19 +30,7 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def tiny_llama(seed: int = 0) -> Any:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=CODEC.vocab_size,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-    )
-    return LlamaForCausalLM(config)
+    return tiny_llama_for(CODEC, seed)
 
 
 def _moved_adapters(policy: CausalLMActorCritic) -> None:
