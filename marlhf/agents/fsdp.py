@@ -4,10 +4,12 @@ With ``fsdp=True`` each rank keeps only its shard of every parameter, gradient a
 moment during the update: each transformer block is gathered for its forward and again for its
 backward, and its gradients are reduce-scattered (summed: marlhf weights each rank's loss by its
 part of the global normaliser, so the ranks' gradients add up to one process's). Between updates
-the weights are gathered once, and sampling, scoring, baselines, audits and saving run on whole
-weights with no collective, as hybrid RLHF engines hand whole weights to their inference engine.
-So one device must hold the weights and the sampling cache, but not the gradients and the two
-Adam moments, which are usually three quarters of a full fine-tune's state.
+the policy's weights are gathered once, and sampling, scoring, baselines, audits and saving run
+on whole weights with no collective, as hybrid RLHF engines hand whole weights to their
+inference engine; a separate frozen reference stays sharded (its scoring forward gathers block
+by block). So one device must hold the policy's weights and the sampling cache, but not the
+gradients, the two Adam moments (with the weights, usually three quarters of a full
+fine-tune's state) or the reference.
 
 Every rank calls the update together and makes the same number of forward and backward calls
 in it (a rank without rows in a micro-batch runs one of its rows at weight 0), since each call
