@@ -125,24 +125,21 @@ class ShardedPolicy:
     def update(self) -> Iterator[None]:
         """The sharded phase of an update; the weights are gathered again after it.
 
-        Rows are not split into length groups (a rank's groups depend on its rows, and every
-        rank must make the same forward calls). After an error that every rank raised together
-        (a non-finite loss: :func:`~marlhf.agents.distributed.raise_together`) the weights are
-        gathered too, so the model can still be inspected and saved; after any other error
-        they stay sharded: gathering is a collective, and a rank that raised alone would
-        start it while the others wait in another.
+        Every rank makes the same forward calls (the policy pads its length groups to the
+        ranks' most, :meth:`~marlhf.agents.policy.CausalLMActorCritic._forward`). After an
+        error that every rank raised together (a non-finite loss:
+        :func:`~marlhf.agents.distributed.raise_together`) the weights are gathered too, so
+        the model can still be inspected and saved; after any other error they stay sharded:
+        gathering is a collective, and a rank that raised alone would start it while the
+        others wait in another.
         """
         self.release()
-        grouping = self.policy.group_lengths
-        self.policy.group_lengths = False
         try:
             yield
         except BaseException as exc:
             if getattr(exc, "raised_together", False) or not dist_utils.world().distributed:
                 self.gather()
             raise
-        finally:
-            self.policy.group_lengths = grouping
         self.gather()
 
     def twin(self, reference: bool = True) -> nn.Module:

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from marlhf.agents import distributed as dist_utils
 from marlhf.agents import policy_io
 from marlhf.agents.lm_utils import (
     cache_keyword,
@@ -100,9 +101,6 @@ class CausalLMActorCritic(nn.Module):
         super().__init__()
         #: The FSDP state when the algorithm shards this policy (``fsdp=True``), else ``None``.
         self.fsdp: Any = None
-        #: Score rows in groups of similar length (off in a sharded update: every rank must make
-        #: the same forward calls).
-        self.group_lengths = True
         lora_config = LoRAConfig.coerce(lora)
         model = load_causal_lm(model)
         if not isinstance(gradient_checkpointing, bool):
@@ -226,14 +224,21 @@ class CausalLMActorCritic(nn.Module):
         token is predicted from it), and the LM head runs on the last ``n`` positions only
         (``logits_to_keep``, when the model takes it): full-vocabulary logits over a long
         prompt would otherwise be the largest activation of the update.
+
+        A sharded model (FSDP: in the update, and a separate reference always) gathers its
+        weights in every forward, a collective: every rank runs as many groups as the rank
+        with the most, padding with one-row groups whose outputs are dropped (their backward
+        carries zeros), so all ranks' graphs have the same shape.
         """
-        # (Sharded, the reference runs with collectives: one forward per call on every rank.)
-        sharded = self.fsdp is not None and model is self.ref_model
-        groups = length_groups(mask) if self.group_lengths and not sharded else []
-        if len(groups) <= 1:
+        groups = length_groups(mask)
+        run = groups
+        if self.fsdp is not None and (model is self.ref_model or not self.fsdp.gathered):
+            most = int(dist_utils.all_reduce_max(torch.tensor(len(groups))))
+            run = groups + [groups[0][:1]] * (most - len(groups))
+        if len(run) == 1:
             return self._forward_rows(model, ids, mask, n, hidden, logits)
-        parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in groups]
-        inverse = torch.argsort(torch.cat(groups))
+        parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in run]
+        inverse = torch.argsort(torch.cat(groups))  # (the padding groups' rows come after)
         out = torch.cat([part[0] for part in parts])[inverse]
         last = torch.cat([part[1] for part in parts])[inverse] if hidden else None  # type: ignore[misc]
         return out, last

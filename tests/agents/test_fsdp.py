@@ -196,3 +196,62 @@ def test_fsdp_merged_export_and_a_sharded_reference(tmp_path: Path) -> None:
         assert got["reference sharded"] and got["policy whole"]
         assert "the reference model is sharded; save with the algorithm's save()" in got["refused"]
         assert "this policy is already sharded by another algorithm" in got["twice"]
+
+
+def _ragged_batch() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """4 rows, prompts left-padded to 8 columns, 4 response columns. Rows 0-1 (rank 0's) are
+    of very different lengths (two length groups), rows 2-3 (rank 1's) alike (one)."""
+    codec = CueEnv().codec
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, codec.vocab_size, (4, 12), generator=g)
+    prompt_lengths = [8, 2, 7, 7]
+    mask = torch.ones(4, 12, dtype=torch.long)
+    for row, length in enumerate(prompt_lengths):
+        mask[row, : 8 - length] = 0
+        ids[row, : 8 - length] = codec.pad_token_id
+    return ids, mask, torch.ones(4, 4, dtype=torch.bool)
+
+
+def _ragged_policy() -> CausalLMActorCritic:
+    torch.manual_seed(0)
+    policy = CausalLMActorCritic(_gpt2(CueEnv().codec), reference="copy")
+    torch.nn.init.normal_(policy.value_head.weight, std=0.1)
+    return policy
+
+
+def _ragged_grads(policy: CausalLMActorCritic, rows: slice) -> dict[str, Any]:
+    ids, mask, response = (t[rows] for t in _ragged_batch())
+    logp, _, values = policy.evaluate_actions(ids, mask, response)
+    (logp.sum() + values.sum()).backward()
+    ref = policy.reference_logprobs(ids, mask, response)
+    return {"logp": logp.detach(), "values": values.detach(), "ref": ref}
+
+
+def _ragged_on_ranks(rank: int, world_size: int) -> dict[str, Any]:
+    from marlhf.agents.fsdp import shard_policy, whole
+    from marlhf.agents.lm_utils import length_groups
+
+    policy = _ragged_policy()
+    state = shard_policy(policy, torch.device("cpu"))  # sharded, as in an update
+    rows = slice(2 * rank, 2 * rank + 2)
+    out = _ragged_grads(policy, rows)
+    out["groups"] = len(length_groups(_ragged_batch()[1][rows]))
+    out["grads"] = {n: whole(p.grad) for n, p in policy.named_parameters() if p.grad is not None}
+    assert not state.gathered
+    return out
+
+
+def test_fsdp_pads_length_groups_so_ranks_with_different_counts_agree() -> None:
+    """Rank 0's rows form two length groups and rank 1's one: rank 1 runs a padding group, and
+    the ranks' outputs and summed gradients are one process's on all four rows."""
+    results = run_ranks(_ragged_on_ranks, 2)
+    assert [got["groups"] for got in results] == [2, 1]
+    policy = _ragged_policy()
+    want = _ragged_grads(policy, slice(0, 4))
+    for key in ("logp", "values", "ref"):
+        got = torch.cat([r[key] for r in results])
+        torch.testing.assert_close(got, want[key], atol=1e-6, rtol=0, msg=key)
+    grads = {n: p.grad for n, p in policy.named_parameters() if p.grad is not None}
+    assert set(results[0]["grads"]) == set(grads)
+    for name, value in grads.items():
+        torch.testing.assert_close(results[0]["grads"][name], value, atol=1e-5, rtol=1e-5, msg=name)
