@@ -235,7 +235,7 @@ class CausalLMActorCritic(nn.Module):
         if self.fsdp is not None and (model is self.ref_model or not self.fsdp.gathered):
             most = int(dist_utils.all_reduce_max(torch.tensor(len(groups))))
             run = groups + [groups[0][:1]] * (most - len(groups))
-        if len(run) == 1:
+        if len(run) <= 1:  # (none: no rows)
             return self._forward_rows(model, ids, mask, n, hidden, logits)
         parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in run]
         inverse = torch.argsort(torch.cat(groups))  # (the padding groups' rows come after)
