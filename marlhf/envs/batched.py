@@ -30,8 +30,9 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from marlhf.envs.action_checks import check_actions
 from marlhf.envs.registration import make_task
-from marlhf.envs.reset_options import RESET_OPTIONS, check_prefixes, group_size
+from marlhf.envs.reset_options import RESET_OPTIONS, check_prefixes, check_prompts, group_size
 from marlhf.envs.tasks import Prompt, RewardBatch, Task, check_rewards, nonfinite_message
 from marlhf.models import resolve_device
 
@@ -121,37 +122,11 @@ class BatchedTokenEnv(VectorEnv):
         self._any_done = True
         self._steps = 0
         self._ragged = False  # rows at different columns (prefix resets): no fast path
-        self._on_cpu = dev.type == "cpu"
         self._ones_column = torch.ones((B, 1), dtype=torch.int64, device=dev)
 
     # ------------------------------------------------------------------ reset
     def _where(self) -> str:
         return f"BatchedTokenEnv(task {self.task.name!r}, num_envs={self.num_envs})"
-
-    def _check_prompts(self, prompts: object, count: int) -> list[Prompt]:
-        if not isinstance(prompts, (list, tuple)) or len(prompts) != count:
-            got = len(prompts) if isinstance(prompts, (list, tuple)) else type(prompts).__name__
-            raise ValueError(f"{self._where()}: expected a list of {count} Prompts, got {got}")
-        for i, p in enumerate(prompts):
-            if not isinstance(p, Prompt):
-                raise TypeError(f"{self._where()}: prompt {i} is {type(p).__name__}, not Prompt")
-            n = len(p.ids)
-            if not 1 <= n <= self.max_prompt_len:
-                raise ValueError(
-                    f"{self._where()}: prompt {i} has {n} tokens (Prompt.ids); valid lengths "
-                    f"are 1..{self.max_prompt_len} (the task's max_prompt_len)"
-                )
-            bad = [
-                t
-                for t in p.ids
-                if not (isinstance(t, (int, np.integer)) and 0 <= t < self.vocab_size)
-            ]
-            if bad:
-                raise ValueError(
-                    f"{self._where()}: prompt {i} holds token ids {bad[:5]} (Prompt.ids); valid "
-                    f"ids are ints in [0, {self.vocab_size})"
-                )
-        return list(prompts)
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -191,9 +166,10 @@ class BatchedTokenEnv(VectorEnv):
         K = group_size(options.get("group_size", 1), self.num_envs, self._where())
         count = self.num_envs // K
         if "prompts" in options:
-            prompts = self._check_prompts(options["prompts"], count)
+            given = options["prompts"]
         else:
-            prompts = self._check_prompts(self.task.sample_prompts(self.np_random, count), count)
+            given = self.task.sample_prompts(self.np_random, count)
+        prompts = check_prompts(given, count, self.max_prompt_len, self.vocab_size, self._where())
         prefixes: list[list[int]] = [[] for _ in range(count)]
         if "prefixes" in options:
             if "prompts" not in options:
@@ -287,33 +263,6 @@ class BatchedTokenEnv(VectorEnv):
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     # ------------------------------------------------------------------- step
-    def _check_actions(self, actions: object) -> torch.Tensor:
-        if isinstance(actions, np.ndarray):  # e.g. action_space.sample(): moved to the device
-            if not np.issubdtype(actions.dtype, np.integer):
-                raise TypeError(
-                    f"{self._where()}: numpy actions dtype {actions.dtype}; valid: an integer dtype"
-                )
-            actions = torch.as_tensor(actions.astype(np.int64, copy=False), device=self.device)
-        if not isinstance(actions, torch.Tensor):
-            raise TypeError(
-                f"{self._where()}: actions must be a torch.Tensor int64[{self.num_envs}] on "
-                f"{self.device} or a numpy integer array, got {type(actions).__name__}"
-            )
-        if actions.dtype not in (torch.int64, torch.int32):
-            raise TypeError(
-                f"{self._where()}: actions dtype {actions.dtype}; valid: torch.int64 (or int32)"
-            )
-        if tuple(actions.shape) != (self.num_envs,):
-            raise ValueError(
-                f"{self._where()}: actions shape {tuple(actions.shape)}; "
-                f"expected ({self.num_envs},)"
-            )
-        if actions.device != self.device:
-            raise ValueError(
-                f"{self._where()}: actions on device {actions.device}; expected {self.device}"
-            )
-        return actions.long()
-
     def step(
         self, actions: torch.Tensor | np.ndarray
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
@@ -336,21 +285,7 @@ class BatchedTokenEnv(VectorEnv):
                 f"{self._where()}: step() after every row finished; "
                 "call reset() to start new episodes"
             )
-        actions = self._check_actions(actions)
-        # One fused range check (aminmax) and one device synchronisation, before any state changes.
-        low, high = torch.aminmax(actions)
-        if self._on_cpu:
-            out_of_range = low.item() < 0 or high.item() >= self.vocab_size
-        else:
-            bounds = torch.stack((low, high)).tolist()
-            out_of_range = bounds[0] < 0 or bounds[1] >= self.vocab_size
-        if out_of_range:
-            out_of_vocab = (actions < 0) | (actions >= self.vocab_size)
-            rows = out_of_vocab.nonzero().flatten().tolist()
-            raise ValueError(
-                f"{self._where()}: actions {actions[rows[:5]].tolist()} at rows {rows[:5]} are "
-                f"outside the vocabulary; valid token ids are 0..{self.vocab_size - 1}"
-            )
+        actions = check_actions(actions, self.num_envs, self.vocab_size, self.device, self._where)
         try:
             if self._any_done or self._ragged:
                 return self._advance(actions)

@@ -1,10 +1,12 @@
-"""Checks of the reset options of :meth:`~marlhf.envs.BatchedTokenEnv.reset` (group and prefix
-resets); each error names the option, the value and what would be valid."""
+"""Checks of the reset options of :meth:`~marlhf.envs.BatchedTokenEnv.reset` (group, prompt and
+prefix resets); each error names the option, the value and what would be valid."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+
+from marlhf.envs.tasks import Prompt
 
 #: The options ``BatchedTokenEnv.reset`` reads.
 RESET_OPTIONS = ("group_size", "prompts", "prefixes")
@@ -59,3 +61,29 @@ def check_prefixes(
             raise ValueError(f"{where}[{i}] holds EOS (id {eos_token_id}): that response has ended")
         out.append(ids)
     return out
+
+
+def check_prompts(
+    prompts: object, count: int, max_prompt_len: int, vocab_size: int, where: str
+) -> list[Prompt]:
+    """``prompts`` (given or sampled) as a list of ``count`` :class:`~marlhf.envs.tasks.Prompt`,
+    each of ``1..max_prompt_len`` token ids in ``[0, vocab_size)``."""
+    if not isinstance(prompts, (list, tuple)) or len(prompts) != count:
+        got = len(prompts) if isinstance(prompts, (list, tuple)) else type(prompts).__name__
+        raise ValueError(f"{where}: expected a list of {count} Prompts, got {got}")
+    for i, p in enumerate(prompts):
+        if not isinstance(p, Prompt):
+            raise TypeError(f"{where}: prompt {i} is {type(p).__name__}, not Prompt")
+        n = len(p.ids)
+        if not 1 <= n <= max_prompt_len:
+            raise ValueError(
+                f"{where}: prompt {i} has {n} tokens (Prompt.ids); valid lengths "
+                f"are 1..{max_prompt_len} (the task's max_prompt_len)"
+            )
+        bad = [t for t in p.ids if not (isinstance(t, (int, np.integer)) and 0 <= t < vocab_size)]
+        if bad:
+            raise ValueError(
+                f"{where}: prompt {i} holds token ids {bad[:5]} (Prompt.ids); valid "
+                f"ids are ints in [0, {vocab_size})"
+            )
+    return list(prompts)

@@ -9,17 +9,22 @@ causal LM and its tokenizer (``config.json``, weights, ``tokenizer.json`` or
 ``tokenizer_config.json``), e.g. ``--set model.path=/data/my-model``; for a GGUF file also set
 ``model.gguf_file``. Tasks whose prompts are text (HumanEval, ReasoningGym, TextReference) are
 then built with that model's tokenizer, so the env and the policy share one vocabulary.
+
+:func:`build_env_and_model` builds a run's env and causal LM together (a model on disk, or a
+tiny GPT-2 sized for the task's codec); :func:`check_task_kwargs` rejects a task argument
+before anything is built.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import inspect
 from pathlib import Path
 from typing import Any
 
 from marlhf import models
-from marlhf.models import ModelLoadError
-from marlhf.training.configs import ModelConfig
+from marlhf.models import ModelLoadError, tiny_gpt2
+from marlhf.training.configs import ModelConfig, TaskConfig
 
 
 def smollm2_gguf_path() -> Path:
@@ -101,3 +106,107 @@ def check_env_id(env_id: str) -> None:
     ids = registered_env_ids()
     if env_id not in ids:
         raise ValueError(f"task.id: unknown env id {env_id!r}; registered: {', '.join(ids)}")
+
+
+def build_env(task: TaskConfig, seed: int, device: str, tokenizer: Any = None) -> Any:
+    """``gymnasium.make_vec`` of ``task`` as a :class:`BatchedTokenEnv`.
+
+    :param tokenizer: the model's tokenizer, passed to tasks that take a ``tokenizer`` argument
+        (text tasks), so that env and policy share one vocabulary.
+    """
+    import gymnasium
+
+    check_env_id(task.id)
+    kwargs = dict(task.kwargs)
+    if tokenizer is not None and "tokenizer" not in kwargs:
+        factory_params = _task_parameters(task.id)
+        if "tokenizer" in factory_params:
+            kwargs["tokenizer"] = tokenizer
+    try:
+        return gymnasium.make_vec(
+            task.id,
+            num_envs=task.num_envs,
+            vectorization_mode="vector_entry_point",
+            device=device,
+            seed=seed,
+            **kwargs,
+        )
+    except TypeError as err:  # an argument the task does not take
+        raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from err
+
+
+def check_task_kwargs(task: TaskConfig) -> None:
+    """Fail before anything is built on a keyword argument the task does not take."""
+    from marlhf.envs import registration
+
+    try:
+        params = inspect.signature(registration.task_factory(task.id)).parameters
+    except (TypeError, ValueError):  # not introspectable: the task itself will say
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = sorted(set(task.kwargs) - set(params))
+    if unknown:
+        valid = sorted(k for k in params if k != "tokenizer")
+        raise ValueError(f"task.kwargs: {task.id} takes no argument {unknown[0]!r}; valid: {valid}")
+
+
+def _task_parameters(env_id: str) -> set[str]:
+    """Names of the keyword arguments the task behind ``env_id`` accepts."""
+    # reads the task registry without building the task (building may load data or models)
+    from marlhf.envs import registration
+
+    try:
+        factory = registration.task_factory(env_id)
+    except ValueError:
+        return set()
+    try:
+        return set(inspect.signature(factory).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def build_env_and_model(
+    task: TaskConfig, model: ModelConfig, seed: int, device: str
+) -> tuple[Any, Any, Any]:
+    """``(env, causal LM, tokenizer or None)`` sharing one vocabulary."""
+    if has_pretrained(model):
+        # text tasks are built with the model's tokenizer (so it must have one); symbol tasks
+        # bring their own codec and take the model as it is
+        needs_tokenizer = "tokenizer" in _task_parameters(task.id)
+        tokenizer = load_tokenizer(model) if needs_tokenizer else None
+        env = build_env(task, seed, device, tokenizer)
+        lm = load_causal_lm(model)
+        _check_context(lm, int(env.seq_len), task.id, str(model.path or model.gguf_file))
+        return env, lm, tokenizer
+    env = build_env(task, seed, device)
+    codec = env.codec
+    lm = _tiny_for_codec(model, codec, seed, int(env.seq_len))
+    # text tasks carry a transformers tokenizer (HFCodec): keep it so it is saved with the policy
+    return env, lm, getattr(codec, "tokenizer", None)
+
+
+def _check_context(lm: Any, seq_len: int, env_id: str, name: str) -> None:
+    config = getattr(lm, "config", None)
+    positions = getattr(config, "n_positions", None) or getattr(
+        config, "max_position_embeddings", None
+    )
+    if isinstance(positions, int) and seq_len > positions:
+        raise ValueError(
+            f"task {env_id}: prompt + response take up to {seq_len} tokens but the model {name} "
+            f"has {positions} positions; shorten the task (task.kwargs: max_new_tokens, fewer or "
+            "shorter prompts) or use a model with a longer context"
+        )
+
+
+def _tiny_for_codec(model: ModelConfig, codec: Any, seed: int, seq_len: int) -> Any:
+
+    init_seed = seed if model.init_seed is None else model.init_seed
+    return tiny_gpt2(
+        codec,
+        n_layer=model.n_layer,
+        n_embd=model.n_embd,
+        n_head=model.n_head,
+        n_positions=max(1024, seq_len),
+        seed=init_seed,
+    )

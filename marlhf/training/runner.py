@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import inspect
 import json
 import os
 import time
@@ -32,13 +31,11 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 
 from marlhf.agents import distributed as dist_utils
 from marlhf.agents.save_util import remove_checkpoint
-from marlhf.models import resolve_device, tiny_gpt2
-from marlhf.training.builders import (
-    check_env_id,
-    has_pretrained,
-    load_causal_lm,
-    load_tokenizer,
-)
+from marlhf.models import resolve_device
+from marlhf.training.builders import _task_parameters as _task_parameters
+from marlhf.training.builders import build_env as build_env
+from marlhf.training.builders import build_env_and_model
+from marlhf.training.builders import check_task_kwargs as check_task_kwargs
 from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, atomic_write_text
 
@@ -113,110 +110,6 @@ class MetricsRecorder(KVWriter):
 
 #: With LoRA, the final policy with its adapters merged (plain transformers).
 MERGED = "final_merged"
-
-
-def build_env(task: TaskConfig, seed: int, device: str, tokenizer: Any = None) -> Any:
-    """``gymnasium.make_vec`` of ``task`` as a :class:`BatchedTokenEnv`.
-
-    :param tokenizer: the model's tokenizer, passed to tasks that take a ``tokenizer`` argument
-        (text tasks), so that env and policy share one vocabulary.
-    """
-    import gymnasium
-
-    check_env_id(task.id)
-    kwargs = dict(task.kwargs)
-    if tokenizer is not None and "tokenizer" not in kwargs:
-        factory_params = _task_parameters(task.id)
-        if "tokenizer" in factory_params:
-            kwargs["tokenizer"] = tokenizer
-    try:
-        return gymnasium.make_vec(
-            task.id,
-            num_envs=task.num_envs,
-            vectorization_mode="vector_entry_point",
-            device=device,
-            seed=seed,
-            **kwargs,
-        )
-    except TypeError as err:  # an argument the task does not take
-        raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from err
-
-
-def check_task_kwargs(task: TaskConfig) -> None:
-    """Fail before anything is built on a keyword argument the task does not take."""
-    from marlhf.envs import registration
-
-    try:
-        params = inspect.signature(registration.task_factory(task.id)).parameters
-    except (TypeError, ValueError):  # not introspectable: the task itself will say
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return
-    unknown = sorted(set(task.kwargs) - set(params))
-    if unknown:
-        valid = sorted(k for k in params if k != "tokenizer")
-        raise ValueError(f"task.kwargs: {task.id} takes no argument {unknown[0]!r}; valid: {valid}")
-
-
-def _task_parameters(env_id: str) -> set[str]:
-    """Names of the keyword arguments the task behind ``env_id`` accepts."""
-    # reads the task registry without building the task (building may load data or models)
-    from marlhf.envs import registration
-
-    try:
-        factory = registration.task_factory(env_id)
-    except ValueError:
-        return set()
-    try:
-        return set(inspect.signature(factory).parameters)
-    except (TypeError, ValueError):
-        return set()
-
-
-def build_env_and_model(
-    task: TaskConfig, model: ModelConfig, seed: int, device: str
-) -> tuple[Any, Any, Any]:
-    """``(env, causal LM, tokenizer or None)`` sharing one vocabulary."""
-    if has_pretrained(model):
-        # text tasks are built with the model's tokenizer (so it must have one); symbol tasks
-        # bring their own codec and take the model as it is
-        needs_tokenizer = "tokenizer" in _task_parameters(task.id)
-        tokenizer = load_tokenizer(model) if needs_tokenizer else None
-        env = build_env(task, seed, device, tokenizer)
-        lm = load_causal_lm(model)
-        _check_context(lm, int(env.seq_len), task.id, str(model.path or model.gguf_file))
-        return env, lm, tokenizer
-    env = build_env(task, seed, device)
-    codec = env.codec
-    lm = _tiny_for_codec(model, codec, seed, int(env.seq_len))
-    # text tasks carry a transformers tokenizer (HFCodec): keep it so it is saved with the policy
-    return env, lm, getattr(codec, "tokenizer", None)
-
-
-def _check_context(lm: Any, seq_len: int, env_id: str, name: str) -> None:
-    config = getattr(lm, "config", None)
-    positions = getattr(config, "n_positions", None) or getattr(
-        config, "max_position_embeddings", None
-    )
-    if isinstance(positions, int) and seq_len > positions:
-        raise ValueError(
-            f"task {env_id}: prompt + response take up to {seq_len} tokens but the model {name} "
-            f"has {positions} positions; shorten the task (task.kwargs: max_new_tokens, fewer or "
-            "shorter prompts) or use a model with a longer context"
-        )
-
-
-def _tiny_for_codec(model: ModelConfig, codec: Any, seed: int, seq_len: int) -> Any:
-
-    init_seed = seed if model.init_seed is None else model.init_seed
-    return tiny_gpt2(
-        codec,
-        n_layer=model.n_layer,
-        n_embd=model.n_embd,
-        n_head=model.n_head,
-        n_positions=max(1024, seq_len),
-        seed=init_seed,
-    )
 
 
 def agent_class(name: str, termination: str = "token") -> Any:
