@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from marlhf.agents import distributed as dist_utils
+from marlhf.agents.lm_utils import transformer_blocks
 
 if TYPE_CHECKING:
     from marlhf.agents.policy import CausalLMActorCritic
@@ -40,16 +41,6 @@ def _fsdp_api() -> tuple[Any, Any, Any]:
     from torch.distributed.fsdp import FSDPModule, fully_shard
 
     return init_device_mesh, FSDPModule, fully_shard
-
-
-def blocks_of(model: nn.Module) -> list[nn.Module]:
-    """The transformer blocks of ``model`` (``transformers``' decoder layers), each its own
-    FSDP unit; none for a model without them (it is then one unit)."""
-    try:
-        from transformers.modeling_layers import GradientCheckpointingLayer
-    except ImportError:  # an older transformers: the whole model is one unit
-        return []
-    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]
 
 
 def _meta_copy(module: nn.Module) -> nn.Module:
@@ -187,7 +178,7 @@ def shard_policy(policy: CausalLMActorCritic, device: torch.device) -> ShardedPo
     for part in (policy.model, policy.critic, policy.ref_model):
         if part is None:
             continue
-        for block in blocks_of(part):
+        for block in transformer_blocks(part):
             fully_shard(block, mesh=mesh)
         fully_shard(part, mesh=mesh)
     fully_shard(policy.value_head, mesh=mesh)

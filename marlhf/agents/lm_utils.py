@@ -107,3 +107,14 @@ def keeps_logits(model: nn.Module) -> bool:
     unwrap = getattr(model, "get_base_model", None)
     inner = unwrap() if callable(unwrap) else model
     return _forward_takes_logits_to_keep(type(inner))  # type: ignore[arg-type]
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of ``model`` (``transformers``' decoder layers, the units it
+    checkpoints and FSDP shards one by one); none with a ``transformers`` too old to mark
+    them."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]

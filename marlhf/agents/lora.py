@@ -279,8 +279,6 @@ def enable_checkpointing(model: nn.Module) -> None:
 
 def checkpointed_blocks(model: nn.Module) -> Iterator[nn.Module]:
     """The blocks of ``model`` that ``transformers`` checkpoints (when in training mode)."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
+    from marlhf.agents.lm_utils import transformer_blocks
 
-    for module in model.modules():
-        if isinstance(module, GradientCheckpointingLayer) and module.gradient_checkpointing:
-            yield module
+    return (block for block in transformer_blocks(model) if block.gradient_checkpointing)
