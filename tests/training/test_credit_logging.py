@@ -103,8 +103,9 @@ def test_exact_truth_on_a_task_too_large_to_enumerate_fails_before_training(
     )
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
-    assert "credit_truth='exact' cannot audit marlhf/Reverse-v0" in err
-    assert "max_sequences" in err and "credit_truth=mc" in err
+    assert "credit_truth=exact cannot audit marlhf/Reverse-v0" in err
+    assert "continuations per prompt" in err and "credit_truth=mc" in err
+    assert "max_sequences" not in err and "method=" not in err  # CLI keys, not Python names
     assert not (tmp_path / "r" / "result.json").exists()
 
 
