@@ -20,7 +20,7 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``mc_values``: ``float[B, T]``, at each segment start the mean task score of ``mc_rollouts``
   continuations sampled from prompt + response prefix (NaN elsewhere);
 - ``token_probs``: ``float[B, T]``, the policy's probability of each sampled token;
-- ``turns``: the multi-turn layout (MULTITURN_CONTRACT.md): ``action_mask``, ``turn_ids``,
+- ``turns``: the multi-turn layout: ``action_mask``, ``turn_ids``,
   ``turn_starts``, ``turn_rewards``, ``num_turns``, ``terminated``, ``truncated``;
 - ``turn_state_keys``: the env's ``state_key()`` at the start of each turn;
 - ``turn_mc_values``: ``float[B, K]``, the mean return of continuations from each turn start;
@@ -66,7 +66,7 @@ class EstimatorBatch:
     :param mask: ``bool[B, T]`` real response tokens.
     :param starts: ``bool[B, T]`` segment starts (every real token for token-level credit).
 
-    Multi-turn fields (``turns``; MULTITURN_CONTRACT.md): ``action_mask bool[B, T]`` (tokens the
+    Multi-turn fields (``turns``): ``action_mask bool[B, T]`` (tokens the
     policy sampled), ``turn_ids int64[B, T]`` (-1 on padding), ``turn_starts bool[B, T]``,
     ``turn_rewards float[B, K]``, ``num_turns int64[B]``, ``terminated``/``truncated bool[B]``.
     """

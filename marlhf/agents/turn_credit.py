@@ -1,6 +1,6 @@
-"""Turn-level estimators (METHOD.md, "Turn-level credit"), registered in the estimator registry.
+"""Turn-level estimators (docs/credit_multiturn.md), registered in the estimator registry.
 
-Each entry reads the multi-turn layout (``turns``: MULTITURN_CONTRACT.md) from the
+Each entry reads the multi-turn layout (``turns``) from the
 :class:`~marlhf.agents.estimators.EstimatorBatch`, works on per-turn tensors with the pure
 functions of :mod:`marlhf.agents.turn_maths`, and gives every action token its turn's credit
 (environment tokens and padding get 0). A turn's reward is the sum of the shaped token rewards

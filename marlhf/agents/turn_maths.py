@@ -1,4 +1,4 @@
-"""The pure maths of turn-level credit (METHOD.md, "Turn-level credit"), over plain tensors.
+"""The pure maths of turn-level credit (docs/credit_multiturn.md), over plain tensors.
 
 Nothing here reads a config or a buffer: :mod:`marlhf.agents.turn_credit` wires these functions
 into the estimator registry. Shapes: ``B`` episodes, ``T`` token positions after the first prompt

@@ -1,4 +1,4 @@
-"""Random ragged multi-turn batches in the contract's layout (MULTITURN_CONTRACT.md), with the
+"""Random ragged multi-turn batches in the multi-turn EstimatorBatch layout, with the
 per-row Python lists a float64 reference reads."""
 
 from __future__ import annotations
