@@ -254,18 +254,39 @@ def turn_advantages(spec: str, quad: Quadrature, config: Any = None) -> list[lis
     return [[float(out[i, c]) for c in row] for i, row in enumerate(quad.starts)]
 
 
-def expected_gradient(
+def row_gradients(
     m: ToolMDP, quad: Quadrature, turn_adv: list[list[float]]
-) -> dict[State, float]:
-    """``E[sum_k grad_theta log pi(a_k | s_k) A_k]`` over the quadrature rows, per ``theta[s]``
-    (``grad log sigmoid`` is ``1 - p`` for a tool call, ``-p`` for an answer)."""
-    grad = {s: 0.0 for s in m.decision_states()}
+) -> list[dict[State, float]]:
+    """Each row's ``sum_k grad_theta log pi(a_k | s_k) A_k`` per ``theta[s]`` (``grad log
+    sigmoid`` is ``1 - p`` for a tool call, ``-p`` for an answer): one episode's update."""
+    out = []
     for tr, adv in zip(quad.owners, turn_adv, strict=True):
+        grad = {s: 0.0 for s in m.decision_states()}
         for s, a, x in zip(tr.states, tr.actions, adv, strict=True):
             if s in grad:
                 p = float(m.p_tool(s))
                 grad[s] += ((1 - p) if a == TOOL else -p) * x
-    return {s: g / len(quad.owners) for s, g in grad.items()}
+        out.append(grad)
+    return out
+
+
+def expected_gradient(
+    m: ToolMDP, quad: Quadrature, turn_adv: list[list[float]]
+) -> dict[State, float]:
+    """``E[sum_k grad_theta log pi(a_k | s_k) A_k]``: the mean of :func:`row_gradients`."""
+    rows = row_gradients(m, quad, turn_adv)
+    return {s: sum(g[s] for g in rows) / len(rows) for s in m.decision_states()}
+
+
+def relative_variance(rows: list[dict[State, float]]) -> float:
+    """``E||g_i - E g||^2 / ||E g||^2`` over the rows: the noise of one episode's update
+    relative to the signal (scale-free, so normalising estimators compare fairly; the number
+    of episodes for a given signal-to-noise ratio grows with it)."""
+    keys = list(rows[0])
+    mean = {s: sum(g[s] for g in rows) / len(rows) for s in keys}
+    signal = sum(v * v for v in mean.values())
+    noise = sum(sum((g[s] - mean[s]) ** 2 for s in keys) for g in rows) / len(rows)
+    return noise / signal if signal else float("inf")
 
 
 def cosine(a: dict[State, float], b: dict[State, float]) -> float:
@@ -278,14 +299,17 @@ def cosine(a: dict[State, float], b: dict[State, float]) -> float:
 def exact_update_table(
     m: ToolMDP, specs: list[str], phi: Callable[[State], float] | None = None
 ) -> dict[str, dict[str, Any]]:
-    """Per estimator spec: its expected gradient, the truth's, their cosine, and for how many
-    decision states the signs agree (the direction each one pushes the choice to stop)."""
+    """Per estimator spec: its expected gradient, the truth's, their cosine, for how many
+    decision states the signs agree (the direction each one pushes the choice to stop), and
+    the relative variance of one episode's update (:func:`relative_variance`)."""
     quad = quadrature_batch(m, phi)
     truth = true_gradient(m)
     out: dict[str, dict[str, Any]] = {}
     for spec in specs:
-        got = expected_gradient(m, quad, turn_advantages(spec, quad))
+        rows = row_gradients(m, quad, turn_advantages(spec, quad))
+        got = {s: sum(g[s] for g in rows) / len(rows) for s in m.decision_states()}
         out[spec] = {
+            "relative_variance": relative_variance(rows),
             "expected_gradient": {str(s): g for s, g in got.items()},
             "true_gradient": {str(s): g for s, g in truth.items()},
             "cosine": cosine(got, truth),

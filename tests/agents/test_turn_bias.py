@@ -22,6 +22,7 @@ act on returns (none, GRPO's group baseline, ReBN's batch normalisation) keep it
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction as F
 
 import pytest
@@ -35,6 +36,7 @@ from marlhf.agents.turn_exact import (
     expected_gradient,
     objective,
     quadrature_batch,
+    relative_variance,
     true_gradient,
     turn_advantages,
     values,
@@ -242,3 +244,16 @@ def test_exact_update_table_reports_the_published_bias() -> None:
     assert table["mt_grpo:std=false"]["sign_agreement"] == 0.0
     assert table["mt_grpo_fixed:std=false"]["cosine"] == pytest.approx(1.0, abs=1e-6)
     assert table["mt_grpo_fixed:std=false"]["sign_agreement"] == 1.0
+    assert all(math.isfinite(row["relative_variance"]) for row in table.values())
+
+
+def test_relative_variance_is_the_noise_of_one_episode_over_the_signal() -> None:
+    rows = [{(0, 0): 1.0, (1, 0): 0.0}, {(0, 0): 3.0, (1, 0): 0.0}]
+    # mean (2, 0): signal 4; deviations (-1, 0) and (1, 0): noise 1.
+    assert relative_variance(rows) == pytest.approx(0.25)
+    assert relative_variance([{(0, 0): 2.0}] * 3) == 0.0
+    # True Monte-Carlo values at turn starts (lambda 0) are less noisy than the return with a
+    # group baseline, on the same episodes.
+    m = three_turn()
+    table = exact_update_table(m, ["turn_mc", "rloo"])
+    assert table["turn_mc"]["relative_variance"] < table["rloo"]["relative_variance"]
