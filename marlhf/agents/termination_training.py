@@ -172,15 +172,15 @@ def estimator_function(algo: Any, rows: slice) -> Callable[[torch.Tensor], torch
         k = starts.shape[0] // n
         offset = torch.arange(k, device=mask.device).repeat_interleave(n)
 
-        def tile(x: torch.Tensor | None) -> torch.Tensor | None:
-            return None if x is None else x.repeat(k, *([1] * (x.dim() - 1)))
+        def tile(x: torch.Tensor) -> torch.Tensor:
+            return x.repeat(k, *([1] * (x.dim() - 1)))
 
         batch = EstimatorBatch(
             rewards=tile(rewards),
             task_rewards=tile(rewards),
             mask=tile(mask),
             starts=starts,
-            values=tile(values) if "values" in spec.requires else None,
+            values=tile(values) if values is not None and "values" in spec.requires else None,
             group_ids=None if groups is None else tile(groups) + offset * (int(groups.max()) + 1),
             token_probs=tile(probs) if "token_probs" in spec.requires else None,
         )

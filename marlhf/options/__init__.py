@@ -34,7 +34,6 @@ from marlhf.options.registry import (
     register_termination,
     termination_config,
 )
-from marlhf.options.value_change import ValueChange
 from marlhf.options.segments import (
     REDUCTIONS,
     broadcast_to_tokens,
@@ -45,6 +44,7 @@ from marlhf.options.segments import (
     segment_mask,
     segment_reduce,
 )
+from marlhf.options.value_change import ValueChange
 from marlhf.options.wrapper import MacroActionWrapper
 
 # The syntax-aware terminations (tree-sitter, spaCy) register on import; their modules load

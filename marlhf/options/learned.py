@@ -173,14 +173,17 @@ class Learned(ScoredTermination):
                 raise ValueError(f"learned: {field}={flag!r} must be true or false")
         if arch is not None and not isinstance(arch, str):
             raise ValueError(f"learned: arch={arch!r} must be a string or None")
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int)):
+        if vocab_size is not None and (
+            isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
+        ):
             raise ValueError(f"learned: vocab_size={vocab_size!r} must be an integer or None")
         self.target, self.steps, self.every, self.lr = target, steps, every, float(lr)
         self.rows, self.mc_samples, self.hidden, self.seed = rows, mc_samples, hidden, seed
         self.use_entropy, self.use_values = use_entropy, use_values
         self.arch, self.vocab_size = arch, vocab_size
         self.requires = frozenset(
-            {"logprobs"} | ({"entropy"} if use_entropy else set())
+            {"logprobs"}
+            | ({"entropy"} if use_entropy else set())
             | ({"values"} if use_values else set())
         )
         gen_state = torch.random.get_rng_state()
@@ -209,7 +212,9 @@ class Learned(ScoredTermination):
     # ------------------------------------------------------------------ weights as data
     def state(self) -> dict[str, list[float]]:
         """The model's weights by parameter name, as flat lists of floats."""
-        return {k: v.detach().flatten().double().tolist() for k, v in self.model.state_dict().items()}
+        return {
+            k: v.detach().flatten().double().tolist() for k, v in self.model.state_dict().items()
+        }
 
     def load_state(self, state: Mapping[str, list[float]]) -> None:
         """Load weights written by :meth:`state`; raises naming ``state`` on a mismatch."""
@@ -234,7 +239,7 @@ class Learned(ScoredTermination):
     def digest(self) -> str:
         """A short digest of the weights (what the spec names)."""
         text = json.dumps(self.state(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return "w" + hashlib.sha256(text.encode()).hexdigest()[:11]  # never reads as a number
 
     def config_kwargs(self) -> dict[str, Any]:
         out: dict[str, Any] = dict(self.cut_budget.kwargs())
@@ -293,6 +298,8 @@ class Learned(ScoredTermination):
         return buckets.to(device), positions.to(device), scalars.to(device)
 
     def scores(self, batch: SegmentationBatch) -> torch.Tensor:
+        if batch.mask.shape[1] == 0:  # (a convolution needs at least one column)
+            return torch.zeros(batch.mask.shape, dtype=torch.float64, device=batch.mask.device)
         with torch.no_grad():
             out = self.model(*self._inputs(batch))
         return out.to(batch.mask.device).double()
