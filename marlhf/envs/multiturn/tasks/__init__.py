@@ -1,0 +1,1 @@
+"""Offline multi-turn tasks (see ``docs/multiturn_tasks.md``)."""
