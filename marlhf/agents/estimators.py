@@ -1,9 +1,10 @@
 """Advantage estimators: a registry, each entry declaring the inputs it needs.
 
-Every credit-assignment scheme marlhf offers is an entry here (METHOD.md, "Credit assignment as one
-code path"): the agent reads ``requires`` and computes only what is declared (no value forward for
-an estimator that needs no critic, groups of rollouts only for group baselines, greedy rollouts
-only for ReMax, Monte-Carlo continuations only for VinePPO-style values).
+Every credit-assignment scheme marlhf offers is an entry here (docs/method.md, "Credit
+assignment as one code path"): the agent reads ``requires`` and computes only what is declared
+(no value forward for an estimator that needs no critic, groups of rollouts only for group
+baselines, greedy rollouts only for ReMax, Monte-Carlo continuations only for VinePPO-style
+values).
 
 Add one with a decorated function::
 

@@ -1,7 +1,7 @@
 """One iteration as named stages: collect -> score -> shape -> segment -> estimate.
 
 :class:`IterationStages` is the part of :class:`~marlhf.agents.base.LMOnPolicyAlgorithm` that
-turns one rollout into advantages (DESIGN.md, "One iteration, as named stages"). Each stage is
+turns one rollout into advantages (docs/design.md, "One iteration, as named stages"). Each stage is
 one call; the buffer owns what it stores (each stage hands its result to one ``buffer.set_*``).
 The baseline rollouts some estimators declare (greedy rollouts, Monte-Carlo continuations from
 a forked KV cache) run inside :meth:`IterationStages.estimate`, and their tokens are counted.
