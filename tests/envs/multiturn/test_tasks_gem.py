@@ -30,11 +30,12 @@ def moves_for(game: str, rng: np.random.Generator) -> list[str]:
     pool = {
         "GuessTheNumber": [f"\\boxed{{{i}}}" for i in range(1, 11)],
         "Mastermind": [f"\\boxed{{{a} {b}}}" for a, b in itertools.permutations(range(1, 7), 2)],
-        "Minesweeper": cells + ["\\boxed{flag 0 0}"],
+        "Minesweeper": [*cells, "\\boxed{flag 0 0}"],
         "TowerofHanoi": [f"\\boxed{{{a} {b}}}" for a, b in itertools.permutations("ABC", 2)],
         "Sokoban": [f"\\boxed{{{d}}}" for d in ("up", "down", "left", "right")],
-        "Sudoku": [f"\\boxed{{{r} {c} {v}}}" for r in range(1, 5) for c in range(1, 5)
-                   for v in range(1, 5)],
+        "Sudoku": [
+            f"\\boxed{{{r} {c} {v}}}" for r in range(1, 5) for c in range(1, 5) for v in range(1, 5)
+        ],
         "FifteenPuzzle": [f"\\boxed{{{d}}}" for d in ("up", "down", "left", "right")],
         "Game2048": [f"\\boxed{{{d}}}" for d in ("up", "down", "left", "right")],
     }[game]
@@ -129,7 +130,9 @@ def test_games_that_need_data_are_refused_with_the_reason(game: str) -> None:
 
 
 def test_unknown_id_lists_the_games() -> None:
-    with pytest.raises(ValueError, match=r"env_id='game:Nope-v0' is not a GEM id; games: .*Sokoban"):
+    with pytest.raises(
+        ValueError, match=r"env_id='game:Nope-v0' is not a GEM id; games: .*Sokoban"
+    ):
         make_gem_env("game:Nope-v0")
 
 
@@ -178,8 +181,11 @@ def test_bad_input_errors() -> None:
 def hanoi_moves(n: int, src: str = "A", dst: str = "C", via: str = "B") -> list[str]:
     if n == 0:
         return []
-    return [*hanoi_moves(n - 1, src, via, dst), f"\\boxed{{{src} {dst}}}",
-            *hanoi_moves(n - 1, via, dst, src)]
+    return [
+        *hanoi_moves(n - 1, src, via, dst),
+        f"\\boxed{{{src} {dst}}}",
+        *hanoi_moves(n - 1, via, dst, src),
+    ]
 
 
 @pytest.mark.parametrize(("level", "disks"), [("easy", 3), ("hard", 5)])

@@ -9,12 +9,15 @@ import numpy as np
 import pytest
 
 from marlhf.envs.multiturn.protocol import TextEnvError, as_text_env
+from marlhf.envs.multiturn.task import check_multiturn_task
 from marlhf.envs.multiturn.tasks.guess_number import (
     GuessTheNumberEnv,
+    GuessTheNumberTask,
     iid_policy_return,
     optimal_value,
     parse_guess,
 )
+from marlhf.envs.registration import available_tasks, env_ids, task_factory
 
 
 def play(env: GuessTheNumberEnv, seed: int, policy) -> tuple[float, int, bool, bool]:
@@ -202,5 +205,78 @@ def test_bad_arguments_name_the_field(kwargs: dict, field: str) -> None:
 def test_non_string_action_is_an_error() -> None:
     env = GuessTheNumberEnv()
     env.reset(seed=0)
-    with pytest.raises(TypeError, match="GuessTheNumber.step: action must be a str"):
+    with pytest.raises(TypeError, match=r"GuessTheNumber\.step: action must be a str"):
         env.step(3)  # type: ignore[arg-type]
+
+
+# ---- the token-level task ----
+
+
+def test_task_passes_the_checker_with_one_token_per_number_and_feedback() -> None:
+    task = GuessTheNumberTask()
+    check_multiturn_task(task)
+    env = task.make_env()
+    prompt, _ = env.reset(seed=0)
+    assert len(task.encode_observation(prompt)) == task.max_prompt_len == 1
+    assert task.max_obs_tokens == 1 and task.max_turn_tokens == 2 and task.max_turns == 4
+    allowed = np.flatnonzero(task.action_mask()).tolist()
+    assert sorted(task.codec.decode([i]) for i in allowed) == ["", *map(str, range(1, 9))]
+    assert task.end_of_turn_id in allowed
+    assert task.optimal_return == pytest.approx(0.8375)
+
+
+def uniform_token_episode(task: GuessTheNumberTask, seed: int, rng: np.random.Generator) -> float:
+    """One episode of the uniform token policy, turns cut as the driver cuts them."""
+    env = task.make_env()
+    env.reset(seed=seed)
+    allowed = np.flatnonzero(task.action_mask()).tolist()
+    total = 0.0
+    while True:
+        ids: list[int] = []
+        while len(ids) < task.max_turn_tokens:
+            ids.append(allowed[int(rng.integers(len(allowed)))])
+            if ids[-1] == task.end_of_turn_id:
+                break
+        text = task.decode_action([i for i in ids if i != task.end_of_turn_id])
+        _, reward, terminated, truncated, _ = env.step(text)
+        total += reward
+        if terminated or truncated:
+            return total
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"low": 1, "high": 12, "max_turn_tokens": 3}])
+def test_random_return_is_exact_for_the_symbol_codec(kwargs: dict) -> None:
+    task = GuessTheNumberTask(**kwargs)
+    rng = np.random.default_rng(0)
+    returns = [uniform_token_episode(task, seed, rng) for seed in range(6000)]
+    se = np.std(returns) / np.sqrt(len(returns))
+    assert abs(np.mean(returns) - task.random_return) < 3.5 * se
+
+
+def test_random_return_by_hand_at_the_defaults() -> None:
+    # a turn is 9 equally likely first tokens (8 numbers, <eot>); a number is valid only when
+    # <eot> follows: P(valid) = 8/81, P(hit) = 1/81
+    p = 1 / 81
+    expected = sum((1 - p) ** t * (p - (1 - p) * 0.1) for t in range(4))
+    assert GuessTheNumberTask().random_return == pytest.approx(expected)
+
+
+def test_task_with_a_text_codec(bpe_codec) -> None:
+    task = GuessTheNumberTask(codec=bpe_codec)
+    check_multiturn_task(task)
+    assert task.end_of_turn_id == bpe_codec.eos_token_id and task.action_mask().sum() > 100
+    assert -0.4 < task.random_return < -0.3  # random tokens rarely spell a number: about -0.39
+
+
+def test_task_is_registered_under_its_name() -> None:
+    assert "GuessTheNumber" in available_tasks()
+    assert "marlhf/GuessTheNumber-v0" in env_ids()
+    task = task_factory("GuessTheNumber")(high=6, max_turns=3)
+    assert isinstance(task, GuessTheNumberTask) and task.make_env().high == 6
+
+
+def test_task_bad_arguments_name_the_field() -> None:
+    with pytest.raises(ValueError, match=r"GuessTheNumber: max_turn_tokens=0; valid"):
+        GuessTheNumberTask(max_turn_tokens=0)
+    with pytest.raises(ValueError, match=r"GuessTheNumber: high=1; valid"):
+        GuessTheNumberTask(high=1)

@@ -61,10 +61,11 @@ class CodeFeedbackEnv:
     """
 
     def __init__(self, source: HumanEvalTask, max_turns: int = 2, error_chars: int = 300) -> None:
-        self.name = f"CodeFeedback({source.name})"
         if not isinstance(source, HumanEvalTask):
-            raise TypeError(f"{self.name}: source must be a HumanEvalTask, got "
-                            f"{type(source).__name__}")
+            raise TypeError(
+                f"CodeFeedbackEnv: source must be a HumanEvalTask, got {type(source).__name__}"
+            )
+        self.name = f"CodeFeedback({source.name})"
         self.source = source
         self.max_turns = check_int(self.name, "max_turns", max_turns, 1, 16)
         self.error_chars = check_int(self.name, "error_chars", error_chars, 0, 4000)
@@ -101,8 +102,13 @@ class CodeFeedbackEnv:
             observation = PASSED
         else:
             observation = feedback_message(result, self.error_chars) + self.problem_prompt
-        info = {"status": result.status.value, "passed": result.passed, "total": result.total,
-                "grade": grade, "turn": self.turns.turn}
+        info = {
+            "status": result.status.value,
+            "passed": result.passed,
+            "total": result.total,
+            "grade": grade,
+            "turn": self.turns.turn,
+        }
         return observation, reward, terminated, truncated, info
 
     def state_key(self) -> Hashable:
@@ -150,10 +156,19 @@ class CodeFeedbackTask(MultiTurnTask):
         tokenizer: Any = None,
     ) -> None:
         self.source = HumanEvalTask(
-            split=split, eval_fraction=eval_fraction, split_seed=split_seed,
-            max_problems=max_problems, problems=problems, codec=codec, tokenizer=tokenizer,
-            max_new_tokens=max_turn_tokens, partial_credit=partial_credit, timeout_s=timeout_s,
-            max_workers=max_workers, stop_sequences=stop_sequences, sandbox=sandbox,
+            split=split,
+            eval_fraction=eval_fraction,
+            split_seed=split_seed,
+            max_problems=max_problems,
+            problems=problems,
+            codec=codec,
+            tokenizer=tokenizer,
+            max_new_tokens=max_turn_tokens,
+            partial_credit=partial_credit,
+            timeout_s=timeout_s,
+            max_workers=max_workers,
+            stop_sequences=stop_sequences,
+            sandbox=sandbox,
         )
         self.env_kwargs = {"max_turns": max_turns, "error_chars": error_chars}
         probe = self.make_env()  # validates the arguments

@@ -18,13 +18,13 @@ ENUMERATION_LIMIT = 200_000
 def check_int(where: str, name: str, value: object, low: int, high: int | None = None) -> int:
     """``value`` as an int in ``[low, high]`` (``high`` None: no upper bound), else a ValueError
     naming ``where``, the field and the valid range."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, np.integer))
-    if ok and (int(value) < low or (high is not None and int(value) > high)):  # type: ignore[arg-type]
-        ok = False
-    if not ok:
+    number = (
+        int(value) if not isinstance(value, bool) and isinstance(value, (int, np.integer)) else None
+    )
+    if number is None or number < low or (high is not None and number > high):
         valid = f"an int >= {low}" if high is None else f"an int in [{low}, {high}]"
         raise ValueError(f"{where}: {name}={value!r}; valid: {valid}")
-    return int(value)  # type: ignore[arg-type]
+    return number
 
 
 def check_float(where: str, name: str, value: object, low: float, high: float) -> float:
@@ -40,8 +40,9 @@ def check_float(where: str, name: str, value: object, low: float, high: float) -
 def check_action(where: str, action: object) -> str:
     """The agent's turn must be a str (a TypeError naming the env otherwise)."""
     if not isinstance(action, str):
-        raise TypeError(f"{where}.step: action must be a str (the agent's turn), got "
-                        f"{type(action).__name__}")
+        raise TypeError(
+            f"{where}.step: action must be a str (the agent's turn), got {type(action).__name__}"
+        )
     return action
 
 
@@ -85,12 +86,12 @@ def uniform_turn_texts(
     rng = np.random.default_rng(seed)
     draws = rng.integers(k, size=(samples, max_turn_tokens))
     for row in draws:
-        seq: list[int] = []
+        turn: list[int] = []
         for j in row:
             if ids[j] == end_of_turn_id:
                 break
-            seq.append(ids[j])
-        text = codec.decode(seq)
+            turn.append(ids[j])
+        text = codec.decode(turn)
         out[text] = out.get(text, 0.0) + 1.0 / samples
     return out
 

@@ -119,7 +119,7 @@ def freeze(value: Any, depth: int = 0) -> Hashable:
     if isinstance(value, np.ndarray):
         return ("ndarray", value.dtype.str, value.shape, value.tobytes())
     if isinstance(value, np.generic):
-        return value.item()  # type: ignore[no-any-return]
+        return value.item()
     if isinstance(value, (list, tuple)):
         return tuple(freeze(v, depth + 1) for v in value)
     if isinstance(value, (set, frozenset)):
@@ -263,7 +263,9 @@ def import_gem() -> Any:
     try:
         import gem
     except ImportError as err:
-        raise GemUnavailableError(f"GEM (gem-llm) cannot be imported ({err}): {GEM_INSTALL}") from err
+        raise GemUnavailableError(
+            f"GEM (gem-llm) cannot be imported ({err}): {GEM_INSTALL}"
+        ) from err
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)

@@ -1,16 +1,15 @@
 """GEM's offline games as marlhf multi-turn tasks (through :mod:`.gem_adapter`).
 
-=============  ======================================  ==========  ===========================
-task           the game (GEM id ``game:<Game>-v0-<level>``)  optimum     random move (text level)
-=============  ======================================  ==========  ===========================
-GemHanoi       Tower of Hanoi: move the disks A -> C   1.0         see docs/multiturn_tasks.md
-GemMastermind  Mastermind: find the code from pegs     1.0         see docs/multiturn_tasks.md
-=============  ======================================  ==========  ===========================
+- ``GemHanoi``: Tower of Hanoi (``game:TowerofHanoi-v0-<level>``), move the disks from A to C
+  with ``\\boxed{A C}``-style moves (easy: 3 disks in 10 turns; hard: 5 in 35).
+- ``GemMastermind``: Mastermind (``game:Mastermind-v0-<level>``), find the code from black and
+  white pegs (easy: 2 distinct digits of 1-6 in 10 turns; hard: 4 of 1-8 in 30).
 
-Rewards are GEM's own (``gem.utils.constants.LanguageGameReward``): ``+1`` for solving, ``0``
-for an ordinary or invalid move, ``-0.1`` for a turn without a ``\\boxed{...}`` move (which ends
-the episode); Mastermind also pays ``1/code_length`` per new black peg, and at the turn limit
-Hanoi pays the share of disks on C. The optimum is 1.0 at the ``easy`` and ``hard`` levels (the
+Rewards are GEM's own (``gem.utils.constants.LanguageGameReward``): ``0`` for an ordinary or
+invalid move and ``-0.1`` for a turn without a ``\\boxed{...}`` move (which ends the episode).
+Hanoi pays ``+1`` for the solving move (at the turn limit instead: the share of disks on C);
+Mastermind pays ``k / code_length`` whenever the best count of black pegs so far rises by
+``k``, so a solved code totals 1. The optimum is 1.0 at the ``easy`` and ``hard`` levels (the
 tests reach it with scripted solvers: Hanoi's ``2**n - 1`` moves fit in its turn limit,
 consistent guessing finds every Mastermind code in time). ``random_return`` (the uniform token
 policy) is GEM's format-error reward, -0.1: random tokens essentially never spell a

@@ -189,8 +189,9 @@ class GuessTheNumberEnv:
 
     def optimal_action(self) -> str:
         """The optimal guess now (uses only what the feedback revealed, never the target)."""
-        return str(optimal_guess(self.lo, self.hi, self.max_turns - self.turns.turn,
-                                 self.wrong_cost))
+        return str(
+            optimal_guess(self.lo, self.hi, self.max_turns - self.turns.turn, self.wrong_cost)
+        )
 
 
 class GuessTheNumberTask(MultiTurnTask):
@@ -219,8 +220,12 @@ class GuessTheNumberTask(MultiTurnTask):
         codec: TokenCodec | None = None,
         tokenizer: Any = None,
     ) -> None:
-        self.env_kwargs = {"low": low, "high": high, "max_turns": max_turns,
-                           "wrong_cost": wrong_cost}
+        self.env_kwargs: dict[str, Any] = {
+            "low": low,
+            "high": high,
+            "max_turns": max_turns,
+            "wrong_cost": wrong_cost,
+        }
         probe = GuessTheNumberEnv(**self.env_kwargs)  # validates the arguments
         self.name = "GuessTheNumber"
         symbols = codec is None and tokenizer is None
@@ -238,8 +243,11 @@ class GuessTheNumberTask(MultiTurnTask):
         self.max_turns = probe.max_turns
         default_turn = len(str(probe.high)) + 1 if symbols else 6
         self.max_turn_tokens = check_int(
-            self.name, "max_turn_tokens",
-            default_turn if max_turn_tokens is None else max_turn_tokens, 1, 256,
+            self.name,
+            "max_turn_tokens",
+            default_turn if max_turn_tokens is None else max_turn_tokens,
+            1,
+            256,
         )
         self.max_prompt_len = len(self.codec.encode(probe.prompt))
         self.max_obs_tokens = max(len(self.codec.encode(w)) for w in FEEDBACK)
@@ -260,10 +268,15 @@ class GuessTheNumberTask(MultiTurnTask):
     def random_return(self) -> float:  # type: ignore[override]
         """Expected return of the uniform policy over :meth:`action_mask` (see the class)."""
         texts = uniform_turn_texts(
-            self.codec, np.flatnonzero(self.action_mask()).tolist(), self.end_of_turn_id,
+            self.codec,
+            np.flatnonzero(self.action_mask()).tolist(),
+            self.end_of_turn_id,
             self.max_turn_tokens,
         )
         probe = self._probe
-        p_valid = sum(p for t, p in texts.items()
-                      if (g := parse_guess(t)) is not None and probe.low <= g <= probe.high)
+        p_valid = sum(
+            p
+            for t, p in texts.items()
+            if (g := parse_guess(t)) is not None and probe.low <= g <= probe.high
+        )
         return iid_policy_return(p_valid / probe.size, probe.max_turns, probe.wrong_cost)

@@ -52,10 +52,11 @@ class ReasoningRetryEnv:
         feedback: str = DEFAULT_FEEDBACK,
         retry_cost: float = 0.0,
     ) -> None:
-        self.name = f"ReasoningRetry({source.name})"
         if not isinstance(source, ReasoningGymTask):
-            raise TypeError(f"{self.name}: source must be a ReasoningGymTask, got "
-                            f"{type(source).__name__}")
+            raise TypeError(
+                f"ReasoningRetryEnv: source must be a ReasoningGymTask, got {type(source).__name__}"
+            )
+        self.name = f"ReasoningRetry({source.name})"
         self.source = source
         self.max_turns = check_int(self.name, "max_turns", max_turns, 1, 64)
         if not isinstance(feedback, str) or not feedback:
@@ -89,8 +90,7 @@ class ReasoningRetryEnv:
         self.score = score
         truncated = self.turns.finish(terminated)
         observation = CORRECT if terminated else self.feedback
-        return observation, reward, terminated, truncated, {"score": score,
-                                                            "turn": self.turns.turn}
+        return observation, reward, terminated, truncated, {"score": score, "turn": self.turns.turn}
 
     def state_key(self) -> Hashable:
         """``(question index, turns used, last score)``."""
@@ -135,12 +135,22 @@ class ReasoningRetryTask(MultiTurnTask):
         tokenizer: Any = None,
     ) -> None:
         self.source = ReasoningGymTask(
-            dataset=dataset, size=size, seed=seed, split=split, dataset_kwargs=dataset_kwargs,
-            answer_format=answer_format, prompt_suffix=prompt_suffix, codec=codec,
-            tokenizer=tokenizer, max_new_tokens=max_turn_tokens,
+            dataset=dataset,
+            size=size,
+            seed=seed,
+            split=split,
+            dataset_kwargs=dataset_kwargs,
+            answer_format=answer_format,
+            prompt_suffix=prompt_suffix,
+            codec=codec,
+            tokenizer=tokenizer,
+            max_new_tokens=max_turn_tokens,
         )
-        self.env_kwargs: dict[str, Any] = {"max_turns": max_turns, "feedback": feedback,
-                                           "retry_cost": retry_cost}
+        self.env_kwargs: dict[str, Any] = {
+            "max_turns": max_turns,
+            "feedback": feedback,
+            "retry_cost": retry_cost,
+        }
         probe = self.make_env()  # validates the arguments
         self.name = f"ReasoningRetry({dataset}, {split})"
         self.codec = self.source.codec
