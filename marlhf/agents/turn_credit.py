@@ -37,7 +37,8 @@ from torch import Tensor
 from marlhf.agents import turn_maths as tm
 from marlhf.agents.combine import register_options
 from marlhf.agents.distributed import global_moments, initialized
-from marlhf.agents.estimators import Estimate, EstimatorBatch, register_estimator
+from marlhf.agents.estimators import Estimate, EstimatorBatch, get_estimator, register_estimator
+from marlhf.envs.multiturn.protocol import env_name, has_clone, has_state_key
 
 
 class TurnInputError(ValueError):
@@ -415,3 +416,44 @@ TURN_ESTIMATORS: tuple[str, ...] = (
     "turn_mc",
     "turn_potential",
 )
+
+
+def check_estimator_env(estimator: str, env: Any) -> None:
+    """Before training: the env can give what the estimator declares of the turns.
+
+    :raises TurnInputError: a turn-level estimator on a one-turn env, ``state_key()`` or
+        ``clone()`` missing from the env's text envs; each message names the estimator, the env
+        and what is missing.
+    """
+    spec = get_estimator(estimator)
+    if "turns" not in spec.requires:
+        return
+    where = type(env).__name__
+    task = getattr(env, "task", None)
+    if task is not None:
+        where = f"{where} of task {getattr(task, 'name', type(task).__name__)!r}"
+    if not callable(getattr(env, "turn_record", None)):
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but {where} is a one-turn env (no "
+            "turn_record()): turn-level credit is undefined with one turn; use a multi-turn "
+            "task (marlhf.envs.multiturn) or a sequence-level estimator such as grpo"
+        )
+    if getattr(env, "max_turns", None) == 1:
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but {where} has max_turns=1: turn-level "
+            "credit is undefined with one turn; raise max_turns or use grpo"
+        )
+    texts = list(getattr(env, "envs", []))
+    needs = (
+        ("turn_state_keys", has_state_key, "state_key()"),
+        ("turn_mc_values", has_clone, "clone()"),
+    )
+    for field_name, has, method in needs:
+        if field_name in spec.requires:
+            lacking = [env_name(t) for t in texts if not has(getattr(t, "env", t))]
+            if lacking:
+                raise TurnInputError(
+                    f"estimator {estimator!r} needs {method} from the env, but {where}'s text "
+                    f"env {lacking[0]} has none; implement {method} or choose an estimator "
+                    "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
+                )
