@@ -382,10 +382,15 @@ def test_missing_state_keys_names_gigpo_and_state_key() -> None:
         run("gigpo", batch)
 
 
-def test_missing_mc_values_names_clone() -> None:
+def test_monte_carlo_values_missing_at_a_turn_start_name_the_fix() -> None:
     batch = to_batch(random_rows(0))
-    batch.turn_mc_values = None
-    with pytest.raises(TurnInputError, match=r"'turn_mc' needs turn_mc_values.*clone\(\)"):
+    assert batch.mc_values is not None
+    batch.mc_values = batch.mc_values.clone()
+    batch.mc_values[2] = float("nan")  # row 2 was not branched at its turn starts
+    with pytest.raises(TurnInputError, match=r"row 2 has none at turn 0: use termination='turn'"):
+        run("turn_mc", batch)
+    batch.mc_values = None
+    with pytest.raises(TurnInputError, match=r"'turn_mc' needs mc_values"):
         run("turn_mc", batch)
 
 
@@ -477,8 +482,7 @@ def test_env_checks_name_the_estimator_the_env_and_what_is_missing() -> None:
         check_estimator_env("gigpo", plain)
     with pytest.raises(TurnInputError, match=r"'grpo \+ 0.5 \* gigpo_step' needs state_key\(\)"):
         check_estimator_env("grpo + 0.5 * gigpo_step", plain)
-    with pytest.raises(TurnInputError, match=r"'turn_mc' needs clone\(\) .* Plain has none"):
-        check_estimator_env("turn_mc", plain)
+    check_estimator_env("turn_mc", plain)  # continuations replay the env: no clone() needed
     check_estimator_env("mt_grpo_fixed", plain)  # needs turns only
     keyed = _MultiTurnEnv([_KeyedEnv(), _KeyedEnv()])
     for name in ("gigpo", "turn_mc", "turn_gae"):
