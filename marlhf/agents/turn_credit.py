@@ -171,9 +171,18 @@ class PotentialOptions:
         _choice("turn_potential", "terminal", self.terminal, ("zero", "last"))
         _choice("turn_potential", "normalize", self.normalize, tm.NORMALISATIONS)
 
-    def requires(self) -> tuple[str, ...]:
-        """Group normalisations need the rows' groups."""
-        return ("group_ids",) if self.normalize.startswith(("group", "index")) else ()
+    @property
+    def needs_groups(self) -> bool:
+        return self.normalize.startswith(("group", "index"))
+
+    def requires(self, base: frozenset[str]) -> frozenset[str]:
+        """The reference's potentials instead of the policy's; groups for group normalisations."""
+        out = set(base)
+        if self.source == "reference":
+            out = (out - {"turn_potentials"}) | {"ref_turn_potentials"}
+        if self.needs_groups:
+            out.add("group_ids")
+        return frozenset(out)
 
 
 # ------------------------------------------------------------------------------ batch -> turns
@@ -382,18 +391,16 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
     """Potential-shaped per-turn rewards Phi(s') - Phi(s) (IGPO / TRACE; Ng et al. 1999)."""
     opts: PotentialOptions = _options(PotentialOptions, options)
     view = turn_view("turn_potential", batch)
-    if batch.turn_potentials is None:
+    field_name = "ref_turn_potentials" if opts.source == "reference" else "turn_potentials"
+    potentials = getattr(batch, field_name)
+    if potentials is None:
         raise _missing(
             "turn_potential",
-            "turn_potentials",
-            "the task gives no gold answer to score log p(gold | s) against",
+            field_name,
+            "the potentials log p(gold | s) were not scored (does the env give gold()?)",
         )
-    shaped = tm.potential_rewards(
-        view.rewards, batch.turn_potentials, view.valid, opts.gamma, opts.terminal
-    )
-    groups = batch.group_ids if "group_ids" in opts.requires() else None
-    if "group_ids" in opts.requires():
-        groups = _groups("turn_potential", batch)
+    shaped = tm.potential_rewards(view.rewards, potentials, view.valid, opts.gamma, opts.terminal)
+    groups = _groups("turn_potential", batch) if opts.needs_groups else None
     per_turn = tm.advantages_from_turn_rewards(
         shaped, view.valid, groups, opts.gamma, opts.normalize
     )

@@ -325,9 +325,27 @@ def test_turn_potential_matches_reference(
     )
 
 
-def test_group_normalisations_declare_groups() -> None:
-    assert "group_ids" not in get_estimator("turn_potential").requires
-    assert "group_ids" in get_estimator("turn_potential:normalize=group_rewards").requires
+def test_options_declare_what_they_need() -> None:
+    assert get_estimator("turn_potential").requires == {"turns", "turn_potentials"}
+    assert get_estimator("turn_potential:normalize=group_rewards").requires == {
+        "turns",
+        "turn_potentials",
+        "group_ids",
+    }
+    assert get_estimator("turn_potential:source=reference").requires == {
+        "turns",
+        "ref_turn_potentials",
+    }
+
+
+def test_reference_potentials_are_read_from_their_own_field() -> None:
+    rows = random_rows(4)
+    batch = to_batch(rows)
+    policy_phi = run("turn_potential", batch).advantages
+    batch.ref_turn_potentials, batch.turn_potentials = batch.turn_potentials, None
+    torch.testing.assert_close(run("turn_potential:source=reference", batch).advantages, policy_phi)
+    with pytest.raises(TurnInputError, match=r"'turn_potential' needs turn_potentials"):
+        run("turn_potential", batch)
 
 
 # ------------------------------------------------------------------------------ layout, errors
