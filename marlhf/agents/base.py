@@ -1,6 +1,6 @@
 """``LMOnPolicyAlgorithm``: what PPO and MAPPO share (setup, rollout, learn loop, save/load).
 
-The rollout follows DESIGN.md's data flow: reset (one episode per env row) -> token-by-token
+The rollout follows docs/design.md's data flow: reset (one episode per env row) -> token-by-token
 sampling with the KV cache as recurrent state -> no-grad log-probs, reference log-probs and values
 of the whole rollout in one forward -> shaped rewards -> macro starts from the termination (every
 token when there is none) -> GAE. The update itself is :meth:`train`, written by the subclass.

@@ -1,5 +1,5 @@
 """KL regularisation towards the reference model: per-token estimators, coefficient control and
-the shaped reward ``r_t = clip(task_reward_t) - beta * kl_t`` (METHOD.md, step 2).
+the shaped reward ``r_t = clip(task_reward_t) - beta * kl_t`` (docs/method.md, step 2).
 
 The KL is the agent's business, not the environment's: the env returns task rewards only (its
 terminal score already on each row's last real token), and the agent shapes them here.

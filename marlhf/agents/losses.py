@@ -1,5 +1,5 @@
 """PPO losses over token-level batches: clipped policy surrogate (token or macro ratio), clipped
-value loss and entropy bonus (METHOD.md, steps 7 and 8).
+value loss and entropy bonus (docs/method.md, steps 7 and 8).
 
 Every loss is a mean over real tokens, so token-level PPO and MA-PPO are on the same scale.
 Padding may hold anything (even inf or NaN): it is replaced before any nonlinear operation, so it
@@ -216,7 +216,7 @@ def value_loss(
 ) -> Tensor:
     """``0.5 * max((v - G)^2, (clip(v, v_old - c, v_old + c) - G)^2)``, masked mean over tokens.
 
-    Each token's value is regressed towards its segment's return ``G`` (METHOD.md, step 8).
+    Each token's value is regressed towards its segment's return ``G`` (docs/method.md, step 8).
 
     :param new_values: ``float[B, T]`` current value estimates (with grad).
     :param old_values: ``float[B, T]`` value estimates at rollout time.

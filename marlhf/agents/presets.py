@@ -43,7 +43,7 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The configuration of the released MA-RLHF code (METHOD.md, "Knobs"): segment rewards and
+    # The configuration of the released MA-RLHF code (docs/method.md, "Knobs"): segment rewards and
     # values are means, the ratio is per token, a fixed KL coefficient of 0.05, the terminal
     # score clipped at +-2.5, gamma 1, lambda 0.95, PPO and value clipping 0.2, no advantage
     # whitening, sampling at temperature 0.8 with top-k 50 but log-probs scored from raw logits,

@@ -1,4 +1,4 @@
-"""The credit-assignment estimators: METHOD.md's exact reductions on hand-made tensors, and
+"""The credit-assignment estimators: docs/method.md's exact reductions on hand-made tensors, and
 property tests on random ragged batches against per-sample Python references."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_group_baselines_by_hand() -> None:
 
 
 def test_exact_reductions_to_gae_with_one_segment() -> None:
-    # METHOD.md: one segment per response, V = group mean, lambda = gamma = 1 -> Dr. GRPO.
+    # docs/method.md: one segment per response, V = group mean, lambda = gamma = 1 -> Dr. GRPO.
     b = terminal_batch(SCORES, LENGTHS, GROUPS)
     mean = torch.tensor([4 / 3] * 3 + [1.0] * 3)
     one_segment = b.mask & (torch.arange(5)[None, :] == 0)
@@ -92,7 +92,7 @@ def test_exact_reductions_to_gae_with_one_segment() -> None:
 
 def test_mc_is_lambda0_td_over_branch_points_by_hand() -> None:
     # VinePPO: V at each branch point from Monte Carlo; A_tau = R_tau + V_{tau+1} - V_tau, the
-    # last segment bootstrapping from 0 (METHOD.md: lambda = 0 with MC values at step starts).
+    # last segment bootstrapping from 0 (docs/method.md: lambda = 0 with MC values at step starts).
     mask = prefix_mask([5], 5)
     rewards = torch.tensor([[0.0, -0.1, 0.0, -0.2, 1.0]])
     nan = float("nan")
