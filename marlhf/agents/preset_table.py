@@ -26,6 +26,25 @@ file). It **fixes** the knobs that define the method (setting one of them too is
 its source uses (the paper or the released code named) beside the value marlhf runs with, and
 says where that value comes from: `fixed` or `suggested` by the preset, or PPOConfig's `default`.
 Each difference is flagged, and explained under "Not reproduced" with what has no knob to compare.
+
+Where the sources disagree, marlhf names each form and tests it against the source's formula
+(tests/agents/test_fidelity.py, with a KL in play):
+
+- `kl_in="loss"` takes `kl_estimator="k3"` (the gradient of KL(ref || pi), as GRPO) or `"k2"`
+  (the gradient of KL(pi || ref)); `"k1"` is refused there, since `logp - ref` has zero expected
+  gradient on-policy (k1 belongs in the reward). The KL in the loss is aggregated by `loss_agg`,
+  like the policy loss (verl); `kl_clamp` clamps each token's estimate (verl: 10, VinePPO: 10).
+- `ratio_level="sequence"` (GSPO) is one clipped term per response, averaged over responses, so
+  it takes `loss_agg="seq-mean-token-mean"` only.
+- `reinforce_pp_form`: `"openrlhf"` (default: the score minus its group's mean score on the last
+  token, the per-token KL in the return-to-go) or `"verl"` (the KL-inclusive total minus its
+  group's mean, one value per response); both whitened over the batch.
+- `remax`: the return-to-go of the shaped reward minus the greedy response's task score, clipped
+  as the sample's score is (verl's form).
+- `prob_mask_threshold` (SPO): tokens sampled with a probability above it leave the update: the
+  loss, the KL term and the whitening (one rule, `estimators.prob_mask`, which the audit uses).
+- `drop_uniform_groups` (DAPO) tests the task score, so a KL in the reward does not keep an
+  all-correct group; `dual_clip` is verl's dual-clip PPO (`clip_ratio_c`).
 """
 
 
@@ -81,7 +100,10 @@ def presets_markdown() -> str:
     overview = ["| preset | source | differences from the source |", "|---|---|---|"]
     for name, preset in PRESETS.items():
         diff = differences(preset)
-        listed = ", ".join(f"`{k}`" for k in diff) if diff else "none in the compared knobs"
+        if not preset.source_settings:
+            listed = "no source settings recorded: see the preset's section"
+        else:
+            listed = ", ".join(f"`{k}`" for k in diff) if diff else "none in the compared knobs"
         overview.append(f"| `{name}` | {preset.source} | {listed} |")
     sections = [preset_section(name, preset) for name, preset in PRESETS.items()]
     return "\n".join([HEADER, *overview, "", *sections]).rstrip() + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,5 +50,6 @@ def test_the_cli_help_names_the_table() -> None:
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    text = sub.choices["train"].format_help()  # type: ignore[attr-defined]
+    choices: Any = sub.choices
+    text = choices["train"].format_help()
     assert "docs/presets.md" in text and "spo-chain" in text
