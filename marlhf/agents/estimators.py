@@ -23,7 +23,6 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``turns``: the multi-turn layout: ``action_mask``, ``turn_ids``,
   ``turn_starts``, ``turn_rewards``, ``num_turns``, ``terminated``, ``truncated``;
 - ``turn_state_keys``: the env's ``state_key()`` at the start of each turn;
-- ``turn_mc_values``: ``float[B, K]``, the mean return of continuations from each turn start;
 - ``turn_potentials``: ``float[B, K]``, a potential ``Phi`` of the state at each turn start.
 
 Turn-level estimators live in :mod:`marlhf.agents.turn_credit`; estimator *specs* with options
@@ -51,7 +50,6 @@ ESTIMATOR_INPUTS: tuple[str, ...] = (
     "token_probs",
     "turns",
     "turn_state_keys",
-    "turn_mc_values",
     "turn_potentials",
 )
 
@@ -88,7 +86,6 @@ class EstimatorBatch:
     terminated: Tensor | None = None
     truncated: Tensor | None = None
     turn_state_keys: list[list[Hashable]] | None = None
-    turn_mc_values: Tensor | None = None
     turn_potentials: Tensor | None = None
 
 

@@ -56,6 +56,7 @@ TASK_MODULES: list[str] = [
     "marlhf.envs.code",
     "marlhf.envs.reasoning",
     "marlhf.envs.text",
+    "marlhf.envs.multiturn.tasks",
 ]
 
 TaskFactory = Callable[..., "Task"]
