@@ -105,13 +105,17 @@ class GiGPOOptions:
 class MTGRPOOptions:
     """``mt_grpo`` / ``mt_grpo_fixed`` (arXiv 2505.11821).
 
-    :param lam: weight of the turn-level advantage (the paper's lambda, 1).
+    :param lam: weight of the outcome advantage on intermediate turns (the paper's lambda, 1).
     :param std: divide by the group (per-index) std, as published; False: centring only
         (``mt_grpo_fixed`` is then unbiased for the total return when ``lam = 1``).
+    :param accumulate: ``mt_grpo`` only: an intermediate turn sums its own and its later
+        intermediate turns' normalised rewards (verifiers PR#1554's form, the construction
+        verl#7244 analyses); False: its own only (the paper).
     """
 
     lam: float = 1.0
     std: bool = True
+    accumulate: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not torch.isfinite(torch.tensor(float(self.lam))):
@@ -335,7 +339,9 @@ def mt_grpo(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate
     opts: MTGRPOOptions = _options(MTGRPOOptions, options)
     view = turn_view("mt_grpo", batch)
     groups = _groups("mt_grpo", batch)
-    per_turn = tm.per_index_published(view.rewards, view.valid, groups, opts.std, opts.lam)
+    per_turn = tm.per_index_published(
+        view.rewards, view.valid, groups, opts.std, opts.lam, opts.accumulate
+    )
     return Estimate(view.tokens(per_turn, batch.mask))
 
 
@@ -343,6 +349,11 @@ def mt_grpo(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate
 def mt_grpo_fixed(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     """Per-turn-index normalisation of returns-to-go over rows that reached the turn."""
     opts: MTGRPOOptions = _options(MTGRPOOptions, options)
+    if opts.accumulate:
+        raise ValueError(
+            "estimator 'mt_grpo_fixed': accumulate applies to mt_grpo only (the corrected form "
+            "always normalises the intermediate return-to-go)"
+        )
     view = turn_view("mt_grpo_fixed", batch)
     groups = _groups("mt_grpo_fixed", batch)
     per_turn = tm.per_index_corrected(view.rewards, view.valid, groups, opts.std, opts.lam)
