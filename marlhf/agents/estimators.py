@@ -19,7 +19,11 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``greedy_rewards``: ``float[B]``, the task score of a greedy rollout of each row's prompt;
 - ``mc_values``: ``float[B, T]``, at each segment start the mean task score of ``mc_rollouts``
   continuations sampled from prompt + response prefix (NaN elsewhere);
-- ``token_probs``: ``float[B, T]``, the policy's probability of each sampled token.
+- ``token_probs``: ``float[B, T]``, the policy's probability of each sampled token;
+- ``turns``: the turn structure (``action_mask``, ``turn_ids``, ``turn_starts``,
+  ``turn_rewards``, ``num_turns``, ``turn_state_keys``, ``terminated``, ``truncated``); a
+  single-turn rollout is one turn. Multi-turn ``[B, T]`` tensors are in the action layout (the
+  env's tokens removed, see :mod:`marlhf.agents.buffer`), so ``action_mask == mask``.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ ESTIMATOR_INPUTS: tuple[str, ...] = (
     "greedy_rewards",
     "mc_values",
     "token_probs",
+    "turns",
 )
 
 
@@ -63,6 +68,22 @@ class EstimatorBatch:
     greedy_rewards: Tensor | None = None
     mc_values: Tensor | None = None
     token_probs: Tensor | None = None
+    # ``turns`` (see the module docstring and marlhf.agents.buffer.TurnData).
+    action_mask: Tensor | None = None
+    turn_ids: Tensor | None = None
+    turn_starts: Tensor | None = None
+    turn_rewards: Tensor | None = None
+    num_turns: Tensor | None = None
+    turn_state_keys: list[list[Any]] | None = None
+    terminated: Tensor | None = None
+    truncated: Tensor | None = None
+
+    def set_turns(self, turns: Any) -> None:
+        """Fill the ``turns`` fields from a :class:`~marlhf.agents.buffer.TurnData`."""
+        self.action_mask = self.mask
+        for name in ("turn_ids", "turn_starts", "turn_rewards", "num_turns", "terminated"):
+            setattr(self, name, getattr(turns, name))
+        self.turn_state_keys, self.truncated = turns.turn_state_keys, turns.truncated
 
 
 @dataclass

@@ -114,7 +114,7 @@ class PPO(LMOnPolicyAlgorithm):
             "train/approx_kl": _mean(logs["kl"]),
             "train/clip_fraction": _mean(logs["clip"]),
             "train/explained_variance": (
-                explained_variance(buf.values, buf.returns, buf.response_mask)
+                explained_variance(buf.values, buf.returns, buf.credit_mask)
                 if buf.has_values
                 else float("nan")
             ),
@@ -160,7 +160,7 @@ class PPO(LMOnPolicyAlgorithm):
         :return: this rank's parts of the minibatch's ``[policy, value, entropy, clip fraction]``
             and the global ``approx_kl``.
         """
-        mask = mb.response_mask & mb.keep[:, None]
+        mask = mb.loss_mask & mb.keep[:, None]
         advantages = self._advantages(mb, mask)
         totals = dist_utils.global_sums(
             [float(mask.sum()), float(mask.any(dim=1).sum()), float(mask.numel())]
@@ -230,7 +230,7 @@ class PPO(LMOnPolicyAlgorithm):
         :param weights: ``(policy, tokens)``: the total weights the policy loss by the first and
             the token-mean terms by the second (1.0 each: the plain sum, bitwise).
         """
-        mask = mb.response_mask & mb.keep[:, None]
+        mask = mb.loss_mask & mb.keep[:, None]
         advantages = mb.advantages if whitened else self._advantages(mb, mask)
         if mask.shape[0] == 0:  # this rank holds none of the minibatch's episodes
             zero = torch.zeros((), device=mask.device)
@@ -240,11 +240,14 @@ class PPO(LMOnPolicyAlgorithm):
             logp, entropy, values = self.policy.evaluate_actions(
                 mb.input_ids,
                 mb.attention_mask,
-                mask,
+                mb.response_mask,
                 temperature=self.config.scoring_temperature,
                 action_mask=mb.action_mask,
                 with_values=with_values,
             )
+        if mb.action_index is not None:  # multi-turn: the actions only, as the advantages
+            logp, entropy = mb.to_actions(logp), mb.to_actions(entropy)
+            values = None if values is None else mb.to_actions(values)
         pg_loss, stats = policy_loss(
             logp.float(),
             mb.old_logprobs,

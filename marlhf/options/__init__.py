@@ -1,7 +1,8 @@
 """Macro-action options: terminations, segmentation utilities and the SMDP wrapper.
 
 Importing this package registers every built-in termination (``ngram``, ``random_ngram``,
-``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, and, when their
+``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, ``turn``, ``within``
+(``A > B``), and, when their
 modules are present, ``treesitter`` and ``parse``); ``available_terminations()`` lists them.
 """
 
@@ -40,6 +41,7 @@ from marlhf.options.segments import (
     segment_mask,
     segment_reduce,
 )
+from marlhf.options.turn import Turn, Within
 from marlhf.options.wrapper import MacroActionWrapper
 
 # The syntax-aware terminations (tree-sitter, spaCy) register on import; their modules load
@@ -64,7 +66,9 @@ __all__ = [
     "SegmentationError",
     "Termination",
     "TerminationStats",
+    "Turn",
     "Union",
+    "Within",
     "available_terminations",
     "broadcast_to_tokens",
     "build_termination",
