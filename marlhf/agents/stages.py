@@ -26,6 +26,7 @@ from marlhf.agents.estimators import (
     EstimatorSpec,
     check_estimate,
     get_estimator,
+    prob_mask,
     uniform_groups,
 )
 from marlhf.agents.kl import KLController, kl_penalty, shaped_rewards
@@ -301,7 +302,11 @@ class IterationStages:
         mask = buf.credit_mask
         zeros = torch.zeros_like(buf.logprobs)
         kl = torch.where(
-            mask, kl_penalty(buf.logprobs, buf.ref_logprobs, self.config.kl_estimator), zeros
+            mask,
+            kl_penalty(
+                buf.logprobs, buf.ref_logprobs, self.config.kl_estimator, self.config.kl_clamp
+            ),
+            zeros,
         )
         self._kl_coef_used = float(self.kl_ctl.value)
         beta = self._kl_coef_used if self.config.kl_in == "reward" else 0.0
@@ -355,12 +360,12 @@ class IterationStages:
         buf.set_baselines(batch.mc_values, batch.greedy_rewards)
         estimate = self.estimator_spec.fn(batch, self.config)
         check_estimate(self.estimator_spec.name, estimate, batch)
-        threshold = self.config.prob_mask_threshold
-        if threshold is not None:  # SPO: no credit where the policy was already confident
-            estimate.advantages = torch.where(
-                buf.logprobs.exp() > threshold, 0.0, estimate.advantages
-            )
         keep = ~uniform_groups(batch) if self.config.drop_uniform_groups else None
+        threshold = self.config.prob_mask_threshold
+        if threshold is not None:  # SPO: confident tokens leave the update (bool[B, T] keep)
+            tokens = prob_mask(buf.logprobs, buf.response_mask, threshold)
+            estimate.advantages = torch.where(tokens, estimate.advantages, 0.0)
+            keep = tokens if keep is None else tokens & keep[:, None]
         buf.set_estimate(estimate.advantages, estimate.returns, keep)
         return estimate
 

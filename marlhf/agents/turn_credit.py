@@ -18,7 +18,8 @@ estimator           what                                                        
 ``mt_grpo_fixed``   per-turn-index normalisation of returns-to-go over the rows    MTGRPO
                     that reached the turn (unbiased with std off)
 ``rebn``            GEM's ReBN: per-turn returns (gamma < 1), batch-normalised     ReBN
-``turn_mc``         Monte-Carlo values at turn starts (VinePPO for agents)         TurnMC
+``turn_mc``         Monte-Carlo values at turn starts (VinePPO for agents; the     TurnMC
+                    ``mc`` continuations with ``termination="turn"``)
 ``turn_potential``  per-turn rewards shaped by a potential Phi(s') - Phi(s)        Potential
                     (IGPO / TRACE: Phi = log p(gold | s))
 ==================  =============================================================  ==========
@@ -37,7 +38,8 @@ from torch import Tensor
 from marlhf.agents import turn_maths as tm
 from marlhf.agents.combine import register_options
 from marlhf.agents.distributed import global_moments, initialized
-from marlhf.agents.estimators import Estimate, EstimatorBatch, register_estimator
+from marlhf.agents.estimators import Estimate, EstimatorBatch, get_estimator, register_estimator
+from marlhf.envs.multiturn.protocol import env_name, has_state_key
 
 
 class TurnInputError(ValueError):
@@ -355,16 +357,22 @@ def rebn(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     return Estimate(view.tokens(_normalise_turns_globally(returns, view.valid), batch.mask))
 
 
-@register_estimator("turn_mc", requires=("turns", "turn_mc_values"))
+@register_estimator("turn_mc", requires=("turns", "mc_values"))
 def turn_mc(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     """Monte-Carlo values at turn starts (VinePPO for agents), TD(lambda) over turns."""
     opts: TurnMCOptions = _options(TurnMCOptions, options)
     view = turn_view("turn_mc", batch)
-    if batch.turn_mc_values is None:
-        raise _missing(
-            "turn_mc", "turn_mc_values", "the env needs clone() (or deterministic replay)"
+    if batch.mc_values is None:
+        raise _missing("turn_mc", "mc_values", "no Monte-Carlo continuations were run")
+    values_k = tm.turn_at(batch.mc_values, view.layout.start, view.valid)
+    bad = view.valid & ~torch.isfinite(values_k)
+    if bool(bad.any()):
+        row, k = (int(i) for i in bad.nonzero()[0])
+        raise TurnInputError(
+            f"estimator 'turn_mc' needs a Monte-Carlo value at every turn start, but row {row} "
+            f"has none at turn {k}: use termination='turn' (continuations branch at segment "
+            "starts) and mc_max_starts >= the task's max_turns"
         )
-    values_k = torch.where(view.valid, batch.turn_mc_values.double(), 0.0)
     adv_k = tm.turn_gae(view.rewards, values_k, view.valid, opts.gamma, opts.lam)
     return Estimate(view.tokens(adv_k, batch.mask))
 
@@ -415,3 +423,41 @@ TURN_ESTIMATORS: tuple[str, ...] = (
     "turn_mc",
     "turn_potential",
 )
+
+
+def check_estimator_env(estimator: str, env: Any) -> None:
+    """Before training: the env can give what the estimator declares of the turns.
+
+    :raises TurnInputError: a turn-level estimator on a one-turn env, or ``state_key()``
+        missing from the env's text envs; each message names the estimator, the env and what
+        is missing. (Monte-Carlo values from turn starts replay the env from its seed and the
+        episode's tokens, so they need no ``clone()``; a replay that does not reproduce the
+        episode is an error of the env.)
+    """
+    spec = get_estimator(estimator)
+    if "turns" not in spec.requires:
+        return
+    where = type(env).__name__
+    task = getattr(env, "task", None)
+    if task is not None:
+        where = f"{where} of task {getattr(task, 'name', type(task).__name__)!r}"
+    if not callable(getattr(env, "turn_record", None)):
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but {where} is a one-turn env (no "
+            "turn_record()): turn-level credit is undefined with one turn; use a multi-turn "
+            "task (marlhf.envs.multiturn) or a sequence-level estimator such as grpo"
+        )
+    if getattr(env, "max_turns", None) == 1:
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but {where} has max_turns=1: turn-level "
+            "credit is undefined with one turn; raise max_turns or use grpo"
+        )
+    texts = list(getattr(env, "envs", []))
+    if "turn_state_keys" in spec.requires:
+        lacking = [env_name(t) for t in texts if not has_state_key(getattr(t, "env", t))]
+        if lacking:
+            raise TurnInputError(
+                f"estimator {estimator!r} needs state_key() from the env, but {where}'s text "
+                f"env {lacking[0]} has none; implement state_key() or choose an estimator "
+                "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
+            )

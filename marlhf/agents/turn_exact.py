@@ -173,7 +173,8 @@ class Quadrature:
 
     :param batch: one row per copy (one group); each turn is one action token, a tool call is
         followed by one environment token (the tool's answer); ``values`` and
-        ``turn_mc_values`` hold the true ``V`` at turn starts, ``turn_potentials`` ``phi``.
+        ``mc_values`` hold the true ``V`` at turn starts (NaN elsewhere), ``turn_potentials``
+        ``phi``.
     :param owners: the trajectory of each row.
     :param starts: ``starts[i][k]`` the column of row ``i``'s turn ``k``.
     """
@@ -240,7 +241,7 @@ def quadrature_batch(m: ToolMDP, phi: Callable[[State], float] | None = None) ->
         terminated=torch.ones(b, dtype=torch.bool),
         truncated=torch.zeros(b, dtype=torch.bool),
         turn_state_keys=[[keys[s] for s in tr.states] for tr in owners],
-        turn_mc_values=turn_v,
+        mc_values=torch.where(turn_starts, value, float("nan")),
         turn_potentials=pots,
     )
     return Quadrature(batch, owners, starts)

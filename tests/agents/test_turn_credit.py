@@ -382,10 +382,15 @@ def test_missing_state_keys_names_gigpo_and_state_key() -> None:
         run("gigpo", batch)
 
 
-def test_missing_mc_values_names_clone() -> None:
+def test_monte_carlo_values_missing_at_a_turn_start_name_the_fix() -> None:
     batch = to_batch(random_rows(0))
-    batch.turn_mc_values = None
-    with pytest.raises(TurnInputError, match=r"'turn_mc' needs turn_mc_values.*clone\(\)"):
+    assert batch.mc_values is not None
+    batch.mc_values = batch.mc_values.clone()
+    batch.mc_values[2] = float("nan")  # row 2 was not branched at its turn starts
+    with pytest.raises(TurnInputError, match=r"row 2 has none at turn 0: use termination='turn'"):
+        run("turn_mc", batch)
+    batch.mc_values = None
+    with pytest.raises(TurnInputError, match=r"'turn_mc' needs mc_values"):
         run("turn_mc", batch)
 
 
@@ -423,3 +428,62 @@ def test_all_finite() -> None:
         batch = to_batch(random_rows(seed))
         out = run("gigpo", batch)
         assert math.isfinite(float(out.advantages.abs().sum()))
+
+
+# ------------------------------------------------------------------------------ env checks
+class _TextEnv:
+    name = "Plain"
+
+    def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        return "q", {}
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        return "", 0.0, True, False, {}
+
+
+class _KeyedEnv(_TextEnv):
+    name = "Keyed"
+
+    def state_key(self) -> int:
+        return 0
+
+    def clone(self) -> _KeyedEnv:
+        return self
+
+
+class _MultiTurnEnv:
+    """What the checks read of the batched multi-turn env: turn_record, max_turns, envs."""
+
+    def __init__(self, envs: list[Any], max_turns: int = 3) -> None:
+        from marlhf.envs.multiturn.protocol import as_text_env
+
+        self.envs = [as_text_env(e) for e in envs]
+        self.max_turns = max_turns
+
+    def turn_record(self) -> None:
+        return None
+
+
+def test_env_checks_name_the_estimator_the_env_and_what_is_missing() -> None:
+    from marlhf.agents.turn_credit import check_estimator_env
+
+    single = object()
+    with pytest.raises(
+        TurnInputError, match=r"estimator 'gigpo' is turn-level but object is a one-turn env"
+    ):
+        check_estimator_env("gigpo", single)
+    check_estimator_env("grpo", single)  # a sequence-level estimator needs nothing
+    with pytest.raises(TurnInputError, match=r"'rebn' is turn-level .* max_turns=1"):
+        check_estimator_env("rebn", _MultiTurnEnv([_KeyedEnv()], max_turns=1))
+    plain = _MultiTurnEnv([_KeyedEnv(), _TextEnv()])
+    with pytest.raises(
+        TurnInputError, match=r"'gigpo' needs state_key\(\) from the env, but .* Plain has none"
+    ):
+        check_estimator_env("gigpo", plain)
+    with pytest.raises(TurnInputError, match=r"'grpo \+ 0.5 \* gigpo_step' needs state_key\(\)"):
+        check_estimator_env("grpo + 0.5 * gigpo_step", plain)
+    check_estimator_env("turn_mc", plain)  # continuations replay the env: no clone() needed
+    check_estimator_env("mt_grpo_fixed", plain)  # needs turns only
+    keyed = _MultiTurnEnv([_KeyedEnv(), _KeyedEnv()])
+    for name in ("gigpo", "turn_mc", "turn_gae"):
+        check_estimator_env(name, keyed)
