@@ -123,6 +123,10 @@ def test_every_estimator_trains_on_a_multiturn_task(estimator: str) -> None:
     if "mc_values" in spec.requires:
         kw.update(mc_rollouts=2, kl_coef=0.0)
     algo = _algo(**kw)
+    if "turn_potentials" in spec.requires:  # needs a task-given potential (a gold answer)
+        with pytest.raises(ValueError, match="turn_potentials"):
+            algo.learn(16)
+        return
     before = [p.detach().clone() for p in algo.policy.parameters()]
     algo.learn(16)
     buf = algo.rollout_buffer
@@ -145,7 +149,7 @@ def test_an_estimator_declaring_turns_receives_them(monkeypatch: pytest.MonkeyPa
     seen: list[EstimatorBatch] = []
     monkeypatch.setattr(estimators, "_REGISTRY", dict(estimators._REGISTRY))  # (undone after)
 
-    @register_estimator("_test_turns", requires=("turns",))
+    @register_estimator("_test_turns", requires=("turns", "turn_state_keys"))
     def reads_turns(batch: EstimatorBatch, config: Any) -> Estimate:
         """Records its batch."""
         seen.append(batch)
