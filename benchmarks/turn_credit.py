@@ -53,6 +53,7 @@ EXACT_SPECS = [
     "rloo",
     "mt_grpo",
     "mt_grpo:std=false",
+    "mt_grpo:accumulate=true",
     "mt_grpo_fixed",
     "mt_grpo_fixed:std=false",
     "gigpo",

@@ -23,7 +23,9 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``turns``: the multi-turn layout: ``action_mask``, ``turn_ids``,
   ``turn_starts``, ``turn_rewards``, ``num_turns``, ``terminated``, ``truncated``;
 - ``turn_state_keys``: the env's ``state_key()`` at the start of each turn;
-- ``turn_potentials``: ``float[B, K]``, a potential ``Phi`` of the state at each turn start.
+- ``turn_potentials``: ``float[B, K]``, ``Phi(s) = log p(gold | s)`` under the policy at each
+  turn start (:mod:`marlhf.agents.turn_potentials`); ``ref_turn_potentials``: the same under the
+  frozen reference.
 
 Turn-level estimators live in :mod:`marlhf.agents.turn_credit`; estimator *specs* with options
 (``gigpo:omega=0.5``) and weighted sums (``grpo + 0.5 * gigpo_step``) are resolved by
@@ -51,6 +53,7 @@ ESTIMATOR_INPUTS: tuple[str, ...] = (
     "turns",
     "turn_state_keys",
     "turn_potentials",
+    "ref_turn_potentials",
 )
 
 
@@ -87,6 +90,7 @@ class EstimatorBatch:
     truncated: Tensor | None = None
     turn_state_keys: list[list[Hashable]] | None = None
     turn_potentials: Tensor | None = None
+    ref_turn_potentials: Tensor | None = None
 
 
 @dataclass

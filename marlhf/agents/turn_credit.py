@@ -105,13 +105,17 @@ class GiGPOOptions:
 class MTGRPOOptions:
     """``mt_grpo`` / ``mt_grpo_fixed`` (arXiv 2505.11821).
 
-    :param lam: weight of the turn-level advantage (the paper's lambda, 1).
+    :param lam: weight of the outcome advantage on intermediate turns (the paper's lambda, 1).
     :param std: divide by the group (per-index) std, as published; False: centring only
         (``mt_grpo_fixed`` is then unbiased for the total return when ``lam = 1``).
+    :param accumulate: ``mt_grpo`` only: an intermediate turn sums its own and its later
+        intermediate turns' normalised rewards (verifiers PR#1554's form, the construction
+        verl#7244 analyses); False: its own only (the paper).
     """
 
     lam: float = 1.0
     std: bool = True
+    accumulate: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not torch.isfinite(torch.tensor(float(self.lam))):
@@ -171,9 +175,18 @@ class PotentialOptions:
         _choice("turn_potential", "terminal", self.terminal, ("zero", "last"))
         _choice("turn_potential", "normalize", self.normalize, tm.NORMALISATIONS)
 
-    def requires(self) -> tuple[str, ...]:
-        """Group normalisations need the rows' groups."""
-        return ("group_ids",) if self.normalize.startswith(("group", "index")) else ()
+    @property
+    def needs_groups(self) -> bool:
+        return self.normalize.startswith(("group", "index"))
+
+    def requires(self, base: frozenset[str]) -> frozenset[str]:
+        """The reference's potentials instead of the policy's; groups for group normalisations."""
+        out = set(base)
+        if self.source == "reference":
+            out = (out - {"turn_potentials"}) | {"ref_turn_potentials"}
+        if self.needs_groups:
+            out.add("group_ids")
+        return frozenset(out)
 
 
 # ------------------------------------------------------------------------------ batch -> turns
@@ -326,7 +339,9 @@ def mt_grpo(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate
     opts: MTGRPOOptions = _options(MTGRPOOptions, options)
     view = turn_view("mt_grpo", batch)
     groups = _groups("mt_grpo", batch)
-    per_turn = tm.per_index_published(view.rewards, view.valid, groups, opts.std, opts.lam)
+    per_turn = tm.per_index_published(
+        view.rewards, view.valid, groups, opts.std, opts.lam, opts.accumulate
+    )
     return Estimate(view.tokens(per_turn, batch.mask))
 
 
@@ -334,6 +349,11 @@ def mt_grpo(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate
 def mt_grpo_fixed(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     """Per-turn-index normalisation of returns-to-go over rows that reached the turn."""
     opts: MTGRPOOptions = _options(MTGRPOOptions, options)
+    if opts.accumulate:
+        raise ValueError(
+            "estimator 'mt_grpo_fixed': accumulate applies to mt_grpo only (the corrected form "
+            "always normalises the intermediate return-to-go)"
+        )
     view = turn_view("mt_grpo_fixed", batch)
     groups = _groups("mt_grpo_fixed", batch)
     per_turn = tm.per_index_corrected(view.rewards, view.valid, groups, opts.std, opts.lam)
@@ -382,18 +402,16 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
     """Potential-shaped per-turn rewards Phi(s') - Phi(s) (IGPO / TRACE; Ng et al. 1999)."""
     opts: PotentialOptions = _options(PotentialOptions, options)
     view = turn_view("turn_potential", batch)
-    if batch.turn_potentials is None:
+    field_name = "ref_turn_potentials" if opts.source == "reference" else "turn_potentials"
+    potentials = getattr(batch, field_name)
+    if potentials is None:
         raise _missing(
             "turn_potential",
-            "turn_potentials",
-            "the task gives no gold answer to score log p(gold | s) against",
+            field_name,
+            "the potentials log p(gold | s) were not scored (does the env give gold()?)",
         )
-    shaped = tm.potential_rewards(
-        view.rewards, batch.turn_potentials, view.valid, opts.gamma, opts.terminal
-    )
-    groups = batch.group_ids if "group_ids" in opts.requires() else None
-    if "group_ids" in opts.requires():
-        groups = _groups("turn_potential", batch)
+    shaped = tm.potential_rewards(view.rewards, potentials, view.valid, opts.gamma, opts.terminal)
+    groups = _groups("turn_potential", batch) if opts.needs_groups else None
     per_turn = tm.advantages_from_turn_rewards(
         shaped, view.valid, groups, opts.gamma, opts.normalize
     )

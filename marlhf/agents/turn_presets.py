@@ -36,8 +36,9 @@ TURN_PRESETS: dict[str, Preset] = {
             "verl#7244)"
         ),
         not_reproduced=(
-            "beyond two turns, turn k sums the per-index normalised intermediate advantages of "
-            "its later turns (verifiers PR#1554's step-level form); the paper has two turns",
+            "the paper has two turns; beyond two, each intermediate turn gets its own reward "
+            "normalised over the rows with that intermediate turn (mt_grpo:accumulate=true sums "
+            "the later ones in, verifiers PR#1554's form)",
         ),
     ),
     "mt-grpo-fixed": Preset(

@@ -1,5 +1,5 @@
 """The bias of turn-level estimators, measured against the exact truth of a small tool-use MDP
-where the policy decides how many turns to take (tests/agents/turn_mdp.py).
+where the policy decides how many turns to take (:mod:`marlhf.agents.turn_exact`).
 
 (a) verl#7244: per-turn-index normalisation (MT-GRPO as published) subtracts a baseline whose
 number of terms is set by the row's own decision to take another turn. The issue states the
@@ -7,8 +7,10 @@ closed form: the bias equals the accumulated intermediate-reward group mean, a h
 ``-E[R_intermediate]`` on every "take another turn" decision. Its derivation is not in the text
 the search tool returns (only the issue's summary), so it is derived here for this MDP: with the
 group normalisation centring only (std off), ``lam = 1`` and groups large enough that the group
-means are the population means ``mu_j``, the published turn-``k`` advantage of a row with ``n``
-turns is ``(O - E[O]) + sum_{j=k}^{n-2} (r_j - mu_j)``; its conditional mean given ``(s, a)`` is
+means are the population means ``mu_j``, the aggregated turn-``k`` advantage of a row with
+``n`` turns is ``(O - E[O]) + sum_{j=k}^{n-2} (r_j - mu_j)`` (the paper's own-turn form keeps
+``j = k`` only; with one deterministic reward per turn index both have the bias below); its
+conditional mean given ``(s, a)`` is
 ``Q(s, a) - E[O] - B(s, a)`` with ``B(s, answer) = 0`` and ``B(s, tool) = M(s) = E[sum_{j=k}^{n-2}
 mu_j | s, tool]``. For ``P(tool | s) = sigmoid(theta_s)`` the expected gradient is therefore the
 true one plus ``-P(s) p_s (1 - p_s) M(s)``. The corrected form (returns-to-go normalised over
@@ -97,12 +99,19 @@ def closed_form_bias(m: ToolMDP) -> dict[State, float]:
     return out
 
 
+#: The published form (each intermediate turn its own normalised reward, as the paper) and the
+#: aggregated one (later intermediate turns summed in, verifiers PR#1554, what verl#7244
+#: analyses): with one deterministic tool reward per turn index their bias is the same.
+PUBLISHED = ["mt_grpo:std=false", "mt_grpo:std=false;accumulate=true"]
+
+
+@pytest.mark.parametrize("spec", PUBLISHED)
 @pytest.mark.parametrize(("p", "c"), [(F(1, 4), F(1, 2)), (F(1, 2), F(-1, 4)), (F(3, 4), F(1))])
-def test_two_turn_per_index_bias_is_minus_the_intermediate_mean(p: F, c: F) -> None:
+def test_two_turn_per_index_bias_is_minus_the_intermediate_mean(spec: str, p: F, c: F) -> None:
     m = two_turn(p, c)
     quad = quadrature_batch(m)
     truth = true_gradient(m)
-    published = expected_gradient(m, quad, turn_advantages("mt_grpo:std=false", quad))
+    published = expected_gradient(m, quad, turn_advantages(spec, quad))
     s = (0, 0)
     want = -float(p * (1 - p) * c)  # the hidden -E[R_intermediate] on "take another turn"
     assert abs((published[s] - truth[s]) - want) < 1e-3
@@ -111,11 +120,14 @@ def test_two_turn_per_index_bias_is_minus_the_intermediate_mean(p: F, c: F) -> N
     assert abs(fixed[s] - truth[s]) < 1e-6
 
 
-def test_three_turn_per_index_bias_matches_the_closed_form_and_the_fix_is_unbiased() -> None:
+@pytest.mark.parametrize("spec", PUBLISHED)
+def test_three_turn_per_index_bias_matches_the_closed_form_and_the_fix_is_unbiased(
+    spec: str,
+) -> None:
     m = three_turn()
     quad = quadrature_batch(m)
     truth = true_gradient(m)
-    published = expected_gradient(m, quad, turn_advantages("mt_grpo:std=false", quad))
+    published = expected_gradient(m, quad, turn_advantages(spec, quad))
     fixed = expected_gradient(m, quad, turn_advantages("mt_grpo_fixed:std=false", quad))
     bias = closed_form_bias(m)
     for s in m.decision_states():

@@ -265,7 +265,7 @@ def test_task_with_a_text_codec(bpe_codec) -> None:
     task = GuessTheNumberTask(codec=bpe_codec)
     check_multiturn_task(task)
     assert task.end_of_turn_id == bpe_codec.eos_token_id and task.action_mask().sum() > 100
-    assert -0.4 < task.random_return < -0.3  # random tokens rarely spell a number: about -0.39
+    assert -0.4 <= task.random_return < -0.39  # random tokens rarely spell a number
 
 
 def test_task_is_registered_under_its_name() -> None:
