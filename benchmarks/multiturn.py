@@ -34,14 +34,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS_DIR, machine_stamp, print_table, write_json  # noqa: E402
-from marlhf.agents.policy import CausalLMActorCritic  # noqa: E402
-from marlhf.envs.batched import BatchedTokenEnv  # noqa: E402
-from marlhf.envs.multiturn import MultiTurnTask  # noqa: E402
-from marlhf.envs.multiturn.env import MultiTurnTokenEnv  # noqa: E402
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task  # noqa: E402
-from marlhf.models import tiny_gpt2  # noqa: E402
-from marlhf.tokenization import SymbolCodec  # noqa: E402
+from benchmarks.common import RESULTS_DIR, machine_stamp, print_table, write_json
+from marlhf.agents.policy import CausalLMActorCritic
+from marlhf.envs.batched import BatchedTokenEnv
+from marlhf.envs.multiturn import MultiTurnTask
+from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+from marlhf.models import tiny_gpt2
+from marlhf.tokenization import SymbolCodec
 
 TURNS = 4
 SYMBOLS = [chr(c) for c in range(ord("a"), ord("z") + 1)]
@@ -144,9 +144,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--out", type=Path, default=RESULTS_DIR / "multiturn.json")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    B, G, O = args.batch, args.turn_tokens, args.obs_tokens
+    B, G, n_obs = args.batch, args.turn_tokens, args.obs_tokens
     policy = CausalLMActorCritic(tiny_gpt2(CODEC, seed=0), reference=None).eval()
-    multi = MultiTurnTokenEnv(_MultiTask(G, O), num_envs=B)
+    multi = MultiTurnTokenEnv(_MultiTask(G, n_obs), num_envs=B)
     variants = {
         "multi-turn (forced tokens in one forward)": (multi, False),
         "one turn, same forwards (4G tokens)": (
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             False,
         ),
         "one turn, same tokens (4G+3O tokens)": (
-            BatchedTokenEnv(_OneTurnTask(TURNS * G + (TURNS - 1) * O), num_envs=B),
+            BatchedTokenEnv(_OneTurnTask(TURNS * G + (TURNS - 1) * n_obs), num_envs=B),
             False,
         ),
         "multi-turn, re-prefill every turn": (multi, True),
@@ -171,7 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             [name, r["forwards"], r["tokens_fed"], r["seconds"], r["ratio_to_same_forwards"]]
         )
     print_table(
-        f"rollout of B={B} rows, {TURNS} turns of G={G} agent tokens, O={O} env tokens per answer",
+        f"rollout of B={B} rows, {TURNS} turns of G={G} agent tokens, O={n_obs} env tokens "
+        "per answer",
         ["variant", "forwards", "tokens fed", "seconds", "x same forwards"],
         rows,
     )
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "settings": {
             "batch": B,
             "turn_tokens": G,
-            "obs_tokens": O,
+            "obs_tokens": n_obs,
             "turns": TURNS,
             "repeats": args.repeats,
             "model": "tiny_gpt2 (2 layers, 128 wide)",

@@ -171,6 +171,7 @@ def test_a_single_turn_rollout_is_one_turn() -> None:
     algo = PPO(tiny_model(CueEnv().codec), CueEnv(), seed=0)
     algo.learn(16)
     buf = algo.rollout_buffer
+    assert buf is not None
     one = buf.turn_data(algo.env.codec.eos_token_id)
     lengths = buf.response_mask.sum(1)
     assert buf.turns is None and buf.credit_mask is buf.response_mask

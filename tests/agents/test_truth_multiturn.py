@@ -132,8 +132,8 @@ def test_truth_of_an_agent_rollout() -> None:
     env = MultiTurnTokenEnv(task, num_envs=8, seed=0)
     algo = PPO(tiny_model(task.codec), env, seed=0, batch_size=8, mask_actions=True)
     algo.learn(8)
-    buf = algo.rollout_buffer
-    prompts = algo._rollout_prompts
+    buf, prompts = algo.rollout_buffer, algo._rollout_prompts
+    assert buf is not None and prompts is not None
     truth = exact_turn_advantages(
         algo.policy, task, prompts, buf.action_ids, buf.credit_mask, sampling=Sampling.of(algo)
     )
