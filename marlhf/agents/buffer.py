@@ -144,7 +144,8 @@ class LMRolloutBuffer:
         self.greedy_rewards: torch.Tensor | None = None
         #: Whether ``values``/``returns`` hold a critic's values (False for critic-free credit).
         self.has_values = False
-        #: ``bool[B]`` rows the update learns from (False: left out, e.g. a uniform group).
+        #: ``bool[B]`` rows the update learns from (False: left out, e.g. a uniform group), or
+        #: ``bool[B, N]`` tokens (SPO's probability mask takes single tokens out).
         self.keep = torch.ones(b, dtype=torch.bool, device=dev)
         self.pos = 0
         #: Multi-turn only (``None`` otherwise): ``bool[B, N]`` episode tokens the agent
@@ -201,7 +202,8 @@ class LMRolloutBuffer:
         keep: torch.Tensor | None = None,
     ) -> None:
         """Store the estimator's advantages, value targets (``None``: no critic to train) and
-        the rows the update learns from (``None``: all)."""
+        the rows (``bool[B]``) or tokens (``bool[B, N]``) the update learns from (``None``:
+        all)."""
         self.advantages = advantages
         if keep is not None:
             self.keep = keep
