@@ -50,7 +50,7 @@ PARITY_DISCUSSION = """\
   its curves are short and noisy, and its intervals are wide. It checks that the pipeline runs and
   shows the direction of the effect; `make bench-full` (5 seeds, every termination, longer
   budgets, DelayedChoice at horizon 128) is the run that can support or refute the claim.
-- Where MAPPO does not beat PPO, the candidate reasons, by the method's own knobs (METHOD.md):
+- Where MAPPO does not beat PPO, the candidate reasons, by [the method](method.md)'s own knobs:
   (1) *critic quality*: segment GAE bootstraps from the mean token value of the next segment; a
   critic that is still near its zero init gives little to bootstrap from, for both agents alike;
   (2) *lambda*: with gamma = 1 and lambda = 0.95 the terminal score reaches the first token of a

@@ -1,4 +1,4 @@
-"""Dependencies point one way (DESIGN.md, "Layout").
+"""Dependencies point one way (docs/design.md, "Layout").
 
 ``models``/``tokenization`` <- ``envs``, ``options`` <- ``agents`` <- ``training``: every import
 statement of every module under ``marlhf/`` (top level, inside functions, under
@@ -92,7 +92,7 @@ def test_every_layer_is_checked() -> None:
 def test_imports_point_one_way(path: Path) -> None:
     module = module_name(path)
     found = violations(path.read_text(encoding="utf-8"), module, path.name == "__init__.py")
-    assert not found, "imports against DESIGN.md's layering:\n" + "\n".join(found)
+    assert not found, "imports against docs/design.md's layering:\n" + "\n".join(found)
 
 
 @pytest.mark.parametrize(

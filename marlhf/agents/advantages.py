@@ -1,6 +1,6 @@
 """Generalised advantage estimation over tokens or macro-action segments, and its helpers.
 
-One code path serves token-level PPO and MA-PPO (METHOD.md, step 5). Token-level PPO calls
+One code path serves token-level PPO and MA-PPO (docs/method.md, step 5). Token-level PPO calls
 :func:`compute_gae` with ``starts = mask``: every token is its own segment, every aggregation is
 the identity, and the result is bitwise the plain per-token GAE.
 

@@ -1,6 +1,6 @@
 """``LMOnPolicyAlgorithm``: what PPO and MAPPO share (setup, rollout, learn loop, save/load).
 
-The rollout follows DESIGN.md's data flow: reset (one episode per env row) -> token-by-token
+The rollout follows docs/design.md's data flow: reset (one episode per env row) -> token-by-token
 sampling with the KV cache as recurrent state -> no-grad log-probs, reference log-probs and values
 of the whole rollout in one forward -> shaped rewards -> macro starts from the termination (every
 token when there is none) -> GAE. The update itself is :meth:`train`, written by the subclass.
@@ -33,6 +33,7 @@ from marlhf.agents.fsdp import shard_policy
 from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.stages import IterationStages
+from marlhf.agents.turn_credit import check_estimator_env
 from marlhf.envs.batched import BatchedTokenEnv
 from marlhf.envs.sb3_vec import sb3_vec_env
 from marlhf.models import resolve_device
@@ -189,6 +190,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         """Attach a ``BatchedTokenEnv`` (or anything with its contract) and size the buffer."""
         self._attach_env(env)
         self._check_batch_size()
+        check_estimator_env(self.config.estimator, env)  # turns, state_key(), clone()
 
     def _check_batch_size(self) -> None:
         env = self.env

@@ -206,6 +206,7 @@ def test_predict_returns_sb3s_tuple_and_the_cache_on_request() -> None:
     obs, _ = env.reset(seed=3)
     actions, state = algo.predict(obs, deterministic=True)
     assert state is None  # SB3's convention: a policy without recurrent state
+    assert isinstance(actions, torch.Tensor) and actions.shape == (8,)
     single, none = algo.predict({k: v[0].numpy() for k, v in obs.items()}, deterministic=True)
     assert none is None and isinstance(single, np.ndarray) and single.shape == ()
     # The cache (return_state=True) and the whole window read each step decode alike.

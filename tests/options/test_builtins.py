@@ -1,5 +1,5 @@
 """Concrete behaviour of the built-in terminations and combinators, and the released-code
-defects marlhf must not repeat (METHOD.md)."""
+defects marlhf must not repeat (docs/method.md)."""
 
 from __future__ import annotations
 
