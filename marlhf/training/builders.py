@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -196,6 +197,21 @@ def unused_mask_message(task: Any, mask_actions: bool) -> str | None:
         f"agent.mask_actions is false: the policy samples from all {vocab}, so training starts "
         f"below the task's random return{below}. Set agent.mask_actions=true to use the mask"
     )
+
+
+def note_when_training_starts(note: str | None, progress: Any) -> Any:
+    """``progress`` (a callable, or None) that first warns ``note`` (an
+    :class:`ActionMaskWarning`) at its first call, once training has started: a run refused or
+    failing to start prints only its error."""
+    pending = [note] if note is not None else []
+
+    def wrapped(*args: Any) -> None:
+        if pending:
+            warnings.warn(pending.pop(), ActionMaskWarning, stacklevel=2)
+        if progress is not None:
+            progress(*args)
+
+    return wrapped
 
 
 def task_parameters(env_id: str) -> set[str]:

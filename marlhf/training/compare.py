@@ -23,7 +23,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -33,9 +32,9 @@ from marlhf.models import resolve_device
 from marlhf.threads import apply_thread_policy
 from marlhf.training.audit import check_credit_task, credit_settings
 from marlhf.training.builders import (
-    ActionMaskWarning,
     check_env_id,
     check_task_builds,
+    note_when_training_starts,
     unused_mask_message,
 )
 from marlhf.training.config import from_dict, to_dict
@@ -214,7 +213,11 @@ def _train_all(
     results: list[dict[str, Any]] = []
     failures: list[str] = []
     names = [s.name for s in todo]
-    with progress_display("compare", names, config.total_timesteps, display, verbose) as update:
+    unused_mask = unused_mask_message(
+        check_task_builds(config.task, config.model), config.agent.mask_actions
+    )
+    with progress_display("compare", names, config.total_timesteps, display, verbose) as shown:
+        update = note_when_training_starts(unused_mask, shown)
         if config.workers == 1 or len(todo) == 1:
             import torch
 
@@ -313,11 +316,6 @@ def run_compare(
 def _run_compare(config: CompareConfig, out: Path, display: str, verbose: bool) -> dict[str, Any]:
     talk = display != "off"
     record_config(out, to_dict(config), RUN_DEFINING)
-    unused_mask = unused_mask_message(
-        check_task_builds(config.task, config.model), config.agent.mask_actions
-    )
-    if unused_mask is not None:  # once the comparison is accepted: a note, not an error
-        warnings.warn(unused_mask, ActionMaskWarning, stacklevel=2)
     started = time.perf_counter()
 
     specs = run_specs(config)

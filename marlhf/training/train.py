@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +23,9 @@ from marlhf.models import resolve_device
 from marlhf.threads import apply_thread_policy
 from marlhf.training.audit import check_credit_task, credit_settings
 from marlhf.training.builders import (
-    ActionMaskWarning,
     check_env_id,
     check_task_builds,
+    note_when_training_starts,
     unused_mask_message,
 )
 from marlhf.training.config import to_dict
@@ -102,8 +101,6 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
     with locked_run_folder(out, "marlhf train") if main else contextlib.nullcontext():
         if main:
             record_config(out, record, RUN_DEFINING)
-            if unused_mask is not None:  # once the run is accepted: a note, not an error
-                warnings.warn(unused_mask, ActionMaskWarning, stacklevel=2)
         dist_utils.barrier()  # the folder is set up before any rank reads it
         result = train_run(
             spec,
@@ -114,7 +111,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
             total_timesteps=config.total_timesteps,
             device=config.device,
             checkpoint_every=config.checkpoint_every,
-            progress=progress,
+            progress=note_when_training_starts(unused_mask, progress),
             tensorboard=config.tensorboard,
             credit=credit_settings(config),
             checkpoint_minutes=config.checkpoint_minutes,

@@ -169,10 +169,12 @@ def test_evaluate_policy_on_get_env() -> None:
     returns, lengths = evaluate_policy(
         algo, algo.get_env(), n_eval_episodes=16, deterministic=True, return_episode_rewards=True
     )
+    assert isinstance(returns, list) and isinstance(lengths, list)
     assert len(returns) == 16 and lengths == [4] * 16  # DelayedChoice never ends early
     assert set(returns) <= {0.0, 1.0}  # the cue's partner first, or not
     mean, std = evaluate_policy(algo, algo.get_env(), n_eval_episodes=8, warn=True)
-    assert 0.0 <= mean <= 1.0 and std >= 0.0
+    assert not isinstance(mean, list) and not isinstance(std, list)
+    assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0
     algo.learn(8 * 4)  # the view shares the env; training resets it and goes on
     assert algo.num_timesteps == 32
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gymnasium
 import numpy as np
 import pytest
@@ -11,7 +13,7 @@ from marlhf.envs import BatchedTokenEnv
 from marlhf.envs.sb3_vec import SB3VecEnv, sb3_vec_env
 
 
-def make(task: str = "marlhf/Reverse-v0", num_envs: int = 6, **kwargs: object) -> BatchedTokenEnv:
+def make(task: str = "marlhf/Reverse-v0", num_envs: int = 6, **kwargs: Any) -> BatchedTokenEnv:
     env = gymnasium.make_vec(
         task, num_envs=num_envs, vectorization_mode="vector_entry_point", seed=0, **kwargs
     )
@@ -21,9 +23,10 @@ def make(task: str = "marlhf/Reverse-v0", num_envs: int = 6, **kwargs: object) -
 
 def oracle(env: BatchedTokenEnv) -> np.ndarray:
     """The next token of each row's optimal response (read from the batched env underneath)."""
+    task: Any = env.task  # a toy task: it knows its optimal response
     lengths = env.lengths.tolist()
     return np.array(
-        [env.task.optimal_response(p)[n] for p, n in zip(env.prompts, lengths, strict=True)]
+        [task.optimal_response(p)[n] for p, n in zip(env.prompts, lengths, strict=True)]
     )
 
 
@@ -31,11 +34,12 @@ def test_rows_restart_on_their_own_and_keep_their_episode() -> None:
     env = make()
     view = SB3VecEnv(env)
     assert isinstance(view, VecEnv) and view.num_envs == 6
-    obs = view.reset()
+    obs: Any = view.reset()
     assert view.observation_space.contains({k: v[0] for k, v in obs.items()})
     episodes: list[tuple[float, int, int]] = []  # (return, steps, optimal length)
     returns, steps = np.zeros(6), np.zeros(6, dtype=int)
-    wanted = [len(env.task.optimal_response(p)) for p in env.prompts]
+    task: Any = env.task
+    wanted = [len(task.optimal_response(p)) for p in env.prompts]
     for _ in range(40):
         obs, rewards, dones, infos = view.step(oracle(env))
         assert obs["input_ids"].shape == (6, env.seq_len) and rewards.dtype == np.float32
@@ -46,7 +50,7 @@ def test_rows_restart_on_their_own_and_keep_their_episode() -> None:
             assert infos[i]["TimeLimit.truncated"] is False  # the oracle ends on EOS
             episodes.append((float(returns[i]), int(steps[i]), wanted[i]))
             returns[i], steps[i] = 0.0, 0
-            wanted[i] = len(env.task.optimal_response(env.prompts[i]))  # its new prompt
+            wanted[i] = len(task.optimal_response(env.prompts[i]))  # its new prompt
     # Prompts of different lengths end at different steps: many restarts of single rows, and
     # every episode, also those continued across another row's restart, is the oracle's.
     assert len(episodes) > 20 and len({n for _, n, _ in episodes}) > 1

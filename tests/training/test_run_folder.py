@@ -159,6 +159,7 @@ def test_a_run_that_failed_to_start_does_not_hold_its_folder_to_its_settings(
     err = _one_line_error(capsys, [*argv, *sets("task.kwargs={horizon: 1}")])
     assert "horizon=1" in err  # the task's own check, when the env is built
     assert main([*argv, *sets("task.kwargs={horizon: 8}")]) == 0  # corrected: not refused
+    capsys.readouterr()  # its progress lines and notes
     err = _one_line_error(capsys, [*argv, *sets("task.kwargs={horizon: 6}")])
     assert "holds runs made with a different 'task'" in err  # a trained folder still is
 
