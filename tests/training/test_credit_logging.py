@@ -50,6 +50,7 @@ def test_train_logs_the_credit_audit_at_its_cadence(tmp_path: Path) -> None:
     assert f"{OWN}/rmse" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow  # two spawned worker processes, each importing and training (77 s loaded)
 def test_compare_workers_log_the_credit_audit(tmp_path: Path) -> None:
     out = tmp_path / "c"
     argv = sets(
