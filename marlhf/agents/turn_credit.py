@@ -479,3 +479,13 @@ def check_estimator_env(estimator: str, env: Any) -> None:
                 f"env {lacking[0]} has none; implement state_key() or choose an estimator "
                 "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
             )
+    if spec.requires & {"turn_potentials", "ref_turn_potentials"}:
+        from marlhf.agents.turn_potentials import has_gold
+
+        lacking = [env_name(t) for t in texts if not has_gold(t)]
+        if lacking:
+            raise TurnInputError(
+                f"estimator {estimator!r} scores log p(gold | s), but {where}'s text env "
+                f"{lacking[0]} has no gold(); implement gold() -> str (the answer the agent "
+                "should give) or choose another estimator"
+            )
