@@ -72,7 +72,7 @@ bench-full: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --mode full
 
 # mutants: named mutations of the credit maths (tools/mutants.py), each run against the tests
-# that must catch it; fails listing any survivor (about 2 minutes on 2 cores).
+# that must catch it; fails listing any survivor (16 minutes on the shared, loaded 2-core machine).
 mutants: $(STAMP)
 	$(BIN)/python tools/mutants.py
 

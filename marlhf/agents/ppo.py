@@ -113,7 +113,7 @@ class PPO(LMOnPolicyAlgorithm):
             "train/approx_kl": _mean(logs["kl"]),
             "train/clip_fraction": _mean(logs["clip"]),
             "train/explained_variance": (
-                explained_variance(buf.values, buf.returns, buf.response_mask)
+                explained_variance(buf.values, buf.returns, buf.credit_mask)
                 if buf.has_values
                 else float("nan")
             ),
@@ -239,11 +239,14 @@ class PPO(LMOnPolicyAlgorithm):
             logp, entropy, values = self.policy.evaluate_actions(
                 mb.input_ids,
                 mb.attention_mask,
-                mask,
+                mb.response_mask,
                 temperature=self.config.scoring_temperature,
                 action_mask=mb.action_mask,
                 with_values=with_values,
             )
+        if mb.action_index is not None:  # multi-turn: the actions only, as the advantages
+            logp, entropy = mb.to_actions(logp), mb.to_actions(entropy)
+            values = None if values is None else mb.to_actions(values)
         pg_loss, stats = policy_loss(
             logp.float(),
             mb.old_logprobs,
@@ -352,10 +355,11 @@ _AGG_SHARE = {"token-mean": 0, "seq-mean-token-mean": 1, "seq-sum-constant": 2}
 
 
 def _update_mask(mb: RolloutSamples) -> torch.Tensor:
-    """``bool[b, T]``: the tokens the update learns from: real response tokens of kept rows,
-    less the tokens a per-token rule took out (``keep`` is ``bool[b]`` or ``bool[b, T]``)."""
+    """``bool[b, T]``: the tokens the update learns from: real response tokens (multi-turn: the
+    actions, in the action layout) of kept rows, less the tokens a per-token rule took out
+    (``keep`` is ``bool[b]`` or ``bool[b, T]``)."""
     keep = mb.keep if mb.keep.dim() == 2 else mb.keep[:, None]
-    return mb.response_mask & keep
+    return mb.loss_mask & keep
 
 
 def _mean(values: list[float]) -> float:

@@ -337,6 +337,8 @@ PRESETS: dict[str, Preset] = {
             "mc_rollouts 4 fits the toy tasks' compute budget (released: 9)",
             "the KL term is aggregated like the policy loss (loss_agg); the released trainer "
             "sums it over each response's tokens, then averages over responses",
+            "normalize_advantage whitens each minibatch's advantages; whether the released "
+            "trainer whitens per minibatch or over the whole rollout was not checked",
         ),
     ),
     "spo-chain": Preset(
@@ -373,6 +375,9 @@ PRESETS: dict[str, Preset] = {
             "low-probability token)",
             "the KL term is aggregated like the policy loss (loss_agg); the released trainer "
             "sums it over each response's tokens, then averages over responses",
+            "normalize_advantage whitens each minibatch's advantages over its kept tokens; "
+            "whether the released trainer whitens per minibatch or over the whole rollout was "
+            "not checked",
         ),
     ),
     # The scale the CLI starts from: a tiny model trained from scratch needs a large learning

@@ -10,13 +10,12 @@ import re
 import numpy as np
 import pytest
 
-from marlhf.envs.multiturn.protocol import TextEnvError, as_text_env
+from marlhf.envs.multiturn.protocol import as_text_env
 from marlhf.envs.multiturn.tasks.gem_adapter import (
     NEEDS_DATA,
     OFFLINE_GAMES,
     GemTextEnv,
     GemUnavailableError,
-    freeze,
     make_gem_env,
 )
 from tests.extras import NEEDS_GEM
@@ -134,45 +133,6 @@ def test_unknown_id_lists_the_games() -> None:
         ValueError, match=r"env_id='game:Nope-v0' is not a GEM id; games: .*Sokoban"
     ):
         make_gem_env("game:Nope-v0")
-
-
-class FakeGemEnv:
-    """Any object of GEM's shape (no GEM needed): counts to three."""
-
-    env_id = "fake:Count"
-
-    def __init__(self) -> None:
-        self.count = 0
-
-    def reset(self, seed=None):
-        self.count = random.randint(0, 0)  # draws from the global generator, as GEM does
-        return "count", {"suffix": f"at {self.count}"}
-
-    def step(self, action):
-        self.count += int(action == "+")
-        return "ok", float(self.count == 3), self.count == 3, False, {"suffix": f"at {self.count}"}
-
-
-@pytest.mark.parametrize("bad", ["reset", "step"])
-def test_adapter_takes_any_object_of_the_shape_and_names_what_is_missing(bad: str) -> None:
-    env = GemTextEnv(FakeGemEnv())
-    assert env.reset(seed=0) == ("count\nat 0", {"suffix": "at 0"})
-    assert [env.step("+")[:3] for _ in range(3)][-1] == ("ok\nat 3", 1.0, True)
-    broken = FakeGemEnv()
-    setattr(broken, bad, None)
-    with pytest.raises(TextEnvError, match=rf"FakeGemEnv has no {bad}\(\)"):
-        GemTextEnv(broken)
-
-
-def test_bad_input_errors() -> None:
-    env = GemTextEnv(FakeGemEnv())
-    with pytest.raises(ValueError, match=r"fake:Count\.reset: seed=-1; valid"):
-        env.reset(seed=-1)
-    env.reset(seed=0)
-    with pytest.raises(TypeError, match=r"fake:Count\.step: action must be a str"):
-        env.step(1)  # type: ignore[arg-type]
-    with pytest.raises(TextEnvError, match="not plain data"):
-        freeze(object())
 
 
 # ---- the registered games' optimum, reached by scripted solvers ----

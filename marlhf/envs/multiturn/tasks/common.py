@@ -51,7 +51,7 @@ def uniform_turn_texts(
     allowed_ids: Sequence[int],
     end_of_turn_id: int,
     max_turn_tokens: int,
-    samples: int = 100_000,
+    samples: int = 20_000,
     seed: int = 0,
 ) -> dict[str, float]:
     """The distribution of one turn's text under the uniform policy over ``allowed_ids``.
