@@ -265,6 +265,15 @@ def _state_keys(name: str, batch: EstimatorBatch, view: TurnView) -> list[list[A
     return keys
 
 
+def _fit(per_turn: Tensor, width: int) -> Tensor:
+    """A ``[B, K']`` per-turn tensor cut or zero-padded to ``K`` columns (its producer may size
+    the turn axis by the longest episode, the buffer by ``max_turns``)."""
+    if per_turn.shape[1] >= width:
+        return per_turn[:, :width]
+    pad = torch.zeros(per_turn.shape[0], width - per_turn.shape[1], dtype=per_turn.dtype)
+    return torch.cat([per_turn, pad.to(per_turn.device)], dim=1)
+
+
 def _options(cls: type, options: Any) -> Any:
     return cls() if options is None else options
 
@@ -410,7 +419,9 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
             field_name,
             "the potentials log p(gold | s) were not scored (does the env give gold()?)",
         )
-    shaped = tm.potential_rewards(view.rewards, potentials, view.valid, opts.gamma, opts.terminal)
+    shaped = tm.potential_rewards(
+        view.rewards, _fit(potentials, view.valid.shape[1]), view.valid, opts.gamma, opts.terminal
+    )
     groups = _groups("turn_potential", batch) if opts.needs_groups else None
     per_turn = tm.advantages_from_turn_rewards(
         shaped, view.valid, groups, opts.gamma, opts.normalize
