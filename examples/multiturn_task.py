@@ -83,10 +83,11 @@ def main() -> None:
     small = os.environ.get("MARLHF_SMALL") == "1"
     budget = 1500 if small else 20000
     task = EchoTwiceTask()
-    for name, cls, kwargs in [
+    schemes: list[tuple[str, type[PPO], dict[str, Any]]] = [
         ("PPO (token level)", PPO, {}),
         ("MAPPO (turn > ngram:2)", MAPPO, {"termination": "turn > ngram:2"}),
-    ]:
+    ]
+    for name, cls, kwargs in schemes:
         env = MultiTurnTokenEnv(task, num_envs=32, seed=0)
         model = tiny_gpt2(task.codec, n_layer=1, n_embd=64, seed=0)
         algo = cls(model, env, seed=0, mask_actions=True, learning_rate=3e-3, **kwargs)
@@ -98,8 +99,8 @@ def main() -> None:
             f"{name}: mean return {mean_return:.3f} after {algo.num_timesteps} agent tokens "
             f"(random {task.random_return:.3f}, optimal {task.optimal_return})"
         )
-    sample = buf.response_ids[0][buf.response_mask[0]].tolist()
-    print("an episode (agent and env tokens):", repr(task.codec.decode(sample)))
+        sample = buf.response_ids[0][buf.response_mask[0]].tolist()
+        print("  an episode (agent and env tokens):", repr(task.codec.decode(sample)))
 
 
 if __name__ == "__main__":
