@@ -8,6 +8,7 @@ Rows are Python lists holding a response's real tokens only (ragged by construct
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections.abc import Sequence
@@ -145,6 +146,32 @@ def gae_tokens(rewards: Row, values: Row, gamma: float, lam: float) -> Row:
         running = delta + gamma * lam * running
         adv[t] = running
     return adv
+
+
+def segment_gae(
+    rewards: Row,
+    values: Row,
+    starts: Sequence[bool],
+    gamma: float,
+    lam: float,
+    reward_agg: str,
+    value_agg: str,
+) -> Row:
+    """MA-PPO (arXiv 2410.02743; METHOD.md step 4-6): GAE over macro actions, the segment's
+    reward the sum (paper) or mean (released code) of its token rewards, its value the mean
+    (released code), first or last token value, one discount per macro step; every token of
+    a segment carries the segment's advantage."""
+    bounds = [t for t, b in enumerate(starts) if b] + [len(rewards)]
+    seg_r, seg_v = [], []
+    for a, b in itertools.pairwise(bounds):
+        r, v = rewards[a:b], values[a:b]
+        seg_r.append(sum(r) if reward_agg == "sum" else sum(r) / len(r))
+        seg_v.append({"mean": sum(v) / len(v), "first": v[0], "last": v[-1]}[value_agg])
+    seg_adv = gae_tokens(seg_r, seg_v, gamma, lam)
+    out = []
+    for k, (a, b) in enumerate(itertools.pairwise(bounds)):
+        out += [seg_adv[k]] * (b - a)
+    return out
 
 
 def vine(rewards: Row, branch: Sequence[bool], values: Row, gamma: float = 1.0) -> Row:

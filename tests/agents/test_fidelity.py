@@ -217,6 +217,25 @@ def test_token_gae_with_kl_shaping(seed: int, gamma: float, lam: float) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("reward_agg", ["sum", "mean"])
+@pytest.mark.parametrize("value_agg", ["mean", "first", "last"])
+def test_macro_action_gae_with_kl_shaping(seed: int, reward_agg: str, value_agg: str) -> None:
+    case = random_case(seed)
+    shaped = _shaped(case, "k1", clip=2.5)  # the released MA-RLHF code: k1, score clip 2.5
+    rng = random.Random(seed + 7)
+    starts = [[t == 0 or t == n - 1 or rng.random() < 0.35 for t in range(n)] for n in case.lengths]
+    batch = _batch(case, shaped, values=case.tensor(case.values).float())
+    batch.starts = case.tensor([[float(b) for b in row] for row in starts]) > 0.5
+    got = _advantages("gae", batch, gamma=0.95, gae_lambda=0.9, reward_agg=reward_agg,
+                      value_agg=value_agg)  # fmt: skip
+    want = [
+        ref.segment_gae(r, v, s, 0.95, 0.9, reward_agg, value_agg)
+        for r, v, s in zip(shaped, case.values, starts, strict=True)
+    ]
+    _assert_rows(case, got, want)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("gamma", [1.0, 0.9])
 def test_vine_monte_carlo_values(seed: int, gamma: float) -> None:
     case = random_case(seed)
