@@ -25,14 +25,18 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) bwrap
 
-# bubblewrap isolates the programs the code tasks run (marlhf/envs/sandbox.py); without it those
-# tasks refuse to start. Installed here where the machine allows (root and apt), as on CI.
+# bubblewrap isolates the programs the code tasks run (marlhf/envs/sandbox.py) and libseccomp
+# (the C library, loaded by ctypes: marlhf/envs/sandbox_seccomp.py) compiles their seccomp
+# allow-list; without either those tasks refuse to start. Installed here where the machine
+# allows (root and apt), as on CI. The C library rather than Python bindings: Debian's
+# python3-seccomp is built for the system interpreter only (not importable from this venv) and
+# PyPI has no maintained wheel of the official bindings.
 bwrap:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	    apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2; \
 	  else \
-	    echo "make: bubblewrap (bwrap) is missing and cannot be installed here; code tasks will refuse to run. Install it as root: apt-get update && apt-get install -y bubblewrap"; \
+	    echo "make: bubblewrap (bwrap) or libseccomp is missing and cannot be installed here; code tasks will refuse to run. Install them as root: apt-get update && apt-get install -y bubblewrap libseccomp2"; \
 	  fi; }
 
 lint: $(STAMP)

@@ -101,16 +101,19 @@ class RunCgroup:
     def procs(self) -> list[str]:
         return [str(f / "cgroup.procs") for f in self.folders]
 
-    def memory_events(self) -> dict[str, int]:
-        """Counters that tell a memory kill (``oom_kill``, v2; ``failcnt``, v1)."""
-        folder = self.folders[0]
+    def oom_kills(self) -> int:
+        """How many processes the kernel killed for the memory limit (``oom_kill`` of
+        ``memory.events``, v2, or ``memory.oom_control``, v1)."""
+        name = "memory.events" if self.version == 2 else "memory.oom_control"
         try:
-            if self.version == 2:
-                text = (folder / "memory.events").read_text()
-                return {k: int(v) for k, v in (line.split() for line in text.splitlines())}
-            return {"failcnt": int((folder / "memory.failcnt").read_text())}
-        except (OSError, ValueError):
-            return {}
+            text = (self.folders[0] / name).read_text()
+        except OSError:
+            return 0
+        for line in text.splitlines():
+            key, _, value = line.partition(" ")
+            if key == "oom_kill" and value.strip().isdigit():
+                return int(value)
+        return 0
 
     def remove(self) -> None:
         """Kill whatever is still in the groups, then remove them."""

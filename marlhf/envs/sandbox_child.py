@@ -164,14 +164,18 @@ def _lock_down(spec: dict, root: str) -> bool:
     setlim(resource.RLIMIT_NOFILE, int(lim["max_open_files"]))
     setlim(resource.RLIMIT_CORE, 0)
     isolated = bool(spec["network_isolated"])
-    if not isolated:
+    if not isolated:  # unsafe mode: no namespace ends this process with the trainer
+        parent = os.getppid()
         try:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the trainer
             isolated = libc.unshare(0x40000000) == 0  # CLONE_NEWNET
         except Exception:
             isolated = False
+        if os.getppid() != parent:  # the trainer died before the line above
+            os._exit(1)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead
     os.chdir(root)
     sys.setrecursionlimit(10000)

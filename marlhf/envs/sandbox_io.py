@@ -139,6 +139,7 @@ def drain(captures: Sequence[Capture], procs: Sequence[subprocess.Popen], timeou
                 if fd in pidfds:
                     poller.unregister(fd)
                     _ended(pidfds.pop(fd), live)
+                    os.close(fd)
                 elif fd in by_fd and not by_fd[fd].read_once():
                     poller.unregister(fd)
                     del by_fd[fd]

@@ -60,7 +60,7 @@ __all__ = [
 ]
 
 #: How to get bubblewrap on Debian and Ubuntu (``make install`` runs it where it can).
-BWRAP_INSTALL = "apt-get update && apt-get install -y bubblewrap"
+BWRAP_INSTALL = "apt-get update && apt-get install -y bubblewrap libseccomp2"
 #: The work folder inside the sandbox (a private tmpfs).
 WORKDIR = "/sandbox"
 CHILD_INSIDE = "/run/marlhf/sandbox_child.py"
@@ -229,6 +229,7 @@ class ChildRun:
         self.name = name
         self.bwrap = bwrap = limits.isolation == "bwrap"
         self.timed_out = False
+        self.oom_killed = False
         self.cgroup: RunCgroup | None = None
         self.folder: str | None = None
         output_limit = limits.file_size_mb * 2**20
@@ -318,6 +319,7 @@ class ChildRun:
     def release(self) -> None:
         """Remove the run's cgroups and work folder (after its processes have ended)."""
         if self.cgroup is not None:
+            self.oom_killed = self.cgroup.oom_kills() > 0
             self.cgroup.remove()
             self.cgroup = None
         if self.folder is not None:
@@ -341,6 +343,8 @@ class ChildRun:
         sig = self.signal()
         if sig == signal.SIGXCPU:
             return "timeout", "CPU-time limit reached"
+        if sig is not None and self.oom_killed:
+            return "killed", f"killed by {_signal_name(sig)}: the memory limit (cgroup) was reached"
         if sig is not None:
             return "killed", f"killed by {_signal_name(sig)}"
         return None, ""

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 
+from marlhf.envs import sandbox_cgroup
 from marlhf.envs.checks import parse_check
 from marlhf.envs.code import CodeExecutionReward, split_check_tests
 from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_calls
@@ -381,12 +382,51 @@ def test_missing_bwrap_refuses_with_the_install_command(
     CodeExecutionReward(limits=SandboxLimits(isolation="unsafe-no-isolation"))  # named: allowed
 
 
+def our_cgroups() -> list[str]:
+    """The cgroups this process made that still exist (runs remove theirs)."""
+    layout = sandbox_cgroup._probe()[0]
+    if layout is None:
+        return []
+    prefix = f"{sandbox_cgroup.PREFIX}{os.getpid()}-"
+    bases = {layout.memory_base, layout.pids_base}
+    return sorted(f.name for base in bases for f in base.iterdir() if f.name.startswith(prefix))
+
+
+def score_and_check_nothing_is_left(programs: list[str], meta: dict) -> list[SandboxResult]:
+    """Score ``programs`` through the reward (2 workers) and check that no descriptor, cgroup or
+    shared-memory file is left (``guarded`` checks processes and temporary folders)."""
+    fds = sorted(os.listdir("/proc/self/fd"))
+    shm = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
+    reward = CodeExecutionReward(limits=LIMITS, max_workers=2)
+    results = reward.run(programs, [meta] * len(programs))
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert (sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []) == shm
+    assert our_cgroups() == []
+    return results
+
+
+def test_scoring_many_programs_leaves_nothing_behind(guarded: tuple[Path, Path]) -> None:
+    """The suite's scaled form of the 1,000-program check below: 24 programs of every kind
+    (honest, wrong, crashing, threads, a flood, a memory bomb, hash-colliding answers)."""
+    kinds = [
+        "    return a + b\n",
+        WRONG,
+        "    raise ValueError('no')\n",
+        ATTACKS["thread bomb with 32 KiB stacks"],
+        ATTACKS["output flood"],
+        ATTACKS["memory bomb"],
+        ATTACKS["hash-colliding set answer"],
+        ATTACKS["memfd_create holding host memory"],
+    ]
+    programs = [PROMPT + kinds[k % len(kinds)] for k in range(24)]
+    results = score_and_check_nothing_is_left(programs, problem(STRUCTURED))
+    assert [r.status for r in results[:3]] == [Status.PASSED, Status.FAILED, Status.RUNTIME_ERROR]
+    assert sum(r.status is Status.PASSED for r in results) == 3
+
+
 @pytest.mark.slow
 def test_scoring_a_thousand_programs_leaves_nothing_behind(guarded: tuple[Path, Path]) -> None:
-    fds = sorted(os.listdir("/proc/self/fd"))
-    reward = CodeExecutionReward(limits=LIMITS, max_workers=2)
     programs = [PROMPT + f"    return a + b + {k % 2}\n" for k in range(1000)]
-    results = reward.run(programs, [problem(STRUCTURED)] * 1000)
+    results = score_and_check_nothing_is_left(programs, problem(STRUCTURED))
     assert [r.status for r in results] == [Status.PASSED, Status.FAILED] * 500
-    assert len(os.listdir("/proc/self/fd")) == len(fds)
     assert run_calls("def f():\n    return 1\n", "f", [((), {})]).results[0].value == 1
