@@ -145,7 +145,8 @@ def run_command(workload: str, setting: str, cap: float, tokens: int) -> dict[st
             cmd = [sys.executable, "-m", "marlhf", "train", "-q", "--set",
                    f"total_timesteps={tokens}", "--set", "output_dir=run"]  # fmt: skip
         elif workload == "compare":
-            per = {"torch": cores}.get(setting.removesuffix("+passive"), int(setting.split("+")[0]))
+            threads = setting.removesuffix("+passive")
+            per = cores if threads == "torch" else int(threads)
             cmd = [sys.executable, "-m", "marlhf", "compare", "-q", "-s", "agents=[]",
                    "-s", "seeds=[0]", "-s", f"total_timesteps={tokens}", "-s", "output_dir=run",
                    "-s", f"threads_per_worker={per}"]  # fmt: skip
@@ -210,19 +211,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         one = next(r for r in rows[-len(settings) :] if r["setting"] == "1")
         for r in rows[-len(settings) :]:
             r["one_thread_speedup"] = r["seconds_median"] / one["seconds_median"]
-    result = {
-        "benchmark": "threads",
-        "question": "seconds of the same work under MARLHF_NUM_THREADS=torch (torch's default), "
-        "1, and min(cores, k): API training, marlhf train, marlhf compare, the quickstart",
-        "machine": machine_stamp(),
-        "cpu_count": cores,
-        "settings": settings,
-        "cap_s": args.cap,
-        "repeats": args.repeats,
-        "api_tokens_per_process": args.tokens,
-        "cli_tokens": args.cli_tokens,
-        "rows": rows,
-    }
+        result = {
+            "benchmark": "threads",
+            "question": "seconds of the same work under MARLHF_NUM_THREADS=torch (torch's "
+            "default), 1, and min(cores, k), with OpenMP's default (active) wait policy or "
+            "OMP_WAIT_POLICY=PASSIVE: API training, marlhf train, marlhf compare, the quickstart",
+            "machine": machine_stamp(),
+            "cpu_count": cores,
+            "settings": settings,
+            "cap_s": args.cap,
+            "repeats": args.repeats,
+            "api_tokens_per_process": args.tokens,
+            "cli_tokens": args.cli_tokens,
+            "rows": rows,
+        }
+        write_json(args.out, result)  # after each workload: a stopped run keeps what it has
     print_table(
         f"threads: median of {args.repeats} (quickstart: 1) on {cores} CPUs; '> cap' = stopped "
         f"at {args.cap:.0f} s",
