@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bwrap lint typecheck test test-fast demo bench clean
+.PHONY: install bwrap lint typecheck docs test test-fast demo bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy marlhf tests
+
+# The documentation site (mkdocs.yml): built offline into site/, every warning an error. `make
+# test` builds it too (tests/test_docs.py, with every code block of README.md and docs/ run).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: bwrap lint typecheck
 	MARLHF_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
@@ -69,4 +74,4 @@ bench-full: $(STAMP)
 	$(BIN)/python benchmarks/bench.py --mode full
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

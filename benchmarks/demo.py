@@ -56,6 +56,22 @@ class LoadSampler(threading.Thread):
         return self.samples
 
 
+def run_config(out_dir: Path) -> dict[str, Any]:
+    """What the comparison ran (from its ``config.yaml``) and the task's reference returns."""
+    import yaml
+
+    from marlhf.envs.registration import make_task
+
+    config = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8"))
+    task = make_task(config["task"]["id"], **config["task"]["kwargs"])
+    keys = ("task", "agents", "terminations", "seeds", "total_timesteps", "workers")
+    return {
+        "config": {k: config[k] for k in keys if k in config},
+        "random_return": float(task.random_return),
+        "optimal_return": float(task.optimal_return),
+    }
+
+
 def run_demo(out_dir: Path) -> dict[str, Any]:
     """Run the default ``marlhf compare`` into ``out_dir`` and return the results record."""
     command = [sys.executable, "-m", "marlhf", "compare", "-s", f"output_dir={out_dir}"]
@@ -80,6 +96,7 @@ def run_demo(out_dir: Path) -> dict[str, Any]:
             "during_1min_mean": round(sum(samples) / len(samples), 2) if samples else None,
             "during_1min_max": max(samples) if samples else None,
         },
+        **run_config(out_dir),
         "metric": summary["metric"],
         "compare_wall_s": round(float(summary["wall_time"]), 1),
         "summary": summary["summary"],
