@@ -40,6 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, ROOT, machine_stamp, read_json, write_json
+from marlhf.agents.turn_presets import TURN_PRESETS
 
 RUNS_DIR = ROOT / "runs" / "evidence"
 
@@ -171,6 +172,13 @@ SKIPPED = {
     "model (lr 1.5e-5, KL 0.05, temperature 0.8, top-k 50); from scratch at that rate a tiny "
     "model does not move, and its credit scheme is ma-ppo@ngram:5's",
 }
+# The turn-level methods need a multi-turn task: benchmarks/turn_credit.py compares them.
+SKIPPED.update(
+    {
+        name: "a turn-level method (needs a multi-turn task); benchmarks/turn_credit.py runs it"
+        for name in TURN_PRESETS
+    }
+)
 #: The agent section every run shares: the toy scale, groups of 4 episodes per prompt for
 #: every method (so the group baselines can be audited on any run's samples), actions masked
 #: to the task's symbols (the exact truth enumerates them).

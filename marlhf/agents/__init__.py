@@ -1,5 +1,10 @@
 """Agents: the LM actor-critic, the rollout buffer, PPO and MAPPO with SB3-style interfaces."""
 
+# Registers the turn-level estimators, estimator specs with options and weighted sums, and the
+# turn-level presets (import side effects, so every entry point that imports agents sees them).
+from marlhf.agents import combine as _combine  # noqa: F401
+from marlhf.agents import turn_credit as _turn_credit  # noqa: F401
+from marlhf.agents import turn_presets as _turn_presets  # noqa: F401
 from marlhf.agents.base import LMOnPolicyAlgorithm
 from marlhf.agents.buffer import LMRolloutBuffer, RolloutSamples
 from marlhf.agents.config import (

@@ -19,12 +19,21 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``greedy_rewards``: ``float[B]``, the task score of a greedy rollout of each row's prompt;
 - ``mc_values``: ``float[B, T]``, at each segment start the mean task score of ``mc_rollouts``
   continuations sampled from prompt + response prefix (NaN elsewhere);
-- ``token_probs``: ``float[B, T]``, the policy's probability of each sampled token.
+- ``token_probs``: ``float[B, T]``, the policy's probability of each sampled token;
+- ``turns``: the multi-turn layout: ``action_mask``, ``turn_ids``,
+  ``turn_starts``, ``turn_rewards``, ``num_turns``, ``terminated``, ``truncated``;
+- ``turn_state_keys``: the env's ``state_key()`` at the start of each turn;
+- ``turn_mc_values``: ``float[B, K]``, the mean return of continuations from each turn start;
+- ``turn_potentials``: ``float[B, K]``, a potential ``Phi`` of the state at each turn start.
+
+Turn-level estimators live in :mod:`marlhf.agents.turn_credit`; estimator *specs* with options
+(``gigpo:omega=0.5``) and weighted sums (``grpo + 0.5 * gigpo_step``) are resolved by
+:mod:`marlhf.agents.combine` through :func:`register_resolver`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -40,6 +49,10 @@ ESTIMATOR_INPUTS: tuple[str, ...] = (
     "greedy_rewards",
     "mc_values",
     "token_probs",
+    "turns",
+    "turn_state_keys",
+    "turn_mc_values",
+    "turn_potentials",
 )
 
 
@@ -52,6 +65,10 @@ class EstimatorBatch:
     :param task_rewards: ``float[B, T]`` the env's rewards alone.
     :param mask: ``bool[B, T]`` real response tokens.
     :param starts: ``bool[B, T]`` segment starts (every real token for token-level credit).
+
+    Multi-turn fields (``turns``): ``action_mask bool[B, T]`` (tokens the
+    policy sampled), ``turn_ids int64[B, T]`` (-1 on padding), ``turn_starts bool[B, T]``,
+    ``turn_rewards float[B, K]``, ``num_turns int64[B]``, ``terminated``/``truncated bool[B]``.
     """
 
     rewards: Tensor
@@ -63,6 +80,16 @@ class EstimatorBatch:
     greedy_rewards: Tensor | None = None
     mc_values: Tensor | None = None
     token_probs: Tensor | None = None
+    action_mask: Tensor | None = None
+    turn_ids: Tensor | None = None
+    turn_starts: Tensor | None = None
+    turn_rewards: Tensor | None = None
+    num_turns: Tensor | None = None
+    terminated: Tensor | None = None
+    truncated: Tensor | None = None
+    turn_state_keys: list[list[Hashable]] | None = None
+    turn_mc_values: Tensor | None = None
+    turn_potentials: Tensor | None = None
 
 
 @dataclass
@@ -103,6 +130,15 @@ class EstimatorSpec:
 
 
 _REGISTRY: dict[str, EstimatorSpec] = {}
+#: Functions that turn a name the registry lacks (a spec with options, a weighted sum) into a
+#: spec, or return None; consulted in order by :func:`get_estimator`.
+_RESOLVERS: list[Callable[[str], EstimatorSpec | None]] = []
+
+
+def register_resolver(resolve: Callable[[str], EstimatorSpec | None]) -> None:
+    """Let :func:`get_estimator` build specs for names that are not registered entries."""
+    if resolve not in _RESOLVERS:
+        _RESOLVERS.append(resolve)
 
 
 def register_estimator(
@@ -134,6 +170,10 @@ def available_estimators() -> list[str]:
 def get_estimator(name: str) -> EstimatorSpec:
     """The registered estimator ``name``, or a ``ValueError`` listing the valid names."""
     if name not in _REGISTRY:
+        for resolve in _RESOLVERS:
+            spec = resolve(name) if isinstance(name, str) else None
+            if spec is not None:
+                return spec
         raise ValueError(f"estimator={name!r} is unknown; choose one of {available_estimators()}")
     return _REGISTRY[name]
 

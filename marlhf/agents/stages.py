@@ -216,6 +216,10 @@ class IterationStages:
             self.segment()
             estimate = self.estimate()
         self._rollout_log(kl, estimate)
+        if getattr(self.termination, "trainable", False):  # a learned termination's own step
+            from marlhf.agents.termination_training import train_termination
+
+            self.rollout_stats.update(train_termination(self))
 
     def score(self) -> None:
         """Stage 2: no-grad log-probs, reference log-probs and (when the estimator declares it)
@@ -229,6 +233,8 @@ class IterationStages:
         size = self.config.micro_batch_size or mask.shape[0]
         parts = [self._score_rows(slice(b, b + size)) for b in range(0, mask.shape[0], size)]
         logp, ref_logp = (torch.cat([part[i] for part in parts]) for i in range(2))
+        # kept for terminations that cut on it (requires "entropy")
+        self._rollout_entropy = torch.cat([part[3] for part in parts])
         values = None if parts[0][2] is None else torch.cat([part[2] for part in parts])
         if values is not None:
             self._together(raise_non_finite, values, mask, "value (from the value head)")
@@ -237,8 +243,9 @@ class IterationStages:
         buf.set_scores(logp, ref_logp, values)
 
     @torch.no_grad()
-    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any]:
-        """``(logp, ref_logp, values)`` of the rollout's ``rows`` (``values`` may be None)."""
+    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]:
+        """``(logp, ref_logp, values, entropy)`` of the rollout's ``rows`` (``values`` may be
+        None)."""
         buf = self.rollout_buffer
         assert buf is not None
         args = (buf.input_ids[rows], buf.attention_mask[rows], buf.response_mask[rows])
@@ -247,14 +254,14 @@ class IterationStages:
             "action_mask": None if buf.action_mask is None else buf.action_mask[rows],
         }
         with self._autocast():
-            logp, _, values = self.policy.evaluate_actions(
+            logp, entropy, values = self.policy.evaluate_actions(
                 *args, **kw, with_values=self.estimator_spec.needs_critic
             )
             if self.policy.reference_mode == "none":  # no reference: no KL penalty
                 ref_logp = logp.clone()
             else:
                 ref_logp = self.policy.reference_logprobs(*args, **kw)
-        return logp, ref_logp, values
+        return logp, ref_logp, values, entropy
 
     def shape(self) -> torch.Tensor:
         """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t`` (``kl_in="reward"``; with
@@ -287,7 +294,12 @@ class IterationStages:
             logprobs=buf.logprobs,
             ref_logprobs=buf.ref_logprobs,
             generator=self.termination_generator,
+            entropy=self._rollout_entropy,
+            values=buf.values if buf.has_values else None,
         )
+        check_horizon = getattr(self.termination, "check_horizon", None)
+        if callable(check_horizon):  # a cut budget above the horizon is an error
+            check_horizon(buf.max_new_tokens)
         buf.set_starts(
             compute_starts(self.termination, batch, isolate_last=self.config.isolate_last)
         )

@@ -46,6 +46,8 @@ TOKEN_ENV_ENTRY_POINT = "marlhf.envs.token_env:TokenEnv"
 #: Entry-point group through which installed packages register their tasks.
 ENTRY_POINT_GROUP = "marlhf.tasks"
 BATCHED_ENV_ENTRY_POINT = "marlhf.envs.batched:BatchedTokenEnv"
+#: The batched env of multi-turn tasks (``register_task(..., multiturn=True)``).
+MULTITURN_ENV_ENTRY_POINT = "marlhf.envs.multiturn.env:MultiTurnTokenEnv"
 
 #: Modules that register more tasks when imported (skipped when absent from the install).
 TASK_MODULES: list[str] = [
@@ -68,7 +70,12 @@ def _load(entry_point: str) -> Any:
 
 
 def register_task(
-    name: str, factory: TaskFactory | str, *, version: int = 0, register_env: bool = True
+    name: str,
+    factory: TaskFactory | str,
+    *,
+    version: int = 0,
+    register_env: bool = True,
+    multiturn: bool = False,
 ) -> str:
     """Register a task under ``name`` and (by default) its env id ``marlhf/<name>-v<version>``.
 
@@ -77,6 +84,10 @@ def register_task(
         arguments, or a ``"module:attr"`` string naming one (imported lazily).
     :param version: the env id's version number (default 0).
     :param register_env: also register the Gymnasium env id (default True).
+    :param multiturn: the factory builds a
+        :class:`~marlhf.envs.multiturn.task.MultiTurnTask`: ``make_vec`` gives a
+        :class:`~marlhf.envs.multiturn.env.MultiTurnTokenEnv` (there is no single-row
+        ``gymnasium.make`` form).
     :returns: the env id.
     """
     if not name or not name.replace("_", "").isalnum():
@@ -90,8 +101,8 @@ def register_task(
     if register_env and env_id not in gymnasium.registry:
         gymnasium.register(
             id=env_id,
-            entry_point=TOKEN_ENV_ENTRY_POINT,
-            vector_entry_point=BATCHED_ENV_ENTRY_POINT,
+            entry_point=None if multiturn else TOKEN_ENV_ENTRY_POINT,
+            vector_entry_point=MULTITURN_ENV_ENTRY_POINT if multiturn else BATCHED_ENV_ENTRY_POINT,
             kwargs={"task": name},
         )
     return env_id
@@ -134,8 +145,14 @@ def make_task(task: Task | str, **task_kwargs: Any) -> Task:
     :param task_kwargs: keyword arguments for the task's constructor (``horizon`` etc.); must be
         empty when ``task`` is already a ``Task``.
     """
+    from marlhf.envs.multiturn.task import MultiTurnTask
     from marlhf.envs.tasks import Task, check_task
 
+    if isinstance(task, MultiTurnTask):
+        raise TypeError(
+            f"task {task.name!r} is a multi-turn task: run it with "
+            "marlhf.envs.multiturn.MultiTurnTokenEnv (or make_vec of its env id)"
+        )
     if isinstance(task, Task):
         if task_kwargs:
             raise TypeError(

@@ -1,8 +1,9 @@
 """Macro-action options: terminations, segmentation utilities and the SMDP wrapper.
 
 Importing this package registers every built-in termination (``ngram``, ``random_ngram``,
-``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, and, when their
-modules are present, ``treesitter`` and ``parse``); ``available_terminations()`` lists them.
+``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, the cut-budget rules
+``entropy``, ``value_change``, ``even``, ``random_cuts``, ``surprisal`` and ``learned``, and, when
+their modules are present, ``treesitter`` and ``parse``); ``available_terminations()`` lists them.
 """
 
 import importlib
@@ -17,7 +18,10 @@ from marlhf.options.base import (
     lengths_to_starts,
     validate_starts,
 )
+from marlhf.options.budget import CutBudget, EvenCuts, RandomCuts, ScoredTermination, Surprisal
 from marlhf.options.combinators import MaxLength, MinLength, Union
+from marlhf.options.entropy import Entropy
+from marlhf.options.learned import Learned
 from marlhf.options.lowprob import LowProbability
 from marlhf.options.ngram import NGram, RandomNGram
 from marlhf.options.perplexity import Perplexity
@@ -40,6 +44,7 @@ from marlhf.options.segments import (
     segment_mask,
     segment_reduce,
 )
+from marlhf.options.value_change import ValueChange
 from marlhf.options.wrapper import MacroActionWrapper
 
 # The syntax-aware terminations (tree-sitter, spaCy) register on import; their modules load
@@ -52,6 +57,10 @@ del _module
 
 __all__ = [
     "REDUCTIONS",
+    "CutBudget",
+    "Entropy",
+    "EvenCuts",
+    "Learned",
     "LowProbability",
     "MacroActionWrapper",
     "MaxLength",
@@ -59,12 +68,16 @@ __all__ = [
     "NGram",
     "Perplexity",
     "Punctuation",
+    "RandomCuts",
     "RandomNGram",
+    "ScoredTermination",
     "SegmentationBatch",
     "SegmentationError",
+    "Surprisal",
     "Termination",
     "TerminationStats",
     "Union",
+    "ValueChange",
     "available_terminations",
     "broadcast_to_tokens",
     "build_termination",

@@ -6,7 +6,9 @@ what it needs in ``requires`` so callers compute only that:
 - ``"text"``: decoded responses with token character spans (``batch.alignments``);
 - ``"logprobs"``: per-token log-probs under the policy (``batch.logprobs``);
 - ``"ref_logprobs"``: per-token log-probs under the reference (``batch.ref_logprobs``);
-- ``"generator"``: a seeded ``torch.Generator`` (``batch.generator``).
+- ``"generator"``: a seeded ``torch.Generator`` (``batch.generator``);
+- ``"entropy"``: per-position entropy of the policy's distribution (``batch.entropy``);
+- ``"values"``: the critic's per-position values ``V(s_t)`` (``batch.values``).
 
 Every output passes through :func:`validate_starts` (via :func:`compute_starts`).
 """
@@ -25,7 +27,9 @@ import torch
 
 from marlhf.tokenization import TokenAlignment, TokenCodec, align_tokens
 
-REQUIREMENTS: frozenset[str] = frozenset({"text", "logprobs", "ref_logprobs", "generator"})
+REQUIREMENTS: frozenset[str] = frozenset(
+    {"text", "logprobs", "ref_logprobs", "generator", "entropy", "values"}
+)
 
 
 @dataclass
@@ -38,6 +42,8 @@ class SegmentationBatch:
     :param logprobs: ``float[B, T]`` policy log-probs of the taken tokens.
     :param ref_logprobs: ``float[B, T]`` reference log-probs of the taken tokens.
     :param generator: seeded generator for randomised terminations (on the CPU).
+    :param entropy: ``float[B, T]`` entropy of the policy's distribution at each position.
+    :param values: ``float[B, T]`` critic values of the state before each token.
     """
 
     response_ids: torch.Tensor
@@ -46,6 +52,8 @@ class SegmentationBatch:
     logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    entropy: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     @property
     def lengths(self) -> torch.Tensor:
@@ -63,6 +71,8 @@ class SegmentationBatch:
         logprobs: torch.Tensor | None = None,
         ref_logprobs: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        entropy: torch.Tensor | None = None,
+        values: torch.Tensor | None = None,
     ) -> SegmentationBatch:
         """Assemble a batch with exactly what ``requires`` names; missing inputs are an error."""
         unknown = set(requires) - REQUIREMENTS
@@ -77,7 +87,13 @@ class SegmentationBatch:
             batch.alignments = [
                 align_tokens(codec, row[:n]) for row, n in zip(ids, lengths, strict=True)
             ]
-        for name, value in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs)):
+        named = (
+            ("logprobs", logprobs),
+            ("ref_logprobs", ref_logprobs),
+            ("entropy", entropy),
+            ("values", values),
+        )
+        for name, value in named:
             if name in requires:
                 if value is None:
                     raise ValueError(f"SegmentationBatch.build: {name!r} is required but None")

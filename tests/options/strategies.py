@@ -78,6 +78,8 @@ class RaggedBatch:
             logprobs=self.values,
             ref_logprobs=self.values,
             generator=gen,
+            entropy=-self.values,
+            values=self.values,
         )
 
 

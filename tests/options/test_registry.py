@@ -51,7 +51,15 @@ def sample_batch(requires: frozenset[str]) -> SegmentationBatch:
     gen = torch.Generator().manual_seed(3)
     lp = -torch.rand(ids.shape, generator=gen)
     return SegmentationBatch.build(
-        ids, ids != 0, requires, codec=CODEC, logprobs=lp, ref_logprobs=lp, generator=gen
+        ids,
+        ids != 0,
+        requires,
+        codec=CODEC,
+        logprobs=lp,
+        ref_logprobs=lp,
+        generator=gen,
+        entropy=-lp,
+        values=lp.cumsum(dim=1),
     )
 
 

@@ -6,5 +6,13 @@ from marlhf.envs.multiturn.protocol import (
     TextEnvError,
     as_text_env,
 )
+from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
 
-__all__ = ["CheckedTextEnv", "TextEnv", "TextEnvError", "as_text_env"]
+__all__ = [
+    "CheckedTextEnv",
+    "MultiTurnTask",
+    "TextEnv",
+    "TextEnvError",
+    "as_text_env",
+    "check_multiturn_task",
+]

@@ -1,0 +1,276 @@
+"""The learned termination: its model, its weights as data, its oracle and its training."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import pytest
+import torch
+
+from marlhf.agents import MAPPO
+from marlhf.agents.advantages import compute_gae
+from marlhf.agents.checkpoint_data import termination_data, termination_from_data
+from marlhf.agents.rollout_io import collect
+from marlhf.agents.termination_training import (
+    base_starts,
+    estimator_errors,
+    oracle_cuts,
+    target_advantages,
+)
+from marlhf.agents.truth import Sampling
+from marlhf.envs import make_task
+from marlhf.models import tiny_gpt2
+from marlhf.options import (
+    CutBudget,
+    Learned,
+    SegmentationBatch,
+    build_termination,
+    compute_starts,
+    make_termination,
+    termination_config,
+)
+
+
+def _batch(seed: int = 0, rows: int = 6, width: int = 12) -> SegmentationBatch:
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.ones(rows, width, dtype=torch.bool)
+    mask[1, 9:] = False
+    lp = -torch.rand(rows, width, generator=gen) * 3
+    return SegmentationBatch.build(
+        torch.randint(0, 50, (rows, width), generator=gen),
+        mask,
+        frozenset({"logprobs", "entropy", "values"}),
+        logprobs=lp,
+        entropy=torch.rand(rows, width, generator=gen) * 2,
+        values=torch.randn(rows, width, generator=gen),
+    )
+
+
+def test_fit_step_learns_a_cut_set_the_heuristics_do_not_make() -> None:
+    """Target: the two LOWEST-entropy candidates of each row (the entropy rule's opposite)."""
+    term = make_termination("learned:budget=2;lr=0.03;hidden=16")
+    assert isinstance(term, Learned)
+    batch = _batch()
+    ent = batch.entropy
+    assert ent is not None
+    target = CutBudget("t", budget=2).select(-ent, batch.mask)
+    before = compute_starts(term, batch) & ~base_starts(batch.mask, False)
+    for _ in range(300):
+        loss = term.fit_step(batch, target)
+    assert loss < math.log(2) + 0.1  # the floor: a uniform target over two cuts
+    after = compute_starts(term, batch) & ~base_starts(batch.mask, False)
+    assert torch.equal(after, target)
+    assert not torch.equal(before, target)
+    entropy_rule = compute_starts(make_termination("entropy:budget=2"), batch)
+    assert not (entropy_rule & target).any()
+
+
+def test_weights_save_and_load_as_data() -> None:
+    term = make_termination("learned:budget=3;steps=5")
+    assert isinstance(term, Learned)
+    batch = _batch(1)
+    assert batch.values is not None
+    term.fit_step(batch, CutBudget("t", budget=3).select(batch.values, batch.mask))
+    term.bind("GPT2LMHeadModel-h16", 50)
+    config = termination_config(term)
+    assert config["name"] == "learned" and "state" in config["kwargs"]
+    again = build_termination(config)
+    assert isinstance(again, Learned)
+    assert torch.equal(again.scores(batch), term.scores(batch))
+    assert (again.arch, again.vocab_size, again.cut_budget.budget, again.steps) == (
+        "GPT2LMHeadModel-h16",
+        50,
+        3,
+        5,
+    )
+    # the checkpoint path stores it as data too, and rebuilds the same rule
+    data = termination_data(term)
+    assert "state" in data["kwargs"]
+    loaded = termination_from_data(data)
+    assert torch.equal(compute_starts(loaded, batch), compute_starts(term, batch))
+    # an untrained one saves without weights
+    assert "state" not in termination_config(make_termination("learned:budget=3"))["kwargs"]
+
+
+def test_spec_names_trained_weights_only_in_this_process() -> None:
+    term = make_termination("learned:budget=2")
+    assert isinstance(term, Learned)
+    batch = _batch(2)
+    assert term.spec == "learned:budget=2"
+    term.fit_step(batch, CutBudget("t", budget=2).select(batch.logprobs, batch.mask))  # type: ignore[arg-type]
+    spec = term.spec
+    assert spec.startswith("learned:budget=2;trained=")
+    again = make_termination(spec)
+    assert isinstance(again, Learned)
+    assert torch.equal(again.scores(batch), term.scores(batch))
+    with pytest.raises(ValueError, match=r"trained='w00000000000' names weights this process"):
+        make_termination("learned:budget=2;trained=w00000000000")
+
+
+def test_bad_state_names_the_field() -> None:
+    state = termination_config(_trained())["kwargs"]["state"]
+    with pytest.raises(ValueError, match=r"learned: state\['conv.weight'\] has .* hidden=8"):
+        Learned(budget=2, hidden=8, state=state)
+    with pytest.raises(ValueError, match=r"learned: state has parameters \['x'\]"):
+        Learned(budget=2, state={"x": [1.0]})
+
+
+def _trained() -> Learned:
+    term = Learned(budget=2)
+    batch = _batch(3)
+    term.fit_step(batch, CutBudget("t", budget=2).select(batch.logprobs, batch.mask))  # type: ignore[arg-type]
+    return term
+
+
+def test_another_architecture_or_vocabulary_is_refused() -> None:
+    term = _trained()
+    term.bind("GPT2LMHeadModel-h64", 12)
+    term.bind("GPT2LMHeadModel-h64", 12)  # the same policy: fine
+    with pytest.raises(ValueError, match=r"learned: arch='GPT2LMHeadModel-h64'.*LlamaForCausalLM"):
+        term.bind("LlamaForCausalLM-h64", 12)
+    with pytest.raises(ValueError, match=r"learned: vocab_size=12.*\(50257 tokens\)"):
+        term.bind("GPT2LMHeadModel-h64", 50257)
+    loaded = build_termination(termination_config(term))
+    assert isinstance(loaded, Learned)
+    with pytest.raises(ValueError, match=r"learned: vocab_size=12"):
+        loaded.bind("GPT2LMHeadModel-h64", 13)
+
+
+def _gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    def advantages_of(starts: torch.Tensor) -> torch.Tensor:
+        k = starts.shape[0] // rewards.shape[0]
+        rep = (k, 1)
+        return compute_gae(
+            rewards.repeat(rep), values.repeat(rep), mask.repeat(rep), starts
+        ).advantages
+
+    return advantages_of
+
+
+def test_oracle_with_one_cut_is_the_brute_force_best() -> None:
+    gen = torch.Generator().manual_seed(0)
+    b, t = 5, 9
+    mask = torch.arange(t)[None] < torch.tensor([9, 9, 7, 4, 9])[:, None]
+    rewards = torch.zeros(b, t)
+    rewards[torch.arange(b), mask.sum(1) - 1] = torch.rand(b, generator=gen)
+    values = torch.rand(b, t, generator=gen)
+    true = torch.randn(b, t, generator=gen).double() * mask
+    fn = _gae(rewards, values, mask)
+    cuts = oracle_cuts(fn, true, mask, CutBudget("o", budget=1))
+    for row in range(b):
+        n = int(mask[row].sum())
+        errors = {}
+        for c in range(1, n - 1):
+            starts = base_starts(mask, True)
+            starts[row, c] = True
+            errors[c] = float(estimator_errors(fn, starts, true, mask)[row])
+        assert cuts[row].nonzero().flatten().tolist() == [min(errors, key=errors.__getitem__)]
+
+
+def test_oracle_beats_every_cut_set_of_a_heuristic() -> None:
+    gen = torch.Generator().manual_seed(1)
+    b, t = 4, 8
+    mask = torch.ones(b, t, dtype=torch.bool)
+    rewards = torch.zeros(b, t)
+    rewards[:, -1] = torch.rand(b, generator=gen)
+    values = torch.rand(b, t, generator=gen)
+    true = torch.randn(b, t, generator=gen).double()
+    fn = _gae(rewards, values, mask)
+    oracle = oracle_cuts(fn, true, mask, CutBudget("o", budget=2)) | base_starts(mask, True)
+    assert torch.equal(oracle.sum(1), torch.full((b,), 4))
+    ours = estimator_errors(fn, oracle, true, mask)
+    # greedy is not always optimal, but it beats the median 2-cut set of every row
+    for row in range(b):
+        errs = []
+        for pair in itertools.combinations(range(1, t - 1), 2):
+            starts = base_starts(mask, True)
+            starts[row, list(pair)] = True
+            errs.append(float(estimator_errors(fn, starts, true, mask)[row]))
+        assert float(ours[row]) <= sorted(errs)[len(errs) // 2] + 1e-12
+
+
+def test_exact_target_needs_a_decisive_depth() -> None:
+    task = make_task("Reverse")
+    with pytest.raises(ValueError, match=r"learned: target='exact' needs a task with a decisive"):
+        target_advantages(
+            "exact",
+            None,
+            task,
+            [],
+            torch.zeros(0, 4).long(),
+            torch.zeros(0, 4, dtype=torch.bool),
+            Sampling(),
+        )
+
+
+def _agent(spec: str, seed: int = 0) -> MAPPO:
+    env: Any = gym.make_vec(
+        "marlhf/CreditSum-v0", num_envs=16, vectorization_mode="vector_entry_point", horizon=12
+    )
+    model = tiny_gpt2(env.codec, n_layer=1, n_embd=16, n_head=2, seed=seed)
+    return MAPPO(
+        model,
+        env,
+        batch_size=16,
+        kl_coef=0.0,
+        mask_actions=True,
+        seed=seed,
+        termination=spec,
+    )
+
+
+@pytest.mark.slow
+def test_agent_trains_its_learned_termination_and_saves_it(tmp_path: Path) -> None:
+    algo = _agent("learned:budget=3;steps=10;rows=8")
+    term = algo.termination
+    assert isinstance(term, Learned)
+    before = termination_config(term)["kwargs"]
+    assert "state" not in before
+    algo.learn(16 * 12 * 2)
+    stats = algo.rollout_stats
+    for key in ("termination/loss", "termination/rmse", "termination/oracle_rmse"):
+        assert key in stats
+    assert stats["termination/oracle_rmse"] <= stats["termination/rmse"] + 1e-9
+    assert term.updates == 20 and term.truth_tokens > 0
+    assert (term.arch, term.vocab_size) == ("GPT2LMHeadModel-h16", algo.policy.vocab_size)
+    path = tmp_path / "agent.zip"
+    algo.save(path)
+    loaded = MAPPO.load(path, env=algo.env)
+    assert isinstance(loaded.termination, Learned)
+    assert loaded.termination.config_kwargs() == term.config_kwargs()
+    rollouts = collect(algo)
+    batch = SegmentationBatch.build(
+        rollouts.response_ids,
+        rollouts.response_mask,
+        term.requires,
+        logprobs=rollouts.logprobs,
+        entropy=algo._rollout_entropy,
+        values=rollouts.values,
+    )
+    assert torch.equal(loaded.termination.starts(batch), term.starts(batch))
+
+
+def test_a_loaded_termination_refuses_another_policy() -> None:
+    algo = _agent("learned:budget=3;steps=2;rows=4")
+    algo.learn(16 * 12)
+    data = termination_config(algo.termination)  # type: ignore[arg-type]
+    env: Any = gym.make_vec(
+        "marlhf/CreditSum-v0", num_envs=16, vectorization_mode="vector_entry_point", horizon=12
+    )
+    other = MAPPO(
+        tiny_gpt2(env.codec, n_layer=1, n_embd=32, n_head=2, seed=0),
+        env,
+        batch_size=16,
+        kl_coef=0.0,
+        mask_actions=True,
+        termination=build_termination(data),
+    )
+    with pytest.raises(ValueError, match=r"learned: arch='GPT2LMHeadModel-h16'.*h32"):
+        other.learn(16 * 12)
