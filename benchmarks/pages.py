@@ -206,6 +206,89 @@ def scale_scaling(d: dict[str, Any]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- parity_full_*.json
+def _parity_files() -> dict[str, Path]:
+    """Task key -> the kept full-settings parity file that holds it."""
+    out = {}
+    for path in sorted(RESULTS_DIR.glob("parity_full_*.json")):
+        for key in _results(path)["tasks"]:
+            out[key] = path
+    return out
+
+
+def _ratio_cell(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:.2f}"
+
+
+def parity_task(key: str) -> str:
+    """One task of the kept full-settings parity runs: every agent's final score and reach."""
+    path = _parity_files()[key]
+    t = _results(path)["tasks"][key]
+    rows = []
+    for a in t["agents"]:
+        p = a["tokens_to_parity"]
+        lo, hi = p["ci95"]
+        rows.append(
+            [
+                a["agent"],
+                f"{a['final_score']:.3f} ± {a['final_score_ci95']:.3f}",
+                " ".join(f"{x:.2f}" for x in a["final_per_seed"]),
+                _ratio_cell(p["median"]),
+                f"[{_ratio_cell(lo)}, {_ratio_cell(hi)}]",
+                f"{p['reached']}/{p['seeds']}",
+            ]
+        )
+    header = [
+        "agent",
+        "final score ± 95% CI",
+        "per seed",
+        "tokens to PPO final / PPO tokens (median)",
+        "bootstrap 95% CI",
+        "seeds reaching",
+    ]
+    m = _results(path)["machine"]
+    return "\n".join(
+        [
+            f"`{t['env_id']}` {t['kwargs']}, {len(t['seeds'])} seeds, {t['total_timesteps']:,} "
+            f"tokens per run, {t['num_envs']} episodes per iteration, {t['model']}; agent "
+            f"settings `{t['agent']}`. `{path.name}`, commit {describe(m, path)}, "
+            f"{m['date_utc']}, {m['cpu']}.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
+def parity_summary(_: Any) -> str:
+    """Every kept full-settings task: PPO's final score against the best MAPPO termination's."""
+    rows = []
+    for key, path in _parity_files().items():
+        t = _results(path)["tasks"][key]
+        ppo, rest = t["agents"][0], t["agents"][1:]
+        best = max(rest, key=lambda a: a["final_score"])
+        above = sum(
+            a["final_score"] - a["final_score_ci95"] > ppo["final_score"] + ppo["final_score_ci95"]
+            for a in rest
+        )
+        rows.append(
+            [
+                key,
+                f"{ppo['final_score']:.3f}",
+                f"{best['final_score']:.3f} ({best['agent']})",
+                f"{above}/{len(rest)}",
+                "yes" if (t.get("ngram1_equals_ppo") or {}).get("identical") else "no",
+            ]
+        )
+    header = [
+        "task",
+        "PPO final",
+        "best MAPPO final",
+        "MAPPO rows whose interval is above PPO's",
+        "`ngram:1` equals PPO",
+    ]
+    return markdown_table(header, rows)
+
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "demo-scores": (DEMO, demo_scores),
@@ -213,7 +296,10 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "demo-wall": (DEMO, demo_wall),
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
+    "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
 }
+#: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.
+PARITY_TASK = "parity-full-task-"
 
 
 def render_blocks(text: str) -> str:
@@ -224,6 +310,9 @@ def render_blocks(text: str) -> str:
 
     def one(match: re.Match[str]) -> str:
         name = match.group(2)
+        if name.startswith(PARITY_TASK):
+            text = parity_task(name.removeprefix(PARITY_TASK))
+            return match.group(1) + text + "\n" + match.group(4)
         if name not in BLOCKS:
             raise KeyError(f"<!-- render:{name} -->: unknown block; known: {sorted(BLOCKS)}")
         path, render = BLOCKS[name]

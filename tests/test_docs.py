@@ -91,6 +91,8 @@ def _workdir(tmp_path: Path) -> Path:
     """A fresh folder that looks like the repository's root to the commands of the docs."""
     for name in ("examples", "benchmarks"):
         (tmp_path / name).symlink_to(ROOT / name)
+    if (Path(sys.prefix) / "bin" / "activate").exists():  # the venv running the tests is .venv
+        (tmp_path / ".venv").symlink_to(sys.prefix)
     shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
     return tmp_path
 
