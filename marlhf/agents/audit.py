@@ -33,7 +33,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from marlhf.agents.config import PPOConfig
-from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator
+from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator, prob_mask
 from marlhf.agents.rollout_io import Rollouts, resegment
 from marlhf.agents.truth import Sampling, TrueAdvantages, true_advantages
 from marlhf.options import make_termination
@@ -158,9 +158,9 @@ def estimate(
     result = spec.fn(batch, config)
     check_estimate(spec.name, result, batch)
     advantages = result.advantages
-    if config.prob_mask_threshold is not None:  # SPO: as the agent applies it after the estimate
-        confident = rollouts.logprobs.exp() > config.prob_mask_threshold
-        advantages = torch.where(confident, 0.0, advantages)
+    if config.prob_mask_threshold is not None:  # SPO: the agent's rule (no update, no credit)
+        kept = prob_mask(rollouts.logprobs, rollouts.response_mask, config.prob_mask_threshold)
+        advantages = torch.where(kept, advantages, 0.0)
     return advantages, starts
 
 

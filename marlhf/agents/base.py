@@ -33,6 +33,7 @@ from marlhf.agents.fsdp import shard_policy
 from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.stages import IterationStages
+from marlhf.agents.turn_credit import check_estimator_env
 from marlhf.models import resolve_device
 from marlhf.options import Termination, make_termination
 
@@ -184,6 +185,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         """Attach a ``BatchedTokenEnv`` (or anything with its contract) and size the buffer."""
         self._attach_env(env)
         self._check_batch_size()
+        check_estimator_env(self.config.estimator, env)  # turns, state_key(), clone()
 
     def _check_batch_size(self) -> None:
         env = self.env

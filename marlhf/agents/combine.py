@@ -92,14 +92,15 @@ def spec_with_options(text: str) -> EstimatorSpec:
         raise ValueError(f"estimator spec {text!r}: options are key=value, got {args[0]!r}")
     base = _REGISTRY[name]
     options = build_options(name, dict(kwargs))
-    requires = base.requires | extra_requires(options)
+    requires = option_requires(options, base.requires)
     return EstimatorSpec(text, _call_with(base, options), requires, base.description)
 
 
-def extra_requires(options: Any) -> frozenset[str]:
-    """Inputs an estimator needs because of its options (an ``requires()`` method on them)."""
-    more = getattr(options, "requires", None)
-    return frozenset(more()) if callable(more) else frozenset()
+def option_requires(options: Any, base: frozenset[str]) -> frozenset[str]:
+    """The inputs an estimator with these options needs: ``options.requires(base)`` when the
+    options define it (an option can add an input or swap one), else ``base``."""
+    method = getattr(options, "requires", None)
+    return frozenset(method(base)) if callable(method) else base
 
 
 _NUMBER = r"(?:\d+\.?\d*|\.\d+)(?:[eE]-?\d+)?|inf(?:inity)?|nan"

@@ -22,6 +22,7 @@ from typing import Any, Literal, get_args, get_origin
 from marlhf.agents.advantages import Discount, RewardAgg, ValueAgg
 from marlhf.agents.estimators import get_estimator
 from marlhf.agents.kl import KLEstimator
+from marlhf.agents.losses import KL_LOSS_ESTIMATORS
 from marlhf.agents.presets import PRESETS as PRESETS
 from marlhf.agents.presets import Preset as Preset
 from marlhf.agents.presets import available_presets as available_presets
@@ -32,6 +33,7 @@ from marlhf.options import Termination
 RatioLevel = Literal["token", "macro", "sequence"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-sum-constant"]
 KLIn = Literal["reward", "loss"]
+ReinforcePPForm = Literal["openrlhf", "verl"]
 LRSchedule = Literal["constant", "linear"]
 
 
@@ -131,6 +133,13 @@ class PPOConfig:
         default="k1",
         metadata=doc("per-token KL estimate: k1 (log-ratio), k2 (half squared), k3 (Schulman)"),
     )
+    kl_clamp: float | None = field(
+        default=None,
+        metadata=doc(
+            "clamp each token's KL estimate to [-c, c] wherever it acts (verl clamps k3 at 10; "
+            "VinePPO's k3 loss at [0, 10]); None: no clamp"
+        ),
+    )
     kl_target: float | None = field(
         default=None,
         metadata=doc("target KL per episode of the adaptive controller; None: beta stays fixed"),
@@ -176,19 +185,28 @@ class PPOConfig:
         default=None,
         metadata=doc("upper ratio clip 1 + this (DAPO: 0.28); None: clip_range (symmetric)"),
     )
+    dual_clip: float | None = field(
+        default=None,
+        metadata=doc(
+            "dual-clip PPO (verl's clip_ratio_c, e.g. 3.0): with a negative advantage the "
+            "token's loss is at most -c x A; must be > 1; None: off"
+        ),
+    )
     loss_agg: LossAgg = field(
         default="token-mean",
         metadata=doc(
             "policy loss over tokens: token-mean (every token of the batch alike), "
             "seq-mean-token-mean (per response, then over responses), seq-sum-constant "
-            "(Dr. GRPO: sum / (rows x max_new_tokens))"
+            "(Dr. GRPO: sum / (rows x max_new_tokens)); ratio_level=sequence needs "
+            "seq-mean-token-mean (GSPO: one term per response). A KL in the loss is aggregated "
+            "the same way"
         ),
     )
     kl_in: KLIn = field(
         default="reward",
         metadata=doc(
             "where the KL to the reference acts: reward (per-token penalty in the shaped reward) "
-            "or loss (kl_coef x kl_estimator term in the loss, as GRPO with k3)"
+            "or loss (kl_coef x kl_estimator term in the loss, as GRPO with k3; needs k2 or k3)"
         ),
     )
     discount: Discount = field(
@@ -223,6 +241,14 @@ class PPOConfig:
             "need >= 2"
         ),
     )
+    reinforce_pp_form: ReinforcePPForm = field(
+        default="openrlhf",
+        metadata=doc(
+            "reinforce_pp_baseline: openrlhf (the group mean of the task score is subtracted "
+            "from the score, the per-token KL stays in the return-to-go) or verl (the group mean "
+            "of the KL-inclusive total is subtracted from the total, one advantage per response)"
+        ),
+    )
     group_std: bool = field(
         default=True,
         metadata=doc("grpo: divide by the group's std (False: Dr. GRPO's unscaled advantage)"),
@@ -241,12 +267,17 @@ class PPOConfig:
     prob_mask_threshold: float | None = field(
         default=None,
         metadata=doc(
-            "advantage 0 on tokens sampled with probability above this (SPO-chain: 0.9); None: off"
+            "tokens sampled with probability above this leave the update: out of the loss, the "
+            "KL term and the whitening, advantage 0 (SPO-chain: 0.9); needs ratio_level=token; "
+            "None: off"
         ),
     )
     drop_uniform_groups: bool = field(
         default=False,
-        metadata=doc("leave out of the update the groups whose rewards are all equal (DAPO)"),
+        metadata=doc(
+            "leave out of the update the groups whose task scores are all equal (DAPO's dynamic "
+            "sampling filter, on the score alone: a KL in the reward does not count)"
+        ),
     )
     bf16: bool = field(default=False, metadata=doc("bfloat16 autocast on CUDA (ignored on CPU)"))
     fsdp: bool = field(
@@ -269,7 +300,8 @@ class PPOConfig:
         _positive("clip_range_high", self.clip_range_high, allow_none=True)
         _positive("temperature", self.temperature)
         _positive("score_temperature", self.score_temperature, allow_none=True)
-        for name in ("clip_range_vf", "target_kl", "reward_clip", "kl_target", "max_grad_norm"):
+        names = ("clip_range_vf", "target_kl", "reward_clip", "kl_target", "max_grad_norm")
+        for name in (*names, "kl_clamp"):
             _positive(name, getattr(self, name), allow_none=True)
         _int_at_least("n_epochs", self.n_epochs, 1)
         _int_at_least("batch_size", self.batch_size, 1, allow_none=True)
@@ -292,6 +324,12 @@ class PPOConfig:
         _int_at_least("mc_max_starts", self.mc_max_starts, 1)
         if self.prob_mask_threshold is not None:
             _in_range("prob_mask_threshold", self.prob_mask_threshold, 0.0, 1.0)
+        if self.dual_clip is not None and not (
+            isinstance(self.dual_clip, int | float) and math.isfinite(self.dual_clip)
+            and self.dual_clip > 1
+        ):  # fmt: skip
+            raise ValueError(f"dual_clip={self.dual_clip!r} must be a finite number > 1 or None")
+        self._check_method_fidelity()
         spec = get_estimator(self.estimator)  # raises naming the valid estimators
         if self.drop_uniform_groups and self.group_size < 2:
             raise ValueError(
@@ -300,7 +338,8 @@ class PPOConfig:
         if "mc_values" in spec.requires and self.kl_in == "reward" and self.kl_coef > 0:
             raise ValueError(
                 f"estimator={self.estimator!r} estimates values from task rewards only: use "
-                f"kl_in='loss' or kl_coef=0 (got kl_in='reward', kl_coef={self.kl_coef})"
+                f"kl_in='loss' or kl_coef=0 (got kl_in='reward', kl_coef={self.kl_coef}); in "
+                f"the loss the KL needs kl_estimator in {KL_LOSS_ESTIMATORS}"
             )
         if spec.needs_groups and self.group_size < 2:
             raise ValueError(
@@ -311,6 +350,29 @@ class PPOConfig:
             raise ValueError(
                 f"termination={self.termination!r} is not valid; expected a spec string "
                 "(e.g. 'ngram:5'), a Termination, or None"
+            )
+
+    def _check_method_fidelity(self) -> None:
+        """Combinations with no defined meaning: each error names the field and valid values."""
+        if self.kl_in == "loss" and self.kl_estimator not in KL_LOSS_ESTIMATORS:
+            raise ValueError(
+                f"kl_estimator={self.kl_estimator!r} cannot regularise in the loss: the k1 term "
+                "logp - ref has zero expected gradient on-policy. With kl_in='loss' choose "
+                f"kl_estimator in {KL_LOSS_ESTIMATORS} (k3: gradient of KL(ref||pi), as GRPO; "
+                "k2: gradient of KL(pi||ref), k1's correct loss form), or put k1 in the reward "
+                "(kl_in='reward')"
+            )
+        if self.ratio_level == "sequence" and self.loss_agg != "seq-mean-token-mean":
+            raise ValueError(
+                f"loss_agg={self.loss_agg!r} is undefined with ratio_level='sequence': the "
+                "sequence ratio (GSPO) is one term per response, averaged over responses; "
+                "valid: loss_agg='seq-mean-token-mean'"
+            )
+        if self.prob_mask_threshold is not None and self.ratio_level != "token":
+            raise ValueError(
+                f"prob_mask_threshold={self.prob_mask_threshold} removes single tokens from the "
+                f"update, which splits macro and sequence ratios: ratio_level="
+                f"{self.ratio_level!r} must be 'token'"
             )
 
     @property

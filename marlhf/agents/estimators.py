@@ -23,8 +23,9 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``turns``: the multi-turn layout: ``action_mask``, ``turn_ids``,
   ``turn_starts``, ``turn_rewards``, ``num_turns``, ``terminated``, ``truncated``;
 - ``turn_state_keys``: the env's ``state_key()`` at the start of each turn;
-- ``turn_mc_values``: ``float[B, K]``, the mean return of continuations from each turn start;
-- ``turn_potentials``: ``float[B, K]``, a potential ``Phi`` of the state at each turn start.
+- ``turn_potentials``: ``float[B, K]``, ``Phi(s) = log p(gold | s)`` under the policy at each
+  turn start (:mod:`marlhf.agents.turn_potentials`); ``ref_turn_potentials``: the same under the
+  frozen reference.
 
 Turn-level estimators live in :mod:`marlhf.agents.turn_credit`; estimator *specs* with options
 (``gigpo:omega=0.5``) and weighted sums (``grpo + 0.5 * gigpo_step``) are resolved by
@@ -51,8 +52,8 @@ ESTIMATOR_INPUTS: tuple[str, ...] = (
     "token_probs",
     "turns",
     "turn_state_keys",
-    "turn_mc_values",
     "turn_potentials",
+    "ref_turn_potentials",
 )
 
 
@@ -88,8 +89,8 @@ class EstimatorBatch:
     terminated: Tensor | None = None
     truncated: Tensor | None = None
     turn_state_keys: list[list[Hashable]] | None = None
-    turn_mc_values: Tensor | None = None
     turn_potentials: Tensor | None = None
+    ref_turn_potentials: Tensor | None = None
 
 
 @dataclass
@@ -305,30 +306,88 @@ def reinforce_pp(batch: EstimatorBatch, config: Any) -> Estimate:
     return Estimate(_whiten_batch(returns, batch.mask))
 
 
+def task_scores(batch: EstimatorBatch, config: Any = None) -> Tensor:
+    """``float64[B]``: each row's task score (the env's rewards summed, no KL), each token's
+    task reward clipped to ``config.reward_clip`` first when one is given (as the shaped reward
+    clips it)."""
+    task = batch.task_rewards.double()
+    clip = getattr(config, "reward_clip", None)
+    if clip is not None:
+        task = task.clamp(-clip, clip)
+    return torch.where(batch.mask, task, 0.0).sum(dim=1)
+
+
+def _last_token(mask: Tensor) -> Tensor:
+    """``bool[B, T]``: each non-empty row's last real token (a prefix mask)."""
+    last = (mask.sum(dim=1) - 1).clamp(min=0)
+    cols = torch.arange(mask.shape[1], device=mask.device)[None, :]
+    return (cols == last[:, None]) & mask
+
+
 @register_estimator("reinforce_pp_baseline", requires=("group_ids",))
 def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
-    """REINFORCE++-baseline: return-to-go minus the group's mean outcome, batch-whitened."""
-    _, mean, _ = _group_baseline(batch, leave_one_out=False)
-    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma))
-    centred = torch.where(batch.mask, returns - mean[:, None].to(returns.dtype), 0.0)
+    """REINFORCE++-baseline (arXiv 2501.03262), in the form ``config.reinforce_pp_form`` names.
+
+    - ``"openrlhf"`` (default; the paper's authors' code): the group mean of the task score is
+      subtracted from the score on the last token, the per-token KL stays in the reward, the
+      advantage is the return-to-go of that reward, whitened over the batch;
+    - ``"verl"``: the group mean of the KL-inclusive total is subtracted from the total, the
+      result broadcast to every token of the response and whitened over the batch.
+
+    With no KL in the reward (``beta = 0``) the two agree.
+    """
+    if batch.group_ids is None:
+        raise ValueError("a group estimator needs group_ids (set group_size >= 2)")
+    form = getattr(config, "reinforce_pp_form", "openrlhf")
+    if form == "verl":
+        outcome, mean, _ = _group_baseline(batch, leave_one_out=False)
+        centred = broadcast(outcome - mean, batch.mask)
+    else:
+        mean, _, _ = group_stats(task_scores(batch, config), batch.group_ids)
+        rewards = batch.rewards - torch.where(_last_token(batch.mask), mean[:, None], 0.0)
+        centred = returns_to_go(rewards.float(), batch.mask, float(config.gamma))
     return Estimate(_whiten_batch(centred, batch.mask))
 
 
 def uniform_groups(batch: EstimatorBatch) -> Tensor:
-    """``bool[B]``: rows whose group's outcomes are all equal (no signal to learn; DAPO drops
-    them). Without groups nothing is uniform."""
+    """``bool[B]``: rows whose group's task scores are all equal (no signal to learn; DAPO
+    drops them). The test reads the env's score alone (DAPO filters on the accuracy), so a KL
+    in the reward does not make an all-correct group look informative. Without groups nothing
+    is uniform."""
     if batch.group_ids is None:
         return torch.zeros(batch.mask.shape[0], dtype=torch.bool, device=batch.mask.device)
-    _, std, _ = group_stats(sequence_returns(batch), batch.group_ids)
+    _, std, _ = group_stats(task_scores(batch), batch.group_ids)
     return std == 0
 
 
 @register_estimator("remax", requires=("greedy_rewards",))
 def remax(batch: EstimatorBatch, config: Any) -> Estimate:
-    """ReMax (arXiv 2310.10505): R minus the reward of a greedy rollout of the same prompt."""
+    """ReMax (arXiv 2310.10505): the return-to-go of the shaped rewards minus the greedy
+    rollout's task score, clipped as the sample's score is (verl's form: the baseline is the
+    reward model's score of the greedy response; its KL is not scored)."""
     assert batch.greedy_rewards is not None
-    adv = sequence_returns(batch).double() - batch.greedy_rewards.double()
-    return Estimate(broadcast(adv, batch.mask))
+    baseline = batch.greedy_rewards.double()
+    clip = getattr(config, "reward_clip", None)
+    if clip is not None:
+        baseline = baseline.clamp(-clip, clip)
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma)).double()
+    adv = torch.where(batch.mask, returns - baseline[:, None], 0.0)
+    return Estimate(adv.to(torch.float32))
+
+
+def prob_mask(logprobs: Tensor, mask: Tensor, threshold: float | None) -> Tensor:
+    """``bool[B, T]``: the tokens SPO's probability mask keeps in the update: real tokens the
+    policy sampled with probability at most ``threshold``. The others (probability above it:
+    the policy was already confident) leave the loss, the KL term and the whitening. The one
+    rule; the agent and the audit both call it.
+
+    :param logprobs: ``float[B, T]`` the sampled tokens' log-probs at rollout time.
+    :param mask: ``bool[B, T]`` real response tokens.
+    :param threshold: a probability in ``[0, 1]``, or ``None``: every real token stays.
+    """
+    if threshold is None:
+        return mask
+    return mask & ~(logprobs.exp() > threshold)
 
 
 @register_estimator("mc", requires=("mc_values",))

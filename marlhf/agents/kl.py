@@ -20,7 +20,9 @@ KLEstimator = Literal["k1", "k2", "k3"]
 KL_ESTIMATORS: tuple[str, ...] = get_args(KLEstimator)
 
 
-def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") -> Tensor:
+def kl_penalty(
+    logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1", clamp: float | None = None
+) -> Tensor:
     """Per-token estimate of ``KL(pi || pi_ref)`` from the log-probs of the sampled tokens.
 
     With ``log r = ref_logp - logp`` (J. Schulman, "Approximating KL divergence", 2020):
@@ -32,6 +34,9 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
     :param logprobs: ``float[...]`` policy log-probs of the taken tokens (nats).
     :param ref_logprobs: ``float[...]`` reference log-probs of the same tokens, same shape.
     :param estimator: one of ``KL_ESTIMATORS``, default ``"k1"``.
+    :param clamp: clamp each estimate to ``[-clamp, clamp]`` (verl clamps k3 at 10; the k2 and
+        k3 estimates are non-negative, so for them this is VinePPO's ``[0, clamp]``); ``None``
+        (default): no clamp.
     :return: ``float[...]`` per-token KL estimates (nats), same shape.
     """
     check_choice("kl_penalty", "estimator", estimator, KL_ESTIMATORS)
@@ -40,14 +45,18 @@ def kl_penalty(logprobs: Tensor, ref_logprobs: Tensor, estimator: str = "k1") ->
             f"kl_penalty: logprobs has shape {tuple(logprobs.shape)} but ref_logprobs has "
             f"{tuple(ref_logprobs.shape)}; they must match"
         )
+    if clamp is not None:
+        _check_nonnegative("kl_penalty", "clamp", clamp, strict=True)
     diff = logprobs - ref_logprobs
     if estimator == "k1":
-        return diff
-    if estimator == "k2":
-        return 0.5 * diff * diff
-    log_ratio = -diff
-    # expm1 keeps (r - 1) accurate when r is close to 1, where the two terms nearly cancel.
-    return torch.expm1(log_ratio) - log_ratio
+        out = diff
+    elif estimator == "k2":
+        out = 0.5 * diff * diff
+    else:
+        log_ratio = -diff
+        # expm1 keeps (r - 1) accurate when r is close to 1, where the two terms nearly cancel.
+        out = torch.expm1(log_ratio) - log_ratio
+    return out if clamp is None else out.clamp(-clamp, clamp)
 
 
 class KLController(ABC):

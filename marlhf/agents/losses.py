@@ -12,11 +12,14 @@ import torch
 from torch import Tensor
 
 from marlhf.agents.advantages import check_choice
+from marlhf.agents.kl import kl_penalty
 from marlhf.options.base import validate_starts
 from marlhf.options.segments import broadcast_to_tokens, segment_reduce
 
 RATIO_LEVELS: tuple[str, ...] = ("token", "macro", "sequence")
 LOSS_AGGREGATIONS: tuple[str, ...] = ("token-mean", "seq-mean-token-mean", "seq-sum-constant")
+#: KL estimators that regularise as a loss term (METHOD.md: k1 belongs in the reward only).
+KL_LOSS_ESTIMATORS: tuple[str, ...] = ("k2", "k3")
 
 
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
@@ -46,6 +49,44 @@ def _check_positive(where: str, name: str, value: float) -> None:
         raise ValueError(f"{where}: {name}={value!r} must be a number > 0")
 
 
+def aggregate(x: Tensor, mask: Tensor, loss_agg: str) -> Tensor:
+    """Aggregate per-token loss terms ``x`` over the real tokens as ``loss_agg`` says.
+
+    - ``"token-mean"``: the mean over every real token of the batch;
+    - ``"seq-mean-token-mean"``: each response's token mean, then the mean over the responses
+      that have a real token;
+    - ``"seq-sum-constant"``: the sum over real tokens divided by ``B * T`` (Dr. GRPO's
+      constant: rows times the column budget), whatever the responses' lengths.
+
+    The policy loss (token and macro ratios) and a KL in the loss use it alike (verl's
+    ``agg_loss``).
+
+    :param x: ``float[B, T]`` per-token terms; entries off the mask are ignored.
+    :param mask: ``bool[B, T]`` the tokens that count.
+    :param loss_agg: one of ``LOSS_AGGREGATIONS``.
+    :return: a 0-dim tensor.
+    """
+    check_choice("aggregate", "loss_agg", loss_agg, LOSS_AGGREGATIONS)
+    if loss_agg == "token-mean":
+        return masked_mean(x, mask)
+    kept = torch.where(mask, x, torch.zeros_like(x))
+    if loss_agg == "seq-sum-constant":
+        return kept.sum() / float(mask.numel() or 1)
+    lengths = mask.sum(dim=1).clamp(min=1).to(x.dtype)
+    rows = mask.any(dim=1)
+    per_row = kept.sum(dim=1) / lengths
+    return per_row[rows].sum() / rows.sum().clamp(min=1).to(per_row.dtype)
+
+
+def _surrogate(ratio: Tensor, adv: Tensor, low: float, high: float, dual: float | None) -> Tensor:
+    """``max(-A r, -A clip(r, 1 - low, 1 + high))``; with ``dual`` (verl's dual clip), where
+    ``A < 0`` the loss is also bounded above by ``-A * dual``."""
+    loss = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1.0 - low, 1.0 + high))
+    if dual is None:
+        return loss
+    return torch.where(adv < 0, torch.minimum(loss, -adv * dual), loss)
+
+
 def _outside(ratio: Tensor, low: float, high: float) -> Tensor:
     if low == high:  # the symmetric test, written as before (bitwise the same statistics)
         return (ratio - 1.0).abs() > low
@@ -63,8 +104,9 @@ def policy_loss(
     ratio_level: str = "token",
     clip_range_high: float | None = None,
     loss_agg: str = "token-mean",
+    dual_clip: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """Clipped PPO surrogate ``-min(r A, clip(r, 1 - c, 1 + c) A)``, averaged over real tokens.
+    """Clipped PPO surrogate ``-min(r A, clip(r, 1 - c, 1 + c) A)``, aggregated by ``loss_agg``.
 
     - ``ratio_level="token"`` (released code): each token's ratio ``exp(new - old)`` with its
       (segment) advantage; the loss is the masked mean over tokens.
@@ -84,13 +126,20 @@ def policy_loss(
     :param starts: ``bool[B, T]`` macro-action starts (only used, and validated, by ``"macro"``).
     :param clip_range: ``c > 0``, e.g. 0.2.
     :param ratio_level: ``"token"`` (default), ``"macro"`` or ``"sequence"`` (GSPO,
-        arXiv 2507.18071: one ratio per response, ``exp(mean over its tokens of (new - old))``,
-        clipped per response, with the response's mean advantage).
+        arXiv 2507.18071: one ratio per response ``s_i = exp(mean over its tokens of
+        (new - old))``, clipped per response, times the response's mean advantage ``A_i``; the
+        loss is ``mean_i max(-A_i s_i, -A_i clip(s_i))``, one term per response, so it needs
+        ``loss_agg="seq-mean-token-mean"``: any other aggregation would weight the responses by
+        their lengths).
     :param clip_range_high: the upper clip ``1 + clip_range_high`` (DAPO's asymmetric clipping,
         e.g. 0.28); ``None``: symmetric.
     :param loss_agg: ``"token-mean"`` (every real token of the batch weighs the same; default),
         ``"seq-mean-token-mean"`` (each response's token mean, then the mean over responses),
-        ``"seq-sum-constant"`` (Dr. GRPO: the sum over tokens divided by ``B * T``, a constant).
+        ``"seq-sum-constant"`` (Dr. GRPO: the sum over tokens divided by ``B * T``, a constant);
+        see :func:`aggregate`.
+    :param dual_clip: verl's dual clip ``c > 1`` (``clip_ratio_c``, e.g. 3.0): where the
+        advantage is negative the per-token (macro, sequence) loss is at most ``-c * A``;
+        ``None`` (default): off.
     :return: ``(loss, stats)``; ``stats["clip_fraction"]`` is the fraction of real tokens whose
         ratio (their segment's, for ``"macro"``) lies outside ``[1 - c, 1 + c]``;
         ``stats["approx_kl"]`` the mean over real tokens of ``(r - 1) - log r`` with the
@@ -102,6 +151,15 @@ def policy_loss(
     _check_positive(where, "clip_range", clip_range)
     high = clip_range if clip_range_high is None else clip_range_high
     _check_positive(where, "clip_range_high", high)
+    if dual_clip is not None and not (
+        not isinstance(dual_clip, bool) and isinstance(dual_clip, (int, float)) and dual_clip > 1
+    ):
+        raise ValueError(f"{where}: dual_clip={dual_clip!r} must be a number > 1 or None")
+    if ratio_level == "sequence" and loss_agg != "seq-mean-token-mean":
+        raise ValueError(
+            f"{where}: loss_agg={loss_agg!r} is undefined with ratio_level='sequence' (GSPO is "
+            "one term per response, averaged over responses); valid: 'seq-mean-token-mean'"
+        )
     _check_same_shape(
         where, new_logp=new_logp, old_logp=old_logp, advantages=advantages, mask=mask, starts=starts
     )
@@ -109,45 +167,35 @@ def policy_loss(
     log_ratio = torch.where(mask, new_logp - old_logp, zeros)
     adv = torch.where(mask, advantages, torch.zeros_like(advantages))
 
-    lengths = mask.sum(dim=1, keepdim=True).clamp(min=1).to(new_logp.dtype)
     if ratio_level == "token":
         ratio = torch.exp(log_ratio)
-        clipped = torch.clamp(ratio, 1.0 - clip_range, 1.0 + high)
-        token_loss = torch.maximum(-adv * ratio, -adv * clipped)
+        token_loss = _surrogate(ratio, adv, clip_range, high, dual_clip)
         outside = _outside(ratio, clip_range, high)
-        if loss_agg == "token-mean":
-            loss = masked_mean(token_loss, mask)
+        loss = aggregate(token_loss, mask, loss_agg)
     elif ratio_level == "macro":
         validate_starts(starts, mask, name=where)
         seg_log_ratio = segment_reduce(log_ratio, starts, mask, "sum")
         seg_adv = segment_reduce(adv, starts, mask, "mean")
         seg_ratio = torch.exp(seg_log_ratio)
-        seg_clipped = torch.clamp(seg_ratio, 1.0 - clip_range, 1.0 + high)
-        seg_loss = torch.maximum(-seg_adv * seg_ratio, -seg_adv * seg_clipped)
+        seg_loss = _surrogate(seg_ratio, seg_adv, clip_range, high, dual_clip)
+        seg_outside = _outside(seg_ratio, clip_range, high).to(adv.dtype)
+        outside = broadcast_to_tokens(seg_outside.detach(), starts, mask) > 0.5
         if loss_agg == "token-mean":
             # Absent segments hold zeros (ratio 1, advantage 0), so they add nothing to the sum.
             loss = seg_loss.sum() / mask.sum().clamp(min=1).to(seg_loss.dtype)
-        seg_outside = _outside(seg_ratio, clip_range, high).to(adv.dtype)
-        outside = broadcast_to_tokens(seg_outside.detach(), starts, mask) > 0.5
-        # A segment's loss shared by its tokens, for the other aggregations.
-        seg_len = segment_reduce(mask.to(adv.dtype), starts, mask, "sum").clamp(min=1)
-        token_loss = broadcast_to_tokens(seg_loss / seg_len, starts, mask)
+        else:  # a segment's loss shared by its tokens
+            seg_len = segment_reduce(mask.to(adv.dtype), starts, mask, "sum").clamp(min=1)
+            loss = aggregate(broadcast_to_tokens(seg_loss / seg_len, starts, mask), mask, loss_agg)
     else:
-        seq_ratio = torch.exp(log_ratio.sum(dim=1, keepdim=True) / lengths)
-        seq_adv = adv.sum(dim=1, keepdim=True) / lengths
-        seq_clipped = torch.clamp(seq_ratio, 1.0 - clip_range, 1.0 + high)
-        seq_loss = torch.maximum(-seq_adv * seq_ratio, -seq_adv * seq_clipped)
-        token_loss = torch.where(mask, (seq_loss / lengths).expand_as(adv), zeros)
-        seq_outside = _outside(seq_ratio, clip_range, high)
-        outside = seq_outside.expand_as(mask) & mask
-        if loss_agg == "token-mean":
-            loss = token_loss.sum() / mask.sum().clamp(min=1).to(token_loss.dtype)
-    if loss_agg == "seq-mean-token-mean":
+        lengths = mask.sum(dim=1).clamp(min=1).to(new_logp.dtype)
+        seq_ratio = torch.exp(log_ratio.sum(dim=1) / lengths)
+        seq_adv = adv.sum(dim=1) / lengths
+        seq_loss = _surrogate(seq_ratio, seq_adv, clip_range, high, dual_clip)
         rows = mask.any(dim=1)
-        per_row = torch.where(mask, token_loss, zeros).sum(dim=1) / lengths.squeeze(1)
-        loss = per_row[rows].sum() / rows.sum().clamp(min=1).to(per_row.dtype)
-    elif loss_agg == "seq-sum-constant":
-        loss = torch.where(mask, token_loss, zeros).sum() / float(mask.numel() or 1)
+        # GSPO: one term per response, the mean over the responses (verl's seq-mean-token-mean
+        # of its per-token copies of the sequence loss).
+        loss = seq_loss[rows].sum() / rows.sum().clamp(min=1).to(seq_loss.dtype)
+        outside = _outside(seq_ratio, clip_range, high)[:, None].expand_as(mask) & mask
 
     with torch.no_grad():
         lr = log_ratio.detach()
@@ -201,3 +249,33 @@ def entropy_loss(entropy: Tensor, mask: Tensor) -> Tensor:
     :param mask: ``bool[B, T]`` real response tokens.
     """
     return -masked_mean(entropy, mask)
+
+
+def kl_loss(
+    new_logp: Tensor,
+    ref_logp: Tensor,
+    mask: Tensor,
+    *,
+    estimator: str = "k3",
+    loss_agg: str = "token-mean",
+    clamp: float | None = None,
+) -> Tensor:
+    """The KL to the reference as a loss term (``kl_in="loss"``), aggregated like the policy
+    loss (verl: ``agg_loss(kl, mask, loss_agg_mode)``; the caller multiplies by ``beta``).
+
+    :param new_logp: ``float[B, T]`` current log-probs of the taken tokens (with grad).
+    :param ref_logp: ``float[B, T]`` the reference's log-probs of the same tokens.
+    :param mask: ``bool[B, T]`` the tokens that count.
+    :param estimator: ``"k3"`` (default; its gradient is that of KL(ref || pi), as GRPO) or
+        ``"k2"`` (the gradient of KL(pi || ref)). ``"k1"`` is refused: ``logp - ref`` has zero
+        expected gradient on-policy, so it does not regularise in a loss.
+    :param loss_agg: see :func:`aggregate`.
+    :param clamp: clamp each token's estimate to ``[-clamp, clamp]`` (verl: 10); ``None``: none.
+    """
+    if estimator not in KL_LOSS_ESTIMATORS:
+        raise ValueError(
+            f"kl_loss: estimator={estimator!r} cannot regularise in the loss (k1 has zero "
+            f"expected gradient on-policy); choose one of {KL_LOSS_ESTIMATORS}"
+        )
+    kl = kl_penalty(new_logp, ref_logp, estimator, clamp=clamp)
+    return aggregate(kl, mask, loss_agg)

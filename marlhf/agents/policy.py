@@ -58,6 +58,10 @@ class GenerationState:
     :param next_position: ``int64[B]`` position id of the next token.
     :param next_logits: ``float[B, V]`` logits for the next token.
     :param pending: ``int64[B]`` tokens sampled but not yet fed to the cache, or ``None``.
+    :param forced: ``int64[B, F]`` tokens a multi-turn env appended after ``pending`` (its
+        observations; pad-filled past ``forced_lengths``), or ``None``. They are fed with
+        ``pending`` in one forward.
+    :param forced_lengths: ``int64[B]`` real tokens of each row of ``forced``.
     """
 
     cache: Any
@@ -65,6 +69,8 @@ class GenerationState:
     next_position: torch.Tensor
     next_logits: torch.Tensor
     pending: torch.Tensor | None = None
+    forced: torch.Tensor | None = None
+    forced_lengths: torch.Tensor | None = None
 
 
 class CausalLMActorCritic(nn.Module):
@@ -397,8 +403,21 @@ class CausalLMActorCritic(nn.Module):
         )
 
     @torch.no_grad()
-    def advance(self, state: GenerationState, tokens: torch.Tensor) -> GenerationState:
-        """Feed one token per row ``int64[B]`` to the cache; the next recurrent state."""
+    def advance(
+        self,
+        state: GenerationState,
+        tokens: torch.Tensor,
+        forced: torch.Tensor | None = None,
+        forced_lengths: torch.Tensor | None = None,
+    ) -> GenerationState:
+        """Feed one token per row ``int64[B]`` to the cache; the next recurrent state.
+
+        :param forced: ``int64[B, F]`` tokens to feed after ``tokens`` in the same forward (a
+            multi-turn env's observations), real up to ``forced_lengths`` (``int64[B]``) in
+            each row; the rest are masked out of the cache (their slots stay, never attended).
+        """
+        if forced is not None and forced_lengths is not None:
+            return self._advance_many(state, tokens, forced, forced_lengths)
         mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], 1)
         out = self.model(
             input_ids=tokens[:, None],
@@ -412,6 +431,33 @@ class CausalLMActorCritic(nn.Module):
             attention_mask=mask,
             next_position=state.next_position + 1,
             next_logits=out.logits[:, -1, : self.vocab_size].float(),
+        )
+
+    def _advance_many(
+        self,
+        state: GenerationState,
+        tokens: torch.Tensor,
+        forced: torch.Tensor,
+        forced_lengths: torch.Tensor,
+    ) -> GenerationState:
+        width = forced.shape[1] + 1
+        ids = torch.cat([tokens[:, None], forced], dim=1)
+        cols = torch.arange(width, device=ids.device)[None, :]
+        real = cols <= forced_lengths[:, None]
+        mask = torch.cat([state.attention_mask, real.long()], dim=1)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=state.next_position[:, None] + cols,
+            use_cache=True,
+            **{self._cache_kw: state.cache},
+        )
+        last = out.logits[torch.arange(ids.shape[0], device=ids.device), forced_lengths]
+        return GenerationState(
+            cache=getattr(out, self._cache_kw),
+            attention_mask=mask,
+            next_position=state.next_position + 1 + forced_lengths,
+            next_logits=last[:, : self.vocab_size].float(),
         )
 
     @torch.no_grad()
@@ -459,7 +505,7 @@ class CausalLMActorCritic(nn.Module):
         if state is None:
             state = self.start(observation["input_ids"], observation["attention_mask"])
         elif state.pending is not None:
-            state = self.advance(state, state.pending)
+            state = self.advance(state, state.pending, state.forced, state.forced_lengths)
         actions = self.sample(
             state.next_logits,
             temperature=temperature,

@@ -19,8 +19,7 @@ from marlhf.agents.base import LMOnPolicyAlgorithm
 from marlhf.agents.buffer import RolloutSamples
 from marlhf.agents.config import PPOConfig, bind_config
 from marlhf.agents.fsdp import local, whole
-from marlhf.agents.kl import kl_penalty
-from marlhf.agents.losses import entropy_loss, masked_mean, policy_loss, value_loss
+from marlhf.agents.losses import entropy_loss, kl_loss, policy_loss, value_loss
 
 
 class PPO(LMOnPolicyAlgorithm):
@@ -114,7 +113,7 @@ class PPO(LMOnPolicyAlgorithm):
             "train/approx_kl": _mean(logs["kl"]),
             "train/clip_fraction": _mean(logs["clip"]),
             "train/explained_variance": (
-                explained_variance(buf.values, buf.returns, buf.response_mask)
+                explained_variance(buf.values, buf.returns, buf.credit_mask)
                 if buf.has_values
                 else float("nan")
             ),
@@ -160,7 +159,7 @@ class PPO(LMOnPolicyAlgorithm):
         :return: this rank's parts of the minibatch's ``[policy, value, entropy, clip fraction]``
             and the global ``approx_kl``.
         """
-        mask = mb.response_mask & mb.keep[:, None]
+        mask = _update_mask(mb)
         advantages = self._advantages(mb, mask)
         totals = dist_utils.global_sums(
             [float(mask.sum()), float(mask.any(dim=1).sum()), float(mask.numel())]
@@ -230,7 +229,7 @@ class PPO(LMOnPolicyAlgorithm):
         :param weights: ``(policy, tokens)``: the total weights the policy loss by the first and
             the token-mean terms by the second (1.0 each: the plain sum, bitwise).
         """
-        mask = mb.response_mask & mb.keep[:, None]
+        mask = _update_mask(mb)
         advantages = mb.advantages if whitened else self._advantages(mb, mask)
         if mask.shape[0] == 0:  # this rank holds none of the minibatch's episodes
             zero = torch.zeros((), device=mask.device)
@@ -240,11 +239,14 @@ class PPO(LMOnPolicyAlgorithm):
             logp, entropy, values = self.policy.evaluate_actions(
                 mb.input_ids,
                 mb.attention_mask,
-                mask,
+                mb.response_mask,
                 temperature=self.config.scoring_temperature,
                 action_mask=mb.action_mask,
                 with_values=with_values,
             )
+        if mb.action_index is not None:  # multi-turn: the actions only, as the advantages
+            logp, entropy = mb.to_actions(logp), mb.to_actions(entropy)
+            values = None if values is None else mb.to_actions(values)
         pg_loss, stats = policy_loss(
             logp.float(),
             mb.old_logprobs,
@@ -255,6 +257,7 @@ class PPO(LMOnPolicyAlgorithm):
             ratio_level=self.config.ratio_level,
             clip_range_high=self.config.clip_range_high,
             loss_agg=self.config.loss_agg,
+            dual_clip=self.config.dual_clip,
         )
         if values is None:  # an estimator without a critic: no value loss at all
             vf_loss = torch.zeros((), device=pg_loss.device)
@@ -270,9 +273,17 @@ class PPO(LMOnPolicyAlgorithm):
         pg_w, tok_w = weights
         loss = pg_w * pg_loss + tok_w * (self.config.ent_coef * ent_loss)
         if self.config.kl_in == "loss" and self.kl_ctl.value > 0:
-            # The KL to the reference as a loss term (GRPO: k3), on the current log-probs.
-            kl = kl_penalty(logp.float(), mb.ref_logprobs, self.config.kl_estimator)
-            loss = loss + tok_w * (float(self.kl_ctl.value) * masked_mean(kl, mask))
+            # The KL to the reference as a loss term (GRPO: k3), on the current log-probs,
+            # aggregated (and so weighted) like the policy loss.
+            kl = kl_loss(
+                logp.float(),
+                mb.ref_logprobs,
+                mask,
+                estimator=self.config.kl_estimator,
+                loss_agg=self.config.loss_agg,
+                clamp=self.config.kl_clamp,
+            )
+            loss = loss + pg_w * (float(self.kl_ctl.value) * kl)
         if values is not None:
             loss = loss + tok_w * (self.config.vf_coef * vf_loss)
         return loss, pg_loss, vf_loss, ent_loss, stats
@@ -341,6 +352,14 @@ class PPO(LMOnPolicyAlgorithm):
 #: Which of ``(real tokens, responses with a real token, rows x columns)`` each ``loss_agg``
 #: divides the policy loss by (:func:`marlhf.agents.losses.policy_loss`).
 _AGG_SHARE = {"token-mean": 0, "seq-mean-token-mean": 1, "seq-sum-constant": 2}
+
+
+def _update_mask(mb: RolloutSamples) -> torch.Tensor:
+    """``bool[b, T]``: the tokens the update learns from: real response tokens (multi-turn: the
+    actions, in the action layout) of kept rows, less the tokens a per-token rule took out
+    (``keep`` is ``bool[b]`` or ``bool[b, T]``)."""
+    keep = mb.keep if mb.keep.dim() == 2 else mb.keep[:, None]
+    return mb.loss_mask & keep
 
 
 def _mean(values: list[float]) -> float:

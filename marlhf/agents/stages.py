@@ -26,6 +26,7 @@ from marlhf.agents.estimators import (
     EstimatorSpec,
     check_estimate,
     get_estimator,
+    prob_mask,
     uniform_groups,
 )
 from marlhf.agents.kl import KLController, kl_penalty, shaped_rewards
@@ -143,6 +144,7 @@ class IterationStages:
             return self.policy, self.sample_generator, self._sampling_kwargs(), autocast
 
         policy, generator, sampling, autocast = settings()
+        multiturn = callable(getattr(env, "turn_record", None))
         for _step in range(buffer.max_new_tokens):
             if _step > 0 and env.all_done:  # the env knows it on the host: no device sync
                 break
@@ -156,11 +158,14 @@ class IterationStages:
             state.pending = actions
             new_obs, rewards, terminated, truncated, infos = env.step(actions.to(env_device))
             active = ~done
-            buffer.add(
-                actions,
-                torch.as_tensor(rewards, device=self.device),
-                None if all_active else active,
-            )
+            if multiturn:  # the env's observations: context for the cache, not actions
+                self._record_turn_step(buffer, state, actions, rewards, active, infos)
+            else:
+                buffer.add(
+                    actions,
+                    torch.as_tensor(rewards, device=self.device),
+                    None if all_active else active,
+                )
             self.num_timesteps += n_active
             finished = torch.as_tensor(terminated, device=self.device) | torch.as_tensor(
                 truncated, device=self.device
@@ -177,11 +182,34 @@ class IterationStages:
                 return self._sync_collect(start_timesteps, stopped=True)
             if listening:
                 policy, generator, sampling, autocast = settings()
+        if multiturn:
+            buffer.set_turns(env.turn_record())
         # Continuations branch from this cache (forked, never re-prefilled).
         needs_cache = "mc_values" in self.estimator_spec.requires
         self._rollout_state = state if needs_cache else None
         callback.update_locals(locals())
         return self._sync_collect(start_timesteps, stopped=False)
+
+    def _record_turn_step(
+        self,
+        buffer: LMRolloutBuffer,
+        state: GenerationState,
+        actions: torch.Tensor,
+        rewards: torch.Tensor,
+        active: torch.Tensor,
+        infos: dict[str, Any],
+    ) -> None:
+        """One step of a multi-turn env: the buffer records the action and the forced tokens
+        the env appended after it; the policy state takes them with the action, in one
+        forward at the next step."""
+        forced, lengths = infos.get("forced_ids"), infos.get("forced_lengths")
+        if forced is not None and lengths is not None:
+            forced, lengths = forced.to(self.device), lengths.to(self.device)
+        else:
+            forced = lengths = None
+        state.forced, state.forced_lengths = forced, lengths
+        rewards = torch.as_tensor(rewards, device=self.device)
+        buffer.add_turn_step(actions, rewards, active, forced, lengths)
 
     def _sync_collect(self, start_timesteps: int, stopped: bool) -> bool:
         """Every rank counts every rank's tokens, and stops when any rank's callback asked
@@ -227,16 +255,18 @@ class IterationStages:
         ``micro_batch_size``, in chunks of that many episodes (as the update's forwards)."""
         buf = self.rollout_buffer
         assert buf is not None
-        mask = buf.response_mask
+        mask = buf.credit_mask  # (multi-turn: the actions, in the action layout)
         what = "task reward (from the env's reward)"
         self._together(raise_non_finite, buf.task_rewards, mask, what)
         size = self.config.micro_batch_size or mask.shape[0]
         parts = [self._score_rows(slice(b, b + size)) for b in range(0, mask.shape[0], size)]
         logp, ref_logp = (torch.cat([part[i] for part in parts]) for i in range(2))
         # kept for terminations that cut on it (requires "entropy")
-        self._rollout_entropy = torch.cat([part[3] for part in parts])
+        self._rollout_entropy = buf.to_actions(torch.cat([part[3] for part in parts]))
         values = None if parts[0][2] is None else torch.cat([part[2] for part in parts])
+        logp, ref_logp = buf.to_actions(logp), buf.to_actions(ref_logp)
         if values is not None:
+            values = buf.to_actions(values)
             self._together(raise_non_finite, values, mask, "value (from the value head)")
         self._together(raise_non_finite, logp, mask, "policy log-prob")
         self._together(raise_non_finite, ref_logp, mask, "reference log-prob")
@@ -269,10 +299,14 @@ class IterationStages:
         per-token KL (for the logs and the adaptive controller)."""
         buf = self.rollout_buffer
         assert buf is not None
-        mask = buf.response_mask
+        mask = buf.credit_mask
         zeros = torch.zeros_like(buf.logprobs)
         kl = torch.where(
-            mask, kl_penalty(buf.logprobs, buf.ref_logprobs, self.config.kl_estimator), zeros
+            mask,
+            kl_penalty(
+                buf.logprobs, buf.ref_logprobs, self.config.kl_estimator, self.config.kl_clamp
+            ),
+            zeros,
         )
         self._kl_coef_used = float(self.kl_ctl.value)
         beta = self._kl_coef_used if self.config.kl_in == "reward" else 0.0
@@ -284,11 +318,11 @@ class IterationStages:
         buf = self.rollout_buffer
         assert buf is not None
         if self.termination is None:
-            buf.set_starts(buf.response_mask.clone())
+            buf.set_starts(buf.credit_mask.clone())
             return
         batch = SegmentationBatch.build(
-            buf.response_ids,
-            buf.response_mask,
+            buf.action_ids,
+            buf.credit_mask,
             self.termination.requires,
             codec=self.env.codec,
             logprobs=buf.logprobs,
@@ -296,6 +330,7 @@ class IterationStages:
             generator=self.termination_generator,
             entropy=self._rollout_entropy,
             values=buf.values if buf.has_values else None,
+            turn_starts=None if buf.turns is None else buf.turns.turn_starts,
         )
         check_horizon = getattr(self.termination, "check_horizon", None)
         if callable(check_horizon):  # a cut budget above the horizon is an error
@@ -312,7 +347,7 @@ class IterationStages:
         batch = EstimatorBatch(
             rewards=buf.rewards,
             task_rewards=buf.task_rewards,
-            mask=buf.response_mask,
+            mask=buf.credit_mask,
             starts=buf.starts,
             values=buf.values if buf.has_values else None,
             group_ids=buf.group_ids,
@@ -320,17 +355,33 @@ class IterationStages:
             mc_values=self._mc_values() if "mc_values" in requires else None,
             token_probs=buf.logprobs.exp() if "token_probs" in requires else None,
         )
+        if requires & {"turns", "turn_state_keys"}:
+            self._fill_turns(batch, requires)
         buf.set_baselines(batch.mc_values, batch.greedy_rewards)
         estimate = self.estimator_spec.fn(batch, self.config)
         check_estimate(self.estimator_spec.name, estimate, batch)
-        threshold = self.config.prob_mask_threshold
-        if threshold is not None:  # SPO: no credit where the policy was already confident
-            estimate.advantages = torch.where(
-                buf.logprobs.exp() > threshold, 0.0, estimate.advantages
-            )
         keep = ~uniform_groups(batch) if self.config.drop_uniform_groups else None
+        threshold = self.config.prob_mask_threshold
+        if threshold is not None:  # SPO: confident tokens leave the update (bool[B, T] keep)
+            tokens = prob_mask(buf.logprobs, buf.response_mask, threshold)
+            estimate.advantages = torch.where(tokens, estimate.advantages, 0.0)
+            keep = tokens if keep is None else tokens & keep[:, None]
         buf.set_estimate(estimate.advantages, estimate.returns, keep)
         return estimate
+
+    def _fill_turns(self, batch: EstimatorBatch, requires: frozenset[str]) -> None:
+        """The turn fields an estimator declared (``turns``, ``turn_state_keys``), in the
+        action layout of ``batch`` (so ``action_mask`` is ``mask``)."""
+        buf = self.rollout_buffer
+        assert buf is not None
+        turns = buf.turn_data(self.env.codec.eos_token_id)
+        if "turns" in requires:
+            batch.action_mask = batch.mask
+            batch.turn_ids, batch.turn_starts = turns.turn_ids, turns.turn_starts
+            batch.turn_rewards, batch.num_turns = turns.turn_rewards, turns.num_turns
+            batch.terminated, batch.truncated = turns.terminated, turns.truncated
+        if "turn_state_keys" in requires:
+            batch.turn_state_keys = turns.turn_state_keys
 
     def _baseline_kwargs(self) -> dict[str, Any]:
         buf = self.rollout_buffer
@@ -363,7 +414,7 @@ class IterationStages:
         buf = self.rollout_buffer
         assert buf is not None and self._rollout_state is not None
         kw = self._baseline_kwargs()
-        branch = choose_branch_points(buf.starts, buf.response_mask, self.config.mc_max_starts)
+        branch = choose_branch_points(buf.starts, buf.credit_mask, self.config.mc_max_starts)
         with self._autocast():
             values, tokens = monte_carlo_values(
                 self.policy,
@@ -375,6 +426,7 @@ class IterationStages:
                 branch,
                 self.config.mc_rollouts,
                 generator=self.mc_generator,
+                prefix_lengths=buf.action_index,
                 **kw,
             )
         self._rollout_state = None
@@ -405,7 +457,7 @@ class IterationStages:
             )
         self.kl_ctl.update(kl_mean, n_episodes)
         # The credit diagnostics are this rank's (rank 0 logs them).
-        self.rollout_stats = credit_stats(buf.response_mask, buf.starts, estimate, self.termination)
+        self.rollout_stats = credit_stats(buf.credit_mask, buf.starts, estimate, self.termination)
         self.rollout_stats.update(
             {
                 "rollout/kl_ref": kl_mean,

@@ -18,7 +18,8 @@ estimator           what                                                        
 ``mt_grpo_fixed``   per-turn-index normalisation of returns-to-go over the rows    MTGRPO
                     that reached the turn (unbiased with std off)
 ``rebn``            GEM's ReBN: per-turn returns (gamma < 1), batch-normalised     ReBN
-``turn_mc``         Monte-Carlo values at turn starts (VinePPO for agents)         TurnMC
+``turn_mc``         Monte-Carlo values at turn starts (VinePPO for agents; the     TurnMC
+                    ``mc`` continuations with ``termination="turn"``)
 ``turn_potential``  per-turn rewards shaped by a potential Phi(s') - Phi(s)        Potential
                     (IGPO / TRACE: Phi = log p(gold | s))
 ==================  =============================================================  ==========
@@ -37,7 +38,8 @@ from torch import Tensor
 from marlhf.agents import turn_maths as tm
 from marlhf.agents.combine import register_options
 from marlhf.agents.distributed import global_moments, initialized
-from marlhf.agents.estimators import Estimate, EstimatorBatch, register_estimator
+from marlhf.agents.estimators import Estimate, EstimatorBatch, get_estimator, register_estimator
+from marlhf.envs.multiturn.protocol import env_name, has_state_key
 
 
 class TurnInputError(ValueError):
@@ -103,13 +105,17 @@ class GiGPOOptions:
 class MTGRPOOptions:
     """``mt_grpo`` / ``mt_grpo_fixed`` (arXiv 2505.11821).
 
-    :param lam: weight of the turn-level advantage (the paper's lambda, 1).
+    :param lam: weight of the outcome advantage on intermediate turns (the paper's lambda, 1).
     :param std: divide by the group (per-index) std, as published; False: centring only
         (``mt_grpo_fixed`` is then unbiased for the total return when ``lam = 1``).
+    :param accumulate: ``mt_grpo`` only: an intermediate turn sums its own and its later
+        intermediate turns' normalised rewards (verifiers PR#1554's form, the construction
+        verl#7244 analyses); False: its own only (the paper).
     """
 
     lam: float = 1.0
     std: bool = True
+    accumulate: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.lam, bool) or not torch.isfinite(torch.tensor(float(self.lam))):
@@ -169,9 +175,18 @@ class PotentialOptions:
         _choice("turn_potential", "terminal", self.terminal, ("zero", "last"))
         _choice("turn_potential", "normalize", self.normalize, tm.NORMALISATIONS)
 
-    def requires(self) -> tuple[str, ...]:
-        """Group normalisations need the rows' groups."""
-        return ("group_ids",) if self.normalize.startswith(("group", "index")) else ()
+    @property
+    def needs_groups(self) -> bool:
+        return self.normalize.startswith(("group", "index"))
+
+    def requires(self, base: frozenset[str]) -> frozenset[str]:
+        """The reference's potentials instead of the policy's; groups for group normalisations."""
+        out = set(base)
+        if self.source == "reference":
+            out = (out - {"turn_potentials"}) | {"ref_turn_potentials"}
+        if self.needs_groups:
+            out.add("group_ids")
+        return frozenset(out)
 
 
 # ------------------------------------------------------------------------------ batch -> turns
@@ -324,7 +339,9 @@ def mt_grpo(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate
     opts: MTGRPOOptions = _options(MTGRPOOptions, options)
     view = turn_view("mt_grpo", batch)
     groups = _groups("mt_grpo", batch)
-    per_turn = tm.per_index_published(view.rewards, view.valid, groups, opts.std, opts.lam)
+    per_turn = tm.per_index_published(
+        view.rewards, view.valid, groups, opts.std, opts.lam, opts.accumulate
+    )
     return Estimate(view.tokens(per_turn, batch.mask))
 
 
@@ -332,6 +349,11 @@ def mt_grpo(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate
 def mt_grpo_fixed(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     """Per-turn-index normalisation of returns-to-go over rows that reached the turn."""
     opts: MTGRPOOptions = _options(MTGRPOOptions, options)
+    if opts.accumulate:
+        raise ValueError(
+            "estimator 'mt_grpo_fixed': accumulate applies to mt_grpo only (the corrected form "
+            "always normalises the intermediate return-to-go)"
+        )
     view = turn_view("mt_grpo_fixed", batch)
     groups = _groups("mt_grpo_fixed", batch)
     per_turn = tm.per_index_corrected(view.rewards, view.valid, groups, opts.std, opts.lam)
@@ -355,16 +377,22 @@ def rebn(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     return Estimate(view.tokens(_normalise_turns_globally(returns, view.valid), batch.mask))
 
 
-@register_estimator("turn_mc", requires=("turns", "turn_mc_values"))
+@register_estimator("turn_mc", requires=("turns", "mc_values"))
 def turn_mc(batch: EstimatorBatch, config: Any, options: Any = None) -> Estimate:
     """Monte-Carlo values at turn starts (VinePPO for agents), TD(lambda) over turns."""
     opts: TurnMCOptions = _options(TurnMCOptions, options)
     view = turn_view("turn_mc", batch)
-    if batch.turn_mc_values is None:
-        raise _missing(
-            "turn_mc", "turn_mc_values", "the env needs clone() (or deterministic replay)"
+    if batch.mc_values is None:
+        raise _missing("turn_mc", "mc_values", "no Monte-Carlo continuations were run")
+    values_k = tm.turn_at(batch.mc_values, view.layout.start, view.valid)
+    bad = view.valid & ~torch.isfinite(values_k)
+    if bool(bad.any()):
+        row, k = (int(i) for i in bad.nonzero()[0])
+        raise TurnInputError(
+            f"estimator 'turn_mc' needs a Monte-Carlo value at every turn start, but row {row} "
+            f"has none at turn {k}: use termination='turn' (continuations branch at segment "
+            "starts) and mc_max_starts >= the task's max_turns"
         )
-    values_k = torch.where(view.valid, batch.turn_mc_values.double(), 0.0)
     adv_k = tm.turn_gae(view.rewards, values_k, view.valid, opts.gamma, opts.lam)
     return Estimate(view.tokens(adv_k, batch.mask))
 
@@ -374,18 +402,16 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
     """Potential-shaped per-turn rewards Phi(s') - Phi(s) (IGPO / TRACE; Ng et al. 1999)."""
     opts: PotentialOptions = _options(PotentialOptions, options)
     view = turn_view("turn_potential", batch)
-    if batch.turn_potentials is None:
+    field_name = "ref_turn_potentials" if opts.source == "reference" else "turn_potentials"
+    potentials = getattr(batch, field_name)
+    if potentials is None:
         raise _missing(
             "turn_potential",
-            "turn_potentials",
-            "the task gives no gold answer to score log p(gold | s) against",
+            field_name,
+            "the potentials log p(gold | s) were not scored (does the env give gold()?)",
         )
-    shaped = tm.potential_rewards(
-        view.rewards, batch.turn_potentials, view.valid, opts.gamma, opts.terminal
-    )
-    groups = batch.group_ids if "group_ids" in opts.requires() else None
-    if "group_ids" in opts.requires():
-        groups = _groups("turn_potential", batch)
+    shaped = tm.potential_rewards(view.rewards, potentials, view.valid, opts.gamma, opts.terminal)
+    groups = _groups("turn_potential", batch) if opts.needs_groups else None
     per_turn = tm.advantages_from_turn_rewards(
         shaped, view.valid, groups, opts.gamma, opts.normalize
     )
@@ -415,3 +441,41 @@ TURN_ESTIMATORS: tuple[str, ...] = (
     "turn_mc",
     "turn_potential",
 )
+
+
+def check_estimator_env(estimator: str, env: Any) -> None:
+    """Before training: the env can give what the estimator declares of the turns.
+
+    :raises TurnInputError: a turn-level estimator on a one-turn env, or ``state_key()``
+        missing from the env's text envs; each message names the estimator, the env and what
+        is missing. (Monte-Carlo values from turn starts replay the env from its seed and the
+        episode's tokens, so they need no ``clone()``; a replay that does not reproduce the
+        episode is an error of the env.)
+    """
+    spec = get_estimator(estimator)
+    if "turns" not in spec.requires:
+        return
+    where = type(env).__name__
+    task = getattr(env, "task", None)
+    if task is not None:
+        where = f"{where} of task {getattr(task, 'name', type(task).__name__)!r}"
+    if not callable(getattr(env, "turn_record", None)):
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but {where} is a one-turn env (no "
+            "turn_record()): turn-level credit is undefined with one turn; use a multi-turn "
+            "task (marlhf.envs.multiturn) or a sequence-level estimator such as grpo"
+        )
+    if getattr(env, "max_turns", None) == 1:
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but {where} has max_turns=1: turn-level "
+            "credit is undefined with one turn; raise max_turns or use grpo"
+        )
+    texts = list(getattr(env, "envs", []))
+    if "turn_state_keys" in spec.requires:
+        lacking = [env_name(t) for t in texts if not has_state_key(getattr(t, "env", t))]
+        if lacking:
+            raise TurnInputError(
+                f"estimator {estimator!r} needs state_key() from the env, but {where}'s text "
+                f"env {lacking[0]} has none; implement state_key() or choose an estimator "
+                "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
+            )

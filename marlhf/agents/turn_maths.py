@@ -283,11 +283,28 @@ def gigpo_step(
     return pooled_normalise(returns, valid, keys, std)
 
 
+def _outcome_and_intermediate(
+    turn_rewards: Tensor, valid: Tensor, group_ids: Tensor, std: bool
+) -> tuple[Tensor, Tensor]:
+    """``(A^O[B], intermediate[B, K])``: the group-normalised outcome (the last turn's reward)
+    and the mask of each row's intermediate turns (``k < n - 1``)."""
+    n = valid.sum(dim=1)
+    last = (n - 1).clamp(min=0)
+    outcome = torch.gather(turn_rewards.double(), 1, last[:, None])[:, 0]
+    ks = torch.arange(valid.shape[1], device=valid.device)
+    return per_row(outcome, group_ids, std), valid & (ks[None, :] < (n - 1)[:, None])
+
+
 def per_index_published(
-    turn_rewards: Tensor, valid: Tensor, group_ids: Tensor, std: bool, lam: float
+    turn_rewards: Tensor,
+    valid: Tensor,
+    group_ids: Tensor,
+    std: bool,
+    lam: float,
+    accumulate: bool = False,
 ) -> Tensor:
-    """MT-GRPO-style per-turn-index normalisation, as published (arXiv 2505.11821; verifiers
-    PR#1554): biased when the policy decides how many turns to take (verl#7244).
+    """MT-GRPO's per-turn-index normalisation, as published (arXiv 2505.11821): biased when the
+    policy decides how many turns to take (verl#7244).
 
     Row ``i`` with ``n_i`` turns: outcome ``O_i = r_{i, n_i - 1}`` (the last turn's reward),
     intermediate rewards ``r_{i,k}``, ``k < n_i - 1``. With ``N(.)`` the group normalisation
@@ -295,21 +312,20 @@ def per_index_published(
 
     - ``A^O_i = N(O_i)`` over the group;
     - ``A^T_{i,k} = N(r_{i,k})`` over the group's rows that have an intermediate turn ``k``;
-    - turn ``k`` gets ``A^O_i + lam * sum_{j=k}^{n_i - 2} A^T_{i,j}`` (the published two-turn
-      form: ``A^O + lam A^T`` on the first turn, ``A^O`` on the final one).
+    - an intermediate turn gets ``A^T_{i,k} + lam * A^O_i``, the final turn ``A^O_i`` (the
+      paper's form); with ``accumulate``, an intermediate turn gets the sum of its own and its
+      later intermediate turns' ``A^T`` instead (verifiers PR#1554's step-level dense rewards,
+      the aggregated construction verl#7244 analyses).
 
-    The bias: the baseline summed into turn ``k`` has one group mean per later intermediate
-    turn, so its size depends on the row's own decision to take another turn.
+    The bias: the baseline subtracted from a turn depends on whether the row took another turn
+    (only rows that continued are in turn ``k``'s pool, and only they get the term).
     """
-    n = valid.sum(dim=1)
-    last = (n - 1).clamp(min=0)
-    outcome = torch.gather(turn_rewards.double(), 1, last[:, None])[:, 0]
-    a_out = per_row(outcome, group_ids, std)
-    ks = torch.arange(valid.shape[1], device=valid.device)
-    inter = valid & (ks[None, :] < (n - 1)[:, None])
+    a_out, inter = _outcome_and_intermediate(turn_rewards, valid, group_ids, std)
     a_turn = pooled_normalise(turn_rewards, inter, group_index_keys(group_ids, inter), std)
-    acc = discounted_returns(a_turn, inter, 1.0)
-    return torch.where(valid, a_out[:, None] + lam * acc, 0.0)
+    if accumulate:
+        a_turn = discounted_returns(a_turn, inter, 1.0)
+    per_turn = torch.where(inter, a_turn + lam * a_out[:, None], a_out[:, None])
+    return torch.where(valid, per_turn, 0.0)
 
 
 def per_index_corrected(
@@ -317,21 +333,17 @@ def per_index_corrected(
 ) -> Tensor:
     """The corrected per-turn-index form: normalise the intermediate return-to-go
     ``R_{i,k} = sum_{j=k}^{n_i - 2} r_{i,j}`` (0 on the final turn) over every row of the group
-    that *reached* turn ``k`` (whether or not it then stopped). The baseline depends on the
-    history (having reached turn ``k``), not on the action taken there, so with ``std=False``
-    and ``lam=1`` the expected advantage gap between two actions at turn ``k`` is the true one.
+    that *reached* turn ``k`` (whether or not it then stopped), and give it to every turn:
+    turn ``k`` gets ``N_k(R_{i,k}) + lam * A^O_i`` (``A^O`` as in :func:`per_index_published`).
 
-    Turn ``k`` gets ``A^O_i + lam * N_k(R_{i,k})`` (``A^O`` as in :func:`per_index_published`).
+    The baseline depends on the history (having reached turn ``k``), not on the action taken
+    there, so with ``std=False`` and ``lam=1`` the expected advantage gap between two actions at
+    turn ``k`` is the true one.
     """
-    n = valid.sum(dim=1)
-    last = (n - 1).clamp(min=0)
-    outcome = torch.gather(turn_rewards.double(), 1, last[:, None])[:, 0]
-    a_out = per_row(outcome, group_ids, std)
-    ks = torch.arange(valid.shape[1], device=valid.device)
-    inter = valid & (ks[None, :] < (n - 1)[:, None])
+    a_out, inter = _outcome_and_intermediate(turn_rewards, valid, group_ids, std)
     to_go = discounted_returns(torch.where(inter, turn_rewards.double(), 0.0), valid, 1.0)
     a_turn = pooled_normalise(to_go, valid, group_index_keys(group_ids, valid), std)
-    return torch.where(valid, a_out[:, None] + lam * a_turn, 0.0)
+    return torch.where(valid, a_turn + lam * a_out[:, None], 0.0)
 
 
 NORMALISATIONS: tuple[str, ...] = (

@@ -36,21 +36,23 @@ TURN_PRESETS: dict[str, Preset] = {
             "verl#7244)"
         ),
         not_reproduced=(
-            "beyond two turns, turn k sums the per-index normalised intermediate advantages of "
-            "its later turns (verifiers PR#1554's step-level form); the paper has two turns",
+            "the paper has two turns; beyond two, each intermediate turn gets its own reward "
+            "normalised over the rows with that intermediate turn (mt_grpo:accumulate=true sums "
+            "the later ones in, verifiers PR#1554's form)",
         ),
     ),
     "mt-grpo-fixed": Preset(
-        fixed={"estimator": "mt_grpo_fixed:lam=1.0;std=true", **_GROUP},
+        fixed={"estimator": "mt_grpo_fixed:lam=1.0;std=false", **_GROUP},
         suggested={"group_size": 4},
         source=(
             "marlhf's corrected per-turn-index normalisation: intermediate returns-to-go "
-            "normalised over the rows that reached the turn (verl#7244's action-dependent "
-            "baseline removed)"
+            "centred over the rows that reached the turn (verl#7244's action-dependent "
+            "baseline removed); unbiased for the total return"
         ),
         not_reproduced=(
-            "with std=true the per-index scale still reweights turns; exactly unbiased for the "
-            "total return with mt_grpo_fixed:std=false",
+            "no std division (MT-GRPO divides by it): per-index stds rescale each turn's term "
+            "and bias the update again (exact measurement in docs/credit_multiturn.md); "
+            "mt_grpo_fixed:std=true is available",
         ),
     ),
     "turn-gae": Preset(

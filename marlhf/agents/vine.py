@@ -129,7 +129,12 @@ def run_to_end(
         )
         actions = actions.masked_fill(done, pad)
         state.pending = actions
-        _, rewards, terminated, truncated, _ = env.step(actions.to(env.device))
+        _, rewards, terminated, truncated, info = env.step(actions.to(env.device))
+        if "forced_ids" in info:  # a multi-turn env's observation, fed with the action
+            state.forced = torch.as_tensor(info["forced_ids"], device=device)
+            state.forced_lengths = torch.as_tensor(info["forced_lengths"], device=device)
+        else:
+            state.forced = state.forced_lengths = None
         active = ~done
         tokens += int(active.sum())
         returns += torch.where(active, torch.as_tensor(rewards, device=device).double(), 0.0)
@@ -172,6 +177,7 @@ def monte_carlo_values(
     generator: torch.Generator | None,
     action_mask: torch.Tensor | None,
     device: torch.device,
+    prefix_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """The mean return of ``k`` continuations from every branch point.
 
@@ -181,6 +187,10 @@ def monte_carlo_values(
 
     :param prompts: the env's ``Prompt`` of each rollout row (``info["prompts"]`` at reset).
     :param branch: ``bool[B, T]`` the branch points (see :func:`choose_branch_points`).
+    :param prefix_lengths: multi-turn rollouts: ``int64[B, T]`` the episode prefix before each
+        column of ``branch`` (its action layout's ``action_index``). The continuations then
+        start from a replay of the env and a fresh prefill (the sampling cache of a multi-turn
+        rollout has per-row gaps, so it is not forked).
     :return: ``(values float[B, T], tokens)``: NaN off the branch points.
     """
     n = int(env.num_envs)
@@ -201,16 +211,19 @@ def monte_carlo_values(
             r = torch.cat([r, r[-1:].expand(per_chunk - real)])
             c = torch.cat([c, c[-1:].expand(per_chunk - real)])
         r_rep, c_rep = r.repeat_interleave(k), c.repeat_interleave(k)
+        cut = c if prefix_lengths is None else prefix_lengths[r, c]
         options = {
             "group_size": k,
             "prompts": [prompts[int(i)] for i in r],
             "prefixes": [
-                response_ids[int(i), : int(t)].tolist() for i, t in zip(r, c, strict=True)
+                response_ids[int(i), : int(t)].tolist() for i, t in zip(r, cut, strict=True)
             ],
         }
         obs, _ = env.reset(options=options)
         obs = {key: torch.as_tensor(v, device=device) for key, v in obs.items()}
-        forked = fork_state(policy, state, prompt_ids, prompt_mask, response_ids, r_rep, c_rep)
+        forked = None
+        if prefix_lengths is None:
+            forked = fork_state(policy, state, prompt_ids, prompt_mask, response_ids, r_rep, c_rep)
         mask = None if action_mask is None else action_mask[r_rep]
         result = run_to_end(
             policy,

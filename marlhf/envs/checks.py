@@ -4,7 +4,8 @@ HumanEval's ``check(candidate)`` functions are almost all lists of assertions ab
 each. :func:`parse_check` turns such a check into :class:`CallCheck` records: the call's inputs
 and the expected outcome, both computed here in the trusted process by evaluating literals
 (:func:`constant`; nothing is ever passed to ``eval``). The sandbox gets only the inputs
-(:func:`~marlhf.envs.sandbox.run_calls`) and returns plain data; :func:`grade_calls` compares it.
+(:func:`~marlhf.envs.sandbox.run_calls`) and returns plain data, decoded without hashing
+(:mod:`~marlhf.envs.sandbox_plain`); :func:`grade_calls` compares it.
 
 Forms understood (an optional assertion message is ignored):
 
@@ -30,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marlhf.envs.sandbox import CallsOutcome, SandboxResult, tally
+from marlhf.envs.sandbox_plain import plain_equal
 
 __all__ = ["CallCheck", "call_inputs", "constant", "grade_calls", "parse_check"]
 
@@ -212,8 +214,8 @@ def _judge(check: CallCheck, value: Any) -> tuple[str, str]:
     try:
         if check.as_tuple:
             value = tuple(value)
-        if check.kind == "eq":
-            ok = value == check.expected
+        if check.kind == "eq":  # as `==`, hashing nothing the program sent
+            ok = plain_equal(value, check.expected)
         elif check.kind == "is":
             ok = value is check.expected
         elif check.kind == "truthy":

@@ -51,6 +51,7 @@ __all__ = [
     "RLTF_REWARDS",
     "CodeExecutionReward",
     "HumanEvalTask",
+    "names_called_directly",
     "split_check_tests",
 ]
 
@@ -84,12 +85,8 @@ def split_check_tests(test_source: str, entry_point: str) -> tuple[str, list[str
         ``check(candidate)``.
     """
     module = ast.parse(test_source)
-    check = next(
-        (n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None
-    )
-    if check is None:
-        raise ValueError(f"test source of {entry_point!r} defines no `check(candidate)` function")
-    others = [n for n in module.body if n is not check]
+    check = _check_function(test_source, entry_point)
+    others = [n for n in module.body if not (isinstance(n, ast.FunctionDef) and n.name == "check")]
     setup = "\n".join(ast.unparse(n) for n in others)
     param = check.args.args[0].arg if check.args.args else "candidate"
     setup += f"\n{param} = {entry_point}\n"
@@ -108,14 +105,51 @@ def split_check_tests(test_source: str, entry_point: str) -> tuple[str, list[str
     return setup, tests
 
 
+def _check_function(test_source: str, entry_point: str) -> ast.FunctionDef:
+    module = ast.parse(test_source)
+    check = next(
+        (n for n in module.body if isinstance(n, ast.FunctionDef) and n.name == "check"), None
+    )
+    if check is None:
+        raise ValueError(f"test source of {entry_point!r} defines no `check(candidate)` function")
+    return check
+
+
+def check_parameter(test_source: str, entry_point: str) -> str:
+    """The name ``check`` calls the candidate by (``candidate`` in every HumanEval problem)."""
+    check = _check_function(test_source, entry_point)
+    return check.args.args[0].arg if check.args.args else "candidate"
+
+
+def names_called_directly(test_source: str, entry_point: str, prompt: str = "") -> list[str]:
+    """Functions of the program that the test module calls by name rather than through the
+    candidate: the entry point and the functions ``prompt`` defines (sorted).
+
+    In the judge these names are trusted: the prompt's helpers (HumanEval/32's ``poly``,
+    38's ``encode_cyclic``, 50's ``encode_shift``) run from the prompt, and the entry point
+    (HumanEval/33 compares ``candidate(x)`` with ``sort_third(x)``) from the reference
+    solution, so the expected value never comes from the program.
+    """
+    defined = {entry_point}
+    defined |= {n.name for n in ast.parse(prompt).body if isinstance(n, ast.FunctionDef)}
+    calls = {
+        n.func.id
+        for n in ast.walk(ast.parse(test_source))
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+    }
+    return sorted(calls & defined)
+
+
 class CodeExecutionReward(RewardFunction):
     """Terminal reward from running ``metadata["program_prefix"] + response`` in the sandbox
     and judging ``metadata["entry_point"]`` outside it.
 
     With ``metadata["checks"]`` (a list of :class:`~marlhf.envs.checks.CallCheck`) the sandbox
     computes the calls' results and they are compared here; without (None or absent), the
-    trusted ``program_prefix``, ``metadata["setup"]`` and ``metadata["tests"]`` run in a judge
-    sandbox against the program (:func:`~marlhf.envs.sandbox.run_judged`).
+    trusted ``program_prefix``, ``metadata["reference"]`` (a trusted solution, for checks that
+    call the entry point by name; optional), ``metadata["setup"]`` and ``metadata["tests"]``
+    run in a judge sandbox against the program (:func:`~marlhf.envs.sandbox.run_judged`), with
+    ``metadata["candidate_names"]`` (default ``["candidate"]``) bound to the program.
 
     :param rewards: base reward per :class:`~marlhf.envs.sandbox.Status` (default RLTF's).
     :param partial_credit: weight ``w`` in ``[0, 1)`` of the pass fraction for failed and
@@ -189,7 +223,9 @@ class CodeExecutionReward(RewardFunction):
             meta["program_prefix"],
             meta["setup"],
             meta["tests"],
+            candidate_names=meta.get("candidate_names", ("candidate",)),
             limits=self.limits,
+            reference=meta.get("reference", ""),
         )
 
     def run(self, programs: list[str], metadata: list[dict[str, Any]]) -> list[SandboxResult]:
@@ -299,10 +335,24 @@ class HumanEvalTask(Task):
             for field in ("prompt", "test", "entry_point"):
                 if field not in problem:
                     raise ValueError(f"HumanEval problem {task_id!r} lacks field {field!r}")
-            setup, tests = split_check_tests(problem["test"], problem["entry_point"])
-            checks = parse_check(problem["test"], problem["entry_point"])
+            entry = problem["entry_point"]
+            setup, tests = split_check_tests(problem["test"], entry)
+            checks = parse_check(problem["test"], entry)
+            reference = ""
+            if entry in names_called_directly(problem["test"], entry):
+                if not isinstance(problem.get("canonical_solution"), str):
+                    raise ValueError(
+                        f"HumanEval problem {task_id!r}: its check calls {entry!r} by name, so "
+                        "its expected values need the problem's `canonical_solution` (run as "
+                        "trusted code in the judge); the problem has none"
+                    )
+                reference = problem["prompt"] + problem["canonical_solution"]
             self.problems.append(
                 {**problem, "task_id": task_id, "setup": setup, "tests": tests, "checks": checks}
+                | {
+                    "reference": reference,
+                    "candidate_names": [check_parameter(problem["test"], entry)],
+                }
             )
             self._prompt_ids.append(self.codec.encode(problem["prompt"]))
         self.max_prompt_len = max(len(p) for p in self._prompt_ids)
@@ -334,6 +384,8 @@ class HumanEvalTask(Task):
                 "setup": p["setup"],
                 "tests": p["tests"],
                 "checks": p["checks"],
+                "reference": p["reference"],
+                "candidate_names": p["candidate_names"],
             },
             text=p["prompt"],
         )

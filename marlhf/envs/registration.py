@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import gymnasium
 
 if TYPE_CHECKING:
+    from marlhf.envs.multiturn.task import MultiTurnTask
     from marlhf.envs.tasks import Task
 
 NAMESPACE = "marlhf"
@@ -56,9 +57,11 @@ TASK_MODULES: list[str] = [
     "marlhf.envs.code",
     "marlhf.envs.reasoning",
     "marlhf.envs.text",
+    "marlhf.envs.multiturn.tool",
+    "marlhf.envs.multiturn.tasks",
 ]
 
-TaskFactory = Callable[..., "Task"]
+TaskFactory = Callable[..., "Task | MultiTurnTask"]
 _TASKS: dict[str, TaskFactory | str] = {}
 
 
@@ -164,6 +167,11 @@ def make_task(task: Task | str, **task_kwargs: Any) -> Task:
     if not isinstance(task, str):
         raise TypeError(f"make_task: `task` must be a Task or a str, got {type(task).__name__}")
     built = task_factory(task)(**task_kwargs)
+    if isinstance(built, MultiTurnTask):
+        raise TypeError(
+            f"task {task!r} is a multi-turn task: run it with "
+            "marlhf.envs.multiturn.MultiTurnTokenEnv (or make_vec of its env id)"
+        )
     check_task(built)
     return built
 

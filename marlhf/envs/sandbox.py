@@ -34,25 +34,24 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import math
 import os
 import secrets
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
 from typing import Any, TypeVar
 
-from marlhf.envs.sandbox_child import PlainDataError, decode, encode
+from marlhf.envs.sandbox_child import PlainDataError, encode
+from marlhf.envs.sandbox_io import Capture
+from marlhf.envs.sandbox_plain import PlainDataTimeout, decode_plain
 from marlhf.envs.sandbox_process import (
     BWRAP_INSTALL,
     ChildRun,
     SandboxUnavailableError,
-    read_lines,
     require_bwrap,
-    tail,
     wait_all,
 )
 
@@ -75,6 +74,17 @@ __all__ = [
 
 #: Valid values of ``SandboxLimits.isolation``.
 ISOLATIONS = ("bwrap", "unsafe-no-isolation")
+#: The largest value of each numeric limit (seconds, MiB, tasks): past these a limit is a
+#: mistake, and the kernel's own fields would overflow.
+_LIMIT_RANGES: dict[str, float] = {
+    "timeout_s": 86400.0,
+    "cpu_s": 86400.0,
+    "memory_mb": 2**30,
+    "file_size_mb": 2**30,
+    "disk_mb": 2**30,
+    "max_processes": 2**22,
+    "result_mb": 1024,
+}
 T = TypeVar("T")
 
 
@@ -96,10 +106,13 @@ class SandboxLimits:
     :param timeout_s: wall-clock limit in seconds (default 5.0); the run is killed at it.
     :param cpu_s: CPU-time limit in seconds (``RLIMIT_CPU``, default 5).
     :param memory_mb: address-space limit in MiB (``RLIMIT_AS``, default 1024).
-    :param file_size_mb: largest file the child may write, in MiB (``RLIMIT_FSIZE``, default 16);
-        stdout, stderr and the result channel count, as they are files.
+    :param file_size_mb: largest file the child may write, in MiB (``RLIMIT_FSIZE``, default
+        16); also how much of stdout and of stderr is read (they are pipes: past it the parent
+        closes its end and the child's writes fail).
     :param disk_mb: size of the private tmpfs work folder in MiB (default 64; bwrap only).
-    :param max_processes: ``RLIMIT_NPROC`` (default 64; Linux does not enforce it for root).
+    :param max_processes: tasks (processes and threads) of one run: the run's ``pids.max``
+        where the machine has cgroups, and ``RLIMIT_NPROC`` (default 64; Linux does not
+        enforce the rlimit for root).
     :param allow_subprocess: let the program create processes (default False: refused by the
         seccomp filter under bwrap, and by the audit hook).
     :param site_packages: make the interpreter's site-packages importable (default False: the
@@ -109,6 +122,10 @@ class SandboxLimits:
         the rlimits and the audit hook, for machines without bubblewrap and trusted code).
     :param audit_hook: install the in-process audit hook (default True; defence in depth, which
         the tests turn off to show that the namespaces and seccomp filter hold alone).
+    :param result_mb: how much of the program's answers the parent reads, in MiB (default 1);
+        past it the answers that did not fit count as missing.
+    :raises ValueError: naming the field, for a value that is not a finite positive number (or
+        an int where one is needed) or is larger than the kernel can take.
     """
 
     timeout_s: float = 5.0
@@ -122,16 +139,27 @@ class SandboxLimits:
     output_chars: int = 2000
     isolation: str = "bwrap"
     audit_hook: bool = True
+    result_mb: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("timeout_s", "cpu_s", "memory_mb", "file_size_mb", "disk_mb"):
+        for name, most in _LIMIT_RANGES.items():
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ValueError(f"SandboxLimits.{name}={value!r} must be a positive number")
-        if not isinstance(self.max_processes, int) or self.max_processes <= 0:
-            raise ValueError(f"SandboxLimits.max_processes={self.max_processes!r} must be >= 1")
-        if self.output_chars < 0:
-            raise ValueError(f"SandboxLimits.output_chars={self.output_chars} must be >= 0")
+            number = not isinstance(value, bool) and isinstance(value, int | float)
+            if not number or not math.isfinite(value) or not 0 < value <= most:
+                raise ValueError(
+                    f"SandboxLimits.{name}={value!r} must be a finite number in (0, {most}]"
+                )
+        for name in ("memory_mb", "file_size_mb", "disk_mb", "max_processes", "result_mb"):
+            value = getattr(self, name)
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(f"SandboxLimits.{name}={value!r} must be a whole number")
+            object.__setattr__(self, name, int(value))
+        output = self.output_chars
+        if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output <= 10**7:
+            raise ValueError(f"SandboxLimits.output_chars={output!r} must be an int in [0, 10**7]")
+        for name in ("allow_subprocess", "site_packages", "audit_hook"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"SandboxLimits.{name}={getattr(self, name)!r} must be a bool")
         if self.isolation not in ISOLATIONS:
             raise ValueError(
                 f"SandboxLimits.isolation={self.isolation!r}; valid: {list(ISOLATIONS)}"
@@ -237,18 +265,20 @@ def run_calls(
         raise TypeError(f"run_calls: an input is not plain data ({exc})") from exc
     limits = limits or SandboxLimits()
     bwrap = limits.isolation == "bwrap"
-    start = time.perf_counter()
+    start, deadline = time.perf_counter(), time.monotonic() + limits.timeout_s
     spec = {"program": program, "entry_point": entry_point, "interactive": False}
-    with tempfile.TemporaryDirectory(prefix="marlhf-sandbox-") as folder:
-        tmp = Path(folder)
-        run = ChildRun(tmp, "program", "calls", {**spec, "calls": encoded}, limits)
-        wait_all([run], limits.timeout_s)
-        duration = time.perf_counter() - start
-        records = read_lines(run.result)
-        stdout = tail(run.stdout, limits.output_chars)
-        stderr = tail(run.stderr, limits.output_chars)
-    results = _call_results(records, len(encoded))
-    status, error = _ended(run, bwrap)
+    run = ChildRun("program", "calls", {**spec, "calls": encoded}, limits)
+    wait_all([run], limits.timeout_s)
+    records = _records(run.result)
+    stdout = run.stdout.text(limits.output_chars)
+    stderr = run.stderr.text(limits.output_chars)
+    status, error = _ended(run)
+    try:
+        results = _call_results(records, len(encoded), deadline)
+    except PlainDataTimeout as exc:
+        results = [CallResult("missing", error=str(exc))] * len(encoded)
+        status, error = status or Status.TIMEOUT, error or str(exc)
+    duration = time.perf_counter() - start
     if status is None:
         first = records[0] if records else {}
         if first.get("event") in ("compile_error", "runtime_error"):
@@ -256,21 +286,37 @@ def run_calls(
         elif first.get("event") != "loaded":
             status = Status.RUNTIME_ERROR
             error = f"exited with code {run.proc.returncode} before reporting a result"
-    code = run.returncode(bwrap)
+    code = run.returncode()
     # Under bwrap the namespace is empty whatever the program says; unsafe mode reports the
     # child's own attempt (informational: the program could claim anything).
     isolated = bwrap or bool(records and records[0].get("network_isolated") is True)
     return CallsOutcome(status, error, results, duration, code, stdout, stderr, isolated)
 
 
-def _ended(run: ChildRun, bwrap: bool) -> tuple[Status | None, str]:
+def _records(capture: Capture | None) -> list[dict]:
+    """The JSON-object lines of a result channel (anything else is skipped); the channel was
+    read with a byte limit, so each parse is bounded."""
+    records = []
+    for line in capture.lines() if capture is not None else []:
+        with contextlib.suppress(ValueError, RecursionError):
+            record = json.loads(line)
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
+def _ended(run: ChildRun) -> tuple[Status | None, str]:
     """TIMEOUT or KILLED when the process ended that way, else ``(None, "")``."""
-    how, error = run.process_status(bwrap)
+    how, error = run.process_status()
     return (Status(how) if how else None), error
 
 
-def _call_results(records: list[dict], n: int) -> list[CallResult]:
-    """The first answer for each call index; what is not plain data counts as such."""
+def _call_results(records: list[dict], n: int, deadline: float) -> list[CallResult]:
+    """The first answer for each call index, decoded without hashing before ``deadline``;
+    what is not plain data counts as such.
+
+    :raises PlainDataTimeout: when decoding runs past ``deadline``.
+    """
     found: dict[int, CallResult] = {}
     for record in records:
         k = record.get("i")
@@ -278,8 +324,10 @@ def _call_results(records: list[dict], n: int) -> list[CallResult]:
             continue
         if "value" in record:
             try:
-                found[k] = CallResult("value", decode(record["value"]))
-            except PlainDataError as exc:
+                found[k] = CallResult("value", decode_plain(record["value"], deadline))
+            except PlainDataTimeout:
+                raise
+            except (PlainDataError, RecursionError) as exc:
                 found[k] = CallResult("unplain", error=str(exc))
         elif "error" in record:
             found[k] = CallResult("error", error=str(record["error"])[:1000])
@@ -317,39 +365,47 @@ def run_judged(
     tests: Sequence[str],
     candidate_names: Sequence[str] = ("candidate",),
     limits: SandboxLimits | None = None,
+    reference: str = "",
 ) -> SandboxResult:
     """Run trusted check code against the program, each in its own sandbox.
 
-    The judge executes ``prompt`` (trusted helpers, e.g. HumanEval's ``poly``), ``setup`` and
-    each test in one namespace where ``entry_point`` and ``candidate_names`` are a proxy: a call
-    sends its arguments as plain data to the program's sandbox (:func:`run_calls`'s interactive
-    form) and returns the plain-data answer. The program never sees the tests or the verdict;
-    a test that raises ``AssertionError`` failed, any other exception is a runtime error.
+    The judge executes ``prompt`` (trusted helpers, e.g. HumanEval's ``poly``), ``reference``
+    (a trusted solution, e.g. the canonical one), ``setup`` and each test in one namespace
+    where ``candidate_names`` are a proxy: a call sends its arguments as plain data to the
+    program's sandbox (:func:`run_calls`'s interactive form) and returns the plain-data answer,
+    decoded inside the judge's sandbox. Every other name is trusted: a check that calls
+    ``entry_point`` by name gets the reference's function (without a reference, such a call
+    is a runtime error: the prompt's stub would return None), never the program's. The
+    program never sees the tests or the verdict; a test that raises ``AssertionError``
+    failed, any other exception is a runtime error.
     """
     limits = limits or SandboxLimits()
     bwrap = limits.isolation == "bwrap"
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="marlhf-sandbox-") as folder:
-        tmp = Path(folder)
-        ask_r, ask_w = os.pipe()  # judge -> program: arguments
-        answer_r, answer_w = os.pipe()  # program -> judge: results
+    ask_r, ask_w = os.pipe()  # judge -> program: arguments
+    answer_r, answer_w = os.pipe()  # program -> judge: results
+    try:
+        spec = {"program": program, "entry_point": entry_point, "interactive": True}
+        prog = ChildRun("program", "calls", spec, limits, stdin=ask_r, result_fd=answer_w)
+        judge_spec: dict[str, Any] = {"prompt": prompt, "reference": reference}
+        judge_spec["setup"] = setup
+        judge_spec["entry_point"] = entry_point
+        judge_spec |= {"tests": list(tests), "candidate_names": list(candidate_names)}
         try:
-            spec = {"program": program, "entry_point": entry_point, "interactive": True}
-            prog = ChildRun(tmp, "program", "calls", spec, limits, stdin=ask_r, result_fd=answer_w)
-            names = [entry_point, *candidate_names]
-            judge_spec = {"prompt": prompt, "setup": setup, "tests": list(tests)}
-            judge_spec["candidate_names"] = names
-            judge = ChildRun(tmp, "judge", "judge", judge_spec, limits, answer_r, None, ask_w)
-        finally:
-            for fd in (ask_r, ask_w, answer_r, answer_w):
-                os.close(fd)
-        wait_all([prog, judge], limits.timeout_s)
-        duration = time.perf_counter() - start
-        records = read_lines(judge.result)
-        stdout = tail(prog.stdout, limits.output_chars)
-        stderr = tail(prog.stderr, limits.output_chars)
-    code = prog.returncode(bwrap)
-    status, error = _ended(prog, bwrap)
+            judge = ChildRun("judge", "judge", judge_spec, limits, answer_r, None, ask_w)
+        except BaseException:
+            wait_all([prog], 0.0)
+            raise
+    finally:
+        for fd in (ask_r, ask_w, answer_r, answer_w):
+            os.close(fd)
+    wait_all([prog, judge], limits.timeout_s)
+    duration = time.perf_counter() - start
+    records = _records(judge.result)
+    stdout = prog.stdout.text(limits.output_chars)
+    stderr = prog.stderr.text(limits.output_chars)
+    code = prog.returncode()
+    status, error = _ended(prog)
     if status is None and judge.timed_out:
         status, error = Status.TIMEOUT, "wall-clock limit reached"
     first = records[0] if records else {}
@@ -397,16 +453,15 @@ def run_program(
     bwrap = limits.isolation == "bwrap"
     nonce = secrets.token_hex(16)
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="marlhf-sandbox-") as folder:
-        spec = {"nonce": nonce, "program": program, "setup": setup, "tests": tests}
-        run = ChildRun(Path(folder), "program", "program", spec, limits)
-        wait_all([run], limits.timeout_s)
-        duration = time.perf_counter() - start
-        stdout = tail(run.stdout, limits.output_chars)
-        stderr = tail(run.stderr, limits.output_chars)
-        record = _read_record(run.result, nonce)
-    status, error = _ended(run, bwrap)
-    code = run.returncode(bwrap)
+    spec = {"nonce": nonce, "program": program, "setup": setup, "tests": tests}
+    run = ChildRun("program", "program", spec, limits)
+    wait_all([run], limits.timeout_s)
+    duration = time.perf_counter() - start
+    stdout = run.stdout.text(limits.output_chars)
+    stderr = run.stderr.text(limits.output_chars)
+    record = _read_record(run.result, nonce)
+    status, error = _ended(run)
+    code = run.returncode()
     if status is None:
         status, error, record = _judge_record(record, len(tests), run.proc.returncode)
     return SandboxResult(
@@ -422,8 +477,9 @@ def run_program(
     )
 
 
-def _read_record(path: Path, nonce: str) -> dict | None:
-    for line in reversed(path.read_text(encoding="utf-8", errors="replace").splitlines()):
+def _read_record(capture: Capture | None, nonce: str) -> dict | None:
+    lines = capture.lines() if capture is not None else []
+    for line in (raw.decode("utf-8", errors="replace") for raw in reversed(lines)):
         if line.startswith(nonce + " "):
             with contextlib.suppress(ValueError, RecursionError):
                 record = json.loads(line[len(nonce) + 1 :])

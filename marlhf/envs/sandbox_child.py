@@ -3,7 +3,9 @@
 This file imports only the standard library: the sandbox runs it as a script
 (``python -I -S sandbox_child.py MODE SPEC_FD RESULT_FD [REQUEST_FD]``), read-only bound into
 the bubblewrap namespace, before any untrusted line. The trusted parent imports the same module
-for :func:`encode` and :func:`decode`.
+for :func:`encode` (of inputs); it decodes answers with
+:func:`~marlhf.envs.sandbox_plain.decode_plain`, which hashes nothing. :func:`decode` here
+builds real sets and dicts, so it runs only inside a sandbox (the judge), under its limits.
 
 Modes:
 
@@ -11,9 +13,13 @@ Modes:
   line per call: the result as plain data (:func:`encode`) or the exception's name. With
   ``interactive`` in the spec the inputs arrive one per line on stdin (from a ``judge``),
   otherwise they are in the spec. The verdict is not computed here.
-- ``judge``: run trusted check code (the problem's prompt and tests, never the completion) with
-  the entry point replaced by a proxy that sends its arguments to a ``calls`` process and decodes
-  the answer; write one verdict line per test.
+- ``judge``: run trusted check code (the problem's prompt, its reference solution when given,
+  and its tests; never the completion) with the candidate names (``candidate``) bound to a proxy
+  that sends its arguments to a ``calls`` process and decodes the answer (here, inside the
+  judge's sandbox and under its time limit); write one verdict line per test. A name the check
+  calls directly (HumanEval/33 compares ``candidate(x)`` with ``sort_third(x)``) is the trusted
+  reference's (without a reference, a call of the entry point by name is a runtime error),
+  never the program's.
 - ``program``: run a program and assertion snippets in one namespace, the verdict computed in the
   same process (only for programs that are not adversarial to their own grading).
 
@@ -155,16 +161,21 @@ def _lock_down(spec: dict, root: str) -> bool:
     setlim(resource.RLIMIT_AS, int(lim["memory_mb"]) * mb)
     setlim(resource.RLIMIT_FSIZE, int(lim["file_size_mb"]) * mb)
     setlim(resource.RLIMIT_NPROC, int(lim["max_processes"]))
+    setlim(resource.RLIMIT_NOFILE, int(lim["max_open_files"]))
     setlim(resource.RLIMIT_CORE, 0)
     isolated = bool(spec["network_isolated"])
-    if not isolated:
+    if not isolated:  # unsafe mode: no namespace ends this process with the trainer
+        parent = os.getppid()
         try:
             import ctypes
 
             libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the trainer
             isolated = libc.unshare(0x40000000) == 0  # CLONE_NEWNET
         except Exception:
             isolated = False
+        if os.getppid() != parent:  # the trainer died before the line above
+            os._exit(1)
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead
     os.chdir(root)
     sys.setrecursionlimit(10000)
@@ -276,16 +287,18 @@ def _run_calls(spec: dict, out: Any, isolated: bool) -> None:
 class _Proxy:
     """Stands for the candidate in trusted check code: plain data out, plain data back."""
 
-    def __init__(self, requests: Any, answers: Any) -> None:
-        self.requests, self.answers = requests, answers
-        self.status = answers.readline()
+    def __init__(self, requests: Any, answers: Any, limit: int) -> None:
+        self.requests, self.answers, self.limit = requests, answers, limit
+        self.status = answers.readline(limit)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         self.requests.write(json.dumps({"args": encode(args), "kwargs": encode(kwargs)}) + "\n")
         self.requests.flush()
-        line = self.answers.readline()
+        line = self.answers.readline(self.limit)
         if not line:
             raise ConnectionError("the program stopped answering")
+        if not line.endswith("\n"):
+            raise ConnectionError(f"the program's answer is longer than {self.limit} characters")
         answer = json.loads(line)
         if "value" in answer:
             return decode(answer["value"])
@@ -294,13 +307,20 @@ class _Proxy:
         raise RuntimeError(str(answer.get("error", "no answer"))[:400])
 
 
+def _no_reference(name: str) -> Any:
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError(f"the check calls {name}() by name and no reference solution was given")
+
+    return refuse
+
+
 def _run_judge(spec: dict, out: Any, request_fd: int) -> None:
     def emit(record: dict) -> None:
         out.write(json.dumps(record) + "\n")
         out.flush()
 
     requests = os.fdopen(request_fd, "w", encoding="utf-8")
-    proxy = _Proxy(requests, sys.stdin)
+    proxy = _Proxy(requests, sys.stdin, int(spec["limits"]["answer_bytes"]))
     try:
         loaded = json.loads(proxy.status) if proxy.status else {"event": "runtime_error"}
         event = loaded.get("event") if isinstance(loaded, dict) else None
@@ -312,6 +332,10 @@ def _run_judge(spec: dict, out: Any, request_fd: int) -> None:
         return
     ns: dict = {"__name__": "__main__", "__builtins__": __builtins__}
     exec(compile(spec["prompt"], "<check prompt>", "exec"), ns)
+    if spec["reference"]:  # the trusted solution: names the check calls directly are its own
+        exec(compile(spec["reference"], "<check reference>", "exec"), ns)
+    else:  # no trusted value for a direct call (the prompt's stub would return None)
+        ns[spec["entry_point"]] = _no_reference(spec["entry_point"])
     exec(compile(spec["setup"], "<check setup>", "exec"), ns)
     for name in spec["candidate_names"]:
         ns[name] = proxy

@@ -1,39 +1,49 @@
-"""One sandboxed child process: its bubblewrap command line, seccomp filter, files and lifetime.
+"""One sandboxed child process: its bubblewrap command line, kernel policy, pipes and lifetime.
 
 Flags (bubblewrap 0.8, Debian package ``bubblewrap``): ``--unshare-all`` (new user where the
 kernel allows, PID, network, IPC, UTS and cgroup namespaces; no ``--share-net``, so the network
 namespace is empty), ``--die-with-parent``, ``--new-session``, ``--clearenv``,
 ``--cap-drop ALL`` (as root, the user namespace would otherwise keep every capability: raising
-rlimits, for one); a new root with
-read-only binds of ``/usr``, ``/lib*``, ``/bin``, ``/sbin`` and the interpreter's own prefix, a
-private procfs (only the sandbox's processes) and ``/dev`` (null, zero, random, ...), a tmpfs work
-folder of bounded size, and this package's ``sandbox_child.py`` bound read-only. Nothing else of
-the host file system (no ``/home``, ``/root``, ``/etc``, ``/tmp``, the trainer's files) exists
-inside.
+rlimits, for one); a new root with read-only binds of ``/usr``, ``/lib*``, ``/bin``, ``/sbin``
+and the interpreter's own prefix, a private procfs (only the sandbox's processes) and ``/dev``
+(null, zero, random, ...), a tmpfs work folder of bounded size, and this package's
+``sandbox_child.py`` bound read-only. Nothing else of the host file system (no ``/home``,
+``/root``, ``/etc``, ``/tmp``, the trainer's files) exists inside; the tmpfs ends with the
+run's mount namespace, so nothing is left even when the trainer is killed.
 
-When subprocesses are not allowed, a seccomp filter refuses process creation in the kernel
-(``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``, ``clone3``), whatever route the program
-takes (``os.posix_spawn``, ``_posixsubprocess``, ``ctypes``): ``RLIMIT_NPROC`` does not hold for
-root, this does. Threads stay possible and are bounded by the address-space limit.
+``--seccomp`` installs the allow-list filter of :mod:`~marlhf.envs.sandbox_seccomp` (default
+deny) before the interpreter starts. Where the machine has cgroups the launcher joins the run's
+own memory and pids groups (:mod:`~marlhf.envs.sandbox_cgroup`) before it executes bubblewrap;
+otherwise (the documented fallback) ``RLIMIT_AS``, ``RLIMIT_NOFILE``, ``RLIMIT_NPROC`` hold, and
+as root, where ``RLIMIT_NPROC`` is void, the filter refuses threads too.
+
+Nothing of the run is a host file: the spec is a sealed memfd the parent made, the seccomp
+program a pipe, stdout, stderr and the result channel pipes read with a byte limit
+(:mod:`~marlhf.envs.sandbox_io`). Only the unsafe mode has a host work folder
+(``marlhf-sandbox-<pid>-*`` in the temporary folder; stale ones are removed at start).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
+import math
 import os
-import platform
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
-import time
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from marlhf.envs.sandbox_cgroup import JOIN_SCRIPT, RunCgroup, cgroup_support
+from marlhf.envs.sandbox_cgroup import create as create_cgroup
+from marlhf.envs.sandbox_io import Capture, drain
+from marlhf.envs.sandbox_seccomp import SeccompUnavailableError, seccomp_filter
 
 if TYPE_CHECKING:
     from marlhf.envs.sandbox import SandboxLimits
@@ -43,18 +53,24 @@ __all__ = [
     "ChildRun",
     "SandboxUnavailableError",
     "bwrap_command",
-    "read_lines",
+    "clean_stale_folders",
+    "kernel_limits",
     "require_bwrap",
-    "tail",
     "wait_all",
 ]
 
 #: How to get bubblewrap on Debian and Ubuntu (``make install`` runs it where it can).
-BWRAP_INSTALL = "apt-get update && apt-get install -y bubblewrap"
+BWRAP_INSTALL = "apt-get update && apt-get install -y bubblewrap libseccomp2"
 #: The work folder inside the sandbox (a private tmpfs).
 WORKDIR = "/sandbox"
 CHILD_INSIDE = "/run/marlhf/sandbox_child.py"
 CHILD_PATH = str(Path(__file__).with_name("sandbox_child.py"))
+#: The unsafe mode's host work folders: ``marlhf-sandbox-<trainer pid>-<random>``.
+FOLDER_PREFIX = "marlhf-sandbox-"
+#: ``RLIMIT_NOFILE`` of the child (Python needs a handful; this bounds what files can pin).
+MAX_OPEN_FILES = 64
+#: What bubblewrap and the interpreter need above ``memory_mb`` in the run's memory cgroup.
+CGROUP_SLACK_BYTES = 64 * 2**20
 
 
 class SandboxUnavailableError(RuntimeError, ValueError):
@@ -73,47 +89,6 @@ def interpreter(site_packages: bool) -> tuple[str, list[str]]:
         roots |= {sys.prefix, *(os.path.realpath(p) for p in site.getsitepackages())}
     system = ("/usr/", "/lib/", "/lib64/")
     return exe, sorted(r for r in roots if not (r + "/").startswith(system))
-
-
-# Classic BPF opcodes and seccomp return values (linux/filter.h, linux/seccomp.h).
-_LD_ABS, _JEQ, _JGE, _JSET, _RET = 0x20, 0x15, 0x35, 0x45, 0x06
-_ALLOW, _ERRNO, _KILL = 0x7FFF0000, 0x00050000, 0x80000000
-_EPERM, _ENOSYS, _CLONE_THREAD = 1, 38, 0x00010000
-#: machine -> (audit arch, fork/vfork numbers, clone, clone3, has the x32 ABI)
-_ARCH = {
-    "x86_64": (0xC000003E, (57, 58), 56, 435, True),
-    "aarch64": (0xC00000B7, (), 220, 435, False),
-}
-
-
-def seccomp_filter() -> bytes | None:
-    """A BPF program that refuses process creation (None on an architecture it does not know)."""
-    if platform.machine() not in _ARCH:
-        return None
-    arch, forks, clone, clone3, x32 = _ARCH[platform.machine()]
-    # (opcode, jump-if-true, jump-if-false, operand); a jump names a return label or is 0 (next).
-    prog: list[tuple[int, int | str, int | str, int]] = [
-        (_LD_ABS, 0, 0, 4),  # seccomp_data.arch
-        (_JEQ, 0, "kill", arch),
-        (_LD_ABS, 0, 0, 0),  # seccomp_data.nr
-    ]
-    if x32:  # x32 system calls carry this bit; refuse them all
-        prog.append((_JGE, "eperm", 0, 0x40000000))
-    prog += [(_JEQ, "eperm", 0, nr) for nr in forks]
-    prog.append((_JEQ, "enosys", 0, clone3))  # glibc then falls back to clone
-    prog.append((_JEQ, 0, "allow", clone))
-    prog.append((_LD_ABS, 0, 0, 16))  # low half of args[0], the clone flags (little-endian)
-    prog.append((_JSET, "allow", "eperm", _CLONE_THREAD))  # threads yes, processes no
-    returns = {"allow": _ALLOW, "eperm": _ERRNO | _EPERM, "enosys": _ERRNO | _ENOSYS}
-    returns["kill"] = _KILL
-    where = {label: len(prog) + i for i, label in enumerate(returns)}
-
-    def jump(at: int, target: int | str) -> int:
-        return target if isinstance(target, int) else where[target] - at - 1
-
-    words = [(op, jump(i, t), jump(i, f), k) for i, (op, t, f, k) in enumerate(prog)]
-    words += [(_RET, 0, 0, value) for value in returns.values()]
-    return b"".join(struct.pack("=HBBI", *w) for w in words)
 
 
 def bwrap_command(
@@ -164,6 +139,10 @@ def require_bwrap() -> str:
             "isolation 'unsafe-no-isolation' by name (HumanEval's `sandbox` keyword) to run "
             "programs without it"
         )
+    try:
+        seccomp_filter(False)
+    except SeccompUnavailableError as exc:
+        raise SandboxUnavailableError(str(exc)) from exc
     problem = _probe(bwrap)
     if problem:
         raise SandboxUnavailableError(
@@ -183,37 +162,62 @@ def _signal_name(num: int) -> str:
         return f"signal {num}"
 
 
-def tail(path: Path, chars: int) -> str:
+def _sealed_memfd(data: bytes) -> int:
+    """A read-only-in-effect in-memory file holding ``data`` (sealed: no write, grow or shrink),
+    positioned at its start: how the spec reaches the child without a host file."""
+    fd = os.memfd_create("marlhf-sandbox-spec", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
     try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - 4 * chars))
-            return fh.read().decode("utf-8", errors="replace")[-chars:] if chars else ""
-    except OSError:
-        return ""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        seals = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, seals)
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
-def read_lines(path: Path) -> list[dict]:
-    """The JSON-object lines of a result file (anything else is skipped)."""
+def _filled_pipe(data: bytes) -> int:
+    """The read end of a pipe that holds ``data`` and then ends (``data`` must fit in it)."""
+    read_fd, write_fd = os.pipe()
     try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return []
-    records = []
-    for line in text.splitlines():
-        with contextlib.suppress(ValueError, RecursionError):
-            record = json.loads(line)
-            if isinstance(record, dict):
-                records.append(record)
-    return records
+        os.write(write_fd, data)
+    finally:
+        os.close(write_fd)
+    return read_fd
+
+
+@functools.lru_cache(maxsize=1)
+def clean_stale_folders() -> list[str]:
+    """Remove the unsafe mode's work folders left by trainers that no longer run (named
+    ``marlhf-sandbox-<pid>-*`` in the temporary folder); once per process."""
+    removed = []
+    root = Path(tempfile.gettempdir())
+    with contextlib.suppress(OSError):
+        for folder in root.glob(f"{FOLDER_PREFIX}*"):
+            owner = folder.name[len(FOLDER_PREFIX) :].split("-")[0]
+            if owner.isdigit() and not Path(f"/proc/{owner}").exists():
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(str(folder))
+    return removed
+
+
+def kernel_limits() -> str:
+    """How memory and task counts are bounded here: ``"cgroup"`` or ``"rlimit"`` (the fallback:
+    ``RLIMIT_AS``, ``RLIMIT_NPROC``, ``RLIMIT_NOFILE``, and no threads as root)."""
+    return "cgroup" if not cgroup_support() else "rlimit"
 
 
 class ChildRun:
-    """One sandboxed child: spec and output files in a private host folder, its process."""
+    """One sandboxed child process: its spec in a sealed memfd, stdout, stderr and (unless
+    given) its result channel as pipes the parent reads with a byte limit, its own cgroups
+    where the machine has them, and no file on the host (the unsafe mode's work folder aside).
+    """
 
     def __init__(
         self,
-        tmp: Path,
         name: str,
         mode: str,
         spec: dict,
@@ -222,124 +226,150 @@ class ChildRun:
         result_fd: int | None = None,
         request_fd: int | None = None,
     ) -> None:
-        bwrap = limits.isolation == "bwrap"
-        self.stdout, self.stderr = tmp / f"{name}.out", tmp / f"{name}.err"
-        self.result = tmp / f"{name}.result"
-        own_result = result_fd is None
-        if result_fd is None:
-            result_fd = os.open(self.result, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        out_fd: int = result_fd
-        workdir = Path(WORKDIR) if bwrap else tmp / f"{name}.work"
-        if not bwrap:
-            workdir.mkdir(mode=0o700)
-        spec = {**spec, "workdir": str(workdir), "network_isolated": bwrap}
-        spec["limits"] = {
-            "cpu_s": max(1, int(limits.cpu_s + 0.999)),
-            "memory_mb": limits.memory_mb,
-            "file_size_mb": limits.file_size_mb,
-            "max_processes": limits.max_processes,
-            "allow_subprocess": limits.allow_subprocess,
-            "audit_hook": limits.audit_hook,
-        }
-        spec_path = tmp / f"{name}.spec"
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        spec_fd = os.open(spec_path, os.O_RDONLY)
-        child_fds = [spec_fd, out_fd] + ([request_fd] if request_fd is not None else [])
-        opened = [spec_fd] + ([out_fd] if own_result else [])
-        passed = list(child_fds)
-        if bwrap:
-            bpf = None if limits.allow_subprocess else seccomp_filter()
-            bpf_fd = None
-            if bpf is not None:
-                (tmp / f"{name}.bpf").write_bytes(bpf)
-                bpf_fd = os.open(tmp / f"{name}.bpf", os.O_RDONLY)
+        self.name = name
+        self.bwrap = bwrap = limits.isolation == "bwrap"
+        self.timed_out = False
+        self.oom_killed = False
+        self.cgroup: RunCgroup | None = None
+        self.folder: str | None = None
+        output_limit = limits.file_size_mb * 2**20
+        keep = 4 * limits.output_chars
+        opened: list[int] = []  # ours to close once the child has them
+        self.captures: list[Capture] = []
+        try:
+            out_r, out_w = os.pipe()
+            opened.append(out_w)
+            self.stdout = Capture(out_r, output_limit, keep)
+            err_r, err_w = os.pipe()
+            opened.append(err_w)
+            self.stderr = Capture(err_r, output_limit, keep)
+            self.captures += [self.stdout, self.stderr]
+            self.result: Capture | None = None
+            if result_fd is None:
+                res_r, result_fd = os.pipe()
+                opened.append(result_fd)
+                self.result = Capture(res_r, limits.result_mb * 2**20, None)
+                self.captures.append(self.result)
+            if bwrap:
+                workdir = WORKDIR
+            else:
+                clean_stale_folders()
+                self.folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")
+                workdir = self.folder
+            spec = {**spec, "workdir": workdir, "network_isolated": bwrap}
+            spec["limits"] = {
+                "cpu_s": max(1, math.ceil(limits.cpu_s)),
+                "memory_mb": limits.memory_mb,
+                "file_size_mb": limits.file_size_mb,
+                "max_processes": limits.max_processes,
+                "max_open_files": MAX_OPEN_FILES,
+                "allow_subprocess": limits.allow_subprocess,
+                "audit_hook": limits.audit_hook,
+                "answer_bytes": limits.result_mb * 2**20,
+            }
+            spec_fd = _sealed_memfd(json.dumps(spec).encode())
+            opened.append(spec_fd)
+            child_fds = [spec_fd, result_fd] + ([request_fd] if request_fd is not None else [])
+            passed = list(child_fds)
+            if bwrap:
+                self.cgroup = create_cgroup(
+                    limits.memory_mb * 2**20 + CGROUP_SLACK_BYTES, limits.max_processes
+                )
+                threads = self.cgroup is not None or os.geteuid() != 0
+                bpf_fd = _filled_pipe(seccomp_filter(limits.allow_subprocess, threads))
                 opened.append(bpf_fd)
                 passed.append(bpf_fd)
-            argv, child = bwrap_command(
-                require_bwrap(), limits.site_packages, limits.disk_mb, bpf_fd
-            )
-            env: dict[str, str] = {}  # bwrap's own process is visible inside: nothing to read
-        else:
-            argv, child = [interpreter(limits.site_packages)[0]], CHILD_PATH
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(workdir), "LANG": "C.UTF-8"}
-        flags = ["-I"] if limits.site_packages else ["-I", "-S"]
-        command = [*argv, *flags, child, mode, *(str(fd) for fd in child_fds)]
-        try:
-            with open(self.stdout, "wb") as out, open(self.stderr, "wb") as err:
-                self.proc = subprocess.Popen(
-                    command,
-                    stdin=stdin,
-                    stdout=out,
-                    stderr=err,
-                    cwd=tmp if bwrap else workdir,
-                    env=env,
-                    close_fds=True,
-                    pass_fds=tuple(passed),
-                    start_new_session=True,
+                argv, child = bwrap_command(
+                    require_bwrap(), limits.site_packages, limits.disk_mb, bpf_fd
                 )
+                if self.cgroup is not None:
+                    sh = shutil.which("sh") or "/bin/sh"
+                    argv = [sh, "-c", JOIN_SCRIPT, "sh", *self.cgroup.procs, "--", *argv]
+                env: dict[str, str] = {}  # bwrap's own process is visible inside: nothing there
+            else:
+                argv, child = [interpreter(limits.site_packages)[0]], CHILD_PATH
+                env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "LANG": "C.UTF-8"}
+            flags = ["-I"] if limits.site_packages else ["-I", "-S"]
+            command = [*argv, *flags, child, mode, *(str(fd) for fd in child_fds)]
+            self.proc = subprocess.Popen(
+                command,
+                stdin=stdin,
+                stdout=out_w,
+                stderr=err_w,
+                cwd="/" if bwrap else workdir,
+                env=env,
+                close_fds=True,
+                pass_fds=tuple(passed),
+                start_new_session=True,
+            )
+        except BaseException:
+            for capture in self.captures:
+                capture.close()
+            self.release()
+            raise
         finally:
             for fd in opened:
                 os.close(fd)
-        self.timed_out = False
 
     def kill(self) -> None:
         """Kill the run's process group: bwrap (then its PID namespace) or the unsafe child."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
 
-    def signal(self, bwrap: bool) -> int | None:
+    def release(self) -> None:
+        """Remove the run's cgroups and work folder (after its processes have ended)."""
+        if self.cgroup is not None:
+            self.oom_killed = self.cgroup.oom_kills() > 0
+            self.cgroup.remove()
+            self.cgroup = None
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
+
+    def signal(self) -> int | None:
         """The signal that ended the program (bwrap reports it as 128 + number)."""
         code = self.proc.returncode
         if code is not None and code < 0:
             return -code
-        if bwrap and code is not None and code > 128 and code - 128 in signal.valid_signals():
+        valid = signal.valid_signals()
+        if self.bwrap and code is not None and code > 128 and code - 128 in valid:
             return code - 128
         return None
 
-    def process_status(self, bwrap: bool) -> tuple[str | None, str]:
+    def process_status(self) -> tuple[str | None, str]:
         """``"timeout"`` or ``"killed"`` from how the process ended, else ``(None, "")``."""
         if self.timed_out:
             return "timeout", "wall-clock limit reached"
-        sig = self.signal(bwrap)
+        sig = self.signal()
         if sig == signal.SIGXCPU:
             return "timeout", "CPU-time limit reached"
+        if sig is not None and self.oom_killed:
+            return "killed", f"killed by {_signal_name(sig)}: the memory limit (cgroup) was reached"
         if sig is not None:
             return "killed", f"killed by {_signal_name(sig)}"
         return None, ""
 
-    def returncode(self, bwrap: bool) -> int | None:
-        sig = self.signal(bwrap)
+    def returncode(self) -> int | None:
+        sig = self.signal()
         return -sig if sig is not None else self.proc.returncode
 
 
-def _exits_within(proc: subprocess.Popen, timeout_s: float) -> bool:
-    """Whether ``proc`` ends within ``timeout_s``; a pidfd wakes us at once (``Popen.wait``
-    with a timeout polls, up to 50 ms late)."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=timeout_s)
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        ready = poller.poll(max(0, int(timeout_s * 1000)))
-    finally:
-        os.close(pidfd)
-    return bool(ready)
-
-
 def wait_all(runs: Sequence[ChildRun], timeout_s: float) -> None:
-    """Wait for every run until ``timeout_s`` has passed, kill what is left, then reap all."""
-    deadline = time.monotonic() + timeout_s
-    for run in runs:
-        if not _exits_within(run.proc, max(0.0, deadline - time.monotonic())):
-            run.timed_out = True
-            for other in runs:
-                other.kill()
-    for run in runs:
-        run.kill()  # whatever the program left behind in its group dies with it
-        run.proc.wait()
+    """Read every run's pipes until it ends or ``timeout_s`` has passed (then kill them all),
+    reap every process, and release every run's cgroups and folder."""
+    try:
+        timed_out = drain(
+            [c for run in runs for c in run.captures], [run.proc for run in runs], timeout_s
+        )
+        for run in runs:
+            if run.proc.poll() is None or timed_out:
+                run.timed_out = timed_out
+    finally:
+        for run in runs:
+            run.kill()  # whatever the program left behind in its group dies with it
+        for run in runs:
+            run.proc.wait()
+            for capture in run.captures:
+                capture.read_available()  # what was written before the end, within the limit
+                capture.close()
+            run.release()

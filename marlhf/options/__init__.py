@@ -1,7 +1,8 @@
 """Macro-action options: terminations, segmentation utilities and the SMDP wrapper.
 
 Importing this package registers every built-in termination (``ngram``, ``random_ngram``,
-``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, the cut-budget rules
+``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, the turn level
+``turn`` and nesting ``within`` (``A > B``), the cut-budget rules
 ``entropy``, ``value_change``, ``even``, ``random_cuts``, ``surprisal`` and ``learned``, and, when
 their modules are present, ``treesitter`` and ``parse``); ``available_terminations()`` lists them.
 """
@@ -44,6 +45,7 @@ from marlhf.options.segments import (
     segment_mask,
     segment_reduce,
 )
+from marlhf.options.turn import Turn, Within
 from marlhf.options.value_change import ValueChange
 from marlhf.options.wrapper import MacroActionWrapper
 
@@ -76,8 +78,10 @@ __all__ = [
     "Surprisal",
     "Termination",
     "TerminationStats",
+    "Turn",
     "Union",
     "ValueChange",
+    "Within",
     "available_terminations",
     "broadcast_to_tokens",
     "build_termination",

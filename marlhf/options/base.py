@@ -42,6 +42,8 @@ class SegmentationBatch:
     :param logprobs: ``float[B, T]`` policy log-probs of the taken tokens.
     :param ref_logprobs: ``float[B, T]`` reference log-probs of the taken tokens.
     :param generator: seeded generator for randomised terminations (on the CPU).
+    :param turn_starts: ``bool[B, T]`` the first token of each agent turn of a multi-turn
+        episode (the ``turn`` termination reads it); ``None``: one turn per row.
     :param entropy: ``float[B, T]`` entropy of the policy's distribution at each position.
     :param values: ``float[B, T]`` critic values of the state before each token.
     """
@@ -52,6 +54,7 @@ class SegmentationBatch:
     logprobs: torch.Tensor | None = None
     ref_logprobs: torch.Tensor | None = None
     generator: torch.Generator | None = None
+    turn_starts: torch.Tensor | None = None
     entropy: torch.Tensor | None = None
     values: torch.Tensor | None = None
 
@@ -71,14 +74,16 @@ class SegmentationBatch:
         logprobs: torch.Tensor | None = None,
         ref_logprobs: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        turn_starts: torch.Tensor | None = None,
         entropy: torch.Tensor | None = None,
         values: torch.Tensor | None = None,
     ) -> SegmentationBatch:
-        """Assemble a batch with exactly what ``requires`` names; missing inputs are an error."""
+        """Assemble a batch with exactly what ``requires`` names; missing inputs are an error.
+        ``turn_starts`` (multi-turn episodes) is passed on whatever the requirements."""
         unknown = set(requires) - REQUIREMENTS
         if unknown:
             raise ValueError(f"requires: unknown {sorted(unknown)}; valid: {sorted(REQUIREMENTS)}")
-        batch = cls(response_ids=response_ids, mask=mask.bool())
+        batch = cls(response_ids=response_ids, mask=mask.bool(), turn_starts=turn_starts)
         if "text" in requires:
             if codec is None:
                 raise ValueError("SegmentationBatch.build: 'text' is required but codec is None")

@@ -16,7 +16,8 @@ A factory with a ``parse_spec_args`` attribute parses the text after ``name:`` i
 combinators do, because their arguments are specs: ``union:ngram:5|punctuation``,
 ``min_length:3|punctuation``, ``max_length:10|union:perplexity|punctuation``, with parentheses
 to group a nested part (``union:(max_length:10|punctuation)|ngram:20``); see
-:mod:`marlhf.options.combinators`.
+:mod:`marlhf.options.combinators`. ``A > B`` nests ``B`` inside each segment of ``A``
+(``turn > ngram:5``, :mod:`marlhf.options.turn`).
 
 Checkpoints store a termination as structured data, ``{"name": ..., "kwargs": {...}}`` (a
 nested rule as ``{"termination": {"name": ..., "kwargs": ...}}``), written by
@@ -145,6 +146,18 @@ def parse_spec(spec: str) -> tuple[str, list[Any], dict[str, Any]]:
     return name.strip(), args, kwargs
 
 
+def split_nesting(spec: str) -> tuple[str, str] | None:
+    """``"A > B"`` -> ``("A", "B")`` at the first ``>`` outside parentheses (nesting: ``B``
+    inside each segment of ``A``, see :mod:`marlhf.options.turn`); ``None`` without one."""
+    depth = 0
+    for i, ch in enumerate(spec):
+        depth += ch == "("
+        depth -= ch == ")"
+        if ch == ">" and depth == 0:
+            return spec[:i].strip(), spec[i + 1 :].strip()
+    return None
+
+
 def make_termination(spec: str | Termination | Mapping[str, Any]) -> Termination:
     """Build a termination from a spec string (a ``Termination`` passes through unchanged; a
     mapping ``{"name", "kwargs"}`` is built by :func:`build_termination`).
@@ -163,6 +176,8 @@ def make_termination(spec: str | Termination | Mapping[str, Any]) -> Termination
         )
     name, _, rest = spec.strip().partition(":")
     name = name.strip()
+    if split_nesting(spec) is not None:  # "turn > ngram:5": the nesting combinator
+        name, rest = "within", spec.strip()
     _load_entry_points()
     if name not in _REGISTRY:
         raise ValueError(

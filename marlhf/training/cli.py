@@ -176,6 +176,7 @@ EXAMPLES = {
 def _catalogue() -> str:
     """Registered tasks and terminations, for the help of train and compare."""
     try:
+        from marlhf.agents.presets import PRESETS
         from marlhf.options import available_terminations
         from marlhf.training.builders import registered_env_ids
 
@@ -184,6 +185,9 @@ def _catalogue() -> str:
             + ", ".join(registered_env_ids())
             + "\nregistered terminations: "
             + ", ".join(available_terminations())
+            + "\npresets (each beside its source's settings: docs/presets.md, or "
+            + "`python -m marlhf.agents.preset_table`): "
+            + ", ".join(PRESETS)
         )
     except Exception as err:  # help must print even when an optional part is broken
         return f"\n\n(could not list tasks and terminations: {err})"

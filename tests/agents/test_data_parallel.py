@@ -66,7 +66,7 @@ def _configs() -> dict[str, tuple[type, dict[str, Any]]]:
         if get_estimator(name).needs_groups:
             extra["group_size"] = 2  # a group never straddles the two ranks' shards
         if "mc_values" in get_estimator(name).requires:
-            extra.update(mc_rollouts=2, mc_max_starts=2, kl_in="loss")  # as vineppo
+            extra.update(mc_rollouts=2, mc_max_starts=2, kl_in="loss", kl_estimator="k3")
         out[f"ppo-{name}"] = (PPO, extra)
     return out
 

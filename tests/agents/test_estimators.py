@@ -238,20 +238,29 @@ def test_asymmetric_clip_and_sequence_ratio() -> None:
     hi = torch.maximum(-adv * ratio, -adv * ratio.clamp(0.8, 1.28))
     loss, _ = policy_loss(new, old, adv, mask, mask, clip_range=0.2, clip_range_high=0.28)
     assert float(loss) == pytest.approx(float(torch.where(mask, hi, 0.0).sum() / mask.sum()))
-    # GSPO: one length-normalised ratio per response.
+    # GSPO: one length-normalised ratio per response, one term per response, mean over them.
+    # (The earlier form divided each response's term by its length again and took a token
+    # mean: issue 21 found it mis-weighted; this pins the definition.)
     n = mask.sum(1, keepdim=True)
     seq_ratio = torch.exp(torch.where(mask, new - old, 0.0).sum(1, keepdim=True) / n)
     a = adv[:, :1]
     seq = torch.maximum(-a * seq_ratio, -a * seq_ratio.clamp(0.8, 1.2))
-    loss, _ = policy_loss(new, old, adv, mask, mask, clip_range=0.2, ratio_level="sequence")
-    assert float(loss) == pytest.approx(float(seq.sum() / mask.sum()))
-    # At ratio 1 the sequence-level gradient is the token-level one scaled per response by 1/n.
+    kw = {"clip_range": 0.2, "ratio_level": "sequence", "loss_agg": "seq-mean-token-mean"}
+    loss, _ = policy_loss(new, old, adv, mask, mask, **kw)  # type: ignore[arg-type]
+    assert float(loss) == pytest.approx(float(seq.mean()))
+    for agg in ("token-mean", "seq-sum-constant"):  # undefined for one term per response
+        with pytest.raises(ValueError, match=r"loss_agg=.*valid: 'seq-mean-token-mean'"):
+            policy_loss(new, old, adv, mask, mask, clip_range=0.2, ratio_level="sequence",
+                        loss_agg=agg)  # fmt: skip
+    # At ratio 1 GSPO's gradient is the token-level one under the per-response token mean.
     p = old.clone().requires_grad_(True)
-    policy_loss(p, old, adv, mask, mask, clip_range=0.2, ratio_level="sequence")[0].backward()
+    policy_loss(p, old, adv, mask, mask, **kw)[0].backward()  # type: ignore[arg-type]
     q = old.clone().requires_grad_(True)
-    policy_loss(q, old, adv, mask, mask, clip_range=0.2)[0].backward()
+    policy_loss(q, old, adv, mask, mask, clip_range=0.2, loss_agg="seq-mean-token-mean")[
+        0
+    ].backward()
     assert p.grad is not None and q.grad is not None
-    assert torch.allclose(p.grad, q.grad / n, atol=1e-6)
+    assert torch.allclose(p.grad, q.grad, atol=1e-6)
 
 
 # ------------------------------------------------------------------------- training end to end

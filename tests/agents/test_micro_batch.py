@@ -26,6 +26,11 @@ CASES: dict[str, tuple[type, dict[str, Any]]] = {
     "ma-ppo": (MAPPO, {"preset": "ma-ppo", "termination": "ngram:2"}),
     "mappo-macro": (MAPPO, {"termination": "ngram:2", "ratio_level": "macro"}),
     "grpo": (PPO, {"preset": "grpo", **GROUPS}),  # kl_in="loss": the KL term is weighted too
+    # The KL in the loss aggregated per response, as the policy loss (weights differ by chunk).
+    "grpo-seq-mean-token-mean": (
+        PPO,
+        {"preset": "grpo", **GROUPS, "loss_agg": "seq-mean-token-mean"},
+    ),
     "dr-grpo": (PPO, {"preset": "dr-grpo", **GROUPS}),  # seq-sum-constant
     "dapo": (PPO, {"preset": "dapo", **GROUPS}),  # asymmetric clip, dropped groups
     "gspo": (PPO, {"preset": "gspo", **GROUPS, "clip_range": 0.2}),  # sequence-level ratios

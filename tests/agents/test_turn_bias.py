@@ -1,5 +1,5 @@
 """The bias of turn-level estimators, measured against the exact truth of a small tool-use MDP
-where the policy decides how many turns to take (tests/agents/turn_mdp.py).
+where the policy decides how many turns to take (:mod:`marlhf.agents.turn_exact`).
 
 (a) verl#7244: per-turn-index normalisation (MT-GRPO as published) subtracts a baseline whose
 number of terms is set by the row's own decision to take another turn. The issue states the
@@ -7,8 +7,10 @@ closed form: the bias equals the accumulated intermediate-reward group mean, a h
 ``-E[R_intermediate]`` on every "take another turn" decision. Its derivation is not in the text
 the search tool returns (only the issue's summary), so it is derived here for this MDP: with the
 group normalisation centring only (std off), ``lam = 1`` and groups large enough that the group
-means are the population means ``mu_j``, the published turn-``k`` advantage of a row with ``n``
-turns is ``(O - E[O]) + sum_{j=k}^{n-2} (r_j - mu_j)``; its conditional mean given ``(s, a)`` is
+means are the population means ``mu_j``, the aggregated turn-``k`` advantage of a row with
+``n`` turns is ``(O - E[O]) + sum_{j=k}^{n-2} (r_j - mu_j)`` (the paper's own-turn form keeps
+``j = k`` only; with one deterministic reward per turn index both have the bias below); its
+conditional mean given ``(s, a)`` is
 ``Q(s, a) - E[O] - B(s, a)`` with ``B(s, answer) = 0`` and ``B(s, tool) = M(s) = E[sum_{j=k}^{n-2}
 mu_j | s, tool]``. For ``P(tool | s) = sigmoid(theta_s)`` the expected gradient is therefore the
 true one plus ``-P(s) p_s (1 - p_s) M(s)``. The corrected form (returns-to-go normalised over
@@ -24,31 +26,24 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction as F
-from typing import Any
 
 import pytest
 
-from marlhf.agents import PPOConfig
-from marlhf.agents.estimators import get_estimator
-from tests.agents.turn_batches import to_batch
-from tests.agents.turn_mdp import (
+from marlhf.agents.turn_exact import (
     State,
     ToolMDP,
+    cosine,
     enumerate_trajectories,
+    exact_update_table,
     expected_gradient,
     objective,
-    quadrature_rows,
+    quadrature_batch,
+    relative_variance,
     true_gradient,
+    turn_advantages,
     values,
     with_logits,
 )
-
-
-def turn_advantages(spec: str, rows: list[Any]) -> list[list[float]]:
-    """Each row's advantage per turn (read at the turn's first action token)."""
-    batch = to_batch(rows)
-    out = get_estimator(spec).fn(batch, PPOConfig(estimator="grpo", group_size=2)).advantages
-    return [[float(out[i, r.start(k)]) for k in range(r.num_turns)] for i, r in enumerate(rows)]
 
 
 def two_turn(p: F = F(1, 4), c: F = F(1, 2)) -> ToolMDP:
@@ -104,26 +99,36 @@ def closed_form_bias(m: ToolMDP) -> dict[State, float]:
     return out
 
 
+#: The published form (each intermediate turn its own normalised reward, as the paper) and the
+#: aggregated one (later intermediate turns summed in, verifiers PR#1554, what verl#7244
+#: analyses): with one deterministic tool reward per turn index their bias is the same.
+PUBLISHED = ["mt_grpo:std=false", "mt_grpo:std=false;accumulate=true"]
+
+
+@pytest.mark.parametrize("spec", PUBLISHED)
 @pytest.mark.parametrize(("p", "c"), [(F(1, 4), F(1, 2)), (F(1, 2), F(-1, 4)), (F(3, 4), F(1))])
-def test_two_turn_per_index_bias_is_minus_the_intermediate_mean(p: F, c: F) -> None:
+def test_two_turn_per_index_bias_is_minus_the_intermediate_mean(spec: str, p: F, c: F) -> None:
     m = two_turn(p, c)
-    rows, owners = quadrature_rows(m)
+    quad = quadrature_batch(m)
     truth = true_gradient(m)
-    published = expected_gradient(m, rows, owners, turn_advantages("mt_grpo:std=false", rows))
+    published = expected_gradient(m, quad, turn_advantages(spec, quad))
     s = (0, 0)
     want = -float(p * (1 - p) * c)  # the hidden -E[R_intermediate] on "take another turn"
     assert abs((published[s] - truth[s]) - want) < 1e-3
     assert abs(want) > 0.04  # a bias the test can see
-    fixed = expected_gradient(m, rows, owners, turn_advantages("mt_grpo_fixed:std=false", rows))
+    fixed = expected_gradient(m, quad, turn_advantages("mt_grpo_fixed:std=false", quad))
     assert abs(fixed[s] - truth[s]) < 1e-6
 
 
-def test_three_turn_per_index_bias_matches_the_closed_form_and_the_fix_is_unbiased() -> None:
+@pytest.mark.parametrize("spec", PUBLISHED)
+def test_three_turn_per_index_bias_matches_the_closed_form_and_the_fix_is_unbiased(
+    spec: str,
+) -> None:
     m = three_turn()
-    rows, owners = quadrature_rows(m)
+    quad = quadrature_batch(m)
     truth = true_gradient(m)
-    published = expected_gradient(m, rows, owners, turn_advantages("mt_grpo:std=false", rows))
-    fixed = expected_gradient(m, rows, owners, turn_advantages("mt_grpo_fixed:std=false", rows))
+    published = expected_gradient(m, quad, turn_advantages(spec, quad))
+    fixed = expected_gradient(m, quad, turn_advantages("mt_grpo_fixed:std=false", quad))
     bias = closed_form_bias(m)
     for s in m.decision_states():
         assert abs((published[s] - truth[s]) - bias[s]) < 1e-3, s
@@ -136,14 +141,10 @@ def test_the_published_bias_can_flip_the_update() -> None:
     answer at once; the published estimator cancels the cost (its hidden ``-E[R_intermediate]``
     is a +1/4 bonus for taking another turn) and says call the tool."""
     m = two_turn(F(1, 2), F(-1, 4))
-    rows, owners = quadrature_rows(m)
+    quad = quadrature_batch(m)
     truth = true_gradient(m)[(0, 0)]
-    published = expected_gradient(m, rows, owners, turn_advantages("mt_grpo:std=false", rows))[
-        (0, 0)
-    ]
-    fixed = expected_gradient(m, rows, owners, turn_advantages("mt_grpo_fixed:std=false", rows))[
-        (0, 0)
-    ]
+    published = expected_gradient(m, quad, turn_advantages("mt_grpo:std=false", quad))[(0, 0)]
+    fixed = expected_gradient(m, quad, turn_advantages("mt_grpo_fixed:std=false", quad))[(0, 0)]
     assert published > 0 > truth
     assert fixed == pytest.approx(truth, abs=1e-9)
 
@@ -162,9 +163,9 @@ def test_value_based_turn_estimators_are_unbiased_with_true_values(spec: str) ->
     """Critic or Monte-Carlo values equal to the true ``V`` at turn starts: GAE over turns is
     unbiased for any lambda; ReBN's normalisation only rescales (same direction)."""
     m = three_turn()
-    rows, owners = quadrature_rows(m)
+    quad = quadrature_batch(m)
     truth = true_gradient(m)
-    got = expected_gradient(m, rows, owners, turn_advantages(spec, rows))
+    got = expected_gradient(m, quad, turn_advantages(spec, quad))
     if spec.startswith("rebn"):
         scale = got[(0, 0)] / truth[(0, 0)]
         assert scale > 0
@@ -177,12 +178,12 @@ def test_value_based_turn_estimators_are_unbiased_with_true_values(spec: str) ->
 
 def test_gae_over_turns_with_true_values_and_lambda_zero_is_the_true_advantage_in_mean() -> None:
     m = three_turn()
-    rows, owners = quadrature_rows(m)
+    quad = quadrature_batch(m)
     v, q = values(m)
-    adv = turn_advantages("turn_gae:lambda_turn=0", rows)
+    adv = turn_advantages("turn_gae:lambda_turn=0", quad)
     sums: dict[tuple[State, str], float] = {}
     counts: dict[tuple[State, str], int] = {}
-    for tr, a in zip(owners, adv, strict=True):
+    for tr, a in zip(quad.owners, adv, strict=True):
         for s, act, x in zip(tr.states, tr.actions, a, strict=True):
             sums[(s, act)] = sums.get((s, act), 0.0) + x
             counts[(s, act)] = counts.get((s, act), 0) + 1
@@ -224,11 +225,6 @@ def test_potential_shaping_leaves_true_advantages_and_policy_ranking_unchanged()
             assert qs[(s, a)] - vs[s] == pytest.approx(qa - v[s], abs=1e-12)
 
 
-def _direction(g: dict[State, float]) -> list[float]:
-    norm = math.sqrt(sum(x * x for x in g.values()))
-    return [x / norm for x in g.values()]
-
-
 @pytest.mark.parametrize(
     ("normalize", "keeps"),
     [
@@ -242,17 +238,34 @@ def _direction(g: dict[State, float]) -> list[float]:
 def test_which_normalisations_keep_the_shaped_update(normalize: str, keeps: bool) -> None:
     """Expected update with Phi-shaped rewards vs without, per normalisation (gamma 1)."""
     m = three_turn()
-    plain_rows, owners = quadrature_rows(m)
-    shaped_rows, _ = quadrature_rows(m, phi)
+    plain_quad, shaped_quad = quadrature_batch(m), quadrature_batch(m, phi)
     spec = f"turn_potential:normalize={normalize}"
     # Phi = 0 everywhere is no shaping: the same estimator on the raw turn rewards.
-    plain = expected_gradient(m, plain_rows, owners, turn_advantages(spec, plain_rows))
-    shaped = expected_gradient(m, shaped_rows, owners, turn_advantages(spec, shaped_rows))
-    cos = sum(a * b for a, b in zip(_direction(plain), _direction(shaped), strict=True))
+    plain = expected_gradient(m, plain_quad, turn_advantages(spec, plain_quad))
+    shaped = expected_gradient(m, shaped_quad, turn_advantages(spec, shaped_quad))
     if keeps:
-        assert cos == pytest.approx(1.0, abs=1e-9)
-        truth = true_gradient(m)
-        cos_truth = sum(a * b for a, b in zip(_direction(truth), _direction(shaped), strict=True))
-        assert cos_truth == pytest.approx(1.0, abs=1e-6)
+        assert cosine(plain, shaped) == pytest.approx(1.0, abs=1e-9)
+        assert cosine(true_gradient(m), shaped) == pytest.approx(1.0, abs=1e-6)
     else:
-        assert cos < 0.99
+        assert cosine(plain, shaped) < 0.99
+
+
+def test_exact_update_table_reports_the_published_bias() -> None:
+    specs = ["mt_grpo:std=false", "mt_grpo_fixed:std=false"]
+    table = exact_update_table(two_turn(F(1, 2), F(-1, 4)), specs)
+    assert table["mt_grpo:std=false"]["sign_agreement"] == 0.0
+    assert table["mt_grpo_fixed:std=false"]["cosine"] == pytest.approx(1.0, abs=1e-6)
+    assert table["mt_grpo_fixed:std=false"]["sign_agreement"] == 1.0
+    assert all(math.isfinite(row["relative_variance"]) for row in table.values())
+
+
+def test_relative_variance_is_the_noise_of_one_episode_over_the_signal() -> None:
+    rows = [{(0, 0): 1.0, (1, 0): 0.0}, {(0, 0): 3.0, (1, 0): 0.0}]
+    # mean (2, 0): signal 4; deviations (-1, 0) and (1, 0): noise 1.
+    assert relative_variance(rows) == pytest.approx(0.25)
+    assert relative_variance([{(0, 0): 2.0}] * 3) == 0.0
+    # True Monte-Carlo values at turn starts (lambda 0) are less noisy than the return with a
+    # group baseline, on the same episodes.
+    m = three_turn()
+    table = exact_update_table(m, ["turn_mc", "rloo"])
+    assert table["turn_mc"]["relative_variance"] < table["rloo"]["relative_variance"]

@@ -189,8 +189,11 @@ def test_gigpo_singleton_anchor_groups_get_no_step_advantage() -> None:
 
 
 # ------------------------------------------------------------------------------ MT-GRPO
-def ref_mt_grpo(rows: list[Row], lam: float, std: bool, fixed: bool) -> list[list[float]]:
-    """arXiv 2505.11821 generalised to n turns (published), and the corrected form."""
+def ref_mt_grpo(
+    rows: list[Row], lam: float, std: bool, fixed: bool, accumulate: bool = False
+) -> list[list[float]]:
+    """arXiv 2505.11821 generalised to n turns (published: own turn, or accumulated), and the
+    corrected form."""
     outcome = [r.turn_rewards()[-1] for r in rows]
     out = []
     for i, r in enumerate(rows):
@@ -200,31 +203,52 @@ def ref_mt_grpo(rows: list[Row], lam: float, std: bool, fixed: bool) -> list[lis
         row = []
         for k in range(n):
             if not fixed:
+                if k == n - 1:  # the final turn: the outcome advantage alone
+                    row.append(a_o)
+                    continue
                 total = 0.0
-                for m in range(k, n - 1):  # the row's own later intermediate turns
+                for m in range(k, n - 1 if accumulate else k + 1):
                     pool = [rows[j].turn_rewards()[m] for j in group if rows[j].num_turns - 1 > m]
                     total += zscore(r.turn_rewards()[m], pool, std)
-                row.append(a_o + lam * total)
+                row.append(total + lam * a_o)
             else:
 
                 def to_go(s: Row, kk: int) -> float:
                     return sum(s.turn_rewards()[kk : s.num_turns - 1])
 
                 pool = [to_go(rows[j], k) for j in group if rows[j].num_turns > k]
-                row.append(a_o + lam * zscore(to_go(r, k), pool, std))
+                row.append(zscore(to_go(r, k), pool, std) + lam * a_o)
         out.append(row)
     return out
 
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize(("lam", "std"), [(1.0, True), (1.0, False), (0.5, True)])
-@pytest.mark.parametrize("fixed", [False, True])
-def test_mt_grpo_matches_reference(seed: int, lam: float, std: bool, fixed: bool) -> None:
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_mt_grpo_published_matches_reference(
+    seed: int, lam: float, std: bool, accumulate: bool
+) -> None:
     rows = random_rows(seed, group_size=6)
     batch = to_batch(rows)
-    name = "mt_grpo_fixed" if fixed else "mt_grpo"
-    out = run(f"{name}:lam={lam};std={str(std).lower()}", batch)
-    close(out.advantages, per_token(rows, ref_mt_grpo(rows, lam, std, fixed), batch.mask.shape[1]))
+    spec = f"mt_grpo:lam={lam};std={str(std).lower()};accumulate={str(accumulate).lower()}"
+    out = run(spec, batch)
+    want = ref_mt_grpo(rows, lam, std, fixed=False, accumulate=accumulate)
+    close(out.advantages, per_token(rows, want, batch.mask.shape[1]))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("lam", "std"), [(1.0, True), (1.0, False), (0.5, True)])
+def test_mt_grpo_fixed_matches_reference(seed: int, lam: float, std: bool) -> None:
+    rows = random_rows(seed, group_size=6)
+    batch = to_batch(rows)
+    out = run(f"mt_grpo_fixed:lam={lam};std={str(std).lower()}", batch)
+    want = ref_mt_grpo(rows, lam, std, fixed=True)
+    close(out.advantages, per_token(rows, want, batch.mask.shape[1]))
+
+
+def test_mt_grpo_fixed_refuses_accumulate() -> None:
+    with pytest.raises(ValueError, match=r"accumulate applies to mt_grpo only"):
+        run("mt_grpo_fixed:accumulate=true", to_batch(random_rows(0)))
 
 
 # ------------------------------------------------------------------------------ ReBN, MC
@@ -325,9 +349,27 @@ def test_turn_potential_matches_reference(
     )
 
 
-def test_group_normalisations_declare_groups() -> None:
-    assert "group_ids" not in get_estimator("turn_potential").requires
-    assert "group_ids" in get_estimator("turn_potential:normalize=group_rewards").requires
+def test_options_declare_what_they_need() -> None:
+    assert get_estimator("turn_potential").requires == {"turns", "turn_potentials"}
+    assert get_estimator("turn_potential:normalize=group_rewards").requires == {
+        "turns",
+        "turn_potentials",
+        "group_ids",
+    }
+    assert get_estimator("turn_potential:source=reference").requires == {
+        "turns",
+        "ref_turn_potentials",
+    }
+
+
+def test_reference_potentials_are_read_from_their_own_field() -> None:
+    rows = random_rows(4)
+    batch = to_batch(rows)
+    policy_phi = run("turn_potential", batch).advantages
+    batch.ref_turn_potentials, batch.turn_potentials = batch.turn_potentials, None
+    torch.testing.assert_close(run("turn_potential:source=reference", batch).advantages, policy_phi)
+    with pytest.raises(TurnInputError, match=r"'turn_potential' needs turn_potentials"):
+        run("turn_potential", batch)
 
 
 # ------------------------------------------------------------------------------ layout, errors
@@ -382,10 +424,15 @@ def test_missing_state_keys_names_gigpo_and_state_key() -> None:
         run("gigpo", batch)
 
 
-def test_missing_mc_values_names_clone() -> None:
+def test_monte_carlo_values_missing_at_a_turn_start_name_the_fix() -> None:
     batch = to_batch(random_rows(0))
-    batch.turn_mc_values = None
-    with pytest.raises(TurnInputError, match=r"'turn_mc' needs turn_mc_values.*clone\(\)"):
+    assert batch.mc_values is not None
+    batch.mc_values = batch.mc_values.clone()
+    batch.mc_values[2] = float("nan")  # row 2 was not branched at its turn starts
+    with pytest.raises(TurnInputError, match=r"row 2 has none at turn 0: use termination='turn'"):
+        run("turn_mc", batch)
+    batch.mc_values = None
+    with pytest.raises(TurnInputError, match=r"'turn_mc' needs mc_values"):
         run("turn_mc", batch)
 
 
@@ -398,7 +445,7 @@ def test_missing_mc_values_names_clone() -> None:
         ("gigpo:omega=x", r"option omega='x' must be float"),
         ("rebn:gamma=-0.1", r"gamma=-0.1 must be a number"),
         ("turn_potential:normalize=z", r"normalize='z' is not valid"),
-        ("mt_grpo:lamda=1", r"unknown option 'lamda'; valid: \['lam', 'std'\]"),
+        ("mt_grpo:lamda=1", r"unknown option 'lamda'; valid: \['lam', 'std', 'accumulate'\]"),
     ],
 )
 def test_bad_options_name_the_estimator_and_the_option(spec: str, message: str) -> None:
@@ -423,3 +470,62 @@ def test_all_finite() -> None:
         batch = to_batch(random_rows(seed))
         out = run("gigpo", batch)
         assert math.isfinite(float(out.advantages.abs().sum()))
+
+
+# ------------------------------------------------------------------------------ env checks
+class _TextEnv:
+    name = "Plain"
+
+    def reset(self, seed: int | None = None) -> tuple[str, dict[str, Any]]:
+        return "q", {}
+
+    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
+        return "", 0.0, True, False, {}
+
+
+class _KeyedEnv(_TextEnv):
+    name = "Keyed"
+
+    def state_key(self) -> int:
+        return 0
+
+    def clone(self) -> _KeyedEnv:
+        return self
+
+
+class _MultiTurnEnv:
+    """What the checks read of the batched multi-turn env: turn_record, max_turns, envs."""
+
+    def __init__(self, envs: list[Any], max_turns: int = 3) -> None:
+        from marlhf.envs.multiturn.protocol import as_text_env
+
+        self.envs = [as_text_env(e) for e in envs]
+        self.max_turns = max_turns
+
+    def turn_record(self) -> None:
+        return None
+
+
+def test_env_checks_name_the_estimator_the_env_and_what_is_missing() -> None:
+    from marlhf.agents.turn_credit import check_estimator_env
+
+    single = object()
+    with pytest.raises(
+        TurnInputError, match=r"estimator 'gigpo' is turn-level but object is a one-turn env"
+    ):
+        check_estimator_env("gigpo", single)
+    check_estimator_env("grpo", single)  # a sequence-level estimator needs nothing
+    with pytest.raises(TurnInputError, match=r"'rebn' is turn-level .* max_turns=1"):
+        check_estimator_env("rebn", _MultiTurnEnv([_KeyedEnv()], max_turns=1))
+    plain = _MultiTurnEnv([_KeyedEnv(), _TextEnv()])
+    with pytest.raises(
+        TurnInputError, match=r"'gigpo' needs state_key\(\) from the env, but .* Plain has none"
+    ):
+        check_estimator_env("gigpo", plain)
+    with pytest.raises(TurnInputError, match=r"'grpo \+ 0.5 \* gigpo_step' needs state_key\(\)"):
+        check_estimator_env("grpo + 0.5 * gigpo_step", plain)
+    check_estimator_env("turn_mc", plain)  # continuations replay the env: no clone() needed
+    check_estimator_env("mt_grpo_fixed", plain)  # needs turns only
+    keyed = _MultiTurnEnv([_KeyedEnv(), _KeyedEnv()])
+    for name in ("gigpo", "turn_mc", "turn_gae"):
+        check_estimator_env(name, keyed)

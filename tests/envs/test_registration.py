@@ -32,7 +32,12 @@ TOY_IDS = [
 
 
 def _all_ids() -> list[Any]:
-    ids = sorted(i for i in gymnasium.registry if i.startswith("marlhf/"))
+    """Every single-turn id (multi-turn ids have no single-row ``gymnasium.make`` form)."""
+    ids = sorted(
+        i
+        for i in gymnasium.registry
+        if i.startswith("marlhf/") and gymnasium.spec(i).entry_point is not None
+    )
     return [
         pytest.param(i, marks=NEEDS_REASONING_GYM if "ReasoningGym" in i else [], id=i) for i in ids
     ]

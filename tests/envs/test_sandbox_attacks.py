@@ -30,9 +30,11 @@ from pathlib import Path
 
 import pytest
 
+from marlhf.envs import sandbox_cgroup
 from marlhf.envs.checks import parse_check
 from marlhf.envs.code import CodeExecutionReward, split_check_tests
 from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_calls
+from marlhf.envs.sandbox_seccomp import syscall_number
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 STRUCTURED = (
@@ -121,6 +123,89 @@ ATTACKS: dict[str, str] = {
     "        try:\n            os.kill(pid, signal.SIGKILL)\n        except OSError as e:\n"
     "            print(e)\n" + WRONG,
 }
+
+# Round three: every one of these returns the right sum only when its attack worked, so a
+# breach is a pass (and fails the test); contained, it raises or returns nothing.
+NR = {n: syscall_number(n) for n in ("io_uring_setup", "bpf", "perf_event_open", "keyctl")}
+NR |= {n: syscall_number(n) for n in ("userfaultfd", "clone", "memfd_create")}
+LIBC = "    import ctypes\n    libc = ctypes.CDLL(None, use_errno=True)\n"
+BREACH = "    if ok:\n        return a + b\n    raise OSError(ctypes.get_errno(), 'refused')\n"
+#: 40,000 integers that all hash to 0 (multiples of 2**61 - 1): a set of them takes
+#: quadratic time to build; the line fits in the 1 MiB result limit.
+COLLIDING = "[k * (2**61 - 1) for k in range(1, 40001)]"
+
+
+def forged_answer(value: str, count: str = "40001") -> str:
+    """Module-level code writing its own answer line (``value``: Python building the tagged
+    plain data from ``ints``) to every descriptor."""
+    return (
+        WRONG + "import json, os\n"
+        f"ints = [k * (2**61 - 1) for k in range(1, {count})]\n"
+        f"line = json.dumps({{'i': 0, 'value': {value}}})\n"
+        "data = ('{\"event\": \"loaded\"}\\n' + line + '\\n').encode()\n"
+        "for fd in range(1, 12):\n    try:\n        os.write(fd, data)\n"
+        "    except OSError:\n        pass\n"
+    )
+
+
+ATTACKS |= {
+    "hash-colliding set answer": forged_answer("{'set': ints}"),
+    "hash-colliding frozenset in a list": forged_answer("{'list': [{'frozenset': ints}]}"),
+    "hash-colliding dict answer": forged_answer("{'dict': [[k, 1] for k in ints]}"),
+    "hash-colliding answer past the size limit": forged_answer("{'set': ints}", "200001"),
+    "memfd_create holding host memory": "    import os\n    fds = []\n"
+    "    for _ in range(96):\n        fd = os.memfd_create('hold')\n"
+    "        os.pwrite(fd, b'x' * 2**21, 0)\n        fds.append(fd)\n    return a + b\n",
+    "memfd_create through ctypes": LIBC
+    + f"    ok = libc.syscall({NR['memfd_create']}, b'hold', 0) >= 0\n"
+    + BREACH,
+    "fallocate KEEP_SIZE on stdout": LIBC
+    + "    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]\n"
+    "    ok = libc.fallocate(1, 1, 0, 2**31) == 0\n" + BREACH,
+    "posix_fallocate on stderr and a work file": "    import os\n"
+    "    fd = os.open('big', os.O_RDWR | os.O_CREAT)\n"
+    "    for f in (2, fd):\n        try:\n            os.posix_fallocate(f, 0, 2**20)\n"
+    "            return a + b\n        except OSError:\n            pass\n",
+    "set-id bits on stdout": "    import os\n    os.fchmod(1, 0o6755)\n    return a + b\n",
+    "set-id file in the work folder": "    import os\n    open('s', 'w').close()\n"
+    "    os.chmod('s', 0o4755)\n    return a + b\n",
+    "audit hook switched off, then namespaces, ptrace, io_uring": "    try:\n"
+    "        open('/x_escape', 'w')\n    except Exception as e:\n"
+    "        tb = e.__traceback__\n        while tb is not None:\n"
+    "            if 'deny' in tb.tb_frame.f_locals:\n"
+    "                tb.tb_frame.f_locals['deny'].__code__ = (lambda event: None).__code__\n"
+    "            tb = tb.tb_next\n"
+    + LIBC
+    + "    ok = libc.unshare(0x10000000) == 0\n    ok |= libc.ptrace(16, 1, 0, 0) == 0\n"
+    f"    ok |= libc.syscall({NR['io_uring_setup']}, 4, ctypes.create_string_buffer(120)) >= 0\n"
+    + BREACH,
+    "nested user namespace": LIBC + "    ok = libc.unshare(0x10000000) == 0\n" + BREACH,
+    "setns into a namespace": LIBC + "    import os\n"
+    "    ok = libc.setns(os.open('/proc/self/ns/net', os.O_RDONLY), 0) == 0\n" + BREACH,
+    "clone with namespace flags": LIBC + "    import os\n"
+    f"    pid = libc.syscall({NR['clone']}, 0x10000000 | 0x40000000 | 17, 0, 0, 0, 0)\n"
+    "    if pid == 0:\n        os._exit(0)\n    ok = pid > 0\n" + BREACH,
+    "ptrace of pid 1": LIBC + "    ok = libc.ptrace(16, 1, 0, 0) == 0\n" + BREACH,
+    "mount a tmpfs": LIBC
+    + "    ok = libc.mount(b'none', b'/sandbox', b'tmpfs', 0, None) == 0\n"
+    + BREACH,
+    "io_uring": LIBC
+    + f"    ok = libc.syscall({NR['io_uring_setup']}, 4, ctypes.create_string_buffer(120)) >= 0\n"
+    + BREACH,
+    "bpf": LIBC
+    + f"    ok = libc.syscall({NR['bpf']}, 0, ctypes.create_string_buffer(128), 128) >= 0\n"
+    + BREACH,
+    "perf_event_open": LIBC + "    attr = ctypes.create_string_buffer(128)\n"
+    f"    ok = libc.syscall({NR['perf_event_open']}, attr, 0, -1, -1, 0) >= 0\n" + BREACH,
+    "keyctl": LIBC + f"    ok = libc.syscall({NR['keyctl']}, 0, -3, 0) >= 0\n" + BREACH,
+    "userfaultfd": LIBC + f"    ok = libc.syscall({NR['userfaultfd']}, 0) >= 0\n" + BREACH,
+    "thread bomb with 32 KiB stacks": "    import threading, time\n"
+    "    threading.stack_size(32768)\n    n = 0\n    try:\n        while n < 3000:\n"
+    "            threading.Thread(target=time.sleep, args=(30,), daemon=True).start()\n"
+    "            n += 1\n    except RuntimeError:\n        pass\n"
+    "    if n > 200:\n        return a + b\n    raise RuntimeError(f'{n} threads')\n",
+}
+
 #: Attacks also tried on the judged path (the rest only concern the program's own sandbox).
 JUDGED_TOO = [
     "json.dumps at module level",
@@ -135,6 +220,10 @@ JUDGED_TOO = [
     "output flood",
     "sys.exit(0)",
     "kill the parent",
+    "hash-colliding set answer",
+    "hash-colliding dict answer",
+    "audit hook switched off, then namespaces, ptrace, io_uring",
+    "thread bomb with 32 KiB stacks",
 ]
 
 
@@ -239,6 +328,29 @@ def test_processes_die_with_the_run_even_when_allowed(
     assert result.status is Status.FAILED  # it ran, spawned, and returned the wrong sum
 
 
+NAMED = (
+    "def check(candidate):\n    assert candidate(1, 1) == add(1, 1)\n"
+    "    for x in range(2):\n        assert candidate(x, 2) == add(x, 2)\n"
+)
+
+
+@pytest.mark.parametrize("audit_hook", [True, False])
+def test_a_check_that_names_the_entry_point_compares_with_the_reference(
+    audit_hook: bool, guarded: tuple[Path, Path]
+) -> None:
+    """HumanEval/33's shape: the check calls ``add`` by name. Its value comes from the trusted
+    reference; without one such a call is an error (the prompt's stub would return None), and
+    in no case is it the program's own function answering for itself."""
+    reward = CodeExecutionReward(limits=dataclasses.replace(LIMITS, audit_hook=audit_hook))
+    meta = problem(NAMED) | {"reference": PROMPT + "    return a + b\n"}
+    for body in ("    return -7\n", "    return None\n", WRONG):
+        for case in (meta, problem(NAMED)):
+            result = reward.judge(PROMPT + body, case)
+            assert result.passed == 0 and result.status is not Status.PASSED, (body, result)
+    right = reward.judge(PROMPT + "    return a + b\n", meta)
+    assert right.status is Status.PASSED and right.passed == 2, right
+
+
 def test_honest_programs_still_pass(guarded: tuple[Path, Path]) -> None:
     reward = CodeExecutionReward(limits=LIMITS)
     for test in (STRUCTURED, JUDGED):
@@ -270,12 +382,51 @@ def test_missing_bwrap_refuses_with_the_install_command(
     CodeExecutionReward(limits=SandboxLimits(isolation="unsafe-no-isolation"))  # named: allowed
 
 
+def our_cgroups() -> list[str]:
+    """The cgroups this process made that still exist (runs remove theirs)."""
+    layout = sandbox_cgroup._probe()[0]
+    if layout is None:
+        return []
+    prefix = f"{sandbox_cgroup.PREFIX}{os.getpid()}-"
+    bases = {layout.memory_base, layout.pids_base}
+    return sorted(f.name for base in bases for f in base.iterdir() if f.name.startswith(prefix))
+
+
+def score_and_check_nothing_is_left(programs: list[str], meta: dict) -> list[SandboxResult]:
+    """Score ``programs`` through the reward (2 workers) and check that no descriptor, cgroup or
+    shared-memory file is left (``guarded`` checks processes and temporary folders)."""
+    fds = sorted(os.listdir("/proc/self/fd"))
+    shm = sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []
+    reward = CodeExecutionReward(limits=LIMITS, max_workers=2)
+    results = reward.run(programs, [meta] * len(programs))
+    assert sorted(os.listdir("/proc/self/fd")) == fds
+    assert (sorted(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else []) == shm
+    assert our_cgroups() == []
+    return results
+
+
+def test_scoring_many_programs_leaves_nothing_behind(guarded: tuple[Path, Path]) -> None:
+    """The suite's scaled form of the 1,000-program check below: 24 programs of every kind
+    (honest, wrong, crashing, threads, a flood, a memory bomb, hash-colliding answers)."""
+    kinds = [
+        "    return a + b\n",
+        WRONG,
+        "    raise ValueError('no')\n",
+        ATTACKS["thread bomb with 32 KiB stacks"],
+        ATTACKS["output flood"],
+        ATTACKS["memory bomb"],
+        ATTACKS["hash-colliding set answer"],
+        ATTACKS["memfd_create holding host memory"],
+    ]
+    programs = [PROMPT + kinds[k % len(kinds)] for k in range(24)]
+    results = score_and_check_nothing_is_left(programs, problem(STRUCTURED))
+    assert [r.status for r in results[:3]] == [Status.PASSED, Status.FAILED, Status.RUNTIME_ERROR]
+    assert sum(r.status is Status.PASSED for r in results) == 3
+
+
 @pytest.mark.slow
 def test_scoring_a_thousand_programs_leaves_nothing_behind(guarded: tuple[Path, Path]) -> None:
-    fds = sorted(os.listdir("/proc/self/fd"))
-    reward = CodeExecutionReward(limits=LIMITS, max_workers=2)
     programs = [PROMPT + f"    return a + b + {k % 2}\n" for k in range(1000)]
-    results = reward.run(programs, [problem(STRUCTURED)] * 1000)
+    results = score_and_check_nothing_is_left(programs, problem(STRUCTURED))
     assert [r.status for r in results] == [Status.PASSED, Status.FAILED] * 500
-    assert len(os.listdir("/proc/self/fd")) == len(fds)
     assert run_calls("def f():\n    return 1\n", "f", [((), {})]).results[0].value == 1

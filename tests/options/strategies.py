@@ -45,6 +45,7 @@ DEFAULT_SPECS = {
     "union": "union:ngram:3|punctuation",
     "min_length": "min_length:3|punctuation",
     "max_length": "max_length:4|perplexity",
+    "within": "ngram:5 > punctuation",
 }
 EXTRA_SPECS = [
     "ngram:1",
@@ -56,6 +57,8 @@ EXTRA_SPECS = [
     "union:(max_length:2|ngram:inf)|random_ngram|perplexity",
     "min_length:2|union:ngram:1|punctuation",
     "max_length:3|min_length:2|perplexity:released",
+    "turn > ngram:2",
+    "within:(union:ngram:3|punctuation)|perplexity",
 ]
 
 

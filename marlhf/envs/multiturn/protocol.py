@@ -127,7 +127,8 @@ class CheckedTextEnv:
     def state_key(self) -> Hashable:
         if not self.can_state_key:
             raise TextEnvError(f"{self.name} has no state_key(); this estimator needs it")
-        return self.env.state_key()  # type: ignore[no-any-return]
+        key: Hashable = self.env.state_key()
+        return key
 
     def clone(self) -> CheckedTextEnv:
         if not self.can_clone:

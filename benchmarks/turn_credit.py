@@ -1,0 +1,326 @@
+"""Turn-level credit: which scheme is closest to the truth, and which learns fastest?
+
+Two parts, one results file (``benchmarks/results/turn_credit.json``):
+
+1. **Exact expected updates** (no sampling, seconds): on stop-or-continue tool MDPs where the
+   policy decides how many turns to take (:mod:`marlhf.agents.turn_exact`), every estimator's
+   *expected* policy gradient (groups large enough that group means are expectations) against
+   the exact gradient of the return: cosine, sign agreement per decision state, and the
+   relative error ``|g - g*| / |g*|`` (meaningful for estimators that do not rescale).
+2. **Learning on the multi-turn tasks** (minutes to hours): every turn-level preset beside GRPO,
+   RLOO, token PPO and MA-PPO (``@turn``: macro actions = turns) through ``marlhf compare``
+   (same seeds, same token budget, continuations counted), final score with a 95% interval over
+   seeds, tokens to reach PPO's final score, wall time per run.
+
+Run: ``python benchmarks/turn_credit.py`` (``--mode quick``: the exact part and one task, one
+seed, a small budget; ``--mode full``: every task, 5 seeds; ``--exact-only``; ``--doc-only``
+re-renders the docs from the JSON). Renders the block of ``docs/credit_multiturn.md`` and the
+multi-turn section of ``docs/credit.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from fractions import Fraction as F
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import (
+    DOCS_DIR,
+    RESULTS_DIR,
+    fmt,
+    machine_stamp,
+    markdown_table,
+    read_json,
+    write_json,
+)
+
+RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "turn_credit"
+BEGIN, END = "<!-- turn_credit.json:begin -->", "<!-- turn_credit.json:end -->"
+
+#: Estimator specs of the exact part: the trajectory-level baselines, then every turn-level one.
+EXACT_SPECS = [
+    "grpo",
+    "rloo",
+    "mt_grpo",
+    "mt_grpo:std=false",
+    "mt_grpo:accumulate=true",
+    "mt_grpo_fixed",
+    "mt_grpo_fixed:std=false",
+    "gigpo",
+    "gigpo:std=false",
+    "turn_gae",
+    "turn_gae:inner=gae;gamma_turn=0.95;lambda_turn=0.95",
+    "rebn",
+    "rebn:gamma=1.0",
+    "turn_mc",
+    "turn_potential:normalize=group_rewards;terminal=last",
+]
+
+
+def exact_models() -> dict[str, Any]:
+    """The MDPs of the exact part (policies with fraction probabilities)."""
+    from marlhf.agents.turn_exact import ToolMDP
+
+    return {
+        "two-turn, costly tool": (
+            "answer now (right 1/2) or call a tool costing 1/4 that helps the next answer "
+            "(3/4 or 1/2 right); P(call) = 1/2",
+            ToolMDP(2, [F(-1, 4)], F(1, 2), [F(1, 2), F(3, 4), F(1)], {(0, 0): F(1, 2)}),
+        ),
+        "ToolLookup, turn level": (
+            "ToolLookup's turn-level structure: 3 answers, a call costs 0.1 and reveals the "
+            "answer; 3 turns; P(call) = 1/2 at turn 0, 1/4 after a reveal, 1/2 otherwise",
+            ToolMDP(
+                3,
+                [F(-1, 10), F(-1, 10)],
+                F(1),
+                [F(1, 3), F(1), F(1)],
+                {(0, 0): F(1, 2), (1, 0): F(1, 2), (1, 1): F(1, 4)},
+            ),
+        ),
+        "three-turn, noisy tool": (
+            "3 turns; a call pays 1/2 then -1/4 and helps with probability 1/2; answers right "
+            "1/4, 3/4, 1 with 0, 1, 2 helpful calls",
+            ToolMDP(
+                3,
+                [F(1, 2), F(-1, 4)],
+                F(1, 2),
+                [F(1, 4), F(3, 4), F(1)],
+                {(0, 0): F(1, 2), (1, 0): F(3, 4), (1, 1): F(1, 4)},
+            ),
+        ),
+    }
+
+
+def run_exact() -> dict[str, Any]:
+    """Part 1: every spec's expected update on every model."""
+    from marlhf.agents.turn_exact import exact_update_table
+
+    out: dict[str, Any] = {}
+    for name, (note, model) in exact_models().items():
+        started = time.perf_counter()
+        table = exact_update_table(model, EXACT_SPECS)
+        for row in table.values():
+            got = list(row["expected_gradient"].values())
+            truth = list(row["true_gradient"].values())
+            norm = math.sqrt(sum(t * t for t in truth))
+            diff = math.sqrt(sum((g - t) ** 2 for g, t in zip(got, truth, strict=True)))
+            row["relative_error"] = diff / norm if norm else float("nan")
+        out[name] = {"note": note, "table": table, "wall_s": time.perf_counter() - started}
+    return out
+
+
+# ------------------------------------------------------------------------------ learning
+#: Multi-turn tasks of the learning part: (key, env id, kwargs, full budget in tokens).
+TASKS = [
+    ("toollookup", "marlhf/ToolLookup-v0", {}, 60_000),
+    ("guess", "marlhf/GuessTheNumber-v0", {}, 120_000),
+]
+AGENTS = [
+    "grpo",
+    "rloo",
+    "ma-ppo@turn",
+    "gigpo",
+    "mt-grpo",
+    "mt-grpo-fixed",
+    "turn-gae",
+    "verlog",
+    "rebn",
+]
+AGENT_SECTION = {"preset": ["toy"], "group_size": 4, "mask_actions": True}
+MODES: dict[str, dict[str, Any]] = {
+    "quick": {"tasks": ["toollookup"], "seeds": [0], "budget_scale": 0.2},
+    "full": {"tasks": None, "seeds": [0, 1, 2, 3, 4], "budget_scale": 1.0},
+}
+
+
+def task_available(env_id: str) -> str | None:
+    """``None`` when ``env_id`` is registered, else why it is not."""
+    import gymnasium as gym
+
+    import marlhf.envs  # noqa: F401  (registers the tasks)
+
+    if env_id in gym.registry:
+        return None
+    return f"{env_id} is not registered on this checkout"
+
+
+def compare_config(key: str, env_id: str, kwargs: dict[str, Any], budget: int, mode: str) -> Any:
+    from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+
+    m = MODES[mode]
+    return CompareConfig(
+        model=ModelConfig(),
+        task=TaskConfig(id=env_id, kwargs=dict(kwargs), num_envs=32),
+        agent=AgentConfig.from_mapping(dict(AGENT_SECTION)),
+        terminations=[],
+        include_ppo=True,
+        agents=list(AGENTS),
+        seeds=list(m["seeds"]),
+        total_timesteps=max(int(budget * m["budget_scale"]), 1),
+        output_dir=str(RUNS_DIR / mode / key / "compare"),
+        workers=2,
+        threads_per_worker=1,
+        checkpoint_every=5,
+    )
+
+
+def run_tasks(mode: str, only: list[str] | None) -> dict[str, Any]:
+    """Part 2: ``marlhf compare`` on each available multi-turn task."""
+    from marlhf.training.compare import run_compare
+
+    wanted = MODES[mode]["tasks"] if only is None else only
+    out: dict[str, Any] = {}
+    for key, env_id, kwargs, budget in TASKS:
+        if wanted is not None and key not in wanted:
+            continue
+        missing = task_available(env_id)
+        if missing is not None:
+            out[key] = {"env_id": env_id, "missing": missing}
+            continue
+        config = compare_config(key, env_id, kwargs, budget, mode)
+        started = time.perf_counter()
+        result = run_compare(config)
+        out[key] = {
+            "env_id": env_id,
+            "kwargs": kwargs,
+            "budget": config.total_timesteps,
+            "seeds": config.seeds,
+            "agents": ["ppo", *config.agents],
+            "summary": result["summary"],
+            "wall_s": time.perf_counter() - started,
+            "loadavg": os.getloadavg(),
+            "command": f"python benchmarks/turn_credit.py --mode {mode} --tasks {key}",
+        }
+    return out
+
+
+# ------------------------------------------------------------------------------ rendering
+def render_exact(exact: dict[str, Any]) -> list[str]:
+    lines = [
+        "### Exact expected updates",
+        "",
+        "Each estimator's expected policy gradient (group means = expectations) against the "
+        "exact gradient of the return, on MDPs where the policy decides how many turns to take "
+        "(`marlhf.agents.turn_exact`). cos: cosine with the true gradient (1: same direction); "
+        "signs: decision states where the estimator pushes the stop-or-continue choice the "
+        "same way as the truth; rel. error: `|g - g*| / |g*|` (estimators that rescale, GRPO's "
+        "std, ReBN, GiGPO's std, have a large one by design: read cos for them).",
+        "",
+    ]
+    for name, part in exact.items():
+        lines += [f"**{name}**: {part['note']}.", ""]
+        rows = [
+            [
+                f"`{spec}`",
+                fmt(row["cosine"]),
+                fmt(row["sign_agreement"]),
+                fmt(row["relative_error"]),
+                fmt(row["relative_variance"]),
+            ]
+            for spec, row in part["table"].items()
+        ]
+        header = ["estimator", "cos", "signs", "rel. error", "rel. var"]
+        lines += [markdown_table(header, rows), ""]
+    return lines
+
+
+def render_tasks(tasks: dict[str, Any]) -> list[str]:
+    lines = ["### Learning on the multi-turn tasks", ""]
+    if not tasks:
+        return [*lines, "Not run yet (`python benchmarks/turn_credit.py --mode full`).", ""]
+    for key, part in tasks.items():
+        if "missing" in part:
+            lines += [f"**{key}**: not run: {part['missing']}.", ""]
+            continue
+        load = ", ".join(f"{x:.1f}" for x in part.get("loadavg", []))
+        lines += [
+            f"**{key}** (`{part['env_id']}`, {len(part['seeds'])} seed(s), "
+            f"{part['budget']:,} tokens per run; load average {load}; `{part['command']}`)",
+            "",
+        ]
+        rows = [
+            [
+                s["agent"],
+                f"{fmt(s['final_score'])} ± {fmt(s['final_score_ci95'])}",
+                fmt(s["tokens_to_ppo_final"], 0) if s["tokens_to_ppo_final"] else "-",
+                f"{s['wall_time']:.0f}",
+            ]
+            for s in part["summary"]
+        ]
+        lines += [
+            markdown_table(
+                ["agent", "final score (95% CI)", "tokens to PPO's final", "wall s"], rows
+            ),
+            "",
+        ]
+    return lines
+
+
+def render_block(data: dict[str, Any]) -> str:
+    stamp = data.get("machine", {})
+    lines = [
+        BEGIN,
+        "",
+        f"Rendered from `benchmarks/results/turn_credit.json` (mode `{data.get('mode')}`, "
+        f"commit `{stamp.get('commit', '?')}`).",
+        "",
+        *render_exact(data.get("exact", {})),
+        *render_tasks(data.get("tasks", {})),
+        END,
+    ]
+    return "\n".join(lines)
+
+
+def replace_block(doc: Path, block: str) -> None:
+    text = doc.read_text(encoding="utf-8")
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    doc.write_text(head + block + tail, encoding="utf-8")
+
+
+def render_docs(data: dict[str, Any]) -> None:
+    block = render_block(data)
+    for name in ("credit_multiturn.md", "credit.md"):
+        replace_block(DOCS_DIR / name, block)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--mode", choices=sorted(MODES), default="quick")
+    parser.add_argument("--tasks", nargs="*", default=None, help="only these task keys")
+    parser.add_argument("--exact-only", action="store_true", help="only the exact part")
+    parser.add_argument("--doc-only", action="store_true", help="re-render the docs from the JSON")
+    args = parser.parse_args(argv)
+    path = RESULTS_DIR / "turn_credit.json"
+    if args.doc_only:
+        render_docs(read_json(path))
+        return 0
+    import torch
+
+    torch.set_num_threads(1)
+    data = read_json(path) if path.exists() else {}
+    data.update({"mode": args.mode, "machine": machine_stamp()})
+    data["exact"] = run_exact()
+    if not args.exact_only:
+        data.setdefault("tasks", {}).update(run_tasks(args.mode, args.tasks))
+    write_json(path, data)
+    render_docs(data)
+    print(render_block(data))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

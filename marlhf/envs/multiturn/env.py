@@ -1,0 +1,490 @@
+"""``MultiTurnTokenEnv``: B text-level multi-turn envs driven one agent token per ``step``.
+
+Every ``step`` takes one token per active row, like :class:`~marlhf.envs.BatchedTokenEnv`. A
+row's agent turn ends on the task's ``end_of_turn_id`` or after ``max_turn_tokens`` tokens; the
+turn's text goes to that row's text env (``env.step``), whose reward is this step's reward of
+the row (it sits on the turn's last action token). Unless the episode ended, the env's answer
+is tokenised and appended to the row *in the same step* as forced tokens: context, not actions.
+So rows never wait for each other: every active row samples one token per step, whatever turn
+it is in, and a row whose turn just ended also received its observation.
+
+What the agent needs to feed its KV cache comes in ``info`` when some row received forced
+tokens: ``info["forced_ids"]`` (``int64[B, F]``, pad-filled) and ``info["forced_lengths"]``
+(``int64[B]``): the tokens each row appended after its action. Feeding ``[action, forced...]``
+to the cache is one forward over the new tokens, never a re-prefill of the history.
+
+The observation is the window ``L = P + T`` of each row (left-padded, as the single-turn env's):
+the first observation right-aligned at reset, then every appended token, agent or forced.
+
+Episode record (read with :meth:`MultiTurnTokenEnv.turn_record` after the last step): which
+tokens are actions, each token's turn, each turn's reward and state key, and whether each row
+terminated (the env said so) or was truncated (the env said so, ``max_turns`` turns, or no room
+left in ``max_new_tokens``) - kept apart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from gymnasium.utils import seeding
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from marlhf.envs.action_checks import check_actions
+from marlhf.envs.batched import observation_space
+from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text_env
+from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
+from marlhf.envs.registration import task_factory
+from marlhf.envs.reset_options import check_prompts, group_size
+from marlhf.envs.tasks import Prompt
+from marlhf.models import resolve_device
+
+Obs = dict[str, torch.Tensor]
+RESET_OPTIONS = ("group_size", "prompts", "prefixes")
+
+
+@dataclass
+class TurnRecord:
+    """The turn structure of one rollout, in the episode layout ``[B, T]`` (``T`` =
+    ``max_new_tokens``; agent and forced tokens interleaved, right-padded).
+
+    :param is_action: ``bool[B, T]`` tokens the agent sampled (False on forced and padding).
+    :param turn_ids: ``int64[B, T]`` the turn of each token (an answer carries its turn's
+        index); -1 on padding.
+    :param turn_rewards: ``float32[B, K]`` each turn's reward (0 past ``num_turns``).
+    :param num_turns: ``int64[B]`` turns each row played.
+    :param turn_state_keys: per row, the env's ``state_key()`` at the start of each turn
+        (``None`` when the env has none).
+    :param terminated: ``bool[B]`` the env ended the episode.
+    :param truncated: ``bool[B]`` a limit ended it (bootstrap only here).
+    """
+
+    is_action: torch.Tensor
+    turn_ids: torch.Tensor
+    turn_rewards: torch.Tensor
+    num_turns: torch.Tensor
+    turn_state_keys: list[list[Hashable]] | None
+    terminated: torch.Tensor
+    truncated: torch.Tensor
+
+
+def make_multiturn_task(task: MultiTurnTask | str, **task_kwargs: Any) -> MultiTurnTask:
+    """A checked :class:`MultiTurnTask` from an instance, a registered name or an env id."""
+    if isinstance(task, str):
+        built: Any = task_factory(task)(**task_kwargs)
+        if not isinstance(built, MultiTurnTask):
+            raise TypeError(
+                f"task {task!r} is not a multi-turn task (got {type(built).__name__}); run it "
+                "with marlhf.envs.BatchedTokenEnv"
+            )
+        task = built
+    elif task_kwargs:
+        raise TypeError(
+            f"task {getattr(task, 'name', task)!r} is already built; task kwargs "
+            f"{sorted(task_kwargs)} can only be given with a task name"
+        )
+    check_multiturn_task(task)
+    return task
+
+
+class MultiTurnTokenEnv(VectorEnv):
+    """The batched token env of a multi-turn task (see the module docstring).
+
+    :param task: a :class:`MultiTurnTask`, or the name / env id of a registered one.
+    :param num_envs: ``B``, rows (episodes) stepped together.
+    :param device: torch device of every tensor.
+    :param seed: seeds the per-episode env seeds (``reset(seed=...)`` reseeds).
+    :param task_kwargs: keyword arguments of the task (only with a task name).
+    """
+
+    metadata: dict[str, Any] = {  # noqa: RUF012 (Gymnasium API)
+        "autoreset_mode": AutoresetMode.DISABLED,
+        "render_modes": [],
+    }
+
+    def __init__(
+        self,
+        task: MultiTurnTask | str,
+        num_envs: int = 1,
+        device: str | torch.device = "cpu",
+        seed: int | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
+            raise ValueError(f"MultiTurnTokenEnv: num_envs={num_envs!r} must be an int >= 1")
+        self.task = make_multiturn_task(task, **task_kwargs)
+        self.codec = self.task.codec
+        self.num_envs = num_envs
+        self.device = resolve_device(device)
+        self.vocab_size = int(self.codec.vocab_size)
+        self.pad_token_id = int(self.codec.pad_token_id)
+        eos = self.codec.eos_token_id
+        self.eos_token_id: int | None = None if eos is None else int(eos)
+        self.end_of_turn_id = int(self.task.end_of_turn_id)
+        self.max_prompt_len = int(self.task.max_prompt_len)
+        self.max_new_tokens = int(self.task.max_new_tokens)
+        self.max_turn_tokens = int(self.task.max_turn_tokens)
+        self.max_turns = None if self.task.max_turns is None else int(self.task.max_turns)
+        self.seq_len = self.max_prompt_len + self.max_new_tokens
+        self.reward_mode = "env"
+        self.single_observation_space = observation_space(self.vocab_size, self.seq_len)
+        self.single_action_space = spaces.Discrete(self.vocab_size)
+        self.observation_space = batch_space(self.single_observation_space, num_envs)
+        self.action_space = batch_space(self.single_action_space, num_envs)
+        if seed is not None:
+            self._np_random, self._np_random_seed = seeding.np_random(seed)
+        B, dev = num_envs, self.device
+        self._task_mask = torch.as_tensor(self.task.action_mask(), device=dev)
+        self._done_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=dev)
+        self._done_mask[self.pad_token_id] = True
+        self.envs: list[CheckedTextEnv] = [as_text_env(self.task.make_env()) for _ in range(B)]
+        self._clear()
+        self.done = torch.ones(B, dtype=torch.bool, device=dev)
+        self._needs_reset = True
+        self._all_done = True
+        self._any_done = True
+
+    def _where(self, row: int | None = None) -> str:
+        at = "" if row is None else f", row {row}"
+        return f"MultiTurnTokenEnv(task {self.task.name!r}{at})"
+
+    def _clear(self) -> None:
+        B, P, T, dev, pad = (
+            self.num_envs,
+            self.max_prompt_len,
+            self.max_new_tokens,
+            self.device,
+            self.pad_token_id,
+        )
+        self.prompt_ids = torch.full((B, P), pad, dtype=torch.int64, device=dev)
+        self.prompt_mask = torch.zeros((B, P), dtype=torch.bool, device=dev)
+        self.response_ids = torch.full((B, T), pad, dtype=torch.int64, device=dev)
+        self.response_mask = torch.zeros((B, T), dtype=torch.bool, device=dev)
+        self.is_action = torch.zeros((B, T), dtype=torch.bool, device=dev)
+        self.turn_ids = torch.full((B, T), -1, dtype=torch.int64, device=dev)
+        self.lengths = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.turn_lengths = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.turn_index = torch.zeros(B, dtype=torch.int64, device=dev)
+        self.episode_return = torch.zeros(B, dtype=torch.float32, device=dev)
+        self.terminated = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.truncated = torch.zeros(B, dtype=torch.bool, device=dev)
+        self.prompts: list[Prompt] = []
+        self._turn_rewards: list[list[float]] = [[] for _ in range(B)]
+        self._state_keys: list[list[Hashable]] = [[] for _ in range(B)]
+
+    # ------------------------------------------------------------------ reset
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[Obs, dict[str, Any]]:
+        """Reset every row's text env and show its first observation.
+
+        :param seed: reseeds the draw of the per-episode env seeds.
+        :param options: ``group_size`` (``K`` rows share one env seed, hence one start state),
+            ``prompts`` (the ``Prompt`` of each group, as ``info["prompts"]`` returned them:
+            their ``metadata["seed"]`` replays those episodes' starts) and ``prefixes`` (with
+            ``prompts``: partial episodes replayed token by token, see :meth:`_replay`).
+        :returns: ``(obs, info)`` with ``info["prompts"]`` (``metadata["seed"]`` is the env
+            seed) and, with ``group_size``, ``info["group_ids"]``.
+        """
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - set(RESET_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"{self._where()}: unknown reset options {sorted(unknown)}; "
+                f"valid: {list(RESET_OPTIONS)}"
+            )
+        K = group_size(options.get("group_size", 1), self.num_envs, self._where())
+        count = self.num_envs // K
+        if "prompts" in options:
+            given = check_prompts(
+                options["prompts"], count, self.max_prompt_len, self.vocab_size, self._where()
+            )
+            seeds = [self._prompt_seed(p, i) for i, p in enumerate(given)]
+        else:
+            given = None
+            seeds = [int(s) for s in self.np_random.integers(0, 2**31 - 1, size=count)]
+        self._clear()
+        prompts: list[Prompt] = []
+        for i in range(self.num_envs):
+            seed_i = seeds[i // K]
+            text, _ = self.envs[i].reset(seed=seed_i)
+            ids = self.task.encode_observation(text)
+            if not 1 <= len(ids) <= self.max_prompt_len:
+                raise TextEnvError(
+                    f"{self.envs[i].name}.reset(seed={seed_i}) returned an observation of "
+                    f"{len(ids)} tokens; valid: 1..max_prompt_len={self.max_prompt_len} "
+                    f"(task {self.task.name!r})"
+                )
+            if given is not None and ids != list(given[i // K].ids):
+                raise TextEnvError(
+                    f"{self.envs[i].name}.reset(seed={seed_i}) is not deterministic: its first "
+                    "observation differs from the prompt being replayed"
+                )
+            prompts.append(Prompt(ids=ids, metadata={"seed": seed_i}, text=text))
+            self.prompt_ids[i, self.max_prompt_len - len(ids) :] = torch.as_tensor(ids)
+            self.prompt_mask[i, self.max_prompt_len - len(ids) :] = True
+            self._record_state_key(i)
+        self.prompts = prompts
+        self.done = torch.zeros(self.num_envs, dtype=torch.bool, device=self.device)
+        self._needs_reset = False
+        self._all_done = self._any_done = False
+        if "prefixes" in options:
+            if given is None:
+                raise ValueError(f"{self._where()}: reset option prefixes needs option prompts")
+            self._replay(options["prefixes"], K)
+        info: dict[str, Any] = {
+            "prompts": prompts[::K],
+            "prompt_text": [p.text for p in prompts[::K]],
+        }
+        if "group_size" in options:
+            info["group_ids"] = torch.arange(self.num_envs, device=self.device) // K
+        return self._obs(), info
+
+    def _prompt_seed(self, prompt: Prompt, i: int) -> int:
+        seed = prompt.metadata.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+            raise ValueError(
+                f"{self._where()}: reset option prompts[{i}] has no metadata['seed']; pass the "
+                "prompts a reset returned in info['prompts']"
+            )
+        return int(seed)
+
+    def _replay(self, prefixes: Any, K: int) -> None:
+        """Step each row through its prefix (episode tokens after the prompt): agent tokens are
+        replayed as actions; the forced tokens the env appends must equal the prefix's."""
+        if len(prefixes) != self.num_envs // K:
+            raise ValueError(
+                f"{self._where()}: reset option prefixes has {len(prefixes)} entries; expected "
+                f"{self.num_envs // K} (one a prompt)"
+            )
+        for i in range(self.num_envs):
+            prefix = [int(t) for t in torch.as_tensor(prefixes[i // K]).reshape(-1).tolist()]
+            col = 0
+            while col < len(prefix):
+                if bool(self.done[i]):
+                    raise ValueError(f"{self._where(i)}: prefix goes past the episode's end")
+                self._append_action(i, prefix[col])
+                n = int(self.lengths[i])
+                if n > len(prefix) and not bool(self.done[i]):
+                    raise ValueError(
+                        f"{self._where(i)}: prefix ends inside an observation (after column "
+                        f"{len(prefix)}); a prefix must end before an agent token"
+                    )
+                if self.response_ids[i, col:n].tolist() != prefix[col:n]:
+                    raise TextEnvError(
+                        f"{self.envs[i].name}: replaying the prefix gave other env tokens; the "
+                        "env is not deterministic given its seed and actions"
+                    )
+                col = n
+            if bool(self.done[i]):
+                raise ValueError(f"{self._where(i)}: prefix ends the episode; nothing to continue")
+        self.episode_return.zero_()  # rewards are paid from the restart on
+        self._any_done = False
+
+    def _obs(self) -> Obs:
+        """The left-padded window: prompt then every appended token, right-aligned."""
+        pad = torch.full_like(self.response_ids, self.pad_token_id)
+        ids = torch.cat([pad, self.prompt_ids, self.response_ids], dim=1)
+        mask = torch.cat(
+            [torch.zeros_like(self.response_mask), self.prompt_mask, self.response_mask], dim=1
+        )
+        cols = self.lengths[:, None] + torch.arange(self.seq_len, device=self.device)[None, :]
+        return {"input_ids": ids.gather(1, cols), "attention_mask": mask.gather(1, cols).long()}
+
+    @property
+    def all_done(self) -> bool:
+        """True when every row has finished (no device sync)."""
+        return self._all_done
+
+    @property
+    def any_done(self) -> bool:
+        """True once any row has finished since the reset (no device sync)."""
+        return self._any_done
+
+    # ------------------------------------------------------------------- step
+    def step(
+        self, actions: torch.Tensor | np.ndarray
+    ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        """Append one agent token per active row; rows whose turn ends step their text env.
+
+        :returns: ``(obs, rewards float32[B], terminated bool[B], truncated bool[B], info)``;
+            ``info["active"]``; ``info["forced_ids"]``/``info["forced_lengths"]`` when some row
+            received an observation; at the last step ``prompt_text``, ``response_text`` and
+            ``episode_return``.
+        """
+        if self._needs_reset:
+            raise RuntimeError(f"{self._where()}: call reset() before step()")
+        if self._all_done:
+            raise RuntimeError(f"{self._where()}: step() after every row finished; reset()")
+        actions = check_actions(actions, self.num_envs, self.vocab_size, self.device, self._where)
+        try:
+            return self._advance(actions)
+        except Exception:
+            self._needs_reset = True
+            raise
+
+    def _advance(
+        self, actions: torch.Tensor
+    ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
+        B, T, dev = self.num_envs, self.max_new_tokens, self.device
+        active = ~self.done
+        before = self.lengths.clone()
+        pos = before.clamp(max=T - 1)[:, None]
+        self.response_ids.scatter_(
+            1, pos, torch.where(active, actions, self.response_ids.gather(1, pos)[:, 0])[:, None]
+        )
+        for flags in (self.response_mask, self.is_action):
+            flags.scatter_(1, pos, (active | flags.gather(1, pos)[:, 0])[:, None])
+        self.turn_ids.scatter_(
+            1,
+            pos,
+            torch.where(active, self.turn_index, self.turn_ids.gather(1, pos)[:, 0])[:, None],
+        )
+        self.lengths += active.long()
+        self.turn_lengths += active.long()
+        ends = active & (
+            (actions == self.end_of_turn_id)
+            | (self.turn_lengths >= self.max_turn_tokens)
+            | (self.lengths >= T)
+        )
+        rewards = torch.zeros(B, dtype=torch.float32, device=dev)
+        terminated = torch.zeros(B, dtype=torch.bool, device=dev)
+        truncated = torch.zeros(B, dtype=torch.bool, device=dev)
+        rows = ends.nonzero().flatten().tolist()  # the one device sync of the step
+        for i in rows:
+            reward, term, trunc = self._end_turn(i)
+            rewards[i], terminated[i], truncated[i] = reward, term, trunc
+        info: dict[str, Any] = {"active": active}
+        if rows:
+            added = self.lengths - before - active.long()
+            if bool((added > 0).any()):
+                info.update(self._forced(before + 1, added))
+            self._any_done = self._any_done or bool((terminated | truncated).any())
+            self._all_done = bool(self.done.all())
+            self.episode_return += rewards
+        if self._all_done:
+            info.update(self._final_info())
+        return self._obs(), rewards, terminated, truncated, info
+
+    def _forced(self, first: torch.Tensor, added: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The forced tokens each row appended this step, ``int64[B, F]`` pad-filled."""
+        width = int(added.max())
+        cols = (first[:, None] + torch.arange(width, device=self.device)[None, :]).clamp(
+            max=self.max_new_tokens - 1
+        )
+        ids = self.response_ids.gather(1, cols)
+        keep = torch.arange(width, device=self.device)[None, :] < added[:, None]
+        return {
+            "forced_ids": torch.where(keep, ids, self.pad_token_id),
+            "forced_lengths": added,
+        }
+
+    def _append_action(self, i: int, token: int) -> None:
+        """One agent token of row ``i`` (the replay's slow path; :meth:`_advance` vectorises
+        the same bookkeeping)."""
+        n = int(self.lengths[i])
+        self.response_ids[i, n] = token
+        self.response_mask[i, n] = True
+        self.is_action[i, n] = True
+        self.turn_ids[i, n] = self.turn_index[i]
+        self.lengths[i] += 1
+        self.turn_lengths[i] += 1
+        if (
+            token == self.end_of_turn_id
+            or int(self.turn_lengths[i]) >= self.max_turn_tokens
+            or n + 1 >= self.max_new_tokens
+        ):
+            self._end_turn(i)
+
+    def _end_turn(self, i: int) -> tuple[float, bool, bool]:
+        """Send row ``i``'s turn to its env; append the answer or finish the episode."""
+        n, k = int(self.lengths[i]), int(self.turn_lengths[i])
+        ids = self.response_ids[i, n - k : n].tolist()
+        if ids and ids[-1] == self.end_of_turn_id:
+            ids = ids[:-1]
+        env = self.envs[i]
+        text, reward, term, trunc, _ = env.step(self.task.decode_action(ids))
+        self._turn_rewards[i].append(reward)
+        turn = int(self.turn_index[i]) + 1
+        self.turn_index[i] = turn
+        self.turn_lengths[i] = 0
+        if not (term or trunc):
+            if self.max_turns is not None and turn >= self.max_turns:
+                trunc = True
+            else:
+                trunc = not self._append_observation(i, text)
+        if term or trunc:
+            self.done[i] = True
+            self.terminated[i], self.truncated[i] = term, trunc and not term
+        else:
+            self._record_state_key(i)
+        return reward, term, trunc and not term
+
+    def _append_observation(self, i: int, text: str) -> bool:
+        """Append the env's answer as forced tokens; False when no agent token would fit after
+        it (the episode is then truncated)."""
+        ids = self.task.encode_observation(text)
+        if len(ids) > self.task.max_obs_tokens:
+            raise TextEnvError(
+                f"{self.envs[i].name}.step returned an observation of {len(ids)} tokens, longer "
+                f"than the context allows (task {self.task.name!r} max_obs_tokens="
+                f"{self.task.max_obs_tokens})"
+            )
+        n = int(self.lengths[i])
+        if n + len(ids) + 1 > self.max_new_tokens:
+            return False
+        if ids:
+            self.response_ids[i, n : n + len(ids)] = torch.as_tensor(ids, device=self.device)
+            self.response_mask[i, n : n + len(ids)] = True
+            self.turn_ids[i, n : n + len(ids)] = self.turn_index[i] - 1
+            self.lengths[i] = n + len(ids)
+        return True
+
+    def _record_state_key(self, i: int) -> None:
+        env = self.envs[i]
+        if env.can_state_key:
+            self._state_keys[i].append(env.state_key())
+
+    def _final_info(self) -> dict[str, Any]:
+        responses, lengths = self.response_ids.tolist(), self.lengths.tolist()
+        return {
+            "prompt_text": [p.text for p in self.prompts],
+            "response_text": [
+                self.codec.decode(r[:n]) for r, n in zip(responses, lengths, strict=True)
+            ],
+            "episode_return": self.episode_return.clone(),
+        }
+
+    def turn_record(self) -> TurnRecord:
+        """The rollout's turn structure (see :class:`TurnRecord`)."""
+        counts = [len(r) for r in self._turn_rewards]
+        K = max([self.max_turns or 0, *counts, 1])
+        rewards = torch.zeros((self.num_envs, K), dtype=torch.float32)
+        for i, r in enumerate(self._turn_rewards):
+            rewards[i, : len(r)] = torch.as_tensor(r, dtype=torch.float32)
+        keyed = all(env.can_state_key for env in self.envs)
+        return TurnRecord(
+            is_action=self.is_action.clone(),
+            turn_ids=self.turn_ids.clone(),
+            turn_rewards=rewards.to(self.device),
+            num_turns=torch.as_tensor(counts, dtype=torch.int64, device=self.device),
+            turn_state_keys=[list(k) for k in self._state_keys] if keyed else None,
+            terminated=self.terminated.clone(),
+            truncated=self.truncated.clone(),
+        )
+
+    def action_masks(self) -> torch.Tensor:
+        """``bool[B, vocab]``: the task's allowed tokens for active rows, pad for done rows."""
+        return torch.where(self.done[:, None], self._done_mask[None, :], self._task_mask[None, :])
+
+    def __repr__(self) -> str:
+        return (
+            f"MultiTurnTokenEnv(task={self.task.name!r}, num_envs={self.num_envs}, "
+            f"max_turns={self.max_turns}, max_new_tokens={self.max_new_tokens})"
+        )
