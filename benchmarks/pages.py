@@ -341,7 +341,18 @@ def _credit_md(text: str) -> str:
     for section in evidence.get("tasks", {}).values():  # the analysis of this checkout
         section["analysis"] = evidence_doc.summarize_task(section)
     text = _via_file(text, lambda p: credit.render_doc(_results(credit.RESULTS), p))
-    return _via_file(text, lambda p: evidence_doc.render_doc(evidence, p))
+    text = _via_file(text, lambda p: evidence_doc.render_doc(evidence, p))
+    return _turn_credit_block(text)
+
+
+def _turn_credit_block(text: str) -> str:
+    """The ``turn_credit.json`` block (``docs/credit_multiturn.md`` and ``docs/credit.md``)."""
+    from benchmarks import turn_credit
+
+    if turn_credit.BEGIN not in text:
+        return text
+    block = turn_credit.render_block(_results(RESULTS_DIR / "turn_credit.json"))
+    return _via_file(text, lambda p: turn_credit.replace_block(p, block))
 
 
 def _reasoning_md(text: str) -> str:
@@ -356,6 +367,7 @@ PAGES: dict[Path, Callable[[str], str]] = {
     DOCS_DIR / "estimators.md": _estimators_md,
     DOCS_DIR / "credit.md": _credit_md,
     DOCS_DIR / "reasoning.md": _reasoning_md,
+    DOCS_DIR / "credit_multiturn.md": _turn_credit_block,
 }
 
 
