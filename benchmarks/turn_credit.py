@@ -205,6 +205,111 @@ def run_tasks(mode: str, only: list[str] | None) -> dict[str, Any]:
     return out
 
 
+# ------------------------------------------------------------------------------ audit
+#: Estimator specs the audit re-estimates on every snapshot's rollout (those whose inputs the
+#: rollout holds: task rewards, the audited agent's critic, groups, state keys).
+AUDIT_SPECS = [
+    "grpo",
+    "rloo",
+    "mt_grpo",
+    "mt_grpo:std=false;accumulate=true",
+    "mt_grpo_fixed:std=false",
+    "gigpo",
+    "turn_gae",
+    "turn_gae:inner=gae;gamma_turn=0.95;lambda_turn=0.95",
+    "rebn",
+]
+AUDIT_BUDGETS = [0, 1536, 6144]  # tokens trained before each snapshot
+
+
+def audit_snapshot(algo: Any, task: Any) -> dict[str, Any]:
+    """Every ``AUDIT_SPECS`` estimator on the agent's last rollout against the exact truth,
+    per turn (:func:`marlhf.agents.turn_audit.audit_turns`); task rewards, no KL."""
+    from marlhf.agents.estimators import EstimatorBatch, get_estimator
+    from marlhf.agents.truth_base import Sampling
+    from marlhf.agents.truth_multiturn import exact_turn_advantages
+    from marlhf.agents.turn_audit import audit_turns
+
+    buf = algo.rollout_buffer
+    started = time.perf_counter()
+    group = int(algo.config.group_size)  # the reset's prompts are one per group
+    prompts = [p for p in algo._rollout_prompts for _ in range(group)]
+    truth = exact_turn_advantages(
+        algo.policy,
+        task,
+        prompts,
+        buf.action_ids,
+        buf.credit_mask,
+        sampling=Sampling.of(algo),
+    )
+    truth_s = time.perf_counter() - started
+    turns = buf.turn_data(algo.env.codec.eos_token_id)
+    mask = buf.credit_mask
+    batch = EstimatorBatch(
+        rewards=buf.task_rewards,
+        task_rewards=buf.task_rewards,
+        mask=mask,
+        starts=buf.starts,
+        values=buf.values if buf.has_values else None,
+        group_ids=buf.group_ids,
+        action_mask=mask,
+        turn_ids=turns.turn_ids,
+        turn_starts=turns.turn_starts,
+        turn_rewards=turns.turn_rewards,
+        num_turns=turns.num_turns,
+        terminated=turns.terminated,
+        truncated=turns.truncated,
+        turn_state_keys=turns.turn_state_keys,
+    )
+    out: dict[str, Any] = {}
+    for spec in AUDIT_SPECS:
+        adv = get_estimator(spec).fn(batch, algo.config).advantages
+        out[spec] = audit_turns(
+            adv.cpu(), truth.advantages, turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
+        )
+    return {
+        "truth_s": truth_s,
+        "score_mean": float(buf.task_rewards.sum(dim=1).mean()),
+        "turns_mean": float(turns.num_turns.float().mean()),
+        "schemes": out,
+    }
+
+
+def run_audit(seed: int = 0) -> dict[str, Any]:
+    """Train the ``turn-gae`` preset (its critic feeds the ``turn_gae`` schemes; groups of 4 feed
+    the group ones) on ToolLookup and audit its rollout at each of ``AUDIT_BUDGETS``."""
+    from marlhf.agents import PPO
+    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+    from marlhf.envs.multiturn.tool import ToolLookupTask
+    from marlhf.models import tiny_gpt2
+
+    task = ToolLookupTask()
+    env = MultiTurnTokenEnv(task, num_envs=32, seed=seed)
+    algo = PPO(
+        tiny_gpt2(task.codec, n_layer=2, n_embd=64, n_head=2, seed=seed),
+        env,
+        preset=["toy", "turn-gae"],
+        group_size=4,
+        batch_size=16,
+        mask_actions=True,
+        seed=seed,
+        device="cpu",
+    )
+    snapshots = []
+    trained = 0
+    for budget in AUDIT_BUDGETS:
+        # One more iteration collects the rollout the audit reads (its update runs too).
+        algo.learn(max(budget - trained, 1), reset_num_timesteps=False)
+        trained = algo.num_timesteps
+        snapshots.append({"tokens": trained, **audit_snapshot(algo, task)})
+    return {
+        "task": "marlhf/ToolLookup-v0",
+        "agent": "turn-gae",
+        "seed": seed,
+        "snapshots": snapshots,
+    }
+
+
 # ------------------------------------------------------------------------------ rendering
 def render_exact(exact: dict[str, Any]) -> list[str]:
     lines = [
@@ -267,6 +372,43 @@ def render_tasks(tasks: dict[str, Any]) -> list[str]:
     return lines
 
 
+def render_audit(audit: dict[str, Any]) -> list[str]:
+    if not audit:
+        return []
+    lines = [
+        "### Per-turn audit against the exact truth (ToolLookup)",
+        "",
+        f"The `{audit['agent']}` agent's rollouts (32 episodes, groups of 4) at several "
+        "training budgets; every scheme re-estimated on the same episodes from the task "
+        "rewards (the `turn_gae` ones with that agent's critic) and compared turn by turn "
+        "with the exact advantage (`marlhf.agents.truth_multiturn`): correlation (scale-free) "
+        "and sign agreement per turn index, n = turns audited.",
+        "",
+    ]
+    for snap in audit["snapshots"]:
+        schemes = snap["schemes"]
+        k_max = max(len(v["per_turn"]) for v in schemes.values())
+        header = ["scheme"] + [f"turn {k} corr / sign" for k in range(k_max)] + ["all corr"]
+        rows = []
+        for spec, res in schemes.items():
+            cells = [f"`{spec}`"]
+            for k in range(k_max):
+                t = res["per_turn"][k] if k < len(res["per_turn"]) else None
+                cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
+            cells.append(fmt(res["overall"]["corr"]))
+            rows.append(cells)
+        ns = [schemes[next(iter(schemes))]["per_turn"][k]["n"] for k in range(k_max)]
+        lines += [
+            f"**after {snap['tokens']:,} tokens** (score {fmt(snap['score_mean'])}, "
+            f"{fmt(snap['turns_mean'])} turns per episode; n per turn {ns}; truth "
+            f"{snap['truth_s']:.1f} s)",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
+    return lines
+
+
 def render_block(data: dict[str, Any]) -> str:
     stamp = data.get("machine", {})
     lines = [
@@ -276,6 +418,7 @@ def render_block(data: dict[str, Any]) -> str:
         f"commit `{stamp.get('commit', '?')}`).",
         "",
         *render_exact(data.get("exact", {})),
+        *render_audit(data.get("audit", {})),
         *render_tasks(data.get("tasks", {})),
         END,
     ]
@@ -302,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--tasks", nargs="*", default=None, help="only these task keys")
     parser.add_argument("--exact-only", action="store_true", help="only the exact part")
+    parser.add_argument("--no-audit", action="store_true", help="skip the per-turn audit")
+    parser.add_argument("--no-tasks", action="store_true", help="skip the learning part")
     parser.add_argument("--doc-only", action="store_true", help="re-render the docs from the JSON")
     args = parser.parse_args(argv)
     path = RESULTS_DIR / "turn_credit.json"
@@ -314,7 +459,9 @@ def main(argv: list[str] | None = None) -> int:
     data = read_json(path) if path.exists() else {}
     data.update({"mode": args.mode, "machine": machine_stamp()})
     data["exact"] = run_exact()
-    if not args.exact_only:
+    if not args.exact_only and not args.no_audit:
+        data["audit"] = run_audit()
+    if not args.exact_only and not args.no_tasks:
         data.setdefault("tasks", {}).update(run_tasks(args.mode, args.tasks))
     write_json(path, data)
     render_docs(data)

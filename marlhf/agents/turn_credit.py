@@ -265,6 +265,15 @@ def _state_keys(name: str, batch: EstimatorBatch, view: TurnView) -> list[list[A
     return keys
 
 
+def _fit(per_turn: Tensor, width: int) -> Tensor:
+    """A ``[B, K']`` per-turn tensor cut or zero-padded to ``K`` columns (its producer may size
+    the turn axis by the longest episode, the buffer by ``max_turns``)."""
+    if per_turn.shape[1] >= width:
+        return per_turn[:, :width]
+    pad = torch.zeros(per_turn.shape[0], width - per_turn.shape[1], dtype=per_turn.dtype)
+    return torch.cat([per_turn, pad.to(per_turn.device)], dim=1)
+
+
 def _options(cls: type, options: Any) -> Any:
     return cls() if options is None else options
 
@@ -410,7 +419,9 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
             field_name,
             "the potentials log p(gold | s) were not scored (does the env give gold()?)",
         )
-    shaped = tm.potential_rewards(view.rewards, potentials, view.valid, opts.gamma, opts.terminal)
+    shaped = tm.potential_rewards(
+        view.rewards, _fit(potentials, view.valid.shape[1]), view.valid, opts.gamma, opts.terminal
+    )
     groups = _groups("turn_potential", batch) if opts.needs_groups else None
     per_turn = tm.advantages_from_turn_rewards(
         shaped, view.valid, groups, opts.gamma, opts.normalize
@@ -478,4 +489,14 @@ def check_estimator_env(estimator: str, env: Any) -> None:
                 f"estimator {estimator!r} needs state_key() from the env, but {where}'s text "
                 f"env {lacking[0]} has none; implement state_key() or choose an estimator "
                 "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
+            )
+    if spec.requires & {"turn_potentials", "ref_turn_potentials"}:
+        from marlhf.agents.turn_potentials import has_gold
+
+        lacking = [env_name(t) for t in texts if not has_gold(t)]
+        if lacking:
+            raise TurnInputError(
+                f"estimator {estimator!r} scores log p(gold | s), but {where}'s text env "
+                f"{lacking[0]} has no gold(); implement gold() -> str (the answer the agent "
+                "should give) or choose another estimator"
             )
