@@ -161,10 +161,15 @@ class MultiTurnTokenEnv(VectorEnv):
             self.device,
             self.pad_token_id,
         )
-        self.prompt_ids = torch.full((B, P), pad, dtype=torch.int64, device=dev)
-        self.prompt_mask = torch.zeros((B, P), dtype=torch.bool, device=dev)
-        self.response_ids = torch.full((B, T), pad, dtype=torch.int64, device=dev)
-        self.response_mask = torch.zeros((B, T), dtype=torch.bool, device=dev)
+        # One tensor per field holds [T pad columns | prompt | response]: the prompt and the
+        # response are views into it, so the observation window is one gather (see _obs).
+        self._ids = torch.full((B, T + P + T), pad, dtype=torch.int64, device=dev)
+        self._mask = torch.zeros((B, T + P + T), dtype=torch.bool, device=dev)
+        self.prompt_ids = self._ids[:, T : T + P]
+        self.response_ids = self._ids[:, T + P :]
+        self.prompt_mask = self._mask[:, T : T + P]
+        self.response_mask = self._mask[:, T + P :]
+        self._cols = torch.arange(P + T, device=dev)[None, :]
         self.is_action = torch.zeros((B, T), dtype=torch.bool, device=dev)
         self.turn_ids = torch.full((B, T), -1, dtype=torch.int64, device=dev)
         self.lengths = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -289,13 +294,11 @@ class MultiTurnTokenEnv(VectorEnv):
 
     def _obs(self) -> Obs:
         """The left-padded window: prompt then every appended token, right-aligned."""
-        pad = torch.full_like(self.response_ids, self.pad_token_id)
-        ids = torch.cat([pad, self.prompt_ids, self.response_ids], dim=1)
-        mask = torch.cat(
-            [torch.zeros_like(self.response_mask), self.prompt_mask, self.response_mask], dim=1
-        )
-        cols = self.lengths[:, None] + torch.arange(self.seq_len, device=self.device)[None, :]
-        return {"input_ids": ids.gather(1, cols), "attention_mask": mask.gather(1, cols).long()}
+        cols = self.lengths[:, None] + self._cols
+        return {
+            "input_ids": self._ids.gather(1, cols),
+            "attention_mask": self._mask.gather(1, cols).long(),
+        }
 
     @property
     def all_done(self) -> bool:
