@@ -143,6 +143,7 @@ def require_bwrap() -> str:
         seccomp_filter(False)
     except SeccompUnavailableError as exc:
         raise SandboxUnavailableError(str(exc)) from exc
+    cgroup_support()  # probed here, once, before runs start in several threads
     problem = _probe(bwrap)
     if problem:
         raise SandboxUnavailableError(
