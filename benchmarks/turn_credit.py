@@ -381,19 +381,23 @@ def render_tasks(tasks: dict[str, Any]) -> list[str]:
             f"{part['budget']:,} tokens per run; load average {load}; `{part['command']}`)",
             "",
         ]
+        ppo_wall = next((s["wall_time"] for s in part["summary"] if s["agent"] == "ppo"), None)
         rows = [
             [
                 s["agent"],
                 f"{fmt(s['final_score'])} ± {fmt(s['final_score_ci95'])}",
                 fmt(s["tokens_to_ppo_final"], 0) if s["tokens_to_ppo_final"] else "-",
                 f"{s['wall_time']:.0f}",
+                f"{s['wall_time'] / ppo_wall:.2f}x" if ppo_wall else "-",
             ]
             for s in part["summary"]
         ]
+        header = ["agent", "final score (95% CI)", "tokens to PPO's final", "wall s", "cost / PPO"]
         lines += [
-            markdown_table(
-                ["agent", "final score (95% CI)", "tokens to PPO's final", "wall s"], rows
-            ),
+            markdown_table(header, rows),
+            "",
+            "cost / PPO: a run's wall time over PPO's at the same token budget (continuations "
+            "counted in the budget), on a shared, loaded machine: a rough iteration cost.",
             "",
         ]
     return lines
