@@ -341,3 +341,13 @@ def test_a_cgroup_that_cannot_be_joined_means_the_fallback(
     monkeypatch.setattr(cgroup, "JOIN_SCRIPT", "exit 125")
     found, why = cgroup._probe_once.__wrapped__()
     assert found is None and "cannot join" in why
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -2.0])
+def test_humaneval_refuses_a_bad_timeout_naming_it(value: float) -> None:
+    from marlhf.envs.code import HumanEvalTask
+
+    problem = {"prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n"}
+    problem["entry_point"] = "f"
+    with pytest.raises(ValueError, match="HumanEvalTask: timeout_s="):
+        HumanEvalTask(split="all", problems={"a": problem, "b": problem}, timeout_s=value)
