@@ -31,6 +31,8 @@ from marlhf.agents.estimators import (
 )
 from marlhf.agents.kl import FixedKLController, KLController, kl_penalty, shaped_rewards
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
+from marlhf.agents.turn_potentials import FIELDS as POTENTIAL_FIELDS
+from marlhf.agents.turn_potentials import fill_potentials
 from marlhf.agents.vine import choose_branch_points, monte_carlo_values, run_to_end
 from marlhf.options import SegmentationBatch, Termination, compute_starts
 
@@ -439,6 +441,17 @@ class IterationStages:
         )
         if requires & {"turns", "turn_state_keys"}:
             self._fill_turns(batch, requires)
+        if requires & set(POTENTIAL_FIELDS):  # log p(gold | s) at turn starts (IGPO, TRACE)
+            with self._autocast():
+                fill_potentials(
+                    batch,
+                    requires,
+                    self.policy,
+                    buf,
+                    self.env,
+                    self.config.scoring_temperature,
+                    self.config.micro_batch_size,
+                )
         buf.set_baselines(batch.mc_values, batch.greedy_rewards)
         estimate = self.estimator_spec.fn(batch, self.config)
         check_estimate(self.estimator_spec.name, estimate, batch)

@@ -15,9 +15,9 @@ estimate against the true advantage. After each rollout (every ``every``-th), th
    critic's values, exactly as the audit scores it) against the target, summed over the
    episode's tokens (:func:`oracle_cuts`);
 3. takes ``steps`` steps of the termination's own Adam optimizer towards those cut sets
-   (:meth:`~marlhf.options.learned.Learned.fit_step`), and logs ``termination/loss``,
-   ``termination/rmse`` (the estimator's RMSE with the model's cuts before the steps),
-   ``termination/oracle_rmse`` and the truth's cost.
+   (:meth:`~marlhf.options.learned.Learned.fit_step`), and logs ``train/termination_loss``,
+   ``train/termination_rmse`` (the estimator's RMSE with the model's cuts before the steps),
+   ``train/termination_oracle_rmse`` and the truth's cost (``train/termination_truth_tokens``).
 
 The oracle is what a termination with full knowledge of the truth would cut: the model learns
 to predict it from what it sees at segmentation time. With Monte-Carlo targets the error of
@@ -199,6 +199,11 @@ def train_termination(algo: Any) -> dict[str, float]:
     term.bind(policy_fingerprint(algo.policy), int(algo.policy.vocab_size))
     start = time.perf_counter()
     buf = algo.rollout_buffer
+    if getattr(buf, "turns", None) is not None:
+        raise ValueError(
+            "learned: multi-turn episodes are not supported (its truth is of single-turn "
+            "tasks); use a heuristic termination with a multi-turn env"
+        )
     rows = slice(0, min(term.rows, buf.response_mask.shape[0]))
     mask = buf.response_mask[rows]
     prompts = (algo._rollout_prompts or [])[rows]
@@ -239,10 +244,10 @@ def train_termination(algo: Any) -> dict[str, float]:
     cost = truth_tokens(truth)
     term.truth_tokens += cost
     return {
-        "termination/loss": losses[0] if losses else math.nan,
-        "termination/loss_after": losses[-1] if losses else math.nan,
-        "termination/rmse": rmse,
-        "termination/oracle_rmse": oracle_rmse**0.5,
-        "termination/truth_tokens": float(cost),
-        "termination/seconds": time.perf_counter() - start,
+        "train/termination_loss": losses[0] if losses else math.nan,
+        "train/termination_loss_after": losses[-1] if losses else math.nan,
+        "train/termination_rmse": rmse,
+        "train/termination_oracle_rmse": oracle_rmse**0.5,
+        "train/termination_truth_tokens": float(cost),
+        "train/termination_seconds": time.perf_counter() - start,
     }

@@ -265,6 +265,15 @@ def _state_keys(name: str, batch: EstimatorBatch, view: TurnView) -> list[list[A
     return keys
 
 
+def _fit(per_turn: Tensor, width: int) -> Tensor:
+    """A ``[B, K']`` per-turn tensor cut or zero-padded to ``K`` columns (its producer may size
+    the turn axis by the longest episode, the buffer by ``max_turns``)."""
+    if per_turn.shape[1] >= width:
+        return per_turn[:, :width]
+    pad = torch.zeros(per_turn.shape[0], width - per_turn.shape[1], dtype=per_turn.dtype)
+    return torch.cat([per_turn, pad.to(per_turn.device)], dim=1)
+
+
 def _options(cls: type, options: Any) -> Any:
     return cls() if options is None else options
 
@@ -410,7 +419,9 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
             field_name,
             "the potentials log p(gold | s) were not scored (does the env give gold()?)",
         )
-    shaped = tm.potential_rewards(view.rewards, potentials, view.valid, opts.gamma, opts.terminal)
+    shaped = tm.potential_rewards(
+        view.rewards, _fit(potentials, view.valid.shape[1]), view.valid, opts.gamma, opts.terminal
+    )
     groups = _groups("turn_potential", batch) if opts.needs_groups else None
     per_turn = tm.advantages_from_turn_rewards(
         shaped, view.valid, groups, opts.gamma, opts.normalize
@@ -441,6 +452,28 @@ TURN_ESTIMATORS: tuple[str, ...] = (
     "turn_mc",
     "turn_potential",
 )
+
+
+def check_estimator_task(estimator: str, env_id: str) -> None:
+    """Before anything is built: a turn-level estimator needs a multi-turn task id.
+
+    :raises TurnInputError: naming the estimator and the task, when ``env_id`` is a registered
+        one-turn task (an unregistered id is left to the env builder's own error).
+    """
+    if "turns" not in get_estimator(estimator).requires:
+        return
+    import gymnasium
+
+    from marlhf.envs.registration import MULTITURN_ENV_ENTRY_POINT, register_envs
+
+    register_envs()
+    entry = gymnasium.registry.get(env_id)
+    if entry is not None and entry.vector_entry_point != MULTITURN_ENV_ENTRY_POINT:
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but task {env_id} has one turn: turn-level "
+            "credit is undefined there; use a multi-turn task (marlhf/ToolLookup-v0, "
+            "marlhf/GuessTheNumber-v0, ...) or a sequence-level estimator such as grpo"
+        )
 
 
 def check_estimator_env(estimator: str, env: Any) -> None:
@@ -478,4 +511,14 @@ def check_estimator_env(estimator: str, env: Any) -> None:
                 f"estimator {estimator!r} needs state_key() from the env, but {where}'s text "
                 f"env {lacking[0]} has none; implement state_key() or choose an estimator "
                 "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
+            )
+    if spec.requires & {"turn_potentials", "ref_turn_potentials"}:
+        from marlhf.agents.turn_potentials import has_gold
+
+        lacking = [env_name(t) for t in texts if not has_gold(t)]
+        if lacking:
+            raise TurnInputError(
+                f"estimator {estimator!r} scores log p(gold | s), but {where}'s text env "
+                f"{lacking[0]} has no gold(); implement gold() -> str (the answer the agent "
+                "should give) or choose another estimator"
             )

@@ -131,3 +131,78 @@ def _score(
         cols = slice(len(prefix), len(prefix) + len(g))
         out.append((float(logp[j, cols].double().sum()), len(g)))
     return out
+
+
+#: EstimatorBatch field of each potential source.
+FIELDS: dict[str, str] = {"turn_potentials": "policy", "ref_turn_potentials": "reference"}
+
+
+def has_gold(env: object) -> bool:
+    """The text env (unwrapped) has ``gold() -> str``."""
+    return callable(getattr(getattr(env, "env", env), "gold", None))
+
+
+def gold_ids(env: Any, codec: Any) -> list[list[int]]:
+    """Each row's gold answer, tokenised with the task's codec.
+
+    :param env: the batched multi-turn env (its ``envs``: one text env per row).
+    :raises ValueError: a text env without ``gold()``, or a gold answer of no tokens.
+    """
+    out = []
+    for i, text_env in enumerate(getattr(env, "envs", [])):
+        inner = getattr(text_env, "env", text_env)
+        if not has_gold(inner):
+            raise ValueError(
+                f"estimator 'turn_potential' scores log p(gold | s), but the text env "
+                f"{getattr(text_env, 'name', type(inner).__name__)} has no gold(); implement "
+                "gold() -> str (the answer the agent should give)"
+            )
+        ids = list(codec.encode(str(inner.gold())))
+        if not ids:
+            raise ValueError(f"row {i}: gold() {inner.gold()!r} encodes to no tokens")
+        out.append(ids)
+    return out
+
+
+def fill_potentials(
+    batch: Any,
+    requires: frozenset[str],
+    policy: Any,
+    buffer: Any,
+    env: Any,
+    temperature: float = 1.0,
+    chunk: int | None = None,
+) -> None:
+    """Set ``batch.turn_potentials`` / ``batch.ref_turn_potentials`` (those declared) to
+    ``log p(gold | s_k)`` at each turn start of the rollout in ``buffer``.
+
+    The batch is in the buffer's action layout (``batch.turn_ids``, ``batch.num_turns`` filled);
+    ``buffer.action_index`` maps an action to its episode column (``None``: the same).
+    """
+    from marlhf.agents.turn_maths import turn_layout
+
+    wanted = [f for f in FIELDS if f in requires]
+    if not wanted:
+        return
+    if batch.turn_ids is None or batch.num_turns is None:
+        raise ValueError("fill_potentials: the batch has no turns (fill them first)")
+    k_max = int(batch.num_turns.max())
+    layout = turn_layout(batch.turn_ids, batch.mask, batch.num_turns, k_max)
+    index = getattr(buffer, "action_index", None)
+    cols = layout.start if index is None else torch.gather(index, 1, layout.start)
+    gold = gold_ids(env, env.codec)
+    for name in wanted:
+        value = gold_potentials(
+            policy,
+            buffer.prompt_ids,
+            buffer.prompt_mask,
+            buffer.response_ids,
+            cols,
+            layout.valid,
+            gold,
+            source=FIELDS[name],
+            temperature=temperature,
+            action_mask=getattr(buffer, "action_mask", None),
+            chunk=chunk,
+        )
+        setattr(batch, name, value)

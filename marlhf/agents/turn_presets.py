@@ -86,6 +86,45 @@ TURN_PRESETS: dict[str, Preset] = {
             "no critic pre-training and no fixed-turn batching",
         ),
     ),
+    "vineppo-turns": Preset(
+        fixed={
+            "estimator": "turn_mc:gamma=1.0;lam=0.0",
+            "termination": "turn",
+            "normalize_advantage": False,
+            "kl_in": "loss",
+            "kl_estimator": "k3",
+        },
+        suggested={"mc_rollouts": 4, "mc_max_starts": 8},
+        source=(
+            "VinePPO (arXiv 2410.01679) for agents: Monte-Carlo values from each turn start "
+            "(continuations replay the env from its seed and the episode's tokens), TD(0) "
+            "over turns"
+        ),
+        not_reproduced=(
+            "VinePPO branches at reasoning steps inside one response; here at turn starts "
+            "(mc_max_starts must cover the task's max_turns, else the estimator says so)",
+        ),
+    ),
+    "igpo": Preset(
+        fixed={
+            "estimator": (
+                "turn_potential:source=policy;gamma=1.0;terminal=last;normalize=group_rewards"
+            ),
+            **_GROUP,
+        },
+        suggested={"group_size": 4},
+        source=(
+            "IGPO (arXiv 2510.14967): information-gain turn rewards Phi(s') - Phi(s) from the "
+            "policy's belief in the gold answer, the outcome on the final turn, every turn "
+            "reward normalised over the group, then summed"
+        ),
+        not_reproduced=(
+            "Phi is log p(gold | s) (the sum of the gold tokens' log-probabilities); IGPO uses "
+            "the length-normalised probability exp(mean log p) (turn_potentials.gold_potentials "
+            "computes it with kind='mean_prob', not wired to the estimator)",
+            "the env must give gold() (ToolLookup and GuessTheNumber do)",
+        ),
+    ),
     "rebn": Preset(
         fixed={"estimator": "rebn:gamma=0.9", "normalize_advantage": False},
         source=(

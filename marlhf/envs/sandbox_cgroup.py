@@ -27,7 +27,10 @@ import contextlib
 import functools
 import itertools
 import os
+import shutil
 import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,8 +176,11 @@ def _make(layout: _Layout, name: str, memory_bytes: int, tasks: int) -> RunCgrou
     return group
 
 
+_probe_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
-def _probe() -> tuple[_Layout | None, str]:
+def _probe_once() -> tuple[_Layout | None, str]:
     try:
         layout = _layout()
     except OSError as exc:
@@ -188,10 +194,28 @@ def _probe() -> tuple[_Layout | None, str]:
                 _write(control, "+memory +pids")
     clean_stale(layout)
     try:
-        _make(layout, f"{PREFIX}{os.getpid()}-probe", 64 * 2**20, 8).remove()
+        group = _make(layout, f"{PREFIX}{os.getpid()}-probe", 64 * 2**20, 8)
     except OSError as exc:
         return None, f"cannot create a cgroup under {layout.memory_base} ({exc})"
+    try:  # the launcher must be able to join it, exactly as runs will
+        sh = shutil.which("sh") or "/bin/sh"
+        argv = [sh, "-c", JOIN_SCRIPT, "sh", *group.procs, "--", sh, "-c", "exit 0"]
+        joined = subprocess.run(argv, capture_output=True, timeout=30)
+        problem = joined.stderr.decode(errors="replace").strip()[-300:]
+        problem = "" if joined.returncode == 0 else problem or f"exit {joined.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    finally:
+        group.remove()
+    if problem:
+        return None, f"cannot join a cgroup under {layout.memory_base} ({problem})"
     return layout, ""
+
+
+def _probe() -> tuple[_Layout | None, str]:
+    """The layout runs use (None when there is none) and why not; probed once per process."""
+    with _probe_lock:
+        return _probe_once()
 
 
 def cgroup_support() -> str:

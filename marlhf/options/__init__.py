@@ -2,9 +2,9 @@
 
 Importing this package registers every built-in termination (``ngram``, ``random_ngram``,
 ``perplexity``, ``punctuation``, ``union``, ``min_length``, ``max_length``, the turn level
-``turn`` and nesting ``within`` (``A > B``), the cut-budget rules
-``entropy``, ``value_change``, ``even``, ``random_cuts``, ``surprisal`` and ``learned``, and, when
-their modules are present, ``treesitter`` and ``parse``); ``available_terminations()`` lists them.
+``turn`` and nesting ``within`` (``A > B``), the cut-budget rules ``entropy``, ``value_change``,
+``even``, ``random_cuts``, ``surprisal``, ``cap`` and ``learned``, and, when their modules are
+present, ``treesitter`` and ``parse``); ``available_terminations()`` lists them.
 """
 
 import importlib
@@ -19,7 +19,14 @@ from marlhf.options.base import (
     lengths_to_starts,
     validate_starts,
 )
-from marlhf.options.budget import CutBudget, EvenCuts, RandomCuts, ScoredTermination, Surprisal
+from marlhf.options.budget import (
+    Cap,
+    CutBudget,
+    EvenCuts,
+    RandomCuts,
+    ScoredTermination,
+    Surprisal,
+)
 from marlhf.options.combinators import MaxLength, MinLength, Union
 from marlhf.options.entropy import Entropy
 from marlhf.options.learned import Learned
@@ -59,6 +66,7 @@ del _module
 
 __all__ = [
     "REDUCTIONS",
+    "Cap",
     "CutBudget",
     "Entropy",
     "EvenCuts",

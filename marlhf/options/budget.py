@@ -18,7 +18,8 @@ response's first token; the last token is never a candidate, because the agents 
 (``isolate_last``, on by default) for every rule alike, so rules at the same budget end up with
 the same number of segments. Ties are broken towards the earlier position.
 
-Two baselines at equal cuts live here too: ``even`` (``k`` evenly spaced cuts: the n-gram
+``cap:K|SPEC`` puts any rule at a budget (of its cuts, ``K`` spread evenly). Two baselines at
+equal cuts live here too: ``even`` (``k`` evenly spaced cuts: the n-gram
 rule at a given number of cuts) and ``random_cuts`` (``k`` positions drawn uniformly), and
 ``surprisal`` (the low-probability rule of SPO ranked: the ``k`` least likely tokens).
 """
@@ -31,7 +32,8 @@ from typing import Any
 
 import torch
 
-from marlhf.options.base import SegmentationBatch, Termination
+from marlhf.options.base import SegmentationBatch, Termination, compute_starts
+from marlhf.options.combinators import Combinator, _unwrap
 from marlhf.options.registry import register_termination
 
 
@@ -258,3 +260,71 @@ class Surprisal(ScoredTermination):
 
     def scores(self, batch: SegmentationBatch) -> torch.Tensor:
         return -require(batch, "logprobs", self.name)
+
+
+@register_termination("cap")
+class Cap(Combinator):
+    """Any termination at a cut budget: keep at most ``budget`` of its cuts, spread evenly over
+    them (of ``m > budget`` cuts, those numbered ``round(j (m + 1) / (budget + 1))``,
+    ``j = 1..budget``; with ``m <= budget`` all of them). For rules without a score
+    (punctuation, parse, perplexity, n-grams). Spec ``cap:4|punctuation``.
+
+    :param termination: the inner termination or its spec.
+    :param budget: at most this many cuts per response, an int >= 1.
+    """
+
+    def __init__(self, termination: Termination | str, budget: int) -> None:
+        if not isinstance(termination, Termination | str):
+            raise TypeError(
+                f"cap: termination={termination!r} must be a Termination or a spec string, "
+                "e.g. Cap('punctuation', 4)"
+            )
+        super().__init__([termination])
+        self.cut_budget = CutBudget(self.name, budget=budget)
+        self.budget = budget
+
+    @property
+    def inner(self) -> Termination:
+        """The wrapped termination."""
+        return self.parts[0]
+
+    def check_horizon(self, horizon: int) -> None:
+        """Raise when the cut budget exceeds the task's horizon (agents call it once)."""
+        self.cut_budget.check_horizon(horizon)
+
+    def config_kwargs(self) -> dict[str, Any]:
+        return {"termination": self.inner, "budget": self.budget}
+
+    @classmethod
+    def parse_spec_args(cls, rest: str) -> tuple[list[Any], dict[str, Any]]:
+        """``"K|SPEC"`` -> ``(["SPEC", K], {})``."""
+        head, sep, inner = rest.partition("|")
+        inner = _unwrap(inner.strip())  # the whole rest is the inner spec
+        if not sep or not inner:
+            raise ValueError(f"cap spec {rest!r}: expected K|SPEC, e.g. cap:4|punctuation")
+        try:
+            budget = int(head.strip())
+        except ValueError:
+            raise ValueError(
+                f"cap spec {rest!r}: budget={head.strip()!r} must be an integer >= 1"
+            ) from None
+        return [inner, budget], {}
+
+    def starts(self, batch: SegmentationBatch) -> torch.Tensor:
+        mask = batch.mask
+        cuts = compute_starts(self.inner, batch) & self.cut_budget.candidates(mask)
+        self._sync_stats()
+        rank = torch.cumsum(cuts.long(), dim=1)  # 1 for a row's first cut
+        m = rank[:, -1:] if rank.shape[1] else rank
+        k = self.budget
+        keep = cuts & (m <= k)
+        for j in range(1, k + 1):
+            target = torch.round(j * (m.double() + 1) / (k + 1)).long()
+            keep |= cuts & (m > k) & (rank == target)
+        if mask.shape[1]:
+            keep[:, 0] = mask[:, 0]
+        return keep
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.budget}|{self.inner.spec}"

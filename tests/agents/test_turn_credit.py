@@ -526,6 +526,10 @@ def test_env_checks_name_the_estimator_the_env_and_what_is_missing() -> None:
         check_estimator_env("grpo + 0.5 * gigpo_step", plain)
     check_estimator_env("turn_mc", plain)  # continuations replay the env: no clone() needed
     check_estimator_env("mt_grpo_fixed", plain)  # needs turns only
+    with pytest.raises(
+        TurnInputError, match=r"'turn_potential' scores log p\(gold \| s\), .*Keyed has no gold\(\)"
+    ):
+        check_estimator_env("turn_potential", plain)
     keyed = _MultiTurnEnv([_KeyedEnv(), _KeyedEnv()])
     for name in ("gigpo", "turn_mc", "turn_gae"):
         check_estimator_env(name, keyed)

@@ -89,3 +89,57 @@ def test_bad_arguments_are_named() -> None:
         gold_potentials(policy, *args, cols, valid, [[1]], source="ref")
     with pytest.raises(ValueError, match=r"kind='prob' is not valid"):
         gold_potentials(policy, *args, cols, valid, [[1]], kind="prob")
+
+
+class _Gold:
+    name = "Gold"
+
+    def __init__(self, answer: str) -> None:
+        self.answer = answer
+
+    def gold(self) -> str:
+        return self.answer
+
+
+class _NoGold:
+    name = "NoGold"
+
+
+def test_fill_potentials_maps_action_turn_starts_to_episode_columns() -> None:
+    from types import SimpleNamespace
+
+    from marlhf.agents.estimators import EstimatorBatch
+    from marlhf.agents.turn_potentials import fill_potentials
+    from marlhf.tokenization import SymbolCodec
+
+    codec = SymbolCodec([str(i) for i in range(V - 2)])
+    policy = CausalLMActorCritic(tiny_gpt2(codec.vocab_size, n_layer=1, n_embd=16, n_head=2))
+    # Episode layout: row 0 = a a e e a (two turns, the env's two tokens between), row 1 = a a.
+    response_ids = torch.tensor([[3, 4, 5, 6, 7], [3, 8, 0, 0, 0]])
+    action_index = torch.tensor([[0, 1, 4, 0, 0], [0, 1, 0, 0, 0]])  # action j -> episode col
+    mask = torch.tensor([[True, True, True, False, False], [True, True, False, False, False]])
+    turn_ids = torch.tensor([[0, 0, 1, -1, -1], [0, 0, -1, -1, -1]])
+    buffer = SimpleNamespace(
+        prompt_ids=torch.tensor([[0, 2], [2, 3]]),
+        prompt_mask=torch.tensor([[0, 1], [1, 1]]),
+        response_ids=response_ids,
+        action_index=action_index,
+        action_mask=None,
+    )
+    env = SimpleNamespace(envs=[_Gold("7"), _Gold("12")], codec=codec)
+    zeros = torch.zeros(2, 5)
+    batch = EstimatorBatch(
+        zeros, zeros, mask, mask, turn_ids=turn_ids, num_turns=torch.tensor([2, 1])
+    )
+    fill_potentials(batch, frozenset({"turns", "turn_potentials"}), policy, buffer, env)
+    assert batch.ref_turn_potentials is None and batch.turn_potentials is not None
+    gold = [codec.encode("7"), codec.encode("12")]
+    cols = torch.tensor([[0, 4], [0, 0]])  # turn 1 of row 0 starts at episode column 4
+    valid = torch.tensor([[True, True], [True, False]])
+    want = gold_potentials(
+        policy, buffer.prompt_ids, buffer.prompt_mask, response_ids, cols, valid, gold
+    )
+    torch.testing.assert_close(batch.turn_potentials, want)
+    env.envs = [_Gold("7"), _NoGold()]
+    with pytest.raises(ValueError, match=r"text env NoGold has no gold\(\)"):
+        fill_potentials(batch, frozenset({"ref_turn_potentials"}), policy, buffer, env)

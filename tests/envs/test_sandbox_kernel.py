@@ -322,3 +322,32 @@ def test_limits_accept_whole_floats_and_refuse_fractions_of_a_mib() -> None:
             SandboxLimits(**{field: math.nan})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="audit_hook"):
         SandboxLimits(audit_hook="no")  # type: ignore[arg-type]
+
+
+def test_an_answer_past_the_result_limit_counts_as_missing() -> None:
+    program = "def f(n):\n    return 'x' * n\n"
+    limits = dataclasses.replace(BARE, result_mb=1)
+    outcome = run_calls(program, "f", [((10,), {}), ((3 * 2**20,), {})], limits)
+    assert [r.kind for r in outcome.results] == ["value", "missing"], outcome.results
+    assert outcome.results[0].value == "x" * 10
+
+
+def test_a_cgroup_that_cannot_be_joined_means_the_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = cgroup._probe()[0]
+    if layout is None:
+        pytest.skip(f"no cgroups here: {cgroup.cgroup_support()}")
+    monkeypatch.setattr(cgroup, "JOIN_SCRIPT", "exit 125")
+    found, why = cgroup._probe_once.__wrapped__()
+    assert found is None and "cannot join" in why
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -2.0])
+def test_humaneval_refuses_a_bad_timeout_naming_it(value: float) -> None:
+    from marlhf.envs.code import HumanEvalTask
+
+    problem = {"prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n"}
+    problem["entry_point"] = "f"
+    with pytest.raises(ValueError, match="HumanEvalTask: timeout_s="):
+        HumanEvalTask(split="all", problems={"a": problem, "b": problem}, timeout_s=value)

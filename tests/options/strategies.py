@@ -45,6 +45,7 @@ DEFAULT_SPECS = {
     "union": "union:ngram:3|punctuation",
     "min_length": "min_length:3|punctuation",
     "max_length": "max_length:4|perplexity",
+    "cap": "cap:2|punctuation",
     "within": "ngram:5 > punctuation",
 }
 EXTRA_SPECS = [
@@ -57,6 +58,10 @@ EXTRA_SPECS = [
     "union:(max_length:2|ngram:inf)|random_ngram|perplexity",
     "min_length:2|union:ngram:1|punctuation",
     "max_length:3|min_length:2|perplexity:released",
+    "cap:1|union:ngram:2|punctuation",
+    "entropy:q=0.3",
+    "value_change:threshold=0.5;budget=2",
+    "learned:length=3.0",
     "turn > ngram:2",
     "within:(union:ngram:3|punctuation)|perplexity",
 ]

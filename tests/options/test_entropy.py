@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marlhf.options import (
+    Cap,
     CutBudget,
     ScoredTermination,
     SegmentationBatch,
@@ -176,3 +177,26 @@ def test_specs_round_trip(spec: str) -> None:
     again = make_termination(term.spec)
     assert again.spec == term.spec
     assert again.config_kwargs() == term.config_kwargs()
+
+
+def test_cap_keeps_an_evenly_spread_subset_of_any_rule() -> None:
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    mask[1, 9:] = False
+    batch = SegmentationBatch(torch.ones(2, 20).long(), mask)
+    inner = compute_starts(make_termination("ngram:2"), batch)  # cuts at 2, 4, ..., 18
+    capped = compute_starts(make_termination("cap:3|ngram:2"), batch)
+    # of its 9 cuts, those numbered round(j * 10 / 4) = 2, 5, 8 (halves to even)
+    assert capped[0].nonzero().flatten().tolist() == [0, 4, 10, 16]
+    assert bool((capped <= inner).all())  # a subset of the rule's own starts
+    assert capped[1].nonzero().flatten().tolist() == [0, 2, 4, 6]  # 3 cuts of 3: all kept
+    term = make_termination("cap:3|union:ngram:2|punctuation")
+    assert term.spec.startswith("cap:3|union:ngram:2|punctuation")
+    assert make_termination(term.spec).spec == term.spec
+    with pytest.raises(ValueError, match=r"cap: budget=0 must be >= 1"):
+        make_termination("cap:0|ngram:2")
+    with pytest.raises(ValueError, match=r"cap spec '2': expected K\|SPEC"):
+        make_termination("cap:2")
+    big = make_termination("cap:9|ngram:2")
+    assert isinstance(big, Cap)
+    with pytest.raises(ValueError, match=r"cap: budget=9 cuts exceeds the horizon \(8"):
+        big.check_horizon(8)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -235,9 +236,9 @@ def test_agent_trains_its_learned_termination_and_saves_it(tmp_path: Path) -> No
     assert "state" not in before
     algo.learn(16 * 12 * 2)
     stats = algo.rollout_stats
-    for key in ("termination/loss", "termination/rmse", "termination/oracle_rmse"):
-        assert key in stats
-    assert stats["termination/oracle_rmse"] <= stats["termination/rmse"] + 1e-9
+    for key in ("loss", "rmse", "oracle_rmse", "truth_tokens"):
+        assert f"train/termination_{key}" in stats
+    assert stats["train/termination_oracle_rmse"] <= stats["train/termination_rmse"] + 1e-9
     assert term.updates == 20 and term.truth_tokens > 0
     assert (term.arch, term.vocab_size) == ("GPT2LMHeadModel-h16", algo.policy.vocab_size)
     path = tmp_path / "agent.zip"
@@ -274,3 +275,28 @@ def test_a_loaded_termination_refuses_another_policy() -> None:
     )
     with pytest.raises(ValueError, match=r"learned: arch='GPT2LMHeadModel-h16'.*h32"):
         other.learn(16 * 12)
+
+
+@pytest.mark.slow
+def test_cli_trains_a_learned_termination(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from marlhf.training.cli import main
+    from tests.training.conftest import TINY, sets
+
+    argv = sets(
+        "task.id=marlhf/CreditSum-v0",
+        "task.kwargs={horizon: 6, num_symbols: 2, num_decisions: 2}",
+        *TINY[1:],
+        "algo=mappo",
+        "termination=learned:budget=2",
+        "total_timesteps=96",
+        f"output_dir={tmp_path}",
+    )
+    assert main(["train", *argv]) == 0
+    capsys.readouterr()
+    result = json.loads((tmp_path / "result.json").read_text())
+    losses = [r["value"] for r in result["rows"] if r["metric"] == "train/termination_loss"]
+    assert losses and all(math.isfinite(v) for v in losses)
+    loaded = MAPPO.load(tmp_path / "final.zip")
+    assert isinstance(loaded.termination, Learned) and loaded.termination.is_trained

@@ -75,6 +75,10 @@ class ToolLookupEnv:
     def state_key(self) -> tuple[int, bool, int]:
         return self.x, self.revealed, self.turn
 
+    def gold(self) -> str:
+        """The right answer (the potential-based estimators score ``log p(gold | s)``)."""
+        return f"a{self.x}"
+
     def clone(self) -> ToolLookupEnv:
         copy = ToolLookupEnv(self.n_answers, self.tool_cost)
         copy.x, copy.revealed, copy.turn = self.x, self.revealed, self.turn

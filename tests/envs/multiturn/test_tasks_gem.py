@@ -105,13 +105,13 @@ def test_state_key_tracks_the_game_state() -> None:
     hash(moved)
 
 
-def test_turn_limit_is_truncation_not_termination() -> None:
+def test_the_game_ending_at_its_turn_limit_is_termination() -> None:
     env = make_gem_env("game:TowerofHanoi-v0-easy")
     env.reset(seed=0)
     flags = [env.step("\\boxed{B C}")[2:] for _ in range(10)]  # B is empty: invalid, no end
     assert all(not terminated and not truncated for terminated, truncated, _ in flags[:-1])
     terminated, truncated, info = flags[-1]
-    assert (terminated, truncated, info["gem_terminated"]) == (False, True, True)
+    assert (terminated, truncated, info["gem_truncated"]) == (True, False, True)
 
 
 def test_observation_carries_the_state_suffix_and_can_leave_it_out() -> None:
@@ -197,3 +197,66 @@ def test_mastermind_optimum_is_reached_by_consistent_guessing(level: str) -> Non
             total += reward
             done = terminated or truncated
         assert terminated and not truncated and total == pytest.approx(1.0), (seed, history)
+
+
+def test_sokoban_rules_match_gem_step_by_step() -> None:
+    from marlhf.envs.multiturn.tasks.gem_games import SokobanRules
+
+    env = make_gem_env("game:Sokoban-v0-easy")
+    rng = np.random.default_rng(0)
+    for seed in range(4):
+        env.reset(seed=seed)
+        rules = SokobanRules(env.env.room_fixed)
+        board = rules.board(env.env.room_state)
+        for direction in rng.choice(["up", "down", "left", "right"], size=20):
+            _, _, terminated, truncated, _ = env.step(f"\\boxed{{{direction}}}")
+            board = rules.move(board, str(direction))
+            assert board == rules.board(env.env.room_state), (seed, direction)
+            if terminated or truncated:
+                break
+
+
+def test_sokoban_plans_solve_the_boards_in_gem() -> None:
+    from marlhf.envs.multiturn.tasks.gem_games import sokoban_optimum, sokoban_plan
+
+    env = make_gem_env("game:Sokoban-v0-easy")
+    solved = 0
+    for seed in range(8):
+        env.reset(seed=seed)
+        fixed, state, turns = env.env.room_fixed, env.env.room_state, env.env.max_turns
+        plan = sokoban_plan(fixed, state, turns)
+        assert (plan is not None) == (sokoban_optimum(fixed, state, turns) == 1.0)
+        if plan is None:
+            continue
+        steps = [env.step(f"\\boxed{{{move}}}") for move in plan]
+        assert sum(s[1] for s in steps) == 1.0 and steps[-1][2] and len(plan) <= turns
+        solved += 1
+    assert solved >= 6
+
+
+@pytest.mark.slow
+def test_sokoban_documented_optimum_is_the_search_over_its_seeds() -> None:
+    from marlhf.envs.multiturn.tasks.gem_games import GAMES, sokoban_optimum
+
+    env = make_gem_env("game:Sokoban-v0-easy")
+    values = []
+    for seed in range(200):
+        env.reset(seed=seed)
+        values.append(sokoban_optimum(env.env.room_fixed, env.env.room_state, env.env.max_turns))
+    assert float(np.mean(values)) == pytest.approx(GAMES["GemSokoban"].optimum["easy"])
+
+
+def test_sokoban_offers_the_easy_level_only() -> None:
+    from marlhf.envs.multiturn.tasks.gem_games import GemSokobanTask
+
+    with pytest.raises(ValueError, match=r"level='hard'; valid: \['easy'\]"):
+        GemSokobanTask(level="hard")
+
+
+def test_gem_reasoning_gym_env_is_one_turn_and_terminates() -> None:
+    env = make_gem_env("rg:chain_sum")
+    question, _ = env.reset(seed=0)
+    assert question.startswith("State the final answer")
+    _, reward, terminated, truncated, info = env.step("\\boxed{-1}")
+    assert (terminated, truncated, info["gem_truncated"]) == (True, False, True)
+    assert reward in (0.0, 1.0)

@@ -6,6 +6,7 @@ task name         what it asks                                   module
 GuessTheNumber    find a number with higher/lower feedback       :mod:`.guess_number`
 GemHanoi          GEM's Tower of Hanoi                           :mod:`.gem_games`
 GemMastermind     GEM's Mastermind                               :mod:`.gem_games`
+GemSokoban        GEM's Sokoban (easy)                           :mod:`.gem_games`
 ReasoningRetry    reasoning-gym, retries after a wrong answer    :mod:`.reasoning_retry`
 CodeFeedback      HumanEval, one retry after the sandbox error   :mod:`.code_feedback`
 ================  ============================================  ======================
@@ -22,6 +23,7 @@ TASKS = {
     "GuessTheNumber": f"{_HERE}.guess_number:GuessTheNumberTask",
     "GemHanoi": f"{_HERE}.gem_games:GemHanoiTask",
     "GemMastermind": f"{_HERE}.gem_games:GemMastermindTask",
+    "GemSokoban": f"{_HERE}.gem_games:GemSokobanTask",
     "ReasoningRetry": f"{_HERE}.reasoning_retry:ReasoningRetryTask",
     "CodeFeedback": f"{_HERE}.code_feedback:CodeFeedbackTask",
 }

@@ -4,14 +4,20 @@
   with ``\\boxed{A C}``-style moves (easy: 3 disks in 10 turns; hard: 5 in 35).
 - ``GemMastermind``: Mastermind (``game:Mastermind-v0-<level>``), find the code from black and
   white pegs (easy: 2 distinct digits of 1-6 in 10 turns; hard: 4 of 1-8 in 30).
+- ``GemSokoban``: Sokoban (``game:Sokoban-v0-easy``), push 2 boxes onto targets in a 6x6 room
+  within 20 turns (the hard level, 8x8 with 4 boxes, is too large for the optimum's search).
 
 Rewards are GEM's own (``gem.utils.constants.LanguageGameReward``): ``0`` for an ordinary or
 invalid move and ``-0.1`` for a turn without a ``\\boxed{...}`` move (which ends the episode).
-Hanoi pays ``+1`` for the solving move (at the turn limit instead: the share of disks on C);
-Mastermind pays ``k / code_length`` whenever the best count of black pegs so far rises by
-``k``, so a solved code totals 1. The optimum is 1.0 at the ``easy`` and ``hard`` levels (the
-tests reach it with scripted solvers: Hanoi's ``2**n - 1`` moves fit in its turn limit,
-consistent guessing finds every Mastermind code in time). ``random_return`` (the uniform token
+Hanoi and Sokoban pay ``+1`` for the solving move (at the turn limit instead: the share of disks
+on C, of boxes on targets); Mastermind pays ``k / code_length`` whenever the best count of black
+pegs so far rises by ``k``, so a solved code totals 1.
+
+The optimum is 1.0 for Hanoi and Mastermind at both levels (the tests reach it with scripted
+solvers: Hanoi's ``2**n - 1`` moves fit in its turn limit, consistent guessing finds every
+Mastermind code in time). For Sokoban it is :data:`SOKOBAN_EASY_OPTIMUM` = 0.9975, the mean of
+the exact per-board optimum (:func:`sokoban_optimum`) over the boards of seeds 0..199: GEM's
+generator does not promise a board solvable in time. ``random_return`` (the uniform token
 policy) is GEM's format-error reward, -0.1: random tokens essentially never spell a
 ``\\boxed{...}`` move, so the first turn ends the episode (the driver test checks it).
 :func:`random_move_return` is the text-level baseline: a uniformly random well-formed move each
@@ -34,9 +40,18 @@ from marlhf.envs.multiturn.tasks.gem_adapter import GemTextEnv, import_gem, make
 from marlhf.envs.tasks import resolve_codec
 from marlhf.tokenization import TokenCodec
 
-__all__ = ["GAMES", "GemGameTask", "GemHanoiTask", "GemMastermindTask", "random_move_return"]
+__all__ = [
+    "GAMES",
+    "GemGameTask",
+    "GemHanoiTask",
+    "GemMastermindTask",
+    "GemSokobanTask",
+    "SokobanRules",
+    "random_move_return",
+    "sokoban_optimum",
+    "sokoban_plan",
+]
 
-LEVELS = ("easy", "hard")
 RandomMove = Callable[[Any, np.random.Generator], str]
 
 
@@ -50,24 +65,121 @@ def _mastermind_move(env: Any, rng: np.random.Generator) -> str:
     return "\\boxed{" + " ".join(str(int(d)) for d in digits) + "}"
 
 
+_DIRECTIONS = {"up": (-1, 0), "down": (1, 0), "left": (0, -1), "right": (0, 1)}
+#: The mean of :func:`sokoban_optimum` over GEM's easy boards of seeds 0..199 (199 solvable in
+#: 20 turns, one at best half solved); the tests recompute it.
+SOKOBAN_EASY_OPTIMUM = 0.9975
+
+
+def _sokoban_move(env: Any, rng: np.random.Generator) -> str:
+    return f"\\boxed{{{list(_DIRECTIONS)[int(rng.integers(4))]}}}"
+
+
+Cell = tuple[int, int]
+Board = tuple[Cell, frozenset[Cell]]  # (player, boxes)
+
+
+class SokobanRules:
+    """GEM's Sokoban rules on a fixed room, for search: a move into a wall, off the room, or
+    pushing a box into a wall or another box leaves the board unchanged (the turn is spent);
+    the tests check these rules against GEM step by step.
+
+    :param room_fixed: GEM's ``room_fixed`` (0 wall, 1 floor, 2 target).
+    """
+
+    def __init__(self, room_fixed: np.ndarray) -> None:
+        self.rows, self.cols = room_fixed.shape
+        self.walls = {(int(r), int(c)) for r, c in np.argwhere(room_fixed == 0)}
+        self.targets = frozenset((int(r), int(c)) for r, c in np.argwhere(room_fixed == 2))
+
+    @staticmethod
+    def board(room_state: np.ndarray) -> Board:
+        """``(player, boxes)`` of GEM's ``room_state`` (3 box on target, 4 box, 5 player)."""
+        boxes = frozenset((int(r), int(c)) for r, c in np.argwhere(np.isin(room_state, (3, 4))))
+        player = np.argwhere(room_state == 5)[0]
+        return (int(player[0]), int(player[1])), boxes
+
+    def free(self, cell: Cell) -> bool:
+        return 0 <= cell[0] < self.rows and 0 <= cell[1] < self.cols and cell not in self.walls
+
+    def move(self, board: Board, direction: str) -> Board:
+        """The board after one move (``"up"``, ``"down"``, ``"left"``, ``"right"``)."""
+        (r, c), boxes = board
+        dr, dc = _DIRECTIONS[direction]
+        step = (r + dr, c + dc)
+        if not self.free(step):
+            return board
+        if step not in boxes:
+            return step, boxes
+        push = (step[0] + dr, step[1] + dc)
+        if not self.free(push) or push in boxes:
+            return board
+        return step, (boxes - {step}) | {push}
+
+    def solved(self, board: Board) -> bool:
+        return board[1] <= self.targets
+
+
+def sokoban_optimum(room_fixed: np.ndarray, room_state: np.ndarray, turns: int) -> float:
+    """The optimal return of a GEM Sokoban board with ``turns`` turns left: 1.0 when some plan
+    puts every box on a target in time, else the best share of boxes on targets at the turn
+    limit (what GEM pays there). A layered breadth-first search with :class:`SokobanRules`."""
+    rules = SokobanRules(room_fixed)
+    layer = {rules.board(room_state)}
+    for _ in range(turns):
+        layer = {rules.move(board, d) for board in layer for d in _DIRECTIONS}
+        if any(rules.solved(board) for board in layer):
+            return 1.0
+    return max(len(boxes & rules.targets) / len(boxes) for _, boxes in layer)
+
+
+def sokoban_plan(room_fixed: np.ndarray, room_state: np.ndarray, turns: int) -> list[str] | None:
+    """A shortest list of moves that solves the board within ``turns``, or None."""
+    rules = SokobanRules(room_fixed)
+    start = rules.board(room_state)
+    parents: dict[Board, tuple[Board, str] | None] = {start: None}
+    layer = [start]
+    for _ in range(turns):
+        following = []
+        for board in layer:
+            for direction in _DIRECTIONS:
+                after = rules.move(board, direction)
+                if after in parents:
+                    continue
+                parents[after] = (board, direction)
+                if rules.solved(after):
+                    plan = []
+                    link = parents[after]
+                    while link is not None:
+                        plan.append(link[1])
+                        link = parents[link[0]]
+                    return plan[::-1]
+                following.append(after)
+        layer = following
+    return None
+
+
 @dataclass(frozen=True)
 class Game:
     """One GEM game in marlhf.
 
     :param gem_name: the game's name in GEM's ids.
     :param random_move: a uniformly random well-formed move, given the GEM env and a generator.
-    :param optimum: the optimal return at every level marlhf registers (checked by the tests).
+    :param optimum: the optimal return of each level marlhf offers (checked by the tests).
     """
 
     gem_name: str
     random_move: RandomMove
-    optimum: float
+    optimum: dict[str, float]
 
 
-#: The games registered as tasks, by marlhf task name.
+#: The games registered as tasks, by marlhf task name. Sokoban's optimum is the mean of
+#: :func:`sokoban_optimum` over the boards of seeds 0..199 (GEM's generator does not promise
+#: a board solvable within the turn limit); its hard level is too large to search.
 GAMES = {
-    "GemHanoi": Game("TowerofHanoi", _hanoi_move, 1.0),
-    "GemMastermind": Game("Mastermind", _mastermind_move, 1.0),
+    "GemHanoi": Game("TowerofHanoi", _hanoi_move, {"easy": 1.0, "hard": 1.0}),
+    "GemMastermind": Game("Mastermind", _mastermind_move, {"easy": 1.0, "hard": 1.0}),
+    "GemSokoban": Game("Sokoban", _sokoban_move, {"easy": SOKOBAN_EASY_OPTIMUM}),
 }
 
 
@@ -82,7 +194,7 @@ def _format_error_reward() -> float:
 def random_move_return(task_name: str, level: str, episodes: int = 2000, seed: int = 0) -> float:
     """Mean return of a uniformly random well-formed move each turn (seeded simulation).
 
-    :param task_name: a key of :data:`GAMES`; :param level: ``"easy"`` or ``"hard"``.
+    :param task_name: a key of :data:`GAMES`; :param level: one of its levels.
     """
     game = GAMES[task_name]
     env = make_gem_env(f"game:{game.gem_name}-v0-{level}")
@@ -101,8 +213,8 @@ def random_move_return(task_name: str, level: str, episodes: int = 2000, seed: i
 class GemGameTask(MultiTurnTask):
     """A GEM game as a multi-turn task: text envs from :func:`make_gem_env`, a token codec.
 
-    :param game: a key of :data:`GAMES` (``"GemHanoi"``, ``"GemMastermind"``).
-    :param level: GEM's level, ``"easy"`` (default) or ``"hard"``.
+    :param game: a key of :data:`GAMES` (``"GemHanoi"``, ``"GemMastermind"``, ``"GemSokoban"``).
+    :param level: GEM's level, ``"easy"`` (default) or ``"hard"`` (not for Sokoban).
     :param codec: the token codec (its EOS ends turns); :param tokenizer: or a tokenizer / its
         folder (see :func:`~marlhf.envs.tasks.resolve_codec`; default: the 1024-token BPE).
     :param max_turn_tokens: agent tokens per turn, end of turn included (default 24).
@@ -120,9 +232,9 @@ class GemGameTask(MultiTurnTask):
     ) -> None:
         if game not in GAMES:
             raise ValueError(f"GemGameTask: game={game!r}; valid: {sorted(GAMES)}")
-        if level not in LEVELS:
-            raise ValueError(f"GemGameTask: level={level!r}; valid: {list(LEVELS)}")
         self.game = GAMES[game]
+        if level not in self.game.optimum:
+            raise ValueError(f"GemGameTask: level={level!r}; valid: {list(self.game.optimum)}")
         self.level = level
         self.env_id = f"game:{self.game.gem_name}-v0-{level}"
         self.include_suffix = include_suffix
@@ -136,7 +248,7 @@ class GemGameTask(MultiTurnTask):
         probe = self.make_env()
         self.max_turns = int(probe.env.max_turns)
         self.max_prompt_len, self.max_obs_tokens = self._measure_lengths(probe)
-        self.optimal_return = self.game.optimum
+        self.optimal_return = self.game.optimum[level]
         self.random_return = _format_error_reward()
 
     def make_env(self) -> GemTextEnv:
@@ -159,14 +271,54 @@ class GemGameTask(MultiTurnTask):
 
 
 class GemHanoiTask(GemGameTask):
-    """GEM's Tower of Hanoi (see :class:`GemGameTask`)."""
+    """GEM's Tower of Hanoi.
 
-    def __init__(self, level: str = "easy", **kwargs: Any) -> None:
-        super().__init__("GemHanoi", level, **kwargs)
+    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
+    pass the model's tokenizer.
+    """
+
+    def __init__(
+        self,
+        level: str = "easy",
+        codec: TokenCodec | None = None,
+        tokenizer: Any = None,
+        max_turn_tokens: int = 24,
+        include_suffix: bool = True,
+    ) -> None:
+        super().__init__("GemHanoi", level, codec, tokenizer, max_turn_tokens, include_suffix)
 
 
 class GemMastermindTask(GemGameTask):
-    """GEM's Mastermind (see :class:`GemGameTask`)."""
+    """GEM's Mastermind.
 
-    def __init__(self, level: str = "easy", **kwargs: Any) -> None:
-        super().__init__("GemMastermind", level, **kwargs)
+    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
+    pass the model's tokenizer.
+    """
+
+    def __init__(
+        self,
+        level: str = "easy",
+        codec: TokenCodec | None = None,
+        tokenizer: Any = None,
+        max_turn_tokens: int = 24,
+        include_suffix: bool = True,
+    ) -> None:
+        super().__init__("GemMastermind", level, codec, tokenizer, max_turn_tokens, include_suffix)
+
+
+class GemSokobanTask(GemGameTask):
+    """GEM's Sokoban, easy level.
+
+    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
+    pass the model's tokenizer.
+    """
+
+    def __init__(
+        self,
+        level: str = "easy",
+        codec: TokenCodec | None = None,
+        tokenizer: Any = None,
+        max_turn_tokens: int = 24,
+        include_suffix: bool = True,
+    ) -> None:
+        super().__init__("GemSokoban", level, codec, tokenizer, max_turn_tokens, include_suffix)

@@ -178,6 +178,10 @@ class GuessTheNumberEnv:
         info = {"guess": guess, "feedback": feedback, "turn": self.turns.turn}
         return feedback, reward, terminated, truncated, info
 
+    def gold(self) -> str:
+        """The right guess (the potential-based estimators score ``log p(gold | s)``)."""
+        return str(self.target)
+
     def state_key(self) -> Hashable:
         """``(target, turns used, lowest and highest target still consistent)``: equal for
         states with the same future dynamics and the same knowledge."""

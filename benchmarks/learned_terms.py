@@ -1,0 +1,429 @@
+"""Learned terminations against the heuristics at the same number of cuts.
+
+For each task and seed, a tiny GPT-2 (2 layers, width 64) is trained by MA-PPO whose
+termination is ``learned:budget=K`` (the learned termination trains between policy updates,
+:mod:`marlhf.agents.termination_training`). Then, on a fresh held-out rollout of that policy
+(the learned termination does not train on it), every termination cuts the same episodes at
+the same budget ``K`` and the agent's estimator (segment GAE on its critic) is scored against
+the truth (exact enumeration where the task has a decisive depth, Monte Carlo otherwise):
+token RMSE and correlation, per rule; the oracle cut set (greedy on the truth) is the floor.
+
+Second part (``tokens to threshold``): agents trained with each rule at the same budget on a
+subset of tasks; the tokens each needs until its rollout score (mean of 3 iterations) reaches
+the task's threshold, counting the learned termination's truth tokens (compute-matched).
+
+Tasks: CreditSum (h32), DelayedChoice (h32, h128), Reverse (Monte-Carlo truth) and
+KeyPosition (defined here: the decisive response position is given by the prompt, so it varies
+from prompt to prompt). The reasoning task (ReasoningGym, an SFT'd BPE GPT-2) is not run: its
+truth needs Monte Carlo over a BPE vocabulary, beyond this machine's budget.
+
+    python benchmarks/learned_terms.py --quick   # 2 seeds, short runs (what this session ran)
+    python benchmarks/learned_terms.py           # 5 seeds, longer runs
+    python benchmarks/learned_terms.py --render  # docs/credit_learned.md + the PNG from the JSON
+
+Writes ``benchmarks/results/learned_terms.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
+from marlhf.agents import MAPPO
+from marlhf.agents.rollout_io import collect
+from marlhf.agents.termination_training import (
+    base_starts,
+    estimator_errors,
+    estimator_function,
+    oracle_cuts,
+    target_advantages,
+)
+from marlhf.agents.truth import Sampling
+from marlhf.envs.registration import register_task
+from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, RewardMode
+from marlhf.envs.toy import ToyTask
+from marlhf.models import tiny_gpt2
+from marlhf.options import (
+    CutBudget,
+    SegmentationBatch,
+    build_termination,
+    compute_starts,
+    make_termination,
+    termination_config,
+)
+from marlhf.tokenization import SymbolCodec
+
+RESULTS = RESULTS_DIR / "learned_terms.json"
+ROOT = Path(__file__).resolve().parent.parent
+DOC = ROOT / "docs" / "credit_learned.md"
+PNG = ROOT / "docs" / "img" / "learned_cuts.png"
+BUDGET = 4
+#: budgets audited besides BUDGET, with the same trained scores
+OTHER_BUDGETS = (2, 8)
+NUM_ENVS = 32
+HEURISTICS = ["even", "random_cuts", "surprisal", "entropy", "value_change"]
+
+
+# ----------------------------------------------------------------------------- own task
+class _KeyPositionReward(RewardFunction):
+    mode: ClassVar[RewardMode] = "terminal"
+
+    def __call__(self, batch: RewardBatch) -> torch.Tensor:
+        dev = batch.response_ids.device
+        pos = torch.tensor([int(p.metadata["pos"]) for p in batch.prompts], device=dev)
+        want = torch.tensor([int(p.metadata["target_id"]) for p in batch.prompts], device=dev)
+        got = batch.response_ids.gather(1, pos[:, None]).squeeze(1)
+        real = batch.response_mask.gather(1, pos[:, None]).squeeze(1)
+        return ((got == want) & real).float()
+
+
+class KeyPositionTask(ToyTask):
+    """The prompt is a position digit ``p`` and a cue letter; the reward (at the horizon) is 1
+    when response token ``p`` is the cue's partner letter. The decisive position varies from
+    prompt to prompt; the tokens after it are filler (true advantage 0), and those before it
+    matter only through the policy's odds at ``p``.
+
+    :param horizon: response tokens (default 32).
+    :param positions: ``p`` is uniform in ``0 .. positions - 1`` (default 6; the exact truth
+        enumerates ``2 ** positions`` continuations per prompt).
+    """
+
+    def __init__(self, horizon: int = 32, positions: int = 6) -> None:
+        self.name = "KeyPosition"
+        self.positions = positions
+        self.codec = SymbolCodec([str(d) for d in range(positions)] + ["A", "B", "a", "b"])
+        self.max_prompt_len = 2
+        self.max_new_tokens = horizon
+        self.reward_fn = _KeyPositionReward()
+        self.optimal_return = 1.0
+        self.random_return = 0.5
+        self.decisive_tokens = positions
+        self._partner = {"A": "b", "B": "a"}
+
+    def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
+        out = []
+        for p, c in zip(
+            rng.integers(0, self.positions, n).tolist(), rng.integers(0, 2, n).tolist(), strict=True
+        ):
+            cue = "AB"[c]
+            text = f"{p}{cue}"
+            target = self.codec.tokens.index(self._partner[cue])
+            out.append(Prompt(self.codec.encode(text), {"pos": p, "target_id": target}, text=text))
+        return out
+
+    def action_mask(self) -> np.ndarray:
+        return self._mask_of(["a", "b"], eos=False)
+
+
+register_task("KeyPosition", KeyPositionTask)
+
+# task name -> (env id, kwargs, iterations quick, iterations full, threshold score)
+TASKS: dict[str, tuple[str, dict[str, Any], int, int, float]] = {
+    "CreditSum h32": ("marlhf/CreditSum-v0", {}, 12, 40, 0.80),
+    "DelayedChoice h32": ("marlhf/DelayedChoice-v0", {"horizon": 32}, 12, 40, 0.625),
+    "DelayedChoice h128": ("marlhf/DelayedChoice-v0", {"horizon": 128}, 6, 20, 0.625),
+    "Reverse": ("marlhf/Reverse-v0", {}, 12, 40, 0.5),
+    "KeyPosition h32": ("marlhf/KeyPosition-v0", {}, 12, 40, 0.75),
+}
+T2T_TASKS = ["CreditSum h32", "KeyPosition h32"]
+
+
+def make_agent(task: str, seed: int, termination: str) -> Any:
+    env_id, kwargs, *_ = TASKS[task]
+    env = gym.make_vec(env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", **kwargs)
+    model = tiny_gpt2(env.codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
+    return MAPPO(
+        model,
+        env,
+        learning_rate=1e-3,
+        batch_size=16,
+        kl_coef=0.0,
+        mask_actions=True,
+        seed=seed,
+        termination=termination,
+    )
+
+
+class Curve:
+    """Per iteration: tokens so far counting a learned termination's truth (compute-matched),
+    env tokens only, and the rollout score."""
+
+    def __init__(self) -> None:
+        self.points: list[tuple[int, int, float]] = []
+
+    def __call__(self, algo: Any) -> None:
+        env = int(algo.num_timesteps)
+        extra = int(getattr(algo.termination, "truth_tokens", 0))
+        self.points.append((env + extra, env, algo.rollout_stats["rollout/score_mean"]))
+
+
+def learn(algo: Any, tokens: int, curve: Curve | None = None) -> None:
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class _Rec(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            if curve is not None:
+                curve(self.model)
+
+    algo.learn(tokens, callback=_Rec(), reset_num_timesteps=False)
+
+
+def tokens_to_threshold(
+    points: list[tuple[int, int, float]], threshold: float, column: int = 0
+) -> float:
+    """Tokens (``column`` 0: compute-matched, 1: env only) at the first iteration where the
+    mean score of the last 3 iterations reaches ``threshold``; inf when none does."""
+    for i in range(len(points)):
+        window = [p[2] for p in points[max(0, i - 2) : i + 1]]
+        if len(window) == 3 and statistics.fmean(window) >= threshold:
+            return float(points[i][column])
+    return math.inf
+
+
+def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
+    xc, yc = x - x.mean(), y - y.mean()
+    den = float((xc.square().sum() * yc.square().sum()).sqrt())
+    return float((xc * yc).sum()) / den if den > 0 else math.nan
+
+
+def audit_rules(algo: Any, rules: list[str], rows: int) -> dict[str, Any]:
+    """Every rule's estimator error on a held-out rollout of ``algo`` (module docstring)."""
+    term = algo.termination
+    steps, term.steps = term.steps, 0  # no training on the held-out rollout
+    try:
+        collect(algo)
+    finally:
+        term.steps = steps
+    buf = algo.rollout_buffer
+    sl = slice(0, rows)
+    mask = buf.response_mask[sl]
+    truth = target_advantages(
+        "auto",
+        algo.policy,
+        algo.env.task,
+        algo._rollout_prompts[sl],
+        buf.response_ids[sl].cpu(),
+        mask.cpu(),
+        Sampling.of(algo),
+        mc_samples=8,
+        seed=123,
+    )
+    true = truth.advantages.to(mask.device)
+    fn = estimator_function(algo, sl)
+    batch = SegmentationBatch.build(
+        buf.response_ids[sl],
+        mask,
+        frozenset({"logprobs", "entropy", "values", "generator"}),
+        logprobs=buf.logprobs[sl],
+        entropy=algo._rollout_entropy[sl],
+        values=buf.values[sl],
+        generator=torch.Generator().manual_seed(0),
+    )
+    out: dict[str, Any] = {"truth": truth.method, "abs_true_per_position": []}
+    out["abs_true_per_position"] = [
+        float(true[:, j][mask[:, j]].abs().mean()) if bool(mask[:, j].any()) else 0.0
+        for j in range(mask.shape[1])
+    ]
+    tokens = int(mask.sum())
+    cut_sets = _cut_sets(term, rules, batch, fn, true, BUDGET)
+    for rule, starts in cut_sets.items():
+        adv = fn(starts).double()
+        sq = estimator_errors(fn, starts, true, mask)
+        out[rule] = {
+            "rmse": float(sq.sum() / tokens) ** 0.5,
+            "corr": _corr(adv[mask], true.double()[mask]),
+            "cuts_per_episode": float((starts & mask).sum() / mask.shape[0]),
+            "cut_freq_per_position": (starts & mask).double().mean(dim=0).tolist(),
+        }
+    # the same trained scores (and the heuristics) at other budgets
+    out["by_budget"] = {}
+    for budget in OTHER_BUDGETS:
+        sets = _cut_sets(term, rules, batch, fn, true, budget)
+        out["by_budget"][str(budget)] = {
+            rule: float(estimator_errors(fn, starts, true, mask).sum() / tokens) ** 0.5
+            for rule, starts in sets.items()
+        }
+    return out
+
+
+def _cut_sets(
+    term: Any,
+    rules: list[str],
+    batch: SegmentationBatch,
+    fn: Any,
+    true: torch.Tensor,
+    budget: int,
+) -> dict[str, torch.Tensor]:
+    """Each rule's starts at ``budget`` cuts (the learned one with its trained scores), and
+    the oracle's."""
+    mask = batch.mask
+    out: dict[str, torch.Tensor] = {}
+    for rule in rules:
+        if rule == "learned":
+            rule_term = build_termination(
+                {
+                    "name": "learned",
+                    "kwargs": {**termination_config(term)["kwargs"], "budget": budget},
+                }
+            )
+        else:
+            rule_term = make_termination(f"{rule}:budget={budget}")
+        out[rule] = compute_starts(rule_term, batch, isolate_last=True)
+    oracle = oracle_cuts(fn, true, mask, CutBudget("oracle", budget=budget))
+    out["oracle"] = oracle | base_starts(mask, True)
+    return out
+
+
+def run_audit(quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
+    rows = []
+    for task, (_, _, it_quick, it_full, _) in TASKS.items():
+        for seed in seeds:
+            start = time.perf_counter()
+            algo = make_agent(task, seed, f"learned:budget={BUDGET};rows=16;steps=20")
+            horizon = algo.env.task.max_new_tokens
+            curve = Curve()
+            learn(algo, (it_quick if quick else it_full) * NUM_ENVS * horizon, curve)
+            row = audit_rules(algo, ["learned", *HEURISTICS], rows=16)
+            row.update(
+                task=task,
+                seed=seed,
+                seconds=time.perf_counter() - start,
+                truth_tokens=int(algo.termination.truth_tokens),
+                env_tokens=int(algo.num_timesteps),
+                curve=curve.points,
+            )
+            rows.append(row)
+            _write_part("audit", quick, seeds, rows, 0.0)
+            best = min(HEURISTICS, key=lambda r: row[r]["rmse"])
+            print(
+                f"{task} seed {seed}: learned {row['learned']['rmse']:.4f} best heuristic "
+                f"{best} {row[best]['rmse']:.4f} oracle {row['oracle']['rmse']:.4f} "
+                f"({row['seconds']:.0f}s)",
+                flush=True,
+            )
+    return rows
+
+
+def run_t2t(quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
+    """Agents trained with each rule; written to the part file after every run (seed-major,
+    so an interrupted run still has every task's first seeds)."""
+    rows: list[dict[str, Any]] = []
+    rules = ["learned", "even", "entropy", "value_change"]
+    start_all = time.perf_counter()
+    for seed in seeds:
+        for task in T2T_TASKS:
+            _, _, it_quick, it_full, threshold = TASKS[task]
+            for rule in rules:
+                spec = (
+                    f"learned:budget={BUDGET};rows=16;steps=20"
+                    if rule == "learned"
+                    else (f"{rule}:budget={BUDGET}")
+                )
+                start = time.perf_counter()
+                algo = make_agent(task, seed, spec)
+                horizon = algo.env.task.max_new_tokens
+                curve = Curve()
+                learn(algo, (it_quick if quick else it_full) * 2 * NUM_ENVS * horizon, curve)
+                t2t = tokens_to_threshold(curve.points, threshold)
+                rows.append(
+                    {"task": task, "seed": seed, "rule": rule, "tokens_to_threshold": t2t,
+                     "env_tokens_to_threshold": tokens_to_threshold(curve.points, threshold, 1),
+                     "threshold": threshold, "curve": curve.points,
+                     "seconds": time.perf_counter() - start}
+                )  # fmt: skip
+                print(
+                    f"t2t {task} seed {seed} {rule}: {t2t} ({rows[-1]['seconds']:.0f}s)", flush=True
+                )
+                _write_part("t2t", quick, seeds, rows, time.perf_counter() - start_all)
+    return rows
+
+
+TAG = ""
+
+
+def _write_part(
+    part: str, quick: bool, seeds: list[int], rows: list[dict[str, Any]], seconds: float
+) -> None:
+    stamp = {"machine": machine_stamp(), "quick": quick, "budget": BUDGET}
+    write_json(
+        part_file(part, TAG),
+        {
+            f"{part}_setup": {**stamp, "seeds": seeds, "heuristics": HEURISTICS,
+                              "seconds": seconds,
+                              "loadavg": Path("/proc/loadavg").read_text().split()[:3]},
+            part: rows,
+        },
+    )  # fmt: skip
+
+
+def part_file(part: str, tag: str = "") -> Path:
+    """Where one part's rows go (parts and seed sets may run as separate processes)."""
+    return RESULTS_DIR / f"learned_terms_{part}{tag}.json"
+
+
+def merge() -> dict[str, Any]:
+    """Every part file's rows merged into :data:`RESULTS` (rows concatenated, setups listed)."""
+    data: dict[str, Any] = {"audit": [], "t2t": [], "setups": []}
+    for part in ("audit", "t2t"):
+        for path in sorted(RESULTS_DIR.glob(f"learned_terms_{part}*.json")):
+            got = read_json(path) or {}
+            data[part] += got.get(part, [])
+            data["setups"].append({"part": part, "file": path.name, **got.get(f"{part}_setup", {})})
+    data["audit"].sort(key=lambda r: (list(TASKS).index(r["task"]), r["seed"]))
+    write_json(RESULTS, data)
+    return data
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 seeds, short runs")
+    parser.add_argument("--part", choices=["audit", "t2t", "all"], default="all")
+    parser.add_argument("--iters", type=int, default=None, help="override iterations (smoke)")
+    parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1 quick)")
+    parser.add_argument("--tag", default="", help="suffix of the part files (parallel runs)")
+    parser.add_argument("--render", action="store_true", help="merge the parts, render the doc")
+    args = parser.parse_args(argv)
+    if args.render:
+        from benchmarks.learned_terms_doc import render
+
+        render(merge(), DOC, PNG)
+        return 0
+    torch.set_num_threads(1)
+    if args.iters is not None:
+        for name, (env_id, kw, _, _, thr) in list(TASKS.items()):
+            TASKS[name] = (env_id, kw, args.iters, args.iters, thr)
+    seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    if args.seeds:
+        seeds = [int(x) for x in args.seeds.split(",")]
+    global TAG
+    TAG = args.tag
+    for part, fn in (("audit", run_audit), ("t2t", run_t2t)):
+        if args.part not in (part, "all"):
+            continue
+        start = time.perf_counter()
+        rows = fn(args.quick, seeds)
+        _write_part(part, args.quick, seeds, rows, time.perf_counter() - start)
+    merge()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""Render ``docs/credit_learned.md`` and its picture from ``benchmarks/results/learned_terms.json``.
+
+Nothing here runs a model: every number comes from the results file that
+``benchmarks/learned_terms.py`` wrote.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+#: two-sided 95% t quantiles by degrees of freedom
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+GOAL_RMSE = 0.25
+GOAL_TOKENS = 0.10
+
+
+def mean_ci(xs: list[float]) -> tuple[float, float]:
+    """Mean and the half-width of its 95% t interval (NaN with fewer than two values)."""
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    if not xs:
+        return math.nan, math.nan
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, math.nan
+    return m, _T95.get(len(xs) - 1, 1.96) * statistics.stdev(xs) / math.sqrt(len(xs))
+
+
+def _fmt(m: float, h: float, digits: int = 3) -> str:
+    if not math.isfinite(m):
+        return "–"
+    return f"{m:.{digits}f}" if not math.isfinite(h) else f"{m:.{digits}f} ± {h:.{digits}f}"
+
+
+def audit_table(data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Markdown rows of the equal-cut audit and a per-task summary (for the goal check)."""
+    rows = data.get("audit", [])
+    heur = data["setups"][0]["heuristics"] if data.get("setups") else []
+    rules = ["learned", *heur, "oracle"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    lines = [
+        "| task | truth | seeds | " + " | ".join(f"`{r}`" for r in rules) + " | learned vs best "
+        "heuristic (paired) |",
+        "|---" * (len(rules) + 4) + "|",
+    ]
+    summary = []
+    for task in tasks:
+        runs = [r for r in rows if r["task"] == task]
+        means = {rule: mean_ci([r[rule]["rmse"] for r in runs]) for rule in rules}
+        best = min(heur, key=lambda h: means[h][0])
+        rel = [1 - r["learned"]["rmse"] / r[best]["rmse"] for r in runs]
+        rel_m, rel_h = mean_ci(rel)
+        summary.append({"task": task, "best": best, "reduction": rel_m, "half": rel_h})
+        cells = [_fmt(*means[rule]) for rule in rules]
+        lines.append(
+            f"| {task} | {runs[0]['truth']} | {len(runs)} | "
+            + " | ".join(cells)
+            + f" | {100 * rel_m:+.1f}% ± {100 * rel_h:.1f} (vs `{best}`) |"
+        )
+    return lines, summary
+
+
+def corr_table(data: dict[str, Any]) -> list[str]:
+    rows = data.get("audit", [])
+    heur = data["setups"][0]["heuristics"] if data.get("setups") else []
+    rules = ["learned", *heur, "oracle"]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    lines = [
+        "| task | " + " | ".join(f"`{r}`" for r in rules) + " |",
+        "|---" * (len(rules) + 1) + "|",
+    ]
+    for task in tasks:
+        runs = [r for r in rows if r["task"] == task]
+        cells = [_fmt(*mean_ci([r[rule]["corr"] for r in runs])) for rule in rules]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def budget_table(data: dict[str, Any]) -> list[str]:
+    """RMSE at the other audited budgets (the learned scores trained at the main budget)."""
+    rows = [r for r in data.get("audit", []) if r.get("by_budget")]
+    if not rows:
+        return []
+    heur = data["setups"][0]["heuristics"] if data.get("setups") else []
+    rules = ["learned", *heur, "oracle"]
+    lines = [
+        "| task | budget | " + " | ".join(f"`{r}`" for r in rules) + " | learned vs best |",
+        "|---" * (len(rules) + 3) + "|",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        runs = [r for r in rows if r["task"] == task]
+        for budget in sorted(runs[0]["by_budget"], key=int):
+            means = {rule: mean_ci([r["by_budget"][budget][rule] for r in runs]) for rule in rules}
+            best = min(heur, key=lambda h: means[h][0])
+            rel = mean_ci(
+                [1 - r["by_budget"][budget]["learned"] / r["by_budget"][budget][best] for r in runs]
+            )
+            cells = [_fmt(*means[rule]) for rule in rules]
+            lines.append(
+                f"| {task} | {budget} | " + " | ".join(cells)
+                + f" | {100 * rel[0]:+.1f}% ± {100 * rel[1]:.1f} (`{best}`) |"
+            )  # fmt: skip
+    return lines
+
+
+def t2t_table(data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
+    """Per task two rows (compute-matched, env tokens only): each rule's tokens per seed."""
+    rows = data.get("t2t", [])
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    lines = [
+        "| task | threshold | tokens | " + " | ".join(f"`{r}`" for r in rules) + " |",
+        "|---" * (len(rules) + 3) + "|",
+    ]
+    summary = []
+    for task in tasks:
+        threshold = next(r["threshold"] for r in rows if r["task"] == task)
+        for key, label, col in (
+            ("tokens_to_threshold", "compute-matched", 0),
+            ("env_tokens_to_threshold", "env only", 1),
+        ):
+            cells = []
+            per_rule: dict[str, list[float]] = {}
+            for rule in rules:
+                runs = [r for r in rows if r["task"] == task and r["rule"] == rule]
+                vals = [_num(r.get(key)) for r in runs]
+                per_rule[rule] = vals
+                trained = max((r["curve"][-1][col] for r in runs if r["curve"]), default=0)
+                shown = ", ".join(
+                    f"{v:,.0f}" if math.isfinite(v) else f">{trained:,}" for v in vals
+                )
+                med = statistics.median(vals) if vals else math.nan
+                med_text = f"{med:,.0f}" if math.isfinite(med) else "not reached"
+                cells.append(f"median {med_text} ({shown})")
+            lines.append(f"| {task} | {threshold} | {label} | " + " | ".join(cells) + " |")
+            if col == 0:
+                summary.append(
+                    {
+                        "task": task,
+                        "median": {k: statistics.median(v) for k, v in per_rule.items() if v},
+                    }
+                )
+    return lines, summary
+
+
+def _num(value: Any) -> float:
+    return math.inf if value is None else float(value)
+
+
+def plot(data: dict[str, Any], path: Path) -> None:
+    """Per task: the mean |true advantage| per position (bars) and how often each rule cuts
+    there (lines), averaged over seeds."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = data.get("audit", [])
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    show = ["learned", "oracle", "entropy", "value_change", "even"]
+    fig, axes = plt.subplots(len(tasks), 1, figsize=(10, 2.6 * len(tasks)), squeeze=False)
+    for ax, task in zip(axes[:, 0], tasks, strict=True):
+        runs = [r for r in rows if r["task"] == task]
+        width = min(len(r["abs_true_per_position"]) for r in runs)
+        xs = list(range(width))
+        mag = [statistics.fmean(r["abs_true_per_position"][j] for r in runs) for j in xs]
+        ax.bar(xs, mag, color="0.8", label="mean |true A| (left axis)")
+        ax.set_ylabel("|true A|")
+        ax.set_title(f"{task}: where each rule cuts", fontsize=9)
+        twin = ax.twinx()
+        for rule in [r for r in show if r in runs[0]]:
+            freq = [statistics.fmean(r[rule]["cut_freq_per_position"][j] for r in runs) for j in xs]
+            twin.plot(xs, freq, marker=".", ms=3, label=rule, lw=1)
+        twin.set_ylabel("cut frequency")
+        twin.set_ylim(0, 1.05)
+        if ax is axes[0, 0]:
+            bars, bar_labels = ax.get_legend_handles_labels()
+            lines, line_labels = twin.get_legend_handles_labels()
+            twin.legend(bars + lines, bar_labels + line_labels, loc="upper center", fontsize=7,
+                        ncol=6)  # fmt: skip
+    axes[-1, 0].set_xlabel("response position")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def render(data: dict[str, Any] | None, doc: Path, png: Path) -> None:
+    """Write ``doc`` (markdown) and ``png`` from the merged results."""
+    if not data or not data.get("audit"):
+        raise SystemExit("no audit rows in the results; run benchmarks/learned_terms.py first")
+    audit_lines, audit_summary = audit_table(data)
+    t2t_lines, t2t_summary = t2t_table(data)
+    plot(data, png)
+    met_rmse = [s["task"] for s in audit_summary if s["reduction"] >= GOAL_RMSE]
+    met_tokens = []
+    for s in t2t_summary:
+        med = s["median"]
+        if "learned" in med and len(med) > 1:
+            best = min(v for k, v in med.items() if k != "learned")
+            if math.isfinite(med["learned"]) and med["learned"] <= (1 - GOAL_TOKENS) * best:
+                met_tokens.append(s["task"])
+    setups = data.get("setups", [])
+    seeds = sorted({r["seed"] for r in data["audit"]})
+    loads = "; ".join(f"{s['file']}: {' '.join(s.get('loadavg', []))}" for s in setups)
+    quick = any(s.get("quick") for s in setups)
+    budget = setups[0]["budget"] if setups else "?"
+    out = [
+        "# Learned terminations at equal cuts (results)",
+        "",
+        "<!-- rendered by `python benchmarks/learned_terms.py --render` from "
+        "benchmarks/results/learned_terms.json; do not edit by hand -->",
+        "",
+        f"Every rule cuts each response at most **{budget}** times (the same budget for all; "
+        "the first token and the isolated last token are shared by every rule). The agent is "
+        "MA-PPO with `termination=learned:budget=4` on a tiny GPT-2 (2 layers, width 64); its "
+        "learned termination trains between policy updates. On a held-out rollout of the "
+        "trained policy every rule segments the same 16 episodes and the agent's own estimator "
+        "(segment GAE, gamma 1, lambda 0.95, on its critic) is scored against the truth "
+        "(exact enumeration where the task has a decisive depth, Monte Carlo with 8 "
+        "continuations per prefix on Reverse). `oracle` is the greedy cut set chosen with the "
+        "truth: the floor any termination could reach at this budget with this critic. "
+        "See [learned_terminations.md](learned_terminations.md) for the method.",
+        "",
+        f"Scale: {'reduced (`--quick`)' if quick else 'full'}; seeds {seeds}. Intervals are 95% "
+        "t intervals over seeds. Load average at the end of each part (2 shared cores): "
+        f"{loads}.",
+        "",
+        "## Advantage RMSE per token (lower is better)",
+        "",
+        *audit_lines,
+        "",
+        "## The same at other budgets",
+        "",
+        "The learned termination's scores (trained at the main budget) and every heuristic, "
+        "keeping 2 or 8 cuts instead, on the same held-out episodes.",
+        "",
+        *budget_table(data),
+        "",
+        "## Correlation with the true advantage (higher is better)",
+        "",
+        *corr_table(data),
+        "",
+        "## Tokens to the threshold score",
+        "",
+        "Per seed, the tokens (env tokens, plus the learned termination's truth tokens: "
+        "compute-matched) until the rollout score, averaged over 3 iterations, reaches the "
+        "threshold; `>N`: not reached within the N tokens trained.",
+        "",
+        *t2t_lines,
+        "",
+        "## The goal",
+        "",
+        f"- >= {GOAL_RMSE:.0%} lower RMSE than the best heuristic on >= 3 tasks: "
+        f"{'met' if len(met_rmse) >= 3 else 'NOT met'} (met on: {met_rmse or 'none'}).",
+        f"- >= {GOAL_TOKENS:.0%} fewer tokens to threshold (median over seeds) than the best "
+        f"heuristic on >= 2 tasks: {'met' if len(met_tokens) >= 2 else 'NOT met'} "
+        f"(met on: {met_tokens or 'none'}).",
+        "",
+        "## Where the cuts go",
+        "",
+        f"![cut positions against the true advantage's magnitude](img/{png.name})",
+        "",
+        "Grey bars: the mean |true advantage| at each response position (held-out episodes); "
+        "lines: how often each rule cuts before that position.",
+        "",
+    ]
+    doc.write_text("\n".join(out), encoding="utf-8")

@@ -1,0 +1,82 @@
+"""The learned-termination benchmark's own pieces: its task, its threshold count, its page."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.learned_terms import KeyPositionTask, tokens_to_threshold
+from benchmarks.learned_terms_doc import mean_ci, render
+from marlhf.agents.truth import Sampling, exact_advantages
+from marlhf.models import tiny_gpt2
+
+
+def test_key_position_credit_sits_at_the_prompted_position() -> None:
+    task = KeyPositionTask(horizon=8, positions=4)
+    prompts = task.sample_prompts(np.random.default_rng(0), 6)
+    assert len({p.metadata["pos"] for p in prompts}) > 1  # the decisive position varies
+    model = tiny_gpt2(task.codec, n_layer=1, n_embd=16, n_head=2, seed=0)
+    gen = torch.Generator().manual_seed(0)
+    allowed = torch.as_tensor(task.action_mask()).nonzero().flatten()
+    ids = allowed[torch.randint(0, len(allowed), (6, 8), generator=gen)]
+    mask = torch.ones(6, 8, dtype=torch.bool)
+    sampling = Sampling(action_mask=torch.as_tensor(task.action_mask()))
+    truth = exact_advantages(model, task, prompts, ids, mask, sampling=sampling)
+    for row, prompt in enumerate(prompts):
+        pos = prompt.metadata["pos"]
+        # after the decisive token nothing matters (before it, earlier tokens may still move
+        # the policy's odds at the decisive one)
+        assert bool((truth.advantages[row, pos + 1 :].abs() < 1e-9).all())
+        right = int(ids[row, pos]) == prompt.metadata["target_id"]
+        assert (truth.advantages[row, pos] > 0) == right
+
+
+def test_tokens_to_threshold_needs_three_iterations_at_the_threshold() -> None:
+    points = [(100, 90, 0.1), (200, 180, 0.9), (300, 270, 0.9), (400, 360, 0.9)]
+    assert tokens_to_threshold(points, 0.6) == 300  # (0.1 + 0.9 + 0.9) / 3 >= 0.6
+    assert tokens_to_threshold(points, 0.6, column=1) == 270
+    assert tokens_to_threshold(points, 0.95) == math.inf
+
+
+def test_mean_ci() -> None:
+    m, h = mean_ci([1.0, 2.0, 3.0])
+    assert m == 2.0 and math.isclose(h, 4.303 * 1.0 / math.sqrt(3))
+    assert math.isnan(mean_ci([1.0])[1])
+
+
+def _audit_row(task: str, seed: int, learned: float, heuristic: float) -> dict[str, Any]:
+    rules = {"learned": learned, "even": heuristic, "entropy": heuristic * 1.1, "oracle": 0.1}
+    row: dict[str, Any] = {"task": task, "seed": seed, "truth": "exact"}
+    row["abs_true_per_position"] = [0.5, 0.0, 0.0, 0.0]
+    for rule, rmse in rules.items():
+        row[rule] = {"rmse": rmse, "corr": 0.5, "cut_freq_per_position": [1.0, 0.5, 0.5, 1.0]}
+    row["by_budget"] = {"2": dict(rules)}
+    return row
+
+
+def test_page_states_whether_the_goal_is_met(tmp_path: Path) -> None:
+    setups = [{"part": "audit", "file": "x.json", "heuristics": ["even", "entropy"], "budget": 4,
+               "quick": True, "loadavg": ["1", "2", "3"]}]  # fmt: skip
+    t2t = [
+        {"task": "A", "seed": 0, "rule": rule, "threshold": 0.5, "tokens_to_threshold": tok,
+         "env_tokens_to_threshold": tok, "curve": [(tok, tok, 0.6)]}
+        for rule, tok in (("learned", 50.0), ("even", 100.0))
+    ]  # fmt: skip
+    good = {
+        "setups": setups,
+        "audit": [_audit_row(t, s, 0.5, 1.0) for t in "ABC" for s in (0, 1)],
+        "t2t": t2t,
+    }
+    doc, png = tmp_path / "page.md", tmp_path / "cuts.png"
+    render(good, doc, png)
+    text = doc.read_text()
+    assert "lower RMSE than the best heuristic on >= 3 tasks: met" in text
+    assert "+50.0% ± 0.0 (vs `even`)" in text
+    assert png.stat().st_size > 0
+    bad = dict(good, audit=[_audit_row(t, s, 0.95, 1.0) for t in "ABC" for s in (0, 1)])
+    render(bad, doc, png)
+    assert "on >= 3 tasks: NOT met (met on: none)" in doc.read_text()
