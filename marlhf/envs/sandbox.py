@@ -3,30 +3,36 @@
 **Isolation** (``SandboxLimits.isolation="bwrap"``, the default): each program runs under
 bubblewrap in its own user, PID, network, IPC, UTS and mount namespaces with every capability
 dropped, an empty environment, a root file system that holds only read-only binds of what the
-interpreter needs and a private tmpfs work folder of ``disk_mb`` MiB, and a seccomp filter that
-refuses process creation (:mod:`~marlhf.envs.sandbox_process` lists the flags). It cannot reach the
-network, see or signal the trainer's processes, read its environment or files, or write anything
-that outlives the run: when the run ends, its PID namespace ends and every process in it dies.
-Without ``bwrap`` runs refuse to start (:class:`SandboxUnavailableError`, naming the install
-command) unless ``isolation="unsafe-no-isolation"`` is chosen by name.
+interpreter needs and a private tmpfs work folder of ``disk_mb`` MiB, and an allow-list seccomp
+filter built with libseccomp (default deny: :mod:`~marlhf.envs.sandbox_seccomp`). Where the
+machine has cgroups, each run has its own memory and pids groups
+(:mod:`~marlhf.envs.sandbox_cgroup`). Nothing it writes is a host file: stdout, stderr and the
+answers are pipes the parent reads with a byte limit. It cannot reach the network, see or signal
+the trainer's processes, read its environment or files, or leave anything behind: when the run
+ends (or the trainer dies), its PID namespace ends and every process in it dies. Without
+``bwrap`` (or libseccomp) runs refuse to start (:class:`SandboxUnavailableError`, naming the
+install command) unless ``isolation="unsafe-no-isolation"`` is chosen by name.
 
 **Limits** (set by the child before any untrusted line runs; with capabilities dropped it cannot
-raise them): CPU seconds, address space, largest file (which also bounds captured output),
-processes (``RLIMIT_NPROC``, which Linux ignores for root: the seccomp filter is what holds
-there), no core dumps; the parent kills the run at ``timeout_s`` wall-clock seconds.
+raise them): CPU seconds, address space, largest file, open files, processes (``RLIMIT_NPROC``,
+which Linux ignores for root: the pids cgroup is what holds there, or without one the filter
+refuses threads), no core dumps; the parent kills the run at ``timeout_s`` wall-clock seconds.
 
 **Defence in depth only**: the child also installs a PEP 578 audit hook (no sockets, process
-creation, signals, ctypes, writes outside the work folder, other processes' ``/proc`` entries).
-Audit hooks are not a security boundary; the namespaces and the seccomp filter are. In
-``unsafe-no-isolation`` mode they and the rlimits are all there is: the program runs as the
-calling user, can read what that user can read, and routes the hook never sees are open.
+creation, signals, ctypes, writes outside the work folder, other processes' ``/proc`` entries),
+for clear messages. Audit hooks are not a security boundary (a program can switch this one off);
+the namespaces, the seccomp filter and the cgroups are. In ``unsafe-no-isolation`` mode the
+hook and the rlimits are all there is: the program runs as the calling user, can read what that
+user can read, and routes the hook never sees are open.
 
 **Verdicts**: :func:`run_calls` gives the program only the inputs; the results come back as plain
-data (:func:`~marlhf.envs.sandbox_child.encode`) and the caller compares them in its own
-process. :func:`run_judged` runs trusted check code in a second sandbox whose candidate function
-forwards plain-data arguments to the program's sandbox. :func:`run_program` keeps the older form
-(tests run in the program's own namespace and process, so a hostile program can forge them): use
-it for programs that are not adversarial, never for a reward.
+data (:func:`~marlhf.envs.sandbox_child.encode`), decoded here without hashing, within the byte
+limit and the sample's deadline (:func:`~marlhf.envs.sandbox_plain.decode_plain`), and the
+caller compares them in its own process. :func:`run_judged` runs trusted check code (and a
+trusted reference solution for names the check calls directly) in a second sandbox whose
+candidate function forwards plain-data arguments to the program's sandbox. :func:`run_program`
+keeps the older form (tests run in the program's own namespace and process, so a hostile
+program can forge them): use it for programs that are not adversarial, never for a reward.
 """
 
 from __future__ import annotations

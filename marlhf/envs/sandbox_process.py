@@ -359,12 +359,12 @@ def wait_all(runs: Sequence[ChildRun], timeout_s: float) -> None:
     """Read every run's pipes until it ends or ``timeout_s`` has passed (then kill them all),
     reap every process, and release every run's cgroups and folder."""
     try:
+        # Nothing is reaped before the kills below: a reaped pid could be reused.
         timed_out = drain(
             [c for run in runs for c in run.captures], [run.proc for run in runs], timeout_s
         )
         for run in runs:
-            if run.proc.poll() is None or timed_out:
-                run.timed_out = timed_out
+            run.timed_out = timed_out
     finally:
         for run in runs:
             run.kill()  # whatever the program left behind in its group dies with it

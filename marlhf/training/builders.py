@@ -163,12 +163,17 @@ def check_task_builds(task: TaskConfig, model: ModelConfig) -> Any:
     :returns: the task, or None when it is built only with the model's tokenizer (a text task
         with ``model.path``: checked when the run starts).
     """
-    from marlhf.envs.registration import make_task
+    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
+    from marlhf.envs.registration import make_task, task_factory
 
     if has_pretrained(model) and "tokenizer" in task_parameters(task.id):
         return None
     try:
-        return make_task(task.id, **task.kwargs)
+        built = task_factory(task.id)(**task.kwargs)
+        if isinstance(built, MultiTurnTask):  # runs in MultiTurnTokenEnv (make_vec of its id)
+            check_multiturn_task(built)
+            return built
+        return make_task(built)
     except (TypeError, ValueError) as err:
         raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from None
 
