@@ -152,6 +152,21 @@ def check_task_kwargs(task: TaskConfig) -> None:
         raise ValueError(f"task.kwargs: {task.id} takes no argument {unknown[0]!r}; valid: {valid}")
 
 
+def make_any_task(env_id: str, **task_kwargs: Any) -> Any:
+    """The checked task behind a registered env id: a single-turn ``Task``, or a
+    ``MultiTurnTask`` for an id registered with ``multiturn=True``."""
+    import gymnasium
+
+    from marlhf.envs import registration
+
+    spec = gymnasium.spec(env_id)
+    if spec.vector_entry_point == registration.MULTITURN_ENV_ENTRY_POINT:
+        from marlhf.envs.multiturn.env import make_multiturn_task
+
+        return make_multiturn_task(env_id, **task_kwargs)
+    return registration.make_task(env_id, **task_kwargs)
+
+
 class ActionMaskWarning(UserWarning):
     """The task defines an action mask that the agent does not use (``agent.mask_actions``)."""
 
@@ -163,12 +178,10 @@ def check_task_builds(task: TaskConfig, model: ModelConfig) -> Any:
     :returns: the task, or None when it is built only with the model's tokenizer (a text task
         with ``model.path``: checked when the run starts).
     """
-    from marlhf.envs.registration import make_task
-
     if has_pretrained(model) and "tokenizer" in task_parameters(task.id):
         return None
     try:
-        return make_task(task.id, **task.kwargs)
+        return make_any_task(task.id, **task.kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from None
 
