@@ -154,17 +154,15 @@ def check_task_kwargs(task: TaskConfig) -> None:
 
 def make_any_task(env_id: str, **task_kwargs: Any) -> Any:
     """The checked task behind a registered env id: a single-turn ``Task``, or a
-    ``MultiTurnTask`` for an id registered with ``multiturn=True``."""
-    import gymnasium
+    ``MultiTurnTask`` (which runs in ``MultiTurnTokenEnv``, the ``make_vec`` of its id)."""
+    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
+    from marlhf.envs.registration import make_task, task_factory
 
-    from marlhf.envs import registration
-
-    spec = gymnasium.spec(env_id)
-    if spec.vector_entry_point == registration.MULTITURN_ENV_ENTRY_POINT:
-        from marlhf.envs.multiturn.env import make_multiturn_task
-
-        return make_multiturn_task(env_id, **task_kwargs)
-    return registration.make_task(env_id, **task_kwargs)
+    built = task_factory(env_id)(**task_kwargs)
+    if isinstance(built, MultiTurnTask):
+        check_multiturn_task(built)
+        return built
+    return make_task(built)
 
 
 class ActionMaskWarning(UserWarning):

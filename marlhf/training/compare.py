@@ -151,6 +151,7 @@ PR_SET_PDEATHSIG = 1
 def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
     from marlhf.agents import MAPPOConfig, PPOConfig
     from marlhf.agents.config import resolve_config
+    from marlhf.agents.turn_credit import check_estimator_task
 
     values = config.agent.agent_kwargs()
     explicit = {k: values[k] for k in config.agent.explicit}
@@ -159,6 +160,7 @@ def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
     cls = PPOConfig if spec.termination == "token" else MAPPOConfig
     try:
         cfg = resolve_config(cls, [*config.agent.preset, spec.agent], explicit)
+        check_estimator_task(cfg.estimator, config.task.id)  # turn-level on a one-turn task
     except (TypeError, ValueError) as err:
         raise ValueError(f"agents: {spec.agent!r}: {err}") from None
     if config.task.num_envs % cfg.group_size:
