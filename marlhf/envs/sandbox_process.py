@@ -46,7 +46,7 @@ from marlhf.envs.sandbox_io import Capture, drain
 from marlhf.envs.sandbox_seccomp import SeccompUnavailableError, seccomp_filter
 
 if TYPE_CHECKING:
-    from marlhf.envs.sandbox import SandboxLimits
+    from marlhf.envs.sandbox_types import SandboxLimits
 
 __all__ = [
     "BWRAP_INSTALL",
