@@ -264,8 +264,20 @@ def render(data: dict[str, Any] | None, doc: Path, png: Path) -> None:
         "(segment GAE, gamma 1, lambda 0.95, on its critic) is scored against the truth "
         "(exact enumeration where the task has a decisive depth, Monte Carlo with 8 "
         "continuations per prefix on Reverse). `oracle` is the greedy cut set chosen with the "
-        "truth: the floor any termination could reach at this budget with this critic. "
+        "truth: about the lowest error any termination could reach at this budget with this critic "
+        "(greedy forward selection, so not always the best set). "
         "See [learned_terminations.md](learned_terminations.md) for the method.",
+        "",
+        "Training before the audit: "
+        + (
+            "12 iterations of 32 episodes (6 for DelayedChoice h128); tokens to threshold: 24 "
+            "iterations, CreditSum and KeyPosition only. "
+            if quick
+            else "40 iterations of 32 episodes (20 for DelayedChoice h128); tokens to "
+            "threshold: 80 iterations, CreditSum and KeyPosition only. "
+        )
+        + "Not run: the reasoning task (ReasoningGym needs an SFT'd BPE GPT-2 and a Monte-Carlo "
+        "truth over its vocabulary, beyond this machine's budget).",
         "",
         f"Scale: {'reduced (`--quick`)' if quick else 'full'}; seeds {seeds}. Intervals are 95% "
         "t intervals over seeds. Load average at the end of each part (2 shared cores): "
@@ -278,10 +290,11 @@ def render(data: dict[str, Any] | None, doc: Path, png: Path) -> None:
         "## Why: the headroom, and where the cuts sit",
         "",
         "The oracle is the greedy best cut set for each episode, chosen with the truth; its "
-        "reduction over the best heuristic bounds what any termination could gain at this "
-        "budget with this critic. `mean cut position`: where a rule's cuts sit on average, as a "
-        "fraction of the response (0: start, 1: end; the first and last tokens excluded), on "
-        "the padded width (episodes of tasks with EOS are shorter).",
+        "reduction over the best heuristic is about the most any termination could gain at "
+        "this budget with this critic (greedy: approximately). `mean cut position`: where a "
+        "rule's cuts sit on average, as a fraction of the response (0: start, 1: end; the "
+        "first and last tokens excluded), on the padded width (episodes of tasks with EOS "
+        "are shorter).",
         "",
         *headroom_table(data),
         "",
