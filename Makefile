@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install bwrap lint typecheck test test-fast demo bench clean mutants
+.PHONY: install bwrap lint typecheck docs test test-fast demo bench clean mutants
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy marlhf tests
 
+# The documentation site (mkdocs.yml): built offline into site/, every warning an error. `make
+# test` builds it too (tests/test_docs.py, with every code block of README.md and docs/ run).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+
 test: bwrap lint typecheck
 	MARLHF_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
@@ -81,4 +86,4 @@ mutants: $(STAMP)
 	$(BIN)/python tools/mutants.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache site

@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # imported as ``benchmarks.common`` or, with benchmarks/ on the path, as ``common``
+    from benchmarks.provenance import source_tree
+except ImportError:
+    from provenance import source_tree  # type: ignore[no-redef]
+
 # One definition of "tokens to reach the baseline's final score", shared with `marlhf compare`'s
 # report (re-exported here for the benchmarks).
 from marlhf.training.report import final_score as final_value  # noqa: F401
@@ -80,10 +85,14 @@ def usable_cores() -> int:
 
 
 def machine_stamp() -> dict[str, Any]:
-    """Commit, date (UTC), CPU model, cores, Python, torch version and device of this run."""
+    """Commit, the measured code's tree id, date (UTC), CPU model, cores, Python, torch version
+    and device of this run."""
     stamp: dict[str, Any] = {
         "commit": git_commit(),
         "uncommitted_files": uncommitted_files(),
+        # the measured code, which resolves to a commit even if this one is later rewritten
+        # (benchmarks/provenance.py)
+        "source_tree": source_tree(ROOT),
         "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "cpu": cpu_model(),
         "cores": usable_cores(),

@@ -52,6 +52,7 @@ from benchmarks.common import (
     read_json,
     write_json,
 )
+from benchmarks.provenance import describe
 from marlhf.agents import MAPPO, PPO
 from marlhf.agents.audit import Scheme, audit
 from marlhf.agents.rollout_io import collect
@@ -270,7 +271,7 @@ def render_doc(data: dict[str, Any], doc: Path = DOC) -> None:
         raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
     m = data["machine"]
     timing = [
-        f"Measured at commit `{m.get('commit')}` on {m.get('cpu')} ({m.get('cores')} cores "
+        f"Measured at commit {describe(m, RESULTS)} on {m.get('cpu')} ({m.get('cores')} cores "
         f"shared), mode `{data['mode']}`, {len(data['runs'])} audits. Whole audit (exact "
         f"truth + up to {len(data['schemes'])} schemes) of {EPISODES} episodes x 32 tokens: "
         "at most "

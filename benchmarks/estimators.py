@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch
 from common import RESULTS_DIR, machine_stamp, print_table, read_json, write_json
+from provenance import describe
 
 from marlhf.agents import PPO, CausalLMActorCritic
 from marlhf.agents.vine import fork_state
@@ -200,7 +201,8 @@ def render_doc(data: dict[str, Any]) -> str:
         "# What the estimators cost",
         "",
         "Rendered by `python benchmarks/estimators.py` from `benchmarks/results/estimators.json`"
-        f" (commit `{data['machine'].get('commit', '?')}`, {data['machine'].get('cpu', '?')},"
+        f" (commit {describe(data['machine'], RESULTS_DIR / 'estimators.json')},"
+        f" {data['machine'].get('cpu', '?')},"
         " one torch thread; other jobs shared this machine, so ratios are measured side by side"
         " and only they are meant to be read).",
         "",

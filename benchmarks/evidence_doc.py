@@ -19,9 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import ROOT, markdown_table
+from benchmarks.provenance import describe
 from marlhf.training.report import mean_ci95
 
 DOC = ROOT / "docs" / "credit.md"
+#: The full run's results, the only ones rendered into the doc.
+RESULTS = ROOT / "benchmarks" / "results" / "evidence.json"
 BEGIN, END = "<!-- evidence.json:begin -->", "<!-- evidence.json:end -->"
 FIGURES = ("rmse", "corr", "sign")
 SNAPSHOTS = ("init", "half")
@@ -194,7 +197,7 @@ def task_block(section: dict[str, Any]) -> list[str]:
             else ""
         )
         + (
-            f"; measured at commit `{section['machine']['commit']}`, "
+            f"; measured at commit {describe(section['machine'], RESULTS)}, "
             f"{section['machine']['date_utc']}"
             if section.get("machine")
             else ""

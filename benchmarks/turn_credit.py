@@ -1,20 +1,26 @@
 """Turn-level credit: which scheme is closest to the truth, and which learns fastest?
 
-Two parts, one results file (``benchmarks/results/turn_credit.json``):
+Three parts, one results file (``benchmarks/results/turn_credit.json``):
 
 1. **Exact expected updates** (no sampling, seconds): on stop-or-continue tool MDPs where the
    policy decides how many turns to take (:mod:`marlhf.agents.turn_exact`), every estimator's
    *expected* policy gradient (groups large enough that group means are expectations) against
-   the exact gradient of the return: cosine, sign agreement per decision state, and the
-   relative error ``|g - g*| / |g*|`` (meaningful for estimators that do not rescale).
-2. **Learning on the multi-turn tasks** (minutes to hours): every turn-level preset beside GRPO,
+   the exact gradient of the return: cosine, sign agreement per decision state, the relative
+   error ``|g - g*| / |g*|`` (meaningful for estimators that do not rescale) and the relative
+   variance of one episode's update.
+2. **Per-turn audit** (minutes): the ``turn-gae`` agent trained on ToolLookup; at several
+   budgets every scheme re-estimates the advantages of the same rollout and is compared turn by
+   turn with the exact truth (:mod:`marlhf.agents.truth_multiturn`,
+   :mod:`marlhf.agents.turn_audit`).
+3. **Learning on the multi-turn tasks** (minutes to hours): every turn-level preset beside GRPO,
    RLOO, token PPO and MA-PPO (``@turn``: macro actions = turns) through ``marlhf compare``
    (same seeds, same token budget, continuations counted), final score with a 95% interval over
    seeds, tokens to reach PPO's final score, wall time per run.
 
-Run: ``python benchmarks/turn_credit.py`` (``--mode quick``: the exact part and one task, one
-seed, a small budget; ``--mode full``: every task, 5 seeds; ``--exact-only``; ``--doc-only``
-re-renders the docs from the JSON). Renders the block of ``docs/credit_multiturn.md`` and the
+Run: ``python benchmarks/turn_credit.py`` (``--mode quick``: one task, one seed, a tenth of the
+budget; ``--mode reduced``: ToolLookup, 3 seeds, half the budget; ``--mode full``: every task, 5
+seeds; ``--exact-only``, ``--no-audit``, ``--no-tasks``; ``--doc-only`` re-renders the docs from
+the JSON). Renders the block of ``docs/credit_multiturn.md`` and the
 multi-turn section of ``docs/credit.md``.
 """
 
@@ -123,9 +129,12 @@ def run_exact() -> dict[str, Any]:
 # ------------------------------------------------------------------------------ learning
 #: Multi-turn tasks of the learning part: (key, env id, kwargs, full budget in tokens).
 TASKS = [
-    ("toollookup", "marlhf/ToolLookup-v0", {}, 60_000),
-    ("guess", "marlhf/GuessTheNumber-v0", {}, 120_000),
+    ("toollookup", "marlhf/ToolLookup-v0", {}, 6_144),
+    ("guess", "marlhf/GuessTheNumber-v0", {}, 12_288),
 ]
+#: Every turn-level preset with a provider that runs with groups of 4, beside the baselines.
+#: vineppo-turns is left out: the multi-turn env's reset gives one prompt per group, which the
+#: Monte-Carlo continuations index per row (it trains with group_size=1).
 AGENTS = [
     "grpo",
     "rloo",
@@ -136,10 +145,13 @@ AGENTS = [
     "turn-gae",
     "verlog",
     "rebn",
+    "igpo",
 ]
 AGENT_SECTION = {"preset": ["toy"], "group_size": 4, "mask_actions": True}
+NUM_ENVS = 16
 MODES: dict[str, dict[str, Any]] = {
-    "quick": {"tasks": ["toollookup"], "seeds": [0], "budget_scale": 0.2},
+    "quick": {"tasks": ["toollookup"], "seeds": [0], "budget_scale": 0.1},
+    "reduced": {"tasks": ["toollookup"], "seeds": [0, 1, 2], "budget_scale": 0.5},
     "full": {"tasks": None, "seeds": [0, 1, 2, 3, 4], "budget_scale": 1.0},
 }
 
@@ -161,7 +173,7 @@ def compare_config(key: str, env_id: str, kwargs: dict[str, Any], budget: int, m
     m = MODES[mode]
     return CompareConfig(
         model=ModelConfig(),
-        task=TaskConfig(id=env_id, kwargs=dict(kwargs), num_envs=32),
+        task=TaskConfig(id=env_id, kwargs=dict(kwargs), num_envs=NUM_ENVS),
         agent=AgentConfig.from_mapping(dict(AGENT_SECTION)),
         terminations=[],
         include_ppo=True,
@@ -220,27 +232,25 @@ AUDIT_SPECS = [
     "rebn",
 ]
 AUDIT_BUDGETS = [0, 1536, 6144]  # tokens trained before each snapshot
+AUDIT_EPISODES = 32  # per rollout
+AUDIT_ROLLOUTS = 4  # pooled per snapshot
 
 
-def audit_snapshot(algo: Any, task: Any) -> dict[str, Any]:
-    """Every ``AUDIT_SPECS`` estimator on the agent's last rollout against the exact truth,
-    per turn (:func:`marlhf.agents.turn_audit.audit_turns`); task rewards, no KL."""
+def audit_rollout(algo: Any, task: Any) -> dict[str, Any]:
+    """Every ``AUDIT_SPECS`` estimator on the agent's last rollout, and the exact truth: per
+    scheme the per-turn values (:func:`marlhf.agents.turn_audit.turn_values`); task rewards,
+    no KL."""
     from marlhf.agents.estimators import EstimatorBatch, get_estimator
     from marlhf.agents.truth_base import Sampling
     from marlhf.agents.truth_multiturn import exact_turn_advantages
-    from marlhf.agents.turn_audit import audit_turns
+    from marlhf.agents.turn_audit import turn_values
 
     buf = algo.rollout_buffer
     started = time.perf_counter()
     group = int(algo.config.group_size)  # the reset's prompts are one per group
     prompts = [p for p in algo._rollout_prompts for _ in range(group)]
     truth = exact_turn_advantages(
-        algo.policy,
-        task,
-        prompts,
-        buf.action_ids,
-        buf.credit_mask,
-        sampling=Sampling.of(algo),
+        algo.policy, task, prompts, buf.action_ids, buf.credit_mask, sampling=Sampling.of(algo)
     )
     truth_s = time.perf_counter() - started
     turns = buf.turn_data(algo.env.codec.eos_token_id)
@@ -261,30 +271,31 @@ def audit_snapshot(algo: Any, task: Any) -> dict[str, Any]:
         truncated=turns.truncated,
         turn_state_keys=turns.turn_state_keys,
     )
-    out: dict[str, Any] = {}
+    values = {}
     for spec in AUDIT_SPECS:
-        adv = get_estimator(spec).fn(batch, algo.config).advantages
-        out[spec] = audit_turns(
-            adv.cpu(), truth.advantages, turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
-        )
+        adv = get_estimator(spec).fn(batch, algo.config).advantages.cpu()
+        ids, m, n = turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
+        values[spec] = turn_values(adv, truth.advantages, ids, m, n)
     return {
         "truth_s": truth_s,
-        "score_mean": float(buf.task_rewards.sum(dim=1).mean()),
-        "turns_mean": float(turns.num_turns.float().mean()),
-        "schemes": out,
+        "score": float(buf.task_rewards.sum(dim=1).mean()),
+        "turns": float(turns.num_turns.float().mean()),
+        "values": values,
     }
 
 
 def run_audit(seed: int = 0) -> dict[str, Any]:
     """Train the ``turn-gae`` preset (its critic feeds the ``turn_gae`` schemes; groups of 4 feed
-    the group ones) on ToolLookup and audit its rollout at each of ``AUDIT_BUDGETS``."""
+    the group ones) on ToolLookup; at each of ``AUDIT_BUDGETS`` audit the next
+    ``AUDIT_ROLLOUTS`` rollouts pooled (training goes on between them)."""
     from marlhf.agents import PPO
+    from marlhf.agents.turn_audit import audit_turn_values, stack_turn_values
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from marlhf.envs.multiturn.tool import ToolLookupTask
     from marlhf.models import tiny_gpt2
 
     task = ToolLookupTask()
-    env = MultiTurnTokenEnv(task, num_envs=32, seed=seed)
+    env = MultiTurnTokenEnv(task, num_envs=AUDIT_EPISODES, seed=seed)
     algo = PPO(
         tiny_gpt2(task.codec, n_layer=2, n_embd=64, n_head=2, seed=seed),
         env,
@@ -296,12 +307,28 @@ def run_audit(seed: int = 0) -> dict[str, Any]:
         device="cpu",
     )
     snapshots = []
-    trained = 0
     for budget in AUDIT_BUDGETS:
-        # One more iteration collects the rollout the audit reads (its update runs too).
-        algo.learn(max(budget - trained, 1), reset_num_timesteps=False)
-        trained = algo.num_timesteps
-        snapshots.append({"tokens": trained, **audit_snapshot(algo, task)})
+        if budget > algo.num_timesteps:
+            algo.learn(budget - algo.num_timesteps, reset_num_timesteps=False)
+        tokens = algo.num_timesteps
+        parts = []
+        for _ in range(AUDIT_ROLLOUTS):  # one iteration each: its rollout, then its update
+            algo.learn(1, reset_num_timesteps=False)
+            parts.append(audit_rollout(algo, task))
+        schemes = {
+            spec: audit_turn_values(*stack_turn_values([p["values"][spec] for p in parts]))
+            for spec in AUDIT_SPECS
+        }
+        snapshots.append(
+            {
+                "tokens": tokens,
+                "episodes": AUDIT_EPISODES * AUDIT_ROLLOUTS,
+                "truth_s": sum(p["truth_s"] for p in parts),
+                "score_mean": sum(p["score"] for p in parts) / len(parts),
+                "turns_mean": sum(p["turns"] for p in parts) / len(parts),
+                "schemes": schemes,
+            }
+        )
     return {
         "task": "marlhf/ToolLookup-v0",
         "agent": "turn-gae",
@@ -354,19 +381,23 @@ def render_tasks(tasks: dict[str, Any]) -> list[str]:
             f"{part['budget']:,} tokens per run; load average {load}; `{part['command']}`)",
             "",
         ]
+        ppo_wall = next((s["wall_time"] for s in part["summary"] if s["agent"] == "ppo"), None)
         rows = [
             [
                 s["agent"],
                 f"{fmt(s['final_score'])} ± {fmt(s['final_score_ci95'])}",
                 fmt(s["tokens_to_ppo_final"], 0) if s["tokens_to_ppo_final"] else "-",
                 f"{s['wall_time']:.0f}",
+                f"{s['wall_time'] / ppo_wall:.2f}x" if ppo_wall else "-",
             ]
             for s in part["summary"]
         ]
+        header = ["agent", "final score (95% CI)", "tokens to PPO's final", "wall s", "cost / PPO"]
         lines += [
-            markdown_table(
-                ["agent", "final score (95% CI)", "tokens to PPO's final", "wall s"], rows
-            ),
+            markdown_table(header, rows),
+            "",
+            "cost / PPO: a run's wall time over PPO's at the same token budget (continuations "
+            "counted in the budget), on a shared, loaded machine: a rough iteration cost.",
             "",
         ]
     return lines
@@ -378,11 +409,14 @@ def render_audit(audit: dict[str, Any]) -> list[str]:
     lines = [
         "### Per-turn audit against the exact truth (ToolLookup)",
         "",
-        f"The `{audit['agent']}` agent's rollouts (32 episodes, groups of 4) at several "
-        "training budgets; every scheme re-estimated on the same episodes from the task "
-        "rewards (the `turn_gae` ones with that agent's critic) and compared turn by turn "
-        "with the exact advantage (`marlhf.agents.truth_multiturn`): correlation (scale-free) "
-        "and sign agreement per turn index, n = turns audited.",
+        f"The `{audit['agent']}` agent's rollouts (groups of 4) at several training budgets, "
+        "each snapshot pooling the next four iterations' rollouts; every scheme re-estimated on "
+        "the same episodes from the task rewards (the `turn_gae` ones with that agent's critic) "
+        "and compared turn by turn with the exact advantage (`marlhf.agents.truth_multiturn`, "
+        "conditioned on the hidden answer): correlation (scale-free) and sign agreement per "
+        "turn index; n = turns audited. `nan`: the scheme's (or the truth's) turn advantages "
+        "are constant there (e.g. a group whose episodes all scored the same gives no signal); "
+        "an estimate of exactly 0 has no sign and counts as a disagreement.",
         "",
     ]
     for snap in audit["snapshots"]:
@@ -399,7 +433,8 @@ def render_audit(audit: dict[str, Any]) -> list[str]:
             rows.append(cells)
         ns = [schemes[next(iter(schemes))]["per_turn"][k]["n"] for k in range(k_max)]
         lines += [
-            f"**after {snap['tokens']:,} tokens** (score {fmt(snap['score_mean'])}, "
+            f"**after {snap['tokens']:,} tokens** ({snap['episodes']} episodes, score "
+            f"{fmt(snap['score_mean'])}, "
             f"{fmt(snap['turns_mean'])} turns per episode; n per turn {ns}; truth "
             f"{snap['truth_s']:.1f} s)",
             "",
@@ -464,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.exact_only and not args.no_tasks:
         data.setdefault("tasks", {}).update(run_tasks(args.mode, args.tasks))
     write_json(path, data)
+    data = read_json(path)  # the docs show what the file holds (NaN is stored as null)
     render_docs(data)
     print(render_block(data))
     return 0

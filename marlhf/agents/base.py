@@ -34,8 +34,11 @@ from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.stages import IterationStages
 from marlhf.agents.turn_credit import check_estimator_env
+from marlhf.envs.batched import BatchedTokenEnv
+from marlhf.envs.sb3_vec import sb3_vec_env
 from marlhf.models import resolve_device
 from marlhf.options import Termination, make_termination
+from marlhf.threads import apply_thread_policy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")
 
@@ -93,6 +96,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         **hyperparams: Any,
     ) -> None:
         self.config = resolve_config(self.config_class, preset, hyperparams)
+        apply_thread_policy()  # one torch thread unless the user chose (marlhf.threads)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
         self.policy_kwargs = dict(policy_kwargs or {})
@@ -171,6 +175,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         self._rollout_prompts: list[Any] | None = None
         self._rollout_state: GenerationState | None = None
         self.env: Any = None
+        self._sb3_view: Any = None  # get_env()'s view of self.env, made when first asked for
         self.rollout_buffer: LMRolloutBuffer | None = None
         if env is not None:
             self.set_env(env)
@@ -234,8 +239,19 @@ class LMOnPolicyAlgorithm(IterationStages):
         )
 
     def get_env(self) -> Any:
-        """The env the algorithm trains on (``None`` before :meth:`set_env`)."""
-        return self.env
+        """SB3's ``VecEnv`` view of the env the algorithm trains on (``None`` before
+        :meth:`set_env`), for SB3's tools: ``evaluate_policy(model, model.get_env())``.
+
+        For a :class:`~marlhf.envs.BatchedTokenEnv` it is
+        :func:`~marlhf.envs.sb3_vec.sb3_vec_env` of it (numpy values, rows restarting on their
+        own, ``VecMonitor`` statistics); it shares that env, so use it between ``learn``
+        calls. Any other env is returned as it is. The batched env itself is ``model.env``.
+        """
+        if not isinstance(self.env, BatchedTokenEnv):
+            return self.env
+        if self._sb3_view is None or self._sb3_view.unwrapped.env is not self.env:
+            self._sb3_view = sb3_vec_env(self.env)
+        return self._sb3_view
 
     @property
     def logger(self) -> Logger:
@@ -265,17 +281,23 @@ class LMOnPolicyAlgorithm(IterationStages):
         episode_start: Any = None,
         deterministic: bool = False,
         action_masks: Any = None,
-    ) -> tuple[Any, GenerationState]:
-        """Next token per row; ``state`` is the KV cache (pass back what the last call returned).
+        return_state: bool = False,
+    ) -> tuple[Any, GenerationState | None]:
+        """Next token per row, as SB3's ``predict``: ``(actions, None)`` by default (the policy
+        reads the whole window in ``observation``). Generation loops that want the KV cache
+        ask for it with ``return_state=True`` and pass back the state each call returns.
 
         :param observation: ``{"input_ids", "attention_mask"}``, tensors or numpy arrays, of
             shape ``[B, L]``, or ``[L]`` for a single observation (as SB3's ``predict`` takes
             one: the action is then a scalar).
-        :param state: ``None`` at an episode start; afterwards the returned state.
+        :param state: ``None`` (the observation is read whole), or the state the last call
+            returned (the cache holds the episode; the observation is not read again).
         :param episode_start: ``bool[B]``; any True restarts from ``observation``.
         :param deterministic: greedy decoding instead of sampling.
         :param action_masks: ``bool[B, V]`` (or ``[V]``) allowed tokens (as sb3-contrib's
             MaskablePPO takes them, e.g. ``env.action_masks()``), or ``None`` for all.
+        :param return_state: return the KV cache as the state (also done when a state was
+            passed in); False: SB3's convention for a policy without recurrent state, ``None``.
         :return: ``(actions, state)``; actions as numpy when the observation was numpy.
         """
         as_numpy = isinstance(observation["input_ids"], np.ndarray)
@@ -285,6 +307,7 @@ class LMOnPolicyAlgorithm(IterationStages):
             obs = {k: v[None] for k, v in obs.items()}
             if action_masks is not None:
                 action_masks = torch.as_tensor(action_masks)[None]
+        keep = return_state or state is not None  # a caller that passes a state gets one back
         if episode_start is not None and bool(np.any(np.asarray(episode_start))):
             state = None
         mask = None if action_masks is None else torch.as_tensor(action_masks, device=self.device)
@@ -299,7 +322,7 @@ class LMOnPolicyAlgorithm(IterationStages):
             )
         if single:
             actions = actions[0]
-        return (actions.cpu().numpy() if as_numpy else actions), state
+        return (actions.cpu().numpy() if as_numpy else actions), (state if keep else None)
 
     def _sampling_kwargs(self) -> dict[str, Any]:
         return {

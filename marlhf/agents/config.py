@@ -395,16 +395,6 @@ class MAPPOConfig(PPOConfig):
     )
 
 
-def config_fields(cls: type[PPOConfig]) -> list[dataclasses.Field[Any]]:
-    """The fields of an algorithm config, in declaration order."""
-    return list(dataclasses.fields(cls))
-
-
-def field_help(cls: type[PPOConfig]) -> dict[str, str]:
-    """``{name: help text}`` of every field."""
-    return {f.name: f.metadata["help"] for f in dataclasses.fields(cls)}
-
-
 # ------------------------------------------------------------------- algorithm classes from it
 #: Keyword arguments every algorithm takes besides its hyper-parameters (with their defaults).
 COMMON_ARGUMENTS: dict[str, Any] = {

@@ -124,31 +124,6 @@ def global_count(mask: Tensor) -> Tensor:
     return global_sum(mask.sum(), device=mask.device)
 
 
-def global_masked_mean(x: Tensor, mask: Tensor) -> Tensor:
-    """Mean of ``x`` over the True entries of ``mask`` on every rank (no gradient; 0 if none).
-
-    :param x: ``float[...]``; entries off the mask are ignored, whatever they hold.
-    :param mask: ``bool[...]`` of the same shape.
-    """
-    local = torch.where(mask, x.detach(), torch.zeros_like(x)).sum().double()
-    both = torch.stack([local, mask.sum().double()])
-    all_reduce_sum(both)
-    return (both[0] / both[1].clamp(min=1)).to(x.dtype)
-
-
-def local_share(mask: Tensor) -> float:
-    """This rank's fraction of the real tokens, ``local / global``; 1.0 with one process.
-
-    A loss averaged over this rank's tokens, times this share, is this rank's part of the mean
-    over the global batch; summing the gradients over ranks then gives the global mean's.
-    """
-    if not (initialized() and dist.get_world_size() > 1):
-        return 1.0
-    local = float(mask.sum())
-    total = float(global_count(mask))
-    return local / total if total > 0 else 0.0
-
-
 def global_moments(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, int]:
     """Masked mean, unbiased variance and count over every rank (two passes, as one process
     computes them: the global mean first, then the squared deviations from it)."""
@@ -182,7 +157,8 @@ def global_whiten(x: Tensor, mask: Tensor, *, eps: float = 1e-8) -> Tensor:
 
 def global_token_mean(value: Tensor | float, share: float) -> float:
     """A per-rank token mean (a loss, ``approx_kl``) turned into the mean over all ranks'
-    tokens, given this rank's :func:`local_share` of them; ``value`` itself with one process."""
+    tokens, given this rank's share of them (its real tokens / all ranks' real tokens);
+    ``value`` itself with one process."""
     if not (initialized() and dist.get_world_size() > 1):
         return float(value)
     return float(global_sum(float(value) * share))
@@ -289,15 +265,6 @@ def all_gather_objects(obj: Any) -> list[Any]:
     out: list[Any] = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
-
-
-def broadcast_object(obj: Any, src: int = 0) -> Any:
-    """Rank ``src``'s ``obj`` on every rank."""
-    if not (initialized() and dist.get_world_size() > 1):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def barrier() -> None:

@@ -28,7 +28,15 @@ METADATA_KEY = "marlhf_rollouts"
 
 #: The ``float[B, T]`` fields, and the fields that may be ``None``.
 _TOKEN_FLOATS = ("logprobs", "ref_logprobs", "task_rewards", "rewards", "values")
-_OPTIONAL = ("values", "starts", "advantages", "group_ids", "mc_values", "greedy_rewards")
+_OPTIONAL = (
+    "values",
+    "starts",
+    "advantages",
+    "group_ids",
+    "mc_values",
+    "greedy_rewards",
+    "turn_starts",
+)
 
 
 @dataclass
@@ -52,6 +60,9 @@ class Rollouts:
         elsewhere), when its estimator read them (``mc``), else ``None``.
     :param greedy_rewards: ``float32[B]`` the return of a greedy rollout of each row's prompt,
         when its estimator read them (``remax``), else ``None``.
+    :param turn_starts: multi-turn rollouts: ``bool[B, T]`` the first action of each turn; the
+        response fields then hold the *action layout* (each row's action tokens, the env's
+        tokens removed: what estimators and the audit compare), else ``None``.
     :param info: JSON-serialisable facts about the run (task id, kwargs, termination, ...).
     """
 
@@ -70,6 +81,7 @@ class Rollouts:
     group_ids: torch.Tensor | None = None
     mc_values: torch.Tensor | None = None
     greedy_rewards: torch.Tensor | None = None
+    turn_starts: torch.Tensor | None = None
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,6 +92,7 @@ class Rollouts:
             "response_ids": ((B, T), (torch.int64,)),
             "response_mask": ((B, T), (torch.bool,)),
             "starts": ((B, T), (torch.bool,)),
+            "turn_starts": ((B, T), (torch.bool,)),
             "group_ids": ((B,), (torch.int64,)),
             "greedy_rewards": ((B,), (torch.float32, torch.float64)),
             **{
@@ -113,6 +126,9 @@ class Rollouts:
     @classmethod
     def from_algorithm(cls, algo: Any) -> Rollouts:
         """The last rollout an algorithm collected (its buffer and its env's prompts), on CPU."""
+        ensure = getattr(algo, "ensure_policy_scores", None)
+        if callable(ensure):  # the update was to give the policy's log-probs: score now
+            ensure()
         buf = getattr(algo, "rollout_buffer", None)
         env = getattr(algo, "env", None)
         prompts = getattr(env, "prompts", None)
@@ -141,11 +157,12 @@ class Rollouts:
         def cpu(x: torch.Tensor) -> torch.Tensor:
             return x.detach().cpu().clone()
 
+        turns = getattr(buf, "turns", None)  # multi-turn: the action layout
         return cls(
             prompt_ids=cpu(buf.prompt_ids),
             prompt_mask=cpu(buf.prompt_mask).bool(),
-            response_ids=cpu(buf.response_ids),
-            response_mask=cpu(buf.response_mask),
+            response_ids=cpu(buf.response_ids if turns is None else buf.action_ids),
+            response_mask=cpu(buf.response_mask if turns is None else buf.credit_mask),
             logprobs=cpu(buf.logprobs),
             ref_logprobs=cpu(buf.ref_logprobs),
             task_rewards=cpu(buf.task_rewards),
@@ -157,6 +174,7 @@ class Rollouts:
             group_ids=None if group_ids is None else cpu(group_ids),
             mc_values=None if mc_values is None else cpu(mc_values).float(),
             greedy_rewards=None if greedy is None else cpu(greedy).float(),
+            turn_starts=None if turns is None else cpu(turns.turn_starts),
             info=info,
         )
 
@@ -262,5 +280,6 @@ def resegment(
         logprobs=rollouts.logprobs,
         ref_logprobs=rollouts.ref_logprobs,
         generator=torch.Generator().manual_seed(seed),
+        turn_starts=rollouts.turn_starts,
     )
     return compute_starts(rule, batch, isolate_last=isolate_last)

@@ -172,16 +172,20 @@ def write_zip(zip_path: Path, data: dict[str, Any], state: dict[str, Any]) -> No
     tmp = zip_path.with_name(_temp_name(zip_path.name, "tmp"))
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr(DATA_FILE, json.dumps(data, indent=2, sort_keys=True))
-        write_step("zip data written")
-        # Tensors (optimizer moments, weights) barely compress: storing them saves minutes on
-        # a 135M model for a few percent of disk.
-        archive.writestr(STATE_FILE, buffer.getvalue(), compress_type=zipfile.ZIP_STORED)
-    write_step("zip written")
-    _fsync(tmp)
-    write_step("zip synced")
-    os.replace(tmp, zip_path)  # the commit
+    try:
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr(DATA_FILE, json.dumps(data, indent=2, sort_keys=True))
+            write_step("zip data written")
+            # Tensors (optimizer moments, weights) barely compress: storing them saves minutes
+            # on a 135M model for a few percent of disk.
+            archive.writestr(STATE_FILE, buffer.getvalue(), compress_type=zipfile.ZIP_STORED)
+        write_step("zip written")
+        _fsync(tmp)
+        write_step("zip synced")
+        os.replace(tmp, zip_path)  # the commit
+    except OSError:  # a full disk, say: no half-written temporary zip is left behind
+        tmp.unlink(missing_ok=True)
+        raise
     write_step("committed")
     _fsync(zip_path.parent)
     write_step("folder synced")
@@ -337,14 +341,21 @@ def _save_algorithm(algo: Any, path: str | Path) -> None:
     write_step("stale cleaned")
     fresh = weights.with_name(_temp_name(weights.name, str(next(_counter))))
     fresh.mkdir()
-    write_step("folder created")
-    algo.policy.save_pretrained(fresh)
-    write_step("weights written")
-    data["weights"] = fresh.name
-    data["weights_sha256"] = file_digests(fresh, sync=True)
-    _fsync(fresh.parent)
-    write_step("weights synced")
-    write_zip(zip_path, data, state)
+    try:
+        write_step("folder created")
+        algo.policy.save_pretrained(fresh)
+        write_step("weights written")
+        data["weights"] = fresh.name
+        data["weights_sha256"] = file_digests(fresh, sync=True)
+        _fsync(fresh.parent)
+        write_step("weights synced")
+        write_zip(zip_path, data, state)
+    except OSError:
+        # A full disk or another write error before the commit: the previous checkpoint stays
+        # current and whole; the new folder, which nothing names, goes.
+        if _current_weights(zip_path) != fresh.name:
+            _remove(fresh)
+        raise
     _point_link(weights, fresh)
     if previous is not None and previous != weights.name and previous != fresh.name:
         _remove(zip_path.with_name(previous))

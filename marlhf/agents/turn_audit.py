@@ -81,7 +81,23 @@ def audit_turns(
 ) -> dict[str, Any]:
     """``{"per_turn": [metrics of turn 0, 1, ...], "overall": metrics}`` (see the module
     docstring; arguments as :func:`turn_values`)."""
-    est, true, valid = turn_values(advantages, true_advantages, turn_ids, mask, num_turns)
+    return audit_turn_values(*turn_values(advantages, true_advantages, turn_ids, mask, num_turns))
+
+
+def stack_turn_values(parts: list[tuple[Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor]:
+    """Several rollouts' :func:`turn_values` as one (rows stacked, the turn axis zero-padded to
+    the widest), to audit them pooled."""
+    width = max(p[0].shape[1] for p in parts)
+
+    def pad(x: Tensor) -> Tensor:
+        extra = torch.zeros(x.shape[0], width - x.shape[1], dtype=x.dtype, device=x.device)
+        return torch.cat([x, extra], dim=1)
+
+    return tuple(torch.cat([pad(p[i]) for p in parts]) for i in range(3))  # type: ignore[return-value]
+
+
+def audit_turn_values(est: Tensor, true: Tensor, valid: Tensor) -> dict[str, Any]:
+    """The metrics of :func:`audit_turns` from per-turn values (:func:`turn_values`)."""
     per_turn = []
     for k in range(valid.shape[1]):
         rows = valid[:, k]

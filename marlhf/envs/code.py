@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -301,6 +302,11 @@ class HumanEvalTask(Task):
         sandbox: str = "bwrap",
     ) -> None:
         require_isolation(sandbox)
+        number = not isinstance(timeout_s, bool) and isinstance(timeout_s, int | float)
+        if not number or not math.isfinite(timeout_s) or timeout_s <= 0:
+            raise ValueError(
+                f"HumanEvalTask: timeout_s={timeout_s!r} must be a finite number of seconds > 0"
+            )
         if split not in SPLITS:
             raise ValueError(f"HumanEvalTask: split={split!r}; valid: {list(SPLITS)}")
         if not 0.0 < eval_fraction < 1.0:
@@ -360,7 +366,7 @@ class HumanEvalTask(Task):
         self.reward_fn: CodeExecutionReward = CodeExecutionReward(
             partial_credit=partial_credit,
             limits=SandboxLimits(
-                timeout_s=timeout_s, cpu_s=max(1, int(timeout_s + 0.999)), isolation=sandbox
+                timeout_s=timeout_s, cpu_s=max(1, math.ceil(timeout_s)), isolation=sandbox
             ),
             max_workers=max_workers,
             stop_sequences=stop_sequences,

@@ -3,30 +3,36 @@
 **Isolation** (``SandboxLimits.isolation="bwrap"``, the default): each program runs under
 bubblewrap in its own user, PID, network, IPC, UTS and mount namespaces with every capability
 dropped, an empty environment, a root file system that holds only read-only binds of what the
-interpreter needs and a private tmpfs work folder of ``disk_mb`` MiB, and a seccomp filter that
-refuses process creation (:mod:`~marlhf.envs.sandbox_process` lists the flags). It cannot reach the
-network, see or signal the trainer's processes, read its environment or files, or write anything
-that outlives the run: when the run ends, its PID namespace ends and every process in it dies.
-Without ``bwrap`` runs refuse to start (:class:`SandboxUnavailableError`, naming the install
-command) unless ``isolation="unsafe-no-isolation"`` is chosen by name.
+interpreter needs and a private tmpfs work folder of ``disk_mb`` MiB, and an allow-list seccomp
+filter built with libseccomp (default deny: :mod:`~marlhf.envs.sandbox_seccomp`). Where the
+machine has cgroups, each run has its own memory and pids groups
+(:mod:`~marlhf.envs.sandbox_cgroup`). Nothing it writes is a host file: stdout, stderr and the
+answers are pipes the parent reads with a byte limit. It cannot reach the network, see or signal
+the trainer's processes, read its environment or files, or leave anything behind: when the run
+ends (or the trainer dies), its PID namespace ends and every process in it dies. Without
+``bwrap`` (or libseccomp) runs refuse to start (:class:`SandboxUnavailableError`, naming the
+install command) unless ``isolation="unsafe-no-isolation"`` is chosen by name.
 
 **Limits** (set by the child before any untrusted line runs; with capabilities dropped it cannot
-raise them): CPU seconds, address space, largest file (which also bounds captured output),
-processes (``RLIMIT_NPROC``, which Linux ignores for root: the seccomp filter is what holds
-there), no core dumps; the parent kills the run at ``timeout_s`` wall-clock seconds.
+raise them): CPU seconds, address space, largest file, open files, processes (``RLIMIT_NPROC``,
+which Linux ignores for root: the pids cgroup is what holds there, or without one the filter
+refuses threads), no core dumps; the parent kills the run at ``timeout_s`` wall-clock seconds.
 
 **Defence in depth only**: the child also installs a PEP 578 audit hook (no sockets, process
-creation, signals, ctypes, writes outside the work folder, other processes' ``/proc`` entries).
-Audit hooks are not a security boundary; the namespaces and the seccomp filter are. In
-``unsafe-no-isolation`` mode they and the rlimits are all there is: the program runs as the
-calling user, can read what that user can read, and routes the hook never sees are open.
+creation, signals, ctypes, writes outside the work folder, other processes' ``/proc`` entries),
+for clear messages. Audit hooks are not a security boundary (a program can switch this one off);
+the namespaces, the seccomp filter and the cgroups are. In ``unsafe-no-isolation`` mode the
+hook and the rlimits are all there is: the program runs as the calling user, can read what that
+user can read, and routes the hook never sees are open.
 
 **Verdicts**: :func:`run_calls` gives the program only the inputs; the results come back as plain
-data (:func:`~marlhf.envs.sandbox_child.encode`) and the caller compares them in its own
-process. :func:`run_judged` runs trusted check code in a second sandbox whose candidate function
-forwards plain-data arguments to the program's sandbox. :func:`run_program` keeps the older form
-(tests run in the program's own namespace and process, so a hostile program can forge them): use
-it for programs that are not adversarial, never for a reward.
+data (:func:`~marlhf.envs.sandbox_child.encode`), decoded here without hashing, within the byte
+limit and the sample's deadline (:func:`~marlhf.envs.sandbox_plain.decode_plain`), and the
+caller compares them in its own process. :func:`run_judged` runs trusted check code (and a
+trusted reference solution for names the check calls directly) in a second sandbox whose
+candidate function forwards plain-data arguments to the program's sandbox. :func:`run_program`
+keeps the older form (tests run in the program's own namespace and process, so a hostile
+program can forge them): use it for programs that are not adversarial, never for a reward.
 """
 
 from __future__ import annotations
@@ -34,14 +40,11 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import math
 import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, TypeVar
 
 from marlhf.envs.sandbox_child import PlainDataError, encode
@@ -53,6 +56,14 @@ from marlhf.envs.sandbox_process import (
     SandboxUnavailableError,
     require_bwrap,
     wait_all,
+)
+from marlhf.envs.sandbox_types import (
+    ISOLATIONS,
+    CallResult,
+    CallsOutcome,
+    SandboxLimits,
+    SandboxResult,
+    Status,
 )
 
 __all__ = [
@@ -72,98 +83,7 @@ __all__ = [
     "run_program",
 ]
 
-#: Valid values of ``SandboxLimits.isolation``.
-ISOLATIONS = ("bwrap", "unsafe-no-isolation")
-#: The largest value of each numeric limit (seconds, MiB, tasks): past these a limit is a
-#: mistake, and the kernel's own fields would overflow.
-_LIMIT_RANGES: dict[str, float] = {
-    "timeout_s": 86400.0,
-    "cpu_s": 86400.0,
-    "memory_mb": 2**30,
-    "file_size_mb": 2**30,
-    "disk_mb": 2**30,
-    "max_processes": 2**22,
-    "result_mb": 1024,
-}
 T = TypeVar("T")
-
-
-class Status(str, Enum):
-    """How a sandboxed run ended."""
-
-    PASSED = "passed"
-    FAILED = "failed"
-    COMPILE_ERROR = "compile_error"
-    RUNTIME_ERROR = "runtime_error"
-    TIMEOUT = "timeout"
-    KILLED = "killed"
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Isolation and resource limits of one sandboxed run.
-
-    :param timeout_s: wall-clock limit in seconds (default 5.0); the run is killed at it.
-    :param cpu_s: CPU-time limit in seconds (``RLIMIT_CPU``, default 5).
-    :param memory_mb: address-space limit in MiB (``RLIMIT_AS``, default 1024).
-    :param file_size_mb: largest file the child may write, in MiB (``RLIMIT_FSIZE``, default
-        16); also how much of stdout and of stderr is read (they are pipes: past it the parent
-        closes its end and the child's writes fail).
-    :param disk_mb: size of the private tmpfs work folder in MiB (default 64; bwrap only).
-    :param max_processes: tasks (processes and threads) of one run: the run's ``pids.max``
-        where the machine has cgroups, and ``RLIMIT_NPROC`` (default 64; Linux does not
-        enforce the rlimit for root).
-    :param allow_subprocess: let the program create processes (default False: refused by the
-        seccomp filter under bwrap, and by the audit hook).
-    :param site_packages: make the interpreter's site-packages importable (default False: the
-        standard library only, which is what HumanEval needs).
-    :param output_chars: how many trailing characters of stdout/stderr to keep (default 2000).
-    :param isolation: ``"bwrap"`` (default) or ``"unsafe-no-isolation"`` (no namespaces: only
-        the rlimits and the audit hook, for machines without bubblewrap and trusted code).
-    :param audit_hook: install the in-process audit hook (default True; defence in depth, which
-        the tests turn off to show that the namespaces and seccomp filter hold alone).
-    :param result_mb: how much of the program's answers the parent reads, in MiB (default 1);
-        past it the answers that did not fit count as missing.
-    :raises ValueError: naming the field, for a value that is not a finite positive number (or
-        an int where one is needed) or is larger than the kernel can take.
-    """
-
-    timeout_s: float = 5.0
-    cpu_s: int = 5
-    memory_mb: int = 1024
-    file_size_mb: int = 16
-    disk_mb: int = 64
-    max_processes: int = 64
-    allow_subprocess: bool = False
-    site_packages: bool = False
-    output_chars: int = 2000
-    isolation: str = "bwrap"
-    audit_hook: bool = True
-    result_mb: int = 1
-
-    def __post_init__(self) -> None:
-        for name, most in _LIMIT_RANGES.items():
-            value = getattr(self, name)
-            number = not isinstance(value, bool) and isinstance(value, int | float)
-            if not number or not math.isfinite(value) or not 0 < value <= most:
-                raise ValueError(
-                    f"SandboxLimits.{name}={value!r} must be a finite number in (0, {most}]"
-                )
-        for name in ("memory_mb", "file_size_mb", "disk_mb", "max_processes", "result_mb"):
-            value = getattr(self, name)
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError(f"SandboxLimits.{name}={value!r} must be a whole number")
-            object.__setattr__(self, name, int(value))
-        output = self.output_chars
-        if isinstance(output, bool) or not isinstance(output, int) or not 0 <= output <= 10**7:
-            raise ValueError(f"SandboxLimits.output_chars={output!r} must be an int in [0, 10**7]")
-        for name in ("allow_subprocess", "site_packages", "audit_hook"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"SandboxLimits.{name}={getattr(self, name)!r} must be a bool")
-        if self.isolation not in ISOLATIONS:
-            raise ValueError(
-                f"SandboxLimits.isolation={self.isolation!r}; valid: {list(ISOLATIONS)}"
-            )
 
 
 def require_isolation(isolation: str = "bwrap") -> None:
@@ -173,70 +93,6 @@ def require_isolation(isolation: str = "bwrap") -> None:
         raise ValueError(f"sandbox isolation={isolation!r}; valid: {list(ISOLATIONS)}")
     if isolation == "bwrap":
         require_bwrap()
-
-
-@dataclass(frozen=True)
-class SandboxResult:
-    """Outcome of one sandboxed, graded run.
-
-    :param status: how it ended (:class:`Status`).
-    :param passed: number of tests that passed.
-    :param total: number of tests given.
-    :param duration_s: wall-clock seconds from start to the end of the run.
-    :param error: a short description of what went wrong (exception type and message, signal).
-    :param returncode: the child's exit code (negative: killed by that signal), None if unknown.
-    :param network_isolated: whether the child ran in an empty network namespace.
-    :param stdout: the tail of the child's standard output.
-    :param stderr: the tail of the child's standard error.
-    """
-
-    status: Status
-    passed: int
-    total: int
-    duration_s: float
-    error: str = ""
-    returncode: int | None = None
-    network_isolated: bool = False
-    stdout: str = ""
-    stderr: str = field(default="", repr=False)
-
-    @property
-    def pass_fraction(self) -> float | None:
-        """Fraction of tests passed (None when no tests were given)."""
-        return None if self.total == 0 else self.passed / self.total
-
-
-@dataclass(frozen=True)
-class CallResult:
-    """What one call of the program's function gave back.
-
-    :param kind: ``"value"`` (plain data in ``value``), ``"error"`` (it raised: ``error``),
-        ``"unplain"`` (it returned something that is not plain data) or ``"missing"`` (no answer:
-        the program ended or was stopped first).
-    """
-
-    kind: str
-    value: Any = None
-    error: str = ""
-
-
-@dataclass(frozen=True)
-class CallsOutcome:
-    """Outcome of :func:`run_calls`.
-
-    :param status: None when the program loaded and the calls ran; otherwise why not
-        (compile or runtime error while loading, timeout, killed).
-    :param results: one :class:`CallResult` per call, in order.
-    """
-
-    status: Status | None
-    error: str
-    results: list[CallResult]
-    duration_s: float
-    returncode: int | None = None
-    stdout: str = ""
-    stderr: str = ""
-    network_isolated: bool = False
 
 
 def run_calls(

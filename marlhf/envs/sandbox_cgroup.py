@@ -27,7 +27,10 @@ import contextlib
 import functools
 import itertools
 import os
+import shutil
 import signal
+import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +41,7 @@ PREFIX = "marlhf-sandbox-"
 #: ``sh -c JOIN_SCRIPT sh PROCS_FILE... -- COMMAND...``: join each group, then exec COMMAND.
 JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 _MOUNTS = "/proc/self/mountinfo"
+_CGROUPS = "/proc/self/cgroup"
 _counter = itertools.count()
 
 
@@ -53,38 +57,50 @@ class _Layout:
 def _own_paths() -> dict[str, str]:
     """This process's cgroup path per controller (``""`` for the v2 unified hierarchy)."""
     paths: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in Path(_CGROUPS).read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for name in controllers.split(",") if controllers else [""]:
             paths[name] = path
     return paths
 
 
-def _mounts() -> list[tuple[str, str, set[str]]]:
-    """``(mount point, type, super options)`` of every cgroup mount."""
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """``(mount point, root of the hierarchy mounted there, type, super options)`` of every
+    cgroup mount."""
     found = []
     for line in Path(_MOUNTS).read_text().splitlines():
         left, _, right = line.partition(" - ")
-        fstype, _source, options = ([*right.split(), "", ""])[:3]
-        if fstype in ("cgroup", "cgroup2"):
-            found.append((left.split()[4], fstype, set(options.split(","))))
+        fstype, _source, options = [*right.split(), "", ""][:3]
+        fields = left.split()
+        if fstype in ("cgroup", "cgroup2") and len(fields) > 4:
+            found.append((fields[4], fields[3], fstype, set(options.split(","))))
     return found
+
+
+def _under(point: str, root: str, path: str) -> Path | None:
+    """Where group ``path`` (as ``/proc/self/cgroup`` names it) is under a mount of ``root``."""
+    root = root.rstrip("/")
+    if path != root and not path.startswith(root + "/"):
+        return None
+    return Path(point + path[len(root) :])
 
 
 def _layout() -> _Layout | None:
     own = _own_paths()
     mounts = _mounts()
-    for point, fstype, _ in mounts:
-        if fstype == "cgroup2" and "" in own:
-            base = Path(point + own[""])
+    for point, root, fstype, _ in mounts:
+        base = _under(point, root, own[""]) if fstype == "cgroup2" and "" in own else None
+        if base is not None:
             controllers = (base / "cgroup.controllers").read_text().split()
             if {"memory", "pids"} <= set(controllers):
                 return _Layout(2, base, base)
     bases: dict[str, Path] = {}
-    for point, fstype, options in mounts:
+    for point, root, fstype, options in mounts:
         for name in ("memory", "pids"):
             if fstype == "cgroup" and name in options and name in own:
-                bases[name] = Path(point + own[name])
+                found = _under(point, root, own[name])
+                if found is not None:
+                    bases[name] = found
     if len(bases) == 2:
         return _Layout(1, bases["memory"], bases["pids"])
     return None
@@ -173,8 +189,11 @@ def _make(layout: _Layout, name: str, memory_bytes: int, tasks: int) -> RunCgrou
     return group
 
 
+_probe_lock = threading.Lock()
+
+
 @functools.lru_cache(maxsize=1)
-def _probe() -> tuple[_Layout | None, str]:
+def _probe_once() -> tuple[_Layout | None, str]:
     try:
         layout = _layout()
     except OSError as exc:
@@ -188,10 +207,28 @@ def _probe() -> tuple[_Layout | None, str]:
                 _write(control, "+memory +pids")
     clean_stale(layout)
     try:
-        _make(layout, f"{PREFIX}{os.getpid()}-probe", 64 * 2**20, 8).remove()
+        group = _make(layout, f"{PREFIX}{os.getpid()}-probe", 64 * 2**20, 8)
     except OSError as exc:
         return None, f"cannot create a cgroup under {layout.memory_base} ({exc})"
+    try:  # the launcher must be able to join it, exactly as runs will
+        sh = shutil.which("sh") or "/bin/sh"
+        argv = [sh, "-c", JOIN_SCRIPT, "sh", *group.procs, "--", sh, "-c", "exit 0"]
+        joined = subprocess.run(argv, capture_output=True, timeout=30)
+        problem = joined.stderr.decode(errors="replace").strip()[-300:]
+        problem = "" if joined.returncode == 0 else problem or f"exit {joined.returncode}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        problem = str(exc)
+    finally:
+        group.remove()
+    if problem:
+        return None, f"cannot join a cgroup under {layout.memory_base} ({problem})"
     return layout, ""
+
+
+def _probe() -> tuple[_Layout | None, str]:
+    """The layout runs use (None when there is none) and why not; probed once per process."""
+    with _probe_lock:
+        return _probe_once()
 
 
 def cgroup_support() -> str:

@@ -16,8 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from marlhf.training.config import doc, to_dict
+from marlhf.training.config import check_folder, doc, to_dict
 from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
+
+#: Continuations per prompt the exact truth enumerates at most (``marlhf.agents.truth``).
+EXACT_LIMIT = 65_536
 
 DEFAULT_SCHEMES = [
     "gae",
@@ -80,7 +83,8 @@ class AuditConfig:
     output_dir: str = field(default="runs/audit", metadata=doc("folder for the audit's files"))
     device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda or auto"))
     num_threads: int | None = field(
-        default=1, metadata=doc("torch CPU threads (tiny models run fastest on 1; null: default)")
+        default=None,
+        metadata=doc("torch CPU threads (null: MARLHF_NUM_THREADS, else 1; see docs/threads.md)"),
     )
 
 
@@ -120,11 +124,11 @@ def build_audited_agent(config: AuditConfig) -> Any:
 
 def run_audit(config: AuditConfig) -> dict[str, Any]:
     """Run one audit (module docstring); returns the summary the CLI prints."""
-    import torch
 
     from marlhf.agents.audit import Scheme, audit, plot_audit
     from marlhf.agents.rollout_io import Rollouts, collect
     from marlhf.agents.truth import Sampling, true_advantages
+    from marlhf.threads import apply_thread_policy
     from marlhf.training.builders import check_env_id
     from marlhf.training.io import atomic_write_json, atomic_write_text
 
@@ -134,8 +138,16 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         raise ValueError(f"train_timesteps={config.train_timesteps} must be >= 0")
     if config.mc_samples < 2:
         raise ValueError(f"mc_samples={config.mc_samples} must be >= 2")
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
+    check_folder("output_dir", config.output_dir)
+    if config.truth == "exact" and config.rollouts is None:
+        mask_actions = config.agent.mask_actions
+        if not exact_truth_fits(config.task, mask_actions):
+            raise ValueError(
+                f"truth=exact cannot audit {config.task.id} {dict(config.task.kwargs)}: it has "
+                f"more than {EXACT_LIMIT:,} continuations per prompt to enumerate. Use truth=mc, "
+                "agent.mask_actions=true, or a smaller task (task.kwargs)"
+            )
+    apply_thread_policy(config.num_threads)
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     algo = build_audited_agent(config)
@@ -209,11 +221,10 @@ def credit_settings(config: Any) -> dict[str, Any] | None:
     }
 
 
-def check_credit_task(config: Any, task: TaskConfig, agent: AgentConfig) -> None:
-    """Before training: with ``credit_truth=exact``, the task's continuations can be enumerated
-    under the agent's action mask (else the first audit would fail mid-run)."""
-    if config.credit_every == 0 or config.credit_truth != "exact":
-        return
+def exact_truth_fits(task: TaskConfig, mask_actions: bool) -> bool:
+    """Whether the exact truth can enumerate ``task``'s continuations (under the task's action
+    mask when ``mask_actions``); True when the task cannot be built here (it needs the model's
+    tokenizer: the audit itself will say)."""
     import torch
 
     from marlhf.agents.truth import Sampling, check_exact
@@ -221,13 +232,24 @@ def check_credit_task(config: Any, task: TaskConfig, agent: AgentConfig) -> None
 
     try:
         built = make_task(task.id, **task.kwargs)
-    except Exception:  # a task built only with the model's tokenizer: the first audit will say
-        return
-    mask = torch.as_tensor(built.action_mask(), dtype=torch.bool) if agent.mask_actions else None
+    except Exception:
+        return True
+    mask = torch.as_tensor(built.action_mask(), dtype=torch.bool) if mask_actions else None
     try:
         check_exact(built, Sampling(action_mask=mask))
-    except ValueError as err:
+    except ValueError:
+        return False
+    return True
+
+
+def check_credit_task(config: Any, task: TaskConfig, agent: AgentConfig) -> None:
+    """Before training: with ``credit_truth=exact``, the task's continuations can be enumerated
+    under the agent's action mask (else the first audit would fail mid-run)."""
+    if config.credit_every == 0 or config.credit_truth != "exact":
+        return
+    if not exact_truth_fits(task, agent.mask_actions):
         raise ValueError(
-            f"credit_truth='exact' cannot audit {task.id} {dict(task.kwargs)}: {err}. Use "
-            "credit_truth=mc, agent.mask_actions=true, or a smaller task"
-        ) from None
+            f"credit_truth=exact cannot audit {task.id} {dict(task.kwargs)}: it has more than "
+            f"{EXACT_LIMIT:,} continuations per prompt to enumerate. Use credit_truth=mc, "
+            "agent.mask_actions=true, or a smaller task (task.kwargs)"
+        )

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +120,7 @@ def build_env(task: TaskConfig, seed: int, device: str, tokenizer: Any = None) -
     check_env_id(task.id)
     kwargs = dict(task.kwargs)
     if tokenizer is not None and "tokenizer" not in kwargs:
-        factory_params = _task_parameters(task.id)
+        factory_params = task_parameters(task.id)
         if "tokenizer" in factory_params:
             kwargs["tokenizer"] = tokenizer
     try:
@@ -151,7 +152,80 @@ def check_task_kwargs(task: TaskConfig) -> None:
         raise ValueError(f"task.kwargs: {task.id} takes no argument {unknown[0]!r}; valid: {valid}")
 
 
-def _task_parameters(env_id: str) -> set[str]:
+def make_any_task(env_id: str, **task_kwargs: Any) -> Any:
+    """The checked task behind a registered env id: a single-turn ``Task``, or a
+    ``MultiTurnTask`` (which runs in ``MultiTurnTokenEnv``, the ``make_vec`` of its id)."""
+    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
+    from marlhf.envs.registration import make_task, task_factory
+
+    built = task_factory(env_id)(**task_kwargs)
+    if isinstance(built, MultiTurnTask):
+        check_multiturn_task(built)
+        return built
+    return make_task(built)
+
+
+class ActionMaskWarning(UserWarning):
+    """The task defines an action mask that the agent does not use (``agent.mask_actions``)."""
+
+
+def check_task_builds(task: TaskConfig, model: ModelConfig) -> Any:
+    """Build the task once, before any folder is made, so that a bad argument value (e.g.
+    ``horizon=-1``) fails first, naming ``task.kwargs``.
+
+    :returns: the task, or None when it is built only with the model's tokenizer (a text task
+        with ``model.path``: checked when the run starts).
+    """
+    if has_pretrained(model) and "tokenizer" in task_parameters(task.id):
+        return None
+    try:
+        return make_any_task(task.id, **task.kwargs)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from None
+
+
+def unused_mask_message(task: Any, mask_actions: bool) -> str | None:
+    """Why training ``task`` without its action mask starts low, or None when the task defines
+    no mask (it allows every token but pad) or ``mask_actions`` is on."""
+    import numpy as np
+
+    from marlhf.envs.tasks import Task
+
+    if mask_actions or task is None:
+        return None
+    mask = np.asarray(task.action_mask(), dtype=bool)
+    if isinstance(task, Task) and np.array_equal(mask, Task.action_mask(task)):
+        return None
+    allowed, vocab = int(mask.sum()), int(mask.size)
+    if allowed >= vocab - 1:
+        return None
+    below = ""
+    random_return = vars(task).get("random_return")  # a stored value (some tasks compute it)
+    if isinstance(random_return, float):
+        below = f" (documented random return {random_return:.3f})"
+    return (
+        f"task {task.name} allows {allowed} of its {vocab} tokens (its action mask) but "
+        f"agent.mask_actions is false: the policy samples from all {vocab}, so training starts "
+        f"below the task's random return{below}. Set agent.mask_actions=true to use the mask"
+    )
+
+
+def note_when_training_starts(note: str | None, progress: Any) -> Any:
+    """``progress`` (a callable, or None) that first warns ``note`` (an
+    :class:`ActionMaskWarning`) at its first call, once training has started: a run refused or
+    failing to start prints only its error."""
+    pending = [note] if note is not None else []
+
+    def wrapped(*args: Any) -> None:
+        if pending:
+            warnings.warn(pending.pop(), ActionMaskWarning, stacklevel=2)
+        if progress is not None:
+            progress(*args)
+
+    return wrapped
+
+
+def task_parameters(env_id: str) -> set[str]:
     """Names of the keyword arguments the task behind ``env_id`` accepts."""
     # reads the task registry without building the task (building may load data or models)
     from marlhf.envs import registration
@@ -173,7 +247,7 @@ def build_env_and_model(
     if has_pretrained(model):
         # text tasks are built with the model's tokenizer (so it must have one); symbol tasks
         # bring their own codec and take the model as it is
-        needs_tokenizer = "tokenizer" in _task_parameters(task.id)
+        needs_tokenizer = "tokenizer" in task_parameters(task.id)
         tokenizer = load_tokenizer(model) if needs_tokenizer else None
         env = build_env(task, seed, device, tokenizer)
         lm = load_causal_lm(model)

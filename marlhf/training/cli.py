@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import sys
-import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -27,7 +26,9 @@ from typing import Any
 import yaml
 
 from marlhf.agents import distributed as dist_utils
+from marlhf.threads import apply_thread_policy
 from marlhf.training.audit import AuditConfig
+from marlhf.training.builders import ActionMaskWarning
 from marlhf.training.config import ConfigError, help_text, load_config, to_dict
 from marlhf.training.configs import (
     CompareConfig,
@@ -36,74 +37,37 @@ from marlhf.training.configs import (
     SftConfig,
     TrainConfig,
 )
+from marlhf.training.run_files import RunsFailed, SaveError
 
 EXIT_BAD_INPUT = 2
+#: A run that could not finish (a save that failed, a run of compare that raised).
+EXIT_FAILED = 1
 #: Verbosity levels: ``--quiet``, the default, ``--verbose``.
 QUIET, NORMAL, VERBOSE = 0, 1, 2
 #: Sample completions ``marlhf eval`` shows.
 SHOWN_SAMPLES = 3
 
 
+def progress_mode(verbosity: int) -> str:
+    """``--quiet``: none; otherwise a bar on a terminal, plain lines elsewhere (stderr)."""
+    return "off" if verbosity == QUIET else "auto"
+
+
 def _train(config: Any, verbosity: int) -> dict[str, Any]:
+    from marlhf.training.progress import progress_display
     from marlhf.training.train import run_train
 
-    if verbosity == QUIET or (verbosity == NORMAL and not sys.stderr.isatty()):
-        return run_train(config)  # a bar only on a terminal; --verbose logs lines anywhere
-    with _train_progress(config.total_timesteps, verbosity) as progress:
-        return run_train(config, progress=progress)
-
-
-@contextlib.contextmanager
-def _train_progress(total: int, verbosity: int) -> Iterator[Callable[..., None]]:
-    """A progress bar on stderr (tokens, score, tokens/s); ``--verbose`` also logs each update."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    console = Console(stderr=True)
-    columns = (
-        "{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        "tokens",
-        TextColumn("score {task.fields[score]}"),
-        TextColumn("{task.fields[speed]} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    started: list[tuple[float, int]] = []
-    bar = Progress(*columns, console=console, transient=False)
-    task = bar.add_task("train", total=total, score="-", speed="-")
-
-    def progress(tokens: int, total: int, score: float | None = None) -> None:
-        now = time.perf_counter()
-        if not started:  # shown once training starts (a config error prints no bar)
-            started.append((now, tokens))  # the first call: 0, or a resumed run's tokens
-            bar.start()
-        t0, k0 = started[0]
-        speed = f"{(tokens - k0) / (now - t0):,.0f}" if now > t0 and tokens > k0 else "-"
-        shown = "-" if score is None else f"{score:.3f}"
-        bar.update(task, completed=min(tokens, total), score=shown, speed=speed)
-        if verbosity >= VERBOSE and tokens > k0:
-            bar.console.log(f"tokens {tokens:,}/{total:,}  score {shown}  {speed} tok/s")
-
-    try:
-        yield progress
-    finally:
-        if started:
-            bar.stop()
+    mode = progress_mode(verbosity)
+    with progress_display(
+        "train", ["train"], config.total_timesteps, mode, verbosity >= VERBOSE
+    ) as up:
+        return run_train(config, progress=lambda tokens, total, score: up("train", tokens, score))
 
 
 def _compare(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.compare import run_compare
 
-    return run_compare(config)
+    return run_compare(config, progress=progress_mode(verbosity), verbose=verbosity >= VERBOSE)
 
 
 def _eval(config: Any, verbosity: int) -> dict[str, Any]:
@@ -128,7 +92,7 @@ def _show_samples(summary: dict[str, Any]) -> None:
 def _sft(config: Any, verbosity: int) -> dict[str, Any]:
     from marlhf.training.sft import run_sft
 
-    return run_sft(config)
+    return run_sft(config, show=verbosity >= NORMAL)
 
 
 def _audit(config: Any, verbosity: int) -> dict[str, Any]:
@@ -273,19 +237,26 @@ def _pre_import(argv: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def _talk(verbosity: int) -> Iterator[None]:
+def _talk(verbosity: int, command: str) -> Iterator[None]:
     """Quiet: stdout of the command (tables, bars) and warnings silenced; verbose: library
-    warnings shown; normal: library logging at error level only."""
-    if verbosity == VERBOSE:
-        yield
-        return
+    warnings shown; normal: library logging at error level only. marlhf's own notes (an
+    unused action mask) are one line on stderr."""
     with warnings.catch_warnings():
         if verbosity == QUIET:
             warnings.simplefilter("ignore")
             with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
                 yield
-        else:
-            yield
+            return
+        show = warnings.showwarning
+
+        def one_line(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
+            if issubclass(category, ActionMaskWarning):
+                print(f"marlhf {command}: warning: {message}", file=sys.stderr)
+            else:
+                show(message, category, *args, **kwargs)
+
+        warnings.showwarning = one_line
+        yield
 
 
 def _quiet_libraries() -> None:
@@ -297,7 +268,7 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 success, 2 bad input)."""
+    """Run the CLI; returns the exit status (0 success, 1 a run failed, 2 bad input)."""
     argv = list(argv) if argv is not None else sys.argv[1:]
     try:
         _pre_import(argv)
@@ -310,6 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.verbosity < VERBOSE:
         _quiet_libraries()
     try:
+        apply_thread_policy()  # one torch thread unless asked otherwise (docs/threads.md)
         config: Any = load_config(cls, args.config, args.overrides)
         if hasattr(config, "imports"):  # recorded with the run; compare's workers import them
             config.imports = [
@@ -322,11 +294,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.print_config:
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
-        with _talk(args.verbosity):
+        with _talk(args.verbosity, args.command):
             result = run(config, args.verbosity)
     except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
         print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (SaveError, RunsFailed) as err:  # a full disk, a failed run: what is kept, what next
+        print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
     finally:
         world = dist_utils.world()  # under torchrun, rank 0 speaks for the run
         dist_utils.destroy()

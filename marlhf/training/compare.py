@@ -29,11 +29,19 @@ from typing import Any
 
 from marlhf.envs.registration import import_modules
 from marlhf.models import resolve_device
+from marlhf.threads import apply_thread_policy
 from marlhf.training.audit import check_credit_task, credit_settings
-from marlhf.training.builders import check_env_id
+from marlhf.training.builders import (
+    check_env_id,
+    check_task_builds,
+    make_any_task,
+    note_when_training_starts,
+    unused_mask_message,
+)
 from marlhf.training.config import from_dict, to_dict
 from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, atomic_write_text
+from marlhf.training.progress import progress_display
 from marlhf.training.report import (
     plot_curves,
     print_table,
@@ -42,6 +50,7 @@ from marlhf.training.report import (
     summarize,
     write_metrics_csv,
 )
+from marlhf.training.run_files import RunsFailed
 from marlhf.training.runner import (
     RunSpec,
     check_batch_fits,
@@ -60,8 +69,9 @@ RUN_DEFINING = ("model", "task", "agent", "total_timesteps", "device")
 def run_specs(config: CompareConfig) -> list[RunSpec]:
     """Every run of the comparison: PPO (when included) and each termination, per seed."""
     agents = [("ppo", "token")] if config.include_ppo else []
-    agents += [("mappo", t) for t in config.terminations]
-    agents += [parse_agent(text) for text in config.agents]
+    agents += [("mappo", t) for t in config.chosen_terminations()]
+    agents += [parse_agent(text) for text in config.chosen_agents()]
+    agents = list(dict.fromkeys(agents))  # a run named twice trains once (its first place)
     return [RunSpec(a, t, s) for a, t in agents for s in config.seeds]
 
 
@@ -74,19 +84,20 @@ def validate(config: CompareConfig) -> None:
         raise ValueError("seeds: need at least one seed")
     if len(set(config.seeds)) != len(config.seeds):
         raise ValueError(f"seeds={config.seeds} holds duplicates")
-    if not config.terminations and not config.include_ppo and not config.agents:
+    terminations, agents = config.chosen_terminations(), config.chosen_agents()
+    if not terminations and not config.include_ppo and not agents:
         raise ValueError(
             "terminations and agents are empty and include_ppo is false: nothing to train"
         )
-    if len(set(config.terminations)) != len(config.terminations):
-        raise ValueError(f"terminations={config.terminations} holds duplicates")
-    for spec in config.terminations:
+    if len(set(terminations)) != len(terminations):
+        raise ValueError(f"terminations={terminations} holds duplicates")
+    for spec in terminations:
         make_termination(spec)  # raises with the registered names
     resolve_device(config.device)  # a device this machine lacks
     check_batch_fits(config.agent, config.task)
-    pairs = [parse_agent(text) for text in config.agents]  # raises naming the presets
+    pairs = [parse_agent(text) for text in agents]  # raises naming the presets
     if len(set(pairs)) != len(pairs):
-        raise ValueError(f"agents={config.agents} holds duplicates")
+        raise ValueError(f"agents={agents} holds duplicates")
     for _, termination in pairs:
         if termination != "token":
             make_termination(termination)
@@ -94,6 +105,7 @@ def validate(config: CompareConfig) -> None:
         if run.agent not in ("ppo", "mappo"):
             _check_preset_agent(config, run)
     check_task_kwargs(config.task)
+    check_task_builds(config.task, config.model)  # bad values fail before any folder
     for name in ("total_timesteps", "workers", "threads_per_worker"):
         if getattr(config, name) < 1:
             raise ValueError(f"{name}={getattr(config, name)} must be >= 1")
@@ -139,6 +151,7 @@ PR_SET_PDEATHSIG = 1
 def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
     from marlhf.agents import MAPPOConfig, PPOConfig
     from marlhf.agents.config import resolve_config
+    from marlhf.agents.turn_credit import check_estimator_task
 
     values = config.agent.agent_kwargs()
     explicit = {k: values[k] for k in config.agent.explicit}
@@ -147,6 +160,7 @@ def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
     cls = PPOConfig if spec.termination == "token" else MAPPOConfig
     try:
         cfg = resolve_config(cls, [*config.agent.preset, spec.agent], explicit)
+        check_estimator_task(cfg.estimator, config.task.id)  # turn-level on a one-turn task
     except (TypeError, ValueError) as err:
         raise ValueError(f"agents: {spec.agent!r}: {err}") from None
     if config.task.num_envs % cfg.group_size:
@@ -160,12 +174,11 @@ def _worker(
     spec: RunSpec, folder: str, sections: dict[str, Any], settings: dict[str, Any]
 ) -> dict[str, Any]:
     """Entry point of a worker process: one run, progress sent through the worker's queue."""
-    import torch
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-    torch.set_num_threads(settings.pop("threads"))
+    apply_thread_policy(settings.pop("threads"))
     queue = _progress_queue
     import_modules(settings.pop("imports"))  # the user's tasks and terminations
     return train_run(
@@ -186,20 +199,15 @@ def _progress_for(update: Any, name: str) -> Any:
     return progress
 
 
-def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[dict[str, Any]]:
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-
+def _train_all(
+    config: CompareConfig, todo: list[RunSpec], out: Path, display: str, verbose: bool
+) -> list[dict[str, Any]]:
     sections = {k: to_dict(getattr(config, k)) for k in ("task", "model", "agent")}
     settings = {
         "total_timesteps": config.total_timesteps,
         "device": config.device,
         "checkpoint_every": config.checkpoint_every,
+        "checkpoint_minutes": config.checkpoint_minutes,
         "threads": config.threads_per_worker,
         "tensorboard": config.tensorboard,
         "imports": config.imports,
@@ -207,27 +215,17 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
     }
     results: list[dict[str, Any]] = []
     failures: list[str] = []
-    columns = (
-        "{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("score {task.fields[score]}"),
-        TimeElapsedColumn(),
+    names = [s.name for s in todo]
+    unused_mask = unused_mask_message(
+        check_task_builds(config.task, config.model), config.agent.mask_actions
     )
-    with Progress(*columns, transient=False) as bar:
-        tasks = {
-            s.name: bar.add_task(s.name, total=config.total_timesteps, score="-") for s in todo
-        }
-
-        def update(name: str, tokens: int, score: float | None) -> None:
-            shown = "-" if score is None else f"{score:.3f}"
-            bar.update(tasks[name], completed=min(tokens, config.total_timesteps), score=shown)
-
+    with progress_display("compare", names, config.total_timesteps, display, verbose) as shown:
+        update = note_when_training_starts(unused_mask, shown)
         if config.workers == 1 or len(todo) == 1:
             import torch
 
             threads = torch.get_num_threads()
-            torch.set_num_threads(config.threads_per_worker)
+            apply_thread_policy(config.threads_per_worker)
             try:
                 for spec in todo:
                     results.append(
@@ -240,6 +238,7 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
                             total_timesteps=config.total_timesteps,
                             device=config.device,
                             checkpoint_every=config.checkpoint_every,
+                            checkpoint_minutes=config.checkpoint_minutes,
                             progress=_progress_for(update, spec.name),
                             tensorboard=config.tensorboard,
                             credit=credit_settings(config),
@@ -281,7 +280,7 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
                         failures.append(f"{futures[fut].name}: {type(err).__name__}: {err}")
         progress_queue.close()
     if failures:
-        raise RuntimeError(
+        raise RunsFailed(
             "some runs failed (finished runs are kept; re-run to resume): " + "; ".join(failures)
         )
     return results
@@ -289,10 +288,8 @@ def _train_all(config: CompareConfig, todo: list[RunSpec], out: Path) -> list[di
 
 def _task_returns(task: TaskConfig) -> dict[str, Any]:
     """The task's documented random-policy and optimal returns, for scale (empty if unknown)."""
-    from marlhf.envs.registration import make_task
-
     try:
-        built = make_task(task.id, **task.kwargs)
+        built = make_any_task(task.id, **task.kwargs)
         return {
             "random / optimal return": f"{built.random_return:.3f} / {built.optimal_return:.3f}"
         }
@@ -300,18 +297,25 @@ def _task_returns(task: TaskConfig) -> dict[str, Any]:
         return {}
 
 
-def run_compare(config: CompareConfig) -> dict[str, Any]:
+def run_compare(
+    config: CompareConfig, progress: str = "auto", verbose: bool = False
+) -> dict[str, Any]:
     """Train every missing run, then write metrics.csv, curves.png, report.md, summary.json.
 
+    :param progress: what is shown on stderr: ``"auto"`` (a bar on a terminal, a line every
+        ``MARLHF_PROGRESS_SECONDS`` elsewhere), ``"bar"``, ``"lines"``, or ``"off"`` (nothing:
+        no progress, table or messages).
+    :param verbose: a progress line per update.
     :returns: ``{"output_dir", "trained", "skipped", "summary", "wall_time"}``.
     """
     validate(config)
     out = Path(config.output_dir)
     with locked_run_folder(out, "marlhf compare"):
-        return _run_compare(config, out)
+        return _run_compare(config, out, progress, verbose)
 
 
-def _run_compare(config: CompareConfig, out: Path) -> dict[str, Any]:
+def _run_compare(config: CompareConfig, out: Path, display: str, verbose: bool) -> dict[str, Any]:
+    talk = display != "off"
     record_config(out, to_dict(config), RUN_DEFINING)
     started = time.perf_counter()
 
@@ -319,9 +323,9 @@ def _run_compare(config: CompareConfig, out: Path) -> dict[str, Any]:
     finished = {s.name: load_result(out / "runs" / s.name) for s in specs}
     todo = [s for s in specs if finished[s.name] is None]
     skipped = [s.name for s in specs if finished[s.name] is not None]
-    if skipped:
-        print(f"skipping {len(skipped)} finished run(s): {', '.join(skipped)}")
-    trained = _train_all(config, todo, out) if todo else []
+    if skipped and talk:
+        print(f"skipping {len(skipped)} finished run(s): {', '.join(skipped)}", file=sys.stderr)
+    trained = _train_all(config, todo, out, display, verbose) if todo else []
     by_name = {r["run"]: r for r in trained}
     results = [finished[s.name] or by_name[s.name] for s in specs]
 
@@ -346,8 +350,12 @@ def _run_compare(config: CompareConfig, out: Path) -> dict[str, Any]:
     atomic_write_json(
         out / "summary.json", {"metric": config.metric, "summary": summary, "wall_time": wall}
     )
-    print_table(summary, config.metric)
-    print(f"report: {out / 'report.md'}  curves: {out / 'curves.png'}  ({wall:.0f} s)")
+    if talk:
+        print_table(summary, config.metric)
+        print(
+            f"report: {out / 'report.md'}  curves: {out / 'curves.png'}  ({wall:.0f} s)",
+            file=sys.stderr,
+        )
     return {
         "output_dir": str(out),
         "trained": [r["run"] for r in trained],

@@ -294,17 +294,23 @@ def load_config(
     return from_dict(cls, data)
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str, str]]:
-    """``(key, type, default, help)`` for every leaf field of ``cls`` (nested keys dotted)."""
+def describe(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[str, str, str, str]]:
+    """``(key, type, default, help)`` for every leaf field of ``cls`` (nested keys dotted).
+
+    :param instance: the defaults to show (default: ``cls``'s own); a section shows the
+        defaults its parent gives it (e.g. ``marlhf audit``'s task is CreditSum).
+    """
     rows: list[tuple[str, str, str, str]] = []
     hints = _hints(cls)
-    instance = cls.cli_default() if hasattr(cls, "cli_default") else cls()
+    if instance is None:
+        instance = cls.cli_default() if hasattr(cls, "cli_default") else cls()
     for f in dataclasses.fields(cls):
         annotation = hints[f.name]
         if f.metadata.get("cli") is False:
             continue
         if dataclasses.is_dataclass(annotation):
-            rows.extend(describe(annotation, prefix + f.name + "."))  # type: ignore[arg-type]
+            section = getattr(instance, f.name)
+            rows.extend(describe(annotation, prefix + f.name + ".", section))  # type: ignore[arg-type]
             continue
         default = getattr(instance, f.name)
         rows.append((prefix + f.name, type_name(annotation), repr(default), f.metadata["help"]))
@@ -344,6 +350,14 @@ def check_float(key: str, value: float, low: float, high: float, *, open_low: bo
 def check_seed(key: str, value: int) -> None:
     """Seeds are integers in ``[0, MAX_SEED]``."""
     check_int(key, value, 0, MAX_SEED)
+
+
+def check_folder(key: str, value: str) -> None:
+    """A folder path that names a folder: not empty (``""`` would mean the current folder)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            f"{key}={value!r} is empty; name a folder for the results, e.g. {key}=runs/mine"
+        )
 
 
 DEVICE_TYPES = ("cpu", "cuda", "mps")

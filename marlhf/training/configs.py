@@ -14,6 +14,7 @@ from marlhf.training.config import (
     ConfigError,
     check_device,
     check_float,
+    check_folder,
     check_int,
     check_seed,
     doc,
@@ -31,6 +32,16 @@ def checkpoint_every_field() -> Any:
     return field(
         default=10,
         metadata=doc("save a resumable checkpoint every this many iterations (0: never)"),
+    )
+
+
+def checkpoint_minutes_field() -> Any:
+    return field(
+        default=5.0,
+        metadata=doc(
+            "also save a checkpoint once this many minutes have passed since the last one "
+            "(0: by checkpoint_every alone); a killed run loses at most this much work"
+        ),
     )
 
 
@@ -139,9 +150,11 @@ class TrainConfig:
     )
     device: str = field(default="cpu", metadata=doc("torch device: cpu, cuda or auto"))
     num_threads: int | None = field(
-        default=None, metadata=doc("torch CPU threads (null: torch's default)")
+        default=None,
+        metadata=doc("torch CPU threads (null: MARLHF_NUM_THREADS, else 1; see docs/threads.md)"),
     )
     checkpoint_every: int = checkpoint_every_field()
+    checkpoint_minutes: float = checkpoint_minutes_field()
     tensorboard: bool = tensorboard_field()
     imports: list[str] = imports_field()
     credit_every: int = credit_every_field()
@@ -150,13 +163,21 @@ class TrainConfig:
     credit_schemes: list[str] = credit_schemes_field()
 
     def __post_init__(self) -> None:
+        check_folder("output_dir", self.output_dir)
         check_int("total_timesteps", self.total_timesteps, 1)
         check_credit(self)
         check_seed("seed", self.seed)
         check_device("device", self.device)
         if self.num_threads is not None:
-            check_int("num_threads", self.num_threads, 1, 4096, " (null: torch's default)")
+            check_int("num_threads", self.num_threads, 1, 4096, " (null: the thread policy)")
         check_int("checkpoint_every", self.checkpoint_every, 0, note=" (0: never)")
+        check_float("checkpoint_minutes", self.checkpoint_minutes, 0.0, 1e6, open_low=False)
+
+
+#: What ``marlhf compare`` trains beside PPO when neither ``terminations`` nor ``agents`` is set
+#: (``make demo``): MAPPO with 5-token macros, GRPO and RLOO.
+DEFAULT_TERMINATIONS = ["ngram:5"]
+DEFAULT_AGENTS = ["grpo", "rloo"]
 
 
 @dataclass
@@ -170,23 +191,26 @@ class CompareConfig:
         default_factory=AgentConfig.cli_default,
         metadata=doc("hyper-parameters shared by every agent"),
     )
-    terminations: list[str] = field(
-        default_factory=lambda: ["ngram:5"],
+    terminations: list[str] | None = field(
+        default=None,
         metadata=doc(
             "MAPPO termination specs to compare with token-level PPO (quote a spec holding "
-            "commas: ['random_ngram:sizes=1,2,3', ngram:5])"
+            "commas: ['random_ngram:sizes=1,2,3', ngram:5]); null: [ngram:5]"
         ),
     )
     include_ppo: bool = field(
         default=True, metadata=doc("also train token-level PPO (the reference of the report)")
     )
-    agents: list[str] = field(
-        default_factory=lambda: ["grpo", "rloo"],
+    agents: list[str] | None = field(
+        default=None,
         metadata=doc(
             "more credit-assignment schemes, each PRESET or PRESET@TERMINATION (grpo, rloo, "
             "dr-grpo, reinforce++, dapo, gspo, ma-ppo@ngram:10, grpo@ngram:5, ...; see "
             "marlhf.agents.PRESETS), trained after PPO and the terminations with the shared "
-            "agent section and the same seeds and token budget"
+            "agent section and the same seeds and token budget; null: [grpo, rloo] when "
+            "terminations is null too, none when you name terminations (then only those are "
+            "compared with PPO). A run listed twice (ppo, or mappo@ngram:5 beside the "
+            "terminations) trains once"
         ),
     )
     seeds: list[int] = field(
@@ -208,6 +232,7 @@ class CompareConfig:
     )
     threads_per_worker: int = field(default=1, metadata=doc("torch CPU threads per run"))
     checkpoint_every: int = checkpoint_every_field()
+    checkpoint_minutes: float = checkpoint_minutes_field()
     metric: str = field(
         default="rollout/score_mean", metadata=doc("logged metric the report and curves compare")
     )
@@ -218,7 +243,18 @@ class CompareConfig:
     credit_mc_samples: int = credit_mc_samples_field()
     credit_schemes: list[str] = credit_schemes_field()
 
+    def chosen_terminations(self) -> list[str]:
+        """``terminations``, or :data:`DEFAULT_TERMINATIONS` when null."""
+        return list(DEFAULT_TERMINATIONS if self.terminations is None else self.terminations)
+
+    def chosen_agents(self) -> list[str]:
+        """``agents``; when null, :data:`DEFAULT_AGENTS` unless terminations were named."""
+        if self.agents is not None:
+            return list(self.agents)
+        return list(DEFAULT_AGENTS) if self.terminations is None else []
+
     def __post_init__(self) -> None:
+        check_folder("output_dir", self.output_dir)
         check_int("total_timesteps", self.total_timesteps, 1)
         check_credit(self)
         for i, seed in enumerate(self.seeds):
@@ -227,6 +263,7 @@ class CompareConfig:
         check_int("workers", self.workers, 1, 1024)
         check_int("threads_per_worker", self.threads_per_worker, 1, 4096)
         check_int("checkpoint_every", self.checkpoint_every, 0, note=" (0: never)")
+        check_float("checkpoint_minutes", self.checkpoint_minutes, 0.0, 1e6, open_low=False)
 
 
 @dataclass
@@ -350,6 +387,7 @@ class SftConfig:
     device: str = field(default="cpu", metadata=doc("cpu or cuda"))
 
     def __post_init__(self) -> None:
+        check_folder("output_dir", self.output_dir)
         if self.max_steps != -1:
             check_int("max_steps", self.max_steps, 1, note=", or -1 to run `epochs` full epochs")
         check_float("epochs", self.epochs, 0.0, 1e6)
@@ -393,6 +431,7 @@ class RmConfig:
     device: str = field(default="cpu", metadata=doc("cpu or cuda"))
 
     def __post_init__(self) -> None:
+        check_folder("output_dir", self.output_dir)
         check_int("vocab_size", self.vocab_size, 300, 1_000_000, " (256 bytes + merges)")
         check_int("max_length", self.max_length, 2, 1_000_000)
         check_int("epochs", self.epochs, 1, 1_000_000)

@@ -24,12 +24,13 @@ import numpy as np
 from marlhf.envs.registration import import_modules
 from marlhf.models import ModelLoadError, resolve_device
 from marlhf.training.builders import (
+    build_env,
     load_causal_lm,
     load_tokenizer,
+    task_parameters,
 )
 from marlhf.training.configs import EvalConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, write_jsonl
-from marlhf.training.runner import _task_parameters, build_env
 
 
 def resolve_model_folder(path: str) -> Path:
@@ -194,7 +195,7 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
         out_dir = folder
     import_modules(config.imports)
     task, origin = resolve_task(config)
-    params = _task_parameters(task.id)
+    params = task_parameters(task.id)
     tokenizer = load_tokenizer(model_cfg) if "tokenizer" in params else None
     if "split" in params and "split" not in task.kwargs:
         task.kwargs["split"] = "eval"

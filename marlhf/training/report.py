@@ -368,7 +368,7 @@ def render_markdown(summary: list[dict[str, Any]], metric: str, context: dict[st
 
 
 def print_table(summary: list[dict[str, Any]], metric: str) -> None:
-    """Print the report table with rich."""
+    """Print the report table with rich, on stderr (stdout carries the command's result)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -379,4 +379,4 @@ def print_table(summary: list[dict[str, Any]], metric: str) -> None:
         table.add_row(*cells)
     if any(s["ppo_learned"] is False for s in summary):
         table.caption = NOT_LEARNED
-    Console().print(table)
+    Console(stderr=True).print(table)

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -32,17 +33,19 @@ from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputF
 from marlhf.agents import distributed as dist_utils
 from marlhf.agents.save_util import remove_checkpoint
 from marlhf.models import resolve_device
-from marlhf.training.builders import _task_parameters as _task_parameters
 from marlhf.training.builders import build_env as build_env
 from marlhf.training.builders import build_env_and_model
 from marlhf.training.builders import check_task_kwargs as check_task_kwargs
 from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
 from marlhf.training.io import atomic_write_json, atomic_write_text
+from marlhf.training.run_files import METRICS_FILE, LiveMetrics, saving
 
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"
 PROGRESS_FILE = "progress.json"
 CHECKPOINT = "checkpoint"
+#: Minutes after which a checkpoint is also saved, whatever ``checkpoint_every`` says.
+CHECKPOINT_MINUTES = 5.0
 #: Logged keys kept in the metrics (numbers under these prefixes).
 KEPT_PREFIXES = ("rollout/", "train/", "credit/")
 
@@ -230,6 +233,11 @@ def _holds_runs(out: Path) -> bool:
     return any(any(out.glob(pattern + name)) for pattern in ("", "runs/*/") for name in RUN_FILES)
 
 
+def _only_setup(out: Path) -> bool:
+    """Whether ``out`` holds only what a start writes (its lock and config), no training."""
+    return all(p.name in (LOCK_FILE, "config.yaml") for p in out.iterdir())
+
+
 class RunFolderBusy(ValueError):
     """Another process holds the run folder's lock."""
 
@@ -241,8 +249,12 @@ def locked_run_folder(out: Path, command: str) -> Iterator[None]:
     The lock is an ``flock`` on ``out/.lock``, which records its holder; the system releases it
     when the holder exits, however it ends (``kill -9`` included), so it is never stale.
 
+    A folder this call creates is removed again when the block raises before anything but
+    the lock and ``config.yaml`` was written (a run that failed to start leaves no folder).
+
     :raises RunFolderBusy: at once, naming the holder, when another process holds it.
     """
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -260,7 +272,12 @@ def locked_run_folder(out: Path, command: str) -> Iterator[None]:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime())
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"process {os.getpid()} ({command}, since {since})\n".encode(), 0)
-        yield
+        try:
+            yield
+        except BaseException:
+            if created and _only_setup(out):  # failed before training: leave no folder behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
     finally:
         os.close(fd)  # releases the lock
 
@@ -284,16 +301,22 @@ def train_run(
     progress: ProgressFn | None = None,
     tensorboard: bool = False,
     credit: dict[str, Any] | None = None,
+    checkpoint_minutes: float = CHECKPOINT_MINUTES,
+    metrics_file: bool = False,
 ) -> dict[str, Any]:
     """Train one run to ``total_timesteps`` tokens (resuming when possible); return its result.
 
     :param folder: the run's folder (created).
     :param checkpoint_every: iterations between checkpoints; 0 saves none (no resume).
+    :param checkpoint_minutes: also save a checkpoint once this many minutes have passed since
+        the last one (0: by iterations only); only with ``checkpoint_every > 0``.
     :param progress: called with ``(tokens, total_timesteps, last score)`` after every dump.
     :param tensorboard: also write TensorBoard event files to ``<folder>/tensorboard``.
     :param credit: log the credit audit during training: the keyword arguments of
         :class:`~marlhf.agents.audit.CreditAuditCallback` (``every``, ``method``,
         ``mc_samples``, ``schemes``); its ``credit/*`` figures join the metrics.
+    :param metrics_file: keep ``<folder>/metrics.csv`` up to date while training (rewritten at
+        most every :data:`METRICS_SECONDS` and at each checkpoint), not only at the end.
     :returns: ``{"run", "agent", "termination", "seed", "tokens", "wall_time", "rows",
         "resumed_from"}``; also written to ``<folder>/result.json``.
     """
@@ -338,10 +361,21 @@ def train_run(
             (folder / PROGRESS_FILE).unlink(missing_ok=True)
         algo = build_agent(spec, lm, env, agent, device, None, model.policy_kwargs())
 
-    recorder = MetricsRecorder(
-        wall_offset,
-        None if progress is None else (lambda t: progress(t, total_timesteps, recorder.score)),
-    )
+    record = {
+        "run": spec.name,
+        "agent": spec.agent,
+        "termination": spec.termination,
+        "seed": spec.seed,
+    }
+    live = LiveMetrics(folder / METRICS_FILE, {**record, "rows": rows}) if metrics_file else None
+
+    def on_dump(tokens: int) -> None:
+        if live is not None and main:
+            live.maybe_write()
+        if progress is not None:
+            progress(tokens, total_timesteps, recorder.score)
+
+    recorder = MetricsRecorder(wall_offset, on_dump)
     recorder.rows = rows
     formats: list[KVWriter] = [recorder]
     if tensorboard:
@@ -357,44 +391,54 @@ def train_run(
         callback = CreditAuditCallback(**credit)
     tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
     resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
+    last_save, last_iteration = time.perf_counter(), algo._iteration
     while algo.num_timesteps < total_timesteps:
         chunk = total_timesteps - algo.num_timesteps
-        if checkpoint_every > 0:
-            chunk = min(chunk, checkpoint_every * tokens_per_iter)
+        if checkpoint_every > 0:  # one iteration at a time: a checkpoint may follow any
+            chunk = min(chunk, tokens_per_iter)
         algo.learn(chunk, callback=callback, reset_num_timesteps=False)
-        if checkpoint_every > 0 and algo.num_timesteps < total_timesteps:
+        due = algo._iteration - last_iteration >= checkpoint_every or (
+            checkpoint_minutes > 0 and time.perf_counter() - last_save >= 60 * checkpoint_minutes
+        )
+        if checkpoint_every > 0 and due and algo.num_timesteps < total_timesteps:
             # The metrics of the new checkpoint are written before it and those of the previous
             # one kept until it is replaced: a kill anywhere leaves the pair a resume needs.
             entry = {"tokens": algo.num_timesteps, "wall_time": recorder.wall_time(), "rows": rows}
             previous = [e for e in _progress_entries(folder) if e["tokens"] == resumed_tokens]
-            if main:
-                atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
-            algo.save(folder / CHECKPOINT)  # every rank: it gathers their random streams
-            if main:
-                atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
+            with saving(spec.name, folder / CHECKPOINT):
+                if main:
+                    atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
+                algo.save(folder / CHECKPOINT)  # every rank: it gathers their random streams
+                if main:
+                    atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
+            if main and live is not None:
+                live.write()
             resumed_tokens = int(algo.num_timesteps)
-    for fmt in formats[1:]:  # flush the TensorBoard events
-        fmt.close()
-    algo.save(folder / "final")
+            last_save, last_iteration = time.perf_counter(), algo._iteration
+    with saving(spec.name, folder / "final"):
+        for fmt in formats[1:]:  # flush the TensorBoard events
+            fmt.close()
+        algo.save(folder / "final")
     if not main:
         return {"tokens": int(algo.num_timesteps), "wall_time": recorder.wall_time(), "rows": rows}
     plain = folder / "final_weights" / "policy"
-    if model.lora is not None:  # the adapters folded in: a model plain transformers loads
-        plain = folder / MERGED
-        algo.policy.save_merged(plain)
-    if tokenizer is not None:  # so the saved policy loads with plain transformers, text and all
-        tokenizer.save_pretrained(str(plain))
+    with saving(spec.name, plain):
+        if model.lora is not None:  # the adapters folded in: a model plain transformers loads
+            plain = folder / MERGED
+            algo.policy.save_merged(plain)
+        if tokenizer is not None:  # so the saved policy loads with plain transformers, text too
+            tokenizer.save_pretrained(str(plain))
     result = {
-        "run": spec.name,
-        "agent": spec.agent,
-        "termination": spec.termination,
-        "seed": spec.seed,
+        **record,
         "tokens": int(algo.num_timesteps),
         "wall_time": round(recorder.wall_time(), 3),
         "resumed_from": resumed_from,
         "rows": rows,
     }
-    atomic_write_json(folder / RESULT_FILE, result)
+    with saving(spec.name, folder / RESULT_FILE):
+        if live is not None:
+            live.write()
+        atomic_write_json(folder / RESULT_FILE, result)
     # the checkpoint only served resuming; the final save replaces it
     remove_checkpoint(folder / CHECKPOINT)
     (folder / PROGRESS_FILE).unlink(missing_ok=True)

@@ -14,13 +14,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from marlhf.agents.config import PRESETS, PPOConfig, resolve_config
-from marlhf.training.config import ConfigError, check_int, check_seed, check_value, doc, from_dict
+from marlhf.training.config import (
+    ConfigError,
+    check_float,
+    check_int,
+    check_seed,
+    check_value,
+    doc,
+    from_dict,
+)
 
 DEFAULT_TASK = "marlhf/DelayedChoice-v0"
 DEFAULT_TASK_KWARGS: dict[str, Any] = {"horizon": 32, "num_choices": 4}
 #: Bounds checked before anything is allocated (a typo of a few zeros must not freeze the
 #: machine): rows stepped together, and the parameters of a tiny GPT-2 built from scratch.
 MAX_NUM_ENVS = 65_536
+#: The CLI's bounds on the agent's numbers: a learning rate above 1 only diverges, and any knob
+#: beyond 1e6 in size overflows float32 arithmetic somewhere in an update.
+MAX_LEARNING_RATE = 1.0
+MAX_KNOB = 1e6
 MAX_TINY_PARAMS = 1_000_000_000
 
 
@@ -200,6 +212,13 @@ class AgentConfig(PPOConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        check_float("agent.learning_rate", self.learning_rate, 0.0, MAX_LEARNING_RATE)
+        for f in dataclasses.fields(PPOConfig):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and abs(value) > MAX_KNOB:  # finite, yet overflows
+                raise ConfigError(
+                    f"agent.{f.name}={value!r} is out of range: at most {MAX_KNOB:g} in size"
+                )
         unknown = sorted(set(self.explicit) - {f.name for f in dataclasses.fields(PPOConfig)})
         if unknown:
             raise ConfigError(f"agent.explicit: {unknown[0]!r} is not an agent key")

@@ -10,19 +10,23 @@ them. Training runs through ``transformers``' ``Trainer``. With ``model.path`` n
 BPE is trained on the data and a tiny GPT-2 is built for it, so
 ``marlhf sft --set data=[...stdlib files...]`` makes a small code model from nothing.
 
-The result folder holds the model and its tokenizer (``save_pretrained``) and
-``marlhf_sft.json`` (config and losses); it is written beside and renamed into place at the end,
-so an interrupted run never leaves a folder that looks finished.
+The result folder holds the model and its tokenizer (``save_pretrained``),
+``marlhf_sft.json`` (config and losses) and ``log.jsonl`` (the trainer's logs, which the command
+also prints on stderr: stdout carries the result only); it is written beside and renamed into
+place at the end, so an interrupted run never leaves a folder that looks finished.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from transformers import TrainerCallback
 
 from marlhf.training.builders import has_pretrained, load_causal_lm, load_tokenizer
 from marlhf.training.config import to_dict
@@ -38,6 +42,8 @@ from marlhf.training.io import (
 )
 
 RESULT_FILE = "marlhf_sft.json"
+#: The trainer's logs (loss, learning rate, ...), one JSON object a line, in the output folder.
+LOG_FILE = "log.jsonl"
 
 
 def read_texts(files: list[str], text_field: str = "text") -> list[str]:
@@ -111,17 +117,39 @@ def _text_data(config: SftConfig, texts: list[str], work: Path) -> tuple[Any, li
     return tokenizer, rows
 
 
-def run_sft(config: SftConfig) -> dict[str, Any]:
+class LogLines(TrainerCallback):
+    """The trainer's logs as JSON lines in ``path`` and, with ``show``, one line each on stderr.
+
+    :param path: the log file (appended to).
+    :param show: also print each log on stderr (the CLI's progress stream).
+    """
+
+    def __init__(self, path: Path, show: bool = True) -> None:
+        self.path = path
+        self.show = show
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        record = {"step": int(state.global_step), **dict(logs or {})}
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record) + "\n")
+        if self.show:
+            shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                              for k, v in record.items())  # fmt: skip
+            print(f"sft: {shown}", file=sys.stderr, flush=True)
+
+
+def run_sft(config: SftConfig, show: bool = True) -> dict[str, Any]:
     """Fine-tune, save model + tokenizer to ``config.output_dir``, return the losses.
 
     The data are ``config.data`` (text, loss on every token) or, with ``config.task.id``,
     (prompt, solution) pairs from that task (loss on the solution tokens only; see
     :mod:`marlhf.training.sft_data`).
 
+    :param show: print the trainer's logs on stderr (they are also kept in ``log.jsonl``).
     :returns: ``{"train_loss", "eval_loss_before", "eval_loss_after", "eval_perplexity",
         "train_blocks", "eval_blocks", "output_dir"}`` (blocks are examples with a task).
     """
-    from transformers import Trainer, TrainingArguments
+    from transformers import PrinterCallback, Trainer, TrainingArguments
 
     from marlhf.training.sft_data import EXAMPLES_FILE, Collator, check_task_section, task_data
 
@@ -173,6 +201,10 @@ def run_sft(config: SftConfig) -> dict[str, Any]:
             eval_dataset=eval_set,
             data_collator=collator,
         )
+        # The trainer prints its logs on stdout, which carries the command's result: they go to
+        # stderr (unless quiet) and to log.jsonl in the output folder instead.
+        trainer.remove_callback(PrinterCallback)
+        trainer.add_callback(LogLines(work / LOG_FILE, show))
         before = float(trainer.evaluate()["eval_loss"])
         train_out = trainer.train()
         after = float(trainer.evaluate()["eval_loss"])

@@ -3,8 +3,10 @@
 The output folder holds the run (see :mod:`marlhf.training.runner`): ``final.zip`` and
 ``final_weights/`` (the policy in ``final_weights/policy``, loadable by plain transformers and by
 ``marlhf eval --set model.path=<output_dir>/final``), ``result.json`` and a tidy
-``metrics.csv``. Re-running on an unfinished folder resumes from its last checkpoint; a finished
-one is not retrained; a folder made with other settings is refused.
+``metrics.csv``, kept up to date while the run trains. A checkpoint is saved every
+``checkpoint_every`` iterations or ``checkpoint_minutes`` minutes, whichever comes first.
+Re-running on an unfinished folder resumes from its last checkpoint; a finished one is not
+retrained; a folder made with other settings is refused.
 """
 
 from __future__ import annotations
@@ -18,8 +20,14 @@ import numpy as np
 
 from marlhf.agents import distributed as dist_utils
 from marlhf.models import resolve_device
+from marlhf.threads import apply_thread_policy
 from marlhf.training.audit import check_credit_task, credit_settings
-from marlhf.training.builders import check_env_id
+from marlhf.training.builders import (
+    check_env_id,
+    check_task_builds,
+    note_when_training_starts,
+    unused_mask_message,
+)
 from marlhf.training.config import to_dict
 from marlhf.training.configs import TrainConfig
 from marlhf.training.report import final_score, write_metrics_csv
@@ -54,8 +62,6 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
 
     :returns: ``{"output_dir", "tokens", "wall_time", "final_score", "model"}``.
     """
-    import torch
-
     check_env_id(config.task.id)
     if config.total_timesteps < 1:
         raise ValueError(f"total_timesteps={config.total_timesteps} must be >= 1")
@@ -75,9 +81,10 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
     resolve_device(config.device)  # a device this machine lacks: before the folder is touched
     check_batch_fits(config.agent, config.task)
     check_task_kwargs(config.task)
+    built = check_task_builds(config.task, config.model)  # bad values: before the folder too
+    unused_mask = unused_mask_message(built, config.agent.mask_actions)
     check_credit_task(config, config.task, config.agent)
-    if config.num_threads is not None:
-        torch.set_num_threads(config.num_threads)
+    apply_thread_policy(config.num_threads)
     spec = RunSpec(config.algo, termination, config.seed)
     out = Path(config.output_dir)
     record = to_dict(config)
@@ -104,9 +111,11 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
             total_timesteps=config.total_timesteps,
             device=config.device,
             checkpoint_every=config.checkpoint_every,
-            progress=progress,
+            progress=note_when_training_starts(unused_mask, progress),
             tensorboard=config.tensorboard,
             credit=credit_settings(config),
+            checkpoint_minutes=config.checkpoint_minutes,
+            metrics_file=main,
         )
         if main:
             write_metrics_csv(out / "metrics.csv", [result])

@@ -171,6 +171,7 @@ def _updates_on_ranks(rank: int, world_size: int, rollouts: dict[str, Any]) -> d
     return out
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_two_ranks_update_like_one_process_with_every_row() -> None:
     rollouts = {kind: _rollout(kind) for kind in _configs()}
     results = run_ranks(_updates_on_ranks, 2, rollouts)
@@ -205,6 +206,7 @@ def _continuations(rank: int, world_size: int, data: dict[str, Any]) -> dict[str
     return {"mc": buf.mc_values, "params": _params(algo), "timesteps": algo.num_timesteps}
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_monte_carlo_continuations_on_two_ranks() -> None:
     """Each rank samples its own rows' continuations (so the draws differ from one process's,
     see the module docstring); what holds: the same branch points, every value that the prefix
@@ -284,6 +286,7 @@ def check_failures(results: list[dict[str, Any]], data: dict[str, Any]) -> None:
     assert results[0]["n_updates"] == results[1]["n_updates"] == one._n_updates
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_a_nan_or_target_kl_on_one_rank_stops_every_rank_together() -> None:
     data = _rollout("ppo")
     check_failures(run_ranks(_failures, 2, data), data)
@@ -305,6 +308,7 @@ def _resume(rank: int, world_size: int, folder: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_two_rank_checkpoint_resumes_exactly_and_refuses_one_rank(tmp_path: Path) -> None:
     results = run_ranks(_resume, 2, str(tmp_path))
     for got in results:
@@ -325,6 +329,7 @@ def _small_buckets(rank: int, world_size: int, data: dict[str, Any]) -> dict[str
     return _params(_update("ppo", data, rank, world_size))
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_gradients_all_reduced_in_many_buckets_update_like_one_process() -> None:
     data = _rollout("ppo")
     want = _params(_update("ppo", data, 0, 1))

@@ -9,6 +9,7 @@ import torch
 from marlhf.agents import distributed as dist_utils
 from marlhf.agents.advantages import whiten
 from marlhf.agents.losses import masked_mean
+from tests.agents import dist_helpers
 from tests.agents.ranks import run_ranks
 
 ROWS = 3  # rows per rank
@@ -35,12 +36,12 @@ def _normalisers(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     weight = torch.nn.Parameter(torch.linspace(-1.0, 1.0, 5))
     # A token-mean loss: the local mean times this rank's share, gradients summed over ranks.
     y = torch.where(mask, x, torch.zeros_like(x)) * weight
-    loss = masked_mean(y, mask) * dist_utils.local_share(mask)
+    loss = masked_mean(y, mask) * dist_helpers.local_share(mask)
     loss.backward()
     dist_utils.all_reduce_gradients([weight])
     assert weight.grad is not None
     return {
-        "mean": dist_utils.global_masked_mean(x, mask),
+        "mean": dist_helpers.global_masked_mean(x, mask),
         "whitened": dist_utils.global_whiten(x, mask),
         "loss": dist_utils.global_sum(loss.detach()),
         "grad": weight.grad,
@@ -67,7 +68,7 @@ def _decisions(rank: int, world_size: int) -> dict[str, object]:
         "any_none": dist_utils.any_rank(False),
         "seed": dist_utils.rank_seed(5),
         "gathered": dist_utils.all_gather_objects({"rank": rank}),
-        "broadcast": dist_utils.broadcast_object(f"from {rank}"),
+        "broadcast": dist_helpers.broadcast_object(f"from {rank}"),
         "minibatches": [
             t.tolist() for t in dist_utils.shard_minibatches(4, 2, torch.Generator().manual_seed(0))
         ],
@@ -104,7 +105,7 @@ def test_one_process_is_the_world_size_one_case(monkeypatch) -> None:
     assert info == dist_utils.WorldInfo() and info.is_main and not info.distributed
     assert dist_utils.rank_seed(11) == 11
     _, mask = _data(1)
-    assert dist_utils.local_share(mask) == 1.0
+    assert dist_helpers.local_share(mask) == 1.0
     assert not dist_utils.any_rank(False) and dist_utils.any_rank(True)
     with pytest.raises(FloatingPointError, match=r"^boom$"):
         dist_utils.raise_together(FloatingPointError("boom"))

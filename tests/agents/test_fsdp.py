@@ -77,6 +77,7 @@ def _sharded_updates(rank: int, world_size: int, rollouts: dict[str, Any]) -> di
     return out
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_fsdp_on_two_ranks_updates_like_one_unsharded_process() -> None:
     rollouts = {kind: _rollout(kind) for kind in _configs()}
     results = run_ranks(_sharded_updates, 2, rollouts)
@@ -108,6 +109,7 @@ def test_fsdp_on_two_ranks_updates_like_one_unsharded_process() -> None:
         assert max(held) <= 0.55 * whole, (case, held, whole)
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_fsdp_stops_every_rank_together_on_a_nan_or_target_kl() -> None:
     data = _rollout("ppo")
     check_failures(run_ranks(_failures, 2, data, {"fsdp": True}), data)
@@ -127,6 +129,7 @@ def _resume(rank: int, world_size: int, folder: str) -> dict[str, Any]:
     return {"saved": saved, "straight": straight, "resumed": _params(again)}
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_fsdp_checkpoint_holds_whole_weights_and_resumes_exactly(tmp_path: Path) -> None:
     results = run_ranks(_resume, 2, str(tmp_path))
     for got in results:
@@ -186,6 +189,7 @@ def _saving(rank: int, world_size: int, folder: str) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_fsdp_merged_export_and_a_sharded_reference(tmp_path: Path) -> None:
     results = run_ranks(_saving, 2, str(tmp_path))
     merged = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "merged"))
@@ -241,6 +245,7 @@ def _ragged_on_ranks(rank: int, world_size: int) -> dict[str, Any]:
     return out
 
 
+@pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_fsdp_pads_length_groups_so_ranks_with_different_counts_agree() -> None:
     """Rank 0's rows form two length groups and rank 1's one: rank 1 runs a padding group, and
     the ranks' outputs and summed gradients are one process's on all four rows."""

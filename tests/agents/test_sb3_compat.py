@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.logger import configure
@@ -139,3 +140,85 @@ def test_progress_bar_counts_generated_tokens(monkeypatch) -> None:
     algo = PPO(tiny_model(env.codec), env, n_epochs=1, batch_size=8, seed=0, device="cpu")
     algo.learn(200, progress_bar=True)
     assert seen == [(algo.num_timesteps, 200)]
+
+
+# ------------------------------------------------------------------ SB3's own tools
+def _delayed(num_envs: int = 8, horizon: int = 4, seed: int = 0) -> Any:
+    import gymnasium
+
+    return gymnasium.make_vec(
+        "marlhf/DelayedChoice-v0",
+        num_envs=num_envs,
+        horizon=horizon,
+        seed=seed,
+        vectorization_mode="vector_entry_point",
+    )
+
+
+def _delayed_algo(cls: Any = PPO, **kwargs: Any) -> Any:
+    env = _delayed()
+    return cls(tiny_model(env.codec), env, batch_size=4, seed=0, device="cpu", **kwargs)
+
+
+def test_evaluate_policy_on_get_env() -> None:
+    from stable_baselines3.common.evaluation import evaluate_policy
+    from stable_baselines3.common.vec_env import VecEnv
+
+    algo = _delayed_algo(MAPPO, termination="ngram:2")
+    assert isinstance(algo.get_env(), VecEnv) and algo.get_env() is algo.get_env()
+    returns, lengths = evaluate_policy(
+        algo, algo.get_env(), n_eval_episodes=16, deterministic=True, return_episode_rewards=True
+    )
+    assert isinstance(returns, list) and isinstance(lengths, list)
+    assert len(returns) == 16 and lengths == [4] * 16  # DelayedChoice never ends early
+    assert set(returns) <= {0.0, 1.0}  # the cue's partner first, or not
+    mean, std = evaluate_policy(algo, algo.get_env(), n_eval_episodes=8, warn=True)
+    assert not isinstance(mean, list) and not isinstance(std, list)
+    assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0
+    algo.learn(8 * 4)  # the view shares the env; training resets it and goes on
+    assert algo.num_timesteps == 32
+
+
+def test_eval_callback_during_learn(tmp_path) -> None:
+    from stable_baselines3.common.callbacks import EvalCallback
+
+    from marlhf.envs.sb3_vec import sb3_vec_env
+
+    algo = _delayed_algo()
+    callback = EvalCallback(
+        sb3_vec_env(_delayed(seed=7)),
+        n_eval_episodes=8,
+        eval_freq=4,  # every rollout (a rollout is 4 env steps)
+        log_path=str(tmp_path),
+        best_model_save_path=str(tmp_path / "best"),
+        warn=True,
+    )
+    algo.learn(2 * 8 * 4, callback=callback)
+    saved = np.load(tmp_path / "evaluations.npz")
+    assert list(saved["timesteps"]) == [32, 64]
+    assert saved["results"].shape == (2, 8) and saved["ep_lengths"].tolist() == [[4] * 8] * 2
+    assert np.isfinite(callback.best_mean_reward)
+    assert (tmp_path / "best" / "best_model.zip").is_file()
+    PPO.load(tmp_path / "best" / "best_model", device="cpu")
+
+
+def test_predict_returns_sb3s_tuple_and_the_cache_on_request() -> None:
+    algo = _delayed_algo()
+    env = algo.env
+    obs, _ = env.reset(seed=3)
+    actions, state = algo.predict(obs, deterministic=True)
+    assert state is None  # SB3's convention: a policy without recurrent state
+    assert isinstance(actions, torch.Tensor) and actions.shape == (8,)
+    single, none = algo.predict({k: v[0].numpy() for k, v in obs.items()}, deterministic=True)
+    assert none is None and isinstance(single, np.ndarray) and single.shape == ()
+    # The cache (return_state=True) and the whole window read each step decode alike.
+    cached, stateless, state = [], [], None
+    window = obs
+    while not env.all_done:
+        a, state = algo.predict(window, state, deterministic=True, return_state=True)
+        b, none = algo.predict(window, deterministic=True)
+        assert none is None and state is not None
+        cached.append(a)
+        stateless.append(b)
+        window, *_ = env.step(a)
+    assert all(torch.equal(a, b) for a, b in zip(cached, stateless, strict=True))

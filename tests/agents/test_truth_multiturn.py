@@ -145,3 +145,37 @@ def test_truth_of_an_agent_rollout() -> None:
     torch.testing.assert_close(
         truth.q_values[rows, last], buf.task_rewards.cpu()[rows, last].double()
     )
+
+
+def test_the_audit_reports_per_turn_on_multiturn_rollouts(tmp_path: Any) -> None:
+    from marlhf import PPO
+    from marlhf.agents.audit import Scheme, audit
+    from marlhf.agents.rollout_io import Rollouts
+    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+    from tests.agents.conftest import tiny_model
+
+    task = ToolLookupTask()
+    env = MultiTurnTokenEnv(task, num_envs=8, seed=1)
+    algo = PPO(tiny_model(task.codec), env, seed=0, batch_size=8, mask_actions=True, group_size=4)
+    algo.learn(8)
+    rollouts = Rollouts.load(Rollouts.from_algorithm(algo).save(tmp_path / "r.safetensors"))
+    assert rollouts.turn_starts is not None
+    buf = algo.rollout_buffer
+    assert buf is not None and buf.turns is not None
+    assert torch.equal(rollouts.response_ids, buf.action_ids.cpu())
+    truth = exact_turn_advantages(
+        algo.policy,
+        task,
+        rollouts.prompts,
+        rollouts.response_ids,
+        rollouts.response_mask,
+        sampling=Sampling.of(algo),
+    )
+    result = audit(rollouts, truth, [Scheme.parse("gae"), Scheme("grpo", "turn")])
+    for name, figures in result.schemes.items():
+        n_turns = int(buf.turns.num_turns.sum())
+        assert figures["turns"]["count"] == n_turns, name
+        assert len(figures["per_turn"]["count"]) == int(buf.turns.num_turns.max())
+    # One-token turns: a turn is its action, so per-turn and per-token figures agree.
+    gae = result.schemes["gae"]
+    assert gae["turns"]["rmse"] == pytest.approx(gae["tokens"]["rmse"])

@@ -38,3 +38,19 @@ def test_audit_metrics_by_hand() -> None:
     assert out["overall"]["n"] == 5
     constant = audit_turns(torch.ones(3, 2), true, turn_ids, mask, torch.tensor([2, 2, 1]))
     assert math.isnan(constant["per_turn"][0]["corr"])
+
+
+def test_pooled_rollouts_audit_as_one_batch() -> None:
+    from marlhf.agents.turn_audit import audit_turn_values, stack_turn_values
+
+    a = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 1.0]]), torch.tensor([[True, True]]))
+    b = (
+        torch.tensor([[3.0], [0.0]]),
+        torch.tensor([[2.0], [-1.0]]),
+        torch.tensor([[True], [True]]),
+    )
+    est, true, valid = stack_turn_values([a, b])
+    assert est.shape == (3, 2) and valid.tolist() == [[True, True], [True, False], [True, False]]
+    pooled = audit_turn_values(est, true, valid)
+    assert pooled["per_turn"][0]["n"] == 3 and pooled["per_turn"][1]["n"] == 1
+    assert pooled["overall"]["bias"] == pytest.approx((0.5 + 1.0 + 1.0 + 1.0) / 4)

@@ -322,3 +322,77 @@ def test_limits_accept_whole_floats_and_refuse_fractions_of_a_mib() -> None:
             SandboxLimits(**{field: math.nan})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="audit_hook"):
         SandboxLimits(audit_hook="no")  # type: ignore[arg-type]
+
+
+def test_an_answer_past_the_result_limit_counts_as_missing() -> None:
+    program = "def f(n):\n    return 'x' * n\n"
+    limits = dataclasses.replace(BARE, result_mb=1)
+    outcome = run_calls(program, "f", [((10,), {}), ((3 * 2**20,), {})], limits)
+    assert [r.kind for r in outcome.results] == ["value", "missing"], outcome.results
+    assert outcome.results[0].value == "x" * 10
+
+
+def test_a_cgroup_that_cannot_be_joined_means_the_fallback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    layout = cgroup._probe()[0]
+    if layout is None:
+        pytest.skip(f"no cgroups here: {cgroup.cgroup_support()}")
+    monkeypatch.setattr(cgroup, "JOIN_SCRIPT", "exit 125")
+    found, why = cgroup._probe_once.__wrapped__()
+    assert found is None and "cannot join" in why
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, 0, -2.0])
+def test_humaneval_refuses_a_bad_timeout_naming_it(value: float) -> None:
+    from marlhf.envs.code import HumanEvalTask
+
+    problem = {"prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n"}
+    problem["entry_point"] = "f"
+    with pytest.raises(ValueError, match="HumanEvalTask: timeout_s="):
+        HumanEvalTask(split="all", problems={"a": problem, "b": problem}, timeout_s=value)
+
+
+def fake_proc(tmp_path: Path, mountinfo: str, cgroups: str) -> None:
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    (tmp_path / "cgroup").write_text(cgroups)
+
+
+def test_the_cgroup_layouts_are_read_from_the_mount_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2 (this machine has only v1, so v2 is read from a fake table here), v1 as in this
+    container, and a v1 hierarchy mounted at a sub-group (a container without cgroup ns)."""
+    monkeypatch.setattr(cgroup, "_MOUNTS", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(cgroup, "_CGROUPS", str(tmp_path / "cgroup"))
+    unified = tmp_path / "unified"
+    (unified / "job").mkdir(parents=True)
+    (unified / "job" / "cgroup.controllers").write_text("cpu io memory pids\n")
+    fake_proc(
+        tmp_path,
+        f"30 23 0:27 / {unified} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        "0::/job\n",
+    )
+    assert cgroup._layout() == cgroup._Layout(2, unified / "job", unified / "job")
+    (unified / "job" / "cgroup.controllers").write_text("cpu io\n")
+    assert cgroup._layout() is None  # v2 without memory and pids, and no v1
+    fake_proc(
+        tmp_path,
+        "32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "33 31 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+        f"34 31 0:31 / {unified} rw - cgroup2 cgroup2 rw\n",
+        "4:memory:/api/x\n8:pids:/\n0::/job\n",
+    )
+    found = cgroup._layout()
+    assert found == cgroup._Layout(
+        1, Path("/sys/fs/cgroup/memory/api/x"), Path("/sys/fs/cgroup/pids")
+    )
+    fake_proc(
+        tmp_path,
+        "32 31 0:29 /api/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "33 31 0:30 /api/x /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n",
+        "4:memory:/api/x/y\n8:pids:/api/x\n",
+    )
+    assert cgroup._layout() == cgroup._Layout(
+        1, Path("/sys/fs/cgroup/memory/y"), Path("/sys/fs/cgroup/pids")
+    )

@@ -49,7 +49,9 @@ def _table(out: Path) -> dict[str, list[str]]:
 def test_compare_folder_report_and_resume(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     out = tmp_path / "cmp"
     _compare(out, "workers=2")  # two worker processes
-    assert "final score" in capsys.readouterr().out  # the rich table is printed
+    streams = capsys.readouterr()
+    assert "final score" in streams.err  # the rich table is printed, on stderr
+    assert json.loads(streams.out)["output_dir"] == str(out)  # stdout: the result alone
     for name in ("config.yaml", "metrics.csv", "report.md", "summary.json"):
         assert (out / name).is_file()
     assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -83,9 +85,9 @@ def test_compare_folder_report_and_resume(tmp_path: Path, capsys: pytest.Capture
     mtimes = {n: (out / "runs" / n / "result.json").stat().st_mtime_ns for n in RUNS}
     victim.unlink()
     assert main(["compare", "--config", str(out / "config.yaml"), *sets("workers=1")]) == 0
-    printed = capsys.readouterr().out
-    assert "skipping 3 finished run(s)" in printed
-    result = json.loads(printed[printed.index("{\n") :])
+    streams = capsys.readouterr()
+    assert "skipping 3 finished run(s)" in streams.err
+    result = json.loads(streams.out)
     assert result["trained"] == ["mappo-ngram_5-seed1"]
     for n in RUNS:
         if n != "mappo-ngram_5-seed1":

@@ -50,6 +50,7 @@ def test_train_logs_the_credit_audit_at_its_cadence(tmp_path: Path) -> None:
     assert f"{OWN}/rmse" in events.Tags()["scalars"]
 
 
+@pytest.mark.slow  # two spawned worker processes, each importing and training (77 s loaded)
 def test_compare_workers_log_the_credit_audit(tmp_path: Path) -> None:
     out = tmp_path / "c"
     argv = sets(
@@ -103,8 +104,9 @@ def test_exact_truth_on_a_task_too_large_to_enumerate_fails_before_training(
     )
     assert main(["train", *argv]) == 2
     err = capsys.readouterr().err
-    assert "credit_truth='exact' cannot audit marlhf/Reverse-v0" in err
-    assert "max_sequences" in err and "credit_truth=mc" in err
+    assert "credit_truth=exact cannot audit marlhf/Reverse-v0" in err
+    assert "continuations per prompt" in err and "credit_truth=mc" in err
+    assert "max_sequences" not in err and "method=" not in err  # CLI keys, not Python names
     assert not (tmp_path / "r" / "result.json").exists()
 
 

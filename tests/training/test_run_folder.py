@@ -46,6 +46,14 @@ BAD_VALUES = [
     ("sft", ["max_steps=0"], "max_steps=0 must be an integer >= 1, or -1"),
     ("sft", ["learning_rate=.inf"], "learning_rate=inf"),
     ("rm", ["epochs=0"], "epochs=0"),
+    # finite yet overflowing, and a task argument only the task itself checks
+    ("train", ["agent.learning_rate=1e300"], "agent.learning_rate=1e+300"),
+    ("compare", ["agent.learning_rate=1e300"], "agent.learning_rate=1e+300"),
+    ("train", ["agent.kl_coef=1e300"], "agent.kl_coef=1e+300 is out of range"),
+    ("train", ["task.kwargs.horizon=-1"], "DelayedChoice: horizon=-1; valid"),
+    ("compare", ["task.kwargs.horizon=-1"], "DelayedChoice: horizon=-1; valid"),
+    ("compare", ["agents=[ppo, ppo]"], "holds duplicates"),
+    ("train", ["checkpoint_minutes=-1"], "checkpoint_minutes=-1"),
 ]
 
 #: (file name, bytes, what the error must name besides the file)
@@ -76,6 +84,19 @@ def test_a_bad_value_is_a_one_line_error_and_touches_no_folder(
     err = _one_line_error(capsys, [command, *sets(*overrides, *where)])
     assert err.startswith(f"marlhf {command}: error: ") and names in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "compare", "sft", "rm", "audit"])
+def test_an_empty_output_dir_is_refused_and_nothing_lands_here(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    command: str,
+) -> None:
+    monkeypatch.chdir(tmp_path)  # where an empty output_dir would have written
+    err = _one_line_error(capsys, [command, *sets("output_dir= ")])
+    assert "output_dir='' is empty; name a folder" in err, err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize(("name", "raw", "names"), BAD_FILES)
@@ -138,6 +159,7 @@ def test_a_run_that_failed_to_start_does_not_hold_its_folder_to_its_settings(
     err = _one_line_error(capsys, [*argv, *sets("task.kwargs={horizon: 1}")])
     assert "horizon=1" in err  # the task's own check, when the env is built
     assert main([*argv, *sets("task.kwargs={horizon: 8}")]) == 0  # corrected: not refused
+    capsys.readouterr()  # its progress lines and notes
     err = _one_line_error(capsys, [*argv, *sets("task.kwargs={horizon: 6}")])
     assert "holds runs made with a different 'task'" in err  # a trained folder still is
 

@@ -25,7 +25,6 @@ left in ``max_new_tokens``) - kept apart.
 from __future__ import annotations
 
 from collections.abc import Hashable
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from gymnasium.vector.utils import batch_space
 from marlhf.envs.action_checks import check_actions
 from marlhf.envs.batched import observation_space
 from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text_env
+from marlhf.envs.multiturn.record import TurnRecord
 from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
 from marlhf.envs.registration import task_factory
 from marlhf.envs.reset_options import check_prompts, group_size
@@ -46,31 +46,6 @@ from marlhf.models import resolve_device
 
 Obs = dict[str, torch.Tensor]
 RESET_OPTIONS = ("group_size", "prompts", "prefixes")
-
-
-@dataclass
-class TurnRecord:
-    """The turn structure of one rollout, in the episode layout ``[B, T]`` (``T`` =
-    ``max_new_tokens``; agent and forced tokens interleaved, right-padded).
-
-    :param is_action: ``bool[B, T]`` tokens the agent sampled (False on forced and padding).
-    :param turn_ids: ``int64[B, T]`` the turn of each token (an answer carries its turn's
-        index); -1 on padding.
-    :param turn_rewards: ``float32[B, K]`` each turn's reward (0 past ``num_turns``).
-    :param num_turns: ``int64[B]`` turns each row played.
-    :param turn_state_keys: per row, the env's ``state_key()`` at the start of each turn
-        (``None`` when the env has none).
-    :param terminated: ``bool[B]`` the env ended the episode.
-    :param truncated: ``bool[B]`` a limit ended it (bootstrap only here).
-    """
-
-    is_action: torch.Tensor
-    turn_ids: torch.Tensor
-    turn_rewards: torch.Tensor
-    num_turns: torch.Tensor
-    turn_state_keys: list[list[Hashable]] | None
-    terminated: torch.Tensor
-    truncated: torch.Tensor
 
 
 def make_multiturn_task(task: MultiTurnTask | str, **task_kwargs: Any) -> MultiTurnTask:
@@ -161,10 +136,15 @@ class MultiTurnTokenEnv(VectorEnv):
             self.device,
             self.pad_token_id,
         )
-        self.prompt_ids = torch.full((B, P), pad, dtype=torch.int64, device=dev)
-        self.prompt_mask = torch.zeros((B, P), dtype=torch.bool, device=dev)
-        self.response_ids = torch.full((B, T), pad, dtype=torch.int64, device=dev)
-        self.response_mask = torch.zeros((B, T), dtype=torch.bool, device=dev)
+        # One tensor per field holds [T pad columns | prompt | response]: the prompt and the
+        # response are views into it, so the observation window is one gather (see _obs).
+        self._ids = torch.full((B, T + P + T), pad, dtype=torch.int64, device=dev)
+        self._mask = torch.zeros((B, T + P + T), dtype=torch.bool, device=dev)
+        self.prompt_ids = self._ids[:, T : T + P]
+        self.response_ids = self._ids[:, T + P :]
+        self.prompt_mask = self._mask[:, T : T + P]
+        self.response_mask = self._mask[:, T + P :]
+        self._cols = torch.arange(P + T, device=dev)[None, :]
         self.is_action = torch.zeros((B, T), dtype=torch.bool, device=dev)
         self.turn_ids = torch.full((B, T), -1, dtype=torch.int64, device=dev)
         self.lengths = torch.zeros(B, dtype=torch.int64, device=dev)
@@ -175,6 +155,8 @@ class MultiTurnTokenEnv(VectorEnv):
         self.truncated = torch.zeros(B, dtype=torch.bool, device=dev)
         self.prompts: list[Prompt] = []
         self._turn_rewards: list[list[float]] = [[] for _ in range(B)]
+        self._pending_actions: list[tuple[int, int]] = []
+        self._pending_turns: list[int] = []
         self._state_keys: list[list[Hashable]] = [[] for _ in range(B)]
 
     # ------------------------------------------------------------------ reset
@@ -289,13 +271,11 @@ class MultiTurnTokenEnv(VectorEnv):
 
     def _obs(self) -> Obs:
         """The left-padded window: prompt then every appended token, right-aligned."""
-        pad = torch.full_like(self.response_ids, self.pad_token_id)
-        ids = torch.cat([pad, self.prompt_ids, self.response_ids], dim=1)
-        mask = torch.cat(
-            [torch.zeros_like(self.response_mask), self.prompt_mask, self.response_mask], dim=1
-        )
-        cols = self.lengths[:, None] + torch.arange(self.seq_len, device=self.device)[None, :]
-        return {"input_ids": ids.gather(1, cols), "attention_mask": mask.gather(1, cols).long()}
+        cols = self.lengths[:, None] + self._cols
+        return {
+            "input_ids": self._ids.gather(1, cols),
+            "attention_mask": self._mask.gather(1, cols).long(),
+        }
 
     @property
     def all_done(self) -> bool:
@@ -339,13 +319,9 @@ class MultiTurnTokenEnv(VectorEnv):
         self.response_ids.scatter_(
             1, pos, torch.where(active, actions, self.response_ids.gather(1, pos)[:, 0])[:, None]
         )
-        for flags in (self.response_mask, self.is_action):
-            flags.scatter_(1, pos, (active | flags.gather(1, pos)[:, 0])[:, None])
-        self.turn_ids.scatter_(
-            1,
-            pos,
-            torch.where(active, self.turn_index, self.turn_ids.gather(1, pos)[:, 0])[:, None],
-        )
+        self.response_mask.scatter_(
+            1, pos, (active | self.response_mask.gather(1, pos)[:, 0])[:, None]
+        )  # (is_action and turn_ids are written when the turn ends: _end_turns)
         self.lengths += active.long()
         self.turn_lengths += active.long()
         ends = active & (
@@ -357,9 +333,12 @@ class MultiTurnTokenEnv(VectorEnv):
         terminated = torch.zeros(B, dtype=torch.bool, device=dev)
         truncated = torch.zeros(B, dtype=torch.bool, device=dev)
         rows = ends.nonzero().flatten().tolist()  # the one device sync of the step
-        for i in rows:
-            reward, term, trunc = self._end_turn(i)
-            rewards[i], terminated[i], truncated[i] = reward, term, trunc
+        if rows:
+            idx = torch.as_tensor(rows, device=dev)
+            reward, term, trunc = self._end_turns(rows)
+            rewards[idx] = torch.as_tensor(reward, dtype=torch.float32, device=dev)
+            terminated[idx] = torch.as_tensor(term, device=dev)
+            truncated[idx] = torch.as_tensor(trunc, device=dev)
         info: dict[str, Any] = {"active": active}
         if rows:
             added = self.lengths - before - active.long()
@@ -400,35 +379,78 @@ class MultiTurnTokenEnv(VectorEnv):
             or int(self.turn_lengths[i]) >= self.max_turn_tokens
             or n + 1 >= self.max_new_tokens
         ):
-            self._end_turn(i)
+            self._end_turns([i])
 
-    def _end_turn(self, i: int) -> tuple[float, bool, bool]:
-        """Send row ``i``'s turn to its env; append the answer or finish the episode."""
-        n, k = int(self.lengths[i]), int(self.turn_lengths[i])
-        ids = self.response_ids[i, n - k : n].tolist()
-        if ids and ids[-1] == self.end_of_turn_id:
-            ids = ids[:-1]
-        env = self.envs[i]
-        text, reward, term, trunc, _ = env.step(self.task.decode_action(ids))
-        self._turn_rewards[i].append(reward)
-        turn = int(self.turn_index[i]) + 1
-        self.turn_index[i] = turn
-        self.turn_lengths[i] = 0
-        if not (term or trunc):
-            if self.max_turns is not None and turn >= self.max_turns:
-                trunc = True
-            else:
-                trunc = not self._append_observation(i, text)
-        if term or trunc:
-            self.done[i] = True
-            self.terminated[i], self.truncated[i] = term, trunc and not term
-        else:
-            self._record_state_key(i)
-        return reward, term, trunc and not term
+    def _end_turns(self, rows: list[int]) -> tuple[list[float], list[bool], list[bool]]:
+        """Send each row's turn to its env; append the answers or finish the episodes.
 
-    def _append_observation(self, i: int, text: str) -> bool:
-        """Append the env's answer as forced tokens; False when no agent token would fit after
-        it (the episode is then truncated)."""
+        One read of the rows' state and one write of the answers, whatever the row count.
+        :returns: per row, ``(reward, terminated, truncated)``.
+        """
+        idx = torch.as_tensor(rows, device=self.device)
+        lengths, turn_lengths = self.lengths[idx].tolist(), self.turn_lengths[idx].tolist()
+        turns = (self.turn_index[idx] + 1).tolist()
+        tokens = self.response_ids[idx].tolist()
+        self.turn_index[idx] += 1
+        self.turn_lengths[idx] = 0
+        rewards: list[float] = []
+        terms: list[bool] = []
+        truncs: list[bool] = []
+        finished, cells, values = [], [], []
+        for i, n, k, turn, row in zip(rows, lengths, turn_lengths, turns, tokens, strict=True):
+            # The turn's actions: marked as actions of turn ``turn - 1``.
+            acted = [(i, c) for c in range(n - k, n)]
+            self._mark_actions(acted, turn - 1)
+            ids = row[n - k : n]
+            if ids and ids[-1] == self.end_of_turn_id:
+                ids = ids[:-1]
+            text, reward, term, trunc, _ = self.envs[i].step(self.task.decode_action(ids))
+            self._turn_rewards[i].append(reward)
+            if not (term or trunc):
+                if self.max_turns is not None and turn >= self.max_turns:
+                    trunc = True
+                else:
+                    answer = self._observation_ids(i, text)
+                    trunc = n + len(answer) + 1 > self.max_new_tokens  # no room for a turn
+                    if not trunc:
+                        cells += [(i, n + c) for c in range(len(answer))]
+                        values += answer
+                        self._record_state_key(i)
+            trunc = trunc and not term
+            if term or trunc:
+                finished.append((i, term, trunc))
+            rewards.append(reward)
+            terms.append(term)
+            truncs.append(trunc)
+        if cells:  # the answers as forced tokens, each tagged with the turn it answers
+            r, c = torch.as_tensor(cells, device=self.device).unbind(1)
+            self.response_ids[r, c] = torch.as_tensor(values, device=self.device)
+            self.response_mask[r, c] = True
+            self.turn_ids[r, c] = self.turn_index[r] - 1
+            self.lengths.index_add_(0, r, torch.ones_like(r))
+        self._flush_actions()
+        if finished:
+            done, term_flags, trunc_flags = zip(*finished, strict=True)
+            at = torch.as_tensor(done, device=self.device)
+            self.done[at] = True
+            self.terminated[at] = torch.as_tensor(term_flags, device=self.device)
+            self.truncated[at] = torch.as_tensor(trunc_flags, device=self.device)
+        return rewards, terms, truncs
+
+    def _mark_actions(self, cells: list[tuple[int, int]], turn: int) -> None:
+        self._pending_actions += cells
+        self._pending_turns += [turn] * len(cells)
+
+    def _flush_actions(self) -> None:
+        """Write the marks of :meth:`_mark_actions` (one indexed write)."""
+        if self._pending_actions:
+            r, c = torch.as_tensor(self._pending_actions, device=self.device).unbind(1)
+            self.is_action[r, c] = True
+            self.turn_ids[r, c] = torch.as_tensor(self._pending_turns, device=self.device)
+        self._pending_actions, self._pending_turns = [], []
+
+    def _observation_ids(self, i: int, text: str) -> list[int]:
+        """The env's answer as token ids; longer than ``max_obs_tokens`` is an error."""
         ids = self.task.encode_observation(text)
         if len(ids) > self.task.max_obs_tokens:
             raise TextEnvError(
@@ -436,15 +458,7 @@ class MultiTurnTokenEnv(VectorEnv):
                 f"than the context allows (task {self.task.name!r} max_obs_tokens="
                 f"{self.task.max_obs_tokens})"
             )
-        n = int(self.lengths[i])
-        if n + len(ids) + 1 > self.max_new_tokens:
-            return False
-        if ids:
-            self.response_ids[i, n : n + len(ids)] = torch.as_tensor(ids, device=self.device)
-            self.response_mask[i, n : n + len(ids)] = True
-            self.turn_ids[i, n : n + len(ids)] = self.turn_index[i] - 1
-            self.lengths[i] = n + len(ids)
-        return True
+        return ids
 
     def _record_state_key(self, i: int) -> None:
         env = self.envs[i]

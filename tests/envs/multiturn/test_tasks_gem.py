@@ -105,13 +105,13 @@ def test_state_key_tracks_the_game_state() -> None:
     hash(moved)
 
 
-def test_turn_limit_is_truncation_not_termination() -> None:
+def test_the_game_ending_at_its_turn_limit_is_termination() -> None:
     env = make_gem_env("game:TowerofHanoi-v0-easy")
     env.reset(seed=0)
     flags = [env.step("\\boxed{B C}")[2:] for _ in range(10)]  # B is empty: invalid, no end
     assert all(not terminated and not truncated for terminated, truncated, _ in flags[:-1])
     terminated, truncated, info = flags[-1]
-    assert (terminated, truncated, info["gem_terminated"]) == (False, True, True)
+    assert (terminated, truncated, info["gem_truncated"]) == (True, False, True)
 
 
 def test_observation_carries_the_state_suffix_and_can_leave_it_out() -> None:
@@ -251,3 +251,12 @@ def test_sokoban_offers_the_easy_level_only() -> None:
 
     with pytest.raises(ValueError, match=r"level='hard'; valid: \['easy'\]"):
         GemSokobanTask(level="hard")
+
+
+def test_gem_reasoning_gym_env_is_one_turn_and_terminates() -> None:
+    env = make_gem_env("rg:chain_sum")
+    question, _ = env.reset(seed=0)
+    assert question.startswith("State the final answer")
+    _, reward, terminated, truncated, info = env.step("\\boxed{-1}")
+    assert (terminated, truncated, info["gem_truncated"]) == (True, False, True)
+    assert reward in (0.0, 1.0)

@@ -11,9 +11,11 @@ GEM's envs already speak the protocol (``reset(seed) -> (str, info)``, ``step(st
   adapter gives each env its own pair of generator states, swapped in around every call into
   GEM and out again after it: GEM leaves the caller's generators untouched, an episode depends
   only on its seed, and a copy of the adapter carries its generators with it.
-- **Terminated vs truncated**: at its turn limit GEM reports both flags; the adapter reports
-  truncation alone there (``info["gem_terminated"]`` keeps GEM's flag), as the driver does at
-  its own turn limit.
+- **Terminated vs truncated**: at its turn limit (and in its one-turn envs) GEM reports both
+  flags. The game is over there and GEM has paid its final reward (Hanoi's and Sokoban's partial
+  credit), so nothing follows: the adapter reports termination alone (``info["gem_truncated"]``
+  keeps GEM's flag), and a learner does not bootstrap past the end of the game. Truncation alone
+  passes through as truncation.
 - **state_key()**: a hashable snapshot of the env's attributes (boards, codes, counters), equal
   exactly when the game states are equal.
 - **clone()**: ``copy.deepcopy`` of the adapter (the GEM env and its generators); the tests
@@ -206,7 +208,7 @@ class GemTextEnv:
         return self._text(observation, info), info
 
     def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """GEM's ``step``; both flags at GEM's turn limit become truncation alone."""
+        """GEM's ``step``; both flags (the game ended at its turn limit) become termination."""
         if not isinstance(action, str):
             raise TypeError(
                 f"{self.name}.step: action must be a str (the agent's turn), got "
@@ -214,8 +216,8 @@ class GemTextEnv:
             )
         result = check_step_result(self, self._call(lambda: self.env.step(action)))
         observation, reward, terminated, truncated, info = result
-        info["gem_terminated"] = terminated
-        return self._text(observation, info), reward, terminated and not truncated, truncated, info
+        info["gem_truncated"] = truncated
+        return self._text(observation, info), reward, terminated, truncated and not terminated, info
 
     def state_key(self) -> Hashable:
         """A snapshot of the env's attributes (see :func:`freeze`), its identity and limits

@@ -271,21 +271,54 @@ class GemGameTask(MultiTurnTask):
 
 
 class GemHanoiTask(GemGameTask):
-    """GEM's Tower of Hanoi (see :class:`GemGameTask`)."""
+    """GEM's Tower of Hanoi.
 
-    def __init__(self, level: str = "easy", **kwargs: Any) -> None:
-        super().__init__("GemHanoi", level, **kwargs)
+    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
+    pass the model's tokenizer.
+    """
+
+    def __init__(
+        self,
+        level: str = "easy",
+        codec: TokenCodec | None = None,
+        tokenizer: Any = None,
+        max_turn_tokens: int = 24,
+        include_suffix: bool = True,
+    ) -> None:
+        super().__init__("GemHanoi", level, codec, tokenizer, max_turn_tokens, include_suffix)
 
 
 class GemMastermindTask(GemGameTask):
-    """GEM's Mastermind (see :class:`GemGameTask`)."""
+    """GEM's Mastermind.
 
-    def __init__(self, level: str = "easy", **kwargs: Any) -> None:
-        super().__init__("GemMastermind", level, **kwargs)
+    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
+    pass the model's tokenizer.
+    """
+
+    def __init__(
+        self,
+        level: str = "easy",
+        codec: TokenCodec | None = None,
+        tokenizer: Any = None,
+        max_turn_tokens: int = 24,
+        include_suffix: bool = True,
+    ) -> None:
+        super().__init__("GemMastermind", level, codec, tokenizer, max_turn_tokens, include_suffix)
 
 
 class GemSokobanTask(GemGameTask):
-    """GEM's Sokoban, easy level (see :class:`GemGameTask`)."""
+    """GEM's Sokoban, easy level.
 
-    def __init__(self, level: str = "easy", **kwargs: Any) -> None:
-        super().__init__("GemSokoban", level, **kwargs)
+    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
+    pass the model's tokenizer.
+    """
+
+    def __init__(
+        self,
+        level: str = "easy",
+        codec: TokenCodec | None = None,
+        tokenizer: Any = None,
+        max_turn_tokens: int = 24,
+        include_suffix: bool = True,
+    ) -> None:
+        super().__init__("GemSokoban", level, codec, tokenizer, max_turn_tokens, include_suffix)

@@ -1,0 +1,429 @@
+"""Every generated page and block, re-rendered from its committed results file.
+
+``python benchmarks/pages.py`` rewrites them; ``--check`` changes nothing and exits 1 naming each
+page that differs from what its results file renders (the suite runs the check:
+``tests/test_docs.py``). Two kinds of generated text:
+
+- pages a benchmark renders whole or in a marked block (``docs/benchmarks.md``,
+  ``docs/estimators.md``, the ``credit.json`` and ``evidence.json`` blocks of ``docs/credit.md``,
+  the table of ``docs/reasoning.md``), through that benchmark's own renderer;
+- ``<!-- render:NAME -->`` ... ``<!-- render:end -->`` blocks anywhere in ``README.md`` or
+  ``docs/``, rendered by :data:`BLOCKS` ``[NAME]`` (the demo's numbers, from
+  ``benchmarks/results/demo.json``).
+
+Renderers that write to a file are pointed at a temporary copy, so ``--check`` writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+_HERE = Path(__file__).resolve().parent
+for _path in (str(_HERE.parent), str(_HERE)):  # the scripts import both ways
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
+
+from benchmarks.common import DOCS_DIR, RESULTS_DIR, ROOT, markdown_table, read_json  # noqa: E402
+from benchmarks.provenance import describe  # noqa: E402
+
+DEMO = RESULTS_DIR / "demo.json"
+BLOCK = re.compile(r"(<!-- render:([\w-]+) -->\n)(.*?)(<!-- render:end -->)", re.DOTALL)
+
+
+def _results(path: Path) -> Any:
+    data = read_json(path)
+    if data is None:
+        raise FileNotFoundError(f"{path.relative_to(ROOT)} is missing or not valid JSON")
+    return data
+
+
+def _via_file(text: str, render: Callable[[Path], None]) -> str:
+    """Run a renderer that rewrites a file in place on a temporary copy of ``text``."""
+    with tempfile.TemporaryDirectory(prefix="marlhf-pages-") as tmp:
+        path = Path(tmp) / "page.md"
+        path.write_text(text, encoding="utf-8")
+        render(path)
+        return path.read_text(encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the demo's blocks
+def _demo_machine(d: dict[str, Any]) -> str:
+    m, load = d["machine"], d["load_average"]
+    return (
+        f"{m['cpu']}, {m['cores']} cores shared with other jobs (load average "
+        f"{load['during_1min_mean']:.1f} during the run, 1-minute mean; {load['before'][0]:.1f} "
+        f"before it), commit {describe(m, DEMO)}"
+    )
+
+
+def _score(s: dict[str, Any]) -> str:
+    return f"{s['final_score']:.3f} ± {s['final_score_ci95']:.3f}"
+
+
+def demo_scores(d: dict[str, Any]) -> str:
+    """One paragraph: each scheme's final score and the run's wall time, machine and load."""
+    scores = ", ".join(f"{s['agent']} {_score(s)}" for s in d["summary"])
+    return (
+        f"Final score, mean ± 95% interval over {d['summary'][0]['seeds']} seeds: {scores} "
+        f"(random policy {d['random_return']:.2f}, optimal {d['optimal_return']:.1f}). The "
+        f"comparison took {d['wall_s']:.0f} s on "
+        f"{_demo_machine(d)}; `benchmarks/results/demo.json` holds the run, "
+        "`python benchmarks/demo.py` repeats it."
+    )
+
+
+def demo_table(d: dict[str, Any]) -> str:
+    """The report's table, with the machine, load and wall time under it."""
+    from marlhf.training.report import HEADER, table_rows
+
+    return "\n".join(
+        [
+            markdown_table(HEADER, table_rows(d["summary"])),
+            "",
+            f"`{d['command']}`: {d['wall_s']:.0f} s of wall time on {_demo_machine(d)}, "
+            f"{d['machine']['date_utc']}. Wall time per run is each run's own; the runs share "
+            "the machine's cores.",
+        ]
+    )
+
+
+def demo_wall(d: dict[str, Any]) -> str:
+    """The demo's wall time and load, for a command's comment."""
+    load = d["load_average"]["during_1min_mean"]
+    return f"{d['wall_s']:.0f} s at load average {load:.1f} on {d['machine']['cores']} cores"
+
+
+# --------------------------------------------------------------------------- scale.json
+SCALE = RESULTS_DIR / "scale.json"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def scale_memory(d: dict[str, Any]) -> str:
+    """The memory rows of ``scale.json``: peak RSS per setting, the ratios the goals judge."""
+    m, s = d["memory"], d["memory"]["settings"]
+    rows = []
+    for name, r in m["rows"].items():
+        load = r.get("load_average_before")
+        rows.append(
+            [
+                name,
+                f"{r['peak_mb']:.0f}",
+                f"{r['iteration_s']:.0f}",
+                f"{r['trainable_params']:,}",
+                "n/a" if load is None else f"{load[0]:.1f}",
+                r.get("measured_utc", "first run"),
+            ]
+        )
+    header = ["setting", "peak RSS (MB)", "iteration (s)", "trainable", "load before", "measured"]
+    fsdp = [
+        [
+            name,
+            f"{v['replicated_mb']:.0f}",
+            f"{v['fsdp_mb']:.0f}",
+            _ratio(v["fsdp_over_replicated"]),
+        ]
+        for name, v in m["fsdp_two_ranks"].items()
+    ]
+    goal = m["goal_lora_over_full"]
+    met = "met" if m["micro_batch_lora_over_full"] <= goal else "not met"
+    return "\n".join(
+        [
+            f"One PPO iteration on {s['model']}, task `{s['task']}`, batch {s['batch']}, "
+            f"{s['new_tokens']} new tokens, LoRA r {s['lora']['r']} on {s['lora']['targets']}, "
+            f"{s['threads']} threads; allocator: {s['malloc']}. Rows without a date are from "
+            f"the file's first run (commit {describe(d['machine'], SCALE)} is the last).",
+            "",
+            markdown_table(header, rows),
+            "",
+            f"- LoRA over the full fine-tune: {_ratio(m['lora_over_full'])} (goal "
+            f"{goal:.1f}x: **{'met' if m['lora_over_full'] <= goal else 'not met'}**); with "
+            f"`micro_batch_size=1` on both sides {_ratio(m['micro_batch_lora_over_full'])} "
+            f"(**{met}**); live memory (128 KiB mmap threshold) "
+            f"{_ratio(m['live_memory_lora_over_full'])}.",
+            f"- Gradient checkpointing on the full fine-tune saves "
+            f"{m['checkpointing_saving_mb']:.0f} MB ({_ratio(m['checkpointing_over_full'])}); "
+            f"micro-batches of 1 save {m['micro_batch_saving_mb']['full']:.0f} MB (full) and "
+            f"{m['micro_batch_saving_mb']['lora']:.0f} MB (LoRA).",
+            "",
+            "Two ranks, the largest rank's peak, replicated data parallelism against FSDP:",
+            "",
+            markdown_table(
+                ["allocator, batches", "replicated (MB)", "FSDP (MB)", "FSDP / replicated"], fsdp
+            ),
+        ]
+    )
+
+
+def scale_scaling(d: dict[str, Any]) -> str:
+    """The data-parallel rows of ``scale.json``: 2 ranks against 1 at the same global batch."""
+    sc = d["scaling"]
+    rows = [
+        [
+            r["envs"],
+            f"{r['one_rank']['tokens_per_s']:,.0f}",
+            f"{r['two_ranks']['tokens_per_s']:,.0f}",
+            _ratio(r["ratio"]),
+            _ratio(r["ceiling_ratio"]),
+            _ratio(r["independent_ratio"]),
+            f"{r['collectives_per_iteration']:.1f}",
+            f"{r['collective_seconds_rank0']:.2f}",
+        ]
+        for r in sc["rows"]
+    ]
+    header = [
+        "episodes",
+        "1 rank (tokens/s)",
+        "2 ranks (tokens/s)",
+        "speed-up",
+        "ceiling",
+        "2 unconnected processes",
+        "collectives / iteration",
+        "s in collectives (rank 0)",
+    ]
+    judged = next(r for r in sc["rows"] if r["envs"] == sc["judged_on_envs"])
+    settings = judged["settings"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"{settings['model']} {settings['layers']} x {settings['width']}, "
+            f"{settings['tokens']} tokens per episode, {settings['threads_per_rank']} thread per "
+            f"rank, gloo; load average {sc['load_average_before'][0]:.1f} at the start. The "
+            f"goal, {sc['goal']:.1f}x at {sc['judged_on_envs']} episodes: "
+            f"**{'met' if sc['ratio'] >= sc['goal'] else 'not met'}** ({_ratio(sc['ratio'])}).",
+        ]
+    )
+
+
+# --------------------------------------------------------------------------- parity_full_*.json
+def _parity_files() -> dict[str, Path]:
+    """Task key -> the kept full-settings parity file that holds it."""
+    out = {}
+    for path in sorted(RESULTS_DIR.glob("parity_full_*.json")):
+        for key in _results(path)["tasks"]:
+            out[key] = path
+    return out
+
+
+def _ratio_cell(x: float | None) -> str:
+    return "not reached" if x is None else f"{x:.2f}"
+
+
+def parity_task(key: str) -> str:
+    """One task of the kept full-settings parity runs: every agent's final score and reach."""
+    path = _parity_files()[key]
+    t = _results(path)["tasks"][key]
+    rows = []
+    for a in t["agents"]:
+        p = a["tokens_to_parity"]
+        lo, hi = p["ci95"]
+        rows.append(
+            [
+                a["agent"],
+                f"{a['final_score']:.3f} ± {a['final_score_ci95']:.3f}",
+                " ".join(f"{x:.2f}" for x in a["final_per_seed"]),
+                _ratio_cell(p["median"]),
+                f"[{_ratio_cell(lo)}, {_ratio_cell(hi)}]",
+                f"{p['reached']}/{p['seeds']}",
+            ]
+        )
+    header = [
+        "agent",
+        "final score ± 95% CI",
+        "per seed",
+        "tokens to PPO final / PPO tokens (median)",
+        "bootstrap 95% CI",
+        "seeds reaching",
+    ]
+    m = _results(path)["machine"]
+    return "\n".join(
+        [
+            f"`{t['env_id']}` {t['kwargs']}, {len(t['seeds'])} seeds, {t['total_timesteps']:,} "
+            f"tokens per run, {t['num_envs']} episodes per iteration, {t['model']}; agent "
+            f"settings `{t['agent']}`. `{path.name}`, commit {describe(m, path)}, "
+            f"{m['date_utc']}, {m['cpu']}.",
+            "",
+            markdown_table(header, rows),
+        ]
+    )
+
+
+def parity_summary(_: Any) -> str:
+    """Every kept full-settings task: PPO's final score against the best MAPPO termination's."""
+    rows = []
+    for key, path in _parity_files().items():
+        t = _results(path)["tasks"][key]
+        ppo, rest = t["agents"][0], t["agents"][1:]
+        best = max(rest, key=lambda a: a["final_score"])
+        above = sum(
+            a["final_score"] - a["final_score_ci95"] > ppo["final_score"] + ppo["final_score_ci95"]
+            for a in rest
+        )
+        rows.append(
+            [
+                key,
+                f"{ppo['final_score']:.3f}",
+                f"{best['final_score']:.3f} ({best['agent']})",
+                f"{above}/{len(rest)}",
+                "yes" if (t.get("ngram1_equals_ppo") or {}).get("identical") else "no",
+            ]
+        )
+    header = [
+        "task",
+        "PPO final",
+        "best MAPPO final",
+        "MAPPO rows whose interval is above PPO's",
+        "`ngram:1` equals PPO",
+    ]
+    return markdown_table(header, rows)
+
+
+#: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
+BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
+    "demo-scores": (DEMO, demo_scores),
+    "demo-table": (DEMO, demo_table),
+    "demo-wall": (DEMO, demo_wall),
+    "scale-memory": (SCALE, scale_memory),
+    "scale-scaling": (SCALE, scale_scaling),
+    "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
+}
+#: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.
+PARITY_TASK = "parity-full-task-"
+
+
+def render_blocks(text: str) -> str:
+    """``text`` with every ``<!-- render:NAME -->`` block re-rendered.
+
+    :raises KeyError: for a block name that :data:`BLOCKS` does not know, naming the known ones.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if name.startswith(PARITY_TASK):
+            text = parity_task(name.removeprefix(PARITY_TASK))
+            return match.group(1) + text + "\n" + match.group(4)
+        if name not in BLOCKS:
+            raise KeyError(f"<!-- render:{name} -->: unknown block; known: {sorted(BLOCKS)}")
+        path, render = BLOCKS[name]
+        return match.group(1) + render(_results(path)).rstrip("\n") + "\n" + match.group(4)
+
+    return BLOCK.sub(one, text)
+
+
+# --------------------------------------------------------------------------- whole pages
+def _benchmarks_md(_: str) -> str:
+    from bench_doc import render_doc
+
+    return render_doc(_results(RESULTS_DIR / "summary.json"))
+
+
+def _estimators_md(_: str) -> str:
+    from benchmarks.estimators import render_doc
+
+    return render_doc(_results(RESULTS_DIR / "estimators.json"))
+
+
+def _credit_md(text: str) -> str:
+    from benchmarks import credit, evidence_doc
+
+    evidence = _results(evidence_doc.RESULTS)
+    for section in evidence.get("tasks", {}).values():  # the analysis of this checkout
+        section["analysis"] = evidence_doc.summarize_task(section)
+    text = _via_file(text, lambda p: credit.render_doc(_results(credit.RESULTS), p))
+    text = _via_file(text, lambda p: evidence_doc.render_doc(evidence, p))
+    return _turn_credit_block(text)
+
+
+def _turn_credit_block(text: str) -> str:
+    """The ``turn_credit.json`` block (``docs/credit_multiturn.md`` and ``docs/credit.md``)."""
+    from benchmarks import turn_credit
+
+    if turn_credit.BEGIN not in text:
+        return text
+    block = turn_credit.render_block(_results(RESULTS_DIR / "turn_credit.json"))
+    return _via_file(text, lambda p: turn_credit.replace_block(p, block))
+
+
+def _reasoning_md(text: str) -> str:
+    from benchmarks import reasoning
+
+    return _via_file(text, lambda p: reasoning.render(_results(reasoning.RESULT), p))
+
+
+#: page -> renderer (its committed text -> the text its results file gives).
+PAGES: dict[Path, Callable[[str], str]] = {
+    DOCS_DIR / "benchmarks.md": _benchmarks_md,
+    DOCS_DIR / "estimators.md": _estimators_md,
+    DOCS_DIR / "credit.md": _credit_md,
+    DOCS_DIR / "reasoning.md": _reasoning_md,
+    DOCS_DIR / "credit_multiturn.md": _turn_credit_block,
+}
+
+
+def block_files(root: Path = ROOT) -> list[Path]:
+    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block."""
+    candidates = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+    return [p for p in candidates if p.exists() and BLOCK.search(p.read_text(encoding="utf-8"))]
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A generated file: what is committed and what its results file renders."""
+
+    path: Path
+    committed: str
+    rendered: str
+
+    def diff(self) -> str:
+        return "\n".join(
+            difflib.unified_diff(
+                self.committed.splitlines(),
+                self.rendered.splitlines(),
+                f"{self.path.relative_to(ROOT)} (committed)",
+                "(rendered from its results file)",
+                lineterm="",
+                n=0,
+            )
+        )
+
+
+def render_all(root: Path = ROOT) -> list[Rendered]:
+    """Every generated file, committed and re-rendered (nothing is written)."""
+    out = []
+    for path in sorted({*PAGES, *block_files(root)}):
+        committed = path.read_text(encoding="utf-8")
+        text = PAGES[path](committed) if path in PAGES else committed
+        out.append(Rendered(path, committed, render_blocks(text)))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="write nothing; exit 1 on a diff")
+    args = parser.parse_args(argv)
+    stale = [r for r in render_all() if r.rendered != r.committed]
+    for r in stale:
+        if args.check:
+            print(r.diff())
+        else:
+            r.path.write_text(r.rendered, encoding="utf-8")
+            print(f"rewrote {r.path.relative_to(ROOT)}")
+    if args.check and stale:
+        print(f"\n{len(stale)} page(s) differ from their results: python benchmarks/pages.py")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,205 @@
+"""The documentation runs: every code block of README.md and docs/, the generated pages, the site.
+
+- Every ```` ```python ```` and ```` ```bash ```` block runs, in a fresh temporary folder (with
+  ``examples/`` linked in) and a fresh process: a page's python blocks run in order in one
+  interpreter, as a reader pastes them; each bash block runs on its own with the venv's
+  ``marlhf`` on ``PATH``. A block preceded by ``<!-- docs-test: skip: REASON -->`` is not run;
+  the reason is required and the markers are few (:data:`MAX_SKIPS`).
+- Every generated page equals what its committed results file renders
+  (``benchmarks/pages.py --check``), and every commit a page names is in the history.
+- README numbers live in rendered blocks: outside them it holds no measured value (a decimal
+  or a duration).
+- ``mkdocs build --strict`` passes (``make docs``; ``make test`` runs it too).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks import pages  # noqa: E402
+from tests.extras import NEEDS_DOCS  # noqa: E402
+
+FENCE = re.compile(r"^```(\w*)[^\n]*\n(.*?)^```\s*$", re.DOTALL | re.MULTILINE)
+SKIP = re.compile(r"<!-- docs-test: skip: (.+?) -->\s*$")
+RUN = {"python", "bash"}
+#: How many blocks may carry a skip marker, over README.md and docs/ together.
+MAX_SKIPS = 12
+BLOCK_TIMEOUT = 600
+
+
+@dataclass(frozen=True)
+class Block:
+    """A fenced code block of a markdown file."""
+
+    path: Path
+    line: int
+    lang: str
+    code: str
+    skip: str | None
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def markdown_files() -> list[Path]:
+    """README.md and every page of docs/."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def blocks(path: Path) -> list[Block]:
+    """The fenced code blocks of ``path`` with their language and skip reason."""
+    text = path.read_text(encoding="utf-8")
+    out = []
+    for m in FENCE.finditer(text):
+        before = text[: m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+        skip = SKIP.search(before)
+        line = text.count("\n", 0, m.start()) + 1
+        out.append(Block(path, line, m.group(1), m.group(2), skip.group(1) if skip else None))
+    return out
+
+
+def all_blocks() -> list[Block]:
+    return [b for p in markdown_files() for b in blocks(p)]
+
+
+def _env() -> dict[str, str]:
+    bin_dir = str(Path(sys.executable).parent)
+    return {
+        **os.environ,
+        "PATH": os.pathsep.join([bin_dir, os.environ.get("PATH", "")]),
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "MPLBACKEND": "Agg",
+    }
+
+
+def _workdir(tmp_path: Path) -> Path:
+    """A fresh folder that looks like the repository's root to the commands of the docs."""
+    for name in ("examples", "benchmarks"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    if (Path(sys.prefix) / "bin" / "activate").exists():  # the venv running the tests is .venv
+        (tmp_path / ".venv").symlink_to(sys.prefix)
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    return tmp_path
+
+
+def _run(cmd: list[str], cwd: Path, what: str) -> None:
+    proc = subprocess.run(
+        cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=BLOCK_TIMEOUT
+    )
+    assert proc.returncode == 0, (
+        f"{what} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    )
+
+
+def pages_with_code() -> list[Path]:
+    return [p for p in markdown_files() if any(b.lang in RUN and not b.skip for b in blocks(p))]
+
+
+def test_blocks_are_found_and_skips_are_few_and_reasoned() -> None:
+    found = all_blocks()
+    assert any(b.lang == "python" for b in found) and any(b.lang == "bash" for b in found)
+    skipped = [b for b in found if b.skip]
+    for b in skipped:
+        assert len(b.skip or "") >= 20, f"{b.where}: a skip needs a reason a reader accepts"
+        assert b.lang in RUN, f"{b.where}: a skip marker on a block that never runs"
+    assert len(skipped) <= MAX_SKIPS, [b.where for b in skipped]
+
+
+def test_a_skip_marker_applies_to_the_next_block_only(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text(
+        "<!-- docs-test: skip: needs a GPU that CI does not have -->\n```bash\nfalse\n```\n\n"
+        "```bash\ntrue\n```\n",
+        encoding="utf-8",
+    )
+    got = blocks(page)
+    assert [(b.lang, b.skip, b.code) for b in got] == [
+        ("bash", "needs a GPU that CI does not have", "false\n"),
+        ("bash", None, "true\n"),
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", pages_with_code(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_code_blocks_run(path: Path, tmp_path: Path) -> None:
+    cwd = _workdir(tmp_path)
+    todo = [b for b in blocks(path) if b.lang in RUN and not b.skip]
+    python = [b for b in todo if b.lang == "python"]
+    if python:  # one interpreter for the page, blocks in order, each tagged with its line
+        script = "\n".join(
+            f"# --- {b.where}\nexec(compile({b.code!r}, {b.where!r}, 'exec'))" for b in python
+        )
+        (cwd / "page_blocks.py").write_text(script, encoding="utf-8")
+        _run([sys.executable, "page_blocks.py"], cwd, f"the python blocks of {path.name}")
+    for b in todo:
+        if b.lang == "bash":
+            _run(["bash", "-euo", "pipefail", "-c", b.code], cwd, f"{b.where} (bash)")
+
+
+def test_generated_pages_match_their_results() -> None:
+    stale = [r for r in pages.render_all() if r.rendered != r.committed]
+    assert not stale, "re-render with `python benchmarks/pages.py`:\n" + "\n".join(
+        r.diff() for r in stale
+    )
+
+
+def _git_commits() -> set[str] | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-list", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return set(out.split())
+
+
+def test_every_commit_a_page_names_is_in_the_history() -> None:
+    history = _git_commits()
+    if not history:
+        pytest.skip("not a git checkout: there is no history to resolve commits against")
+    missing = []
+    for path in markdown_files():
+        text = path.read_text(encoding="utf-8")
+        for sha in set(re.findall(r"commit[s]? `?([0-9a-f]{7,40})\b", text)):
+            if not any(c.startswith(sha) for c in history):
+                missing.append(f"{path.relative_to(ROOT)}: {sha}")
+    assert not missing, missing
+
+
+MEASURED = re.compile(r"\b\d+\.\d+\b|\b\d+(\.\d+)?\s?(s|min|minutes?|seconds?|h|hours?)\b")
+
+
+def test_readme_numbers_come_from_results_files() -> None:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    text = pages.BLOCK.sub("", text)
+    text = FENCE.sub("", text)
+    text = re.sub(r"`[^`]*`|\]\([^)]*\)|https?://\S+|arXiv \d+\.\d+", "", text)
+    found = [m.group(0) for m in MEASURED.finditer(text)]
+    assert not found, f"README numbers outside rendered blocks: {found}"
+
+
+def test_the_readme_check_sees_a_typed_number() -> None:
+    typed = "The demo takes 90 s and PPO scores 0.275."
+    assert [m.group(0) for m in MEASURED.finditer(typed)] == ["90 s", "0.275"]
+
+
+@pytest.mark.slow
+@NEEDS_DOCS
+def test_site_builds_strict(tmp_path: Path) -> None:
+    _run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-f", str(ROOT / "mkdocs.yml"),
+          "-d", str(tmp_path / "site")], ROOT, "mkdocs build --strict")  # fmt: skip
