@@ -122,6 +122,7 @@ def test_observation_carries_the_state_suffix_and_can_leave_it_out() -> None:
     assert "A: [3, 2, 1]" not in bare.reset(seed=0)[0]
 
 
+@pytest.mark.slow  # importing nltk to look for its corpus takes seconds
 @pytest.mark.parametrize("game", sorted(NEEDS_DATA))
 def test_games_that_need_data_are_refused_with_the_reason(game: str) -> None:
     with pytest.raises(GemUnavailableError, match=re.escape(NEEDS_DATA[game])):
