@@ -163,12 +163,12 @@ def check_task_builds(task: TaskConfig, model: ModelConfig) -> Any:
     :returns: the task, or None when it is built only with the model's tokenizer (a text task
         with ``model.path``: checked when the run starts).
     """
-    from marlhf.envs.registration import make_task
+    from marlhf.envs.registration import build_any_task
 
     if has_pretrained(model) and "tokenizer" in task_parameters(task.id):
         return None
     try:
-        return make_task(task.id, **task.kwargs)
+        return build_any_task(task.id, **task.kwargs)  # (multi-turn tasks too)
     except (TypeError, ValueError) as err:
         raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from None
 

@@ -285,10 +285,10 @@ def _train_all(
 
 def _task_returns(task: TaskConfig) -> dict[str, Any]:
     """The task's documented random-policy and optimal returns, for scale (empty if unknown)."""
-    from marlhf.envs.registration import make_task
+    from marlhf.envs.registration import build_any_task
 
     try:
-        built = make_task(task.id, **task.kwargs)
+        built = build_any_task(task.id, **task.kwargs)  # (multi-turn tasks too)
         return {
             "random / optimal return": f"{built.random_return:.3f} / {built.optimal_return:.3f}"
         }
