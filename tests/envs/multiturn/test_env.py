@@ -177,7 +177,7 @@ def test_registry_builds_multiturn_tasks_but_the_single_turn_env_refuses_them() 
     from marlhf.envs.registration import build_any_task, make_task
 
     assert isinstance(build_any_task("marlhf/ToolLookup-v0", tool_cost=0.2), ToolLookupTask)
-    with pytest.raises(TypeError, match="multi-turn task.*MultiTurnTokenEnv"):
+    with pytest.raises(TypeError, match=r"multi-turn task.*MultiTurnTokenEnv"):
         make_task("ToolLookup")
     with pytest.raises(TypeError, match="multi-turn task"):
         BatchedTokenEnv("ToolLookup")
