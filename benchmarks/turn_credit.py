@@ -499,6 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.exact_only and not args.no_tasks:
         data.setdefault("tasks", {}).update(run_tasks(args.mode, args.tasks))
     write_json(path, data)
+    data = read_json(path)  # the docs show what the file holds (NaN is stored as null)
     render_docs(data)
     print(render_block(data))
     return 0

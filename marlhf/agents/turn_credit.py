@@ -454,6 +454,28 @@ TURN_ESTIMATORS: tuple[str, ...] = (
 )
 
 
+def check_estimator_task(estimator: str, env_id: str) -> None:
+    """Before anything is built: a turn-level estimator needs a multi-turn task id.
+
+    :raises TurnInputError: naming the estimator and the task, when ``env_id`` is a registered
+        one-turn task (an unregistered id is left to the env builder's own error).
+    """
+    if "turns" not in get_estimator(estimator).requires:
+        return
+    import gymnasium
+
+    from marlhf.envs.registration import MULTITURN_ENV_ENTRY_POINT, register_envs
+
+    register_envs()
+    entry = gymnasium.registry.get(env_id)
+    if entry is not None and entry.vector_entry_point != MULTITURN_ENV_ENTRY_POINT:
+        raise TurnInputError(
+            f"estimator {estimator!r} is turn-level but task {env_id} has one turn: turn-level "
+            "credit is undefined there; use a multi-turn task (marlhf/ToolLookup-v0, "
+            "marlhf/GuessTheNumber-v0, ...) or a sequence-level estimator such as grpo"
+        )
+
+
 def check_estimator_env(estimator: str, env: Any) -> None:
     """Before training: the env can give what the estimator declares of the turns.
 

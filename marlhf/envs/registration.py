@@ -176,25 +176,6 @@ def make_task(task: Task | str, **task_kwargs: Any) -> Task:
     return built
 
 
-def build_any_task(task: str, **task_kwargs: Any) -> Task | MultiTurnTask:
-    """A registered task of either kind, checked: a :class:`~marlhf.envs.Task` (as
-    :func:`make_task`) or a :class:`~marlhf.envs.multiturn.task.MultiTurnTask` (which
-    :func:`make_task` refuses, since ``BatchedTokenEnv`` cannot run it).
-
-    :param task: a registered name, an env id or a ``"module:attr"`` entry point.
-    :param task_kwargs: keyword arguments of the task's constructor.
-    """
-    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
-
-    if not isinstance(task, str):
-        raise TypeError(f"build_any_task: `task` must be a str, got {type(task).__name__}")
-    built = task_factory(task)(**task_kwargs)
-    if isinstance(built, MultiTurnTask):
-        check_multiturn_task(built)
-        return built
-    return make_task(built)
-
-
 _REGISTERED = False
 
 
