@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from marlhf.agents import distributed as dist_utils
-from marlhf.agents import policy_io
+from marlhf.agents import logprobs, policy_io
 from marlhf.agents.lm_utils import (
     cache_keyword,
     filter_logits,
@@ -47,6 +47,8 @@ from marlhf.agents.lora import (
 )
 
 REFERENCES = ("auto", "copy", "adapters", "none")
+#: What :meth:`CausalLMActorCritic.evaluate_actions` does with the entropy.
+ENTROPY_MODES = ("grad", "no_grad", "none")
 
 
 @dataclass
@@ -218,10 +220,14 @@ class CausalLMActorCritic(nn.Module):
         n: int,
         hidden: bool,
         logits: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        reduce: Callable[[torch.Tensor, Any], tuple[torch.Tensor | None, ...]] | None = None,
+    ) -> tuple[Any, torch.Tensor | None]:
         """``(logits, last_hidden)`` at the ``n`` positions that predict the response tokens,
         ``[B, n, V]`` and ``[B, n, H]`` (``None`` unless ``hidden``). ``logits=False`` (a
         critic, whose hidden state alone is used) keeps the logits of one position only.
+        ``reduce(logits, rows)`` (``rows`` index ``ids``) turns each group's logits into a
+        tuple of ``[b, n]`` tensors (or ``None``s), returned in place of the logits: the
+        full-vocabulary logits of all rows are then never put together.
 
         Only what scoring uses is computed. Rows run in groups of similar length
         (:func:`length_groups`), each group without the columns that are padding in all its
@@ -242,12 +248,23 @@ class CausalLMActorCritic(nn.Module):
             most = int(dist_utils.all_reduce_max(torch.tensor(len(groups))))
             run = groups + [groups[0][:1]] * (most - len(groups))
         if len(run) <= 1:  # (none: no rows)
-            return self._forward_rows(model, ids, mask, n, hidden, logits)
-        parts = [self._forward_rows(model, ids[g], mask[g], n, hidden, logits) for g in run]
+            out, last = self._forward_rows(model, ids, mask, n, hidden, logits)
+            return (out if reduce is None else reduce(out, slice(None))), last
+        parts: list[Any] = []
+        for g in run:
+            out, last = self._forward_rows(model, ids[g], mask[g], n, hidden, logits)
+            parts.append((out if reduce is None else reduce(out, g), last))
+            del out  # (reduced: the group's logits go before the next group's forward)
         inverse = torch.argsort(torch.cat(groups))  # (the padding groups' rows come after)
-        out = torch.cat([part[0] for part in parts])[inverse]
-        last = torch.cat([part[1] for part in parts])[inverse] if hidden else None  # type: ignore[misc]
-        return out, last
+        if reduce is None:
+            outs: Any = torch.cat([part[0] for part in parts])[inverse]
+        else:
+            outs = tuple(
+                None if parts[0][0][i] is None else torch.cat([p[0][i] for p in parts])[inverse]
+                for i in range(len(parts[0][0]))
+            )
+        last = torch.cat([part[1] for part in parts])[inverse] if hidden else None
+        return outs, last
 
     def _forward_rows(
         self,
@@ -274,27 +291,31 @@ class CausalLMActorCritic(nn.Module):
         last = out.hidden_states[-1][:, -n:] if hidden else None
         return out.logits[:, -n:] if logits else out.logits, last
 
-    def _token_logp_entropy(
+    def _token_scores(
         self,
-        logits: torch.Tensor,
         response_ids: torch.Tensor,
         temperature: float,
         action_mask: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = logits[..., : self.vocab_size].float()
-        if temperature != 1.0:  # (no copy at temperature 1)
-            logits = logits / temperature
-        if action_mask is not None:
-            logits = mask_logits(logits, action_mask[:, None, :])
-        logp_all = logits.log_softmax(dim=-1)
-        logp = logp_all.gather(-1, response_ids.unsqueeze(-1)).squeeze(-1)
-        plogp = logp_all.exp() * logp_all
-        if action_mask is not None:
-            # A masked token's p * log p is 0 * (dtype min): its value is 0, but its gradient
-            # (upstream * log p, then * p) overflows to -inf * 0 = NaN once the upstream
-            # gradient exceeds 1. Filled with 0, it takes no gradient.
-            plogp = plogp.masked_fill(~action_mask[:, None, :].bool(), 0.0)
-        return logp, -plogp.sum(dim=-1)
+        entropy: str,
+    ) -> Callable[[torch.Tensor, Any], tuple[torch.Tensor | None, ...]]:
+        """The ``reduce`` of :meth:`_forward` that scores the taken tokens: ``(logp, entropy)``
+        of a group's logits (``entropy`` as in :meth:`evaluate_actions`)."""
+        if entropy not in ENTROPY_MODES:
+            raise ValueError(f"entropy={entropy!r} must be one of {list(ENTROPY_MODES)}")
+
+        def score(logits: torch.Tensor, rows: Any) -> tuple[torch.Tensor | None, ...]:
+            kw: dict[str, Any] = {
+                "vocab_size": self.vocab_size,
+                "temperature": temperature,
+                "allowed": None if action_mask is None else action_mask[rows],
+            }
+            tokens = response_ids[rows]
+            if entropy == "grad" and torch.is_grad_enabled():  # a weighted entropy term
+                return logprobs.logp_entropy_full(logits, tokens, **kw)
+            logp = logprobs.token_logprobs(logits, tokens, **kw)
+            return logp, None if entropy == "none" else logprobs.token_entropy(logits, **kw)
+
+        return score
 
     @staticmethod
     def _split(
@@ -322,7 +343,8 @@ class CausalLMActorCritic(nn.Module):
         temperature: float = 1.0,
         action_mask: torch.Tensor | None = None,
         with_values: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        entropy: str = "grad",
+    ) -> tuple[torch.Tensor, Any, Any]:
         """Log-probs, entropies and values of the taken tokens, in one forward.
 
         :param input_ids: ``int64[B, P + N]``: the left-padded prompt, then the right-padded
@@ -334,24 +356,29 @@ class CausalLMActorCritic(nn.Module):
             renormalised over them), or ``None`` for the whole vocabulary.
         :param with_values: False skips the critic (no value head, no separate critic forward)
             for estimators that need no values; ``values`` is then ``None``.
+        :param entropy: ``"grad"`` (default) computes the entropy with gradients (when they are
+            enabled: an entropy term the loss weights); ``"no_grad"`` computes it for the logs
+            only, without a graph, slice by slice; ``"none"`` skips it (``entropy`` is then
+            ``None``). The log-probs never hold a second full-vocabulary tensor
+            (:mod:`marlhf.agents.logprobs`).
         :return: ``(logp, entropy, values)``, each ``float32[B, N]``; ``values[:, t]`` is the value
             of the state before response token ``t``. Entries on padding are finite but meaningless.
         """
         p, n = self._split(input_ids, attention_mask, response_mask)
         mask = attention_mask.long()
         shared = with_values and self.critic is None
-        logits, hidden = self._forward(self.model, input_ids, mask, n, hidden=shared)
-        logp, entropy = self._token_logp_entropy(logits, input_ids[:, p:], temperature, action_mask)
-        del logits
+        score = self._token_scores(input_ids[:, p:], temperature, action_mask, entropy)
+        scores, hidden = self._forward(self.model, input_ids, mask, n, hidden=shared, reduce=score)
+        logp, entropies = scores
         if not with_values:
-            return logp, entropy, None
+            return logp, entropies, None
         if self.critic is not None:
             hidden = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)[1]
         assert hidden is not None
         # The value head runs in float32 even under bf16 autocast: returns need the precision.
         with torch.autocast(device_type=hidden.device.type, enabled=False):
             values = self.value_head(hidden.float()).squeeze(-1)
-        return logp, entropy, values
+        return logp, entropies, values
 
     @torch.no_grad()
     def reference_logprobs(
@@ -372,11 +399,12 @@ class CausalLMActorCritic(nn.Module):
         if self.reference_mode == "adapters":
             ctx = self.model.disable_adapter()  # type: ignore[operator]
             model = self.model
+        score = self._token_scores(input_ids[:, p:], temperature, action_mask, "none")
         with ctx:
-            logits = self._forward(model, input_ids, attention_mask.long(), n, hidden=False)[0]  # type: ignore[arg-type]
+            scores = self._forward(model, input_ids, attention_mask.long(), n, False, reduce=score)  # type: ignore[arg-type]
         if self.fsdp is not None and self.ref_model is not None:
             self.fsdp.reference_done()
-        return self._token_logp_entropy(logits, input_ids[:, p:], temperature, action_mask)[0]
+        return scores[0][0]
 
     # ---------------------------------------------------------------- sampling
     @torch.no_grad()
@@ -389,11 +417,15 @@ class CausalLMActorCritic(nn.Module):
         mask = attention_mask.long()
         first = int(mask.any(dim=0).long().argmax())
         input_ids, mask = input_ids[:, first:], mask[:, first:]
+        # Only the last position's logits are used: the LM head over every prompt position
+        # would be the prefill's largest tensor ([B, L, V]).
+        keep = {"logits_to_keep": 1} if keeps_logits(self.model) else {}
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
             use_cache=True,
+            **keep,
         )
         return GenerationState(
             cache=getattr(out, self._cache_kw),

@@ -243,13 +243,19 @@ class PPO(LMOnPolicyAlgorithm):
                 temperature=self.config.scoring_temperature,
                 action_mask=mb.action_mask,
                 with_values=with_values,
+                # No graph for an entropy the loss does not weight (it is only logged).
+                entropy="grad" if self.config.ent_coef != 0 else "no_grad",
             )
         if mb.action_index is not None:  # multi-turn: the actions only, as the advantages
             logp, entropy = mb.to_actions(logp), mb.to_actions(entropy)
             values = None if values is None else mb.to_actions(values)
+        old_logprobs = mb.old_logprobs
+        if self._scores_deferred:  # one epoch of one minibatch: the rollout's own log-probs
+            old_logprobs = logp.detach().float()
+            self.fill_policy_scores(self._deferred_rows, old_logprobs)
         pg_loss, stats = policy_loss(
             logp.float(),
-            mb.old_logprobs,
+            old_logprobs,
             advantages,
             mask,
             mb.starts,
@@ -290,6 +296,10 @@ class PPO(LMOnPolicyAlgorithm):
 
     def _minibatches(self, buf: Any) -> Any:
         """The rollout's minibatches; with several ranks, this rank's rows of each global one."""
+        if self._scores_deferred:  # one minibatch (of the rows in buf.get's order)
+            order = torch.randperm(buf.num_envs, generator=self.shuffle_generator)
+            self._deferred_rows = order.to(buf.device)
+            return iter([buf.rows(self._deferred_rows)])
         if not self.world.distributed:
             return buf.get(self.config.batch_size, self.shuffle_generator)
         return (

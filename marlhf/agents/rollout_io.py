@@ -126,6 +126,9 @@ class Rollouts:
     @classmethod
     def from_algorithm(cls, algo: Any) -> Rollouts:
         """The last rollout an algorithm collected (its buffer and its env's prompts), on CPU."""
+        ensure = getattr(algo, "ensure_policy_scores", None)
+        if callable(ensure):  # the update was to give the policy's log-probs: score now
+            ensure()
         buf = getattr(algo, "rollout_buffer", None)
         env = getattr(algo, "env", None)
         prompts = getattr(env, "prompts", None)

@@ -29,7 +29,7 @@ from marlhf.agents.estimators import (
     prob_mask,
     uniform_groups,
 )
-from marlhf.agents.kl import KLController, kl_penalty, shaped_rewards
+from marlhf.agents.kl import FixedKLController, KLController, kl_penalty, shaped_rewards
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.turn_potentials import FIELDS as POTENTIAL_FIELDS
 from marlhf.agents.turn_potentials import fill_potentials
@@ -59,6 +59,16 @@ class IterationStages:
     world: dist_utils.WorldInfo
     _rollout_prompts: list[Any] | None
     _rollout_state: GenerationState | None
+    #: Skip the policy's own scoring forward when the update is exactly on-policy (one epoch of
+    #: one minibatch) and nothing before the update reads the policy's log-probs: the update's
+    #: forward gives them (as TRL's GRPOTrainer does). False always scores (a switch for tests
+    #: and measurements; nothing changes but the cost).
+    skip_on_policy_scoring: bool = True
+    #: Whether the last :meth:`score` left the policy's log-probs to the update (the buffer's
+    #: ``logprobs`` hold zeros until :meth:`ensure_policy_scores` or the update fills them).
+    _scores_deferred: bool = False
+    #: The rows of the update's one minibatch, in its order, while the scores are deferred.
+    _deferred_rows: torch.Tensor
 
     @property
     def estimator_spec(self) -> EstimatorSpec:
@@ -261,10 +271,18 @@ class IterationStages:
         what = "task reward (from the env's reward)"
         self._together(raise_non_finite, buf.task_rewards, mask, what)
         size = self.config.micro_batch_size or mask.shape[0]
+        self._scores_deferred = self._defers_policy_scores()
         parts = [self._score_rows(slice(b, b + size)) for b in range(0, mask.shape[0], size)]
-        logp, ref_logp = (torch.cat([part[i] for part in parts]) for i in range(2))
-        # kept for terminations that cut on it (requires "entropy")
-        self._rollout_entropy = buf.to_actions(torch.cat([part[3] for part in parts]))
+        ref_logp = torch.cat([part[1] for part in parts])
+        logp = (
+            torch.zeros_like(ref_logp)
+            if self._scores_deferred
+            else torch.cat([p[0] for p in parts])
+        )
+        # kept for terminations that cut on it (requires "entropy"; None when none does)
+        self._rollout_entropy = (
+            None if parts[0][3] is None else buf.to_actions(torch.cat([part[3] for part in parts]))
+        )
         values = None if parts[0][2] is None else torch.cat([part[2] for part in parts])
         logp, ref_logp = buf.to_actions(logp), buf.to_actions(ref_logp)
         if values is not None:
@@ -274,10 +292,67 @@ class IterationStages:
         self._together(raise_non_finite, ref_logp, mask, "reference log-prob")
         buf.set_scores(logp, ref_logp, values)
 
+    def _defers_policy_scores(self) -> bool:
+        """Whether the update's own log-probs can be the old ones (module docstring of
+        :mod:`marlhf.agents.logprobs`): one epoch of one whole-rollout minibatch in one process,
+        and none of the shaping (a fixed KL coefficient in the loss, or 0), the termination, the
+        estimator, the critic and the probability mask reads the policy's log-probs first."""
+        cfg, buf, term = self.config, self.rollout_buffer, self.termination
+        assert buf is not None
+        spec = self.estimator_spec
+        return (
+            self.skip_on_policy_scoring
+            and cfg.n_epochs == 1
+            and cfg.batch_size in (None, buf.num_envs)
+            and cfg.micro_batch_size is None
+            and not self.world.distributed
+            and self.policy.fsdp is None
+            and buf.action_index is None
+            and not spec.needs_critic
+            and "token_probs" not in spec.requires
+            and cfg.prob_mask_threshold is None
+            and self.policy.reference_mode != "none"
+            and isinstance(self.kl_ctl, FixedKLController)
+            and (cfg.kl_in == "loss" or self.kl_ctl.value == 0)
+            and (
+                term is None
+                or not (
+                    term.requires & {"logprobs", "entropy"} or getattr(term, "trainable", False)
+                )
+            )
+        )
+
+    def ensure_policy_scores(self) -> None:
+        """Score the rollout with the policy now when :meth:`score` left it to the update (for
+        a reader of the buffer's ``logprobs`` before the update, as the credit audit)."""
+        if not self._scores_deferred:
+            return
+        self._scores_deferred = False
+        buf = self.rollout_buffer
+        assert buf is not None
+        size = self.config.micro_batch_size or buf.num_envs
+        parts = [self._score_rows(slice(b, b + size))[0] for b in range(0, buf.num_envs, size)]
+        logp = buf.to_actions(torch.cat(parts))
+        self._together(raise_non_finite, logp, buf.credit_mask, "policy log-prob")
+        self.fill_policy_scores(torch.arange(buf.num_envs, device=logp.device), logp)
+
+    def fill_policy_scores(self, rows: torch.Tensor, logp: torch.Tensor) -> None:
+        """Store the policy's log-probs ``float[b, N]`` of ``rows`` that :meth:`score` left to the
+        update, and log the KL to the reference they give (as :meth:`shape` would have)."""
+        buf = self.rollout_buffer
+        assert buf is not None
+        self._scores_deferred = False
+        buf.logprobs[rows] = torch.where(buf.credit_mask[rows], logp.detach().float(), 0.0)
+        kl = kl_penalty(
+            buf.logprobs, buf.ref_logprobs, self.config.kl_estimator, self.config.kl_clamp
+        )
+        kl = torch.where(buf.credit_mask, kl, torch.zeros_like(buf.logprobs))
+        self.rollout_stats["rollout/kl_ref"] = float(kl.sum(dim=1).mean())
+
     @torch.no_grad()
-    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor]:
+    def _score_rows(self, rows: slice) -> tuple[torch.Tensor, torch.Tensor, Any, Any]:
         """``(logp, ref_logp, values, entropy)`` of the rollout's ``rows`` (``values`` may be
-        None)."""
+        None; ``entropy`` is None unless the termination cuts on it)."""
         buf = self.rollout_buffer
         assert buf is not None
         args = (buf.input_ids[rows], buf.attention_mask[rows], buf.response_mask[rows])
@@ -286,8 +361,15 @@ class IterationStages:
             "action_mask": None if buf.action_mask is None else buf.action_mask[rows],
         }
         with self._autocast():
+            if self._scores_deferred:  # (no entropy or values are needed: see score)
+                return None, self.policy.reference_logprobs(*args, **kw), None, None  # type: ignore[return-value]
             logp, entropy, values = self.policy.evaluate_actions(
-                *args, **kw, with_values=self.estimator_spec.needs_critic
+                *args,
+                **kw,
+                with_values=self.estimator_spec.needs_critic,
+                entropy="grad"
+                if "entropy" in getattr(self.termination, "requires", ())
+                else "none",
             )
             if self.policy.reference_mode == "none":  # no reference: no KL penalty
                 ref_logp = logp.clone()

@@ -232,7 +232,7 @@ def train_termination(algo: Any) -> dict[str, float]:
         mask,
         term.requires,
         logprobs=buf.logprobs[rows],
-        entropy=algo._rollout_entropy[rows],
+        entropy=None if algo._rollout_entropy is None else algo._rollout_entropy[rows],
         values=buf.values[rows] if buf.has_values else None,
     )
     own = term.starts(batch) | base_starts(mask, isolate)

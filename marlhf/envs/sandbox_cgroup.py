@@ -41,6 +41,7 @@ PREFIX = "marlhf-sandbox-"
 #: ``sh -c JOIN_SCRIPT sh PROCS_FILE... -- COMMAND...``: join each group, then exec COMMAND.
 JOIN_SCRIPT = 'while [ "$1" != -- ]; do echo $$ > "$1" || exit 125; shift; done; shift; exec "$@"'
 _MOUNTS = "/proc/self/mountinfo"
+_CGROUPS = "/proc/self/cgroup"
 _counter = itertools.count()
 
 
@@ -56,38 +57,50 @@ class _Layout:
 def _own_paths() -> dict[str, str]:
     """This process's cgroup path per controller (``""`` for the v2 unified hierarchy)."""
     paths: dict[str, str] = {}
-    for line in Path("/proc/self/cgroup").read_text().splitlines():
+    for line in Path(_CGROUPS).read_text().splitlines():
         _, controllers, path = line.split(":", 2)
         for name in controllers.split(",") if controllers else [""]:
             paths[name] = path
     return paths
 
 
-def _mounts() -> list[tuple[str, str, set[str]]]:
-    """``(mount point, type, super options)`` of every cgroup mount."""
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """``(mount point, root of the hierarchy mounted there, type, super options)`` of every
+    cgroup mount."""
     found = []
     for line in Path(_MOUNTS).read_text().splitlines():
         left, _, right = line.partition(" - ")
-        fstype, _source, options = ([*right.split(), "", ""])[:3]
-        if fstype in ("cgroup", "cgroup2"):
-            found.append((left.split()[4], fstype, set(options.split(","))))
+        fstype, _source, options = [*right.split(), "", ""][:3]
+        fields = left.split()
+        if fstype in ("cgroup", "cgroup2") and len(fields) > 4:
+            found.append((fields[4], fields[3], fstype, set(options.split(","))))
     return found
+
+
+def _under(point: str, root: str, path: str) -> Path | None:
+    """Where group ``path`` (as ``/proc/self/cgroup`` names it) is under a mount of ``root``."""
+    root = root.rstrip("/")
+    if path != root and not path.startswith(root + "/"):
+        return None
+    return Path(point + path[len(root) :])
 
 
 def _layout() -> _Layout | None:
     own = _own_paths()
     mounts = _mounts()
-    for point, fstype, _ in mounts:
-        if fstype == "cgroup2" and "" in own:
-            base = Path(point + own[""])
+    for point, root, fstype, _ in mounts:
+        base = _under(point, root, own[""]) if fstype == "cgroup2" and "" in own else None
+        if base is not None:
             controllers = (base / "cgroup.controllers").read_text().split()
             if {"memory", "pids"} <= set(controllers):
                 return _Layout(2, base, base)
     bases: dict[str, Path] = {}
-    for point, fstype, options in mounts:
+    for point, root, fstype, options in mounts:
         for name in ("memory", "pids"):
             if fstype == "cgroup" and name in options and name in own:
-                bases[name] = Path(point + own[name])
+                found = _under(point, root, own[name])
+                if found is not None:
+                    bases[name] = found
     if len(bases) == 2:
         return _Layout(1, bases["memory"], bases["pids"])
     return None

@@ -102,7 +102,8 @@ def test_the_loss_never_reads_env_tokens(monkeypatch: pytest.MonkeyPatch) -> Non
         forced = (attention_mask[:, -logp.shape[1] :] > 0) & ~_action_positions(input_ids)
         nan = torch.full_like(logp, float("nan"))
         values = None if values is None else torch.where(forced, nan, values)
-        return torch.where(forced, nan, logp), torch.where(forced, nan, entropy), values
+        entropy = None if entropy is None else torch.where(forced, nan, entropy)
+        return torch.where(forced, nan, logp), entropy, values
 
     def _action_positions(ids: torch.Tensor) -> torch.Tensor:
         return ids[:, -7:] <= 5  # ToolLookup: call/a* are actions, q/r/digits never are

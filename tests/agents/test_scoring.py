@@ -37,8 +37,10 @@ def full_sequence_forward(
     n: int,
     hidden: bool,
     logits: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The scoring forward as it was: every column in, logits at every position, then sliced."""
+    reduce: Any = None,
+) -> tuple[Any, torch.Tensor | None]:
+    """The scoring forward as it was: every column in, logits at every position, then sliced
+    (and, with ``reduce``, scored all rows at once)."""
     out = model(
         input_ids=ids,
         attention_mask=mask,
@@ -48,7 +50,8 @@ def full_sequence_forward(
     )
     p = ids.shape[1] - n
     last = out.hidden_states[-1][:, p - 1 : p + n - 1] if hidden else None
-    return out.logits[:, p - 1 : p + n - 1], last
+    sliced = out.logits[:, p - 1 : p + n - 1]
+    return (sliced if reduce is None else reduce(sliced, slice(None))), last
 
 
 def _gpt2() -> Any:

@@ -351,3 +351,66 @@ def test_humaneval_refuses_a_bad_timeout_naming_it(value: float) -> None:
     problem["entry_point"] = "f"
     with pytest.raises(ValueError, match="HumanEvalTask: timeout_s="):
         HumanEvalTask(split="all", problems={"a": problem, "b": problem}, timeout_s=value)
+
+
+def fake_proc(tmp_path: Path, mountinfo: str, cgroups: str) -> None:
+    (tmp_path / "mountinfo").write_text(mountinfo)
+    (tmp_path / "cgroup").write_text(cgroups)
+
+
+def test_the_cgroup_layouts_are_read_from_the_mount_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """v2 (this machine has only v1, so v2 is read from a fake table here), v1 as in this
+    container, and a v1 hierarchy mounted at a sub-group (a container without cgroup ns)."""
+    monkeypatch.setattr(cgroup, "_MOUNTS", str(tmp_path / "mountinfo"))
+    monkeypatch.setattr(cgroup, "_CGROUPS", str(tmp_path / "cgroup"))
+    unified = tmp_path / "unified"
+    (unified / "job").mkdir(parents=True)
+    (unified / "job" / "cgroup.controllers").write_text("cpu io memory pids\n")
+    fake_proc(
+        tmp_path,
+        f"30 23 0:27 / {unified} rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n",
+        "0::/job\n",
+    )
+    assert cgroup._layout() == cgroup._Layout(2, unified / "job", unified / "job")
+    (unified / "job" / "cgroup.controllers").write_text("cpu io\n")
+    assert cgroup._layout() is None  # v2 without memory and pids, and no v1
+    fake_proc(
+        tmp_path,
+        "32 31 0:29 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "33 31 0:30 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n"
+        f"34 31 0:31 / {unified} rw - cgroup2 cgroup2 rw\n",
+        "4:memory:/api/x\n8:pids:/\n0::/job\n",
+    )
+    found = cgroup._layout()
+    assert found == cgroup._Layout(
+        1, Path("/sys/fs/cgroup/memory/api/x"), Path("/sys/fs/cgroup/pids")
+    )
+    fake_proc(
+        tmp_path,
+        "32 31 0:29 /api/x /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"
+        "33 31 0:30 /api/x /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n",
+        "4:memory:/api/x/y\n8:pids:/api/x\n",
+    )
+    assert cgroup._layout() == cgroup._Layout(
+        1, Path("/sys/fs/cgroup/memory/y"), Path("/sys/fs/cgroup/pids")
+    )
+
+
+def test_a_run_whose_cgroups_cannot_be_made_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import marlhf.envs.sandbox_process as process
+
+    def refuse(memory_bytes: int, tasks: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(process, "create_cgroup", refuse)
+    with pytest.warns(RuntimeWarning, match="No space left on device"):
+        assert call("def f():\n    return 7\n") == 7
+    program = "def f():\n    import threading\n    threading.Thread(target=print).start()\n"
+    with pytest.warns(RuntimeWarning):
+        outcome = run_calls(program, "f", [((), {})], BARE)
+    if os.geteuid() == 0:
+        assert outcome.results[0].kind == "error" and "thread" in outcome.results[0].error
