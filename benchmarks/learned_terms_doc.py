@@ -78,6 +78,42 @@ def corr_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def headroom_table(data: dict[str, Any]) -> list[str]:
+    """How much any termination could gain here (the oracle) and how much the learned one got,
+    and where each rule's cuts sit (mean position of a cut over the response length)."""
+    rows = data.get("audit", [])
+    heur = data["setups"][0]["heuristics"] if data.get("setups") else []
+    show = [r for r in ("learned", "oracle", "entropy", "value_change", "even") if r in rows[0]]
+    lines = [
+        "| task | best heuristic | oracle headroom (max reduction) | learned reduction | share "
+        "of headroom | " + " | ".join(f"mean cut position `{r}`" for r in show) + " |",
+        "|---" * (5 + len(show)) + "|",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        runs = [r for r in rows if r["task"] == task]
+        means = {h: statistics.fmean(r[h]["rmse"] for r in runs) for h in [*heur, "oracle"]}
+        best = min(heur, key=lambda h: means[h])
+        head = mean_ci([1 - r["oracle"]["rmse"] / r[best]["rmse"] for r in runs])
+        got = mean_ci([1 - r["learned"]["rmse"] / r[best]["rmse"] for r in runs])
+        share = got[0] / head[0] if head[0] > 0 else math.nan
+        cells = []
+        for rule in show:
+            pos = []
+            for r in runs:
+                freq = r[rule]["cut_freq_per_position"]
+                width = len(freq)
+                inner = [(j, f) for j, f in enumerate(freq) if 0 < j < width - 1]
+                mass = sum(f for _, f in inner)
+                if mass > 0:
+                    pos.append(sum(j * f for j, f in inner) / mass / max(width - 1, 1))
+            cells.append(f"{statistics.fmean(pos):.2f}" if pos else "–")
+        lines.append(
+            f"| {task} | `{best}` | {100 * head[0]:.1f}% ± {100 * head[1]:.1f} | "
+            f"{100 * got[0]:+.1f}% ± {100 * got[1]:.1f} | {share:.2f} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
 def budget_table(data: dict[str, Any]) -> list[str]:
     """RMSE at the other audited budgets (the learned scores trained at the main budget)."""
     rows = [r for r in data.get("audit", []) if r.get("by_budget")]
@@ -109,6 +145,13 @@ def t2t_table(data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     """Per task two rows (compute-matched, env tokens only): each rule's tokens per seed."""
     rows = data.get("t2t", [])
     rules = list(dict.fromkeys(r["rule"] for r in rows))
+    # only seeds every rule finished (an interrupted run leaves a partial last seed)
+    done = {
+        (task, seed)
+        for task, seed in {(r["task"], r["seed"]) for r in rows}
+        if {r["rule"] for r in rows if (r["task"], r["seed"]) == (task, seed)} == set(rules)
+    }
+    rows = [r for r in rows if (r["task"], r["seed"]) in done]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     lines = [
         "| task | threshold | tokens | " + " | ".join(f"`{r}`" for r in rules) + " |",
@@ -221,8 +264,20 @@ def render(data: dict[str, Any] | None, doc: Path, png: Path) -> None:
         "(segment GAE, gamma 1, lambda 0.95, on its critic) is scored against the truth "
         "(exact enumeration where the task has a decisive depth, Monte Carlo with 8 "
         "continuations per prefix on Reverse). `oracle` is the greedy cut set chosen with the "
-        "truth: the floor any termination could reach at this budget with this critic. "
+        "truth: about the lowest error any termination could reach at this budget with this critic "
+        "(greedy forward selection, so not always the best set). "
         "See [learned_terminations.md](learned_terminations.md) for the method.",
+        "",
+        "Training before the audit: "
+        + (
+            "12 iterations of 32 episodes (6 for DelayedChoice h128); tokens to threshold: 24 "
+            "iterations, CreditSum and KeyPosition only. "
+            if quick
+            else "40 iterations of 32 episodes (20 for DelayedChoice h128); tokens to "
+            "threshold: 80 iterations, CreditSum and KeyPosition only. "
+        )
+        + "Not run: the reasoning task (ReasoningGym needs an SFT'd BPE GPT-2 and a Monte-Carlo "
+        "truth over its vocabulary, beyond this machine's budget).",
         "",
         f"Scale: {'reduced (`--quick`)' if quick else 'full'}; seeds {seeds}. Intervals are 95% "
         "t intervals over seeds. Load average at the end of each part (2 shared cores): "
@@ -231,6 +286,17 @@ def render(data: dict[str, Any] | None, doc: Path, png: Path) -> None:
         "## Advantage RMSE per token (lower is better)",
         "",
         *audit_lines,
+        "",
+        "## Why: the headroom, and where the cuts sit",
+        "",
+        "The oracle is the greedy best cut set for each episode, chosen with the truth; its "
+        "reduction over the best heuristic is about the most any termination could gain at "
+        "this budget with this critic (greedy: approximately). `mean cut position`: where a "
+        "rule's cuts sit on average, as a fraction of the response (0: start, 1: end; the "
+        "first and last tokens excluded), on the padded width (episodes of tasks with EOS "
+        "are shorter).",
+        "",
+        *headroom_table(data),
         "",
         "## The same at other budgets",
         "",

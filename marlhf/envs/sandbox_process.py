@@ -5,8 +5,9 @@ kernel allows, PID, network, IPC, UTS and cgroup namespaces; no ``--share-net``,
 namespace is empty), ``--die-with-parent``, ``--new-session``, ``--clearenv``,
 ``--cap-drop ALL`` (as root, the user namespace would otherwise keep every capability: raising
 rlimits, for one); a new root with read-only binds of ``/usr``, ``/lib*``, ``/bin``, ``/sbin``
-and the interpreter's own prefix, a private procfs (only the sandbox's processes) and ``/dev``
-(null, zero, random, ...), a tmpfs work folder of bounded size, and this package's
+and the interpreter's own prefix, a private procfs (only the sandbox's processes) and a
+read-only ``/dev`` (null, zero, random, ...; bwrap makes it an unsized tmpfs, so it and its
+``shm`` must not be writable), a tmpfs work folder of bounded size, and this package's
 ``sandbox_child.py`` bound read-only. Nothing else of the host file system (no ``/home``,
 ``/root``, ``/etc``, ``/tmp``, the trainer's files) exists inside; the tmpfs ends with the
 run's mount namespace, so nothing is left even when the trainer is killed.
@@ -36,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,7 +48,7 @@ from marlhf.envs.sandbox_io import Capture, drain
 from marlhf.envs.sandbox_seccomp import SeccompUnavailableError, seccomp_filter
 
 if TYPE_CHECKING:
-    from marlhf.envs.sandbox import SandboxLimits
+    from marlhf.envs.sandbox_types import SandboxLimits
 
 __all__ = [
     "BWRAP_INSTALL",
@@ -106,6 +108,7 @@ def bwrap_command(
     argv += ["--size", str(disk_mb * 1024 * 1024), "--tmpfs", WORKDIR, "--chdir", WORKDIR]
     argv += ["--ro-bind", CHILD_PATH, CHILD_INSIDE]
     argv += ["--remount-ro", "/"]  # the root tmpfs itself: only the work folder is writable
+    argv += ["--remount-ro", "/dev"]  # bwrap's /dev (and /dev/shm) is an unsized tmpfs
     if seccomp_fd is not None:
         argv += ["--seccomp", str(seccomp_fd)]
     return [*argv, "--", exe], CHILD_INSIDE
@@ -273,9 +276,17 @@ class ChildRun:
             child_fds = [spec_fd, result_fd] + ([request_fd] if request_fd is not None else [])
             passed = list(child_fds)
             if bwrap:
-                self.cgroup = create_cgroup(
-                    limits.memory_mb * 2**20 + CGROUP_SLACK_BYTES, limits.max_processes
-                )
+                try:
+                    self.cgroup = create_cgroup(
+                        limits.memory_mb * 2**20 + CGROUP_SLACK_BYTES, limits.max_processes
+                    )
+                except OSError as exc:  # e.g. the machine's cgroup count ran out mid-training
+                    warnings.warn(
+                        f"sandbox: cannot create this run's cgroups ({exc}); it runs under the "
+                        "fallback limits (rlimits, and no threads as root)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 threads = self.cgroup is not None or os.geteuid() != 0
                 bpf_fd = _filled_pipe(seccomp_filter(limits.allow_subprocess, threads))
                 opened.append(bpf_fd)

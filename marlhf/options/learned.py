@@ -49,8 +49,10 @@ EMBED = 4
 #: scalar features per position (see :meth:`CutScorer.features`)
 N_SCALARS = 7
 
-#: weights of trained terminations built in this process, by digest (what their spec names)
+#: weights of trained terminations built in this process, by digest (what their spec names);
+#: the most recent :data:`_KEEP_TRAINED` only (specs may be taken after every training round)
 _TRAINED: dict[str, dict[str, list[float]]] = {}
+_KEEP_TRAINED = 32
 
 
 class CutScorer(nn.Module):
@@ -270,7 +272,10 @@ class Learned(ScoredTermination):
         parts = [f"{k}={_spec_text(v)}" for k, v in kwargs.items()]
         if state is not None:
             digest = self.digest()
+            _TRAINED.pop(digest, None)
             _TRAINED[digest] = state
+            while len(_TRAINED) > _KEEP_TRAINED:
+                _TRAINED.pop(next(iter(_TRAINED)))
             parts.append(f"trained={digest}")
         return f"{self.name}:" + ";".join(parts)
 

@@ -152,6 +152,19 @@ def check_task_kwargs(task: TaskConfig) -> None:
         raise ValueError(f"task.kwargs: {task.id} takes no argument {unknown[0]!r}; valid: {valid}")
 
 
+def make_any_task(env_id: str, **task_kwargs: Any) -> Any:
+    """The checked task behind a registered env id: a single-turn ``Task``, or a
+    ``MultiTurnTask`` (which runs in ``MultiTurnTokenEnv``, the ``make_vec`` of its id)."""
+    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
+    from marlhf.envs.registration import make_task, task_factory
+
+    built = task_factory(env_id)(**task_kwargs)
+    if isinstance(built, MultiTurnTask):
+        check_multiturn_task(built)
+        return built
+    return make_task(built)
+
+
 class ActionMaskWarning(UserWarning):
     """The task defines an action mask that the agent does not use (``agent.mask_actions``)."""
 
@@ -163,17 +176,10 @@ def check_task_builds(task: TaskConfig, model: ModelConfig) -> Any:
     :returns: the task, or None when it is built only with the model's tokenizer (a text task
         with ``model.path``: checked when the run starts).
     """
-    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
-    from marlhf.envs.registration import make_task, task_factory
-
     if has_pretrained(model) and "tokenizer" in task_parameters(task.id):
         return None
     try:
-        built = task_factory(task.id)(**task.kwargs)
-        if isinstance(built, MultiTurnTask):  # runs in MultiTurnTokenEnv (make_vec of its id)
-            check_multiturn_task(built)
-            return built
-        return make_task(built)
+        return make_any_task(task.id, **task.kwargs)
     except (TypeError, ValueError) as err:
         raise ValueError(f"task.kwargs={dict(task.kwargs)!r} do not fit {task.id}: {err}") from None
 

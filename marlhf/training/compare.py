@@ -34,6 +34,7 @@ from marlhf.training.audit import check_credit_task, credit_settings
 from marlhf.training.builders import (
     check_env_id,
     check_task_builds,
+    make_any_task,
     note_when_training_starts,
     unused_mask_message,
 )
@@ -150,7 +151,7 @@ PR_SET_PDEATHSIG = 1
 def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
     from marlhf.agents import MAPPOConfig, PPOConfig
     from marlhf.agents.config import resolve_config
-    from marlhf.agents.turn_credit import check_estimator_task
+    from marlhf.agents.turn_checks import check_estimator_task
 
     values = config.agent.agent_kwargs()
     explicit = {k: values[k] for k in config.agent.explicit}
@@ -287,10 +288,8 @@ def _train_all(
 
 def _task_returns(task: TaskConfig) -> dict[str, Any]:
     """The task's documented random-policy and optimal returns, for scale (empty if unknown)."""
-    from marlhf.envs.registration import make_task
-
     try:
-        built = make_task(task.id, **task.kwargs)
+        built = make_any_task(task.id, **task.kwargs)
         return {
             "random / optimal return": f"{built.random_return:.3f} / {built.optimal_return:.3f}"
         }

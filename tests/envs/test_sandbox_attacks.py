@@ -14,7 +14,11 @@ subclass); process creation through ``os.posix_spawn``, ``os.fork``, ``_posixsub
 no audit hook sees) and ``ctypes``; ``setsid`` and a double fork; writes after ``chdir``,
 through ``dir_fd`` and a symlink; reading ``/proc/<ppid>/environ``, directly and through
 ``dir_fd``; and the classics: infinite loop, fork bomb, thread bomb, memory bomb, disk bomb,
-output flood, network, ``sys.exit(0)``, ``os._exit(0)``, killing the parent.
+output flood, network, ``sys.exit(0)``, ``os._exit(0)``, killing the parent. Round three (each
+returns the right sum only if it worked): answers that hash alike, ``memfd_create``,
+``fallocate``, set-id bits, files in ``/dev/shm``, the audit hook switched off from inside,
+namespaces, ``ptrace``, ``mount``, ``io_uring``, ``bpf``, ``perf_event_open``, ``keyctl``,
+``userfaultfd``, a thread bomb with 32 KiB stacks; and a check that names the entry point.
 """
 
 from __future__ import annotations
@@ -166,6 +170,10 @@ ATTACKS |= {
     "    fd = os.open('big', os.O_RDWR | os.O_CREAT)\n"
     "    for f in (2, fd):\n        try:\n            os.posix_fallocate(f, 0, 2**20)\n"
     "            return a + b\n        except OSError:\n            pass\n",
+    "files in /dev/shm and /dev": "    n = 0\n    for d in ('/dev/shm', '/dev'):\n"
+    "        try:\n            open(d + '/hold', 'wb').write(b'x' * 2**20)\n            n += 1\n"
+    "        except OSError:\n            pass\n"
+    "    if n:\n        return a + b\n    raise OSError('refused')\n",
     "set-id bits on stdout": "    import os\n    os.fchmod(1, 0o6755)\n    return a + b\n",
     "set-id file in the work folder": "    import os\n    open('s', 'w').close()\n"
     "    os.chmod('s', 0o4755)\n    return a + b\n",

@@ -300,3 +300,20 @@ def test_cli_trains_a_learned_termination(
     assert losses and all(math.isfinite(v) for v in losses)
     loaded = MAPPO.load(tmp_path / "final.zip")
     assert isinstance(loaded.termination, Learned) and loaded.termination.is_trained
+
+
+def test_only_recent_trained_specs_are_held() -> None:
+    from marlhf.options import learned as learned_module
+
+    term = Learned(budget=2, lr=0.05)
+    batch = _batch(4)
+    assert batch.values is not None
+    target = CutBudget("t", budget=2).select(batch.values, batch.mask)
+    specs = []
+    for _ in range(learned_module._KEEP_TRAINED + 1):
+        term.fit_step(batch, target)
+        specs.append(term.spec)
+    assert len(set(specs)) == len(specs)
+    make_termination(specs[-1])
+    with pytest.raises(ValueError, match="names weights this process does not hold"):
+        make_termination(specs[0])

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from benchmarks.learned_terms import KeyPositionTask, tokens_to_threshold
@@ -15,6 +16,7 @@ from marlhf.agents.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
 
+@pytest.mark.slow
 def test_key_position_credit_sits_at_the_prompted_position() -> None:
     task = KeyPositionTask(horizon=8, positions=4)
     prompts = task.sample_prompts(np.random.default_rng(0), 6)
@@ -58,6 +60,7 @@ def _audit_row(task: str, seed: int, learned: float, heuristic: float) -> dict[s
     return row
 
 
+@pytest.mark.slow
 def test_page_states_whether_the_goal_is_met(tmp_path: Path) -> None:
     setups = [{"part": "audit", "file": "x.json", "heuristics": ["even", "entropy"], "budget": 4,
                "quick": True, "loadavg": ["1", "2", "3"]}]  # fmt: skip

@@ -65,7 +65,8 @@ def test_optimum_and_the_one_turn_case(task) -> None:
     one_turn = CodeFeedbackEnv(task.source, max_turns=1)
     for seed in range(3):
         one_turn.reset(seed=seed)
-        _, reward, terminated, truncated, _ = one_turn.step(canonical(task, one_turn))
+        assert one_turn.gold() == canonical(task, one_turn)
+        _, reward, terminated, truncated, _ = one_turn.step(one_turn.gold())
         assert (reward, terminated, truncated) == (task.optimal_return, True, False)
     one_turn.reset(seed=0)
     _, reward, _, truncated, _ = one_turn.step(BROKEN)
@@ -99,3 +100,16 @@ def test_bad_input(task) -> None:
         CodeFeedbackEnv(object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"split='test'; valid"):
         CodeFeedbackTask(split="test")
+
+
+def test_gold_needs_a_canonical_solution(bpe_codec) -> None:
+    problem = {
+        "prompt": "def f():\n",
+        "test": "def check(candidate):\n    assert candidate() == 1\n",
+        "entry_point": "f",
+    }
+    source = CodeFeedbackTask(split="all", problems={"a": problem, "b": problem}, codec=bpe_codec)
+    env = source.make_env()
+    env.reset(seed=0)
+    with pytest.raises(ValueError, match=r"has no 'canonical_solution'"):
+        env.gold()

@@ -111,6 +111,15 @@ class CodeFeedbackEnv:
         }
         return observation, reward, terminated, truncated, info
 
+    def gold(self) -> str:
+        """The problem's canonical body (the potential-based estimators score
+        ``log p(gold | s)``); a ValueError when the problem has none."""
+        body = self.source.problems[self.index].get("canonical_solution")
+        if not isinstance(body, str) or not body.strip():
+            task_id = self.source.problems[self.index]["task_id"]
+            raise ValueError(f"{self.name}: problem {task_id!r} has no 'canonical_solution'")
+        return body
+
     def state_key(self) -> Hashable:
         """``(problem index, turns used, last grade)``."""
         return (self.index, self.turns.turn, self.grade)

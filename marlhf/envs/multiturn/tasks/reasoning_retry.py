@@ -92,6 +92,11 @@ class ReasoningRetryEnv:
         observation = CORRECT if terminated else self.feedback
         return observation, reward, terminated, truncated, {"score": score, "turn": self.turns.turn}
 
+    def gold(self) -> str:
+        """The reference answer, in the task's answer format (the potential-based estimators
+        score ``log p(gold | s)``); a ValueError when the dataset cannot supply one."""
+        return self.source.solution(self.source.prompt(self.index))
+
     def state_key(self) -> Hashable:
         """``(question index, turns used, last score)``."""
         return (self.index, self.turns.turn, self.score)
