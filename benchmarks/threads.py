@@ -11,8 +11,8 @@ to fresh processes doing what a user does:
   ``threads_per_worker`` of 1 or the core count; the command's wall time;
 - ``quickstart``: ``python examples/quickstart.py`` as shipped; its wall time.
 
-A command (or API process) still running after ``--cap`` seconds is stopped and reported as
-``> cap``. Settings
+A command still running after ``--cap`` seconds (an API process: ``--cap`` seconds of
+training, after its imports and build) is stopped and reported as ``> cap``. Settings
 alternate and repeat (the median repeat is kept), and the load average is recorded before each
 measurement: the machine this ran on is shared, so the load is part of the result, and a
 setting that oversubscribes cores other processes use shows it. ``OMP_WAIT_POLICY=PASSIVE``
@@ -64,6 +64,7 @@ def worker(tokens: int) -> dict[str, Any]:
         n_epochs=2,
         seed=0,
     )
+    print("ready", flush=True)  # imports and the build done: the cap counts training only
     start = time.perf_counter()
     model.learn(tokens)
     return {
@@ -114,6 +115,10 @@ def run_api(setting: str, procs: int, tokens: int, cap: float) -> dict[str, Any]
         subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, env=child_env(setting))
         for _ in range(procs)
     ]
+    for p in running:  # every process built (imports take long on a loaded machine)
+        assert p.stdout is not None
+        if p.stdout.readline().strip() != "ready":
+            raise RuntimeError("threads benchmark worker failed before training")
     deadline = time.perf_counter() + cap
     outs = []
     for p in running:
@@ -145,7 +150,8 @@ def run_command(workload: str, setting: str, cap: float, tokens: int) -> dict[st
             cmd = [sys.executable, "-m", "marlhf", "train", "-q", "--set",
                    f"total_timesteps={tokens}", "--set", "output_dir=run"]  # fmt: skip
         elif workload == "compare":
-            per = {"torch": cores}.get(setting.removesuffix("+passive"), int(setting.split("+")[0]))
+            threads = setting.removesuffix("+passive")
+            per = cores if threads == "torch" else int(threads)
             cmd = [sys.executable, "-m", "marlhf", "compare", "-q", "-s", "agents=[]",
                    "-s", "seeds=[0]", "-s", f"total_timesteps={tokens}", "-s", "output_dir=run",
                    "-s", f"threads_per_worker={per}"]  # fmt: skip
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = []
     for workload, procs in cases:
         per: dict[str, list[dict[str, Any]]] = {s: [] for s in settings}
-        for r in range(args.repeats if workload != "quickstart" else 1):
+        for r in range(args.repeats if workload in ("api", "train") else 1):
             # alternate the order so that drifts in the load hit every setting
             for setting in settings if r % 2 == 0 else settings[::-1]:
                 load = os.getloadavg()[0]
@@ -210,21 +216,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         one = next(r for r in rows[-len(settings) :] if r["setting"] == "1")
         for r in rows[-len(settings) :]:
             r["one_thread_speedup"] = r["seconds_median"] / one["seconds_median"]
-    result = {
-        "benchmark": "threads",
-        "question": "seconds of the same work under MARLHF_NUM_THREADS=torch (torch's default), "
-        "1, and min(cores, k): API training, marlhf train, marlhf compare, the quickstart",
-        "machine": machine_stamp(),
-        "cpu_count": cores,
-        "settings": settings,
-        "cap_s": args.cap,
-        "repeats": args.repeats,
-        "api_tokens_per_process": args.tokens,
-        "cli_tokens": args.cli_tokens,
-        "rows": rows,
-    }
+        result = {
+            "benchmark": "threads",
+            "question": "seconds of the same work under MARLHF_NUM_THREADS=torch (torch's "
+            "default), 1, and min(cores, k), with OpenMP's default (active) wait policy or "
+            "OMP_WAIT_POLICY=PASSIVE: API training, marlhf train, marlhf compare, the quickstart",
+            "machine": machine_stamp(),
+            "cpu_count": cores,
+            "settings": settings,
+            "cap_s": args.cap,
+            "repeats": args.repeats,
+            "api_tokens_per_process": args.tokens,
+            "cli_tokens": args.cli_tokens,
+            "rows": rows,
+        }
+        write_json(args.out, result)  # after each workload: a stopped run keeps what it has
     print_table(
-        f"threads: median of {args.repeats} (quickstart: 1) on {cores} CPUs; '> cap' = stopped "
+        f"threads: median of {args.repeats} (compare, quickstart: 1) on {cores} CPUs; '> cap' = "
+        "stopped "
         f"at {args.cap:.0f} s",
         ["workload", "procs", "MARLHF_NUM_THREADS", "seconds", "tokens/s", "load (1 min)", "vs 1"],
         [

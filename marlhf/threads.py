@@ -1,21 +1,24 @@
-"""The torch CPU thread policy: one thread per process unless the user chose otherwise.
+"""The torch CPU thread policy: few threads per process, and threads that sleep while waiting.
 
-torch starts with one thread per core. On a machine whose cores other processes already use
-(a shared server, or ``marlhf compare``'s own worker processes), those threads wait on each
-other: ``benchmarks/threads.py`` measured tiny-model training 10-60x slower with torch's default
-than with one thread on a loaded 2-core machine (``benchmarks/results/threads.json``, load
-averages beside the numbers). The models this project trains on CPU are small, so one thread
-per process also wins or ties on an idle machine.
+torch starts one thread per core, and OpenMP lets a waiting thread spin. On a machine whose
+cores other processes already use (a shared server, CI, ``marlhf compare``'s own workers) those
+threads wait on each other: ``benchmarks/threads.py`` measured the same tiny training stopped
+after minutes with torch's default where it took seconds otherwise (``docs/threads.md``,
+``benchmarks/results/threads.json``, load averages beside the numbers). marlhf sets
+``OMP_WAIT_POLICY=PASSIVE`` when it is imported before torch (``marlhf/__init__.py``) and, by
+this policy, :data:`DEFAULT_THREADS` threads per process where waiting threads sleep, one
+where they may spin (torch was imported first).
 
-The policy (:func:`apply_thread_policy`) runs when a ``marlhf`` command starts and when an agent
-(``PPO``, ``MAPPO``) is built. In order, the first that applies decides:
+The policy (:func:`apply_thread_policy`) runs when a ``marlhf`` command starts, in each of
+``compare``'s workers (``threads_per_worker``) and when an agent (``PPO``, ``MAPPO``) is built.
+In order, the first that applies decides:
 
 1. a count the caller passes (``marlhf train --set num_threads=4``);
 2. the ``MARLHF_NUM_THREADS`` environment variable: a count, or ``torch`` to keep torch's
-   default;
+   threading as it is (its thread count and OpenMP's wait policy);
 3. ``OMP_NUM_THREADS`` set in the environment (torch already follows it): left alone;
 4. a count set earlier in this process with ``torch.set_num_threads``: left alone;
-5. otherwise :data:`DEFAULT_THREADS`.
+5. otherwise :func:`default_threads`.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ import torch
 
 #: The environment variable that overrides the default: a thread count, or ``torch``.
 ENV_VAR = "MARLHF_NUM_THREADS"
-#: Threads per process when nothing else is asked for (see the module doc for the numbers).
-DEFAULT_THREADS = 1
+#: Threads per process when nothing else is asked for and OpenMP's threads wait passively
+#: (:func:`passive_wait`), at most one per core (see the module doc for the numbers).
+DEFAULT_THREADS = 2
+#: Threads per process when OpenMP's threads may spin while they wait.
+SPINNING_THREADS = 1
 #: The count this module last saw or set: torch's count at import, then each count applied. A
 #: different count later means that the user called ``torch.set_num_threads`` themselves.
 _last_count = torch.get_num_threads()
@@ -68,7 +74,35 @@ def chosen_threads(requested: int | None = None) -> int | None:
         return None
     if torch.get_num_threads() != _last_count:
         return None  # the user set it in this process
-    return min(DEFAULT_THREADS, os.cpu_count() or 1)
+    return default_threads()
+
+
+def usable_cores() -> int:
+    """The CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
+def passive_wait() -> bool:
+    """Whether torch's OpenMP threads sleep while they wait in this process: the variable
+    ``OMP_WAIT_POLICY=PASSIVE`` was set before marlhf was imported (by you, or by a parent
+    process), or marlhf set it before torch was loaded (OpenMP reads it only then)."""
+    import marlhf
+
+    given = getattr(marlhf, "_WAIT_POLICY_GIVEN", None)
+    if given is not None:
+        return given.strip().upper() == "PASSIVE"
+    now = os.environ.get("OMP_WAIT_POLICY", "").strip().upper()
+    return now == "PASSIVE" and not getattr(marlhf, "_TORCH_PRELOADED", True)
+
+
+def default_threads() -> int:
+    """:data:`DEFAULT_THREADS` when threads wait passively, else :data:`SPINNING_THREADS`;
+    never more than the usable cores."""
+    wanted = DEFAULT_THREADS if passive_wait() else SPINNING_THREADS
+    return max(1, min(wanted, usable_cores()))
 
 
 def apply_thread_policy(requested: int | None = None) -> int:

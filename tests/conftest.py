@@ -31,3 +31,25 @@ def bpe_codec(bpe_tokenizer):
     from marlhf.tokenization import HFCodec
 
     return HFCodec(bpe_tokenizer)
+
+
+# ------------------------------------------------------------------ test tiers
+#: Seconds after which a test belongs in the `slow` tier (`make test-fast` skips that tier).
+FAST_LIMIT = float(os.environ.get("MARLHF_FAST_LIMIT", "10"))
+_too_slow: list[tuple[str, float]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Remember the tests outside the slow tier whose call took longer than FAST_LIMIT."""
+    if report.when == "call" and report.duration > FAST_LIMIT and "slow" not in report.keywords:
+        _too_slow.append((report.nodeid, report.duration))
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """List them at the end: mark each `@pytest.mark.slow`, or make it faster (a loaded machine
+    inflates durations: judge on an idle one)."""
+    if not _too_slow:
+        return
+    terminalreporter.section(f"tests over {FAST_LIMIT:g} s outside the slow tier")
+    for nodeid, seconds in sorted(_too_slow, key=lambda x: -x[1]):
+        terminalreporter.write_line(f"{seconds:7.1f} s  {nodeid}")

@@ -32,6 +32,24 @@ DEFAULT_SCHEMES = [
 
 
 @dataclass
+class AuditTaskConfig(TaskConfig):
+    """The task of `marlhf audit`: CreditSum by default (its true advantages are exact)."""
+
+    id: str = field(
+        default="marlhf/CreditSum-v0",
+        metadata=doc("registered env id under marlhf/ (see `marlhf train --help`)"),
+    )
+    kwargs: dict[str, Any] = field(
+        default_factory=lambda: {},
+        metadata=doc(
+            "keyword arguments of the task, e.g. horizon; setting another task.id without "
+            "task.kwargs starts from {} (the task's defaults)"
+        ),
+    )
+    num_envs: int = field(default=64, metadata=doc("episodes audited (rows of one rollout)"))
+
+
+@dataclass
 class AuditConfig:
     """`marlhf audit`: every scheme's advantages against the policy's true advantages."""
 
@@ -42,8 +60,8 @@ class AuditConfig:
             "critic, or a transformers folder (fresh critic); null: a tiny GPT-2"
         ),
     )
-    task: TaskConfig = field(
-        default_factory=lambda: TaskConfig(id="marlhf/CreditSum-v0", kwargs={}, num_envs=64),
+    task: AuditTaskConfig = field(
+        default_factory=lambda: AuditTaskConfig(),
         metadata=doc("the environment; num_envs = episodes audited"),
     )
     agent: AgentConfig = field(

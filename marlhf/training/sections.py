@@ -141,7 +141,8 @@ class TaskConfig:
         """The section from the keys a user set; the default task's kwargs do not carry over to
         another ``id`` (they would be another task's arguments)."""
         values = dict(data)
-        if values.get("id", DEFAULT_TASK) != DEFAULT_TASK and "kwargs" not in values:
+        default_id = cls.__dataclass_fields__["id"].default  # a command's own default task
+        if values.get("id", default_id) != default_id and "kwargs" not in values:
             values["kwargs"] = {}
         return from_dict(cls, values, prefix=prefix, build=True)
 

@@ -113,3 +113,19 @@ def test_eval_samples_go_to_stderr(tmp_path: Path, capsys: pytest.CaptureFixture
     captured = capsys.readouterr()
     assert _result(captured.out)["episodes"] == 3
     assert captured.err.count("--- sample") == 3
+
+
+def test_rm_and_audit_results_alone_on_stdout(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [{"chosen": f"good {i}", "rejected": f"bad {i}"} for i in range(12)]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = sets(f"data={pairs}", f"output_dir={tmp_path / 'rm'}", "vocab_size=300", "epochs=1")
+    assert main(["rm", *argv, *sets("model.n_layer=1", "model.n_embd=16", "model.n_head=2")]) == 0
+    assert "eval_accuracy" in _result(capsys.readouterr().out)
+    # task.kwargs alone: audit's own default task (CreditSum) keeps its id
+    task = "task.kwargs={horizon: 4, num_symbols: 2, num_decisions: 2}"
+    audit = sets(task, *TINY[1:], "schemes=[gae]", f"output_dir={tmp_path / 'a'}")
+    assert main(["audit", *audit]) == 0, capsys.readouterr().err
+    assert _result(capsys.readouterr().out)["truth"] == "exact"
