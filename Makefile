@@ -72,14 +72,15 @@ demo: $(STAMP)
 # loaded 2-core machine)); bench-full: the full set (93 min on 2 cores, 84 of them the parity
 # runs, plus credit.py's 15 min and evidence.py --mode full's hours, which resumes).
 # Both write benchmarks/results/summary.json and docs/benchmarks.md. TRL lives in its own venv
-# (.venv-bench): trl==1.12.0 is the last release that ships trl.experimental.ppo.
+# (.venv-bench): trl==1.12.0 is the last release that ships trl.experimental.ppo; its GRPOTrainer
+# imports requests. The TRL rows (trl_ppo.py, trl_grpo.py) interleave the sides round by round.
 .PHONY: bench-full
 bench: $(STAMP)
-	@test -f .venv-bench/.installed || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/pip install --quiet -c constraints.txt torch==2.13.0 && .venv-bench/bin/pip install --quiet -c constraints.txt -e . trl==1.12.0 && touch .venv-bench/.installed; } || echo "bench: TRL could not be installed into .venv-bench; the TRL row will say why"
+	@{ test -f .venv-bench/.installed && .venv-bench/bin/python -c "import requests" 2>/dev/null; } || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/pip install --quiet -c constraints.txt torch==2.13.0 && .venv-bench/bin/pip install --quiet -c constraints.txt -e . trl==1.12.0 requests && touch .venv-bench/.installed; } || echo "bench: TRL could not be installed into .venv-bench; the TRL rows will say why"
 	$(BIN)/python benchmarks/bench.py --mode quick
 
 bench-full: $(STAMP)
-	@test -f .venv-bench/.installed || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/pip install --quiet -c constraints.txt torch==2.13.0 && .venv-bench/bin/pip install --quiet -c constraints.txt -e . trl==1.12.0 && touch .venv-bench/.installed; } || echo "bench: TRL could not be installed into .venv-bench; the TRL row will say why"
+	@{ test -f .venv-bench/.installed && .venv-bench/bin/python -c "import requests" 2>/dev/null; } || { $(PYTHON) -m venv .venv-bench && .venv-bench/bin/pip install --quiet -c constraints.txt torch==2.13.0 && .venv-bench/bin/pip install --quiet -c constraints.txt -e . trl==1.12.0 requests && touch .venv-bench/.installed; } || echo "bench: TRL could not be installed into .venv-bench; the TRL rows will say why"
 	$(BIN)/python benchmarks/bench.py --mode full
 
 # mutants: named mutations of the credit maths (tools/mutants.py), each run against the tests

@@ -16,6 +16,7 @@ rollout                  ``benchmarks/rollout.py`` (its ``run_case`` over the gr
 iteration                this file, one process per termination: seconds per PPO/MAPPO
                          iteration and peak RSS (``mappo_vs_ppo_iteration``, ``peak_rss_mb``)
 trl                      ``benchmarks/trl_ppo.py`` in ``.venv-bench``: marlhf vs TRL's PPO
+trl_grpo                 ``benchmarks/trl_grpo.py`` in ``.venv-bench``: marlhf vs TRL's GRPOTrainer
 parity                   ``benchmarks/parity.py``: tokens MAPPO needs to reach PPO's score
 credit                   ``benchmarks/credit.py``: the credit audit of PPO, MA-PPO and GRPO on
                          CreditSum during training (``--quick`` in quick mode)
@@ -260,6 +261,25 @@ def summarize(
         summary["marlhf_vs_trl"] = None
         summary["marlhf_vs_trl_error"] = (trl or {}).get("error") or _step_error(steps, "trl")
 
+    grpo = read_json(RESULTS_DIR / "trl_grpo.json")
+    if _ok(steps, "trl_grpo") and grpo and grpo.get("ratio") is not None:
+        summary["marlhf_vs_trl_grpo"] = grpo["ratio"]
+        summary["marlhf_vs_trl_grpo_detail"] = [
+            {k: v for k, v in s.items() if k not in ("sides", "ratios", "traceback")}
+            | {
+                "ratios": {
+                    n: {k: r[k] for k in ("median", "min", "max")} for n, r in s["ratios"].items()
+                }
+            }
+            for s in grpo["settings"]
+            if "ratio" in s
+        ]
+    else:
+        summary["marlhf_vs_trl_grpo"] = None
+        summary["marlhf_vs_trl_grpo_error"] = (grpo or {}).get("error") or _step_error(
+            steps, "trl_grpo"
+        )
+
     it = read_json(RESULTS_DIR / "iteration.json")
     summary["mappo_vs_ppo_iteration"] = it.get("mappo_over_ppo") if it else None
     if it and "error" in it:
@@ -402,6 +422,10 @@ def main(mode: str = "quick", skip: list[str] | None = None) -> dict[str, Any]:
         ("rollout", rollout_step(mode)),
         ("iteration", None),
         ("trl", [str(BENCH_PY), "benchmarks/trl_ppo.py", *([] if mode == "quick" else ["--full"])]),
+        (
+            "trl_grpo",
+            [str(BENCH_PY), "benchmarks/trl_grpo.py", *([] if mode == "quick" else ["--full"])],
+        ),
         ("parity", [PY, "benchmarks/parity.py", "--mode", mode]),
         ("credit", [PY, "benchmarks/credit.py", *(["--quick"] if mode == "quick" else [])]),
         ("evidence", [PY, "benchmarks/evidence.py", "--mode", mode]),
@@ -414,13 +438,14 @@ def main(mode: str = "quick", skip: list[str] | None = None) -> dict[str, Any]:
             iteration_step(mode)
             steps[name] = {"rc": 0, "wall_s": time.perf_counter() - t0}
             continue
-        if name == "trl" and not BENCH_PY.exists():
+        if name in ("trl", "trl_grpo") and not BENCH_PY.exists():
             steps[name] = {
                 "rc": 1,
                 "wall_s": 0.0,
                 "error": f"{BENCH_PY} does not exist; `make bench` creates .venv-bench with TRL",
             }
-            write_json(RESULTS_DIR / "trl_ppo.json", {"ratio": None, "error": steps[name]["error"]})
+            result = "trl_ppo.json" if name == "trl" else "trl_grpo.json"
+            write_json(RESULTS_DIR / result, {"ratio": None, "error": steps[name]["error"]})
             continue
         env = {**os.environ, "TRL_EXPERIMENTAL_SILENCE": "1", "HF_HUB_OFFLINE": "1"}
         steps[name] = run_step(name, cmd, env=env)

@@ -1,7 +1,8 @@
 """Seconds per PPO iteration: marlhf's PPO against TRL's ``trl.experimental.ppo.PPOTrainer``.
 
 Both sides run in this one process (the benchmark venv ``.venv-bench``, which holds TRL next to
-an editable marlhf, with the same torch and transformers), alternately, on:
+an editable marlhf, with the same torch and transformers), interleaved: one iteration of each
+side per round, the order rotating (:mod:`interleave`), on:
 
 - the same policy: ``tiny_gpt2`` for an in-process byte-level BPE (4096 tokens), seeded;
 - the same reward model: a ``GPT2ForSequenceClassification`` of the same size (1 label), seeded;
@@ -13,9 +14,10 @@ an editable marlhf, with the same torch and transformers), alternately, on:
 - no stop token on either side: every response is exactly ``response_length`` tokens.
 
 An iteration is a rollout (generation, log-probs, reference, values, rewards, GAE) plus the
-``n_epochs`` of minibatch updates. Timing: wall-clock per iteration, median of ``iters`` after
-``warmup`` iterations (TRL: between ``on_step_end`` callbacks; marlhf: one ``learn`` call of one
-rollout's tokens each).
+``n_epochs`` of minibatch updates. Timing: wall-clock per iteration over ``iters`` rounds after
+``warmup`` rounds (TRL: from releasing its paused loop to its next ``on_step_end``; marlhf: one
+``learn`` call of one rollout's tokens); each side's median and range, and each marlhf side's
+ratio to TRL per round (median and range), with the load average.
 
 Run: ``.venv-bench/bin/python benchmarks/trl_ppo.py [--full]``; writes
 ``benchmarks/results/trl_ppo.json``. When TRL (or its PPO) cannot be imported, the JSON says why and
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import tempfile
 import time
@@ -38,6 +41,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_stamp, print_table, stdlib_text, write_json
+from interleave import SteppedTrainer, run_rounds, summarise
 
 PROMPT_LEN = 16
 VOCAB = 4096
@@ -94,82 +98,72 @@ def reward_model(tokenizer: Any, s: Setting, seed: int) -> Any:
         return GPT2ForSequenceClassification(config)
 
 
-def time_trl(tokenizer: Any, prompts: list[list[int]], s: Setting, warmup: int, iters: int) -> Any:
-    """Seconds of each TRL PPO iteration (``warmup + iters`` of them)."""
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl.experimental.ppo import PPOConfig, PPOTrainer
+def trl_side(tokenizer: Any, prompts: list[list[int]], s: Setting, steps: int) -> SteppedTrainer:
+    """TRL's PPO for ``steps`` iterations, paused after each (:class:`SteppedTrainer`)."""
 
-    from marlhf.models import tiny_gpt2
+    def run(callback: Any) -> None:
+        import torch
+        from datasets import Dataset
+        from trl.experimental.ppo import PPOConfig, PPOTrainer
 
-    tok = copy.deepcopy(tokenizer)
-    tok.padding_side = "left"
-    torch.manual_seed(0)
-    np.random.seed(0)
-    policy = tiny_gpt2(tok, n_layer=s.n_layer, n_embd=s.n_embd, n_positions=256, seed=0)
-    stamps: list[float] = []
+        from marlhf.models import tiny_gpt2
 
-    class Clock(TrainerCallback):
-        def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            stamps.append(time.perf_counter())
+        tok = copy.deepcopy(tokenizer)
+        tok.padding_side = "left"
+        torch.manual_seed(0)
+        np.random.seed(0)
+        policy = tiny_gpt2(tok, n_layer=s.n_layer, n_embd=s.n_embd, n_positions=256, seed=0)
+        with tempfile.TemporaryDirectory() as tmp:
+            config = PPOConfig(
+                output_dir=tmp,
+                per_device_train_batch_size=s.batch,
+                gradient_accumulation_steps=1,
+                num_mini_batches=s.batch // s.minibatch,
+                num_ppo_epochs=s.n_epochs,
+                total_episodes=s.batch * steps,
+                response_length=s.response_length,
+                local_rollout_forward_batch_size=s.batch,
+                num_sample_generations=0,
+                stop_token=None,
+                missing_eos_penalty=None,
+                temperature=1.0,
+                kl_coef=0.05,
+                kl_estimator="k1",
+                cliprange=0.2,
+                cliprange_value=0.2,
+                vf_coef=0.5,
+                gamma=1.0,
+                lam=0.95,
+                learning_rate=1e-5,
+                report_to="none",
+                save_strategy="no",
+                logging_steps=10_000,
+                disable_tqdm=True,
+                use_cpu=True,
+                seed=0,
+            )
+            trainer = PPOTrainer(
+                args=config,
+                processing_class=tok,
+                model=policy,
+                ref_model=copy.deepcopy(policy),
+                reward_model=reward_model(tok, s, seed=2),
+                value_model=reward_model(tok, s, seed=1),
+                train_dataset=Dataset.from_dict({"input_ids": prompts}),
+                callbacks=[callback],
+            )
+            trainer.train()
 
-        def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
-            stamps.append(time.perf_counter())
-
-    n = warmup + iters
-    with tempfile.TemporaryDirectory() as tmp:
-        config = PPOConfig(
-            output_dir=tmp,
-            per_device_train_batch_size=s.batch,
-            gradient_accumulation_steps=1,
-            num_mini_batches=s.batch // s.minibatch,
-            num_ppo_epochs=s.n_epochs,
-            total_episodes=s.batch * n,
-            response_length=s.response_length,
-            local_rollout_forward_batch_size=s.batch,
-            num_sample_generations=0,
-            stop_token=None,
-            missing_eos_penalty=None,
-            temperature=1.0,
-            kl_coef=0.05,
-            kl_estimator="k1",
-            cliprange=0.2,
-            cliprange_value=0.2,
-            vf_coef=0.5,
-            gamma=1.0,
-            lam=0.95,
-            learning_rate=1e-5,
-            report_to="none",
-            save_strategy="no",
-            logging_steps=10_000,
-            disable_tqdm=True,
-            use_cpu=True,
-            seed=0,
-        )
-        trainer = PPOTrainer(
-            args=config,
-            processing_class=tok,
-            model=policy,
-            ref_model=copy.deepcopy(policy),
-            reward_model=reward_model(tok, s, seed=2),
-            value_model=reward_model(tok, s, seed=1),
-            train_dataset=Dataset.from_dict({"input_ids": prompts}),
-            callbacks=[Clock()],
-        )
-        trainer.train()
-    return np.diff(np.array(stamps))
+    return SteppedTrainer(run)
 
 
-def time_marlhf(
+def marlhf_side(
     tokenizer: Any,
     prompts: list[list[int]],
     s: Setting,
-    warmup: int,
-    iters: int,
     separate_critic: bool,
 ) -> Any:
-    """Seconds of each marlhf PPO iteration (``warmup + iters`` of them)."""
+    """marlhf's PPO; returns a function that runs one iteration and returns its seconds."""
     import torch
 
     from marlhf.agents import PPO
@@ -227,12 +221,30 @@ def time_marlhf(
         device="cpu",
         **kwargs,
     )
-    times = []
-    for _ in range(warmup + iters):
+
+    def iteration() -> float:
         start = time.perf_counter()
         algo.learn(s.batch * s.response_length, reset_num_timesteps=False)
-        times.append(time.perf_counter() - start)
-    return np.array(times)
+        return time.perf_counter() - start
+
+    return iteration
+
+
+def measure(
+    tokenizer: Any, prompts: list[list[int]], s: Setting, warmup: int, iters: int
+) -> dict[str, Any]:
+    """Interleaved rounds of TRL, marlhf with a separate critic and marlhf's shared trunk."""
+    trl = trl_side(tokenizer, prompts, s, warmup + iters + 1)
+    try:
+        sides = {
+            "trl": trl.step,
+            "marlhf": marlhf_side(tokenizer, prompts, s, True),
+            "marlhf_shared": marlhf_side(tokenizer, prompts, s, False),
+        }
+        times = run_rounds(sides, iters, warmup, progress=lambda m: print(f"trl_ppo: {m}"))
+    finally:
+        trl.close()
+    return summarise(times, "trl")
 
 
 def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) -> dict[str, Any]:
@@ -240,14 +252,20 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
 
     :param full: also the larger setting, and at least 10 timed iterations (default False).
     :param warmup: untimed iterations first (default 1).
-    :param iters: timed iterations per side (default 5).
+    :param iters: timed rounds (one iteration of each side each; default 5).
     :param threads: torch CPU threads of both sides (default 1).
     """
     settings = [Setting()]
     if full:
         settings.append(Setting(batch=64, response_length=64, minibatch=16))
         iters = max(iters, 10)
-    out: dict[str, Any] = {"machine": machine_stamp(), "warmup": warmup, "iters": iters}
+    out: dict[str, Any] = {
+        "machine": machine_stamp(),
+        "warmup": warmup,
+        "iters": iters,
+        "interleaved": True,
+        "loadavg_start": list(os.getloadavg()),
+    }
     try:
         import trl
         from trl.experimental.ppo import PPOTrainer  # noqa: F401
@@ -275,39 +293,35 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
     for s in settings:
         entry: dict[str, Any] = {**asdict(s), "prompt_len": PROMPT_LEN}
         try:
-            print(f"trl_ppo: {s}: TRL ...", flush=True)
-            trl_t = time_trl(tokenizer, prompts, s, warmup, iters)[warmup:]
-            print(f"trl_ppo: TRL {np.round(trl_t, 3).tolist()} s; marlhf ...", flush=True)
-            sep_t = time_marlhf(tokenizer, prompts, s, warmup, iters, True)[warmup:]
-            print(f"trl_ppo: marlhf {np.round(sep_t, 3).tolist()} s; shared ...", flush=True)
-            shr_t = time_marlhf(tokenizer, prompts, s, warmup, iters, False)[warmup:]
+            result = measure(tokenizer, prompts, s, warmup, iters)
         except Exception as err:
             entry["error"] = f"{type(err).__name__}: {err}"
             entry["traceback"] = traceback.format_exc(limit=8)
             out["settings"].append(entry)
             print(entry["traceback"])
             continue
+        sides, ratios = result["sides"], result["ratios"]
+        entry.update(result)
         entry.update(
             {
-                "trl_s_per_iter": float(np.median(trl_t)),
-                "marlhf_s_per_iter": float(np.median(sep_t)),
-                "marlhf_shared_s_per_iter": float(np.median(shr_t)),
-                "trl_times": trl_t.tolist(),
-                "marlhf_times": sep_t.tolist(),
-                "marlhf_shared_times": shr_t.tolist(),
+                "trl_s_per_iter": sides["trl"]["median"],
+                "marlhf_s_per_iter": sides["marlhf"]["median"],
+                "marlhf_shared_s_per_iter": sides["marlhf_shared"]["median"],
+                "ratio": ratios["marlhf"]["median"],
+                "ratio_shared": ratios["marlhf_shared"]["median"],
             }
         )
-        entry["ratio"] = entry["marlhf_s_per_iter"] / entry["trl_s_per_iter"]
-        entry["ratio_shared"] = entry["marlhf_shared_s_per_iter"] / entry["trl_s_per_iter"]
         out["settings"].append(entry)
+        r, q = ratios["marlhf"], ratios["marlhf_shared"]
         rows.append(
             [
                 f"B={s.batch} R={s.response_length}",
                 entry["trl_s_per_iter"],
                 entry["marlhf_s_per_iter"],
-                entry["ratio"],
+                f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})",
                 entry["marlhf_shared_s_per_iter"],
-                entry["ratio_shared"],
+                f"{q['median']:.3f} ({q['min']:.2f}-{q['max']:.2f})",
+                " ".join(f"{x:.1f}" for x in result["loadavg"]),
             ]
         )
     good = [e for e in out["settings"] if "ratio" in e]
@@ -315,10 +329,11 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
     if not good:
         out["error"] = "every setting failed: " + "; ".join(e["error"] for e in out["settings"])
     out["torch_threads"] = torch.get_num_threads()
+    out["loadavg_end"] = list(os.getloadavg())
     write_json(RESULTS_DIR / "trl_ppo.json", out)
     print_table(
-        "seconds per PPO iteration: marlhf vs TRL",
-        ["setting", "TRL", "marlhf (sep. critic)", "ratio", "marlhf (shared)", "ratio"],
+        "seconds per PPO iteration: marlhf vs TRL (interleaved; ratios per round)",
+        ["setting", "TRL", "marlhf (sep. critic)", "ratio", "marlhf (shared)", "ratio", "load"],
         rows,
     )
     return out
@@ -328,5 +343,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--full", action="store_true", help="also B=64, R=64; 10 timed iterations")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument("--iters", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
     args = parser.parse_args()
-    main(full=args.full, threads=args.threads)
+    main(full=args.full, warmup=args.warmup, iters=args.iters, threads=args.threads)

@@ -417,11 +417,15 @@ class CausalLMActorCritic(nn.Module):
         mask = attention_mask.long()
         first = int(mask.any(dim=0).long().argmax())
         input_ids, mask = input_ids[:, first:], mask[:, first:]
+        # Only the last position's logits are used: the LM head over every prompt position
+        # would be the prefill's largest tensor ([B, L, V]).
+        keep = {"logits_to_keep": 1} if keeps_logits(self.model) else {}
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
             use_cache=True,
+            **keep,
         )
         return GenerationState(
             cache=getattr(out, self._cache_kw),

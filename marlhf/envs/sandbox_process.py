@@ -37,6 +37,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -275,9 +276,17 @@ class ChildRun:
             child_fds = [spec_fd, result_fd] + ([request_fd] if request_fd is not None else [])
             passed = list(child_fds)
             if bwrap:
-                self.cgroup = create_cgroup(
-                    limits.memory_mb * 2**20 + CGROUP_SLACK_BYTES, limits.max_processes
-                )
+                try:
+                    self.cgroup = create_cgroup(
+                        limits.memory_mb * 2**20 + CGROUP_SLACK_BYTES, limits.max_processes
+                    )
+                except OSError as exc:  # e.g. the machine's cgroup count ran out mid-training
+                    warnings.warn(
+                        f"sandbox: cannot create this run's cgroups ({exc}); it runs under the "
+                        "fallback limits (rlimits, and no threads as root)",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
                 threads = self.cgroup is not None or os.geteuid() != 0
                 bpf_fd = _filled_pipe(seccomp_filter(limits.allow_subprocess, threads))
                 opened.append(bpf_fd)

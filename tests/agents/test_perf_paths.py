@@ -234,3 +234,25 @@ def test_scoring_is_kept_when_the_update_is_not_exactly_on_policy(change: Any) -
     assert not algo._scores_deferred
     buf = algo.rollout_buffer
     assert buf is not None and bool((buf.logprobs[buf.credit_mask] < 0).all())
+
+
+def test_the_prefill_runs_the_lm_head_on_the_last_position_only() -> None:
+    from marlhf.agents.policy import CausalLMActorCritic
+
+    env = CueEnv(num_envs=3, max_new_tokens=3)
+    policy = CausalLMActorCritic(tiny_model(env.codec, n_layer=2))
+    shapes: list[tuple[int, ...]] = []
+    head = policy.model.get_output_embeddings()
+    head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
+    ids = torch.tensor([[0, 1, 2, 3], [0, 0, 2, 1], [0, 0, 0, 4]])
+    mask = (ids > 0).long()
+    state = policy.start(ids, mask)
+    assert shapes == [(3, 1, env.codec.vocab_size)]
+    with torch.no_grad():  # every position's logits, the last one kept: the same values
+        first = 1
+        full = policy.model(
+            input_ids=ids[:, first:],
+            attention_mask=mask[:, first:],
+            position_ids=(mask[:, first:].cumsum(-1) - 1).clamp(min=0),
+        ).logits[:, -1]
+    torch.testing.assert_close(state.next_logits, full, rtol=0, atol=1e-6)

