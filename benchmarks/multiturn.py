@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "multi-turn, re-prefill every turn": (multi, True),
     }
     rollout(policy, multi)  # warm-up
-    rows, results = [], {}
+    rows: list[list[Any]] = []
+    results: dict[str, dict[str, Any]] = {}
     # Round robin (each repeat runs every variant once): a load that drifts during the run
     # weighs on all variants alike; each keeps its fastest run.
     for _ in range(args.repeats):

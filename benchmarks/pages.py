@@ -361,6 +361,15 @@ def _reasoning_md(text: str) -> str:
     return _via_file(text, lambda p: reasoning.render(_results(reasoning.RESULT), p))
 
 
+def _credit_learned_md(text: str) -> str:
+    from benchmarks import learned_terms_doc
+
+    data = _results(RESULTS_DIR / "learned_terms.json")
+    with tempfile.TemporaryDirectory(prefix="marlhf-pages-") as tmp:
+        png = Path(tmp) / "learned_cuts.png"  # the plot is not compared, only the page
+        return _via_file(text, lambda p: learned_terms_doc.render(data, p, png))
+
+
 #: page -> renderer (its committed text -> the text its results file gives).
 PAGES: dict[Path, Callable[[str], str]] = {
     DOCS_DIR / "benchmarks.md": _benchmarks_md,
@@ -368,6 +377,7 @@ PAGES: dict[Path, Callable[[str], str]] = {
     DOCS_DIR / "credit.md": _credit_md,
     DOCS_DIR / "reasoning.md": _reasoning_md,
     DOCS_DIR / "credit_multiturn.md": _turn_credit_block,
+    DOCS_DIR / "credit_learned.md": _credit_learned_md,
 }
 
 

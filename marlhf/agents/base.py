@@ -33,7 +33,7 @@ from marlhf.agents.fsdp import shard_policy
 from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.stages import IterationStages
-from marlhf.agents.turn_credit import check_estimator_env
+from marlhf.agents.turn_checks import check_estimator_env
 from marlhf.envs.batched import BatchedTokenEnv
 from marlhf.envs.sb3_vec import sb3_vec_env
 from marlhf.models import resolve_device

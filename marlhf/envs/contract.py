@@ -107,6 +107,7 @@ class Episode:
     active: list[torch.Tensor] = field(default_factory=list)
     any_done: list[bool] = field(default_factory=list)
     all_done: list[bool] = field(default_factory=list)
+    infos: list[dict[str, Any]] = field(default_factory=list)  # info of step t
 
 
 def _fail(env: Any, rule: str, detail: str) -> ContractError:
@@ -117,7 +118,7 @@ def _cpu(x: Any) -> torch.Tensor:
     return torch.as_tensor(x).detach().cpu().clone()
 
 
-def _check_attributes(env: Any) -> None:
+def _check_attributes(env: Any, reward_modes: tuple[str, ...] = ("dense", "terminal")) -> None:
     if not isinstance(env, BatchedEnv):
         missing = [
             name
@@ -142,8 +143,9 @@ def _check_attributes(env: Any) -> None:
             raise _fail(env, "attributes", f"{name}={value!r} must be an int >= 1")
     if not isinstance(env.device, torch.device):
         raise _fail(env, "attributes", f"device={env.device!r} must be a torch.device")
-    if env.reward_mode not in ("dense", "terminal"):
-        raise _fail(env, "attributes", f"reward_mode={env.reward_mode!r}; valid: dense, terminal")
+    if env.reward_mode not in reward_modes:
+        valid = ", ".join(reward_modes)
+        raise _fail(env, "attributes", f"reward_mode={env.reward_mode!r}; valid: {valid}")
     if env.codec.pad_token_id is None:
         raise _fail(env, "attributes", "codec.pad_token_id is None")
 
@@ -240,6 +242,7 @@ def _run(
         episode.terminated.append(_cpu(terminated))
         episode.truncated.append(_cpu(truncated))
         episode.active.append(_cpu(info["active"]))
+        episode.infos.append(info)
         for name, flag in (("all_done", env.all_done), ("any_done", env.any_done)):
             if not isinstance(flag, bool):
                 raise _fail(env, "done flags", f"{name} is {type(flag).__name__}, not a bool")

@@ -151,7 +151,7 @@ PR_SET_PDEATHSIG = 1
 def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
     from marlhf.agents import MAPPOConfig, PPOConfig
     from marlhf.agents.config import resolve_config
-    from marlhf.agents.turn_credit import check_estimator_task
+    from marlhf.agents.turn_checks import check_estimator_task
 
     values = config.agent.agent_kwargs()
     explicit = {k: values[k] for k in config.agent.explicit}

@@ -170,6 +170,8 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", build: bo
         annotation = hints[name]
         key = prefix + name
         if dataclasses.is_dataclass(annotation):
+            if isinstance(value, Mapping):  # a partial section keeps its field's own default
+                value = _merge(_section_default(fields[name], annotation), value)  # type: ignore[arg-type]
             kwargs[name] = from_dict(annotation, value, prefix=key + ".")  # type: ignore[arg-type]
         else:
             kwargs[name] = check_value(value, annotation, key)
@@ -177,6 +179,18 @@ def from_dict(cls: type[T], data: Mapping[str, Any], prefix: str = "", build: bo
         return cls(**kwargs)
     except ConfigError as err:  # a section's own check names the field without the section
         raise ConfigError(f"{prefix}{err}" if prefix else str(err)) from None
+
+
+def _section_default(field: dataclasses.Field[Any], cls: type) -> dict[str, Any]:
+    """The values of a section field's default when it is not the section class's own default
+    (``task`` of ``marlhf audit`` defaults to CreditSum, not to ``TaskConfig()``'s task), so that
+    ``-s task.num_envs=8`` changes that one key of it; ``{}`` otherwise."""
+    if field.default_factory is dataclasses.MISSING:
+        return {}
+    if "preset" in {f.name for f in dataclasses.fields(cls)}:
+        return {}  # presets resolve the agent section's defaults (its values would fight them)
+    default = to_dict(field.default_factory())
+    return default if default != to_dict(cls()) else {}
 
 
 def to_dict(config: Any) -> dict[str, Any]:

@@ -11,17 +11,23 @@ import torch
 
 import marlhf  # noqa: F401  (registers the envs)
 from marlhf.envs.contract import BatchedEnv, ContractError, check_batched_env
+from marlhf.envs.multiturn.contract import check_multiturn_env
+from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 from tests.agents.conftest import CueEnv
-from tests.extras import NEEDS_REASONING_GYM
+from tests.extras import NEEDS_GEM, NEEDS_REASONING_GYM
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+def _needs(env_id: str) -> Any:
+    if "ReasoningGym" in env_id or "ReasoningRetry" in env_id:
+        return NEEDS_REASONING_GYM
+    return NEEDS_GEM if "/Gem" in env_id else []
+
+
 def _all_ids() -> list[Any]:
     ids = sorted(i for i in gymnasium.registry if i.startswith("marlhf/"))
-    return [
-        pytest.param(i, marks=NEEDS_REASONING_GYM if "ReasoningGym" in i else [], id=i) for i in ids
-    ]
+    return [pytest.param(i, marks=_needs(i), id=i) for i in ids]
 
 
 @pytest.mark.parametrize("env_id", _all_ids())
@@ -29,7 +35,10 @@ def _all_ids() -> list[Any]:
 def test_every_registered_env_passes(env_id: str, num_envs: int) -> None:
     env = gymnasium.make_vec(env_id, num_envs=num_envs, vectorization_mode="vector_entry_point")
     assert isinstance(env, BatchedEnv)
-    check_batched_env(env, seed=num_envs)
+    if isinstance(env, MultiTurnTokenEnv):
+        check_multiturn_env(env, seed=num_envs)  # forced observations: the multi-turn rules
+    else:
+        check_batched_env(env, seed=num_envs)
 
 
 @pytest.mark.parametrize("eos", [True, False])
@@ -116,3 +125,21 @@ def test_checker_names_the_broken_rule(double: type[CueEnv], rule: str) -> None:
 def test_checker_rejects_a_non_env() -> None:
     with pytest.raises(ContractError, match="attributes"):
         check_batched_env(object())
+
+
+class _DropsForced(MultiTurnTokenEnv):
+    """Appends the env's answer to its window but does not say so in ``info``."""
+
+    def step(self, actions: Any) -> tuple[Any, ...]:
+        out = super().step(actions)
+        out[4].pop("forced_ids", None)
+        out[4].pop("forced_lengths", None)
+        return out
+
+
+def test_multiturn_checker_names_the_window_rule() -> None:
+    env = _DropsForced("GuessTheNumber", num_envs=2)  # random guesses get feedback
+    with pytest.raises(ContractError, match=r"\(window\)"):
+        check_multiturn_env(env, seed=0)
+    with pytest.raises(ContractError, match="reward_mode"):
+        check_batched_env(env, seed=0)  # the single-turn rules do not fit a multi-turn env

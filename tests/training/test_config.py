@@ -100,3 +100,16 @@ def test_example_configs_load() -> None:
 def test_default_compare_is_the_documented_delayed_choice_config() -> None:
     # `make demo` runs `marlhf compare` with the defaults; the example file documents them
     assert load_config(CompareConfig, EXAMPLES / "delayed_choice.yaml") == CompareConfig()
+
+
+def test_a_partial_section_keeps_its_fields_own_default() -> None:
+    """``marlhf audit``'s task defaults to CreditSum: one dotted key changes only that key (it
+    used to rebuild the section from ``TaskConfig()``, silently auditing DelayedChoice)."""
+    from marlhf.training.audit import AuditConfig
+
+    default = load_config(AuditConfig)
+    partial = load_config(AuditConfig, overrides=["task.num_envs=8"])
+    assert default.task.id == partial.task.id == "marlhf/CreditSum-v0"
+    assert (partial.task.num_envs, partial.task.kwargs) == (8, default.task.kwargs)
+    other = load_config(AuditConfig, overrides=["task.id=marlhf/Reverse-v0"])
+    assert (other.task.id, other.task.num_envs) == ("marlhf/Reverse-v0", default.task.num_envs)
