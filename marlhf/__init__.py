@@ -9,8 +9,9 @@ import os as _os
 import sys as _sys
 
 # OpenMP threads that sleep while they wait instead of spinning: on a machine whose cores other
-# processes use, spinning threads slowed training 10-60x (docs/threads.md). OpenMP reads the
-# variable once, when torch loads: it takes effect only if torch was not imported before us.
+# processes use, spinning threads slowed training many times over (docs/threads.md). OpenMP
+# reads the variable once, when torch loads: it takes effect only if torch was not imported
+# before us.
 # MARLHF_NUM_THREADS=torch leaves torch's threading as it is, this included.
 _TORCH_PRELOADED = "torch" in _sys.modules
 _WAIT_POLICY_GIVEN = _os.environ.get("OMP_WAIT_POLICY")  # set before us (shell, parent process)

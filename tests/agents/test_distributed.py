@@ -48,6 +48,7 @@ def _normalisers(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     }
 
 
+@pytest.mark.slow  # two spawned gloo ranks (42-46 s each on the loaded 2-core machine)
 def test_global_normalisers_equal_one_process_on_all_rows() -> None:
     results = run_ranks(_normalisers, 2)
     x, mask = _data(2)
@@ -82,6 +83,7 @@ def _decisions(rank: int, world_size: int) -> dict[str, object]:
     return out
 
 
+@pytest.mark.slow  # two spawned gloo ranks (42-46 s each on the loaded 2-core machine)
 def test_decisions_are_taken_by_every_rank_together() -> None:
     results = run_ranks(_decisions, 2)
     for rank, got in enumerate(results):
