@@ -47,7 +47,9 @@ def _reset_peak() -> None:
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
-def build(batch: int, prompt_len: int, new_tokens: int, lora: bool) -> Any:
+def build(
+    batch: int, prompt_len: int, new_tokens: int, lora: bool, micro: int | None = None
+) -> Any:
     """The PPO agent on SmolLM2-135M and its env (module docstring)."""
     import torch
 
@@ -95,17 +97,27 @@ def build(batch: int, prompt_len: int, new_tokens: int, lora: bool) -> Any:
     env = BatchedTokenEnv(Windows(), num_envs=batch, seed=0)
     kwargs: dict[str, Any] = {"policy_kwargs": {"lora": {"r": 8}}} if lora else {}
     return PPO(
-        model, env, n_epochs=1, batch_size=None, learning_rate=1e-6, seed=0, device="cpu", **kwargs
+        model,
+        env,
+        n_epochs=1,
+        batch_size=None,
+        micro_batch_size=micro,
+        learning_rate=1e-6,
+        seed=0,
+        device="cpu",
+        **kwargs,
     )
 
 
-def measure(batch: int, prompt_len: int, new_tokens: int, lora: bool) -> dict[str, Any]:
+def measure(
+    batch: int, prompt_len: int, new_tokens: int, lora: bool, micro: int | None = None
+) -> dict[str, Any]:
     """One iteration, stage by stage: ``{stage: {peak_rss_mb, rss_before_mb, seconds}}``."""
     import torch
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    algo = build(batch, prompt_len, new_tokens, lora)
+    algo = build(batch, prompt_len, new_tokens, lora, micro)
     out: dict[str, Any] = {
         "load_s": time.perf_counter() - start,
         "rss_loaded_mb": _status_kb("VmRSS") / 1024,
@@ -158,9 +170,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--micro-batch", type=int, default=None, help="micro_batch_size")
     args = parser.parse_args()
     load_start = list(os.getloadavg())
-    result = measure(args.batch, args.prompt_len, args.new_tokens, args.lora)
+    result = measure(args.batch, args.prompt_len, args.new_tokens, args.lora, args.micro_batch)
     print(f"memory: loaded in {result['load_s']:.0f} s, {result['rss_loaded_mb']:.0f} MB")
     result.update(
         {
@@ -168,13 +181,15 @@ def main() -> None:
             "prompt_len": args.prompt_len,
             "new_tokens": args.new_tokens,
             "lora": args.lora,
+            "micro_batch_size": args.micro_batch,
             "loadavg_start": load_start,
             "loadavg_end": list(os.getloadavg()),
             "machine": machine_stamp(),
         }
     )
     data = read_json(OUT) or {}
-    data[f"{args.label}{'-lora' if args.lora else ''}"] = result
+    micro = f"-micro{args.micro_batch}" if args.micro_batch else ""
+    data[f"{args.label}{'-lora' if args.lora else ''}{micro}"] = result
     write_json(OUT, data)
     print(f"memory: peak {result['peak_rss_mb']:.0f} MB; {OUT}")
 

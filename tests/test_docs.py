@@ -151,6 +151,7 @@ def test_code_blocks_run(path: Path, tmp_path: Path) -> None:
             _run(["bash", "-euo", "pipefail", "-c", b.code], cwd, f"{b.where} (bash)")
 
 
+@pytest.mark.slow  # imports every renderer (torch, the estimators' benchmark): ~10-20 s
 def test_generated_pages_match_their_results() -> None:
     stale = [r for r in pages.render_all() if r.rendered != r.committed]
     assert not stale, "re-render with `python benchmarks/pages.py`:\n" + "\n".join(

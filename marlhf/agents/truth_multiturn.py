@@ -242,3 +242,231 @@ def exact_turn_advantages(
 def rollout_prompts(info: dict[str, Any], group_size: int = 1) -> list[Prompt]:
     """The ``Prompt`` of every row from a reset's ``info`` (one per group there)."""
     return [p for p in info["prompts"] for _ in range(group_size)]
+
+
+# ----------------------------------------------------------------------------- Monte Carlo
+def _replay_actions(
+    task: MultiTurnTask, prompts: list[Prompt], action_ids: torch.Tensor, action_mask: torch.Tensor
+) -> tuple[list[list[int]], list[list[int]], torch.Tensor]:
+    """Step a :class:`MultiTurnTokenEnv` through the rows' actions (whole episodes).
+
+    :returns: per row the episode's tokens (agent and forced) and each action's column in them,
+        and ``float64[B, T]`` each action's reward.
+    """
+    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+
+    B, T = action_ids.shape
+    env = MultiTurnTokenEnv(task, num_envs=B)
+    env.reset(options={"prompts": prompts})
+    rewards = torch.zeros((B, T), dtype=torch.float64)
+    columns: list[list[int]] = [[] for _ in range(B)]
+    for t in range(T):
+        real = action_mask[:, t]
+        if bool((real & env.done).any()):
+            row = int((real & env.done).nonzero()[0, 0])
+            raise ValueError(
+                f"mc_turn_advantages: row {row} takes action {t} after its episode ended"
+            )
+        if not bool(real.any()):
+            _check_whole(env.done, t)
+            break
+        for b in real.nonzero().flatten().tolist():
+            columns[b].append(int(env.lengths[b]))
+        _check_whole(real | env.done, t)
+        actions = torch.where(real, action_ids[:, t], task.codec.pad_token_id)
+        _, r, *_ = env.step(actions)
+        rewards[:, t] = r.double()
+        if env.all_done:
+            break
+    _check_whole(env.done, T)
+    counts = action_mask.sum(dim=1).tolist()
+    for b, (cols, n) in enumerate(zip(columns, counts, strict=True)):
+        if len(cols) != n:
+            raise ValueError(
+                f"mc_turn_advantages: row {b} has {n} actions but its episode ended after "
+                f"{len(cols)} (the action mask must be a prefix of each row)"
+            )
+    lengths = env.lengths.tolist()
+    tokens = [row[:n] for row, n in zip(env.response_ids.tolist(), lengths, strict=True)]
+    return tokens, columns, rewards
+
+
+def _check_whole(ok: torch.Tensor, t: int) -> None:
+    if not bool(ok.all()):
+        row = int((~ok).nonzero()[0, 0])
+        raise ValueError(
+            f"mc_turn_advantages: row {row}'s actions end after {t} tokens but its episode goes "
+            "on; the rows must hold whole episodes (as a collected rollout does)"
+        )
+
+
+@torch.no_grad()
+def _continue(
+    model: nn.Module,
+    task: MultiTurnTask,
+    jobs: list[tuple[Prompt, list[int]]],
+    samples: int,
+    sampling: Sampling,
+    gamma: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, int]:
+    """Returns ``float64[len(jobs), samples]`` of episodes replayed to each job's prefix and
+    continued by the policy (discount per agent token from the prefix on), and tokens sampled."""
+    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+
+    device = next(iter(model.parameters())).device
+    vocab, pad = task.codec.vocab_size, task.codec.pad_token_id
+    env = MultiTurnTokenEnv(task, num_envs=len(jobs) * samples)
+    obs, _ = env.reset(
+        options={
+            "group_size": samples,
+            "prompts": [p for p, _ in jobs],
+            "prefixes": [torch.tensor(prefix, dtype=torch.int64) for _, prefix in jobs],
+        }
+    )
+    returns = torch.zeros(len(jobs) * samples, dtype=torch.float64)
+    sampled, k = 0, 0
+    while not env.all_done:
+        ids, mask = obs["input_ids"], obs["attention_mask"].bool()
+        width = ids.shape[1]
+        # One masked column after the window: its prediction is the next token's.
+        ids = torch.cat([ids, torch.full_like(ids[:, :1], pad)], dim=1)
+        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+        logits = next_token_logits(model, ids.to(device), mask.to(device), width, vocab)
+        probs = sampling.probs(logits[:, 0].double())
+        actions = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu()
+        actions = torch.where(env.done, pad, actions)
+        sampled += int((~env.done).sum())
+        obs, r, *_ = env.step(actions)
+        returns += gamma**k * r.double()
+        k += 1
+    return returns.view(len(jobs), samples), sampled
+
+
+@torch.no_grad()
+def mc_turn_advantages(
+    policy: nn.Module,
+    task: MultiTurnTask,
+    prompts: list[Prompt],
+    action_ids: torch.Tensor,
+    action_mask: torch.Tensor,
+    *,
+    sampling: Sampling | None = None,
+    gamma: float = 1.0,
+    samples: int = 64,
+    seed: int = 0,
+    batch_rows: int = 512,
+) -> TrueAdvantages:
+    """Monte-Carlo ``A(s_t, a_t)`` of every action of multi-turn rollouts, with standard errors.
+
+    For tasks too large to enumerate. ``V(s_t)`` before each action is the mean discounted
+    return of ``samples`` episodes replayed to that point (``MultiTurnTokenEnv``'s reset option
+    ``prefixes``: the env is re-seeded and stepped through the same turns, and must answer the
+    same) and continued by the policy. The action's reward is the env's (the turn's reward on
+    its last action) and ``Q(s_t, a_t) = r_t + gamma V(s_{t+1})``, with ``V = 0`` once the
+    episode ended; the two values come from independent continuations, so
+    ``se_A = sqrt(gamma**2 se_V(t+1)**2 + se_V(t)**2)``. As in :func:`exact_turn_advantages`
+    the values are conditioned on the episode's seed (its hidden state) and ``gamma`` is per
+    agent token. Cost: ``samples`` episodes per action (``stats["mc_tokens"]`` tokens sampled).
+
+    Arguments as in :func:`exact_turn_advantages`, plus:
+
+    :param samples: continuations from each state (at least 2).
+    :param seed: seeds the continuations' sampler.
+    :param batch_rows: continuations stepped together (rounded down to whole states).
+    :return: advantages, values, Q-values and standard errors, ``float64[B, T]`` in the action
+        layout (0 on padding).
+    """
+    start = time.perf_counter()
+    sampling = sampling or Sampling()
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
+        raise ValueError(f"mc_turn_advantages: samples={samples!r} must be an int >= 2")
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"mc_turn_advantages: gamma={gamma!r} must be in [0, 1]")
+    if len(prompts) != action_ids.shape[0] or action_ids.shape != action_mask.shape:
+        raise ValueError(
+            f"mc_turn_advantages: {len(prompts)} prompts, action_ids {tuple(action_ids.shape)} "
+            f"and action_mask {tuple(action_mask.shape)}: one prompt per [B, T] row"
+        )
+    action_ids, action_mask = action_ids.cpu(), action_mask.cpu().bool()
+    model, device = model_and_vocab(policy, task.codec.vocab_size)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    tokens, columns, rewards = _replay_actions(task, prompts, action_ids, action_mask)
+
+    # The states to value: before each action (after the last one the episode has ended).
+    B, T = action_ids.shape
+    jobs = [(b, t) for b in range(B) for t in range(len(columns[b]))]  # (row, action index)
+    v_mean = torch.zeros((B, T + 1), dtype=torch.float64)
+    v_se = torch.zeros((B, T + 1), dtype=torch.float64)
+    per_call = max(1, batch_rows // samples)
+    sampled = 0
+    for begin in range(0, len(jobs), per_call):
+        part = jobs[begin : begin + per_call]
+        work = [(prompts[b], tokens[b][: columns[b][t]]) for b, t in part]
+        out, n = _continue(model, task, work, samples, sampling, gamma, generator)
+        sampled += n
+        rows = torch.as_tensor([b for b, _ in part])
+        cols = torch.as_tensor([t for _, t in part])
+        v_mean[rows, cols] = out.mean(dim=1)
+        v_se[rows, cols] = out.std(dim=1) / samples**0.5
+    mask = torch.zeros((B, T), dtype=torch.bool)
+    for b in range(B):
+        mask[b, : len(columns[b])] = True
+    zeros = torch.zeros((B, T), dtype=torch.float64)
+    q = torch.where(mask, rewards + gamma * v_mean[:, 1:], zeros)
+    values = torch.where(mask, v_mean[:, :T], zeros)
+    se = torch.where(mask, (gamma**2 * v_se[:, 1:] ** 2 + v_se[:, :T] ** 2).sqrt(), zeros)
+    stats = {
+        "samples": float(samples),
+        "states": float(len(jobs)),
+        "mc_tokens": float(sampled),
+        "seconds": time.perf_counter() - start,
+    }
+    return TrueAdvantages(q - values, values, q, se, "mc", stats)
+
+
+def turn_true_advantages(
+    policy: nn.Module,
+    task: MultiTurnTask,
+    prompts: list[Prompt],
+    action_ids: torch.Tensor,
+    action_mask: torch.Tensor,
+    *,
+    method: str = "exact",
+    sampling: Sampling | None = None,
+    gamma: float = 1.0,
+    samples: int = 64,
+    seed: int = 0,
+) -> TrueAdvantages:
+    """:func:`exact_turn_advantages` (``method="exact"``) or :func:`mc_turn_advantages`
+    (``"mc"``)."""
+    if method == "exact":
+        return exact_turn_advantages(
+            policy, task, prompts, action_ids, action_mask, sampling=sampling, gamma=gamma
+        )
+    if method == "mc":
+        return mc_turn_advantages(
+            policy,
+            task,
+            prompts,
+            action_ids,
+            action_mask,
+            sampling=sampling,
+            gamma=gamma,
+            samples=samples,
+            seed=seed,
+        )
+    raise ValueError(f"turn_true_advantages: method={method!r}; valid: 'exact', 'mc'")
+
+
+def check_exact_turns(
+    task: MultiTurnTask, sampling: Sampling | None = None, max_nodes: int = 20000
+) -> int:
+    """Decision points :func:`exact_turn_advantages` would enumerate from one episode start of
+    ``task`` (seed 0); raises its ``ValueError`` (naming ``max_nodes``) when there are too
+    many, without building a model."""
+    env = as_text_env(task.make_env())
+    text, _ = env.reset(seed=0)
+    tree = _Tree(task, _allowed(task, sampling or Sampling()), task.encode_observation(text), env)
+    tree.expand(max_nodes)
+    return len(tree.nodes)

@@ -122,7 +122,7 @@ def _score(
     mask = None if action_mask is None else action_mask[rows]
     if source == "policy":
         logp = policy.evaluate_actions(
-            input_ids, attention, resp_mask, temperature, mask, with_values=False
+            input_ids, attention, resp_mask, temperature, mask, with_values=False, entropy="none"
         )[0]
     else:
         logp = policy.reference_logprobs(input_ids, attention, resp_mask, temperature, mask)

@@ -6,7 +6,10 @@ current policy (or read saved rollouts), compute the policy's true advantages
 (:mod:`marlhf.agents.truth`, exact or Monte Carlo), and score every scheme of ``schemes``
 against them (:mod:`marlhf.agents.audit`). ``output_dir`` receives ``rollouts.safetensors``,
 ``audit.json`` (every figure, per token position and per segment), ``audit.md`` (the summary
-table) and ``audit.png`` (RMSE and correlation per position).
+table) and ``audit.png`` (RMSE and correlation per position). Multi-turn tasks are audited in
+the action layout (env tokens removed) with the truth of :mod:`marlhf.agents.truth_multiturn`
+(exact on small trees such as ToolLookup, else ``truth=mc``), and ``audit.json`` adds the
+figures per turn (``turns``, ``per_turn``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
 
 #: Continuations per prompt the exact truth enumerates at most (``marlhf.agents.truth``).
 EXACT_LIMIT = 65_536
+#: Decision points per episode start the exact multi-turn truth enumerates at most
+#: (``marlhf.agents.truth_multiturn``).
+EXACT_TURN_LIMIT = 20_000
 
 DEFAULT_SCHEMES = [
     "gae",
@@ -162,7 +168,8 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         if not exact_truth_fits(config.task, mask_actions):
             raise ValueError(
                 f"truth=exact cannot audit {config.task.id} {dict(config.task.kwargs)}: it has "
-                f"more than {EXACT_LIMIT:,} continuations per prompt to enumerate. Use truth=mc, "
+                f"more than {EXACT_LIMIT:,} continuations per prompt (multi-turn: "
+                f"{EXACT_TURN_LIMIT:,} decision points per episode) to enumerate. Use truth=mc, "
                 "agent.mask_actions=true, or a smaller task (task.kwargs)"
             )
     apply_thread_policy(config.num_threads)
@@ -182,7 +189,13 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     task = algo.env.task
-    truth = true_advantages(
+    if rollouts.turn_starts is not None:  # multi-turn: the action layout, truth per action
+        from marlhf.agents.truth_multiturn import turn_true_advantages
+
+        truth_of: Any = turn_true_advantages
+    else:
+        truth_of = true_advantages
+    truth = truth_of(
         algo.policy,
         task,
         rollouts.prompts,
@@ -246,15 +259,20 @@ def exact_truth_fits(task: TaskConfig, mask_actions: bool) -> bool:
     import torch
 
     from marlhf.agents.truth import Sampling, check_exact
-    from marlhf.envs.registration import make_task
+    from marlhf.agents.truth_multiturn import check_exact_turns
+    from marlhf.envs.multiturn.task import MultiTurnTask
+    from marlhf.training.builders import make_any_task
 
     try:
-        built = make_task(task.id, **task.kwargs)
+        built = make_any_task(task.id, **task.kwargs)
     except Exception:
         return True
     mask = torch.as_tensor(built.action_mask(), dtype=torch.bool) if mask_actions else None
     try:
-        check_exact(built, Sampling(action_mask=mask))
+        if isinstance(built, MultiTurnTask):  # its episode tree, from one start
+            check_exact_turns(built, Sampling(action_mask=mask), EXACT_TURN_LIMIT)
+        else:
+            check_exact(built, Sampling(action_mask=mask))
     except ValueError:
         return False
     return True

@@ -39,8 +39,9 @@ def checkpoint_minutes_field() -> Any:
     return field(
         default=5.0,
         metadata=doc(
-            "also save a checkpoint once this many minutes have passed since the last one "
-            "(0: by checkpoint_every alone); a killed run loses at most this much work"
+            "also save a checkpoint at the end of the first iteration this many minutes after "
+            "the last one (0: by checkpoint_every alone): a killed run loses about this much "
+            "work, plus the iteration under way"
         ),
     )
 

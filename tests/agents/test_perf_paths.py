@@ -242,7 +242,7 @@ def test_the_prefill_runs_the_lm_head_on_the_last_position_only() -> None:
     env = CueEnv(num_envs=3, max_new_tokens=3)
     policy = CausalLMActorCritic(tiny_model(env.codec, n_layer=2))
     shapes: list[tuple[int, ...]] = []
-    head = policy.model.get_output_embeddings()
+    head: Any = policy.model.get_output_embeddings()  # type: ignore[operator]
     head.register_forward_hook(lambda m, i, o: shapes.append(tuple(o.shape)))
     ids = torch.tensor([[0, 1, 2, 3], [0, 0, 2, 1], [0, 0, 0, 4]])
     mask = (ids > 0).long()

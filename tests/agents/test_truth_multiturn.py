@@ -10,7 +10,12 @@ import torch
 from torch import nn
 
 from marlhf.agents.truth_base import Sampling
-from marlhf.agents.truth_multiturn import exact_turn_advantages
+from marlhf.agents.truth_multiturn import (
+    check_exact_turns,
+    exact_turn_advantages,
+    mc_turn_advantages,
+    turn_true_advantages,
+)
 from marlhf.envs.multiturn import TextEnvError
 from marlhf.envs.multiturn.tool import ToolLookupEnv, ToolLookupTask
 from marlhf.envs.tasks import Prompt
@@ -179,3 +184,116 @@ def test_the_audit_reports_per_turn_on_multiturn_rollouts(tmp_path: Any) -> None
     # One-token turns: a turn is its action, so per-turn and per-token figures agree.
     gae = result.schemes["gae"]
     assert gae["turns"]["rmse"] == pytest.approx(gae["tokens"]["rmse"])
+
+
+# ----------------------------------------------------------------------------- Monte Carlo
+def test_monte_carlo_agrees_with_the_exact_truth_within_its_standard_errors() -> None:
+    task = ToolLookupTask()
+    sampling = Sampling(action_mask=torch.as_tensor(task.action_mask()))
+    prompts = [Prompt(ids=[6], metadata={"seed": _seed_with_answer(0)})] * 3
+    actions = torch.tensor([[CALL, A0, 0], [CALL, CALL, A0], [A0 + 1, 0, 0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0]], dtype=torch.bool)
+    exact = exact_turn_advantages(ScriptedPolicy(), task, prompts, actions, mask, sampling=sampling)
+    mc = mc_turn_advantages(
+        ScriptedPolicy(), task, prompts, actions, mask, sampling=sampling, samples=100, seed=0
+    )
+    assert mc.method == "mc" and mc.stderr is not None
+    assert (mc.stderr[mask] > 0).all() and (mc.stderr[~mask] == 0).all()
+    assert (mc.advantages[~mask] == 0).all() and (mc.values[~mask] == 0).all()
+    z = (mc.advantages - exact.advantages)[mask] / mc.stderr[mask]
+    assert z.abs().max() < 4, z
+    v_se = mc.stderr[mask].max()  # a value's SE is below its advantage's
+    assert (mc.values - exact.values)[mask].abs().max() < 4 * v_se
+    # Q of an episode's last action is its reward exactly (nothing follows).
+    assert mc.q_values[0, 1] == pytest.approx(1.0) and mc.q_values[2, 0] == pytest.approx(0.0)
+    assert mc.stats["states"] == 6.0 and mc.stats["mc_tokens"] > 0
+
+
+def test_monte_carlo_is_seeded() -> None:
+    task = ToolLookupTask()
+    prompts = [Prompt(ids=[6], metadata={"seed": 5})]
+    actions, mask = torch.tensor([[CALL, A0]]), torch.ones(1, 2, dtype=torch.bool)
+    runs = [
+        mc_turn_advantages(ScriptedPolicy(), task, prompts, actions, mask, samples=8, seed=s)
+        for s in (1, 1, 2)
+    ]
+    assert torch.equal(runs[0].advantages, runs[1].advantages)
+    assert not torch.equal(runs[0].values, runs[2].values)
+
+
+@pytest.mark.parametrize(
+    ("actions", "mask", "message"),
+    [
+        ([[CALL, A0, A0]], [[1, 1, 1]], "row 0 has 3 actions but its episode ended after 2"),
+        ([[CALL, 0]], [[1, 0]], "row 0's actions end after 1 tokens"),
+    ],
+)
+def test_monte_carlo_needs_whole_episodes(actions: Any, mask: Any, message: str) -> None:
+    prompts = [Prompt(ids=[6], metadata={"seed": 5})]
+    with pytest.raises(ValueError, match=message):
+        mc_turn_advantages(
+            ScriptedPolicy(),
+            ToolLookupTask(),
+            prompts,
+            torch.tensor(actions),
+            torch.tensor(mask, dtype=torch.bool),
+            samples=2,
+        )
+
+
+def test_monte_carlo_bad_settings_are_named() -> None:
+    prompts = [Prompt(ids=[6], metadata={"seed": 5})]
+    args = (ScriptedPolicy(), ToolLookupTask(), prompts, torch.tensor([[A0]]))
+    with pytest.raises(ValueError, match="samples=1"):
+        mc_turn_advantages(*args, torch.ones(1, 1, dtype=torch.bool), samples=1)
+    with pytest.raises(ValueError, match="gamma=2"):
+        mc_turn_advantages(*args, torch.ones(1, 1, dtype=torch.bool), gamma=2)
+    with pytest.raises(ValueError, match="method='guess'"):
+        turn_true_advantages(*args, torch.ones(1, 1, dtype=torch.bool), method="guess")
+
+
+def test_monte_carlo_on_guess_the_number_rollouts() -> None:
+    from marlhf import PPO
+    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+    from marlhf.envs.multiturn.tasks.guess_number import GuessTheNumberTask
+    from tests.agents.conftest import tiny_model
+
+    task = GuessTheNumberTask()
+    env = MultiTurnTokenEnv(task, num_envs=2, seed=0)
+    algo = PPO(tiny_model(task.codec), env, seed=0, batch_size=2, mask_actions=True)
+    algo.learn(2)
+    buf, prompts = algo.rollout_buffer, algo._rollout_prompts
+    assert buf is not None and prompts is not None
+    truth = turn_true_advantages(
+        algo.policy,
+        task,
+        prompts,
+        buf.action_ids,
+        buf.credit_mask,
+        method="mc",
+        sampling=Sampling.of(algo),
+        samples=3,
+    )
+    real = buf.credit_mask.cpu()
+    assert truth.stderr is not None
+    for x in (truth.advantages, truth.values, truth.q_values, truth.stderr):
+        assert x.shape == real.shape and x.dtype == torch.float64
+        assert torch.isfinite(x).all() and (x[~real] == 0).all()
+    assert (truth.stderr[real] >= 0).all()
+    torch.testing.assert_close(truth.advantages, truth.q_values - truth.values)
+    # Q of an episode's last action is its turn reward (nothing follows).
+    last = real.sum(1) - 1
+    rows = torch.arange(2)
+    torch.testing.assert_close(
+        truth.q_values[rows, last], buf.task_rewards.cpu()[rows, last].double()
+    )
+    assert truth.stats["states"] == float(real.sum())
+
+
+def test_exact_check_counts_the_toy_tree_and_names_the_limit() -> None:
+    task = ToolLookupTask()
+    sampling = Sampling(action_mask=torch.as_tensor(task.action_mask()))
+    # The root, and two more turns after the tool answered (fixed by the task, not the seed).
+    assert check_exact_turns(task, sampling) == 3
+    with pytest.raises(ValueError, match="max_nodes=2 decision points"):
+        check_exact_turns(task, sampling, max_nodes=2)

@@ -77,3 +77,59 @@ def test_bad_input_is_one_line(
     err = capsys.readouterr().err
     assert err.startswith("marlhf audit: error:") and message in err
     assert len(err.strip().splitlines()) == 1
+
+
+TINY_TURNS = [*TINY[1:], "agent.mask_actions=true"]
+
+
+def test_audit_of_a_multiturn_task_reports_per_turn(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit"
+    argv = sets(
+        *TINY_TURNS, "task.id=marlhf/ToolLookup-v0", f"output_dir={out}", "schemes=[gae, gae@turn]"
+    )
+    assert main(["audit", *argv]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["truth"] == "exact" and summary["episodes"] == 8
+    report = json.loads((out / "audit.json").read_text())
+    assert report["truth"]["episode_starts"] >= 1  # the multi-turn tree was enumerated
+    saved = Rollouts.load(out / "rollouts.safetensors")
+    assert saved.turn_starts is not None
+    turns = int((saved.turn_starts & saved.response_mask).sum())
+    for name in ("gae", "gae@turn"):
+        assert report["schemes"][name]["turns"]["count"] == turns
+        assert sum(report["schemes"][name]["per_turn"]["count"]) == turns
+
+
+@pytest.mark.slow
+def test_audit_of_a_multiturn_task_by_monte_carlo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "audit"
+    argv = sets(
+        *TINY_TURNS,
+        "task.id=marlhf/GuessTheNumber-v0",
+        "task.num_envs=2",
+        "agent.batch_size=2",
+        f"output_dir={out}",
+        "schemes=[gae]",
+        "truth=mc",
+        "mc_samples=2",
+    )
+    assert main(["audit", *argv]) == 0
+    capsys.readouterr()
+    report = json.loads((out / "audit.json").read_text())
+    assert report["truth"]["method"] == "mc" and report["truth"]["stderr_mean"] >= 0
+    assert report["schemes"]["gae"]["turns"]["count"] >= 2
+
+
+@pytest.mark.slow  # the check enumerates 20,000 of GuessTheNumber's decision points
+def test_exact_audit_of_a_large_multiturn_task_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = sets(*TINY_TURNS, "task.id=marlhf/GuessTheNumber-v0", f"output_dir={tmp_path}/a")
+    assert main(["audit", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("marlhf audit: error: truth=exact cannot audit marlhf/GuessTheNumber")
+    assert "truth=mc" in err and len(err.strip().splitlines()) == 1
