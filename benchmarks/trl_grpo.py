@@ -21,9 +21,9 @@ on-policy), rewards, advantages, the update. marlhf's ``marlhf_scored`` side is 
 with ``skip_on_policy_scoring=False`` (it runs the no-grad policy forward before the update, as
 marlhf did before it skipped it).
 
-Run: ``.venv-bench/bin/python benchmarks/trl_grpo.py [--full]``; writes
-``benchmarks/results/trl_grpo.json``. When TRL cannot be imported, the JSON says why and holds no
-ratio.
+Run: ``.venv-bench/bin/python benchmarks/trl_grpo.py [--full] [--batch 64 --out FILE]``;
+writes ``benchmarks/results/trl_grpo.json`` (or ``FILE``). When TRL cannot be imported, the
+JSON says why and holds no ratio.
 """
 
 from __future__ import annotations
@@ -226,14 +226,23 @@ def measure(tokenizer: Any, texts: list[str], s: Setting, warmup: int, rounds: i
     return summarise(times, "trl")
 
 
-def main(full: bool = False, warmup: int = 1, rounds: int = 6) -> dict[str, Any]:
+def main(
+    full: bool = False,
+    warmup: int = 1,
+    rounds: int = 6,
+    batch: int | None = None,
+    out_name: str = "trl_grpo.json",
+) -> dict[str, Any]:
     """Measure every setting; write ``benchmarks/results/trl_grpo.json``; return its content.
 
     :param full: also 64 completions per iteration, and at least 12 timed rounds.
     :param warmup: untimed rounds first (default 1).
     :param rounds: timed rounds (default 6).
+    :param batch: measure this many completions per iteration only (default: 32, and 64 too
+        with ``full``).
+    :param out_name: the results file's name in ``benchmarks/results``.
     """
-    settings = [Setting()]
+    settings = [Setting()] if batch is None else [Setting(batch=batch)]
     if full:
         settings.append(Setting(batch=64))
         rounds = max(rounds, 12)
@@ -250,7 +259,7 @@ def main(full: bool = False, warmup: int = 1, rounds: int = 6) -> dict[str, Any]
         out["trl_version"] = trl.__version__
     except Exception as err:  # record exactly why, never a number
         out.update({"ratio": None, "error": f"cannot import trl.GRPOTrainer: {err!r}"})
-        write_json(RESULTS_DIR / "trl_grpo.json", out)
+        write_json(RESULTS_DIR / out_name, out)
         print(out["error"])
         return out
     import torch
@@ -297,7 +306,7 @@ def main(full: bool = False, warmup: int = 1, rounds: int = 6) -> dict[str, Any]
         out["error"] = "every setting failed: " + "; ".join(e["error"] for e in out["settings"])
     out["torch_threads"] = torch.get_num_threads()
     out["loadavg_end"] = list(os.getloadavg())
-    write_json(RESULTS_DIR / "trl_grpo.json", out)
+    write_json(RESULTS_DIR / out_name, out)
     print_table(
         "seconds per GRPO iteration: marlhf vs TRL (interleaved; ratios per round)",
         ["setting", "TRL s", "marlhf s", "ratio (range)", "scored ratio (range)", "load"],
@@ -311,5 +320,7 @@ if __name__ == "__main__":
     parser.add_argument("--full", action="store_true", help="also B=64; 12 timed rounds")
     parser.add_argument("--rounds", type=int, default=6, help="timed rounds (default 6)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds (default 1)")
+    parser.add_argument("--batch", type=int, default=None, help="completions per iteration")
+    parser.add_argument("--out", default="trl_grpo.json", help="results file name")
     args = parser.parse_args()
-    main(full=args.full, warmup=args.warmup, rounds=args.rounds)
+    main(args.full, args.warmup, args.rounds, args.batch, args.out)
