@@ -18,7 +18,7 @@ Three parts, one results file (``benchmarks/results/turn_credit.json``):
    seeds, tokens to reach PPO's final score, wall time per run.
 
 Run: ``python benchmarks/turn_credit.py`` (``--mode quick``: one task, one seed, a tenth of the
-budget; ``--mode reduced``: ToolLookup, 2 seeds, half the budget; ``--mode full``: every task, 5
+budget; ``--mode reduced``: ToolLookup, 3 seeds, half the budget; ``--mode full``: every task, 5
 seeds; ``--exact-only``, ``--no-audit``, ``--no-tasks``; ``--doc-only`` re-renders the docs from
 the JSON). Renders the block of ``docs/credit_multiturn.md`` and the
 multi-turn section of ``docs/credit.md``.
@@ -151,7 +151,7 @@ AGENT_SECTION = {"preset": ["toy"], "group_size": 4, "mask_actions": True}
 NUM_ENVS = 16
 MODES: dict[str, dict[str, Any]] = {
     "quick": {"tasks": ["toollookup"], "seeds": [0], "budget_scale": 0.1},
-    "reduced": {"tasks": ["toollookup"], "seeds": [0, 1], "budget_scale": 0.5},
+    "reduced": {"tasks": ["toollookup"], "seeds": [0, 1, 2], "budget_scale": 0.5},
     "full": {"tasks": None, "seeds": [0, 1, 2, 3, 4], "budget_scale": 1.0},
 }
 

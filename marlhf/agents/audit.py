@@ -39,6 +39,7 @@ from marlhf.agents.config import PPOConfig
 from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator, prob_mask
 from marlhf.agents.rollout_io import Rollouts, resegment
 from marlhf.agents.truth import Sampling, TrueAdvantages, true_advantages
+from marlhf.agents.truth_multiturn import turn_true_advantages
 from marlhf.options import make_termination
 from marlhf.options.segments import position_in_segment, segment_ids
 
@@ -354,7 +355,8 @@ class CreditAuditCallback(BaseCallback):
 
     It runs at the end of a rollout, after the agent scored and estimated it and before the
     update, so the truth is that of the policy that sampled the episodes. Figures logged per
-    scheme: ``rmse``, ``corr``, ``sign``, ``null_abs``, ``segment_corr``; and
+    scheme: ``rmse``, ``corr``, ``sign``, ``null_abs``, ``segment_corr`` (multi-turn tasks:
+    ``turn_corr``, against :mod:`marlhf.agents.truth_multiturn`'s truth); and
     ``credit/truth_abs_mean``, ``credit/truth_seconds``. Each audit is also kept in
     :attr:`records` (``{"num_timesteps", "figures"}``).
 
@@ -393,7 +395,8 @@ class CreditAuditCallback(BaseCallback):
         if iteration % self.every:
             return
         rollouts = Rollouts.from_algorithm(algo)
-        truth = true_advantages(
+        multiturn = rollouts.turn_starts is not None  # the action layout: the turn truth
+        truth = (turn_true_advantages if multiturn else true_advantages)(
             algo.policy,
             algo.env.task,
             rollouts.prompts,
@@ -416,6 +419,8 @@ class CreditAuditCallback(BaseCallback):
             for figure in ("rmse", "corr", "sign", "null_abs"):
                 figures[f"{key}/{figure}"] = s["tokens"][figure]
             figures[f"{key}/segment_corr"] = s["segments"]["corr"]
+            if "turns" in s:
+                figures[f"{key}/turn_corr"] = s["turns"]["corr"]
         for k, v in figures.items():
             self.logger.record(k, v)
         self.records.append({"num_timesteps": int(algo.num_timesteps), "figures": figures})

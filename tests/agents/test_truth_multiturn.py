@@ -297,3 +297,19 @@ def test_exact_check_counts_the_toy_tree_and_names_the_limit() -> None:
     assert check_exact_turns(task, sampling) == 3
     with pytest.raises(ValueError, match="max_nodes=2 decision points"):
         check_exact_turns(task, sampling, max_nodes=2)
+
+
+def test_the_training_audit_callback_runs_on_a_multiturn_task() -> None:
+    from marlhf import PPO
+    from marlhf.agents.audit import CreditAuditCallback
+    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
+    from tests.agents.conftest import tiny_model
+
+    task = ToolLookupTask()
+    env = MultiTurnTokenEnv(task, num_envs=8, seed=0)
+    algo = PPO(tiny_model(task.codec), env, seed=0, batch_size=8, mask_actions=True)
+    callback = CreditAuditCallback(every=1, method="mc", mc_samples=2)
+    algo.learn(8, callback=callback)
+    figures = callback.records[0]["figures"]
+    assert {"credit/gae/rmse", "credit/gae/turn_corr"} <= set(figures)
+    assert np.isfinite(figures["credit/gae/rmse"])
