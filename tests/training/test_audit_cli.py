@@ -102,7 +102,6 @@ def test_audit_of_a_multiturn_task_reports_per_turn(
         assert sum(report["schemes"][name]["per_turn"]["count"]) == turns
 
 
-@pytest.mark.slow
 def test_audit_of_a_multiturn_task_by_monte_carlo(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
