@@ -286,6 +286,7 @@ def check_credit_task(config: Any, task: TaskConfig, agent: AgentConfig) -> None
     if not exact_truth_fits(task, agent.mask_actions):
         raise ValueError(
             f"credit_truth=exact cannot audit {task.id} {dict(task.kwargs)}: it has more than "
-            f"{EXACT_LIMIT:,} continuations per prompt to enumerate. Use credit_truth=mc, "
+            f"{EXACT_LIMIT:,} continuations per prompt (multi-turn: {EXACT_TURN_LIMIT:,} "
+            "decision points per episode) to enumerate. Use credit_truth=mc, "
             "agent.mask_actions=true, or a smaller task (task.kwargs)"
         )
