@@ -35,7 +35,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -90,7 +90,7 @@ def make_agent(name: str, seed: int) -> Any:
     env = gym.make_vec(
         "marlhf/CreditSum-v0", num_envs=EPISODES, vectorization_mode="vector_entry_point"
     )
-    model = tiny_gpt2(env.codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
+    model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
     cls = MAPPO if "termination" in AGENTS[name] else PPO
     return cls(
         model,

@@ -21,7 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -156,7 +156,7 @@ def iteration_costs(num_envs: int, horizon: int, repeats: int, mc: bool) -> list
             vectorization_mode="vector_entry_point",
         )
         algos[name] = PPO(
-            tiny_gpt2(env.codec, n_layer=2, n_embd=64, n_head=4),
+            tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4),
             env,
             preset=["toy", name],
             mask_actions=True,
@@ -182,7 +182,7 @@ def iteration_costs(num_envs: int, horizon: int, repeats: int, mc: bool) -> list
             {
                 "preset": name,
                 "estimator": algo.config.estimator,
-                "critic": bool(algo.rollout_buffer.has_values),
+                "critic": algo.rollout_buffer is not None and algo.rollout_buffer.has_values,
                 "seconds_per_iteration": med,
                 "over_ppo": med / base,
                 "tokens_per_iteration": statistics.median(tokens[name]),

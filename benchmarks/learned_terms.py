@@ -33,7 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -146,7 +146,7 @@ T2T_TASKS = ["CreditSum h32", "KeyPosition h32"]
 def make_agent(task: str, seed: int, termination: str) -> Any:
     env_id, kwargs, *_ = TASKS[task]
     env = gym.make_vec(env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", **kwargs)
-    model = tiny_gpt2(env.codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
+    model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
     return MAPPO(
         model,
         env,

@@ -128,7 +128,7 @@ def run_exact() -> dict[str, Any]:
 
 # ------------------------------------------------------------------------------ learning
 #: Multi-turn tasks of the learning part: (key, env id, kwargs, full budget in tokens).
-TASKS = [
+TASKS: list[tuple[str, str, dict[str, Any], int]] = [
     ("toollookup", "marlhf/ToolLookup-v0", {}, 6_144),
     ("guess", "marlhf/GuessTheNumber-v0", {}, 12_288),
 ]

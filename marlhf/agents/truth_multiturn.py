@@ -240,8 +240,8 @@ def exact_turn_advantages(
 
 
 def rollout_prompts(info: dict[str, Any], group_size: int = 1) -> list[Prompt]:
-    """The ``Prompt`` of every row from a reset's ``info`` (one per group there)."""
-    return [p for p in info["prompts"] for _ in range(group_size)]
+    """Every row's ``Prompt`` from a reset's ``info`` (one per row; ``group_size`` unused)."""
+    return list(info["prompts"])  # one per row
 
 
 # ----------------------------------------------------------------------------- Monte Carlo

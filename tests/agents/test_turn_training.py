@@ -33,10 +33,8 @@ def _train(**kwargs: Any) -> Any:
 )
 def test_every_turn_preset_trains_on_tool_lookup(preset: str) -> None:
     extra: dict[str, Any] = {"group_size": 4}
-    if preset == "vineppo-turns":
-        # Groups of 1: the multi-turn env's reset gives one prompt per group, which the
-        # continuations' replay (marlhf.agents.vine) indexes per row.
-        extra = {"group_size": 1, "mc_rollouts": 2, "mc_max_starts": 3}
+    if preset == "vineppo-turns":  # groups of 4 too: the replay reads one prompt per row
+        extra = {"group_size": 4, "mc_rollouts": 2, "mc_max_starts": 3}
     algo = _train(preset=["toy", preset], **extra)
     buf = algo.rollout_buffer
     assert math.isfinite(algo.rollout_stats["rollout/score_mean"])

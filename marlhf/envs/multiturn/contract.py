@@ -8,8 +8,8 @@ finished rows, done flags, seeded determinism, group resets - and changes two ru
   goes on, the environment's answer: ``info["forced_ids"][b, :info["forced_lengths"][b]]``
   (forced tokens, not actions). Its window shifts left by ``1 + forced_lengths[b]``.
 - **Groups.** ``reset(options={"group_size": K})`` starts the ``K`` rows of a group from one env
-  seed: same first observation, ``info["group_ids"] == arange(B) // K``; ``info["prompts"]``
-  holds one prompt per *group* (what a replaying reset takes back), not one per row.
+  seed: same first observation and prompt, ``info["group_ids"] == arange(B) // K``,
+  ``info["prompts"]`` one per row (as the single-turn env's).
 - **Rewards.** ``reward_mode == "env"``: the text env's reward of a turn arrives on the step that
   ends the turn, so nonzero rewards may come before the end; they must be finite. A row finishes
   once, terminated (the env said so) or truncated (a limit), never both.
@@ -113,9 +113,10 @@ def _check_multiturn_groups(env: Any, seed: int, actions: torch.Tensor) -> None:
     if not isinstance(ids, torch.Tensor) or not torch.equal(_cpu(ids), torch.arange(B) // K):
         raise _fail(env, "group resets", f"info['group_ids'] is {ids!r:.80}; expected arange//{K}")
     prompts = a.info.get("prompts")
-    if not isinstance(prompts, list | tuple) or len(prompts) != B // K:
-        raise _fail(env, "group resets", f"info['prompts'] needs {B // K} prompts (one a group)")
+    if not isinstance(prompts, list | tuple) or len(prompts) != B:
+        raise _fail(env, "group resets", f"info['prompts'] needs {B} prompts (one a row)")
     first = a.obs[0]["input_ids"]
     for b in range(B):
-        if not torch.equal(first[b], first[b - b % K]):
-            raise _fail(env, "group resets", f"row {b} does not share row {b - b % K}'s start")
+        lead = b - b % K
+        if prompts[b].ids != prompts[lead].ids or not torch.equal(first[b], first[lead]):
+            raise _fail(env, "group resets", f"row {b} does not share row {lead}'s start")

@@ -167,10 +167,11 @@ class MultiTurnTokenEnv(VectorEnv):
 
         :param seed: reseeds the draw of the per-episode env seeds.
         :param options: ``group_size`` (``K`` rows share one env seed, hence one start state),
-            ``prompts`` (the ``Prompt`` of each group, as ``info["prompts"]`` returned them:
+            ``prompts`` (the ``Prompt`` of each group: every ``K``-th of ``info["prompts"]``:
             their ``metadata["seed"]`` replays those episodes' starts) and ``prefixes`` (with
             ``prompts``: partial episodes replayed token by token, see :meth:`_replay`).
-        :returns: ``(obs, info)`` with ``info["prompts"]`` (``metadata["seed"]`` is the env
+        :returns: ``(obs, info)`` with ``info["prompts"]``, one per row as the single-turn env's
+            (``metadata["seed"]`` is the env
             seed) and, with ``group_size``, ``info["group_ids"]``.
         """
         super().reset(seed=seed)
@@ -221,8 +222,8 @@ class MultiTurnTokenEnv(VectorEnv):
                 raise ValueError(f"{self._where()}: reset option prefixes needs option prompts")
             self._replay(options["prefixes"], K)
         info: dict[str, Any] = {
-            "prompts": prompts[::K],
-            "prompt_text": [p.text for p in prompts[::K]],
+            "prompts": prompts,
+            "prompt_text": [p.text for p in prompts],
         }
         if "group_size" in options:
             info["group_ids"] = torch.arange(self.num_envs, device=self.device) // K
