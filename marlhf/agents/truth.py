@@ -39,8 +39,12 @@ from torch import nn
 from marlhf.agents.truth_base import (
     Sampling,
     TrueAdvantages,
+    check_gamma,
     check_rollouts,
+    check_samples,
     env_rewards,
+    mc_sampler,
+    mc_truth,
     model_and_vocab,
     next_token_logits,
     prompt_tensors,
@@ -157,8 +161,7 @@ def exact_advantages(
     """
     start = time.perf_counter()
     sampling = sampling or Sampling()
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"exact_advantages: gamma={gamma!r} must be in [0, 1]")
+    check_gamma("exact_advantages", gamma)
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
     check_rollouts(task, prompts, response_ids, response_mask)
     vocab, horizon, pad = task.codec.vocab_size, task.max_new_tokens, task.codec.pad_token_id
@@ -314,10 +317,8 @@ def mc_advantages(
     """
     start = time.perf_counter()
     sampling = sampling or Sampling()
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"mc_advantages: samples={samples!r} must be an int >= 2")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"mc_advantages: gamma={gamma!r} must be in [0, 1]")
+    check_samples("mc_advantages", samples, 2)
+    check_gamma("mc_advantages", gamma)
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
     check_rollouts(task, prompts, response_ids, response_mask)
     B, T = response_ids.shape
@@ -342,19 +343,12 @@ def mc_advantages(
     zeros_col = torch.zeros((B, 1), dtype=torch.float64)
     v_mean = torch.cat([torch.nan_to_num(values, nan=0.0), zeros_col], dim=1)
     v_se = torch.cat([torch.nan_to_num(v_se, nan=0.0), zeros_col], dim=1)
-    q = rewards[:, :T] + gamma * v_mean[:, 1:]
-    mask = response_mask
-    zeros = torch.zeros((B, T), dtype=torch.float64)
-    adv = torch.where(mask, q - v_mean[:, :T], zeros)
-    se = torch.where(mask, (gamma**2 * v_se[:, 1:] ** 2 + v_se[:, :T] ** 2).sqrt(), zeros)
     stats = {
         "samples": float(samples),
         "mc_tokens": float(tokens),
         "seconds": time.perf_counter() - start,
     }
-    return TrueAdvantages(
-        adv, torch.where(mask, v_mean[:, :T], zeros), torch.where(mask, q, zeros), se, "mc", stats
-    )
+    return mc_truth(rewards[:, :T], v_mean, v_se, response_mask, gamma, stats)
 
 
 @torch.no_grad()
@@ -384,16 +378,14 @@ def mc_values(
         tokens sampled.
     """
     sampling = sampling or Sampling()
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"mc_values: samples={samples!r} must be an int >= 1")
+    check_samples("mc_values", samples, 1)
     response_ids, response_mask = response_ids.cpu(), response_mask.cpu().bool()
     check_rollouts(task, prompts, response_ids, response_mask)
     B, T = response_ids.shape
     at = response_mask if at is None else at.cpu().bool() & response_mask
     if at.shape != (B, T):
         raise ValueError(f"mc_values: at has shape {tuple(at.shape)}; expected {(B, T)}")
-    model, device = model_and_vocab(policy, task.codec.vocab_size)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    model, device, generator = mc_sampler(policy, task.codec.vocab_size, seed)
     horizon, pad = task.max_new_tokens, task.codec.pad_token_id
     scripts = torch.full((B, horizon), pad, dtype=torch.int64)
     scripts[:, :T] = torch.where(response_mask, response_ids, pad)

@@ -3,7 +3,8 @@
 :class:`Sampling` (the policy's sampling distribution), :class:`TrueAdvantages` (the result),
 :func:`env_rewards` (the task's own env scoring fixed responses), and the checks and tensors
 shared by the exact and the Monte-Carlo truth (rollout shapes, left-padded prompts, the
-policy's next-token logits after a prompt and a prefix).
+policy's next-token logits after a prompt and a prefix, the Monte-Carlo truth's argument
+checks, sampler and result).
 """
 
 from __future__ import annotations
@@ -119,6 +120,73 @@ def next_token_logits(
     with _eval_mode(model):
         out = model(input_ids=ids, attention_mask=mask.long(), position_ids=positions)
     return out.logits[:, first - 1 : -1, :vocab_size].float()
+
+
+@torch.no_grad()
+def next_token_probs(
+    model: nn.Module,
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    sampling: Sampling,
+    vocab_size: int,
+    pad: int,
+) -> torch.Tensor:
+    """``float64[R, V]`` (on the model's device): the sampling distribution of the token after
+    each left-padded context ``ids``/``mask`` ``[R, L]``."""
+    device = next(iter(model.parameters())).device
+    width = ids.shape[1]
+    # One masked column after the contexts: its prediction is the next token's.
+    ids = torch.cat([ids, torch.full_like(ids[:, :1], pad)], dim=1)
+    mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
+    logits = next_token_logits(model, ids.to(device), mask.to(device), width, vocab_size)
+    return sampling.probs(logits[:, 0].double())
+
+
+def check_samples(name: str, samples: Any, least: int) -> None:
+    """Raise unless ``samples`` is an int ``>= least``; ``name`` is the caller's."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < least:
+        raise ValueError(f"{name}: samples={samples!r} must be an int >= {least}")
+
+
+def check_gamma(name: str, gamma: float) -> None:
+    """Raise unless ``0 <= gamma <= 1``; ``name`` is the caller's."""
+    if not 0.0 <= gamma <= 1.0:
+        raise ValueError(f"{name}: gamma={gamma!r} must be in [0, 1]")
+
+
+def mc_sampler(
+    policy: nn.Module, vocab_size: int, seed: int
+) -> tuple[nn.Module, torch.device, torch.Generator]:
+    """``(causal LM, device, generator seeded with seed on that device)`` for Monte Carlo."""
+    model, device = model_and_vocab(policy, vocab_size)
+    return model, device, torch.Generator(device=device).manual_seed(seed)
+
+
+def mc_truth(
+    rewards: torch.Tensor,
+    v_mean: torch.Tensor,
+    v_se: torch.Tensor,
+    mask: torch.Tensor,
+    gamma: float,
+    stats: dict[str, float],
+) -> TrueAdvantages:
+    """The Monte-Carlo truth from each step's reward and value estimates.
+
+    ``Q(s_t, a_t) = r_t + gamma V(s_{t+1})``; the two values come from independent
+    continuations, so ``se_A = sqrt(gamma**2 se_V(t+1)**2 + se_V(t)**2)``.
+
+    :param rewards: ``float64[B, T]`` each step's reward.
+    :param v_mean: ``float64[B, T + 1]`` the values before each step (0 once the episode ended).
+    :param v_se: ``float64[B, T + 1]`` their standard errors.
+    :param mask: ``bool[B, T]`` the real steps (the results are 0 elsewhere).
+    :param stats: the cost counters to report.
+    """
+    T = rewards.shape[1]
+    zeros = torch.zeros(rewards.shape, dtype=torch.float64)
+    q = torch.where(mask, rewards + gamma * v_mean[:, 1:], zeros)
+    values = torch.where(mask, v_mean[:, :T], zeros)
+    se = torch.where(mask, (gamma**2 * v_se[:, 1:] ** 2 + v_se[:, :T] ** 2).sqrt(), zeros)
+    return TrueAdvantages(q - values, values, q, se, "mc", stats)
 
 
 def check_rollouts(

@@ -29,8 +29,12 @@ from torch import nn
 from marlhf.agents.truth_base import (
     Sampling,
     TrueAdvantages,
+    check_gamma,
+    check_samples,
+    mc_sampler,
+    mc_truth,
     model_and_vocab,
-    next_token_logits,
+    next_token_probs,
     prompt_tensors,
 )
 from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text_env
@@ -136,16 +140,11 @@ def _score(
     model: nn.Module, nodes: list[_Node], sampling: Sampling, vocab: int, pad: int, rows: int
 ) -> None:
     """Each node's sampling distribution, in batched forwards over the left-padded contexts."""
-    device = next(iter(model.parameters())).device
     width = max(len(n.tokens) for n in nodes)
     for begin in range(0, len(nodes), rows):
         part = nodes[begin : begin + rows]
         ids, mask = prompt_tensors([Prompt(ids=n.tokens) for n in part], width, pad)
-        # One masked column after the contexts: its prediction is the next token's.
-        ids = torch.cat([ids, torch.full_like(ids[:, :1], pad)], dim=1)
-        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-        logits = next_token_logits(model, ids.to(device), mask.to(device), width, vocab)
-        probs = sampling.probs(logits[:, 0].double()).cpu()
+        probs = next_token_probs(model, ids, mask, sampling, vocab, pad).cpu()
         for node, p in zip(part, probs, strict=True):
             node.probs = p
 
@@ -182,8 +181,7 @@ def exact_turn_advantages(
     """
     start = time.perf_counter()
     sampling = sampling or Sampling()
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"exact_turn_advantages: gamma={gamma!r} must be in [0, 1]")
+    check_gamma("exact_turn_advantages", gamma)
     if len(prompts) != action_ids.shape[0] or action_ids.shape != action_mask.shape:
         raise ValueError(
             f"exact_turn_advantages: {len(prompts)} prompts, action_ids "
@@ -314,7 +312,6 @@ def _continue(
     continued by the policy (discount per agent token from the prefix on), and tokens sampled."""
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 
-    device = next(iter(model.parameters())).device
     vocab, pad = task.codec.vocab_size, task.codec.pad_token_id
     env = MultiTurnTokenEnv(task, num_envs=len(jobs) * samples)
     obs, _ = env.reset(
@@ -328,12 +325,7 @@ def _continue(
     sampled, k = 0, 0
     while not env.all_done:
         ids, mask = obs["input_ids"], obs["attention_mask"].bool()
-        width = ids.shape[1]
-        # One masked column after the window: its prediction is the next token's.
-        ids = torch.cat([ids, torch.full_like(ids[:, :1], pad)], dim=1)
-        mask = torch.cat([mask, torch.zeros_like(mask[:, :1])], dim=1)
-        logits = next_token_logits(model, ids.to(device), mask.to(device), width, vocab)
-        probs = sampling.probs(logits[:, 0].double())
+        probs = next_token_probs(model, ids, mask, sampling, vocab, pad)
         actions = torch.multinomial(probs, 1, generator=generator)[:, 0].cpu()
         actions = torch.where(env.done, pad, actions)
         sampled += int((~env.done).sum())
@@ -379,18 +371,15 @@ def mc_turn_advantages(
     """
     start = time.perf_counter()
     sampling = sampling or Sampling()
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 2:
-        raise ValueError(f"mc_turn_advantages: samples={samples!r} must be an int >= 2")
-    if not 0.0 <= gamma <= 1.0:
-        raise ValueError(f"mc_turn_advantages: gamma={gamma!r} must be in [0, 1]")
+    check_samples("mc_turn_advantages", samples, 2)
+    check_gamma("mc_turn_advantages", gamma)
     if len(prompts) != action_ids.shape[0] or action_ids.shape != action_mask.shape:
         raise ValueError(
             f"mc_turn_advantages: {len(prompts)} prompts, action_ids {tuple(action_ids.shape)} "
             f"and action_mask {tuple(action_mask.shape)}: one prompt per [B, T] row"
         )
     action_ids, action_mask = action_ids.cpu(), action_mask.cpu().bool()
-    model, device = model_and_vocab(policy, task.codec.vocab_size)
-    generator = torch.Generator(device=device).manual_seed(seed)
+    model, _, generator = mc_sampler(policy, task.codec.vocab_size, seed)
     tokens, columns, rewards = _replay_actions(task, prompts, action_ids, action_mask)
 
     # The states to value: before each action (after the last one the episode has ended).
@@ -412,17 +401,13 @@ def mc_turn_advantages(
     mask = torch.zeros((B, T), dtype=torch.bool)
     for b in range(B):
         mask[b, : len(columns[b])] = True
-    zeros = torch.zeros((B, T), dtype=torch.float64)
-    q = torch.where(mask, rewards + gamma * v_mean[:, 1:], zeros)
-    values = torch.where(mask, v_mean[:, :T], zeros)
-    se = torch.where(mask, (gamma**2 * v_se[:, 1:] ** 2 + v_se[:, :T] ** 2).sqrt(), zeros)
     stats = {
         "samples": float(samples),
         "states": float(len(jobs)),
         "mc_tokens": float(sampled),
         "seconds": time.perf_counter() - start,
     }
-    return TrueAdvantages(q - values, values, q, se, "mc", stats)
+    return mc_truth(rewards, v_mean, v_se, mask, gamma, stats)
 
 
 def turn_true_advantages(
