@@ -25,31 +25,18 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
-from gymnasium.utils import seeding
-from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 
 from marlhf.envs.action_checks import check_actions
 from marlhf.envs.registration import make_task
 from marlhf.envs.reset_options import RESET_OPTIONS, check_prefixes, check_prompts, group_size
 from marlhf.envs.tasks import Prompt, RewardBatch, Task, check_rewards, nonfinite_message
-from marlhf.models import resolve_device
+from marlhf.envs.token_vector_env import TokenVectorEnv
+from marlhf.envs.token_vector_env import observation_space as observation_space  # re-exported
 
 Obs = dict[str, torch.Tensor]
 
 
-def observation_space(vocab_size: int, seq_len: int) -> spaces.Dict:
-    """The single-row observation space: ``input_ids`` and ``attention_mask``, both ``int64[L]``."""
-    return spaces.Dict(
-        {
-            "input_ids": spaces.Box(0, vocab_size - 1, shape=(seq_len,), dtype=np.int64),
-            "attention_mask": spaces.Box(0, 1, shape=(seq_len,), dtype=np.int64),
-        }
-    )
-
-
-class BatchedTokenEnv(VectorEnv):
+class BatchedTokenEnv(TokenVectorEnv):
     """The native batched text environment the agents drive.
 
     :param task: a :class:`~marlhf.envs.Task`, or the name / env id of a registered one.
@@ -59,11 +46,6 @@ class BatchedTokenEnv(VectorEnv):
         reseeds it.
     :param task_kwargs: keyword arguments of the task (only with a task name), e.g. ``horizon``.
     """
-
-    metadata: dict[str, Any] = {  # noqa: RUF012 (Gymnasium API)
-        "autoreset_mode": AutoresetMode.DISABLED,
-        "render_modes": [],
-    }
 
     def __init__(
         self,
@@ -76,24 +58,8 @@ class BatchedTokenEnv(VectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"BatchedTokenEnv: num_envs={num_envs!r} must be an int >= 1")
         self.task: Task = make_task(task, **task_kwargs)
-        self.codec = self.task.codec
-        self.num_envs = num_envs
-        self.device = resolve_device(device)
-        self.vocab_size = int(self.codec.vocab_size)
-        self.pad_token_id = int(self.codec.pad_token_id)
-        eos = self.codec.eos_token_id
-        self.eos_token_id: int | None = None if eos is None else int(eos)
-        self.max_prompt_len = int(self.task.max_prompt_len)
-        self.max_new_tokens = int(self.task.max_new_tokens)
-        self.seq_len = self.max_prompt_len + self.max_new_tokens
+        self._set_up(self.task, num_envs, device, seed)
         self.reward_mode = self.task.reward_fn.mode
-
-        self.single_observation_space = observation_space(self.vocab_size, self.seq_len)
-        self.single_action_space = spaces.Discrete(self.vocab_size)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
-        if seed is not None:
-            self._np_random, self._np_random_seed = seeding.np_random(seed)
 
         B, P, N, L, dev = (
             num_envs,
@@ -102,9 +68,6 @@ class BatchedTokenEnv(VectorEnv):
             self.seq_len,
             self.device,
         )
-        self._task_mask = torch.as_tensor(self.task.action_mask(), device=dev)
-        self._done_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=dev)
-        self._done_mask[self.pad_token_id] = True
         self.input_ids = torch.full((B, L), self.pad_token_id, dtype=torch.int64, device=dev)
         self.attention_mask = torch.zeros((B, L), dtype=torch.int64, device=dev)
         self.prompt_ids = torch.full((B, P), self.pad_token_id, dtype=torch.int64, device=dev)

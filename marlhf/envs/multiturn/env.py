@@ -29,20 +29,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from gymnasium import spaces
-from gymnasium.utils import seeding
-from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 
 from marlhf.envs.action_checks import check_actions
-from marlhf.envs.batched import observation_space
 from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text_env
 from marlhf.envs.multiturn.record import TurnRecord
 from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
 from marlhf.envs.registration import task_factory
 from marlhf.envs.reset_options import check_prompts, group_size
 from marlhf.envs.tasks import Prompt
-from marlhf.models import resolve_device
+from marlhf.envs.token_vector_env import TokenVectorEnv
 
 Obs = dict[str, torch.Tensor]
 RESET_OPTIONS = ("group_size", "prompts", "prefixes")
@@ -67,7 +62,7 @@ def make_multiturn_task(task: MultiTurnTask | str, **task_kwargs: Any) -> MultiT
     return task
 
 
-class MultiTurnTokenEnv(VectorEnv):
+class MultiTurnTokenEnv(TokenVectorEnv):
     """The batched token env of a multi-turn task (see the module docstring).
 
     :param task: a :class:`MultiTurnTask`, or the name / env id of a registered one.
@@ -76,11 +71,6 @@ class MultiTurnTokenEnv(VectorEnv):
     :param seed: seeds the per-episode env seeds (``reset(seed=...)`` reseeds).
     :param task_kwargs: keyword arguments of the task (only with a task name).
     """
-
-    metadata: dict[str, Any] = {  # noqa: RUF012 (Gymnasium API)
-        "autoreset_mode": AutoresetMode.DISABLED,
-        "render_modes": [],
-    }
 
     def __init__(
         self,
@@ -93,30 +83,12 @@ class MultiTurnTokenEnv(VectorEnv):
         if isinstance(num_envs, bool) or not isinstance(num_envs, int) or num_envs < 1:
             raise ValueError(f"MultiTurnTokenEnv: num_envs={num_envs!r} must be an int >= 1")
         self.task = make_multiturn_task(task, **task_kwargs)
-        self.codec = self.task.codec
-        self.num_envs = num_envs
-        self.device = resolve_device(device)
-        self.vocab_size = int(self.codec.vocab_size)
-        self.pad_token_id = int(self.codec.pad_token_id)
-        eos = self.codec.eos_token_id
-        self.eos_token_id: int | None = None if eos is None else int(eos)
+        self._set_up(self.task, num_envs, device, seed)
         self.end_of_turn_id = int(self.task.end_of_turn_id)
-        self.max_prompt_len = int(self.task.max_prompt_len)
-        self.max_new_tokens = int(self.task.max_new_tokens)
         self.max_turn_tokens = int(self.task.max_turn_tokens)
         self.max_turns = None if self.task.max_turns is None else int(self.task.max_turns)
-        self.seq_len = self.max_prompt_len + self.max_new_tokens
         self.reward_mode = "env"
-        self.single_observation_space = observation_space(self.vocab_size, self.seq_len)
-        self.single_action_space = spaces.Discrete(self.vocab_size)
-        self.observation_space = batch_space(self.single_observation_space, num_envs)
-        self.action_space = batch_space(self.single_action_space, num_envs)
-        if seed is not None:
-            self._np_random, self._np_random_seed = seeding.np_random(seed)
         B, dev = num_envs, self.device
-        self._task_mask = torch.as_tensor(self.task.action_mask(), device=dev)
-        self._done_mask = torch.zeros(self.vocab_size, dtype=torch.bool, device=dev)
-        self._done_mask[self.pad_token_id] = True
         self.envs: list[CheckedTextEnv] = [as_text_env(self.task.make_env()) for _ in range(B)]
         self._clear()
         self.done = torch.ones(B, dtype=torch.bool, device=dev)
