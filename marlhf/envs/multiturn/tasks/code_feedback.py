@@ -32,7 +32,7 @@ import numpy as np
 
 from marlhf.envs.code import HumanEvalTask
 from marlhf.envs.multiturn.task import MultiTurnTask
-from marlhf.envs.multiturn.tasks.common import TurnCounter, check_action, check_int
+from marlhf.envs.multiturn.tasks.common import TurnCounter, adopt_source, check_action, check_int
 from marlhf.envs.sandbox import SandboxResult, Status
 from marlhf.tokenization import TokenCodec
 
@@ -128,7 +128,7 @@ class CodeFeedbackEnv:
         """An independent copy at the current state (the source task is shared: read only)."""
         twin = CodeFeedbackEnv(self.source, self.max_turns, self.error_chars)
         twin.index, twin.grade, twin.last_result = self.index, self.grade, self.last_result
-        twin.turns.turn, twin.turns.done = self.turns.turn, self.turns.done
+        twin.turns.copy_from(self.turns)
         return twin
 
 
@@ -182,14 +182,7 @@ class CodeFeedbackTask(MultiTurnTask):
         self.env_kwargs = {"max_turns": max_turns, "error_chars": error_chars}
         probe = self.make_env()  # validates the arguments
         self.name = f"CodeFeedback({split})"
-        self.codec = self.source.codec
-        eos = self.codec.eos_token_id
-        if eos is None:
-            raise ValueError(f"{self.name}: the codec has no EOS token to end turns with")
-        self.end_of_turn_id = int(eos)
-        self.max_turns = probe.max_turns
-        self.max_turn_tokens = self.source.max_new_tokens
-        self.max_prompt_len = self.source.max_prompt_len
+        adopt_source(self, self.source, probe.max_turns)
         # the longest verdict line (ASCII: at most one token a character) before the prompt
         widest = SandboxResult(Status.COMPILE_ERROR, 999, 999, 0.0)
         verdict = len(self.encode_observation(feedback_message(widest, 0))) + probe.error_chars

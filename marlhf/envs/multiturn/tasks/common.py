@@ -1,5 +1,6 @@
-"""Helpers shared by the multi-turn tasks: argument checks, the one-turn action distribution of
-the uniform token policy, and a turn counter that refuses steps after the episode ended."""
+"""Helpers shared by the multi-turn tasks: argument checks, the end-of-turn token, the attributes a
+retry task takes from its single-turn source, the one-turn action distribution of the uniform
+token policy, and a turn counter that refuses steps after the episode ended."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from marlhf.envs.multiturn.protocol import TextEnvError
+from marlhf.envs.multiturn.task import MultiTurnTask
+from marlhf.envs.tasks import Task
 from marlhf.tokenization import TokenCodec
 
 #: Above this many token sequences per turn the uniform policy's turn is sampled, not enumerated.
@@ -44,6 +47,26 @@ def check_action(where: str, action: object) -> str:
             f"{where}.step: action must be a str (the agent's turn), got {type(action).__name__}"
         )
     return action
+
+
+def end_of_turn_token(where: str, codec: TokenCodec) -> int:
+    """The codec's EOS id, which ends the agent's turns; a ValueError naming ``where`` when the
+    codec has none."""
+    eos = codec.eos_token_id
+    if eos is None:
+        raise ValueError(f"{where}: the codec has no EOS token to end turns with")
+    return int(eos)
+
+
+def adopt_source(task: MultiTurnTask, source: Task, max_turns: int) -> None:
+    """Set the token-level attributes a retry task takes from its single-turn ``source``: the
+    codec, its EOS as the end of turn, the source's horizon as the tokens per turn and its
+    longest prompt; and the turn limit ``max_turns``. ``task.name`` must be set (for errors)."""
+    task.codec = source.codec
+    task.end_of_turn_id = end_of_turn_token(task.name, task.codec)
+    task.max_turns = max_turns
+    task.max_turn_tokens = source.max_new_tokens
+    task.max_prompt_len = source.max_prompt_len
 
 
 def uniform_turn_texts(
@@ -112,6 +135,10 @@ class TurnCounter:
     def start(self) -> None:
         self.turn = 0
         self.done = False
+
+    def copy_from(self, other: TurnCounter) -> None:
+        """Take ``other``'s turns used and whether its episode ended (for an env's ``clone``)."""
+        self.turn, self.done = other.turn, other.done
 
     def advance(self) -> None:
         """Count one turn; a step before ``reset`` or after the end is an error."""

@@ -30,12 +30,12 @@ import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from marlhf.envs.multiturn.task import MultiTurnTask
-from marlhf.envs.multiturn.tasks.common import check_int
+from marlhf.envs.multiturn.tasks.common import check_int, end_of_turn_token
 from marlhf.envs.multiturn.tasks.gem_adapter import GemTextEnv, import_gem, make_gem_env
 from marlhf.envs.tasks import resolve_codec
 from marlhf.tokenization import TokenCodec
@@ -240,10 +240,7 @@ class GemGameTask(MultiTurnTask):
         self.include_suffix = include_suffix
         self.name = game if level == "easy" else f"{game}({level})"
         self.codec = resolve_codec(codec, tokenizer)
-        eos = self.codec.eos_token_id
-        if eos is None:
-            raise ValueError(f"{self.name}: the codec has no EOS token to end turns with")
-        self.end_of_turn_id = int(eos)
+        self.end_of_turn_id = end_of_turn_token(self.name, self.codec)
         self.max_turn_tokens = check_int(self.name, "max_turn_tokens", max_turn_tokens, 2, 1024)
         probe = self.make_env()
         self.max_turns = int(probe.env.max_turns)
@@ -270,12 +267,15 @@ class GemGameTask(MultiTurnTask):
         return prompt + 16, obs + 16
 
 
-class GemHanoiTask(GemGameTask):
-    """GEM's Tower of Hanoi.
+class _OneGameTask(GemGameTask):
+    """:class:`GemGameTask` for the game named by the subclass's ``GAME`` (a key of
+    :data:`GAMES`).
 
     Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
     pass the model's tokenizer.
     """
+
+    GAME: ClassVar[str]
 
     def __init__(
         self,
@@ -285,40 +285,22 @@ class GemHanoiTask(GemGameTask):
         max_turn_tokens: int = 24,
         include_suffix: bool = True,
     ) -> None:
-        super().__init__("GemHanoi", level, codec, tokenizer, max_turn_tokens, include_suffix)
+        super().__init__(self.GAME, level, codec, tokenizer, max_turn_tokens, include_suffix)
 
 
-class GemMastermindTask(GemGameTask):
-    """GEM's Mastermind.
+class GemHanoiTask(_OneGameTask):
+    """GEM's Tower of Hanoi (the arguments: see :class:`_OneGameTask`)."""
 
-    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
-    pass the model's tokenizer.
-    """
-
-    def __init__(
-        self,
-        level: str = "easy",
-        codec: TokenCodec | None = None,
-        tokenizer: Any = None,
-        max_turn_tokens: int = 24,
-        include_suffix: bool = True,
-    ) -> None:
-        super().__init__("GemMastermind", level, codec, tokenizer, max_turn_tokens, include_suffix)
+    GAME = "GemHanoi"
 
 
-class GemSokobanTask(GemGameTask):
-    """GEM's Sokoban, easy level.
+class GemMastermindTask(_OneGameTask):
+    """GEM's Mastermind (the arguments: see :class:`_OneGameTask`)."""
 
-    Takes :class:`GemGameTask`'s arguments but ``game``, spelled out: the CLI reads them to
-    pass the model's tokenizer.
-    """
+    GAME = "GemMastermind"
 
-    def __init__(
-        self,
-        level: str = "easy",
-        codec: TokenCodec | None = None,
-        tokenizer: Any = None,
-        max_turn_tokens: int = 24,
-        include_suffix: bool = True,
-    ) -> None:
-        super().__init__("GemSokoban", level, codec, tokenizer, max_turn_tokens, include_suffix)
+
+class GemSokobanTask(_OneGameTask):
+    """GEM's Sokoban, easy level (the arguments: see :class:`_OneGameTask`)."""
+
+    GAME = "GemSokoban"

@@ -36,6 +36,7 @@ from marlhf.envs.multiturn.tasks.common import (
     check_action,
     check_float,
     check_int,
+    end_of_turn_token,
     uniform_turn_texts,
 )
 from marlhf.envs.tasks import resolve_codec
@@ -240,10 +241,7 @@ class GuessTheNumberTask(MultiTurnTask):
         else:
             self.codec = resolve_codec(codec, tokenizer)
             self._allowed = []
-        eos = self.codec.eos_token_id
-        if eos is None:
-            raise ValueError(f"{self.name}: the codec has no EOS token to end turns with")
-        self.end_of_turn_id = int(eos)
+        self.end_of_turn_id = end_of_turn_token(self.name, self.codec)
         self.max_turns = probe.max_turns
         default_turn = len(str(probe.high)) + 1 if symbols else 6
         self.max_turn_tokens = check_int(

@@ -25,7 +25,13 @@ from typing import Any
 import numpy as np
 
 from marlhf.envs.multiturn.task import MultiTurnTask
-from marlhf.envs.multiturn.tasks.common import TurnCounter, check_action, check_float, check_int
+from marlhf.envs.multiturn.tasks.common import (
+    TurnCounter,
+    adopt_source,
+    check_action,
+    check_float,
+    check_int,
+)
 from marlhf.envs.reasoning import ReasoningGymTask
 from marlhf.tokenization import TokenCodec
 
@@ -105,7 +111,7 @@ class ReasoningRetryEnv:
         """An independent copy at the current state (the source task is shared: read only)."""
         twin = ReasoningRetryEnv(self.source, self.max_turns, self.feedback, self.retry_cost)
         twin.index, twin.score = self.index, self.score
-        twin.turns.turn, twin.turns.done = self.turns.turn, self.turns.done
+        twin.turns.copy_from(self.turns)
         return twin
 
 
@@ -158,14 +164,7 @@ class ReasoningRetryTask(MultiTurnTask):
         }
         probe = self.make_env()  # validates the arguments
         self.name = f"ReasoningRetry({dataset}, {split})"
-        self.codec = self.source.codec
-        eos = self.codec.eos_token_id
-        if eos is None:
-            raise ValueError(f"{self.name}: the codec has no EOS token to end turns with")
-        self.end_of_turn_id = int(eos)
-        self.max_turns = probe.max_turns
-        self.max_turn_tokens = self.source.max_new_tokens
-        self.max_prompt_len = self.source.max_prompt_len
+        adopt_source(self, self.source, probe.max_turns)
         self.max_obs_tokens = max(len(self.encode_observation(t)) for t in (feedback, CORRECT))
         self.optimal_return = 1.0
         self.random_return = -probe.retry_cost * probe.max_turns
