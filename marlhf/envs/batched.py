@@ -28,7 +28,7 @@ import torch
 
 from marlhf.envs.action_checks import check_actions
 from marlhf.envs.registration import make_task
-from marlhf.envs.reset_options import RESET_OPTIONS, check_prefixes, check_prompts, group_size
+from marlhf.envs.reset_options import RESET_OPTIONS, check_prefixes, check_prompts
 from marlhf.envs.tasks import Prompt, RewardBatch, Task, check_rewards, nonfinite_message
 from marlhf.envs.token_vector_env import TokenVectorEnv
 from marlhf.envs.token_vector_env import observation_space as observation_space  # re-exported
@@ -118,15 +118,7 @@ class BatchedTokenEnv(TokenVectorEnv):
             ``info["group_ids"]`` is ``int64[B]`` (``arange(B) // K``) on :attr:`device`.
         :raises ValueError: an unknown option, or a bad value (named with the valid ones).
         """
-        super().reset(seed=seed)
-        options = options or {}
-        unknown = set(options) - set(RESET_OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"{self._where()}: unknown reset options {sorted(unknown)}; "
-                f"valid: {list(RESET_OPTIONS)}"
-            )
-        K = group_size(options.get("group_size", 1), self.num_envs, self._where())
+        options, K = self._begin_reset(seed, options, RESET_OPTIONS)
         count = self.num_envs // K
         if "prompts" in options:
             given = options["prompts"]

@@ -1,12 +1,15 @@
-"""What the two batched token envs share: :class:`TokenVectorEnv`, the base of
-:class:`~marlhf.envs.BatchedTokenEnv` (single-turn) and
+"""What the two batched token envs share.
+
+:class:`TokenVectorEnv`, the base of :class:`~marlhf.envs.BatchedTokenEnv` (single-turn) and
 :class:`~marlhf.envs.multiturn.env.MultiTurnTokenEnv`, sets up the attributes both derive the
 same way from their task (codec ids, lengths, Gymnasium spaces, device, sampler seed, action
-masks), and :func:`observation_space` is the single-row observation space of both.
+masks) and begins a reset as both do (reseed, check the options, read ``group_size``);
+:func:`observation_space` is the single-row observation space of both.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,6 +19,7 @@ from gymnasium.utils import seeding
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
+from marlhf.envs.reset_options import group_size
 from marlhf.models import resolve_device
 from marlhf.tokenization import TokenCodec
 
@@ -52,6 +56,27 @@ class TokenVectorEnv(VectorEnv):
         "autoreset_mode": AutoresetMode.DISABLED,
         "render_modes": [],
     }
+
+    def _where(self) -> str:
+        """The env as error messages name it."""
+        return type(self).__name__
+
+    def _begin_reset(
+        self, seed: int | None, options: dict[str, Any] | None, valid: Sequence[str]
+    ) -> tuple[dict[str, Any], int]:
+        """Reseed (``VectorEnv.reset``), check the reset ``options``' names against ``valid``
+        and read their ``group_size``.
+
+        :returns: ``(options, K)``: the options (``{}`` for ``None``) and the group size.
+        """
+        super().reset(seed=seed)
+        options = options or {}
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise ValueError(
+                f"{self._where()}: unknown reset options {sorted(unknown)}; valid: {list(valid)}"
+            )
+        return options, group_size(options.get("group_size", 1), self.num_envs, self._where())
 
     def _set_up(
         self, task: TokenTask, num_envs: int, device: str | torch.device, seed: int | None

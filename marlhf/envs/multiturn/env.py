@@ -35,7 +35,7 @@ from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text
 from marlhf.envs.multiturn.record import TurnRecord
 from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
 from marlhf.envs.registration import task_factory
-from marlhf.envs.reset_options import check_prompts, group_size
+from marlhf.envs.reset_options import check_prompts
 from marlhf.envs.tasks import Prompt
 from marlhf.envs.token_vector_env import TokenVectorEnv
 
@@ -146,15 +146,7 @@ class MultiTurnTokenEnv(TokenVectorEnv):
             (``metadata["seed"]`` is the env
             seed) and, with ``group_size``, ``info["group_ids"]``.
         """
-        super().reset(seed=seed)
-        options = options or {}
-        unknown = set(options) - set(RESET_OPTIONS)
-        if unknown:
-            raise ValueError(
-                f"{self._where()}: unknown reset options {sorted(unknown)}; "
-                f"valid: {list(RESET_OPTIONS)}"
-            )
-        K = group_size(options.get("group_size", 1), self.num_envs, self._where())
+        options, K = self._begin_reset(seed, options, RESET_OPTIONS)
         count = self.num_envs // K
         if "prompts" in options:
             given = check_prompts(
