@@ -37,6 +37,8 @@ SPINNING_THREADS = 1
 #: The count this module last saw or set: torch's count at import, then each count applied. A
 #: different count later means that the user called ``torch.set_num_threads`` themselves.
 _last_count = torch.get_num_threads()
+#: Whether the policy has applied a count in this process; later calls without one keep it.
+_applied = False
 
 
 def threads_from_env() -> int | None:
@@ -74,6 +76,9 @@ def chosen_threads(requested: int | None = None) -> int | None:
         return None
     if torch.get_num_threads() != _last_count:
         return None  # the user set it in this process
+    if _applied:
+        return None  # a count was applied earlier in this process (e.g. compare's
+        # threads_per_worker before it builds the agents): keep it
     return default_threads()
 
 
@@ -113,10 +118,11 @@ def apply_thread_policy(requested: int | None = None) -> int:
 
     :param requested: a count the caller was given (e.g. ``num_threads`` of ``marlhf train``).
     """
-    global _last_count
+    global _last_count, _applied
     count = chosen_threads(requested)
     if count is not None:
         if count != torch.get_num_threads():
             torch.set_num_threads(count)
         _last_count = count
+        _applied = True
     return torch.get_num_threads()

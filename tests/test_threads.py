@@ -24,6 +24,7 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         monkeypatch.delenv(name, raising=False)
     before = torch.get_num_threads()
     monkeypatch.setattr(threads, "_last_count", before)
+    monkeypatch.setattr(threads, "_applied", False)
     yield
     torch.set_num_threads(before)
 
@@ -74,6 +75,17 @@ def test_the_cli_refuses_a_bad_value_in_one_line(
     assert main(["train", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("marlhf train: error: MARLHF_NUM_THREADS='many'") and err.count("\n") == 1
+
+
+def test_an_applied_count_is_kept_by_later_calls_without_one(
+    clean: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # compare applies threads_per_worker, then builds agents (which apply the policy again): the
+    # agents must not replace the worker's count with the default (it moved the demo's numbers).
+    monkeypatch.setattr(threads, "passive_wait", lambda: True)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 8)
+    assert threads.apply_thread_policy(requested=1) == 1
+    assert threads.apply_thread_policy() == 1 == torch.get_num_threads()
 
 
 def test_building_an_agent_applies_the_policy(clean: None) -> None:
