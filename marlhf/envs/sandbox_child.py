@@ -84,28 +84,41 @@ def decode(data: Any) -> Any:
     return _decode(data, 0, budget)
 
 
-def _decode(data: Any, depth: int, budget: list[int]) -> Any:
-    budget[0] -= 1
-    if budget[0] < 0 or depth > MAX_DEPTH:
-        raise PlainDataError("too deep or too large")
+def split_leaf(data: Any) -> tuple[str | None, Any]:
+    """One node of :func:`encode`'s data: ``(None, value)`` for a scalar (None, bool, int, str,
+    float, bytes), or ``(tag, body)`` for a container (a tag whose body is a list).
+
+    Shared by :func:`decode` (here, in the sandbox) and the trainer's hash-free decoder
+    (:mod:`marlhf.envs.sandbox_plain`), so both read the scalars the same way.
+    """
     kind = type(data)
     if data is None or kind is bool or kind is int or kind is str:
-        return data
+        return None, data
     if kind is not dict or len(data) != 1:
         raise PlainDataError(f"unexpected {kind.__name__} in plain data")
     ((tag, body),) = data.items()
     if tag == "float" and type(body) is str:
         try:
-            return float(body)
+            return None, float(body)
         except ValueError as exc:
             raise PlainDataError(f"bad float {body[:40]!r}") from exc
     if tag == "bytes" and type(body) is str:
         try:
-            return bytes.fromhex(body)
+            return None, bytes.fromhex(body)
         except ValueError as exc:
             raise PlainDataError("bad bytes") from exc
     if type(body) is not list:
         raise PlainDataError(f"unknown tag {str(tag)[:40]!r}")
+    return tag, body
+
+
+def _decode(data: Any, depth: int, budget: list[int]) -> Any:
+    budget[0] -= 1
+    if budget[0] < 0 or depth > MAX_DEPTH:
+        raise PlainDataError("too deep or too large")
+    tag, body = split_leaf(data)
+    if tag is None:
+        return body
     items = [_decode(v, depth + 1, budget) for v in body] if tag != "dict" else []
     try:
         if tag == "list":

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from marlhf.envs.sandbox_child import MAX_DEPTH, PlainDataError
+from marlhf.envs.sandbox_child import MAX_DEPTH, PlainDataError, split_leaf
 
 __all__ = [
     "MAX_NODES",
@@ -161,24 +161,9 @@ def _decode(data: Any, depth: int, budget: _Budget) -> Any:
     budget.spend()
     if depth > MAX_DEPTH:
         raise PlainDataError("too deep")
-    kind = type(data)
-    if data is None or kind is bool or kind is int or kind is str:
-        return data
-    if kind is not dict or len(data) != 1:
-        raise PlainDataError(f"unexpected {kind.__name__} in plain data")
-    ((tag, body),) = data.items()
-    if tag == "float" and type(body) is str:
-        try:
-            return float(body)
-        except ValueError as exc:
-            raise PlainDataError(f"bad float {body[:40]!r}") from exc
-    if tag == "bytes" and type(body) is str:
-        try:
-            return bytes.fromhex(body)
-        except ValueError as exc:
-            raise PlainDataError("bad bytes") from exc
-    if type(body) is not list:
-        raise PlainDataError(f"unknown tag {str(tag)[:40]!r}")
+    tag, body = split_leaf(data)
+    if tag is None:
+        return body
     if tag in ("list", "tuple"):
         items = [_decode(v, depth + 1, budget) for v in body]
         return items if tag == "list" else tuple(items)
