@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 
 import os as _os
 import sys as _sys
+from typing import TYPE_CHECKING, Any
 
 # OpenMP threads that sleep while they wait instead of spinning: on a machine whose cores other
 # processes use, spinning threads slowed training many times over (docs/threads.md). OpenMP
@@ -22,7 +23,18 @@ from marlhf.envs.registration import register_envs as _register_envs  # noqa: E4
 
 _register_envs()
 
-# SB3's convention: `from marlhf import PPO, MAPPO` (after the env ids are registered).
-from marlhf.agents import MAPPO, PPO  # noqa: E402
+# SB3's convention: `from marlhf import PPO, MAPPO`, imported on first use (so that `marlhf
+# --help` does not load the training stack).
+if TYPE_CHECKING:
+    from marlhf.agents import MAPPO, PPO
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("PPO", "MAPPO"):
+        import marlhf.agents
+
+        return getattr(marlhf.agents, name)
+    raise AttributeError(f"module 'marlhf' has no attribute {name!r}")
+
 
 __all__ = ["MAPPO", "PPO", "__version__"]

@@ -23,6 +23,7 @@ from marlhf.agents.estimators import (
 from marlhf.agents.mappo import MAPPO
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
 from marlhf.agents.ppo import PPO
+from marlhf.agents.presets import register_preset
 
 __all__ = [
     "MAPPO",
@@ -41,4 +42,5 @@ __all__ = [
     "available_estimators",
     "available_presets",
     "register_estimator",
+    "register_preset",
 ]
