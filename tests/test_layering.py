@@ -14,6 +14,7 @@ One test per rule: a failure names the rule and lists every import against it.
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,7 @@ def module_name(path: Path, root: Path = ROOT) -> str:
     return ".".join(["marlhf", *parts])
 
 
+@functools.cache
 def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[int, str]]:
     """``(line, absolute module)`` of every import in ``source``.
 
@@ -179,6 +181,7 @@ def imported_modules(source: str, module: str, is_package: bool) -> list[tuple[i
     return found
 
 
+@functools.cache
 def current(module: str) -> str:
     """The module an old import path (``marlhf._compat``) stands for; other names as they are."""
     parts = module.split(".")
@@ -191,6 +194,7 @@ def current(module: str) -> str:
     return module
 
 
+@functools.cache
 def unit(module: str) -> str | None:
     """The unit of :data:`LAYERS` holding ``module`` (the longest one that prefixes it)."""
     module = current(module)
@@ -247,7 +251,9 @@ def all_modules() -> list[Path]:
     return sorted(ROOT.rglob("*.py"))
 
 
+@functools.cache
 def _sources() -> list[tuple[str, str, bool]]:
+    """``(module, source, is_package)`` of every module (read once per session)."""
     return [
         (module_name(p), p.read_text(encoding="utf-8"), p.name == "__init__.py")
         for p in all_modules()
