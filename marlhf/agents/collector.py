@@ -156,6 +156,7 @@ class RolloutCollector:
         listening = callback is not None and not (
             isinstance(callback, CallbackList) and not callback.callbacks
         )
+        listener = callback if listening else None
         device_type = self.device.type
 
         def settings() -> tuple[Any, ...]:
@@ -202,11 +203,11 @@ class RolloutCollector:
             # While the env knows on the host that no row has finished, all are active: reading
             # the count from the device would stall the CPU until the GPU caught up, every token.
             n_active = n_envs if not env.any_done else n_envs - int(done.sum())
-            if listening:
-                callback.update_locals({**locals(), "self": owner or self})
+            if listener is not None:
+                listener.update_locals({**locals(), "self": owner or self})
             if callback is not None and not callback.on_step():
                 return False
-            if listening:
+            if listener is not None:
                 policy, generator, sampling, autocast = settings()
         if multiturn:
             buffer.set_turns(env.turn_record())

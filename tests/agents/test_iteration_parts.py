@@ -28,7 +28,7 @@ from tests.agents.conftest import CueEnv, tiny_model
 SEED = 3
 #: name -> (algorithm class, env factory, keyword arguments). The cases cover a critic (GAE),
 #: macro starts, groups, masked actions and the two baseline rollouts (greedy, Monte-Carlo).
-CASES: dict[str, tuple[type, str, dict[str, Any]]] = {
+CASES: dict[str, tuple[type[PPO], str, dict[str, Any]]] = {
     "ppo": (PPO, "cue", {"preset": "ppo", "batch_size": 4, "n_epochs": 2}),
     "mappo": (MAPPO, "cue", {"termination": "ngram:2", "batch_size": 4, "n_epochs": 2}),
     "grpo": (PPO, "cue", {"preset": "grpo", "group_size": 2, "batch_size": 4}),
@@ -128,7 +128,8 @@ def test_collector_alone_fills_the_buffer_the_algorithm_fills(case: str) -> None
     # the KV cache is kept only for an estimator that forks it (Monte-Carlo values)
     assert (collector.cache is not None) == (case == "vineppo")
     if CASES[case][2].get("group_size"):
-        assert torch.equal(collector.buffer.group_ids, algo.rollout_buffer.group_ids)
+        mine, theirs = collector.buffer.group_ids, algo.rollout_buffer.group_ids
+        assert mine is not None and theirs is not None and torch.equal(mine, theirs)
     # a second rollout continues the env's seed stream (no reseed) as the algorithm's does
     assert algo.collect(algo._init_callback(None, False))
     _collect(collector)
@@ -220,6 +221,7 @@ def test_updater_alone_takes_the_algorithms_steps(case: str, overrides: dict[str
     algo._setup_learn(1, None, True, "run", False)
     assert algo.collect_rollouts(algo._init_callback(None, False))
     buf = algo.rollout_buffer
+    assert buf is not None
     deferred = buf.logprobs_deferred
     assert deferred == (case == "grpo")  # the deferred path is the one under test there
     updater, mine = _updater(algo)
