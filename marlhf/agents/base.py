@@ -191,6 +191,10 @@ class LMOnPolicyAlgorithm(IterationStages):
         self._attach_env(env)
         self._check_batch_size()
         check_estimator_env(self.config.estimator, env)  # turns, state_key(), clone()
+        if self.termination is not None:  # a budget above the horizon, a learned one's inputs
+            from marlhf.agents.termination_training import check_termination
+
+            check_termination(self)
 
     def _check_batch_size(self) -> None:
         env = self.env
