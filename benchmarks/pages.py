@@ -358,13 +358,13 @@ def _turn_credit_block(text: str) -> str:
 def _credit_multiturn_md(text: str) -> str:
     """``docs/credit_multiturn.md``: the ``turn_credit.json`` block, then the comparison's
     ``turn_compare.json`` block."""
-    from benchmarks import turn_compare
+    from benchmarks import turn_compare_doc as doc
 
     text = _turn_credit_block(text)
-    if turn_compare.BEGIN not in text:
+    if doc.BEGIN not in text:
         return text
-    block = turn_compare.render_block(_results(turn_compare.RESULTS))
-    return _via_file(text, lambda p: turn_compare.replace_block(p, block))
+    block = doc.render_block(_results(RESULTS_DIR / "turn_compare.json"))
+    return _via_file(text, lambda p: doc.replace_block(p, block))
 
 
 def _reasoning_md(text: str) -> str:
@@ -379,7 +379,10 @@ def _credit_learned_md(text: str) -> str:
     data = _results(RESULTS_DIR / "learned_terms.json")
     with tempfile.TemporaryDirectory(prefix="marlhf-pages-") as tmp:
         png = Path(tmp) / "learned_cuts.png"  # the plot is not compared, only the page
-        return _via_file(text, lambda p: learned_terms_doc.render(data, p, png))
+        return _via_file(
+            text,
+            lambda p: learned_terms_doc.render(data, p, png, RESULTS_DIR / "learned_terms.json"),
+        )
 
 
 #: page -> renderer (its committed text -> the text its results file gives).

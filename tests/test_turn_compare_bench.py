@@ -1,4 +1,5 @@
-"""benchmarks/turn_compare.py: the audited schemes, the generated verdict, the rendered block."""
+"""benchmarks/turn_compare.py and its doc renderer: the audited schemes, the generated verdict,
+the rendered block."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import turn_compare as tc
+from benchmarks import turn_compare_doc as doc
 
 
 def test_every_agent_but_vineppo_is_audited_with_its_own_estimator() -> None:
@@ -25,8 +27,8 @@ def test_every_agent_but_vineppo_is_audited_with_its_own_estimator() -> None:
 
 def test_best_overlapping_names_the_agents_whose_interval_reaches_the_best() -> None:
     rows = [("a", 0.5, 0.1), ("b", 0.45, 0.02), ("c", 0.2, 0.1), ("d", 0.36, 0.05)]
-    assert tc.best_overlapping(rows) == ("a", ["b", "d"])
-    assert tc.best_overlapping([("a", 1.0, 0.0), ("b", 0.0, 0.5)]) == ("a", [])
+    assert doc.best_overlapping(rows) == ("a", ["b", "d"])
+    assert doc.best_overlapping([("a", 1.0, 0.0), ("b", 0.0, 0.5)]) == ("a", [])
 
 
 def _scheme(corr: float | None) -> dict[str, Any]:
@@ -84,8 +86,8 @@ def _data() -> dict[str, Any]:
 
 
 def test_block_renders_tables_verdict_and_loads() -> None:
-    block = tc.render_block(_data())
-    assert block.startswith(tc.BEGIN) and block.endswith(tc.END)
+    block = doc.render_block(_data())
+    assert block.startswith(doc.BEGIN) and block.endswith(doc.END)
     assert "### marlhf/GuessTheNumber-v0 (high=4)" in block
     assert (
         "- closest to the truth (correlation over all turns, mean over snapshots): ppo (0.900)"
@@ -100,17 +102,19 @@ def test_block_renders_tables_verdict_and_loads() -> None:
     assert "| igpo | 2.50 | 2.50x | 2.00x |" in block
     assert "load average 1.0, 2.0, 3.0 before, 2.0, 2.0, 2.0 after" in block
     assert "| rebn | n/a / 1.000 | n/a |" in block  # an undefined correlation stays visible
+    assert "- closest per turn index: turn 0: ppo (0.900)." in block
 
 
 def test_audit_overall_skips_undefined_correlations() -> None:
     audit = _data()["tasks"]["guess"]["audit"]
     audit["snapshots"].append({**audit["snapshots"][0], "schemes": {"ppo": _scheme(0.5)}})
-    assert tc.audit_overall(audit) == pytest.approx({"ppo": 0.7, "gigpo": 0.2})
+    assert doc.audit_overall(audit) == pytest.approx({"ppo": 0.7, "gigpo": 0.2})
+    assert doc.audit_per_turn(audit) == [pytest.approx({"ppo": 0.7, "gigpo": 0.2})]
 
 
 def test_the_doc_holds_the_block_markers() -> None:
-    text = (tc.DOCS_DIR / "credit_multiturn.md").read_text(encoding="utf-8")
-    assert text.count(tc.BEGIN) == 1 and text.count(tc.END) == 1
+    text = (doc.DOCS_DIR / "credit_multiturn.md").read_text(encoding="utf-8")
+    assert text.count(doc.BEGIN) == 1 and text.count(doc.END) == 1
 
 
 @pytest.mark.slow
