@@ -19,21 +19,25 @@ _WAIT_POLICY_GIVEN = _os.environ.get("OMP_WAIT_POLICY")  # set before us (shell,
 if _os.environ.get("MARLHF_NUM_THREADS", "").strip() != "torch":
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from marlhf.envs.registration import register_envs as _register_envs  # noqa: E402
+from marlhf import _compat  # noqa: E402
+
+_compat.install()  # old import paths (marlhf.agents.*, marlhf.training.*) for one release
+
+from marlhf.envs.core.registration import register_envs as _register_envs  # noqa: E402
 
 _register_envs()
 
 # SB3's convention: `from marlhf import PPO, MAPPO`, imported on first use (so that `marlhf
 # --help` does not load the training stack).
 if TYPE_CHECKING:
-    from marlhf.agents import MAPPO, PPO
+    from marlhf.algorithms import MAPPO, PPO
 
 
 def __getattr__(name: str) -> Any:
     if name in ("PPO", "MAPPO"):
-        import marlhf.agents
+        import marlhf.algorithms
 
-        return getattr(marlhf.agents, name)
+        return getattr(marlhf.algorithms, name)
     raise AttributeError(f"module 'marlhf' has no attribute {name!r}")
 
 

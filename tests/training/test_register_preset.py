@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.agents import PRESETS, Preset, register_preset
-from marlhf.agents.config import PPOConfig, resolve_config
-from marlhf.training.cli import main
-from marlhf.training.config import ConfigError, load_config
-from marlhf.training.configs import TrainConfig
+from marlhf.algorithms import PRESETS, Preset, register_preset
+from marlhf.algorithms.config import PPOConfig, resolve_config
+from marlhf.cli.main import main
+from marlhf.config.commands import TrainConfig
+from marlhf.config.parse import ConfigError, load_config
 from tests.training.conftest import TINY, sets
 
 MINE = Preset(

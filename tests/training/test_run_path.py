@@ -11,14 +11,15 @@ from typing import Any
 
 import pytest
 
-from marlhf.agents.config import MAPPOConfig, PPOConfig
-from marlhf.training import compare, runner
-from marlhf.training.cli import main
-from marlhf.training.config import ConfigError, load_config
-from marlhf.training.configs import CompareConfig
-from marlhf.training.errors import during_run, is_config_error
-from marlhf.training.request import RunRequest
-from marlhf.training.runner import agent_from_config, build_env_and_model
+from marlhf.algorithms.config import MAPPOConfig, PPOConfig
+from marlhf.cli.main import main
+from marlhf.commands import compare
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import ConfigError, load_config
+from marlhf.runs import runner
+from marlhf.runs.errors import during_run, is_config_error
+from marlhf.runs.request import RunRequest
+from marlhf.runs.runner import agent_from_config, build_env_and_model
 from tests.training.conftest import TINY, sets
 
 FEW = [*TINY, "seeds=[0, 1]", "terminations=[ngram:3]", "agents=[grpo, rloo@ngram:2]"]
@@ -89,8 +90,8 @@ def test_decoding_a_request_applies_no_preset(
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("presets resolved again")
 
-    monkeypatch.setattr("marlhf.agents.config.resolve_config", refuse)
-    monkeypatch.setattr("marlhf.agents.presets.resolve_config", refuse)
+    monkeypatch.setattr("marlhf.algorithms.config.resolve_config", refuse)
+    monkeypatch.setattr("marlhf.algorithms.presets.resolve_config", refuse)
     assert RunRequest.from_dict(request.to_dict()) == request
 
 
