@@ -236,19 +236,29 @@ AUDIT_EPISODES = 32  # per rollout
 AUDIT_ROLLOUTS = 4  # pooled per snapshot
 
 
-def audit_rollout(algo: Any, task: Any) -> dict[str, Any]:
-    """Every ``AUDIT_SPECS`` estimator on the agent's last rollout, and the exact truth: per
-    scheme the per-turn values (:func:`marlhf.agents.turn_audit.turn_values`); task rewards,
-    no KL."""
+#: A scheme the audit re-estimates: ``(estimator spec, config it reads, segments = turns)``;
+#: segments = turns makes the rollout's segment starts its turn starts (MA-PPO@turn's macros).
+Scheme = tuple[str, Any, bool]
+
+
+def audit_rollout(algo: Any, task: Any, schemes: dict[str, Scheme] | None = None) -> dict[str, Any]:
+    """Every scheme (default: ``AUDIT_SPECS`` with the agent's config) on the agent's last
+    rollout, and the exact truth: per scheme the per-turn values
+    (:func:`marlhf.agents.turn_audit.turn_values`); task rewards, no KL. Potentials (IGPO,
+    TRACE) are scored under the agent's policy and reference when a scheme declares them."""
     from marlhf.agents.estimators import EstimatorBatch, get_estimator
     from marlhf.agents.truth_base import Sampling
     from marlhf.agents.truth_multiturn import exact_turn_advantages
     from marlhf.agents.turn_audit import turn_values
+    from marlhf.agents.turn_potentials import fill_potentials
 
+    if schemes is None:
+        schemes = {spec: (spec, algo.config, False) for spec in AUDIT_SPECS}
     buf = algo.rollout_buffer
     started = time.perf_counter()
-    group = int(algo.config.group_size)  # the reset's prompts are one per group
-    prompts = [p for p in algo._rollout_prompts for _ in range(group)]
+    prompts = list(algo._rollout_prompts)  # one per row (older envs: one per group)
+    if len(prompts) != buf.action_ids.shape[0]:
+        prompts = [p for p in prompts for _ in range(int(algo.config.group_size))]
     truth = exact_turn_advantages(
         algo.policy, task, prompts, buf.action_ids, buf.credit_mask, sampling=Sampling.of(algo)
     )
@@ -271,11 +281,15 @@ def audit_rollout(algo: Any, task: Any) -> dict[str, Any]:
         truncated=turns.truncated,
         turn_state_keys=turns.turn_state_keys,
     )
+    specs = {name: get_estimator(spec) for name, (spec, _, _) in schemes.items()}
+    requires = frozenset().union(*(e.requires for e in specs.values()))
+    fill_potentials(batch, requires, algo.policy, buf, algo.env)
     values = {}
-    for spec in AUDIT_SPECS:
-        adv = get_estimator(spec).fn(batch, algo.config).advantages.cpu()
-        ids, m, n = turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
-        values[spec] = turn_values(adv, truth.advantages, ids, m, n)
+    ids, m, n = turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
+    for name, (_, config, by_turn) in schemes.items():
+        batch.starts = (turns.turn_starts & mask) if by_turn else buf.starts
+        adv = specs[name].fn(batch, config).advantages.cpu()
+        values[name] = turn_values(adv, truth.advantages, ids, m, n)
     return {
         "truth_s": truth_s,
         "score": float(buf.task_rewards.sum(dim=1).mean()),

@@ -1,9 +1,11 @@
-"""``LMOnPolicyAlgorithm``: what PPO and MAPPO share (setup, rollout, learn loop, save/load).
+"""``LMOnPolicyAlgorithm``: what PPO and MAPPO share (setup, the SB3 surface, save/load).
 
-The rollout follows docs/design.md's data flow: reset (one episode per env row) -> token-by-token
-sampling with the KV cache as recurrent state -> no-grad log-probs, reference log-probs and values
-of the whole rollout in one forward -> shaped rewards -> macro starts from the termination (every
-token when there is none) -> GAE. The update itself is :meth:`train`, written by the subclass.
+One iteration is three collaborators the algorithm wires (docs/design.md, "One iteration"):
+the :class:`~marlhf.agents.collector.RolloutCollector` fills the buffer (reset, token-by-token
+sampling with the KV cache as recurrent state), the credit pipeline of
+:mod:`marlhf.agents.pipeline` turns it into advantages (score -> shape -> segment -> estimate),
+and the :class:`~marlhf.agents.updater.PPOUpdater` takes the optimizer steps. The algorithm keeps
+the counters, the logger, the callbacks and the stage methods SB3 users and the tests call.
 """
 
 from __future__ import annotations
@@ -28,12 +30,13 @@ from stable_baselines3.common.utils import configure_logger
 from marlhf.agents import distributed as dist_utils
 from marlhf.agents import save_util
 from marlhf.agents.buffer import LMRolloutBuffer
+from marlhf.agents.collector import RolloutCollector, autocast_for, sampling_kwargs
 from marlhf.agents.config import PPOConfig, resolve_config
 from marlhf.agents.fsdp import shard_policy
 from marlhf.agents.kl import make_kl_controller
 from marlhf.agents.policy import CausalLMActorCritic, GenerationState
-from marlhf.agents.stages import IterationStages
 from marlhf.agents.turn_checks import check_estimator_env
+from marlhf.agents.updater import PPOUpdater
 from marlhf.envs.batched import BatchedTokenEnv
 from marlhf.envs.sb3_vec import sb3_vec_env
 from marlhf.models import resolve_device
@@ -71,7 +74,7 @@ class TokenProgressBar(ProgressBarCallback):
         return True
 
 
-class LMOnPolicyAlgorithm(IterationStages):
+class LMOnPolicyAlgorithm:
     """Base of the on-policy LM algorithms (see :class:`marlhf.agents.PPO` for the arguments).
 
     The hyper-parameters live in ``self.config`` (a :class:`~marlhf.agents.config.PPOConfig`);
@@ -80,7 +83,11 @@ class LMOnPolicyAlgorithm(IterationStages):
 
     #: The config dataclass of the algorithm (its fields are the keyword arguments).
     config_class: ClassVar[type[PPOConfig]] = PPOConfig
-    config: PPOConfig
+    #: Skip the policy's own scoring forward when the update is exactly on-policy (one epoch of
+    #: one minibatch) and nothing before the update reads the policy's log-probs: the update's
+    #: forward gives them (as TRL's GRPOTrainer does). False always scores (a switch for tests
+    #: and measurements; nothing changes but the cost).
+    skip_on_policy_scoring: bool = True
 
     def __init__(
         self,
@@ -95,7 +102,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         device: str | torch.device = "auto",
         **hyperparams: Any,
     ) -> None:
-        self.config = resolve_config(self.config_class, preset, hyperparams)
+        self._config = resolve_config(self.config_class, preset, hyperparams)
         apply_thread_policy()  # one torch thread unless the user chose (marlhf.threads)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
@@ -121,9 +128,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         self.num_timesteps = 0
         self._total_timesteps = 0
         self._num_timesteps_at_start = 0
-        self._n_updates = 0
         self._iteration = 0
-        self._env_seeded = False
         self._custom_logger = False
         self._logger: Logger | None = None
         #: The last rollout's and update's logged values (also sent to the logger).
@@ -151,7 +156,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         # (Sharded: the optimizer holds this rank's shards; the weights are gathered after.)
         params = list(self.policy.trainable_parameters())
         lr, wd = self.config.learning_rate, self.config.weight_decay
-        self.optimizer: torch.optim.Optimizer = (
+        optimizer: torch.optim.Optimizer = (
             torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=wd)
             if wd > 0
             else torch.optim.Adam(params, lr=lr, eps=1e-5)
@@ -172,13 +177,68 @@ class LMOnPolicyAlgorithm(IterationStages):
         #: Tokens generated for baselines (continuations, greedy rollouts), not trained on;
         #: also counted in ``num_timesteps``, so budgets stay compute-matched.
         self.mc_tokens = 0
-        self._rollout_prompts: list[Any] | None = None
-        self._rollout_state: GenerationState | None = None
+        #: The baseline tokens of the current rollout (logged as ``rollout/mc_tokens``).
+        self._rollout_mc_tokens = 0
+        #: Stage 1: env, policy, sampling and KV cache -> a filled buffer.
+        self.collector = RolloutCollector(
+            self.policy,
+            self.config,
+            device=self.device,
+            world=self.world,
+            seed=self.seed,
+            generator=self.sample_generator,
+            mc_generator=self.mc_generator,
+        )
+        #: Stage 6: the loss and the optimizer steps over the buffer.
+        self.updater = PPOUpdater(
+            self.policy,
+            optimizer,
+            self.config,
+            self.kl_ctl,
+            world=self.world,
+            device=self.device,
+            shuffle_generator=self.shuffle_generator,
+            verbose=verbose,
+        )
         self.env: Any = None
         self._sb3_view: Any = None  # get_env()'s view of self.env, made when first asked for
         self.rollout_buffer: LMRolloutBuffer | None = None
         if env is not None:
             self.set_env(env)
+
+    @property
+    def config(self) -> PPOConfig:
+        """The hyper-parameters (replaced, never mutated, when one changes: ``model.kl_coef = x``
+        gives the collector and the updater the new config too)."""
+        return self._config
+
+    @config.setter
+    def config(self, value: PPOConfig) -> None:
+        self._config = value
+        for part in (self.__dict__.get("collector"), self.__dict__.get("updater")):
+            if part is not None:
+                part.config = value
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        """The optimizer over the policy's trainable parameters (the updater's)."""
+        return self.updater.optimizer
+
+    @property
+    def _n_updates(self) -> int:
+        return self.updater.n_updates
+
+    @_n_updates.setter
+    def _n_updates(self, value: int) -> None:
+        self.updater.n_updates = value
+
+    @property
+    def _env_seeded(self) -> bool:
+        return self.collector.env_seeded
+
+    @_env_seeded.setter
+    def _env_seeded(self, value: bool) -> None:
+        self.collector.env_seeded = value
 
     @property
     def hyperparams(self) -> dict[str, Any]:
@@ -191,6 +251,10 @@ class LMOnPolicyAlgorithm(IterationStages):
         self._attach_env(env)
         self._check_batch_size()
         check_estimator_env(self.config.estimator, env)  # turns, state_key(), clone()
+        if self.termination is not None:  # a budget above the horizon, a learned one's inputs
+            from marlhf.agents.termination_training import check_termination
+
+            check_termination(self)
 
     def _check_batch_size(self) -> None:
         env = self.env
@@ -237,6 +301,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         self.rollout_buffer = LMRolloutBuffer(
             self.n_envs, int(env.max_prompt_len), int(env.max_new_tokens), self.device
         )
+        self.collector.attach(env, self.rollout_buffer)
 
     def get_env(self) -> Any:
         """SB3's ``VecEnv`` view of the env the algorithm trains on (``None`` before
@@ -270,8 +335,7 @@ class LMOnPolicyAlgorithm(IterationStages):
         return None
 
     def _autocast(self) -> Any:
-        enabled = bool(self.config.bf16) and self.device.type == "cuda"
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=enabled)
+        return autocast_for(self.config, self.device)
 
     # ---------------------------------------------------------------- rollout
     def predict(
@@ -325,13 +389,16 @@ class LMOnPolicyAlgorithm(IterationStages):
         return (actions.cpu().numpy() if as_numpy else actions), (state if keep else None)
 
     def _sampling_kwargs(self) -> dict[str, Any]:
-        return {
-            "temperature": self.config.temperature,
-            "top_k": self.config.top_k,
-            "top_p": self.config.top_p,
-        }
+        return sampling_kwargs(self.config)
 
     # ---------------------------------------------------------------- learn
+    def collect_rollouts(self, callback: BaseCallback) -> bool:
+        """One iteration's data into the rollout buffer (implemented by the subclass).
+
+        :return: False when a callback asked to stop.
+        """
+        raise NotImplementedError
+
     def train(self) -> None:
         """One update on the current rollout buffer (implemented by the subclass)."""
         raise NotImplementedError

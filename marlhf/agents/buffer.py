@@ -144,6 +144,12 @@ class LMRolloutBuffer:
         self.greedy_rewards: torch.Tensor | None = None
         #: Whether ``values``/``returns`` hold a critic's values (False for critic-free credit).
         self.has_values = False
+        #: ``float[B, N]`` per-token entropy of the scoring forward, kept only for a termination
+        #: that cuts on it (``None`` otherwise).
+        self.entropy: torch.Tensor | None = None
+        #: Whether ``logprobs`` still wait for the update's forward to give them (zeros until
+        #: then; :func:`marlhf.agents.pipeline.score` with ``defer=True``).
+        self.logprobs_deferred = False
         #: ``bool[B]`` rows the update learns from (False: left out, e.g. a uniform group), or
         #: ``bool[B, N]`` tokens (SPO's probability mask takes single tokens out).
         self.keep = torch.ones(b, dtype=torch.bool, device=dev)
@@ -163,14 +169,24 @@ class LMRolloutBuffer:
         self.prompt_mask.copy_(attention_mask[:, -self.prompt_len :])
 
     def set_scores(
-        self, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, values: torch.Tensor | None
+        self,
+        logprobs: torch.Tensor,
+        ref_logprobs: torch.Tensor,
+        values: torch.Tensor | None,
+        entropy: torch.Tensor | None = None,
+        deferred: bool = False,
     ) -> None:
         """Store the no-grad scores of the rollout (``float[B, N]`` each, in the action layout;
         0 written on padding).
 
         :param values: the critic's values, or ``None`` when the estimator needs no critic.
+        :param entropy: the per-token entropy, or ``None`` when nothing reads it.
+        :param deferred: ``logprobs`` are placeholders the update fills
+            (:meth:`fill_logprobs`).
         """
         mask = self.credit_mask
+        self.entropy = entropy
+        self.logprobs_deferred = deferred
         self.logprobs = torch.where(mask, logprobs.float(), 0.0)
         self.ref_logprobs = torch.where(mask, ref_logprobs.float(), 0.0)
         self.has_values = values is not None
@@ -179,6 +195,13 @@ class LMRolloutBuffer:
             if values is None
             else torch.where(mask, values.float(), 0.0)
         )
+
+    def fill_logprobs(self, rows: torch.Tensor, logprobs: torch.Tensor) -> None:
+        """Store the policy's log-probs ``float[b, N]`` of ``rows`` that scoring deferred
+        (0 written on padding); the buffer's log-probs are then complete."""
+        mask = self.credit_mask[rows]
+        self.logprobs[rows] = torch.where(mask, logprobs.detach().float(), 0.0)
+        self.logprobs_deferred = False
 
     def set_rewards(self, rewards: torch.Tensor) -> None:
         """Store the shaped rewards ``float[B, N]`` (what the estimator credits)."""

@@ -25,7 +25,8 @@ Inputs an estimator may declare (``ESTIMATOR_INPUTS``):
 - ``turn_state_keys``: the env's ``state_key()`` at the start of each turn;
 - ``turn_potentials``: ``float[B, K]``, ``Phi(s) = log p(gold | s)`` under the policy at each
   turn start (:mod:`marlhf.agents.turn_potentials`); ``ref_turn_potentials``: the same under the
-  frozen reference.
+  frozen reference; ``turn_mean_probs`` / ``ref_turn_mean_probs``: IGPO's length-normalised
+  probability of the gold answer ``exp(mean_j log p(g_j | s, g_<j))`` instead.
 
 Turn-level estimators live in :mod:`marlhf.agents.turn_credit`; estimator *specs* with options
 (``gigpo:omega=0.5``) and weighted sums (``grpo + 0.5 * gigpo_step``) are resolved by
@@ -54,6 +55,8 @@ ESTIMATOR_INPUTS: tuple[str, ...] = (
     "turn_state_keys",
     "turn_potentials",
     "ref_turn_potentials",
+    "turn_mean_probs",
+    "ref_turn_mean_probs",
 )
 
 
@@ -91,6 +94,8 @@ class EstimatorBatch:
     turn_state_keys: list[list[Hashable]] | None = None
     turn_potentials: Tensor | None = None
     ref_turn_potentials: Tensor | None = None
+    turn_mean_probs: Tensor | None = None
+    ref_turn_mean_probs: Tensor | None = None
 
 
 @dataclass

@@ -2,24 +2,29 @@
 
 Every response token is one action. :class:`marlhf.agents.MAPPO` is this same class with a
 termination, so token-level PPO is MAPPO with every token its own macro action.
+
+An iteration is :meth:`PPO.collect_rollouts` then :meth:`PPO.train`, wiring three collaborators
+that each work alone (docs/design.md, "One iteration"): the collector
+(:class:`~marlhf.agents.collector.RolloutCollector`, stage 1), the credit pipeline
+(:mod:`marlhf.agents.pipeline`: score -> shape -> segment -> estimate, stages 2-5) and the updater
+(:class:`~marlhf.agents.updater.PPOUpdater`, stage 6). The stage methods here are one call each.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 from typing import Any
 
-import numpy as np
 import torch
+from stable_baselines3.common.callbacks import BaseCallback
 
 from marlhf.agents import distributed as dist_utils
-from marlhf.agents.advantages import explained_variance, whiten
+from marlhf.agents import pipeline
 from marlhf.agents.base import LMOnPolicyAlgorithm
-from marlhf.agents.buffer import RolloutSamples
+from marlhf.agents.buffer import LMRolloutBuffer, RolloutSamples
 from marlhf.agents.config import PPOConfig, bind_config
-from marlhf.agents.fsdp import local, whole
-from marlhf.agents.losses import entropy_loss, kl_loss, policy_loss, value_loss
+from marlhf.agents.diagnostics import credit_stats
+from marlhf.agents.estimators import Estimate, EstimatorSpec, get_estimator
+from marlhf.agents.policy import GenerationState
 
 
 class PPO(LMOnPolicyAlgorithm):
@@ -44,336 +49,241 @@ class PPO(LMOnPolicyAlgorithm):
     :param device: ``"auto"``, ``"cpu"``, ``"cuda"``...
     """
 
+    # ---------------------------------------------------------------- one iteration
+    @property
+    def estimator_spec(self) -> EstimatorSpec:
+        """The registered advantage estimator named by ``config.estimator``."""
+        return get_estimator(self.config.estimator)
+
+    def _buffer(self) -> LMRolloutBuffer:
+        if self.rollout_buffer is None:
+            raise ValueError("no rollout buffer; call set_env(env) and collect a rollout")
+        return self.rollout_buffer
+
+    def collect_rollouts(self, callback: BaseCallback) -> bool:
+        """One iteration's data: :meth:`collect`, then :meth:`finish_rollout` (score, shape,
+        segment, estimate).
+
+        :return: False when a callback asked to stop (the rollout is then discarded).
+        """
+        callback.on_rollout_start()
+        if not self.collect(callback):
+            return False
+        self.finish_rollout()
+        callback.on_rollout_end()
+        return True
+
+    def collect(self, callback: BaseCallback) -> bool:
+        """Stage 1 (:meth:`RolloutCollector.collect`): reset, then sample token by token and
+        step the env into the rollout buffer; ``num_timesteps`` counts the tokens.
+
+        :return: False when a callback asked to stop (with several ranks: any rank's).
+        """
+        start_timesteps = self.num_timesteps
+        finished = self.collector.collect(callback, self._count_tokens, owner=self)
+        return self._sync_collect(start_timesteps, stopped=not finished)
+
+    def _count_tokens(self, tokens: int) -> None:
+        self.num_timesteps += tokens
+
+    def _sync_collect(self, start_timesteps: int, stopped: bool) -> bool:
+        """Every rank counts every rank's tokens, and stops when any rank's callback asked
+        (so all run the same number of iterations); one process: nothing to do."""
+        if not self.world.distributed:
+            return not stopped
+        local = torch.tensor(
+            [self.num_timesteps - start_timesteps, int(stopped)], dtype=torch.int64
+        ).to(self.device)
+        tokens, any_stopped = (int(v) for v in dist_utils.all_reduce_sum(local).cpu())
+        self.num_timesteps = start_timesteps + tokens
+        return any_stopped == 0
+
+    def finish_rollout(self) -> None:
+        """Stages 2-5 (:mod:`marlhf.agents.pipeline`) on the collected rollout, each one call."""
+        self._rollout_mc_tokens = 0
+        with torch.no_grad():
+            self.score()
+            kl = self.shape()
+            self.segment()
+            estimate = self.estimate()
+        self._rollout_log(kl, estimate)
+        if getattr(self.termination, "trainable", False):  # a learned termination's own step
+            from marlhf.agents.termination_training import train_termination
+
+            self.rollout_stats.update(train_termination(self))
+
+    def score(self) -> None:
+        """Stage 2 (:func:`~marlhf.agents.pipeline.score`), deferring the policy's log-probs
+        to the update when it is exactly on-policy (``skip_on_policy_scoring``)."""
+        buf = self._buffer()
+        defer = self.skip_on_policy_scoring and pipeline.can_defer_policy_scores(
+            self.config,
+            buf,
+            policy=self.policy,
+            termination=self.termination,
+            kl_ctl=self.kl_ctl,
+            world=self.world,
+        )
+        pipeline.score(
+            self.policy,
+            buf,
+            self.config,
+            termination=self.termination,
+            world=self.world,
+            autocast=self._autocast,
+            defer=defer,
+        )
+
+    def ensure_policy_scores(self) -> None:
+        """Score the rollout with the policy now when :meth:`score` left it to the update (for
+        a reader of the buffer's ``logprobs`` before the update, as the credit audit)."""
+        kl_ref = pipeline.ensure_policy_scores(
+            self.policy, self._buffer(), self.config, world=self.world, autocast=self._autocast
+        )
+        if kl_ref is not None:
+            self.rollout_stats["rollout/kl_ref"] = kl_ref
+
+    def shape(self) -> torch.Tensor:
+        """Stage 3 (:func:`~marlhf.agents.pipeline.shape`) at the KL controller's coefficient;
+        returns the per-token KL."""
+        return pipeline.shape(self._buffer(), self.config, float(self.kl_ctl.value))
+
+    def segment(self) -> None:
+        """Stage 4 (:func:`~marlhf.agents.pipeline.segment`): macro starts from the
+        termination (every token when there is none)."""
+        pipeline.segment(
+            self._buffer(),
+            self.termination,
+            codec=getattr(self.env, "codec", None),
+            generator=self.termination_generator,
+            isolate_last=self.config.isolate_last,
+        )
+
+    def estimate(self) -> Estimate:
+        """Stage 5 (:func:`~marlhf.agents.pipeline.estimate`), with the baseline rollouts the
+        estimator declares (greedy rewards, then Monte-Carlo values) run first."""
+        spec = self.estimator_spec
+        greedy = self._greedy_rewards() if "greedy_rewards" in spec.requires else None
+        mc_values = self._mc_values() if "mc_values" in spec.requires else None
+        return pipeline.estimate(
+            self._buffer(),
+            spec,
+            self.config,
+            greedy_rewards=greedy,
+            mc_values=mc_values,
+            policy=self.policy,
+            env=self.env,
+            autocast=self._autocast,
+        )
+
+    def _greedy_rewards(self) -> torch.Tensor:
+        """ReMax's baseline (:meth:`RolloutCollector.greedy_rewards`); its tokens counted."""
+        returns, tokens = self.collector.greedy_rewards()
+        self._count_baseline_tokens(tokens)
+        return returns
+
+    def _mc_values(self) -> torch.Tensor:
+        """Monte-Carlo values (:meth:`RolloutCollector.mc_values`); their tokens counted."""
+        values, tokens = self.collector.mc_values()
+        self._count_baseline_tokens(tokens)
+        return values
+
+    def _count_baseline_tokens(self, tokens: int) -> None:
+        if self.world.distributed:  # every rank counts every rank's tokens
+            tokens = int(dist_utils.global_sum(tokens))
+        self.num_timesteps += tokens
+        self.mc_tokens += tokens
+        self._rollout_mc_tokens += tokens
+
+    def _rollout_log(self, kl: torch.Tensor, estimate: Estimate) -> None:
+        """Log the rollout (``rollout_stats``) and update the KL controller with its KL."""
+        buf = self._buffer()
+        kl_coef = float(self.kl_ctl.value)  # (what shape used: the update is below)
+        kl_per_episode = kl.sum(dim=1)
+        kl_mean = float(kl_per_episode.mean())
+        score_mean = float(buf.task_rewards.sum(dim=1).mean())
+        len_mean = float(buf.lengths.float().mean())
+        n_episodes = self.n_envs * self.world.world_size
+        if self.world.distributed:  # means over every rank's episodes (the controller's KL too)
+            sums = torch.stack(
+                [kl_per_episode.sum(), buf.task_rewards.sum(), buf.lengths.sum().float()]
+            ).double()
+            kl_mean, score_mean, len_mean = (
+                float(v) / n_episodes for v in dist_utils.all_reduce_sum(sums)
+            )
+        self.kl_ctl.update(kl_mean, n_episodes)
+        # The credit diagnostics are this rank's (rank 0 logs them).
+        self.rollout_stats = credit_stats(buf.credit_mask, buf.starts, estimate, self.termination)
+        self.rollout_stats.update(
+            {
+                "rollout/kl_ref": kl_mean,
+                "rollout/kl_coef": kl_coef,
+                "rollout/score_mean": score_mean,
+                "rollout/ep_len_mean": len_mean,
+                "rollout/mc_tokens": float(self._rollout_mc_tokens),
+            }
+        )
+
+    # The collector's state under the names the algorithm had (tests, termination training,
+    # the benchmarks read them).
+    @property
+    def _rollout_prompts(self) -> list[Any] | None:
+        return self.collector.prompts
+
+    @_rollout_prompts.setter
+    def _rollout_prompts(self, value: list[Any] | None) -> None:
+        self.collector.prompts = value
+
+    @property
+    def _prefill(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.collector.prefill
+
+    @_prefill.setter
+    def _prefill(self, value: tuple[torch.Tensor, torch.Tensor] | None) -> None:
+        self.collector.prefill = value
+
+    @property
+    def _rollout_state(self) -> GenerationState | None:
+        return self.collector.cache
+
+    @_rollout_state.setter
+    def _rollout_state(self, value: GenerationState | None) -> None:
+        self.collector.cache = value
+
+    @property
+    def _rollout_entropy(self) -> torch.Tensor | None:
+        """The last scoring's per-token entropy (when the termination reads it)."""
+        return None if self.rollout_buffer is None else self.rollout_buffer.entropy
+
+    @property
+    def _scores_deferred(self) -> bool:
+        """Whether the last :meth:`score` left the policy's log-probs to the update."""
+        return self.rollout_buffer is not None and self.rollout_buffer.logprobs_deferred
+
     def train(self) -> None:
-        """Stage 6: ``n_epochs`` of minibatch PPO updates on the rollout buffer (CleanRL-style)."""
+        """Stage 6: one update (:class:`~marlhf.agents.updater.PPOUpdater`) on the rollout
+        buffer; its values go to ``train_stats`` and the logger."""
         buf = self.rollout_buffer
         if buf is None:
             raise ValueError("train: no rollout buffer; call set_env(env) and collect a rollout")
-        sharded = self.policy.fsdp
-        with sharded.update() if sharded is not None else contextlib.nullcontext():
-            self._train(buf)
-
-    def _train(self, buf: Any) -> None:
-        self._update_learning_rate()
-        self.policy.train()
-        logs: dict[str, list[float]] = {k: [] for k in ("pg", "vf", "ent", "clip", "kl")}
-        continue_training = True
-        # Several ranks: each minibatch is the same episodes as one process would draw, every
-        # mean is over all ranks' normalisers, the gradients are summed over ranks before
-        # clipping, and the early-stop and non-finite decisions are taken together. Each rank's
-        # loss is weighted by its part of the global normaliser of each term, as micro-batches
-        # are (_accumulate; a token share alone is wrong for the per-response aggregations), so
-        # without micro-batches each rank's rows are one chunk.
-        distributed = self.world.distributed
-        micro = self.config.micro_batch_size
-        if micro is None and distributed:
-            micro = max(1, buf.num_envs)
-        for epoch in range(self.config.n_epochs):
-            for mb in self._minibatches(buf):
-                if micro is not None:
-                    # Gradients accumulated over micro-batches; the decisions come after them.
-                    parts, kl = self._accumulate(mb, micro)
-                    logs["kl"].append(kl)
-                    if self._early_stop(epoch, kl):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        continue_training = False
-                        break
-                    self._step()
-                    for key, value in zip(("pg", "vf", "ent", "clip"), parts, strict=True):
-                        logs[key].append(value)
-                    continue
-                # One process, the whole minibatch at once.
-                loss, pg_loss, vf_loss, ent_loss, stats = self._minibatch_loss(mb)
-                self._check_loss(loss, pg_loss, vf_loss, ent_loss)
-                logs["kl"].append(float(stats["approx_kl"]))
-                if self._early_stop(epoch, logs["kl"][-1]):
-                    continue_training = False
-                    break
-
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self._step()
-                for key, value in (
-                    ("pg", pg_loss.item()),
-                    ("vf", vf_loss.item()),
-                    ("ent", ent_loss.item()),
-                    ("clip", stats["clip_fraction"]),
-                ):
-                    logs[key].append(float(value))
-            if not continue_training:
-                break
-        if distributed:  # each rank holds its parts of the global values: sum them
-            for key in ("pg", "vf", "ent", "clip"):
-                logs[key] = dist_utils.global_sums(logs[key])
-
-        self.train_stats = {
-            "train/policy_loss": _mean(logs["pg"]),
-            "train/value_loss": _mean(logs["vf"]) if buf.has_values else float("nan"),
-            "train/entropy": -_mean(logs["ent"]),
-            "train/approx_kl": _mean(logs["kl"]),
-            "train/clip_fraction": _mean(logs["clip"]),
-            "train/explained_variance": (
-                explained_variance(buf.values, buf.returns, buf.credit_mask)
-                if buf.has_values
-                else float("nan")
-            ),
-            "train/learning_rate": self.optimizer.param_groups[0]["lr"],
-        }
+        self.updater.verbose = self.verbose
+        progress = self.num_timesteps / max(self._total_timesteps, 1)
+        self.train_stats = self.updater.update(buf, progress)
+        if self.updater.kl_ref is not None:  # the scores the update filled in (deferred)
+            self.rollout_stats["rollout/kl_ref"] = self.updater.kl_ref
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
 
-    def _early_stop(self, epoch: int, kl: float) -> bool:
-        """Whether ``target_kl`` stops the epochs at this minibatch's ``approx_kl``."""
-        if self.config.target_kl is None or not kl > 1.5 * self.config.target_kl:
-            return False
-        if self.verbose >= 1 and self.world.is_main:
-            print(f"Early stop at epoch {epoch}: approx_kl {kl:.4f}")
-        return True
-
-    def _step(self) -> None:
-        """Sum the gradients over ranks, clip them, and take one optimizer step."""
-        if self.policy.fsdp is None:  # (FSDP has reduce-scattered them in the backward)
-            dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
-        if self.config.max_grad_norm is not None:
-            grad_norm = torch.nn.utils.clip_grad_norm_(
-                list(self.policy.trainable_parameters()), self.config.max_grad_norm
-            )
-            self._check_loss(whole(grad_norm), names=("gradient norm",))
-        self.optimizer.step()
-        # Free the gradients now rather than at the next minibatch: they would otherwise stay
-        # resident through the next rollout (a model's size; FSDP: its shard).
-        self.optimizer.zero_grad(set_to_none=True)
-        self._check_parameters()
-        self._n_updates += 1
-
-    def _accumulate(self, mb: RolloutSamples, size: int) -> tuple[list[float], float]:
-        """Forward and backward ``mb`` in chunks of at most ``size`` rows (gradient accumulation).
-
-        The advantages are whitened over the whole (global) minibatch first. Each chunk's loss
-        is weighted by its part of the global minibatch's normaliser, so the chunks' gradients
-        sum to the whole minibatch's: the policy loss by its ``loss_agg`` (token-mean: real
-        tokens; seq-mean-token-mean: responses with a real token; seq-sum-constant: rows x
-        columns), every other term (value, entropy, KL in the loss, the statistics) by real
-        tokens. With several ranks, the same weights make each rank's sum its part of the global
-        values, which the caller adds over ranks as for the whole-minibatch path.
-
-        :return: this rank's parts of the minibatch's ``[policy, value, entropy, clip fraction]``
-            and the global ``approx_kl``.
-        """
-        mask = _update_mask(mb)
-        advantages = self._advantages(mb, mask)
-        totals = dist_utils.global_sums(
-            [float(mask.sum()), float(mask.any(dim=1).sum()), float(mask.numel())]
-        )
-        # This rank's parts of the minibatch's total, policy, value and entropy losses (tensors,
-        # for the non-finite check), then of its clip fraction and approx_kl.
-        losses = [torch.zeros((), dtype=torch.float64, device=mask.device) for _ in range(4)]
-        clip = kl = 0.0
-        self.optimizer.zero_grad(set_to_none=True)
-        begins = list(range(0, mask.shape[0], size))
-        if self.policy.fsdp is not None:
-            # Every rank makes as many forward and backward calls as the busiest one (each
-            # gathers parameters collectively): the others run a row at weight 0.
-            most = int(dist_utils.all_reduce_max(torch.tensor(len(begins))))
-            for _ in range(most - len(begins)):
-                self._idle_chunk()
-        for begin in begins:
-            rows = slice(begin, begin + size)
-            sliced = {f.name: getattr(mb, f.name) for f in dataclasses.fields(RolloutSamples)}
-            micro = dataclasses.replace(
-                mb, **{k: v[rows] for k, v in sliced.items() if v is not None}
-            )
-            micro.advantages = advantages[rows]
-            m = mask[rows]
-            counts = (float(m.sum()), float(m.any(dim=1).sum()), float(m.numel()))
-            shares = [c / t if t > 0 else 0.0 for c, t in zip(counts, totals, strict=True)]
-            pg_w, tok_w = shares[_AGG_SHARE[self.config.loss_agg]], shares[0]
-            loss, pg_loss, vf_loss, ent_loss, stats = self._minibatch_loss(
-                micro, whitened=True, weights=(pg_w, tok_w)
-            )
-            for i, (value, w) in enumerate(
-                ((loss, 1.0), (pg_loss, pg_w), (vf_loss, tok_w), (ent_loss, tok_w))
-            ):
-                losses[i] = losses[i] + value.detach().double() * w
-            clip += float(stats["clip_fraction"]) * tok_w
-            kl += float(stats["approx_kl"]) * tok_w
-            loss.backward()  # frees this chunk's activations before the next one's forward
-        self._together(self._check_loss, *losses)
-        return [float(x) for x in losses[1:]] + [clip], dist_utils.global_token_mean(kl, 1.0)
-
-    def _idle_chunk(self) -> None:
-        """A forward and backward of one rollout row at weight 0: no gradient, but this rank
-        takes part in the sharded update's collectives (FSDP)."""
-        assert self.rollout_buffer is not None
-        row = self.rollout_buffer.rows(torch.zeros(1, dtype=torch.long, device=self.device))
-        row.advantages = torch.zeros_like(row.advantages)
-        loss = self._minibatch_loss(row, whitened=True, weights=(0.0, 0.0))[0]
-        (loss * 0.0).backward()
-
-    def _advantages(self, mb: RolloutSamples, mask: torch.Tensor) -> torch.Tensor:
-        """The minibatch's advantages, whitened over its global tokens when configured."""
-        if not self.config.normalize_advantage:
-            return mb.advantages
-        distributed = self.world.distributed
-        return (dist_utils.global_whiten if distributed else whiten)(mb.advantages, mask)
-
     def _minibatch_loss(
-        self,
-        mb: RolloutSamples,
-        *,
-        whitened: bool = False,
-        weights: tuple[float, float] = (1.0, 1.0),
+        self, mb: RolloutSamples, **kwargs: Any
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
-        """The loss of one minibatch: ``(total, policy, value, entropy, stats)``.
-
-        :param whitened: ``mb.advantages`` are already whitened (by :meth:`_accumulate`).
-        :param weights: ``(policy, tokens)``: the total weights the policy loss by the first and
-            the token-mean terms by the second (1.0 each: the plain sum, bitwise).
-        """
-        mask = _update_mask(mb)
-        advantages = mb.advantages if whitened else self._advantages(mb, mask)
-        if mask.shape[0] == 0:  # this rank holds none of the minibatch's episodes
-            zero = torch.zeros((), device=mask.device)
-            return zero, zero, zero, zero, {"approx_kl": 0.0, "clip_fraction": 0.0}
-        with_values = self.rollout_buffer is not None and self.rollout_buffer.has_values
-        with self._autocast():
-            logp, entropy, values = self.policy.evaluate_actions(
-                mb.input_ids,
-                mb.attention_mask,
-                mb.response_mask,
-                temperature=self.config.scoring_temperature,
-                action_mask=mb.action_mask,
-                with_values=with_values,
-                # No graph for an entropy the loss does not weight (it is only logged).
-                entropy="grad" if self.config.ent_coef != 0 else "no_grad",
-            )
-        if mb.action_index is not None:  # multi-turn: the actions only, as the advantages
-            logp, entropy = mb.to_actions(logp), mb.to_actions(entropy)
-            values = None if values is None else mb.to_actions(values)
-        old_logprobs = mb.old_logprobs
-        if self._scores_deferred:  # one epoch of one minibatch: the rollout's own log-probs
-            old_logprobs = logp.detach().float()
-            self.fill_policy_scores(self._deferred_rows, old_logprobs)
-        pg_loss, stats = policy_loss(
-            logp.float(),
-            old_logprobs,
-            advantages,
-            mask,
-            mb.starts,
-            clip_range=self.config.clip_range,
-            ratio_level=self.config.ratio_level,
-            clip_range_high=self.config.clip_range_high,
-            loss_agg=self.config.loss_agg,
-            dual_clip=self.config.dual_clip,
-        )
-        if values is None:  # an estimator without a critic: no value loss at all
-            vf_loss = torch.zeros((), device=pg_loss.device)
-        else:
-            vf_loss = value_loss(
-                values.float(),
-                mb.old_values,
-                mb.returns,
-                mask,
-                clip_range_vf=self.config.clip_range_vf,
-            )
-        ent_loss = entropy_loss(entropy.float(), mask)
-        pg_w, tok_w = weights
-        loss = pg_w * pg_loss + tok_w * (self.config.ent_coef * ent_loss)
-        if self.config.kl_in == "loss" and self.kl_ctl.value > 0:
-            # The KL to the reference as a loss term (GRPO: k3), on the current log-probs,
-            # aggregated (and so weighted) like the policy loss.
-            kl = kl_loss(
-                logp.float(),
-                mb.ref_logprobs,
-                mask,
-                estimator=self.config.kl_estimator,
-                loss_agg=self.config.loss_agg,
-                clamp=self.config.kl_clamp,
-            )
-            loss = loss + pg_w * (float(self.kl_ctl.value) * kl)
-        if values is not None:
-            loss = loss + tok_w * (self.config.vf_coef * vf_loss)
-        return loss, pg_loss, vf_loss, ent_loss, stats
-
-    def _minibatches(self, buf: Any) -> Any:
-        """The rollout's minibatches; with several ranks, this rank's rows of each global one."""
-        if self._scores_deferred:  # one minibatch (of the rows in buf.get's order)
-            order = torch.randperm(buf.num_envs, generator=self.shuffle_generator)
-            self._deferred_rows = order.to(buf.device)
-            return iter([buf.rows(self._deferred_rows)])
-        if not self.world.distributed:
-            return buf.get(self.config.batch_size, self.shuffle_generator)
-        return (
-            buf.rows(idx.to(buf.device))
-            for idx in dist_utils.shard_minibatches(
-                buf.num_envs, self.config.batch_size, self.shuffle_generator, self.world
-            )
-        )
-
-    def _update_learning_rate(self) -> None:
-        """Warm-up then constant or linear decay, by the fraction of ``total_timesteps`` done."""
-        cfg = self.config
-        if cfg.lr_schedule == "constant" and cfg.warmup_fraction == 0.0:
-            return
-        done = self.num_timesteps / max(self._total_timesteps, 1)
-        scale = 1.0
-        if cfg.warmup_fraction > 0.0 and done < cfg.warmup_fraction:
-            scale = done / cfg.warmup_fraction
-        elif cfg.lr_schedule == "linear":
-            span = max(1.0 - cfg.warmup_fraction, 1e-12)
-            scale = max(0.0, 1.0 - (done - cfg.warmup_fraction) / span)
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * scale
-
-    def _check_parameters(self) -> None:
-        # One reduction per tensor: cheap next to the update, and it stops training before a
-        # corrupted model samples, is evaluated or is saved.
-        # Sharded (FSDP), each rank checks its shards and all decide together.
-        params = list(self.policy.trainable_parameters())
-        total = torch.stack([local(p).detach().float().sum() for p in params]).sum()
-        error = None
-        if not bool(torch.isfinite(total)):
-            bad = next(
-                n for n, p in self.policy.named_parameters() if not local(p).isfinite().all()
-            )
-            error = FloatingPointError(
-                f"non-finite parameter {bad!r} after update {self._n_updates} "
-                f"(learning_rate={self.config.learning_rate}); training stopped before the "
-                "model is used or saved"
-            )
-        if self.policy.fsdp is not None:
-            dist_utils.raise_together(error)
-        elif error is not None:
-            raise error
-
-    def _check_loss(
-        self,
-        *losses: torch.Tensor,
-        names: tuple[str, ...] = ("total loss", "policy loss", "value loss", "entropy loss"),
-    ) -> None:
-        # The components first, so the message names where the non-finite value came from.
-        for name, value in list(zip(names, losses, strict=False))[::-1]:
-            if not bool(torch.isfinite(value)):
-                raise FloatingPointError(
-                    f"non-finite {name} ({value.item()}) at update {self._n_updates}; "
-                    "training stopped before the optimizer step"
-                )
-
-
-#: Which of ``(real tokens, responses with a real token, rows x columns)`` each ``loss_agg``
-#: divides the policy loss by (:func:`marlhf.agents.losses.policy_loss`).
-_AGG_SHARE = {"token-mean": 0, "seq-mean-token-mean": 1, "seq-sum-constant": 2}
-
-
-def _update_mask(mb: RolloutSamples) -> torch.Tensor:
-    """``bool[b, T]``: the tokens the update learns from: real response tokens (multi-turn: the
-    actions, in the action layout) of kept rows, less the tokens a per-token rule took out
-    (``keep`` is ``bool[b]`` or ``bool[b, T]``)."""
-    keep = mb.keep if mb.keep.dim() == 2 else mb.keep[:, None]
-    return mb.loss_mask & keep
-
-
-def _mean(values: list[float]) -> float:
-    return float(np.mean(values)) if values else float("nan")
+        """The update's loss of one minibatch of the rollout buffer
+        (:meth:`~marlhf.agents.updater.PPOUpdater.minibatch_loss`)."""
+        assert self.rollout_buffer is not None
+        self.updater.kl_ref = None
+        out = self.updater.minibatch_loss(self.rollout_buffer, mb, **kwargs)
+        if self.updater.kl_ref is not None:
+            self.rollout_stats["rollout/kl_ref"] = self.updater.kl_ref
+        return out
 
 
 bind_config(PPO, PPOConfig)

@@ -53,6 +53,63 @@ def policy_fingerprint(policy: Any) -> str:
     return f"{type(base).__name__}-h{hidden_size(base)}"
 
 
+def check_target(target: str, task: Any) -> None:
+    """Raise naming ``target`` for ``"exact"`` on a task without a decisive depth."""
+    if target == "exact" and getattr(task, "decisive_tokens", None) is None:
+        name = getattr(task, "name", type(task).__name__)
+        raise ValueError(
+            f"learned: target='exact' needs a task with a decisive depth (decisive_tokens); "
+            f"task {name!r} declares none; use target='mc' or target='auto' (valid: "
+            "auto, exact, mc)"
+        )
+
+
+def supported_estimator(name: str) -> Any:
+    """The registered estimator ``name``; raises naming ``estimator`` when the oracle cannot
+    recompute its advantages for each cut set it tries."""
+    spec = get_estimator(name)
+    missing = sorted(set(spec.requires) & set(_UNSUPPORTED))
+    if missing:
+        raise ValueError(
+            f"learned: estimator={spec.name!r} needs {missing}, which the oracle cannot "
+            "recompute for each cut set; use a learned termination with an estimator that "
+            "needs neither (gae, grpo, rloo, reinforce_pp, ...)"
+        )
+    return spec
+
+
+def check_termination(algo: Any) -> None:
+    """Before training (when the agent gets its env): refuse, naming the field, what its
+    termination cannot serve or a learned termination cannot train on, rather than after a
+    first rollout.
+
+    - a cut ``budget`` above the env's horizon (``max_new_tokens``; valid: 1..horizon);
+    - a learned termination trained for another policy (``arch``, ``vocab_size``), also when
+      it is used frozen (``steps=0``);
+    - ``target='exact'`` on a task without a decisive depth;
+    - an estimator whose advantages the oracle cannot recompute, or a multi-turn env.
+    """
+    term, env = algo.termination, algo.env
+    check_horizon = getattr(term, "check_horizon", None)
+    if callable(check_horizon):
+        check_horizon(int(env.max_new_tokens))
+    if not getattr(term, "trainable", False):
+        return
+    term.check_policy(policy_fingerprint(algo.policy), int(algo.policy.vocab_size))
+    if term.steps == 0:  # used frozen: nothing below is needed
+        return
+    if callable(getattr(env, "turn_record", None)):
+        raise ValueError(
+            f"learned: {type(env).__name__} is a multi-turn env, which a learned termination "
+            "cannot train on (its truth is of single-turn tasks); use steps=0 to apply a "
+            "trained one, or a heuristic termination"
+        )
+    supported_estimator(algo.config.estimator)
+    task = getattr(env, "task", None)
+    if task is not None:
+        check_target(term.target, task)
+
+
 def target_advantages(
     target: str,
     policy: Any,
@@ -69,13 +126,8 @@ def target_advantages(
 
     :raises ValueError: naming ``target`` for ``"exact"`` on a task without a decisive depth.
     """
+    check_target(target, task)
     decisive = getattr(task, "decisive_tokens", None)
-    if target == "exact" and decisive is None:
-        raise ValueError(
-            f"learned: target='exact' needs a task with a decisive depth (decisive_tokens); "
-            f"task {getattr(task, 'name', type(task).__name__)!r} declares none; use "
-            "target='mc' or target='auto'"
-        )
     args = (policy, task, prompts, response_ids, response_mask)
     if target == "exact" or (target == "auto" and decisive is not None):
         return exact_advantages(*args, sampling=sampling)
@@ -152,14 +204,7 @@ def estimator_function(algo: Any, rows: slice) -> Callable[[torch.Tensor], torch
     """``starts -> advantages`` of the agent's estimator on ``rows`` of its rollout, for any
     number of stacked copies of those rows (task rewards, as the audit: the truth is of the
     task's return)."""
-    spec = get_estimator(algo.config.estimator)
-    missing = sorted(set(spec.requires) & set(_UNSUPPORTED))
-    if missing:
-        raise ValueError(
-            f"learned: estimator={spec.name!r} needs {missing}, which the oracle cannot "
-            "recompute for each cut set; use a learned termination with gae, grpo, rloo, "
-            "reinforce_pp or remax-free estimators"
-        )
+    spec = supported_estimator(algo.config.estimator)
     buf = algo.rollout_buffer
     rewards = buf.task_rewards[rows]
     values = buf.values[rows] if buf.has_values else None

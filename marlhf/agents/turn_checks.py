@@ -11,6 +11,8 @@ from typing import Any
 
 from marlhf.agents.estimators import get_estimator
 from marlhf.agents.turn_credit import TurnInputError
+from marlhf.agents.turn_potentials import FIELDS as POTENTIAL_FIELDS
+from marlhf.agents.turn_potentials import has_gold
 from marlhf.envs.multiturn.protocol import env_name, has_state_key
 
 
@@ -72,9 +74,7 @@ def check_estimator_env(estimator: str, env: Any) -> None:
                 f"env {lacking[0]} has none; implement state_key() or choose an estimator "
                 "that does not need it (mt_grpo_fixed, turn_gae, rebn)"
             )
-    if spec.requires & {"turn_potentials", "ref_turn_potentials"}:
-        from marlhf.agents.turn_potentials import has_gold
-
+    if spec.requires & set(POTENTIAL_FIELDS):
         lacking = [env_name(t) for t in texts if not has_gold(t)]
         if lacking:
             raise TurnInputError(

@@ -39,6 +39,7 @@ from marlhf.agents import turn_maths as tm
 from marlhf.agents.combine import register_options
 from marlhf.agents.distributed import global_moments, initialized
 from marlhf.agents.estimators import Estimate, EstimatorBatch, register_estimator
+from marlhf.agents.turn_potentials import KINDS, SOURCES, potential_field
 
 
 class TurnInputError(ValueError):
@@ -154,8 +155,11 @@ class TurnMCOptions:
 class PotentialOptions:
     """``turn_potential``: per-turn rewards ``r_k + gamma Phi(s_{k+1}) - Phi(s_k)``.
 
-    :param source: the model whose ``log p(gold | s)`` is ``Phi``: ``"policy"`` (IGPO) or
-        ``"reference"`` (a frozen model, TRACE).
+    :param source: the model that scores the gold answer: ``"policy"`` (IGPO) or
+        ``"reference"`` (a frozen model, TRACE / TIPS).
+    :param kind: ``"logprob"`` (``Phi = log p(gold | s)``, the sum over the gold tokens) or
+        ``"mean_prob"`` (IGPO's ``exp(mean_j log p(g_j | s, g_<j))``, the length-normalised
+        probability), :data:`marlhf.agents.turn_potentials.KINDS`.
     :param gamma: discount per turn (1: Ng et al.'s policy-invariant shaping).
     :param terminal: ``"zero"`` (Phi after the last turn is 0: invariant) or ``"last"`` (the
         final turn is not shaped, as IGPO).
@@ -164,12 +168,14 @@ class PotentialOptions:
     """
 
     source: str = "policy"
+    kind: str = "logprob"
     gamma: float = 1.0
     terminal: str = "zero"
     normalize: str = "none"
 
     def __post_init__(self) -> None:
-        _choice("turn_potential", "source", self.source, ("policy", "reference"))
+        _choice("turn_potential", "source", self.source, SOURCES)
+        _choice("turn_potential", "kind", self.kind, KINDS)
         _unit("turn_potential", "gamma", self.gamma)
         _choice("turn_potential", "terminal", self.terminal, ("zero", "last"))
         _choice("turn_potential", "normalize", self.normalize, tm.NORMALISATIONS)
@@ -178,11 +184,16 @@ class PotentialOptions:
     def needs_groups(self) -> bool:
         return self.normalize.startswith(("group", "index"))
 
+    @property
+    def field(self) -> str:
+        """The batch field holding this source's and kind's potentials."""
+        return potential_field(self.source, self.kind)
+
     def requires(self, base: frozenset[str]) -> frozenset[str]:
-        """The reference's potentials instead of the policy's; groups for group normalisations."""
+        """This source's and kind's potentials instead of the policy's log-probabilities;
+        groups for group normalisations."""
         out = set(base)
-        if self.source == "reference":
-            out = (out - {"turn_potentials"}) | {"ref_turn_potentials"}
+        out = (out - {"turn_potentials"}) | {self.field}
         if self.needs_groups:
             out.add("group_ids")
         return frozenset(out)
@@ -410,13 +421,14 @@ def turn_potential(batch: EstimatorBatch, config: Any, options: Any = None) -> E
     """Potential-shaped per-turn rewards Phi(s') - Phi(s) (IGPO / TRACE; Ng et al. 1999)."""
     opts: PotentialOptions = _options(PotentialOptions, options)
     view = turn_view("turn_potential", batch)
-    field_name = "ref_turn_potentials" if opts.source == "reference" else "turn_potentials"
+    field_name = opts.field
     potentials = getattr(batch, field_name)
     if potentials is None:
         raise _missing(
             "turn_potential",
             field_name,
-            "the potentials log p(gold | s) were not scored (does the env give gold()?)",
+            f"the potentials ({opts.kind} of the gold answer under the {opts.source}) were not "
+            "scored (does the env give gold()?)",
         )
     shaped = tm.potential_rewards(
         view.rewards, _fit(potentials, view.valid.shape[1]), view.valid, opts.gamma, opts.terminal

@@ -56,12 +56,56 @@ def gold_potentials(
     :param action_mask: ``bool[B, V]`` tokens each row may take (as when sampling), or None.
     :param chunk: (row, turn) pairs per forward (None: all at once).
     """
+    if kind not in KINDS:
+        raise ValueError(f"gold_potentials: kind={kind!r} is not valid; choose one of {KINDS}")
+    totals = gold_log_likelihoods(
+        policy,
+        prompt_ids,
+        prompt_mask,
+        response_ids,
+        turn_cols,
+        valid,
+        gold,
+        source=source,
+        temperature=temperature,
+        action_mask=action_mask,
+        chunk=chunk,
+    )
+    return potentials_of(totals, valid, gold, kind)
+
+
+def potentials_of(totals: Tensor, valid: Tensor, gold: list[list[int]], kind: str) -> Tensor:
+    """``Phi`` of kind ``kind`` from the summed gold log-likelihoods ``totals`` (``[B, K]``):
+    the sums themselves, or ``exp(sum / len(gold))`` (0 off ``valid``)."""
+    if kind == "logprob":
+        return totals
+    if kind != "mean_prob":
+        raise ValueError(f"potentials_of: kind={kind!r} is not valid; choose one of {KINDS}")
+    lengths = torch.tensor([len(g) for g in gold], dtype=torch.float64, device=totals.device)
+    return torch.where(valid, torch.exp(totals / lengths[:, None]), 0.0)
+
+
+@torch.no_grad()
+def gold_log_likelihoods(
+    policy: Any,
+    prompt_ids: Tensor,
+    prompt_mask: Tensor,
+    response_ids: Tensor,
+    turn_cols: Tensor,
+    valid: Tensor,
+    gold: list[list[int]],
+    *,
+    source: str = "policy",
+    temperature: float = 1.0,
+    action_mask: Tensor | None = None,
+    chunk: int | None = None,
+) -> Tensor:
+    """``float64[B, K]``: ``sum_j log p(g_j | s_k, g_<j)`` at each turn start (0 off
+    ``valid``); the parameters are :func:`gold_potentials`'s."""
     if source not in SOURCES:
         raise ValueError(
             f"gold_potentials: source={source!r} is not valid; choose one of {SOURCES}"
         )
-    if kind not in KINDS:
-        raise ValueError(f"gold_potentials: kind={kind!r} is not valid; choose one of {KINDS}")
     b, k_max = valid.shape
     if len(gold) != b:
         raise ValueError(f"gold_potentials: {len(gold)} gold answers for {b} rows")
@@ -85,8 +129,8 @@ def gold_potentials(
             temperature,
             action_mask,
         )
-        for (i, k), (total, count) in zip(part, scores, strict=True):
-            out[i, k] = total if kind == "logprob" else torch.exp(torch.tensor(total / count))
+        for (i, k), total in zip(part, scores, strict=True):
+            out[i, k] = total
     return out
 
 
@@ -101,8 +145,8 @@ def _score(
     source: str,
     temperature: float,
     action_mask: Tensor | None,
-) -> list[tuple[float, int]]:
-    """``(sum of the gold tokens' log-probs, their count)`` for each (row, turn) pair."""
+) -> list[float]:
+    """The sum of the gold tokens' log-probs for each (row, turn) pair."""
     device = response_ids.device
     seqs = []
     for i, k in pairs:
@@ -129,12 +173,28 @@ def _score(
     out = []
     for j, (prefix, g) in enumerate(seqs):
         cols = slice(len(prefix), len(prefix) + len(g))
-        out.append((float(logp[j, cols].double().sum()), len(g)))
+        out.append(float(logp[j, cols].double().sum()))
     return out
 
 
-#: EstimatorBatch field of each potential source.
-FIELDS: dict[str, str] = {"turn_potentials": "policy", "ref_turn_potentials": "reference"}
+#: EstimatorBatch field of each potential: ``(source, kind)``.
+FIELDS: dict[str, tuple[str, str]] = {
+    "turn_potentials": ("policy", "logprob"),
+    "ref_turn_potentials": ("reference", "logprob"),
+    "turn_mean_probs": ("policy", "mean_prob"),
+    "ref_turn_mean_probs": ("reference", "mean_prob"),
+}
+
+
+def potential_field(source: str, kind: str) -> str:
+    """The :class:`~marlhf.agents.estimators.EstimatorBatch` field holding ``Phi`` of this
+    source and kind."""
+    for name, key in FIELDS.items():
+        if key == (source, kind):
+            return name
+    raise ValueError(
+        f"no potential field for source={source!r}, kind={kind!r}; sources {SOURCES}, kinds {KINDS}"
+    )
 
 
 def has_gold(env: object) -> bool:
@@ -173,8 +233,10 @@ def fill_potentials(
     temperature: float = 1.0,
     chunk: int | None = None,
 ) -> None:
-    """Set ``batch.turn_potentials`` / ``batch.ref_turn_potentials`` (those declared) to
-    ``log p(gold | s_k)`` at each turn start of the rollout in ``buffer``.
+    """Set the potential fields of ``batch`` that ``requires`` declares (:data:`FIELDS`:
+    ``log p(gold | s_k)`` or its length-normalised probability, under the policy or the
+    reference) at each turn start of the rollout in ``buffer``. Each model scores the gold
+    answer once, whatever the number of kinds asked of it.
 
     The batch is in the buffer's action layout (``batch.turn_ids``, ``batch.num_turns`` filled);
     ``buffer.action_index`` maps an action to its episode column (``None``: the same).
@@ -191,8 +253,11 @@ def fill_potentials(
     index = getattr(buffer, "action_index", None)
     cols = layout.start if index is None else torch.gather(index, 1, layout.start)
     gold = gold_ids(env, env.codec)
-    for name in wanted:
-        value = gold_potentials(
+    for source in SOURCES:
+        names = [f for f in wanted if FIELDS[f][0] == source]
+        if not names:
+            continue
+        totals = gold_log_likelihoods(
             policy,
             buffer.prompt_ids,
             buffer.prompt_mask,
@@ -200,9 +265,10 @@ def fill_potentials(
             cols,
             layout.valid,
             gold,
-            source=FIELDS[name],
+            source=source,
             temperature=temperature,
             action_mask=getattr(buffer, "action_mask", None),
             chunk=chunk,
         )
-        setattr(batch, name, value)
+        for name in names:
+            setattr(batch, name, potentials_of(totals, layout.valid, gold, FIELDS[name][1]))

@@ -197,10 +197,10 @@ def test_nan_value_stops_before_update(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_nan_loss_stops_before_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
     algo = _make(PPO)
-    import marlhf.agents.ppo as ppo_module
+    import marlhf.agents.updater as updater_module
 
-    real = ppo_module.value_loss
-    monkeypatch.setattr(ppo_module, "value_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = updater_module.value_loss
+    monkeypatch.setattr(updater_module, "value_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     before = _params(algo)
     with pytest.raises(FloatingPointError, match="value loss"):
         algo.learn(1)

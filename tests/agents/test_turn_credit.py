@@ -372,6 +372,32 @@ def test_reference_potentials_are_read_from_their_own_field() -> None:
         run("turn_potential", batch)
 
 
+def test_potential_kind_picks_its_field() -> None:
+    assert get_estimator("turn_potential:kind=mean_prob").requires == {"turns", "turn_mean_probs"}
+    assert get_estimator("turn_potential:kind=mean_prob;source=reference").requires == {
+        "turns",
+        "ref_turn_mean_probs",
+    }
+    rows = random_rows(6)
+    batch = to_batch(rows)
+    want = run("turn_potential", batch).advantages
+    batch.turn_mean_probs, batch.turn_potentials = batch.turn_potentials, None
+    torch.testing.assert_close(run("turn_potential:kind=mean_prob", batch).advantages, want)
+    with pytest.raises(TurnInputError, match=r"needs ref_turn_mean_probs.*mean_prob of the gold"):
+        run("turn_potential:kind=mean_prob;source=reference", batch)
+    with pytest.raises(ValueError, match=r"turn_potential: kind='prob' is not valid"):
+        get_estimator("turn_potential:kind=prob")
+
+
+def test_igpo_and_trace_presets_read_their_potentials() -> None:
+    from marlhf.agents.config import PRESETS
+
+    igpo = get_estimator(PRESETS["igpo"].fixed["estimator"])
+    trace = get_estimator(PRESETS["trace"].fixed["estimator"])
+    assert "turn_mean_probs" in igpo.requires and "turn_potentials" not in igpo.requires
+    assert "ref_turn_potentials" in trace.requires and "turn_potentials" not in trace.requires
+
+
 # ------------------------------------------------------------------------------ layout, errors
 def test_env_tokens_and_padding_get_no_credit() -> None:
     rows = random_rows(5)
