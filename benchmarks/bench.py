@@ -87,7 +87,7 @@ def run_step(name: str, cmd: list[str], capture: bool = False, env: Any = None) 
 # ----------------------------------------------------------------------------- child: iteration
 def _build_agent(spec: str) -> Any:
     """The PPO (``spec == "token"``) or MAPPO of the iteration step, seeded."""
-    from marlhf.agents import MAPPO, PPO
+    from marlhf.algorithms import MAPPO, PPO
     from marlhf.envs import BatchedTokenEnv
     from marlhf.models import tiny_gpt2
 

@@ -2,7 +2,7 @@
 
 For each model (tiny GPT-2s, and the SmolLM2-135M architecture with random weights: the step
 time does not depend on their values) one PPO agent per decode path (``decode="eager"``,
-``"static"``, ``"compiled"``, :mod:`marlhf.agents.static_decode`) rolls out ``batch`` rows of
+``"static"``, ``"compiled"``, :mod:`marlhf.policy.static_decode`) rolls out ``batch`` rows of
 ``DelayedChoice`` for exactly ``new_tokens`` tokens (stepping the env; the no-grad scoring after
 the rollout is not run), and the bare KV-cache loop of ``benchmarks/rollout.py`` samples as many
 tokens from the same model. Every round runs each side once, in an order that rotates from round

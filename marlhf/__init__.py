@@ -18,11 +18,15 @@ _WAIT_POLICY_GIVEN = _os.environ.get("OMP_WAIT_POLICY")  # set before us (shell,
 if _os.environ.get("MARLHF_NUM_THREADS", "").strip() != "torch":
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from marlhf.envs.registration import register_envs as _register_envs  # noqa: E402
+from marlhf import _compat  # noqa: E402
+
+_compat.install()  # old import paths (marlhf.agents.*, marlhf.training.*) for one release
+
+from marlhf.envs.core.registration import register_envs as _register_envs  # noqa: E402
 
 _register_envs()
 
 # SB3's convention: `from marlhf import PPO, MAPPO` (after the env ids are registered).
-from marlhf.agents import MAPPO, PPO  # noqa: E402
+from marlhf.algorithms import MAPPO, PPO  # noqa: E402
 
 __all__ = ["MAPPO", "PPO", "__version__"]

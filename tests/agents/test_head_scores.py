@@ -10,10 +10,10 @@ import pytest
 import torch
 from transformers import GPT2LMHeadModel
 
-from marlhf.agents import head_fusion, logprobs
-from marlhf.agents.logprobs import HeadInput
-from marlhf.agents.policy import CausalLMActorCritic
 from marlhf.models import tiny_gpt2
+from marlhf.policy import head_fusion, logprobs
+from marlhf.policy.actor_critic import CausalLMActorCritic
+from marlhf.policy.logprobs import HeadInput
 
 
 def _case(bias: bool, seed: int = 0) -> tuple[torch.Tensor, ...]:

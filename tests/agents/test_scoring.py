@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPO
-from marlhf.agents.policy import CausalLMActorCritic, length_groups, position_ids_from_mask
+from marlhf.algorithms import PPO
+from marlhf.policy.actor_critic import CausalLMActorCritic, length_groups, position_ids_from_mask
 from tests.agents.conftest import CueEnv, tiny_model
 from tests.agents.test_lora import CODEC, NEEDS_PEFT, tiny_llama
 

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPO, static_decode
-from marlhf.agents.policy import CausalLMActorCritic, GenerationState
-from marlhf.agents.vine import fork_state
+from marlhf.algorithms import PPO
+from marlhf.credit.vine import fork_state
 from marlhf.models import tiny_gpt2
+from marlhf.policy import static_decode
+from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
 from tests.agents.conftest import CueEnv, tiny_model
 
 VOCAB = 40
@@ -145,8 +146,8 @@ def test_compiled_decoding_equals_eager() -> None:
 
 
 def test_the_model_section_passes_decode_to_the_policy() -> None:
-    from marlhf.training.config import ConfigError, from_dict
-    from marlhf.training.sections import ModelConfig
+    from marlhf.config.parse import ConfigError, from_dict
+    from marlhf.config.sections import ModelConfig
 
     assert from_dict(ModelConfig, {"decode": "compiled"}).policy_kwargs() == {"decode": "compiled"}
     assert "decode" not in from_dict(ModelConfig, {}).policy_kwargs()
