@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from marlhf import __version__
+from marlhf.algorithms.presets import PRESETS
 from marlhf.commands.credit_audit import AuditConfig
 from marlhf.config.commands import (
     CompareConfig,
@@ -34,8 +36,10 @@ from marlhf.config.commands import (
     TrainConfig,
 )
 from marlhf.config.parse import ConfigError, help_text, load_config, to_dict
+from marlhf.envs.core.registration import import_modules
+from marlhf.options import available_terminations
 from marlhf.parallel import distributed as dist_utils
-from marlhf.runs.builders import ActionMaskWarning
+from marlhf.runs.builders import ActionMaskWarning, registered_env_ids
 from marlhf.runs.run_files import RunsFailed, SaveError
 from marlhf.threads import apply_thread_policy
 
@@ -140,10 +144,6 @@ EXAMPLES = {
 def _catalogue() -> str:
     """Registered tasks and terminations, for the help of train and compare."""
     try:
-        from marlhf.algorithms.presets import PRESETS
-        from marlhf.options import available_terminations
-        from marlhf.runs.builders import registered_env_ids
-
         return (
             "\n\nregistered tasks: "
             + ", ".join(registered_env_ids())
@@ -159,8 +159,6 @@ def _catalogue() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with one sub-command per entry of :data:`COMMANDS`."""
-    from marlhf import __version__
-
     parser = argparse.ArgumentParser(
         prog="marlhf",
         description="marlhf: RLHF with macro actions (MA-RLHF). Run `marlhf COMMAND --help`.",
@@ -228,8 +226,6 @@ def _add_import_option(parser: argparse.ArgumentParser) -> None:
 def _pre_import(argv: list[str]) -> None:
     """Import the ``--import`` modules before the parser is built, so that ``--help`` lists
     the tasks and terminations they register."""
-    from marlhf.envs.core.registration import import_modules
-
     pre = argparse.ArgumentParser(add_help=False)
     _add_import_option(pre)
     known, _ = pre.parse_known_args(argv)
@@ -288,7 +284,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *config.imports,
                 *(m for m in args.imports if m not in config.imports),
             ]
-            from marlhf.envs.core.registration import import_modules
 
             import_modules(config.imports)
         if args.print_config:

@@ -27,11 +27,15 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from marlhf.algorithms import MAPPOConfig, PPOConfig
+from marlhf.algorithms.config import resolve_config
+from marlhf.algorithms.turn_checks import check_estimator_task
 from marlhf.commands.credit_audit import check_credit_task, credit_settings
 from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 from marlhf.config.parse import from_dict, to_dict
 from marlhf.envs.core.registration import import_modules
 from marlhf.models import resolve_device
+from marlhf.options import make_termination
 from marlhf.runs.builders import (
     check_env_id,
     check_task_builds,
@@ -77,8 +81,6 @@ def run_specs(config: CompareConfig) -> list[RunSpec]:
 
 def validate(config: CompareConfig) -> None:
     """Check the config before anything is trained (names the bad key and value)."""
-    from marlhf.options import make_termination
-
     check_env_id(config.task.id)
     if not config.seeds:
         raise ValueError("seeds: need at least one seed")
@@ -149,10 +151,6 @@ PR_SET_PDEATHSIG = 1
 
 
 def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
-    from marlhf.algorithms import MAPPOConfig, PPOConfig
-    from marlhf.algorithms.config import resolve_config
-    from marlhf.algorithms.turn_checks import check_estimator_task
-
     values = config.agent.agent_kwargs()
     explicit = {k: values[k] for k in config.agent.explicit}
     if spec.termination != "token":

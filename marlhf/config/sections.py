@@ -23,6 +23,7 @@ from marlhf.config.parse import (
     doc,
     from_dict,
 )
+from marlhf.policy.lora import LoRAConfig
 
 DEFAULT_TASK = "marlhf/DelayedChoice-v0"
 DEFAULT_TASK_KWARGS: dict[str, Any] = {"horizon": 32, "num_choices": 4}
@@ -98,8 +99,6 @@ class ModelConfig:
         if self.init_seed is not None:
             check_seed("init_seed", self.init_seed)
         if self.lora is not None:
-            from marlhf.policy.lora import LoRAConfig
-
             try:
                 LoRAConfig.coerce(self.lora)
             except (TypeError, ValueError) as err:

@@ -39,6 +39,9 @@ from marlhf.runs.builders import check_task_kwargs as check_task_kwargs
 from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.runs.io import atomic_write_json, atomic_write_text
 from marlhf.runs.run_files import METRICS_FILE, LiveMetrics, saving
+from marlhf.algorithms.config import PRESETS
+from marlhf.algorithms.config import PRESETS
+from marlhf.algorithms import MAPPO, PPO
 
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"
@@ -117,9 +120,6 @@ MERGED = "final_merged"
 
 def agent_class(name: str, termination: str = "token") -> Any:
     """``PPO`` for token-level credit, ``MAPPO`` when the run has a termination."""
-    from marlhf.algorithms import MAPPO, PPO
-    from marlhf.algorithms.config import PRESETS
-
     if name not in ("ppo", "mappo") and name not in PRESETS:
         raise ValueError(f"agent {name!r} is not one of {sorted({'ppo', 'mappo', *PRESETS})}")
     if name == "mappo":
@@ -134,8 +134,6 @@ def parse_agent(text: str) -> tuple[str, str]:
     a termination spec (macro-action credit); without it, credit is token-level (``ma-ppo``
     alone uses its preset's ``ngram:5``).
     """
-    from marlhf.algorithms.config import PRESETS
-
     name, sep, termination = text.partition("@")
     name = name.strip()
     if name not in PRESETS and name != "mappo":
