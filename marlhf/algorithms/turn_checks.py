@@ -13,6 +13,7 @@ from marlhf.credit.estimators import get_estimator
 from marlhf.credit.turn_credit import TurnInputError
 from marlhf.credit.turn_potentials import FIELDS as POTENTIAL_FIELDS
 from marlhf.credit.turn_potentials import has_gold
+from marlhf.envs.core.registration import MULTITURN_ENV_ENTRY_POINT, register_envs
 from marlhf.envs.multiturn.protocol import env_name, has_state_key
 
 
@@ -25,8 +26,6 @@ def check_estimator_task(estimator: str, env_id: str) -> None:
     if "turns" not in get_estimator(estimator).requires:
         return
     import gymnasium
-
-    from marlhf.envs.core.registration import MULTITURN_ENV_ENTRY_POINT, register_envs
 
     register_envs()
     entry = gymnasium.registry.get(env_id)

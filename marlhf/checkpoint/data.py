@@ -14,6 +14,8 @@ import numbers
 from pathlib import Path
 from typing import Any
 
+from marlhf.options import Termination, build_termination, make_termination, registry
+
 #: Keys of a Gymnasium spec's kwargs that say how the env is run, not which task it is.
 RUN_KWARGS = frozenset(
     {"task", "seed", "num_envs", "vectorization_mode", "device", "render_mode", "vector_kwargs"}
@@ -94,8 +96,6 @@ def termination_data(term: Any) -> dict[str, Any]:
 
     :raises ValueError: before anything is written, when neither form rebuilds it.
     """
-    from marlhf.options import Termination, make_termination, registry
-
     name = type(term).__name__
     try:
         config = registry.termination_config(term)
@@ -137,8 +137,6 @@ def _rule(term: Any) -> tuple[type, Any]:
 
 def _plain(value: Any) -> Any:
     """``value`` as the spec grammar reads it back: numbers as int/float, sequences as lists."""
-    from marlhf.options import Termination
-
     if isinstance(value, Termination):
         return _rule(value)
     if isinstance(value, dict):
@@ -156,8 +154,6 @@ def _plain(value: Any) -> Any:
 
 def termination_from_data(value: Any) -> Any:
     """Rebuild what :func:`termination_data` wrote (a version-1 spec string too)."""
-    from marlhf.options import build_termination, make_termination
-
     if value is None:
         return None
     if isinstance(value, str):  # version 1

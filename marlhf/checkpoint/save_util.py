@@ -44,7 +44,9 @@ from marlhf.checkpoint.data import (
     termination_data,
     termination_from_data,
 )
+from marlhf.parallel import distributed as dist_utils
 from marlhf.parallel import fsdp
+from marlhf.policy.actor_critic import CausalLMActorCritic
 
 T = TypeVar("T")
 
@@ -288,8 +290,6 @@ def save_algorithm(algo: Any, path: str | Path) -> None:
 
 
 def _save_algorithm(algo: Any, path: str | Path) -> None:
-    from marlhf.parallel import distributed as dist_utils
-
     zip_path, weights = checkpoint_paths(path)
     hp = dict(algo.hyperparams)
     term = getattr(algo, "termination", None)
@@ -381,11 +381,8 @@ def load_algorithm(
     ``overrides`` are hyper-parameters to change, plus ``force=True`` to load onto an env whose
     task or codec differs from the saved one.
     """
-    from marlhf.policy.actor_critic import CausalLMActorCritic
-
     overrides = dict(overrides)
     force = bool(overrides.pop("force", False))
-    from marlhf.parallel import distributed as dist_utils
 
     zip_path, _ = checkpoint_paths(path)
     data, state = read_zip(zip_path)

@@ -29,8 +29,11 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# Only the standard library at import time: `marlhf --help` builds no config and imports no
-# training machinery; a command's help builds its own config's (see build_parser).
+# Besides the standard library, only what the package root loads anyway: `marlhf --help` builds
+# no config and imports no training machinery; a command's help builds its own config's (see
+# build_parser), a command its own modules.
+from marlhf import __version__
+from marlhf.envs.core.registration import import_modules
 
 #: Bad input: a configuration error (:mod:`marlhf.runs.errors`).
 EXIT_BAD_INPUT = 2
@@ -167,7 +170,8 @@ EXAMPLES = {
 
 
 def _catalogue() -> str:
-    """Registered tasks and terminations, for the help of train and compare."""
+    """Registered tasks and terminations, for the help of train and compare (imported here:
+    only the help of these two commands needs them)."""
     try:
         from marlhf.algorithms.presets import PRESETS
         from marlhf.options import available_terminations
@@ -218,8 +222,6 @@ def _epilog(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The argparse parser with one sub-command per entry of :data:`COMMANDS` (each command's
     epilog is built when its help is printed)."""
-    from marlhf import __version__
-
     parser = argparse.ArgumentParser(
         prog="marlhf",
         description="marlhf: RLHF with macro actions (MA-RLHF). Run `marlhf COMMAND --help`.",
@@ -286,8 +288,6 @@ def _add_import_option(parser: argparse.ArgumentParser) -> None:
 def _pre_import(argv: list[str]) -> None:
     """Import the ``--import`` modules before the parser is built, so that ``--help`` lists
     the tasks and terminations they register."""
-    from marlhf.envs.core.registration import import_modules
-
     pre = argparse.ArgumentParser(add_help=False)
     _add_import_option(pre)
     known, _ = pre.parse_known_args(argv)
@@ -354,8 +354,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 *config.imports,
                 *(m for m in args.imports if m not in config.imports),
             ]
-            from marlhf.envs.core.registration import import_modules
-
             import_modules(config.imports)
         if args.print_config:
             import yaml

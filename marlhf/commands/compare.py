@@ -28,11 +28,13 @@ from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from marlhf.algorithms.turn_checks import check_estimator_task
 from marlhf.commands.credit_audit import check_credit_task, credit_settings
 from marlhf.config.commands import CompareConfig, TaskConfig
 from marlhf.config.parse import ConfigError, to_dict
 from marlhf.envs.core.registration import import_modules
 from marlhf.models import resolve_device
+from marlhf.options import make_termination
 from marlhf.runs.builders import (
     check_env_id,
     check_task_builds,
@@ -82,8 +84,6 @@ def validate(config: CompareConfig) -> list[RunRequest]:
 
     :returns: every run's request (:func:`run_requests`), built and checked here once.
     """
-    from marlhf.options import make_termination
-
     check_env_id(config.task.id)
     if not config.seeds:
         raise ValueError("seeds: need at least one seed")
@@ -181,8 +181,6 @@ PR_SET_PDEATHSIG = 1
 def _check_preset_run(config: CompareConfig, request: RunRequest) -> None:
     """A preset run's config fits the task: a turn-level estimator needs a multi-turn task, the
     groups it samples divide ``task.num_envs``."""
-    from marlhf.algorithms.turn_checks import check_estimator_task
-
     agent, cfg = request.spec.agent, request.config
     try:
         check_estimator_task(cfg.estimator, config.task.id)  # turn-level on a one-turn task

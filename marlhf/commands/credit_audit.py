@@ -21,6 +21,9 @@ from typing import Any, Literal
 
 from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.config.parse import check_folder, doc, to_dict
+from marlhf.envs.multiturn.task import MultiTurnTask
+from marlhf.models import resolve_device
+from marlhf.threads import apply_thread_policy
 
 #: Continuations per prompt the exact truth enumerates at most (``marlhf.credit.truth``).
 EXACT_LIMIT = 65_536
@@ -123,7 +126,6 @@ def _agent_save(path: str | None) -> Path | None:
 
 def build_audited_agent(config: AuditConfig) -> Any:
     """The agent whose policy is audited: loaded from a save, or built (and trained)."""
-    from marlhf.models import resolve_device
     from marlhf.runs.runner import (
         RunSpec,
         agent_class,
@@ -154,7 +156,6 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     from marlhf.credit.truth import Sampling, true_advantages
     from marlhf.runs.builders import check_env_id
     from marlhf.runs.io import atomic_write_json, atomic_write_text
-    from marlhf.threads import apply_thread_policy
 
     check_env_id(config.task.id)
     schemes = [Scheme.parse(s) for s in config.schemes]  # fail before any model is built
@@ -260,7 +261,6 @@ def exact_truth_fits(task: TaskConfig, mask_actions: bool) -> bool:
 
     from marlhf.credit.truth import Sampling, check_exact
     from marlhf.credit.truth_multiturn import check_exact_turns
-    from marlhf.envs.multiturn.task import MultiTurnTask
     from marlhf.runs.builders import make_any_task
 
     try:

@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.algorithms import CausalLMActorCritic
+from marlhf.checkpoint.save_util import DATA_FILE, checkpoint_paths
 from marlhf.config.commands import EvalConfig, ModelConfig, TaskConfig
 from marlhf.envs.core.registration import import_modules
 from marlhf.models import ModelLoadError, resolve_device
@@ -84,8 +86,6 @@ def checkpoint_task(model_path: str) -> dict[str, Any] | None:
     import json
     import zipfile
 
-    from marlhf.checkpoint.save_util import DATA_FILE, checkpoint_paths
-
     zip_path = checkpoint_paths(model_path)[0]
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -105,8 +105,6 @@ def resolve_task(config: EvalConfig) -> tuple[TaskConfig, dict[str, Any]]:
 
     :raises ValueError: when no task is named and the model has no run record.
     """
-    from marlhf.checkpoint.save_util import checkpoint_paths
-
     found = None if config.model.path is None else trained_task(config.model.path)
     given = config.task
     if found is None and config.model.path is not None:  # no run folder: the save's own record
@@ -178,8 +176,6 @@ def generate_episodes(
 
 def run_eval(config: EvalConfig) -> dict[str, Any]:
     """Score ``config.model`` on ``config.task``; write the samples; return the summary."""
-    from marlhf.algorithms import CausalLMActorCritic
-
     if config.model.path is None and config.model.gguf_file is None:
         raise ValueError("eval: model.path is required (a saved agent or a model folder)")
     if config.episodes < 1:

@@ -21,7 +21,7 @@ import numpy as np
 
 from marlhf.config.commands import RmConfig
 from marlhf.config.parse import to_dict
-from marlhf.models import ModelKind, resolve_device
+from marlhf.models import ModelKind, load_model, resolve_device, tiny_gpt2, train_bpe_tokenizer
 from marlhf.runs.builders import has_pretrained, load_tokenizer, resolve_gguf
 from marlhf.runs.io import (
     DataError,
@@ -56,8 +56,6 @@ def read_pairs(path: str) -> list[tuple[str, str]]:
 def _build_model(config: RmConfig, tokenizer: Any) -> Any:
     import torch
     from transformers import GPT2ForSequenceClassification
-
-    from marlhf.models import load_model, tiny_gpt2
 
     if has_pretrained(config.model):
         gguf = resolve_gguf(config.model)
@@ -121,8 +119,6 @@ def run_rm(config: RmConfig) -> dict[str, Any]:
     """
     import torch
     import torch.nn.functional as F
-
-    from marlhf.models import train_bpe_tokenizer
 
     if not 0.0 < config.eval_fraction < 1.0:
         raise ValueError(f"eval_fraction={config.eval_fraction} must be in (0, 1)")

@@ -30,6 +30,7 @@ from transformers import TrainerCallback
 
 from marlhf.config.commands import SftConfig
 from marlhf.config.parse import to_dict
+from marlhf.models import tiny_gpt2, train_bpe_tokenizer
 from marlhf.runs.builders import has_pretrained, load_causal_lm, load_tokenizer
 from marlhf.runs.io import (
     DataError,
@@ -81,8 +82,6 @@ def make_blocks(token_lists: list[list[int]], eos_id: int, block_size: int) -> n
 
 def _new_model(config: SftConfig, tokenizer: Any) -> Any:
     """A tiny GPT-2 for ``tokenizer`` sized by ``config.model`` (the run's seed by default)."""
-    from marlhf.models import tiny_gpt2
-
     init_seed = config.model.init_seed
     return tiny_gpt2(
         tokenizer,
@@ -97,8 +96,6 @@ def _new_model(config: SftConfig, tokenizer: Any) -> Any:
 def _text_data(config: SftConfig, texts: list[str], work: Path) -> tuple[Any, list[dict[str, Any]]]:
     """``(tokenizer, rows)`` of the texts: blocks of ``block_size`` tokens, loss on all."""
     import torch
-
-    from marlhf.models import train_bpe_tokenizer
 
     if has_pretrained(config.model):
         tokenizer = load_tokenizer(config.model)

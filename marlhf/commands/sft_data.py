@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from marlhf.config.commands import SftConfig, SftTaskConfig, TaskConfig
+from marlhf.envs.core.registration import make_task, task_factory
+from marlhf.models import train_bpe_tokenizer
 from marlhf.runs.builders import check_env_id, has_pretrained, load_tokenizer
 from marlhf.runs.io import DataError
 
@@ -56,7 +58,6 @@ def check_task_section(config: SftTaskConfig) -> None:
     :raises ValueError: an unknown id or keyword argument, a ``tokenizer``/``codec`` keyword
         (SFT sets it), or a task that takes no tokenizer (its prompts are not text).
     """
-    from marlhf.envs.core.registration import task_factory
     from marlhf.runs.runner import check_task_kwargs
 
     check_env_id(config.id)
@@ -83,8 +84,6 @@ def build_task(config: SftTaskConfig, tokenizer: Any = None) -> Any:
     :raises ValueError: what :func:`check_task_section` raises, or a task that cannot write
         solutions (no ``solution(prompt)`` method).
     """
-    from marlhf.envs.core.registration import make_task
-
     check_task_section(config)
     task = make_task(config.id, **config.kwargs, tokenizer=tokenizer)
     if not callable(getattr(task, "solution", None)):
@@ -146,8 +145,6 @@ def task_data(config: SftConfig, work: Path) -> tuple[Any, list[Example]]:
 
     :raises DataError: an example longer than ``block_size`` tokens.
     """
-    from marlhf.models import train_bpe_tokenizer
-
     section = config.task
     if has_pretrained(config.model):
         tokenizer = load_tokenizer(config.model)

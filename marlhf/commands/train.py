@@ -22,6 +22,7 @@ from marlhf.commands.credit_audit import check_credit_task, credit_settings
 from marlhf.config.commands import TrainConfig
 from marlhf.config.parse import to_dict
 from marlhf.models import resolve_device
+from marlhf.options import make_termination
 from marlhf.parallel import distributed as dist_utils
 from marlhf.runs.builders import (
     check_env_id,
@@ -75,8 +76,6 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
         )
     termination = "token"
     if config.algo == "mappo":
-        from marlhf.options import make_termination
-
         termination = config.termination if config.termination is not None else "ngram:5"
         make_termination(termination)  # fail before any model is built
     resolve_device(config.device)  # a device this machine lacks: before the folder is touched

@@ -38,6 +38,7 @@ from marlhf.credit.truth_base import (
     prompt_tensors,
 )
 from marlhf.envs.core.tasks import Prompt
+from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text_env
 from marlhf.envs.multiturn.task import MultiTurnTask
 
@@ -251,8 +252,6 @@ def _replay_actions(
     :returns: per row the episode's tokens (agent and forced) and each action's column in them,
         and ``float64[B, T]`` each action's reward.
     """
-    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
-
     B, T = action_ids.shape
     env = MultiTurnTokenEnv(task, num_envs=B)
     env.reset(options={"prompts": prompts})
@@ -310,8 +309,6 @@ def _continue(
 ) -> tuple[torch.Tensor, int]:
     """Returns ``float64[len(jobs), samples]`` of episodes replayed to each job's prefix and
     continued by the policy (discount per agent token from the prefix on), and tokens sampled."""
-    from marlhf.envs.multiturn.env import MultiTurnTokenEnv
-
     vocab, pad = task.codec.vocab_size, task.codec.pad_token_id
     env = MultiTurnTokenEnv(task, num_envs=len(jobs) * samples)
     obs, _ = env.reset(

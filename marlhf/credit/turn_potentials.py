@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from marlhf.credit.turn_maths import turn_layout
+
 KINDS: tuple[str, ...] = ("logprob", "mean_prob")
 SOURCES: tuple[str, ...] = ("policy", "reference")
 
@@ -241,8 +243,6 @@ def fill_potentials(
     The batch is in the buffer's action layout (``batch.turn_ids``, ``batch.num_turns`` filled);
     ``buffer.action_index`` maps an action to its episode column (``None``: the same).
     """
-    from marlhf.credit.turn_maths import turn_layout
-
     wanted = [f for f in FIELDS if f in requires]
     if not wanted:
         return

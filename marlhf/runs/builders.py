@@ -25,6 +25,10 @@ from typing import Any
 
 from marlhf import models
 from marlhf.config.commands import ModelConfig, TaskConfig
+from marlhf.envs.core import registration
+from marlhf.envs.core.registration import make_task, task_factory
+from marlhf.envs.core.tasks import Task
+from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
 from marlhf.models import ModelLoadError, tiny_gpt2
 
 
@@ -97,8 +101,6 @@ def registered_env_ids() -> list[str]:
     """Every ``marlhf/`` env id in gymnasium's registry."""
     import gymnasium
 
-    import marlhf  # noqa: F401  (registers the envs)
-
     return sorted(k for k in gymnasium.registry if k.startswith("marlhf/"))
 
 
@@ -138,8 +140,6 @@ def build_env(task: TaskConfig, seed: int, device: str, tokenizer: Any = None) -
 
 def check_task_kwargs(task: TaskConfig) -> None:
     """Fail before anything is built on a keyword argument the task does not take."""
-    from marlhf.envs.core import registration
-
     try:
         params = inspect.signature(registration.task_factory(task.id)).parameters
     except (TypeError, ValueError):  # not introspectable: the task itself will say
@@ -155,9 +155,6 @@ def check_task_kwargs(task: TaskConfig) -> None:
 def make_any_task(env_id: str, **task_kwargs: Any) -> Any:
     """The checked task behind a registered env id: a single-turn ``Task``, or a
     ``MultiTurnTask`` (which runs in ``MultiTurnTokenEnv``, the ``make_vec`` of its id)."""
-    from marlhf.envs.core.registration import make_task, task_factory
-    from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
-
     built = task_factory(env_id)(**task_kwargs)
     if isinstance(built, MultiTurnTask):
         check_multiturn_task(built)
@@ -188,8 +185,6 @@ def unused_mask_message(task: Any, mask_actions: bool) -> str | None:
     """Why training ``task`` without its action mask starts low, or None when the task defines
     no mask (it allows every token but pad) or ``mask_actions`` is on."""
     import numpy as np
-
-    from marlhf.envs.core.tasks import Task
 
     if mask_actions or task is None:
         return None
@@ -228,7 +223,6 @@ def note_when_training_starts(note: str | None, progress: Any) -> Any:
 def task_parameters(env_id: str) -> set[str]:
     """Names of the keyword arguments the task behind ``env_id`` accepts."""
     # reads the task registry without building the task (building may load data or models)
-    from marlhf.envs.core import registration
 
     try:
         factory = registration.task_factory(env_id)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.algorithms.config import PRESETS, PPOConfig, resolve_config
 from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.config.parse import ConfigError, from_dict, to_dict
-
-if TYPE_CHECKING:
-    from marlhf.algorithms.config import PPOConfig
 
 #: Minutes after which a checkpoint is also saved, whatever ``checkpoint_every`` says.
 CHECKPOINT_MINUTES = 5.0
@@ -47,9 +46,6 @@ class RunSpec:
 
 def agent_class(name: str, termination: str = "token") -> Any:
     """``PPO`` for token-level credit, ``MAPPO`` when the run has a termination."""
-    from marlhf.algorithms import MAPPO, PPO
-    from marlhf.algorithms.config import PRESETS
-
     if name not in ("ppo", "mappo") and name not in PRESETS:
         raise ValueError(f"agent {name!r} is not one of {sorted({'ppo', 'mappo', *PRESETS})}")
     if name == "mappo":
@@ -76,8 +72,6 @@ def agent_inputs(spec: RunSpec, agent: AgentConfig) -> tuple[list[str] | None, d
 
 def resolve_run_config(spec: RunSpec, agent: AgentConfig) -> PPOConfig:
     """The run's agent config: :func:`agent_inputs` resolved by its algorithm's config class."""
-    from marlhf.algorithms.config import resolve_config
-
     preset, kwargs = agent_inputs(spec, agent)
     return resolve_config(agent_class(spec.agent, spec.termination).config_class, preset, kwargs)
 

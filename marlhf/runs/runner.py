@@ -30,6 +30,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
+from marlhf.algorithms.config import PRESETS
 from marlhf.checkpoint.save_util import remove_checkpoint
 from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.models import resolve_device
@@ -105,8 +106,6 @@ def parse_agent(text: str) -> tuple[str, str]:
     after it, a termination spec (macro-action credit); without it, credit is token-level
     (``ma-ppo`` alone uses its preset's ``ngram:5``).
     """
-    from marlhf.algorithms.config import PRESETS
-
     name, sep, termination = text.partition("@")
     name = name.strip()
     if name not in PRESETS and name != "mappo":

@@ -92,6 +92,7 @@ def test_decoding_a_request_applies_no_preset(
 
     monkeypatch.setattr("marlhf.algorithms.config.resolve_config", refuse)
     monkeypatch.setattr("marlhf.algorithms.presets.resolve_config", refuse)
+    monkeypatch.setattr("marlhf.runs.request.resolve_config", refuse)
     assert RunRequest.from_dict(request.to_dict()) == request
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from marlhf.envs.builtin.reward_model import RewardModelReward
 from marlhf.envs.core.registration import register_task
 from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task, resolve_codec
 from marlhf.models import load_model, load_tokenizer
@@ -275,8 +276,6 @@ class TextReferenceTask(Task):
         elif reward in ("auto", "embedding", "lexical"):
             self.reward_fn = ReferenceSimilarityReward(reward, device=device)
         elif isinstance(reward, str | Path) and Path(reward).is_dir():
-            from marlhf.envs.builtin.reward_model import RewardModelReward
-
             self.reward_fn = RewardModelReward(reward, device=device)
         else:
             raise ValueError(

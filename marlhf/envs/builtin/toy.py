@@ -35,6 +35,7 @@ import torch
 
 from marlhf.envs.builtin import safe_expr
 from marlhf.envs.core.registration import register_task
+from marlhf.envs.core.rollout import random_returns
 from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, RewardMode, Task
 from marlhf.tokenization import SymbolCodec
 
@@ -327,7 +328,6 @@ class ExprTargetTask(ToyTask):
 
     @cached_property
     def random_return(self) -> float:  # type: ignore[override]
-        from marlhf.envs.core.rollout import random_returns
 
         return float(random_returns(self, episodes=4096, seed=0).mean())
 
