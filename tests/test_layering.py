@@ -97,7 +97,14 @@ INSIDE: dict[str, tuple[str, ...]] = {
         "value_change",
     ),
     "marlhf.parallel": ("distributed", "fsdp"),
-    "marlhf.policy": ("lm_utils", "logprobs", "lora", "actor_critic"),
+    "marlhf.policy": (
+        "lm_utils",
+        "logprobs",
+        "lora",
+        "head_fusion",
+        "static_decode",
+        "actor_critic",
+    ),
     "marlhf.credit": (
         "advantages",
         "truth_base",

@@ -11,7 +11,7 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from marlhf.algorithms.config import PRESETS, PPOConfig, resolve_config
 from marlhf.config.parse import (
@@ -75,6 +75,14 @@ class ModelConfig:
         default=False,
         metadata=doc("recompute block activations in the backward pass (less memory, same result)"),
     )
+    decode: Literal["eager", "static", "compiled"] = field(
+        default="eager",
+        metadata=doc(
+            "how rollouts feed the KV cache: eager (a growing cache), static (preallocated for "
+            "the episode) or compiled (static plus torch.compile of the per-token step; the "
+            "first rollout compiles); the same tokens, see docs/howto/decode.md"
+        ),
+    )
 
     def policy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for CausalLMActorCritic beyond the model itself."""
@@ -83,6 +91,8 @@ class ModelConfig:
             out["lora"] = dict(self.lora)
         if self.gradient_checkpointing:
             out["gradient_checkpointing"] = True
+        if self.decode != "eager":
+            out["decode"] = self.decode
         return out
 
     def __post_init__(self) -> None:

@@ -20,12 +20,16 @@ from typing import Any
 
 import torch
 
+from marlhf.policy import static_decode
 from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
 
 
 def fork_cache(cache: Any, rows: torch.Tensor, length: int) -> Any:
     """A copy of ``cache`` holding batch rows ``rows`` (repeats allowed) and its first
-    ``length`` columns; the original is untouched (its tensors are indexed, not modified)."""
+    ``length`` columns; the original is untouched (its tensors are indexed, not modified). A
+    static cache (``decode="static"``) forks as a dynamic one."""
+    if static_decode.is_static(cache):
+        return fork_cache(static_decode.to_dynamic(cache, length), rows, length)
     forked = copy.copy(cache)
     forked.layers = [copy.copy(layer) for layer in cache.layers]
     forked.batch_select_indices(rows)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from marlhf.parallel import distributed as dist_utils
-from marlhf.policy import logprobs
+from marlhf.policy import head_fusion, logprobs, static_decode
 from marlhf.policy.lm_utils import (
     cache_keyword,
     filter_logits,
@@ -98,6 +98,11 @@ class CausalLMActorCritic(nn.Module):
     :param gradient_checkpointing: recompute each transformer block's activations in the backward
         pass instead of storing them (``transformers``' own checkpointing, non-reentrant): less
         memory for one more forward per update; results are unchanged.
+    :param decode: how sampling feeds tokens to the KV cache: ``"eager"`` (default) grows
+        ``transformers``' dynamic cache; ``"static"`` writes into a cache preallocated for the
+        episode; ``"compiled"`` also runs the per-token step through ``torch.compile`` (a CUDA
+        graph on CUDA; the first rollout pays the compilation). Same logits to float rounding
+        (:mod:`marlhf.policy.static_decode`). A sharded (FSDP) policy decodes eagerly.
     """
 
     def __init__(
@@ -108,8 +113,15 @@ class CausalLMActorCritic(nn.Module):
         vocab_size: int | None = None,
         lora: LoRAConfig | dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
+        decode: str = "eager",
     ) -> None:
         super().__init__()
+        #: How sampling runs (``decode`` above); may be reassigned between rollouts.
+        self.decode = static_decode.check_decode(decode)
+        #: Scoring makes log-probs from the last hidden state and the head's weight, slice by
+        #: slice, when the model allows (:mod:`marlhf.policy.head_fusion`; not sharded);
+        #: False: from whole logits.
+        self.fused_head = True
         #: The FSDP state when the algorithm shards this policy (``fsdp=True``), else ``None``.
         self.fsdp: Any = None
         lora_config = LoRAConfig.coerce(lora)
@@ -245,17 +257,24 @@ class CausalLMActorCritic(nn.Module):
         with the most, padding with one-row groups whose outputs are dropped (their backward
         carries zeros), so all ranks' graphs have the same shape.
         """
+        fused = (
+            self.fused_head
+            and self.fsdp is None
+            and logits
+            and bool(getattr(reduce, "fuses", False))
+            and head_fusion.fusable(model)
+        )
         groups = length_groups(mask)
         run = groups
         if self.fsdp is not None and (model is self.ref_model or not self.fsdp.gathered):
             most = int(dist_utils.all_reduce_max(torch.tensor(len(groups))))
             run = groups + [groups[0][:1]] * (most - len(groups))
         if len(run) <= 1:  # (none: no rows)
-            out, last = self._forward_rows(model, ids, mask, n, hidden, logits)
+            out, last = self._forward_rows(model, ids, mask, n, hidden, logits, fused)
             return (out if reduce is None else reduce(out, slice(None))), last
         parts: list[Any] = []
         for g in run:
-            out, last = self._forward_rows(model, ids[g], mask[g], n, hidden, logits)
+            out, last = self._forward_rows(model, ids[g], mask[g], n, hidden, logits, fused)
             parts.append((out if reduce is None else reduce(out, g), last))
             del out  # (reduced: the group's logits go before the next group's forward)
         inverse = torch.argsort(torch.cat(groups))  # (the padding groups' rows come after)
@@ -277,21 +296,34 @@ class CausalLMActorCritic(nn.Module):
         n: int,
         hidden: bool,
         logits: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        fused: bool = False,
+    ) -> tuple[Any, torch.Tensor | None]:
+        """One group's forward (:meth:`_forward`). ``fused``: the logits of the last position
+        only, and in place of the ``n`` positions' logits a :class:`~marlhf.policy.logprobs.
+        HeadInput` (the last hidden state and the head's weight) that the scores are made from
+        slice by slice, unless the head turns out not to be a plain product with the last
+        hidden state (:func:`~marlhf.policy.head_fusion.head_matches`)."""
+        whole_ids, whole_mask = ids, mask
         first = min(int(mask.any(dim=0).long().argmax()), ids.shape[1] - n - 1)
         ids, mask = ids[:, first:-1], mask[:, first:-1]
         kw: dict[str, Any] = {}
         if keeps_logits(model):  # (logits_to_keep=0 would mean every position)
-            kw["logits_to_keep"] = n if logits else 1
+            kw["logits_to_keep"] = n if logits and not fused else 1
         out = model(
             input_ids=ids,
             attention_mask=mask,
             position_ids=position_ids_from_mask(mask),
-            output_hidden_states=hidden,
+            output_hidden_states=hidden or fused,
             use_cache=False,
             **kw,
         )
-        last = out.hidden_states[-1][:, -n:] if hidden else None
+        last = out.hidden_states[-1][:, -n:] if hidden or fused else None
+        if fused:
+            assert last is not None
+            head = head_fusion.head_input(model, last, self.vocab_size)
+            if head_fusion.head_matches(model, head, out.logits[:, -1]):
+                return head, last if hidden else None
+            return self._forward_rows(model, whole_ids, whole_mask, n, hidden, logits)
         return out.logits[:, -n:] if logits else out.logits, last
 
     def _token_scores(
@@ -306,18 +338,28 @@ class CausalLMActorCritic(nn.Module):
         if entropy not in ENTROPY_MODES:
             raise ValueError(f"entropy={entropy!r} must be one of {list(ENTROPY_MODES)}")
 
-        def score(logits: torch.Tensor, rows: Any) -> tuple[torch.Tensor | None, ...]:
+        def score(logits: Any, rows: Any) -> tuple[torch.Tensor | None, ...]:
+            allowed = None if action_mask is None else action_mask[rows]
+            tokens = response_ids[rows]
+            if isinstance(logits, logprobs.HeadInput):  # (never for an entropy with a graph)
+                return logprobs.head_scores(
+                    logits,
+                    tokens,
+                    temperature=temperature,
+                    allowed=allowed,
+                    entropy=entropy != "none",
+                )
             kw: dict[str, Any] = {
                 "vocab_size": self.vocab_size,
                 "temperature": temperature,
-                "allowed": None if action_mask is None else action_mask[rows],
+                "allowed": allowed,
             }
-            tokens = response_ids[rows]
             if entropy == "grad" and torch.is_grad_enabled():  # a weighted entropy term
                 return logprobs.logp_entropy_full(logits, tokens, **kw)
             logp = logprobs.token_logprobs(logits, tokens, **kw)
             return logp, None if entropy == "none" else logprobs.token_entropy(logits, **kw)
 
+        score.fuses = not (entropy == "grad" and torch.is_grad_enabled())  # type: ignore[attr-defined]
         return score
 
     @staticmethod
@@ -422,7 +464,10 @@ class CausalLMActorCritic(nn.Module):
         input_ids, mask = input_ids[:, first:], mask[:, first:]
         # Only the last position's logits are used: the LM head over every prompt position
         # would be the prefill's largest tensor ([B, L, V]).
-        keep = {"logits_to_keep": 1} if keeps_logits(self.model) else {}
+        keep: dict[str, Any] = {"logits_to_keep": 1} if keeps_logits(self.model) else {}
+        if self._static():  # room for the window's width: the prompt and the response's columns
+            width = attention_mask.shape[1]
+            keep[self._cache_kw] = static_decode.new_cache(self.model, width, mask.shape[1])
         out = self.model(
             input_ids=input_ids,
             attention_mask=mask,
@@ -454,6 +499,15 @@ class CausalLMActorCritic(nn.Module):
         if forced is not None and forced_lengths is not None:
             return self._advance_many(state, tokens, forced, forced_lengths)
         mask = torch.cat([state.attention_mask, torch.ones_like(state.attention_mask[:, :1])], 1)
+        if static_decode.is_static(state.cache):
+            positions = state.next_position[:, None]
+            logits, cache = self._static_step(state.cache, tokens[:, None], mask, positions)
+            return GenerationState(
+                cache=cache,
+                attention_mask=mask,
+                next_position=state.next_position + 1,
+                next_logits=logits[:, -1, : self.vocab_size].float(),
+            )
         out = self.model(
             input_ids=tokens[:, None],
             attention_mask=mask,
@@ -480,20 +534,50 @@ class CausalLMActorCritic(nn.Module):
         cols = torch.arange(width, device=ids.device)[None, :]
         real = cols <= forced_lengths[:, None]
         mask = torch.cat([state.attention_mask, real.long()], dim=1)
-        out = self.model(
-            input_ids=ids,
-            attention_mask=mask,
-            position_ids=state.next_position[:, None] + cols,
-            use_cache=True,
-            **{self._cache_kw: state.cache},
-        )
-        last = out.logits[torch.arange(ids.shape[0], device=ids.device), forced_lengths]
+        positions = state.next_position[:, None] + cols
+        if static_decode.is_static(state.cache):  # (several tokens: an eager step)
+            logits, cache = self._static_step(state.cache, ids, mask, positions, eager=True)
+        else:
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **{self._cache_kw: state.cache},
+            )
+            logits, cache = out.logits, getattr(out, self._cache_kw)
+        last = logits[torch.arange(ids.shape[0], device=ids.device), forced_lengths]
         return GenerationState(
-            cache=getattr(out, self._cache_kw),
+            cache=cache,
             attention_mask=mask,
             next_position=state.next_position + 1 + forced_lengths,
             next_logits=last[:, : self.vocab_size].float(),
         )
+
+    def _static(self) -> bool:
+        return self.decode != "eager" and self.fsdp is None
+
+    def _static_step(
+        self,
+        cache: Any,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        positions: torch.Tensor,
+        eager: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
+        """Feed ``ids [B, q]`` at ``positions [B, q]`` into a static cache (widened first when
+        they would not fit); ``mask`` covers the cache's columns written so far and ``ids``.
+        Returns ``(logits
+        [B, q, V], cache)``. One token per row runs compiled when ``decode="compiled"``."""
+        cache = static_decode.grow(cache, self.model, mask.shape[1])
+        full = static_decode.padded_mask(mask, static_decode.width(cache))
+        step = static_decode.forward_step
+        if self.decode == "compiled" and not eager:
+            step = static_decode.compiled_step(ids.device)
+        logits = step(self.model, self._cache_kw, ids, full, positions, cache)
+        if self.decode == "compiled" and ids.device.type == "cuda":
+            logits = logits.clone()  # (a CUDA graph's output is overwritten by its next replay)
+        return logits, cache
 
     @torch.no_grad()
     def sample(

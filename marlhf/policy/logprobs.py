@@ -13,10 +13,17 @@ second tensor of that size (the log-softmax, kept for the backward), and the ent
   it), slice by slice.
 - :func:`logp_entropy_full` is the whole-tensor form with gradients through both, for an
   entropy term that is weighted in the loss.
+- :func:`head_scores` starts one step earlier, from the last hidden state and the LM head's
+  weight (:class:`HeadInput`): each slice's logits are made, used and dropped, in the forward
+  and again in the backward (which reads each position's saved log-sum-exp), so not even the
+  logits (nor their gradient) exist whole; the logged entropy comes from the same pass. Other
+  kernels in another order: equal to the unfused form to float rounding
+  (tests/agents/test_head_scores.py: 1e-5), not bitwise.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -164,3 +171,125 @@ def logp_entropy_full(
     logp_all = _scaled(logits, vocab, temperature, allowed).log_softmax(dim=-1)
     logp = logp_all.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return logp, _entropy(logp_all, allowed)
+
+
+@dataclass
+class HeadInput:
+    """What the LM head would turn into logits, in place of the logits themselves.
+
+    :param hidden: ``[b, n, H]``: the LM's last hidden state at the scored positions.
+    :param weight: ``[V, H]``: the head's rows of the vocabulary scored.
+    :param bias: ``[V]`` or ``None``.
+    """
+
+    hidden: torch.Tensor
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+
+
+def _slice_logp(
+    head: HeadInput,
+    rows: slice,
+    cols: slice,
+    temperature: float,
+    allowed: torch.Tensor | None,
+) -> torch.Tensor:
+    """The log-softmax of one slice's logits (made here from the hidden state)."""
+    logits = torch.nn.functional.linear(head.hidden[rows, cols], head.weight, head.bias)
+    return _scaled(logits, head.weight.shape[0], temperature, allowed)
+
+
+class _HeadTokenLogProbs(torch.autograd.Function):
+    """``log_softmax(hidden @ W.T + b)[token]`` by slices, and optionally each position's
+    entropy (no gradient). Kept for the backward: ``hidden``, ``W`` and each position's
+    log-sum-exp; the backward remakes each slice's logits."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        tokens: torch.Tensor,
+        temperature: float,
+        allowed: torch.Tensor | None,
+        settings: tuple[int, bool],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        chunk_elements, with_entropy = settings
+        head = HeadInput(hidden, weight, bias)
+        shape = (hidden.shape[0], hidden.shape[1], weight.shape[0])
+        logp = torch.empty(tokens.shape, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        entropy = torch.empty_like(logp) if with_entropy else logp.new_empty(0)
+        for rows, cols in row_slices(shape, chunk_elements):
+            part = allowed[rows] if allowed is not None else None
+            scaled = _slice_logp(head, rows, cols, temperature, part)
+            lse[rows, cols] = scaled.logsumexp(-1)
+            logp_all = scaled - lse[rows, cols, None]
+            logp[rows, cols] = logp_all.gather(-1, tokens[rows, cols, None]).squeeze(-1)
+            if with_entropy:
+                entropy[rows, cols] = _entropy(logp_all, part)
+        ctx.save_for_backward(hidden, weight, bias, tokens, allowed, lse)
+        ctx.settings = (temperature, chunk_elements)
+        ctx.mark_non_differentiable(entropy)
+        return logp, entropy
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor, _: Any) -> tuple[Any, ...]:
+        hidden, weight, bias, tokens, allowed, lse = ctx.saved_tensors
+        temperature, chunk_elements = ctx.settings
+        head = HeadInput(hidden, weight, bias)
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        grad_h = torch.zeros_like(hidden) if need_h else None
+        grad_w = torch.zeros_like(weight) if need_w else None
+        grad_b = torch.zeros_like(bias) if need_b and bias is not None else None
+        shape = (hidden.shape[0], hidden.shape[1], weight.shape[0])
+        for rows, cols in row_slices(shape, chunk_elements):
+            part = allowed[rows] if allowed is not None else None
+            probs = (_slice_logp(head, rows, cols, temperature, part) - lse[rows, cols, None]).exp()
+            # d logp[token] / d logits = onehot(token) - softmax, times the upstream gradient
+            g = probs.mul_(-grad[rows, cols, None])
+            g.scatter_add_(-1, tokens[rows, cols, None], grad[rows, cols, None])
+            if temperature != 1.0:
+                g = g / temperature
+            g = g.to(hidden.dtype)
+            if grad_h is not None:
+                grad_h[rows, cols] = g @ weight
+            if grad_w is not None:
+                grad_w += g.flatten(0, 1).T @ hidden[rows, cols].flatten(0, 1)
+            if grad_b is not None:
+                grad_b += g.sum(dim=(0, 1))
+        return grad_h, grad_w, grad_b, None, None, None, None
+
+
+def head_scores(
+    head: HeadInput,
+    tokens: torch.Tensor,
+    *,
+    temperature: float = 1.0,
+    allowed: torch.Tensor | None = None,
+    entropy: bool = False,
+    chunk_elements: int = CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(logp, entropy)``, each ``float32[B, N]``: log-probs of ``tokens`` under
+    ``softmax((hidden @ weight.T + bias) / T)`` (differentiable in the hidden state, the weight
+    and the bias) and, when ``entropy``, each position's entropy (no gradient; else ``None``),
+    from one pass over slices of the logits: the ``[B, N, V]`` logits are never held whole, nor
+    their gradient.
+
+    :param head: the hidden state and the head's rows of the vocabulary scored.
+    :param tokens: ``int64[B, N]`` the taken tokens.
+    :param temperature: the sampling temperature ``T``.
+    :param allowed: ``bool[B, V]`` tokens each row may take (renormalised over), or ``None``.
+    :param chunk_elements: the most elements one slice of logits holds.
+    """
+    logp, ent = _HeadTokenLogProbs.apply(
+        head.hidden,
+        head.weight,
+        head.bias,
+        tokens,
+        temperature,
+        allowed,
+        (chunk_elements, entropy),
+    )
+    return logp, ent if entropy else None

@@ -108,6 +108,9 @@ def _iteration(cls: type, force_grad_entropy: bool, **kw: Any) -> Any:
     the update build the entropy's graph (the path before the entropy was only logged)."""
     env = CueEnv(num_envs=B, max_new_tokens=N)
     algo = cls(tiny_model(env.codec, seed=0), env, seed=3, **{**SETTINGS, **kw})
+    # Scores from whole logits: the bitwise comparison is of the logits path (scoring from the
+    # hidden state equals it to 1e-5: tests/agents/test_head_scores.py).
+    algo.policy.fused_head = False
     calls: list[str] = []
     evaluate = algo.policy.evaluate_actions
 
