@@ -93,8 +93,10 @@ def run_case(model_name: str, model: Any, batch: int, n_new: int, rounds: int) -
     sides: dict[str, Callable[[], Any]] = {}
     bare: Callable[[], Any] | None = None
     for path in PATHS:
+        env = make_env()  # (the policy samples the env's tokens: the head's first rows)
+        policy_kwargs = {"decode": path, "vocab_size": env.codec.vocab_size}
         _, bare_loop, agent = rollout_pair(
-            copy.deepcopy(model), make_env(), n_new, policy_kwargs={"decode": path}, **common
+            copy.deepcopy(model), env, n_new, policy_kwargs=policy_kwargs, **common
         )
         sides[path] = agent
         bare = bare if bare is not None else bare_loop
@@ -162,10 +164,12 @@ def main(argv: list[str] | None = None) -> None:
             )
     if "smollm2" in models and not args.quick:
         cases.append(("SmolLM2-135M arch", smollm2_architecture, 32, 32))
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, build, batch, n_new in cases:
         row = run_case(name, build(), batch, n_new, args.rounds)
         rows.append(row)
+        # written after every case: a long run keeps what it measured
+        write_json(args.out, {"machine": machine_stamp(), "threads": 1, "results": rows})
         sp = row["speedup_over_eager"]
         print(
             f"{name} B={batch} N={n_new}: static x{sp['static']['median']:.2f}, compiled "

@@ -40,9 +40,13 @@ def test_every_old_module_is_gone_from_the_tree() -> None:
 
 @pytest.fixture(scope="module")
 def new_modules() -> None:
-    """Every new module imported once up front (the first import of all of them takes seconds)."""
-    for new in MOVED.values():
-        importlib.import_module(new)
+    """Every module of marlhf imported once up front (the first import of all of them takes
+    seconds; the tests then time what they check)."""
+    root = Path(marlhf.__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root.parent).with_suffix("").parts
+        if parts[-1] not in {"__init__", "__main__"}:
+            importlib.import_module(".".join(parts))
 
 
 @pytest.mark.usefixtures("new_modules")
@@ -151,3 +155,55 @@ def test_a_checkpoint_names_no_module(tmp_path: Path) -> None:
             assert b"marlhf." not in blob, path
     loaded = MAPPO.load(tmp_path / "agent", env=CueEnv(2, 4, eos=False), device="cpu")
     assert type(loaded) is MAPPO
+
+
+#: Dotted names in the docs that are not modules: entry-point groups and a page's file name.
+NOT_MODULES = {"marlhf.tasks", "marlhf.terminations", "marlhf.md"}
+
+
+def _named_in_docs() -> tuple[set[str], set[str]]:
+    """The ``marlhf/...py`` paths and ``marlhf.x.y`` names that docs/ and marlhf/ name."""
+    import re
+
+    root = Path(marlhf.__file__).resolve().parent.parent
+    texts = [p.read_text(encoding="utf-8") for p in sorted((root / "docs").rglob("*.md"))]
+    texts += [
+        p.read_text(encoding="utf-8")
+        for p in sorted((root / "marlhf").rglob("*.py"))
+        if p.name != "_compat.py"
+    ]
+    paths: set[str] = set()
+    names: set[str] = set()
+    for text in texts:
+        paths |= set(re.findall(r"(?<![\w/])marlhf/[\w/]+\.py", text))
+        names |= set(re.findall(r"(?<![\w.])marlhf(?:\.[A-Za-z_]\w*)+", text))
+    return paths, names - NOT_MODULES
+
+
+def test_every_module_path_the_docs_name_exists() -> None:
+    root = Path(marlhf.__file__).resolve().parent.parent
+    paths, _ = _named_in_docs()
+    assert paths
+    assert sorted(p for p in paths if not (root / p).is_file()) == []
+
+
+@pytest.mark.usefixtures("new_modules")
+def test_every_dotted_name_the_docs_name_resolves() -> None:
+    _, names = _named_in_docs()
+    assert names
+    unresolved = []
+    for name in sorted(names):
+        parts = name.split(".")
+        for n in range(len(parts), 0, -1):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    obj: object = importlib.import_module(".".join(parts[:n]))
+            except ImportError:
+                continue
+            for attr in parts[n:]:
+                obj = getattr(obj, attr, None)
+            if obj is None:
+                unresolved.append(name)
+            break
+    assert unresolved == []

@@ -104,7 +104,7 @@ def test_response_only_scoring_equals_the_full_sequence_forward(name: str, monke
 def test_the_lm_head_sees_only_the_response_positions(name: str, fused: bool) -> None:
     policy = POLICIES[name]()
     # fused: the scores come from the hidden state and the head's weight, slice by slice
-    # (marlhf.agents.head_fusion); the head module itself runs on the last position only.
+    # (marlhf.policy.head_fusion); the head module itself runs on the last position only.
     policy.fused_head = fused
     shapes: dict[str, list[tuple[int, ...]]] = {"head": [], "embed": []}
     parts: list[Any] = [policy.model, policy.critic, policy.ref_model]

@@ -149,7 +149,7 @@ def make_task(task: Task | MultiTurnBase | str, **task_kwargs: Any) -> Task:
     if isinstance(task, MultiTurnBase):
         raise TypeError(
             f"task {task.name!r} is a multi-turn task: run it with "
-            "marlhf.envs.multiturn.MultiTurnTokenEnv (or make_vec of its env id)"
+            "marlhf.envs.multiturn.env.MultiTurnTokenEnv (or make_vec of its env id)"
         )
     if isinstance(task, Task):
         if task_kwargs:
@@ -165,7 +165,7 @@ def make_task(task: Task | MultiTurnBase | str, **task_kwargs: Any) -> Task:
     if isinstance(built, MultiTurnBase):
         raise TypeError(
             f"task {task!r} is a multi-turn task: run it with "
-            "marlhf.envs.multiturn.MultiTurnTokenEnv (or make_vec of its env id)"
+            "marlhf.envs.multiturn.env.MultiTurnTokenEnv (or make_vec of its env id)"
         )
     check_task(built)
     return built

@@ -15,7 +15,7 @@ tests against enumeration and simulation):
   turns, cost 0.1) it is ``1 - 0.1 * (21/8 - 1) = 0.8375``;
 - random guess (a uniform number of the range each turn, feedback ignored): 0.1241 at the
   defaults;
-- uniform token policy of :class:`~marlhf.envs.multiturn.tasks.GuessTheNumberTask` (its
+- uniform token policy of :class:`GuessTheNumberTask` (its
   ``random_return``): the same formula with the probability that a random turn spells a valid
   number.
 """
