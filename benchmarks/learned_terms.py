@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import learned_terms_reasoning as reasoning
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
+from benchmarks.learned_terms_alloc import alloc_rows
 from marlhf.agents import MAPPO
 from marlhf.agents.rollout_io import collect
 from marlhf.agents.termination_training import (
@@ -285,6 +286,18 @@ def audit_rules(algo: Any, rules: list[str], rows: int) -> dict[str, Any]:
             "cuts_per_episode": float((starts & mask).sum() / mask.shape[0]),
             "cut_freq_per_position": (starts & mask).double().mean(dim=0).tolist(),
         }
+    # the same number of cuts as a batch budget (budget * B, placed anywhere in the batch)
+    out["alloc"] = alloc_rows(
+        fn,
+        true,
+        mask,
+        {
+            rule: cast(Any, term if rule == "learned" else make_termination(rule)).scores(batch)
+            for rule in ("learned", "entropy", "value_change", "surprisal")
+        },
+        {rule: cut_sets[rule] for rule in ("learned", *HEURISTICS, "oracle")},
+        BUDGET,
+    )
     # the same trained scores (and the heuristics) at other budgets
     out["by_budget"] = {}
     for budget in OTHER_BUDGETS:
