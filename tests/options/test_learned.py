@@ -424,3 +424,30 @@ def test_agent_refuses_what_a_learned_termination_cannot_train_on(
     if "budget=13" not in spec:
         _agent_on(env, spec + ";steps=0", **kw)
     _agent_on(env, "learned:budget=2")  # target=auto on a task without a decisive depth: mc
+
+
+def test_check_termination_refuses_a_multi_turn_env() -> None:
+    from types import SimpleNamespace
+
+    from marlhf.agents.termination_training import check_termination
+    from marlhf.tokenization import SymbolCodec
+
+    class _TurnEnv:
+        max_new_tokens = 12
+
+        def turn_record(self) -> None:
+            return None
+
+    model = tiny_gpt2(SymbolCodec(["a", "b"]), n_layer=1, n_embd=16, n_head=2, seed=0)
+    algo = SimpleNamespace(
+        termination=Learned(budget=2),
+        env=_TurnEnv(),
+        policy=SimpleNamespace(model=model, vocab_size=5),
+        config=SimpleNamespace(estimator="gae"),
+    )
+    with pytest.raises(ValueError, match=r"learned: _TurnEnv is a multi-turn env.*steps=0"):
+        check_termination(algo)
+    algo.termination = Learned(budget=2, steps=0)  # applied frozen: fine
+    check_termination(algo)
+    algo.termination = make_termination("entropy:budget=2")  # a heuristic: fine
+    check_termination(algo)
