@@ -5,8 +5,9 @@ cuts and lets the rule place them where they help most: many cuts in one episode
 another. Same mean number of cuts, so the comparison is still at equal cuts. This module asks
 whether that placement matters before anyone builds a rule for it:
 
-- :func:`batch_oracle_cuts`: greedy on the truth over the whole batch (each step adds the one
-  cut, in any episode, that lowers the estimator's summed squared error most);
+- :func:`~marlhf.agents.termination_training.batch_oracle_cuts`: greedy on the truth over the
+  whole batch (each step adds the one cut, in any episode, that lowers the estimator's summed
+  squared error most);
 - :func:`global_top` : a scored rule at a batch budget (its ``k * B`` best-scoring candidates,
   wherever they are): what the learned termination and the entropy rule would do with it.
 
@@ -16,64 +17,20 @@ whether that placement matters before anyone builds a rule for it:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from marlhf.agents.termination_training import base_starts, estimator_errors
+from marlhf.agents.termination_training import base_starts, batch_oracle_cuts, estimator_errors
 from marlhf.options import CutBudget
-
-
-def batch_oracle_cuts(
-    advantages_of: Callable[[torch.Tensor], torch.Tensor],
-    true: torch.Tensor,
-    mask: torch.Tensor,
-    total: int,
-    *,
-    isolate_last: bool = True,
-) -> torch.Tensor:
-    """``bool[B, T]``: ``total`` cuts over the whole batch, added greedily one at a time where
-    the estimator's squared error against ``true`` drops most (rows are independent: the
-    estimator's advantages of one row do not depend on another's cuts).
-
-    :param advantages_of: as :func:`~marlhf.agents.termination_training.oracle_cuts`'s.
-    """
-    b, t = mask.shape
-    chosen = torch.zeros_like(mask)
-    if t == 0 or b == 0 or total <= 0:
-        return chosen
-    cand = CutBudget("oracle", budget=1).candidates(mask)
-    fixed = base_starts(mask, isolate_last)
-    eye = torch.eye(t, dtype=torch.bool, device=mask.device)
-    target = true.double()
-    for _ in range(total):
-        free = cand & ~chosen
-        if not bool(free.any()):
-            break
-        now = estimator_errors(advantages_of, fixed | chosen, true, mask)  # [B]
-        trial = ((fixed | chosen)[None, :, :] | eye[:, None, :]) & mask[None]  # [T, B, T]
-        adv = advantages_of(trial.reshape(t * b, t)).reshape(t, b, t).double()
-        err = torch.where(mask[None], (adv - target[None]).square(), 0.0).sum(dim=2)  # [T, B]
-        gain = (now[None, :] - err).masked_fill(~free.T, -math.inf)
-        col, row = divmod(int(gain.argmax()), b)
-        chosen[row, col] = True
-    return chosen
+from marlhf.options.budget import select_batch
 
 
 def global_top(scores: torch.Tensor, mask: torch.Tensor, total: int) -> torch.Tensor:
     """``bool[B, T]``: the ``total`` best-scoring candidates of the whole batch (NaN never;
     ties towards the earlier row and position)."""
-    cand = CutBudget("global", budget=1).candidates(mask) & ~torch.isnan(scores)
-    flat = scores.double().masked_fill(~cand, -math.inf).flatten()
-    count = min(total, int(cand.sum()))
-    out = torch.zeros(flat.shape, dtype=torch.bool, device=mask.device)
-    if count > 0:
-        # stable order: highest score first, then the earliest flat index
-        order = sorted(range(flat.numel()), key=lambda i: (-float(flat[i]), i))[:count]
-        out[torch.tensor(order, dtype=torch.long)] = True
-    return out.reshape(mask.shape)
+    return select_batch(scores, CutBudget("global", budget=1).candidates(mask), total)
 
 
 def alloc_rows(

@@ -147,7 +147,8 @@ def headroom_table(data: dict[str, Any]) -> list[str]:
 def alloc_table(data: dict[str, Any]) -> list[str]:
     """The same mean number of cuts as a batch budget (rows that recorded it): each rule's RMSE
     with its cuts placed anywhere in the batch, against the per-episode budget."""
-    rows = [r for r in data.get("audit", []) if r.get("alloc")]
+    # (per-episode learned terminations only: the batch-budget ones are their own rows above)
+    rows = [r for r in data.get("audit", []) if r.get("alloc") and ", per batch" not in r["task"]]
     if not rows:
         return []
     heur = data["setups"][0]["heuristics"] if data.get("setups") else []
@@ -309,7 +310,10 @@ def render(
     audit_summary = goal_summary(data)
     t2t_lines, t2t_summary = t2t_table(data)
     plot(data, png)
-    met_rmse = [s["task"] for s in audit_summary if s["reduction"] >= GOAL_RMSE]
+    base = {r["task"]: r.get("base_task", r["task"]) for r in data["audit"]}
+    met_rmse = list(
+        dict.fromkeys(base[s["task"]] for s in audit_summary if s["reduction"] >= GOAL_RMSE)
+    )
     met_tokens = []
     for s in t2t_summary:
         med = s["median"]

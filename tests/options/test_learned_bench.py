@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -109,7 +108,9 @@ def test_goal_uses_the_rmse_net_of_monte_carlo_noise(tmp_path: Path) -> None:
     text = doc.read_text()
     assert "| A | mc, rms SE 0.600 | 2 |" in text
     # the batch-budget table: only the run that recorded it; headroom 20% per episode, 40% per batch
-    assert "| A | 1 | `even` 1.000 | 0.900 | 0.800 | 0.850 | 1.100 | 0.600 | 20.0% | 40.0% |" in text
+    assert (
+        "| A | 1 | `even` 1.000 | 0.900 | 0.800 | 0.850 | 1.100 | 0.600 | 20.0% | 40.0% |" in text
+    )
     assert "+20.0% ± 0.0 (vs `even`)" in text  # against the truth as computed
     assert "+33.9% ± 0.0 (vs `even`)" in text  # net: 1 - sqrt(0.64 - 0.36) / sqrt(1 - 0.36)
     assert "on >= 3 tasks: met (met on: ['A', 'B', 'C']). Judged net of the Monte-Carlo" in text
@@ -123,49 +124,18 @@ def test_unknown_task_names_the_valid_ones() -> None:
         _names("Nope", [])
 
 
-def _gae_fn(
-    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    from marlhf.agents.advantages import compute_gae
+def test_global_top_keeps_the_batch_best_candidates() -> None:
+    """Never a row's first or last token; the best scores of the whole batch."""
+    from benchmarks.learned_terms_alloc import global_top
 
-    def advantages_of(starts: torch.Tensor) -> torch.Tensor:
-        rep = (starts.shape[0] // rewards.shape[0], 1)
-        return compute_gae(
-            rewards.repeat(rep), values.repeat(rep), mask.repeat(rep), starts
-        ).advantages
-
-    return advantages_of
-
-
-def test_batch_oracle_places_one_cut_where_the_whole_batch_gains_most() -> None:
-    from benchmarks.learned_terms_alloc import batch_oracle_cuts, global_top
-    from marlhf.agents.termination_training import base_starts, estimator_errors
-
-    gen = torch.Generator().manual_seed(3)
-    b, t = 4, 8
-    mask = torch.arange(t)[None] < torch.tensor([8, 6, 8, 5])[:, None]
-    rewards = torch.zeros(b, t)
-    rewards[torch.arange(b), mask.sum(1) - 1] = torch.rand(b, generator=gen)
-    values = torch.rand(b, t, generator=gen)
-    true = torch.randn(b, t, generator=gen).double() * mask
-    fn = _gae_fn(rewards, values, mask)
-    base = base_starts(mask, True)
-    total = float(estimator_errors(fn, base, true, mask).sum())
-    best, where = -math.inf, (-1, -1)
-    for row in range(b):
-        for col in range(1, int(mask[row].sum()) - 1):
-            starts = base.clone()
-            starts[row, col] = True
-            gain = total - float(estimator_errors(fn, starts, true, mask).sum())
-            if gain > best:
-                best, where = gain, (row, col)
-    one = batch_oracle_cuts(fn, true, mask, 1)
-    assert one.nonzero().tolist() == [list(where)]
-    # more cuts never raise the error, and the total is kept
-    two = batch_oracle_cuts(fn, true, mask, 6)
-    assert int(two.sum()) == 6 and bool((two >= one).all())
-    assert float(estimator_errors(fn, base | two, true, mask).sum()) <= total - best + 1e-12
-    # global top: the batch's best candidates, never the first or last token of a row
-    scores = torch.arange(b * t, dtype=torch.float64).reshape(b, t)
-    top = global_top(scores, mask, 3)
-    assert top.nonzero().tolist() == [[3, 3], [3, 2], [3, 1]][::-1]
+    mask = torch.arange(8)[None] < torch.tensor([8, 6, 8, 5])[:, None]
+    scores = torch.arange(32, dtype=torch.float64).reshape(4, 8)
+    assert global_top(scores, mask, 3).nonzero().tolist() == [[3, 1], [3, 2], [3, 3]]
+    assert global_top(scores, mask, 5).nonzero().tolist() == [
+        [2, 5],
+        [2, 6],
+        [3, 1],
+        [3, 2],
+        [3, 3],
+    ]
+    assert int(global_top(scores, mask, 100).sum()) == 6 + 4 + 6 + 3  # every candidate
