@@ -102,11 +102,15 @@ def test_goal_uses_the_rmse_net_of_monte_carlo_noise(tmp_path: Path) -> None:
         "per_row": {"learned": 0.9, "even": 1.0, "entropy": 1.2, "oracle": 0.8},
         "per_batch": {"learned": 0.85, "entropy": 1.1, "oracle": 0.6},
     }
-    data = {"setups": setups, "audit": rows, "t2t": []}
+    exact = _audit_row("D", 0, 0.9, 1.0)  # exact truth: no noise, judged as measured
+    for rule in ("learned", "even", "entropy", "oracle"):
+        exact[rule]["rmse_net"] = 0.0
+    data = {"setups": setups, "audit": [*rows, exact], "t2t": []}
     doc, png = tmp_path / "page.md", tmp_path / "cuts.png"
     render(data, doc, png)
     text = doc.read_text()
     assert "| A | mc, rms SE 0.600 | 2 |" in text
+    assert text.count("| D | exact | 1 |") == 1  # in the main table only
     # the batch-budget table: only the run that recorded it; headroom 20% per episode, 40% per batch
     assert (
         "| A | 1 | `even` 1.000 | 0.900 | 0.800 | 0.850 | 1.100 | 0.600 | 20.0% | 40.0% |" in text
