@@ -82,7 +82,7 @@ def demo_scores(d: dict[str, Any]) -> str:
 
 def demo_table(d: dict[str, Any]) -> str:
     """The report's table, with the machine, load and wall time under it."""
-    from marlhf.training.report import HEADER, table_rows
+    from marlhf.runs.report import HEADER, table_rows
 
     return "\n".join(
         [
@@ -379,7 +379,10 @@ def _credit_learned_md(text: str) -> str:
     data = _results(RESULTS_DIR / "learned_terms.json")
     with tempfile.TemporaryDirectory(prefix="marlhf-pages-") as tmp:
         png = Path(tmp) / "learned_cuts.png"  # the plot is not compared, only the page
-        return _via_file(text, lambda p: learned_terms_doc.render(data, p, png))
+        return _via_file(
+            text,
+            lambda p: learned_terms_doc.render(data, p, png, RESULTS_DIR / "learned_terms.json"),
+        )
 
 
 #: page -> renderer (its committed text -> the text its results file gives).

@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.learned_terms import KeyPositionTask, tokens_to_threshold
 from benchmarks.learned_terms_doc import mean_ci, render
-from marlhf.agents.truth import Sampling, exact_advantages
+from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
 
@@ -83,3 +83,34 @@ def test_page_states_whether_the_goal_is_met(tmp_path: Path) -> None:
     bad = dict(good, audit=[_audit_row(t, s, 0.95, 1.0) for t in "ABC" for s in (0, 1)])
     render(bad, doc, png)
     assert "on >= 3 tasks: NOT met (met on: none)" in doc.read_text()
+
+
+@pytest.mark.slow
+def test_goal_uses_the_rmse_net_of_monte_carlo_noise(tmp_path: Path) -> None:
+    """Monte-Carlo rows that recorded the truth's standard error are judged net of it."""
+    setups = [{"part": "audit", "file": "x.json", "heuristics": ["even", "entropy"], "budget": 4,
+               "quick": True, "loadavg": ["1", "2", "3"]}]  # fmt: skip
+    rows = []
+    for task in "ABC":
+        for seed in (0, 1):
+            row = _audit_row(task, seed, 0.8, 1.0)  # 20% lower against the noisy truth
+            row["truth"], row["truth_rms_se"] = "mc", 0.6
+            for rule in ("learned", "even", "entropy", "oracle"):
+                row[rule]["rmse_net"] = max(row[rule]["rmse"] ** 2 - 0.36, 0.0) ** 0.5
+            rows.append(row)
+    data = {"setups": setups, "audit": rows, "t2t": []}
+    doc, png = tmp_path / "page.md", tmp_path / "cuts.png"
+    render(data, doc, png)
+    text = doc.read_text()
+    assert "| A | mc, rms SE 0.600 | 2 |" in text
+    assert "+20.0% ± 0.0 (vs `even`)" in text  # against the truth as computed
+    assert "+33.9% ± 0.0 (vs `even`)" in text  # net: 1 - sqrt(0.64 - 0.36) / sqrt(1 - 0.36)
+    assert "on >= 3 tasks: met (met on: ['A', 'B', 'C']). Judged net of the Monte-Carlo" in text
+
+
+def test_unknown_task_names_the_valid_ones() -> None:
+    from benchmarks.learned_terms import REASONING, _names
+
+    assert _names(f"DelayedChoice h32, {REASONING}", []) == ["DelayedChoice h32", REASONING]
+    with pytest.raises(SystemExit, match=r"unknown task\(s\) \['Nope'\]; valid: \[.*Reasoning"):
+        _names("Nope", [])
