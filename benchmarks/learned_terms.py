@@ -2,7 +2,7 @@
 
 For each task and seed, a tiny GPT-2 (2 layers, width 64) is trained by MA-PPO whose
 termination is ``learned:budget=K`` (the learned termination trains between policy updates,
-:mod:`marlhf.agents.termination_training`). Then, on a fresh held-out rollout of that policy
+:mod:`marlhf.algorithms.termination_training`). Then, on a fresh held-out rollout of that policy
 (the learned termination does not train on it), every termination cuts the same episodes at
 the same budget ``K`` and the agent's estimator (segment GAE on its critic) is scored against
 the truth (exact enumeration where the task has a decisive depth, Monte Carlo otherwise):
@@ -51,19 +51,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import learned_terms_reasoning as reasoning
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
 from benchmarks.learned_terms_alloc import alloc_rows
-from marlhf.agents import MAPPO
-from marlhf.agents.rollout_io import collect
-from marlhf.agents.termination_training import (
+from marlhf.algorithms import MAPPO
+from marlhf.algorithms.termination_training import (
     base_starts,
     estimator_errors,
     estimator_function,
     oracle_cuts,
     target_advantages,
 )
-from marlhf.agents.truth import Sampling
-from marlhf.envs.registration import register_task
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, RewardMode
-from marlhf.envs.toy import ToyTask
+from marlhf.checkpoint.rollout_io import collect
+from marlhf.credit.truth import Sampling
+from marlhf.envs.builtin.toy import ToyTask
+from marlhf.envs.core.registration import register_task
+from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, RewardMode
 from marlhf.models import tiny_gpt2
 from marlhf.options import (
     CutBudget,

@@ -5,7 +5,7 @@ cuts and lets the rule place them where they help most: many cuts in one episode
 another. Same mean number of cuts, so the comparison is still at equal cuts. This module asks
 whether that placement matters before anyone builds a rule for it:
 
-- :func:`~marlhf.agents.termination_training.batch_oracle_cuts`: greedy on the truth over the
+- :func:`~marlhf.algorithms.termination_training.batch_oracle_cuts`: greedy on the truth over the
   whole batch (each step adds the one cut, in any episode, that lowers the estimator's summed
   squared error most);
 - :func:`global_top` : a scored rule at a batch budget (its ``k * B`` best-scoring candidates,
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from marlhf.agents.termination_training import base_starts, batch_oracle_cuts, estimator_errors
+from marlhf.algorithms.termination_training import base_starts, batch_oracle_cuts, estimator_errors
 from marlhf.options import CutBudget
 from marlhf.options.budget import select_batch
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
+from marlhf.commands.sft_data import collate, task_examples
 from marlhf.models import tiny_gpt2
-from marlhf.training.sft_data import collate, task_examples
 
 ENV_ID = "marlhf/ReasoningGym-v0"
 ENV_KWARGS: dict[str, Any] = {

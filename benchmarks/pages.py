@@ -82,7 +82,7 @@ def demo_scores(d: dict[str, Any]) -> str:
 
 def demo_table(d: dict[str, Any]) -> str:
     """The report's table, with the machine, load and wall time under it."""
-    from marlhf.training.report import HEADER, table_rows
+    from marlhf.runs.report import HEADER, table_rows
 
     return "\n".join(
         [

@@ -11,7 +11,7 @@ results file (``benchmarks/results/turn_compare.json``) holds three parts:
 2. **Audit beside learning**: the ``turn-gae`` agent trained on the same task; at several
    budgets each agent's estimator re-estimates the advantages of the same rollouts (four
    iterations pooled) and is compared turn by turn with the exact advantage
-   (:func:`marlhf.agents.truth_multiturn.exact_turn_advantages`). PPO's and MA-PPO@turn's GAE
+   (:func:`marlhf.credit.truth_multiturn.exact_turn_advantages`). PPO's and MA-PPO@turn's GAE
    read the audited agent's critic; IGPO's and TRACE's potentials are scored under its policy
    and reference.
 3. **Cost**: each agent built once, then rounds of one iteration each in a rotated order in one
@@ -104,15 +104,15 @@ def loadavg() -> list[float]:
 def mean_scores(output_dir: Path, metric: str) -> dict[str, tuple[float, float]]:
     """Per agent: the mean over a common token grid of its smoothed learning curve (the area
     under the curve over the grid's width), mean and 95% half width over seeds."""
-    from marlhf.training.report import curves, label, mean_ci95, read_metrics_csv
+    from marlhf.runs.report import curves, label, mean_ci95, read_metrics_csv
 
     _, per_agent = curves(read_metrics_csv(output_dir / "metrics.csv"), metric)
     return {label(*key): mean_ci95(c.mean(axis=1)) for key, c in per_agent.items()}
 
 
 def run_learning(key: str, mode: str) -> dict[str, Any]:
-    from marlhf.training.compare import run_compare
-    from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+    from marlhf.commands.compare import run_compare
+    from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 
     env_id, kwargs, budget, _ = TASKS[key]
     m = MODES[mode]
@@ -151,7 +151,7 @@ def run_learning(key: str, mode: str) -> dict[str, Any]:
 def audit_schemes(group_size: int) -> dict[str, Scheme]:
     """Each compared agent's estimator with its own resolved config (``vineppo-turns`` is left
     out: its values are its own Monte-Carlo continuations, which the audited rollout lacks)."""
-    from marlhf.agents.config import PPOConfig, resolve_config
+    from marlhf.algorithms.config import PPOConfig, resolve_config
 
     out: dict[str, Scheme] = {}
     for agent in ["ppo", *AGENTS]:
@@ -165,8 +165,8 @@ def audit_schemes(group_size: int) -> dict[str, Scheme]:
 
 def run_audit(key: str, mode: str, seed: int = 0) -> dict[str, Any]:
     """Train ``turn-gae`` on the task; at each budget audit the next rollouts, pooled."""
-    from marlhf.agents import PPO
-    from marlhf.agents.turn_audit import audit_turn_values, stack_turn_values
+    from marlhf.algorithms import PPO
+    from marlhf.audit.turn_audit import audit_turn_values, stack_turn_values
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from marlhf.models import tiny_gpt2
 
@@ -222,7 +222,7 @@ def run_costs(key: str, mode: str, seed: int = 0) -> dict[str, Any]:
 
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from marlhf.models import tiny_gpt2
-    from marlhf.training.runner import agent_class, parse_agent
+    from marlhf.runs.runner import agent_class, parse_agent
 
     task = TASKS[key][3]()
     agents = ["ppo", *AGENTS]

@@ -6,7 +6,7 @@ the agent's advantage estimate. :class:`Learned` scores every response position 
 separate model and keeps the best positions under a :class:`~marlhf.options.budget.CutBudget`
 (``learned:budget=4``); the agents train it between policy updates, towards the cut sets that
 minimise the estimator's error against the true advantage (see
-:mod:`marlhf.agents.termination_training` and ``docs/learned_terminations.md``).
+:mod:`marlhf.algorithms.termination_training` and ``docs/learned_terminations.md``).
 
 The model (:class:`CutScorer`) is not a head on the policy's hidden states but a separate
 ~3k-parameter convolution over per-position features the agent already has after its scoring
@@ -112,7 +112,7 @@ class Learned(ScoredTermination):
     """Cut at the positions a small trained model scores highest, within a cut budget.
 
     Budget (as every scored termination): ``budget`` (default 4), ``length``, ``threshold``, ``q``.
-    Training (read by :func:`marlhf.agents.termination_training.train_termination`, which the
+    Training (read by :func:`marlhf.algorithms.termination_training.train_termination`, which the
     agents call after each rollout):
 
     :param per: ``"episode"`` (default: every response gets ``budget`` cuts) or ``"batch"``

@@ -13,16 +13,16 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO, pipeline
-from marlhf.agents import distributed as dist_utils
-from marlhf.agents.buffer import LMRolloutBuffer
-from marlhf.agents.collector import RolloutCollector
-from marlhf.agents.config import PPOConfig, resolve_config
-from marlhf.agents.estimators import get_estimator
-from marlhf.agents.kl import make_kl_controller
-from marlhf.agents.updater import PPOUpdater
+from marlhf.algorithms import MAPPO, PPO, pipeline
+from marlhf.algorithms.buffer import LMRolloutBuffer
+from marlhf.algorithms.collector import RolloutCollector
+from marlhf.algorithms.config import PPOConfig, resolve_config
+from marlhf.algorithms.updater import PPOUpdater
+from marlhf.credit.estimators import get_estimator
+from marlhf.credit.kl import make_kl_controller
 from marlhf.models import tiny_gpt2
 from marlhf.options import make_termination
+from marlhf.parallel import distributed as dist_utils
 from tests.agents.conftest import CueEnv, tiny_model
 
 SEED = 3

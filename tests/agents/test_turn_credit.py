@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPOConfig
-from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator
-from marlhf.agents.turn_credit import TurnInputError
+from marlhf.algorithms import PPOConfig
+from marlhf.credit.estimators import EstimatorBatch, check_estimate, get_estimator
+from marlhf.credit.turn_credit import TurnInputError
 from tests.agents.turn_batches import Row, per_token, random_rows, to_batch
 
 EPS = 1e-6
@@ -390,7 +390,7 @@ def test_potential_kind_picks_its_field() -> None:
 
 
 def test_igpo_and_trace_presets_read_their_potentials() -> None:
-    from marlhf.agents.config import PRESETS
+    from marlhf.algorithms.config import PRESETS
 
     igpo = get_estimator(PRESETS["igpo"].fixed["estimator"])
     trace = get_estimator(PRESETS["trace"].fixed["estimator"])

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from marlhf.agents import CausalLMActorCritic
-from marlhf.agents.turn_potentials import gold_potentials
+from marlhf.algorithms import CausalLMActorCritic
+from marlhf.credit.turn_potentials import gold_potentials
 from marlhf.models import tiny_gpt2
 
 V = 11
@@ -108,8 +108,8 @@ class _NoGold:
 def test_fill_potentials_maps_action_turn_starts_to_episode_columns() -> None:
     from types import SimpleNamespace
 
-    from marlhf.agents.estimators import EstimatorBatch
-    from marlhf.agents.turn_potentials import fill_potentials
+    from marlhf.credit.estimators import EstimatorBatch
+    from marlhf.credit.turn_potentials import fill_potentials
     from marlhf.tokenization import SymbolCodec
 
     codec = SymbolCodec([str(i) for i in range(V - 2)])
@@ -150,8 +150,8 @@ def test_fill_potentials_scores_each_model_once_for_every_kind(
 ) -> None:
     from types import SimpleNamespace
 
-    from marlhf.agents import turn_potentials as tp
-    from marlhf.agents.estimators import EstimatorBatch
+    from marlhf.credit import turn_potentials as tp
+    from marlhf.credit.estimators import EstimatorBatch
     from marlhf.tokenization import SymbolCodec
 
     codec = SymbolCodec([str(i) for i in range(V - 2)])

@@ -13,18 +13,18 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import MAPPO
-from marlhf.agents.advantages import compute_gae
-from marlhf.agents.checkpoint_data import termination_data, termination_from_data
-from marlhf.agents.rollout_io import collect
-from marlhf.agents.termination_training import (
+from marlhf.algorithms import MAPPO
+from marlhf.algorithms.termination_training import (
     base_starts,
     batch_oracle_cuts,
     estimator_errors,
     oracle_cuts,
     target_advantages,
 )
-from marlhf.agents.truth import Sampling
+from marlhf.checkpoint.data import termination_data, termination_from_data
+from marlhf.checkpoint.rollout_io import collect
+from marlhf.credit.advantages import compute_gae
+from marlhf.credit.truth import Sampling
 from marlhf.envs import make_task
 from marlhf.models import tiny_gpt2
 from marlhf.options import (
@@ -292,7 +292,7 @@ def test_a_loaded_termination_refuses_another_policy() -> None:
 def test_cli_trains_a_learned_termination(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from marlhf.training.cli import main
+    from marlhf.cli.main import main
     from tests.training.conftest import TINY, sets
 
     argv = sets(
@@ -430,7 +430,7 @@ def test_agent_refuses_what_a_learned_termination_cannot_train_on(
 def test_check_termination_refuses_a_multi_turn_env() -> None:
     from types import SimpleNamespace
 
-    from marlhf.agents.termination_training import check_termination
+    from marlhf.algorithms.termination_training import check_termination
     from marlhf.tokenization import SymbolCodec
 
     class _TurnEnv:

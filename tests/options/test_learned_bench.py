@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.learned_terms import KeyPositionTask, tokens_to_threshold
 from benchmarks.learned_terms_doc import mean_ci, render
-from marlhf.agents.truth import Sampling, exact_advantages
+from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
 

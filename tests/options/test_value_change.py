@@ -8,8 +8,8 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import MAPPO
-from marlhf.agents.rollout_io import collect
+from marlhf.algorithms import MAPPO
+from marlhf.checkpoint.rollout_io import collect
 from marlhf.models import tiny_gpt2
 from marlhf.options import SegmentationBatch, compute_starts, make_termination
 from marlhf.options.segments import segment_ids
