@@ -127,6 +127,7 @@ INSIDE: dict[str, tuple[str, ...]] = {
         "termination_training",
         "turn_checks",
         "config",
+        "user_presets",
         "turn_presets",
         "collector",
         "pipeline",
@@ -138,7 +139,16 @@ INSIDE: dict[str, tuple[str, ...]] = {
     ),
     "marlhf.audit": ("credit", "turn_audit", "turn_exact"),
     "marlhf.config": ("parse", "sections", "commands"),
-    "marlhf.runs": ("builders", "io", "progress", "report", "run_files", "runner"),
+    "marlhf.runs": (
+        "builders",
+        "errors",
+        "io",
+        "progress",
+        "report",
+        "request",
+        "run_files",
+        "runner",
+    ),
     "marlhf.commands": (
         "credit_audit",
         "evaluate",
@@ -267,6 +277,15 @@ def _sources() -> list[tuple[str, str, bool]]:
         (module_name(p), p.read_text(encoding="utf-8"), p.name == "__init__.py")
         for p in all_modules()
     ]
+
+
+def test_every_folder_of_marlhf_is_a_package() -> None:
+    """A folder without ``__init__.py`` imports as a namespace package from a checkout, but
+    setuptools' ``packages.find`` leaves it out of an installed wheel."""
+    folders = {p.parent for p in all_modules()}
+    assert (
+        sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []
+    )
 
 
 def test_every_module_is_in_a_layer() -> None:

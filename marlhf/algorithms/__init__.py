@@ -15,6 +15,7 @@ from marlhf.algorithms.config import (
 )
 from marlhf.algorithms.mappo import MAPPO
 from marlhf.algorithms.ppo import PPO
+from marlhf.algorithms.user_presets import register_preset
 from marlhf.credit import combine as _combine  # noqa: F401
 from marlhf.credit import turn_credit as _turn_credit  # noqa: F401
 from marlhf.credit.estimators import (
@@ -42,4 +43,5 @@ __all__ = [
     "available_estimators",
     "available_presets",
     "register_estimator",
+    "register_preset",
 ]

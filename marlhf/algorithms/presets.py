@@ -4,7 +4,9 @@ resolution.
 A preset *fixes* the knobs that define a method (passing one of those too is an error: the result
 would no longer be that method) and *suggests* others (learning rate, epochs, ...), which an
 explicit value overrides. :func:`resolve_config` applies defaults, then presets, then the
-explicit values. Re-exported by :mod:`marlhf.algorithms.config`.
+explicit values. :func:`~marlhf.algorithms.user_presets.register_preset` adds a user's preset
+beside the built-in ones.
+Re-exported by :mod:`marlhf.algorithms.config`.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@
 Every command reads its config dataclass (``marlhf.config.commands``): defaults, then
 ``--config FILE.yaml``, then ``--set KEY=VALUE`` (repeatable, dotted keys). ``--help`` lists
 every key with its type, default and help text; ``--print-config`` shows the merged config as
-YAML and exits. Bad input ends with a one-line error on stderr and exit status 2.
+YAML and exits. Bad input (a configuration error) ends with a one-line error on stderr and
+exit status 2; an error raised while a run is under way shows its traceback and exits with 1
+(:mod:`marlhf.runs.errors`). ``--help`` builds only the help of the command asked for.
 
 ``--import MODULE`` (repeatable; or the ``imports`` config key) imports a module that registers
 your own tasks or terminations before anything is built, so ``task.id`` and termination specs
@@ -16,35 +18,27 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
+import importlib
 import json
 import os
 import sys
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import yaml
-
+# Besides the standard library, only what the package root loads anyway: `marlhf --help` builds
+# no config and imports no training machinery; a command's help builds its own config's (see
+# build_parser), a command its own modules.
 from marlhf import __version__
-from marlhf.algorithms.presets import PRESETS
-from marlhf.commands.credit_audit import AuditConfig
-from marlhf.config.commands import (
-    CompareConfig,
-    EvalConfig,
-    RmConfig,
-    SftConfig,
-    TrainConfig,
-)
-from marlhf.config.parse import ConfigError, help_text, load_config, to_dict
 from marlhf.envs.core.registration import import_modules
-from marlhf.options import available_terminations
-from marlhf.parallel import distributed as dist_utils
-from marlhf.runs.builders import ActionMaskWarning, registered_env_ids
-from marlhf.runs.run_files import RunsFailed, SaveError
-from marlhf.threads import apply_thread_policy
 
+#: Bad input: a configuration error (:mod:`marlhf.runs.errors`).
 EXIT_BAD_INPUT = 2
-#: A run that could not finish (a save that failed, a run of compare that raised).
+#: A run that could not finish (an error inside it, a save that failed, a run of compare that
+#: raised).
 EXIT_FAILED = 1
 #: Verbosity levels: ``--quiet``, the default, ``--verbose``.
 QUIET, NORMAL, VERBOSE = 0, 1, 2
@@ -111,19 +105,53 @@ def _rm(config: Any, verbosity: int) -> dict[str, Any]:
     return run_rm(config)
 
 
-COMMANDS: dict[str, tuple[type, Callable[[Any, int], dict[str, Any]], str]] = {
-    "train": (TrainConfig, _train, "train one agent (PPO or MAPPO) on one task"),
-    "compare": (
-        CompareConfig,
+@dataclass(frozen=True)
+class Command:
+    """One sub-command: its config dataclass (imported when needed), what runs it, its summary.
+
+    :param config: ``"module:Class"`` of the config dataclass.
+    :param run: called as ``run(config, verbosity)``; returns the result printed as JSON.
+    :param summary: the one-line help.
+    """
+
+    config: str
+    run: Callable[[Any, int], dict[str, Any]]
+    summary: str
+
+    def config_class(self) -> type:
+        """The config dataclass (imports its module)."""
+        module, _, name = self.config.partition(":")
+        cls: type = getattr(importlib.import_module(module), name)
+        return cls
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
+        "marlhf.config.commands:TrainConfig", _train, "train one agent (PPO or MAPPO) on one task"
+    ),
+    "compare": Command(
+        "marlhf.config.commands:CompareConfig",
         _compare,
         "the main job: token-level PPO vs MAPPO terminations over seeds; writes a run folder "
         "with metrics, learning curves and report.md",
     ),
-    "eval": (EvalConfig, _eval, "score a saved model on a task's held-out prompts (JSONL samples)"),
-    "sft": (SftConfig, _sft, "causal-LM fine-tuning on text files or JSON lines (warm start)"),
-    "rm": (RmConfig, _rm, "Bradley-Terry reward model from chosen/rejected JSON lines"),
-    "audit": (
-        AuditConfig,
+    "eval": Command(
+        "marlhf.config.commands:EvalConfig",
+        _eval,
+        "score a saved model on a task's held-out prompts (JSONL samples)",
+    ),
+    "sft": Command(
+        "marlhf.config.commands:SftConfig",
+        _sft,
+        "causal-LM fine-tuning on text files or JSON lines (warm start)",
+    ),
+    "rm": Command(
+        "marlhf.config.commands:RmConfig",
+        _rm,
+        "Bradley-Terry reward model from chosen/rejected JSON lines",
+    ),
+    "audit": Command(
+        "marlhf.commands.credit_audit:AuditConfig",
         _audit,
         "each estimator's advantages against the policy's true advantages (exact or Monte "
         "Carlo) on the same rollouts: bias, variance, correlation per position and segment",
@@ -142,8 +170,13 @@ EXAMPLES = {
 
 
 def _catalogue() -> str:
-    """Registered tasks and terminations, for the help of train and compare."""
+    """Registered tasks and terminations, for the help of train and compare (imported here:
+    only the help of these two commands needs them)."""
     try:
+        from marlhf.algorithms.presets import PRESETS
+        from marlhf.options import available_terminations
+        from marlhf.runs.builders import registered_env_ids
+
         return (
             "\n\nregistered tasks: "
             + ", ".join(registered_env_ids())
@@ -157,25 +190,54 @@ def _catalogue() -> str:
         return f"\n\n(could not list tasks and terminations: {err})"
 
 
+class _CommandParser(argparse.ArgumentParser):
+    """A sub-command's parser whose epilog (every config key, the tasks and presets) is built by
+    :attr:`make_epilog` only when its help is printed: other commands' configs are never built."""
+
+    make_epilog: Callable[[], str] | None = None
+    _epilog: str | None = None
+
+    @property
+    def epilog(self) -> str | None:
+        if self.make_epilog is not None:
+            self._epilog, self.make_epilog = self.make_epilog(), None
+        return self._epilog
+
+    @epilog.setter
+    def epilog(self, value: str | None) -> None:
+        self._epilog = value
+
+
+def _epilog(name: str) -> str:
+    """The help after a command's options: an example, every config key, for train and compare
+    the registered tasks, terminations and presets."""
+    from marlhf.config.parse import help_text
+
+    text = f"example:\n  {EXAMPLES[name]}\n\n" + help_text(COMMANDS[name].config_class())
+    if name in ("train", "compare"):
+        text += _catalogue()
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argparse parser with one sub-command per entry of :data:`COMMANDS`."""
+    """The argparse parser with one sub-command per entry of :data:`COMMANDS` (each command's
+    epilog is built when its help is printed)."""
     parser = argparse.ArgumentParser(
         prog="marlhf",
         description="marlhf: RLHF with macro actions (MA-RLHF). Run `marlhf COMMAND --help`.",
     )
     parser.add_argument("--version", action="version", version=f"marlhf {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, (cls, _, summary) in COMMANDS.items():
-        epilog = f"example:\n  {EXAMPLES[name]}\n\n" + help_text(cls)
-        if name in ("train", "compare"):
-            epilog += _catalogue()
+    sub = parser.add_subparsers(
+        dest="command", metavar="COMMAND", required=True, parser_class=_CommandParser
+    )
+    for name, command in COMMANDS.items():
         p = sub.add_parser(
             name,
-            help=summary,
-            description=summary,
-            epilog=epilog,
+            help=command.summary,
+            description=command.summary,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
+        p.make_epilog = functools.partial(_epilog, name)
         p.add_argument("--config", "-c", metavar="FILE", help="YAML file with config values")
         p.add_argument(
             "--set",
@@ -245,6 +307,8 @@ def _talk(verbosity: int, command: str) -> Iterator[None]:
             return
         show = warnings.showwarning
 
+        from marlhf.runs.builders import ActionMaskWarning
+
         def one_line(message: Any, category: Any, *args: Any, **kwargs: Any) -> None:
             if issubclass(category, ActionMaskWarning):
                 print(f"marlhf {command}: warning: {message}", file=sys.stderr)
@@ -273,29 +337,44 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     parser = build_parser()
     args = parser.parse_args(argv)
-    cls, run, _ = COMMANDS[args.command]
+    command = COMMANDS[args.command]
     if args.verbosity < VERBOSE:
         _quiet_libraries()
+    from marlhf.config.parse import load_config, to_dict
+    from marlhf.parallel import distributed as dist_utils
+    from marlhf.runs.errors import is_config_error
+    from marlhf.runs.run_files import RunsFailed, SaveError
+    from marlhf.threads import apply_thread_policy
+
     try:
         apply_thread_policy()  # one torch thread unless asked otherwise (docs/threads.md)
-        config: Any = load_config(cls, args.config, args.overrides)
+        config: Any = load_config(command.config_class(), args.config, args.overrides)
         if hasattr(config, "imports"):  # recorded with the run; compare's workers import them
             config.imports = [
                 *config.imports,
                 *(m for m in args.imports if m not in config.imports),
             ]
-
             import_modules(config.imports)
         if args.print_config:
+            import yaml
+
             print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
             return 0
         with _talk(args.verbosity, args.command):
-            result = run(config, args.verbosity)
-    except (ConfigError, ValueError, TypeError, FileNotFoundError, FileExistsError) as err:
-        print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+            result = command.run(config, args.verbosity)
     except (SaveError, RunsFailed) as err:  # a full disk, a failed run: what is kept, what next
         print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILED
+    except Exception as err:
+        if is_config_error(err):  # bad input: one line naming the key, no traceback
+            print(f"marlhf {args.command}: error: {err}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        traceback.print_exc()  # not the user's input: where it happened matters
+        print(
+            f"marlhf {args.command}: error: {type(err).__name__}: {err} (raised inside the "
+            "run, not a configuration error: the traceback above shows where)",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     finally:
         world = dist_utils.world()  # under torchrun, rank 0 speaks for the run

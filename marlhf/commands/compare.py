@@ -23,16 +23,15 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from marlhf.algorithms import MAPPOConfig, PPOConfig
-from marlhf.algorithms.config import resolve_config
 from marlhf.algorithms.turn_checks import check_estimator_task
 from marlhf.commands.credit_audit import check_credit_task, credit_settings
-from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
-from marlhf.config.parse import from_dict, to_dict
+from marlhf.config.commands import CompareConfig, TaskConfig
+from marlhf.config.parse import ConfigError, to_dict
 from marlhf.envs.core.registration import import_modules
 from marlhf.models import resolve_device
 from marlhf.options import make_termination
@@ -53,16 +52,17 @@ from marlhf.runs.report import (
     summarize,
     write_metrics_csv,
 )
+from marlhf.runs.request import RunRequest, build_request
 from marlhf.runs.run_files import RunsFailed
 from marlhf.runs.runner import (
     RunSpec,
     check_batch_fits,
     check_task_kwargs,
+    execute,
     load_result,
     locked_run_folder,
     parse_agent,
     record_config,
-    train_run,
 )
 from marlhf.threads import apply_thread_policy
 
@@ -79,8 +79,11 @@ def run_specs(config: CompareConfig) -> list[RunSpec]:
     return [RunSpec(a, t, s) for a, t in agents for s in config.seeds]
 
 
-def validate(config: CompareConfig) -> None:
-    """Check the config before anything is trained (names the bad key and value)."""
+def validate(config: CompareConfig) -> list[RunRequest]:
+    """Check the config before anything is trained (names the bad key and value).
+
+    :returns: every run's request (:func:`run_requests`), built and checked here once.
+    """
     check_env_id(config.task.id)
     if not config.seeds:
         raise ValueError("seeds: need at least one seed")
@@ -103,9 +106,7 @@ def validate(config: CompareConfig) -> None:
     for _, termination in pairs:
         if termination != "token":
             make_termination(termination)
-    for run in run_specs(config):  # each agent's config builds (a preset clash fails here)
-        if run.agent not in ("ppo", "mappo"):
-            _check_preset_agent(config, run)
+    requests = run_requests(config)  # each agent's config builds (a preset clash fails here)
     check_task_kwargs(config.task)
     check_task_builds(config.task, config.model)  # bad values fail before any folder
     for name in ("total_timesteps", "workers", "threads_per_worker"):
@@ -114,6 +115,33 @@ def validate(config: CompareConfig) -> None:
     if config.checkpoint_every < 0:
         raise ValueError(f"checkpoint_every={config.checkpoint_every} must be >= 0")
     check_credit_task(config, config.task, config.agent)
+    return requests
+
+
+def run_requests(config: CompareConfig) -> list[RunRequest]:
+    """The request of every run of :func:`run_specs`, each agent's config resolved once."""
+    out = Path(config.output_dir)
+    requests = []
+    for spec in run_specs(config):
+        request = build_request(
+            spec,
+            str(out / "runs" / spec.name),
+            task=config.task,
+            model=config.model,
+            agent=config.agent,
+            total_timesteps=config.total_timesteps,
+            device=config.device,
+            checkpoint_every=config.checkpoint_every,
+            checkpoint_minutes=config.checkpoint_minutes,
+            tensorboard=config.tensorboard,
+            credit=credit_settings(config),
+            threads=config.threads_per_worker,
+            imports=list(config.imports),
+        )
+        if spec.agent not in ("ppo", "mappo"):
+            _check_preset_run(config, request)
+        requests.append(request)
+    return requests
 
 
 #: The progress queue of a worker process (set by :func:`_init_worker`).
@@ -150,44 +178,33 @@ def die_with_parent(parent: int) -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def _check_preset_agent(config: CompareConfig, spec: RunSpec) -> None:
-    values = config.agent.agent_kwargs()
-    explicit = {k: values[k] for k in config.agent.explicit}
-    if spec.termination != "token":
-        explicit["termination"] = spec.termination
-    cls = PPOConfig if spec.termination == "token" else MAPPOConfig
+def _check_preset_run(config: CompareConfig, request: RunRequest) -> None:
+    """A preset run's config fits the task: a turn-level estimator needs a multi-turn task, the
+    groups it samples divide ``task.num_envs``."""
+    agent, cfg = request.spec.agent, request.config
     try:
-        cfg = resolve_config(cls, [*config.agent.preset, spec.agent], explicit)
         check_estimator_task(cfg.estimator, config.task.id)  # turn-level on a one-turn task
     except (TypeError, ValueError) as err:
-        raise ValueError(f"agents: {spec.agent!r}: {err}") from None
+        raise ConfigError(f"agents: {agent!r}: {err}") from None
     if config.task.num_envs % cfg.group_size:
-        raise ValueError(
-            f"agents: {spec.agent!r} samples groups of group_size={cfg.group_size}, which does "
+        raise ConfigError(
+            f"agents: {agent!r} samples groups of group_size={cfg.group_size}, which does "
             f"not divide task.num_envs={config.task.num_envs}"
         )
 
 
-def _worker(
-    spec: RunSpec, folder: str, sections: dict[str, Any], settings: dict[str, Any]
-) -> dict[str, Any]:
-    """Entry point of a worker process: one run, progress sent through the worker's queue."""
+def _worker(payload: dict[str, Any]) -> dict[str, Any]:
+    """Entry point of a worker process: one run, from its request's :meth:`RunRequest.to_dict`,
+    progress sent through the worker's queue."""
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     logging.set_verbosity_error()
-    apply_thread_policy(settings.pop("threads"))
-    queue = _progress_queue
-    import_modules(settings.pop("imports"))  # the user's tasks and terminations
-    return train_run(
-        spec,
-        folder,
-        task=from_dict(TaskConfig, sections["task"]),
-        model=from_dict(ModelConfig, sections["model"]),
-        agent=from_dict(AgentConfig, sections["agent"]),
-        progress=lambda t, total, score: queue.put((spec.name, t, score)),
-        **settings,
-    )
+    apply_thread_policy(payload["threads"])
+    import_modules(payload["imports"])  # the user's tasks, terminations, estimators: first
+    request = RunRequest.from_dict(payload)
+    queue, name = _progress_queue, request.spec.name
+    return execute(request, lambda t, total, score: queue.put((name, t, score)))
 
 
 def _progress_for(update: Any, name: str) -> Any:
@@ -198,22 +215,13 @@ def _progress_for(update: Any, name: str) -> Any:
 
 
 def _train_all(
-    config: CompareConfig, todo: list[RunSpec], out: Path, display: str, verbose: bool
+    config: CompareConfig, todo: list[RunRequest], display: str, verbose: bool
 ) -> list[dict[str, Any]]:
-    sections = {k: to_dict(getattr(config, k)) for k in ("task", "model", "agent")}
-    settings = {
-        "total_timesteps": config.total_timesteps,
-        "device": config.device,
-        "checkpoint_every": config.checkpoint_every,
-        "checkpoint_minutes": config.checkpoint_minutes,
-        "threads": config.threads_per_worker,
-        "tensorboard": config.tensorboard,
-        "imports": config.imports,
-        "credit": credit_settings(config),
-    }
     results: list[dict[str, Any]] = []
     failures: list[str] = []
-    names = [s.name for s in todo]
+    names = [r.spec.name for r in todo]
+    for request in todo:  # a log of an earlier failure would mislead once the run goes on
+        (Path(request.folder) / ERROR_LOG).unlink(missing_ok=True)
     unused_mask = unused_mask_message(
         check_task_builds(config.task, config.model), config.agent.mask_actions
     )
@@ -225,23 +233,8 @@ def _train_all(
             threads = torch.get_num_threads()
             apply_thread_policy(config.threads_per_worker)
             try:
-                for spec in todo:
-                    results.append(
-                        train_run(
-                            spec,
-                            out / "runs" / spec.name,
-                            task=config.task,
-                            model=config.model,
-                            agent=config.agent,
-                            total_timesteps=config.total_timesteps,
-                            device=config.device,
-                            checkpoint_every=config.checkpoint_every,
-                            checkpoint_minutes=config.checkpoint_minutes,
-                            progress=_progress_for(update, spec.name),
-                            tensorboard=config.tensorboard,
-                            credit=credit_settings(config),
-                        )
-                    )
+                for request in todo:
+                    results.append(execute(request, _progress_for(update, request.spec.name)))
             finally:
                 torch.set_num_threads(threads)
             return results
@@ -256,11 +249,8 @@ def _train_all(
             initializer=_init_worker,
             initargs=(progress_queue, os.getpid()),
         ) as pool:
-            futures: dict[Future[dict[str, Any]], RunSpec] = {
-                pool.submit(
-                    _worker, spec, str(out / "runs" / spec.name), sections, dict(settings)
-                ): spec
-                for spec in todo
+            futures: dict[Future[dict[str, Any]], RunRequest] = {
+                pool.submit(_worker, request.to_dict()): request for request in todo
             }
             pending = set(futures)
             while pending:
@@ -275,13 +265,30 @@ def _train_all(
                     if err is None:
                         results.append(fut.result())
                     else:
-                        failures.append(f"{futures[fut].name}: {type(err).__name__}: {err}")
+                        failures.append(_failure(futures[fut], err))
         progress_queue.close()
     if failures:
         raise RunsFailed(
             "some runs failed (finished runs are kept; re-run to resume): " + "; ".join(failures)
         )
     return results
+
+
+#: The file in a run's folder that holds the traceback of its failure in a worker process.
+ERROR_LOG = "error.log"
+
+
+def _failure(request: RunRequest, err: BaseException) -> str:
+    """One line on a run that raised in a worker; its traceback (the worker's, which the pool
+    attaches as the cause) goes to the run's :data:`ERROR_LOG`, whose path the line names."""
+    line = f"{request.spec.name}: {type(err).__name__}: {err}"
+    log = Path(request.folder) / ERROR_LOG
+    try:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(log, "".join(traceback.format_exception(err)))
+    except OSError:
+        return line  # the message still names the run and the error
+    return f"{line} (traceback in {log})"
 
 
 def _task_returns(task: TaskConfig) -> dict[str, Any]:
@@ -306,24 +313,26 @@ def run_compare(
     :param verbose: a progress line per update.
     :returns: ``{"output_dir", "trained", "skipped", "summary", "wall_time"}``.
     """
-    validate(config)
+    requests = validate(config)
     out = Path(config.output_dir)
     with locked_run_folder(out, "marlhf compare"):
-        return _run_compare(config, out, progress, verbose)
+        return _run_compare(config, requests, out, progress, verbose)
 
 
-def _run_compare(config: CompareConfig, out: Path, display: str, verbose: bool) -> dict[str, Any]:
+def _run_compare(
+    config: CompareConfig, requests: list[RunRequest], out: Path, display: str, verbose: bool
+) -> dict[str, Any]:
     talk = display != "off"
     record_config(out, to_dict(config), RUN_DEFINING)
     started = time.perf_counter()
 
-    specs = run_specs(config)
+    specs = [r.spec for r in requests]
     finished = {s.name: load_result(out / "runs" / s.name) for s in specs}
-    todo = [s for s in specs if finished[s.name] is None]
+    todo = [r for r in requests if finished[r.spec.name] is None]
     skipped = [s.name for s in specs if finished[s.name] is not None]
     if skipped and talk:
         print(f"skipping {len(skipped)} finished run(s): {', '.join(skipped)}", file=sys.stderr)
-    trained = _train_all(config, todo, out, display, verbose) if todo else []
+    trained = _train_all(config, todo, display, verbose) if todo else []
     by_name = {r["run"]: r for r in trained}
     results = [finished[s.name] or by_name[s.name] for s in specs]
 

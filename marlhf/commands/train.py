@@ -31,15 +31,16 @@ from marlhf.runs.builders import (
     unused_mask_message,
 )
 from marlhf.runs.report import final_score, write_metrics_csv
+from marlhf.runs.request import build_request
 from marlhf.runs.runner import (
     MERGED,
     ProgressFn,
     RunSpec,
     check_batch_fits,
     check_task_kwargs,
+    execute,
     locked_run_folder,
     record_config,
-    train_run,
 )
 from marlhf.threads import apply_thread_policy
 
@@ -96,26 +97,28 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
             task.num_envs, "task.num_envs", world, group=config.agent.group_size
         )
         task = dataclasses.replace(task, num_envs=shard)
+    request = build_request(
+        spec,
+        str(out),
+        task=task,
+        model=config.model,
+        agent=config.agent,
+        total_timesteps=config.total_timesteps,
+        device=config.device,
+        checkpoint_every=config.checkpoint_every,
+        checkpoint_minutes=config.checkpoint_minutes,
+        tensorboard=config.tensorboard,
+        credit=credit_settings(config),
+        metrics_file=world.is_main,
+        threads=config.num_threads,
+        imports=list(config.imports),
+    )
     main = world.is_main
     with locked_run_folder(out, "marlhf train") if main else contextlib.nullcontext():
         if main:
             record_config(out, record, RUN_DEFINING)
         dist_utils.barrier()  # the folder is set up before any rank reads it
-        result = train_run(
-            spec,
-            out,
-            task=task,
-            model=config.model,
-            agent=config.agent,
-            total_timesteps=config.total_timesteps,
-            device=config.device,
-            checkpoint_every=config.checkpoint_every,
-            progress=note_when_training_starts(unused_mask, progress),
-            tensorboard=config.tensorboard,
-            credit=credit_settings(config),
-            checkpoint_minutes=config.checkpoint_minutes,
-            metrics_file=main,
-        )
+        result = execute(request, note_when_training_starts(unused_mask, progress))
         if main:
             write_metrics_csv(out / "metrics.csv", [result])
     scores = np.array([r["value"] for r in result["rows"] if r["metric"] == "rollout/score_mean"])

@@ -114,7 +114,9 @@ def check_credit(config: Any) -> None:
     if config.credit_truth not in ("exact", "mc"):
         raise ConfigError(f"credit_truth={config.credit_truth!r}; valid: 'exact', 'mc'")
     check_int("credit_mc_samples", config.credit_mc_samples, 2, 1_000_000)
-    from marlhf.audit.credit import Scheme
+    if not config.credit_schemes:
+        return
+    from marlhf.audit.credit import Scheme  # the audit machinery, only when schemes are named
 
     for i, text in enumerate(config.credit_schemes):
         try:

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from marlhf import models
-from marlhf.models import ModelLoadError, tiny_gpt2
 from marlhf.config.commands import ModelConfig, TaskConfig
 from marlhf.envs.core import registration
-from marlhf.envs.core.tasks import Task
 from marlhf.envs.core.registration import make_task, task_factory
+from marlhf.envs.core.tasks import Task
 from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
-from marlhf.envs.core import registration
+from marlhf.models import ModelLoadError, tiny_gpt2
 
 
 def smollm2_gguf_path() -> Path:

@@ -17,6 +17,7 @@ at any point leaves a checkpoint and its record.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -24,31 +25,31 @@ import shutil
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-from marlhf.parallel import distributed as dist_utils
+from marlhf.algorithms.config import PRESETS
 from marlhf.checkpoint.save_util import remove_checkpoint
+from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.models import resolve_device
+from marlhf.parallel import distributed as dist_utils
 from marlhf.runs.builders import build_env as build_env
 from marlhf.runs.builders import build_env_and_model
 from marlhf.runs.builders import check_task_kwargs as check_task_kwargs
-from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
+from marlhf.runs.errors import during_run
 from marlhf.runs.io import atomic_write_json, atomic_write_text
+from marlhf.runs.request import CHECKPOINT_MINUTES as CHECKPOINT_MINUTES
+from marlhf.runs.request import RunRequest, build_request, resolve_run_config
+from marlhf.runs.request import RunSpec as RunSpec
+from marlhf.runs.request import agent_class as agent_class
 from marlhf.runs.run_files import METRICS_FILE, LiveMetrics, saving
-from marlhf.algorithms.config import PRESETS
-from marlhf.algorithms.config import PRESETS
-from marlhf.algorithms import MAPPO, PPO
 
 RESULT_FILE = "result.json"
 LOCK_FILE = ".lock"
 PROGRESS_FILE = "progress.json"
 CHECKPOINT = "checkpoint"
-#: Minutes after which a checkpoint is also saved, whatever ``checkpoint_every`` says.
-CHECKPOINT_MINUTES = 5.0
 #: Logged keys kept in the metrics (numbers under these prefixes).
 KEPT_PREFIXES = ("rollout/", "train/", "credit/")
 
@@ -56,26 +57,6 @@ KEPT_PREFIXES = ("rollout/", "train/", "credit/")
 #: :data:`SCORE_METRIC` (None before the first log).
 ProgressFn = Callable[[int, int, "float | None"], None]
 SCORE_METRIC = "rollout/score_mean"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """Which agent, termination and seed one run trains.
-
-    :param agent: ``"ppo"`` (token level), ``"mappo"``, or a preset name (``grpo``, ...).
-    :param termination: the termination spec; ``"token"`` for token-level credit.
-    :param seed: seeds the model init, the env and the agent.
-    """
-
-    agent: str
-    termination: str
-    seed: int
-
-    @property
-    def name(self) -> str:
-        """A folder-safe run name, e.g. ``mappo-ngram_5-seed0``."""
-        safe = "".join(c if c.isalnum() or c in "._" else "_" for c in self.termination)
-        return f"{self.agent}-{safe}-seed{self.seed}"
 
 
 class MetricsRecorder(KVWriter):
@@ -118,21 +99,12 @@ class MetricsRecorder(KVWriter):
 MERGED = "final_merged"
 
 
-def agent_class(name: str, termination: str = "token") -> Any:
-    """``PPO`` for token-level credit, ``MAPPO`` when the run has a termination."""
-    if name not in ("ppo", "mappo") and name not in PRESETS:
-        raise ValueError(f"agent {name!r} is not one of {sorted({'ppo', 'mappo', *PRESETS})}")
-    if name == "mappo":
-        return MAPPO
-    return PPO if termination == "token" else MAPPO
-
-
 def parse_agent(text: str) -> tuple[str, str]:
     """``"grpo"`` -> ``("grpo", "token")``; ``"ma-ppo@ngram:10"`` -> ``("ma-ppo", "ngram:10")``.
 
-    The part before ``@`` is a preset (``marlhf.algorithms.PRESETS``) or ``ppo``/``mappo``; after it,
-    a termination spec (macro-action credit); without it, credit is token-level (``ma-ppo``
-    alone uses its preset's ``ngram:5``).
+    The part before ``@`` is a preset (``marlhf.algorithms.PRESETS``) or ``ppo``/``mappo``;
+    after it, a termination spec (macro-action credit); without it, credit is token-level
+    (``ma-ppo`` alone uses its preset's ``ngram:5``).
     """
     name, sep, termination = text.partition("@")
     name = name.strip()
@@ -158,27 +130,35 @@ def build_agent(
 ) -> Any:
     """The agent of ``spec`` on ``env`` starting from ``lm``: the shared ``agent`` section with
     the run's preset on top (``ppo``/``mappo``: the section alone)."""
-    if spec.agent in ("ppo", "mappo"):
-        kwargs = agent.agent_kwargs()
-        preset: list[str] | None = None
-    else:
-        # The section's presets, then the method's; only the keys the user set are explicit,
-        # so a method's fixed knobs win over the section's defaults (and clash with its settings).
-        preset = [*agent.preset, spec.agent]
-        values = agent.agent_kwargs()
-        kwargs = {k: values[k] for k in agent.explicit}
-    if spec.termination != "token":
-        kwargs["termination"] = spec.termination
-    return agent_class(spec.agent, spec.termination)(
+    preset = None if spec.agent in ("ppo", "mappo") else [*agent.preset, spec.agent]
+    config = resolve_run_config(spec, agent)
+    return agent_from_config(spec, config, preset, lm, env, device, tensorboard_log, policy_kwargs)
+
+
+def agent_from_config(
+    spec: RunSpec,
+    config: Any,
+    preset: list[str] | None,
+    lm: Any,
+    env: Any,
+    device: str,
+    tensorboard_log: str | None,
+    policy_kwargs: dict[str, Any] | None = None,
+) -> Any:
+    """The agent of ``spec`` with the resolved ``config`` (no preset applied again); ``preset``
+    (the presets it was resolved from) is recorded with the agent, as a loaded save records it."""
+    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    algo = agent_class(spec.agent, spec.termination)(
         lm,
         env,
         seed=spec.seed,
         device=device,
         tensorboard_log=tensorboard_log,
-        preset=preset,
         policy_kwargs=policy_kwargs or None,
-        **kwargs,
+        **values,
     )
+    algo.preset = preset
+    return algo
 
 
 def check_batch_fits(agent: AgentConfig, task: TaskConfig) -> None:
@@ -294,37 +274,57 @@ def train_run(
     model: ModelConfig,
     agent: AgentConfig,
     total_timesteps: int,
-    device: str = "cpu",
-    checkpoint_every: int = 10,
     progress: ProgressFn | None = None,
-    tensorboard: bool = False,
-    credit: dict[str, Any] | None = None,
-    checkpoint_minutes: float = CHECKPOINT_MINUTES,
-    metrics_file: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
-    """Train one run to ``total_timesteps`` tokens (resuming when possible); return its result.
+    """Train one run to ``total_timesteps`` tokens (resuming when possible); return its result:
+    :func:`execute` of the run's :func:`~marlhf.runs.request.build_request`.
 
     :param folder: the run's folder (created).
-    :param checkpoint_every: iterations between checkpoints; 0 saves none (no resume).
-    :param checkpoint_minutes: also save a checkpoint once this many minutes have passed since
-        the last one (0: by iterations only); only with ``checkpoint_every > 0``.
     :param progress: called with ``(tokens, total_timesteps, last score)`` after every dump.
-    :param tensorboard: also write TensorBoard event files to ``<folder>/tensorboard``.
-    :param credit: log the credit audit during training: the keyword arguments of
-        :class:`~marlhf.audit.credit.CreditAuditCallback` (``every``, ``method``,
-        ``mc_samples``, ``schemes``); its ``credit/*`` figures join the metrics.
-    :param metrics_file: keep ``<folder>/metrics.csv`` up to date while training (rewritten at
-        most every :data:`METRICS_SECONDS` and at each checkpoint), not only at the end.
+    :param options: the other fields of :class:`~marlhf.runs.request.RunRequest`
+        (``device``, ``checkpoint_every``, ``checkpoint_minutes``, ``tensorboard``, ``credit``,
+        ``metrics_file``).
+    """
+    request = build_request(
+        spec,
+        str(folder),
+        task=task,
+        model=model,
+        agent=agent,
+        total_timesteps=total_timesteps,
+        **options,
+    )
+    return execute(request, progress)
+
+
+def execute(request: RunRequest, progress: ProgressFn | None = None) -> dict[str, Any]:
+    """Train the run of ``request`` to its ``total_timesteps`` tokens (resuming when possible);
+    return its result. The one path of every training run, in this process or in a worker.
+
+    Its checkpoints (``checkpoint_every`` iterations, ``checkpoint_minutes``), TensorBoard
+    events, credit audit (``credit``: the keyword arguments of
+    :class:`~marlhf.audit.credit.CreditAuditCallback`, whose ``credit/*`` figures join the
+    metrics) and live ``metrics.csv`` (``metrics_file``: rewritten at most every
+    :data:`~marlhf.runs.run_files.METRICS_SECONDS` and at each checkpoint) follow the
+    request's fields.
+
+    :param progress: called with ``(tokens, total_timesteps, last score)`` after every dump.
     :returns: ``{"run", "agent", "termination", "seed", "tokens", "wall_time", "rows",
         "resumed_from"}``; also written to ``<folder>/result.json``.
     """
-    folder = Path(folder)
+    spec, task, model = request.spec, request.task, request.model
+    total_timesteps, checkpoint_every = request.total_timesteps, request.checkpoint_every
+    checkpoint_minutes, credit = request.checkpoint_minutes, request.credit
+    folder = Path(request.folder)
     done = load_result(folder)
     if done is not None:
         return done
     world = dist_utils.world()  # each rank its own GPU, when there are several
     device = str(
-        dist_utils.device_for(world, device) if world.distributed else resolve_device(device)
+        dist_utils.device_for(world, request.device)
+        if world.distributed
+        else resolve_device(request.device)
     )
     folder.mkdir(parents=True, exist_ok=True)
     env, lm, tokenizer = build_env_and_model(task, model, spec.seed, device)
@@ -357,7 +357,10 @@ def train_run(
         if main:
             remove_checkpoint(folder / CHECKPOINT)
             (folder / PROGRESS_FILE).unlink(missing_ok=True)
-        algo = build_agent(spec, lm, env, agent, device, None, model.policy_kwargs())
+        policy_kwargs = model.policy_kwargs()
+        algo = agent_from_config(
+            spec, request.config, request.preset, lm, env, device, None, policy_kwargs
+        )
 
     record = {
         "run": spec.name,
@@ -365,6 +368,7 @@ def train_run(
         "termination": spec.termination,
         "seed": spec.seed,
     }
+    metrics_file = request.metrics_file
     live = LiveMetrics(folder / METRICS_FILE, {**record, "rows": rows}) if metrics_file else None
 
     def on_dump(tokens: int) -> None:
@@ -376,7 +380,7 @@ def train_run(
     recorder = MetricsRecorder(wall_offset, on_dump)
     recorder.rows = rows
     formats: list[KVWriter] = [recorder]
-    if tensorboard:
+    if request.tensorboard:
         formats.append(TensorBoardOutputFormat(str(folder / "tensorboard")))
     algo.set_logger(Logger(folder=str(folder), output_formats=formats))
     if progress is not None:
@@ -387,60 +391,70 @@ def train_run(
         from marlhf.audit.credit import CreditAuditCallback
 
         callback = CreditAuditCallback(**credit)
-    tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
-    resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
-    last_save, last_iteration = time.perf_counter(), algo._iteration
-    while algo.num_timesteps < total_timesteps:
-        chunk = total_timesteps - algo.num_timesteps
-        if checkpoint_every > 0:  # one iteration at a time: a checkpoint may follow any
-            chunk = min(chunk, tokens_per_iter)
-        algo.learn(chunk, callback=callback, reset_num_timesteps=False)
-        due = algo._iteration - last_iteration >= checkpoint_every or (
-            checkpoint_minutes > 0 and time.perf_counter() - last_save >= 60 * checkpoint_minutes
-        )
-        if checkpoint_every > 0 and due and algo.num_timesteps < total_timesteps:
-            # The metrics of the new checkpoint are written before it and those of the previous
-            # one kept until it is replaced: a kill anywhere leaves the pair a resume needs.
-            entry = {"tokens": algo.num_timesteps, "wall_time": recorder.wall_time(), "rows": rows}
-            previous = [e for e in _progress_entries(folder) if e["tokens"] == resumed_tokens]
-            with saving(spec.name, folder / CHECKPOINT):
-                if main:
-                    atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
-                algo.save(folder / CHECKPOINT)  # every rank: it gathers their random streams
-                if main:
-                    atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
-            if main and live is not None:
+    with during_run():  # from here on an error is the run's, not its config's (exit 1)
+        tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
+        resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
+        last_save, last_iteration = time.perf_counter(), algo._iteration
+        while algo.num_timesteps < total_timesteps:
+            chunk = total_timesteps - algo.num_timesteps
+            if checkpoint_every > 0:  # one iteration at a time: a checkpoint may follow any
+                chunk = min(chunk, tokens_per_iter)
+            algo.learn(chunk, callback=callback, reset_num_timesteps=False)
+            due = algo._iteration - last_iteration >= checkpoint_every or (
+                checkpoint_minutes > 0
+                and time.perf_counter() - last_save >= 60 * checkpoint_minutes
+            )
+            if checkpoint_every > 0 and due and algo.num_timesteps < total_timesteps:
+                # The metrics of the new checkpoint are written before it and those of the previous
+                # one kept until it is replaced: a kill anywhere leaves the pair a resume needs.
+                entry = {
+                    "tokens": algo.num_timesteps,
+                    "wall_time": recorder.wall_time(),
+                    "rows": rows,
+                }
+                previous = [e for e in _progress_entries(folder) if e["tokens"] == resumed_tokens]
+                with saving(spec.name, folder / CHECKPOINT):
+                    if main:
+                        atomic_write_json(folder / PROGRESS_FILE, {"entries": [*previous, entry]})
+                    algo.save(folder / CHECKPOINT)  # every rank: it gathers their random streams
+                    if main:
+                        atomic_write_json(folder / PROGRESS_FILE, {"entries": [entry]})
+                if main and live is not None:
+                    live.write()
+                resumed_tokens = int(algo.num_timesteps)
+                last_save, last_iteration = time.perf_counter(), algo._iteration
+        with saving(spec.name, folder / "final"):
+            for fmt in formats[1:]:  # flush the TensorBoard events
+                fmt.close()
+            algo.save(folder / "final")
+        if not main:
+            return {
+                "tokens": int(algo.num_timesteps),
+                "wall_time": recorder.wall_time(),
+                "rows": rows,
+            }
+        plain = folder / "final_weights" / "policy"
+        with saving(spec.name, plain):
+            if model.lora is not None:  # the adapters folded in: a model plain transformers loads
+                plain = folder / MERGED
+                algo.policy.save_merged(plain)
+            if tokenizer is not None:  # so the saved policy loads with plain transformers, text too
+                tokenizer.save_pretrained(str(plain))
+        result = {
+            **record,
+            "tokens": int(algo.num_timesteps),
+            "wall_time": round(recorder.wall_time(), 3),
+            "resumed_from": resumed_from,
+            "rows": rows,
+        }
+        with saving(spec.name, folder / RESULT_FILE):
+            if live is not None:
                 live.write()
-            resumed_tokens = int(algo.num_timesteps)
-            last_save, last_iteration = time.perf_counter(), algo._iteration
-    with saving(spec.name, folder / "final"):
-        for fmt in formats[1:]:  # flush the TensorBoard events
-            fmt.close()
-        algo.save(folder / "final")
-    if not main:
-        return {"tokens": int(algo.num_timesteps), "wall_time": recorder.wall_time(), "rows": rows}
-    plain = folder / "final_weights" / "policy"
-    with saving(spec.name, plain):
-        if model.lora is not None:  # the adapters folded in: a model plain transformers loads
-            plain = folder / MERGED
-            algo.policy.save_merged(plain)
-        if tokenizer is not None:  # so the saved policy loads with plain transformers, text too
-            tokenizer.save_pretrained(str(plain))
-    result = {
-        **record,
-        "tokens": int(algo.num_timesteps),
-        "wall_time": round(recorder.wall_time(), 3),
-        "resumed_from": resumed_from,
-        "rows": rows,
-    }
-    with saving(spec.name, folder / RESULT_FILE):
-        if live is not None:
-            live.write()
-        atomic_write_json(folder / RESULT_FILE, result)
-    # the checkpoint only served resuming; the final save replaces it
-    remove_checkpoint(folder / CHECKPOINT)
-    (folder / PROGRESS_FILE).unlink(missing_ok=True)
-    return result
+            atomic_write_json(folder / RESULT_FILE, result)
+        # the checkpoint only served resuming; the final save replaces it
+        remove_checkpoint(folder / CHECKPOINT)
+        (folder / PROGRESS_FILE).unlink(missing_ok=True)
+        return result
 
 
 def _progress_entries(folder: Path) -> list[dict[str, Any]]:
