@@ -46,6 +46,9 @@ from common import RESULTS_DIR, ROOT, machine_stamp, print_table, read_json, wri
 
 PY = sys.executable
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+#: ``make bench``'s decode run: the tiny model, 3 rounds, in its own file (decode.json keeps the
+#: full run's SmolLM2 rows).
+DECODE_QUICK = ["--quick", "--rounds", "3", "--out", "benchmarks/results/decode_quick.json"]
 #: Terminations timed against PPO in the iteration step (PPO is timed first and last).
 ITERATION_SPECS = {
     "quick": ["ngram:5", "random_ngram", "perplexity", "treesitter:python"],
@@ -427,7 +430,7 @@ def main(mode: str = "quick", skip: list[str] | None = None) -> dict[str, Any]:
             [
                 PY,
                 "benchmarks/decode.py",
-                *(["--quick", "--rounds", "3"] if mode == "quick" else []),
+                *(DECODE_QUICK if mode == "quick" else []),
             ],
         ),
         ("iteration", None),

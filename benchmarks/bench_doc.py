@@ -342,7 +342,7 @@ def render_doc(s: dict[str, Any]) -> str:
         ]
     else:
         lines += [f"Not measured: {s.get('rollout_vs_bare_error')}", ""]
-    lines += decode_section()
+    lines += decode_section(s["mode"])
 
     lines += ["## 2. marlhf against TRL (`marlhf_vs_trl`)", ""]
     trl = read_json(RESULTS_DIR / "trl_ppo.json") or {}

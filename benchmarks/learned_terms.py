@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import learned_terms_reasoning as reasoning
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
+from benchmarks.learned_terms_alloc import alloc_rows
 from marlhf.algorithms import MAPPO
 from marlhf.algorithms.termination_training import (
     base_starts,
@@ -285,6 +286,18 @@ def audit_rules(algo: Any, rules: list[str], rows: int) -> dict[str, Any]:
             "cuts_per_episode": float((starts & mask).sum() / mask.shape[0]),
             "cut_freq_per_position": (starts & mask).double().mean(dim=0).tolist(),
         }
+    # the same number of cuts as a batch budget (budget * B, placed anywhere in the batch)
+    out["alloc"] = alloc_rows(
+        fn,
+        true,
+        mask,
+        {
+            rule: cast(Any, term if rule == "learned" else make_termination(rule)).scores(batch)
+            for rule in ("learned", "entropy", "value_change", "surprisal")
+        },
+        {rule: cut_sets[rule] for rule in ("learned", *HEURISTICS, "oracle")},
+        BUDGET,
+    )
     # the same trained scores (and the heuristics) at other budgets
     out["by_budget"] = {}
     for budget in OTHER_BUDGETS:
@@ -324,19 +337,29 @@ def _cut_sets(
     return out
 
 
+#: ``learned:per=...`` of the audited agents (``--per``); rows of ``per=batch`` are labelled
+#: ``"<task>, per batch"``
+PER = "episode"
+
+
 def run_audit(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, Any]]:
     rows = []
     for task in tasks:
         _, _, it_quick, it_full, _ = TASKS[task]
         for seed in seeds:
             start = time.perf_counter()
-            algo = make_agent(task, seed, f"learned:budget={BUDGET};rows=16;steps=20")
+            spec = f"learned:budget={BUDGET};rows=16;steps=20" + (
+                ";per=batch" if PER == "batch" else ""
+            )
+            algo = make_agent(task, seed, spec)
             horizon = algo.env.task.max_new_tokens
             curve = Curve()
             learn(algo, (it_quick if quick else it_full) * NUM_ENVS * horizon, curve)
             row = audit_rules(algo, ["learned", *HEURISTICS], rows=16)
             row.update(
-                task=task,
+                task=task if PER == "episode" else f"{task}, per batch",
+                base_task=task,
+                learned_spec=spec,
                 seed=seed,
                 seconds=time.perf_counter() - start,
                 truth_tokens=int(algo.termination.truth_tokens),
@@ -348,7 +371,7 @@ def run_audit(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str,
             _write_part("audit", quick, seeds, rows, 0.0)
             best = min(HEURISTICS, key=lambda r: row[r]["rmse"])
             print(
-                f"{task} seed {seed}: learned {row['learned']['rmse']:.4f} best heuristic "
+                f"{row['task']} seed {seed}: learned {row['learned']['rmse']:.4f} best heuristic "
                 f"{best} {row[best]['rmse']:.4f} oracle {row['oracle']['rmse']:.4f} "
                 f"({row['seconds']:.0f}s)",
                 flush=True,
@@ -424,7 +447,9 @@ def merge() -> dict[str, Any]:
             got = read_json(path) or {}
             data[part] += got.get(part, [])
             data["setups"].append({"part": part, "file": path.name, **got.get(f"{part}_setup", {})})
-    data["audit"].sort(key=lambda r: (list(TASKS).index(r["task"]), r["seed"]))
+    data["audit"].sort(
+        key=lambda r: (list(TASKS).index(r.get("base_task", r["task"])), r["task"], r["seed"])
+    )
     write_json(RESULTS, data)
     return data
 
@@ -450,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default="", help="suffix of the part files (parallel runs)")
     parser.add_argument("--tasks", default=None, help="audit tasks, comma-separated names")
     parser.add_argument("--t2t-tasks", default=None, help="tokens-to-threshold tasks")
+    parser.add_argument(
+        "--per", choices=["episode", "batch"], default="episode", help="the learned budget's unit"
+    )
     parser.add_argument("--render", action="store_true", help="merge the parts, render the doc")
     args = parser.parse_args(argv)
     if args.render:
@@ -464,8 +492,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",")]
-    global TAG
-    TAG = args.tag
+    global TAG, PER
+    TAG, PER = args.tag, args.per
     chosen = {
         "audit": _names(args.tasks, list(TASKS)),
         "t2t": _names(args.t2t_tasks, T2T_TASKS),

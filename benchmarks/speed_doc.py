@@ -26,53 +26,64 @@ def load_text(load: Any) -> str:
     return " / ".join(f"{x:.1f}" for x in load)
 
 
-def decode_section() -> list[str]:
-    """The rollout's decode paths (``benchmarks/decode.py``: eager, static, compiled)."""
+def decode_section(mode: str = "full") -> list[str]:
+    """The rollout's decode paths (``benchmarks/decode.py``: eager, static, compiled): the run of
+    ``mode`` (``decode_quick.json`` for ``make bench``, ``decode.json`` for the full set), and
+    in quick mode the kept full run below it when there is one."""
     lines = ["### Static and compiled decoding (`benchmarks/decode.py`)", ""]
-    dec = read_json(RESULTS_DIR / "decode.json") or {}
-    rows = dec.get("results") or []
-    if not rows:
-        return [*lines, f"Not measured: {dec.get('error') or 'decode.json is missing'}", ""]
-    commit = str((dec.get("machine") or {}).get("commit"))[:7]
+    names = ["decode_quick.json", "decode.json"] if mode == "quick" else ["decode.json"]
+    found = [(n, read_json(RESULTS_DIR / n) or {}) for n in names]
+    found = [(n, d) for n, d in found if d.get("results")]
+    if not found:
+        return [*lines, f"Not measured: {' and '.join(names)} missing", ""]
     lines += [
         "One PPO agent per `decode` path rolls out the same env (the scoring after the rollout "
         "not run) beside the bare KV-cache loop, in interleaved rounds after a warm-up round "
         "(which compiles: `compile s`); speed-ups over the eager agent and against the bare "
-        "loop are per round, median (range); load before and after. One torch thread, CPU. "
-        f"Measured at commit `{commit}`.",
-        "",
-        markdown_table(
-            [
-                "model",
-                "B",
-                "N",
-                "eager tok/s",
-                "static / eager",
-                "compiled / eager",
-                "eager agent / bare",
-                "compiled agent / bare",
-                "compile s",
-                "load",
-            ],
-            [
-                [
-                    r["model"],
-                    r["batch"],
-                    r["new_tokens"],
-                    round(r["tok_s"]["eager"]),
-                    _median_range(r["speedup_over_eager"]["static"]),
-                    _median_range(r["speedup_over_eager"]["compiled"]),
-                    _median_range(r["agent_over_bare"]["eager"]),
-                    _median_range(r["agent_over_bare"]["compiled"]),
-                    round(r["compile_s"]),
-                    f"{r['load_before'][0]:.1f}-{r['load_after'][0]:.1f}",
-                ]
-                for r in rows
-            ],
-        ),
+        "loop are per round, median (range); load before and after. One torch thread, CPU.",
         "",
     ]
+    for name, dec in found:
+        commit = str((dec.get("machine") or {}).get("commit"))[:7]
+        lines += [
+            f"`{name}`, measured at commit `{commit}`:",
+            "",
+            _decode_table(dec["results"]),
+            "",
+        ]
     return lines
+
+
+def _decode_table(rows: list[dict[str, Any]]) -> str:
+    return markdown_table(
+        [
+            "model",
+            "B",
+            "N",
+            "eager tok/s",
+            "static / eager",
+            "compiled / eager",
+            "eager agent / bare",
+            "compiled agent / bare",
+            "compile s",
+            "load",
+        ],
+        [
+            [
+                r["model"],
+                r["batch"],
+                r["new_tokens"],
+                round(r["tok_s"]["eager"]),
+                _median_range(r["speedup_over_eager"]["static"]),
+                _median_range(r["speedup_over_eager"]["compiled"]),
+                _median_range(r["agent_over_bare"]["eager"]),
+                _median_range(r["agent_over_bare"]["compiled"]),
+                round(r["compile_s"]),
+                f"{r['load_before'][0]:.1f}-{r['load_after'][0]:.1f}",
+            ]
+            for r in rows
+        ],
+    )
 
 
 def _median_range(r: dict[str, float]) -> str:

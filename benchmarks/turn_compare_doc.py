@@ -8,7 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DOCS_DIR, fmt, markdown_table
+from benchmarks.common import DOCS_DIR, RESULTS_DIR, fmt, markdown_table
+from benchmarks.provenance import describe
 
 BEGIN, END = "<!-- turn_compare.json:begin -->", "<!-- turn_compare.json:end -->"
 
@@ -187,7 +188,9 @@ def render_block(data: dict[str, Any]) -> str:
         BEGIN,
         "",
         f"Rendered from `benchmarks/results/turn_compare.json` (mode `{data.get('mode')}`, "
-        f"commit `{stamp.get('commit', '?')}`, {stamp.get('cores', '?')} cores, "
+        f"measured at commit {describe(stamp, RESULTS_DIR / 'turn_compare.json')} on "
+        f"{stamp.get('date_utc', '?')}, {stamp.get('cpu', '?')}, {stamp.get('cores', '?')} "
+        f"cores shared with other jobs, torch threads {stamp.get('torch_threads', '?')}; "
         f"`python benchmarks/turn_compare.py --mode {data.get('mode')}`).",
         "",
     ]

@@ -279,6 +279,15 @@ def _sources() -> list[tuple[str, str, bool]]:
     ]
 
 
+def test_every_folder_of_marlhf_is_a_package() -> None:
+    """A folder without ``__init__.py`` imports as a namespace package from a checkout, but
+    setuptools' ``packages.find`` leaves it out of an installed wheel."""
+    folders = {p.parent for p in all_modules()}
+    assert (
+        sorted(str(f.relative_to(ROOT)) for f in folders if not (f / "__init__.py").is_file()) == []
+    )
+
+
 def test_every_module_is_in_a_layer() -> None:
     units = {unit(module_name(p)) for p in all_modules()}
     assert None not in units, [

@@ -43,7 +43,8 @@ def test_an_old_result_without_per_round_ratios_shows_its_single_ratio() -> None
 
 def test_the_decode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(speed_doc, "RESULTS_DIR", tmp_path)
-    assert "Not measured: decode.json is missing" in "\n".join(speed_doc.decode_section())
+    missing = "Not measured: decode_quick.json and decode.json missing"
+    assert missing in "\n".join(speed_doc.decode_section("quick"))
     row = {
         "model": "tiny", "batch": 16, "new_tokens": 64, "tok_s": {"eager": 250.4},
         "speedup_over_eager": {"static": _summary(0.9, 0.85, 0.95),
@@ -56,3 +57,9 @@ def test_the_decode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     text = "\n".join(speed_doc.decode_section())
     want = "| tiny | 16 | 64 | 250 | 0.900 (0.85-0.95) | 1.300 (1.20-1.50) | 0.880 (0.80-0.90) |"
     assert want in text and "| 45 | 11.0-12.5 |" in text
+    # make bench's quick run first, the kept full run below it
+    quick = {"results": [{**row, "model": "quick tiny"}], "machine": {"commit": "abcdef12"}}
+    (tmp_path / "decode_quick.json").write_text(json.dumps(quick))
+    text = "\n".join(speed_doc.decode_section("quick"))
+    assert text.index("| quick tiny |") < text.index("| tiny |")
+    assert "`decode_quick.json`, measured at commit `abcdef1`" in text

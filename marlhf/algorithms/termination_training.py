@@ -200,6 +200,42 @@ def oracle_cuts(
     return chosen
 
 
+def batch_oracle_cuts(
+    advantages_of: Callable[[torch.Tensor], torch.Tensor],
+    true: torch.Tensor,
+    mask: torch.Tensor,
+    total: int,
+    *,
+    isolate_last: bool = True,
+) -> torch.Tensor:
+    """``bool[B, T]``: ``total`` cuts over the whole batch, added greedily one at a time where
+    the estimator's squared error against ``true`` drops most (rows are independent: the
+    estimator's advantages of one row do not depend on another's cuts).
+
+    :param advantages_of: as :func:`oracle_cuts`'s.
+    """
+    b, t = mask.shape
+    chosen = torch.zeros_like(mask)
+    if t == 0 or b == 0 or total <= 0:
+        return chosen
+    cand = CutBudget("oracle", budget=1).candidates(mask)
+    fixed = base_starts(mask, isolate_last)
+    eye = torch.eye(t, dtype=torch.bool, device=mask.device)
+    target = true.double()
+    for _ in range(total):
+        free = cand & ~chosen
+        if not bool(free.any()):
+            break
+        now = estimator_errors(advantages_of, fixed | chosen, true, mask)  # [B]
+        trial = ((fixed | chosen)[None, :, :] | eye[:, None, :]) & mask[None]  # [T, B, T]
+        adv = advantages_of(trial.reshape(t * b, t)).reshape(t, b, t).double()
+        err = torch.where(mask[None], (adv - target[None]).square(), 0.0).sum(dim=2)  # [T, B]
+        gain = (now[None, :] - err).masked_fill(~free.T, -math.inf)
+        col, row = divmod(int(gain.argmax()), b)
+        chosen[row, col] = True
+    return chosen
+
+
 def estimator_function(algo: Any, rows: slice) -> Callable[[torch.Tensor], torch.Tensor]:
     """``starts -> advantages`` of the agent's estimator on ``rows`` of its rollout, for any
     number of stacked copies of those rows (task rewards, as the audit: the truth is of the
@@ -271,7 +307,11 @@ def train_termination(algo: Any) -> dict[str, float]:
     true = truth.advantages.to(mask.device)
     advantages_of = estimator_function(algo, rows)
     isolate = bool(algo.config.isolate_last)
-    oracle = oracle_cuts(advantages_of, true, mask, term.cut_budget, isolate_last=isolate)
+    if getattr(term, "per", "episode") == "batch":  # budget * B cuts anywhere in the batch
+        total = int(term.cut_budget.budget) * mask.shape[0]
+        oracle = batch_oracle_cuts(advantages_of, true, mask, total, isolate_last=isolate)
+    else:
+        oracle = oracle_cuts(advantages_of, true, mask, term.cut_budget, isolate_last=isolate)
     batch = SegmentationBatch.build(
         buf.response_ids[rows],
         mask,

@@ -36,10 +36,11 @@ import torch
 from torch import nn
 
 from marlhf.options.base import SegmentationBatch
-from marlhf.options.budget import ScoredTermination, require
+from marlhf.options.budget import ScoredTermination, require, select_batch
 from marlhf.options.registry import register_termination
 
 TARGETS = ("auto", "exact", "mc")
+PER = ("episode", "batch")
 #: token ids are hashed into this many embedding rows (the model's size does not grow with the
 #: vocabulary)
 TOKEN_BUCKETS = 32
@@ -114,6 +115,11 @@ class Learned(ScoredTermination):
     Training (read by :func:`marlhf.algorithms.termination_training.train_termination`, which the
     agents call after each rollout):
 
+    :param per: ``"episode"`` (default: every response gets ``budget`` cuts) or ``"batch"``
+        (a batch of ``B`` responses gets ``budget * B`` cuts, placed at the best-scoring
+        candidates wherever they are; the same mean number of cuts; trained towards the batch
+        oracle). With ``"batch"`` an episode's cuts depend on the rest of its batch; only
+        ``budget`` sets the count.
     :param target: the advantages it is trained against: ``"exact"`` (enumerated truth; needs a
         task with a decisive depth), ``"mc"`` (Monte-Carlo, with standard errors) or ``"auto"``
         (default: exact where the task declares a decisive depth, else mc).
@@ -146,6 +152,7 @@ class Learned(ScoredTermination):
         threshold: float | None = None,
         q: float | None = None,
         *,
+        per: str = "episode",
         target: str = "auto",
         steps: int = 20,
         every: int = 1,
@@ -165,6 +172,13 @@ class Learned(ScoredTermination):
         truth_tokens: int = 0,
     ) -> None:
         super().__init__(budget, length, threshold, q)
+        if per not in PER:
+            raise ValueError(f"learned: per={per!r} is not one of {PER}")
+        if per == "batch" and (budget is None or length is not None or q is not None):
+            raise ValueError(
+                f"learned: per='batch' needs budget= (cuts per episode on average) and no "
+                f"length or q; got budget={budget!r}, length={length!r}, q={q!r}"
+            )
         if target not in TARGETS:
             raise ValueError(f"learned: target={target!r} is not one of {TARGETS}")
         for field, value, low in (
@@ -189,6 +203,7 @@ class Learned(ScoredTermination):
             isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
         ):
             raise ValueError(f"learned: vocab_size={vocab_size!r} must be an integer or None")
+        self.per = per
         self.target, self.steps, self.every, self.lr = target, steps, every, float(lr)
         self.rows, self.mc_samples, self.hidden, self.seed = rows, mc_samples, hidden, seed
         self.use_entropy, self.use_values = use_entropy, use_values
@@ -318,6 +333,7 @@ class Learned(ScoredTermination):
         out: dict[str, Any] = dict(self.cut_budget.kwargs())
         defaults = Learned.__init__.__kwdefaults__ or {}
         knobs = {
+            "per": self.per,
             "target": self.target,
             "steps": self.steps,
             "every": self.every,
@@ -395,12 +411,26 @@ class Learned(ScoredTermination):
             out = self.model(*self._inputs(batch))
         return out.to(batch.mask.device).double()
 
+    def starts(self, batch: SegmentationBatch) -> torch.Tensor:
+        if self.per == "episode":
+            return super().starts(batch)
+        mask = batch.mask
+        scores = self.scores(batch).to(mask.device)
+        if self.cut_budget.threshold is not None:
+            scores = scores.masked_fill(~(scores > self.cut_budget.threshold), math.nan)
+        total = int(self.cut_budget.budget or 0) * mask.shape[0]
+        out = select_batch(scores, self.cut_budget.candidates(mask), total)
+        if mask.shape[1]:
+            out[:, 0] = mask[:, 0]
+        return out
+
     def fit_step(self, batch: SegmentationBatch, targets: torch.Tensor) -> float:
         """One Adam step of the model's own optimizer towards the cut set ``targets``.
 
         The loss is the cross-entropy of a softmax over each row's candidate positions against
         the uniform distribution on its target cuts (rows without targets are skipped), so the
-        model's top-``k`` positions become the target set.
+        model's top-``k`` positions become the target set. With ``per="batch"`` the softmax is
+        over the whole batch's candidates (the batch's top ``k * B`` become the target set).
 
         :param targets: ``bool[B, T]`` the cut points to learn (a subset of the candidates).
         :return: the loss before the step.
@@ -416,9 +446,13 @@ class Learned(ScoredTermination):
             with torch.enable_grad():
                 logits = self.model(*self._inputs(batch)).to(targets.device)
                 logits = logits.masked_fill(~cand, -1e9)
-                logp = logits.log_softmax(dim=1)
-                per_row = -(logp * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
-                loss = per_row[rows].mean()
+                if self.per == "batch":
+                    logp = logits.flatten().log_softmax(dim=0).reshape(logits.shape)
+                    loss = -(logp * targets).sum() / targets.sum()
+                else:
+                    logp = logits.log_softmax(dim=1)
+                    per_row = -(logp * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
+                    loss = per_row[rows].mean()
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

@@ -16,6 +16,7 @@ import torch
 from marlhf.algorithms import MAPPO
 from marlhf.algorithms.termination_training import (
     base_starts,
+    batch_oracle_cuts,
     estimator_errors,
     oracle_cuts,
     target_advantages,
@@ -424,3 +425,91 @@ def test_agent_refuses_what_a_learned_termination_cannot_train_on(
     if "budget=13" not in spec:
         _agent_on(env, spec + ";steps=0", **kw)
     _agent_on(env, "learned:budget=2")  # target=auto on a task without a decisive depth: mc
+
+
+def test_check_termination_refuses_a_multi_turn_env() -> None:
+    from types import SimpleNamespace
+
+    from marlhf.algorithms.termination_training import check_termination
+    from marlhf.tokenization import SymbolCodec
+
+    class _TurnEnv:
+        max_new_tokens = 12
+
+        def turn_record(self) -> None:
+            return None
+
+    model = tiny_gpt2(SymbolCodec(["a", "b"]), n_layer=1, n_embd=16, n_head=2, seed=0)
+    algo = SimpleNamespace(
+        termination=Learned(budget=2),
+        env=_TurnEnv(),
+        policy=SimpleNamespace(model=model, vocab_size=5),
+        config=SimpleNamespace(estimator="gae"),
+    )
+    with pytest.raises(ValueError, match=r"learned: _TurnEnv is a multi-turn env.*steps=0"):
+        check_termination(algo)
+    algo.termination = Learned(budget=2, steps=0)  # applied frozen: fine
+    check_termination(algo)
+    algo.termination = make_termination("entropy:budget=2")  # a heuristic: fine
+    check_termination(algo)
+
+
+def test_batch_oracle_places_one_cut_where_the_whole_batch_gains_most() -> None:
+    gen = torch.Generator().manual_seed(3)
+    b, t = 4, 8
+    mask = torch.arange(t)[None] < torch.tensor([8, 6, 8, 5])[:, None]
+    rewards = torch.zeros(b, t)
+    rewards[torch.arange(b), mask.sum(1) - 1] = torch.rand(b, generator=gen)
+    values = torch.rand(b, t, generator=gen)
+    true = torch.randn(b, t, generator=gen).double() * mask
+    fn = _gae(rewards, values, mask)
+    base = base_starts(mask, True)
+    total = float(estimator_errors(fn, base, true, mask).sum())
+    best, where = -math.inf, (-1, -1)
+    for row in range(b):
+        for col in range(1, int(mask[row].sum()) - 1):
+            starts = base.clone()
+            starts[row, col] = True
+            gain = total - float(estimator_errors(fn, starts, true, mask).sum())
+            if gain > best:
+                best, where = gain, (row, col)
+    one = batch_oracle_cuts(fn, true, mask, 1)
+    assert one.nonzero().tolist() == [list(where)]
+    six = batch_oracle_cuts(fn, true, mask, 6)  # greedy: the first cut stays, errors only fall
+    assert int(six.sum()) == 6 and bool((six >= one).all())
+    assert float(estimator_errors(fn, base | six, true, mask).sum()) <= total - best + 1e-12
+    # at the same number of cuts it is at least as good as some per-episode allocation here
+    per_row = oracle_cuts(fn, true, mask, CutBudget("o", budget=1)) | base
+    assert int((per_row & ~base).sum()) == 4
+    four = batch_oracle_cuts(fn, true, mask, 4) | base
+    assert float(estimator_errors(fn, four, true, mask).sum()) <= float(
+        estimator_errors(fn, per_row, true, mask).sum()
+    )
+
+
+def test_per_batch_places_budget_times_rows_cuts_and_learns_the_batch_target() -> None:
+    term = Learned(budget=2, per="batch", lr=0.05)
+    batch = _batch(7)
+    base = base_starts(batch.mask, False)
+    cuts = compute_starts(term, batch) & ~base & ~base_starts(batch.mask, True)
+    assert int(cuts.sum()) == 2 * batch.mask.shape[0]  # 12 cuts, however spread
+    # a target with all 12 cuts in two rows: per episode it cannot be reached, per batch it can
+    cand = CutBudget("t", budget=1).candidates(batch.mask)
+    target = torch.zeros_like(batch.mask)
+    target[0, 1:7] = True
+    target[2, 3:9] = True
+    assert bool((target <= cand).all())
+    for _ in range(300):
+        term.fit_step(batch, target)
+    got = compute_starts(term, batch) & cand
+    assert torch.equal(got, target)
+    again = build_termination(json.loads(json.dumps(termination_config(term))))
+    assert isinstance(again, Learned) and again.per == "batch"
+    assert torch.equal(compute_starts(again, batch), compute_starts(term, batch))
+    assert "per=batch" in term.spec
+    with pytest.raises(
+        ValueError, match=r"learned: per='row' is not one of \('episode', 'batch'\)"
+    ):
+        Learned(budget=2, per="row")
+    with pytest.raises(ValueError, match=r"learned: per='batch' needs budget="):
+        Learned(length=3.0, per="batch")

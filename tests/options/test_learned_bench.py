@@ -98,11 +98,23 @@ def test_goal_uses_the_rmse_net_of_monte_carlo_noise(tmp_path: Path) -> None:
             for rule in ("learned", "even", "entropy", "oracle"):
                 row[rule]["rmse_net"] = max(row[rule]["rmse"] ** 2 - 0.36, 0.0) ** 0.5
             rows.append(row)
-    data = {"setups": setups, "audit": rows, "t2t": []}
+    rows[0]["alloc"] = {
+        "per_row": {"learned": 0.9, "even": 1.0, "entropy": 1.2, "oracle": 0.8},
+        "per_batch": {"learned": 0.85, "entropy": 1.1, "oracle": 0.6},
+    }
+    exact = _audit_row("D", 0, 0.9, 1.0)  # exact truth: no noise, judged as measured
+    for rule in ("learned", "even", "entropy", "oracle"):
+        exact[rule]["rmse_net"] = 0.0
+    data = {"setups": setups, "audit": [*rows, exact], "t2t": []}
     doc, png = tmp_path / "page.md", tmp_path / "cuts.png"
     render(data, doc, png)
     text = doc.read_text()
     assert "| A | mc, rms SE 0.600 | 2 |" in text
+    assert text.count("| D | exact | 1 |") == 1  # in the main table only
+    # the batch-budget table: only the run that recorded it; headroom 20% per episode, 40% per batch
+    assert (
+        "| A | 1 | `even` 1.000 | 0.900 | 0.800 | 0.850 | 1.100 | 0.600 | 20.0% | 40.0% |" in text
+    )
     assert "+20.0% ± 0.0 (vs `even`)" in text  # against the truth as computed
     assert "+33.9% ± 0.0 (vs `even`)" in text  # net: 1 - sqrt(0.64 - 0.36) / sqrt(1 - 0.36)
     assert "on >= 3 tasks: met (met on: ['A', 'B', 'C']). Judged net of the Monte-Carlo" in text
@@ -114,3 +126,20 @@ def test_unknown_task_names_the_valid_ones() -> None:
     assert _names(f"DelayedChoice h32, {REASONING}", []) == ["DelayedChoice h32", REASONING]
     with pytest.raises(SystemExit, match=r"unknown task\(s\) \['Nope'\]; valid: \[.*Reasoning"):
         _names("Nope", [])
+
+
+def test_global_top_keeps_the_batch_best_candidates() -> None:
+    """Never a row's first or last token; the best scores of the whole batch."""
+    from benchmarks.learned_terms_alloc import global_top
+
+    mask = torch.arange(8)[None] < torch.tensor([8, 6, 8, 5])[:, None]
+    scores = torch.arange(32, dtype=torch.float64).reshape(4, 8)
+    assert global_top(scores, mask, 3).nonzero().tolist() == [[3, 1], [3, 2], [3, 3]]
+    assert global_top(scores, mask, 5).nonzero().tolist() == [
+        [2, 5],
+        [2, 6],
+        [3, 1],
+        [3, 2],
+        [3, 3],
+    ]
+    assert int(global_top(scores, mask, 100).sum()) == 6 + 4 + 6 + 3  # every candidate
