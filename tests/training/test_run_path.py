@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from marlhf.cli.main import main
 from marlhf.commands import compare
 from marlhf.config.commands import CompareConfig
 from marlhf.config.parse import ConfigError, load_config
+from marlhf.options import registry
 from marlhf.runs import runner
 from marlhf.runs.errors import during_run, is_config_error
 from marlhf.runs.request import RunRequest
@@ -190,6 +192,45 @@ def test_a_worker_error_names_the_log_of_its_traceback(
         assert f"{name}: ValueError: boom inside the run (traceback in {log})" in err
         assert "Traceback" in log.read_text() and "_boom" in log.read_text()
     assert "Traceback" not in err  # one line per run; the traceback is in the log
+
+
+@pytest.fixture
+def forget_terminations() -> Iterator[None]:
+    """The terminations a test registers are forgotten after it."""
+    saved = dict(registry._REGISTRY)
+    yield
+    registry._REGISTRY.clear()
+    registry._REGISTRY.update(saved)
+
+
+FAILING_TERMINATION = """
+from marlhf.options import Termination, register_termination
+
+
+@register_termination("fails_in_run")
+class FailsInRun(Termination):
+    def starts(self, batch):
+        raise ValueError("boom inside a worker")
+"""
+
+
+@pytest.mark.slow  # two worker processes start (each imports torch and transformers)
+def test_real_worker_errors_leave_their_traceback_in_the_run_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], forget_terminations: None
+) -> None:
+    module = tmp_path / "failing_termination.py"
+    module.write_text(FAILING_TERMINATION)
+    out = tmp_path / "o"
+    argv = [*TINY, "seeds=[0, 1]", "include_ppo=false", "agents=[]", "total_timesteps=64"]
+    argv += ["terminations=[fails_in_run]", "workers=2", f"output_dir={out}"]
+    assert main(["compare", "--import", str(module), *sets(*argv)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err  # one line per run on stderr
+    for seed in (0, 1):
+        log = out / "runs" / f"mappo-fails_in_run-seed{seed}" / "error.log"
+        assert f"ValueError: boom inside a worker (traceback in {log})" in err
+        text = log.read_text()
+        assert "Traceback" in text and "failing_termination.py" in text  # the worker's frames
 
 
 @pytest.mark.slow  # the first rm of a process imports transformers' classifier models (~20 s)
