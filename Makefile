@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP) bwrap
 
-# bubblewrap isolates the programs the code tasks run (marlhf/envs/sandbox.py) and libseccomp
-# (the C library, loaded by ctypes: marlhf/envs/sandbox_seccomp.py) compiles their seccomp
+# bubblewrap isolates the programs the code tasks run (marlhf/envs/coding/sandbox.py) and libseccomp
+# (the C library, loaded by ctypes: marlhf/envs/coding/seccomp.py) compiles their seccomp
 # allow-list; without either those tasks refuse to start. Installed here where the machine
 # allows (root and apt), as on CI. The C library rather than Python bindings: Debian's
 # python3-seccomp is built for the system interpreter only (not importable from this venv) and

@@ -13,6 +13,8 @@ env_step                 ``benchmarks/env_step.py``: batched env step vs one mod
 segmentation             ``benchmarks/segmentation.py``: ms per 64 x 256 batch per termination
 rollout                  ``benchmarks/rollout.py`` (its ``run_case`` over the grid of the mode):
                          agent rollout vs bare KV-cache loop
+decode                   ``benchmarks/decode.py``: eager, static and compiled decoding (quick:
+                         the tiny model, 3 rounds; full: also 6 layers and SmolLM2-135M)
 iteration                this file, one process per termination: seconds per PPO/MAPPO
                          iteration and peak RSS (``mappo_vs_ppo_iteration``, ``peak_rss_mb``)
 trl                      ``benchmarks/trl_ppo.py`` in ``.venv-bench``: marlhf vs TRL's PPO
@@ -44,6 +46,9 @@ from common import RESULTS_DIR, ROOT, machine_stamp, print_table, read_json, wri
 
 PY = sys.executable
 BENCH_PY = ROOT / ".venv-bench" / "bin" / "python"
+#: ``make bench``'s decode run: the tiny model, 3 rounds, in its own file (decode.json keeps the
+#: full run's SmolLM2 rows).
+DECODE_QUICK = ["--quick", "--rounds", "3", "--out", "benchmarks/results/decode_quick.json"]
 #: Terminations timed against PPO in the iteration step (PPO is timed first and last).
 ITERATION_SPECS = {
     "quick": ["ngram:5", "random_ngram", "perplexity", "treesitter:python"],
@@ -87,7 +92,7 @@ def run_step(name: str, cmd: list[str], capture: bool = False, env: Any = None) 
 # ----------------------------------------------------------------------------- child: iteration
 def _build_agent(spec: str) -> Any:
     """The PPO (``spec == "token"``) or MAPPO of the iteration step, seeded."""
-    from marlhf.agents import MAPPO, PPO
+    from marlhf.algorithms import MAPPO, PPO
     from marlhf.envs import BatchedTokenEnv
     from marlhf.models import tiny_gpt2
 
@@ -420,6 +425,14 @@ def main(mode: str = "quick", skip: list[str] | None = None) -> dict[str, Any]:
         ("env_step", [PY, "benchmarks/env_step.py", *env_full]),
         ("segmentation", [PY, "benchmarks/segmentation.py"]),
         ("rollout", rollout_step(mode)),
+        (
+            "decode",
+            [
+                PY,
+                "benchmarks/decode.py",
+                *(DECODE_QUICK if mode == "quick" else []),
+            ],
+        ),
         ("iteration", None),
         ("trl", [str(BENCH_PY), "benchmarks/trl_ppo.py", *([] if mode == "quick" else ["--full"])]),
         (

@@ -12,6 +12,7 @@ from typing import Any
 
 from common import IMG_DIR, RESULTS_DIR, ROOT, fmt, markdown_table, read_json
 from provenance import describe
+from speed_doc import decode_section, grpo_section, load_text, ratio_range
 
 
 def kept_full_parity_files() -> list[Path]:
@@ -27,6 +28,7 @@ def rollout_file(mode: str) -> str:
 GOALS = [
     ("rollout_vs_bare_min", ">= 0.90", lambda v: v >= 0.90),
     ("marlhf_vs_trl", "<= 1.0 (aim 0.5)", lambda v: v <= 1.0),
+    ("marlhf_vs_trl_grpo", "<= 0.7 (aim 0.5)", lambda v: v <= 0.7),
 ]
 
 PARITY_METHOD = """\
@@ -232,6 +234,8 @@ def plot_ratios(s: dict[str, Any], path: Path) -> bool:
         bars.append((f"agent/bare rollout {key}", v, 0.90))
     if s.get("marlhf_vs_trl") is not None:
         bars.append(("marlhf/TRL s per iteration", s["marlhf_vs_trl"], 1.0))
+    if s.get("marlhf_vs_trl_grpo") is not None:
+        bars.append(("marlhf/TRL GRPO s per iteration", s["marlhf_vs_trl_grpo"], 0.7))
     for spec, v in (s.get("mappo_vs_ppo_iteration") or {}).items():
         bars.append((f"MAPPO/PPO s per iter {spec}", v, 1.15 if "treesitter" in spec else 1.05))
     if not bars:
@@ -338,6 +342,7 @@ def render_doc(s: dict[str, Any]) -> str:
         ]
     else:
         lines += [f"Not measured: {s.get('rollout_vs_bare_error')}", ""]
+    lines += decode_section(s["mode"])
 
     lines += ["## 2. marlhf against TRL (`marlhf_vs_trl`)", ""]
     trl = read_json(RESULTS_DIR / "trl_ppo.json") or {}
@@ -350,6 +355,9 @@ def render_doc(s: dict[str, Any]) -> str:
             f"4 epochs of updates), median of {trl.get('iters')} after {trl.get('warmup')} "
             "warm-up.",
             "",
+            "Ratios are per round (both sides of a round ran back to back), median (range); "
+            "load is the 1-, 5- and 15-minute load average at the end.",
+            "",
             markdown_table(
                 [
                     "batch",
@@ -359,6 +367,7 @@ def render_doc(s: dict[str, Any]) -> str:
                     "ratio",
                     "marlhf s/iter (shared trunk)",
                     "ratio",
+                    "load",
                 ],
                 [
                     [
@@ -366,9 +375,10 @@ def render_doc(s: dict[str, Any]) -> str:
                         e["response_length"],
                         e["trl_s_per_iter"],
                         e["marlhf_s_per_iter"],
-                        e["ratio"],
+                        ratio_range(e, "marlhf"),
                         e["marlhf_shared_s_per_iter"],
-                        e["ratio_shared"],
+                        ratio_range(e, "marlhf_shared"),
+                        load_text(e.get("loadavg")),
                     ]
                     for e in trl["settings"]
                     if "ratio" in e
@@ -379,6 +389,7 @@ def render_doc(s: dict[str, Any]) -> str:
         ]
     else:
         lines += [f"No ratio: {s.get('marlhf_vs_trl_error')}", ""]
+    lines += grpo_section(s)
 
     it = read_json(RESULTS_DIR / "iteration.json")
     lines += ["## 3. MAPPO / PPO iteration time and memory (`mappo_vs_ppo_iteration`)", ""]

@@ -25,8 +25,8 @@ except ImportError:
 
 # One definition of "tokens to reach the baseline's final score", shared with `marlhf compare`'s
 # report (re-exported here for the benchmarks).
-from marlhf.training.report import final_score as final_value  # noqa: F401
-from marlhf.training.report import reach, tokens_to_reach, trailing_mean  # noqa: F401
+from marlhf.runs.report import final_score as final_value  # noqa: F401
+from marlhf.runs.report import reach, tokens_to_reach, trailing_mean  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS_DIR = ROOT / "benchmarks" / "results"

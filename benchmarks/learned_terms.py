@@ -2,7 +2,7 @@
 
 For each task and seed, a tiny GPT-2 (2 layers, width 64) is trained by MA-PPO whose
 termination is ``learned:budget=K`` (the learned termination trains between policy updates,
-:mod:`marlhf.agents.termination_training`). Then, on a fresh held-out rollout of that policy
+:mod:`marlhf.algorithms.termination_training`). Then, on a fresh held-out rollout of that policy
 (the learned termination does not train on it), every termination cuts the same episodes at
 the same budget ``K`` and the agent's estimator (segment GAE on its critic) is scored against
 the truth (exact enumeration where the task has a decisive depth, Monte Carlo otherwise):
@@ -14,12 +14,17 @@ the task's threshold, counting the learned termination's truth tokens (compute-m
 
 Tasks: CreditSum (h32), DelayedChoice (h32, h128), Reverse (Monte-Carlo truth) and
 KeyPosition (defined here: the decisive response position is given by the prompt, so it varies
-from prompt to prompt). The reasoning task (ReasoningGym, an SFT'd BPE GPT-2) is not run: its
-truth needs Monte Carlo over a BPE vocabulary, beyond this machine's budget.
+from prompt to prompt), and the reasoning task (``ReasoningGym``: short sums from reasoning-gym
+scored by its verifier, on a tiny BPE GPT-2 fine-tuned on the task's solutions first; Monte-Carlo
+truth, whose standard error is reported and subtracted: see
+:mod:`benchmarks.learned_terms_reasoning`).
 
-    python benchmarks/learned_terms.py --quick   # 2 seeds, short runs (what this session ran)
+    python benchmarks/learned_terms.py --quick   # 2 seeds, short runs
     python benchmarks/learned_terms.py           # 5 seeds, longer runs
     python benchmarks/learned_terms.py --render  # docs/credit_learned.md + the PNG from the JSON
+    # one part, some tasks, some seeds, into its own part file (parts merge on --render):
+    python benchmarks/learned_terms.py --quick --part t2t --t2t-tasks "DelayedChoice h32" \
+        --seeds 0,1,2 --tag _dc
 
 Writes ``benchmarks/results/learned_terms.json``.
 """
@@ -43,20 +48,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks import learned_terms_reasoning as reasoning
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
-from marlhf.agents import MAPPO
-from marlhf.agents.rollout_io import collect
-from marlhf.agents.termination_training import (
+from benchmarks.learned_terms_alloc import alloc_rows
+from marlhf.algorithms import MAPPO
+from marlhf.algorithms.termination_training import (
     base_starts,
     estimator_errors,
     estimator_function,
     oracle_cuts,
     target_advantages,
 )
-from marlhf.agents.truth import Sampling
-from marlhf.envs.registration import register_task
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, RewardMode
-from marlhf.envs.toy import ToyTask
+from marlhf.checkpoint.rollout_io import collect
+from marlhf.credit.truth import Sampling
+from marlhf.envs.builtin.toy import ToyTask
+from marlhf.envs.core.registration import register_task
+from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, RewardMode
 from marlhf.models import tiny_gpt2
 from marlhf.options import (
     CutBudget,
@@ -76,6 +83,7 @@ BUDGET = 4
 #: budgets audited besides BUDGET, with the same trained scores
 OTHER_BUDGETS = (2, 8)
 NUM_ENVS = 32
+REASONING = "Reasoning h16"
 HEURISTICS = ["even", "random_cuts", "surprisal", "entropy", "value_change"]
 
 
@@ -139,21 +147,37 @@ TASKS: dict[str, tuple[str, dict[str, Any], int, int, float]] = {
     "DelayedChoice h128": ("marlhf/DelayedChoice-v0", {"horizon": 128}, 6, 20, 0.625),
     "Reverse": ("marlhf/Reverse-v0", {}, 12, 40, 0.5),
     "KeyPosition h32": ("marlhf/KeyPosition-v0", {}, 12, 40, 0.75),
+    REASONING: (reasoning.ENV_ID, reasoning.ENV_KWARGS, 4, 12, 0.5),
 }
 T2T_TASKS = ["CreditSum h32", "KeyPosition h32"]
+T2T_RULES = ["learned", "even", "entropy", "value_change"]
+
+
+#: the reasoning task's fine-tuned weights, made once per process (every seed starts from them)
+_SFT: dict[str, Any] = {}
 
 
 def make_agent(task: str, seed: int, termination: str) -> Any:
+    """MA-PPO on ``task``: a fresh tiny GPT-2 seeded by ``seed``; for the reasoning task the
+    fine-tuned one (made once, with seed 0: the seeds differ in the RL that follows)."""
     env_id, kwargs, *_ = TASKS[task]
     env = gym.make_vec(env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", **kwargs)
-    model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
+    if task == REASONING:
+        if "state" not in _SFT:
+            start = time.perf_counter()
+            _SFT["state"] = reasoning.sft_policy(cast(Any, env).task, 0).state_dict()
+            _SFT["seconds"] = time.perf_counter() - start
+        model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=0)
+        model.load_state_dict(_SFT["state"])
+    else:
+        model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
     return MAPPO(
         model,
         env,
         learning_rate=1e-3,
         batch_size=16,
         kl_coef=0.0,
-        mask_actions=True,
+        mask_actions=task != REASONING,  # (the reasoning task writes free text)
         seed=seed,
         termination=termination,
     )
@@ -238,6 +262,14 @@ def audit_rules(algo: Any, rules: list[str], rows: int) -> dict[str, Any]:
         generator=torch.Generator().manual_seed(0),
     )
     out: dict[str, Any] = {"truth": truth.method, "abs_true_per_position": []}
+    # Monte-Carlo truth adds its own noise to every rule's squared error alike (the
+    # continuations are independent of the estimate): its mean square is reported and
+    # subtracted (``rmse_net``) so the rules' RMSEs are of the estimator, not of the truth.
+    noise = 0.0
+    if truth.stderr is not None:
+        se = truth.stderr.to(mask.device).double()
+        noise = float(se.square()[mask].mean())
+        out["truth_rms_se"] = noise**0.5
     out["abs_true_per_position"] = [
         float(true[:, j][mask[:, j]].abs().mean()) if bool(mask[:, j].any()) else 0.0
         for j in range(mask.shape[1])
@@ -249,10 +281,23 @@ def audit_rules(algo: Any, rules: list[str], rows: int) -> dict[str, Any]:
         sq = estimator_errors(fn, starts, true, mask)
         out[rule] = {
             "rmse": float(sq.sum() / tokens) ** 0.5,
+            "rmse_net": max(float(sq.sum() / tokens) - noise, 0.0) ** 0.5,
             "corr": _corr(adv[mask], true.double()[mask]),
             "cuts_per_episode": float((starts & mask).sum() / mask.shape[0]),
             "cut_freq_per_position": (starts & mask).double().mean(dim=0).tolist(),
         }
+    # the same number of cuts as a batch budget (budget * B, placed anywhere in the batch)
+    out["alloc"] = alloc_rows(
+        fn,
+        true,
+        mask,
+        {
+            rule: cast(Any, term if rule == "learned" else make_termination(rule)).scores(batch)
+            for rule in ("learned", "entropy", "value_change", "surprisal")
+        },
+        {rule: cut_sets[rule] for rule in ("learned", *HEURISTICS, "oracle")},
+        BUDGET,
+    )
     # the same trained scores (and the heuristics) at other budgets
     out["by_budget"] = {}
     for budget in OTHER_BUDGETS:
@@ -292,29 +337,41 @@ def _cut_sets(
     return out
 
 
-def run_audit(quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
+#: ``learned:per=...`` of the audited agents (``--per``); rows of ``per=batch`` are labelled
+#: ``"<task>, per batch"``
+PER = "episode"
+
+
+def run_audit(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, Any]]:
     rows = []
-    for task, (_, _, it_quick, it_full, _) in TASKS.items():
+    for task in tasks:
+        _, _, it_quick, it_full, _ = TASKS[task]
         for seed in seeds:
             start = time.perf_counter()
-            algo = make_agent(task, seed, f"learned:budget={BUDGET};rows=16;steps=20")
+            spec = f"learned:budget={BUDGET};rows=16;steps=20" + (
+                ";per=batch" if PER == "batch" else ""
+            )
+            algo = make_agent(task, seed, spec)
             horizon = algo.env.task.max_new_tokens
             curve = Curve()
             learn(algo, (it_quick if quick else it_full) * NUM_ENVS * horizon, curve)
             row = audit_rules(algo, ["learned", *HEURISTICS], rows=16)
             row.update(
-                task=task,
+                task=task if PER == "episode" else f"{task}, per batch",
+                base_task=task,
+                learned_spec=spec,
                 seed=seed,
                 seconds=time.perf_counter() - start,
                 truth_tokens=int(algo.termination.truth_tokens),
                 env_tokens=int(algo.num_timesteps),
                 curve=curve.points,
+                sft_seconds=_SFT.get("seconds") if task == REASONING else None,
             )
             rows.append(row)
             _write_part("audit", quick, seeds, rows, 0.0)
             best = min(HEURISTICS, key=lambda r: row[r]["rmse"])
             print(
-                f"{task} seed {seed}: learned {row['learned']['rmse']:.4f} best heuristic "
+                f"{row['task']} seed {seed}: learned {row['learned']['rmse']:.4f} best heuristic "
                 f"{best} {row[best]['rmse']:.4f} oracle {row['oracle']['rmse']:.4f} "
                 f"({row['seconds']:.0f}s)",
                 flush=True,
@@ -322,16 +379,16 @@ def run_audit(quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
     return rows
 
 
-def run_t2t(quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
+def run_t2t(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, Any]]:
     """Agents trained with each rule; written to the part file after every run (seed-major,
-    so an interrupted run still has every task's first seeds)."""
+    so an interrupted run still has every task's first seeds). A run stops once it reaches the
+    threshold (what comes after does not change its tokens to threshold)."""
     rows: list[dict[str, Any]] = []
-    rules = ["learned", "even", "entropy", "value_change"]
     start_all = time.perf_counter()
     for seed in seeds:
-        for task in T2T_TASKS:
+        for task in tasks:
             _, _, it_quick, it_full, threshold = TASKS[task]
-            for rule in rules:
+            for rule in T2T_RULES:
                 spec = (
                     f"learned:budget={BUDGET};rows=16;steps=20"
                     if rule == "learned"
@@ -341,7 +398,10 @@ def run_t2t(quick: bool, seeds: list[int]) -> list[dict[str, Any]]:
                 algo = make_agent(task, seed, spec)
                 horizon = algo.env.task.max_new_tokens
                 curve = Curve()
-                learn(algo, (it_quick if quick else it_full) * 2 * NUM_ENVS * horizon, curve)
+                for _ in range((it_quick if quick else it_full) * 2):
+                    learn(algo, NUM_ENVS * horizon, curve)
+                    if math.isfinite(tokens_to_threshold(curve.points, threshold)):
+                        break
                 t2t = tokens_to_threshold(curve.points, threshold)
                 rows.append(
                     {"task": task, "seed": seed, "rule": rule, "tokens_to_threshold": t2t,
@@ -387,9 +447,23 @@ def merge() -> dict[str, Any]:
             got = read_json(path) or {}
             data[part] += got.get(part, [])
             data["setups"].append({"part": part, "file": path.name, **got.get(f"{part}_setup", {})})
-    data["audit"].sort(key=lambda r: (list(TASKS).index(r["task"]), r["seed"]))
+    data["audit"].sort(
+        key=lambda r: (list(TASKS).index(r.get("base_task", r["task"])), r["task"], r["seed"])
+    )
     write_json(RESULTS, data)
     return data
+
+
+def _names(text: str | None, default: list[str]) -> list[str]:
+    """Task names from a comma-separated list (default: ``default``); an unknown name is an
+    error naming the valid ones."""
+    if text is None:
+        return default
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        raise SystemExit(f"unknown task(s) {unknown}; valid: {list(TASKS)}")
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -399,12 +473,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--iters", type=int, default=None, help="override iterations (smoke)")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1 quick)")
     parser.add_argument("--tag", default="", help="suffix of the part files (parallel runs)")
+    parser.add_argument("--tasks", default=None, help="audit tasks, comma-separated names")
+    parser.add_argument("--t2t-tasks", default=None, help="tokens-to-threshold tasks")
+    parser.add_argument(
+        "--per", choices=["episode", "batch"], default="episode", help="the learned budget's unit"
+    )
     parser.add_argument("--render", action="store_true", help="merge the parts, render the doc")
     args = parser.parse_args(argv)
     if args.render:
         from benchmarks.learned_terms_doc import render
 
-        render(merge(), DOC, PNG)
+        render(merge(), DOC, PNG, RESULTS)
         return 0
     torch.set_num_threads(1)
     if args.iters is not None:
@@ -413,13 +492,17 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",")]
-    global TAG
-    TAG = args.tag
+    global TAG, PER
+    TAG, PER = args.tag, args.per
+    chosen = {
+        "audit": _names(args.tasks, list(TASKS)),
+        "t2t": _names(args.t2t_tasks, T2T_TASKS),
+    }
     for part, fn in (("audit", run_audit), ("t2t", run_t2t)):
         if args.part not in (part, "all"):
             continue
         start = time.perf_counter()
-        rows = fn(args.quick, seeds)
+        rows = fn(args.quick, seeds, chosen[part])
         _write_part(part, args.quick, seeds, rows, time.perf_counter() - start)
     merge()
     return 0

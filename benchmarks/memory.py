@@ -54,11 +54,11 @@ def build(
     import torch
 
     from marlhf import models
-    from marlhf.agents import PPO
-    from marlhf.envs.batched import BatchedTokenEnv
-    from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+    from marlhf.algorithms import PPO
+    from marlhf.envs.core.batched import BatchedTokenEnv
+    from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
+    from marlhf.runs.builders import smollm2_gguf_path
     from marlhf.tokenization import HFCodec
-    from marlhf.training.builders import smollm2_gguf_path
 
     gguf = smollm2_gguf_path()
     tokenizer = models.load_tokenizer(gguf.parent, gguf_file=gguf.name)

@@ -36,12 +36,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, machine_stamp, print_table, write_json
-from marlhf.agents.policy import CausalLMActorCritic
-from marlhf.envs.batched import BatchedTokenEnv
+from marlhf.envs.core.batched import BatchedTokenEnv
+from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
 from marlhf.envs.multiturn import MultiTurnTask
 from marlhf.envs.multiturn.env import MultiTurnTokenEnv
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
 from marlhf.models import tiny_gpt2
+from marlhf.policy.actor_critic import CausalLMActorCritic
 from marlhf.tokenization import SymbolCodec
 
 TURNS = 4

@@ -82,7 +82,7 @@ def demo_scores(d: dict[str, Any]) -> str:
 
 def demo_table(d: dict[str, Any]) -> str:
     """The report's table, with the machine, load and wall time under it."""
-    from marlhf.training.report import HEADER, table_rows
+    from marlhf.runs.report import HEADER, table_rows
 
     return "\n".join(
         [
@@ -355,6 +355,18 @@ def _turn_credit_block(text: str) -> str:
     return _via_file(text, lambda p: turn_credit.replace_block(p, block))
 
 
+def _credit_multiturn_md(text: str) -> str:
+    """``docs/credit_multiturn.md``: the ``turn_credit.json`` block, then the comparison's
+    ``turn_compare.json`` block."""
+    from benchmarks import turn_compare_doc as doc
+
+    text = _turn_credit_block(text)
+    if doc.BEGIN not in text:
+        return text
+    block = doc.render_block(_results(RESULTS_DIR / "turn_compare.json"))
+    return _via_file(text, lambda p: doc.replace_block(p, block))
+
+
 def _reasoning_md(text: str) -> str:
     from benchmarks import reasoning
 
@@ -367,7 +379,10 @@ def _credit_learned_md(text: str) -> str:
     data = _results(RESULTS_DIR / "learned_terms.json")
     with tempfile.TemporaryDirectory(prefix="marlhf-pages-") as tmp:
         png = Path(tmp) / "learned_cuts.png"  # the plot is not compared, only the page
-        return _via_file(text, lambda p: learned_terms_doc.render(data, p, png))
+        return _via_file(
+            text,
+            lambda p: learned_terms_doc.render(data, p, png, RESULTS_DIR / "learned_terms.json"),
+        )
 
 
 #: page -> renderer (its committed text -> the text its results file gives).
@@ -376,7 +391,7 @@ PAGES: dict[Path, Callable[[str], str]] = {
     DOCS_DIR / "estimators.md": _estimators_md,
     DOCS_DIR / "credit.md": _credit_md,
     DOCS_DIR / "reasoning.md": _reasoning_md,
-    DOCS_DIR / "credit_multiturn.md": _turn_credit_block,
+    DOCS_DIR / "credit_multiturn.md": _credit_multiturn_md,
     DOCS_DIR / "credit_learned.md": _credit_learned_md,
 }
 

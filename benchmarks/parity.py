@@ -1,6 +1,6 @@
 """The paper's claim: MAPPO reaches token-level PPO's final score with fewer tokens.
 
-Each task is one ``marlhf compare`` run (:func:`marlhf.training.compare.run_compare`: the same
+Each task is one ``marlhf compare`` run (:func:`marlhf.commands.compare.run_compare`: the same
 runner as the CLI, so no second training loop): PPO and MAPPO with several terminations, one run
 per seed, identical hyper-parameters. From its ``metrics.csv`` this script computes, per agent:
 
@@ -180,7 +180,7 @@ def _series(rows: list[dict[str, Any]]) -> dict[tuple[str, str], dict[int, Any]]
 
 def analyse(rows: list[dict[str, Any]], wall: dict[tuple[str, str], float]) -> dict[str, Any]:
     """Final scores, tokens to parity and the n = 1 sanity check from tidy metric rows."""
-    from marlhf.training.report import mean_ci95
+    from marlhf.runs.report import mean_ci95
 
     series = _series(rows)
     ppo_key = ("ppo", "token")
@@ -224,9 +224,9 @@ def run_task(
     task: ParityTask, seeds: list[int], out_root: Path, workers: int, checkpoint_every: int
 ) -> dict[str, Any]:
     """Train (or resume) the task's comparison, then analyse it and copy its curves."""
-    from marlhf.training.compare import run_compare
-    from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
-    from marlhf.training.report import read_metrics_csv
+    from marlhf.commands.compare import run_compare
+    from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+    from marlhf.runs.report import read_metrics_csv
 
     config = CompareConfig(
         model=ModelConfig(n_layer=2, n_embd=64, n_head=4),

@@ -87,9 +87,9 @@ DOC = DOCS_DIR / "reasoning.md"
 
 
 def sft_config(seed: int, out_dir: str | Path, overrides: dict[str, Any] | None = None) -> Any:
-    """The :class:`~marlhf.training.configs.SftConfig` of seed ``seed`` writing to ``out_dir``."""
-    from marlhf.training.config import from_dict
-    from marlhf.training.configs import SftConfig
+    """The :class:`~marlhf.config.commands.SftConfig` of seed ``seed`` writing to ``out_dir``."""
+    from marlhf.config.commands import SftConfig
+    from marlhf.config.parse import from_dict
 
     values = {**copy.deepcopy(SFT), **(overrides or {}), "seed": seed, "output_dir": str(out_dir)}
     return from_dict(SftConfig, values)
@@ -104,7 +104,7 @@ def sft_start(
     calling again retrains it. The folder loads as ``model.path`` for ``marlhf train/compare``
     with :func:`rl_task_config`'s task.
     """
-    from marlhf.training.sft import RESULT_FILE, run_sft
+    from marlhf.commands.sft import RESULT_FILE, run_sft
 
     folder = Path(out_dir) / f"sft-{seed}"
     if not (folder / RESULT_FILE).exists():
@@ -138,7 +138,7 @@ def held_out_questions(
         return list(range(questions))
     import reasoning_gym
 
-    from marlhf.envs.reasoning import EVAL_SEED_OFFSET
+    from marlhf.envs.builtin.reasoning import EVAL_SEED_OFFSET
 
     kwargs = copy.deepcopy(task_kwargs or TASK_KWARGS)
     name, extra = kwargs.get("dataset", "chain_sum"), kwargs.get("dataset_kwargs") or {}
@@ -177,10 +177,10 @@ def held_out_accuracy(
     """
     import torch
 
-    from marlhf.agents import CausalLMActorCritic
-    from marlhf.training.builders import load_causal_lm, load_tokenizer
-    from marlhf.training.configs import ModelConfig, TaskConfig
-    from marlhf.training.runner import build_env
+    from marlhf.algorithms import CausalLMActorCritic
+    from marlhf.config.commands import ModelConfig, TaskConfig
+    from marlhf.runs.builders import load_causal_lm, load_tokenizer
+    from marlhf.runs.runner import build_env
 
     indices = held_out_questions(questions, task_kwargs, novel_only)
     kwargs = {**copy.deepcopy(task_kwargs or TASK_KWARGS), "split": "eval"}
@@ -237,8 +237,8 @@ def rl_run(
     """One RL run of ``preset`` (``PRESET`` or ``PRESET@TERMINATION``) from the SFT model in
     ``start``, cached in ``<out_dir>/rl-<run name>`` (resumes); ``train_run``'s result plus
     ``"policy"``, the folder of the final policy."""
-    from marlhf.training.configs import AgentConfig, ModelConfig, TaskConfig
-    from marlhf.training.runner import RunSpec, parse_agent, train_run
+    from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
+    from marlhf.runs.runner import RunSpec, parse_agent, train_run
 
     name, termination = parse_agent(preset)
     spec = RunSpec(name, termination, seed)

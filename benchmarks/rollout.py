@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, machine_stamp, print_table, write_json
 
-from marlhf.agents import MAPPO, PPO
+from marlhf.algorithms import MAPPO, PPO
 from marlhf.envs import BatchedTokenEnv
 from marlhf.models import tiny_gpt2
 

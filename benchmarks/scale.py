@@ -118,10 +118,10 @@ def _scaling_rank(rank: int, world: int, port: int, args: dict[str, Any], out: A
     if joined:
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
         dist.init_process_group("gloo", rank=rank, world_size=world)
-    from marlhf.agents import PPO
+    from marlhf.algorithms import PPO
+    from marlhf.config.commands import TaskConfig
     from marlhf.models import tiny_gpt2
-    from marlhf.training.configs import TaskConfig
-    from marlhf.training.runner import build_env
+    from marlhf.runs.runner import build_env
 
     collectives = {"calls": 0, "seconds": 0.0}
     if joined:  # count and time this rank's collectives (waiting for the other included)
@@ -248,9 +248,9 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
         os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.set_num_threads(1 if ranks > 1 else int(os.environ.get("SCALE_THREADS", "2")))
-    from marlhf.agents import PPO
-    from marlhf.training.configs import ModelConfig, TaskConfig
-    from marlhf.training.runner import build_env_and_model
+    from marlhf.algorithms import PPO
+    from marlhf.config.commands import ModelConfig, TaskConfig
+    from marlhf.runs.runner import build_env_and_model
 
     task = TaskConfig(
         id="marlhf/HumanEval-v0",

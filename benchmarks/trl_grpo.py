@@ -148,9 +148,9 @@ def marlhf_side(tokenizer: Any, texts: list[str], s: Setting, skip: bool) -> Any
     """marlhf's GRPO agent; returns a function that runs one iteration and times it."""
     import torch
 
-    from marlhf.agents import PPO
-    from marlhf.envs.batched import BatchedTokenEnv
-    from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+    from marlhf.algorithms import PPO
+    from marlhf.envs.core.batched import BatchedTokenEnv
+    from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
     from marlhf.models import tiny_gpt2
     from marlhf.tokenization import HFCodec
 

@@ -166,10 +166,10 @@ def marlhf_side(
     """marlhf's PPO; returns a function that runs one iteration and returns its seconds."""
     import torch
 
-    from marlhf.agents import PPO
-    from marlhf.envs.batched import BatchedTokenEnv
-    from marlhf.envs.reward_model import RewardModelReward
-    from marlhf.envs.tasks import Prompt, Task
+    from marlhf.algorithms import PPO
+    from marlhf.envs.builtin.reward_model import RewardModelReward
+    from marlhf.envs.core.batched import BatchedTokenEnv
+    from marlhf.envs.core.tasks import Prompt, Task
     from marlhf.models import tiny_gpt2
     from marlhf.tokenization import HFCodec
 

@@ -3,15 +3,15 @@
 Three parts, one results file (``benchmarks/results/turn_credit.json``):
 
 1. **Exact expected updates** (no sampling, seconds): on stop-or-continue tool MDPs where the
-   policy decides how many turns to take (:mod:`marlhf.agents.turn_exact`), every estimator's
+   policy decides how many turns to take (:mod:`marlhf.audit.turn_exact`), every estimator's
    *expected* policy gradient (groups large enough that group means are expectations) against
    the exact gradient of the return: cosine, sign agreement per decision state, the relative
    error ``|g - g*| / |g*|`` (meaningful for estimators that do not rescale) and the relative
    variance of one episode's update.
 2. **Per-turn audit** (minutes): the ``turn-gae`` agent trained on ToolLookup; at several
    budgets every scheme re-estimates the advantages of the same rollout and is compared turn by
-   turn with the exact truth (:mod:`marlhf.agents.truth_multiturn`,
-   :mod:`marlhf.agents.turn_audit`).
+   turn with the exact truth (:mod:`marlhf.credit.truth_multiturn`,
+   :mod:`marlhf.audit.turn_audit`).
 3. **Learning on the multi-turn tasks** (minutes to hours): every turn-level preset beside GRPO,
    RLOO, token PPO and MA-PPO (``@turn``: macro actions = turns) through ``marlhf compare``
    (same seeds, same token budget, continuations counted), final score with a 95% interval over
@@ -75,7 +75,7 @@ EXACT_SPECS = [
 
 def exact_models() -> dict[str, Any]:
     """The MDPs of the exact part (policies with fraction probabilities)."""
-    from marlhf.agents.turn_exact import ToolMDP
+    from marlhf.audit.turn_exact import ToolMDP
 
     return {
         "two-turn, costly tool": (
@@ -110,7 +110,7 @@ def exact_models() -> dict[str, Any]:
 
 def run_exact() -> dict[str, Any]:
     """Part 1: every spec's expected update on every model."""
-    from marlhf.agents.turn_exact import exact_update_table
+    from marlhf.audit.turn_exact import exact_update_table
 
     out: dict[str, Any] = {}
     for name, (note, model) in exact_models().items():
@@ -168,7 +168,7 @@ def task_available(env_id: str) -> str | None:
 
 
 def compare_config(key: str, env_id: str, kwargs: dict[str, Any], budget: int, mode: str) -> Any:
-    from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+    from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 
     m = MODES[mode]
     return CompareConfig(
@@ -189,7 +189,7 @@ def compare_config(key: str, env_id: str, kwargs: dict[str, Any], budget: int, m
 
 def run_tasks(mode: str, only: list[str] | None) -> dict[str, Any]:
     """Part 2: ``marlhf compare`` on each available multi-turn task."""
-    from marlhf.training.compare import run_compare
+    from marlhf.commands.compare import run_compare
 
     wanted = MODES[mode]["tasks"] if only is None else only
     out: dict[str, Any] = {}
@@ -236,19 +236,29 @@ AUDIT_EPISODES = 32  # per rollout
 AUDIT_ROLLOUTS = 4  # pooled per snapshot
 
 
-def audit_rollout(algo: Any, task: Any) -> dict[str, Any]:
-    """Every ``AUDIT_SPECS`` estimator on the agent's last rollout, and the exact truth: per
-    scheme the per-turn values (:func:`marlhf.agents.turn_audit.turn_values`); task rewards,
-    no KL."""
-    from marlhf.agents.estimators import EstimatorBatch, get_estimator
-    from marlhf.agents.truth_base import Sampling
-    from marlhf.agents.truth_multiturn import exact_turn_advantages
-    from marlhf.agents.turn_audit import turn_values
+#: A scheme the audit re-estimates: ``(estimator spec, config it reads, segments = turns)``;
+#: segments = turns makes the rollout's segment starts its turn starts (MA-PPO@turn's macros).
+Scheme = tuple[str, Any, bool]
 
+
+def audit_rollout(algo: Any, task: Any, schemes: dict[str, Scheme] | None = None) -> dict[str, Any]:
+    """Every scheme (default: ``AUDIT_SPECS`` with the agent's config) on the agent's last
+    rollout, and the exact truth: per scheme the per-turn values
+    (:func:`marlhf.audit.turn_audit.turn_values`); task rewards, no KL. Potentials (IGPO,
+    TRACE) are scored under the agent's policy and reference when a scheme declares them."""
+    from marlhf.audit.turn_audit import turn_values
+    from marlhf.credit.estimators import EstimatorBatch, get_estimator
+    from marlhf.credit.truth_base import Sampling
+    from marlhf.credit.truth_multiturn import exact_turn_advantages
+    from marlhf.credit.turn_potentials import fill_potentials
+
+    if schemes is None:
+        schemes = {spec: (spec, algo.config, False) for spec in AUDIT_SPECS}
     buf = algo.rollout_buffer
     started = time.perf_counter()
-    group = int(algo.config.group_size)  # the reset's prompts are one per group
-    prompts = [p for p in algo._rollout_prompts for _ in range(group)]
+    prompts = list(algo._rollout_prompts)  # one per row (older envs: one per group)
+    if len(prompts) != buf.action_ids.shape[0]:
+        prompts = [p for p in prompts for _ in range(int(algo.config.group_size))]
     truth = exact_turn_advantages(
         algo.policy, task, prompts, buf.action_ids, buf.credit_mask, sampling=Sampling.of(algo)
     )
@@ -271,11 +281,15 @@ def audit_rollout(algo: Any, task: Any) -> dict[str, Any]:
         truncated=turns.truncated,
         turn_state_keys=turns.turn_state_keys,
     )
+    specs = {name: get_estimator(spec) for name, (spec, _, _) in schemes.items()}
+    requires = frozenset().union(*(e.requires for e in specs.values()))
+    fill_potentials(batch, requires, algo.policy, buf, algo.env)
     values = {}
-    for spec in AUDIT_SPECS:
-        adv = get_estimator(spec).fn(batch, algo.config).advantages.cpu()
-        ids, m, n = turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
-        values[spec] = turn_values(adv, truth.advantages, ids, m, n)
+    ids, m, n = turns.turn_ids.cpu(), mask.cpu(), turns.num_turns.cpu()
+    for name, (_, config, by_turn) in schemes.items():
+        batch.starts = (turns.turn_starts & mask) if by_turn else buf.starts
+        adv = specs[name].fn(batch, config).advantages.cpu()
+        values[name] = turn_values(adv, truth.advantages, ids, m, n)
     return {
         "truth_s": truth_s,
         "score": float(buf.task_rewards.sum(dim=1).mean()),
@@ -288,8 +302,8 @@ def run_audit(seed: int = 0) -> dict[str, Any]:
     """Train the ``turn-gae`` preset (its critic feeds the ``turn_gae`` schemes; groups of 4 feed
     the group ones) on ToolLookup; at each of ``AUDIT_BUDGETS`` audit the next
     ``AUDIT_ROLLOUTS`` rollouts pooled (training goes on between them)."""
-    from marlhf.agents import PPO
-    from marlhf.agents.turn_audit import audit_turn_values, stack_turn_values
+    from marlhf.algorithms import PPO
+    from marlhf.audit.turn_audit import audit_turn_values, stack_turn_values
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from marlhf.envs.multiturn.tool import ToolLookupTask
     from marlhf.models import tiny_gpt2
@@ -344,7 +358,7 @@ def render_exact(exact: dict[str, Any]) -> list[str]:
         "",
         "Each estimator's expected policy gradient (group means = expectations) against the "
         "exact gradient of the return, on MDPs where the policy decides how many turns to take "
-        "(`marlhf.agents.turn_exact`). cos: cosine with the true gradient (1: same direction); "
+        "(`marlhf.audit.turn_exact`). cos: cosine with the true gradient (1: same direction); "
         "signs: decision states where the estimator pushes the stop-or-continue choice the "
         "same way as the truth; rel. error: `|g - g*| / |g*|` (estimators that rescale, GRPO's "
         "std, ReBN, GiGPO's std, have a large one by design: read cos for them).",
@@ -412,7 +426,7 @@ def render_audit(audit: dict[str, Any]) -> list[str]:
         f"The `{audit['agent']}` agent's rollouts (groups of 4) at several training budgets, "
         "each snapshot pooling the next four iterations' rollouts; every scheme re-estimated on "
         "the same episodes from the task rewards (the `turn_gae` ones with that agent's critic) "
-        "and compared turn by turn with the exact advantage (`marlhf.agents.truth_multiturn`, "
+        "and compared turn by turn with the exact advantage (`marlhf.credit.truth_multiturn`, "
         "conditioned on the hidden answer): correlation (scale-free) and sign agreement per "
         "turn index; n = turns audited. `nan`: the scheme's (or the truth's) turn advantages "
         "are constant there (e.g. a group whose episodes all scored the same gives no signal); "

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from marlhf.training.compare import run_compare
-from marlhf.training.config import load_config
-from marlhf.training.configs import CompareConfig
+from marlhf.commands.compare import run_compare
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import load_config
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "delayed_choice.yaml"
 

@@ -67,7 +67,7 @@ class LetterRuns(Termination):
 
 
 def main() -> None:
-    from marlhf.training.cli import main as marlhf
+    from marlhf.cli.main import main as marlhf
 
     # MARLHF_SMALL=1 (the test suite) shrinks the budgets; the numbers below give a visible gain
     small = os.environ.get("MARLHF_SMALL") == "1"

@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from marlhf.cli.main import main as cli
 from marlhf.models import stdlib_source_files
-from marlhf.training.cli import main as cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -16,7 +16,7 @@ import os
 import random
 from pathlib import Path
 
-from marlhf.training.cli import main as cli
+from marlhf.cli.main import main as cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

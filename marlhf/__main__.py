@@ -3,7 +3,7 @@ runs on each rank)."""
 
 import sys
 
-from marlhf.training.cli import main
+from marlhf.cli.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

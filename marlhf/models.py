@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from marlhf.tokenization import HFCodec, TokenCodec
 
@@ -319,3 +320,14 @@ def default_codec() -> HFCodec:
         vocab_size=DEFAULT_VOCAB_SIZE, files=stdlib_source_files(limit=60), max_chars=1_500_000
     )
     return HFCodec(tok)
+
+
+def transformer_blocks(model: nn.Module) -> list[nn.Module]:
+    """The transformer blocks of ``model`` (``transformers``' decoder layers, the units it
+    checkpoints and FSDP shards one by one); none with a ``transformers`` too old to mark
+    them."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:
+        return []
+    return [m for m in model.modules() if isinstance(m, GradientCheckpointingLayer)]

@@ -24,6 +24,7 @@ In order, the first that applies decides:
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 
@@ -94,8 +95,9 @@ def passive_wait() -> bool:
     """Whether torch's OpenMP threads sleep while they wait in this process: the variable
     ``OMP_WAIT_POLICY=PASSIVE`` was set before marlhf was imported (by you, or by a parent
     process), or marlhf set it before torch was loaded (OpenMP reads it only then)."""
-    import marlhf
-
+    # The package root records both facts when it is imported (before this module can be); read
+    # from sys.modules, as threads sits below the root (docs/design.md, "Layout").
+    marlhf = sys.modules.get("marlhf")
     given = getattr(marlhf, "_WAIT_POLICY_GIVEN", None)
     if given is not None:
         return given.strip().upper() == "PASSIVE"

@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.evidence import PRESETS, SKIPPED, TaskSpec, compare_config
 from benchmarks.evidence_audit import audit_snapshot, preset_scheme
 from benchmarks.evidence_doc import render_block, spearman, summarize_task
-from marlhf.agents.config import PRESETS as ALL_PRESETS
+from marlhf.algorithms.config import PRESETS as ALL_PRESETS
 
 
 def test_every_estimator_preset_is_run_or_skipped_with_a_reason() -> None:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from marlhf import threads
-from marlhf.training.cli import main
+from marlhf.cli.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +89,7 @@ def test_an_applied_count_is_kept_by_later_calls_without_one(
 
 
 def test_building_an_agent_applies_the_policy(clean: None) -> None:
-    from marlhf.agents import PPO
+    from marlhf.algorithms import PPO
     from tests.agents.conftest import CueEnv, tiny_model
 
     os.environ[threads.ENV_VAR] = "3"

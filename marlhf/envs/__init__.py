@@ -5,13 +5,14 @@
 - :class:`TorchToNumpy`: its numpy view, for Gymnasium's numpy wrappers.
 - :class:`BatchedEnv`: the protocol agents rely on; :func:`check_batched_env` executes it.
 - :class:`Task`, :class:`RewardFunction`, :class:`Prompt`, :class:`RewardBatch`: the task contract.
-- Toy tasks in :mod:`marlhf.envs.toy`; every task is registered as ``marlhf/<Name>-v0``.
+- Toy tasks in :mod:`marlhf.envs.builtin.toy`; every task is registered as ``marlhf/<Name>-v0``.
 """
 
-from marlhf.envs.batched import BatchedTokenEnv
-from marlhf.envs.contract import BatchedEnv, MaskableBatchedEnv, check_batched_env
-from marlhf.envs.numpy_view import TorchToNumpy
-from marlhf.envs.registration import (
+from marlhf.envs.builtin.toy import DelayedChoiceTask, ExprTargetTask, ReverseDenseTask, ReverseTask
+from marlhf.envs.core.batched import BatchedTokenEnv
+from marlhf.envs.core.contract import BatchedEnv, MaskableBatchedEnv, check_batched_env
+from marlhf.envs.core.numpy_view import TorchToNumpy
+from marlhf.envs.core.registration import (
     TASK_MODULES,
     available_tasks,
     env_ids,
@@ -19,10 +20,9 @@ from marlhf.envs.registration import (
     register_envs,
     register_task,
 )
-from marlhf.envs.rollout import random_returns, scripted_returns
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task, check_task
-from marlhf.envs.token_env import TokenEnv
-from marlhf.envs.toy import DelayedChoiceTask, ExprTargetTask, ReverseDenseTask, ReverseTask
+from marlhf.envs.core.rollout import random_returns, scripted_returns
+from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task, check_task
+from marlhf.envs.core.token_env import TokenEnv
 
 __all__ = [
     "TASK_MODULES",

@@ -149,6 +149,20 @@ class CutBudget:
         return eligible & (rank < keep[:, None])
 
 
+def select_batch(scores: torch.Tensor, candidates: torch.Tensor, total: int) -> torch.Tensor:
+    """``bool[B, T]``: the ``total`` best-scoring of ``candidates`` over the whole batch (a batch
+    budget: some rows may get many cuts, others none). NaN never counts; ties go to the earlier
+    row, then the earlier position."""
+    eligible = candidates & ~torch.isnan(scores)
+    flat = torch.where(eligible, scores.double(), -math.inf).flatten()
+    count = min(max(int(total), 0), int(eligible.sum()))
+    out = torch.zeros(flat.shape, dtype=torch.bool, device=scores.device)
+    if count:
+        order = torch.argsort(flat, descending=True, stable=True)
+        out[order[:count]] = True
+    return out.reshape(candidates.shape)
+
+
 class ScoredTermination(Termination):
     """A termination that scores positions and cuts at the best ones within a :class:`CutBudget`.
 

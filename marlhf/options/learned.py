@@ -6,7 +6,7 @@ the agent's advantage estimate. :class:`Learned` scores every response position 
 separate model and keeps the best positions under a :class:`~marlhf.options.budget.CutBudget`
 (``learned:budget=4``); the agents train it between policy updates, towards the cut sets that
 minimise the estimator's error against the true advantage (see
-:mod:`marlhf.agents.termination_training` and ``docs/learned_terminations.md``).
+:mod:`marlhf.algorithms.termination_training` and ``docs/learned_terminations.md``).
 
 The model (:class:`CutScorer`) is not a head on the policy's hidden states but a separate
 ~3k-parameter convolution over per-position features the agent already has after its scoring
@@ -36,10 +36,11 @@ import torch
 from torch import nn
 
 from marlhf.options.base import SegmentationBatch
-from marlhf.options.budget import ScoredTermination, require
+from marlhf.options.budget import ScoredTermination, require, select_batch
 from marlhf.options.registry import register_termination
 
 TARGETS = ("auto", "exact", "mc")
+PER = ("episode", "batch")
 #: token ids are hashed into this many embedding rows (the model's size does not grow with the
 #: vocabulary)
 TOKEN_BUCKETS = 32
@@ -111,9 +112,14 @@ class Learned(ScoredTermination):
     """Cut at the positions a small trained model scores highest, within a cut budget.
 
     Budget (as every scored termination): ``budget`` (default 4), ``length``, ``threshold``, ``q``.
-    Training (read by :func:`marlhf.agents.termination_training.train_termination`, which the
+    Training (read by :func:`marlhf.algorithms.termination_training.train_termination`, which the
     agents call after each rollout):
 
+    :param per: ``"episode"`` (default: every response gets ``budget`` cuts) or ``"batch"``
+        (a batch of ``B`` responses gets ``budget * B`` cuts, placed at the best-scoring
+        candidates wherever they are; the same mean number of cuts; trained towards the batch
+        oracle). With ``"batch"`` an episode's cuts depend on the rest of its batch; only
+        ``budget`` sets the count.
     :param target: the advantages it is trained against: ``"exact"`` (enumerated truth; needs a
         task with a decisive depth), ``"mc"`` (Monte-Carlo, with standard errors) or ``"auto"``
         (default: exact where the task declares a decisive depth, else mc).
@@ -130,6 +136,11 @@ class Learned(ScoredTermination):
     :param arch: the fingerprint of the policy it was trained for (set on first training).
     :param vocab_size: that policy's vocabulary size (set with ``arch``).
     :param trained: the digest of weights held in this process (what :attr:`spec` writes).
+    :param optimizer: the state of the model's own Adam optimizer, as saved by
+        :meth:`optimizer_state` (``step`` and both moments by parameter name): with it, training
+        resumes exactly where it stopped. Without it the optimizer starts afresh.
+    :param updates: optimizer steps taken so far (a counter the agents log; saved with it).
+    :param truth_tokens: tokens its truth has cost so far (saved with it).
     """
 
     trainable: ClassVar[bool] = True
@@ -141,6 +152,7 @@ class Learned(ScoredTermination):
         threshold: float | None = None,
         q: float | None = None,
         *,
+        per: str = "episode",
         target: str = "auto",
         steps: int = 20,
         every: int = 1,
@@ -155,8 +167,18 @@ class Learned(ScoredTermination):
         arch: str | None = None,
         vocab_size: int | None = None,
         trained: str | None = None,
+        optimizer: Mapping[str, Any] | None = None,
+        updates: int = 0,
+        truth_tokens: int = 0,
     ) -> None:
         super().__init__(budget, length, threshold, q)
+        if per not in PER:
+            raise ValueError(f"learned: per={per!r} is not one of {PER}")
+        if per == "batch" and (budget is None or length is not None or q is not None):
+            raise ValueError(
+                f"learned: per='batch' needs budget= (cuts per episode on average) and no "
+                f"length or q; got budget={budget!r}, length={length!r}, q={q!r}"
+            )
         if target not in TARGETS:
             raise ValueError(f"learned: target={target!r} is not one of {TARGETS}")
         for field, value, low in (
@@ -165,6 +187,8 @@ class Learned(ScoredTermination):
             ("rows", rows, 1),
             ("mc_samples", mc_samples, 2),
             ("hidden", hidden, 1),
+            ("updates", updates, 0),
+            ("truth_tokens", truth_tokens, 0),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"learned: {field}={value!r} must be an integer >= {low}")
@@ -179,6 +203,7 @@ class Learned(ScoredTermination):
             isinstance(vocab_size, bool) or not isinstance(vocab_size, int)
         ):
             raise ValueError(f"learned: vocab_size={vocab_size!r} must be an integer or None")
+        self.per = per
         self.target, self.steps, self.every, self.lr = target, steps, every, float(lr)
         self.rows, self.mc_samples, self.hidden, self.seed = rows, mc_samples, hidden, seed
         self.use_entropy, self.use_values = use_entropy, use_values
@@ -207,9 +232,15 @@ class Learned(ScoredTermination):
         if state is not None:
             self.load_state(state)
         self._optimizer: torch.optim.Optimizer | None = None
+        if optimizer is not None:
+            if not self.is_trained:
+                raise ValueError(
+                    "learned: optimizer given without the weights it belongs to (state=)"
+                )
+            self.load_optimizer_state(optimizer)
         #: training counters (read by the agents' logs and the benchmarks)
-        self.updates = 0
-        self.truth_tokens = 0
+        self.updates = updates
+        self.truth_tokens = truth_tokens
 
     # ------------------------------------------------------------------ weights as data
     def state(self) -> dict[str, list[float]]:
@@ -238,6 +269,61 @@ class Learned(ScoredTermination):
             loaded[name] = flat.reshape(ref.shape)
         self.model.load_state_dict(loaded)
 
+    def _adam(self) -> torch.optim.Optimizer:
+        """The model's own optimizer (made on first use)."""
+        if self._optimizer is None:
+            self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        return self._optimizer
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        """The Adam optimizer's state as plain data, or None before its first step:
+        ``{"step": n, "exp_avg": {name: [...]}, "exp_avg_sq": {name: [...]}}`` (the moments as
+        flat lists, by parameter name). Its learning rate is not part of it (``lr`` is)."""
+        if self._optimizer is None:
+            return None
+        out: dict[str, Any] = {"step": 0, "exp_avg": {}, "exp_avg_sq": {}}
+        for name, param in self.model.named_parameters():
+            slot = self._optimizer.state.get(param)
+            if not slot:
+                return None
+            out["step"] = int(float(slot["step"]))
+            for key in ("exp_avg", "exp_avg_sq"):
+                out[key][name] = slot[key].detach().flatten().double().tolist()
+        return out
+
+    def load_optimizer_state(self, data: Mapping[str, Any]) -> None:
+        """Restore what :meth:`optimizer_state` wrote; raises naming ``optimizer`` on a
+        mismatch (another model size, missing moments, a step below 1)."""
+        names = dict(self.model.named_parameters())
+        keys = ("step", "exp_avg", "exp_avg_sq")
+        if not isinstance(data, Mapping) or set(data) != set(keys):
+            got = sorted(data) if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"learned: optimizer has keys {got}; expected {sorted(keys)}")
+        step = data["step"]
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ValueError(f"learned: optimizer['step']={step!r} must be an integer >= 1")
+        for key in ("exp_avg", "exp_avg_sq"):
+            moments = data[key]
+            if not isinstance(moments, Mapping) or set(moments) != set(names):
+                have = sorted(moments) if isinstance(moments, Mapping) else type(moments).__name__
+                raise ValueError(
+                    f"learned: optimizer[{key!r}] has parameters {have}; a model with "
+                    f"hidden={self.hidden} has {sorted(names)}"
+                )
+        adam = self._adam()
+        for index, (name, param) in enumerate(names.items()):
+            slot = {"step": torch.tensor(float(step))}
+            for key in ("exp_avg", "exp_avg_sq"):
+                flat = torch.as_tensor(list(data[key][name]), dtype=param.dtype)
+                if flat.numel() != param.numel():
+                    raise ValueError(
+                        f"learned: optimizer[{key!r}][{name!r}] has {flat.numel()} numbers; "
+                        f"hidden={self.hidden} needs {param.numel()}"
+                    )
+                slot[key] = flat.reshape(param.shape).to(param.device)
+            adam.state[param] = slot
+            assert adam.param_groups[0]["params"][index] is param
+
     def digest(self) -> str:
         """A short digest of the weights (what the spec names)."""
         text = json.dumps(self.state(), sort_keys=True)
@@ -247,6 +333,7 @@ class Learned(ScoredTermination):
         out: dict[str, Any] = dict(self.cut_budget.kwargs())
         defaults = Learned.__init__.__kwdefaults__ or {}
         knobs = {
+            "per": self.per,
             "target": self.target,
             "steps": self.steps,
             "every": self.every,
@@ -259,16 +346,24 @@ class Learned(ScoredTermination):
             "seed": self.seed,
             "arch": self.arch,
             "vocab_size": self.vocab_size,
+            "updates": self.updates,
+            "truth_tokens": self.truth_tokens,
         }
         out.update({k: v for k, v in knobs.items() if v != defaults.get(k)})
         if self.is_trained:
             out["state"] = self.state()
+            moments = self.optimizer_state()
+            if moments is not None:
+                out["optimizer"] = moments
         return out
 
     @property
     def spec(self) -> str:
         kwargs = self.config_kwargs()
         state = kwargs.pop("state", None)
+        # the spec names weights only: counters and optimizer state travel as data
+        for key in ("optimizer", "updates", "truth_tokens"):
+            kwargs.pop(key, None)
         parts = [f"{k}={_spec_text(v)}" for k, v in kwargs.items()]
         if state is not None:
             digest = self.digest()
@@ -286,15 +381,22 @@ class Learned(ScoredTermination):
         if self.arch is None and self.vocab_size is None:
             self.arch, self.vocab_size = arch, int(vocab_size)
             return
-        if self.arch != arch:
+        self.check_policy(arch, vocab_size)
+
+    def check_policy(self, arch: str, vocab_size: int) -> None:
+        """Raise naming ``arch`` or ``vocab_size`` when the termination is tied to a policy
+        other than ``(arch, vocab_size)``; an untied one fits any policy (nothing is tied)."""
+        if self.arch is not None and self.arch != arch:
             raise ValueError(
                 f"learned: arch={self.arch!r}: this termination was trained for another "
-                f"policy architecture than {arch!r}; train a new one (learned:budget=...)"
+                f"policy architecture than {arch!r} (valid: {self.arch!r} only); train a new "
+                "one (learned:budget=...)"
             )
-        if self.vocab_size != vocab_size:
+        if self.vocab_size is not None and self.vocab_size != vocab_size:
             raise ValueError(
                 f"learned: vocab_size={self.vocab_size}: this termination was trained for a "
-                f"policy with another vocabulary than this one ({vocab_size} tokens)"
+                f"policy with another vocabulary than this one ({vocab_size} tokens); valid: "
+                f"{self.vocab_size} only"
             )
 
     def _inputs(self, batch: SegmentationBatch) -> tuple[torch.Tensor, ...]:
@@ -309,12 +411,26 @@ class Learned(ScoredTermination):
             out = self.model(*self._inputs(batch))
         return out.to(batch.mask.device).double()
 
+    def starts(self, batch: SegmentationBatch) -> torch.Tensor:
+        if self.per == "episode":
+            return super().starts(batch)
+        mask = batch.mask
+        scores = self.scores(batch).to(mask.device)
+        if self.cut_budget.threshold is not None:
+            scores = scores.masked_fill(~(scores > self.cut_budget.threshold), math.nan)
+        total = int(self.cut_budget.budget or 0) * mask.shape[0]
+        out = select_batch(scores, self.cut_budget.candidates(mask), total)
+        if mask.shape[1]:
+            out[:, 0] = mask[:, 0]
+        return out
+
     def fit_step(self, batch: SegmentationBatch, targets: torch.Tensor) -> float:
         """One Adam step of the model's own optimizer towards the cut set ``targets``.
 
         The loss is the cross-entropy of a softmax over each row's candidate positions against
         the uniform distribution on its target cuts (rows without targets are skipped), so the
-        model's top-``k`` positions become the target set.
+        model's top-``k`` positions become the target set. With ``per="batch"`` the softmax is
+        over the whole batch's candidates (the batch's top ``k * B`` become the target set).
 
         :param targets: ``bool[B, T]`` the cut points to learn (a subset of the candidates).
         :return: the loss before the step.
@@ -324,19 +440,22 @@ class Learned(ScoredTermination):
         rows = targets.any(dim=1)
         if not bool(rows.any()):
             return math.nan
-        if self._optimizer is None:
-            self._optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
+        optimizer = self._adam()
         self.model.requires_grad_(True)
         try:
             with torch.enable_grad():
                 logits = self.model(*self._inputs(batch)).to(targets.device)
                 logits = logits.masked_fill(~cand, -1e9)
-                logp = logits.log_softmax(dim=1)
-                per_row = -(logp * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
-                loss = per_row[rows].mean()
-                self._optimizer.zero_grad()
+                if self.per == "batch":
+                    logp = logits.flatten().log_softmax(dim=0).reshape(logits.shape)
+                    loss = -(logp * targets).sum() / targets.sum()
+                else:
+                    logp = logits.log_softmax(dim=1)
+                    per_row = -(logp * targets).sum(dim=1) / targets.sum(dim=1).clamp(min=1)
+                    loss = per_row[rows].mean()
+                optimizer.zero_grad()
                 loss.backward()
-                self._optimizer.step()
+                optimizer.step()
         finally:
             self.model.requires_grad_(False)
         self.is_trained = True

@@ -3,7 +3,8 @@ task zoo: the prompt is a cue symbol; the first response token should name the c
 the score (1 or 0) arrives on each row's last real token. EOS ends an episode early.
 
 Written independently of :class:`~marlhf.envs.BatchedTokenEnv` (Python loops over rows), it
-passes the same :func:`~marlhf.envs.contract.check_batched_env` (tests/envs/test_contract.py)."""
+passes the same :func:`~marlhf.envs.core.contract.check_batched_env`
+(tests/envs/test_contract.py)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from marlhf.envs.tasks import Prompt
+from marlhf.envs.core.tasks import Prompt
 from marlhf.tokenization import SymbolCodec
 
 SYMBOLS = ["a", "b", "c", "d", "x", "y"]

@@ -1,4 +1,4 @@
-"""Collective helpers only the distributed tests use (moved out of ``marlhf.agents.distributed``,
+"""Collective helpers only the distributed tests use (moved out of ``marlhf.parallel.distributed``,
 which keeps what training calls): a masked mean over every rank, a rank's share of the real
 tokens, and a broadcast of one object."""
 
@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from marlhf.agents import distributed as dist_utils
+from marlhf.parallel import distributed as dist_utils
 
 
 def _several_ranks() -> bool:

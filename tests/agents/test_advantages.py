@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marlhf.agents.advantages import (
+from marlhf.credit.advantages import (
     DISCOUNTS,
     REWARD_AGGREGATIONS,
     VALUE_AGGREGATIONS,

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO, CausalLMActorCritic
-from marlhf.agents.base import LMOnPolicyAlgorithm
-from marlhf.agents.buffer import LMRolloutBuffer
+from marlhf.algorithms import MAPPO, PPO, CausalLMActorCritic
+from marlhf.algorithms.base import LMOnPolicyAlgorithm
+from marlhf.algorithms.buffer import LMRolloutBuffer
 from tests.agents.conftest import CueEnv, tiny_model
 
 B, N = 4, 4
@@ -197,10 +197,10 @@ def test_nan_value_stops_before_update(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_nan_loss_stops_before_optimizer_step(monkeypatch: pytest.MonkeyPatch) -> None:
     algo = _make(PPO)
-    import marlhf.agents.ppo as ppo_module
+    import marlhf.algorithms.updater as updater_module
 
-    real = ppo_module.value_loss
-    monkeypatch.setattr(ppo_module, "value_loss", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = updater_module.value_loss
+    monkeypatch.setattr(updater_module, "value_loss", lambda *a, **k: real(*a, **k) * float("nan"))
     before = _params(algo)
     with pytest.raises(FloatingPointError, match="value loss"):
         algo.learn(1)

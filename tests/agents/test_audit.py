@@ -9,10 +9,10 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO
-from marlhf.agents.audit import Scheme, audit, error_metrics, estimate, plot_audit
-from marlhf.agents.rollout_io import Rollouts, collect
-from marlhf.agents.truth import Sampling, exact_advantages
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.audit.credit import Scheme, audit, error_metrics, estimate, plot_audit
+from marlhf.checkpoint.rollout_io import Rollouts, collect
+from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
 
@@ -169,7 +169,7 @@ def test_credit_callback_logs_at_its_cadence(tmp_path) -> None:
 
     from stable_baselines3.common.logger import configure
 
-    from marlhf.agents.audit import CreditAuditCallback, scheme_of
+    from marlhf.audit.credit import CreditAuditCallback, scheme_of
 
     algo = _algo(MAPPO, termination="ngram:2", gae_lambda=0.9)
     assert scheme_of(algo) == Scheme("gae", "ngram:2", {"gae_lambda": 0.9})

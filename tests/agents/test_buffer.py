@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marlhf.agents.buffer import LMRolloutBuffer
+from marlhf.algorithms.buffer import LMRolloutBuffer
 
 
 def _filled() -> LMRolloutBuffer:

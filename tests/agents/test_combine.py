@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marlhf.agents import PPOConfig
-from marlhf.agents.combine import combine, parse_combination
-from marlhf.agents.estimators import get_estimator
+from marlhf.algorithms import PPOConfig
+from marlhf.credit.combine import combine, parse_combination
+from marlhf.credit.estimators import get_estimator
 from tests.agents.turn_batches import random_rows, to_batch
 
 

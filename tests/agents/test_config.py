@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from marlhf.agents import MAPPO, PPO, MAPPOConfig, PPOConfig
-from marlhf.agents.config import COMMON_ARGUMENTS, PRESETS, literal_choices, resolve_config
-from marlhf.agents.kl import KL_ESTIMATORS
-from marlhf.training.config import describe, load_config
-from marlhf.training.configs import AgentConfig, TrainConfig
+from marlhf.algorithms import MAPPO, PPO, MAPPOConfig, PPOConfig
+from marlhf.algorithms.config import COMMON_ARGUMENTS, PRESETS, literal_choices, resolve_config
+from marlhf.config.commands import AgentConfig, TrainConfig
+from marlhf.config.parse import describe, load_config
+from marlhf.credit.kl import KL_ESTIMATORS
 
 
 @pytest.mark.parametrize(("cls", "config_class"), [(PPO, PPOConfig), (MAPPO, MAPPOConfig)])

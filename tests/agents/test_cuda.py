@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO
-from marlhf.agents.advantages import compute_gae
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.credit.advantages import compute_gae
 from marlhf.envs import BatchedTokenEnv
 from marlhf.options import available_terminations, compute_starts, make_termination
 from tests.agents.conftest import CueEnv, tiny_model
@@ -172,7 +172,7 @@ def test_cuda_checkpoint_loads_and_trains_on_cpu(tmp_path) -> None:
 
 @pytest.mark.parametrize("task", [*TOY_TASKS, "CueEnv"])
 def test_batched_env_contract_holds_on_cuda(task: str) -> None:
-    from marlhf.envs.contract import check_batched_env
+    from marlhf.envs.core.contract import check_batched_env
 
     env: Any = (
         CueEnv(num_envs=4, max_new_tokens=5, device=DEVICE)

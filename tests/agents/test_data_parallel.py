@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO
-from marlhf.agents.estimators import available_estimators, get_estimator
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.credit.estimators import available_estimators, get_estimator
 from tests.agents.conftest import CueEnv, tiny_model
 from tests.agents.ranks import run_ranks
 
@@ -323,7 +323,7 @@ def test_two_rank_checkpoint_resumes_exactly_and_refuses_one_rank(tmp_path: Path
 
 
 def _small_buckets(rank: int, world_size: int, data: dict[str, Any]) -> dict[str, Any]:
-    from marlhf.agents import distributed
+    from marlhf.parallel import distributed
 
     distributed.BUCKET_BYTES = 200  # a bucket per parameter or two (a 1 KB matrix: its own)
     return _params(_update("ppo", data, rank, world_size))

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from marlhf.agents import distributed as dist_utils
-from marlhf.agents.advantages import whiten
-from marlhf.agents.losses import masked_mean
+from marlhf.algorithms.losses import masked_mean
+from marlhf.credit.advantages import global_whiten, whiten
+from marlhf.parallel import distributed as dist_utils
 from tests.agents import dist_helpers
 from tests.agents.ranks import run_ranks
 
@@ -42,7 +42,7 @@ def _normalisers(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     assert weight.grad is not None
     return {
         "mean": dist_helpers.global_masked_mean(x, mask),
-        "whitened": dist_utils.global_whiten(x, mask),
+        "whitened": global_whiten(x, mask),
         "loss": dist_utils.global_sum(loss.detach()),
         "grad": weight.grad,
     }

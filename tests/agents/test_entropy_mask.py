@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from marlhf.agents.policy import CausalLMActorCritic
+from marlhf.policy.actor_critic import CausalLMActorCritic
 from marlhf.tokenization import SymbolCodec
 from tests.agents.conftest import SYMBOLS, tiny_model
 

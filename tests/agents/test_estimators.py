@@ -11,17 +11,17 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from marlhf.agents import PPOConfig
-from marlhf.agents.advantages import compute_gae
-from marlhf.agents.config import PRESETS, resolve_config
-from marlhf.agents.estimators import (
+from marlhf.algorithms import PPOConfig
+from marlhf.algorithms.config import PRESETS, resolve_config
+from marlhf.algorithms.losses import policy_loss
+from marlhf.credit.advantages import compute_gae
+from marlhf.credit.estimators import (
     EstimatorBatch,
     available_estimators,
     get_estimator,
     register_estimator,
     uniform_groups,
 )
-from marlhf.agents.losses import policy_loss
 
 
 def prefix_mask(lengths: list[int], width: int) -> torch.Tensor:
@@ -189,7 +189,7 @@ def test_a_new_estimator_is_one_registered_function() -> None:
     @register_estimator("outcome_only_test")
     def outcome_only(batch: EstimatorBatch, config: Any) -> Any:
         """Every token gets its response's outcome (no baseline)."""
-        from marlhf.agents.estimators import Estimate, broadcast, sequence_returns
+        from marlhf.credit.estimators import Estimate, broadcast, sequence_returns
 
         return Estimate(broadcast(sequence_returns(batch), batch.mask))
 
@@ -283,7 +283,7 @@ def test_every_preset_trains_on_a_toy_task(preset: str) -> None:
     estimator declares them), with a critic only when the estimator needs one."""
     import gymnasium as gym
 
-    from marlhf.agents import PPO
+    from marlhf.algorithms import PPO
     from marlhf.models import tiny_gpt2
 
     env: Any = gym.make_vec(

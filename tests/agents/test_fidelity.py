@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPO, PPOConfig
-from marlhf.agents.config import resolve_config
-from marlhf.agents.estimators import EstimatorBatch, get_estimator, prob_mask, uniform_groups
-from marlhf.agents.kl import kl_penalty, shaped_rewards
-from marlhf.agents.losses import aggregate, kl_loss, policy_loss
+from marlhf.algorithms import PPO, PPOConfig
+from marlhf.algorithms.config import resolve_config
+from marlhf.algorithms.losses import aggregate, kl_loss, policy_loss
+from marlhf.credit.estimators import EstimatorBatch, get_estimator, prob_mask, uniform_groups
+from marlhf.credit.kl import kl_penalty, shaped_rewards
 from tests.agents import source_refs as ref
 from tests.agents.conftest import CueEnv, tiny_model
 
@@ -489,7 +489,7 @@ def test_other_bad_input_names_the_field() -> None:
 
 
 def test_every_preset_with_a_kl_in_the_loss_regularises() -> None:
-    from marlhf.agents.config import PRESETS
+    from marlhf.algorithms.config import PRESETS
 
     for name, preset in PRESETS.items():
         values = preset.values()

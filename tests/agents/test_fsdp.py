@@ -15,7 +15,7 @@ import pytest
 import torch
 import transformers
 
-from marlhf.agents import MAPPO, PPO, CausalLMActorCritic
+from marlhf.algorithms import MAPPO, PPO, CausalLMActorCritic
 from tests.agents.conftest import CueEnv, tiny_llama_for, tiny_model
 from tests.agents.ranks import run_ranks
 from tests.agents.test_data_parallel import (
@@ -232,8 +232,8 @@ def _ragged_grads(policy: CausalLMActorCritic, rows: slice) -> dict[str, Any]:
 
 
 def _ragged_on_ranks(rank: int, world_size: int) -> dict[str, Any]:
-    from marlhf.agents.fsdp import shard_policy, whole
-    from marlhf.agents.lm_utils import length_groups
+    from marlhf.parallel.fsdp import shard_policy, whole
+    from marlhf.policy.lm_utils import length_groups
 
     policy = _ragged_policy()
     state = shard_policy(policy, torch.device("cpu"))  # sharded, as in an update

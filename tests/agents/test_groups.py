@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from marlhf.agents import PPO
+from marlhf.algorithms import PPO
 from tests.agents.conftest import CueEnv, tiny_model
 
 

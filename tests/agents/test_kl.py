@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from marlhf.agents.kl import (
+from marlhf.credit.kl import (
     AdaptiveKLController,
     FixedKLController,
     kl_penalty,

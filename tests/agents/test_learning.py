@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import marlhf  # noqa: F401  (registers the marlhf/ env ids)
-from marlhf.agents import MAPPO, PPO
+from marlhf.algorithms import MAPPO, PPO
 from marlhf.models import tiny_gpt2
 
 HORIZON, NUM_ENVS, MAX_ITERS = 8, 32, 60

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPO
-from marlhf.agents.lora import DEFAULT_TARGETS, LoRAConfig
-from marlhf.agents.policy import CausalLMActorCritic
+from marlhf.algorithms import PPO
+from marlhf.policy.actor_critic import CausalLMActorCritic
+from marlhf.policy.lora import DEFAULT_TARGETS, LoRAConfig
 from marlhf.tokenization import SymbolCodec
 from tests.agents.conftest import SYMBOLS, CueEnv, tiny_llama_for, tiny_model
 from tests.extras import needs
@@ -165,7 +165,7 @@ def test_lora_target_modules_must_exist() -> None:
 
 
 def test_lora_without_peft_names_the_install(monkeypatch) -> None:
-    import marlhf.agents.lora as lora_module
+    import marlhf.policy.lora as lora_module
 
     monkeypatch.setattr(lora_module, "peft_available", lambda: False)
     with pytest.raises(ImportError, match=r"lora needs the optional peft package.*marlhf\[scale\]"):

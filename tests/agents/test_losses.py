@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from marlhf.agents.advantages import compute_gae
-from marlhf.agents.losses import entropy_loss, masked_mean, policy_loss, value_loss
+from marlhf.algorithms.losses import entropy_loss, masked_mean, policy_loss, value_loss
+from marlhf.credit.advantages import compute_gae
 from marlhf.options import lengths_to_starts
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO
+from marlhf.algorithms import MAPPO, PPO
 from tests.agents import test_data_parallel as dp
 from tests.agents.conftest import CueEnv, tiny_model
 from tests.agents.ranks import run_ranks

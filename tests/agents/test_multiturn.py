@@ -9,20 +9,20 @@ import pytest
 import torch
 
 from marlhf import MAPPO, PPO
-from marlhf.agents import estimators
-from marlhf.agents.estimators import (
+from marlhf.credit import estimators
+from marlhf.credit.estimators import (
     Estimate,
     EstimatorBatch,
     available_estimators,
     get_estimator,
     register_estimator,
 )
-from marlhf.agents.policy import CausalLMActorCritic
-from marlhf.envs.batched import BatchedTokenEnv
+from marlhf.envs.core.batched import BatchedTokenEnv
+from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
 from marlhf.envs.multiturn import MultiTurnTask
 from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 from marlhf.envs.multiturn.tool import ToolLookupTask
-from marlhf.envs.tasks import Prompt, RewardBatch, RewardFunction, Task
+from marlhf.policy.actor_critic import CausalLMActorCritic
 from marlhf.tokenization import SymbolCodec
 from tests.agents.conftest import CueEnv, tiny_llama_for, tiny_model
 

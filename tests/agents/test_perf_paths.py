@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO
-from marlhf.agents import logprobs as lp
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.policy import logprobs as lp
 from tests.agents.conftest import CueEnv, tiny_model
 
 B, N = 8, 5
@@ -108,6 +108,9 @@ def _iteration(cls: type, force_grad_entropy: bool, **kw: Any) -> Any:
     the update build the entropy's graph (the path before the entropy was only logged)."""
     env = CueEnv(num_envs=B, max_new_tokens=N)
     algo = cls(tiny_model(env.codec, seed=0), env, seed=3, **{**SETTINGS, **kw})
+    # Scores from whole logits: the bitwise comparison is of the logits path (scoring from the
+    # hidden state equals it to 1e-5: tests/agents/test_head_scores.py).
+    algo.policy.fused_head = False
     calls: list[str] = []
     evaluate = algo.policy.evaluate_actions
 
@@ -165,7 +168,7 @@ def _on_policy(case: str, skip: bool, audit_first: bool = False) -> tuple[Any, l
     """One iteration of an exactly on-policy update (one epoch of one minibatch), with the
     policy's scoring forward skipped or not; ``audit_first`` reads the rollout between the
     stages and the update (as the credit audit's callback does)."""
-    from marlhf.agents.rollout_io import Rollouts
+    from marlhf.checkpoint.rollout_io import Rollouts
 
     cls, kw = ON_POLICY_CASES[case]
     env = CueEnv(num_envs=B, max_new_tokens=N)
@@ -237,7 +240,7 @@ def test_scoring_is_kept_when_the_update_is_not_exactly_on_policy(change: Any) -
 
 
 def test_the_prefill_runs_the_lm_head_on_the_last_position_only() -> None:
-    from marlhf.agents.policy import CausalLMActorCritic
+    from marlhf.policy.actor_critic import CausalLMActorCritic
 
     env = CueEnv(num_envs=3, max_new_tokens=3)
     policy = CausalLMActorCritic(tiny_model(env.codec, n_layer=2))

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents.policy import CausalLMActorCritic, filter_logits
+from marlhf.policy.actor_critic import CausalLMActorCritic, filter_logits
 from marlhf.tokenization import SymbolCodec
 from tests.agents.conftest import SYMBOLS, tiny_model
 

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from marlhf.agents.config import PRESETS, PPOConfig, resolve_config
-from marlhf.agents.preset_table import differences, marlhf_value, presets_markdown
+from marlhf.algorithms.config import PRESETS, PPOConfig, resolve_config
+from marlhf.algorithms.preset_table import differences, marlhf_value, presets_markdown
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "presets.md"
 
 
 def test_docs_page_is_current() -> None:
     assert DOC.read_text() == presets_markdown(), (
-        "docs/presets.md is stale: run `python -m marlhf.agents.preset_table > docs/presets.md`"
+        "docs/presets.md is stale: run `python -m marlhf.algorithms.preset_table > docs/presets.md`"
     )
 
 
@@ -46,7 +46,7 @@ def test_the_rloo_note_is_true() -> None:
 
 
 def test_the_cli_help_names_the_table() -> None:
-    from marlhf.training.cli import build_parser
+    from marlhf.cli.main import build_parser
 
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")

@@ -6,8 +6,8 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import PPO
-from marlhf.agents.rollout_io import Rollouts, collect, resegment
+from marlhf.algorithms import PPO
+from marlhf.checkpoint.rollout_io import Rollouts, collect, resegment
 from marlhf.envs import BatchedTokenEnv
 from marlhf.models import tiny_gpt2
 from marlhf.options import SegmentationBatch, compute_starts, make_termination

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import MAPPO, PPO, save_util
+from marlhf.algorithms import MAPPO, PPO
+from marlhf.checkpoint import save_util
 from marlhf.tokenization import SymbolCodec
 from tests.agents.conftest import SYMBOLS, CueEnv, tiny_model
 
@@ -329,7 +330,7 @@ def test_an_unreaped_killed_saver_counts_as_dead() -> None:
     import subprocess
     import time
 
-    from marlhf.agents.save_util import _pid_alive
+    from marlhf.checkpoint.save_util import _pid_alive
 
     child = subprocess.Popen(["sleep", "0.05"])
     deadline = time.monotonic() + 10

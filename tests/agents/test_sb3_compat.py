@@ -10,7 +10,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
 from stable_baselines3.common.logger import configure
 
-from marlhf.agents import MAPPO, PPO
+from marlhf.algorithms import MAPPO, PPO
 from tests.agents.conftest import CueEnv, tiny_model
 
 B, N = 4, 3
@@ -126,7 +126,7 @@ def test_function_callback_is_converted() -> None:
 
 
 def test_progress_bar_counts_generated_tokens(monkeypatch) -> None:
-    from marlhf.agents.base import TokenProgressBar
+    from marlhf.algorithms.base import TokenProgressBar
 
     seen: list[tuple[int, int]] = []
     original = TokenProgressBar._on_training_end
@@ -182,7 +182,7 @@ def test_evaluate_policy_on_get_env() -> None:
 def test_eval_callback_during_learn(tmp_path) -> None:
     from stable_baselines3.common.callbacks import EvalCallback
 
-    from marlhf.envs.sb3_vec import sb3_vec_env
+    from marlhf.envs.core.sb3_vec import sb3_vec_env
 
     algo = _delayed_algo()
     callback = EvalCallback(

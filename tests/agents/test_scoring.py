@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPO
-from marlhf.agents.policy import CausalLMActorCritic, length_groups, position_ids_from_mask
+from marlhf.algorithms import PPO
+from marlhf.policy.actor_critic import CausalLMActorCritic, length_groups, position_ids_from_mask
 from tests.agents.conftest import CueEnv, tiny_model
 from tests.agents.test_lora import CODEC, NEEDS_PEFT, tiny_llama
 
@@ -99,9 +99,13 @@ def test_response_only_scoring_equals_the_full_sequence_forward(name: str, monke
         torch.testing.assert_close(got[key], value, atol=1e-6 * scale, rtol=0, msg=key)
 
 
+@pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("name", PARAMS)
-def test_the_lm_head_sees_only_the_response_positions(name: str) -> None:
+def test_the_lm_head_sees_only_the_response_positions(name: str, fused: bool) -> None:
     policy = POLICIES[name]()
+    # fused: the scores come from the hidden state and the head's weight, slice by slice
+    # (marlhf.policy.head_fusion); the head module itself runs on the last position only.
+    policy.fused_head = fused
     shapes: dict[str, list[tuple[int, ...]]] = {"head": [], "embed": []}
     parts: list[Any] = [policy.model, policy.critic, policy.ref_model]
     for part in parts:
@@ -115,7 +119,7 @@ def test_the_lm_head_sees_only_the_response_positions(name: str) -> None:
     n, v = RESPONSE.shape[1], CODEC.vocab_size
     # Rows 1 and 0 run together, row 2 (2 tokens shorter than row 1's 7) alone. The policy
     # and the reference predict the 4 response tokens; a critic's head 1 position.
-    policy_heads = [(2, n, v), (1, n, v)]
+    policy_heads = [(2, 1, v), (1, 1, v)] if fused else [(2, n, v), (1, n, v)]
     critic = [] if policy.critic is None else [(2, 1, v), (1, 1, v)]
     assert shapes["head"] == [*policy_heads, *critic, *policy_heads]
     # Columns that are padding in every row of a group and the last column are not fed: of the

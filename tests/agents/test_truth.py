@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from marlhf.agents.truth import Sampling, exact_advantages, mc_advantages, true_advantages
-from marlhf.envs.credit import CreditSumTask
-from marlhf.envs.tasks import Prompt
+from marlhf.credit.truth import Sampling, exact_advantages, mc_advantages, true_advantages
+from marlhf.envs.builtin.credit import CreditSumTask
+from marlhf.envs.core.tasks import Prompt
 from marlhf.models import tiny_gpt2
 
 
@@ -153,7 +153,7 @@ def test_bad_input_is_named() -> None:
 
 
 def test_delayed_choice_declares_its_one_decisive_token() -> None:
-    from marlhf.envs.toy import DelayedChoiceTask
+    from marlhf.envs.builtin.toy import DelayedChoiceTask
 
     task = DelayedChoiceTask(horizon=4, num_choices=2)
     model = tiny_gpt2(task.codec, n_layer=1, n_embd=16, n_head=2, n_positions=16, seed=1)
@@ -173,7 +173,7 @@ def test_delayed_choice_declares_its_one_decisive_token() -> None:
 
 
 def test_mc_values_estimates_only_the_requested_prefixes() -> None:
-    from marlhf.agents.truth import mc_values
+    from marlhf.credit.truth import mc_values
 
     task, model, prompts, responses, mask, sampling = _gpt_case(horizon=4)
     at = torch.zeros_like(mask)

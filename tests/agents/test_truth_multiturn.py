@@ -9,16 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from marlhf.agents.truth_base import Sampling
-from marlhf.agents.truth_multiturn import (
+from marlhf.credit.truth_base import Sampling
+from marlhf.credit.truth_multiturn import (
     check_exact_turns,
     exact_turn_advantages,
     mc_turn_advantages,
     turn_true_advantages,
 )
+from marlhf.envs.core.tasks import Prompt
 from marlhf.envs.multiturn import TextEnvError
 from marlhf.envs.multiturn.tool import ToolLookupEnv, ToolLookupTask
-from marlhf.envs.tasks import Prompt
 
 CALL, A0, R, DIGIT0 = 2, 3, 7, 8  # ToolLookup's ids: call, a0 a1 a2, q, r, 0 1 2
 
@@ -154,8 +154,8 @@ def test_truth_of_an_agent_rollout() -> None:
 
 def test_the_audit_reports_per_turn_on_multiturn_rollouts(tmp_path: Any) -> None:
     from marlhf import PPO
-    from marlhf.agents.audit import Scheme, audit
-    from marlhf.agents.rollout_io import Rollouts
+    from marlhf.audit.credit import Scheme, audit
+    from marlhf.checkpoint.rollout_io import Rollouts
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from tests.agents.conftest import tiny_model
 
@@ -301,7 +301,7 @@ def test_exact_check_counts_the_toy_tree_and_names_the_limit() -> None:
 
 def test_the_training_audit_callback_runs_on_a_multiturn_task() -> None:
     from marlhf import PPO
-    from marlhf.agents.audit import CreditAuditCallback
+    from marlhf.audit.credit import CreditAuditCallback
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from tests.agents.conftest import tiny_model
 

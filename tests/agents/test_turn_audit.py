@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from marlhf.agents.turn_audit import audit_turns, turn_values
+from marlhf.audit.turn_audit import audit_turns, turn_values
 
 
 def test_turn_values_sum_the_truth_and_average_the_estimate() -> None:
@@ -41,7 +41,7 @@ def test_audit_metrics_by_hand() -> None:
 
 
 def test_pooled_rollouts_audit_as_one_batch() -> None:
-    from marlhf.agents.turn_audit import audit_turn_values, stack_turn_values
+    from marlhf.audit.turn_audit import audit_turn_values, stack_turn_values
 
     a = (torch.tensor([[1.0, 2.0]]), torch.tensor([[0.5, 1.0]]), torch.tensor([[True, True]]))
     b = (

@@ -1,5 +1,5 @@
 """The bias of turn-level estimators, measured against the exact truth of a small tool-use MDP
-where the policy decides how many turns to take (:mod:`marlhf.agents.turn_exact`).
+where the policy decides how many turns to take (:mod:`marlhf.audit.turn_exact`).
 
 (a) verl#7244: per-turn-index normalisation (MT-GRPO as published) subtracts a baseline whose
 number of terms is set by the row's own decision to take another turn. The issue states the
@@ -29,7 +29,7 @@ from fractions import Fraction as F
 
 import pytest
 
-from marlhf.agents.turn_exact import (
+from marlhf.audit.turn_exact import (
     State,
     ToolMDP,
     cosine,

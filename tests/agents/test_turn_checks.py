@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from marlhf.agents.turn_checks import check_estimator_env, check_estimator_task
-from marlhf.agents.turn_credit import TurnInputError
+from marlhf.algorithms.turn_checks import check_estimator_env, check_estimator_task
+from marlhf.credit.turn_credit import TurnInputError
 
 
 class _TextEnv:

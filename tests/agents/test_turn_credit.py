@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPOConfig
-from marlhf.agents.estimators import EstimatorBatch, check_estimate, get_estimator
-from marlhf.agents.turn_credit import TurnInputError
+from marlhf.algorithms import PPOConfig
+from marlhf.credit.estimators import EstimatorBatch, check_estimate, get_estimator
+from marlhf.credit.turn_credit import TurnInputError
 from tests.agents.turn_batches import Row, per_token, random_rows, to_batch
 
 EPS = 1e-6
@@ -370,6 +370,32 @@ def test_reference_potentials_are_read_from_their_own_field() -> None:
     torch.testing.assert_close(run("turn_potential:source=reference", batch).advantages, policy_phi)
     with pytest.raises(TurnInputError, match=r"'turn_potential' needs turn_potentials"):
         run("turn_potential", batch)
+
+
+def test_potential_kind_picks_its_field() -> None:
+    assert get_estimator("turn_potential:kind=mean_prob").requires == {"turns", "turn_mean_probs"}
+    assert get_estimator("turn_potential:kind=mean_prob;source=reference").requires == {
+        "turns",
+        "ref_turn_mean_probs",
+    }
+    rows = random_rows(6)
+    batch = to_batch(rows)
+    want = run("turn_potential", batch).advantages
+    batch.turn_mean_probs, batch.turn_potentials = batch.turn_potentials, None
+    torch.testing.assert_close(run("turn_potential:kind=mean_prob", batch).advantages, want)
+    with pytest.raises(TurnInputError, match=r"needs ref_turn_mean_probs.*mean_prob of the gold"):
+        run("turn_potential:kind=mean_prob;source=reference", batch)
+    with pytest.raises(ValueError, match=r"turn_potential: kind='prob' is not valid"):
+        get_estimator("turn_potential:kind=prob")
+
+
+def test_igpo_and_trace_presets_read_their_potentials() -> None:
+    from marlhf.algorithms.config import PRESETS
+
+    igpo = get_estimator(PRESETS["igpo"].fixed["estimator"])
+    trace = get_estimator(PRESETS["trace"].fixed["estimator"])
+    assert "turn_mean_probs" in igpo.requires and "turn_potentials" not in igpo.requires
+    assert "ref_turn_potentials" in trace.requires and "turn_potentials" not in trace.requires
 
 
 # ------------------------------------------------------------------------------ layout, errors

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from marlhf.agents import CausalLMActorCritic
-from marlhf.agents.turn_potentials import gold_potentials
+from marlhf.algorithms import CausalLMActorCritic
+from marlhf.credit.turn_potentials import gold_potentials
 from marlhf.models import tiny_gpt2
 
 V = 11
@@ -108,8 +108,8 @@ class _NoGold:
 def test_fill_potentials_maps_action_turn_starts_to_episode_columns() -> None:
     from types import SimpleNamespace
 
-    from marlhf.agents.estimators import EstimatorBatch
-    from marlhf.agents.turn_potentials import fill_potentials
+    from marlhf.credit.estimators import EstimatorBatch
+    from marlhf.credit.turn_potentials import fill_potentials
     from marlhf.tokenization import SymbolCodec
 
     codec = SymbolCodec([str(i) for i in range(V - 2)])
@@ -143,3 +143,67 @@ def test_fill_potentials_maps_action_turn_starts_to_episode_columns() -> None:
     env.envs = [_Gold("7"), _NoGold()]
     with pytest.raises(ValueError, match=r"text env NoGold has no gold\(\)"):
         fill_potentials(batch, frozenset({"ref_turn_potentials"}), policy, buffer, env)
+
+
+def test_fill_potentials_scores_each_model_once_for_every_kind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from types import SimpleNamespace
+
+    from marlhf.credit import turn_potentials as tp
+    from marlhf.credit.estimators import EstimatorBatch
+    from marlhf.tokenization import SymbolCodec
+
+    codec = SymbolCodec([str(i) for i in range(V - 2)])
+    policy = CausalLMActorCritic(tiny_gpt2(codec.vocab_size, n_layer=1, n_embd=16, n_head=2))
+    with torch.no_grad():  # the reference differs from the policy
+        for p in policy.model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    response_ids = torch.tensor([[3, 4, 5, 6, 7], [3, 8, 0, 0, 0]])
+    mask = torch.tensor([[True, True, True, True, True], [True, True, False, False, False]])
+    turn_ids = torch.tensor([[0, 0, 1, 1, 1], [0, 0, -1, -1, -1]])
+    buffer = SimpleNamespace(
+        prompt_ids=torch.tensor([[0, 2], [2, 3]]),
+        prompt_mask=torch.tensor([[0, 1], [1, 1]]),
+        response_ids=response_ids,
+        action_index=None,
+        action_mask=None,
+    )
+    env = SimpleNamespace(envs=[_Gold("7"), _Gold("12")], codec=codec)
+    zeros = torch.zeros(2, 5)
+    batch = EstimatorBatch(
+        zeros, zeros, mask, mask, turn_ids=turn_ids, num_turns=torch.tensor([2, 1])
+    )
+    calls: list[str] = []
+    real = tp.gold_log_likelihoods
+
+    def counted(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(str(kwargs["source"]))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(tp, "gold_log_likelihoods", counted)
+    tp.fill_potentials(batch, frozenset(tp.FIELDS), policy, buffer, env)
+    assert sorted(calls) == ["policy", "reference"]
+    gold = [codec.encode("7"), codec.encode("12")]
+    cols = torch.tensor([[0, 2], [0, 0]])
+    valid = torch.tensor([[True, True], [True, False]])
+    for name, (source, kind) in tp.FIELDS.items():
+        want = gold_potentials(
+            policy,
+            buffer.prompt_ids,
+            buffer.prompt_mask,
+            response_ids,
+            cols,
+            valid,
+            gold,
+            source=source,
+            kind=kind,
+        )
+        torch.testing.assert_close(getattr(batch, name), want, msg=name)
+    lengths = torch.tensor([[1.0], [2.0]], dtype=torch.float64)
+    logp, ref_logp = batch.turn_potentials, batch.ref_turn_potentials
+    assert logp is not None and ref_logp is not None
+    torch.testing.assert_close(
+        batch.turn_mean_probs, torch.where(valid, torch.exp(logp / lengths), 0.0)
+    )
+    assert float(logp[0, 0]) != float(ref_logp[0, 0])

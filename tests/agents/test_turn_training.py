@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import torch
 
-from marlhf.agents import PPO
-from marlhf.agents.turn_presets import TURN_PRESETS
+from marlhf.algorithms import PPO
+from marlhf.algorithms.turn_presets import TURN_PRESETS
 from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 from marlhf.envs.multiturn.tool import ToolLookupTask
 from tests.agents.conftest import tiny_model

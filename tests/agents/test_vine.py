@@ -10,8 +10,8 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import PPO, CausalLMActorCritic, PPOConfig
-from marlhf.agents.vine import choose_branch_points, fork_state
+from marlhf.algorithms import PPO, CausalLMActorCritic, PPOConfig
+from marlhf.credit.vine import choose_branch_points, fork_state
 from marlhf.models import tiny_gpt2
 from marlhf.options import make_termination
 

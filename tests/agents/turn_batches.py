@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from marlhf.agents.estimators import EstimatorBatch
+from marlhf.credit.estimators import EstimatorBatch
 
 
 @dataclass

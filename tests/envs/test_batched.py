@@ -19,7 +19,7 @@ from marlhf.envs import (
     Task,
     TokenEnv,
 )
-from marlhf.envs.tasks import RewardMode
+from marlhf.envs.core.tasks import RewardMode
 from marlhf.tokenization import SymbolCodec
 
 pytestmark = pytest.mark.usefixtures("one_thread")

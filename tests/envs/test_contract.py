@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import marlhf  # noqa: F401  (registers the envs)
-from marlhf.envs.contract import BatchedEnv, ContractError, check_batched_env
+from marlhf.envs.core.contract import BatchedEnv, ContractError, check_batched_env
 from marlhf.envs.multiturn.contract import check_multiturn_env
 from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 from tests.agents.conftest import CueEnv

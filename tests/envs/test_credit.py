@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from marlhf.envs import BatchedTokenEnv, Prompt, random_returns, scripted_returns
-from marlhf.envs.credit import CreditSumTask
+from marlhf.envs.builtin.credit import CreditSumTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

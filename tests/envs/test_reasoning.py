@@ -8,7 +8,7 @@ import pytest
 
 import marlhf  # noqa: F401  (registers the env ids)
 from marlhf.envs import TokenEnv
-from marlhf.envs.reasoning import ReasoningGymTask, available_datasets, extract_answer
+from marlhf.envs.builtin.reasoning import ReasoningGymTask, available_datasets, extract_answer
 from marlhf.tokenization import TokenCodec
 from tests.envs.test_code import reward_batch
 from tests.extras import NEEDS_REASONING_GYM
@@ -93,7 +93,7 @@ def test_a_verifier_that_raises_scores_zero(task: ReasoningGymTask) -> None:
         def score_answer(self, answer: str | None, entry: dict) -> float:
             return float(int(str(answer)) == int(entry["answer"]))
 
-    from marlhf.envs.reasoning import ReasoningGymReward
+    from marlhf.envs.builtin.reasoning import ReasoningGymReward
 
     reward = ReasoningGymReward(Fussy())
     entry = task.entries[0]

@@ -108,8 +108,9 @@ def test_bad_task_kwarg_is_named() -> None:
 
 
 def test_user_task_registers_and_builds_by_id() -> None:
-    from marlhf.envs import register_task, registration
-    from marlhf.envs.toy import ReverseTask
+    from marlhf.envs import register_task
+    from marlhf.envs.builtin.toy import ReverseTask
+    from marlhf.envs.core import registration
 
     def factory(**kwargs: object) -> ReverseTask:
         return ReverseTask(num_symbols=3, **kwargs)  # type: ignore[arg-type]
@@ -125,7 +126,7 @@ def test_user_task_registers_and_builds_by_id() -> None:
     finally:  # leave the global registries as other tests expect them
         del gymnasium.registry[env_id]
         registration._TASKS.pop("UserReverse3")
-    by_entry_point = make_task("marlhf.envs.toy:DelayedChoiceTask", horizon=20)
+    by_entry_point = make_task("marlhf.envs.builtin.toy:DelayedChoiceTask", horizon=20)
     assert by_entry_point.max_new_tokens == 20
     with pytest.raises(ValueError, match="name="):
         register_task("bad name", factory)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.envs.sandbox import (
+from marlhf.envs.coding.child import PlainDataError, decode, encode
+from marlhf.envs.coding.sandbox import (
     ISOLATIONS,
     SandboxLimits,
     SandboxResult,
@@ -20,7 +21,6 @@ from marlhf.envs.sandbox import (
     run_many,
     run_program,
 )
-from marlhf.envs.sandbox_child import PlainDataError, decode, encode
 
 FAST = SandboxLimits(timeout_s=1.5, cpu_s=1, memory_mb=512)
 SLACK_S = 1.5  # process start-up, teardown and a loaded 2-core machine

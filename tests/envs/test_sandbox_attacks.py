@@ -34,11 +34,11 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.envs import sandbox_cgroup
-from marlhf.envs.checks import parse_check
-from marlhf.envs.code import CodeExecutionReward, split_check_tests
-from marlhf.envs.sandbox import SandboxLimits, SandboxResult, Status, run_calls
-from marlhf.envs.sandbox_seccomp import syscall_number
+from marlhf.envs.coding import cgroup as sandbox_cgroup
+from marlhf.envs.coding.checks import parse_check
+from marlhf.envs.coding.humaneval import CodeExecutionReward, split_check_tests
+from marlhf.envs.coding.sandbox import SandboxLimits, SandboxResult, Status, run_calls
+from marlhf.envs.coding.seccomp import syscall_number
 
 PROMPT = 'def add(a, b):\n    """Return a + b."""\n'
 STRUCTURED = (
@@ -382,7 +382,7 @@ def test_unsafe_mode_is_named_and_the_default_needs_bwrap(guarded: tuple[Path, P
 def test_missing_bwrap_refuses_with_the_install_command(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import marlhf.envs.sandbox_process as process
+    import marlhf.envs.coding.process as process
 
     monkeypatch.setattr(process.shutil, "which", lambda name: None)
     with pytest.raises(process.SandboxUnavailableError, match="apt-get install -y bubblewrap"):

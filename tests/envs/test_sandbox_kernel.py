@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import marlhf.envs.sandbox_cgroup as cgroup
-from marlhf.envs.sandbox import SandboxLimits, Status, run_calls
-from marlhf.envs.sandbox_process import clean_stale_folders, kernel_limits
-from marlhf.envs.sandbox_seccomp import syscall_number
+import marlhf.envs.coding.cgroup as cgroup
+from marlhf.envs.coding.process import clean_stale_folders, kernel_limits
+from marlhf.envs.coding.sandbox import SandboxLimits, Status, run_calls
+from marlhf.envs.coding.seccomp import syscall_number
 
 BARE = SandboxLimits(timeout_s=5.0, cpu_s=5, memory_mb=512, audit_hook=False)
 NEEDS_CGROUPS = pytest.mark.skipif(
@@ -345,7 +345,7 @@ def test_a_cgroup_that_cannot_be_joined_means_the_fallback(
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, 0, -2.0])
 def test_humaneval_refuses_a_bad_timeout_naming_it(value: float) -> None:
-    from marlhf.envs.code import HumanEvalTask
+    from marlhf.envs.coding.humaneval import HumanEvalTask
 
     problem = {"prompt": "def f():\n", "test": "def check(c):\n    assert c() == 1\n"}
     problem["entry_point"] = "f"
@@ -401,7 +401,7 @@ def test_the_cgroup_layouts_are_read_from_the_mount_table(
 def test_a_run_whose_cgroups_cannot_be_made_falls_back_with_a_warning(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import marlhf.envs.sandbox_process as process
+    import marlhf.envs.coding.process as process
 
     def refuse(memory_bytes: int, tasks: int) -> None:
         raise OSError(28, "No space left on device")

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from marlhf.envs.sandbox_child import PlainDataError, encode
-from marlhf.envs.sandbox_plain import (
+from marlhf.envs.coding.child import PlainDataError, encode
+from marlhf.envs.coding.plain import (
     PlainDataTimeout,
     PlainDict,
     PlainSet,

@@ -10,7 +10,7 @@ import pytest
 from stable_baselines3.common.vec_env import VecEnv
 
 from marlhf.envs import BatchedTokenEnv
-from marlhf.envs.sb3_vec import SB3VecEnv, sb3_vec_env
+from marlhf.envs.core.sb3_vec import SB3VecEnv, sb3_vec_env
 
 
 def make(task: str = "marlhf/Reverse-v0", num_envs: int = 6, **kwargs: Any) -> BatchedTokenEnv:

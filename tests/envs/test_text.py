@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 import marlhf  # noqa: F401  (registers the env ids)
-from marlhf.envs.tasks import resolve_codec
-from marlhf.envs.text import (
+from marlhf.envs.builtin.text import (
     DEFAULT_TEXT_DATA,
     ReferenceSimilarityReward,
     TextReferenceTask,
@@ -18,6 +17,7 @@ from marlhf.envs.text import (
     lexical_similarity,
     load_jsonl,
 )
+from marlhf.envs.core.tasks import resolve_codec
 from marlhf.tokenization import HFCodec, TokenCodec
 from tests.envs.test_code import reward_batch
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from marlhf.envs.reward_model import RewardModelReward
-from marlhf.envs.tasks import Prompt
-from marlhf.envs.text import TextReferenceTask
+from marlhf.envs.builtin.reward_model import RewardModelReward
+from marlhf.envs.builtin.text import TextReferenceTask
+from marlhf.envs.core.tasks import Prompt
 from marlhf.tokenization import TokenCodec
 from tests.envs.test_code import reward_batch
 

@@ -12,7 +12,7 @@ from gymnasium.wrappers import FlattenObservation
 
 import marlhf  # noqa: F401
 from marlhf.envs import Prompt, TokenEnv
-from marlhf.envs.toy import ToyTask
+from marlhf.envs.builtin.toy import ToyTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

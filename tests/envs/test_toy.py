@@ -19,8 +19,8 @@ from marlhf.envs import (
     random_returns,
     scripted_returns,
 )
-from marlhf.envs.safe_expr import evaluate
-from marlhf.envs.toy import EXPR_SYMBOLS, ToyTask
+from marlhf.envs.builtin.safe_expr import evaluate
+from marlhf.envs.builtin.toy import EXPR_SYMBOLS, ToyTask
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -12,7 +12,8 @@ import gymnasium
 import pytest
 import torch
 
-from marlhf.envs import BatchedTokenEnv, registration
+from marlhf.envs import BatchedTokenEnv
+from marlhf.envs.core import registration
 from marlhf.options import make_termination
 from marlhf.options import registry as term_registry
 

@@ -13,17 +13,18 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import MAPPO
-from marlhf.agents.advantages import compute_gae
-from marlhf.agents.checkpoint_data import termination_data, termination_from_data
-from marlhf.agents.rollout_io import collect
-from marlhf.agents.termination_training import (
+from marlhf.algorithms import MAPPO
+from marlhf.algorithms.termination_training import (
     base_starts,
+    batch_oracle_cuts,
     estimator_errors,
     oracle_cuts,
     target_advantages,
 )
-from marlhf.agents.truth import Sampling
+from marlhf.checkpoint.data import termination_data, termination_from_data
+from marlhf.checkpoint.rollout_io import collect
+from marlhf.credit.advantages import compute_gae
+from marlhf.credit.truth import Sampling
 from marlhf.envs import make_task
 from marlhf.models import tiny_gpt2
 from marlhf.options import (
@@ -134,7 +135,7 @@ def test_another_architecture_or_vocabulary_is_refused() -> None:
     term.bind("GPT2LMHeadModel-h64", 12)  # the same policy: fine
     with pytest.raises(ValueError, match=r"learned: arch='GPT2LMHeadModel-h64'.*LlamaForCausalLM"):
         term.bind("LlamaForCausalLM-h64", 12)
-    with pytest.raises(ValueError, match=r"learned: vocab_size=12.*\(50257 tokens\)"):
+    with pytest.raises(ValueError, match=r"vocab_size=12.*\(50257 tokens\); valid: 12 only"):
         term.bind("GPT2LMHeadModel-h64", 50257)
     loaded = build_termination(termination_config(term))
     assert isinstance(loaded, Learned)
@@ -265,23 +266,33 @@ def test_a_loaded_termination_refuses_another_policy() -> None:
     env: Any = gym.make_vec(
         "marlhf/CreditSum-v0", num_envs=16, vectorization_mode="vector_entry_point", horizon=12
     )
-    other = MAPPO(
-        tiny_gpt2(env.codec, n_layer=1, n_embd=32, n_head=2, seed=0),
+    # refused when the agent is built, also when used frozen (steps=0: it never trains)
+    for kwargs in (data["kwargs"], {**data["kwargs"], "steps": 0}):
+        with pytest.raises(ValueError, match=r"learned: arch='GPT2LMHeadModel-h16'.*h32"):
+            MAPPO(
+                tiny_gpt2(env.codec, n_layer=1, n_embd=32, n_head=2, seed=0),
+                env,
+                batch_size=16,
+                kl_coef=0.0,
+                mask_actions=True,
+                termination=build_termination({"name": "learned", "kwargs": kwargs}),
+            )
+    # the same policy size takes it
+    MAPPO(
+        tiny_gpt2(env.codec, n_layer=1, n_embd=16, n_head=2, seed=1),
         env,
         batch_size=16,
         kl_coef=0.0,
         mask_actions=True,
         termination=build_termination(data),
     )
-    with pytest.raises(ValueError, match=r"learned: arch='GPT2LMHeadModel-h16'.*h32"):
-        other.learn(16 * 12)
 
 
 @pytest.mark.slow
 def test_cli_trains_a_learned_termination(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from marlhf.training.cli import main
+    from marlhf.cli.main import main
     from tests.training.conftest import TINY, sets
 
     argv = sets(
@@ -317,3 +328,188 @@ def test_only_recent_trained_specs_are_held() -> None:
     make_termination(specs[-1])
     with pytest.raises(ValueError, match="names weights this process does not hold"):
         make_termination(specs[0])
+
+
+def test_saved_optimizer_state_resumes_training_exactly() -> None:
+    """save -> load -> one more step equals the uninterrupted run; weights alone do not."""
+    batch = _batch(5)
+    assert batch.values is not None
+    target = CutBudget("t", budget=2).select(batch.values, batch.mask)
+    straight = Learned(budget=2, lr=0.05)
+    for _ in range(3):
+        straight.fit_step(batch, target)
+    config = termination_config(straight)
+    moments = config["kwargs"]["optimizer"]
+    assert moments["step"] == 3 and set(moments["exp_avg"]) == set(config["kwargs"]["state"])
+    assert config["kwargs"]["updates"] == 3
+    resumed = build_termination(json.loads(json.dumps(config)))  # through JSON, as a checkpoint
+    assert isinstance(resumed, Learned) and resumed.updates == 3
+    weights_only = Learned(budget=2, lr=0.05, state=config["kwargs"]["state"])
+    straight.fit_step(batch, target)
+    resumed.fit_step(batch, target)
+    weights_only.fit_step(batch, target)
+    for name, value in straight.state().items():
+        assert resumed.state()[name] == value, name
+    assert weights_only.state() != straight.state()  # a fresh Adam takes another step
+    assert termination_config(resumed) == termination_config(straight)
+    # the spec names the weights, not the optimizer or the counters
+    assert "optimizer" not in straight.spec and "updates" not in straight.spec
+
+
+def test_bad_optimizer_state_names_the_field() -> None:
+    kwargs = termination_config(_trained())["kwargs"]
+    state, moments = kwargs["state"], kwargs["optimizer"]
+    with pytest.raises(ValueError, match=r"learned: optimizer has keys \['step'\]; expected"):
+        Learned(budget=2, state=state, optimizer={"step": 1})
+    with pytest.raises(ValueError, match=r"learned: optimizer\['step'\]=0 must be an integer >= 1"):
+        Learned(budget=2, state=state, optimizer={**moments, "step": 0})
+    with pytest.raises(ValueError, match=r"learned: optimizer given without the weights"):
+        Learned(budget=2, optimizer=moments)
+    small = Learned(budget=2, hidden=8)
+    batch = _batch(3)
+    assert batch.logprobs is not None
+    small.fit_step(batch, CutBudget("t", budget=2).select(batch.logprobs, batch.mask))
+    other = small.optimizer_state()
+    assert other is not None
+    with pytest.raises(ValueError, match=r"learned: optimizer\['exp_avg'\]\['conv.weight'\] has"):
+        Learned(budget=2, state=state, optimizer={**moments, "exp_avg": other["exp_avg"]})
+    with pytest.raises(ValueError, match=r"learned: updates=-1 must be an integer >= 0"):
+        Learned(budget=2, updates=-1)
+
+
+def test_agent_checkpoint_resumes_termination_training_exactly(tmp_path: Path) -> None:
+    """An agent saved mid-run and resumed trains its termination as the uninterrupted run."""
+    spec = "learned:budget=3;steps=4;rows=8"
+    straight = _agent(spec).learn(16 * 12 * 3)
+    first = _agent(spec).learn(16 * 12 * 2)
+    first.save(tmp_path / "ck")
+    env: Any = gym.make_vec(
+        "marlhf/CreditSum-v0", num_envs=16, vectorization_mode="vector_entry_point", horizon=12
+    )
+    resumed = MAPPO.load(tmp_path / "ck", env=env)
+    resumed.learn(16 * 12, reset_num_timesteps=False)
+    ours, theirs = straight.termination, resumed.termination
+    assert isinstance(ours, Learned) and isinstance(theirs, Learned)
+    assert ours.updates == theirs.updates == 12
+    assert theirs.state() == ours.state()
+    assert termination_config(theirs) == termination_config(ours)
+    for p, q in zip(straight.policy.parameters(), resumed.policy.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
+def _agent_on(env: Any, spec: str, **kw: Any) -> MAPPO:
+    model = tiny_gpt2(env.codec, n_layer=1, n_embd=16, n_head=2, seed=0)
+    return MAPPO(model, env, batch_size=8, kl_coef=0.0, seed=0, termination=spec, **kw)
+
+
+@pytest.mark.parametrize(
+    ("spec", "kw", "match"),
+    [
+        ("learned:budget=13", {}, r"learned: budget=13 cuts exceeds the horizon \(12.*1\.\.12"),
+        ("learned:budget=2;target=exact", {}, r"learned: target='exact' needs a task with a "
+         r"decisive depth.*task 'Reverse'.*valid: auto, exact, mc"),
+        ("learned:budget=2", {"estimator": "mc"}, r"learned: estimator='mc' needs \['mc_values'\]"),
+    ],
+)  # fmt: skip
+def test_agent_refuses_what_a_learned_termination_cannot_train_on(
+    spec: str, kw: dict[str, Any], match: str
+) -> None:
+    """Each is refused when the agent gets its env, before a rollout costs anything."""
+    from marlhf.envs import BatchedTokenEnv
+
+    env = BatchedTokenEnv("Reverse", num_envs=8, seed=0, horizon=12)
+    assert env.max_new_tokens == 12
+    with pytest.raises(ValueError, match=match):
+        _agent_on(env, spec, **kw)
+    # used frozen (steps=0), a trained one needs no truth: target and estimator do not matter
+    if "budget=13" not in spec:
+        _agent_on(env, spec + ";steps=0", **kw)
+    _agent_on(env, "learned:budget=2")  # target=auto on a task without a decisive depth: mc
+
+
+def test_check_termination_refuses_a_multi_turn_env() -> None:
+    from types import SimpleNamespace
+
+    from marlhf.algorithms.termination_training import check_termination
+    from marlhf.tokenization import SymbolCodec
+
+    class _TurnEnv:
+        max_new_tokens = 12
+
+        def turn_record(self) -> None:
+            return None
+
+    model = tiny_gpt2(SymbolCodec(["a", "b"]), n_layer=1, n_embd=16, n_head=2, seed=0)
+    algo = SimpleNamespace(
+        termination=Learned(budget=2),
+        env=_TurnEnv(),
+        policy=SimpleNamespace(model=model, vocab_size=5),
+        config=SimpleNamespace(estimator="gae"),
+    )
+    with pytest.raises(ValueError, match=r"learned: _TurnEnv is a multi-turn env.*steps=0"):
+        check_termination(algo)
+    algo.termination = Learned(budget=2, steps=0)  # applied frozen: fine
+    check_termination(algo)
+    algo.termination = make_termination("entropy:budget=2")  # a heuristic: fine
+    check_termination(algo)
+
+
+def test_batch_oracle_places_one_cut_where_the_whole_batch_gains_most() -> None:
+    gen = torch.Generator().manual_seed(3)
+    b, t = 4, 8
+    mask = torch.arange(t)[None] < torch.tensor([8, 6, 8, 5])[:, None]
+    rewards = torch.zeros(b, t)
+    rewards[torch.arange(b), mask.sum(1) - 1] = torch.rand(b, generator=gen)
+    values = torch.rand(b, t, generator=gen)
+    true = torch.randn(b, t, generator=gen).double() * mask
+    fn = _gae(rewards, values, mask)
+    base = base_starts(mask, True)
+    total = float(estimator_errors(fn, base, true, mask).sum())
+    best, where = -math.inf, (-1, -1)
+    for row in range(b):
+        for col in range(1, int(mask[row].sum()) - 1):
+            starts = base.clone()
+            starts[row, col] = True
+            gain = total - float(estimator_errors(fn, starts, true, mask).sum())
+            if gain > best:
+                best, where = gain, (row, col)
+    one = batch_oracle_cuts(fn, true, mask, 1)
+    assert one.nonzero().tolist() == [list(where)]
+    six = batch_oracle_cuts(fn, true, mask, 6)  # greedy: the first cut stays, errors only fall
+    assert int(six.sum()) == 6 and bool((six >= one).all())
+    assert float(estimator_errors(fn, base | six, true, mask).sum()) <= total - best + 1e-12
+    # at the same number of cuts it is at least as good as some per-episode allocation here
+    per_row = oracle_cuts(fn, true, mask, CutBudget("o", budget=1)) | base
+    assert int((per_row & ~base).sum()) == 4
+    four = batch_oracle_cuts(fn, true, mask, 4) | base
+    assert float(estimator_errors(fn, four, true, mask).sum()) <= float(
+        estimator_errors(fn, per_row, true, mask).sum()
+    )
+
+
+def test_per_batch_places_budget_times_rows_cuts_and_learns_the_batch_target() -> None:
+    term = Learned(budget=2, per="batch", lr=0.05)
+    batch = _batch(7)
+    base = base_starts(batch.mask, False)
+    cuts = compute_starts(term, batch) & ~base & ~base_starts(batch.mask, True)
+    assert int(cuts.sum()) == 2 * batch.mask.shape[0]  # 12 cuts, however spread
+    # a target with all 12 cuts in two rows: per episode it cannot be reached, per batch it can
+    cand = CutBudget("t", budget=1).candidates(batch.mask)
+    target = torch.zeros_like(batch.mask)
+    target[0, 1:7] = True
+    target[2, 3:9] = True
+    assert bool((target <= cand).all())
+    for _ in range(300):
+        term.fit_step(batch, target)
+    got = compute_starts(term, batch) & cand
+    assert torch.equal(got, target)
+    again = build_termination(json.loads(json.dumps(termination_config(term))))
+    assert isinstance(again, Learned) and again.per == "batch"
+    assert torch.equal(compute_starts(again, batch), compute_starts(term, batch))
+    assert "per=batch" in term.spec
+    with pytest.raises(
+        ValueError, match=r"learned: per='row' is not one of \('episode', 'batch'\)"
+    ):
+        Learned(budget=2, per="row")
+    with pytest.raises(ValueError, match=r"learned: per='batch' needs budget="):
+        Learned(length=3.0, per="batch")

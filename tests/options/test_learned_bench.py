@@ -12,7 +12,7 @@ import torch
 
 from benchmarks.learned_terms import KeyPositionTask, tokens_to_threshold
 from benchmarks.learned_terms_doc import mean_ci, render
-from marlhf.agents.truth import Sampling, exact_advantages
+from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
 
@@ -83,3 +83,63 @@ def test_page_states_whether_the_goal_is_met(tmp_path: Path) -> None:
     bad = dict(good, audit=[_audit_row(t, s, 0.95, 1.0) for t in "ABC" for s in (0, 1)])
     render(bad, doc, png)
     assert "on >= 3 tasks: NOT met (met on: none)" in doc.read_text()
+
+
+@pytest.mark.slow
+def test_goal_uses_the_rmse_net_of_monte_carlo_noise(tmp_path: Path) -> None:
+    """Monte-Carlo rows that recorded the truth's standard error are judged net of it."""
+    setups = [{"part": "audit", "file": "x.json", "heuristics": ["even", "entropy"], "budget": 4,
+               "quick": True, "loadavg": ["1", "2", "3"]}]  # fmt: skip
+    rows = []
+    for task in "ABC":
+        for seed in (0, 1):
+            row = _audit_row(task, seed, 0.8, 1.0)  # 20% lower against the noisy truth
+            row["truth"], row["truth_rms_se"] = "mc", 0.6
+            for rule in ("learned", "even", "entropy", "oracle"):
+                row[rule]["rmse_net"] = max(row[rule]["rmse"] ** 2 - 0.36, 0.0) ** 0.5
+            rows.append(row)
+    rows[0]["alloc"] = {
+        "per_row": {"learned": 0.9, "even": 1.0, "entropy": 1.2, "oracle": 0.8},
+        "per_batch": {"learned": 0.85, "entropy": 1.1, "oracle": 0.6},
+    }
+    exact = _audit_row("D", 0, 0.9, 1.0)  # exact truth: no noise, judged as measured
+    for rule in ("learned", "even", "entropy", "oracle"):
+        exact[rule]["rmse_net"] = 0.0
+    data = {"setups": setups, "audit": [*rows, exact], "t2t": []}
+    doc, png = tmp_path / "page.md", tmp_path / "cuts.png"
+    render(data, doc, png)
+    text = doc.read_text()
+    assert "| A | mc, rms SE 0.600 | 2 |" in text
+    assert text.count("| D | exact | 1 |") == 1  # in the main table only
+    # the batch-budget table: only the run that recorded it; headroom 20% per episode, 40% per batch
+    assert (
+        "| A | 1 | `even` 1.000 | 0.900 | 0.800 | 0.850 | 1.100 | 0.600 | 20.0% | 40.0% |" in text
+    )
+    assert "+20.0% ± 0.0 (vs `even`)" in text  # against the truth as computed
+    assert "+33.9% ± 0.0 (vs `even`)" in text  # net: 1 - sqrt(0.64 - 0.36) / sqrt(1 - 0.36)
+    assert "on >= 3 tasks: met (met on: ['A', 'B', 'C']). Judged net of the Monte-Carlo" in text
+
+
+def test_unknown_task_names_the_valid_ones() -> None:
+    from benchmarks.learned_terms import REASONING, _names
+
+    assert _names(f"DelayedChoice h32, {REASONING}", []) == ["DelayedChoice h32", REASONING]
+    with pytest.raises(SystemExit, match=r"unknown task\(s\) \['Nope'\]; valid: \[.*Reasoning"):
+        _names("Nope", [])
+
+
+def test_global_top_keeps_the_batch_best_candidates() -> None:
+    """Never a row's first or last token; the best scores of the whole batch."""
+    from benchmarks.learned_terms_alloc import global_top
+
+    mask = torch.arange(8)[None] < torch.tensor([8, 6, 8, 5])[:, None]
+    scores = torch.arange(32, dtype=torch.float64).reshape(4, 8)
+    assert global_top(scores, mask, 3).nonzero().tolist() == [[3, 1], [3, 2], [3, 3]]
+    assert global_top(scores, mask, 5).nonzero().tolist() == [
+        [2, 5],
+        [2, 6],
+        [3, 1],
+        [3, 2],
+        [3, 3],
+    ]
+    assert int(global_top(scores, mask, 100).sum()) == 6 + 4 + 6 + 3  # every candidate

@@ -8,8 +8,8 @@ import gymnasium as gym
 import pytest
 import torch
 
-from marlhf.agents import MAPPO
-from marlhf.agents.rollout_io import collect
+from marlhf.algorithms import MAPPO
+from marlhf.checkpoint.rollout_io import collect
 from marlhf.models import tiny_gpt2
 from marlhf.options import SegmentationBatch, compute_starts, make_termination
 from marlhf.options.segments import segment_ids
@@ -93,8 +93,12 @@ def test_agents_cut_on_their_own_entropy_and_values(spec: str) -> None:
 
 
 def test_agent_rejects_a_budget_above_the_horizon() -> None:
-    algo = _agent("entropy:budget=13")
+    """Refused when the agent gets its env, before any rollout; also at the segment stage."""
     with pytest.raises(ValueError, match=r"budget=13 cuts exceeds the horizon \(12"):
+        _agent("entropy:budget=13")
+    algo = _agent("entropy:budget=12")  # at the horizon: fine
+    algo.termination.cut_budget.budget = 13  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match=r"budget=13 cuts exceeds the horizon \(12.*1\.\.12"):
         collect(algo)
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.agents.rollout_io import Rollouts
-from marlhf.training.cli import main
+from marlhf.checkpoint.rollout_io import Rollouts
+from marlhf.cli.main import main
 from tests.training.conftest import TINY, sets
 
 TINY_CREDIT = [

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import COMMANDS, main
+from marlhf.cli.main import COMMANDS, main
 from tests.training.conftest import TINY, sets
 
 

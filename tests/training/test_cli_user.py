@@ -13,9 +13,9 @@ import gymnasium
 import pytest
 
 import marlhf
-from marlhf.envs import registration
+from marlhf.cli.main import main
+from marlhf.envs.core import registration
 from marlhf.options import registry as term_registry
-from marlhf.training.cli import main
 from tests.training.conftest import TINY, sets
 
 TASK_FILE = Path(__file__).resolve().parents[2] / "examples" / "custom_task.py"

@@ -10,11 +10,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from marlhf.training.cli import main
-from marlhf.training.config import load_config
-from marlhf.training.configs import CompareConfig
-from marlhf.training.report import FIELDS
-from marlhf.training.runner import RunSpec, train_run
+from marlhf.cli.main import main
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import load_config
+from marlhf.runs.report import FIELDS
+from marlhf.runs.runner import RunSpec, train_run
 from tests.training.conftest import TINY, sets
 
 RUNS = ["ppo-token-seed0", "ppo-token-seed1", "mappo-ngram_5-seed0", "mappo-ngram_5-seed1"]

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from marlhf.envs.registration import make_task
-from marlhf.envs.toy import DelayedChoiceTask
-from marlhf.training.builders import unused_mask_message
-from marlhf.training.cli import main
-from marlhf.training.compare import run_specs
-from marlhf.training.config import load_config
-from marlhf.training.configs import CompareConfig
+from marlhf.cli.main import main
+from marlhf.commands.compare import run_specs
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import load_config
+from marlhf.envs.builtin.toy import DelayedChoiceTask
+from marlhf.envs.core.registration import make_task
+from marlhf.runs.builders import unused_mask_message
 from tests.training.conftest import TINY, sets
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.config import ConfigError, describe, help_text, load_config, parse_override
-from marlhf.training.configs import CompareConfig, EvalConfig, RmConfig, SftConfig, TrainConfig
+from marlhf.config.commands import CompareConfig, EvalConfig, RmConfig, SftConfig, TrainConfig
+from marlhf.config.parse import ConfigError, describe, help_text, load_config, parse_override
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
 COMMAND_CONFIGS = {
@@ -105,7 +105,7 @@ def test_default_compare_is_the_documented_delayed_choice_config() -> None:
 def test_a_partial_section_keeps_its_fields_own_default() -> None:
     """``marlhf audit``'s task defaults to CreditSum: one dotted key changes only that key (it
     used to rebuild the section from ``TaskConfig()``, silently auditing DelayedChoice)."""
-    from marlhf.training.audit import AuditConfig
+    from marlhf.commands.credit_audit import AuditConfig
 
     default = load_config(AuditConfig)
     partial = load_config(AuditConfig, overrides=["task.num_envs=8"])

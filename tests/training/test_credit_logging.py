@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from marlhf.training.cli import main
-from marlhf.training.config import load_config
-from marlhf.training.configs import CompareConfig
-from marlhf.training.runner import RunSpec, train_run
+from marlhf.cli.main import main
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import load_config
+from marlhf.runs.runner import RunSpec, train_run
 from tests.training.conftest import TINY, sets
 
 OWN = "credit/gae@ngram:5"  # MAPPO's own scheme (the train default: mappo ngram:5)

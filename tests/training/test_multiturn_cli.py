@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import main
+from marlhf.cli.main import main
 from tests.training.conftest import sets
 
 TINY_GUESS = [
@@ -31,10 +31,10 @@ def test_train_runs_a_multiturn_task(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 
 def test_a_multiturn_task_builds_with_its_returns_for_the_report() -> None:
+    from marlhf.commands.compare import _task_returns
+    from marlhf.config.commands import TaskConfig
     from marlhf.envs.multiturn.tasks.guess_number import GuessTheNumberTask
-    from marlhf.training.builders import make_any_task
-    from marlhf.training.compare import _task_returns
-    from marlhf.training.configs import TaskConfig
+    from marlhf.runs.builders import make_any_task
 
     built = make_any_task("marlhf/GuessTheNumber-v0", high=6)
     assert isinstance(built, GuessTheNumberTask) and built.make_env().high == 6

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from benchmarks import common
-from marlhf.training import report
-from marlhf.training.report import reach, render_markdown, summarize, table_rows
+from marlhf.runs import report
+from marlhf.runs.report import reach, render_markdown, summarize, table_rows
 
 METRIC = "rollout/score_mean"
 

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from marlhf.agents import save_util
-from marlhf.training import runner
-from marlhf.training.config import load_config
-from marlhf.training.configs import CompareConfig
-from marlhf.training.runner import RunSpec, train_run
+from marlhf.checkpoint import save_util
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import load_config
+from marlhf.runs import runner
+from marlhf.runs.runner import RunSpec, train_run
 from tests.training.conftest import TINY
 
 SPEC = RunSpec("mappo", "ngram:3", seed=5)

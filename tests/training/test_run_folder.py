@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import main
-from marlhf.training.config import ConfigError, load_yaml
-from marlhf.training.runner import RunFolderBusy, locked_run_folder
+from marlhf.cli.main import main
+from marlhf.config.parse import ConfigError, load_yaml
+from marlhf.runs.runner import RunFolderBusy, locked_run_folder
 from tests.training.conftest import TINY, sets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -130,7 +130,7 @@ def _holder(folder: Path) -> subprocess.Popen:
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from marlhf.training.runner import locked_run_folder\n"
+        "from marlhf.runs.runner import locked_run_folder\n"
         "with locked_run_folder(Path(sys.argv[1]), 'a test holder'):\n"
         "    print('locked', flush=True)\n"
         "    time.sleep(600)\n"
@@ -217,7 +217,7 @@ def test_kill_9_of_compare_leaves_no_process_and_a_rerun_resumes_cleanly(tmp_pat
     settings = [*TINY, "seeds=[0]", "terminations=[ngram:2]", "total_timesteps=1024"]
     settings += ["checkpoint_every=1"]
     argv = ["compare", *sets(*settings, f"output_dir={out}")]
-    code = "import sys; from marlhf.training.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; from marlhf.cli.main import main; sys.exit(main(sys.argv[1:]))"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *argv, "--set", "workers=2"],

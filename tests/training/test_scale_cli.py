@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import main
+from marlhf.cli.main import main
 from tests.agents.ranks import free_port
 from tests.extras import needs
 

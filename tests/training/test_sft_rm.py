@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from marlhf.cli.main import main
 from marlhf.models import stdlib_source_files
-from marlhf.training.cli import main
 from tests.training.conftest import sets
 
 TINY_MODEL = ("model.n_layer=1", "model.n_embd=32", "model.n_head=2")
@@ -82,7 +82,7 @@ def _preference_file(path: Path, n: int, seed: int = 0) -> None:
 
 
 def test_rm_learns_a_learnable_preference(tmp_path: Path, capsys) -> None:
-    from marlhf.envs.reward_model import RewardModelReward
+    from marlhf.envs.builtin.reward_model import RewardModelReward
 
     data, out = tmp_path / "pairs.jsonl", tmp_path / "rm"
     _preference_file(data, 160)

@@ -10,18 +10,18 @@ from typing import Any
 import numpy as np
 import pytest
 
-from marlhf.envs.reasoning import ReasoningGymTask
-from marlhf.envs.registration import register_task
-from marlhf.training.cli import main
-from marlhf.training.config import ConfigError, from_dict
-from marlhf.training.configs import ModelConfig, SftConfig, SftTaskConfig, TaskConfig
-from marlhf.training.sft_data import (
+from marlhf.cli.main import main
+from marlhf.commands.sft_data import (
     EXAMPLES_FILE,
     IGNORE,
     build_task,
     collate,
     task_examples,
 )
+from marlhf.config.commands import ModelConfig, SftConfig, SftTaskConfig, TaskConfig
+from marlhf.config.parse import ConfigError, from_dict
+from marlhf.envs.builtin.reasoning import ReasoningGymTask
+from marlhf.envs.core.registration import register_task
 from tests.extras import NEEDS_REASONING_GYM
 from tests.training.conftest import sets
 
@@ -109,7 +109,7 @@ def test_solution_in_both_answer_formats_and_its_errors(bpe_codec) -> None:
 
 
 def test_sft_on_a_task_and_the_env_tokenises_prompts_as_sft_did(tmp_path: Path) -> None:
-    from marlhf.training.runner import build_env_and_model
+    from marlhf.runs.runner import build_env_and_model
 
     out = tmp_path / "sft"
     argv = ["sft", *_task_sets(out, "task.examples=64", "max_steps=30", "batch_size=16")]
@@ -186,8 +186,8 @@ def test_sft_task_config_from_yaml_mapping() -> None:
 
 
 def test_the_two_recipe_configs_fit_together() -> None:
-    from marlhf.training.config import load_config
-    from marlhf.training.configs import TrainConfig
+    from marlhf.config.commands import TrainConfig
+    from marlhf.config.parse import load_config
 
     configs = Path(__file__).resolve().parents[2] / "examples" / "configs"
     sft = load_config(SftConfig, configs / "reasoning_sft.yaml")

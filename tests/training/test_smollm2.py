@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import main
+from marlhf.cli.main import main
 from tests.training.conftest import sets
 
 CONFIG = Path(__file__).resolve().parents[2] / "examples" / "configs" / "smollm2_humaneval.yaml"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import main
-from marlhf.training.progress import SECONDS_VAR, LineProgress, progress_seconds
+from marlhf.cli.main import main
+from marlhf.runs.progress import SECONDS_VAR, LineProgress, progress_seconds
 from tests.training.conftest import TINY, sets
 
 

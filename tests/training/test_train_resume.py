@@ -17,13 +17,13 @@ from typing import Any
 
 import pytest
 
-from marlhf.agents import save_util
-from marlhf.agents.ppo import PPO
-from marlhf.training.cli import main
-from marlhf.training.config import load_config
-from marlhf.training.configs import CompareConfig
-from marlhf.training.run_files import SaveError
-from marlhf.training.runner import RunSpec, train_run
+from marlhf.algorithms.ppo import PPO
+from marlhf.checkpoint import save_util
+from marlhf.cli.main import main
+from marlhf.config.commands import CompareConfig
+from marlhf.config.parse import load_config
+from marlhf.runs.run_files import SaveError
+from marlhf.runs.runner import RunSpec, train_run
 from tests.training.conftest import TINY, sets
 
 ROOT = Path(__file__).resolve().parents[2]

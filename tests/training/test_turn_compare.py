@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.builders import check_task_builds
-from marlhf.training.configs import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
+from marlhf.runs.builders import check_task_builds
 
 
 def _config(tmp_path: Path, **kw: object) -> CompareConfig:
@@ -37,7 +37,7 @@ def test_multiturn_tasks_pass_the_build_check() -> None:
 
 
 def test_a_turn_preset_on_a_one_turn_task_fails_before_training(tmp_path: Path) -> None:
-    from marlhf.training.compare import run_compare
+    from marlhf.commands.compare import run_compare
 
     config = _config(tmp_path, task=TaskConfig(id="marlhf/DelayedChoice-v0", num_envs=8))
     config.agents = ["gigpo"]
@@ -52,7 +52,7 @@ def test_a_turn_preset_on_a_one_turn_task_fails_before_training(tmp_path: Path) 
 
 @pytest.mark.slow
 def test_compare_runs_the_turn_presets_on_tool_lookup(tmp_path: Path) -> None:
-    from marlhf.training.compare import run_compare
+    from marlhf.commands.compare import run_compare
 
     out = run_compare(_config(tmp_path))
     agents = [row["agent"] for row in out["summary"]]

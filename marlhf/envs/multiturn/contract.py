@@ -1,7 +1,7 @@
 """The batched-env contract for multi-turn envs, and :func:`check_multiturn_env`.
 
 A multi-turn env (:class:`~marlhf.envs.multiturn.env.MultiTurnTokenEnv`) keeps the single-turn
-contract (:mod:`marlhf.envs.contract`) where it applies - shapes, ``info["active"]``, frozen
+contract (:mod:`marlhf.envs.core.contract`) where it applies - shapes, ``info["active"]``, frozen
 finished rows, done flags, seeded determinism, group resets - and changes two rules:
 
 - **Window.** An active row appends its action and then, when its turn ended and the episode
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from marlhf.envs.contract import (
+from marlhf.envs.core.contract import (
     Episode,
     _check_attributes,
     _check_reset_window,

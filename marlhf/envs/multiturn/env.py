@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from marlhf.envs.action_checks import check_actions
+from marlhf.envs.core.action_checks import check_actions
+from marlhf.envs.core.registration import task_factory
+from marlhf.envs.core.reset_options import check_prompts
+from marlhf.envs.core.tasks import Prompt
+from marlhf.envs.core.token_vector_env import TokenVectorEnv
 from marlhf.envs.multiturn.protocol import CheckedTextEnv, TextEnvError, as_text_env
 from marlhf.envs.multiturn.record import TurnRecord
 from marlhf.envs.multiturn.task import MultiTurnTask, check_multiturn_task
-from marlhf.envs.registration import task_factory
-from marlhf.envs.reset_options import check_prompts
-from marlhf.envs.tasks import Prompt
-from marlhf.envs.token_vector_env import TokenVectorEnv
 
 Obs = dict[str, torch.Tensor]
 RESET_OPTIONS = ("group_size", "prompts", "prefixes")

@@ -31,15 +31,16 @@ An episode ends when the env says so (``terminated`` or ``truncated``), after ``
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import Any
 
 import numpy as np
 
+from marlhf.envs.core.tasks import MultiTurnBase
 from marlhf.tokenization import TokenCodec
 
 
-class MultiTurnTask(ABC):
+class MultiTurnTask(MultiTurnBase):
     """A multi-turn task: text envs and the token-level facts that run them.
 
     :ivar name: the task's name (errors, reports, the env id ``marlhf/<name>-v0``).

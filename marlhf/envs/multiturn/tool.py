@@ -31,8 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.envs.core.registration import register_task
 from marlhf.envs.multiturn.task import MultiTurnTask
-from marlhf.envs.registration import register_task
 from marlhf.tokenization import SymbolCodec
 
 

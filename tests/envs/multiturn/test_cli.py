@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from marlhf.training.cli import main
+from marlhf.cli.main import main
 from tests.training.conftest import sets
 
 TOOL = [

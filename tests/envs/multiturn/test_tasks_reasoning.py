@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from marlhf.envs.builtin.reasoning import ReasoningGymTask
 from marlhf.envs.multiturn.protocol import TextEnvError, as_text_env
 from marlhf.envs.multiturn.task import check_multiturn_task
 from marlhf.envs.multiturn.tasks.reasoning_retry import (
@@ -12,7 +13,6 @@ from marlhf.envs.multiturn.tasks.reasoning_retry import (
     ReasoningRetryEnv,
     ReasoningRetryTask,
 )
-from marlhf.envs.reasoning import ReasoningGymTask
 from tests.extras import NEEDS_REASONING_GYM
 
 pytestmark = NEEDS_REASONING_GYM

@@ -15,7 +15,7 @@ Each is registered lazily (nothing heavy is imported until a task is built) as
 ``marlhf/<name>-v0``, a multi-turn env id (``make_vec`` gives the batched multi-turn env).
 """
 
-from marlhf.envs.registration import register_task
+from marlhf.envs.core.registration import register_task
 
 _HERE = "marlhf.envs.multiturn.tasks"
 #: task name -> entry point of its MultiTurnTask class.

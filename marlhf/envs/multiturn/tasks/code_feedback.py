@@ -2,12 +2,12 @@
 one retry.
 
 Problems, the sandbox, the judge and the graded reward are
-:class:`~marlhf.envs.code.HumanEvalTask`'s (its public ``problems``, ``prompt``, ``evaluate`` and
-``reward_fn.grade``); this module adds the turn. Each turn the agent writes the function body;
-it is run and judged in the sandbox and graded as in RLTF (``+1`` pass, ``-0.3`` a test fails,
-``-0.6`` runtime error or timeout, ``-1`` compile error, with partial credit). A pass ends the
-episode (terminated). A failure is answered with the verdict and the error, then the problem's
-prompt again::
+:class:`~marlhf.envs.coding.humaneval.HumanEvalTask`'s (its public ``problems``, ``prompt``,
+``evaluate`` and ``reward_fn.grade``); this module adds the turn. Each turn the agent writes the
+function body; it is run and judged in the sandbox and graded as in RLTF (``+1`` pass, ``-0.3`` a
+test fails, ``-0.6`` runtime error or timeout, ``-1`` compile error, with partial credit). A pass
+ends the episode (terminated). A failure is answered with the verdict and the error, then the
+problem's prompt again::
 
     # Failed (runtime_error, 0/3 tests passed): NameError: name 'x' is not defined
     # Try again:
@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from marlhf.envs.code import HumanEvalTask
+from marlhf.envs.coding.humaneval import HumanEvalTask
+from marlhf.envs.coding.sandbox import SandboxResult, Status
 from marlhf.envs.multiturn.task import MultiTurnTask
 from marlhf.envs.multiturn.tasks.common import TurnCounter, adopt_source, check_action, check_int
-from marlhf.envs.sandbox import SandboxResult, Status
 from marlhf.tokenization import TokenCodec
 
 __all__ = ["CodeFeedbackEnv", "CodeFeedbackTask", "feedback_message"]
@@ -135,7 +135,8 @@ class CodeFeedbackEnv:
 class CodeFeedbackTask(MultiTurnTask):
     """HumanEval with a feedback turn for the token-level driver.
 
-    :param split: see :class:`~marlhf.envs.code.HumanEvalTask`; :param eval_fraction: ditto;
+    :param split: see :class:`~marlhf.envs.coding.humaneval.HumanEvalTask`; :param eval_fraction:
+    ditto;
         :param split_seed: ditto; :param max_problems: ditto; :param problems: ditto;
         :param partial_credit: ditto; :param timeout_s: ditto; :param max_workers: ditto;
         :param stop_sequences: ditto; :param sandbox: ditto (``"bwrap"`` by default).

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from marlhf.envs.core.tasks import Task
 from marlhf.envs.multiturn.protocol import TextEnvError
 from marlhf.envs.multiturn.task import MultiTurnTask
-from marlhf.envs.tasks import Task
 from marlhf.tokenization import TokenCodec
 
 #: Above this many token sequences per turn the uniform policy's turn is sampled, not enumerated.

@@ -34,10 +34,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from marlhf.envs.core.tasks import resolve_codec
 from marlhf.envs.multiturn.task import MultiTurnTask
 from marlhf.envs.multiturn.tasks.common import check_int, end_of_turn_token
 from marlhf.envs.multiturn.tasks.gem_adapter import GemTextEnv, import_gem, make_gem_env
-from marlhf.envs.tasks import resolve_codec
 from marlhf.tokenization import TokenCodec
 
 __all__ = [
@@ -216,7 +216,7 @@ class GemGameTask(MultiTurnTask):
     :param game: a key of :data:`GAMES` (``"GemHanoi"``, ``"GemMastermind"``, ``"GemSokoban"``).
     :param level: GEM's level, ``"easy"`` (default) or ``"hard"`` (not for Sokoban).
     :param codec: the token codec (its EOS ends turns); :param tokenizer: or a tokenizer / its
-        folder (see :func:`~marlhf.envs.tasks.resolve_codec`; default: the 1024-token BPE).
+        folder (see :func:`~marlhf.envs.core.tasks.resolve_codec`; default: the 1024-token BPE).
     :param max_turn_tokens: agent tokens per turn, end of turn included (default 24).
     :param include_suffix: append the game's state to each observation (default True).
     """

@@ -15,7 +15,7 @@ tests against enumeration and simulation):
   turns, cost 0.1) it is ``1 - 0.1 * (21/8 - 1) = 0.8375``;
 - random guess (a uniform number of the range each turn, feedback ignored): 0.1241 at the
   defaults;
-- uniform token policy of :class:`~marlhf.envs.multiturn.tasks.GuessTheNumberTask` (its
+- uniform token policy of :class:`GuessTheNumberTask` (its
   ``random_return``): the same formula with the probability that a random turn spells a valid
   number.
 """
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.envs.core.tasks import resolve_codec
 from marlhf.envs.multiturn.task import MultiTurnTask
 from marlhf.envs.multiturn.tasks.common import (
     TurnCounter,
@@ -39,7 +40,6 @@ from marlhf.envs.multiturn.tasks.common import (
     end_of_turn_token,
     uniform_turn_texts,
 )
-from marlhf.envs.tasks import resolve_codec
 from marlhf.tokenization import SymbolCodec, TokenCodec
 
 __all__ = [
@@ -212,7 +212,7 @@ class GuessTheNumberTask(MultiTurnTask):
     :param max_turn_tokens: agent tokens per turn, end of turn included (default: 2 with the
         symbol codec, 6 with a given codec).
     :param codec: a token codec (its EOS ends turns); :param tokenizer: or a tokenizer / its
-        folder (see :func:`~marlhf.envs.tasks.resolve_codec`). Default: the symbol codec above.
+        folder (see :func:`~marlhf.envs.core.tasks.resolve_codec`). Default: the symbol codec above.
     """
 
     def __init__(

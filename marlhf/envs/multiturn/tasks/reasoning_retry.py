@@ -2,10 +2,10 @@
 ``max_turns``.
 
 The questions, the answer extraction and the verifier are
-:class:`~marlhf.envs.reasoning.ReasoningGymTask`'s (the same datasets, splits and seeds); this
-module adds only the turns. Each turn the agent answers; the dataset's verifier scores the answer
-``s_t`` in ``[0, 1]``. A correct answer (``s_t = 1``) ends the episode (terminated); otherwise
-the env answers with the feedback (default ``"Wrong, try again.\\nAnswer: "``) until
+:class:`~marlhf.envs.builtin.reasoning.ReasoningGymTask`'s (the same datasets, splits and seeds);
+this module adds only the turns. Each turn the agent answers; the dataset's verifier scores the
+answer ``s_t`` in ``[0, 1]``. A correct answer (``s_t = 1``) ends the episode (terminated);
+otherwise the env answers with the feedback (default ``"Wrong, try again.\\nAnswer: "``) until
 ``max_turns`` turns are spent (truncated).
 
 Turn rewards are score differences, ``r_t = s_t - s_{t-1}`` (``s_0 = 0``), minus ``retry_cost``
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from marlhf.envs.builtin.reasoning import ReasoningGymTask
 from marlhf.envs.multiturn.task import MultiTurnTask
 from marlhf.envs.multiturn.tasks.common import (
     TurnCounter,
@@ -32,7 +33,6 @@ from marlhf.envs.multiturn.tasks.common import (
     check_float,
     check_int,
 )
-from marlhf.envs.reasoning import ReasoningGymTask
 from marlhf.tokenization import TokenCodec
 
 __all__ = ["ReasoningRetryEnv", "ReasoningRetryTask"]
@@ -118,7 +118,7 @@ class ReasoningRetryEnv:
 class ReasoningRetryTask(MultiTurnTask):
     """reasoning-gym with retry turns for the token-level driver.
 
-    :param dataset: see :class:`~marlhf.envs.reasoning.ReasoningGymTask` (default
+    :param dataset: see :class:`~marlhf.envs.builtin.reasoning.ReasoningGymTask` (default
         ``"chain_sum"``); :param size: ditto; :param seed: ditto; :param split: ditto;
         :param dataset_kwargs: ditto; :param answer_format: ditto; :param prompt_suffix: ditto.
     :param max_turns: answers per episode (default 3).

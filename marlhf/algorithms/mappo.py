@@ -1,0 +1,36 @@
+"""MA-PPO: PPO over macro actions (Chai et al., MA-RLHF, ICLR 2025, arXiv 2410.02743).
+
+MAPPO is :class:`marlhf.algorithms.PPO` plus a termination: the rollout, the losses and the update
+are PPO's; only the macro starts that GAE and the (optional) macro ratio read come from the
+termination. ``MAPPO(termination="ngram:1")`` is token-level PPO exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marlhf.algorithms.config import MAPPOConfig, bind_config
+from marlhf.algorithms.ppo import PPO
+
+
+class MAPPO(PPO):
+    """Macro-action PPO: credit assignment over segments cut by a termination rule.
+
+    Takes every argument of :class:`marlhf.algorithms.PPO`; only the default of ``termination``
+    differs: ``"ngram:5"``, the paper's best overall choice (``"ngram:10"`` for code). A
+    termination is required (``None`` would be token-level PPO: use :class:`PPO`).
+    ``MAPPO(..., preset="ma-rlhf-official")`` reproduces the released configuration.
+
+    :hyperparameters:
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self.termination is None:
+            raise ValueError(
+                "MAPPO: termination=None; pass a spec such as 'ngram:5' "
+                "(or use PPO for token-level credit)"
+            )
+
+
+bind_config(MAPPO, MAPPOConfig)

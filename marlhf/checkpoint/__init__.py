@@ -1,0 +1,1 @@
+"""Persistence: agent checkpoints, what they record of env and termination, saved rollouts."""

@@ -1,0 +1,1 @@
+"""The ``marlhf`` command line entry point and its progress display."""

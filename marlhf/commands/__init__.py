@@ -1,0 +1,1 @@
+"""The ``marlhf`` commands: train, compare, eval, sft, rm, audit."""

@@ -1,0 +1,1 @@
+"""The command line's config machinery: typed dataclass configs, YAML, dotted overrides, help."""

@@ -1,0 +1,1 @@
+"""The built-in single-turn task families: toy, credit, text, reasoning, reward-model tasks."""

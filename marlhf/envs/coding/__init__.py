@@ -1,0 +1,1 @@
+"""Code tasks (HumanEval) and the sandbox that runs untrusted programs."""

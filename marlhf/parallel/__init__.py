@@ -1,0 +1,1 @@
+"""Data parallelism: torch.distributed collectives and FSDP sharding of the policy."""

@@ -1,0 +1,1 @@
+"""Run infrastructure: build what a config names, run one training run, its files and reports."""

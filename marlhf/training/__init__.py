@@ -1,1 +1,0 @@
-"""marlhf.training."""
