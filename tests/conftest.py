@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import os
 
@@ -117,10 +118,11 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """List them at the end: mark each `@pytest.mark.slow`, or make it faster (a loaded machine
     inflates wall times: judge on an idle one, or by the CPU seconds shown beside them)."""
     if TIMES_CSV and _times:
-        with open(TIMES_CSV, "w", encoding="utf-8") as f:
-            f.write("nodeid,phase,wall_s,cpu_s,children_cpu_s,slow\n")
+        with open(TIMES_CSV, "w", encoding="utf-8", newline="") as f:
+            out = csv.writer(f)
+            out.writerow(["nodeid", "phase", "wall_s", "cpu_s", "children_cpu_s", "slow"])
             for nodeid, when, wall, own, children, slow in _times:
-                f.write(f'"{nodeid}",{when},{wall:.3f},{own:.3f},{children:.3f},{int(slow)}\n')
+                out.writerow([nodeid, when, f"{wall:.3f}", f"{own:.3f}", f"{children:.3f}", +slow])
     if not _too_slow:
         return
     terminalreporter.section(f"tests over {FAST_LIMIT:g} s outside the slow tier")
