@@ -23,6 +23,7 @@ from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.config.parse import check_folder, doc, to_dict
 from marlhf.envs.multiturn.task import MultiTurnTask
 from marlhf.models import resolve_device
+from marlhf.runs.errors import during_run
 from marlhf.threads import apply_thread_policy
 
 #: Continuations per prompt the exact truth enumerates at most (``marlhf.credit.truth``).
@@ -144,7 +145,8 @@ def build_audited_agent(config: AuditConfig) -> Any:
         spec = RunSpec(config.algo, config.termination, config.seed)
         algo = build_agent(spec, lm, env, config.agent, device, None)
     if config.train_timesteps > 0:
-        algo.learn(config.train_timesteps)
+        with during_run():  # an error while training is not the config's (exit 1)
+            algo.learn(config.train_timesteps)
     return algo
 
 
@@ -184,7 +186,8 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     if config.rollouts is not None:
         rollouts = Rollouts.load(config.rollouts)
     else:
-        rollouts = collect(algo)
+        with during_run():
+            rollouts = collect(algo)
         rollouts.save(out / "rollouts.safetensors")
     seconds["rollouts"] = time.perf_counter() - start
 

@@ -32,6 +32,7 @@ from marlhf.runs.builders import (
     load_tokenizer,
     task_parameters,
 )
+from marlhf.runs.errors import during_run
 from marlhf.runs.io import atomic_write_json, write_jsonl
 
 
@@ -201,9 +202,10 @@ def run_eval(config: EvalConfig) -> dict[str, Any]:
     lm = load_causal_lm(model_cfg)
     policy = CausalLMActorCritic(lm, reference=None, vocab_size=int(env.codec.vocab_size))
     policy.to(device).eval()
-    records = generate_episodes(
-        policy, env, config.episodes, config.greedy, config.temperature, config.seed
-    )
+    with during_run():  # an error while scoring is not the config's (exit 1)
+        records = generate_episodes(
+            policy, env, config.episodes, config.greedy, config.temperature, config.seed
+        )
     scores = np.array([r["score"] for r in records])
     name = task.id.split("/")[-1]
     output = Path(config.output) if config.output else out_dir / f"eval_{name}.jsonl"

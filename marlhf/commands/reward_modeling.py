@@ -23,6 +23,7 @@ from marlhf.config.commands import RmConfig
 from marlhf.config.parse import to_dict
 from marlhf.models import ModelKind, load_model, resolve_device, tiny_gpt2, train_bpe_tokenizer
 from marlhf.runs.builders import has_pretrained, load_tokenizer, resolve_gguf
+from marlhf.runs.errors import during_run
 from marlhf.runs.io import (
     DataError,
     atomic_write_json,
@@ -148,30 +149,35 @@ def run_rm(config: RmConfig) -> dict[str, Any]:
         n_eval = max(1, round(config.eval_fraction * len(pairs)))
         eval_pairs = [pairs[i] for i in order[:n_eval]]
         train_pairs = [pairs[i] for i in order[n_eval:]]
-        before = pair_accuracy(model, tokenizer, eval_pairs, config.max_length, config.batch_size)
+        with during_run():  # an error from here on is the run's, not the config's (exit 1)
+            before = pair_accuracy(
+                model, tokenizer, eval_pairs, config.max_length, config.batch_size
+            )
 
-        torch.manual_seed(config.seed)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
-        losses: list[float] = []
-        for _ in range(config.epochs):
-            model.train()
-            perm = rng.permutation(len(train_pairs))
-            for i in range(0, len(perm), config.batch_size):
-                chunk = [train_pairs[j] for j in perm[i : i + config.batch_size]]
-                texts = [c for c, _ in chunk] + [r for _, r in chunk]
-                s = _scores(model, tokenizer, texts, config.max_length, device)
-                loss = -F.logsigmoid(s[: len(chunk)] - s[len(chunk) :]).mean()
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"rm: non-finite loss {loss.item()} at step {len(losses)}; "
-                        "lower learning_rate"
-                    )
-                optimizer.zero_grad()
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                losses.append(float(loss.detach()))
-        accuracy = pair_accuracy(model, tokenizer, eval_pairs, config.max_length, config.batch_size)
+            torch.manual_seed(config.seed)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate)
+            losses: list[float] = []
+            for _ in range(config.epochs):
+                model.train()
+                perm = rng.permutation(len(train_pairs))
+                for i in range(0, len(perm), config.batch_size):
+                    chunk = [train_pairs[j] for j in perm[i : i + config.batch_size]]
+                    texts = [c for c, _ in chunk] + [r for _, r in chunk]
+                    s = _scores(model, tokenizer, texts, config.max_length, device)
+                    loss = -F.logsigmoid(s[: len(chunk)] - s[len(chunk) :]).mean()
+                    if not torch.isfinite(loss):
+                        raise FloatingPointError(
+                            f"rm: non-finite loss {loss.item()} at step {len(losses)}; "
+                            "lower learning_rate"
+                        )
+                    optimizer.zero_grad()
+                    loss.backward()
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+            accuracy = pair_accuracy(
+                model, tokenizer, eval_pairs, config.max_length, config.batch_size
+            )
 
         model.save_pretrained(str(work))
         tokenizer.save_pretrained(str(work))

@@ -32,6 +32,7 @@ from marlhf.config.commands import SftConfig
 from marlhf.config.parse import to_dict
 from marlhf.models import tiny_gpt2, train_bpe_tokenizer
 from marlhf.runs.builders import has_pretrained, load_causal_lm, load_tokenizer
+from marlhf.runs.errors import during_run
 from marlhf.runs.io import (
     DataError,
     atomic_write_json,
@@ -202,9 +203,10 @@ def run_sft(config: SftConfig, show: bool = True) -> dict[str, Any]:
         # stderr (unless quiet) and to log.jsonl in the output folder instead.
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(LogLines(work / LOG_FILE, show))
-        before = float(trainer.evaluate()["eval_loss"])
-        train_out = trainer.train()
-        after = float(trainer.evaluate()["eval_loss"])
+        with during_run():  # an error from here on is the run's, not the config's (exit 1)
+            before = float(trainer.evaluate()["eval_loss"])
+            train_out = trainer.train()
+            after = float(trainer.evaluate()["eval_loss"])
         shutil.rmtree(work / "trainer", ignore_errors=True)
         model.save_pretrained(str(work))
         tokenizer.save_pretrained(str(work))

@@ -192,6 +192,23 @@ def test_a_worker_error_names_the_log_of_its_traceback(
     assert "Traceback" not in err  # one line per run; the traceback is in the log
 
 
+@pytest.mark.slow  # the first rm of a process imports transformers' classifier models (~20 s)
+def test_an_error_inside_rm_training_is_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marlhf.commands import reward_modeling
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"chosen": "a good answer", "rejected": "a bad one"}\n' * 4)
+    monkeypatch.setattr(reward_modeling, "_scores", _boom)  # the first forward of the model
+    argv = sets(f"data={data}", "vocab_size=300", "model.n_layer=1", "model.n_embd=16")
+    assert main(["rm", *argv, *sets("model.n_head=2", f"output_dir={tmp_path / 'rm'}")]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith(
+        "marlhf rm: error: ValueError: boom inside the run (raised inside the run"
+    )
+
+
 def test_config_errors_are_told_from_errors_inside_a_run() -> None:
     def raised(err: Exception, inside: bool) -> BaseException:
         try:
