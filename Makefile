@@ -51,15 +51,21 @@ typecheck: $(STAMP)
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
+# Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per CPU core; 0: one process,
+# no xdist), each test handed to the next free worker (worksteal: the long tests do not queue
+# behind each other).
+TEST_WORKERS ?= auto
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist worksteal
+
 test: bwrap lint typecheck
-	MARLHF_REQUIRE_EXTRAS=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
+	MARLHF_REQUIRE_EXTRAS=1 $(PYTEST) tests
 
 # The inner loop: every test but those marked `slow` (over ~10 s on an idle 2-core machine:
 # training runs, spawned ranks and workers, the real-model smoke test); no lint or typecheck.
 # The run ends with the slowest tests and any test over 10 s left outside the slow tier
 # (tests/conftest.py). `make test` (CI) still runs everything.
 test-fast: $(STAMP) bwrap
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow" --durations=10 tests
+	$(PYTEST) -m "not slow" --durations=10 tests
 
 # The main job: token-level PPO, MAPPO (ngram:5), GRPO and RLOO on delayed credit, 3 seeds each,
 # 2 worker processes (under 4 minutes on 2 CPU cores). Writes runs/compare/{metrics.csv,curves.png,report.md}; a re-run

@@ -25,6 +25,13 @@ truth, whose standard error is reported and subtracted: see
     # one part, some tasks, some seeds, into its own part file (parts merge on --render):
     python benchmarks/learned_terms.py --quick --part t2t --t2t-tasks "DelayedChoice h32" \
         --seeds 0,1,2 --tag _dc
+    # the learned termination with a batch budget (rows labelled "<task>, per batch"):
+    python benchmarks/learned_terms.py --quick --part audit --tasks "KeyPosition h32" \
+        --seeds 5,6 --per batch --tag _batch
+
+Every audit row also records the batch-budget comparison (:mod:`benchmarks.learned_terms_alloc`).
+KeyPosition lives in :mod:`benchmarks.learned_terms_keypos`, the reasoning task's fine-tuning in
+:mod:`benchmarks.learned_terms_reasoning`.
 
 Writes ``benchmarks/results/learned_terms.json``.
 """
@@ -38,12 +45,11 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, cast
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gymnasium as gym
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -51,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks import learned_terms_reasoning as reasoning
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
 from benchmarks.learned_terms_alloc import alloc_rows
+from benchmarks.learned_terms_keypos import KeyPositionTask
 from marlhf.algorithms import MAPPO
 from marlhf.algorithms.termination_training import (
     base_starts,
@@ -61,9 +68,6 @@ from marlhf.algorithms.termination_training import (
 )
 from marlhf.checkpoint.rollout_io import collect
 from marlhf.credit.truth import Sampling
-from marlhf.envs.builtin.toy import ToyTask
-from marlhf.envs.core.registration import register_task
-from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, RewardMode
 from marlhf.models import tiny_gpt2
 from marlhf.options import (
     CutBudget,
@@ -73,7 +77,6 @@ from marlhf.options import (
     make_termination,
     termination_config,
 )
-from marlhf.tokenization import SymbolCodec
 
 RESULTS = RESULTS_DIR / "learned_terms.json"
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,59 +90,8 @@ REASONING = "Reasoning h16"
 HEURISTICS = ["even", "random_cuts", "surprisal", "entropy", "value_change"]
 
 
-# ----------------------------------------------------------------------------- own task
-class _KeyPositionReward(RewardFunction):
-    mode: ClassVar[RewardMode] = "terminal"
-
-    def __call__(self, batch: RewardBatch) -> torch.Tensor:
-        dev = batch.response_ids.device
-        pos = torch.tensor([int(p.metadata["pos"]) for p in batch.prompts], device=dev)
-        want = torch.tensor([int(p.metadata["target_id"]) for p in batch.prompts], device=dev)
-        got = batch.response_ids.gather(1, pos[:, None]).squeeze(1)
-        real = batch.response_mask.gather(1, pos[:, None]).squeeze(1)
-        return ((got == want) & real).float()
-
-
-class KeyPositionTask(ToyTask):
-    """The prompt is a position digit ``p`` and a cue letter; the reward (at the horizon) is 1
-    when response token ``p`` is the cue's partner letter. The decisive position varies from
-    prompt to prompt; the tokens after it are filler (true advantage 0), and those before it
-    matter only through the policy's odds at ``p``.
-
-    :param horizon: response tokens (default 32).
-    :param positions: ``p`` is uniform in ``0 .. positions - 1`` (default 6; the exact truth
-        enumerates ``2 ** positions`` continuations per prompt).
-    """
-
-    def __init__(self, horizon: int = 32, positions: int = 6) -> None:
-        self.name = "KeyPosition"
-        self.positions = positions
-        self.codec = SymbolCodec([str(d) for d in range(positions)] + ["A", "B", "a", "b"])
-        self.max_prompt_len = 2
-        self.max_new_tokens = horizon
-        self.reward_fn = _KeyPositionReward()
-        self.optimal_return = 1.0
-        self.random_return = 0.5
-        self.decisive_tokens = positions
-        self._partner = {"A": "b", "B": "a"}
-
-    def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
-        out = []
-        for p, c in zip(
-            rng.integers(0, self.positions, n).tolist(), rng.integers(0, 2, n).tolist(), strict=True
-        ):
-            cue = "AB"[c]
-            text = f"{p}{cue}"
-            target = self.codec.tokens.index(self._partner[cue])
-            out.append(Prompt(self.codec.encode(text), {"pos": p, "target_id": target}, text=text))
-        return out
-
-    def action_mask(self) -> np.ndarray:
-        return self._mask_of(["a", "b"], eos=False)
-
-
-register_task("KeyPosition", KeyPositionTask)
-
+#: this benchmark's own task (importing its module registers marlhf/KeyPosition-v0)
+OWN_TASKS = (KeyPositionTask,)
 # task name -> (env id, kwargs, iterations quick, iterations full, threshold score)
 TASKS: dict[str, tuple[str, dict[str, Any], int, int, float]] = {
     "CreditSum h32": ("marlhf/CreditSum-v0", {}, 12, 40, 0.80),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.learned_terms import KeyPositionTask, tokens_to_threshold
+from benchmarks.learned_terms import tokens_to_threshold
 from benchmarks.learned_terms_doc import mean_ci, render
+from benchmarks.learned_terms_keypos import KeyPositionTask
 from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
