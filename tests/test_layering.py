@@ -98,6 +98,7 @@ INSIDE: dict[str, tuple[str, ...]] = {
     ),
     "marlhf.parallel": ("distributed", "fsdp"),
     "marlhf.policy": (
+        "lean",
         "lm_utils",
         "logprobs",
         "lora",

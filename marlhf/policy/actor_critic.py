@@ -26,6 +26,7 @@ from torch import nn
 
 from marlhf.parallel import distributed as dist_utils
 from marlhf.policy import head_fusion, logprobs, static_decode
+from marlhf.policy.lean import make_lean
 from marlhf.policy.lm_utils import (
     cache_keyword,
     filter_logits,
@@ -103,6 +104,8 @@ class CausalLMActorCritic(nn.Module):
         episode; ``"compiled"`` also runs the per-token step through ``torch.compile`` (a CUDA
         graph on CUDA; the first rollout pays the compilation). Same logits to float rounding
         (:mod:`marlhf.policy.static_decode`). A sharded (FSDP) policy decodes eagerly.
+    :param lean: the policy's (and critic's) gated MLPs and RMSNorms save less for the backward
+        (:mod:`marlhf.policy.lean`; bitwise the same gradients); False keeps the eager forms.
     """
 
     def __init__(
@@ -114,6 +117,7 @@ class CausalLMActorCritic(nn.Module):
         lora: LoRAConfig | dict[str, Any] | None = None,
         gradient_checkpointing: bool = False,
         decode: str = "eager",
+        lean: bool = True,
     ) -> None:
         super().__init__()
         #: How sampling runs (``decode`` above); may be reassigned between rollouts.
@@ -172,6 +176,12 @@ class CausalLMActorCritic(nn.Module):
         if self.ref_model is not None:
             self.ref_model.eval()
             self.ref_model.requires_grad_(False)
+        if not isinstance(lean, bool):
+            raise TypeError(f"lean={lean!r} must be a bool")
+        if lean:  # (after the copy: the reference runs without gradients)
+            for part in (self.model, self.critic):
+                if part is not None:
+                    make_lean(part)
         model_vocab = self.model_vocab_size
         if vocab_size is not None and vocab_size > model_vocab:
             raise ValueError(

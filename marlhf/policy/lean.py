@@ -1,0 +1,188 @@
+"""Leaner activations for the update's backward pass, with the same gradients bit for bit.
+
+Eager PyTorch keeps, for the backward, every tensor some operation of the forward saved. Two
+blocks of the Llama family (Llama, SmolLM2, Mistral, Qwen2 and the other models whose code is
+the same) save tensors the backward can remake for the price of an element-wise operation:
+
+- the gated MLP ``down(silu(gate(x)) * up(x))`` saves ``gate(x)`` (for SiLU's backward),
+  ``silu(gate(x))`` and ``up(x)`` (for the product's). :class:`_GatedSiLU` saves ``gate(x)`` and
+  ``up(x)`` and remakes ``silu(gate(x))``: one ``intermediate_size``-wide tensor per token and
+  block fewer (1,536 floats for SmolLM2);
+- RMSNorm ``w * (x * rsqrt(mean(x^2) + eps))`` saves ``x``, the reciprocal root and the
+  normalised ``x * r`` (for the weight's gradient). :class:`_RMSNorm` saves ``x`` and ``r`` and
+  remakes ``x * r``: one ``hidden_size``-wide tensor per norm fewer.
+
+On SmolLM2-135M this is a quarter of the saved activations. Each backward runs the kernels the
+eager graph's nodes run, on the same operands in the same order (the product's gradient, SiLU's
+``silu_backward``; the norm's chain of products, sums and the root's derivative, written out as
+PyTorch's derivative formulas have them), and RMSNorm hands its input's two gradient terms back
+separately, in the order the eager nodes would add them to what the residual stream already
+holds; so values and gradients are bitwise those of the eager forms
+(``tests/agents/test_lean.py``). Double backward (``create_graph=True``) is not bitwise (the
+eager graph then uses other kernels for SiLU's derivative).
+
+The lean forms run only when they can matter and are known equal: gradients enabled, float32
+operands, autocast off; anything else (sampling, no-grad scoring, bf16) runs the module's own
+forward. :func:`make_lean` installs them on a model's modules whose forward was checked equal on
+a probe input (so a look-alike module with other maths, such as Gemma's ``1 + w`` norm, keeps
+its own); :func:`make_plain` removes them.
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+#: The attribute under which an installed module keeps its class's forward.
+_PLAIN = "_marlhf_plain_forward"
+
+
+class _GatedSiLU(torch.autograd.Function):
+    """``silu(gate) * up``, saving ``gate`` and ``up`` only."""
+
+    @staticmethod
+    def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        gate, up = ctx.saved_tensors
+        d_gate = d_up = None
+        if ctx.needs_input_grad[1]:  # the product's gradient to `up`: grad * silu(gate)
+            d_up = grad * F.silu(gate)
+        if ctx.needs_input_grad[0]:  # to silu(gate): grad * up; then SiLU's own backward
+            d_gate = torch.ops.aten.silu_backward(grad * up, gate)
+        return d_gate, d_up
+
+
+class _RMSNorm(torch.autograd.Function):
+    """``w * (x * rsqrt(mean(x^2, -1) + eps))``, saving ``x`` and the reciprocal root.
+
+    ``x`` comes in twice (``x_prod``, ``x_square``: the same tensor) so that its two gradient
+    terms, the product's and the square's, reach the residual stream one after the other, as
+    the eager graph's two nodes deliver them.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, x_prod: torch.Tensor, x_square: torch.Tensor, weight: torch.Tensor, eps: float
+    ) -> torch.Tensor:
+        root = torch.rsqrt(x_square.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(x_prod, root, weight)
+        return weight * (x_prod * root)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, root, weight = ctx.saved_tensors
+        normed = x * root
+        d_weight = None
+        if ctx.needs_input_grad[2]:
+            d_weight = (grad * normed).sum_to_size(weight.shape)
+        if not (ctx.needs_input_grad[0] or ctx.needs_input_grad[1]):
+            return None, None, d_weight, None
+        d_normed = grad * weight
+        d_prod = d_normed * root
+        d_root = (d_normed * x).sum_to_size(root.shape)
+        d_var = -0.5 * d_root * root.pow(3)  # rsqrt's derivative (eps's add passes it on)
+        d_square = d_var.expand(x.shape) / x.shape[-1]  # mean's
+        d_x_square = d_square * (2.0 * x.pow(1.0))  # pow(2)'s, as PyTorch writes it
+        return d_prod, d_x_square, d_weight, None
+
+
+def _lean_on(*tensors: torch.Tensor) -> bool:
+    """Whether the lean form runs: gradients enabled, autocast off, every operand float32."""
+    if not torch.is_grad_enabled():
+        return False
+    if any(t.dtype != torch.float32 for t in tensors):
+        return False
+    return not torch.is_autocast_enabled(tensors[0].device.type)
+
+
+def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if not _lean_on(x):
+        return getattr(self, _PLAIN)(x)
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if not _lean_on(gate, up):
+        return self.down_proj(self.act_fn(gate) * up)
+    return self.down_proj(_GatedSiLU.apply(gate, up))
+
+
+def _norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    if not _lean_on(x, self.weight):
+        return getattr(self, _PLAIN)(x)
+    return _RMSNorm.apply(x, x, self.weight, self.variance_epsilon)
+
+
+def _is_gated_silu_mlp(module: nn.Module) -> bool:
+    act = getattr(module, "act_fn", None)
+    silu = isinstance(act, nn.SiLU) or type(act).__name__ == "SiLUActivation"
+    parts = ("gate_proj", "up_proj", "down_proj")
+    return silu and all(isinstance(getattr(module, p, None), nn.Module) for p in parts)
+
+
+def _is_rms_norm(module: nn.Module) -> bool:
+    weight = getattr(module, "weight", None)
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and isinstance(weight, nn.Parameter)
+        and weight.dim() == 1
+        and isinstance(getattr(module, "variance_epsilon", None), float)
+    )
+
+
+def _probe_equal(module: nn.Module, lean: Any, width: int) -> bool:
+    """Whether ``lean`` (bound to ``module``) gives bitwise the module's own forward on a seeded
+    probe ``[2, 3, width]``, with gradients enabled (the lean branch)."""
+    param = next(module.parameters())
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(2, 3, width, generator=generator).to(param.device, param.dtype)
+    with torch.enable_grad():
+        own = module.forward(probe)
+        made = lean(probe)
+    return bool(torch.equal(own.detach(), made.detach()))
+
+
+def make_lean(model: nn.Module) -> int:
+    """Install the lean forms on ``model``'s gated-SiLU MLPs and RMSNorms (each checked equal
+    to the module's own forward on a probe first); returns how many modules now run them."""
+    count = 0
+    for module in model.modules():
+        if hasattr(module, _PLAIN):
+            count += 1
+            continue
+        if _is_gated_silu_mlp(module):
+            lean, width = _mlp_forward, module.gate_proj.in_features
+        elif _is_rms_norm(module):
+            lean, width = _norm_forward, module.weight.shape[0]
+        else:
+            continue
+        if not isinstance(width, int) or next(module.parameters()).dtype != torch.float32:
+            continue
+        plain = module.forward
+        bound = types.MethodType(lean, module)
+        setattr(module, _PLAIN, plain)
+        if not _probe_equal(module, bound, width):
+            delattr(module, _PLAIN)
+            continue
+        module.forward = bound  # type: ignore[method-assign]
+        count += 1
+    return count
+
+
+def make_plain(model: nn.Module) -> None:
+    """Remove what :func:`make_lean` installed: every module runs its class's forward again."""
+    for module in model.modules():
+        if hasattr(module, _PLAIN):
+            delattr(module, _PLAIN)
+            if "forward" in vars(module):
+                del module.forward
+
+
+def lean_modules(model: nn.Module) -> int:
+    """How many of ``model``'s modules run a lean form."""
+    return sum(hasattr(m, _PLAIN) for m in model.modules())

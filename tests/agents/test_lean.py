@@ -1,0 +1,181 @@
+"""The lean MLP and RMSNorm (:mod:`marlhf.policy.lean`) give the eager forms' values and
+gradients bit for bit, and save less for the backward."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from marlhf.policy import lean
+from marlhf.policy.actor_critic import CausalLMActorCritic
+from tests.agents.conftest import tiny_llama_for
+
+
+class _Codec:
+    vocab_size = 97
+
+
+def _llama(**config: Any) -> Any:
+    settings = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3}
+    return tiny_llama_for(_Codec(), seed=3, **{**settings, **config})
+
+
+def _grads(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Every parameter's gradient (and the embeddings' output gradient) of a loss that reaches
+    every logit with a different weight."""
+    model.zero_grad(set_to_none=True)
+    out = model(input_ids=ids, attention_mask=mask)
+    weights = torch.linspace(-1.0, 2.0, out.logits.numel()).view_as(out.logits)
+    (out.logits * weights).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    grads["logits"] = out.logits.detach().clone()
+    return grads
+
+
+def _saved_bytes(loss: torch.Tensor, exclude: set[int]) -> int:
+    """Bytes of the distinct storages the graph behind ``loss`` saved (parameters excluded)."""
+    seen: dict[int, int] = {}
+    stack, visited = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        saved: list[Any] = []
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                value = getattr(node, name)
+                saved.extend(value if isinstance(value, tuple | list) else [value])
+        if hasattr(node, "saved_tensors"):
+            saved.extend(node.saved_tensors)
+        for t in saved:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in exclude:
+                    seen[storage.data_ptr()] = storage.nbytes()
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_lean_llama_gradients_bitwise(tied: bool) -> None:
+    plain = _llama(tie_word_embeddings=tied)
+    made = copy.deepcopy(plain)
+    # An MLP and 2 norms per block (3 blocks), and the final norm.
+    assert lean.make_lean(made) == 3 * 3 + 1
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, 97, (4, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # a left-padded row
+    want, got = _grads(plain, ids, mask), _grads(made, ids, mask)
+    assert want.keys() == got.keys()
+    for name in want:
+        assert torch.equal(want[name], got[name]), name
+
+
+def test_lean_norm_and_mlp_alone_bitwise() -> None:
+    """Each form on its own: input, weight and every projection's gradients."""
+    model = _llama()
+    block = model.model.layers[0]
+    for module, width in ((block.mlp, 48), (block.input_layernorm, 48)):
+        made = copy.deepcopy(module)
+        assert lean.make_lean(made) == 1
+        x = torch.randn(3, 5, width, generator=torch.Generator().manual_seed(2))
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        up = torch.randn(3, 5, width, generator=torch.Generator().manual_seed(3))
+        # The input also feeds a residual add, as in a block (three gradient terms for x).
+        ya, yb = module(xa), made(xb)
+        assert torch.equal(ya, yb)
+        ((ya + xa) * up).sum().backward()
+        ((yb + xb) * up).sum().backward()
+        assert xa.grad is not None and xb.grad is not None
+        assert torch.equal(xa.grad, xb.grad)
+        for (name, p), q in zip(module.named_parameters(), made.parameters(), strict=True):
+            assert p.grad is not None and q.grad is not None
+            assert torch.equal(p.grad, q.grad), name
+
+
+def test_lean_saves_less() -> None:
+    """A quarter less saved for the backward: one intermediate-wide tensor per MLP, one
+    hidden-wide tensor per norm."""
+    plain = _llama()
+    made = copy.deepcopy(plain)
+    lean.make_lean(made)
+    ids = torch.randint(0, 97, (4, 9), generator=torch.Generator().manual_seed(1))
+    sizes = []
+    for model in (plain, made):
+        params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+        logits = model(input_ids=ids).logits
+        sizes.append(_saved_bytes(logits.sum(), params))
+    tokens, blocks = 4 * 9, 3
+    fewer = tokens * (blocks * (96 + 2 * 48) + 48) * 4  # silu(gate) per MLP, x*r per norm
+    assert sizes[0] - sizes[1] == fewer
+
+
+def test_lean_only_with_gradients_in_float32() -> None:
+    """No graph, bf16 or autocast: the module's own forward (no lean node in the graph)."""
+    model = _llama()
+    lean.make_lean(model)
+    norm = model.model.layers[0].input_layernorm
+    x = torch.randn(2, 3, 48, requires_grad=True)
+    assert type(norm(x).grad_fn).__name__ == "BackwardCFunction"
+    with torch.no_grad():
+        assert torch.equal(norm(x), norm._marlhf_plain_forward(x))
+    bf16 = copy.deepcopy(norm).to(torch.bfloat16)
+    assert type(bf16(x.bfloat16()).grad_fn).__name__ != "BackwardCFunction"
+
+
+def test_lean_skips_other_maths_and_make_plain_restores() -> None:
+    """A norm named like RMSNorm whose maths differ (Gemma's ``1 + w``) fails the probe and
+    keeps its own forward; make_plain removes every lean form."""
+
+    class OffsetRMSNorm(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = nn.Parameter(torch.full((8,), 0.5))
+            self.variance_epsilon = 1e-6
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            r = torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.variance_epsilon)
+            return (1.0 + self.weight) * (x * r)
+
+    odd = nn.Sequential(OffsetRMSNorm())
+    assert lean.make_lean(odd) == 0
+    assert "forward" not in vars(odd[0])
+    model = _llama()
+    assert lean.make_lean(model) == 10
+    assert lean.make_lean(model) == 10  # idempotent
+    lean.make_plain(model)
+    assert lean.lean_modules(model) == 0
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
+def test_policy_is_lean_by_default_and_scores_equal() -> None:
+    """The policy installs the lean forms on its model (not on the frozen reference); the
+    update's log-probs, values and gradients equal those of a plain policy, bit for bit."""
+    model = _llama()
+    lean_policy = CausalLMActorCritic(copy.deepcopy(model))
+    plain_policy = CausalLMActorCritic(copy.deepcopy(model), lean=False)
+    assert lean.lean_modules(lean_policy.model) == 10
+    assert lean_policy.ref_model is not None and lean.lean_modules(lean_policy.ref_model) == 0
+    assert lean.lean_modules(plain_policy.model) == 0
+    ids = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    response = torch.ones(3, 4, dtype=torch.bool)
+    response[1, 2:] = False
+    results = []
+    for policy in (plain_policy, lean_policy):
+        policy.train()
+        logp, _, values = policy.evaluate_actions(ids, mask, response, entropy="none")
+        (logp.sum() + values.sum()).backward()
+        grads = [p.grad for p in policy.trainable_parameters()]
+        results.append((logp, values, grads))
+    (la, va, ga), (lb, vb, gb) = results
+    assert torch.equal(la, lb) and torch.equal(va, vb)
+    assert len(ga) == len(gb)
+    for a, b in zip(ga, gb, strict=True):
+        assert a is not None and b is not None and torch.equal(a, b)
