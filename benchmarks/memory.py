@@ -223,6 +223,8 @@ def main() -> None:
             "lora": args.lora,
             "micro_batch_size": args.micro_batch,
             "lean": not args.plain,
+            # glibc reads these at start-up (MALLOC_MMAP_THRESHOLD_: freed blocks go back)
+            "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
             "iterations": args.iterations,
             "loadavg_start": load_start,
             "loadavg_end": list(os.getloadavg()),

@@ -47,7 +47,8 @@ class _GatedSiLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
+        # In place: no block-sized temporary freed in the forward (glibc would keep the hole).
+        return F.silu(gate).mul_(up)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -74,7 +75,7 @@ class _RMSNorm(torch.autograd.Function):
     ) -> torch.Tensor:
         root = torch.rsqrt(x_square.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x_prod, root, weight)
-        return weight * (x_prod * root)
+        return (x_prod * root).mul_(weight)  # (products commute: bitwise weight * (x * r))
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:

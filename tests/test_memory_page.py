@@ -1,0 +1,55 @@
+"""benchmarks/pages.py's memory-smollm2 block: every entry of memory_smollm2.json, the second
+iteration where it was measured, and the goals judged on the lean pair."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from benchmarks import pages  # noqa: E402
+
+
+def _entry(update: float, second: float | None = None, lora: bool = False) -> dict[str, Any]:
+    def stages(up: float) -> dict[str, Any]:
+        return {
+            "score": {"peak_rss_mb": 1800.0},
+            "update": {"peak_rss_mb": up},
+        }
+
+    out: dict[str, Any] = {
+        "stages": stages(update),
+        "lora": lora,
+        "loadavg_start": [3.25, 2.0, 1.0],
+        "machine": {"commit": "0123456789abcdef"},
+        "peak_rss_mb": max(update, second or 0.0),
+    }
+    if second is not None:
+        out["stages_2"] = stages(second)
+    return out
+
+
+def test_memory_block_rows_and_goals() -> None:
+    data = {
+        "fused": _entry(4105.0),
+        "lean": _entry(3300.0, 4000.0),
+        "lean-lora": _entry(2300.0, 2500.0, lora=True),
+        "note": "how these were run",
+    }
+    text = pages.memory_smollm2(data)
+    rows = [line for line in text.splitlines() if line.startswith("| `")]
+    assert len(rows) == 3  # the note is no row
+    assert rows[0].split(" | ")[5] == "not measured"  # one iteration only
+    assert "| `lean` | full | none | 1800 | 3300 | 4000 | 4000 | 3.2 | 0123456 |" in text
+    assert "under 4096 MB at the default (`lean`, every iteration): **met** (4000 MB)" in text
+    assert "(`lean-lora` / `lean`, peaks): 0.62x (goal 0.6x: **not met**)" in text
+    assert text.rstrip().endswith("how these were run")
+
+
+def test_memory_block_goal_not_met_and_no_pair() -> None:
+    text = pages.memory_smollm2({"lean": _entry(3300.0, 4200.0)})
+    assert "**not met** (4200 MB)" in text
+    assert "LoRA over" not in text
+    assert "Goal" not in pages.memory_smollm2({"plain": _entry(3300.0)})
