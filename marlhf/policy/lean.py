@@ -5,21 +5,23 @@ blocks of the Llama family (Llama, SmolLM2, Mistral, Qwen2 and the other models 
 the same) save tensors the backward can remake for the price of an element-wise operation:
 
 - the gated MLP ``down(silu(gate(x)) * up(x))`` saves ``gate(x)`` (for SiLU's backward),
-  ``silu(gate(x))`` and ``up(x)`` (for the product's). :class:`_GatedSiLU` saves ``gate(x)`` and
-  ``up(x)`` and remakes ``silu(gate(x))``: one ``intermediate_size``-wide tensor per token and
-  block fewer (1,536 floats for SmolLM2);
+  ``silu(gate(x))`` and ``up(x)`` (for the product's) and the product (for ``down``'s weight).
+  :class:`_GatedDown` saves ``gate(x)`` and ``up(x)`` and remakes the other two: two
+  ``intermediate_size``-wide tensors per token and block fewer (2 x 1,536 floats for SmolLM2).
+  When ``down`` is not a plain bias-free ``nn.Linear`` (LoRA wraps it, it has a bias or hooks)
+  :class:`_GatedSiLU` remakes only ``silu(gate(x))``;
 - RMSNorm ``w * (x * rsqrt(mean(x^2) + eps))`` saves ``x``, the reciprocal root and the
   normalised ``x * r`` (for the weight's gradient). :class:`_RMSNorm` saves ``x`` and ``r`` and
   remakes ``x * r``: one ``hidden_size``-wide tensor per norm fewer.
 
-On SmolLM2-135M this is a quarter of the saved activations. Each backward runs the kernels the
-eager graph's nodes run, on the same operands in the same order (the product's gradient, SiLU's
-``silu_backward``; the norm's chain of products, sums and the root's derivative, written out as
-PyTorch's derivative formulas have them), and RMSNorm hands its input's two gradient terms back
-separately, in the order the eager nodes would add them to what the residual stream already
-holds; so values and gradients are bitwise those of the eager forms
-(``tests/agents/test_lean.py``). Double backward (``create_graph=True``) is not bitwise (the
-eager graph then uses other kernels for SiLU's derivative).
+On SmolLM2-135M this is over a third of the saved activations. Each backward runs the kernels
+the eager graph's nodes run, on the same operands in the same order (``down``'s matrix
+products, the product's gradient, SiLU's ``silu_backward``; the norm's chain of products, sums
+and the root's derivative, written out as PyTorch's derivative formulas have them), and RMSNorm
+hands its input's two gradient terms back separately, in the order the eager nodes would add
+them to what the residual stream already holds; so values and gradients are bitwise those of
+the eager forms (``tests/agents/test_lean.py``). Double backward (``create_graph=True``) is not
+bitwise (the eager graph then uses other kernels for SiLU's derivative).
 
 The lean forms run only when they can matter and are known equal: gradients enabled, float32
 operands, autocast off; anything else (sampling, no-grad scoring, bf16) runs the module's own
@@ -59,6 +61,43 @@ class _GatedSiLU(torch.autograd.Function):
         if ctx.needs_input_grad[0]:  # to silu(gate): grad * up; then SiLU's own backward
             d_gate = torch.ops.aten.silu_backward(grad * up, gate)
         return d_gate, d_up
+
+
+class _GatedDown(torch.autograd.Function):
+    """``linear(silu(gate) * up, weight)`` (a bias-free ``down_proj``), saving ``gate`` and
+    ``up`` only: the backward remakes the product ``down_proj`` would have saved.
+
+    The eager ``linear`` of a ``[B, T, K]`` input is a matrix product of its ``[B*T, K]`` view
+    with ``weight.t()``; its backward gives the input ``grad.mm(weight)`` and the weight
+    ``grad.t().mm(input)`` (PyTorch's ``mm`` backward for a transposed, column-major second
+    operand), which is what this backward computes.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any, gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor
+    ) -> torch.Tensor:
+        ctx.save_for_backward(gate, up, weight)
+        return F.linear(F.silu(gate).mul_(up), weight)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        gate, up, weight = ctx.saved_tensors
+        silu = F.silu(gate)
+        flat = grad.reshape(-1, grad.shape[-1])
+        d_weight = None
+        if ctx.needs_input_grad[2]:
+            product = silu * up
+            d_weight = flat.t().mm(product.reshape(-1, product.shape[-1]))
+            del product
+        d_gate = d_up = None
+        if ctx.needs_input_grad[0] or ctx.needs_input_grad[1]:
+            d_product = flat.mm(weight).view(gate.shape)
+            if ctx.needs_input_grad[1]:
+                d_up = d_product * silu
+            if ctx.needs_input_grad[0]:
+                d_gate = torch.ops.aten.silu_backward(d_product * up, gate)
+        return d_gate, d_up, d_weight
 
 
 class _RMSNorm(torch.autograd.Function):
@@ -110,7 +149,11 @@ def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
     if not _lean_on(gate, up):
         return self.down_proj(self.act_fn(gate) * up)
-    return self.down_proj(_GatedSiLU.apply(gate, up))
+    down = self.down_proj
+    plain_down = type(down) is nn.Linear and down.bias is None
+    if plain_down and not (down._forward_hooks or down._forward_pre_hooks):
+        return _GatedDown.apply(gate, up, down.weight)
+    return down(_GatedSiLU.apply(gate, up))  # (a LoRA-wrapped or biased down_proj)
 
 
 def _norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -112,7 +112,8 @@ def test_lean_saves_less() -> None:
         logits = model(input_ids=ids).logits
         sizes.append(_saved_bytes(logits.sum(), params))
     tokens, blocks = 4 * 9, 3
-    fewer = tokens * (blocks * (96 + 2 * 48) + 48) * 4  # silu(gate) per MLP, x*r per norm
+    # silu(gate) and the product per MLP, x*r per norm
+    fewer = tokens * (blocks * (2 * 96 + 2 * 48) + 48) * 4
     assert sizes[0] - sizes[1] == fewer
 
 
@@ -180,4 +181,34 @@ def test_policy_is_lean_by_default_and_scores_equal() -> None:
     assert torch.equal(la, lb) and torch.equal(va, vb)
     assert len(ga) == len(gb)
     for a, b in zip(ga, gb, strict=True):
+        assert a is not None and b is not None and torch.equal(a, b)
+
+
+def test_lora_on_down_proj_keeps_the_product_and_gradients_bitwise() -> None:
+    """A LoRA-wrapped ``down_proj`` is not a plain Linear: the MLP remakes only SiLU's output,
+    and the adapters' gradients equal the eager forms' bit for bit."""
+    pytest.importorskip("peft", reason="LoRA needs the peft package (the scale extra)")
+    model = _llama()
+    lora = {"r": 4, "target_modules": ["q_proj", "down_proj"]}
+    policies = []
+    for flag in (False, True):
+        torch.manual_seed(7)  # the adapters' A starts random
+        policies.append(CausalLMActorCritic(copy.deepcopy(model), lora=lora, lean=flag))
+    assert lean.lean_modules(policies[1].model) == 10
+    ids = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    response = torch.ones(3, 4, dtype=torch.bool)
+    grads = []
+    for policy in policies:
+        generator = torch.Generator().manual_seed(6)
+        with torch.no_grad():  # B starts at 0: move it, so that A's gradients are not 0 too
+            for name, p in policy.model.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(generator=generator)
+        policy.train()
+        logp, _, values = policy.evaluate_actions(ids, mask, response, entropy="none")
+        (logp.sum() + values.sum()).backward()
+        grads.append([p.grad for p in policy.trainable_parameters()])
+    assert len(grads[0]) == len(grads[1]) > 2
+    for a, b in zip(*grads, strict=True):
         assert a is not None and b is not None and torch.equal(a, b)
