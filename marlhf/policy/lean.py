@@ -143,7 +143,7 @@ def _lean_on(*tensors: torch.Tensor) -> bool:
     return not torch.is_autocast_enabled(tensors[0].device.type)
 
 
-def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     if not _lean_on(x):
         return getattr(self, _PLAIN)(x)
     gate, up = self.gate_proj(x), self.up_proj(x)
@@ -156,7 +156,7 @@ def _mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return down(_GatedSiLU.apply(gate, up))  # (a LoRA-wrapped or biased down_proj)
 
 
-def _norm_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _norm_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
     if not _lean_on(x, self.weight):
         return getattr(self, _PLAIN)(x)
     return _RMSNorm.apply(x, x, self.weight, self.variance_epsilon)
@@ -195,6 +195,7 @@ def make_lean(model: nn.Module) -> int:
     """Install the lean forms on ``model``'s gated-SiLU MLPs and RMSNorms (each checked equal
     to the module's own forward on a probe first); returns how many modules now run them."""
     count = 0
+    module: Any
     for module in model.modules():
         if hasattr(module, _PLAIN):
             count += 1
@@ -213,7 +214,7 @@ def make_lean(model: nn.Module) -> int:
         if not _probe_equal(module, bound, width):
             delattr(module, _PLAIN)
             continue
-        module.forward = bound  # type: ignore[method-assign]
+        module.forward = bound
         count += 1
     return count
 
