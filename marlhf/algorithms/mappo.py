@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from marlhf.algorithms.config import MAPPOConfig, bind_config
+from marlhf.algorithms.config import MAPPOConfig, document_hyperparameters
 from marlhf.algorithms.ppo import PPO
 
 
@@ -24,6 +24,8 @@ class MAPPO(PPO):
     :hyperparameters:
     """
 
+    config_class = MAPPOConfig
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.termination is None:
@@ -33,4 +35,4 @@ class MAPPO(PPO):
             )
 
 
-bind_config(MAPPO, MAPPOConfig)
+document_hyperparameters(MAPPO, MAPPOConfig)

@@ -253,11 +253,11 @@ def gae(batch: EstimatorBatch, config: Any) -> Estimate:
         batch.values,
         batch.mask,
         batch.starts,
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
-        reward_agg=config.reward_agg,
-        value_agg=config.value_agg,
-        discount=config.discount,
+        gamma=config.credit.gamma,
+        gae_lambda=config.credit.gae_lambda,
+        reward_agg=config.credit.reward_agg,
+        value_agg=config.credit.value_agg,
+        discount=config.credit.discount,
     )
     segments = {
         "seg_values": result.seg_values,
@@ -285,7 +285,7 @@ def grpo(batch: EstimatorBatch, config: Any) -> Estimate:
     """GRPO (arXiv 2402.03300): (R - group mean) / group std; std off = Dr. GRPO (2503.20783)."""
     outcome, mean, std = _group_baseline(batch, leave_one_out=False)
     adv = outcome - mean
-    if getattr(config, "group_std", True):
+    if config.credit.group_std:
         adv = adv / (std + 1e-6)
     return Estimate(broadcast(adv, batch.mask))
 
@@ -306,16 +306,16 @@ def _whiten_batch(x: Tensor, mask: Tensor) -> Tensor:
 @register_estimator("reinforce_pp")
 def reinforce_pp(batch: EstimatorBatch, config: Any) -> Estimate:
     """REINFORCE++ (arXiv 2501.03262): return-to-go of the shaped rewards, batch-whitened."""
-    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma))
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.credit.gamma))
     return Estimate(_whiten_batch(returns, batch.mask))
 
 
 def task_scores(batch: EstimatorBatch, config: Any = None) -> Tensor:
     """``float64[B]``: each row's task score (the env's rewards summed, no KL), each token's
-    task reward clipped to ``config.reward_clip`` first when one is given (as the shaped reward
-    clips it)."""
+    task reward clipped to ``config.credit.reward_clip`` first when one is given (as the shaped
+    reward clips it)."""
     task = batch.task_rewards.double()
-    clip = getattr(config, "reward_clip", None)
+    clip = None if config is None else config.credit.reward_clip
     if clip is not None:
         task = task.clamp(-clip, clip)
     return torch.where(batch.mask, task, 0.0).sum(dim=1)
@@ -330,7 +330,8 @@ def _last_token(mask: Tensor) -> Tensor:
 
 @register_estimator("reinforce_pp_baseline", requires=("group_ids",))
 def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
-    """REINFORCE++-baseline (arXiv 2501.03262), in the form ``config.reinforce_pp_form`` names.
+    """REINFORCE++-baseline (arXiv 2501.03262), in the form
+    ``config.credit.reinforce_pp_form`` names.
 
     - ``"openrlhf"`` (default; the paper's authors' code): the group mean of the task score is
       subtracted from the score on the last token, the per-token KL stays in the reward, the
@@ -342,14 +343,14 @@ def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
     """
     if batch.group_ids is None:
         raise ValueError("a group estimator needs group_ids (set group_size >= 2)")
-    form = getattr(config, "reinforce_pp_form", "openrlhf")
+    form = config.credit.reinforce_pp_form
     if form == "verl":
         outcome, mean, _ = _group_baseline(batch, leave_one_out=False)
         centred = broadcast(outcome - mean, batch.mask)
     else:
         mean, _, _ = group_stats(task_scores(batch, config), batch.group_ids)
         rewards = batch.rewards - torch.where(_last_token(batch.mask), mean[:, None], 0.0)
-        centred = returns_to_go(rewards.float(), batch.mask, float(config.gamma))
+        centred = returns_to_go(rewards.float(), batch.mask, float(config.credit.gamma))
     return Estimate(_whiten_batch(centred, batch.mask))
 
 
@@ -371,10 +372,10 @@ def remax(batch: EstimatorBatch, config: Any) -> Estimate:
     reward model's score of the greedy response; its KL is not scored)."""
     assert batch.greedy_rewards is not None
     baseline = batch.greedy_rewards.double()
-    clip = getattr(config, "reward_clip", None)
+    clip = config.credit.reward_clip
     if clip is not None:
         baseline = baseline.clamp(-clip, clip)
-    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma)).double()
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.credit.gamma)).double()
     adv = torch.where(batch.mask, returns - baseline[:, None], 0.0)
     return Estimate(adv.to(torch.float32))
 
@@ -406,11 +407,11 @@ def mc(batch: EstimatorBatch, config: Any) -> Estimate:
         values,
         batch.mask,
         branch,
-        gamma=config.gamma,
+        gamma=config.credit.gamma,
         gae_lambda=0.0,
         reward_agg="sum",
         value_agg="first",
-        discount=config.discount,
+        discount=config.credit.discount,
     )
     segments = {
         "seg_values": result.seg_values,
