@@ -42,7 +42,7 @@ def test_presets_map_to_the_scheme_their_runs_train_with(tmp_path: Path) -> None
     label, _, cfg = preset_scheme(config.agent, "spo-chain")
     assert (
         label == "spo-chain lowprob:p=0.9"
-        and cfg.credit.mc_rollouts == 4
+        and cfg.credit.mc.mc_rollouts == 4
         and cfg.credit.group_size == 4
     )
 

@@ -10,8 +10,8 @@ Two ways to find the reads:
   one of these expressions (``config``, ``self.config``, ``cfg``). Use this for code that reads a
   config typed ``Any`` (the estimators), and review the diff.
 
-Only the attribute name moves: ``x.clip_range`` becomes ``x.loss.clip_range``; a read already on
-a group (``x.loss.clip_range``) is left alone. ``python tools/config_paths.py --help``.
+Only the attribute name moves: ``x.clip_range`` becomes ``x.loss.clip_range`` (``x.group_std``
+becomes ``x.credit.grpo.group_std``); a read already on its group is left alone.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from marlhf.algorithms.groups import FLAT_KEYS, GROUPS
+from marlhf.algorithms.groups import FLAT_KEYS
 
 CONFIG_CLASSES = ("PPOConfig", "MAPPOConfig", "AgentConfig")
 _MYPY = re.compile(
@@ -34,16 +34,28 @@ _MYPY = re.compile(
 )
 
 
+def _missing(node: ast.Attribute) -> str:
+    """The part of the knob's group path its base lacks (``"loss."``, ``"grpo."``), or ``""``."""
+    chain: list[str] = []
+    base = node.value
+    while isinstance(base, ast.Attribute):
+        chain.insert(0, base.attr)
+        base = base.value
+    groups = FLAT_KEYS[node.attr][:-1]
+    if chain and chain[-1] == groups[-1]:  # already on the knob's own section
+        return ""
+    for j in range(len(groups), 0, -1):  # the longest start of the path the base ends with
+        if chain[len(chain) - j :] == list(groups[:j]):
+            return "".join(part + "." for part in groups[j:])
+    return "".join(part + "." for part in groups)
+
+
 def _flat_reads(tree: ast.AST) -> list[ast.Attribute]:
-    out = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.Attribute) or node.attr not in FLAT_KEYS:
-            continue
-        base = node.value
-        if isinstance(base, ast.Attribute) and base.attr in GROUPS:
-            continue  # already a group path
-        out.append(node)
-    return out
+    return [
+        node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and node.attr in FLAT_KEYS and _missing(node)
+    ]
 
 
 def _insert(text: str, nodes: list[ast.Attribute]) -> str:
@@ -58,8 +70,7 @@ def _insert(text: str, nodes: list[ast.Attribute]) -> str:
         row = lines[node.end_lineno - 1].encode()
         at = node.end_col_offset - len(node.attr)
         assert row[at : node.end_col_offset].decode() == node.attr, (node.lineno, node.attr)
-        group = FLAT_KEYS[node.attr][0]
-        lines[node.end_lineno - 1] = (row[:at] + f"{group}.".encode() + row[at:]).decode()
+        lines[node.end_lineno - 1] = (row[:at] + _missing(node).encode() + row[at:]).decode()
     return "".join(lines)
 
 

@@ -26,7 +26,8 @@ from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
 
 
 def autocast_for(config: PPOConfig, device: torch.device) -> Any:
-    """The autocast context of a forward: bf16 on CUDA when ``config.systems.bf16``, else disabled."""
+    """The autocast context of a forward: bf16 on CUDA when ``config.systems.bf16``, else
+    disabled."""
     enabled = bool(config.systems.bf16) and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
@@ -272,9 +273,9 @@ class RolloutCollector:
         return result.returns, result.tokens
 
     def mc_values(self) -> tuple[torch.Tensor, int]:
-        """Mean task return of ``config.credit.mc_rollouts`` continuations at each chosen segment start
-        of the buffer (``buffer.starts`` set), forked from the rollout's KV cache (then
-        released).
+        """Mean task return of ``config.credit.mc.mc_rollouts`` continuations at each chosen
+        segment start of the buffer (``buffer.starts`` set), forked from the rollout's KV cache
+        (then released).
 
         :return: ``(float[B, N] values, tokens generated)``.
         """
@@ -285,7 +286,7 @@ class RolloutCollector:
                 "declares 'mc_values' first"
             )
         kw = self._baseline_kwargs()
-        branch = choose_branch_points(buf.starts, buf.credit_mask, self.config.credit.mc_max_starts)
+        branch = choose_branch_points(buf.starts, buf.credit_mask, self.config.credit.mc.mc_max_starts)
         with self.autocast():
             values, tokens = monte_carlo_values(
                 self.policy,
@@ -295,7 +296,7 @@ class RolloutCollector:
                 *self.prefill,
                 buf.response_ids,
                 branch,
-                self.config.credit.mc_rollouts,
+                self.config.credit.mc.mc_rollouts,
                 generator=self.mc_generator,
                 prefix_lengths=buf.action_index,
                 **kw,

@@ -27,9 +27,12 @@ from marlhf.algorithms.groups import (
     SamplingConfig,
     SystemsConfig,
     doc,
+    get_knob,
     knob_fields,
     knob_types,
+    leaves,
     literal_choices,
+    with_knobs,
 )
 from marlhf.algorithms.losses import KL_LOSS_ESTIMATORS
 from marlhf.algorithms.presets import PRESETS as PRESETS
@@ -52,9 +55,12 @@ __all__ = [
     "SystemsConfig",
     "doc",
     "flat_values",
+    "get_knob",
     "knob_fields",
     "knob_types",
+    "leaves",
     "literal_choices",
+    "with_knobs",
 ]
 
 
@@ -116,27 +122,19 @@ class PPOConfig:
                 f"unknown hyper-parameter {unknown[0]!r} for {type(self).__name__}; valid: "
                 f"{sorted(FLAT_KEYS)} (or the groups {list(GROUPS)})"
             )
-        by_group: dict[str, dict[str, Any]] = {name: {} for name in GROUPS}
+        by_group: dict[str, dict[tuple[str, ...], Any]] = {name: {} for name in GROUPS}
         for key, value in flat.items():
-            group, name = FLAT_KEYS[key]
-            by_group[group][name] = value
+            path = FLAT_KEYS[key]
+            by_group[path[0]][path[1:]] = value
         if credit is None and "termination" not in flat:
-            by_group["credit"]["termination"] = self.default_termination
+            by_group["credit"][("termination",)] = self.default_termination
         for name, cls in GROUPS.items():
             base = given[name]
             if base is not None and not isinstance(base, cls):
                 raise ValueError(
                     f"{name}={base!r} must be a {cls.__name__} (or None for its defaults)"
                 )
-            changes = by_group[name]
-            value = (
-                cls(**changes)
-                if base is None
-                else dataclasses.replace(base, **changes)
-                if changes
-                else base
-            )
-            object.__setattr__(self, name, value)
+            object.__setattr__(self, name, with_knobs(cls, base, by_group[name]))
         self.__post_init__()
 
     def __post_init__(self) -> None:
@@ -157,15 +155,13 @@ class PPOConfig:
 
         def __getattr__(self, name: str) -> Any:
             path = FLAT_KEYS.get(name)
-            where = "" if path is None else f"; it is config.{path[0]}.{path[1]}"
+            where = "" if path is None else f"; it is config.{'.'.join(path)}"
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}{where}")
 
 
 def flat_values(config: PPOConfig) -> dict[str, Any]:
     """``config``'s knobs by flat name, in the groups' order."""
-    return {
-        name: getattr(getattr(config, group), attr) for name, (group, attr) in FLAT_KEYS.items()
-    }
+    return {name: get_knob(config, path) for name, path in FLAT_KEYS.items()}
 
 
 @dataclass(init=False)
@@ -203,10 +199,10 @@ def hyperparameter_docs(config_class: type[PPOConfig] = PPOConfig) -> list[str]:
         for name, cls in GROUPS.items()
     ]
     for group, cls in GROUPS.items():
-        for f in dataclasses.fields(cls):
+        for path, f in leaves(cls, (group,)):
             default = config_class.default_termination if f.name == "termination" else _default(f)
             lines.append(
-                f":param {f.name}: {f.metadata['help']} (``{group}.{f.name}``, default "
+                f":param {f.name}: {f.metadata['help']} (``{'.'.join(path)}``, default "
                 f"``{default!r}``)."
             )
     return lines

@@ -10,9 +10,11 @@ group          knobs
 ``kl``         kl_coef, kl_estimator, kl_clamp, kl_target, kl_horizon, kl_in
 ``sampling``   temperature, score_temperature, top_k, top_p, mask_actions
 ``credit``     estimator, termination, gamma, gae_lambda, discount, reward_agg, value_agg,
-               isolate_last, group_size, reward_clip, drop_uniform_groups, and the knobs one
-               estimator reads: group_std (grpo), reinforce_pp_form (reinforce_pp_baseline),
-               mc_rollouts and mc_max_starts (mc)
+               isolate_last, group_size, reward_clip, drop_uniform_groups; and under each
+               estimator's name the knobs only it reads, in the options dataclass it declares
+               (:mod:`marlhf.credit.estimator_options`): ``credit.grpo.group_std``,
+               ``credit.reinforce_pp_baseline.reinforce_pp_form``, ``credit.mc.mc_rollouts``,
+               ``credit.mc.mc_max_starts``
 ``systems``    bf16, fsdp
 =============  ==========================================================================
 
@@ -31,14 +33,20 @@ from typing import Any, Literal, get_args, get_origin
 
 from marlhf.algorithms.losses import KL_LOSS_ESTIMATORS
 from marlhf.credit.advantages import Discount, RewardAgg, ValueAgg
+from marlhf.credit.estimator_options import GRPOOptions, MCOptions, ReinforcePPBaselineOptions
 from marlhf.credit.estimators import get_estimator
 from marlhf.credit.kl import KLEstimator
 from marlhf.options import Termination
 
+#: The estimators whose own knobs the ``credit`` group holds, each under the estimator's name.
+ESTIMATOR_OPTIONS: dict[str, type] = {
+    "grpo": GRPOOptions,
+    "reinforce_pp_baseline": ReinforcePPBaselineOptions,
+    "mc": MCOptions,
+}
 RatioLevel = Literal["token", "macro", "sequence"]
 LossAgg = Literal["token-mean", "seq-mean-token-mean", "seq-sum-constant"]
 KLIn = Literal["reward", "loss"]
-ReinforcePPForm = Literal["openrlhf", "verl"]
 LRSchedule = Literal["constant", "linear"]
 
 
@@ -362,29 +370,12 @@ class CreditConfig:
             "sampling filter, on the score alone: a KL in the reward does not count)"
         ),
     )
-    group_std: bool = field(
-        default=True,
-        metadata=doc("grpo: divide by the group's std (False: Dr. GRPO's unscaled advantage)"),
+    grpo: GRPOOptions = field(default_factory=GRPOOptions, metadata=doc(GRPOOptions.__doc__ or ""))
+    reinforce_pp_baseline: ReinforcePPBaselineOptions = field(
+        default_factory=ReinforcePPBaselineOptions,
+        metadata=doc(ReinforcePPBaselineOptions.__doc__ or ""),
     )
-    reinforce_pp_form: ReinforcePPForm = field(
-        default="openrlhf",
-        metadata=doc(
-            "reinforce_pp_baseline: openrlhf (the group mean of the task score is subtracted "
-            "from the score, the per-token KL stays in the return-to-go) or verl (the group mean "
-            "of the KL-inclusive total is subtracted from the total, one advantage per response)"
-        ),
-    )
-    mc_rollouts: int = field(
-        default=4,
-        metadata=doc("mc: continuations sampled from each branch point (K); must divide num_envs"),
-    )
-    mc_max_starts: int = field(
-        default=8,
-        metadata=doc(
-            "mc: branch points per response at most (the first token always; the others evenly "
-            "spread over the segment starts)"
-        ),
-    )
+    mc: MCOptions = field(default_factory=MCOptions, metadata=doc(MCOptions.__doc__ or ""))
 
     def __post_init__(self) -> None:
         _positive("reward_clip", self.reward_clip, allow_none=True)
@@ -392,8 +383,9 @@ class CreditConfig:
             _in_range(name, getattr(self, name), 0.0, 1.0)
         _check_flags_and_choices(self)
         _int_at_least("group_size", self.group_size, 1)
-        _int_at_least("mc_rollouts", self.mc_rollouts, 1)
-        _int_at_least("mc_max_starts", self.mc_max_starts, 1)
+        for name, cls in ESTIMATOR_OPTIONS.items():  # each estimator's own, checked by its class
+            if not isinstance(getattr(self, name), cls):
+                raise ValueError(f"credit.{name}={getattr(self, name)!r} must be a {cls.__name__}")
         spec = get_estimator(self.estimator)  # raises naming the valid estimators
         if self.drop_uniform_groups and self.group_size < 2:
             raise ValueError(
@@ -439,32 +431,76 @@ GROUPS: dict[str, type] = {
 }
 
 
-def _flat_table() -> dict[str, tuple[str, str]]:
-    table: dict[str, tuple[str, str]] = {}
+def leaves(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """``(path, field)`` of every knob of dataclass ``cls``, in field order, nested sections
+    (an estimator's options) walked into."""
+    hints = typing.get_type_hints(cls)
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            out.extend(leaves(hints[f.name], (*prefix, f.name)))
+        else:
+            out.append(((*prefix, f.name), f))
+    return out
+
+
+def _flat_table() -> dict[str, tuple[str, ...]]:
+    table: dict[str, tuple[str, ...]] = {}
     for group, cls in GROUPS.items():
-        for f in dataclasses.fields(cls):
+        for path, f in leaves(cls, (group,)):
             if f.name in table:  # every flat name must stay unique (one table, no ambiguity)
-                raise TypeError(
-                    f"config knob {f.name!r} is in groups {table[f.name][0]} and {group}"
-                )
-            table[f.name] = (group, f.name)
+                raise TypeError(f"knob {f.name!r} is at {table[f.name]} and {path}")
+            table[f.name] = path
     clash = sorted(set(table) & set(GROUPS))
     if clash:
         raise TypeError(f"knob {clash[0]!r} has a group's name")
     return table
 
 
-#: The one mapping table: flat name (``clip_range``) -> group path (``("loss", "clip_range")``).
-#: ``PPO(clip_range=0.1)``, presets' flat dicts, ``agent.clip_range`` in YAML and ``--set`` and
-#: checkpoints' saved hyper-parameters all go through it.
-FLAT_KEYS: dict[str, tuple[str, str]] = _flat_table()
+#: The one mapping table: flat name (``clip_range``) -> group path (``("loss", "clip_range")``,
+#: ``("credit", "grpo", "group_std")`` for a knob an estimator owns). ``PPO(clip_range=0.1)``,
+#: presets' flat dicts, ``agent.clip_range`` in YAML and ``--set`` and checkpoints' saved
+#: hyper-parameters all go through it.
+FLAT_KEYS: dict[str, tuple[str, ...]] = _flat_table()
 
 
 def knob_fields() -> dict[str, dataclasses.Field[Any]]:
     """Every knob's dataclass field (help text, default) by flat name."""
-    return {f.name: f for cls in GROUPS.values() for f in dataclasses.fields(cls)}
+    return {path[-1]: f for cls in GROUPS.values() for path, f in leaves(cls)}
 
 
 def knob_types() -> dict[str, Any]:
     """Every knob's type annotation by flat name (``Literal`` choices included)."""
-    return {k: v for cls in GROUPS.values() for k, v in typing.get_type_hints(cls).items()}
+    out: dict[str, Any] = {}
+    for name, path in FLAT_KEYS.items():
+        cls = GROUPS[path[0]]
+        for part in path[1:-1]:
+            cls = typing.get_type_hints(cls)[part]
+        out[name] = typing.get_type_hints(cls)[path[-1]]
+    return out
+
+
+def get_knob(config: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` (``("loss", "clip_range")``) of a config or group."""
+    for part in path:
+        config = getattr(config, part)
+    return config
+
+
+def with_knobs(cls: type, base: Any, changes: dict[tuple[str, ...], Any]) -> Any:
+    """Group ``cls`` (``base``, or its defaults when ``None``) with ``changes`` set, each keyed by
+    its path inside the group; a nested section is rebuilt only where a change reaches it."""
+    direct: dict[str, Any] = {}
+    nested: dict[str, dict[tuple[str, ...], Any]] = {}
+    for path, value in changes.items():
+        if len(path) == 1:
+            direct[path[0]] = value
+        else:
+            nested.setdefault(path[0], {})[path[1:]] = value
+    hints = typing.get_type_hints(cls) if nested else {}
+    for name, sub in nested.items():
+        inner = None if base is None else getattr(base, name)
+        direct[name] = with_knobs(hints[name], inner, sub)
+    if base is None:
+        return cls(**direct)
+    return dataclasses.replace(base, **direct) if direct else base

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from marlhf.algorithms.groups import FLAT_KEYS, GROUPS
+from marlhf.algorithms.groups import FLAT_KEYS, GROUPS, get_knob, leaves
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -450,12 +450,12 @@ def explicit_values(explicit: Mapping[str, Any], cls_name: str = "PPOConfig") ->
                 f"(or the groups {list(GROUPS)})"
             )
     for group, value in groups.items():
-        for f in dataclasses.fields(value):
-            knob = getattr(value, f.name)
+        for path, f in leaves(type(value)):
+            knob = get_knob(value, path)
             if f.name in out and out[f.name] != knob:
                 raise ValueError(
                     f"{f.name} is given twice: {f.name}={out[f.name]!r} and "
-                    f"{group}.{f.name}={knob!r}"
+                    f"{group}.{'.'.join(path)}={knob!r}"
                 )
             out[f.name] = knob
     return out

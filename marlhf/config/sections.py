@@ -19,6 +19,7 @@ from marlhf.algorithms.config import (
     PRESETS,
     PPOConfig,
     flat_values,
+    knob_types,
     resolve_config,
 )
 from marlhf.config.parse import (
@@ -245,9 +246,11 @@ class AgentConfig(PPOConfig):
 
 def _flat_knobs(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     """The agent section's knobs by flat name, each checked against its field's type: group
-    mappings (``loss: {clip_range: 0.1}``) and flat names (``clip_range: 0.1``) alike."""
+    mappings (``loss: {clip_range: 0.1}``, ``credit: {grpo: {group_std: false}}``) and flat
+    names (``clip_range: 0.1``) alike."""
     flat: dict[str, Any] = {}
     where: dict[str, str] = {}
+    types = knob_types()
 
     def put(name: str, value: Any, key: str) -> None:
         if name == "termination":
@@ -255,9 +258,7 @@ def _flat_knobs(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
                 f"config key {key}: set the termination with the top-level `termination` "
                 "(train) or `agents` (compare) key"
             )
-        group = FLAT_KEYS[name][0]
-        hint = typing.get_type_hints(GROUPS[group])[name]
-        checked = check_value(value, hint, key)
+        checked = check_value(value, types[name], key)
         if name in flat and flat[name] != checked:
             raise ConfigError(
                 f"config key {key}={checked!r} and {where[name]}={flat[name]!r} set the same "
@@ -265,21 +266,26 @@ def _flat_knobs(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
             )
         flat[name], where[name] = checked, key
 
+    def walk(cls: type, mapping: Any, here: str) -> None:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(
+                f"config key {here!r}: expected a mapping of its knobs, got {mapping!r}"
+            )
+        hints = typing.get_type_hints(cls)
+        for name, value in mapping.items():
+            key = f"{here}.{name}"
+            if name not in hints or name not in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid keys here: {valid_keys(cls, here)}"
+                )
+            if dataclasses.is_dataclass(hints[name]):
+                walk(hints[name], value, key)
+            else:
+                put(name, value, key)
+
     for key, value in values.items():
         if key in GROUPS:
-            if not isinstance(value, Mapping):
-                raise ConfigError(
-                    f"config key {prefix + key!r}: expected a mapping of its knobs, got {value!r}"
-                )
-            names = [f.name for f in dataclasses.fields(GROUPS[key]) if f.name != "termination"]
-            for name, knob in value.items():
-                if name not in names and name != "termination":
-                    valid = ", ".join(f"{prefix}{key}.{n}" for n in names)
-                    raise ConfigError(
-                        f"unknown config key {prefix + key + '.' + str(name)!r}; valid keys "
-                        f"here: {valid}"
-                    )
-                put(name, knob, f"{prefix}{key}.{name}")
+            walk(GROUPS[key], value, prefix + key)
         elif key in FLAT_KEYS:
             put(key, value, prefix + key)
         else:

@@ -35,6 +35,7 @@ Turn-level estimators live in :mod:`marlhf.credit.turn_credit`; estimator *specs
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ import torch
 from torch import Tensor
 
 from marlhf.credit.advantages import compute_gae, global_whiten
+from marlhf.credit.estimator_options import GRPOOptions, MCOptions, ReinforcePPBaselineOptions
 
 ESTIMATOR_INPUTS: tuple[str, ...] = (
     "values",
@@ -118,12 +120,14 @@ class EstimatorFn(Protocol):
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A registered estimator: its function, declared inputs and a one-line description."""
+    """A registered estimator: its function, declared inputs, a one-line description and the
+    dataclass of the agent-config knobs it owns (``None``: it owns none)."""
 
     name: str
     fn: EstimatorFn
     requires: frozenset[str]
     description: str
+    options: type | None = None
 
     @property
     def needs_critic(self) -> bool:
@@ -147,9 +151,16 @@ def register_resolver(resolve: Callable[[str], EstimatorSpec | None]) -> None:
 
 
 def register_estimator(
-    name: str, requires: tuple[str, ...] = (), description: str = ""
+    name: str, requires: tuple[str, ...] = (), description: str = "", options: type | None = None
 ) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Register ``fn(batch, config) -> Estimate`` under ``name``, declaring its inputs."""
+    """Register ``fn(batch, config) -> Estimate`` under ``name``, declaring its inputs.
+
+    :param options: a frozen dataclass of the knobs only this estimator reads; the agent config
+        holds an instance at ``config.credit.<name>`` (the built-in ones: :class:`GRPOOptions`,
+        :class:`ReinforcePPBaselineOptions`, :class:`MCOptions`).
+    """
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise TypeError(f"register_estimator({name!r}): options={options!r} is not a dataclass")
     unknown = sorted(set(requires) - set(ESTIMATOR_INPUTS))
     if unknown:
         raise ValueError(
@@ -161,7 +172,7 @@ def register_estimator(
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"register_estimator: {name!r} is already registered")
         text = description or (fn.__doc__ or "").strip().splitlines()[0]
-        _REGISTRY[name] = EstimatorSpec(name, fn, frozenset(requires), text)
+        _REGISTRY[name] = EstimatorSpec(name, fn, frozenset(requires), text, options)
         return fn
 
     return decorate
@@ -280,12 +291,12 @@ def _group_baseline(batch: EstimatorBatch, leave_one_out: bool) -> tuple[Tensor,
     return outcome.to(torch.float64), mean, std
 
 
-@register_estimator("grpo", requires=("group_ids",))
+@register_estimator("grpo", requires=("group_ids",), options=GRPOOptions)
 def grpo(batch: EstimatorBatch, config: Any) -> Estimate:
     """GRPO (arXiv 2402.03300): (R - group mean) / group std; std off = Dr. GRPO (2503.20783)."""
     outcome, mean, std = _group_baseline(batch, leave_one_out=False)
     adv = outcome - mean
-    if config.credit.group_std:
+    if config.credit.grpo.group_std:
         adv = adv / (std + 1e-6)
     return Estimate(broadcast(adv, batch.mask))
 
@@ -328,10 +339,12 @@ def _last_token(mask: Tensor) -> Tensor:
     return (cols == last[:, None]) & mask
 
 
-@register_estimator("reinforce_pp_baseline", requires=("group_ids",))
+@register_estimator(
+    "reinforce_pp_baseline", requires=("group_ids",), options=ReinforcePPBaselineOptions
+)
 def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
     """REINFORCE++-baseline (arXiv 2501.03262), in the form
-    ``config.credit.reinforce_pp_form`` names.
+    ``config.credit.reinforce_pp_baseline.reinforce_pp_form`` names.
 
     - ``"openrlhf"`` (default; the paper's authors' code): the group mean of the task score is
       subtracted from the score on the last token, the per-token KL stays in the reward, the
@@ -343,7 +356,7 @@ def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
     """
     if batch.group_ids is None:
         raise ValueError("a group estimator needs group_ids (set group_size >= 2)")
-    form = config.credit.reinforce_pp_form
+    form = config.credit.reinforce_pp_baseline.reinforce_pp_form
     if form == "verl":
         outcome, mean, _ = _group_baseline(batch, leave_one_out=False)
         centred = broadcast(outcome - mean, batch.mask)
@@ -395,7 +408,7 @@ def prob_mask(logprobs: Tensor, mask: Tensor, threshold: float | None) -> Tensor
     return mask & ~(logprobs.exp() > threshold)
 
 
-@register_estimator("mc", requires=("mc_values",))
+@register_estimator("mc", requires=("mc_values",), options=MCOptions)
 def mc(batch: EstimatorBatch, config: Any) -> Estimate:
     """Monte-Carlo values at segment starts, lambda 0 TD over segments (VinePPO; MA-Vine with
     macro actions; SPO-chain at low-probability cut points)."""

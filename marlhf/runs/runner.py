@@ -29,7 +29,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-from marlhf.algorithms.config import GROUPS, PRESETS, flat_values
+from marlhf.algorithms.config import FLAT_KEYS, GROUPS, PRESETS, flat_values
 from marlhf.checkpoint.save_util import remove_checkpoint
 from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.models import resolve_device
@@ -206,10 +206,16 @@ def _same(section: Any) -> Any:
     folder recorded before the config had groups holds them flat)."""
     if not isinstance(section, dict) or not any(k in GROUPS for k in section):
         return section
-    out = {k: v for k, v in section.items() if k not in GROUPS}
-    for group in GROUPS:
-        if isinstance(section.get(group), dict):
-            out.update(section[group])
+    out: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and key not in FLAT_KEYS:  # a group, or its section
+                walk(value)
+            else:
+                out[key] = value
+
+    walk(section)
     return out
 
 

@@ -20,13 +20,18 @@ from marlhf.algorithms.config import (
     LossConfig,
     OptimConfig,
     flat_values,
+    get_knob,
     knob_fields,
     knob_types,
+    leaves,
     literal_choices,
     resolve_config,
 )
+from marlhf.algorithms.groups import ESTIMATOR_OPTIONS
 from marlhf.config.commands import AgentConfig, TrainConfig
 from marlhf.config.parse import describe, load_config
+from marlhf.credit.estimator_options import GRPOOptions, MCOptions, ReinforcePPBaselineOptions
+from marlhf.credit.estimators import available_estimators, get_estimator, register_estimator
 from marlhf.credit.kl import KL_ESTIMATORS
 
 
@@ -45,10 +50,11 @@ def test_signature_dataclass_and_docs_agree(cls: type, config_class: type) -> No
     assert params["flat"].kind is inspect.Parameter.VAR_KEYWORD
     defaults = config_class()
     for name, f in knob_fields().items():
-        group = FLAT_KEYS[name][0]
-        assert f":param {name}: {f.metadata['help']} (``{group}.{name}``" in (cls.__doc__ or "")
+        path = FLAT_KEYS[name]
+        where = ".".join(path)
+        assert f":param {name}: {f.metadata['help']} (``{where}``" in (cls.__doc__ or "")
         if name != "termination":
-            assert getattr(getattr(defaults, group), name) == f.default, name
+            assert get_knob(defaults, path) == f.default, name
     for name, default in COMMON_ARGUMENTS.items():
         assert params[name].default == default
     assert ":hyperparameters:" not in (cls.__doc__ or "")
@@ -68,10 +74,11 @@ def test_kl_choices_come_from_one_list() -> None:
 
 def test_flat_names_reach_their_groups_through_one_table() -> None:
     # Every knob is in exactly one group, under one flat name (the table is built from them).
-    names = [f.name for cls in GROUPS.values() for f in dataclasses.fields(cls)]
+    names = [path[-1] for cls in GROUPS.values() for path, _ in leaves(cls)]
     assert sorted(names) == sorted(FLAT_KEYS) and len(names) == len(set(names))
-    for name, (group, attr) in FLAT_KEYS.items():
-        assert attr == name and name in {f.name for f in dataclasses.fields(GROUPS[group])}
+    for name, path in FLAT_KEYS.items():
+        assert path[-1] == name and path[0] in GROUPS
+        assert (path[1:], knob_fields()[name]) in leaves(GROUPS[path[0]])
     # Flat, grouped and mixed forms build the same config; a flat value lands on the group
     # given beside it.
     flat = PPOConfig(clip_range=0.1, kl_coef=0.0, learning_rate=3e-4)
@@ -96,6 +103,41 @@ def test_flat_names_reach_their_groups_through_one_table() -> None:
     # The groups are frozen: a change is a new, validated config.
     with pytest.raises(dataclasses.FrozenInstanceError):
         flat.loss.clip_range = 0.5  # type: ignore[misc]
+
+
+def test_estimators_own_their_knobs() -> None:
+    # An estimator declares the dataclass of the knobs only it reads; the credit group holds one
+    # under the estimator's name.
+    owned = {n: get_estimator(n).options for n in available_estimators()}
+    assert {n: cls for n, cls in owned.items() if cls is not None} == ESTIMATOR_OPTIONS
+    assert {
+        "grpo": GRPOOptions,
+        "reinforce_pp_baseline": ReinforcePPBaselineOptions,
+        "mc": MCOptions,
+    } == ESTIMATOR_OPTIONS
+    for name, cls in ESTIMATOR_OPTIONS.items():
+        assert isinstance(getattr(CreditConfig(), name), cls)
+    assert FLAT_KEYS["group_std"] == ("credit", "grpo", "group_std")
+    assert FLAT_KEYS["mc_rollouts"] == ("credit", "mc", "mc_rollouts")
+    assert FLAT_KEYS["reinforce_pp_form"] == (
+        "credit", "reinforce_pp_baseline", "reinforce_pp_form"
+    )  # fmt: skip
+    # Flat names reach them; a flat value keeps the section's other knobs.
+    cfg = PPOConfig(group_std=False, mc_rollouts=2, kl_coef=0.0)
+    assert cfg.credit.grpo == GRPOOptions(group_std=False)
+    assert cfg.credit.mc == MCOptions(mc_rollouts=2, mc_max_starts=8)
+    assert cfg.flat()["group_std"] is False and PPOConfig(**cfg.flat()) == cfg
+    mine = CreditConfig(mc=MCOptions(mc_max_starts=3))
+    assert PPOConfig(credit=mine, mc_rollouts=2).credit.mc == MCOptions(2, 3)
+    # Each options class checks its own fields.
+    with pytest.raises(ValueError, match=r"mc_rollouts=0 must be an int >= 1"):
+        PPOConfig(mc_rollouts=0)
+    with pytest.raises(ValueError, match=r"reinforce_pp_form='x' is not one of"):
+        ReinforcePPBaselineOptions(reinforce_pp_form="x")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"credit.grpo=.* must be a GRPOOptions"):
+        CreditConfig(grpo=MCOptions())  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"options=1 is not a dataclass"):
+        register_estimator("bad_options_test", options=1)  # type: ignore[arg-type]
 
 
 def test_each_group_checks_its_own_fields_and_the_config_the_rules_across() -> None:
@@ -186,11 +228,10 @@ def test_cli_agent_section_is_the_algorithm_config(tmp_path: Any) -> None:
     # under its group.
     keys = {row[0]: row for row in describe(TrainConfig)}
     for name, f in knob_fields().items():
-        group = FLAT_KEYS[name][0]
         if name == "termination":
             assert "agent.termination" not in keys and "agent.credit.termination" not in keys
             continue
-        assert keys[f"agent.{group}.{name}"][3] == f.metadata["help"]
+        assert keys["agent." + ".".join(FLAT_KEYS[name])][3] == f.metadata["help"]
     # The CLI starts from the `toy` preset, and --help shows its values as the defaults.
     assert keys["agent.optim.learning_rate"][2] == "0.001"
     assert AgentConfig.cli_default().optim.learning_rate == 1e-3

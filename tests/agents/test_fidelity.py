@@ -193,7 +193,7 @@ def test_reinforce_pp_baseline_verl_form(seed: int) -> None:
     # With a KL in the reward the two forms differ; the default is OpenRLHF's.
     other = _advantages("reinforce_pp_baseline", batch, reinforce_pp_form="openrlhf")
     assert float((other - got).abs().max()) > 1e-3
-    assert PPOConfig().credit.reinforce_pp_form == "openrlhf"
+    assert PPOConfig().credit.reinforce_pp_baseline.reinforce_pp_form == "openrlhf"
 
 
 @pytest.mark.parametrize("seed", SEEDS)

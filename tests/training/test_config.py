@@ -50,6 +50,15 @@ def test_agent_knobs_by_group_path_or_flat_name(tmp_path: Path) -> None:
     assert load_config(TrainConfig, flat, ["agent.loss.clip_range=0.15"]).agent.loss.clip_range == (
         0.15
     )
+    # An estimator's own knobs: under credit.<estimator>, or by flat name.
+    own = load_config(TrainConfig, overrides=["agent.credit.grpo.group_std=false"]).agent
+    assert own.credit.grpo.group_std is False and own.explicit == ["group_std"]
+    assert load_config(TrainConfig, overrides=["agent.group_std=false"]).agent == own
+    mc = tmp_path / "mc.yaml"
+    mc.write_text("agent:\n  credit: {mc: {mc_rollouts: 2}}\n")
+    assert load_config(TrainConfig, mc).agent.credit.mc.mc_rollouts == 2
+    with pytest.raises(ConfigError, match=r"unknown config key 'agent.credit.mc.nope'"):
+        load_config(TrainConfig, overrides=["agent.credit.mc.nope=1"])
     # One knob set twice with two values in one file is an error naming both keys.
     both = tmp_path / "both.yaml"
     both.write_text("agent:\n  clip_range: 0.3\n  loss: {clip_range: 0.1}\n")
@@ -78,6 +87,7 @@ def test_grouped_agent_keys_errors_name_the_key(override: str, pattern: str) -> 
 def test_help_shows_the_agent_section_by_group() -> None:
     text = help_text(TrainConfig)
     lines = text.splitlines()
+    assert "      [agent.credit.grpo] " in text  # an estimator's own knobs: a heading too
     for group in ("optim", "loss", "kl", "sampling", "credit", "systems"):
         heading = next(
             i for i, line in enumerate(lines) if line.startswith(f"    [agent.{group}] ")
@@ -91,13 +101,15 @@ def test_help_shows_the_agent_section_by_group() -> None:
 
 
 def test_a_run_folder_recorded_with_flat_agent_keys_is_the_same_settings(tmp_path: Path) -> None:
+    from marlhf.algorithms.config import flat_values
     from marlhf.config.parse import to_dict
     from marlhf.runs.runner import record_config
 
-    config = to_dict(load_config(TrainConfig, overrides=["agent.kl_coef=0.2"]))
-    flat = {k: v for k, v in config["agent"].items() if not isinstance(v, dict)}
-    for group in ("optim", "loss", "kl", "sampling", "credit", "systems"):
-        flat.update(config["agent"][group])
+    loaded = load_config(TrainConfig, overrides=["agent.kl_coef=0.2"])
+    config = to_dict(loaded)
+    # The record a folder got before the groups: the agent's knobs flat, beside its presets.
+    agent = loaded.agent
+    flat = {**flat_values(agent), "preset": agent.preset, "explicit": agent.explicit}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({**config, "agent": flat}))
     (tmp_path / "final.zip").write_text("")  # the folder holds a trained run
     record_config(tmp_path, config, ("agent",))  # the same knobs: accepted

@@ -72,7 +72,7 @@ def test_requests_are_resolved_once_and_round_trip(tmp_path: Path) -> None:
     assert type(grpo.config) is PPOConfig and grpo.preset == ["toy", "grpo"]
     assert (
         grpo.config.credit.estimator,
-        grpo.config.credit.group_std,
+        grpo.config.credit.grpo.group_std,
         grpo.config.optim.batch_size,
     ) == (
         "grpo",
