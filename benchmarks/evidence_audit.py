@@ -128,7 +128,9 @@ def _inputs_for(
         return dataclasses.replace(rollouts, greedy_rewards=greedy_rewards), n
     if scheme.estimator == "mc":
         starts = resegment(rollouts, scheme.termination, codec=task.codec)
-        branch = choose_branch_points(starts, rollouts.response_mask, config.credit.mc.mc_max_starts)
+        branch = choose_branch_points(
+            starts, rollouts.response_mask, config.credit.mc.mc_max_starts
+        )
         values, _, n = mc_values(
             *args, at=branch, sampling=sampling, samples=config.credit.mc.mc_rollouts, seed=seed
         )

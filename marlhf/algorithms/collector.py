@@ -286,7 +286,9 @@ class RolloutCollector:
                 "declares 'mc_values' first"
             )
         kw = self._baseline_kwargs()
-        branch = choose_branch_points(buf.starts, buf.credit_mask, self.config.credit.mc.mc_max_starts)
+        branch = choose_branch_points(
+            buf.starts, buf.credit_mask, self.config.credit.mc.mc_max_starts
+        )
         with self.autocast():
             values, tokens = monte_carlo_values(
                 self.policy,

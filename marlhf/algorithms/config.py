@@ -1,9 +1,12 @@
 """One config per algorithm: every hyper-parameter in one place, with its help text and choices.
 
-``PPOConfig`` is the single source of the algorithms' hyper-parameters. ``PPO(...)``'s keyword
-arguments, its ``:param`` docs, the CLI's ``agent`` section, YAML files, ``--set`` and ``--help``
-are all generated from its fields (``field(metadata=doc(...))``; ``Literal`` types are the lists
-of valid choices). A new knob is one field here.
+``PPOConfig`` is the single source of the algorithms' hyper-parameters, nested by group
+(:mod:`marlhf.algorithms.groups`: ``optim``, ``loss``, ``kl``, ``sampling``, ``credit``,
+``systems``). ``PPO(...)``'s ``:param`` docs, the CLI's ``agent`` section, YAML files, ``--set``
+and ``--help`` all read the groups' fields (``field(metadata=doc(...))``; ``Literal`` types are
+the lists of valid choices). A new knob is one field of one group (or of an estimator's options,
+:mod:`marlhf.credit.estimator_options`). Flat names (``clip_range``) reach their group through
+the one table :data:`~marlhf.algorithms.knobs.FLAT_KEYS`.
 
 Presets (``PRESETS``) are named partial configs. A preset *fixes* the knobs that define a method
 (passing one of those too is an error: the result would no longer be that method) and *suggests*
@@ -18,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from marlhf.algorithms.groups import (
-    FLAT_KEYS,
     GROUPS,
     CreditConfig,
     KLConfig,
@@ -27,11 +29,14 @@ from marlhf.algorithms.groups import (
     SamplingConfig,
     SystemsConfig,
     doc,
+    literal_choices,
+)
+from marlhf.algorithms.knobs import (
+    FLAT_KEYS,
     get_knob,
     knob_fields,
     knob_types,
     leaves,
-    literal_choices,
     with_knobs,
 )
 from marlhf.algorithms.losses import KL_LOSS_ESTIMATORS

@@ -1,6 +1,6 @@
 """Presets: named partial configs of :class:`~marlhf.algorithms.config.PPOConfig`, and their
 resolution. A preset's knobs are flat names (``clip_range``), each reaching its group through
-:data:`~marlhf.algorithms.groups.FLAT_KEYS`.
+:data:`~marlhf.algorithms.knobs.FLAT_KEYS`.
 
 A preset *fixes* the knobs that define a method (passing one of those too is an error: the result
 would no longer be that method) and *suggests* others (learning rate, epochs, ...), which an
@@ -17,7 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from marlhf.algorithms.groups import FLAT_KEYS, GROUPS, get_knob, leaves
+from marlhf.algorithms.groups import GROUPS
+from marlhf.algorithms.knobs import FLAT_KEYS, get_knob, leaves
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

@@ -199,7 +199,7 @@ class AgentConfig(PPOConfig):
         """The section from the keys a user set (YAML, ``--set``): presets first, then those.
 
         A knob is set by its group path (``loss: {clip_range: 0.1}``) or by its flat name
-        (``clip_range: 0.1``, :data:`~marlhf.algorithms.groups.FLAT_KEYS`).
+        (``clip_range: 0.1``, :data:`~marlhf.algorithms.knobs.FLAT_KEYS`).
         """
         values = dict(data)
         preset = values.pop("preset", list(CLI_PRESETS))
@@ -253,6 +253,8 @@ def _flat_knobs(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     types = knob_types()
 
     def put(name: str, value: Any, key: str) -> None:
+        if name == "termination" and value is None:  # (a recorded config holds it: null)
+            return
         if name == "termination":
             raise ConfigError(
                 f"config key {key}: set the termination with the top-level `termination` "

@@ -8,7 +8,14 @@ import pytest
 import yaml
 
 from marlhf.config.commands import CompareConfig, EvalConfig, RmConfig, SftConfig, TrainConfig
-from marlhf.config.parse import ConfigError, describe, help_text, load_config, parse_override
+from marlhf.config.parse import (
+    ConfigError,
+    describe,
+    help_text,
+    load_config,
+    parse_override,
+    to_dict,
+)
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "configs"
 COMMAND_CONFIGS = {
@@ -59,6 +66,10 @@ def test_agent_knobs_by_group_path_or_flat_name(tmp_path: Path) -> None:
     assert load_config(TrainConfig, mc).agent.credit.mc.mc_rollouts == 2
     with pytest.raises(ConfigError, match=r"unknown config key 'agent.credit.mc.nope'"):
         load_config(TrainConfig, overrides=["agent.credit.mc.nope=1"])
+    # A recorded config (a run folder's config.yaml: nested, the termination null) reads back.
+    record = tmp_path / "record.yaml"
+    record.write_text(yaml.safe_dump(to_dict(load_config(CompareConfig, path))))
+    assert load_config(CompareConfig, record) == load_config(CompareConfig, path)
     # One knob set twice with two values in one file is an error naming both keys.
     both = tmp_path / "both.yaml"
     both.write_text("agent:\n  clip_range: 0.3\n  loss: {clip_range: 0.1}\n")
