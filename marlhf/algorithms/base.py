@@ -88,7 +88,7 @@ class LMOnPolicyAlgorithm:
 
     The hyper-parameters live in ``self.config`` (a :class:`~marlhf.algorithms.config.PPOConfig`)
     by group: ``model.config.kl.kl_coef``. To change one, give the algorithm a new config:
-    ``model.config = dataclasses.replace(model.config, kl_coef=0.1)`` (validated again).
+    ``model.config = model.config.replace(kl_coef=0.1)`` (validated again).
     """
 
     #: The config dataclass of the algorithm (its groups and flat names are the keyword
@@ -235,8 +235,8 @@ class LMOnPolicyAlgorithm:
     @property
     def config(self) -> PPOConfig:
         """The hyper-parameters (replaced, never mutated, when one changes: ``model.config =
-        dataclasses.replace(model.config, kl_coef=x)`` gives the collector and the updater the
-        new config too)."""
+        model.config.replace(kl_coef=x)`` gives the collector and the updater the new config
+        too)."""
         return self._config
 
     @config.setter

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from marlhf.algorithms.groups import (
     GROUPS,
@@ -151,6 +151,15 @@ class PPOConfig:
                 f"use kl_in='loss' or kl_coef=0 (got kl_in='reward', kl_coef={self.kl.kl_coef}); "
                 f"in the loss the KL needs kl_estimator in {KL_LOSS_ESTIMATORS}"
             )
+
+    def replace(self, **changes: Any) -> Self:
+        """A copy with ``changes`` (flat names or whole groups), validated again:
+        ``config.replace(kl_coef=0.1)``, ``config.replace(loss=LossConfig(clip_range=0.1))``.
+        (``dataclasses.replace`` does the same, but mypy checks its keywords against the groups
+        alone.)"""
+        groups = {name: changes.pop(name) if name in changes else getattr(self, name)
+                  for name in GROUPS}  # fmt: skip
+        return type(self)(**groups, **changes)
 
     def flat(self) -> dict[str, Any]:
         """Every knob by its flat name (``termination`` as given: a spec, an object or None)."""

@@ -107,7 +107,7 @@ def score_rows(
     it; with ``reference_only`` only ``ref_logp`` is computed, the rest are None)."""
     args = (buffer.input_ids[rows], buffer.attention_mask[rows], buffer.response_mask[rows])
     kw: dict[str, Any] = {
-        "temperature": config.scoring_temperature,
+        "temperature": config.sampling.scoring_temperature,
         "action_mask": None if buffer.action_mask is None else buffer.action_mask[rows],
     }
     with autocast():
@@ -342,7 +342,7 @@ def estimate(
                 policy,
                 buffer,
                 env,
-                config.scoring_temperature,
+                config.sampling.scoring_temperature,
                 config.optim.micro_batch_size,
             )
     buffer.set_baselines(batch.mc_values, batch.greedy_rewards)

@@ -275,7 +275,7 @@ class PPOUpdater:
                 mb.input_ids,
                 mb.attention_mask,
                 mb.response_mask,
-                temperature=self.config.scoring_temperature,
+                temperature=self.config.sampling.scoring_temperature,
                 action_mask=mb.action_mask,
                 with_values=with_values,
                 # No graph for an entropy the loss does not weight (it is only logged).

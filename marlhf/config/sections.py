@@ -176,7 +176,7 @@ class AgentConfig(PPOConfig):
     ``agent.clip_range``), starting from the ``preset`` list (default: ``toy``)."""
 
     #: ``--set agent.<flat name>=...`` reaches the knob's group (config.parse reads this).
-    flat_keys: ClassVar[dict[str, tuple[str, str]]] = FLAT_KEYS
+    flat_keys: ClassVar[dict[str, tuple[str, ...]]] = FLAT_KEYS
 
     preset: list[str] = field(
         default_factory=lambda: list(CLI_PRESETS),

@@ -91,7 +91,11 @@ def test_flat_names_reach_their_groups_through_one_table() -> None:
     assert mixed.loss == LossConfig(clip_range=0.1, ent_coef=0.01)
     assert flat.flat()["clip_range"] == 0.1 and flat_values(flat) == flat.flat()
     assert PPOConfig(**flat.flat()) == flat  # the flat dict round-trips (checkpoints save it)
-    assert dataclasses.replace(flat, clip_range=0.3).loss.clip_range == 0.3
+    assert flat.replace(clip_range=0.3).loss.clip_range == 0.3
+    assert flat.replace(loss=LossConfig(ent_coef=0.1)).loss == LossConfig(ent_coef=0.1)
+    assert flat.replace(kl_coef=0.5).loss == flat.loss  # the other groups are kept
+    # dataclasses.replace works too (mypy checks its keywords against the groups only)
+    assert dataclasses.replace(flat, clip_range=0.3) == flat.replace(clip_range=0.3)  # type: ignore[call-arg]
     # Flat attribute access is gone (mypy finds every flat read); the error names the path.
     name = "clip_range"
     with pytest.raises(AttributeError, match=r"config\.loss\.clip_range"):
@@ -216,10 +220,10 @@ def test_config_replacements_validate_and_update_the_config() -> None:
 
     env = CueEnv(4, 3)
     algo = PPO(tiny_model(env.codec), env, device="cpu", seed=0)
-    algo.config = dataclasses.replace(algo.config, kl_coef=0.3)
+    algo.config = algo.config.replace(kl_coef=0.3)
     assert algo.config.kl.kl_coef == 0.3 and algo.hyperparams["kl_coef"] == 0.3
     with pytest.raises(ValueError, match="clip_range=-1 must be a positive"):
-        algo.config = dataclasses.replace(algo.config, clip_range=-1)
+        algo.config = algo.config.replace(clip_range=-1)
     assert algo.config.loss.clip_range == 0.2
 
 

@@ -8,7 +8,6 @@ credit maths."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import random
 from dataclasses import dataclass
@@ -421,7 +420,7 @@ def test_agent_removes_confident_tokens_from_every_denominator() -> None:
     probs_sorted = buf.logprobs[buf.response_mask].double().exp().sort().values
     k = len(probs_sorted) // 2  # half-way between two probabilities: no ties with rounding
     threshold = float(probs_sorted[k - 1] + probs_sorted[k]) / 2
-    algo.config = dataclasses.replace(algo.config, prob_mask_threshold=threshold)
+    algo.config = algo.config.replace(prob_mask_threshold=threshold)
     algo.estimate()
     probs = _rows(buf.logprobs.double(), buf.response_mask)
     kept = [ref.spo_kept(row, threshold) for row in probs]
@@ -471,7 +470,7 @@ def test_k1_in_the_loss_is_refused() -> None:
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-sum-constant"])
 def test_sequence_ratio_refuses_undefined_aggregations(loss_agg: str) -> None:
     with pytest.raises(ValueError, match=r"loss_agg=.* ratio_level='sequence'.*valid: loss_agg="):
-        PPOConfig(ratio_level="sequence", loss_agg=loss_agg)  # type: ignore[arg-type]
+        PPOConfig(ratio_level="sequence", loss_agg=loss_agg)
     with pytest.raises(ValueError, match=r"preset='gspo' fixes loss_agg='seq-mean-token-mean'"):
         resolve_config(PPOConfig, "gspo", {"loss_agg": loss_agg})
 
@@ -484,7 +483,7 @@ def test_other_bad_input_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"kl_clamp=0 must be a positive"):
         PPOConfig(kl_clamp=0)
     with pytest.raises(ValueError, match=r"reinforce_pp_form='trl' is not one of"):
-        PPOConfig(reinforce_pp_form="trl")  # type: ignore[arg-type]
+        PPOConfig(reinforce_pp_form="trl")
     with pytest.raises(ValueError, match=r"preset='vineppo' fixes kl_estimator='k3'"):
         resolve_config(PPOConfig, "vineppo", {"kl_estimator": "k1"})
 

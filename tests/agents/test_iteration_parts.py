@@ -5,7 +5,6 @@ pipeline's advantages and the updater's parameters are bitwise the algorithm's."
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Any
 
@@ -252,7 +251,7 @@ def test_deferred_scores_are_filled_once_by_the_update_or_on_request() -> None:
     _collect(collector)
     buf = collector.buffer
     assert buf is not None
-    config = dataclasses.replace(_config("grpo"), n_epochs=1, batch_size=None)
+    config = _config("grpo").replace(n_epochs=1, batch_size=None)
     assert pipeline.can_defer_policy_scores(
         config,
         buf,
@@ -274,8 +273,8 @@ def test_deferred_scores_are_filled_once_by_the_update_or_on_request() -> None:
 
 def test_config_changes_reach_the_collaborators() -> None:
     algo = _agent("ppo")
-    algo.config = dataclasses.replace(algo.config, temperature=0.5)
-    algo.config = dataclasses.replace(algo.config, loss=LossConfig(clip_range=0.1))
+    algo.config = algo.config.replace(temperature=0.5)
+    algo.config = algo.config.replace(loss=LossConfig(clip_range=0.1))
     assert algo.collector.config is algo.config is algo.updater.config
     assert algo.collector.sampling()["temperature"] == 0.5
     assert algo.updater.config.loss.clip_range == 0.1
@@ -304,7 +303,7 @@ def test_parts_refuse_what_they_cannot_do() -> None:
     mc = get_estimator("mc")
     with pytest.raises(ValueError, match=r"estimator='mc' declares 'mc_values'; pass mc_values="):
         pipeline.estimate(buf, mc, algo.config)
-    config = dataclasses.replace(algo.config, n_epochs=1, batch_size=None)
+    config = algo.config.replace(n_epochs=1, batch_size=None)
     pipeline.score(algo.policy, buf, config, defer=True)
     updater, _ = _updater(algo)
     with pytest.raises(ValueError, match=r"deferred to the update; run update"):
