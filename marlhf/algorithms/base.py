@@ -94,6 +94,8 @@ class LMOnPolicyAlgorithm:
     #: The config dataclass of the algorithm (its groups and flat names are the keyword
     #: arguments).
     config_class: ClassVar[type[PPOConfig]] = PPOConfig
+    #: Refuse ``termination=None`` (MAPPO: token-level credit is PPO's).
+    requires_termination: ClassVar[bool] = False
     #: Skip the policy's own scoring forward when the update is exactly on-policy (one epoch of
     #: one minibatch) and nothing before the update reads the policy's log-probs: the update's
     #: forward gives them (as TRL's GRPOTrainer does). False always scores (a switch for tests
@@ -151,6 +153,11 @@ class LMOnPolicyAlgorithm:
             if isinstance(term, Termination)
             else make_termination(term)
         )
+        if self.requires_termination and self.termination is None:
+            raise ValueError(
+                f"{type(self).__name__}: termination=None; pass a spec such as 'ngram:5' "
+                "(or use PPO for token-level credit)"
+            )
         self.num_timesteps = 0
         self._total_timesteps = 0
         self._num_timesteps_at_start = 0

@@ -7,8 +7,6 @@ termination. ``MAPPO(termination="ngram:1")`` is token-level PPO exactly.
 
 from __future__ import annotations
 
-from typing import Any
-
 from marlhf.algorithms.config import MAPPOConfig, document_hyperparameters
 from marlhf.algorithms.ppo import PPO
 
@@ -25,14 +23,7 @@ class MAPPO(PPO):
     """
 
     config_class = MAPPOConfig
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.termination is None:
-            raise ValueError(
-                "MAPPO: termination=None; pass a spec such as 'ngram:5' "
-                "(or use PPO for token-level credit)"
-            )
+    requires_termination = True
 
 
 document_hyperparameters(MAPPO, MAPPOConfig)
