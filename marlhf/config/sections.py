@@ -232,12 +232,14 @@ class AgentConfig(PPOConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         knobs = flat_values(self)
-        check_float("agent.optim.learning_rate", knobs["learning_rate"], 0.0, MAX_LEARNING_RATE)
+        # (the errors name a knob by its flat name, a key that works wherever it was set)
+        check_float("agent.learning_rate", knobs["learning_rate"], 0.0, MAX_LEARNING_RATE)
         for name, value in knobs.items():
             if isinstance(value, float) and abs(value) > MAX_KNOB:  # finite, yet overflows
-                group = FLAT_KEYS[name][0]
+                where = ".".join(FLAT_KEYS[name])
                 raise ConfigError(
-                    f"agent.{group}.{name}={value!r} is out of range: at most {MAX_KNOB:g} in size"
+                    f"agent.{name}={value!r} is out of range: at most {MAX_KNOB:g} in size "
+                    f"(agent.{where})"
                 )
         unknown = sorted(set(self.explicit) - set(FLAT_KEYS))
         if unknown:
