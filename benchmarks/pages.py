@@ -9,7 +9,9 @@ page that differs from what its results file renders (the suite runs the check:
   the table of ``docs/reasoning.md``), through that benchmark's own renderer;
 - ``<!-- render:NAME -->`` ... ``<!-- render:end -->`` blocks anywhere in ``README.md`` or
   ``docs/``, rendered by :data:`BLOCKS` ``[NAME]`` (the demo's numbers, from
-  ``benchmarks/results/demo.json``).
+  ``benchmarks/results/demo.json``);
+- numbers quoted in prose, ``<!-- n:NAME -->0.25 s<!-- /n -->``, rendered by :data:`FACTS`
+  ``[NAME]`` (``benchmarks/facts.py`` says how; the ``benchmarks/facts_*.py`` modules hold them).
 
 Renderers that write to a file are pointed at a temporary copy, so ``--check`` writes nothing.
 """
@@ -31,7 +33,9 @@ for _path in (str(_HERE.parent), str(_HERE)):  # the scripts import both ways
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from benchmarks import facts_credit, facts_learning, facts_perf  # noqa: E402
 from benchmarks.common import DOCS_DIR, RESULTS_DIR, ROOT, markdown_table, read_json  # noqa: E402
+from benchmarks.facts import INLINE, Facts, render_inline  # noqa: E402
 from benchmarks.provenance import describe  # noqa: E402
 
 DEMO = RESULTS_DIR / "demo.json"
@@ -297,6 +301,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
     "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
+    **facts_perf.BLOCKS,
 }
 #: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.
 PARITY_TASK = "parity-full-task-"
@@ -396,10 +401,20 @@ PAGES: dict[Path, Callable[[str], str]] = {
 }
 
 
+#: Every number quoted in prose: fact name -> (results file, renderer of its JSON).
+FACTS: Facts = {**facts_credit.FACTS, **facts_learning.FACTS, **facts_perf.FACTS}
+
+
 def block_files(root: Path = ROOT) -> list[Path]:
-    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block."""
+    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block or a quoted
+    number (``<!-- n:NAME -->``)."""
     candidates = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
-    return [p for p in candidates if p.exists() and BLOCK.search(p.read_text(encoding="utf-8"))]
+    return [
+        p
+        for p in candidates
+        if p.exists()
+        and (BLOCK.search(text := p.read_text(encoding="utf-8")) or INLINE.search(text))
+    ]
 
 
 @dataclass(frozen=True)
@@ -429,7 +444,8 @@ def render_all(root: Path = ROOT) -> list[Rendered]:
     for path in sorted({*PAGES, *block_files(root)}):
         committed = path.read_text(encoding="utf-8")
         text = PAGES[path](committed) if path in PAGES else committed
-        out.append(Rendered(path, committed, render_blocks(text)))
+        rendered = render_inline(render_blocks(text), FACTS, str(path.relative_to(root)))
+        out.append(Rendered(path, committed, rendered))
     return out
 
 
