@@ -11,7 +11,7 @@ import math
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR
-from benchmarks.facts import Facts, registrar, span
+from benchmarks.facts import Fact, Facts, registrar, span
 
 FACTS: Facts = {}
 fact = registrar(FACTS)
@@ -215,45 +215,27 @@ def filler(data: dict[str, Any]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def _per_budget(data: dict[str, Any], agent: str, scheme: str, column: str, digits: int) -> str:
-    t = table(data)
-    return " / ".join(f"{t[(agent, b, scheme)][column]:.{digits}f}" for b in trained(data))
+def _per_budget(agent: str, scheme: str, column: str, digits: int) -> Fact:
+    """A fact: one agent's figure in one column at each trained budget, ``a / b / c``."""
+
+    def render(data: dict[str, Any]) -> str:
+        t = table(data)
+        return " / ".join(f"{t[(agent, b, scheme)][column]:.{digits}f}" for b in trained(data))
+
+    render.__doc__ = f"``{agent}``'s {column} (scheme ``{scheme}``) at each trained budget."
+    return render
 
 
-@fact("credit-scores-ppo", CREDIT)
-def scores_ppo(data: dict[str, Any]) -> str:
-    """Token PPO's score at each trained budget."""
-    return _per_budget(data, "ppo", "gae", "score", 3)
-
-
-@fact("credit-scores-mappo", CREDIT)
-def scores_mappo(data: dict[str, Any]) -> str:
-    """MA-PPO's score at each trained budget."""
-    return _per_budget(data, "mappo ngram:5", "gae", "score", 3)
-
-
-@fact("credit-scores-grpo", CREDIT)
-def scores_grpo(data: dict[str, Any]) -> str:
-    """GRPO's score at each trained budget."""
-    return _per_budget(data, "grpo", "grpo", "score", 3)
-
-
-@fact("credit-own-dcorr-ppo", CREDIT)
-def own_ppo(data: dict[str, Any]) -> str:
-    """Token PPO's own scheme (``gae``) at the decisions, per trained budget."""
-    return _per_budget(data, "ppo", "gae", "dcorr", 2)
-
-
-@fact("credit-own-dcorr-mappo", CREDIT)
-def own_mappo(data: dict[str, Any]) -> str:
-    """MA-PPO's own scheme (``gae@ngram:5``) at the decisions, per trained budget."""
-    return _per_budget(data, "mappo ngram:5", "gae@ngram:5", "dcorr", 2)
-
-
-@fact("credit-own-dcorr-grpo", CREDIT)
-def own_grpo(data: dict[str, Any]) -> str:
-    """GRPO's own scheme at the decisions, per trained budget."""
-    return _per_budget(data, "grpo", "grpo", "dcorr", 2)
+#: Each agent of the page (the label in its facts' names) and its own scheme.
+OWN_SCHEMES = {
+    "ppo": ("ppo", "gae"),
+    "mappo": ("mappo ngram:5", "gae@ngram:5"),
+    "grpo": ("grpo", "grpo"),
+}
+for _label, (_agent, _scheme) in OWN_SCHEMES.items():
+    # The score is the agent's, the same on every scheme's row; the correlation its own scheme's.
+    fact(f"credit-scores-{_label}", CREDIT)(_per_budget(_agent, _scheme, "score", 3))
+    fact(f"credit-own-dcorr-{_label}", CREDIT)(_per_budget(_agent, _scheme, "dcorr", 2))
 
 
 @fact("credit-mappo-over-grpo-first", CREDIT)

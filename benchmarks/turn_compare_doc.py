@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DOCS_DIR, RESULTS_DIR, fmt, markdown_table
+from benchmarks.common import DOCS_DIR, RESULTS_DIR, fmt, markdown_table, replace_marked
 from benchmarks.provenance import describe
 
 BEGIN, END = "<!-- turn_compare.json:begin -->", "<!-- turn_compare.json:end -->"
@@ -212,12 +212,8 @@ def render_block(data: dict[str, Any]) -> str:
 
 
 def replace_block(doc: Path, block: str) -> None:
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + block + tail, encoding="utf-8")
+    """Put ``block`` (from :func:`render_block`) between the markers of ``doc``."""
+    replace_marked(doc, BEGIN, END, block)
 
 
 def render_docs(data: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from benchmarks.common import (
     machine_stamp,
     markdown_table,
     read_json,
+    replace_marked,
     write_json,
 )
 
@@ -475,12 +476,8 @@ def render_block(data: dict[str, Any]) -> str:
 
 
 def replace_block(doc: Path, block: str) -> None:
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + block + tail, encoding="utf-8")
+    """Put ``block`` (from :func:`render_block`) between the markers of ``doc``."""
+    replace_marked(doc, BEGIN, END, block)
 
 
 def render_docs(data: dict[str, Any]) -> None:
