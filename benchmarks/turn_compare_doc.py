@@ -10,6 +10,7 @@ from typing import Any
 
 from benchmarks.common import DOCS_DIR, RESULTS_DIR, fmt, markdown_table, replace_marked
 from benchmarks.provenance import describe
+from benchmarks.turn_credit import turn_cells
 
 BEGIN, END = "<!-- turn_compare.json:begin -->", "<!-- turn_compare.json:end -->"
 
@@ -106,10 +107,7 @@ def render_audit(part: dict[str, Any]) -> list[str]:
         header = ["agent's estimator"] + [f"turn {k}" for k in range(k_max)] + ["all turns"]
         rows = []
         for name, res in schemes.items():
-            cells = [name]
-            for k in range(k_max):
-                t = res["per_turn"][k] if k < len(res["per_turn"]) else None
-                cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
+            cells = [name, *turn_cells(res, k_max)]
             cells.append(fmt(res["overall"]["corr"]))
             rows.append(cells)
         first = schemes[next(iter(schemes))]

@@ -418,6 +418,19 @@ def render_tasks(tasks: dict[str, Any]) -> list[str]:
     return lines
 
 
+def turn_cells(res: dict[str, Any], k_max: int) -> list[str]:
+    """A scheme's per-turn audit cells for turn indices ``0 .. k_max - 1``: ``corr / sign``,
+    ``-`` past its last turn.
+
+    :param res: the scheme's audit (``per_turn``: one dict per turn index).
+    """
+    cells = []
+    for k in range(k_max):
+        t = res["per_turn"][k] if k < len(res["per_turn"]) else None
+        cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
+    return cells
+
+
 def render_audit(audit: dict[str, Any]) -> list[str]:
     if not audit:
         return []
@@ -440,10 +453,7 @@ def render_audit(audit: dict[str, Any]) -> list[str]:
         header = ["scheme"] + [f"turn {k} corr / sign" for k in range(k_max)] + ["all corr"]
         rows = []
         for spec, res in schemes.items():
-            cells = [f"`{spec}`"]
-            for k in range(k_max):
-                t = res["per_turn"][k] if k < len(res["per_turn"]) else None
-                cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
+            cells = [f"`{spec}`", *turn_cells(res, k_max)]
             cells.append(fmt(res["overall"]["corr"]))
             rows.append(cells)
         ns = [schemes[next(iter(schemes))]["per_turn"][k]["n"] for k in range(k_max)]
