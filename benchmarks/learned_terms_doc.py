@@ -245,11 +245,6 @@ def budget_summary(data: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def budget_reductions(data: dict[str, Any], budget: str) -> dict[str, float]:
-    """Task -> the learned rule's mean paired reduction over the best heuristic at ``budget``."""
-    return {s["task"]: s["reduction"][0] for s in budget_summary(data) if s["budget"] == budget}
-
-
 def budget_table(data: dict[str, Any]) -> list[str]:
     """RMSE at the other audited budgets (the learned scores trained at the main budget)."""
     summary = budget_summary(data)
