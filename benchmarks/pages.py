@@ -293,6 +293,41 @@ def parity_summary(_: Any) -> str:
     return markdown_table(header, rows)
 
 
+# --------------------------------------------------------------------------- the thread policy
+def threads_table(d: dict[str, Any], path: Path) -> str:
+    """``benchmarks/threads.py``'s table: median seconds per setting and workload, against one
+    thread, with the load average beside each measurement."""
+    rows = []
+    for r in d["rows"]:
+        secs = r["seconds_median"]
+        tps = r.get("tokens_per_s_median")
+        rows.append(
+            [
+                r["workload"] + (f" x{r['procs']}" if r["workload"] == "api" else ""),
+                r["setting"],
+                "> cap" if secs == float("inf") else f"{secs:.1f}",
+                "" if tps is None else f"{tps:.0f}",
+                f"{r['one_thread_speedup']:.2f}x",
+                " ".join(f"{x:.1f}" for x in r["load_1min"]),
+            ]
+        )
+    m = d["machine"]
+    header = ["workload", "MARLHF_NUM_THREADS", "seconds", "tokens/s", "vs 1 thread", "load"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"Median of {d['repeats']} repeats (compare and the quickstart: 1) on {m['cpu']}, "
+            f"{d['cpu_count']} cores, commit {describe(m, path)}, {m['date_utc']}; "
+            "`vs 1 thread`: seconds over one thread's (above 1: slower); `load`: the 1-minute "
+            f"load average before each repeat (`{path.relative_to(ROOT)}`).",
+        ]
+    )
+
+
+THREADS_IDLE = RESULTS_DIR / "threads_idle.json"
+THREADS_LOADED = RESULTS_DIR / "threads.json"
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "demo-scores": (DEMO, demo_scores),
@@ -301,6 +336,8 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
     "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
+    "threads-idle": (THREADS_IDLE, lambda d: threads_table(d, THREADS_IDLE)),
+    "threads-loaded": (THREADS_LOADED, lambda d: threads_table(d, THREADS_LOADED)),
     **facts_perf.BLOCKS,
 }
 #: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.
