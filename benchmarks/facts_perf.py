@@ -1,5 +1,6 @@
-"""The tables and figures of ``docs/performance.md``, from ``decode.json`` (the decode paths)
-and ``memory_smollm2.json`` (a SmolLM2-135M iteration's memory): ``<!-- render:NAME -->``
+"""The tables and figures of ``docs/performance.md`` and ``docs/howto/scale.md``, from
+``decode.json`` (the decode paths), ``memory_smollm2.json`` (a SmolLM2-135M iteration's memory)
+and ``scale.json`` (LoRA, checkpointing, FSDP and data-parallel scaling): ``<!-- render:NAME -->``
 blocks (:data:`BLOCKS`, joined into ``benchmarks/pages.py``'s) and quoted figures
 (:data:`FACTS`; see ``benchmarks/facts.py``).
 """
@@ -12,6 +13,7 @@ from typing import Any
 
 from benchmarks.common import RESULTS_DIR, markdown_table
 from benchmarks.facts import Facts, registrar, span
+from benchmarks.provenance import describe
 
 FACTS: Facts = {}
 fact = registrar(FACTS)
@@ -126,8 +128,115 @@ def memory_lora_over_full(data: dict[str, Any]) -> str:
     return f"{_peak(runs['fused-lora-lora'], 'update') / _peak(runs['fused'], 'update'):.2f}x"
 
 
+# --------------------------------------------------------------------------- scale.json
+SCALE = RESULTS_DIR / "scale.json"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def scale_memory(d: dict[str, Any]) -> str:
+    """The memory rows of ``scale.json``: peak RSS per setting, the ratios the goals judge."""
+    m, s = d["memory"], d["memory"]["settings"]
+    rows = []
+    for name, r in m["rows"].items():
+        load = r.get("load_average_before")
+        rows.append(
+            [
+                name,
+                f"{r['peak_mb']:.0f}",
+                f"{r['iteration_s']:.0f}",
+                f"{r['trainable_params']:,}",
+                "n/a" if load is None else f"{load[0]:.1f}",
+                r.get("measured_utc", "first run"),
+            ]
+        )
+    header = ["setting", "peak RSS (MB)", "iteration (s)", "trainable", "load before", "measured"]
+    fsdp = [
+        [
+            name,
+            f"{v['replicated_mb']:.0f}",
+            f"{v['fsdp_mb']:.0f}",
+            _ratio(v["fsdp_over_replicated"]),
+        ]
+        for name, v in m["fsdp_two_ranks"].items()
+    ]
+    goal = m["goal_lora_over_full"]
+    met = "met" if m["micro_batch_lora_over_full"] <= goal else "not met"
+    return "\n".join(
+        [
+            f"One PPO iteration on {s['model']}, task `{s['task']}`, batch {s['batch']}, "
+            f"{s['new_tokens']} new tokens, LoRA r {s['lora']['r']} on {s['lora']['targets']}, "
+            f"{s['threads']} threads; allocator: {s['malloc']}. Rows without a date are from "
+            f"the file's first run (commit {describe(d['machine'], SCALE)} is the last).",
+            "",
+            markdown_table(header, rows),
+            "",
+            f"- LoRA over the full fine-tune: {_ratio(m['lora_over_full'])} (goal "
+            f"{goal:.1f}x: **{'met' if m['lora_over_full'] <= goal else 'not met'}**); with "
+            f"`micro_batch_size=1` on both sides {_ratio(m['micro_batch_lora_over_full'])} "
+            f"(**{met}**); live memory (128 KiB mmap threshold) "
+            f"{_ratio(m['live_memory_lora_over_full'])}.",
+            f"- Gradient checkpointing on the full fine-tune saves "
+            f"{m['checkpointing_saving_mb']:.0f} MB ({_ratio(m['checkpointing_over_full'])}); "
+            f"micro-batches of 1 save {m['micro_batch_saving_mb']['full']:.0f} MB (full) and "
+            f"{m['micro_batch_saving_mb']['lora']:.0f} MB (LoRA).",
+            "",
+            "Two ranks, the largest rank's peak, replicated data parallelism against FSDP:",
+            "",
+            markdown_table(
+                ["allocator, batches", "replicated (MB)", "FSDP (MB)", "FSDP / replicated"], fsdp
+            ),
+        ]
+    )
+
+
+def scale_scaling(d: dict[str, Any]) -> str:
+    """The data-parallel rows of ``scale.json``: 2 ranks against 1 at the same global batch."""
+    sc = d["scaling"]
+    rows = [
+        [
+            r["envs"],
+            f"{r['one_rank']['tokens_per_s']:,.0f}",
+            f"{r['two_ranks']['tokens_per_s']:,.0f}",
+            _ratio(r["ratio"]),
+            _ratio(r["ceiling_ratio"]),
+            _ratio(r["independent_ratio"]),
+            f"{r['collectives_per_iteration']:.1f}",
+            f"{r['collective_seconds_rank0']:.2f}",
+        ]
+        for r in sc["rows"]
+    ]
+    header = [
+        "episodes",
+        "1 rank (tokens/s)",
+        "2 ranks (tokens/s)",
+        "speed-up",
+        "ceiling",
+        "2 unconnected processes",
+        "collectives / iteration",
+        "s in collectives (rank 0)",
+    ]
+    judged = next(r for r in sc["rows"] if r["envs"] == sc["judged_on_envs"])
+    settings = judged["settings"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"{settings['model']} {settings['layers']} x {settings['width']}, "
+            f"{settings['tokens']} tokens per episode, {settings['threads_per_rank']} thread per "
+            f"rank, gloo; load average {sc['load_average_before'][0]:.1f} at the start. The "
+            f"goal, {sc['goal']:.1f}x at {sc['judged_on_envs']} episodes: "
+            f"**{'met' if sc['ratio'] >= sc['goal'] else 'not met'}** ({_ratio(sc['ratio'])}).",
+        ]
+    )
+
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
+    "scale-memory": (SCALE, scale_memory),
+    "scale-scaling": (SCALE, scale_scaling),
 }
