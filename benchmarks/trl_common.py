@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from common import RESULTS_DIR, stdlib_text, write_json
+from interleave import SteppedTrainer, run_rounds, summarise
 
 #: Tokens per prompt, and the in-process BPE's vocabulary.
 PROMPT_LEN = 16
@@ -116,6 +117,27 @@ def timed_iterations(algo: Any, tokens: int) -> Callable[[], float]:
         return time.perf_counter() - start
 
     return iteration
+
+
+def against_trl(
+    trl: SteppedTrainer,
+    marlhf_sides: Callable[[], dict[str, Callable[[], float]]],
+    rounds: int,
+    warmup: int,
+    name: str,
+) -> dict[str, Any]:
+    """Interleaved rounds of TRL's paused trainer and marlhf's sides, ratios over TRL's.
+
+    :param marlhf_sides: builds the marlhf sides (name -> one timed iteration); TRL's trainer
+        is closed even when building them fails.
+    :param name: the benchmark's name in the progress lines.
+    """
+    try:
+        sides = {"trl": trl.step, **marlhf_sides()}
+        times = run_rounds(sides, rounds, warmup, progress=lambda m: print(f"{name}: {m}"))
+    finally:
+        trl.close()
+    return summarise(times, "trl")
 
 
 def measure_settings(

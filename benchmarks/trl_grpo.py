@@ -39,9 +39,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_stamp, print_table
-from interleave import SteppedTrainer, run_rounds, summarise
+from interleave import SteppedTrainer
 from trl_common import (
     VOCAB,
+    against_trl,
     even_fraction_reward,
     finish,
     fixed_prompts_task,
@@ -176,17 +177,16 @@ def marlhf_side(tokenizer: Any, texts: list[str], s: Setting, skip: bool) -> Any
 
 def measure(tokenizer: Any, texts: list[str], s: Setting, warmup: int, rounds: int) -> Any:
     """Interleaved rounds of TRL, marlhf and marlhf with the on-policy scoring kept."""
-    trl = trl_side(tokenizer, texts, s, warmup + rounds + 1)
-    try:
-        sides = {
-            "trl": trl.step,
+    return against_trl(
+        trl_side(tokenizer, texts, s, warmup + rounds + 1),
+        lambda: {
             "marlhf": marlhf_side(tokenizer, texts, s, skip=True),
             "marlhf_scored": marlhf_side(tokenizer, texts, s, skip=False),
-        }
-        times = run_rounds(sides, rounds, warmup, progress=lambda m: print(f"trl_grpo: {m}"))
-    finally:
-        trl.close()
-    return summarise(times, "trl")
+        },
+        rounds,
+        warmup,
+        "trl_grpo",
+    )
 
 
 def main(

@@ -40,9 +40,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_stamp, print_table
-from interleave import SteppedTrainer, run_rounds, summarise
+from interleave import SteppedTrainer
 from trl_common import (
     VOCAB,
+    against_trl,
     finish,
     fixed_prompts_task,
     measure_settings,
@@ -208,17 +209,16 @@ def measure(
     tokenizer: Any, prompts: list[list[int]], s: Setting, warmup: int, iters: int
 ) -> dict[str, Any]:
     """Interleaved rounds of TRL, marlhf with a separate critic and marlhf's shared trunk."""
-    trl = trl_side(tokenizer, prompts, s, warmup + iters + 1)
-    try:
-        sides = {
-            "trl": trl.step,
+    return against_trl(
+        trl_side(tokenizer, prompts, s, warmup + iters + 1),
+        lambda: {
             "marlhf": marlhf_side(tokenizer, prompts, s, True),
             "marlhf_shared": marlhf_side(tokenizer, prompts, s, False),
-        }
-        times = run_rounds(sides, iters, warmup, progress=lambda m: print(f"trl_ppo: {m}"))
-    finally:
-        trl.close()
-    return summarise(times, "trl")
+        },
+        iters,
+        warmup,
+        "trl_ppo",
+    )
 
 
 def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) -> dict[str, Any]:

@@ -105,11 +105,7 @@ def render_audit(part: dict[str, Any]) -> list[str]:
         schemes = snap["schemes"]
         k_max = max(len(v["per_turn"]) for v in schemes.values())
         header = ["agent's estimator"] + [f"turn {k}" for k in range(k_max)] + ["all turns"]
-        rows = []
-        for name, res in schemes.items():
-            cells = [name, *turn_cells(res, k_max)]
-            cells.append(fmt(res["overall"]["corr"]))
-            rows.append(cells)
+        rows = [[name, *turn_cells(res, k_max)] for name, res in schemes.items()]
         first = schemes[next(iter(schemes))]
         ns = [first["per_turn"][k]["n"] for k in range(k_max)]
         lines += [

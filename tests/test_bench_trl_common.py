@@ -16,6 +16,7 @@ import trl_grpo
 import trl_ppo
 from trl_common import (
     PROMPT_LEN,
+    against_trl,
     even_fraction_reward,
     fixed_prompts_task,
     measure_settings,
@@ -62,6 +63,40 @@ def test_every_setting_failing_is_an_error_and_no_ratio() -> None:
     assert measure_settings(out, [Tiny(1), Tiny(2)], measure, lambda s, r: ({}, [])) == []
     assert out["ratio"] is None
     assert out["error"] == "every setting failed: ValueError: bad batch 1; ValueError: bad batch 2"
+
+
+class FakeTrainer:
+    """TRL's paused trainer as the harness sees it: one step a call, then closed."""
+
+    def __init__(self, seconds: list[float]) -> None:
+        self.seconds = iter(seconds)
+        self.closed = False
+
+    def step(self) -> float:
+        return next(self.seconds)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_against_trl_gives_each_marlhf_side_its_ratio_per_round() -> None:
+    trl = FakeTrainer([9.0, 2.0, 4.0])
+    marlhf = iter([9.0, 1.0, 1.0])
+    out = against_trl(trl, lambda: {"marlhf": lambda: next(marlhf)}, 2, 1, "test")
+    assert trl.closed
+    assert out["sides"]["trl"]["times"] == [2.0, 4.0]
+    assert out["ratios"]["marlhf"]["per_round"] == [0.5, 0.25]
+
+
+def test_against_trl_closes_the_trainer_when_a_side_cannot_be_built() -> None:
+    trl = FakeTrainer([])
+
+    def broken() -> dict[str, Any]:
+        raise RuntimeError("no model")
+
+    with pytest.raises(RuntimeError, match="no model"):
+        against_trl(trl, broken, 2, 1, "test")
+    assert trl.closed
 
 
 def test_ratio_cell() -> None:
