@@ -261,7 +261,7 @@ def test_resume_with_the_real_env_continues_its_prompt_stream(tmp_path) -> None:
         e = env()
         return MAPPO(tiny_model(e.codec), e, termination="ngram:2", seed=1, device="cpu", **LR)
 
-    LR = {"learning_rate": 1e-2}
+    LR: dict[str, Any] = {"learning_rate": 1e-2}
     straight = make().learn(3 * 8 * 3)
     first = make().learn(8 * 3)
     first.save(tmp_path / "ck")

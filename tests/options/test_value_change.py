@@ -40,7 +40,7 @@ def test_padding_values_are_ignored() -> None:
     assert starts[0].tolist() == [True, True, True, False, False]
 
 
-def _agent(spec: str, horizon: int = 12, **kw: object) -> MAPPO:
+def _agent(spec: str, horizon: int = 12, **kw: Any) -> MAPPO:
     env: Any = gym.make_vec(
         "marlhf/CreditSum-v0",
         num_envs=8,
