@@ -66,7 +66,9 @@ def _branch(
     cache = fork_cache(state.cache, rows, keep)
     cols = torch.arange(keep, device=rows.device)
     mask = state.attention_mask[rows, :keep] * (cols[None, :] < last_col[:, None]).long()
-    mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+    # (not ones_like(mask[:, :1]): with nothing kept, e.g. a one-token prompt branched at its
+    # start, that is empty and the token would be fed with no attention mask column)
+    mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
     out = policy.model(
         input_ids=tokens[:, None],
         attention_mask=mask,

@@ -47,13 +47,14 @@ def _agent(task_name: str, decode: str = "eager", llama: bool = False) -> PPO:
     )
 
 
-def _rollout(algo: PPO) -> Any:
-    """One collected, segmented rollout (turn starts in ``buf.starts``); the cache kept."""
+def _rollout(algo: PPO) -> tuple[Any, Any, list[int]]:
+    """One collected, segmented rollout (turn starts in ``buf.starts``): its buffer, the KV
+    cache at its end and the forced widths of its steps."""
     assert algo.collector.collect()
     algo.segment()
     buf = algo.rollout_buffer
     assert buf is not None and buf.action_index is not None and algo.collector.cache is not None
-    return buf
+    return buf, algo.collector.cache, list(algo.collector.step_widths)
 
 
 def _ragged(buf: Any, widths: list[int], state: Any) -> None:
@@ -78,14 +79,21 @@ def test_forked_turn_state_matches_a_fresh_prefill(
     task_name: str, decode: str, llama: bool
 ) -> None:
     algo = _agent(task_name, decode, llama)
-    buf = _rollout(algo)
-    widths = list(algo.collector.step_widths)
-    _ragged(buf, widths, algo.collector.cache)
-    rows, cols = torch.nonzero(buf.turns.turn_starts, as_tuple=True)
+    buf, state, widths = _rollout(algo)
+    _ragged(buf, widths, state)
+    # Every action, not only the turn starts: a branch inside a turn follows an action whose
+    # step's block is wider than the row's tokens there (others got forced tokens), which is
+    # where a fork that took the block's end for the prefix's end would go wrong.
+    rows, cols = torch.nonzero(buf.credit_mask, as_tuple=True)
+    later = cols > 0
+    real = buf.action_index[rows, cols] - buf.action_index[rows, (cols - 1).clamp(min=0)]
+    block = 1 + torch.tensor(widths)[(cols - 1).clamp(min=0)]
+    if task_name == "guess":  # (ToolLookup's turns are one token: every action a turn start)
+        assert bool((later & (real < block)).any())
     window, window_mask = buf.prompt_ids, buf.prompt_mask
     forked = fork_turn_state(
         algo.policy,
-        algo.collector.cache,
+        state,
         window,
         window_mask,
         buf.response_ids,
@@ -104,9 +112,9 @@ def test_forked_turn_state_matches_a_fresh_prefill(
 
 def test_a_layout_from_another_rollout_is_refused() -> None:
     algo = _agent("tool")
-    buf = _rollout(algo)
+    buf, state, _ = _rollout(algo)
     rows, cols = torch.nonzero(buf.turns.turn_starts, as_tuple=True)
-    args = (algo.collector.cache, buf.prompt_ids, buf.prompt_mask, buf.response_ids)
+    args = (state, buf.prompt_ids, buf.prompt_mask, buf.response_ids)
     with pytest.raises(ValueError, match=r"the cache holds \d+ columns.*step_widths"):
         fork_turn_state(algo.policy, *args, buf.action_index, [0, 0], rows, cols)
 
@@ -114,10 +122,12 @@ def test_a_layout_from_another_rollout_is_refused() -> None:
 @pytest.mark.parametrize("task_name", ["guess", "tool"])
 def test_forked_and_replayed_continuations_agree(task_name: str) -> None:
     algo = _agent(task_name)
-    buf = _rollout(algo)
-    widths = list(algo.collector.step_widths)
-    branch = choose_branch_points(buf.starts, buf.credit_mask, algo.config.mc_max_starts)
-    assert torch.equal(branch, buf.turns.turn_starts)  # every turn start is a branch point
+    buf, state, widths = _rollout(algo)
+    # Training branches at the turn starts (and the turn ends' last tokens); every action here,
+    # so that branches inside turns, after gaps in the cache, are continued too.
+    turn_branches = choose_branch_points(buf.starts, buf.credit_mask, algo.config.mc_max_starts)
+    assert bool(turn_branches[buf.turns.turn_starts].all())
+    branch = buf.credit_mask
     feeds: list[int] = []  # the columns of every forward the policy's model runs
 
     def record(_module: Any, _args: Any, kwargs: dict[str, Any]) -> None:
@@ -131,7 +141,7 @@ def test_forked_and_replayed_continuations_agree(task_name: str) -> None:
             values, tokens = monte_carlo_values(
                 algo.policy,
                 algo.env,
-                algo.collector.cache,
+                state,
                 algo.collector.prompts or [],
                 buf.prompt_ids,
                 buf.prompt_mask,
