@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import os
 import statistics
 import sys
@@ -84,7 +83,12 @@ class Meter:
         from marlhf.algorithms import collector
 
         original = collector.monte_carlo_values
-        collector.monte_carlo_values = functools.partial(original, step_widths=None)  # type: ignore[assignment]
+
+        def replayed(*args: Any, **kwargs: Any) -> tuple[Any, int]:
+            # (the collector passes step_widths by keyword: a partial would be overridden)
+            return original(*args, **{**kwargs, "step_widths": None})
+
+        collector.monte_carlo_values = replayed  # type: ignore[assignment]
         try:
             yield
         finally:
