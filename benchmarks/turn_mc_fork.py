@@ -88,11 +88,11 @@ class Meter:
             # (the collector passes step_widths by keyword: a partial would be overridden)
             return original(*args, **{**kwargs, "step_widths": None})
 
-        collector.monte_carlo_values = replayed  # type: ignore[assignment]
+        collector.monte_carlo_values = replayed
         try:
             yield
         finally:
-            collector.monte_carlo_values = original  # type: ignore[assignment]
+            collector.monte_carlo_values = original
 
     def iteration(self) -> dict[str, float]:
         """One timed iteration (``learn`` for one rollout) and what it fed and counted."""
