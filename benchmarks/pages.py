@@ -9,7 +9,9 @@ page that differs from what its results file renders (the suite runs the check:
   the table of ``docs/reasoning.md``), through that benchmark's own renderer;
 - ``<!-- render:NAME -->`` ... ``<!-- render:end -->`` blocks anywhere in ``README.md`` or
   ``docs/``, rendered by :data:`BLOCKS` ``[NAME]`` (the demo's numbers, from
-  ``benchmarks/results/demo.json``).
+  ``benchmarks/results/demo.json``);
+- numbers quoted in prose, ``<!-- n:NAME -->0.25 s<!-- /n -->``, rendered by :data:`FACTS`
+  ``[NAME]`` (``benchmarks/facts.py`` says how; the ``benchmarks/facts_*.py`` modules hold them).
 
 Renderers that write to a file are pointed at a temporary copy, so ``--check`` writes nothing.
 """
@@ -31,7 +33,9 @@ for _path in (str(_HERE.parent), str(_HERE)):  # the scripts import both ways
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from benchmarks import facts_credit, facts_learning, facts_perf  # noqa: E402
 from benchmarks.common import DOCS_DIR, RESULTS_DIR, ROOT, markdown_table, read_json  # noqa: E402
+from benchmarks.facts import INLINE, Facts, render_inline  # noqa: E402
 from benchmarks.provenance import describe  # noqa: E402
 
 DEMO = RESULTS_DIR / "demo.json"
@@ -99,111 +103,6 @@ def demo_wall(d: dict[str, Any]) -> str:
     """The demo's wall time and load, for a command's comment."""
     load = d["load_average"]["during_1min_mean"]
     return f"{d['wall_s']:.0f} s at load average {load:.1f} on {d['machine']['cores']} cores"
-
-
-# --------------------------------------------------------------------------- scale.json
-SCALE = RESULTS_DIR / "scale.json"
-
-
-def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def scale_memory(d: dict[str, Any]) -> str:
-    """The memory rows of ``scale.json``: peak RSS per setting, the ratios the goals judge."""
-    m, s = d["memory"], d["memory"]["settings"]
-    rows = []
-    for name, r in m["rows"].items():
-        load = r.get("load_average_before")
-        rows.append(
-            [
-                name,
-                f"{r['peak_mb']:.0f}",
-                f"{r['iteration_s']:.0f}",
-                f"{r['trainable_params']:,}",
-                "n/a" if load is None else f"{load[0]:.1f}",
-                r.get("measured_utc", "first run"),
-            ]
-        )
-    header = ["setting", "peak RSS (MB)", "iteration (s)", "trainable", "load before", "measured"]
-    fsdp = [
-        [
-            name,
-            f"{v['replicated_mb']:.0f}",
-            f"{v['fsdp_mb']:.0f}",
-            _ratio(v["fsdp_over_replicated"]),
-        ]
-        for name, v in m["fsdp_two_ranks"].items()
-    ]
-    goal = m["goal_lora_over_full"]
-    met = "met" if m["micro_batch_lora_over_full"] <= goal else "not met"
-    return "\n".join(
-        [
-            f"One PPO iteration on {s['model']}, task `{s['task']}`, batch {s['batch']}, "
-            f"{s['new_tokens']} new tokens, LoRA r {s['lora']['r']} on {s['lora']['targets']}, "
-            f"{s['threads']} threads; allocator: {s['malloc']}. Rows without a date are from "
-            f"the file's first run (commit {describe(d['machine'], SCALE)} is the last).",
-            "",
-            markdown_table(header, rows),
-            "",
-            f"- LoRA over the full fine-tune: {_ratio(m['lora_over_full'])} (goal "
-            f"{goal:.1f}x: **{'met' if m['lora_over_full'] <= goal else 'not met'}**); with "
-            f"`micro_batch_size=1` on both sides {_ratio(m['micro_batch_lora_over_full'])} "
-            f"(**{met}**); live memory (128 KiB mmap threshold) "
-            f"{_ratio(m['live_memory_lora_over_full'])}.",
-            f"- Gradient checkpointing on the full fine-tune saves "
-            f"{m['checkpointing_saving_mb']:.0f} MB ({_ratio(m['checkpointing_over_full'])}); "
-            f"micro-batches of 1 save {m['micro_batch_saving_mb']['full']:.0f} MB (full) and "
-            f"{m['micro_batch_saving_mb']['lora']:.0f} MB (LoRA).",
-            "",
-            "Two ranks, the largest rank's peak, replicated data parallelism against FSDP:",
-            "",
-            markdown_table(
-                ["allocator, batches", "replicated (MB)", "FSDP (MB)", "FSDP / replicated"], fsdp
-            ),
-        ]
-    )
-
-
-def scale_scaling(d: dict[str, Any]) -> str:
-    """The data-parallel rows of ``scale.json``: 2 ranks against 1 at the same global batch."""
-    sc = d["scaling"]
-    rows = [
-        [
-            r["envs"],
-            f"{r['one_rank']['tokens_per_s']:,.0f}",
-            f"{r['two_ranks']['tokens_per_s']:,.0f}",
-            _ratio(r["ratio"]),
-            _ratio(r["ceiling_ratio"]),
-            _ratio(r["independent_ratio"]),
-            f"{r['collectives_per_iteration']:.1f}",
-            f"{r['collective_seconds_rank0']:.2f}",
-        ]
-        for r in sc["rows"]
-    ]
-    header = [
-        "episodes",
-        "1 rank (tokens/s)",
-        "2 ranks (tokens/s)",
-        "speed-up",
-        "ceiling",
-        "2 unconnected processes",
-        "collectives / iteration",
-        "s in collectives (rank 0)",
-    ]
-    judged = next(r for r in sc["rows"] if r["envs"] == sc["judged_on_envs"])
-    settings = judged["settings"]
-    return "\n".join(
-        [
-            markdown_table(header, rows),
-            "",
-            f"{settings['model']} {settings['layers']} x {settings['width']}, "
-            f"{settings['tokens']} tokens per episode, {settings['threads_per_rank']} thread per "
-            f"rank, gloo; load average {sc['load_average_before'][0]:.1f} at the start. The "
-            f"goal, {sc['goal']:.1f}x at {sc['judged_on_envs']} episodes: "
-            f"**{'met' if sc['ratio'] >= sc['goal'] else 'not met'}** ({_ratio(sc['ratio'])}).",
-        ]
-    )
 
 
 # --------------------------------------------------------------------------- parity_full_*.json
@@ -289,14 +188,50 @@ def parity_summary(_: Any) -> str:
     return markdown_table(header, rows)
 
 
+# --------------------------------------------------------------------------- the thread policy
+def threads_table(d: dict[str, Any], path: Path) -> str:
+    """``benchmarks/threads.py``'s table: median seconds per setting and workload, against one
+    thread, with the load average beside each measurement."""
+    rows = []
+    for r in d["rows"]:
+        secs = r["seconds_median"]
+        tps = r.get("tokens_per_s_median")
+        rows.append(
+            [
+                r["workload"] + (f" x{r['procs']}" if r["workload"] == "api" else ""),
+                r["setting"],
+                "> cap" if secs == float("inf") else f"{secs:.1f}",
+                "" if tps is None else f"{tps:.0f}",
+                f"{r['one_thread_speedup']:.2f}x",
+                " ".join(f"{x:.1f}" for x in r["load_1min"]),
+            ]
+        )
+    m = d["machine"]
+    header = ["workload", "MARLHF_NUM_THREADS", "seconds", "tokens/s", "vs 1 thread", "load"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"Median of {d['repeats']} repeats (compare and the quickstart: 1) on {m['cpu']}, "
+            f"{d['cpu_count']} cores, commit {describe(m, path)}, {m['date_utc']}; "
+            "`vs 1 thread`: seconds over one thread's (above 1: slower); `load`: the 1-minute "
+            f"load average before each repeat (`{path.relative_to(ROOT)}`).",
+        ]
+    )
+
+
+THREADS_IDLE = RESULTS_DIR / "threads_idle.json"
+THREADS_LOADED = RESULTS_DIR / "threads.json"
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "demo-scores": (DEMO, demo_scores),
     "demo-table": (DEMO, demo_table),
     "demo-wall": (DEMO, demo_wall),
-    "scale-memory": (SCALE, scale_memory),
-    "scale-scaling": (SCALE, scale_scaling),
     "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
+    "threads-idle": (THREADS_IDLE, lambda d: threads_table(d, THREADS_IDLE)),
+    "threads-loaded": (THREADS_LOADED, lambda d: threads_table(d, THREADS_LOADED)),
+    **facts_perf.BLOCKS,
 }
 #: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.
 PARITY_TASK = "parity-full-task-"
@@ -396,10 +331,20 @@ PAGES: dict[Path, Callable[[str], str]] = {
 }
 
 
+#: Every number quoted in prose: fact name -> (results file, renderer of its JSON).
+FACTS: Facts = {**facts_credit.FACTS, **facts_learning.FACTS, **facts_perf.FACTS}
+
+
 def block_files(root: Path = ROOT) -> list[Path]:
-    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block."""
+    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block or a quoted
+    number (``<!-- n:NAME -->``)."""
     candidates = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
-    return [p for p in candidates if p.exists() and BLOCK.search(p.read_text(encoding="utf-8"))]
+    return [
+        p
+        for p in candidates
+        if p.exists()
+        and (BLOCK.search(text := p.read_text(encoding="utf-8")) or INLINE.search(text))
+    ]
 
 
 @dataclass(frozen=True)
@@ -429,7 +374,8 @@ def render_all(root: Path = ROOT) -> list[Rendered]:
     for path in sorted({*PAGES, *block_files(root)}):
         committed = path.read_text(encoding="utf-8")
         text = PAGES[path](committed) if path in PAGES else committed
-        out.append(Rendered(path, committed, render_blocks(text)))
+        rendered = render_inline(render_blocks(text), FACTS, str(path.relative_to(root)))
+        out.append(Rendered(path, committed, rendered))
     return out
 
 

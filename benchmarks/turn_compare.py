@@ -40,30 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
 from benchmarks.turn_compare_doc import render_block, render_docs
-from benchmarks.turn_credit import Scheme, audit_rollout
+from benchmarks.turn_credit import AGENTS as TURN_CREDIT_AGENTS
+from benchmarks.turn_credit import NUM_ENVS, Scheme, audit_rollout, compare_config
 
 RESULTS = RESULTS_DIR / "turn_compare.json"
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "turn_compare"
 
-#: The agents compared (PPO is added by compare): the baselines, then every turn-level preset.
-AGENTS = [
-    "grpo",
-    "rloo",
-    "ma-ppo@turn",
-    "gigpo",
-    "mt-grpo",
-    "mt-grpo-fixed",
-    "turn-gae",
-    "verlog",
-    "rebn",
-    "igpo",
-    "trace",
-    "vineppo-turns",
-]
-#: The agent section every run shares (groups of 4 feed the group baselines; actions masked to
-#: the task's symbols, as the exact truth enumerates them).
-AGENT_SECTION = {"preset": ["toy"], "group_size": 4, "mask_actions": True}
-NUM_ENVS = 16
+#: The agents compared (PPO is added by compare): the baselines and the turn-level presets of
+#: ``turn_credit.py``'s learning part, then TRACE and ``vineppo-turns``. The agent section every
+#: run shares (groups of 4 feed the group baselines; actions masked to the task's symbols, as the
+#: exact truth enumerates them) and the episodes per iteration are that part's too.
+AGENTS = [*TURN_CREDIT_AGENTS, "trace", "vineppo-turns"]
 
 
 def _tool_lookup() -> Any:
@@ -112,22 +99,16 @@ def mean_scores(output_dir: Path, metric: str) -> dict[str, tuple[float, float]]
 
 def run_learning(key: str, mode: str) -> dict[str, Any]:
     from marlhf.commands.compare import run_compare
-    from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 
     env_id, kwargs, budget, _ = TASKS[key]
     m = MODES[mode]
-    config = CompareConfig(
-        model=ModelConfig(),
-        task=TaskConfig(id=env_id, kwargs=dict(kwargs), num_envs=NUM_ENVS),
-        agent=AgentConfig.from_mapping(dict(AGENT_SECTION)),
-        terminations=[],
-        include_ppo=True,
-        agents=list(AGENTS),
-        seeds=list(m["seeds"]),
-        total_timesteps=max(int(budget * m["scale"]), 1),
-        output_dir=str(RUNS_DIR / mode / key),
-        workers=2,
-        threads_per_worker=1,
+    config = compare_config(
+        env_id,
+        kwargs,
+        AGENTS,
+        m["seeds"],
+        int(budget * m["scale"]),
+        RUNS_DIR / mode / key,
         checkpoint_every=1000,
     )
     before, started = loadavg(), time.perf_counter()

@@ -185,6 +185,11 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     if config.rollouts is not None:
         rollouts = Rollouts.load(config.rollouts)
+        rollouts.check_env(
+            algo.env,
+            f"rollouts={config.rollouts}",
+            hint="audit them with the task they were collected on (task.id and task.kwargs)",
+        )
     else:
         with during_run():
             rollouts = collect(algo)
