@@ -273,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     data = read_json(RESULTS) if RESULTS.exists() else {}
     if data.get("mode") != args.mode:
         data = {}  # never mix the parts of two modes
-    data.update({"mode": args.mode, "machine": machine_stamp()})
+    stamp = machine_stamp()
+    # The file's stamp is the run's that measured everything; a part re-run alone keeps its own.
+    whole = set(args.parts) == set(PARTS) and set(args.tasks) == set(TASKS)
+    if whole or "machine" not in data:
+        data = {"mode": args.mode, "machine": stamp, "tasks": data.get("tasks", {})}
     for key in args.tasks:
         env_id, kwargs, _, _ = TASKS[key]
         task = data.setdefault("tasks", {}).setdefault(key, {})
@@ -281,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         for part in [p for p in PARTS if p in args.parts]:
             print(f"[turn_compare] {key} {part} (load {loadavg()})", file=sys.stderr, flush=True)
             task[part] = PARTS[part](key, args.mode)
+            if not whole:
+                task[part]["machine"] = stamp
             write_json(RESULTS, data)  # keep what is done
     data = read_json(RESULTS)  # the docs show what the file holds (NaN is stored as null)
     render_docs(data)

@@ -16,9 +16,16 @@ BEGIN, END = "<!-- turn_compare.json:begin -->", "<!-- turn_compare.json:end -->
 
 
 def _load(part: dict[str, Any]) -> str:
+    """The part's load average, and its own commit and date when it was measured apart from the
+    rest of the file (``turn_compare.py --parts ...``)."""
     before = ", ".join(f"{x:.1f}" for x in part.get("loadavg_before", []))
     after = ", ".join(f"{x:.1f}" for x in part.get("loadavg_after", []))
-    return f"load average {before} before, {after} after"
+    text = f"load average {before} before, {after} after"
+    stamp = part.get("machine")
+    if stamp:
+        where = describe(stamp, RESULTS_DIR / "turn_compare.json")
+        text += f"; measured apart at commit {where} on {stamp.get('date_utc', '?')}"
+    return text
 
 
 def _ci(mean: float | None, half: float | None) -> str:

@@ -105,6 +105,17 @@ def test_block_renders_tables_verdict_and_loads() -> None:
     assert "- closest per turn index: turn 0: ppo (0.900)." in block
 
 
+def test_a_part_measured_apart_names_its_own_commit_and_date() -> None:
+    data = _data()
+    cost = data["tasks"]["guess"]["cost"]
+    cost["machine"] = {"commit": "0" * 40, "date_utc": "2026-12-07 11:30:00 UTC"}
+    block = doc.render_block(data)
+    header = next(line for line in block.splitlines() if line.startswith("**Cost**"))
+    assert "measured apart at commit" in header and "2026-12-07 11:30:00 UTC" in header
+    learning = next(line for line in block.splitlines() if line.startswith("**Learning**"))
+    assert "measured apart" not in learning
+
+
 def test_audit_overall_skips_undefined_correlations() -> None:
     audit = _data()["tasks"]["guess"]["audit"]
     audit["snapshots"].append({**audit["snapshots"][0], "schemes": {"ppo": _scheme(0.5)}})

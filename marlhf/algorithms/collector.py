@@ -82,6 +82,9 @@ class RolloutCollector:
         self.prefill: tuple[torch.Tensor, torch.Tensor] | None = None
         #: The KV cache at the end of the last rollout, kept only when the estimator forks it.
         self.cache: GenerationState | None = None
+        #: Multi-turn rollouts: the forced tokens' width fed with each step's action (the
+        #: cache's layout, which continuations from turn starts fork).
+        self.step_widths: list[int] = []
 
     def attach(self, env: Any, buffer: LMRolloutBuffer) -> None:
         """Collect from ``env`` into ``buffer`` from now on (the seed stream carries on)."""
@@ -111,6 +114,7 @@ class RolloutCollector:
         self.env_seeded = True
         self.prompts = info.get("prompts")
         buffer.reset()
+        self.step_widths = []
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
         self.prefill = (obs["input_ids"], obs["attention_mask"])
@@ -241,6 +245,7 @@ class RolloutCollector:
         else:
             forced = lengths = None
         state.forced, state.forced_lengths = forced, lengths
+        self.step_widths.append(0 if forced is None else int(forced.shape[1]))
         rewards = torch.as_tensor(rewards, device=self.device)
         self.buffer.add_turn_step(actions, rewards, active, forced, lengths)
 
@@ -277,6 +282,8 @@ class RolloutCollector:
         segment start of the buffer (``buffer.starts`` set), forked from the rollout's KV cache
         (then released).
 
+        Multi-turn rollouts fork it too, at turn starts (its layout from ``step_widths``).
+
         :return: ``(float[B, N] values, tokens generated)``.
         """
         buf = self.buffer
@@ -301,6 +308,7 @@ class RolloutCollector:
                 self.config.credit.mc.mc_rollouts,
                 generator=self.mc_generator,
                 prefix_lengths=buf.action_index,
+                step_widths=self.step_widths,
                 **kw,
             )
         self.cache = None
