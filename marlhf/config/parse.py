@@ -375,7 +375,7 @@ def sections(cls: type, prefix: str = "") -> dict[str, str]:
         annotation = hints[f.name]
         if f.metadata.get("cli") is False or not dataclasses.is_dataclass(annotation):
             continue
-        text = " ".join(str(f.metadata.get("help", "")).split())
+        text = " ".join(str(f.metadata.get("help", "")).replace("``", "").split())
         if getattr(annotation, "flat_keys", None):
             text += f" (each knob also by its flat name: {prefix}{f.name}.clip_range, ...)"
         out[prefix + f.name] = text
