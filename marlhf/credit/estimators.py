@@ -155,9 +155,11 @@ def register_estimator(
 ) -> Callable[[EstimatorFn], EstimatorFn]:
     """Register ``fn(batch, config) -> Estimate`` under ``name``, declaring its inputs.
 
-    :param options: a frozen dataclass of the knobs only this estimator reads; the agent config
-        holds an instance at ``config.credit.<name>`` (the built-in ones: :class:`GRPOOptions`,
-        :class:`ReinforcePPBaselineOptions`, :class:`MCOptions`).
+    :param options: the frozen dataclass of the agent-config knobs only this estimator reads
+        (recorded on the spec); the config's ``credit`` group holds the built-in ones under the
+        estimator's name (:class:`GRPOOptions` at ``config.credit.grpo``,
+        :class:`ReinforcePPBaselineOptions`, :class:`MCOptions`). A user's estimator takes its
+        options in its spec instead (:func:`marlhf.credit.combine.register_options`).
     """
     if options is not None and not dataclasses.is_dataclass(options):
         raise TypeError(f"register_estimator({name!r}): options={options!r} is not a dataclass")
