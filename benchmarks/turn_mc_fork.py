@@ -40,6 +40,23 @@ from benchmarks.turn_compare import NUM_ENVS, TASKS
 
 RESULTS = RESULTS_DIR / "turn_mc_fork.json"
 SIDES = ("fork", "prefill")
+#: Longer episodes than the comparison's tasks (the prefill the fork saves grows with the
+#: prefix): GuessTheNumber 1..64 in up to 8 turns of up to 3 tokens.
+LONG_GUESS: dict[str, Any] = {"high": 64, "max_turns": 8}
+
+
+def _long_guess() -> Any:
+    from marlhf.envs.multiturn.tasks.guess_number import GuessTheNumberTask
+
+    return GuessTheNumberTask(**LONG_GUESS)
+
+
+#: key -> (env id, task kwargs, task factory, agent kwargs): the comparison's tasks and the
+#: long one (whose 8 turns need more branch points than the preset's 8: turn starts and ends).
+BENCH_TASKS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any]]] = {
+    **{key: (env_id, kwargs, make, {}) for key, (env_id, kwargs, _, make) in TASKS.items()},
+    "guess-long": ("marlhf/GuessTheNumber-v0", LONG_GUESS, _long_guess, {"mc_max_starts": 16}),
+}
 
 
 def loadavg() -> list[float]:
@@ -116,7 +133,7 @@ def build(key: str, seed: int = 0) -> Any:
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from marlhf.models import tiny_gpt2
 
-    task = TASKS[key][3]()
+    task = BENCH_TASKS[key][2]()
     env = MultiTurnTokenEnv(task, num_envs=NUM_ENVS, seed=seed)
     model = tiny_gpt2(task.codec, n_layer=2, n_embd=64, n_head=2, seed=seed)
     return PPO(
@@ -127,6 +144,7 @@ def build(key: str, seed: int = 0) -> Any:
         mask_actions=True,
         seed=seed,
         device="cpu",
+        **BENCH_TASKS[key][3],
     )
 
 
@@ -161,8 +179,8 @@ def run_task(key: str, rounds: int) -> dict[str, Any]:
         if a["mc_s"] > 0
     ]
     return {
-        "env_id": TASKS[key][0],
-        "kwargs": TASKS[key][1],
+        "env_id": BENCH_TASKS[key][0],
+        "kwargs": BENCH_TASKS[key][1],
         "rounds": rounds,
         "sides": sides,
         "per_round": per,
@@ -179,7 +197,7 @@ def run_task(key: str, rounds: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="*", default=list(BENCH_TASKS), choices=list(BENCH_TASKS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import torch
