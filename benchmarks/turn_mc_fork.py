@@ -210,13 +210,29 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, data)
     rows = []
     for key, part in data["tasks"].items():
-        for side in SIDES:
-            s = part["sides"][side]
-            rows.append(
-                [key, side, f"{s['s']:.3f}", f"{s['mc_s']:.3f}", int(s["mc_fed"]), int(s["fed"])]
-            )
-    header = ["task", "side", "s / iteration", "MC s", "MC tokens fed", "tokens fed"]
-    print_table("turn-start continuations: forked vs prefilled (medians)", header, rows)
+        fork, prefill = part["sides"]["fork"], part["sides"]["prefill"]
+        rows.append(
+            [
+                key,
+                f"{fork['s']:.3f} / {prefill['s']:.3f}",
+                f"{part['prefill_over_fork_s']:.2f}x",
+                f"{part['prefill_over_fork_mc_s']:.2f}x",
+                f"{int(fork['mc_fed'])} / {int(prefill['mc_fed'])}",
+                f"{part['prefill_over_fork_mc_fed']:.2f}x",
+                int(fork["mc_tokens"]),
+            ]
+        )
+    header = [
+        "task",
+        "s / iteration (fork / prefill)",
+        "prefill / fork s",
+        "MC s",
+        "MC tokens fed (fork / prefill)",
+        "ratio",
+        "MC tokens counted",
+    ]
+    title = "turn-start continuations, forked vs prefilled (medians; ratios: paired per round)"
+    print_table(title, header, rows)
     return 0
 
 
