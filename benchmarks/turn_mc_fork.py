@@ -35,10 +35,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS_DIR, machine_stamp, print_table, write_json
+from benchmarks.common import machine_stamp, print_table, write_json
 from benchmarks.turn_compare import NUM_ENVS, TASKS
+from benchmarks.turn_mc_fork_doc import RESULTS
 
-RESULTS = RESULTS_DIR / "turn_mc_fork.json"
 SIDES = ("fork", "prefill")
 #: Longer episodes than the comparison's tasks (the prefill the fork saves grows with the
 #: prefix): GuessTheNumber 1..64 in up to 8 turns of up to 3 tokens.
