@@ -193,7 +193,7 @@ def iteration_costs(num_envs: int, horizon: int, repeats: int, mc: bool) -> list
         rows.append(
             {
                 "preset": name,
-                "estimator": algo.config.estimator,
+                "estimator": algo.config.credit.estimator,
                 "critic": algo.rollout_buffer is not None and algo.rollout_buffer.has_values,
                 "seconds_per_iteration": med,
                 "over_ppo": med / base,

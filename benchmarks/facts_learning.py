@@ -301,3 +301,27 @@ def learned_t2t_env(data: dict[str, Any]) -> str:
         100 * (_over_best(t[k]["env_median"]) - 1) for k in ("CreditSum h32", "KeyPosition h32")
     ]
     return f"{more[0]:.0f}% and {more[1]:.0f}%"
+
+
+@fact("learned-audit-seeds", LEARNED)
+def learned_audit_seeds(data: dict[str, Any]) -> str:
+    """Seeds of the per-episode audit: the usual count, and the tasks that ran more or fewer."""
+    counts: dict[str, int] = {}
+    for r in data["audit"]:
+        if not r["task"].endswith("per batch"):
+            counts[r["task"]] = counts.get(r["task"], 0) + 1
+    usual = statistics.mode(counts.values())
+    other: dict[int, list[str]] = {}
+    for task, n in counts.items():
+        if n != usual:
+            other.setdefault(n, []).append(task)
+    notes = [f"{n} on {' and '.join(tasks)}" for n, tasks in sorted(other.items())]
+    return f"{usual} seeds" + (f" ({'; '.join(notes)})" if notes else "")
+
+
+@fact("learned-t2t-scope", LEARNED)
+def learned_t2t_scope(data: dict[str, Any]) -> str:
+    """The tokens-to-threshold part: how many tasks, and the seeds per task."""
+    t = _t2t(data)
+    seeds = span((float(s["seeds"]) for s in t.values()), 0)
+    return f"on {len(t)} tasks, {seeds} seeds"

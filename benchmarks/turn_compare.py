@@ -140,7 +140,7 @@ def audit_schemes(group_size: int) -> dict[str, Scheme]:
         if name == "vineppo-turns":
             continue
         config = resolve_config(PPOConfig, ["toy", name], {"group_size": group_size})
-        out[agent] = (config.estimator, config, termination == "turn")
+        out[agent] = (config.credit.estimator, config, termination == "turn")
     return out
 
 

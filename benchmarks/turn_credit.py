@@ -278,7 +278,7 @@ def audit_rollout(algo: Any, task: Any, schemes: dict[str, Scheme] | None = None
     started = time.perf_counter()
     prompts = list(algo._rollout_prompts)  # one per row (older envs: one per group)
     if len(prompts) != buf.action_ids.shape[0]:
-        prompts = [p for p in prompts for _ in range(int(algo.config.group_size))]
+        prompts = [p for p in prompts for _ in range(int(algo.config.credit.group_size))]
     truth = exact_turn_advantages(
         algo.policy, task, prompts, buf.action_ids, buf.credit_mask, sampling=Sampling.of(algo)
     )

@@ -18,7 +18,7 @@ def test_every_agent_but_vineppo_is_audited_with_its_own_estimator() -> None:
     schemes = tc.audit_schemes(4)
     assert set(schemes) == {"ppo", *tc.AGENTS} - {"vineppo-turns"}
     spec, config, by_turn = schemes["ma-ppo@turn"]
-    assert spec == "gae" and by_turn and config.group_size == 4
+    assert spec == "gae" and by_turn and config.credit.group_size == 4
     assert schemes["ppo"][0] == "gae" and not schemes["ppo"][2]
     assert "kind=mean_prob" in schemes["igpo"][0]
     assert "source=reference" in schemes["trace"][0]

@@ -125,7 +125,9 @@ def test_forked_and_replayed_continuations_agree(task_name: str) -> None:
     buf, state, widths = _rollout(algo)
     # Training branches at the turn starts (and the turn ends' last tokens); every action here,
     # so that branches inside turns, after gaps in the cache, are continued too.
-    turn_branches = choose_branch_points(buf.starts, buf.credit_mask, algo.config.mc_max_starts)
+    turn_branches = choose_branch_points(
+        buf.starts, buf.credit_mask, algo.config.credit.mc.mc_max_starts
+    )
     assert bool(turn_branches[buf.turns.turn_starts].all())
     branch = buf.credit_mask
     feeds: list[int] = []  # the columns of every forward the policy's model runs
