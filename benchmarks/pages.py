@@ -33,7 +33,7 @@ for _path in (str(_HERE.parent), str(_HERE)):  # the scripts import both ways
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
-from benchmarks import facts_credit, facts_learning, facts_perf  # noqa: E402
+from benchmarks import facts_credit, facts_learning, facts_perf, turn_mc_fork_doc  # noqa: E402
 from benchmarks.common import DOCS_DIR, RESULTS_DIR, ROOT, markdown_table, read_json  # noqa: E402
 from benchmarks.facts import INLINE, Facts, render_inline  # noqa: E402
 from benchmarks.provenance import describe  # noqa: E402
@@ -231,6 +231,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
     "threads-idle": (THREADS_IDLE, lambda d: threads_table(d, THREADS_IDLE)),
     "threads-loaded": (THREADS_LOADED, lambda d: threads_table(d, THREADS_LOADED)),
+    "turn-mc-fork": (turn_mc_fork_doc.RESULTS, turn_mc_fork_doc.render_table),
     **facts_perf.BLOCKS,
 }
 #: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.

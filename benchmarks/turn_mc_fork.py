@@ -35,11 +35,28 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS_DIR, machine_stamp, print_table, write_json
+from benchmarks.common import machine_stamp, print_table, write_json
 from benchmarks.turn_compare import NUM_ENVS, TASKS
+from benchmarks.turn_mc_fork_doc import RESULTS
 
-RESULTS = RESULTS_DIR / "turn_mc_fork.json"
 SIDES = ("fork", "prefill")
+#: Longer episodes than the comparison's tasks (the prefill the fork saves grows with the
+#: prefix): GuessTheNumber 1..64 in up to 8 turns of up to 3 tokens.
+LONG_GUESS: dict[str, Any] = {"high": 64, "max_turns": 8}
+
+
+def _long_guess() -> Any:
+    from marlhf.envs.multiturn.tasks.guess_number import GuessTheNumberTask
+
+    return GuessTheNumberTask(**LONG_GUESS)
+
+
+#: key -> (env id, task kwargs, task factory, agent kwargs): the comparison's tasks and the
+#: long one (whose 8 turns need more branch points than the preset's 8: turn starts and ends).
+BENCH_TASKS: dict[str, tuple[str, dict[str, Any], Any, dict[str, Any]]] = {
+    **{key: (env_id, kwargs, make, {}) for key, (env_id, kwargs, _, make) in TASKS.items()},
+    "guess-long": ("marlhf/GuessTheNumber-v0", LONG_GUESS, _long_guess, {"mc_max_starts": 16}),
+}
 
 
 def loadavg() -> list[float]:
@@ -116,7 +133,7 @@ def build(key: str, seed: int = 0) -> Any:
     from marlhf.envs.multiturn.env import MultiTurnTokenEnv
     from marlhf.models import tiny_gpt2
 
-    task = TASKS[key][3]()
+    task = BENCH_TASKS[key][2]()
     env = MultiTurnTokenEnv(task, num_envs=NUM_ENVS, seed=seed)
     model = tiny_gpt2(task.codec, n_layer=2, n_embd=64, n_head=2, seed=seed)
     return PPO(
@@ -127,6 +144,7 @@ def build(key: str, seed: int = 0) -> Any:
         mask_actions=True,
         seed=seed,
         device="cpu",
+        **BENCH_TASKS[key][3],
     )
 
 
@@ -161,8 +179,8 @@ def run_task(key: str, rounds: int) -> dict[str, Any]:
         if a["mc_s"] > 0
     ]
     return {
-        "env_id": TASKS[key][0],
-        "kwargs": TASKS[key][1],
+        "env_id": BENCH_TASKS[key][0],
+        "kwargs": BENCH_TASKS[key][1],
         "rounds": rounds,
         "sides": sides,
         "per_round": per,
@@ -179,7 +197,7 @@ def run_task(key: str, rounds: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--tasks", nargs="*", default=list(TASKS), choices=list(TASKS))
+    parser.add_argument("--tasks", nargs="*", default=list(BENCH_TASKS), choices=list(BENCH_TASKS))
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     import torch
@@ -192,13 +210,29 @@ def main(argv: list[str] | None = None) -> int:
         write_json(args.out, data)
     rows = []
     for key, part in data["tasks"].items():
-        for side in SIDES:
-            s = part["sides"][side]
-            rows.append(
-                [key, side, f"{s['s']:.3f}", f"{s['mc_s']:.3f}", int(s["mc_fed"]), int(s["fed"])]
-            )
-    header = ["task", "side", "s / iteration", "MC s", "MC tokens fed", "tokens fed"]
-    print_table("turn-start continuations: forked vs prefilled (medians)", header, rows)
+        fork, prefill = part["sides"]["fork"], part["sides"]["prefill"]
+        rows.append(
+            [
+                key,
+                f"{fork['s']:.3f} / {prefill['s']:.3f}",
+                f"{part['prefill_over_fork_s']:.2f}x",
+                f"{part['prefill_over_fork_mc_s']:.2f}x",
+                f"{int(fork['mc_fed'])} / {int(prefill['mc_fed'])}",
+                f"{part['prefill_over_fork_mc_fed']:.2f}x",
+                int(fork["mc_tokens"]),
+            ]
+        )
+    header = [
+        "task",
+        "s / iteration (fork / prefill)",
+        "prefill / fork s",
+        "MC s",
+        "MC tokens fed (fork / prefill)",
+        "ratio",
+        "MC tokens counted",
+    ]
+    title = "turn-start continuations, forked vs prefilled (medians; ratios: paired per round)"
+    print_table(title, header, rows)
     return 0
 
 
