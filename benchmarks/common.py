@@ -143,6 +143,19 @@ def read_json(path: str | Path) -> Any:
         return None
 
 
+def replace_marked(doc: Path, begin: str, end: str, block: str) -> None:
+    """Rewrite ``doc``'s text from the marker ``begin`` to the marker ``end`` as ``block``
+    (which holds both markers: a generated block of a page).
+
+    :raises ValueError: when either marker is missing from ``doc``, naming both.
+    """
+    text = doc.read_text(encoding="utf-8")
+    if begin not in text or end not in text:
+        raise ValueError(f"{doc}: the markers {begin} and {end} are missing")
+    head, rest = text.split(begin, 1)
+    doc.write_text(head + block + rest.split(end, 1)[1], encoding="utf-8")
+
+
 # --------------------------------------------------------------------------- tables
 def fmt(value: Any, digits: int = 3) -> str:
     """A table cell: floats with ``digits`` significant decimals, None as ``n/a``."""

@@ -50,6 +50,7 @@ from benchmarks.common import (
     markdown_table,
     print_table,
     read_json,
+    replace_marked,
     write_json,
 )
 from benchmarks.provenance import describe
@@ -266,9 +267,6 @@ BEGIN, END = "<!-- credit.json:begin -->", "<!-- credit.json:end -->"
 
 def render_doc(data: dict[str, Any], doc: Path = DOC) -> None:
     """Replace the block between the markers of ``docs/credit.md`` with the JSON's figures."""
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
     m = data["machine"]
     timing = [
         f"Measured at commit {describe(m, RESULTS)} on {m.get('cpu')} ({m.get('cores')} cores "
@@ -291,9 +289,7 @@ def render_doc(data: dict[str, Any], doc: Path = DOC) -> None:
                 f"{mc['stderr_mean']:.3f})."
             )
     table = markdown_table(HEADER, summarise(data))
-    block = "\n".join([BEGIN, "", *timing, "", table, "", END])
-    head, rest = text.split(BEGIN, 1)
-    doc.write_text(head + block + rest.split(END, 1)[1], encoding="utf-8")
+    replace_marked(doc, BEGIN, END, "\n".join([BEGIN, "", *timing, "", table, "", END]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,13 @@ def _timed(fn: Any) -> float:
     return time.perf_counter() - start
 
 
+#: Tokens generated per continuation in the decode measurement of :func:`fork_costs`.
+CONTINUATION_TOKENS = 16
+#: The iteration measurement's setting: DelayedChoice episodes and their horizon, and the
+#: tiny GPT-2's layers and width (its table in ``docs/estimators.md`` states them).
+ITERATION = {"num_envs": 32, "horizon": 32, "n_layer": 2, "n_embd": 64}
+
+
 @torch.no_grad()
 def fork_costs(
     batch: int, length: int, branches: int, k: int, prompt: int, chunk: int, vocab: int
@@ -71,7 +78,7 @@ def fork_costs(
     starts = cols.repeat(batch).repeat_interleave(k)
     order = torch.argsort(starts, stable=True)  # as monte_carlo_values orders its branches
     rows, starts = rows[order], starts[order]
-    steps = 16  # tokens generated per continuation in the decode measurement
+    steps = CONTINUATION_TOKENS
     fork_s = prefill_s = decode_fork_s = decode_prefill_s = 0.0
     for begin in range(0, len(rows), chunk):
         r, c = rows[begin : begin + chunk], starts[begin : begin + chunk]
@@ -156,7 +163,12 @@ def iteration_costs(num_envs: int, horizon: int, repeats: int, mc: bool) -> list
             vectorization_mode="vector_entry_point",
         )
         algos[name] = PPO(
-            tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4),
+            tiny_gpt2(
+                cast(Any, env).codec,
+                n_layer=ITERATION["n_layer"],
+                n_embd=ITERATION["n_embd"],
+                n_head=4,
+            ),
             env,
             preset=["toy", name],
             mask_actions=True,
@@ -181,7 +193,7 @@ def iteration_costs(num_envs: int, horizon: int, repeats: int, mc: bool) -> list
         rows.append(
             {
                 "preset": name,
-                "estimator": algo.config.estimator,
+                "estimator": algo.config.credit.estimator,
                 "critic": algo.rollout_buffer is not None and algo.rollout_buffer.has_values,
                 "seconds_per_iteration": med,
                 "over_ppo": med / base,
@@ -197,6 +209,9 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "estimators.md"
 def render_doc(data: dict[str, Any]) -> str:
     """``docs/estimators.md`` from the JSON this script wrote (no number typed by hand)."""
     f = data["fork"]
+    # Files written before the settings were recorded ran at this module's constants.
+    steps = f.get("continuation_tokens", CONTINUATION_TOKENS)
+    it = data.get("iteration", ITERATION)
     lines = [
         "# What the estimators cost",
         "",
@@ -217,9 +232,9 @@ def render_doc(data: dict[str, Any]) -> str:
         f"| starting a continuation: re-prefill / fork | {f['prefill_over_fork_start']:.1f}x |",
         f"| a generated token: forked decoding / the plain rollout's | "
         f"{f['forked_token_over_plain_token']:.2f}x |",
-        f"| a 16-token continuation, start included, per token / plain rollout token | "
+        f"| a {steps}-token continuation, start included, per token / plain rollout token | "
         f"{f['fork_continuation_over_plain_token']:.2f}x |",
-        f"| a 16-token continuation: re-prefill / fork | "
+        f"| a {steps}-token continuation: re-prefill / fork | "
         f"{f['prefill_continuation_over_fork_continuation']:.2f}x |",
         "",
         "Forking is a batch-indexed copy of the cache and one token of compute, against a "
@@ -230,7 +245,8 @@ def render_doc(data: dict[str, Any]) -> str:
         "",
         "## One iteration per preset",
         "",
-        "DelayedChoice, 32 envs x 32 tokens, tiny GPT-2 (2 x 64), medians of alternating "
+        f"DelayedChoice, {it['num_envs']} envs x {it['horizon']} tokens, tiny GPT-2 "
+        f"({it['n_layer']} x {it['n_embd']}), medians of alternating "
         "repeats; tokens per iteration include greedy rollouts (ReMax) and continuations "
         "(VinePPO, SPO-chain), which `marlhf compare` counts against the same budget.",
         "",
@@ -273,9 +289,15 @@ def main() -> None:
         ["quantity", "value"],
         [[k, f"{v:.4g}" if isinstance(v, float) else v] for k, v in fork.items()],
     )
-    rows = iteration_costs(32, 32, repeats=2 if args.quick else 5, mc=not args.quick)
+    rows = iteration_costs(
+        ITERATION["num_envs"],
+        ITERATION["horizon"],
+        repeats=2 if args.quick else 5,
+        mc=not args.quick,
+    )
     print_table(
-        "One iteration per preset (DelayedChoice, 32 envs x 32 tokens, 1 thread)",
+        f"One iteration per preset (DelayedChoice, {ITERATION['num_envs']} envs x "
+        f"{ITERATION['horizon']} tokens, 1 thread)",
         ["preset", "estimator", "critic", "s / iteration", "x PPO", "tokens / iteration"],
         [
             [
@@ -291,7 +313,13 @@ def main() -> None:
     )
     write_json(
         args.out,
-        {"machine": machine_stamp(), "quick": args.quick, "fork": fork, "iterations": rows},
+        {
+            "machine": machine_stamp(),
+            "quick": args.quick,
+            "fork": {**fork, "continuation_tokens": CONTINUATION_TOKENS},
+            "iteration": ITERATION,
+            "iterations": rows,
+        },
     )
     print(f"wrote {args.out}")
     if not args.quick:

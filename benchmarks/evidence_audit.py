@@ -52,7 +52,7 @@ def preset_scheme(agent_section: Any, preset: str) -> tuple[str, Any, Any]:
     The label is the report's (``ma-ppo ngram:5``); the config is what the compare run trains
     with (the agent section, then the preset, then the keys the section set explicitly).
     """
-    from marlhf.algorithms.config import MAPPOConfig, PPOConfig, resolve_config
+    from marlhf.algorithms.config import MAPPOConfig, PPOConfig, flat_values, resolve_config
     from marlhf.audit.credit import Scheme
     from marlhf.runs.report import label
     from marlhf.runs.runner import parse_agent
@@ -70,10 +70,11 @@ def preset_scheme(agent_section: Any, preset: str) -> tuple[str, Any, Any]:
             cls = MAPPOConfig
         config = resolve_config(cls, [*agent_section.preset, name], explicit)
     defaults = PPOConfig()
-    params = {
-        k: getattr(config, k) for k in CREDIT_KNOBS if getattr(config, k) != getattr(defaults, k)
-    }
-    scheme = Scheme(config.estimator, None if termination == "token" else termination, params)
+    have, default = flat_values(config), flat_values(defaults)
+    params = {k: have[k] for k in CREDIT_KNOBS if have[k] != default[k]}
+    scheme = Scheme(
+        config.credit.estimator, None if termination == "token" else termination, params
+    )
     return label(name, termination), scheme, config
 
 
@@ -127,9 +128,11 @@ def _inputs_for(
         return dataclasses.replace(rollouts, greedy_rewards=greedy_rewards), n
     if scheme.estimator == "mc":
         starts = resegment(rollouts, scheme.termination, codec=task.codec)
-        branch = choose_branch_points(starts, rollouts.response_mask, config.mc_max_starts)
+        branch = choose_branch_points(
+            starts, rollouts.response_mask, config.credit.mc.mc_max_starts
+        )
         values, _, n = mc_values(
-            *args, at=branch, sampling=sampling, samples=config.mc_rollouts, seed=seed
+            *args, at=branch, sampling=sampling, samples=config.credit.mc.mc_rollouts, seed=seed
         )
         return dataclasses.replace(rollouts, mc_values=values.float()), n
     return rollouts, 0

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, markdown_table
+from benchmarks.common import ROOT, markdown_table, replace_marked
 from benchmarks.provenance import describe
 from marlhf.runs.report import mean_ci95
 
@@ -322,9 +322,5 @@ def render_block(data: dict[str, Any]) -> str:
 
 def render_doc(data: dict[str, Any], doc: Path = DOC) -> None:
     """Replace the block between the markers of ``docs/credit.md``."""
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
-    head, rest = text.split(BEGIN, 1)
-    doc.write_text(head + render_block(data) + rest.split(END, 1)[1], encoding="utf-8")
+    replace_marked(doc, BEGIN, END, render_block(data))
     print(f"rendered {doc}")

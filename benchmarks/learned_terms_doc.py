@@ -112,11 +112,38 @@ def corr_table(data: dict[str, Any]) -> list[str]:
     return lines
 
 
+def cut_position(runs: list[dict[str, Any]], rule: str) -> float:
+    """Where ``rule``'s cuts sit on average over ``runs``, as a fraction of the response (0:
+    start, 1: end; first and last tokens excluded); NaN when it never cuts inside."""
+    pos = []
+    for r in runs:
+        freq = r[rule]["cut_freq_per_position"]
+        width = len(freq)
+        inner = [(j, f) for j, f in enumerate(freq) if 0 < j < width - 1]
+        mass = sum(f for _, f in inner)
+        if mass > 0:
+            pos.append(sum(j * f for j, f in inner) / mass / max(width - 1, 1))
+    return statistics.fmean(pos) if pos else math.nan
+
+
+def headroom(data: dict[str, Any], task: str) -> dict[str, Any]:
+    """One task's headroom: the best heuristic (lowest mean RMSE), the oracle's and the learned
+    rule's paired reductions over it (mean, 95% half-width) and the learned share of the
+    oracle's."""
+    runs = [r for r in data.get("audit", []) if r["task"] == task]
+    heur = data["setups"][0]["heuristics"] if data.get("setups") else []
+    means = {h: statistics.fmean(r[h]["rmse"] for r in runs) for h in [*heur, "oracle"]}
+    best = min(heur, key=lambda h: means[h])
+    head = mean_ci([1 - r["oracle"]["rmse"] / r[best]["rmse"] for r in runs])
+    got = mean_ci([1 - r["learned"]["rmse"] / r[best]["rmse"] for r in runs])
+    share = got[0] / head[0] if head[0] > 0 else math.nan
+    return {"best": best, "oracle": head, "learned": got, "share": share, "runs": runs}
+
+
 def headroom_table(data: dict[str, Any]) -> list[str]:
     """How much any termination could gain here (the oracle) and how much the learned one got,
     and where each rule's cuts sit (mean position of a cut over the response length)."""
     rows = data.get("audit", [])
-    heur = data["setups"][0]["heuristics"] if data.get("setups") else []
     show = [r for r in ("learned", "oracle", "entropy", "value_change", "even") if r in rows[0]]
     lines = [
         "| task | best heuristic | oracle headroom (max reduction) | learned reduction | share "
@@ -124,44 +151,27 @@ def headroom_table(data: dict[str, Any]) -> list[str]:
         "|---" * (5 + len(show)) + "|",
     ]
     for task in dict.fromkeys(r["task"] for r in rows):
-        runs = [r for r in rows if r["task"] == task]
-        means = {h: statistics.fmean(r[h]["rmse"] for r in runs) for h in [*heur, "oracle"]}
-        best = min(heur, key=lambda h: means[h])
-        head = mean_ci([1 - r["oracle"]["rmse"] / r[best]["rmse"] for r in runs])
-        got = mean_ci([1 - r["learned"]["rmse"] / r[best]["rmse"] for r in runs])
-        share = got[0] / head[0] if head[0] > 0 else math.nan
+        h = headroom(data, task)
+        head, got = h["oracle"], h["learned"]
         cells = []
         for rule in show:
-            pos = []
-            for r in runs:
-                freq = r[rule]["cut_freq_per_position"]
-                width = len(freq)
-                inner = [(j, f) for j, f in enumerate(freq) if 0 < j < width - 1]
-                mass = sum(f for _, f in inner)
-                if mass > 0:
-                    pos.append(sum(j * f for j, f in inner) / mass / max(width - 1, 1))
-            cells.append(f"{statistics.fmean(pos):.2f}" if pos else "–")
+            pos = cut_position(h["runs"], rule)
+            cells.append(f"{pos:.2f}" if math.isfinite(pos) else "–")
         lines.append(
-            f"| {task} | `{best}` | {100 * head[0]:.1f}% ± {100 * head[1]:.1f} | "
-            f"{100 * got[0]:+.1f}% ± {100 * got[1]:.1f} | {share:.2f} | " + " | ".join(cells) + " |"
-        )
+            f"| {task} | `{h['best']}` | {100 * head[0]:.1f}% ± {100 * head[1]:.1f} | "
+            f"{100 * got[0]:+.1f}% ± {100 * got[1]:.1f} | {h['share']:.2f} | "
+            + " | ".join(cells) + " |"
+        )  # fmt: skip
     return lines
 
 
-def alloc_table(data: dict[str, Any]) -> list[str]:
-    """The same mean number of cuts as a batch budget (rows that recorded it): each rule's RMSE
-    with its cuts placed anywhere in the batch, against the per-episode budget."""
+def alloc_summary(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task (rows that recorded a batch budget): the per-episode figures, the per-batch
+    figures (mean, 95% half-width), the best per-episode heuristic and the oracle's headroom
+    over it per episode and per batch."""
     rows = [r for r in data.get("audit", []) if r.get("alloc")]
-    if not rows:
-        return []
     heur = data["setups"][0]["heuristics"] if data.get("setups") else []
-    batch_rules = list(rows[0]["alloc"]["per_batch"])
-    lines = [
-        "| task | seeds | best heuristic, per episode | `learned` (its own budget) | `oracle` "
-        "per episode | " + " | ".join(f"`{r}` per batch" for r in batch_rules)
-        + " | oracle headroom per episode | per batch |",
-        "|---" * (len(batch_rules) + 7) + "|",
-    ]  # fmt: skip
+    out = {}
     for task in dict.fromkeys(r["task"] for r in rows):
         runs = [r for r in rows if r["task"] == task]
         per_row = {
@@ -169,33 +179,58 @@ def alloc_table(data: dict[str, Any]) -> list[str]:
             for k in runs[0]["alloc"]["per_row"]
         }
         best = min((h for h in heur if h in per_row), key=lambda h: per_row[h][0])
-        batch = {k: mean_ci([r["alloc"]["per_batch"][k] for r in runs]) for k in batch_rules}
+        batch = {
+            k: mean_ci([r["alloc"]["per_batch"][k] for r in runs])
+            for k in runs[0]["alloc"]["per_batch"]
+        }
         head_row = mean_ci(
             [1 - r["alloc"]["per_row"]["oracle"] / r["alloc"]["per_row"][best] for r in runs]
         )
         head_batch = mean_ci(
             [1 - r["alloc"]["per_batch"]["oracle"] / r["alloc"]["per_row"][best] for r in runs]
         )
+        out[task] = {
+            "seeds": len(runs),
+            "best": best,
+            "per_row": per_row,
+            "per_batch": batch,
+            "head_row": head_row,
+            "head_batch": head_batch,
+        }
+    return out
+
+
+def alloc_table(data: dict[str, Any]) -> list[str]:
+    """The same mean number of cuts as a batch budget (rows that recorded it): each rule's RMSE
+    with its cuts placed anywhere in the batch, against the per-episode budget."""
+    summary = alloc_summary(data)
+    if not summary:
+        return []
+    batch_rules = list(next(iter(summary.values()))["per_batch"])
+    lines = [
+        "| task | seeds | best heuristic, per episode | `learned` (its own budget) | `oracle` "
+        "per episode | " + " | ".join(f"`{r}` per batch" for r in batch_rules)
+        + " | oracle headroom per episode | per batch |",
+        "|---" * (len(batch_rules) + 7) + "|",
+    ]  # fmt: skip
+    for task, a in summary.items():
+        per_row, best = a["per_row"], a["best"]
         lines.append(
-            f"| {task} | {len(runs)} | `{best}` {_fmt(*per_row[best])} | "
+            f"| {task} | {a['seeds']} | `{best}` {_fmt(*per_row[best])} | "
             f"{_fmt(*per_row['learned'])} | {_fmt(*per_row['oracle'])} | "
-            + " | ".join(_fmt(*batch[k]) for k in batch_rules)
-            + f" | {_pct(*head_row)} | {_pct(*head_batch)} |"
+            + " | ".join(_fmt(*a["per_batch"][k]) for k in batch_rules)
+            + f" | {_pct(*a['head_row'])} | {_pct(*a['head_batch'])} |"
         )  # fmt: skip
     return lines
 
 
-def budget_table(data: dict[str, Any]) -> list[str]:
-    """RMSE at the other audited budgets (the learned scores trained at the main budget)."""
+def budget_summary(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per task and other audited budget: each rule's RMSE (mean, 95% half-width), the best
+    heuristic and the learned rule's paired reduction over it."""
     rows = [r for r in data.get("audit", []) if r.get("by_budget")]
-    if not rows:
-        return []
     heur = data["setups"][0]["heuristics"] if data.get("setups") else []
     rules = ["learned", *heur, "oracle"]
-    lines = [
-        "| task | budget | " + " | ".join(f"`{r}`" for r in rules) + " | learned vs best |",
-        "|---" * (len(rules) + 3) + "|",
-    ]
+    out = []
     for task in dict.fromkeys(r["task"] for r in rows):
         runs = [r for r in rows if r["task"] == task]
         for budget in sorted(runs[0]["by_budget"], key=int):
@@ -204,11 +239,29 @@ def budget_table(data: dict[str, Any]) -> list[str]:
             rel = mean_ci(
                 [1 - r["by_budget"][budget]["learned"] / r["by_budget"][budget][best] for r in runs]
             )
-            cells = [_fmt(*means[rule]) for rule in rules]
-            lines.append(
-                f"| {task} | {budget} | " + " | ".join(cells)
-                + f" | {100 * rel[0]:+.1f}% ± {100 * rel[1]:.1f} (`{best}`) |"
-            )  # fmt: skip
+            out.append(
+                {"task": task, "budget": budget, "means": means, "best": best, "reduction": rel}
+            )
+    return out
+
+
+def budget_table(data: dict[str, Any]) -> list[str]:
+    """RMSE at the other audited budgets (the learned scores trained at the main budget)."""
+    summary = budget_summary(data)
+    if not summary:
+        return []
+    rules = list(summary[0]["means"])
+    lines = [
+        "| task | budget | " + " | ".join(f"`{r}`" for r in rules) + " | learned vs best |",
+        "|---" * (len(rules) + 3) + "|",
+    ]
+    for s in summary:
+        cells = [_fmt(*s["means"][rule]) for rule in rules]
+        rel = s["reduction"]
+        lines.append(
+            f"| {s['task']} | {s['budget']} | " + " | ".join(cells)
+            + f" | {100 * rel[0]:+.1f}% ± {100 * rel[1]:.1f} (`{s['best']}`) |"
+        )  # fmt: skip
     return lines
 
 
@@ -249,13 +302,12 @@ def t2t_table(data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
                 med_text = f"{med:,.0f}" if math.isfinite(med) else "not reached"
                 cells.append(f"median {med_text} ({shown})")
             lines.append(f"| {task} | {threshold} | {label} | " + " | ".join(cells) + " |")
+            medians = {k: statistics.median(v) for k, v in per_rule.items() if v}
             if col == 0:
-                summary.append(
-                    {
-                        "task": task,
-                        "median": {k: statistics.median(v) for k, v in per_rule.items() if v},
-                    }
-                )
+                seeds = len({r["seed"] for r in rows if r["task"] == task})
+                summary.append({"task": task, "median": medians, "seeds": seeds})
+            else:
+                summary[-1]["env_median"] = medians
     return lines, summary
 
 

@@ -24,7 +24,6 @@ Run: ``python benchmarks/memory.py --label after [--lora] [--plain]``; merges it
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import os
 import sys
@@ -32,10 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine_stamp, read_json, stdlib_text, write_json
+from common import RESULTS_DIR, machine_stamp, read_json, write_json
+from trl_common import even_fraction_reward, fixed_prompts_task, stdlib_windows
 
 OUT = RESULTS_DIR / "memory_smollm2.json"
 
@@ -60,50 +58,21 @@ def build(
     lean: bool = True,
 ) -> Any:
     """The PPO agent on SmolLM2-135M and its env (module docstring)."""
-    import torch
-
     from marlhf import models
     from marlhf.algorithms import PPO
     from marlhf.envs.core.batched import BatchedTokenEnv
-    from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
     from marlhf.runs.builders import smollm2_gguf_path
-    from marlhf.tokenization import HFCodec
 
     gguf = smollm2_gguf_path()
     tokenizer = models.load_tokenizer(gguf.parent, gguf_file=gguf.name)
     model = models.load_model(gguf.parent, gguf_file=gguf.name)
-
-    class NoStopCodec(HFCodec):
-        @property
-        def eos_token_id(self) -> int | None:
-            return None
-
-    class EvenFraction(RewardFunction):
-        mode = "terminal"
-
-        def __call__(self, batch: RewardBatch) -> torch.Tensor:
-            even = (batch.response_ids % 2 == 0) & batch.response_mask
-            return even.sum(dim=1).float() / batch.lengths.clamp(min=1).float()
-
-    ids = tokenizer(stdlib_text(100_000))["input_ids"]
-    rng = np.random.default_rng(0)
-    starts = rng.integers(0, len(ids) - prompt_len, size=256).tolist()
-    prompts = [ids[s : s + prompt_len] for s in starts]
-
-    class Windows(Task):
-        def __init__(self) -> None:
-            self.name = "StdlibWindows"
-            self.codec = NoStopCodec(copy.deepcopy(tokenizer))
-            self.max_prompt_len = prompt_len
-            self.max_new_tokens = new_tokens
-            self.reward_fn = EvenFraction()
-            self.optimal_return = float("nan")
-            self.random_return = float("nan")
-
-        def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
-            return [Prompt(list(prompts[i])) for i in rng.integers(0, len(prompts), n).tolist()]
-
-    env = BatchedTokenEnv(Windows(), num_envs=batch, seed=0)
+    prompts = stdlib_windows(
+        tokenizer, 256, seed=0, length=prompt_len, chars=100_000, drop_special=False
+    )
+    task = fixed_prompts_task(
+        tokenizer, prompts, new_tokens, even_fraction_reward(), name="StdlibWindows"
+    )
+    env = BatchedTokenEnv(task, num_envs=batch, seed=0)
     policy_kwargs: dict[str, Any] = {"lean": lean}
     if lora:
         policy_kwargs["lora"] = {"r": 8}

@@ -9,7 +9,9 @@ page that differs from what its results file renders (the suite runs the check:
   the table of ``docs/reasoning.md``), through that benchmark's own renderer;
 - ``<!-- render:NAME -->`` ... ``<!-- render:end -->`` blocks anywhere in ``README.md`` or
   ``docs/``, rendered by :data:`BLOCKS` ``[NAME]`` (the demo's numbers, from
-  ``benchmarks/results/demo.json``).
+  ``benchmarks/results/demo.json``);
+- numbers quoted in prose, ``<!-- n:NAME -->0.25 s<!-- /n -->``, rendered by :data:`FACTS`
+  ``[NAME]`` (``benchmarks/facts.py`` says how; the ``benchmarks/facts_*.py`` modules hold them).
 
 Renderers that write to a file are pointed at a temporary copy, so ``--check`` writes nothing.
 """
@@ -31,7 +33,9 @@ for _path in (str(_HERE.parent), str(_HERE)):  # the scripts import both ways
     if _path not in sys.path:
         sys.path.insert(0, _path)
 
+from benchmarks import facts_credit, facts_learning, facts_perf, turn_mc_fork_doc  # noqa: E402
 from benchmarks.common import DOCS_DIR, RESULTS_DIR, ROOT, markdown_table, read_json  # noqa: E402
+from benchmarks.facts import INLINE, Facts, render_inline  # noqa: E402
 from benchmarks.provenance import describe  # noqa: E402
 
 DEMO = RESULTS_DIR / "demo.json"
@@ -99,189 +103,6 @@ def demo_wall(d: dict[str, Any]) -> str:
     """The demo's wall time and load, for a command's comment."""
     load = d["load_average"]["during_1min_mean"]
     return f"{d['wall_s']:.0f} s at load average {load:.1f} on {d['machine']['cores']} cores"
-
-
-# --------------------------------------------------------------------------- scale.json
-SCALE = RESULTS_DIR / "scale.json"
-
-
-def _ratio(x: float | None) -> str:
-    return "n/a" if x is None else f"{x:.2f}x"
-
-
-def scale_memory(d: dict[str, Any]) -> str:
-    """The memory rows of ``scale.json``: peak RSS per setting, the ratios the goals judge."""
-    m, s = d["memory"], d["memory"]["settings"]
-    rows = []
-    for name, r in m["rows"].items():
-        load = r.get("load_average_before")
-        rows.append(
-            [
-                name,
-                f"{r['peak_mb']:.0f}",
-                f"{r['iteration_s']:.0f}",
-                f"{r['trainable_params']:,}",
-                "n/a" if load is None else f"{load[0]:.1f}",
-                r.get("measured_utc", "first run"),
-            ]
-        )
-    header = ["setting", "peak RSS (MB)", "iteration (s)", "trainable", "load before", "measured"]
-    fsdp = [
-        [
-            name,
-            f"{v['replicated_mb']:.0f}",
-            f"{v['fsdp_mb']:.0f}",
-            _ratio(v["fsdp_over_replicated"]),
-        ]
-        for name, v in m["fsdp_two_ranks"].items()
-    ]
-    goal = m["goal_lora_over_full"]
-    met = "met" if m["micro_batch_lora_over_full"] <= goal else "not met"
-    return "\n".join(
-        [
-            f"One PPO iteration on {s['model']}, task `{s['task']}`, batch {s['batch']}, "
-            f"{s['new_tokens']} new tokens, LoRA r {s['lora']['r']} on {s['lora']['targets']}, "
-            f"{s['threads']} threads; allocator: {s['malloc']}. Rows without a date are from "
-            f"the file's first run (commit {describe(d['machine'], SCALE)} is the last).",
-            "",
-            markdown_table(header, rows),
-            "",
-            f"- LoRA over the full fine-tune: {_ratio(m['lora_over_full'])} (goal "
-            f"{goal:.1f}x: **{'met' if m['lora_over_full'] <= goal else 'not met'}**); with "
-            f"`micro_batch_size=1` on both sides {_ratio(m['micro_batch_lora_over_full'])} "
-            f"(**{met}**); live memory (128 KiB mmap threshold) "
-            f"{_ratio(m['live_memory_lora_over_full'])}.",
-            f"- Gradient checkpointing on the full fine-tune saves "
-            f"{m['checkpointing_saving_mb']:.0f} MB ({_ratio(m['checkpointing_over_full'])}); "
-            f"micro-batches of 1 save {m['micro_batch_saving_mb']['full']:.0f} MB (full) and "
-            f"{m['micro_batch_saving_mb']['lora']:.0f} MB (LoRA).",
-            "",
-            "Two ranks, the largest rank's peak, replicated data parallelism against FSDP:",
-            "",
-            markdown_table(
-                ["allocator, batches", "replicated (MB)", "FSDP (MB)", "FSDP / replicated"], fsdp
-            ),
-        ]
-    )
-
-
-def scale_scaling(d: dict[str, Any]) -> str:
-    """The data-parallel rows of ``scale.json``: 2 ranks against 1 at the same global batch."""
-    sc = d["scaling"]
-    rows = [
-        [
-            r["envs"],
-            f"{r['one_rank']['tokens_per_s']:,.0f}",
-            f"{r['two_ranks']['tokens_per_s']:,.0f}",
-            _ratio(r["ratio"]),
-            _ratio(r["ceiling_ratio"]),
-            _ratio(r["independent_ratio"]),
-            f"{r['collectives_per_iteration']:.1f}",
-            f"{r['collective_seconds_rank0']:.2f}",
-        ]
-        for r in sc["rows"]
-    ]
-    header = [
-        "episodes",
-        "1 rank (tokens/s)",
-        "2 ranks (tokens/s)",
-        "speed-up",
-        "ceiling",
-        "2 unconnected processes",
-        "collectives / iteration",
-        "s in collectives (rank 0)",
-    ]
-    judged = next(r for r in sc["rows"] if r["envs"] == sc["judged_on_envs"])
-    settings = judged["settings"]
-    return "\n".join(
-        [
-            markdown_table(header, rows),
-            "",
-            f"{settings['model']} {settings['layers']} x {settings['width']}, "
-            f"{settings['tokens']} tokens per episode, {settings['threads_per_rank']} thread per "
-            f"rank, gloo; load average {sc['load_average_before'][0]:.1f} at the start. The "
-            f"goal, {sc['goal']:.1f}x at {sc['judged_on_envs']} episodes: "
-            f"**{'met' if sc['ratio'] >= sc['goal'] else 'not met'}** ({_ratio(sc['ratio'])}).",
-        ]
-    )
-
-
-# --------------------------------------------------------------------------- memory_smollm2.json
-MEMORY = RESULTS_DIR / "memory_smollm2.json"
-#: The goal of a SmolLM2-135M PPO iteration at batch 32: peak RSS under 4 GB (MiB).
-MEMORY_GOAL_MB = 4096
-#: The goal of LoRA's peak over the full fine-tune's.
-MEMORY_LORA_GOAL = 0.6
-#: Entries the goals are judged on (the default code), with the allocator each ran under.
-MEMORY_JUDGED = {
-    "lean": "glibc's defaults",
-    "lean-mmap128k": "MALLOC_MMAP_THRESHOLD_=131072",
-}
-
-
-def _stage_mb(entry: dict[str, Any], key: str, stage: str) -> float | None:
-    stages = entry.get(key) or {}
-    return stages[stage]["peak_rss_mb"] if stage in stages else None
-
-
-def _mb(x: float | None) -> str:
-    return "not measured" if x is None else f"{x:.0f}"
-
-
-def memory_smollm2(d: dict[str, Any]) -> str:
-    """Every entry of ``memory_smollm2.json``: the score and update stages' peak RSS, the first
-    iteration's and (where measured) the second's, and the goals judged on the entries of
-    :data:`MEMORY_JUDGED` (each with its ``-lora`` twin)."""
-    rows = []
-    for label, e in d.items():
-        if not isinstance(e, dict):
-            continue
-        load = e.get("loadavg_start")
-        rows.append(
-            [
-                f"`{label}`",
-                "LoRA r=8" if e.get("lora") else "full",
-                e.get("micro_batch_size") or "none",
-                _mb(_stage_mb(e, "stages", "score")),
-                _mb(_stage_mb(e, "stages", "update")),
-                _mb(_stage_mb(e, "stages_2", "update")),
-                _mb(e.get("peak_rss_mb")),
-                "n/a" if not load else f"{load[0]:.1f}",
-                str((e.get("machine") or {}).get("commit", "n/a"))[:7],
-            ]
-        )
-    header = [
-        "entry",
-        "weights trained",
-        "micro-batch",
-        "score (MB)",
-        "update, iteration 1 (MB)",
-        "update, iteration 2 (MB)",
-        "peak (MB)",
-        "load at start",
-        "commit",
-    ]
-    lines = [markdown_table(header, rows), ""]
-    for label, allocator in MEMORY_JUDGED.items():
-        full, lora = d.get(label), d.get(f"{label}-lora")
-        if not isinstance(full, dict):
-            continue
-        peak = full["peak_rss_mb"]
-        met = "met" if peak < MEMORY_GOAL_MB else "not met"
-        line = (
-            f"- `{label}` ({allocator}): peak {peak:.0f} MB over both iterations, goal under "
-            f"{MEMORY_GOAL_MB} MB **{met}**"
-        )
-        if isinstance(lora, dict):
-            ratio = lora["peak_rss_mb"] / peak
-            met = "met" if ratio <= MEMORY_LORA_GOAL else "not met"
-            line += (
-                f"; LoRA (`{label}-lora`) over it {ratio:.2f}x, goal {MEMORY_LORA_GOAL}x **{met}**"
-            )
-        lines.append(line + ".")
-    if isinstance(d.get("note"), str):
-        lines += ["", d["note"]]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------- parity_full_*.json
@@ -367,15 +188,51 @@ def parity_summary(_: Any) -> str:
     return markdown_table(header, rows)
 
 
+# --------------------------------------------------------------------------- the thread policy
+def threads_table(d: dict[str, Any], path: Path) -> str:
+    """``benchmarks/threads.py``'s table: median seconds per setting and workload, against one
+    thread, with the load average beside each measurement."""
+    rows = []
+    for r in d["rows"]:
+        secs = r["seconds_median"]
+        tps = r.get("tokens_per_s_median")
+        rows.append(
+            [
+                r["workload"] + (f" x{r['procs']}" if r["workload"] == "api" else ""),
+                r["setting"],
+                "> cap" if secs == float("inf") else f"{secs:.1f}",
+                "" if tps is None else f"{tps:.0f}",
+                f"{r['one_thread_speedup']:.2f}x",
+                " ".join(f"{x:.1f}" for x in r["load_1min"]),
+            ]
+        )
+    m = d["machine"]
+    header = ["workload", "MARLHF_NUM_THREADS", "seconds", "tokens/s", "vs 1 thread", "load"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"Median of {d['repeats']} repeats (compare and the quickstart: 1) on {m['cpu']}, "
+            f"{d['cpu_count']} cores, commit {describe(m, path)}, {m['date_utc']}; "
+            "`vs 1 thread`: seconds over one thread's (above 1: slower); `load`: the 1-minute "
+            f"load average before each repeat (`{path.relative_to(ROOT)}`).",
+        ]
+    )
+
+
+THREADS_IDLE = RESULTS_DIR / "threads_idle.json"
+THREADS_LOADED = RESULTS_DIR / "threads.json"
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "demo-scores": (DEMO, demo_scores),
     "demo-table": (DEMO, demo_table),
     "demo-wall": (DEMO, demo_wall),
-    "scale-memory": (SCALE, scale_memory),
-    "scale-scaling": (SCALE, scale_scaling),
-    "memory-smollm2": (MEMORY, memory_smollm2),
     "parity-full-summary": (RESULTS_DIR / "parity_full_delayed.json", parity_summary),
+    "threads-idle": (THREADS_IDLE, lambda d: threads_table(d, THREADS_IDLE)),
+    "threads-loaded": (THREADS_LOADED, lambda d: threads_table(d, THREADS_LOADED)),
+    "turn-mc-fork": (turn_mc_fork_doc.RESULTS, turn_mc_fork_doc.render_table),
+    **facts_perf.BLOCKS,
 }
 #: ``<!-- render:parity-full-TASK -->`` renders one task of the kept full-settings runs.
 PARITY_TASK = "parity-full-task-"
@@ -475,10 +332,20 @@ PAGES: dict[Path, Callable[[str], str]] = {
 }
 
 
+#: Every number quoted in prose: fact name -> (results file, renderer of its JSON).
+FACTS: Facts = {**facts_credit.FACTS, **facts_learning.FACTS, **facts_perf.FACTS}
+
+
 def block_files(root: Path = ROOT) -> list[Path]:
-    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block."""
+    """``README.md`` and every page under ``docs/`` that holds a ``render:`` block or a quoted
+    number (``<!-- n:NAME -->``)."""
     candidates = [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
-    return [p for p in candidates if p.exists() and BLOCK.search(p.read_text(encoding="utf-8"))]
+    return [
+        p
+        for p in candidates
+        if p.exists()
+        and (BLOCK.search(text := p.read_text(encoding="utf-8")) or INLINE.search(text))
+    ]
 
 
 @dataclass(frozen=True)
@@ -508,7 +375,8 @@ def render_all(root: Path = ROOT) -> list[Rendered]:
     for path in sorted({*PAGES, *block_files(root)}):
         committed = path.read_text(encoding="utf-8")
         text = PAGES[path](committed) if path in PAGES else committed
-        out.append(Rendered(path, committed, render_blocks(text)))
+        rendered = render_inline(render_blocks(text), FACTS, str(path.relative_to(root)))
+        out.append(Rendered(path, committed, rendered))
     return out
 
 

@@ -40,6 +40,7 @@ from benchmarks.common import (
     markdown_table,
     print_table,
     read_json,
+    replace_marked,
     write_json,
 )
 from benchmarks.provenance import describe
@@ -349,10 +350,10 @@ BEGIN, END = "<!-- reasoning:begin -->", "<!-- reasoning:end -->"
 
 
 def render(data: dict[str, Any], doc: Path = DOC) -> None:
-    """Replace the table between the markers of ``doc`` with the one of ``data``."""
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{doc}: the markers {BEGIN} / {END} are missing")
+    """Replace the table between the markers of ``doc`` with the one of ``data``.
+
+    :raises ValueError: when ``doc`` lacks the markers.
+    """
     seeds = data["summary"][0]["seeds"] if data["summary"] else []
     body = "\n".join(
         [
@@ -370,9 +371,7 @@ def render(data: dict[str, Any], doc: Path = DOC) -> None:
             END,
         ]
     )
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    doc.write_text(head + body + tail, encoding="utf-8")
+    replace_marked(doc, BEGIN, END, body)
 
 
 def main() -> None:

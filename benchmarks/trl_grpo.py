@@ -33,20 +33,25 @@ import copy
 import os
 import sys
 import tempfile
-import time
-import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine_stamp, print_table, stdlib_text, write_json
-from interleave import SteppedTrainer, run_rounds, summarise
-
-PROMPT_LEN = 16
-VOCAB = 4096
+from common import machine_stamp, print_table
+from interleave import SteppedTrainer
+from trl_common import (
+    VOCAB,
+    against_trl,
+    even_fraction_reward,
+    finish,
+    fixed_prompts_task,
+    measure_settings,
+    no_trl,
+    ratio_cell,
+    stdlib_windows,
+    timed_iterations,
+)
 
 
 @dataclass(frozen=True)
@@ -73,12 +78,7 @@ class Setting:
 
 def prompt_texts(tokenizer: Any, n: int, seed: int = 0) -> list[str]:
     """``n`` prompts: seeded windows of :data:`PROMPT_LEN` tokens of stdlib source, decoded."""
-    ids = tokenizer(stdlib_text(200_000))["input_ids"]
-    special = set(tokenizer.all_special_ids)
-    ids = [t for t in ids if t not in special]
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(ids) - PROMPT_LEN, size=n)
-    return [tokenizer.decode(ids[s : s + PROMPT_LEN]) for s in starts.tolist()]
+    return [tokenizer.decode(ids) for ids in stdlib_windows(tokenizer, n, seed)]
 
 
 def even_fraction(completion_ids: list[list[int]], **_: Any) -> list[float]:
@@ -150,42 +150,12 @@ def marlhf_side(tokenizer: Any, texts: list[str], s: Setting, skip: bool) -> Any
 
     from marlhf.algorithms import PPO
     from marlhf.envs.core.batched import BatchedTokenEnv
-    from marlhf.envs.core.tasks import Prompt, RewardBatch, RewardFunction, Task
     from marlhf.models import tiny_gpt2
-    from marlhf.tokenization import HFCodec
-
-    class NoStopCodec(HFCodec):
-        """The tokenizer's codec without an EOS: completions last ``response_length``."""
-
-        @property
-        def eos_token_id(self) -> int | None:
-            return None
-
-    class EvenFraction(RewardFunction):
-        mode = "terminal"
-
-        def __call__(self, batch: RewardBatch) -> torch.Tensor:
-            even = (batch.response_ids % 2 == 0) & batch.response_mask
-            return even.sum(dim=1).float() / batch.lengths.clamp(min=1).float()
 
     prompt_ids = [tokenizer(t)["input_ids"] for t in texts]
-
-    class FixedPrompts(Task):
-        def __init__(self) -> None:
-            self.name = "FixedPrompts"
-            self.codec = NoStopCodec(copy.deepcopy(tokenizer))
-            self.max_prompt_len = max(len(p) for p in prompt_ids)
-            self.max_new_tokens = s.response_length
-            self.reward_fn = EvenFraction()
-            self.optimal_return = float("nan")
-            self.random_return = float("nan")
-
-        def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
-            picks = rng.integers(0, len(prompt_ids), size=n).tolist()
-            return [Prompt(list(prompt_ids[i])) for i in picks]
-
+    task = fixed_prompts_task(tokenizer, prompt_ids, s.response_length, even_fraction_reward())
     torch.manual_seed(0)
-    env = BatchedTokenEnv(FixedPrompts(), num_envs=s.batch, seed=0)
+    env = BatchedTokenEnv(task, num_envs=s.batch, seed=0)
     policy = tiny_gpt2(tokenizer, n_layer=s.n_layer, n_embd=s.n_embd, n_positions=256, seed=0)
     algo = PPO(
         policy,
@@ -202,28 +172,21 @@ def marlhf_side(tokenizer: Any, texts: list[str], s: Setting, skip: bool) -> Any
         device="cpu",
     )
     algo.skip_on_policy_scoring = skip
-
-    def iteration() -> float:
-        start = time.perf_counter()
-        algo.learn(s.batch * s.response_length, reset_num_timesteps=False)
-        return time.perf_counter() - start
-
-    return iteration
+    return timed_iterations(algo, s.batch * s.response_length)
 
 
 def measure(tokenizer: Any, texts: list[str], s: Setting, warmup: int, rounds: int) -> Any:
     """Interleaved rounds of TRL, marlhf and marlhf with the on-policy scoring kept."""
-    trl = trl_side(tokenizer, texts, s, warmup + rounds + 1)
-    try:
-        sides = {
-            "trl": trl.step,
+    return against_trl(
+        trl_side(tokenizer, texts, s, warmup + rounds + 1),
+        lambda: {
             "marlhf": marlhf_side(tokenizer, texts, s, skip=True),
             "marlhf_scored": marlhf_side(tokenizer, texts, s, skip=False),
-        }
-        times = run_rounds(sides, rounds, warmup, progress=lambda m: print(f"trl_grpo: {m}"))
-    finally:
-        trl.close()
-    return summarise(times, "trl")
+        },
+        rounds,
+        warmup,
+        "trl_grpo",
+    )
 
 
 def main(
@@ -258,10 +221,7 @@ def main(
 
         out["trl_version"] = trl.__version__
     except Exception as err:  # record exactly why, never a number
-        out.update({"ratio": None, "error": f"cannot import trl.GRPOTrainer: {err!r}"})
-        write_json(RESULTS_DIR / out_name, out)
-        print(out["error"])
-        return out
+        return no_trl(out, out_name, f"cannot import trl.GRPOTrainer: {err!r}")
     import torch
     import transformers
 
@@ -271,42 +231,29 @@ def main(
     out["transformers"] = transformers.__version__
     tokenizer = train_bpe_tokenizer(VOCAB)
     texts = prompt_texts(tokenizer, 256)
-    out["settings"], rows = [], []
-    for s in settings:
-        entry: dict[str, Any] = {**asdict(s), "prompt_len": PROMPT_LEN}
-        try:
-            result = measure(tokenizer, texts, s, warmup, rounds)
-        except Exception as err:
-            entry["error"] = f"{type(err).__name__}: {err}"
-            entry["traceback"] = traceback.format_exc(limit=8)
-            out["settings"].append(entry)
-            print(entry["traceback"])
-            continue
+
+    def figures(s: Setting, result: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         sides, ratios = result["sides"], result["ratios"]
-        entry.update(result)
-        entry["trl_s_per_iter"] = sides["trl"]["median"]
-        entry["marlhf_s_per_iter"] = sides["marlhf"]["median"]
-        entry["ratio"] = ratios["marlhf"]["median"]
-        entry["ratio_scored"] = ratios["marlhf_scored"]["median"]
-        out["settings"].append(entry)
-        r, q = ratios["marlhf"], ratios["marlhf_scored"]
-        rows.append(
-            [
-                f"B={s.batch} G={s.group} R={s.response_length}",
-                sides["trl"]["median"],
-                sides["marlhf"]["median"],
-                f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})",
-                f"{q['median']:.3f} ({q['min']:.2f}-{q['max']:.2f})",
-                " ".join(f"{x:.1f}" for x in result["loadavg"]),
-            ]
-        )
-    good = [e for e in out["settings"] if "ratio" in e]
-    out["ratio"] = good[0]["ratio"] if good else None
-    if not good:
-        out["error"] = "every setting failed: " + "; ".join(e["error"] for e in out["settings"])
-    out["torch_threads"] = torch.get_num_threads()
-    out["loadavg_end"] = list(os.getloadavg())
-    write_json(RESULTS_DIR / out_name, out)
+        headline = {
+            "trl_s_per_iter": sides["trl"]["median"],
+            "marlhf_s_per_iter": sides["marlhf"]["median"],
+            "ratio": ratios["marlhf"]["median"],
+            "ratio_scored": ratios["marlhf_scored"]["median"],
+        }
+        row = [
+            f"B={s.batch} G={s.group} R={s.response_length}",
+            sides["trl"]["median"],
+            sides["marlhf"]["median"],
+            ratio_cell(ratios["marlhf"]),
+            ratio_cell(ratios["marlhf_scored"]),
+            " ".join(f"{x:.1f}" for x in result["loadavg"]),
+        ]
+        return headline, row
+
+    rows = measure_settings(
+        out, settings, lambda s: measure(tokenizer, texts, s, warmup, rounds), figures
+    )
+    finish(out, out_name)
     print_table(
         "seconds per GRPO iteration: marlhf vs TRL (interleaved; ratios per round)",
         ["setting", "TRL s", "marlhf s", "ratio (range)", "scored ratio (range)", "load"],

@@ -32,19 +32,26 @@ import os
 import sys
 import tempfile
 import time
-import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine_stamp, print_table, stdlib_text, write_json
-from interleave import SteppedTrainer, run_rounds, summarise
-
-PROMPT_LEN = 16
-VOCAB = 4096
+from common import machine_stamp, print_table
+from interleave import SteppedTrainer
+from trl_common import (
+    VOCAB,
+    against_trl,
+    finish,
+    fixed_prompts_task,
+    measure_settings,
+    no_trl,
+    ratio_cell,
+    stdlib_windows,
+    timed_iterations,
+)
 
 
 @dataclass(frozen=True)
@@ -69,12 +76,7 @@ class Setting:
 
 def build_prompts(tokenizer: Any, n: int, seed: int = 0) -> list[list[int]]:
     """``n`` prompts of exactly :data:`PROMPT_LEN` tokens: seeded windows of stdlib source."""
-    ids = tokenizer(stdlib_text(200_000))["input_ids"]
-    special = set(tokenizer.all_special_ids)
-    ids = [t for t in ids if t not in special]
-    rng = np.random.default_rng(seed)
-    starts = rng.integers(0, len(ids) - PROMPT_LEN, size=n)
-    return [ids[s : s + PROMPT_LEN] for s in starts.tolist()]
+    return stdlib_windows(tokenizer, n, seed)
 
 
 def reward_model(tokenizer: Any, s: Setting, seed: int) -> Any:
@@ -169,35 +171,14 @@ def marlhf_side(
     from marlhf.algorithms import PPO
     from marlhf.envs.builtin.reward_model import RewardModelReward
     from marlhf.envs.core.batched import BatchedTokenEnv
-    from marlhf.envs.core.tasks import Prompt, Task
     from marlhf.models import tiny_gpt2
-    from marlhf.tokenization import HFCodec
 
-    class NoStopCodec(HFCodec):
-        """The tokenizer's codec without an EOS: episodes last ``response_length`` (as in TRL)."""
-
-        @property
-        def eos_token_id(self) -> int | None:
-            return None
-
-    class FixedPrompts(Task):
-        def __init__(self) -> None:
-            self.name = "FixedPrompts"
-            self.codec = NoStopCodec(copy.deepcopy(tokenizer))
-            self.max_prompt_len = PROMPT_LEN
-            self.max_new_tokens = s.response_length
-            self.reward_fn = RewardModelReward(
-                reward_model(tokenizer, s, seed=2), tokenizer=copy.deepcopy(tokenizer)
-            )
-            self.optimal_return = float("nan")
-            self.random_return = float("nan")
-
-        def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
-            picks = rng.integers(0, len(prompts), size=n).tolist()
-            return [Prompt(list(prompts[i])) for i in picks]
-
+    reward = RewardModelReward(
+        reward_model(tokenizer, s, seed=2), tokenizer=copy.deepcopy(tokenizer)
+    )
+    task = fixed_prompts_task(tokenizer, prompts, s.response_length, reward)
     torch.manual_seed(0)
-    env = BatchedTokenEnv(FixedPrompts(), num_envs=s.batch, seed=0)
+    env = BatchedTokenEnv(task, num_envs=s.batch, seed=0)
     policy = tiny_gpt2(tokenizer, n_layer=s.n_layer, n_embd=s.n_embd, n_positions=256, seed=0)
     kwargs: dict[str, Any] = {}
     if separate_critic:
@@ -221,30 +202,23 @@ def marlhf_side(
         device="cpu",
         **kwargs,
     )
-
-    def iteration() -> float:
-        start = time.perf_counter()
-        algo.learn(s.batch * s.response_length, reset_num_timesteps=False)
-        return time.perf_counter() - start
-
-    return iteration
+    return timed_iterations(algo, s.batch * s.response_length)
 
 
 def measure(
     tokenizer: Any, prompts: list[list[int]], s: Setting, warmup: int, iters: int
 ) -> dict[str, Any]:
     """Interleaved rounds of TRL, marlhf with a separate critic and marlhf's shared trunk."""
-    trl = trl_side(tokenizer, prompts, s, warmup + iters + 1)
-    try:
-        sides = {
-            "trl": trl.step,
+    return against_trl(
+        trl_side(tokenizer, prompts, s, warmup + iters + 1),
+        lambda: {
             "marlhf": marlhf_side(tokenizer, prompts, s, True),
             "marlhf_shared": marlhf_side(tokenizer, prompts, s, False),
-        }
-        times = run_rounds(sides, iters, warmup, progress=lambda m: print(f"trl_ppo: {m}"))
-    finally:
-        trl.close()
-    return summarise(times, "trl")
+        },
+        iters,
+        warmup,
+        "trl_ppo",
+    )
 
 
 def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) -> dict[str, Any]:
@@ -272,10 +246,7 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
 
         out["trl_version"] = trl.__version__
     except Exception as err:  # record exactly why, never a number
-        out.update({"ratio": None, "error": f"cannot import trl.experimental.ppo: {err!r}"})
-        write_json(RESULTS_DIR / "trl_ppo.json", out)
-        print(out["error"])
-        return out
+        return no_trl(out, "trl_ppo.json", f"cannot import trl.experimental.ppo: {err!r}")
     import torch
     import transformers
 
@@ -288,49 +259,31 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
     tokenizer = train_bpe_tokenizer(VOCAB)
     print(f"trl_ppo: tokenizer ready in {time.perf_counter() - started:.1f} s", flush=True)
     prompts = build_prompts(tokenizer, 256)
-    rows = []
-    out["settings"] = []
-    for s in settings:
-        entry: dict[str, Any] = {**asdict(s), "prompt_len": PROMPT_LEN}
-        try:
-            result = measure(tokenizer, prompts, s, warmup, iters)
-        except Exception as err:
-            entry["error"] = f"{type(err).__name__}: {err}"
-            entry["traceback"] = traceback.format_exc(limit=8)
-            out["settings"].append(entry)
-            print(entry["traceback"])
-            continue
+
+    def figures(s: Setting, result: dict[str, Any]) -> tuple[dict[str, Any], list[Any]]:
         sides, ratios = result["sides"], result["ratios"]
-        entry.update(result)
-        entry.update(
-            {
-                "trl_s_per_iter": sides["trl"]["median"],
-                "marlhf_s_per_iter": sides["marlhf"]["median"],
-                "marlhf_shared_s_per_iter": sides["marlhf_shared"]["median"],
-                "ratio": ratios["marlhf"]["median"],
-                "ratio_shared": ratios["marlhf_shared"]["median"],
-            }
-        )
-        out["settings"].append(entry)
-        r, q = ratios["marlhf"], ratios["marlhf_shared"]
-        rows.append(
-            [
-                f"B={s.batch} R={s.response_length}",
-                entry["trl_s_per_iter"],
-                entry["marlhf_s_per_iter"],
-                f"{r['median']:.3f} ({r['min']:.2f}-{r['max']:.2f})",
-                entry["marlhf_shared_s_per_iter"],
-                f"{q['median']:.3f} ({q['min']:.2f}-{q['max']:.2f})",
-                " ".join(f"{x:.1f}" for x in result["loadavg"]),
-            ]
-        )
-    good = [e for e in out["settings"] if "ratio" in e]
-    out["ratio"] = good[0]["ratio"] if good else None
-    if not good:
-        out["error"] = "every setting failed: " + "; ".join(e["error"] for e in out["settings"])
-    out["torch_threads"] = torch.get_num_threads()
-    out["loadavg_end"] = list(os.getloadavg())
-    write_json(RESULTS_DIR / "trl_ppo.json", out)
+        headline = {
+            "trl_s_per_iter": sides["trl"]["median"],
+            "marlhf_s_per_iter": sides["marlhf"]["median"],
+            "marlhf_shared_s_per_iter": sides["marlhf_shared"]["median"],
+            "ratio": ratios["marlhf"]["median"],
+            "ratio_shared": ratios["marlhf_shared"]["median"],
+        }
+        row = [
+            f"B={s.batch} R={s.response_length}",
+            headline["trl_s_per_iter"],
+            headline["marlhf_s_per_iter"],
+            ratio_cell(ratios["marlhf"]),
+            headline["marlhf_shared_s_per_iter"],
+            ratio_cell(ratios["marlhf_shared"]),
+            " ".join(f"{x:.1f}" for x in result["loadavg"]),
+        ]
+        return headline, row
+
+    rows = measure_settings(
+        out, settings, lambda s: measure(tokenizer, prompts, s, warmup, iters), figures
+    )
+    finish(out, "trl_ppo.json")
     print_table(
         "seconds per PPO iteration: marlhf vs TRL (interleaved; ratios per round)",
         ["setting", "TRL", "marlhf (sep. critic)", "ratio", "marlhf (shared)", "ratio", "load"],

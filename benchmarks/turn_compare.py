@@ -40,30 +40,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import RESULTS_DIR, machine_stamp, read_json, write_json
 from benchmarks.turn_compare_doc import render_block, render_docs
-from benchmarks.turn_credit import Scheme, audit_rollout
+from benchmarks.turn_credit import AGENTS as TURN_CREDIT_AGENTS
+from benchmarks.turn_credit import NUM_ENVS, Scheme, audit_rollout, compare_config
 
 RESULTS = RESULTS_DIR / "turn_compare.json"
 RUNS_DIR = Path(__file__).resolve().parent.parent / "runs" / "turn_compare"
 
-#: The agents compared (PPO is added by compare): the baselines, then every turn-level preset.
-AGENTS = [
-    "grpo",
-    "rloo",
-    "ma-ppo@turn",
-    "gigpo",
-    "mt-grpo",
-    "mt-grpo-fixed",
-    "turn-gae",
-    "verlog",
-    "rebn",
-    "igpo",
-    "trace",
-    "vineppo-turns",
-]
-#: The agent section every run shares (groups of 4 feed the group baselines; actions masked to
-#: the task's symbols, as the exact truth enumerates them).
-AGENT_SECTION = {"preset": ["toy"], "group_size": 4, "mask_actions": True}
-NUM_ENVS = 16
+#: The agents compared (PPO is added by compare): the baselines and the turn-level presets of
+#: ``turn_credit.py``'s learning part, then TRACE and ``vineppo-turns``. The agent section every
+#: run shares (groups of 4 feed the group baselines; actions masked to the task's symbols, as the
+#: exact truth enumerates them) and the episodes per iteration are that part's too.
+AGENTS = [*TURN_CREDIT_AGENTS, "trace", "vineppo-turns"]
 
 
 def _tool_lookup() -> Any:
@@ -112,22 +99,16 @@ def mean_scores(output_dir: Path, metric: str) -> dict[str, tuple[float, float]]
 
 def run_learning(key: str, mode: str) -> dict[str, Any]:
     from marlhf.commands.compare import run_compare
-    from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 
     env_id, kwargs, budget, _ = TASKS[key]
     m = MODES[mode]
-    config = CompareConfig(
-        model=ModelConfig(),
-        task=TaskConfig(id=env_id, kwargs=dict(kwargs), num_envs=NUM_ENVS),
-        agent=AgentConfig.from_mapping(dict(AGENT_SECTION)),
-        terminations=[],
-        include_ppo=True,
-        agents=list(AGENTS),
-        seeds=list(m["seeds"]),
-        total_timesteps=max(int(budget * m["scale"]), 1),
-        output_dir=str(RUNS_DIR / mode / key),
-        workers=2,
-        threads_per_worker=1,
+    config = compare_config(
+        env_id,
+        kwargs,
+        AGENTS,
+        m["seeds"],
+        int(budget * m["scale"]),
+        RUNS_DIR / mode / key,
         checkpoint_every=1000,
     )
     before, started = loadavg(), time.perf_counter()
@@ -159,7 +140,7 @@ def audit_schemes(group_size: int) -> dict[str, Scheme]:
         if name == "vineppo-turns":
             continue
         config = resolve_config(PPOConfig, ["toy", name], {"group_size": group_size})
-        out[agent] = (config.estimator, config, termination == "turn")
+        out[agent] = (config.credit.estimator, config, termination == "turn")
     return out
 
 
@@ -292,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     data = read_json(RESULTS) if RESULTS.exists() else {}
     if data.get("mode") != args.mode:
         data = {}  # never mix the parts of two modes
-    data.update({"mode": args.mode, "machine": machine_stamp()})
+    stamp = machine_stamp()
+    # The file's stamp is the run's that measured everything; a part re-run alone keeps its own.
+    whole = set(args.parts) == set(PARTS) and set(args.tasks) == set(TASKS)
+    if whole or "machine" not in data:
+        data = {"mode": args.mode, "machine": stamp, "tasks": data.get("tasks", {})}
     for key in args.tasks:
         env_id, kwargs, _, _ = TASKS[key]
         task = data.setdefault("tasks", {}).setdefault(key, {})
@@ -300,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
         for part in [p for p in PARTS if p in args.parts]:
             print(f"[turn_compare] {key} {part} (load {loadavg()})", file=sys.stderr, flush=True)
             task[part] = PARTS[part](key, args.mode)
+            if not whole:
+                task[part]["machine"] = stamp
             write_json(RESULTS, data)  # keep what is done
     data = read_json(RESULTS)  # the docs show what the file holds (NaN is stored as null)
     render_docs(data)

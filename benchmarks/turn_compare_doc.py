@@ -8,16 +8,24 @@ import math
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import DOCS_DIR, RESULTS_DIR, fmt, markdown_table
+from benchmarks.common import DOCS_DIR, RESULTS_DIR, fmt, markdown_table, replace_marked
 from benchmarks.provenance import describe
+from benchmarks.turn_credit import turn_cells
 
 BEGIN, END = "<!-- turn_compare.json:begin -->", "<!-- turn_compare.json:end -->"
 
 
 def _load(part: dict[str, Any]) -> str:
+    """The part's load average, and its own commit and date when it was measured apart from the
+    rest of the file (``turn_compare.py --parts ...``)."""
     before = ", ".join(f"{x:.1f}" for x in part.get("loadavg_before", []))
     after = ", ".join(f"{x:.1f}" for x in part.get("loadavg_after", []))
-    return f"load average {before} before, {after} after"
+    text = f"load average {before} before, {after} after"
+    stamp = part.get("machine")
+    if stamp:
+        where = describe(stamp, RESULTS_DIR / "turn_compare.json")
+        text += f"; measured apart at commit {where} on {stamp.get('date_utc', '?')}"
+    return text
 
 
 def _ci(mean: float | None, half: float | None) -> str:
@@ -104,14 +112,7 @@ def render_audit(part: dict[str, Any]) -> list[str]:
         schemes = snap["schemes"]
         k_max = max(len(v["per_turn"]) for v in schemes.values())
         header = ["agent's estimator"] + [f"turn {k}" for k in range(k_max)] + ["all turns"]
-        rows = []
-        for name, res in schemes.items():
-            cells = [name]
-            for k in range(k_max):
-                t = res["per_turn"][k] if k < len(res["per_turn"]) else None
-                cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
-            cells.append(fmt(res["overall"]["corr"]))
-            rows.append(cells)
+        rows = [[name, *turn_cells(res, k_max)] for name, res in schemes.items()]
         first = schemes[next(iter(schemes))]
         ns = [first["per_turn"][k]["n"] for k in range(k_max)]
         lines += [
@@ -212,12 +213,8 @@ def render_block(data: dict[str, Any]) -> str:
 
 
 def replace_block(doc: Path, block: str) -> None:
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + block + tail, encoding="utf-8")
+    """Put ``block`` (from :func:`render_block`) between the markers of ``doc``."""
+    replace_marked(doc, BEGIN, END, block)
 
 
 def render_docs(data: dict[str, Any]) -> None:

@@ -47,6 +47,7 @@ from benchmarks.common import (
     machine_stamp,
     markdown_table,
     read_json,
+    replace_marked,
     write_json,
 )
 
@@ -167,23 +168,33 @@ def task_available(env_id: str) -> str | None:
     return f"{env_id} is not registered on this checkout"
 
 
-def compare_config(key: str, env_id: str, kwargs: dict[str, Any], budget: int, mode: str) -> Any:
+def compare_config(
+    env_id: str,
+    kwargs: dict[str, Any],
+    agents: list[str],
+    seeds: list[int],
+    total_timesteps: int,
+    output_dir: Path,
+    checkpoint_every: int,
+) -> Any:
+    """The ``marlhf compare`` run of both turn-level benchmarks (this one's learning part and
+    ``turn_compare.py``'s): token PPO and ``agents`` on a multi-turn task, every run with
+    :data:`AGENT_SECTION` and :data:`NUM_ENVS` episodes per iteration, 2 workers of 1 thread."""
     from marlhf.config.commands import AgentConfig, CompareConfig, ModelConfig, TaskConfig
 
-    m = MODES[mode]
     return CompareConfig(
         model=ModelConfig(),
         task=TaskConfig(id=env_id, kwargs=dict(kwargs), num_envs=NUM_ENVS),
         agent=AgentConfig.from_mapping(dict(AGENT_SECTION)),
         terminations=[],
         include_ppo=True,
-        agents=list(AGENTS),
-        seeds=list(m["seeds"]),
-        total_timesteps=max(int(budget * m["budget_scale"]), 1),
-        output_dir=str(RUNS_DIR / mode / key / "compare"),
+        agents=list(agents),
+        seeds=list(seeds),
+        total_timesteps=max(total_timesteps, 1),
+        output_dir=str(output_dir),
         workers=2,
         threads_per_worker=1,
-        checkpoint_every=5,
+        checkpoint_every=checkpoint_every,
     )
 
 
@@ -200,7 +211,16 @@ def run_tasks(mode: str, only: list[str] | None) -> dict[str, Any]:
         if missing is not None:
             out[key] = {"env_id": env_id, "missing": missing}
             continue
-        config = compare_config(key, env_id, kwargs, budget, mode)
+        m = MODES[mode]
+        config = compare_config(
+            env_id,
+            kwargs,
+            AGENTS,
+            m["seeds"],
+            int(budget * m["budget_scale"]),
+            RUNS_DIR / mode / key / "compare",
+            checkpoint_every=5,
+        )
         started = time.perf_counter()
         result = run_compare(config)
         out[key] = {
@@ -258,7 +278,7 @@ def audit_rollout(algo: Any, task: Any, schemes: dict[str, Scheme] | None = None
     started = time.perf_counter()
     prompts = list(algo._rollout_prompts)  # one per row (older envs: one per group)
     if len(prompts) != buf.action_ids.shape[0]:
-        prompts = [p for p in prompts for _ in range(int(algo.config.group_size))]
+        prompts = [p for p in prompts for _ in range(int(algo.config.credit.group_size))]
     truth = exact_turn_advantages(
         algo.policy, task, prompts, buf.action_ids, buf.credit_mask, sampling=Sampling.of(algo)
     )
@@ -417,6 +437,19 @@ def render_tasks(tasks: dict[str, Any]) -> list[str]:
     return lines
 
 
+def turn_cells(res: dict[str, Any], k_max: int) -> list[str]:
+    """A scheme's audit cells: per turn index ``0 .. k_max - 1`` ``corr / sign`` (``-`` past
+    its last turn), then the correlation over all turns.
+
+    :param res: the scheme's audit (``per_turn``: one dict per turn index; ``overall``).
+    """
+    cells = []
+    for k in range(k_max):
+        t = res["per_turn"][k] if k < len(res["per_turn"]) else None
+        cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
+    return [*cells, fmt(res["overall"]["corr"])]
+
+
 def render_audit(audit: dict[str, Any]) -> list[str]:
     if not audit:
         return []
@@ -437,14 +470,7 @@ def render_audit(audit: dict[str, Any]) -> list[str]:
         schemes = snap["schemes"]
         k_max = max(len(v["per_turn"]) for v in schemes.values())
         header = ["scheme"] + [f"turn {k} corr / sign" for k in range(k_max)] + ["all corr"]
-        rows = []
-        for spec, res in schemes.items():
-            cells = [f"`{spec}`"]
-            for k in range(k_max):
-                t = res["per_turn"][k] if k < len(res["per_turn"]) else None
-                cells.append("-" if t is None else f"{fmt(t['corr'])} / {fmt(t['sign_agreement'])}")
-            cells.append(fmt(res["overall"]["corr"]))
-            rows.append(cells)
+        rows = [[f"`{spec}`", *turn_cells(res, k_max)] for spec, res in schemes.items()]
         ns = [schemes[next(iter(schemes))]["per_turn"][k]["n"] for k in range(k_max)]
         lines += [
             f"**after {snap['tokens']:,} tokens** ({snap['episodes']} episodes, score "
@@ -475,12 +501,8 @@ def render_block(data: dict[str, Any]) -> str:
 
 
 def replace_block(doc: Path, block: str) -> None:
-    text = doc.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{doc}: the markers {BEGIN} and {END} are missing")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    doc.write_text(head + block + tail, encoding="utf-8")
+    """Put ``block`` (from :func:`render_block`) between the markers of ``doc``."""
+    replace_marked(doc, BEGIN, END, block)
 
 
 def render_docs(data: dict[str, Any]) -> None:

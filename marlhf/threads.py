@@ -1,13 +1,15 @@
-"""The torch CPU thread policy: few threads per process, and threads that sleep while waiting.
+"""The torch CPU thread policy: one thread per process, and threads that sleep while waiting.
 
 torch starts one thread per core, and OpenMP lets a waiting thread spin. On a machine whose
 cores other processes already use (a shared server, CI, ``marlhf compare``'s own workers) those
 threads wait on each other: ``benchmarks/threads.py`` measured the same tiny training stopped
-after minutes with torch's default where it took seconds otherwise (``docs/threads.md``,
-``benchmarks/results/threads.json``, load averages beside the numbers). marlhf sets
-``OMP_WAIT_POLICY=PASSIVE`` when it is imported before torch (``marlhf/__init__.py``) and, by
-this policy, :data:`DEFAULT_THREADS` threads per process where waiting threads sleep, one
-where they may spin (torch was imported first).
+after minutes with torch's default where it took seconds otherwise. On this project's models one
+thread per process was as fast as two or faster, on the idle machine and on the loaded one,
+except a compare with two threads per worker on the idle machine (``docs/threads.md``; the
+tables come from ``benchmarks/results/threads_idle.json`` and ``threads.json``). So the default
+is :data:`DEFAULT_THREADS` thread per process. marlhf also sets ``OMP_WAIT_POLICY=PASSIVE``
+when it is imported before torch (``marlhf/__init__.py``), so that a count you raise does not
+spin on a busy machine (:func:`passive_wait` says whether it took effect).
 
 The policy (:func:`apply_thread_policy`) runs when a ``marlhf`` command starts, in each of
 ``compare``'s workers (``threads_per_worker``) and when an agent (``PPO``, ``MAPPO``) is built.
@@ -30,11 +32,8 @@ import torch
 
 #: The environment variable that overrides the default: a thread count, or ``torch``.
 ENV_VAR = "MARLHF_NUM_THREADS"
-#: Threads per process when nothing else is asked for and OpenMP's threads wait passively
-#: (:func:`passive_wait`), at most one per core (see the module doc for the numbers).
-DEFAULT_THREADS = 2
-#: Threads per process when OpenMP's threads may spin while they wait.
-SPINNING_THREADS = 1
+#: Threads per process when nothing else is asked for (see the module doc for the numbers).
+DEFAULT_THREADS = 1
 #: The count this module last saw or set: torch's count at import, then each count applied. A
 #: different count later means that the user called ``torch.set_num_threads`` themselves.
 _last_count = torch.get_num_threads()
@@ -106,10 +105,8 @@ def passive_wait() -> bool:
 
 
 def default_threads() -> int:
-    """:data:`DEFAULT_THREADS` when threads wait passively, else :data:`SPINNING_THREADS`;
-    never more than the usable cores."""
-    wanted = DEFAULT_THREADS if passive_wait() else SPINNING_THREADS
-    return max(1, min(wanted, usable_cores()))
+    """:data:`DEFAULT_THREADS`, never more than the usable cores."""
+    return max(1, min(DEFAULT_THREADS, usable_cores()))
 
 
 def apply_thread_policy(requested: int | None = None) -> int:

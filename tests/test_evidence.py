@@ -40,7 +40,11 @@ def test_presets_map_to_the_scheme_their_runs_train_with(tmp_path: Path) -> None
         "rloo": "rloo",
     }
     label, _, cfg = preset_scheme(config.agent, "spo-chain")
-    assert label == "spo-chain lowprob:p=0.9" and cfg.mc_rollouts == 4 and cfg.group_size == 4
+    assert (
+        label == "spo-chain lowprob:p=0.9"
+        and cfg.credit.mc.mc_rollouts == 4
+        and cfg.credit.group_size == 4
+    )
 
 
 def test_snapshot_audit_scores_every_scheme_on_the_same_rollouts(tmp_path: Path) -> None:
@@ -176,7 +180,7 @@ def test_the_reasoning_task_joins_when_benchmarks_reasoning_provides_it(
     assert (task.key, task.truth, task.budget, task.num_envs) == ("reasoning", "mc", 1000, 64)
     config = compare_config(task, "full", tmp_path)
     assert config.model.path == str(tmp_path / "sft" / "sft-0")
-    assert config.agent.learning_rate == 3e-4 and config.agent.group_size == 4
+    assert config.agent.optim.learning_rate == 3e-4 and config.agent.credit.group_size == 4
     assert config.task.num_envs == 64
     monkeypatch.setitem(sys.modules, "benchmarks.reasoning", None)  # as if the file were absent
     assert "reasoning" not in [t.key for t in tasks_of("full")]

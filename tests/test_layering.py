@@ -111,6 +111,7 @@ INSIDE: dict[str, tuple[str, ...]] = {
         "truth_base",
         "turn_maths",
         "vine",
+        "estimator_options",
         "estimators",
         "kl",
         "truth",
@@ -124,6 +125,8 @@ INSIDE: dict[str, tuple[str, ...]] = {
     "marlhf.algorithms": (
         "buffer",
         "losses",
+        "groups",
+        "knobs",
         "presets",
         "termination_training",
         "turn_checks",

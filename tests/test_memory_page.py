@@ -1,5 +1,5 @@
-"""benchmarks/pages.py's memory-smollm2 block: every entry of memory_smollm2.json, the second
-iteration where it was measured, and the goals judged on the lean pair."""
+"""benchmarks/facts_perf.py's memory-stages block: every entry of memory_smollm2.json, the
+second iteration where it was measured, and the goals judged on the lean entries."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from benchmarks import pages  # noqa: E402
+from benchmarks import facts_perf  # noqa: E402
 
 
 def _entry(update: float, second: float | None = None, lora: bool = False) -> dict[str, Any]:
@@ -38,11 +38,12 @@ def test_memory_block_rows_and_goals() -> None:
         "lean-lora": _entry(2300.0, 2500.0, lora=True),
         "note": "how these were run",
     }
-    text = pages.memory_smollm2(data)
-    rows = [line for line in text.splitlines() if line.startswith("| `")]
-    assert len(rows) == 3  # the note is no row
-    assert rows[0].split(" | ")[5] == "not measured"  # one iteration only
-    assert "| `lean` | full | none | 1800 | 3300 | 4000 | 4000 | 3.2 | 0123456 |" in text
+    text = facts_perf.memory_table(data)
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) == 4  # the header and three entries: the note is no row
+    assert rows[1].split(" | ")[4] == "not measured"  # `fused`: one iteration only
+    lean_row = "| lean MLP and RMSNorm, the default (`lean`) | none | 1800 | 3300 | 4000 | 4000 |"
+    assert lean_row + " 3.2 | 0123456 |" in text
     assert (
         "- `lean` (glibc's defaults): peak 4000 MB over both iterations, goal under 4096 MB "
         "**met**; LoRA (`lean-lora`) over it 0.62x, goal 0.6x **not met**." in text
@@ -51,7 +52,7 @@ def test_memory_block_rows_and_goals() -> None:
 
 
 def test_memory_block_goal_not_met_and_no_pair() -> None:
-    text = pages.memory_smollm2({"lean-mmap128k": _entry(3300.0, 4200.0)})
+    text = facts_perf.memory_table({"lean-mmap128k": _entry(3300.0, 4200.0)})
     assert "(MALLOC_MMAP_THRESHOLD_=131072): peak 4200 MB" in text
     assert "goal under 4096 MB **not met**." in text  # and no LoRA twin
-    assert "goal" not in pages.memory_smollm2({"plain": _entry(3300.0)})
+    assert "goal" not in facts_perf.memory_table({"plain": _entry(3300.0)})

@@ -30,14 +30,12 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_the_order_of_who_decides(clean: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(threads, "passive_wait", lambda: True)
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
-    assert threads.chosen_threads() == threads.DEFAULT_THREADS  # 5. the default
-    monkeypatch.setattr(threads, "passive_wait", lambda: False)
-    assert threads.chosen_threads() == threads.SPINNING_THREADS  # spinning waits: one
-    monkeypatch.setattr(threads, "usable_cores", lambda: 1)
-    monkeypatch.setattr(threads, "passive_wait", lambda: True)
-    assert threads.chosen_threads() == 1  # never more than the cores
+    assert threads.chosen_threads() == threads.DEFAULT_THREADS == 1  # 5. the default: one
+    monkeypatch.setattr(threads, "DEFAULT_THREADS", 4)
+    monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+    assert threads.chosen_threads() == 2  # never more than the cores
+    monkeypatch.setattr(threads, "DEFAULT_THREADS", 1)
     torch.set_num_threads(threads._last_count + 1)
     assert threads.chosen_threads() is None  # 4. set in this process by the user
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
@@ -82,7 +80,7 @@ def test_an_applied_count_is_kept_by_later_calls_without_one(
 ) -> None:
     # compare applies threads_per_worker, then builds agents (which apply the policy again): the
     # agents must not replace the worker's count with the default (it moved the demo's numbers).
-    monkeypatch.setattr(threads, "passive_wait", lambda: True)
+    monkeypatch.setattr(threads, "DEFAULT_THREADS", 2)
     monkeypatch.setattr(threads, "usable_cores", lambda: 8)
     assert threads.apply_thread_policy(requested=1) == 1
     assert threads.apply_thread_policy() == 1 == torch.get_num_threads()

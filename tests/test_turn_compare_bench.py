@@ -18,7 +18,7 @@ def test_every_agent_but_vineppo_is_audited_with_its_own_estimator() -> None:
     schemes = tc.audit_schemes(4)
     assert set(schemes) == {"ppo", *tc.AGENTS} - {"vineppo-turns"}
     spec, config, by_turn = schemes["ma-ppo@turn"]
-    assert spec == "gae" and by_turn and config.group_size == 4
+    assert spec == "gae" and by_turn and config.credit.group_size == 4
     assert schemes["ppo"][0] == "gae" and not schemes["ppo"][2]
     assert "kind=mean_prob" in schemes["igpo"][0]
     assert "source=reference" in schemes["trace"][0]
@@ -103,6 +103,17 @@ def test_block_renders_tables_verdict_and_loads() -> None:
     assert "load average 1.0, 2.0, 3.0 before, 2.0, 2.0, 2.0 after" in block
     assert "| rebn | n/a / 1.000 | n/a |" in block  # an undefined correlation stays visible
     assert "- closest per turn index: turn 0: ppo (0.900)." in block
+
+
+def test_a_part_measured_apart_names_its_own_commit_and_date() -> None:
+    data = _data()
+    cost = data["tasks"]["guess"]["cost"]
+    cost["machine"] = {"commit": "0" * 40, "date_utc": "2026-12-07 11:30:00 UTC"}
+    block = doc.render_block(data)
+    header = next(line for line in block.splitlines() if line.startswith("**Cost**"))
+    assert "measured apart at commit" in header and "2026-12-07 11:30:00 UTC" in header
+    learning = next(line for line in block.splitlines() if line.startswith("**Learning**"))
+    assert "measured apart" not in learning
 
 
 def test_audit_overall_skips_undefined_correlations() -> None:

@@ -10,7 +10,6 @@ keeps the counters, the logger, the callbacks and the stage methods SB3 users an
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -29,7 +28,17 @@ from stable_baselines3.common.utils import configure_logger
 
 from marlhf.algorithms.buffer import LMRolloutBuffer
 from marlhf.algorithms.collector import RolloutCollector, autocast_for, sampling_kwargs
-from marlhf.algorithms.config import PPOConfig, resolve_config
+from marlhf.algorithms.config import (
+    CreditConfig,
+    KLConfig,
+    LossConfig,
+    OptimConfig,
+    PPOConfig,
+    SamplingConfig,
+    SystemsConfig,
+    flat_values,
+    resolve_config,
+)
 from marlhf.algorithms.turn_checks import check_estimator_env
 from marlhf.algorithms.updater import PPOUpdater
 from marlhf.checkpoint import save_util
@@ -77,12 +86,16 @@ class TokenProgressBar(ProgressBarCallback):
 class LMOnPolicyAlgorithm:
     """Base of the on-policy LM algorithms (see :class:`marlhf.algorithms.PPO` for the arguments).
 
-    The hyper-parameters live in ``self.config`` (a :class:`~marlhf.algorithms.config.PPOConfig`);
-    each is also readable and writable as an attribute (``model.kl_coef``), validated on write.
+    The hyper-parameters live in ``self.config`` (a :class:`~marlhf.algorithms.config.PPOConfig`)
+    by group: ``model.config.kl.kl_coef``. To change one, give the algorithm a new config:
+    ``model.config = model.config.replace(kl_coef=0.1)`` (validated again).
     """
 
-    #: The config dataclass of the algorithm (its fields are the keyword arguments).
+    #: The config dataclass of the algorithm (its groups and flat names are the keyword
+    #: arguments).
     config_class: ClassVar[type[PPOConfig]] = PPOConfig
+    #: Refuse ``termination=None`` (MAPPO: token-level credit is PPO's).
+    requires_termination: ClassVar[bool] = False
     #: Skip the policy's own scoring forward when the update is exactly on-policy (one epoch of
     #: one minibatch) and nothing before the update reads the policy's log-probs: the update's
     #: forward gives them (as TRL's GRPOTrainer does). False always scores (a switch for tests
@@ -94,15 +107,30 @@ class LMOnPolicyAlgorithm:
         policy: CausalLMActorCritic | torch.nn.Module | str | Path,
         env: Any = None,
         *,
+        optim: OptimConfig | None = None,
+        loss: LossConfig | None = None,
+        kl: KLConfig | None = None,
+        sampling: SamplingConfig | None = None,
+        credit: CreditConfig | None = None,
+        systems: SystemsConfig | None = None,
         preset: str | list[str] | None = None,
         tensorboard_log: str | None = None,
         policy_kwargs: dict[str, Any] | None = None,
         verbose: int = 0,
         seed: int | None = None,
         device: str | torch.device = "auto",
-        **hyperparams: Any,
+        **flat: Any,
     ) -> None:
-        self._config = resolve_config(self.config_class, preset, hyperparams)
+        groups = {
+            "optim": optim,
+            "loss": loss,
+            "kl": kl,
+            "sampling": sampling,
+            "credit": credit,
+            "systems": systems,
+        }
+        explicit = {**{k: v for k, v in groups.items() if v is not None}, **flat}
+        self._config = resolve_config(self.config_class, preset, explicit)
         apply_thread_policy()  # one torch thread unless the user chose (marlhf.threads)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
@@ -117,7 +145,7 @@ class LMOnPolicyAlgorithm:
             if self.world.distributed
             else resolve_device(device)
         )
-        term = self.config.termination
+        term = self.config.credit.termination
         self.termination: Termination | None = (
             None
             if term is None
@@ -125,6 +153,11 @@ class LMOnPolicyAlgorithm:
             if isinstance(term, Termination)
             else make_termination(term)
         )
+        if self.requires_termination and self.termination is None:
+            raise ValueError(
+                f"{type(self).__name__}: termination=None; pass a spec such as 'ngram:5' "
+                "(or use PPO for token-level credit)"
+            )
         self.num_timesteps = 0
         self._total_timesteps = 0
         self._num_timesteps_at_start = 0
@@ -146,7 +179,7 @@ class LMOnPolicyAlgorithm:
             self.policy = CausalLMActorCritic(policy, **self.policy_kwargs)
         self.policy.to(self.device)
         self.policy.eval()
-        if self.config.fsdp:
+        if self.config.systems.fsdp:
             if self.policy.fsdp is not None:
                 raise ValueError(
                     "fsdp=True: this policy is already sharded by another algorithm; build a "
@@ -155,7 +188,7 @@ class LMOnPolicyAlgorithm:
             shard_policy(self.policy, self.device)
         # (Sharded: the optimizer holds this rank's shards; the weights are gathered after.)
         params = list(self.policy.trainable_parameters())
-        lr, wd = self.config.learning_rate, self.config.weight_decay
+        lr, wd = self.config.optim.learning_rate, self.config.optim.weight_decay
         optimizer: torch.optim.Optimizer = (
             torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=wd)
             if wd > 0
@@ -164,7 +197,7 @@ class LMOnPolicyAlgorithm:
         if self.policy.fsdp is not None:
             self.policy.fsdp.gather()
         self.kl_ctl = make_kl_controller(
-            self.config.kl_coef, self.config.kl_target, self.config.kl_horizon
+            self.config.kl.kl_coef, self.config.kl.kl_target, self.config.kl.kl_horizon
         )
         # Ranks sample their own prompts and tokens (rank 0 keeps the seed); the minibatch
         # order is one permutation of the global rows, drawn alike on every rank.
@@ -208,8 +241,9 @@ class LMOnPolicyAlgorithm:
 
     @property
     def config(self) -> PPOConfig:
-        """The hyper-parameters (replaced, never mutated, when one changes: ``model.kl_coef = x``
-        gives the collector and the updater the new config too)."""
+        """The hyper-parameters (replaced, never mutated, when one changes: ``model.config =
+        model.config.replace(kl_coef=x)`` gives the collector and the updater the new config
+        too)."""
         return self._config
 
     @config.setter
@@ -242,15 +276,16 @@ class LMOnPolicyAlgorithm:
 
     @property
     def hyperparams(self) -> dict[str, Any]:
-        """The config as a plain dict (``termination`` as given: a spec, an object or None)."""
-        return {f.name: getattr(self.config, f.name) for f in dataclasses.fields(self.config)}
+        """The config as a plain dict by flat name (``termination`` as given: a spec, an object
+        or None); ``type(model)(policy, **model.hyperparams)`` rebuilds the same config."""
+        return flat_values(self.config)
 
     # ---------------------------------------------------------------- env and logger
     def set_env(self, env: Any) -> None:
         """Attach a ``BatchedTokenEnv`` (or anything with its contract) and size the buffer."""
         self._attach_env(env)
         self._check_batch_size()
-        check_estimator_env(self.config.estimator, env)  # turns, state_key(), clone()
+        check_estimator_env(self.config.credit.estimator, env)  # turns, state_key(), clone()
         if self.termination is not None:  # a budget above the horizon, a learned one's inputs
             from marlhf.algorithms.termination_training import check_termination
 
@@ -263,10 +298,10 @@ class LMOnPolicyAlgorithm:
         if len(set(sizes)) != 1:
             raise ValueError(f"env.num_envs differs between ranks ({sizes}); give each the same")
         total = int(env.num_envs) * self.world.world_size
-        if self.config.batch_size is not None and total % self.config.batch_size != 0:
+        if self.config.optim.batch_size is not None and total % self.config.optim.batch_size != 0:
             where = "" if not self.world.distributed else f" over {self.world.world_size} ranks"
             raise ValueError(
-                f"batch_size={self.config.batch_size} cannot split a rollout of "
+                f"batch_size={self.config.optim.batch_size} cannot split a rollout of "
                 f"num_envs={total} episodes{where}; use a divisor of {total}"
             )
 
@@ -286,14 +321,15 @@ class LMOnPolicyAlgorithm:
                 f"{self.policy.vocab_size} (model output {model_vocab}); build the model for the "
                 "env's codec, or CausalLMActorCritic(..., vocab_size=env.codec.vocab_size)"
             )
-        if self.config.mask_actions and not callable(getattr(env, "action_masks", None)):
+        if self.config.sampling.mask_actions and not callable(getattr(env, "action_masks", None)):
             raise ValueError(
                 f"mask_actions=True but {type(env).__name__} has no action_masks(); "
                 "use mask_actions=False or an env that exposes its allowed tokens"
             )
-        if env.num_envs % self.config.group_size != 0:
+        if env.num_envs % self.config.credit.group_size != 0:
             raise ValueError(
-                f"group_size={self.config.group_size} does not divide num_envs={env.num_envs}; "
+                f"group_size={self.config.credit.group_size} does not divide "
+                f"num_envs={env.num_envs}; "
                 "use a divisor of num_envs"
             )
         self.env = env

@@ -26,14 +26,19 @@ from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
 
 
 def autocast_for(config: PPOConfig, device: torch.device) -> Any:
-    """The autocast context of a forward: bf16 on CUDA when ``config.bf16``, else disabled."""
-    enabled = bool(config.bf16) and device.type == "cuda"
+    """The autocast context of a forward: bf16 on CUDA when ``config.systems.bf16``, else
+    disabled."""
+    enabled = bool(config.systems.bf16) and device.type == "cuda"
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def sampling_kwargs(config: PPOConfig) -> dict[str, Any]:
     """The sampling keywords of :meth:`CausalLMActorCritic.act` from ``config``."""
-    return {"temperature": config.temperature, "top_k": config.top_k, "top_p": config.top_p}
+    return {
+        "temperature": config.sampling.temperature,
+        "top_k": config.sampling.top_k,
+        "top_p": config.sampling.top_p,
+    }
 
 
 class RolloutCollector:
@@ -77,6 +82,9 @@ class RolloutCollector:
         self.prefill: tuple[torch.Tensor, torch.Tensor] | None = None
         #: The KV cache at the end of the last rollout, kept only when the estimator forks it.
         self.cache: GenerationState | None = None
+        #: Multi-turn rollouts: the forced tokens' width fed with each step's action (the
+        #: cache's layout, which continuations from turn starts fork).
+        self.step_widths: list[int] = []
 
     def attach(self, env: Any, buffer: LMRolloutBuffer) -> None:
         """Collect from ``env`` into ``buffer`` from now on (the seed stream carries on)."""
@@ -98,7 +106,7 @@ class RolloutCollector:
         env, buffer = self.env, self.buffer
         assert env is not None and buffer is not None
         seed = None if self.env_seeded else dist_utils.rank_seed(self.seed, self.world)
-        group_size = self.config.group_size
+        group_size = self.config.credit.group_size
         if group_size > 1:
             obs, info = env.reset(seed=seed, options={"group_size": group_size})
         else:
@@ -106,18 +114,19 @@ class RolloutCollector:
         self.env_seeded = True
         self.prompts = info.get("prompts")
         buffer.reset()
+        self.step_widths = []
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
         self.prefill = (obs["input_ids"], obs["attention_mask"])
         if group_size > 1:
             if "group_ids" not in info:
                 raise ValueError(
-                    f"estimator={self.config.estimator!r} needs groups but "
+                    f"estimator={self.config.credit.estimator!r} needs groups but "
                     f"{type(env).__name__}.reset(options={{'group_size': {group_size}}}) "
                     "returned no info['group_ids']"
                 )
             buffer.group_ids = torch.as_tensor(info["group_ids"], device=self.device).long()
-        if self.config.mask_actions:  # the tokens each row may take, fixed for the episode
+        if self.config.sampling.mask_actions:  # the tokens each row may take, fixed for the episode
             buffer.action_mask = torch.as_tensor(env.action_masks(), device=self.device).bool()
         return obs
 
@@ -212,7 +221,7 @@ class RolloutCollector:
         if multiturn:
             buffer.set_turns(env.turn_record())
         # Continuations branch from this cache (forked, never re-prefilled).
-        needs_cache = "mc_values" in get_estimator(self.config.estimator).requires
+        needs_cache = "mc_values" in get_estimator(self.config.credit.estimator).requires
         self.cache = state if needs_cache else None
         if callback is not None:
             callback.update_locals({**locals(), "self": owner or self})
@@ -236,6 +245,7 @@ class RolloutCollector:
         else:
             forced = lengths = None
         state.forced, state.forced_lengths = forced, lengths
+        self.step_widths.append(0 if forced is None else int(forced.shape[1]))
         rewards = torch.as_tensor(rewards, device=self.device)
         self.buffer.add_turn_step(actions, rewards, active, forced, lengths)
 
@@ -243,7 +253,7 @@ class RolloutCollector:
     def _baseline_kwargs(self) -> dict[str, Any]:
         if self.prompts is None:
             raise ValueError(
-                f"estimator={self.config.estimator!r} replays the rollout's prompts, but "
+                f"estimator={self.config.credit.estimator!r} replays the rollout's prompts, but "
                 f"{type(self.env).__name__}.reset returned no info['prompts']"
             )
         assert self.buffer is not None
@@ -268,9 +278,11 @@ class RolloutCollector:
         return result.returns, result.tokens
 
     def mc_values(self) -> tuple[torch.Tensor, int]:
-        """Mean task return of ``config.mc_rollouts`` continuations at each chosen segment start
-        of the buffer (``buffer.starts`` set), forked from the rollout's KV cache (then
-        released).
+        """Mean task return of ``config.credit.mc.mc_rollouts`` continuations at each chosen
+        segment start of the buffer (``buffer.starts`` set), forked from the rollout's KV cache
+        (then released).
+
+        Multi-turn rollouts fork it too, at turn starts (its layout from ``step_widths``).
 
         :return: ``(float[B, N] values, tokens generated)``.
         """
@@ -281,7 +293,9 @@ class RolloutCollector:
                 "declares 'mc_values' first"
             )
         kw = self._baseline_kwargs()
-        branch = choose_branch_points(buf.starts, buf.credit_mask, self.config.mc_max_starts)
+        branch = choose_branch_points(
+            buf.starts, buf.credit_mask, self.config.credit.mc.mc_max_starts
+        )
         with self.autocast():
             values, tokens = monte_carlo_values(
                 self.policy,
@@ -291,9 +305,10 @@ class RolloutCollector:
                 *self.prefill,
                 buf.response_ids,
                 branch,
-                self.config.mc_rollouts,
+                self.config.credit.mc.mc_rollouts,
                 generator=self.mc_generator,
                 prefix_lengths=buf.action_index,
+                step_widths=self.step_widths,
                 **kw,
             )
         self.cache = None

@@ -7,9 +7,7 @@ termination. ``MAPPO(termination="ngram:1")`` is token-level PPO exactly.
 
 from __future__ import annotations
 
-from typing import Any
-
-from marlhf.algorithms.config import MAPPOConfig, bind_config
+from marlhf.algorithms.config import MAPPOConfig, document_hyperparameters
 from marlhf.algorithms.ppo import PPO
 
 
@@ -24,13 +22,8 @@ class MAPPO(PPO):
     :hyperparameters:
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self.termination is None:
-            raise ValueError(
-                "MAPPO: termination=None; pass a spec such as 'ngram:5' "
-                "(or use PPO for token-level credit)"
-            )
+    config_class = MAPPOConfig
+    requires_termination = True
 
 
-bind_config(MAPPO, MAPPOConfig)
+document_hyperparameters(MAPPO, MAPPOConfig)

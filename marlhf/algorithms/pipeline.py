@@ -67,20 +67,20 @@ def can_defer_policy_scores(
     :mod:`marlhf.policy.logprobs`): one epoch of one whole-rollout minibatch in one process,
     and none of the shaping (a fixed KL coefficient in the loss, or 0), the termination, the
     estimator, the critic and the probability mask reads the policy's log-probs first."""
-    spec = get_estimator(config.estimator)
+    spec = get_estimator(config.credit.estimator)
     return (
-        config.n_epochs == 1
-        and config.batch_size in (None, buffer.num_envs)
-        and config.micro_batch_size is None
+        config.optim.n_epochs == 1
+        and config.optim.batch_size in (None, buffer.num_envs)
+        and config.optim.micro_batch_size is None
         and not world.distributed
         and policy.fsdp is None
         and buffer.action_index is None
         and not spec.needs_critic
         and "token_probs" not in spec.requires
-        and config.prob_mask_threshold is None
+        and config.loss.prob_mask_threshold is None
         and policy.reference_mode != "none"
         and isinstance(kl_ctl, FixedKLController)
-        and (config.kl_in == "loss" or kl_ctl.value == 0)
+        and (config.kl.kl_in == "loss" or kl_ctl.value == 0)
         and (
             termination is None
             or not (
@@ -107,7 +107,7 @@ def score_rows(
     it; with ``reference_only`` only ``ref_logp`` is computed, the rest are None)."""
     args = (buffer.input_ids[rows], buffer.attention_mask[rows], buffer.response_mask[rows])
     kw: dict[str, Any] = {
-        "temperature": config.scoring_temperature,
+        "temperature": config.sampling.scoring_temperature,
         "action_mask": None if buffer.action_mask is None else buffer.action_mask[rows],
     }
     with autocast():
@@ -116,7 +116,7 @@ def score_rows(
         logp, entropy, values = policy.evaluate_actions(
             *args,
             **kw,
-            with_values=get_estimator(config.estimator).needs_critic,
+            with_values=get_estimator(config.credit.estimator).needs_critic,
             entropy="grad" if "entropy" in getattr(termination, "requires", ()) else "none",
         )
         if policy.reference_mode == "none":  # no reference: no KL penalty
@@ -138,7 +138,7 @@ def score(
 ) -> None:
     """Stage 2: no-grad log-probs, reference log-probs and (when the estimator declares a
     critic) values of the whole rollout, stored with ``buffer.set_scores``; non-finite scores
-    stop training here. With ``config.micro_batch_size``, in chunks of that many episodes.
+    stop training here. With ``config.optim.micro_batch_size``, in chunks of that many episodes.
 
     :param defer: leave the policy's log-probs to the update (zeros until
         ``buffer.fill_logprobs``; see :func:`can_defer_policy_scores`).
@@ -148,7 +148,7 @@ def score(
     together(
         world, raise_non_finite, buffer.task_rewards, mask, "task reward (from the env's reward)"
     )
-    size = config.micro_batch_size or mask.shape[0]
+    size = config.optim.micro_batch_size or mask.shape[0]
     parts = [
         score_rows(
             policy,
@@ -178,7 +178,9 @@ def score(
 def reference_kl(buffer: LMRolloutBuffer, config: PPOConfig) -> float:
     """The mean over episodes of the summed per-token KL to the reference (the logged
     ``rollout/kl_ref`` of this process's rows)."""
-    kl = kl_penalty(buffer.logprobs, buffer.ref_logprobs, config.kl_estimator, config.kl_clamp)
+    kl = kl_penalty(
+        buffer.logprobs, buffer.ref_logprobs, config.kl.kl_estimator, config.kl.kl_clamp
+    )
     kl = torch.where(buffer.credit_mask, kl, torch.zeros_like(buffer.logprobs))
     return float(kl.sum(dim=1).mean())
 
@@ -209,7 +211,7 @@ def ensure_policy_scores(
     """
     if not buffer.logprobs_deferred:
         return None
-    size = config.micro_batch_size or buffer.num_envs
+    size = config.optim.micro_batch_size or buffer.num_envs
     parts = [
         score_rows(
             policy, buffer, slice(b, b + size), config=config, termination=None, autocast=autocast
@@ -228,7 +230,7 @@ def ensure_policy_scores(
 # ---------------------------------------------------------------- stage 3: shape
 def shape(buffer: LMRolloutBuffer, config: PPOConfig, kl_coef: float) -> torch.Tensor:
     """Stage 3: ``r_t = clip(task_reward_t) - beta * kl_t`` stored with
-    ``buffer.set_rewards``; ``beta = kl_coef`` with ``config.kl_in="reward"`` (with ``"loss"``
+    ``buffer.set_rewards``; ``beta = kl_coef`` with ``config.kl.kl_in="reward"`` (with ``"loss"``
     the KL acts in the loss instead and ``beta`` is 0 here).
 
     :return: the per-token KL ``float[B, N]`` (for the logs and the adaptive controller).
@@ -237,11 +239,15 @@ def shape(buffer: LMRolloutBuffer, config: PPOConfig, kl_coef: float) -> torch.T
     zeros = torch.zeros_like(buffer.logprobs)
     kl = torch.where(
         mask,
-        kl_penalty(buffer.logprobs, buffer.ref_logprobs, config.kl_estimator, config.kl_clamp),
+        kl_penalty(
+            buffer.logprobs, buffer.ref_logprobs, config.kl.kl_estimator, config.kl.kl_clamp
+        ),
         zeros,
     )
-    beta = kl_coef if config.kl_in == "reward" else 0.0
-    buffer.set_rewards(shaped_rewards(buffer.task_rewards, kl, mask, beta, config.reward_clip))
+    beta = kl_coef if config.kl.kl_in == "reward" else 0.0
+    buffer.set_rewards(
+        shaped_rewards(buffer.task_rewards, kl, mask, beta, config.credit.reward_clip)
+    )
     return kl
 
 
@@ -336,14 +342,14 @@ def estimate(
                 policy,
                 buffer,
                 env,
-                config.scoring_temperature,
-                config.micro_batch_size,
+                config.sampling.scoring_temperature,
+                config.optim.micro_batch_size,
             )
     buffer.set_baselines(batch.mc_values, batch.greedy_rewards)
     result = spec.fn(batch, config)
     check_estimate(spec.name, result, batch)
-    keep = ~uniform_groups(batch) if config.drop_uniform_groups else None
-    threshold = config.prob_mask_threshold
+    keep = ~uniform_groups(batch) if config.credit.drop_uniform_groups else None
+    threshold = config.loss.prob_mask_threshold
     if threshold is not None:  # SPO: confident tokens leave the update (bool[B, T] keep)
         tokens = prob_mask(buffer.logprobs, buffer.response_mask, threshold)
         result.advantages = torch.where(tokens, result.advantages, 0.0)

@@ -21,7 +21,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from marlhf.algorithms import pipeline
 from marlhf.algorithms.base import LMOnPolicyAlgorithm
 from marlhf.algorithms.buffer import LMRolloutBuffer, RolloutSamples
-from marlhf.algorithms.config import PPOConfig, bind_config
+from marlhf.algorithms.config import PPOConfig, document_hyperparameters
 from marlhf.credit.diagnostics import credit_stats
 from marlhf.credit.estimators import Estimate, EstimatorSpec, get_estimator
 from marlhf.parallel import distributed as dist_utils
@@ -32,12 +32,15 @@ class PPO(LMOnPolicyAlgorithm):
     """Proximal Policy Optimization over the tokens (or macro actions) of LM responses.
 
     Paper: https://arxiv.org/abs/1707.06347; macro actions: https://arxiv.org/abs/2410.02743.
-    The hyper-parameters are the fields of :class:`~marlhf.algorithms.config.PPOConfig` (keyword
-    only); ``help(PPO)`` lists them with their defaults.
+    The hyper-parameters are :class:`~marlhf.algorithms.config.PPOConfig`'s, keyword only: whole
+    groups (``loss=LossConfig(clip_range=0.1)``) or flat names (``clip_range=0.1``, SB3 style);
+    ``help(PPO)`` lists them with their groups and defaults. The algorithm reads them by group
+    (``model.config.loss.clip_range``).
 
     :param policy: a :class:`CausalLMActorCritic`, a ``transformers`` causal LM, or a local path.
     :param env: a ``BatchedTokenEnv`` (``None`` to attach one later with :meth:`set_env`).
     :hyperparameters:
+    :param flat: the knobs above by flat name (each also in its group).
     :param preset: a preset name (``"ma-rlhf-official"``, ``"toy"``, ...) or a list of them,
         applied in order; it fixes the knobs that define its method (passing one too is an error)
         and suggests others, which explicit arguments override.
@@ -53,8 +56,8 @@ class PPO(LMOnPolicyAlgorithm):
     # ---------------------------------------------------------------- one iteration
     @property
     def estimator_spec(self) -> EstimatorSpec:
-        """The registered advantage estimator named by ``config.estimator``."""
-        return get_estimator(self.config.estimator)
+        """The registered advantage estimator named by ``config.credit.estimator``."""
+        return get_estimator(self.config.credit.estimator)
 
     def _buffer(self) -> LMRolloutBuffer:
         if self.rollout_buffer is None:
@@ -158,7 +161,7 @@ class PPO(LMOnPolicyAlgorithm):
             self.termination,
             codec=getattr(self.env, "codec", None),
             generator=self.termination_generator,
-            isolate_last=self.config.isolate_last,
+            isolate_last=self.config.credit.isolate_last,
         )
 
     def estimate(self) -> Estimate:
@@ -288,4 +291,4 @@ class PPO(LMOnPolicyAlgorithm):
         return out
 
 
-bind_config(PPO, PPOConfig)
+document_hyperparameters(PPO, PPOConfig)

@@ -9,10 +9,9 @@ cannot drift from them. ``docs/presets.md`` is its output (a test checks it is c
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from marlhf.algorithms.config import PPOConfig
+from marlhf.algorithms.config import knob_fields
 from marlhf.algorithms.presets import PRESETS, Preset
 
 HEADER = """# Presets: source settings vs marlhf's
@@ -59,8 +58,7 @@ def marlhf_value(preset: Preset, knob: str) -> tuple[Any, str]:
         return preset.fixed[knob], "fixed"
     if knob in preset.suggested:
         return preset.suggested[knob], "suggested"
-    defaults = {f.name: f.default for f in dataclasses.fields(PPOConfig)}
-    return defaults[knob], "default"
+    return knob_fields()[knob].default, "default"
 
 
 def differences(preset: Preset) -> dict[str, tuple[Any, Any]]:

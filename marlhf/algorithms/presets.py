@@ -1,5 +1,6 @@
 """Presets: named partial configs of :class:`~marlhf.algorithms.config.PPOConfig`, and their
-resolution.
+resolution. A preset's knobs are flat names (``clip_range``), each reaching its group through
+:data:`~marlhf.algorithms.knobs.FLAT_KEYS`.
 
 A preset *fixes* the knobs that define a method (passing one of those too is an error: the result
 would no longer be that method) and *suggests* others (learning rate, epochs, ...), which an
@@ -15,6 +16,9 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
+
+from marlhf.algorithms.groups import GROUPS
+from marlhf.algorithms.knobs import FLAT_KEYS, get_knob, leaves
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -420,24 +424,56 @@ def _preset_names(preset: str | Iterable[str] | None) -> list[str]:
     return names
 
 
+def explicit_values(explicit: Mapping[str, Any], cls_name: str = "PPOConfig") -> dict[str, Any]:
+    """``explicit`` by flat name: a group object (``loss=LossConfig(...)``) stands for every one
+    of its knobs (each then explicit: a preset fixing one of them to another value clashes).
+
+    :raises TypeError: a key that is neither a flat knob nor a group (the message lists them).
+    :raises ValueError: a group that is not its group's dataclass, or a knob given twice with
+        two values (once flat, once in its group).
+    """
+    out: dict[str, Any] = {}
+    groups: dict[str, Any] = {}
+    for key, value in explicit.items():
+        if key in GROUPS:
+            if value is None:
+                continue
+            if not isinstance(value, GROUPS[key]):
+                raise ValueError(
+                    f"{key}={value!r} must be a {GROUPS[key].__name__} (or None for its defaults)"
+                )
+            groups[key] = value
+        elif key in FLAT_KEYS:
+            out[key] = value
+        else:
+            raise TypeError(
+                f"unknown hyper-parameter {key!r} for {cls_name}; valid: {sorted(FLAT_KEYS)} "
+                f"(or the groups {list(GROUPS)})"
+            )
+    for group, value in groups.items():
+        for path, f in leaves(type(value)):
+            knob = get_knob(value, path)
+            if f.name in out and out[f.name] != knob:
+                raise ValueError(
+                    f"{f.name} is given twice: {f.name}={out[f.name]!r} and "
+                    f"{group}.{'.'.join(path)}={knob!r}"
+                )
+            out[f.name] = knob
+    return out
+
+
 def resolve_config(
     cls: type[ConfigT],
     preset: str | Iterable[str] | None = None,
     explicit: Mapping[str, Any] | None = None,
 ) -> ConfigT:
     """The config of ``cls`` from its defaults, then ``preset`` (one name or several, applied in
-    order), then the ``explicit`` values.
+    order), then the ``explicit`` values (flat names, or whole groups: :func:`explicit_values`).
 
-    :raises TypeError: an explicit key that is not a field (the message lists the valid ones).
+    :raises TypeError: an explicit key that is not a knob (the message lists the valid ones).
     :raises ValueError: an explicit key a preset fixes, an unknown preset, or a bad value.
     """
-    explicit = dict(explicit or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(explicit) - names)
-    if unknown:
-        raise TypeError(
-            f"unknown hyper-parameter {unknown[0]!r} for {cls.__name__}; valid: {sorted(names)}"
-        )
+    explicit = explicit_values(explicit or {}, cls.__name__)
     values: dict[str, Any] = {}
     for name in _preset_names(preset):
         p = get_preset(name)

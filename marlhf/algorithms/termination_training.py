@@ -104,7 +104,7 @@ def check_termination(algo: Any) -> None:
             "cannot train on (its truth is of single-turn tasks); use steps=0 to apply a "
             "trained one, or a heuristic termination"
         )
-    supported_estimator(algo.config.estimator)
+    supported_estimator(algo.config.credit.estimator)
     task = getattr(env, "task", None)
     if task is not None:
         check_target(term.target, task)
@@ -240,7 +240,7 @@ def estimator_function(algo: Any, rows: slice) -> Callable[[torch.Tensor], torch
     """``starts -> advantages`` of the agent's estimator on ``rows`` of its rollout, for any
     number of stacked copies of those rows (task rewards, as the audit: the truth is of the
     task's return)."""
-    spec = supported_estimator(algo.config.estimator)
+    spec = supported_estimator(algo.config.credit.estimator)
     buf = algo.rollout_buffer
     rewards = buf.task_rewards[rows]
     values = buf.values[rows] if buf.has_values else None
@@ -306,7 +306,7 @@ def train_termination(algo: Any) -> dict[str, float]:
     )
     true = truth.advantages.to(mask.device)
     advantages_of = estimator_function(algo, rows)
-    isolate = bool(algo.config.isolate_last)
+    isolate = bool(algo.config.credit.isolate_last)
     if getattr(term, "per", "episode") == "batch":  # budget * B cuts anywhere in the batch
         total = int(term.cut_budget.budget) * mask.shape[0]
         oracle = batch_oracle_cuts(advantages_of, true, mask, total, isolate_last=isolate)

@@ -97,10 +97,10 @@ class PPOUpdater:
         # are (_accumulate; a token share alone is wrong for the per-response aggregations), so
         # without micro-batches each rank's rows are one chunk.
         distributed = self.world.distributed
-        micro = self.config.micro_batch_size
+        micro = self.config.optim.micro_batch_size
         if micro is None and distributed:
             micro = max(1, buf.num_envs)
-        for epoch in range(self.config.n_epochs):
+        for epoch in range(self.config.optim.n_epochs):
             for mb in self._minibatches(buf):
                 if micro is not None:
                     # Gradients accumulated over micro-batches; the decisions come after them.
@@ -154,7 +154,7 @@ class PPOUpdater:
 
     def _early_stop(self, epoch: int, kl: float) -> bool:
         """Whether ``target_kl`` stops the epochs at this minibatch's ``approx_kl``."""
-        if self.config.target_kl is None or not kl > 1.5 * self.config.target_kl:
+        if self.config.optim.target_kl is None or not kl > 1.5 * self.config.optim.target_kl:
             return False
         if self.verbose >= 1 and self.world.is_main:
             print(f"Early stop at epoch {epoch}: approx_kl {kl:.4f}")
@@ -164,9 +164,9 @@ class PPOUpdater:
         """Sum the gradients over ranks, clip them, and take one optimizer step."""
         if self.policy.fsdp is None:  # (FSDP has reduce-scattered them in the backward)
             dist_utils.all_reduce_gradients(self.policy.trainable_parameters())
-        if self.config.max_grad_norm is not None:
+        if self.config.optim.max_grad_norm is not None:
             grad_norm = torch.nn.utils.clip_grad_norm_(
-                list(self.policy.trainable_parameters()), self.config.max_grad_norm
+                list(self.policy.trainable_parameters()), self.config.optim.max_grad_norm
             )
             self._check_loss(whole(grad_norm), names=("gradient norm",))
         self.optimizer.step()
@@ -219,7 +219,7 @@ class PPOUpdater:
             m = mask[rows]
             counts = (float(m.sum()), float(m.any(dim=1).sum()), float(m.numel()))
             shares = [c / t if t > 0 else 0.0 for c, t in zip(counts, totals, strict=True)]
-            pg_w, tok_w = shares[_AGG_SHARE[self.config.loss_agg]], shares[0]
+            pg_w, tok_w = shares[_AGG_SHARE[self.config.loss.loss_agg]], shares[0]
             loss, pg_loss, vf_loss, ent_loss, stats = self.minibatch_loss(
                 buf, micro, whitened=True, weights=(pg_w, tok_w)
             )
@@ -243,7 +243,7 @@ class PPOUpdater:
 
     def _advantages(self, mb: RolloutSamples, mask: torch.Tensor) -> torch.Tensor:
         """The minibatch's advantages, whitened over its global tokens when configured."""
-        if not self.config.normalize_advantage:
+        if not self.config.loss.normalize_advantage:
             return mb.advantages
         distributed = self.world.distributed
         return (global_whiten if distributed else whiten)(mb.advantages, mask)
@@ -275,11 +275,11 @@ class PPOUpdater:
                 mb.input_ids,
                 mb.attention_mask,
                 mb.response_mask,
-                temperature=self.config.scoring_temperature,
+                temperature=self.config.sampling.scoring_temperature,
                 action_mask=mb.action_mask,
                 with_values=with_values,
                 # No graph for an entropy the loss does not weight (it is only logged).
-                entropy="grad" if self.config.ent_coef != 0 else "no_grad",
+                entropy="grad" if self.config.loss.ent_coef != 0 else "no_grad",
             )
         if mb.action_index is not None:  # multi-turn: the actions only, as the advantages
             logp, entropy = mb.to_actions(logp), mb.to_actions(entropy)
@@ -299,11 +299,11 @@ class PPOUpdater:
             advantages,
             mask,
             mb.starts,
-            clip_range=self.config.clip_range,
-            ratio_level=self.config.ratio_level,
-            clip_range_high=self.config.clip_range_high,
-            loss_agg=self.config.loss_agg,
-            dual_clip=self.config.dual_clip,
+            clip_range=self.config.loss.clip_range,
+            ratio_level=self.config.loss.ratio_level,
+            clip_range_high=self.config.loss.clip_range_high,
+            loss_agg=self.config.loss.loss_agg,
+            dual_clip=self.config.loss.dual_clip,
         )
         if values is None:  # an estimator without a critic: no value loss at all
             vf_loss = torch.zeros((), device=pg_loss.device)
@@ -313,25 +313,25 @@ class PPOUpdater:
                 mb.old_values,
                 mb.returns,
                 mask,
-                clip_range_vf=self.config.clip_range_vf,
+                clip_range_vf=self.config.loss.clip_range_vf,
             )
         ent_loss = entropy_loss(entropy.float(), mask)
         pg_w, tok_w = weights
-        loss = pg_w * pg_loss + tok_w * (self.config.ent_coef * ent_loss)
-        if self.config.kl_in == "loss" and self.kl_ctl.value > 0:
+        loss = pg_w * pg_loss + tok_w * (self.config.loss.ent_coef * ent_loss)
+        if self.config.kl.kl_in == "loss" and self.kl_ctl.value > 0:
             # The KL to the reference as a loss term (GRPO: k3), on the current log-probs,
             # aggregated (and so weighted) like the policy loss.
             kl = kl_loss(
                 logp.float(),
                 mb.ref_logprobs,
                 mask,
-                estimator=self.config.kl_estimator,
-                loss_agg=self.config.loss_agg,
-                clamp=self.config.kl_clamp,
+                estimator=self.config.kl.kl_estimator,
+                loss_agg=self.config.loss.loss_agg,
+                clamp=self.config.kl.kl_clamp,
             )
             loss = loss + pg_w * (float(self.kl_ctl.value) * kl)
         if values is not None:
-            loss = loss + tok_w * (self.config.vf_coef * vf_loss)
+            loss = loss + tok_w * (self.config.loss.vf_coef * vf_loss)
         return loss, pg_loss, vf_loss, ent_loss, stats
 
     def _minibatches(self, buf: LMRolloutBuffer) -> Any:
@@ -341,27 +341,27 @@ class PPOUpdater:
             self._deferred_rows = order.to(buf.device)
             return iter([buf.rows(self._deferred_rows)])
         if not self.world.distributed:
-            return buf.get(self.config.batch_size, self.shuffle_generator)
+            return buf.get(self.config.optim.batch_size, self.shuffle_generator)
         return (
             buf.rows(idx.to(buf.device))
             for idx in dist_utils.shard_minibatches(
-                buf.num_envs, self.config.batch_size, self.shuffle_generator, self.world
+                buf.num_envs, self.config.optim.batch_size, self.shuffle_generator, self.world
             )
         )
 
     def _update_learning_rate(self, done: float) -> None:
         """Warm-up then constant or linear decay, by the fraction ``done`` of the budget."""
         cfg = self.config
-        if cfg.lr_schedule == "constant" and cfg.warmup_fraction == 0.0:
+        if cfg.optim.lr_schedule == "constant" and cfg.optim.warmup_fraction == 0.0:
             return
         scale = 1.0
-        if cfg.warmup_fraction > 0.0 and done < cfg.warmup_fraction:
-            scale = done / cfg.warmup_fraction
-        elif cfg.lr_schedule == "linear":
-            span = max(1.0 - cfg.warmup_fraction, 1e-12)
-            scale = max(0.0, 1.0 - (done - cfg.warmup_fraction) / span)
+        if cfg.optim.warmup_fraction > 0.0 and done < cfg.optim.warmup_fraction:
+            scale = done / cfg.optim.warmup_fraction
+        elif cfg.optim.lr_schedule == "linear":
+            span = max(1.0 - cfg.optim.warmup_fraction, 1e-12)
+            scale = max(0.0, 1.0 - (done - cfg.optim.warmup_fraction) / span)
         for group in self.optimizer.param_groups:
-            group["lr"] = cfg.learning_rate * scale
+            group["lr"] = cfg.optim.learning_rate * scale
 
     def _check_parameters(self) -> None:
         # One reduction per tensor: cheap next to the update, and it stops training before a
@@ -376,7 +376,7 @@ class PPOUpdater:
             )
             error = FloatingPointError(
                 f"non-finite parameter {bad!r} after update {self.n_updates} "
-                f"(learning_rate={self.config.learning_rate}); training stopped before the "
+                f"(learning_rate={self.config.optim.learning_rate}); training stopped before the "
                 "model is used or saved"
             )
         if self.policy.fsdp is not None:

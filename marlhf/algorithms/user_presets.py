@@ -3,9 +3,7 @@ against the config's fields."""
 
 from __future__ import annotations
 
-import dataclasses
-
-from marlhf.algorithms.config import PPOConfig
+from marlhf.algorithms.config import FLAT_KEYS
 from marlhf.algorithms.presets import PRESETS, Preset, available_presets
 
 #: Names a preset cannot take: ``mappo`` names the bare macro-action agent in ``marlhf compare``'s
@@ -45,7 +43,7 @@ def register_preset(name: str, preset: Preset) -> Preset:
         raise ValueError(
             f"register_preset: {name!r} is already a preset; registered: {available_presets()}"
         )
-    fields = {f.name for f in dataclasses.fields(PPOConfig)}
+    fields = set(FLAT_KEYS)
     for part in ("fixed", "suggested", "source_settings"):
         unknown = sorted(set(getattr(preset, part)) - fields)
         if unknown:

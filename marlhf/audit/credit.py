@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
-from marlhf.algorithms.config import PPOConfig
+from marlhf.algorithms.config import PPOConfig, flat_values, knob_types
 from marlhf.checkpoint.rollout_io import Rollouts, resegment
 from marlhf.credit.estimators import EstimatorBatch, check_estimate, get_estimator, prob_mask
 from marlhf.credit.truth import Sampling, TrueAdvantages, true_advantages
@@ -49,8 +49,7 @@ _NOT_KNOBS = ("termination", "estimator")
 
 
 def _knob_types() -> dict[str, Any]:
-    hints = typing.get_type_hints(PPOConfig)
-    return {k: v for k, v in hints.items() if k not in _NOT_KNOBS}
+    return {k: v for k, v in knob_types().items() if k not in _NOT_KNOBS}
 
 
 def _parse_value(key: str, text: str) -> Any:
@@ -162,8 +161,8 @@ def estimate(
     result = spec.fn(batch, config)
     check_estimate(spec.name, result, batch)
     advantages = result.advantages
-    if config.prob_mask_threshold is not None:  # SPO: the agent's rule (no update, no credit)
-        kept = prob_mask(rollouts.logprobs, rollouts.response_mask, config.prob_mask_threshold)
+    if config.loss.prob_mask_threshold is not None:  # SPO: the agent's rule (no update, no credit)
+        kept = prob_mask(rollouts.logprobs, rollouts.response_mask, config.loss.prob_mask_threshold)
         advantages = torch.where(kept, advantages, 0.0)
     return advantages, starts
 
@@ -286,7 +285,7 @@ def audit(
     for scheme in schemes:
         est, starts = estimate(scheme, rollouts, codec=codec)
         est = est.double()
-        gamma = float(scheme.config().gamma)
+        gamma = float(scheme.config().credit.gamma)
         true_seg, est_seg, seg_mask = segment_truth(true, est, mask, starts, gamma)
         segments = error_metrics(est_seg[seg_mask], true_seg[seg_mask])
         segments["count"] = int(seg_mask.sum())
@@ -346,8 +345,11 @@ def scheme_of(algo: Any) -> Scheme:
     termination = getattr(algo, "termination", None)
     knobs = ("gamma", "gae_lambda", "reward_agg", "value_agg", "discount")
     defaults = PPOConfig()
-    params = {k: getattr(config, k) for k in knobs if getattr(config, k) != getattr(defaults, k)}
-    return Scheme(config.estimator, None if termination is None else termination.spec, params)
+    have, default = flat_values(config), flat_values(defaults)
+    params = {k: have[k] for k in knobs if have[k] != default[k]}
+    return Scheme(
+        config.credit.estimator, None if termination is None else termination.spec, params
+    )
 
 
 class CreditAuditCallback(BaseCallback):

@@ -65,25 +65,33 @@ def env_identity(env: Any) -> dict[str, Any]:
     }
 
 
-def _describe(identity: dict[str, Any]) -> str:
+def describe_env(identity: dict[str, Any]) -> str:
+    """``env_id {kwargs} (codec FINGERPRINT)`` of an :func:`env_identity`, for messages."""
     name = identity.get("env_id") or identity.get("task")
     kwargs = identity.get("task_kwargs")
     return f"{name}" + ("" if kwargs is None else f" {kwargs}") + f" (codec {identity['codec']})"
 
 
-def check_identity(zip_path: Path, saved: dict[str, Any], env: Any) -> None:
-    """Raise when ``env`` is another task or codec than the one ``saved`` (naming both)."""
-    now = env_identity(env)
+def identity_differences(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys in which two :func:`env_identity` records differ. The env id and the task's
+    keyword arguments count only where both records know them (a task built without a
+    registered id has neither); the task's name and the codec always count."""
     differs = [
         key
         for key in ("env_id", "task_kwargs")
         if saved.get(key) is not None and now[key] is not None and saved[key] != now[key]
     ]
-    differs += [key for key in ("task", "codec") if saved.get(key) != now[key]]
+    return differs + [key for key in ("task", "codec") if saved.get(key) != now[key]]
+
+
+def check_identity(zip_path: Path, saved: dict[str, Any], env: Any) -> None:
+    """Raise when ``env`` is another task or codec than the one ``saved`` (naming both)."""
+    now = env_identity(env)
+    differs = identity_differences(saved, now)
     if differs:
         raise ValueError(
-            f"load: {str(zip_path)!r} was trained on {_describe(saved)}; the env given is "
-            f"{_describe(now)} (differs in {', '.join(differs)}); pass an env of the saved "
+            f"load: {str(zip_path)!r} was trained on {describe_env(saved)}; the env given is "
+            f"{describe_env(now)} (differs in {', '.join(differs)}); pass an env of the saved "
             "task, or force=True to load onto this one anyway"
         )
 

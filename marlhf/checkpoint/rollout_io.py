@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from marlhf.checkpoint.data import describe_env, env_identity, identity_differences
 from marlhf.envs.core.tasks import Prompt
 from marlhf.options import SegmentationBatch, compute_starts, make_termination
 
@@ -147,6 +148,7 @@ class Rollouts:
             spec = repr(termination)
         info = {
             "task": getattr(getattr(env, "task", None), "name", None),
+            "env": env_identity(env) if hasattr(env, "codec") else None,
             "termination": spec,
             "num_timesteps": int(getattr(algo, "num_timesteps", 0)),
             "seed": getattr(algo, "seed", None),
@@ -233,6 +235,32 @@ class Rollouts:
             for row, m, p in zip(ids, mask, meta["prompts"], strict=True)
         ]
         return cls(**tensors, prompts=prompts, info=dict(meta["info"]))
+
+    def check_env(self, env: Any, source: str, hint: str = "") -> None:
+        """Raise when these rollouts were collected on another task than ``env``'s.
+
+        Compares the env id, the task's keyword arguments and the codec recorded at collection
+        (``info["env"]``) with ``env``'s; a file without them (written before they were
+        recorded) is compared by the task's name alone.
+
+        :param source: names the rollouts in the message (a path, ``rollouts=PATH``).
+        :param hint: what to do about it, appended to the message.
+        :raises ValueError: naming the rollouts' task, the task asked for and what differs.
+        """
+        now = env_identity(env)
+        saved = self.info.get("env")
+        if isinstance(saved, dict):
+            differs = identity_differences(saved, now)
+            theirs = describe_env(saved)
+        else:  # an older file: the task's name is all it recorded
+            name = self.info.get("task")
+            differs = ["task"] if isinstance(name, str) and name != now["task"] else []
+            theirs = f"task {name!r}"
+        if differs:
+            raise ValueError(
+                f"{source} holds episodes of {theirs}; the task asked for is "
+                f"{describe_env(now)} (differs in {', '.join(differs)})" + (hint and f": {hint}")
+            )
 
 
 def collect(algo: Any) -> Rollouts:

@@ -183,12 +183,12 @@ def _check_preset_run(config: CompareConfig, request: RunRequest) -> None:
     groups it samples divide ``task.num_envs``."""
     agent, cfg = request.spec.agent, request.config
     try:
-        check_estimator_task(cfg.estimator, config.task.id)  # turn-level on a one-turn task
+        check_estimator_task(cfg.credit.estimator, config.task.id)  # turn-level on a one-turn task
     except (TypeError, ValueError) as err:
         raise ConfigError(f"agents: {agent!r}: {err}") from None
-    if config.task.num_envs % cfg.group_size:
+    if config.task.num_envs % cfg.credit.group_size:
         raise ConfigError(
-            f"agents: {agent!r} samples groups of group_size={cfg.group_size}, which does "
+            f"agents: {agent!r} samples groups of group_size={cfg.credit.group_size}, which does "
             f"not divide task.num_envs={config.task.num_envs}"
         )
 
@@ -223,7 +223,7 @@ def _train_all(
     for request in todo:  # a log of an earlier failure would mislead once the run goes on
         (Path(request.folder) / ERROR_LOG).unlink(missing_ok=True)
     unused_mask = unused_mask_message(
-        check_task_builds(config.task, config.model), config.agent.mask_actions
+        check_task_builds(config.task, config.model), config.agent.sampling.mask_actions
     )
     with progress_display("compare", names, config.total_timesteps, display, verbose) as shown:
         update = note_when_training_starts(unused_mask, shown)

@@ -167,7 +167,7 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
         raise ValueError(f"mc_samples={config.mc_samples} must be >= 2")
     check_folder("output_dir", config.output_dir)
     if config.truth == "exact" and config.rollouts is None:
-        mask_actions = config.agent.mask_actions
+        mask_actions = config.agent.sampling.mask_actions
         if not exact_truth_fits(config.task, mask_actions):
             raise ValueError(
                 f"truth=exact cannot audit {config.task.id} {dict(config.task.kwargs)}: it has "
@@ -185,6 +185,11 @@ def run_audit(config: AuditConfig) -> dict[str, Any]:
     out = Path(config.output_dir)
     if config.rollouts is not None:
         rollouts = Rollouts.load(config.rollouts)
+        rollouts.check_env(
+            algo.env,
+            f"rollouts={config.rollouts}",
+            hint="audit them with the task they were collected on (task.id and task.kwargs)",
+        )
     else:
         with during_run():
             rollouts = collect(algo)
@@ -286,7 +291,7 @@ def check_credit_task(config: Any, task: TaskConfig, agent: AgentConfig) -> None
     under the agent's action mask (else the first audit would fail mid-run)."""
     if config.credit_every == 0 or config.credit_truth != "exact":
         return
-    if not exact_truth_fits(task, agent.mask_actions):
+    if not exact_truth_fits(task, agent.sampling.mask_actions):
         raise ValueError(
             f"credit_truth=exact cannot audit {task.id} {dict(task.kwargs)}: it has more than "
             f"{EXACT_LIMIT:,} continuations per prompt (multi-turn: {EXACT_TURN_LIMIT:,} "

@@ -82,7 +82,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
     check_batch_fits(config.agent, config.task)
     check_task_kwargs(config.task)
     built = check_task_builds(config.task, config.model)  # bad values: before the folder too
-    unused_mask = unused_mask_message(built, config.agent.mask_actions)
+    unused_mask = unused_mask_message(built, config.agent.sampling.mask_actions)
     check_credit_task(config, config.task, config.agent)
     apply_thread_policy(config.num_threads)
     spec = RunSpec(config.algo, termination, config.seed)
@@ -94,7 +94,7 @@ def run_train(config: TrainConfig, progress: ProgressFn | None = None) -> dict[s
     task = config.task
     if world.distributed:
         shard = dist_utils.shard_size(
-            task.num_envs, "task.num_envs", world, group=config.agent.group_size
+            task.num_envs, "task.num_envs", world, group=config.agent.credit.group_size
         )
         task = dataclasses.replace(task, num_envs=shard)
     request = build_request(

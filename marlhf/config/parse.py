@@ -201,16 +201,30 @@ def to_dict(config: Any) -> dict[str, Any]:
 def _set_dotted(data: dict[str, Any], cls: type, key: str, value: Any) -> None:
     parts = key.split(".")
     node, node_cls = data, cls
-    for i, part in enumerate(parts):
+    i = 0
+    while i < len(parts):
+        part = parts[i]
         fields = {f.name for f in dataclasses.fields(node_cls)}
+        aliases: Mapping[str, tuple[str, ...]] = getattr(node_cls, "flat_keys", {})
+        if part not in fields and part in aliases and i == len(parts) - 1:
+            # A knob by its flat name (kept as the user wrote it, for errors naming it); it wins
+            # over the same knob set by its group path before (in the YAML file).
+            group = node.get(aliases[part][0])
+            if isinstance(group, dict):
+                group.pop(aliases[part][-1], None)
+            node[part] = value
+            return
         if part not in fields:
             here = ".".join(parts[:i])
-            valid = ", ".join((here + "." if here else "") + f for f in sorted(fields))
-            raise ConfigError(f"unknown config key {key!r}; valid keys here: {valid}")
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys here: {valid_keys(node_cls, here)}"
+            )
         annotation = _hints(node_cls)[part]
         if i == len(parts) - 1:
             node[part] = value
         elif dataclasses.is_dataclass(annotation):
+            if aliases and i + 2 == len(parts):  # the group path wins over a flat name set before
+                node.pop(parts[i + 1], None)
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
                 raise ConfigError(f"config key {'.'.join(parts[: i + 1])!r} must be a mapping")
@@ -225,6 +239,27 @@ def _set_dotted(data: dict[str, Any], cls: type, key: str, value: Any) -> None:
                 f"config key {'.'.join(parts[: i + 1])!r} is a {type_name(annotation)}, "
                 f"it has no sub-key {parts[i + 1]!r}"
             )
+        i += 1
+
+
+def valid_keys(cls: type, here: str) -> str:
+    """The keys ``cls`` takes at ``here`` (its leaves and sections' leaves), for an error; with
+    the flat names of a class that has them (the agent section)."""
+    prefix = here + "." if here else ""
+    aliases: Mapping[str, tuple[str, ...]] = getattr(cls, "flat_keys", {})
+    if not aliases:
+        return ", ".join(prefix + f.name for f in sorted(dataclasses.fields(cls), key=_name))
+    keys = [key for key, *_ in describe(cls, prefix)]
+    flat = ", ".join(
+        prefix + name
+        for name in sorted(aliases)
+        if prefix + ".".join(aliases[name]) in keys  # (a knob set elsewhere has no flat key)
+    )
+    return ", ".join(keys) + f"; or a knob by its flat name: {flat}"
+
+
+def _name(f: dataclasses.Field[Any]) -> str:
+    return f.name
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
@@ -331,12 +366,40 @@ def describe(cls: type, prefix: str = "", instance: Any = None) -> list[tuple[st
     return rows
 
 
+def sections(cls: type, prefix: str = "") -> dict[str, str]:
+    """``{dotted section: its help}`` for every nested config section of ``cls`` (``agent``,
+    ``agent.loss``...), in field order."""
+    out: dict[str, str] = {}
+    hints = _hints(cls)
+    for f in dataclasses.fields(cls):
+        annotation = hints[f.name]
+        if f.metadata.get("cli") is False or not dataclasses.is_dataclass(annotation):
+            continue
+        text = " ".join(str(f.metadata.get("help", "")).replace("``", "").split())
+        if getattr(annotation, "flat_keys", None):
+            text += f" (each knob also by its flat name: {prefix}{f.name}.clip_range, ...)"
+        out[prefix + f.name] = text
+        out.update(sections(annotation, prefix + f.name + "."))  # type: ignore[arg-type]
+    return out
+
+
 def help_text(cls: type) -> str:
-    """The ``--help`` epilog: one paragraph per config key."""
+    """The ``--help`` epilog: one paragraph per config key, under a heading per section (the
+    agent's groups each have theirs: ``agent.loss``, ``agent.kl``...)."""
     lines = ["config keys (set with --set KEY=VALUE or in the --config YAML file):"]
+    headings = sections(cls)
+    shown: set[str] = set()
     for key, tname, default, text in describe(cls):
-        lines.append(f"  {key} ({tname}, default {default})")
-        lines.append(f"      {text}")
+        section = key.rpartition(".")[0]
+        parts = section.split(".") if section else []
+        for depth in range(1, len(parts) + 1):  # the section's heading, and its parents'
+            name = ".".join(parts[:depth])
+            if name in headings and name not in shown:
+                shown.add(name)
+                lines.append(f"{'  ' * depth}[{name}] {headings[name]}")
+        indent = "  " * (len(parts) + 1)
+        lines.append(f"{indent}{key} ({tname}, default {default})")
+        lines.append(f"{indent}    {text}")
     return "\n".join(lines)
 
 

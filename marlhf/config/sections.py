@@ -11,9 +11,17 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from marlhf.algorithms.config import PRESETS, PPOConfig, resolve_config
+from marlhf.algorithms.config import (
+    FLAT_KEYS,
+    GROUPS,
+    PRESETS,
+    PPOConfig,
+    flat_values,
+    knob_types,
+    resolve_config,
+)
 from marlhf.config.parse import (
     ConfigError,
     check_float,
@@ -22,6 +30,7 @@ from marlhf.config.parse import (
     check_value,
     doc,
     from_dict,
+    valid_keys,
 )
 from marlhf.policy.lora import LoRAConfig
 
@@ -162,8 +171,12 @@ CLI_PRESETS: list[str] = ["toy"]
 
 @dataclass
 class AgentConfig(PPOConfig):
-    """The agent's hyper-parameters: :class:`marlhf.algorithms.PPOConfig`'s fields (the same names,
-    help and validation as ``PPO(...)``), starting from the ``preset`` list (default: ``toy``)."""
+    """The agent's hyper-parameters: :class:`marlhf.algorithms.PPOConfig`'s groups (the same
+    knobs, help and validation as ``PPO(...)``; ``agent.loss.clip_range`` or by flat name
+    ``agent.clip_range``), starting from the ``preset`` list (default: ``toy``)."""
+
+    #: ``--set agent.<flat name>=...`` reaches the knob's group (config.parse reads this).
+    flat_keys: ClassVar[dict[str, tuple[str, ...]]] = FLAT_KEYS
 
     preset: list[str] = field(
         default_factory=lambda: list(CLI_PRESETS),
@@ -183,7 +196,11 @@ class AgentConfig(PPOConfig):
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], prefix: str = "agent.") -> AgentConfig:
-        """The section from the keys a user set (YAML, ``--set``): presets first, then those."""
+        """The section from the keys a user set (YAML, ``--set``): presets first, then those.
+
+        A knob is set by its group path (``loss: {clip_range: 0.1}``) or by its flat name
+        (``clip_range: 0.1``, :data:`~marlhf.algorithms.knobs.FLAT_KEYS`).
+        """
         values = dict(data)
         preset = values.pop("preset", list(CLI_PRESETS))
         recorded = values.pop("explicit", None)
@@ -191,23 +208,14 @@ class AgentConfig(PPOConfig):
             preset = [preset]
         if not isinstance(preset, list) or not all(isinstance(p, str) for p in preset):
             raise ConfigError(f"config key {prefix}preset: expected a list of preset names")
-        if values.pop("termination", None) is not None:
-            raise ConfigError(
-                f"config key {prefix}termination: set the termination with the top-level "
-                "`termination` (train) or `agents` (compare) key"
-            )
-        hints = typing.get_type_hints(PPOConfig)
-        for key, value in values.items():
-            if key not in hints:
-                valid = ", ".join(prefix + k for k in sorted(hints) if k != "termination")
-                raise ConfigError(f"unknown config key {prefix + key!r}; valid keys here: {valid}")
-            values[key] = check_value(value, hints[key], prefix + key)
+        flat = _flat_knobs(values, prefix)
         try:
-            config = resolve_config(PPOConfig, preset, values)
+            config = resolve_config(PPOConfig, preset, flat)
         except (TypeError, ValueError) as err:
             raise ConfigError(f"config section {prefix.rstrip('.')!r}: {err}") from None
-        explicit = sorted(values) if recorded is None else list(recorded)
-        return cls(**{**dataclasses.asdict(config), "preset": preset, "explicit": explicit})
+        explicit = sorted(flat) if recorded is None else list(recorded)
+        groups = {name: getattr(config, name) for name in GROUPS}
+        return cls(**groups, preset=preset, explicit=explicit)
 
     @classmethod
     def cli_default(cls) -> AgentConfig:
@@ -215,20 +223,78 @@ class AgentConfig(PPOConfig):
         return cls.from_mapping({})
 
     def agent_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``PPO``/``MAPPO``: every hyper-parameter (presets applied)."""
-        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(PPOConfig)}
+        """Keyword arguments for ``PPO``/``MAPPO``: every hyper-parameter by flat name (presets
+        applied)."""
+        out = flat_values(self)
         out.pop("termination")
         return out
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        check_float("agent.learning_rate", self.learning_rate, 0.0, MAX_LEARNING_RATE)
-        for f in dataclasses.fields(PPOConfig):
-            value = getattr(self, f.name)
+        knobs = flat_values(self)
+        # (the errors name a knob by its flat name, a key that works wherever it was set)
+        check_float("agent.learning_rate", knobs["learning_rate"], 0.0, MAX_LEARNING_RATE)
+        for name, value in knobs.items():
             if isinstance(value, float) and abs(value) > MAX_KNOB:  # finite, yet overflows
+                where = ".".join(FLAT_KEYS[name])
                 raise ConfigError(
-                    f"agent.{f.name}={value!r} is out of range: at most {MAX_KNOB:g} in size"
+                    f"agent.{name}={value!r} is out of range: at most {MAX_KNOB:g} in size "
+                    f"(agent.{where})"
                 )
-        unknown = sorted(set(self.explicit) - {f.name for f in dataclasses.fields(PPOConfig)})
+        unknown = sorted(set(self.explicit) - set(FLAT_KEYS))
         if unknown:
             raise ConfigError(f"agent.explicit: {unknown[0]!r} is not an agent key")
+
+
+def _flat_knobs(values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """The agent section's knobs by flat name, each checked against its field's type: group
+    mappings (``loss: {clip_range: 0.1}``, ``credit: {grpo: {group_std: false}}``) and flat
+    names (``clip_range: 0.1``) alike."""
+    flat: dict[str, Any] = {}
+    where: dict[str, str] = {}
+    types = knob_types()
+
+    def put(name: str, value: Any, key: str) -> None:
+        if name == "termination" and value is None:  # (a recorded config holds it: null)
+            return
+        if name == "termination":
+            raise ConfigError(
+                f"config key {key}: set the termination with the top-level `termination` "
+                "(train) or `agents` (compare) key"
+            )
+        checked = check_value(value, types[name], key)
+        if name in flat and flat[name] != checked:
+            raise ConfigError(
+                f"config key {key}={checked!r} and {where[name]}={flat[name]!r} set the same "
+                "knob; keep one"
+            )
+        flat[name], where[name] = checked, key
+
+    def walk(cls: type, mapping: Any, here: str) -> None:
+        if not isinstance(mapping, Mapping):
+            raise ConfigError(
+                f"config key {here!r}: expected a mapping of its knobs, got {mapping!r}"
+            )
+        hints = typing.get_type_hints(cls)
+        for name, value in mapping.items():
+            key = f"{here}.{name}"
+            if name not in hints or name not in {f.name for f in dataclasses.fields(cls)}:
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid keys here: {valid_keys(cls, here)}"
+                )
+            if dataclasses.is_dataclass(hints[name]):
+                walk(hints[name], value, key)
+            else:
+                put(name, value, key)
+
+    for key, value in values.items():
+        if key in GROUPS:
+            walk(GROUPS[key], value, prefix + key)
+        elif key in FLAT_KEYS:
+            put(key, value, prefix + key)
+        else:
+            raise ConfigError(
+                f"unknown config key {prefix + str(key)!r}; valid keys here: "
+                f"{valid_keys(AgentConfig, prefix.rstrip('.'))}"
+            )
+    return flat

@@ -35,6 +35,7 @@ Turn-level estimators live in :mod:`marlhf.credit.turn_credit`; estimator *specs
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -43,6 +44,7 @@ import torch
 from torch import Tensor
 
 from marlhf.credit.advantages import compute_gae, global_whiten
+from marlhf.credit.estimator_options import GRPOOptions, MCOptions, ReinforcePPBaselineOptions
 
 ESTIMATOR_INPUTS: tuple[str, ...] = (
     "values",
@@ -118,12 +120,14 @@ class EstimatorFn(Protocol):
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """A registered estimator: its function, declared inputs and a one-line description."""
+    """A registered estimator: its function, declared inputs, a one-line description and the
+    dataclass of the agent-config knobs it owns (``None``: it owns none)."""
 
     name: str
     fn: EstimatorFn
     requires: frozenset[str]
     description: str
+    options: type | None = None
 
     @property
     def needs_critic(self) -> bool:
@@ -147,9 +151,18 @@ def register_resolver(resolve: Callable[[str], EstimatorSpec | None]) -> None:
 
 
 def register_estimator(
-    name: str, requires: tuple[str, ...] = (), description: str = ""
+    name: str, requires: tuple[str, ...] = (), description: str = "", options: type | None = None
 ) -> Callable[[EstimatorFn], EstimatorFn]:
-    """Register ``fn(batch, config) -> Estimate`` under ``name``, declaring its inputs."""
+    """Register ``fn(batch, config) -> Estimate`` under ``name``, declaring its inputs.
+
+    :param options: the frozen dataclass of the agent-config knobs only this estimator reads
+        (recorded on the spec); the config's ``credit`` group holds the built-in ones under the
+        estimator's name (:class:`GRPOOptions` at ``config.credit.grpo``,
+        :class:`ReinforcePPBaselineOptions`, :class:`MCOptions`). A user's estimator takes its
+        options in its spec instead (:func:`marlhf.credit.combine.register_options`).
+    """
+    if options is not None and not dataclasses.is_dataclass(options):
+        raise TypeError(f"register_estimator({name!r}): options={options!r} is not a dataclass")
     unknown = sorted(set(requires) - set(ESTIMATOR_INPUTS))
     if unknown:
         raise ValueError(
@@ -161,7 +174,7 @@ def register_estimator(
         if name in _REGISTRY and _REGISTRY[name].fn is not fn:
             raise ValueError(f"register_estimator: {name!r} is already registered")
         text = description or (fn.__doc__ or "").strip().splitlines()[0]
-        _REGISTRY[name] = EstimatorSpec(name, fn, frozenset(requires), text)
+        _REGISTRY[name] = EstimatorSpec(name, fn, frozenset(requires), text, options)
         return fn
 
     return decorate
@@ -253,11 +266,11 @@ def gae(batch: EstimatorBatch, config: Any) -> Estimate:
         batch.values,
         batch.mask,
         batch.starts,
-        gamma=config.gamma,
-        gae_lambda=config.gae_lambda,
-        reward_agg=config.reward_agg,
-        value_agg=config.value_agg,
-        discount=config.discount,
+        gamma=config.credit.gamma,
+        gae_lambda=config.credit.gae_lambda,
+        reward_agg=config.credit.reward_agg,
+        value_agg=config.credit.value_agg,
+        discount=config.credit.discount,
     )
     segments = {
         "seg_values": result.seg_values,
@@ -280,12 +293,12 @@ def _group_baseline(batch: EstimatorBatch, leave_one_out: bool) -> tuple[Tensor,
     return outcome.to(torch.float64), mean, std
 
 
-@register_estimator("grpo", requires=("group_ids",))
+@register_estimator("grpo", requires=("group_ids",), options=GRPOOptions)
 def grpo(batch: EstimatorBatch, config: Any) -> Estimate:
     """GRPO (arXiv 2402.03300): (R - group mean) / group std; std off = Dr. GRPO (2503.20783)."""
     outcome, mean, std = _group_baseline(batch, leave_one_out=False)
     adv = outcome - mean
-    if getattr(config, "group_std", True):
+    if config.credit.grpo.group_std:
         adv = adv / (std + 1e-6)
     return Estimate(broadcast(adv, batch.mask))
 
@@ -306,16 +319,16 @@ def _whiten_batch(x: Tensor, mask: Tensor) -> Tensor:
 @register_estimator("reinforce_pp")
 def reinforce_pp(batch: EstimatorBatch, config: Any) -> Estimate:
     """REINFORCE++ (arXiv 2501.03262): return-to-go of the shaped rewards, batch-whitened."""
-    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma))
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.credit.gamma))
     return Estimate(_whiten_batch(returns, batch.mask))
 
 
 def task_scores(batch: EstimatorBatch, config: Any = None) -> Tensor:
     """``float64[B]``: each row's task score (the env's rewards summed, no KL), each token's
-    task reward clipped to ``config.reward_clip`` first when one is given (as the shaped reward
-    clips it)."""
+    task reward clipped to ``config.credit.reward_clip`` first when one is given (as the shaped
+    reward clips it)."""
     task = batch.task_rewards.double()
-    clip = getattr(config, "reward_clip", None)
+    clip = None if config is None else config.credit.reward_clip
     if clip is not None:
         task = task.clamp(-clip, clip)
     return torch.where(batch.mask, task, 0.0).sum(dim=1)
@@ -328,9 +341,12 @@ def _last_token(mask: Tensor) -> Tensor:
     return (cols == last[:, None]) & mask
 
 
-@register_estimator("reinforce_pp_baseline", requires=("group_ids",))
+@register_estimator(
+    "reinforce_pp_baseline", requires=("group_ids",), options=ReinforcePPBaselineOptions
+)
 def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
-    """REINFORCE++-baseline (arXiv 2501.03262), in the form ``config.reinforce_pp_form`` names.
+    """REINFORCE++-baseline (arXiv 2501.03262), in the form
+    ``config.credit.reinforce_pp_baseline.reinforce_pp_form`` names.
 
     - ``"openrlhf"`` (default; the paper's authors' code): the group mean of the task score is
       subtracted from the score on the last token, the per-token KL stays in the reward, the
@@ -342,14 +358,14 @@ def reinforce_pp_baseline(batch: EstimatorBatch, config: Any) -> Estimate:
     """
     if batch.group_ids is None:
         raise ValueError("a group estimator needs group_ids (set group_size >= 2)")
-    form = getattr(config, "reinforce_pp_form", "openrlhf")
+    form = config.credit.reinforce_pp_baseline.reinforce_pp_form
     if form == "verl":
         outcome, mean, _ = _group_baseline(batch, leave_one_out=False)
         centred = broadcast(outcome - mean, batch.mask)
     else:
         mean, _, _ = group_stats(task_scores(batch, config), batch.group_ids)
         rewards = batch.rewards - torch.where(_last_token(batch.mask), mean[:, None], 0.0)
-        centred = returns_to_go(rewards.float(), batch.mask, float(config.gamma))
+        centred = returns_to_go(rewards.float(), batch.mask, float(config.credit.gamma))
     return Estimate(_whiten_batch(centred, batch.mask))
 
 
@@ -371,10 +387,10 @@ def remax(batch: EstimatorBatch, config: Any) -> Estimate:
     reward model's score of the greedy response; its KL is not scored)."""
     assert batch.greedy_rewards is not None
     baseline = batch.greedy_rewards.double()
-    clip = getattr(config, "reward_clip", None)
+    clip = config.credit.reward_clip
     if clip is not None:
         baseline = baseline.clamp(-clip, clip)
-    returns = returns_to_go(batch.rewards, batch.mask, float(config.gamma)).double()
+    returns = returns_to_go(batch.rewards, batch.mask, float(config.credit.gamma)).double()
     adv = torch.where(batch.mask, returns - baseline[:, None], 0.0)
     return Estimate(adv.to(torch.float32))
 
@@ -394,7 +410,7 @@ def prob_mask(logprobs: Tensor, mask: Tensor, threshold: float | None) -> Tensor
     return mask & ~(logprobs.exp() > threshold)
 
 
-@register_estimator("mc", requires=("mc_values",))
+@register_estimator("mc", requires=("mc_values",), options=MCOptions)
 def mc(batch: EstimatorBatch, config: Any) -> Estimate:
     """Monte-Carlo values at segment starts, lambda 0 TD over segments (VinePPO; MA-Vine with
     macro actions; SPO-chain at low-probability cut points)."""
@@ -406,11 +422,11 @@ def mc(batch: EstimatorBatch, config: Any) -> Estimate:
         values,
         batch.mask,
         branch,
-        gamma=config.gamma,
+        gamma=config.credit.gamma,
         gae_lambda=0.0,
         reward_agg="sum",
         value_agg="first",
-        discount=config.discount,
+        discount=config.credit.discount,
     )
     segments = {
         "seg_values": result.seg_values,

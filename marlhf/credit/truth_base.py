@@ -51,9 +51,14 @@ class Sampling:
         """The sampling settings of an algorithm (``PPO``/``MAPPO``) and its env."""
         config = algo.config
         mask = None
-        if config.mask_actions:
+        if config.sampling.mask_actions:
             mask = torch.as_tensor(algo.env.task.action_mask(), dtype=torch.bool)
-        return cls(float(config.temperature), int(config.top_k), float(config.top_p), mask)
+        return cls(
+            float(config.sampling.temperature),
+            int(config.sampling.top_k),
+            float(config.sampling.top_p),
+            mask,
+        )
 
     def probs(self, logits: torch.Tensor) -> torch.Tensor:
         """``float[..., V]`` sampling probabilities from logits ``[..., V]`` (float32 or wider)."""

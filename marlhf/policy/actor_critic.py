@@ -53,6 +53,10 @@ from marlhf.policy.lora import (
 REFERENCES = ("auto", "copy", "adapters", "none")
 #: What :meth:`CausalLMActorCritic.evaluate_actions` does with the entropy.
 ENTROPY_MODES = ("grad", "no_grad", "none")
+#: The vocabulary size from which scoring uses the fused head by default
+#: (:attr:`CausalLMActorCritic.fused_head`): a real tokenizer's (tens of thousands of tokens)
+#: makes ``[B, N, V]`` logits the update's largest activation; a toy task's few tokens do not.
+FUSED_HEAD_MIN_VOCAB = 1024
 
 
 @dataclass
@@ -123,9 +127,12 @@ class CausalLMActorCritic(nn.Module):
         #: How sampling runs (``decode`` above); may be reassigned between rollouts.
         self.decode = static_decode.check_decode(decode)
         #: Scoring makes log-probs from the last hidden state and the head's weight, slice by
-        #: slice, when the model allows (:mod:`marlhf.policy.head_fusion`; not sharded);
-        #: False: from whole logits.
-        self.fused_head = True
+        #: slice, when the model allows (:mod:`marlhf.policy.head_fusion`; not sharded): True
+        #: always, False never (from whole logits), None (default) when the vocabulary has at
+        #: least :data:`FUSED_HEAD_MIN_VOCAB` tokens. Below that the logits are small, slicing
+        #: saves nothing, and the whole-logits path keeps results bitwise as they were before
+        #: the fused path existed (it equals the fused one to 1e-5, not bitwise).
+        self.fused_head: bool | None = None
         #: The FSDP state when the algorithm shards this policy (``fsdp=True``), else ``None``.
         self.fsdp: Any = None
         lora_config = LoRAConfig.coerce(lora)
@@ -268,7 +275,7 @@ class CausalLMActorCritic(nn.Module):
         carries zeros), so all ranks' graphs have the same shape.
         """
         fused = (
-            self.fused_head
+            self.fuses_head()
             and self.fsdp is None
             and logits
             and bool(getattr(reduce, "fuses", False))
@@ -297,6 +304,13 @@ class CausalLMActorCritic(nn.Module):
             )
         last = torch.cat([part[1] for part in parts])[inverse] if hidden else None
         return outs, last
+
+    def fuses_head(self) -> bool:
+        """Whether scoring may use the fused head (:attr:`fused_head`; the model must allow it
+        too, :func:`~marlhf.policy.head_fusion.fusable`)."""
+        if self.fused_head is None:
+            return self.vocab_size >= FUSED_HEAD_MIN_VOCAB
+        return self.fused_head
 
     def _forward_rows(
         self,

@@ -17,7 +17,6 @@ at any point leaves a checkpoint and its record.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import json
 import os
@@ -30,7 +29,7 @@ from typing import Any
 
 from stable_baselines3.common.logger import KVWriter, Logger, TensorBoardOutputFormat
 
-from marlhf.algorithms.config import PRESETS
+from marlhf.algorithms.config import FLAT_KEYS, GROUPS, PRESETS, flat_values
 from marlhf.checkpoint.save_util import remove_checkpoint
 from marlhf.config.commands import AgentConfig, ModelConfig, TaskConfig
 from marlhf.models import resolve_device
@@ -147,7 +146,7 @@ def agent_from_config(
 ) -> Any:
     """The agent of ``spec`` with the resolved ``config`` (no preset applied again); ``preset``
     (the presets it was resolved from) is recorded with the agent, as a loaded save records it."""
-    values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+    values = flat_values(config)
     algo = agent_class(spec.agent, spec.termination)(
         lm,
         env,
@@ -163,9 +162,9 @@ def agent_from_config(
 
 def check_batch_fits(agent: AgentConfig, task: TaskConfig) -> None:
     """Fail before anything is built when the minibatches cannot split a rollout."""
-    if agent.batch_size is not None and task.num_envs % agent.batch_size:
+    if agent.optim.batch_size is not None and task.num_envs % agent.optim.batch_size:
         raise ValueError(
-            f"agent.batch_size={agent.batch_size} must divide task.num_envs={task.num_envs} "
+            f"agent.batch_size={agent.optim.batch_size} must divide task.num_envs={task.num_envs} "
             "(a minibatch holds whole episodes)"
         )
 
@@ -192,7 +191,7 @@ def record_config(out: Path, config: dict[str, Any], keys: tuple[str, ...]) -> N
         except yaml.YAMLError:
             old = {}  # an unreadable record is replaced below
         for key in keys:
-            if isinstance(old, dict) and key in old and old[key] != config[key]:
+            if isinstance(old, dict) and key in old and _same(old[key]) != _same(config[key]):
                 raise ValueError(
                     f"output_dir {str(out)!r} holds runs made with a different {key!r} "
                     f"({old[key]!r} there, {config[key]!r} now); they would not be comparable: "
@@ -200,6 +199,24 @@ def record_config(out: Path, config: dict[str, Any], keys: tuple[str, ...]) -> N
                 )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def _same(section: Any) -> Any:
+    """A recorded section in the form that compares: an agent section's knobs by flat name (a
+    folder recorded before the config had groups holds them flat)."""
+    if not isinstance(section, dict) or not any(k in GROUPS for k in section):
+        return section
+    out: dict[str, Any] = {}
+
+    def walk(node: dict[str, Any]) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict) and key not in FLAT_KEYS:  # a group, or its section
+                walk(value)
+            else:
+                out[key] = value
+
+    walk(section)
+    return out
 
 
 #: Files that show a run folder holds training (a checkpoint, its progress or a result).

@@ -135,11 +135,19 @@ def test_preset_fills_and_explicit_kwargs_override() -> None:
     # A preset fixes the knobs that define its method and suggests the rest; an explicit value
     # overrides a suggestion, and combining the preset with a knob it fixes is an error.
     algo = _make(MAPPO, preset="ma-rlhf-official", learning_rate=3e-4)
-    assert algo.reward_agg == "mean" and algo.reward_clip == 2.5 and algo.top_k == 50
-    assert algo.normalize_advantage is False and algo.kl_coef == 0.05
-    assert algo.temperature == 0.8 and algo.termination is not None
-    assert algo.learning_rate == 3e-4 and algo.config.score_temperature == 1.0
-    assert algo.n_epochs == 2 and algo.weight_decay == 0.1 and algo.lr_schedule == "linear"
+    assert (
+        algo.config.credit.reward_agg == "mean"
+        and algo.config.credit.reward_clip == 2.5
+        and algo.config.sampling.top_k == 50
+    )
+    assert algo.config.loss.normalize_advantage is False and algo.config.kl.kl_coef == 0.05
+    assert algo.config.sampling.temperature == 0.8 and algo.termination is not None
+    assert algo.config.optim.learning_rate == 3e-4 and algo.config.sampling.score_temperature == 1.0
+    assert (
+        algo.config.optim.n_epochs == 2
+        and algo.config.optim.weight_decay == 0.1
+        and algo.config.optim.lr_schedule == "linear"
+    )
     with pytest.raises(ValueError, match=r"preset='ma-rlhf-official' fixes temperature=0\.8"):
         _make(MAPPO, preset="ma-rlhf-official", temperature=0.5)
 
@@ -253,7 +261,7 @@ def test_resume_with_the_real_env_continues_its_prompt_stream(tmp_path) -> None:
         e = env()
         return MAPPO(tiny_model(e.codec), e, termination="ngram:2", seed=1, device="cpu", **LR)
 
-    LR = {"learning_rate": 1e-2}
+    LR: dict[str, Any] = {"learning_rate": 1e-2}
     straight = make().learn(3 * 8 * 3)
     first = make().learn(8 * 3)
     first.save(tmp_path / "ck")

@@ -63,7 +63,7 @@ def test_bad_weight_through_the_python_api() -> None:
 
 def test_config_accepts_a_combination_and_checks_what_it_needs() -> None:
     cfg = PPOConfig(estimator="grpo + 0.5 * gigpo_step", group_size=2)
-    spec = get_estimator(cfg.estimator)
+    spec = get_estimator(cfg.credit.estimator)
     assert spec.requires == {"group_ids", "turns", "turn_state_keys"}
     assert not spec.needs_critic
     assert get_estimator("rloo + 0.5 * turn_gae").needs_critic

@@ -192,7 +192,7 @@ def test_reinforce_pp_baseline_verl_form(seed: int) -> None:
     # With a KL in the reward the two forms differ; the default is OpenRLHF's.
     other = _advantages("reinforce_pp_baseline", batch, reinforce_pp_form="openrlhf")
     assert float((other - got).abs().max()) > 1e-3
-    assert PPOConfig().reinforce_pp_form == "openrlhf"
+    assert PPOConfig().credit.reinforce_pp_baseline.reinforce_pp_form == "openrlhf"
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -420,7 +420,7 @@ def test_agent_removes_confident_tokens_from_every_denominator() -> None:
     probs_sorted = buf.logprobs[buf.response_mask].double().exp().sort().values
     k = len(probs_sorted) // 2  # half-way between two probabilities: no ties with rounding
     threshold = float(probs_sorted[k - 1] + probs_sorted[k]) / 2
-    algo.prob_mask_threshold = threshold
+    algo.config = algo.config.replace(prob_mask_threshold=threshold)
     algo.estimate()
     probs = _rows(buf.logprobs.double(), buf.response_mask)
     kept = [ref.spo_kept(row, threshold) for row in probs]
@@ -464,13 +464,13 @@ def test_k1_in_the_loss_is_refused() -> None:
     with pytest.raises(ValueError, match=r"estimator='k1' cannot regularise"):
         kl_loss(torch.zeros(1, 2), torch.zeros(1, 2), torch.ones(1, 2, dtype=torch.bool),
                 estimator="k1")  # fmt: skip
-    assert PPOConfig(kl_in="loss", kl_estimator="k2").kl_estimator == "k2"
+    assert PPOConfig(kl_in="loss", kl_estimator="k2").kl.kl_estimator == "k2"
 
 
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-sum-constant"])
 def test_sequence_ratio_refuses_undefined_aggregations(loss_agg: str) -> None:
     with pytest.raises(ValueError, match=r"loss_agg=.* ratio_level='sequence'.*valid: loss_agg="):
-        PPOConfig(ratio_level="sequence", loss_agg=loss_agg)  # type: ignore[arg-type]
+        PPOConfig(ratio_level="sequence", loss_agg=loss_agg)
     with pytest.raises(ValueError, match=r"preset='gspo' fixes loss_agg='seq-mean-token-mean'"):
         resolve_config(PPOConfig, "gspo", {"loss_agg": loss_agg})
 
@@ -483,7 +483,7 @@ def test_other_bad_input_names_the_field() -> None:
     with pytest.raises(ValueError, match=r"kl_clamp=0 must be a positive"):
         PPOConfig(kl_clamp=0)
     with pytest.raises(ValueError, match=r"reinforce_pp_form='trl' is not one of"):
-        PPOConfig(reinforce_pp_form="trl")  # type: ignore[arg-type]
+        PPOConfig(reinforce_pp_form="trl")
     with pytest.raises(ValueError, match=r"preset='vineppo' fixes kl_estimator='k3'"):
         resolve_config(PPOConfig, "vineppo", {"kl_estimator": "k1"})
 
@@ -497,8 +497,8 @@ def test_every_preset_with_a_kl_in_the_loss_regularises() -> None:
             assert values.get("kl_estimator") in ("k2", "k3"), name
     for name in ("vineppo", "spo-chain"):
         cfg = resolve_config(PPOConfig, name)
-        assert (cfg.kl_in, cfg.kl_estimator, cfg.kl_clamp) == ("loss", "k3", 10.0)
-        assert cfg.kl_coef == 1e-4 and cfg.normalize_advantage
+        assert (cfg.kl.kl_in, cfg.kl.kl_estimator, cfg.kl.kl_clamp) == ("loss", "k3", 10.0)
+        assert cfg.kl.kl_coef == 1e-4 and cfg.loss.normalize_advantage
     gspo = resolve_config(PPOConfig, "gspo")
-    assert gspo.kl_coef == 0.0 and gspo.loss_agg == "seq-mean-token-mean"
-    assert math.isclose(resolve_config(PPOConfig, ["toy", "gspo"]).kl_coef, 0.0)
+    assert gspo.kl.kl_coef == 0.0 and gspo.loss.loss_agg == "seq-mean-token-mean"
+    assert math.isclose(resolve_config(PPOConfig, ["toy", "gspo"]).kl.kl_coef, 0.0)

@@ -132,3 +132,27 @@ def test_a_head_that_is_not_the_plain_product_is_scored_from_its_logits(
     plain = _policy(model, False).evaluate_actions(*args, entropy="no_grad")[0]
     assert torch.equal(fused, plain)
     assert GPT2LMHeadModel not in head_fusion.UNFUSABLE
+
+
+def test_by_default_the_head_is_fused_for_a_real_vocabulary_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """fused_head=None: a toy vocabulary is scored from whole logits (bitwise the path from
+    before the fused head, so results for the same seed do not move); a vocabulary of
+    FUSED_HEAD_MIN_VOCAB tokens or more from the hidden state."""
+    from marlhf.policy import actor_critic
+
+    model = tiny_gpt2(32, n_layer=2, n_embd=16, n_head=2)
+    ids, mask, response_mask = _scoring_batch()
+    args = (ids, mask, response_mask, 0.8)
+    default = CausalLMActorCritic(copy.deepcopy(model), reference=None, vocab_size=30)
+    assert default.fused_head is None and not default.fuses_head()
+    plain = _policy(model, False).evaluate_actions(*args, entropy="no_grad")
+    got = default.evaluate_actions(*args, entropy="no_grad")
+    assert all(torch.equal(a, b) for a, b in zip(got, plain, strict=True))
+    fused = _policy(model, True).evaluate_actions(*args, entropy="no_grad")
+    assert not torch.equal(fused[0], plain[0])  # (so the equality above tells the paths apart)
+    monkeypatch.setattr(actor_critic, "FUSED_HEAD_MIN_VOCAB", 30)
+    assert default.fuses_head()
+    got = default.evaluate_actions(*args, entropy="no_grad")
+    assert all(torch.equal(a, b) for a, b in zip(got, fused, strict=True))

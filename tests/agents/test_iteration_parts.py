@@ -5,7 +5,6 @@ pipeline's advantages and the updater's parameters are bitwise the algorithm's."
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 from typing import Any
 
@@ -16,7 +15,7 @@ import torch
 from marlhf.algorithms import MAPPO, PPO, pipeline
 from marlhf.algorithms.buffer import LMRolloutBuffer
 from marlhf.algorithms.collector import RolloutCollector
-from marlhf.algorithms.config import PPOConfig, resolve_config
+from marlhf.algorithms.config import LossConfig, PPOConfig, resolve_config
 from marlhf.algorithms.updater import PPOUpdater
 from marlhf.credit.estimators import get_estimator
 from marlhf.credit.kl import make_kl_controller
@@ -142,23 +141,25 @@ def test_pipeline_alone_gives_the_algorithms_advantages(case: str) -> None:
     policy = copy.deepcopy(algo.policy)
     collector, env = _collector(case, policy)
     config = _config(case)
-    term = None if config.termination is None else make_termination(config.termination)
+    term = (
+        None if config.credit.termination is None else make_termination(config.credit.termination)
+    )
     algo._setup_learn(1, None, True, "run", False)
     assert algo.collect_rollouts(algo._init_callback(None, False))
     _collect(collector)
     buf = collector.buffer
     assert buf is not None
-    spec = get_estimator(config.estimator)
+    spec = get_estimator(config.credit.estimator)
     world = dist_utils.world()
     with torch.no_grad():
         pipeline.score(policy, buf, config, termination=term, world=world)
-        kl = pipeline.shape(buf, config, config.kl_coef)
+        kl = pipeline.shape(buf, config, config.kl.kl_coef)
         starts = pipeline.segment(
             buf,
             term,
             codec=env.codec,
             generator=torch.Generator().manual_seed(SEED + 3),
-            isolate_last=config.isolate_last,
+            isolate_last=config.credit.isolate_last,
         )
         greedy = mc = None
         if "greedy_rewards" in spec.requires:
@@ -192,7 +193,7 @@ def _updater(algo: Any) -> tuple[PPOUpdater, LMRolloutBuffer]:
     cfg = algo.config
     policy = copy.deepcopy(algo.policy)
     optimizer = torch.optim.Adam(
-        list(policy.trainable_parameters()), lr=cfg.learning_rate, eps=1e-5
+        list(policy.trainable_parameters()), lr=cfg.optim.learning_rate, eps=1e-5
     )
     updater = PPOUpdater(
         policy,
@@ -250,13 +251,13 @@ def test_deferred_scores_are_filled_once_by_the_update_or_on_request() -> None:
     _collect(collector)
     buf = collector.buffer
     assert buf is not None
-    config = dataclasses.replace(_config("grpo"), n_epochs=1, batch_size=None)
+    config = _config("grpo").replace(n_epochs=1, batch_size=None)
     assert pipeline.can_defer_policy_scores(
         config,
         buf,
         policy=collector.policy,
         termination=None,
-        kl_ctl=make_kl_controller(config.kl_coef),
+        kl_ctl=make_kl_controller(config.kl.kl_coef),
         world=dist_utils.world(),
     )
     pipeline.score(collector.policy, buf, config, defer=True)
@@ -272,11 +273,11 @@ def test_deferred_scores_are_filled_once_by_the_update_or_on_request() -> None:
 
 def test_config_changes_reach_the_collaborators() -> None:
     algo = _agent("ppo")
-    algo.temperature = 0.5
-    algo.clip_range = 0.1
+    algo.config = algo.config.replace(temperature=0.5)
+    algo.config = algo.config.replace(loss=LossConfig(clip_range=0.1))
     assert algo.collector.config is algo.config is algo.updater.config
     assert algo.collector.sampling()["temperature"] == 0.5
-    assert algo.updater.config.clip_range == 0.1
+    assert algo.updater.config.loss.clip_range == 0.1
     assert algo.optimizer is algo.updater.optimizer
 
 
@@ -302,7 +303,7 @@ def test_parts_refuse_what_they_cannot_do() -> None:
     mc = get_estimator("mc")
     with pytest.raises(ValueError, match=r"estimator='mc' declares 'mc_values'; pass mc_values="):
         pipeline.estimate(buf, mc, algo.config)
-    config = dataclasses.replace(algo.config, n_epochs=1, batch_size=None)
+    config = algo.config.replace(n_epochs=1, batch_size=None)
     pipeline.score(algo.policy, buf, config, defer=True)
     updater, _ = _updater(algo)
     with pytest.raises(ValueError, match=r"deferred to the update; run update"):

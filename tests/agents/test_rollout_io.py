@@ -99,3 +99,30 @@ def test_bad_input_is_named(algo, tmp_path) -> None:
     fresh = PPO(algo.policy, algo.env, batch_size=4, seed=0)
     with pytest.raises(ValueError, match="no collected rollout"):
         Rollouts.from_algorithm(fresh)
+
+
+def test_check_env_names_the_task_of_the_rollouts_and_the_task_asked_for(algo, tmp_path) -> None:
+    back = Rollouts.load(collect(algo).save(tmp_path / "r.safetensors"))
+    assert back.info["env"]["env_id"] == "marlhf/CreditSum-v0"
+    back.check_env(algo.env, "r.safetensors")  # the task it was collected on: no error
+    longer = gym.make_vec(
+        "marlhf/CreditSum-v0",
+        num_envs=8,
+        horizon=8,
+        num_symbols=2,
+        num_decisions=2,
+        vectorization_mode="vector_entry_point",
+    )
+    with pytest.raises(ValueError, match=r"\(differs in task_kwargs\): do this$") as err:
+        back.check_env(longer, "r.safetensors", hint="do this")
+    assert "'horizon': 6" in str(err.value) and "'horizon': 8" in str(err.value)
+    other = gym.make_vec(
+        "marlhf/DelayedChoice-v0", num_envs=8, vectorization_mode="vector_entry_point"
+    )
+    with pytest.raises(ValueError, match=r"r.safetensors holds episodes of marlhf/CreditSum-v0"):
+        back.check_env(other, "r.safetensors")
+    # A file written before the env was recorded: compared by the task's name alone.
+    back.info = {k: v for k, v in back.info.items() if k != "env"}
+    back.check_env(longer, "old.safetensors")
+    with pytest.raises(ValueError, match=r"old.safetensors holds episodes of task 'CreditSum'"):
+        back.check_env(other, "old.safetensors")

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from marlhf.algorithms import MAPPO, PPO
+from marlhf.algorithms.config import FLAT_KEYS
 from marlhf.checkpoint import save_util
 from marlhf.tokenization import SymbolCodec
 from tests.agents.conftest import SYMBOLS, CueEnv, tiny_model
@@ -234,6 +235,25 @@ def test_a_version1_checkpoint_loads_and_the_next_save_upgrades_it(tmp_path: Pat
     assert sorted(p.name for p in tmp_path.iterdir())[:2] == ["ck.zip", "ck_weights"]
     assert len(list(tmp_path.iterdir())) == 3
     assert _same(_load(tmp_path / "ck"), algo)
+
+
+def test_hyperparameters_are_saved_by_flat_name_and_load_into_their_groups(
+    tmp_path: Path,
+) -> None:
+    # The saved form is the flat dict (one key per knob, as before the config had groups), so
+    # checkpoints saved before and after the groups load alike.
+    algo = _make(clip_range=0.1, ent_coef=0.01)
+    algo.save(tmp_path / "ck")
+    data, _ = save_util.read_zip(tmp_path / "ck.zip")
+    assert set(data["hyperparams"]) == set(FLAT_KEYS)
+    assert data["hyperparams"]["clip_range"] == 0.1 and data["hyperparams"]["n_epochs"] == 2
+    loaded = _load(tmp_path / "ck")
+    # (the termination comes back as the rule itself: saved as data, not as its spec)
+    assert {**loaded.hyperparams, "termination": None} == {**algo.hyperparams, "termination": None}
+    assert (loaded.config.loss.clip_range, loaded.config.loss.ent_coef) == (0.1, 0.01)
+    assert loaded.config.optim.learning_rate == 3e-3
+    # load's overrides take flat names too
+    assert _load(tmp_path / "ck", ent_coef=0.02).config.loss.ent_coef == 0.02
 
 
 def test_terminations_are_saved_as_data_and_loaded_without_parsing_a_spec(

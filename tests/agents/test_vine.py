@@ -52,6 +52,25 @@ def test_forked_cache_matches_a_fresh_prefill() -> None:
     assert torch.allclose(state.next_logits[1], policy.start(ids, mask).next_logits[0], atol=1e-5)
 
 
+def test_a_fork_that_keeps_no_column_matches_a_fresh_prefill() -> None:
+    # One-token prompts branched at their start: the fork keeps no cache column at all and
+    # feeds the prompt token alone (it once got an empty attention mask there).
+    torch.manual_seed(0)
+    policy = CausalLMActorCritic(tiny_gpt2(40, n_layer=2, n_embd=32, n_head=2), reference=None)
+    window, window_mask = _left_pad([[5], [9]])
+    response = torch.tensor([[3, 4, 6], [7, 8, 2]])
+    state = policy.start(window, window_mask)
+    for t in range(2):
+        state = policy.advance(state, response[:, t])
+    rows, starts = torch.tensor([0, 1, 1]), torch.tensor([0, 0, 0])
+    forked = fork_state(policy, state, window, window_mask, response, rows, starts)
+    assert forked.attention_mask.shape == (3, 1)
+    for i, r in enumerate(rows.tolist()):
+        ids, mask = _left_pad([window[r, -1:].tolist()])
+        fresh = policy.start(ids, mask).next_logits[0]
+        assert torch.allclose(forked.next_logits[i], fresh, atol=1e-5), r
+
+
 def test_branch_points_respect_the_budget() -> None:
     mask = torch.arange(10)[None, :] < torch.tensor([[10], [3]])
     starts = mask.clone()

@@ -191,7 +191,7 @@ def test_check_termination_refuses_a_multi_turn_env() -> None:
         termination=Learned(budget=2),
         env=_TurnEnv(),
         policy=SimpleNamespace(model=model, vocab_size=5),
-        config=SimpleNamespace(estimator="gae"),
+        config=SimpleNamespace(credit=SimpleNamespace(estimator="gae")),
     )
     with pytest.raises(ValueError, match=r"learned: _TurnEnv is a multi-turn env.*steps=0"):
         check_termination(algo)

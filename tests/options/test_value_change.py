@@ -40,7 +40,7 @@ def test_padding_values_are_ignored() -> None:
     assert starts[0].tolist() == [True, True, True, False, False]
 
 
-def _agent(spec: str, horizon: int = 12, **kw: object) -> MAPPO:
+def _agent(spec: str, horizon: int = 12, **kw: Any) -> MAPPO:
     env: Any = gym.make_vec(
         "marlhf/CreditSum-v0",
         num_envs=8,
@@ -69,7 +69,7 @@ def test_agents_cut_on_their_own_entropy_and_values(spec: str) -> None:
     args = (buf.input_ids, buf.attention_mask, buf.response_mask)
     with torch.no_grad():
         _, entropy, values = algo.policy.evaluate_actions(
-            *args, temperature=algo.config.scoring_temperature, action_mask=buf.action_mask
+            *args, temperature=algo.config.sampling.scoring_temperature, action_mask=buf.action_mask
         )
     # what the agent segmented with is the policy's entropy / critic of this rollout (the
     # entropy is kept only when the termination reads it)

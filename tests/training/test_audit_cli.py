@@ -59,6 +59,28 @@ def test_audit_of_a_saved_agent_on_saved_rollouts_by_monte_carlo(
     report = json.loads((again / "audit.json").read_text())
     assert report["truth"]["method"] == "mc" and report["truth"]["stderr_mean"] > 0
     assert not (again / "rollouts.safetensors").exists()  # the given rollouts were audited
+    capsys.readouterr()
+    # Rollouts of another task (or of this task with other arguments) are refused in one line
+    # that names the task they hold and the task asked for.
+    saved = f"rollouts={first}/rollouts.safetensors"
+    for task, kwargs in (
+        ("marlhf/DelayedChoice-v0", "{horizon: 6}"),
+        ("marlhf/CreditSum-v0", "{horizon: 8, num_symbols: 2, num_decisions: 2}"),
+    ):
+        argv = sets(
+            *TINY[1:],
+            f"task.id={task}",
+            f"task.kwargs={kwargs}",
+            saved,
+            "truth=mc",
+            f"output_dir={tmp_path}/other",
+        )
+        assert main(["audit", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"marlhf audit: error: {saved} holds episodes of marlhf/CreditSum-v0")
+        assert f"the task asked for is {task}" in err and "task.id and task.kwargs" in err
+        assert len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "other").exists()  # refused before any folder was made
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,11 @@ def mine() -> Iterator[Preset]:
 
 def test_a_registered_preset_resolves_by_name(mine: Preset) -> None:
     config = resolve_config(PPOConfig, ["toy", "my-rloo"], {"n_epochs": 2})
-    assert (config.estimator, config.clip_range, config.learning_rate) == ("rloo", 0.125, 1e-3)
+    assert (config.credit.estimator, config.loss.clip_range, config.optim.learning_rate) == (
+        "rloo",
+        0.125,
+        1e-3,
+    )
     with pytest.raises(ValueError, match="fixes estimator='rloo'"):  # fixed knobs stay fixed
         resolve_config(PPOConfig, "my-rloo", {"estimator": "gae"})
     assert register_preset("my-rloo", MINE) is MINE  # the same object again: a no-op
@@ -43,7 +47,7 @@ def test_a_registered_preset_in_a_config_and_in_help(
     mine: Preset, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = load_config(TrainConfig, overrides=["agent.preset=[toy, my-rloo]"])
-    assert (config.agent.estimator, config.agent.clip_range) == ("rloo", 0.125)
+    assert (config.agent.credit.estimator, config.agent.loss.clip_range) == ("rloo", 0.125)
     with pytest.raises(ConfigError, match="my-rloo"):
         load_config(TrainConfig, overrides=["agent.preset=[my-rloo]", "agent.estimator=gae"])
     with pytest.raises(SystemExit):

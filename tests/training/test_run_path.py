@@ -70,14 +70,18 @@ def test_requests_are_resolved_once_and_round_trip(tmp_path: Path) -> None:
     mappo, ppo = by_name["mappo-ngram_3-seed0"], by_name["ppo-token-seed0"]
     # The run's presets on top of the section's, the user's keys explicit.
     assert type(grpo.config) is PPOConfig and grpo.preset == ["toy", "grpo"]
-    assert (grpo.config.estimator, grpo.config.group_std, grpo.config.batch_size) == (
+    assert (
+        grpo.config.credit.estimator,
+        grpo.config.credit.grpo.group_std,
+        grpo.config.optim.batch_size,
+    ) == (
         "grpo",
         True,
         4,
     )
-    assert type(rloo.config) is MAPPOConfig and rloo.config.termination == "ngram:2"
+    assert type(rloo.config) is MAPPOConfig and rloo.config.credit.termination == "ngram:2"
     assert type(mappo.config) is MAPPOConfig and mappo.preset is None
-    assert (mappo.config.termination, ppo.config.termination) == ("ngram:3", None)
+    assert (mappo.config.credit.termination, ppo.config.credit.termination) == ("ngram:3", None)
     assert ppo.folder == str(tmp_path / "c" / "runs" / "ppo-token-seed0")
     for request in requests:
         text = json.dumps(request.to_dict())  # plain JSON values

@@ -194,4 +194,4 @@ def test_the_two_recipe_configs_fit_together() -> None:
     rl = load_config(TrainConfig, configs / "reasoning_rl.yaml")
     assert rl.model.path == sft.output_dir  # RL starts from the SFT folder
     assert (rl.task.id, rl.task.kwargs) == (sft.task.id, sft.task.kwargs)  # same task
-    assert rl.agent.estimator == "grpo"
+    assert rl.agent.credit.estimator == "grpo"

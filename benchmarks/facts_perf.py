@@ -1,0 +1,281 @@
+"""The tables and figures of ``docs/performance.md`` and ``docs/howto/scale.md``, from
+``decode.json`` (the decode paths), ``memory_smollm2.json`` (a SmolLM2-135M iteration's memory)
+and ``scale.json`` (LoRA, checkpointing, FSDP and data-parallel scaling): ``<!-- render:NAME -->``
+blocks (:data:`BLOCKS`, joined into ``benchmarks/pages.py``'s) and quoted figures
+(:data:`FACTS`; see ``benchmarks/facts.py``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import RESULTS_DIR, markdown_table
+from benchmarks.facts import Facts, registrar, span
+from benchmarks.provenance import describe
+
+FACTS: Facts = {}
+fact = registrar(FACTS)
+
+DECODE = RESULTS_DIR / "decode.json"
+MEMORY = RESULTS_DIR / "memory_smollm2.json"
+
+#: Issue 28's goal for the compiled decode path: this speed-up of the rollout over eager.
+COMPILED_GOAL = 1.5
+#: Issue 28's goal for the peak of a SmolLM2-135M iteration at the default settings, MB.
+MEMORY_GOAL_MB = 4096
+
+
+# --------------------------------------------------------------------------- decode.json
+def decode_table(data: dict[str, Any]) -> str:
+    """Speed-ups of the rollout over the eager one per model (median per round, the compiled
+    path's range beside it) and the compilation's wall time."""
+    rows = []
+    for r in data["results"]:
+        static = r["speedup_over_eager"]["static"]
+        compiled = r["speedup_over_eager"]["compiled"]
+        rows.append(
+            [
+                r["model"],
+                f"{r['batch']}, {r['new_tokens']}",
+                f"{static['median']:.2f}x",
+                f"{compiled['median']:.2f}x ({compiled['min']:.2f}-{compiled['max']:.2f})",
+                f"{r['agent_over_bare']['compiled']['median']:.2f}",
+                f"{r['compile_s']:.0f} s",
+            ]
+        )
+    header = [
+        "model",
+        "batch, tokens",
+        "static",
+        "compiled (range over rounds)",
+        "compiled agent / bare loop",
+        "compilation",
+    ]
+    return markdown_table(header, rows)
+
+
+@fact("decode-rounds", DECODE)
+def decode_rounds(data: dict[str, Any]) -> str:
+    """Interleaved rounds per model."""
+    return span((float(r["rounds"]) for r in data["results"]), 0)
+
+
+@fact("decode-load", DECODE)
+def decode_load(data: dict[str, Any]) -> str:
+    """The 1-minute load average before and after each model's rounds, lowest to highest."""
+    loads = [x for r in data["results"] for x in (r["load_before"][0], r["load_after"][0])]
+    return "load " + span(loads, 1)
+
+
+@fact("decode-goal", DECODE)
+def decode_goal(data: dict[str, Any]) -> str:
+    """Whether the SmolLM2 architecture's compiled rollout meets the speed-up goal."""
+    r = next(r for r in data["results"] if r["model"].startswith("SmolLM2"))
+    met = r["speedup_over_eager"]["compiled"]["median"] >= COMPILED_GOAL
+    return "meets" if met else "does not meet"
+
+
+# --------------------------------------------------------------------------- memory_smollm2.json
+#: Row label in the results file -> what the code measured was.
+MEMORY_ROWS = {
+    "before": "before issue 28 (`before`)",
+    "after": "sliced log-probs (`after`)",
+    "fused": "scores from the hidden state (`fused`)",
+    "after-micro8": "`micro_batch_size=8` (`after-micro8`)",
+    "after-lora": "LoRA r=8, sliced log-probs (`after-lora`)",
+    "fused-lora-lora": "LoRA r=8, scores from the hidden state (`fused-lora`)",
+    "plain": "eager MLP and RMSNorm, `lean=False` (`plain`)",
+    "lean": "lean MLP and RMSNorm, the default (`lean`)",
+    "lean-lora": "LoRA r=8, lean (`lean-lora`)",
+    "plain-mmap128k": "`plain`, 128 KiB mmap threshold (`plain-mmap128k`)",
+    "lean-mmap128k": "`lean`, 128 KiB mmap threshold (`lean-mmap128k`)",
+    "lean-mmap128k-lora": "`lean-lora`, 128 KiB mmap threshold (`lean-mmap128k-lora`)",
+}
+#: The goal of LoRA's peak over the full fine-tune's.
+MEMORY_LORA_GOAL = 0.6
+#: Entries the goals are judged on (the default code), with the allocator each ran under.
+MEMORY_JUDGED = {
+    "lean": "glibc's defaults",
+    "lean-mmap128k": "MALLOC_MMAP_THRESHOLD_=131072",
+}
+
+
+def _runs(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The measured rows (every entry with stages), in the table's order, then any other."""
+    runs = {k: v for k, v in data.items() if isinstance(v, dict) and "stages" in v}
+    order = [k for k in MEMORY_ROWS if k in runs] + [k for k in runs if k not in MEMORY_ROWS]
+    return {k: runs[k] for k in order}
+
+
+def _stage_mb(run: dict[str, Any], key: str, stage: str) -> str:
+    stages = run.get(key) or {}
+    return f"{stages[stage]['peak_rss_mb']:.0f}" if stage in stages else "not measured"
+
+
+def memory_table(data: dict[str, Any]) -> str:
+    """Every entry of ``memory_smollm2.json``: the score and update stages' peak RSS, the first
+    iteration's and (where measured) the second's, the load and commit; then the goals judged
+    on the entries of :data:`MEMORY_JUDGED` (each with its ``-lora`` twin), and the file's
+    note."""
+    rows = []
+    for label, run in _runs(data).items():
+        load = run.get("loadavg_start")
+        rows.append(
+            [
+                MEMORY_ROWS.get(label, f"`{label}`"),
+                run.get("micro_batch_size") or "none",
+                _stage_mb(run, "stages", "score"),
+                _stage_mb(run, "stages", "update"),
+                _stage_mb(run, "stages_2", "update"),
+                f"{run['peak_rss_mb']:.0f}",
+                "n/a" if not load else f"{load[0]:.1f}",
+                str((run.get("machine") or {}).get("commit", "n/a"))[:7],
+            ]
+        )
+    header = [
+        "code",
+        "micro-batch",
+        "score (MB)",
+        "update, iteration 1 (MB)",
+        "update, iteration 2 (MB)",
+        "peak (MB)",
+        "load at start",
+        "commit",
+    ]
+    lines = [markdown_table(header, rows), ""]
+    for label, allocator in MEMORY_JUDGED.items():
+        full, lora = data.get(label), data.get(f"{label}-lora")
+        if not isinstance(full, dict):
+            continue
+        peak = full["peak_rss_mb"]
+        met = "met" if peak < MEMORY_GOAL_MB else "not met"
+        line = (
+            f"- `{label}` ({allocator}): peak {peak:.0f} MB over both iterations, goal under "
+            f"{MEMORY_GOAL_MB} MB **{met}**"
+        )
+        if isinstance(lora, dict):
+            ratio = lora["peak_rss_mb"] / peak
+            met = "met" if ratio <= MEMORY_LORA_GOAL else "not met"
+            line += (
+                f"; LoRA (`{label}-lora`) over it {ratio:.2f}x, goal {MEMORY_LORA_GOAL}x **{met}**"
+            )
+        lines.append(line + ".")
+    if isinstance(data.get("note"), str):
+        lines += ["", data["note"]]
+    return "\n".join(lines).rstrip()
+
+
+# --------------------------------------------------------------------------- scale.json
+SCALE = RESULTS_DIR / "scale.json"
+
+
+def _ratio(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.2f}x"
+
+
+def scale_memory(d: dict[str, Any]) -> str:
+    """The memory rows of ``scale.json``: peak RSS per setting, the ratios the goals judge."""
+    m, s = d["memory"], d["memory"]["settings"]
+    rows = []
+    for name, r in m["rows"].items():
+        load = r.get("load_average_before")
+        rows.append(
+            [
+                name,
+                f"{r['peak_mb']:.0f}",
+                f"{r['iteration_s']:.0f}",
+                f"{r['trainable_params']:,}",
+                "n/a" if load is None else f"{load[0]:.1f}",
+                r.get("measured_utc", "first run"),
+            ]
+        )
+    header = ["setting", "peak RSS (MB)", "iteration (s)", "trainable", "load before", "measured"]
+    fsdp = [
+        [
+            name,
+            f"{v['replicated_mb']:.0f}",
+            f"{v['fsdp_mb']:.0f}",
+            _ratio(v["fsdp_over_replicated"]),
+        ]
+        for name, v in m["fsdp_two_ranks"].items()
+    ]
+    goal = m["goal_lora_over_full"]
+    met = "met" if m["micro_batch_lora_over_full"] <= goal else "not met"
+    return "\n".join(
+        [
+            f"One PPO iteration on {s['model']}, task `{s['task']}`, batch {s['batch']}, "
+            f"{s['new_tokens']} new tokens, LoRA r {s['lora']['r']} on {s['lora']['targets']}, "
+            f"{s['threads']} threads; allocator: {s['malloc']}. Rows without a date are from "
+            f"the file's first run (commit {describe(d['machine'], SCALE)} is the last).",
+            "",
+            markdown_table(header, rows),
+            "",
+            f"- LoRA over the full fine-tune: {_ratio(m['lora_over_full'])} (goal "
+            f"{goal:.1f}x: **{'met' if m['lora_over_full'] <= goal else 'not met'}**); with "
+            f"`micro_batch_size=1` on both sides {_ratio(m['micro_batch_lora_over_full'])} "
+            f"(**{met}**); live memory (128 KiB mmap threshold) "
+            f"{_ratio(m['live_memory_lora_over_full'])}.",
+            f"- Gradient checkpointing on the full fine-tune saves "
+            f"{m['checkpointing_saving_mb']:.0f} MB ({_ratio(m['checkpointing_over_full'])}); "
+            f"micro-batches of 1 save {m['micro_batch_saving_mb']['full']:.0f} MB (full) and "
+            f"{m['micro_batch_saving_mb']['lora']:.0f} MB (LoRA).",
+            "",
+            "Two ranks, the largest rank's peak, replicated data parallelism against FSDP:",
+            "",
+            markdown_table(
+                ["allocator, batches", "replicated (MB)", "FSDP (MB)", "FSDP / replicated"], fsdp
+            ),
+        ]
+    )
+
+
+def scale_scaling(d: dict[str, Any]) -> str:
+    """The data-parallel rows of ``scale.json``: 2 ranks against 1 at the same global batch."""
+    sc = d["scaling"]
+    rows = [
+        [
+            r["envs"],
+            f"{r['one_rank']['tokens_per_s']:,.0f}",
+            f"{r['two_ranks']['tokens_per_s']:,.0f}",
+            _ratio(r["ratio"]),
+            _ratio(r["ceiling_ratio"]),
+            _ratio(r["independent_ratio"]),
+            f"{r['collectives_per_iteration']:.1f}",
+            f"{r['collective_seconds_rank0']:.2f}",
+        ]
+        for r in sc["rows"]
+    ]
+    header = [
+        "episodes",
+        "1 rank (tokens/s)",
+        "2 ranks (tokens/s)",
+        "speed-up",
+        "ceiling",
+        "2 unconnected processes",
+        "collectives / iteration",
+        "s in collectives (rank 0)",
+    ]
+    judged = next(r for r in sc["rows"] if r["envs"] == sc["judged_on_envs"])
+    settings = judged["settings"]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"{settings['model']} {settings['layers']} x {settings['width']}, "
+            f"{settings['tokens']} tokens per episode, {settings['threads_per_rank']} thread per "
+            f"rank, gloo; load average {sc['load_average_before'][0]:.1f} at the start. The "
+            f"goal, {sc['goal']:.1f}x at {sc['judged_on_envs']} episodes: "
+            f"**{'met' if sc['ratio'] >= sc['goal'] else 'not met'}** ({_ratio(sc['ratio'])}).",
+        ]
+    )
+
+
+#: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
+BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
+    "decode-speedups": (DECODE, decode_table),
+    "memory-stages": (MEMORY, memory_table),
+    "scale-memory": (SCALE, scale_memory),
+    "scale-scaling": (SCALE, scale_scaling),
+}
