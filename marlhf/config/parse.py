@@ -243,12 +243,14 @@ def _set_dotted(data: dict[str, Any], cls: type, key: str, value: Any) -> None:
 
 
 def valid_keys(cls: type, here: str) -> str:
-    """The keys ``cls`` takes at ``here`` (its leaves and sections' leaves), for an error; with
-    the flat names of a class that has them (the agent section)."""
+    """The keys ``cls`` takes at ``here``, for an error: its fields (a section by its name), or
+    for a class with flat names (the agent section) every leaf and every flat name. A field
+    set elsewhere (``cli=False``) is not listed."""
     prefix = here + "." if here else ""
     aliases: Mapping[str, tuple[str, ...]] = getattr(cls, "flat_keys", {})
     if not aliases:
-        return ", ".join(prefix + f.name for f in sorted(dataclasses.fields(cls), key=_name))
+        fields = [f for f in dataclasses.fields(cls) if f.metadata.get("cli") is not False]
+        return ", ".join(prefix + f.name for f in sorted(fields, key=_name))
     keys = [key for key, *_ in describe(cls, prefix)]
     flat = ", ".join(
         prefix + name

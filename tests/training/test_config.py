@@ -66,6 +66,9 @@ def test_agent_knobs_by_group_path_or_flat_name(tmp_path: Path) -> None:
     assert load_config(TrainConfig, mc).agent.credit.mc.mc_rollouts == 2
     with pytest.raises(ConfigError, match=r"unknown config key 'agent.credit.mc.nope'"):
         load_config(TrainConfig, overrides=["agent.credit.mc.nope=1"])
+    with pytest.raises(ConfigError, match=r"valid keys here: agent.credit.discount, ") as err:
+        load_config(TrainConfig, overrides=["agent.credit.nope=1"])
+    assert "agent.credit.grpo," in str(err.value) and "termination" not in str(err.value)
     # A recorded config (a run folder's config.yaml: nested, the termination null) reads back.
     record = tmp_path / "record.yaml"
     record.write_text(yaml.safe_dump(to_dict(load_config(CompareConfig, path))))
