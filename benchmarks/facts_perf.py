@@ -167,6 +167,49 @@ def memory_table(data: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip()
 
 
+# --------------------------------------------------------------------------- lean.json
+LEAN = RESULTS_DIR / "lean.json"
+
+
+def _median_range(r: dict[str, float], digits: int) -> str:
+    return f"{r['median']:.{digits}f} ({r['min']:.{digits}f}-{r['max']:.{digits}f})"
+
+
+def lean_table(d: dict[str, Any]) -> str:
+    """``benchmarks/lean.py``'s check on the SmolLM2-135M architecture: what the update's graph
+    saves, its time per side and per round, and whether the gradients are bitwise equal."""
+    header = [
+        "batch x tokens",
+        "saved, eager (MB)",
+        "saved, lean (MB)",
+        "eager s",
+        "lean s",
+        "lean / eager per round",
+        "gradients bitwise equal",
+        "load",
+        "commit",
+    ]
+    row = [
+        f"{d['batch']} x {d['tokens_per_row']}",
+        f"{d['saved_mb']['plain']:.0f}",
+        f"{d['saved_mb']['lean']:.0f} ({d['saved_lean_over_plain']:.2f}x)",
+        _median_range(d["seconds"]["plain"], 1),
+        _median_range(d["seconds"]["lean"], 1),
+        _median_range(d["lean_over_plain"], 2),
+        "yes" if d["gradients_bitwise_equal"] else "**no**",
+        f"{d['load_before'][0]:.1f}-{d['load_after'][0]:.1f}",
+        str(d["machine"].get("commit", "n/a"))[:7],
+    ]
+    return "\n".join(
+        [
+            markdown_table(header, [row]),
+            "",
+            f"{d['rounds']} interleaved rounds after a warm-up, one thread, forward and backward "
+            "of the policy's log-probs and values; medians with their ranges.",
+        ]
+    )
+
+
 # --------------------------------------------------------------------------- scale.json
 SCALE = RESULTS_DIR / "scale.json"
 
@@ -276,6 +319,7 @@ def scale_scaling(d: dict[str, Any]) -> str:
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
+    "lean-check": (LEAN, lean_table),
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
 }

@@ -1,5 +1,6 @@
-"""benchmarks/facts_perf.py's memory-stages block: every entry of memory_smollm2.json, the
-second iteration where it was measured, and the goals judged on the lean entries."""
+"""benchmarks/facts_perf.py's memory blocks: memory-stages (every entry of memory_smollm2.json,
+the second iteration where it was measured, and the goals judged on the lean entries) and
+lean-check (benchmarks/lean.py's saved bytes, times and gradient check)."""
 
 from __future__ import annotations
 
@@ -56,3 +57,26 @@ def test_memory_block_goal_not_met_and_no_pair() -> None:
     assert "(MALLOC_MMAP_THRESHOLD_=131072): peak 4200 MB" in text
     assert "goal under 4096 MB **not met**." in text  # and no LoRA twin
     assert "goal" not in facts_perf.memory_table({"plain": _entry(3300.0)})
+
+
+def test_lean_check_block() -> None:
+    spread = {"median": 1.5, "min": 1.0, "max": 2.25}
+    data = {
+        "batch": 8,
+        "tokens_per_row": 48,
+        "rounds": 6,
+        "saved_mb": {"plain": 480.0, "lean": 300.0},
+        "saved_lean_over_plain": 0.625,
+        "seconds": {"plain": spread, "lean": spread},
+        "lean_over_plain": {"median": 1.01, "min": 0.9, "max": 1.2},
+        "gradients_bitwise_equal": True,
+        "load_before": [2.04, 1.0, 1.0],
+        "load_after": [3.0, 1.0, 1.0],
+        "machine": {"commit": "0123456789abcdef"},
+    }
+    text = facts_perf.lean_table(data)
+    row = "| 8 x 48 | 480 | 300 (0.62x) | 1.5 (1.0-2.2) | 1.5 (1.0-2.2) | 1.01 (0.90-1.20) | yes |"
+    assert row + " 2.0-3.0 | 0123456 |" in text
+    assert "6 interleaved rounds" in text
+    data["gradients_bitwise_equal"] = False
+    assert "| **no** |" in facts_perf.lean_table(data)
