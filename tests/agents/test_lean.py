@@ -157,12 +157,15 @@ def test_lean_skips_other_maths_and_make_plain_restores() -> None:
     assert all("forward" not in vars(m) for m in model.modules())
 
 
-def test_policy_is_lean_by_default_and_scores_equal() -> None:
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_policy_is_lean_by_default_and_scores_equal(checkpointing: bool) -> None:
     """The policy installs the lean forms on its model (not on the frozen reference); the
-    update's log-probs, values and gradients equal those of a plain policy, bit for bit."""
+    update's log-probs, values and gradients equal those of a plain policy, bit for bit, with
+    and without gradient checkpointing (which runs the blocks' forwards again)."""
     model = _llama()
-    lean_policy = CausalLMActorCritic(copy.deepcopy(model))
-    plain_policy = CausalLMActorCritic(copy.deepcopy(model), lean=False)
+    kw = {"gradient_checkpointing": checkpointing}
+    lean_policy = CausalLMActorCritic(copy.deepcopy(model), **kw)
+    plain_policy = CausalLMActorCritic(copy.deepcopy(model), lean=False, **kw)
     assert lean.lean_modules(lean_policy.model) == 10
     assert lean_policy.ref_model is not None and lean.lean_modules(lean_policy.ref_model) == 0
     assert lean.lean_modules(plain_policy.model) == 0
@@ -212,3 +215,16 @@ def test_lora_on_down_proj_keeps_the_product_and_gradients_bitwise() -> None:
     assert len(grads[0]) == len(grads[1]) > 2
     for a, b in zip(*grads, strict=True):
         assert a is not None and b is not None and torch.equal(a, b)
+
+
+@pytest.mark.slow  # torch.compile builds the step: about a minute on a 2-core machine
+def test_compiled_decoding_of_a_lean_llama_equals_eager() -> None:
+    """Sampling runs the modules' own forwards (no gradients): a lean Llama decodes through
+    the static cache and the compiled step as the eager path does."""
+    from tests.agents.test_static_decode import _assert_same_decoding
+
+    def policy(decode: str) -> CausalLMActorCritic:
+        return CausalLMActorCritic(_llama(), reference=None, decode=decode)
+
+    assert lean.lean_modules(policy("compiled").model) == 10
+    _assert_same_decoding(policy("eager"), policy("compiled"), room=8, n=8)
