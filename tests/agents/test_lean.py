@@ -163,9 +163,10 @@ def test_policy_is_lean_by_default_and_scores_equal(checkpointing: bool) -> None
     update's log-probs, values and gradients equal those of a plain policy, bit for bit, with
     and without gradient checkpointing (which runs the blocks' forwards again)."""
     model = _llama()
-    kw = {"gradient_checkpointing": checkpointing}
-    lean_policy = CausalLMActorCritic(copy.deepcopy(model), **kw)
-    plain_policy = CausalLMActorCritic(copy.deepcopy(model), lean=False, **kw)
+    lean_policy = CausalLMActorCritic(copy.deepcopy(model), gradient_checkpointing=checkpointing)
+    plain_policy = CausalLMActorCritic(
+        copy.deepcopy(model), lean=False, gradient_checkpointing=checkpointing
+    )
     assert lean.lean_modules(lean_policy.model) == 10
     assert lean_policy.ref_model is not None and lean.lean_modules(lean_policy.ref_model) == 0
     assert lean.lean_modules(plain_policy.model) == 0
