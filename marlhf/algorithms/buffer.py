@@ -245,7 +245,7 @@ class LMRolloutBuffer:
         t = self.pos
         if active is None:
             self.response_ids[:, t] = actions
-            self.response_mask[:, t] = True
+            self.response_mask[:, t].fill_(True)  # (a scalar fill: no tensor made for True)
             self.task_rewards[:, t] = rewards  # cast to float32 as .float() would
         else:
             self.response_ids[:, t] = torch.where(active, actions, 0)

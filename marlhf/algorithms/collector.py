@@ -194,24 +194,27 @@ class RolloutCollector:
                 actions = actions.masked_fill(done, pad)
             state.pending = actions
             new_obs, rewards, terminated, truncated, infos = env.step(actions.to(env_device))
-            active = ~done
             if multiturn:  # the env's observations: context for the cache, not actions
-                self._record_turn_step(state, actions, rewards, active, infos)
+                self._record_turn_step(state, actions, rewards, ~done, infos)
             else:
                 buffer.add(
                     actions,
                     torch.as_tensor(rewards, device=self.device),
-                    None if all_active else active,
+                    None if all_active else ~done,  # (no mask made while all are active)
                 )
             if count is not None:
                 count(n_active)
-            finished = torch.as_tensor(terminated, device=self.device) | torch.as_tensor(
-                truncated, device=self.device
-            )
-            done = done | finished
-            # While the env knows on the host that no row has finished, all are active: reading
-            # the count from the device would stall the CPU until the GPU caught up, every token.
-            n_active = n_envs if not env.any_done else n_envs - int(done.sum())
+            # While the env knows on the host that no row has finished, all are active and
+            # `done` stays all False: nothing to merge, and reading the count from the device
+            # would stall the CPU until the GPU caught up, every token.
+            if env.any_done:
+                finished = torch.as_tensor(terminated, device=self.device) | torch.as_tensor(
+                    truncated, device=self.device
+                )
+                done = done | finished
+                n_active = n_envs - int(done.sum())
+            else:
+                n_active = n_envs
             if listener is not None:
                 listener.update_locals({**locals(), "self": owner or self})
             if callback is not None and not callback.on_step():

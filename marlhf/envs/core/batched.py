@@ -277,7 +277,7 @@ class BatchedTokenEnv(TokenVectorEnv):
         self.input_ids = torch.cat([self.input_ids[:, 1:], actions[:, None]], dim=1)
         self.attention_mask = torch.cat([self.attention_mask[:, 1:], self._ones_column], dim=1)
         self.response_ids[:, t] = actions
-        self.response_mask[:, t] = True
+        self.response_mask[:, t].fill_(True)  # (a scalar fill: no tensor made for True)
         self.lengths += 1
         self._steps = t + 1
         last = t + 1 >= N  # every row reaches the horizon on this step
