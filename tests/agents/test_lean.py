@@ -229,3 +229,34 @@ def test_compiled_decoding_of_a_lean_llama_equals_eager() -> None:
 
     assert lean.lean_modules(policy("compiled").model) == 10
     _assert_same_decoding(policy("eager"), policy("compiled"), room=8, n=8)
+
+
+def test_ppo_on_a_lean_llama_trains_to_the_same_weights() -> None:
+    """Two PPO iterations (two epochs of two minibatches each) on a tiny Llama: the lean policy
+    moves its weights exactly as the plain one does."""
+    from marlhf.algorithms import PPO
+    from marlhf.envs import BatchedTokenEnv
+
+    finals, starts = [], []
+    for flag in (False, True):
+        env = BatchedTokenEnv("DelayedChoice", num_envs=4, seed=0, horizon=4)
+        model = tiny_llama_for(env.codec, seed=2)
+        algo = PPO(
+            model,
+            env,
+            seed=0,
+            n_epochs=2,
+            batch_size=2,
+            learning_rate=0.05,
+            max_grad_norm=None,
+            policy_kwargs={"lean": flag},
+        )
+        assert lean.lean_modules(algo.policy.model) == (7 if flag else 0)  # 2 blocks of 3, 1
+        starts.append({n: p.detach().clone() for n, p in algo.policy.named_parameters()})
+        algo.learn(2 * 4 * 4)
+        finals.append({n: p.detach().clone() for n, p in algo.policy.named_parameters()})
+    assert finals[0].keys() == finals[1].keys()
+    moved = [n for n, v in finals[0].items() if not torch.equal(v, starts[0][n])]
+    assert any("layernorm" in n for n in moved) and any("mlp" in n for n in moved), moved
+    for name, value in finals[0].items():
+        assert torch.equal(value, finals[1][name]), name
