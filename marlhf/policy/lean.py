@@ -185,9 +185,17 @@ def _probe_equal(module: nn.Module, lean: Any, width: int) -> bool:
     param = next(module.parameters())
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(2, 3, width, generator=generator).to(param.device, param.dtype)
-    with torch.enable_grad():
-        own = module.forward(probe)
-        made = lean(probe)
+    # In eval mode (a LoRA dropout would draw) and on a forked stream: the run's random
+    # numbers are the same with and without the lean forms.
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.random.fork_rng(devices=[]), torch.enable_grad():
+            own = module.forward(probe)
+            made = lean(probe)
+    finally:
+        for m, mode in modes:
+            m.training = mode
     return bool(torch.equal(own.detach(), made.detach()))
 
 

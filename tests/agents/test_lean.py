@@ -260,3 +260,18 @@ def test_ppo_on_a_lean_llama_trains_to_the_same_weights() -> None:
     assert any("layernorm" in n for n in moved) and any("mlp" in n for n in moved), moved
     for name, value in finals[0].items():
         assert torch.equal(value, finals[1][name]), name
+
+
+def test_make_lean_draws_no_random_numbers_and_keeps_the_modes() -> None:
+    """The probe runs in eval mode on a forked stream: a LoRA dropout on gate_proj does not
+    fail it, the global random state is untouched, and each module's mode is restored."""
+    pytest.importorskip("peft", reason="LoRA needs the peft package (the scale extra)")
+    from marlhf.policy.lora import LoRAConfig, apply_lora
+
+    config = LoRAConfig(r=4, dropout=0.5, target_modules=("gate_proj",))
+    model = apply_lora(_llama(), config)
+    model.train()
+    state = torch.get_rng_state()
+    assert lean.make_lean(model) == 10
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(m.training for m in model.modules())
