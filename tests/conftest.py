@@ -55,6 +55,14 @@ _too_slow: list[tuple[str, float, float]] = []
 _times: list[tuple[str, str, float, float, float, bool]] = []
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The `slow` tier runs first (a stable sort: the order within each tier is kept). Under
+    pytest-xdist (`make test`) a long test collected last, such as the docs' code blocks in
+    tests/test_docs.py, starts when the other worker has nothing left and runs alone; begun
+    first, the long tests share both workers and the short ones fill the gaps at the end."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 #: Each phase's CPU seconds (own, finished children's), from its hook to its report.
 _CPU = pytest.StashKey[dict[str, tuple[float, float]]]()
 
