@@ -33,34 +33,10 @@ from decode import smollm2_architecture
 
 from marlhf.policy import lean
 from marlhf.policy.actor_critic import CausalLMActorCritic
+from marlhf.policy.lean import saved_bytes
 
 OUT = RESULTS_DIR / "lean.json"
 PROMPT, RESPONSE = 16, 32
-
-
-def saved_bytes(loss: torch.Tensor, exclude: set[int]) -> int:
-    """Bytes of the distinct storages the graph behind ``loss`` saved, except ``exclude``'s."""
-    seen: dict[int, int] = {}
-    stack, visited = [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in visited:
-            continue
-        visited.add(node)
-        saved: list[Any] = []
-        for name in dir(node):
-            if name.startswith("_saved_"):
-                value = getattr(node, name)
-                saved.extend(value if isinstance(value, tuple | list) else [value])
-        if hasattr(node, "saved_tensors"):
-            saved.extend(node.saved_tensors)
-        for t in saved:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in exclude:
-                    seen[storage.data_ptr()] = storage.nbytes()
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return sum(seen.values())
 
 
 def _summary(values: list[float]) -> dict[str, float]:

@@ -239,3 +239,30 @@ def make_plain(model: nn.Module) -> None:
 def lean_modules(model: nn.Module) -> int:
     """How many of ``model``'s modules run a lean form."""
     return sum(hasattr(m, _PLAIN) for m in model.modules())
+
+
+def saved_bytes(loss: torch.Tensor, exclude: set[int]) -> int:
+    """Bytes of the distinct storages the autograd graph behind ``loss`` saved for its backward,
+    except those whose data pointer is in ``exclude`` (e.g. the parameters): what the lean forms
+    shrink, measured by ``benchmarks/lean.py`` and the tests."""
+    seen: dict[int, int] = {}
+    stack, visited = [loss.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in visited:
+            continue
+        visited.add(node)
+        saved: list[Any] = []
+        for name in dir(node):
+            if name.startswith("_saved_"):
+                value = getattr(node, name)
+                saved.extend(value if isinstance(value, tuple | list) else [value])
+        if hasattr(node, "saved_tensors"):
+            saved.extend(node.saved_tensors)
+        for t in saved:
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                if storage.data_ptr() not in exclude:
+                    seen[storage.data_ptr()] = storage.nbytes()
+        stack.extend(nxt for nxt, _ in node.next_functions)
+    return sum(seen.values())

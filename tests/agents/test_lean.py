@@ -36,31 +36,6 @@ def _grads(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> dict[str,
     return grads
 
 
-def _saved_bytes(loss: torch.Tensor, exclude: set[int]) -> int:
-    """Bytes of the distinct storages the graph behind ``loss`` saved (parameters excluded)."""
-    seen: dict[int, int] = {}
-    stack, visited = [loss.grad_fn], set()
-    while stack:
-        node = stack.pop()
-        if node is None or node in visited:
-            continue
-        visited.add(node)
-        saved: list[Any] = []
-        for name in dir(node):
-            if name.startswith("_saved_"):
-                value = getattr(node, name)
-                saved.extend(value if isinstance(value, tuple | list) else [value])
-        if hasattr(node, "saved_tensors"):
-            saved.extend(node.saved_tensors)
-        for t in saved:
-            if isinstance(t, torch.Tensor):
-                storage = t.untyped_storage()
-                if storage.data_ptr() not in exclude:
-                    seen[storage.data_ptr()] = storage.nbytes()
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return sum(seen.values())
-
-
 @pytest.mark.parametrize("tied", [False, True])
 def test_lean_llama_gradients_bitwise(tied: bool) -> None:
     plain = _llama(tie_word_embeddings=tied)
@@ -110,7 +85,7 @@ def test_lean_saves_less() -> None:
     for model in (plain, made):
         params = {p.untyped_storage().data_ptr() for p in model.parameters()}
         logits = model(input_ids=ids).logits
-        sizes.append(_saved_bytes(logits.sum(), params))
+        sizes.append(lean.saved_bytes(logits.sum(), params))
     tokens, blocks = 4 * 9, 3
     # silu(gate) and the product per MLP, x*r per norm
     fewer = tokens * (blocks * (2 * 96 + 2 * 48) + 48) * 4
