@@ -404,6 +404,55 @@ def _shm_files() -> set[str]:
     return set(os.listdir("/dev/shm")) if os.path.isdir("/dev/shm") else set()
 
 
+def _our_pids() -> set[int]:
+    """This process and its descendants (a sandbox worker still closing down counts as ours)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while we looked
+        children.setdefault(ppid, []).append(int(entry))
+    ours, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        ours.add(pid)
+        todo.extend(children.get(pid, []))
+    return ours
+
+
+def _held_by_others(names: set[str]) -> set[str]:
+    """The shared-memory files among ``names`` that another process (not ours) has mapped: another
+    test worker's multiprocessing semaphores live in ``/dev/shm`` as long as its pool does. A
+    mapping shows the name the file was made under (glibc links a temporary file to the
+    semaphore's name), so files are matched by inode."""
+    inodes: dict[int, str] = {}
+    for name in names:
+        try:
+            inodes[os.stat(f"/dev/shm/{name}").st_ino] = name
+        except OSError:
+            continue  # removed meanwhile
+    ours, held = _our_pids(), set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) in ours:
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split(maxsplit=5)
+            if len(fields) == 6 and fields[5].startswith("/dev/shm/"):
+                held_name = inodes.get(int(fields[4]))
+                if held_name is not None:
+                    held.add(held_name)
+    return held
+
+
 def score_and_check_nothing_is_left(programs: list[str], meta: dict) -> list[SandboxResult]:
     """Score ``programs`` through the reward (2 workers) and check that no descriptor, cgroup or
     shared-memory file is left (``guarded`` checks processes and temporary folders)."""
@@ -414,9 +463,11 @@ def score_and_check_nothing_is_left(programs: list[str], meta: dict) -> list[San
     assert sorted(os.listdir("/proc/self/fd")) == fds
     # No shared-memory file of its own is left. /dev/shm is the machine's: files of other
     # processes (another test worker's multiprocessing semaphores) come and go meanwhile, so
-    # only a new file that stays counts.
+    # only a new file that stays and that no other process holds counts.
     deadline = time.monotonic() + 5.0
-    while (new := _shm_files() - set(shm)) and time.monotonic() < deadline:
+    while (new := _shm_files() - set(shm) - _held_by_others(_shm_files())) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.2)
     assert sorted(new) == []
     assert our_cgroups() == []
