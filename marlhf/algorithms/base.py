@@ -50,6 +50,7 @@ from marlhf.options import Termination, make_termination
 from marlhf.parallel import distributed as dist_utils
 from marlhf.parallel.fsdp import shard_policy
 from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
+from marlhf.allocator import apply_allocator_policy
 from marlhf.threads import apply_thread_policy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")
@@ -132,6 +133,7 @@ class LMOnPolicyAlgorithm:
         explicit = {**{k: v for k, v in groups.items() if v is not None}, **flat}
         self._config = resolve_config(self.config_class, preset, explicit)
         apply_thread_policy()  # one torch thread unless the user chose (marlhf.threads)
+        apply_allocator_policy()  # freed large blocks go back to the system (marlhf.allocator)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
         self.policy_kwargs = dict(policy_kwargs or {})
