@@ -41,6 +41,7 @@ from marlhf.algorithms.config import (
 )
 from marlhf.algorithms.turn_checks import check_estimator_env
 from marlhf.algorithms.updater import PPOUpdater
+from marlhf.allocator import apply_allocator_policy
 from marlhf.checkpoint import save_util
 from marlhf.credit.kl import make_kl_controller
 from marlhf.envs.core.batched import BatchedTokenEnv
@@ -50,7 +51,6 @@ from marlhf.options import Termination, make_termination
 from marlhf.parallel import distributed as dist_utils
 from marlhf.parallel.fsdp import shard_policy
 from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
-from marlhf.allocator import apply_allocator_policy
 from marlhf.threads import apply_thread_policy
 
 SelfAlgo = TypeVar("SelfAlgo", bound="LMOnPolicyAlgorithm")

@@ -449,9 +449,9 @@ class CausalLMActorCritic(nn.Module):
             if not with_values:
                 return logp, entropies, None
             if self.critic is not None:
-                hidden = self._forward(
-                    self.critic, input_ids, mask, n, hidden=True, logits=False
-                )[1]
+                hidden = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)[
+                    1
+                ]
             assert hidden is not None
             # The value head runs in float32 even under bf16 autocast: returns need the
             # precision.

@@ -171,7 +171,9 @@ class _NormRemaker:
             self._outputs[key] = (weakref.ref(out), out._version, (x, root, weight))
 
     def pack(self, t: torch.Tensor) -> Any:
-        entry = self._outputs.get(t.untyped_storage().data_ptr()) if t.layout == torch.strided else None
+        if t.layout != torch.strided:
+            return t
+        entry = self._outputs.get(t.untyped_storage().data_ptr())
         if entry is None:
             return t
         out = entry[0]()
