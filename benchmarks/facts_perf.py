@@ -87,7 +87,7 @@ MEMORY_ROWS = {
     "after-lora": "LoRA r=8, sliced log-probs (`after-lora`)",
     "fused-lora-lora": "LoRA r=8, scores from the hidden state (`fused-lora`)",
     "plain": "eager MLP and RMSNorm, `lean=False` (`plain`)",
-    "lean": "lean MLP and RMSNorm, the default (`lean`)",
+    "lean": "lean MLP and RMSNorm, glibc's allocator (`lean`)",
     "lean-lora": "LoRA r=8, lean (`lean-lora`)",
     "plain-mmap128k": "`plain`, 128 KiB mmap threshold (`plain-mmap128k`)",
     "lean-mmap128k": "`lean`, 128 KiB mmap threshold (`lean-mmap128k`)",

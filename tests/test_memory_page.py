@@ -43,7 +43,9 @@ def test_memory_block_rows_and_goals() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 4  # the header and three entries: the note is no row
     assert rows[1].split(" | ")[4] == "not measured"  # `fused`: one iteration only
-    lean_row = "| lean MLP and RMSNorm, the default (`lean`) | none | 1800 | 3300 | 4000 | 4000 |"
+    lean_row = (
+        "| lean MLP and RMSNorm, glibc's allocator (`lean`) | none | 1800 | 3300 | 4000 | 4000 |"
+    )
     assert lean_row + " 3.2 | 0123456 |" in text
     assert (
         "- `lean` (glibc's defaults): peak 4000 MB over both iterations, goal under 4096 MB "
