@@ -380,6 +380,16 @@ def trl_ppo_ratio_shared(d: dict[str, Any]) -> str:
     return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
+@fact("trl-ppo-goal", TRL_PPO)
+def trl_ppo_goal(d: dict[str, Any]) -> str:
+    """Whether each marlhf side's median ratio meets :data:`TRL_PPO_GOAL`."""
+    ratios = _trl_ppo_setting(d)["ratios"]
+    return " and ".join(
+        f"{'met' if ratios[side]['median'] <= TRL_PPO_GOAL else 'not met'} with the {name}"
+        for side, name in (("marlhf", "separate critic"), ("marlhf_shared", "shared trunk"))
+    )
+
+
 @fact("trl-ppo-load", TRL_PPO)
 def trl_ppo_load(d: dict[str, Any]) -> str:
     """The one-minute load average at the start and at the end of the run."""

@@ -35,14 +35,14 @@ def test_the_counter_splits_tokens_head_rows_and_flops_by_model_and_gradient_sta
         torch.matmul(torch.ones(2, 3), torch.ones(3, 4))  # outside every model
         loss.backward()
     rows = counter.summary()
-    assert rows["policy/generation"]["tokens"] == 12 and rows["policy/generation"]["head_rows"] == 12
+    generation = rows["policy/generation"]
+    assert generation["tokens"] == 12 and generation["head_rows"] == 12
     assert rows["critic/no_grad"]["tokens"] == 21 and rows["policy/grad"]["tokens"] == 21
     assert rows["backward"]["tokens"] == 0 and rows["backward"]["gflops"] > 0
     assert rows["other"]["gflops"] == 2 * 3 * 4 * 2 / 1e9
     # The same forwards under torch's own counter give the same FLOPs.
-    with FlopCounterMode(display=False) as reference:
-        with torch.no_grad():
-            critic(input_ids=ids)
+    with FlopCounterMode(display=False) as reference, torch.no_grad():
+        critic(input_ids=ids)
     assert rows["critic/no_grad"]["gflops"] == reference.get_total_flops() / 1e9
     total = rows["total"]
     assert total["tokens"] == 12 + 21 + 21
