@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, markdown_table
 from benchmarks.facts import Facts, registrar, span
 from benchmarks.provenance import describe
-from benchmarks.trl_ppo_work import work_table
+from benchmarks.trl_ppo_work import profile_table, work_table
 
 FACTS: Facts = {}
 fact = registrar(FACTS)
@@ -399,6 +399,7 @@ def trl_ppo_load(d: dict[str, Any]) -> str:
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "trl-ppo-work": (TRL_WORK, work_table),
+    "trl-ppo-profile": (TRL_WORK, profile_table),
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
     "lean-check": (LEAN, lean_table),

@@ -176,11 +176,23 @@ def profiled(store: dict[str, Any], top: int = 12) -> Iterator[None]:
         yield
     ops = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in ops)
+    # The optimizer's share: aten ops inside its steps (torch names each "Optimizer.step#...").
+    events = prof.events()
+    steps = [e.time_range for e in events if e.name.startswith("Optimizer.step")]
+    inside = [
+        e
+        for e in events
+        if e.name.startswith("aten::")
+        and any(r.start <= e.time_range.start and e.time_range.end <= r.end for r in steps)
+    ]
     ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     store.update(
         {
             "aten_calls": int(sum(e.count for e in ops)),
             "self_cpu_s": total / 1e6,
+            "optimizer_steps": len(steps),
+            "optimizer_aten_calls": len(inside),
+            "optimizer_self_cpu_s": sum(e.self_cpu_time_total for e in inside) / 1e6,
             "top": [
                 {
                     "op": e.key,
@@ -401,6 +413,53 @@ def work_table(d: dict[str, Any]) -> str:
         "one thread (`benchmarks/results/trl_ppo_work.json`; load "
         f"{min(loads):.1f}-{max(loads):.1f} during the profile"
         + (f", {timing['loadavg'][0]:.1f} after the rounds)." if timing else ")."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _optimizer_cell(profile: dict[str, Any]) -> str:
+    if "optimizer_aten_calls" not in profile:
+        return "not recorded"
+    share = profile["optimizer_self_cpu_s"] / profile["self_cpu_s"]
+    return (
+        f"{share:.0%} ({_number(profile['optimizer_aten_calls'])} in "
+        f"{profile['optimizer_steps']} steps)"
+    )
+
+
+def profile_table(d: dict[str, Any], per_side: int = 6) -> str:
+    """The profiled iteration's largest ops: each side's ``per_side`` ops with the most self
+    CPU time (together), their share of the side's aten self CPU time and their calls."""
+    if "sides" not in d:
+        return f"Not measured: {d.get('error', 'no sides in the results file')}."
+    sides = [k for k in SIDES if k in d["sides"]]
+    tops = {k: {t["op"]: t for t in d["sides"][k]["profile"]["top"]} for k in sides}
+    ops: list[str] = []
+    for k in sides:
+        for op in list(tops[k])[:per_side]:
+            if op not in ops:
+                ops.append(op)
+    head = ["op"] + [f"{SIDES[k]}: share (calls)" for k in sides]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for op in ops:
+        cells = [
+            f"{tops[k][op]['share']:.0%} ({_number(tops[k][op]['calls'])})"
+            if op in tops[k]
+            else "not in the top"
+            for k in sides
+        ]
+        lines.append(f"| `{op.removeprefix('aten::')}` | " + " | ".join(cells) + " |")
+    optimizer = ["aten ops inside the optimizer's steps"] + [
+        _optimizer_cell(d["sides"][k]["profile"]) for k in sides
+    ]
+    total = ["all aten ops"] + [
+        f"100% ({_number(d['sides'][k]['profile']['aten_calls'])})" for k in sides
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in (optimizer, total)]
+    lines += [
+        "",
+        "One profiled iteration per side (`torch.profiler`, CPU, one thread): each op's self "
+        "CPU time over all aten ops' (`benchmarks/results/trl_ppo_work.json`).",
     ]
     return "\n".join(lines) + "\n"
 
