@@ -11,7 +11,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-from trl_ppo_work import SIDES, WorkCounter, work_table
+from trl_ppo_work import SIDES, WorkCounter, profile_table, profiled, work_table
 
 from marlhf.models import tiny_gpt2
 
@@ -53,6 +53,19 @@ def test_the_counter_splits_tokens_head_rows_and_flops_by_model_and_gradient_sta
     assert counter.summary() == rows
 
 
+def test_the_profile_counts_the_optimizers_ops_apart() -> None:
+    p = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.Adam([p])
+    store: dict[str, Any] = {}
+    with profiled(store):
+        (p * 2).sum().backward()
+        optimizer.step()
+    assert store["optimizer_steps"] == 1
+    assert 0 < store["optimizer_aten_calls"] < store["aten_calls"]
+    assert 0 < store["optimizer_self_cpu_s"] <= store["self_cpu_s"]
+    assert store["top"][0]["share"] >= store["top"][-1]["share"]
+
+
 def _side(gflops: float) -> dict[str, Any]:
     work = {
         "policy/grad": {"tokens": 10, "head_rows": 4, "gflops": gflops},
@@ -60,7 +73,17 @@ def _side(gflops: float) -> dict[str, Any]:
     }
     return {
         "work": work,
-        "profile": {"aten_calls": 1234},
+        "profile": {
+            "aten_calls": 1234,
+            "self_cpu_s": 2.0,
+            "optimizer_steps": 8,
+            "optimizer_aten_calls": 100,
+            "optimizer_self_cpu_s": 0.5,
+            "top": [
+                {"op": "aten::mm", "calls": 30, "self_cpu_s": 1.0, "share": 0.5},
+                {"op": f"aten::op{gflops:.0f}", "calls": 3, "self_cpu_s": 0.2, "share": 0.1},
+            ],
+        },
         "loadavg": [2.0, 1.0, 1.0],
         "s_per_iter": gflops / 10,
         "gflops_per_s": 10.0,
@@ -100,3 +123,13 @@ def test_the_table_gives_each_side_its_counts_and_the_ratios_to_trl() -> None:
     assert "commit 0123456+dirty" in table and "3.0 after the rounds" in table
     assert "reference (no grad)" not in table  # rows no side has are left out
     assert work_table({"error": "no trl"}) == "Not measured: no trl."
+
+
+def test_the_profile_table_joins_each_sides_largest_ops() -> None:
+    data = {"sides": {"trl": _side(10.0), "marlhf": _side(8.0)}}
+    table = profile_table(data)
+    assert "| `mm` | 50% (30) | 50% (30) |" in table
+    assert "| `op10` | 10% (3) | not in the top |" in table
+    assert "| `op8` | not in the top | 10% (3) |" in table
+    assert "| aten ops inside the optimizer's steps | 25% (100 in 8 steps) |" in table
+    assert "| all aten ops | 100% (1,234) | 100% (1,234) |" in table
