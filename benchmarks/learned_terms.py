@@ -107,7 +107,7 @@ TASKS: dict[str, tuple[str, dict[str, Any], int, int, float]] = {
     "CreditSum h32": ("marlhf/CreditSum-v0", {}, 12, 40, 0.80),
     "DelayedChoice h32": ("marlhf/DelayedChoice-v0", {"horizon": 32}, 12, 40, 0.625),
     "DelayedChoice h128": ("marlhf/DelayedChoice-v0", {"horizon": 128}, 6, 20, 0.625),
-    "Reverse": ("marlhf/Reverse-v0", {}, 12, 40, 0.5),
+    "Reverse": ("marlhf/Reverse-v0", {}, 12, 40, 0.18),
     "KeyPosition h32": ("marlhf/KeyPosition-v0", {}, 12, 40, 0.75),
     REASONING: (reasoning.ENV_ID, reasoning.ENV_KWARGS, 4, 12, 0.5),
 }
