@@ -3,7 +3,7 @@
 (``learned_terms.json``); see ``benchmarks/facts.py`` for how a page quotes them.
 
 The ``learned_terms.json`` figures are read from the tables ``docs/credit_learned.md`` renders
-(:mod:`benchmarks.learned_terms_doc`), so the summary on one page is the tables of the other.
+(:mod:`benchmarks.learned_terms_tables`), so the summary on one page is the tables of the other.
 """
 
 from __future__ import annotations
@@ -111,14 +111,14 @@ def _pct(x: float) -> str:
 
 def _summary(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Task -> the learned termination's paired reduction over the best heuristic."""
-    from benchmarks.learned_terms_doc import audit_table
+    from benchmarks.learned_terms_tables import audit_table
 
     return {s["task"]: s for s in audit_table(data)[1]}
 
 
 def _headroom(data: dict[str, Any], task: str) -> tuple[float, float]:
     """The oracle's and the learned rule's mean paired reduction over the best heuristic."""
-    from benchmarks.learned_terms_doc import headroom
+    from benchmarks.learned_terms_tables import headroom
 
     h = headroom(data, task)
     return h["oracle"][0], h["learned"][0]
@@ -147,7 +147,7 @@ def learned_reverse(data: dict[str, Any]) -> str:
 
 def _budget_reductions(data: dict[str, Any], budget: str, tasks: Any) -> list[float]:
     """The learned rule's mean paired reduction over the best heuristic at another budget."""
-    from benchmarks.learned_terms_doc import budget_summary
+    from benchmarks.learned_terms_tables import budget_summary
 
     rows = budget_summary(data)
     return [r["reduction"][0] for r in rows if r["budget"] == budget and r["task"] in tasks]
@@ -195,7 +195,7 @@ def learned_oracle_reverse(data: dict[str, Any]) -> str:
 def learned_reasoning(data: dict[str, Any]) -> str:
     """The reasoning task: the learned rule's paired reduction against the truth as computed,
     then net of the truth's noise, each with its 95% half-width."""
-    from benchmarks.learned_terms_doc import audit_table
+    from benchmarks.learned_terms_tables import audit_table
 
     raw = {s["task"]: s for s in audit_table(data)[1]}["Reasoning h16"]
     net = {s["task"]: s for s in audit_table(data, "rmse_net")[1]}["Reasoning h16"]
@@ -221,7 +221,7 @@ def learned_reasoning_se(data: dict[str, Any]) -> str:
 @fact("learned-batch-oracle", LEARNED)
 def learned_batch_oracle(data: dict[str, Any]) -> str:
     """The greedy batch oracle's reduction over the best per-episode heuristic, %."""
-    from benchmarks.learned_terms_doc import alloc_summary
+    from benchmarks.learned_terms_tables import alloc_summary
 
     return span((100 * a["head_batch"][0] for a in alloc_summary(data).values()), 0) + "%"
 
@@ -229,7 +229,7 @@ def learned_batch_oracle(data: dict[str, Any]) -> str:
 @fact("learned-batch-episode-oracle", LEARNED)
 def learned_batch_episode_oracle(data: dict[str, Any]) -> str:
     """The per-episode oracle's reduction on the same rows, %, and their seeds."""
-    from benchmarks.learned_terms_doc import alloc_summary
+    from benchmarks.learned_terms_tables import alloc_summary
 
     a = alloc_summary(data)
     seeds = span((float(v["seeds"]) for v in a.values()), 0)
@@ -251,14 +251,14 @@ def learned_per_batch(data: dict[str, Any]) -> str:
 def learned_cut_position(data: dict[str, Any]) -> str:
     """Where the learned and the oracle cuts sit on the exact per-episode tasks (fraction of
     the response)."""
-    from benchmarks.learned_terms_doc import cut_position
+    from benchmarks.learned_terms_tables import cut_position
 
     runs = {t: [r for r in data["audit"] if r["task"] == t] for t in EXACT_TASKS}
     return span(cut_position(rs, rule) for rs in runs.values() for rule in ("learned", "oracle"))
 
 
 def _t2t(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from benchmarks.learned_terms_doc import t2t_table
+    from benchmarks.learned_terms_tables import t2t_table
 
     return {s["task"]: s for s in t2t_table(data)[1]}
 

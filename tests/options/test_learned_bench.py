@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from benchmarks.learned_terms import tokens_to_threshold
-from benchmarks.learned_terms_doc import mean_ci, render
+from benchmarks.learned_terms_doc import render
 from benchmarks.learned_terms_keypos import KeyPositionTask
+from benchmarks.learned_terms_tables import mean_ci
 from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
