@@ -188,25 +188,6 @@ def tokens_to_threshold(
 PILOT_SEED = 9
 
 
-def pilot_threshold(rows: list[dict[str, Any]]) -> float:
-    """A threshold halfway from where a task's runs start to where they end: the mean score of
-    the first three iterations and of the last three, each averaged over the rules of
-    ``rows`` (one pilot seed's tokens-to-threshold runs, trained to the end), rounded down to
-    0.01.
-
-    :param rows: tokens-to-threshold rows of one task (``curve``: ``(tokens, env tokens,
-        score)`` per iteration), every one with at least 6 iterations.
-    """
-    if not rows:
-        raise ValueError("pilot_threshold: no rows")
-    short = [r["rule"] for r in rows if len(r["curve"]) < 6]
-    if short:
-        raise ValueError(f"pilot_threshold: rows of {short} have fewer than 6 iterations")
-    start = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][:3]) for r in rows)
-    end = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][-3:]) for r in rows)
-    return math.floor(100 * (start + end) / 2 + 1e-9) / 100
-
-
 def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
     xc, yc = x - x.mean(), y - y.mean()
     den = float((xc.square().sum() * yc.square().sum()).sqrt())
@@ -403,7 +384,8 @@ def run_t2t(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, A
 
 TAG = ""
 #: ``--pilot``: tokens-to-threshold runs trained to the end (no stop at the threshold), into
-#: ``learned_terms_pilot<tag>.json``, which is not merged (:func:`pilot_threshold` reads it)
+#: ``learned_terms_pilot<tag>.json``, which :func:`merge` keeps apart (``pilots``: the page
+#: shows them, :func:`pilot_threshold` reads them)
 PILOT = False
 
 
@@ -431,13 +413,19 @@ def part_file(part: str, tag: str = "") -> Path:
 
 
 def merge() -> dict[str, Any]:
-    """Every part file's rows merged into :data:`RESULTS` (rows concatenated, setups listed)."""
-    data: dict[str, Any] = {"audit": [], "t2t": [], "setups": []}
+    """Every part file's rows merged into :data:`RESULTS` (rows concatenated, setups listed;
+    pilot rows under ``pilots``)."""
+    data: dict[str, Any] = {"audit": [], "t2t": [], "setups": [], "pilots": []}
     for part in ("audit", "t2t"):
         for path in sorted(RESULTS_DIR.glob(f"learned_terms_{part}*.json")):
             got = read_json(path) or {}
             data[part] += got.get(part, [])
             data["setups"].append({"part": part, "file": path.name, **got.get(f"{part}_setup", {})})
+    # pilot runs (``--pilot``): apart from the measured rows, each with its file
+    for path in sorted(RESULTS_DIR.glob("learned_terms_pilot*.json")):
+        got = read_json(path) or {}
+        data["pilots"] += [{**r, "file": path.name} for r in got.get("t2t", [])]
+        data["setups"].append({"part": "pilot", "file": path.name, **got.get("t2t_setup", {})})
     data["audit"].sort(
         key=lambda r: (list(TASKS).index(r.get("base_task", r["task"])), r["task"], r["seed"])
     )

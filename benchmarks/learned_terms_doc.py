@@ -18,6 +18,7 @@ from benchmarks.learned_terms_tables import (
     corr_table,
     goal_summary,
     headroom_table,
+    pilot_table,
     t2t_table,
 )
 from benchmarks.provenance import describe
@@ -203,6 +204,18 @@ def render(
         "",
         *t2t_lines,
         "",
+        *(
+            [
+                "Pilot runs (`--pilot`: a seed outside the measured ones, every rule trained to "
+                "the end; not in the table above). Halfway: from the pooled first three "
+                "iterations to the pooled last three, rounded down (`pilot_threshold`).",
+                "",
+                *pilot_table(data),
+                "",
+            ]
+            if data.get("pilots")
+            else []
+        ),
         "## The goal",
         "",
         f"- >= {GOAL_RMSE:.0%} lower RMSE than the best heuristic on >= 3 tasks: "

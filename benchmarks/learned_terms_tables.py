@@ -309,3 +309,65 @@ def t2t_table(data: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
 
 def _num(value: Any) -> float:
     return math.inf if value is None else float(value)
+
+
+def pilot_threshold(rows: list[dict[str, Any]]) -> float:
+    """A threshold halfway from where a task's runs start to where they end: the mean score of
+    the first three iterations and of the last three, each averaged over the rules of
+    ``rows`` (one pilot seed's tokens-to-threshold runs, trained to the end), rounded down to
+    0.01.
+
+    :param rows: tokens-to-threshold rows of one task (``curve``: ``(tokens, env tokens,
+        score)`` per iteration), every one with at least 6 iterations.
+    """
+    if not rows:
+        raise ValueError("pilot_threshold: no rows")
+    short = [r["rule"] for r in rows if len(r["curve"]) < 6]
+    if short:
+        raise ValueError(f"pilot_threshold: rows of {short} have fewer than 6 iterations")
+    start = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][:3]) for r in rows)
+    end = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][-3:]) for r in rows)
+    return math.floor(100 * (start + end) / 2 + 1e-9) / 100
+
+
+def pilot_table(data: dict[str, Any]) -> list[str]:
+    """The pilot runs (``pilots``, not among the measured seeds): per task, each rule's score
+    over the first and the last three iterations, the same pooled over the rules, the threshold
+    :func:`pilot_threshold` gives, each rule's seconds, and whether the table uses it."""
+    rows = data.get("pilots", [])
+    if not rows:
+        return []
+    rules = list(dict.fromkeys(r["rule"] for r in rows))
+    measured = {r["task"] for r in data.get("t2t", [])}
+    lines = [
+        "| task | seed | score, first 3 -> last 3 iterations: "
+        + " | ".join(f"`{r}`" for r in rules)
+        + " | pooled | halfway | seconds: "
+        + " | ".join(f"`{r}`" for r in rules)
+        + " | used |",
+        "|---" * (2 * len(rules) + 5) + "|",
+    ]
+    for task in dict.fromkeys(r["task"] for r in rows):
+        runs = [r for r in rows if r["task"] == task]
+        by_rule = {r["rule"]: r for r in runs}
+        first = {r["rule"]: statistics.fmean(p[2] for p in r["curve"][:3]) for r in runs}
+        last = {r["rule"]: statistics.fmean(p[2] for p in r["curve"][-3:]) for r in runs}
+        cells = [f"{first[r]:.2f} -> {last[r]:.2f}" if r in by_rule else "–" for r in rules]
+        seconds = [f"{by_rule[r]['seconds']:.0f}" if r in by_rule else "–" for r in rules]
+        start, end = statistics.fmean(first.values()), statistics.fmean(last.values())
+        halfway = pilot_threshold(runs)
+        if task in measured:
+            used = "the table's threshold"
+        elif halfway <= start:
+            used = (
+                "none: the score does not rise, so every rule reaches the halfway point in its "
+                "first three iterations (no row)"
+            )
+        else:
+            used = "not measured"
+        lines.append(
+            f"| {task} | {runs[0]['seed']} | " + " | ".join(cells)
+            + f" | {start:.2f} -> {end:.2f} | {halfway:.2f} | " + " | ".join(seconds)
+            + f" | {used} |"
+        )  # fmt: skip
+    return lines
