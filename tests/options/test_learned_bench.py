@@ -212,3 +212,12 @@ def test_pilot_table_says_which_threshold_the_page_uses() -> None:
     assert lines[3].endswith("| none: the score does not rise, so every rule reaches the halfway "
                              "point in its first three iterations (no row) |")  # fmt: skip
     assert pilot_table({"t2t": []}) == []
+
+
+def test_pilot_flag_names_the_part_and_seeds_it_needs() -> None:
+    from benchmarks.learned_terms import main
+
+    with pytest.raises(SystemExit, match=r"needs --part t2t and no --seeds \(got --part all, "):
+        main(["--pilot"])
+    with pytest.raises(SystemExit, match=r"\(got --part t2t, --seeds 1\)"):
+        main(["--pilot", "--part", "t2t", "--seeds", "1"])
