@@ -12,7 +12,7 @@ from typing import Any
 
 from common import IMG_DIR, RESULTS_DIR, ROOT, fmt, markdown_table, read_json
 from provenance import describe
-from speed_doc import decode_section, grpo_section, load_text, ratio_range
+from speed_doc import decode_section, grpo_section, load_text, ratio_range, rollout_lines
 
 
 def kept_full_parity_files() -> list[Path]:
@@ -341,6 +341,11 @@ def render_doc(s: dict[str, Any]) -> str:
                 ],
             ),
             "",
+            *rollout_lines(
+                roll["results"],
+                f"{describe(roll['machine'], RESULTS_DIR / rollout_file(s['mode']))}, "
+                f"{roll['machine']['date_utc']}",
+            ),
         ]
     else:
         lines += [f"Not measured: {s.get('rollout_vs_bare_error')}", ""]

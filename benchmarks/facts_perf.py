@@ -1,8 +1,9 @@
 """The tables and figures of ``docs/performance.md`` and ``docs/howto/scale.md``, from
-``decode.json`` (the decode paths), ``memory_smollm2.json`` (a SmolLM2-135M iteration's memory)
-and ``scale.json`` (LoRA, checkpointing, FSDP and data-parallel scaling): ``<!-- render:NAME -->``
-blocks (:data:`BLOCKS`, joined into ``benchmarks/pages.py``'s) and quoted figures
-(:data:`FACTS`; see ``benchmarks/facts.py``).
+``decode.json`` (the decode paths), ``memory_smollm2.json`` (a SmolLM2-135M iteration's memory),
+``trl_ppo_work.json`` and ``trl_ppo.json`` (PPO against TRL) and ``scale.json`` (LoRA,
+checkpointing, FSDP and data-parallel scaling): ``<!-- render:NAME -->`` blocks (:data:`BLOCKS`,
+joined into ``benchmarks/pages.py``'s) and quoted figures (:data:`FACTS`; see
+``benchmarks/facts.py``).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, markdown_table
 from benchmarks.facts import Facts, registrar, span
 from benchmarks.provenance import describe
+from benchmarks.trl_ppo_work import profile_table, work_table
 
 FACTS: Facts = {}
 fact = registrar(FACTS)
 
 DECODE = RESULTS_DIR / "decode.json"
 MEMORY = RESULTS_DIR / "memory_smollm2.json"
+TRL_WORK = RESULTS_DIR / "trl_ppo_work.json"
+TRL_PPO = RESULTS_DIR / "trl_ppo.json"
 
 #: Issue 28's goal for the compiled decode path: this speed-up of the rollout over eager.
 COMPILED_GOAL = 1.5
@@ -352,8 +356,87 @@ def scale_scaling(d: dict[str, Any]) -> str:
     )
 
 
+# ------------------------------------------------------ trl_ppo_work.json, trl_ppo.json
+def _flops_over_trl(d: dict[str, Any], side: str) -> str:
+    work = d["sides"]
+    return f"{work[side]['work']['total']['gflops'] / work['trl']['work']['total']['gflops']:.2f}"
+
+
+@fact("trl-ppo-work-flops", TRL_WORK)
+def trl_ppo_work_flops(d: dict[str, Any]) -> str:
+    """marlhf's (separate critic) FLOPs per iteration over TRL's."""
+    return _flops_over_trl(d, "marlhf")
+
+
+@fact("trl-ppo-work-flops-shared", TRL_WORK)
+def trl_ppo_work_flops_shared(d: dict[str, Any]) -> str:
+    """marlhf's (shared trunk) FLOPs per iteration over TRL's."""
+    return _flops_over_trl(d, "marlhf_shared")
+
+
+#: Issue 28's goal for marlhf's seconds per PPO iteration over TRL's.
+TRL_PPO_GOAL = 0.5
+
+
+@fact("trl-ppo-work-speed", TRL_WORK)
+def trl_ppo_work_speed(d: dict[str, Any]) -> str:
+    """marlhf's (separate critic) GFLOPs per second over TRL's, and the shared trunk's."""
+    work = d["sides"]
+    trl = work["trl"]["gflops_per_s"]
+    return " and ".join(
+        f"{work[side]['gflops_per_s'] / trl:.2f}" for side in ("marlhf", "marlhf_shared")
+    )
+
+
+@fact("trl-ppo-work-needed", TRL_WORK)
+def trl_ppo_work_needed(d: dict[str, Any]) -> str:
+    """The GFLOPs per second over TRL's that the goal needs at each side's FLOPs."""
+    work = d["sides"]
+    trl = work["trl"]["work"]["total"]["gflops"]
+    return " and ".join(
+        f"{work[side]['work']['total']['gflops'] / trl / TRL_PPO_GOAL:.2f}"
+        for side in ("marlhf", "marlhf_shared")
+    )
+
+
+def _trl_ppo_setting(d: dict[str, Any]) -> dict[str, Any]:
+    return next(e for e in d["settings"] if "ratio" in e)
+
+
+@fact("trl-ppo-ratio", TRL_PPO)
+def trl_ppo_ratio(d: dict[str, Any]) -> str:
+    """The per-round median of marlhf's (separate critic) seconds over TRL's, with its range."""
+    r = _trl_ppo_setting(d)["ratios"]["marlhf"]
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+
+@fact("trl-ppo-ratio-shared", TRL_PPO)
+def trl_ppo_ratio_shared(d: dict[str, Any]) -> str:
+    """The same for the shared trunk."""
+    r = _trl_ppo_setting(d)["ratios"]["marlhf_shared"]
+    return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+
+
+@fact("trl-ppo-goal", TRL_PPO)
+def trl_ppo_goal(d: dict[str, Any]) -> str:
+    """Whether each marlhf side's median ratio meets :data:`TRL_PPO_GOAL`."""
+    ratios = _trl_ppo_setting(d)["ratios"]
+    return " and ".join(
+        f"{'met' if ratios[side]['median'] <= TRL_PPO_GOAL else 'not met'} with the {name}"
+        for side, name in (("marlhf", "separate critic"), ("marlhf_shared", "shared trunk"))
+    )
+
+
+@fact("trl-ppo-load", TRL_PPO)
+def trl_ppo_load(d: dict[str, Any]) -> str:
+    """The one-minute load average at the start and at the end of the run."""
+    return "load " + span([d["loadavg_start"][0], d["loadavg_end"][0]], digits=1)
+
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
+    "trl-ppo-work": (TRL_WORK, work_table),
+    "trl-ppo-profile": (TRL_WORK, profile_table),
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
     "lean-check": (LEAN, lean_table),

@@ -39,16 +39,22 @@ class SteppedTrainer:
         self._stamp = 0.0
         self._error: BaseException | None = None
         self._finished = False
+        #: The context of the next step (entered in the trainer's thread), and the open one.
+        self._context: Callable[[], Any] | None = None
+        self._open: Any = None
         outer = self
 
         class Pause(TrainerCallback):  # type: ignore[misc]
             def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 outer._go.acquire()
+                outer._enter()
 
             def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
                 outer._stamp = time.perf_counter()
+                outer._leave()
                 outer._done.release()
                 outer._go.acquire()
+                outer._enter()
 
         def target() -> None:
             try:
@@ -62,10 +68,25 @@ class SteppedTrainer:
         self._thread = threading.Thread(target=target, daemon=True)
         self._thread.start()
 
-    def step(self) -> float:
-        """Let the trainer take one step; return its seconds (from the release to its end)."""
+    def _enter(self) -> None:
+        if self._context is not None:
+            self._open = self._context()
+            self._open.__enter__()
+
+    def _leave(self) -> None:
+        if self._open is not None:
+            opened, self._open = self._open, None
+            opened.__exit__(None, None, None)
+
+    def step(self, context: Callable[[], Any] | None = None) -> float:
+        """Let the trainer take one step; return its seconds (from the release to its end).
+
+        :param context: a factory of a context manager that the step runs inside, entered and
+            left in the trainer's thread (a profiler or a dispatch mode, which are per thread).
+        """
         if self._finished:
             raise RuntimeError(f"SteppedTrainer: the trainer has stopped ({self._error!r})")
+        self._context = context
         start = time.perf_counter()
         self._go.release()
         self._done.acquire()
@@ -77,6 +98,7 @@ class SteppedTrainer:
 
     def close(self) -> None:
         """Let the trainer run to its end (its remaining steps untimed) and join its thread."""
+        self._context = None
         while not self._finished:
             self._go.release()
             self._done.acquire()

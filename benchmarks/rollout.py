@@ -9,6 +9,8 @@ new tokens) on ``DelayedChoice`` (no EOS, so every row generates exactly ``N`` t
   ``BatchedTokenEnv`` (the no-grad scoring after the rollout excluded); goal ``agent/bare >= 0.9``;
 - ``PPO it (s)``: one whole iteration (rollout, scoring, GAE, one epoch over one minibatch);
 - ``MAPPO/PPO``: the same iteration with ``termination="ngram:5"`` over PPO's;
+- ``load_before``/``load_after`` (JSON only): the machine's load averages around the cell (the
+  ratio's noise grows with the load of a shared machine);
 - ``peak MB``: peak CUDA memory of the process so far, or on the CPU its peak RSS so far; on CUDA
   each agent's iteration is also measured above the memory resident before it
   (``iteration_peak_mb``, :func:`iteration_peak_mb`), which compares agents alone.
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import os
 import resource
 import sys
 import time
@@ -201,6 +204,7 @@ def measure(
     :param terminations: MAPPO terminations timed against PPO; the first gives the
         ``mappo_iter_s``/``mappo_over_ppo`` keys, all of them ``mappo_over_ppo_by_termination``.
     """
+    load_before = list(os.getloadavg())
     common: dict[str, Any] = {
         "n_epochs": 1, "batch_size": batch, "seed": 0, "device": device, "bf16": bf16,
     }  # fmt: skip
@@ -242,6 +246,8 @@ def measure(
         "mappo_over_ppo": by_spec[first],
         "mappo_over_ppo_by_termination": by_spec,
         "peak_mb": _peak_mb(device),
+        "load_before": load_before,  # 1-, 5- and 15-minute load averages around the cell
+        "load_after": list(os.getloadavg()),
     }
     if peaks:
         row["iteration_peak_mb"] = peaks

@@ -137,3 +137,49 @@ def grpo_section(s: dict[str, Any]) -> list[str]:
         "",
     ]
     return lines
+
+
+def rollout_lines(rows: list[dict[str, Any]], where: str) -> list[str]:
+    """Under the rollout grid's table: where it was measured (``where``: its commit and date)
+    and the range of the 1-minute load average before and after its cells (when recorded),
+    then the operation counts of :func:`rollout_ops_lines`."""
+    loads = [x for r in rows for x in (r.get("load_before"), r.get("load_after")) if x]
+    load = f"; load {min(x[0] for x in loads):.1f}-{max(x[0] for x in loads):.1f}" if loads else ""
+    return [f"Measured at commit {where}{load}.", "", *rollout_ops_lines()]
+
+
+def rollout_ops_lines() -> list[str]:
+    """Torch operations per generated token of the agent's rollout and of the bare loop
+    (``benchmarks/rollout_ops.py``: exact counts, whatever the load), one row per recorded
+    label, with that run's timed ratio (best of alternating runs) and its 1-minute load
+    before and after; the file's note says what each label measured."""
+    data = read_json(RESULTS_DIR / "rollout_ops.json") or {}
+    entries = [(k, e) for k, e in data.items() if isinstance(e, dict) and "ops_per_step" in e]
+    if not entries:
+        return []
+    first = entries[0][1]
+    lines = [
+        "### Operations per generated token (`benchmarks/rollout_ops.py`)",
+        "",
+        f"{first['model']}, batch {first['batch']}, {first['new_tokens']} new tokens: aten "
+        "operations per generated token, counted exactly (the count does not depend on the "
+        "load), and the agent/bare ratio of that run (noisy on a shared machine).",
+        "",
+        markdown_table(
+            ["label", "agent ops/token", "bare ops/token", "agent/bare", "load"],
+            [
+                [
+                    label,
+                    f"{e['ops_per_step']['agent']:.1f}",
+                    f"{e['ops_per_step']['bare']:.1f}",
+                    e["agent_over_bare"],
+                    f"{e['load_before'][0]:.1f}-{e['load_after'][0]:.1f}",
+                ]
+                for label, e in entries
+            ],
+        ),
+        "",
+    ]
+    if data.get("note"):
+        lines += [str(data["note"]), ""]
+    return lines

@@ -32,6 +32,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,8 +101,18 @@ def reward_model(tokenizer: Any, s: Setting, seed: int) -> Any:
         return GPT2ForSequenceClassification(config)
 
 
-def trl_side(tokenizer: Any, prompts: list[list[int]], s: Setting, steps: int) -> SteppedTrainer:
-    """TRL's PPO for ``steps`` iterations, paused after each (:class:`SteppedTrainer`)."""
+def trl_side(
+    tokenizer: Any,
+    prompts: list[list[int]],
+    s: Setting,
+    steps: int,
+    on_trainer: Callable[[Any], None] | None = None,
+) -> SteppedTrainer:
+    """TRL's PPO for ``steps`` iterations, paused after each (:class:`SteppedTrainer`).
+
+    :param on_trainer: called with the ``PPOTrainer`` before it trains (``trl_ppo_work.py``
+        hooks its models).
+    """
 
     def run(callback: Any) -> None:
         import torch
@@ -154,6 +165,8 @@ def trl_side(tokenizer: Any, prompts: list[list[int]], s: Setting, steps: int) -
                 train_dataset=Dataset.from_dict({"input_ids": prompts}),
                 callbacks=[callback],
             )
+            if on_trainer is not None:
+                on_trainer(trainer)
             trainer.train()
 
     return SteppedTrainer(run)
@@ -164,8 +177,20 @@ def marlhf_side(
     prompts: list[list[int]],
     s: Setting,
     separate_critic: bool,
-) -> Any:
+) -> Callable[[], float]:
     """marlhf's PPO; returns a function that runs one iteration and returns its seconds."""
+    return timed_iterations(
+        marlhf_algo(tokenizer, prompts, s, separate_critic), s.batch * s.response_length
+    )
+
+
+def marlhf_algo(
+    tokenizer: Any,
+    prompts: list[list[int]],
+    s: Setting,
+    separate_critic: bool,
+) -> Any:
+    """marlhf's ``PPO`` on the benchmark's setting (a separate critic or the shared trunk)."""
     import torch
 
     from marlhf.algorithms import PPO
@@ -202,7 +227,7 @@ def marlhf_side(
         device="cpu",
         **kwargs,
     )
-    return timed_iterations(algo, s.batch * s.response_length)
+    return algo
 
 
 def measure(

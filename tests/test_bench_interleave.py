@@ -76,3 +76,28 @@ def test_a_failing_trainer_raises_in_the_caller_and_a_finished_one_is_refused() 
         short.step()
     with pytest.raises(RuntimeError, match="has stopped"):
         short.step()
+
+
+def test_a_step_runs_inside_its_context_in_the_trainers_thread() -> None:
+    import contextlib
+    import threading
+
+    log: list[str] = []
+    threads: list[int] = []
+
+    @contextlib.contextmanager
+    def context() -> Any:
+        threads.append(threading.get_ident())
+        log.append("enter")
+        yield
+        log.append("leave")
+
+    trainer = SteppedTrainer(_fake_train(3, log))
+    trainer.step(context)
+    assert log == ["enter", "step 0", "leave"]
+    trainer.step()  # no context: none is entered
+    assert log == ["enter", "step 0", "leave", "step 1"]
+    trainer.step(context)
+    assert log[-3:] == ["enter", "step 2", "leave"]
+    assert threads and all(t != threading.get_ident() for t in threads)
+    trainer.close()

@@ -63,3 +63,34 @@ def test_the_decode_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     text = "\n".join(speed_doc.decode_section("quick"))
     assert text.index("| quick tiny |") < text.index("| tiny |")
     assert "`decode_quick.json`, measured at commit `abcdef1`" in text
+
+
+def _ops_entry(agent: float, ratio: float, load: float) -> dict[str, object]:
+    return {
+        "model": "tiny GPT-2 2 x 128", "batch": 16, "new_tokens": 64,
+        "ops_per_step": {"bare": 101.5625, "agent": agent}, "agent_over_bare": ratio,
+        "load_before": [load, 2.0, 3.0], "load_after": [load + 1, 2.0, 3.0],
+    }  # fmt: skip
+
+
+def test_the_rollout_rows_show_their_load_and_the_op_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(speed_doc, "RESULTS_DIR", tmp_path)
+    rows = [{"load_before": [4.2, 1, 1], "load_after": [2.5, 1, 1]}, {}]
+    assert speed_doc.rollout_lines(rows, "`abc1234`, today") == [
+        "Measured at commit `abc1234`, today; load 2.5-4.2.",
+        "",
+    ]  # no rollout_ops.json: no operation counts
+    assert speed_doc.rollout_lines([{}], "x")[0] == "Measured at commit x."  # no load recorded
+    data = {
+        "before": _ops_entry(124.109375, 0.87, 1.5),
+        "after": _ops_entry(106.4375, 0.93, 2.0),
+        "note": "before: main; after: this branch.",
+    }
+    (tmp_path / "rollout_ops.json").write_text(json.dumps(data))
+    text = "\n".join(speed_doc.rollout_lines([], "x"))
+    assert "tiny GPT-2 2 x 128, batch 16, 64 new tokens" in text
+    assert "| before | 124.1 | 101.6 | 0.870 | 1.5-2.5 |" in text
+    assert "| after | 106.4 | 101.6 | 0.930 | 2.0-3.0 |" in text
+    assert text.rstrip().endswith("before: main; after: this branch.")

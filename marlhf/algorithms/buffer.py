@@ -122,6 +122,10 @@ class LMRolloutBuffer:
     def reset(self) -> None:
         """Empty the buffer (tensors are re-allocated zeroed)."""
         b, p, n, dev = self.num_envs, self.prompt_len, self.max_new_tokens, self.device
+        #: Steps :meth:`add` recorded with every row active and not written yet: their actions
+        #: and rewards, from column ``_pending_from`` on (:meth:`_write_pending`).
+        self._pending: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._pending_from = 0
         self.prompt_ids = torch.zeros(b, p, dtype=torch.long, device=dev)
         self.prompt_mask = torch.zeros(b, p, dtype=torch.long, device=dev)
         self.response_ids = torch.zeros(b, n, dtype=torch.long, device=dev)
@@ -160,8 +164,66 @@ class LMRolloutBuffer:
         self.row_lengths: torch.Tensor | None = None
         self.action_index: torch.Tensor | None = None
         self.turns: TurnData | None = None
-        #: ``bool[B, N]`` what credit assignment counts (the action layout's mask).
-        self.credit_mask = self.response_mask
+        #: ``bool[B, N]`` what credit assignment counts (the action layout's mask); ``None``:
+        #: the response mask (single-turn).
+        self._credit_mask: torch.Tensor | None = None
+
+    # ------------------------------------------- the fields add() writes, caught up on a read
+    @property
+    def response_ids(self) -> torch.Tensor:
+        """``int64[B, N]``: the sampled tokens (0 on padding; multi-turn: with the env's)."""
+        self._write_pending()
+        return self._response_ids
+
+    @response_ids.setter
+    def response_ids(self, value: torch.Tensor) -> None:
+        self._write_pending()
+        self._response_ids = value
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        """``bool[B, N]``: True on the response's tokens."""
+        self._write_pending()
+        return self._response_mask
+
+    @response_mask.setter
+    def response_mask(self, value: torch.Tensor) -> None:
+        self._write_pending()
+        self._response_mask = value
+
+    @property
+    def task_rewards(self) -> torch.Tensor:
+        """``float32[B, N]``: the env's reward of each step (action layout)."""
+        self._write_pending()
+        return self._task_rewards
+
+    @task_rewards.setter
+    def task_rewards(self, value: torch.Tensor) -> None:
+        self._write_pending()
+        self._task_rewards = value
+
+    @property
+    def credit_mask(self) -> torch.Tensor:
+        """``bool[B, N]`` what credit assignment counts: the action layout's mask (the
+        response mask when single-turn)."""
+        return self.response_mask if self._credit_mask is None else self._credit_mask
+
+    @credit_mask.setter
+    def credit_mask(self, value: torch.Tensor) -> None:
+        self._credit_mask = value
+
+    def _write_pending(self) -> None:
+        """Write the steps :meth:`add` kept while every row was active into their columns, in
+        place (the values one write a step would have left)."""
+        if not self._pending:
+            return
+        begin = self._pending_from
+        end = begin + len(self._pending)
+        actions, rewards = zip(*self._pending, strict=True)
+        self._pending = []
+        self._response_ids[:, begin:end] = torch.stack(actions, dim=1)
+        self._response_mask[:, begin:end] = True
+        self._task_rewards[:, begin:end] = torch.stack(rewards, dim=1)
 
     def set_prompts(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
         """Store the prompts: the last ``P`` columns of the reset observation."""
@@ -237,16 +299,21 @@ class LMRolloutBuffer:
     ) -> None:
         """Record one env step: ``actions int64[B]``, ``rewards float[B]``, ``active bool[B]``
         (rows that were still generating, whose action the env took; ``None`` when every row
-        was, which skips the masking)."""
+        was, which skips the masking).
+
+        With ``active=None`` the step is kept by reference and written with the steps after it
+        at the next read of ``response_ids``, ``response_mask`` or ``task_rewards`` (or the next
+        masked step): the caller must not change ``actions`` or ``rewards`` in place afterwards
+        (the collector's are fresh tensors every step)."""
         if self.pos >= self.max_new_tokens:
             raise ValueError(
                 f"LMRolloutBuffer.add: the buffer holds max_new_tokens={self.max_new_tokens} steps"
             )
         t = self.pos
         if active is None:
-            self.response_ids[:, t] = actions
-            self.response_mask[:, t].fill_(True)  # (a scalar fill: no tensor made for True)
-            self.task_rewards[:, t] = rewards  # cast to float32 as .float() would
+            if not self._pending:
+                self._pending_from = t
+            self._pending.append((actions, rewards))  # (rewards cast to float32 when written)
         else:
             self.response_ids[:, t] = torch.where(active, actions, 0)
             self.response_mask[:, t] = active

@@ -21,6 +21,7 @@ from marlhf.algorithms.buffer import LMRolloutBuffer
 from marlhf.algorithms.config import PPOConfig
 from marlhf.credit.estimators import get_estimator
 from marlhf.credit.vine import choose_branch_points, monte_carlo_values, run_to_end
+from marlhf.envs.core.action_checks import check_action_range
 from marlhf.parallel import distributed as dist_utils
 from marlhf.policy.actor_critic import CausalLMActorCritic, GenerationState
 
@@ -39,6 +40,15 @@ def sampling_kwargs(config: PPOConfig) -> dict[str, Any]:
         "top_k": config.sampling.top_k,
         "top_p": config.sampling.top_p,
     }
+
+
+def _own_tensor(values: Any, device: torch.device) -> torch.Tensor:
+    """``values`` as a tensor on ``device`` that no one else writes into: a tensor as it is
+    (an env returns fresh ones each step), a numpy array copied (``torch.as_tensor`` would share
+    its memory, which an env may reuse, while the buffer keeps the step's tensor a while)."""
+    if isinstance(values, torch.Tensor):
+        return values.to(device)
+    return torch.tensor(values, device=device)
 
 
 class RolloutCollector:
@@ -182,45 +192,56 @@ class RolloutCollector:
 
         policy, generator, sampling, autocast = settings()
         multiturn = callable(getattr(env, "turn_record", None))
-        for _step in range(buffer.max_new_tokens):
-            if _step > 0 and env.all_done:  # the env knows it on the host: no device sync
-                break
-            with autocast:
-                actions, state = policy.act(
-                    obs, state, generator=generator, action_mask=buffer.action_mask, **sampling
-                )
-            all_active = n_active == n_envs  # then there is nothing to mask
-            if not all_active:
-                actions = actions.masked_fill(done, pad)
-            state.pending = actions
-            new_obs, rewards, terminated, truncated, infos = env.step(actions.to(env_device))
-            if multiturn:  # the env's observations: context for the cache, not actions
-                self._record_turn_step(state, actions, rewards, ~done, infos)
-            else:
-                buffer.add(
-                    actions,
-                    torch.as_tensor(rewards, device=self.device),
-                    None if all_active else ~done,  # (no mask made while all are active)
-                )
-            if count is not None:
-                count(n_active)
-            # While the env knows on the host that no row has finished, all are active and
-            # `done` stays all False: nothing to merge, and reading the count from the device
-            # would stall the CPU until the GPU caught up, every token.
-            if env.any_done:
-                finished = torch.as_tensor(terminated, device=self.device) | torch.as_tensor(
-                    truncated, device=self.device
-                )
-                done = done | finished
-                n_active = n_envs - int(done.sum())
-            else:
-                n_active = n_envs
-            if listener is not None:
-                listener.update_locals({**locals(), "self": owner or self})
-            if callback is not None and not callback.on_step():
-                return False
-            if listener is not None:
-                policy, generator, sampling, autocast = settings()
+        # The sampled ids are in range by construction (the policy's logits are cut to the env's
+        # vocabulary, checked equal to it by set_env): the env skips its range check and its
+        # device sync every step, and the rollout's ids are checked once at its end instead.
+        trusted = getattr(env, "trusted_actions", None)
+        stopped = False
+        with trusted() if callable(trusted) else contextlib.nullcontext():
+            for _step in range(buffer.max_new_tokens):
+                if _step > 0 and env.all_done:  # the env knows it on the host: no device sync
+                    break
+                with autocast:
+                    actions, state = policy.act(
+                        obs, state, generator=generator, action_mask=buffer.action_mask, **sampling
+                    )
+                all_active = n_active == n_envs  # then there is nothing to mask
+                if not all_active:
+                    actions = actions.masked_fill(done, pad)
+                state.pending = actions
+                new_obs, rewards, terminated, truncated, infos = env.step(actions.to(env_device))
+                if multiturn:  # the env's observations: context for the cache, not actions
+                    self._record_turn_step(state, actions, rewards, ~done, infos)
+                else:
+                    buffer.add(
+                        actions,
+                        _own_tensor(rewards, self.device),
+                        None if all_active else ~done,  # (no mask made while all are active)
+                    )
+                if count is not None:
+                    count(n_active)
+                # While the env knows on the host that no row has finished, all are active and
+                # `done` stays all False: nothing to merge, and reading the count from the device
+                # would stall the CPU until the GPU caught up, every token.
+                if env.any_done:
+                    finished = torch.as_tensor(terminated, device=self.device) | torch.as_tensor(
+                        truncated, device=self.device
+                    )
+                    done = done | finished
+                    n_active = n_envs - int(done.sum())
+                else:
+                    n_active = n_envs
+                if listener is not None:
+                    listener.update_locals({**locals(), "self": owner or self})
+                if callback is not None and not callback.on_step():
+                    stopped = True
+                    break
+                if listener is not None:
+                    policy, generator, sampling, autocast = settings()
+        if callable(trusted):
+            check_action_range(buffer.response_ids, int(env.vocab_size), self._sampled_where)
+        if stopped:
+            return False
         if multiturn:
             buffer.set_turns(env.turn_record())
         # Continuations branch from this cache (forked, never re-prefilled).
@@ -229,6 +250,9 @@ class RolloutCollector:
         if callback is not None:
             callback.update_locals({**locals(), "self": owner or self})
         return True
+
+    def _sampled_where(self) -> str:
+        return f"the rollout's sampled tokens ({type(self.env).__name__})"
 
     def _record_turn_step(
         self,

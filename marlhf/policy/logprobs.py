@@ -147,8 +147,11 @@ def token_entropy(
     return out
 
 
-def _entropy(logp_all: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
-    plogp = logp_all.exp() * logp_all
+def _entropy(
+    logp_all: torch.Tensor, allowed: torch.Tensor | None, probs: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``-sum(p log p)`` over the last dimension; ``probs``: ``logp_all.exp()`` when made."""
+    plogp = (logp_all.exp() if probs is None else probs) * logp_all
     if allowed is not None:
         # A masked token's p * log p is 0 * (dtype min): its value is 0, but its gradient
         # (upstream * log p, then * p) overflows to -inf * 0 = NaN once the upstream
@@ -202,7 +205,10 @@ def _slice_logp(
 class _HeadTokenLogProbs(torch.autograd.Function):
     """``log_softmax(hidden @ W.T + b)[token]`` by slices, and optionally each position's
     entropy (no gradient). Kept for the backward: ``hidden``, ``W`` and each position's
-    log-sum-exp; the backward remakes each slice's logits."""
+    log-sum-exp; the backward remakes each slice's logits. When the logits fit in one slice
+    and a backward will run (``keep``), that slice's probabilities are kept instead of remade:
+    the backward then skips the head's product, the subtraction and the ``exp`` (the same
+    kernels on the same values: bitwise the same gradients), for at most one slice's memory."""
 
     @staticmethod
     def forward(
@@ -213,30 +219,34 @@ class _HeadTokenLogProbs(torch.autograd.Function):
         tokens: torch.Tensor,
         temperature: float,
         allowed: torch.Tensor | None,
-        settings: tuple[int, bool],
+        settings: tuple[int, bool, bool],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        chunk_elements, with_entropy = settings
+        chunk_elements, with_entropy, keep = settings
         head = HeadInput(hidden, weight, bias)
         shape = (hidden.shape[0], hidden.shape[1], weight.shape[0])
         logp = torch.empty(tokens.shape, dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(logp)
         entropy = torch.empty_like(logp) if with_entropy else logp.new_empty(0)
-        for rows, cols in row_slices(shape, chunk_elements):
+        slices = row_slices(shape, chunk_elements)
+        keep = keep and len(slices) == 1
+        probs = None
+        for rows, cols in slices:
             part = allowed[rows] if allowed is not None else None
             scaled = _slice_logp(head, rows, cols, temperature, part)
             lse[rows, cols] = scaled.logsumexp(-1)
             logp_all = scaled - lse[rows, cols, None]
             logp[rows, cols] = logp_all.gather(-1, tokens[rows, cols, None]).squeeze(-1)
+            probs = logp_all.exp() if keep or with_entropy else None
             if with_entropy:
-                entropy[rows, cols] = _entropy(logp_all, part)
-        ctx.save_for_backward(hidden, weight, bias, tokens, allowed, lse)
+                entropy[rows, cols] = _entropy(logp_all, part, probs)
+        ctx.save_for_backward(hidden, weight, bias, tokens, allowed, lse, probs if keep else None)
         ctx.settings = (temperature, chunk_elements)
         ctx.mark_non_differentiable(entropy)
         return logp, entropy
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor, _: Any) -> tuple[Any, ...]:
-        hidden, weight, bias, tokens, allowed, lse = ctx.saved_tensors
+        hidden, weight, bias, tokens, allowed, lse, kept = ctx.saved_tensors
         temperature, chunk_elements = ctx.settings
         head = HeadInput(hidden, weight, bias)
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -246,9 +256,14 @@ class _HeadTokenLogProbs(torch.autograd.Function):
         shape = (hidden.shape[0], hidden.shape[1], weight.shape[0])
         for rows, cols in row_slices(shape, chunk_elements):
             part = allowed[rows] if allowed is not None else None
-            probs = (_slice_logp(head, rows, cols, temperature, part) - lse[rows, cols, None]).exp()
             # d logp[token] / d logits = onehot(token) - softmax, times the upstream gradient
-            g = probs.mul_(-grad[rows, cols, None])
+            if kept is not None:  # (one slice: the forward's probabilities, left intact)
+                g = kept * -grad[rows, cols, None]
+            else:
+                probs = (
+                    _slice_logp(head, rows, cols, temperature, part) - lse[rows, cols, None]
+                ).exp()
+                g = probs.mul_(-grad[rows, cols, None])
             g.scatter_add_(-1, tokens[rows, cols, None], grad[rows, cols, None])
             if temperature != 1.0:
                 g = g / temperature
@@ -283,6 +298,9 @@ def head_scores(
     :param allowed: ``bool[B, V]`` tokens each row may take (renormalised over), or ``None``.
     :param chunk_elements: the most elements one slice of logits holds.
     """
+    backward = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (head.hidden, head.weight, head.bias)
+    )
     logp, ent = _HeadTokenLogProbs.apply(
         head.hidden,
         head.weight,
@@ -290,6 +308,6 @@ def head_scores(
         tokens,
         temperature,
         allowed,
-        (chunk_elements, entropy),
+        (chunk_elements, entropy, backward),
     )
     return logp, ent if entropy else None

@@ -1,20 +1,29 @@
 """Run a function on several gloo ranks launched from a test (one torch thread each).
 
-``run_ranks(fn, world_size, *args)`` starts ``world_size`` Python processes (plain subprocesses,
-all waited for: no helper process such as multiprocessing's resource tracker outlives the call,
-which the sandbox tests check for) that join one gloo group and call
-``fn(rank, world_size, *args)``; it returns their results in rank order, or raises with every
-failing rank's traceback. ``fn`` must be importable (a module-level function).
+``run_ranks(fn, world_size, *args)`` forks ``world_size`` processes from the test's process
+(each starts with every module the test already imported, instead of importing torch,
+transformers and marlhf again: that import was most of a rank's time) that join one gloo group
+and call ``fn(rank, world_size, *args)``; it returns their results in rank order, or raises with
+every failing rank's traceback. All ranks are waited for: no helper process (such as
+multiprocessing's resource tracker) outlives the call, which the sandbox tests check for.
+
+A forked rank starts from the test process's state, so it resets what a fresh process would
+have had and a test may have changed: torch's global random stream (its default seed), one
+torch thread, the working folder (the repository) and the environment variables below. The
+test process runs torch on one thread (tests/conftest.py), so no OpenMP thread team exists
+that a forked child could not use. ``fn`` must be a module-level function, as it was when the
+ranks were spawned (a rank never needs to import it, but the contract is kept).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import socket
-import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +31,8 @@ from typing import Any
 
 TIMEOUT_S = 120
 ROOT = Path(__file__).resolve().parents[2]
+#: Environment variables every rank gets (with the rank's own MASTER_*/RANK/WORLD_SIZE).
+RANK_ENV = {"HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 
 
 def free_port() -> int:
@@ -30,14 +41,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _rank_main(folder: str, rank: int, world_size: int, port: int) -> None:
-    """One rank: join the group, run the job in ``folder``, write ``result<rank>.pkl``."""
+def _rank_main(
+    folder: str, rank: int, world_size: int, port: int, job: tuple[Callable[..., Any], tuple]
+) -> None:
+    """One rank: join the group, run ``job`` (``fn, args``), write ``result<rank>.pkl``."""
     import torch
     import torch.distributed as dist
 
     torch.set_num_threads(1)
+    torch.manual_seed(torch.Generator().initial_seed())  # a fresh process's global stream
     os.environ.update(
         {
+            **RANK_ENV,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
             "RANK": str(rank),
@@ -47,7 +63,8 @@ def _rank_main(folder: str, rank: int, world_size: int, port: int) -> None:
     )
     result: tuple[bool, Any]
     try:
-        fn, args = pickle.loads((Path(folder) / "job.pkl").read_bytes())
+        os.chdir(ROOT)
+        fn, args = job
         dist.init_process_group("gloo", rank=rank, world_size=world_size)
         result = (True, fn(rank, world_size, *args))
     except BaseException:
@@ -58,33 +75,47 @@ def _rank_main(folder: str, rank: int, world_size: int, port: int) -> None:
     (Path(folder) / f"result{rank}.pkl").write_bytes(pickle.dumps(result))
 
 
+def _fork_rank(folder: str, rank: int, world_size: int, port: int, job: tuple) -> int:
+    """Fork one rank; the child runs :func:`_rank_main` and leaves with ``os._exit`` (no
+    pytest or atexit handler of the test process runs in it)."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        _rank_main(folder, rank, world_size, port, job)
+        code = 0
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):  # a closed capture stream must not stop the exit
+                stream.flush()
+        os._exit(code)
+
+
+def _wait(pids: list[int]) -> None:
+    """Wait for every rank; past :data:`TIMEOUT_S`, kill them all (and reap them) and fail."""
+    deadline = time.monotonic() + TIMEOUT_S
+    left = set(pids)
+    while left:
+        for pid in list(left):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                left.discard(pid)
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            for pid in left:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+            raise AssertionError(f"ranks did not finish within {TIMEOUT_S} s")
+        time.sleep(0.02)
+
+
 def run_ranks(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     """``[fn(0, world_size, *args), ..., fn(world_size - 1, ...)]``, each in its own process."""
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / "job.pkl").write_bytes(pickle.dumps((fn, args)))
-        code = (
-            "import sys; from tests.agents.ranks import _rank_main; "
-            "_rank_main(sys.argv[1], *map(int, sys.argv[2:]))"
-        )
-        procs = [
-            subprocess.Popen(
-                [sys.executable, "-c", code, folder, str(r), str(world_size), str(port)],
-                env=env,
-                cwd=ROOT,
-            )
-            for r in range(world_size)
-        ]
-        for proc in procs:
-            try:
-                proc.wait(timeout=TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                for other in procs:
-                    other.kill()
-                    other.wait()
-                raise AssertionError(f"ranks did not finish within {TIMEOUT_S} s") from None
+        job = (fn, args)
+        _wait([_fork_rank(folder, r, world_size, port, job) for r in range(world_size)])
         results: dict[int, tuple[bool, Any]] = {}
         for r in range(world_size):
             path = Path(folder) / f"result{r}.pkl"

@@ -48,3 +48,39 @@ def test_minibatches_cover_every_row_once_and_are_seeded() -> None:
 def test_batch_size_must_divide_rows(size: int) -> None:
     with pytest.raises(ValueError, match=f"batch_size={size}"):
         next(_filled().get(size))
+
+
+def _steps_into(buf: LMRolloutBuffer, masks: list[torch.Tensor | None], first: int = 0) -> None:
+    for t, active in enumerate(masks, start=first):
+        rewards = torch.arange(4, dtype=torch.float64) * 0.1 + t  # cast to float32 when written
+        buf.add(torch.arange(4) + 10 * (t + 1), rewards, active)
+
+
+def test_all_active_steps_are_written_on_read_as_one_write_a_step() -> None:
+    # add(active=None) keeps the step and writes a run of them at the next read of the
+    # response, its mask or the task rewards (or before a masked step): the same values as a
+    # write a step (the masked form with every row active writes each step at once).
+    every = torch.ones(4, dtype=torch.bool)
+    last = torch.tensor([True, False, True, True])
+    reference = LMRolloutBuffer(
+        num_envs=4, prompt_len=2, max_new_tokens=5, device=torch.device("cpu")
+    )
+    _steps_into(reference, [every, every, every, last])
+    lazy = LMRolloutBuffer(num_envs=4, prompt_len=2, max_new_tokens=5, device=torch.device("cpu"))
+    held = lazy.response_ids  # a tensor read before the steps gets them in place
+    _steps_into(lazy, [None, None])
+    assert lazy.pos == 2 and lazy.credit_mask[:, :2].all()  # a read writes the pending steps
+    _steps_into(lazy, [None, last], first=2)
+    for name in ("response_ids", "response_mask", "task_rewards", "credit_mask", "lengths"):
+        assert torch.equal(getattr(lazy, name), getattr(reference, name)), name
+    assert torch.equal(held, reference.response_ids)
+    assert lazy.task_rewards.dtype == torch.float32 and lazy.credit_mask is lazy.response_mask
+    lazy.reset()
+    assert not lazy.response_mask.any() and not lazy.task_rewards.any()
+
+
+def test_a_reset_drops_the_steps_not_written_yet() -> None:
+    buf = LMRolloutBuffer(num_envs=2, prompt_len=1, max_new_tokens=3, device=torch.device("cpu"))
+    buf.add(torch.tensor([5, 6]), torch.ones(2), None)
+    buf.reset()
+    assert buf.pos == 0 and not buf.response_ids.any() and not buf.response_mask.any()

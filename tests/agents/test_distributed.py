@@ -1,4 +1,4 @@
-"""Distributed helpers on 2 gloo ranks spawned from the test: each result equals what one
+"""Distributed helpers on 2 gloo ranks forked from the test: each result equals what one
 process computes on the concatenated data."""
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def _normalisers(rank: int, world_size: int) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.slow  # two spawned gloo ranks (42-46 s each on the loaded 2-core machine)
+@pytest.mark.slow  # two gloo ranks (42-46 s each when spawned; forked now, a few s)
 def test_global_normalisers_equal_one_process_on_all_rows() -> None:
     results = run_ranks(_normalisers, 2)
     x, mask = _data(2)
@@ -83,7 +83,7 @@ def _decisions(rank: int, world_size: int) -> dict[str, object]:
     return out
 
 
-@pytest.mark.slow  # two spawned gloo ranks (42-46 s each on the loaded 2-core machine)
+@pytest.mark.slow  # two gloo ranks (42-46 s each when spawned; forked now, a few s)
 def test_decisions_are_taken_by_every_rank_together() -> None:
     results = run_ranks(_decisions, 2)
     for rank, got in enumerate(results):

@@ -156,3 +156,97 @@ def test_by_default_the_head_is_fused_for_a_real_vocabulary_only(
     assert default.fuses_head()
     got = default.evaluate_actions(*args, entropy="no_grad")
     assert all(torch.equal(a, b) for a, b in zip(got, fused, strict=True))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("entropy", [False, True])
+def test_probabilities_kept_for_the_backward_give_the_remade_ones_gradients_bitwise(
+    bias: bool, temperature: float, masked: bool, entropy: bool
+) -> None:
+    # One slice with a backward to come: the forward keeps its probabilities (the backward
+    # skips the head's product and the exp); forced off, the backward remakes them. Same bits.
+    hidden, weight, b, tokens, upstream = _case(bias)
+    allowed = None
+    if masked:
+        allowed = torch.ones(3, 11, dtype=torch.bool)
+        allowed[1, 3:] = False
+        tokens = torch.where(allowed.gather(1, tokens), tokens, 0)
+    inputs = [t for t in (hidden, weight, b) if t is not None]
+    outs = {}
+    for keep in (True, False):
+        logp, ent = logprobs._HeadTokenLogProbs.apply(
+            hidden, weight, b, tokens, temperature, allowed, (1 << 24, entropy, keep)
+        )
+        kept = logp.grad_fn.saved_tensors[6]
+        assert (kept is not None) == keep
+        outs[keep] = (logp, ent, torch.autograd.grad((logp * upstream).sum(), inputs))
+    assert torch.equal(outs[True][0], outs[False][0])
+    assert torch.equal(outs[True][1], outs[False][1])
+    for got, want in zip(outs[True][2], outs[False][2], strict=True):
+        assert torch.equal(got, want)
+
+
+def test_head_scores_keep_the_probabilities_only_for_one_slice_with_a_backward() -> None:
+    hidden, weight, _, tokens, _ = _case(False)
+    head = HeadInput(hidden, weight, None)
+
+    def kept(logp: torch.Tensor) -> torch.Tensor | None:
+        return logp.grad_fn.saved_tensors[6]  # type: ignore[union-attr]
+
+    assert kept(logprobs.head_scores(head, tokens)[0]) is not None
+    assert kept(logprobs.head_scores(head, tokens, chunk_elements=9)[0]) is None  # sliced
+    frozen = HeadInput(hidden.detach(), weight.detach(), None)
+    assert logprobs.head_scores(frozen, tokens)[0].grad_fn is None  # no backward: nothing kept
+    with torch.no_grad():
+        assert logprobs.head_scores(head, tokens)[0].grad_fn is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"preset": "ppo", "kl_coef": 0.05},  # the KL in the rewards (PPO's default)
+        {"preset": "grpo", "group_size": 2, "kl_coef": 0.05},  # k3 in the loss
+    ],
+)
+def test_two_ppo_iterations_with_kept_probabilities_equal_the_remade_ones_bitwise(
+    kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marlhf.algorithms import PPO
+    from tests.agents.conftest import CueEnv, tiny_model
+
+    apply = logprobs._HeadTokenLogProbs.apply
+
+    def run(keep: bool) -> tuple[Any, list[bool]]:
+        kept: list[bool] = []
+
+        def forced(*args: Any) -> Any:
+            *rest, (chunk, entropy, backward) = args
+            kept.append(backward and keep)
+            return apply(*rest, (chunk, entropy, backward and keep))
+
+        monkeypatch.setattr(logprobs._HeadTokenLogProbs, "apply", forced)
+        env = CueEnv(num_envs=4, max_new_tokens=4)
+        algo = PPO(
+            tiny_model(env.codec, seed=0),
+            env,
+            seed=3,
+            n_epochs=2,
+            batch_size=2,
+            learning_rate=0.002,
+            **kw,
+        )
+        algo.policy.fused_head = True  # (the toy vocabulary is below the default's threshold)
+        algo.learn(2 * 4 * 4)
+        return algo, kept
+
+    fast, kept = run(True)
+    slow, remade = run(False)
+    assert any(kept) and not any(remade)
+    for (name, p), q in zip(fast.policy.named_parameters(), slow.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    for key, value in fast.train_stats.items():
+        other = slow.train_stats[key]
+        assert value == other or (value != value and other != other), key
+    assert fast.rollout_stats["rollout/kl_ref"] == slow.rollout_stats["rollout/kl_ref"]

@@ -139,7 +139,7 @@ def _micro_on_ranks(rank: int, world_size: int, rollouts: dict[str, Any]) -> dic
     return out
 
 
-@pytest.mark.slow  # two spawned gloo ranks (26 s on the loaded 2-core machine)
+@pytest.mark.slow  # two gloo ranks (26 s when spawned on the loaded 2-core machine)
 def test_micro_batches_on_two_ranks_update_like_one_process() -> None:
     """And, for the per-response aggregations, whole minibatches on two ranks too: each rank's
     part is weighted by its share of the aggregation's normaliser, not of the tokens."""

@@ -17,6 +17,11 @@ Speed: :meth:`~BatchedTokenEnv.step` has no Python loop over rows and synchronis
 device at most twice per step (action check, flags); until a row finishes it skips the masking
 of done rows, and then needs the flags sync only when a token can be EOS or rewards are dense.
 Terminal reward functions run once per finishing step, on the rows that just ended.
+While every row is active, a step only appends to the window: ``response_ids``,
+``response_mask`` and ``lengths`` catch up from the window's last columns when next read (the
+same values, written once for many steps). A caller whose actions are in range by construction
+(the collector: ids sampled over the env's vocabulary) skips the range check and its device
+sync inside :meth:`~marlhf.envs.core.token_vector_env.TokenVectorEnv.trusted_actions`.
 """
 
 from __future__ import annotations
@@ -85,6 +90,13 @@ class BatchedTokenEnv(TokenVectorEnv):
         self._any_done = True
         self._steps = 0
         self._ragged = False  # rows at different columns (prefix resets): no fast path
+        # Response columns written into response_ids/response_mask/lengths; the fast path's
+        # steps past it are only in the window until the next read (_catch_up).
+        self._written = 0
+        # The fast path's per-step rewards and flags (made by reset()).
+        self._step_rewards: tuple[torch.Tensor, ...] = ()
+        self._step_false: tuple[torch.Tensor, ...] = ()
+        self._step_true: tuple[torch.Tensor, ...] = ()
         self._ones_column = torch.ones((B, 1), dtype=torch.int64, device=dev)
 
     # ------------------------------------------------------------------ reset
@@ -118,6 +130,7 @@ class BatchedTokenEnv(TokenVectorEnv):
             ``info["group_ids"]`` is ``int64[B]`` (``arange(B) // K``) on :attr:`device`.
         :raises ValueError: an unknown option, or a bad value (named with the valid ones).
         """
+        self._catch_up()  # (a tensor kept from an unfinished episode gets its tokens)
         options, K = self._begin_reset(seed, options, RESET_OPTIONS)
         count = self.num_envs // K
         if "prompts" in options:
@@ -174,8 +187,13 @@ class BatchedTokenEnv(TokenVectorEnv):
         self._needs_reset = False
         self._all_done = False
         self._any_done = False
-        self._steps = 0
+        self._steps = self._written = 0
         self._ragged = False
+        # The fast path's per-step results, made here one block per kind for the episode: each
+        # step returns its own rows of them (fresh tensors, distinct memory, nothing allocated).
+        self._step_rewards = torch.zeros((N, B), dtype=torch.float32, device=dev).unbind(0)
+        self._step_false = torch.zeros((2 * N, B), dtype=torch.bool, device=dev).unbind(0)
+        self._step_true = torch.ones((N, B), dtype=torch.bool, device=dev).unbind(0)
         if any(prefixes):
             self._apply_prefixes(prefixes)
         info: dict[str, Any] = {
@@ -202,7 +220,7 @@ class BatchedTokenEnv(TokenVectorEnv):
             self.response_ids[i, : len(q)] = torch.as_tensor(q, dtype=torch.int64, device=dev)
         # The all-rows-at-one-column fast path of step() holds while every prefix is as long.
         self._ragged = len(set(lengths)) > 1
-        self._steps = lengths[0]
+        self._steps = self._written = lengths[0]
 
     @property
     def all_done(self) -> bool:
@@ -213,6 +231,48 @@ class BatchedTokenEnv(TokenVectorEnv):
     def any_done(self) -> bool:
         """True once any row has finished since the last reset (no device sync)."""
         return self._any_done
+
+    # --------------------------------------------- the response, caught up from the window
+    @property
+    def response_ids(self) -> torch.Tensor:
+        """``int64[B, N]``: each row's response tokens so far (pad after them)."""
+        self._catch_up()
+        return self._response_ids
+
+    @response_ids.setter
+    def response_ids(self, value: torch.Tensor) -> None:
+        self._response_ids = value
+
+    @property
+    def response_mask(self) -> torch.Tensor:
+        """``bool[B, N]``: True on each row's response tokens so far."""
+        self._catch_up()
+        return self._response_mask
+
+    @response_mask.setter
+    def response_mask(self, value: torch.Tensor) -> None:
+        self._response_mask = value
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        """``int64[B]``: each row's response tokens so far."""
+        self._catch_up()
+        return self._lengths
+
+    @lengths.setter
+    def lengths(self, value: torch.Tensor) -> None:
+        self._lengths = value
+
+    def _catch_up(self) -> None:
+        """Write the tokens of the fast path's steps not written yet (all rows at the same
+        columns ``_written .. _steps``: the window's last columns) into the response, its mask
+        and the lengths, in place: what the steps would have written one column at a time."""
+        begin, end = self._written, self._steps
+        if end > begin:
+            self._written = end
+            self._response_ids[:, begin:end] = self.input_ids[:, self.seq_len - (end - begin) :]
+            self._response_mask[:, begin:end] = True
+            self._lengths += end - begin
 
     def _obs(self) -> Obs:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
@@ -240,7 +300,14 @@ class BatchedTokenEnv(TokenVectorEnv):
                 f"{self._where()}: step() after every row finished; "
                 "call reset() to start new episodes"
             )
-        actions = check_actions(actions, self.num_envs, self.vocab_size, self.device, self._where)
+        actions = check_actions(
+            actions,
+            self.num_envs,
+            self.vocab_size,
+            self.device,
+            self._where,
+            check_range=self.validate_actions,
+        )
         try:
             if self._any_done or self._ragged:
                 return self._advance(actions)
@@ -270,26 +337,26 @@ class BatchedTokenEnv(TokenVectorEnv):
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         """:meth:`_advance` while no row has finished yet (known on the host from the previous
         steps' flags): every row appends, all at column ``t``, so no masking is needed and the
-        flags are known without a device sync unless a token can be EOS. Same results."""
+        flags are known without a device sync unless a token can be EOS. Same results; the
+        response and lengths catch up from the window when next read (:meth:`_catch_up`)."""
         B, N, dev = self.num_envs, self.max_new_tokens, self.device
         t = self._steps
-        active = torch.ones(B, dtype=torch.bool, device=dev)
+        active = self._step_true[t]
         self.input_ids = torch.cat([self.input_ids[:, 1:], actions[:, None]], dim=1)
         self.attention_mask = torch.cat([self.attention_mask[:, 1:], self._ones_column], dim=1)
-        self.response_ids[:, t] = actions
-        self.response_mask[:, t].fill_(True)  # (a scalar fill: no tensor made for True)
-        self.lengths += 1
-        self._steps = t + 1
+        self._steps = t + 1  # (response column t: the window's last, until _catch_up)
         last = t + 1 >= N  # every row reaches the horizon on this step
 
         if self.eos_token_id is not None:
             terminated = actions == self.eos_token_id
-            truncated = ~terminated if last else torch.zeros(B, dtype=torch.bool, device=dev)
+            truncated = ~terminated if last else self._step_false[2 * t + 1]
         else:
-            terminated = torch.zeros(B, dtype=torch.bool, device=dev)
-            truncated = (torch.ones if last else torch.zeros)(B, dtype=torch.bool, device=dev)
+            terminated = self._step_false[2 * t]
+            truncated = (
+                torch.ones(B, dtype=torch.bool, device=dev) if last else self._step_false[2 * t + 1]
+            )
 
-        rewards = torch.zeros(B, dtype=torch.float32, device=dev)
+        rewards = self._step_rewards[t]
         nonfinite: torch.Tensor | None = None
         if self.reward_mode == "dense":
             dense = self._dense_rewards(active)

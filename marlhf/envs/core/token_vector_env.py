@@ -9,7 +9,8 @@ masks) and begins a reset as both do (reseed, check the options, read ``group_si
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -56,6 +57,24 @@ class TokenVectorEnv(VectorEnv):
         "autoreset_mode": AutoresetMode.DISABLED,
         "render_modes": [],
     }
+    #: Whether :meth:`step` checks that every action lies in ``[0, vocab_size)`` (one device
+    #: sync a step; a bad id raises a ``ValueError`` naming it before any state changes). On by
+    #: default; :meth:`trusted_actions` turns it off for a block.
+    validate_actions: bool = True
+
+    @contextlib.contextmanager
+    def trusted_actions(self) -> Iterator[None]:
+        """Skip the range check of the actions inside the block (restored on exit, also on an
+        error): for a caller whose ids are in range by construction, such as a policy sampling
+        over the env's vocabulary, which checks the ids of a whole rollout once instead
+        (:func:`~marlhf.envs.core.action_checks.check_action_range`). Type, dtype, shape and
+        device are still checked at every step."""
+        before = self.validate_actions
+        self.validate_actions = False
+        try:
+            yield
+        finally:
+            self.validate_actions = before
 
     def _where(self) -> str:
         """The env as error messages name it."""

@@ -267,7 +267,14 @@ class MultiTurnTokenEnv(TokenVectorEnv):
             raise RuntimeError(f"{self._where()}: call reset() before step()")
         if self._all_done:
             raise RuntimeError(f"{self._where()}: step() after every row finished; reset()")
-        actions = check_actions(actions, self.num_envs, self.vocab_size, self.device, self._where)
+        actions = check_actions(
+            actions,
+            self.num_envs,
+            self.vocab_size,
+            self.device,
+            self._where,
+            check_range=self.validate_actions,
+        )
         try:
             return self._advance(actions)
         except Exception:
