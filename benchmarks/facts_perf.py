@@ -98,6 +98,7 @@ MEMORY_ROWS = {
     "lean-mmap128k-lora": "`lean-lora`, 128 KiB mmap threshold (`lean-mmap128k-lora`)",
     "remade": "norm outputs remade, allocator policy: the default (`remade`)",
     "remade-lora": "LoRA r=8, the default (`remade-lora`)",
+    "remade-glibc": "`remade`, glibc's dynamic threshold (`remade-glibc`)",
 }
 #: The goal of LoRA's peak over the full fine-tune's.
 MEMORY_LORA_GOAL = 0.6
