@@ -439,8 +439,10 @@ class CausalLMActorCritic(nn.Module):
         mask = attention_mask.long()
         shared = with_values and self.critic is None
         score = self._token_scores(input_ids[:, p:], temperature, action_mask, entropy)
-        # With a graph, the lean norms' outputs are remade in the backward, not kept.
-        remade = self.lean and torch.is_grad_enabled()
+        # With a graph, the lean norms' outputs are remade in the backward, not kept. Not when
+        # sharded: FSDP frees the gathered norm weights after the forward, and the recipe
+        # would read them before the backward gathers them again.
+        remade = self.lean and torch.is_grad_enabled() and self.fsdp is None
         with remade_norm_outputs() if remade else contextlib.nullcontext():
             scores, hidden = self._forward(
                 self.model, input_ids, mask, n, hidden=shared, reduce=score

@@ -204,7 +204,9 @@ def remade_norm_outputs() -> Iterator[None]:
     reciprocal root the norm saved anyway, by the norm's own kernels (the same bits). One
     ``hidden_size``-wide tensor per norm fewer (two per Llama block); each use in the backward
     costs an element-wise product. Outputs changed in place after the norm are kept as they are.
-    Blocks under gradient checkpointing use their own hooks (theirs are innermost)."""
+    Blocks under gradient checkpointing use their own hooks (theirs are innermost). Not for
+    weights that are freed between the forward and the backward (FSDP's gathered shards): the
+    recipe reads the norm's weight as it is then."""
     remaker = _NormRemaker()
     _REMAKERS.append(remaker)
     try:
