@@ -3,7 +3,7 @@
 (``learned_terms.json``); see ``benchmarks/facts.py`` for how a page quotes them.
 
 The ``learned_terms.json`` figures are read from the tables ``docs/credit_learned.md`` renders
-(:mod:`benchmarks.learned_terms_doc`), so the summary on one page is the tables of the other.
+(:mod:`benchmarks.learned_terms_tables`), so the summary on one page is the tables of the other.
 """
 
 from __future__ import annotations
@@ -111,14 +111,14 @@ def _pct(x: float) -> str:
 
 def _summary(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Task -> the learned termination's paired reduction over the best heuristic."""
-    from benchmarks.learned_terms_doc import audit_table
+    from benchmarks.learned_terms_tables import audit_table
 
     return {s["task"]: s for s in audit_table(data)[1]}
 
 
 def _headroom(data: dict[str, Any], task: str) -> tuple[float, float]:
     """The oracle's and the learned rule's mean paired reduction over the best heuristic."""
-    from benchmarks.learned_terms_doc import headroom
+    from benchmarks.learned_terms_tables import headroom
 
     h = headroom(data, task)
     return h["oracle"][0], h["learned"][0]
@@ -147,7 +147,7 @@ def learned_reverse(data: dict[str, Any]) -> str:
 
 def _budget_reductions(data: dict[str, Any], budget: str, tasks: Any) -> list[float]:
     """The learned rule's mean paired reduction over the best heuristic at another budget."""
-    from benchmarks.learned_terms_doc import budget_summary
+    from benchmarks.learned_terms_tables import budget_summary
 
     rows = budget_summary(data)
     return [r["reduction"][0] for r in rows if r["budget"] == budget and r["task"] in tasks]
@@ -195,7 +195,7 @@ def learned_oracle_reverse(data: dict[str, Any]) -> str:
 def learned_reasoning(data: dict[str, Any]) -> str:
     """The reasoning task: the learned rule's paired reduction against the truth as computed,
     then net of the truth's noise, each with its 95% half-width."""
-    from benchmarks.learned_terms_doc import audit_table
+    from benchmarks.learned_terms_tables import audit_table
 
     raw = {s["task"]: s for s in audit_table(data)[1]}["Reasoning h16"]
     net = {s["task"]: s for s in audit_table(data, "rmse_net")[1]}["Reasoning h16"]
@@ -221,7 +221,7 @@ def learned_reasoning_se(data: dict[str, Any]) -> str:
 @fact("learned-batch-oracle", LEARNED)
 def learned_batch_oracle(data: dict[str, Any]) -> str:
     """The greedy batch oracle's reduction over the best per-episode heuristic, %."""
-    from benchmarks.learned_terms_doc import alloc_summary
+    from benchmarks.learned_terms_tables import alloc_summary
 
     return span((100 * a["head_batch"][0] for a in alloc_summary(data).values()), 0) + "%"
 
@@ -229,7 +229,7 @@ def learned_batch_oracle(data: dict[str, Any]) -> str:
 @fact("learned-batch-episode-oracle", LEARNED)
 def learned_batch_episode_oracle(data: dict[str, Any]) -> str:
     """The per-episode oracle's reduction on the same rows, %, and their seeds."""
-    from benchmarks.learned_terms_doc import alloc_summary
+    from benchmarks.learned_terms_tables import alloc_summary
 
     a = alloc_summary(data)
     seeds = span((float(v["seeds"]) for v in a.values()), 0)
@@ -251,14 +251,14 @@ def learned_per_batch(data: dict[str, Any]) -> str:
 def learned_cut_position(data: dict[str, Any]) -> str:
     """Where the learned and the oracle cuts sit on the exact per-episode tasks (fraction of
     the response)."""
-    from benchmarks.learned_terms_doc import cut_position
+    from benchmarks.learned_terms_tables import cut_position
 
     runs = {t: [r for r in data["audit"] if r["task"] == t] for t in EXACT_TASKS}
     return span(cut_position(rs, rule) for rs in runs.values() for rule in ("learned", "oracle"))
 
 
 def _t2t(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    from benchmarks.learned_terms_doc import t2t_table
+    from benchmarks.learned_terms_tables import t2t_table
 
     return {s["task"]: s for s in t2t_table(data)[1]}
 
@@ -273,6 +273,41 @@ def learned_t2t_seeds(data: dict[str, Any]) -> str:
     """Seeds of the tokens-to-threshold runs on DelayedChoice h32 and h128."""
     t = _t2t(data)
     return f"{t['DelayedChoice h32']['seeds']} and {t['DelayedChoice h128']['seeds']} seeds"
+
+
+@fact("learned-t2t-dc", LEARNED)
+def learned_t2t_dc(data: dict[str, Any]) -> str:
+    """Learned over the best heuristic, median tokens (compute-matched), DelayedChoice h32 then
+    h128."""
+    t = _t2t(data)
+    h32, h128 = (_over_best(t[f"DelayedChoice {h}"]["median"]) for h in ("h32", "h128"))
+    return f"{h32:.2f}x (h32) and {h128:.2f}x (h128)"
+
+
+@fact("learned-t2t-reverse", LEARNED)
+def learned_t2t_reverse(data: dict[str, Any]) -> str:
+    """Reverse: learned over the best heuristic, median tokens, compute-matched then env only,
+    and its seeds."""
+    r = _t2t(data)["Reverse"]
+    return (
+        f"{_over_best(r['median']):.1f}x the tokens of the best heuristic compute-matched and "
+        f"{_over_best(r['env_median']):.1f}x counting env tokens only ({r['seeds']} seeds"
+    )
+
+
+@fact("learned-t2t-reasoning-pilot", LEARNED)
+def learned_t2t_reasoning_pilot(data: dict[str, Any]) -> str:
+    """The reasoning task's pilot: the score over the first and the last three iterations,
+    pooled over the rules, the learned run's seconds and the load its file recorded."""
+    runs = [r for r in data["pilots"] if r["task"] == "Reasoning h16"]
+    first = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][:3]) for r in runs)
+    last = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][-3:]) for r in runs)
+    learned = next(r["seconds"] for r in runs if r["rule"] == "learned")
+    load = next(s["loadavg"][0] for s in data["setups"] if s["file"] == runs[0]["file"])
+    return (
+        f"{first:.2f} -> {last:.2f}, pooled over the rules; its learned run took {learned:.0f} s "
+        f"at a load of {load}"
+    )
 
 
 @fact("learned-t2t-compute", LEARNED)

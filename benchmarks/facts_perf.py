@@ -15,7 +15,7 @@ from typing import Any
 from benchmarks.common import RESULTS_DIR, markdown_table
 from benchmarks.facts import Facts, registrar, span
 from benchmarks.provenance import describe
-from benchmarks.trl_ppo_work import work_table
+from benchmarks.trl_ppo_work import profile_table, work_table
 
 FACTS: Facts = {}
 fact = registrar(FACTS)
@@ -337,6 +337,31 @@ def trl_ppo_work_flops_shared(d: dict[str, Any]) -> str:
     return _flops_over_trl(d, "marlhf_shared")
 
 
+#: Issue 28's goal for marlhf's seconds per PPO iteration over TRL's.
+TRL_PPO_GOAL = 0.5
+
+
+@fact("trl-ppo-work-speed", TRL_WORK)
+def trl_ppo_work_speed(d: dict[str, Any]) -> str:
+    """marlhf's (separate critic) GFLOPs per second over TRL's, and the shared trunk's."""
+    work = d["sides"]
+    trl = work["trl"]["gflops_per_s"]
+    return " and ".join(
+        f"{work[side]['gflops_per_s'] / trl:.2f}" for side in ("marlhf", "marlhf_shared")
+    )
+
+
+@fact("trl-ppo-work-needed", TRL_WORK)
+def trl_ppo_work_needed(d: dict[str, Any]) -> str:
+    """The GFLOPs per second over TRL's that the goal needs at each side's FLOPs."""
+    work = d["sides"]
+    trl = work["trl"]["work"]["total"]["gflops"]
+    return " and ".join(
+        f"{work[side]['work']['total']['gflops'] / trl / TRL_PPO_GOAL:.2f}"
+        for side in ("marlhf", "marlhf_shared")
+    )
+
+
 def _trl_ppo_setting(d: dict[str, Any]) -> dict[str, Any]:
     return next(e for e in d["settings"] if "ratio" in e)
 
@@ -355,6 +380,16 @@ def trl_ppo_ratio_shared(d: dict[str, Any]) -> str:
     return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
+@fact("trl-ppo-goal", TRL_PPO)
+def trl_ppo_goal(d: dict[str, Any]) -> str:
+    """Whether each marlhf side's median ratio meets :data:`TRL_PPO_GOAL`."""
+    ratios = _trl_ppo_setting(d)["ratios"]
+    return " and ".join(
+        f"{'met' if ratios[side]['median'] <= TRL_PPO_GOAL else 'not met'} with the {name}"
+        for side, name in (("marlhf", "separate critic"), ("marlhf_shared", "shared trunk"))
+    )
+
+
 @fact("trl-ppo-load", TRL_PPO)
 def trl_ppo_load(d: dict[str, Any]) -> str:
     """The one-minute load average at the start and at the end of the run."""
@@ -364,6 +399,7 @@ def trl_ppo_load(d: dict[str, Any]) -> str:
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "trl-ppo-work": (TRL_WORK, work_table),
+    "trl-ppo-profile": (TRL_WORK, profile_table),
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
     "lean-check": (LEAN, lean_table),

@@ -28,6 +28,8 @@ truth, whose standard error is reported and subtracted: see
     # the learned termination with a batch budget (rows labelled "<task>, per batch"):
     python benchmarks/learned_terms.py --quick --part audit --tasks "KeyPosition h32" \
         --seeds 5,6 --per batch --tag _batch
+    # a pilot (seed 9, every rule trained to the end; kept apart, it sets a threshold):
+    python benchmarks/learned_terms.py --quick --part t2t --t2t-tasks Reverse --pilot --tag _rev
 
 Every audit row also records the batch-budget comparison (:mod:`benchmarks.learned_terms_alloc`).
 KeyPosition lives in :mod:`benchmarks.learned_terms_keypos`, the reasoning task's fine-tuning in
@@ -93,11 +95,24 @@ HEURISTICS = ["even", "random_cuts", "surprisal", "entropy", "value_change"]
 #: this benchmark's own task (importing its module registers marlhf/KeyPosition-v0)
 OWN_TASKS = (KeyPositionTask,)
 # task name -> (env id, kwargs, iterations quick, iterations full, threshold score)
+#
+# The threshold of tokens to threshold is a score every rule's runs reach within the quick
+# run, set without looking at which rule reaches it first:
+# - CreditSum, DelayedChoice and KeyPosition: about halfway from the uniform policy's return
+#   (``task.random_return``: 0.67, 0.25, 0.5) to the optimum (1.0), where their runs start and
+#   end; CreditSum's 0.83 rounded down to 0.80 (its quick runs end near 0.86).
+# - Reverse: its quick runs end far below the optimum (about 0.2 of 1.0), so halfway from
+#   where the runs start to where they end, pooled over the four rules of a pilot seed outside
+#   the measured ones (:func:`pilot_threshold` on ``learned_terms_pilot_rev.json``, written by
+#   ``--pilot``; ``tests/options/test_learned_bench.py`` checks the value against that file).
+# - The reasoning task: none yet (its 0.5 is a placeholder no run has used). Its pilot
+#   (``learned_terms_pilot_rsn.json``) does not rise from its fine-tuned start in the quick run,
+#   so the halfway point lies below where its runs start and would not separate the rules.
 TASKS: dict[str, tuple[str, dict[str, Any], int, int, float]] = {
     "CreditSum h32": ("marlhf/CreditSum-v0", {}, 12, 40, 0.80),
     "DelayedChoice h32": ("marlhf/DelayedChoice-v0", {"horizon": 32}, 12, 40, 0.625),
     "DelayedChoice h128": ("marlhf/DelayedChoice-v0", {"horizon": 128}, 6, 20, 0.625),
-    "Reverse": ("marlhf/Reverse-v0", {}, 12, 40, 0.5),
+    "Reverse": ("marlhf/Reverse-v0", {}, 12, 40, 0.18),
     "KeyPosition h32": ("marlhf/KeyPosition-v0", {}, 12, 40, 0.75),
     REASONING: (reasoning.ENV_ID, reasoning.ENV_KWARGS, 4, 12, 0.5),
 }
@@ -172,6 +187,10 @@ def tokens_to_threshold(
         if len(window) == 3 and statistics.fmean(window) >= threshold:
             return float(points[i][column])
     return math.inf
+
+
+#: the seed of the runs that set a threshold from data (never one of the measured seeds 0-4)
+PILOT_SEED = 9
 
 
 def _corr(x: torch.Tensor, y: torch.Tensor) -> float:
@@ -352,7 +371,7 @@ def run_t2t(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, A
                 curve = Curve()
                 for _ in range((it_quick if quick else it_full) * 2):
                     learn(algo, NUM_ENVS * horizon, curve)
-                    if math.isfinite(tokens_to_threshold(curve.points, threshold)):
+                    if not PILOT and math.isfinite(tokens_to_threshold(curve.points, threshold)):
                         break
                 t2t = tokens_to_threshold(curve.points, threshold)
                 rows.append(
@@ -369,6 +388,10 @@ def run_t2t(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, A
 
 
 TAG = ""
+#: ``--pilot``: tokens-to-threshold runs trained to the end (no stop at the threshold), into
+#: ``learned_terms_pilot<tag>.json``, which :func:`merge` keeps apart (``pilots``: the page
+#: shows them, :func:`pilot_threshold` reads them)
+PILOT = False
 
 
 def _write_part(
@@ -387,18 +410,27 @@ def _write_part(
 
 
 def part_file(part: str, tag: str = "") -> Path:
-    """Where one part's rows go (parts and seed sets may run as separate processes)."""
+    """Where one part's rows go (parts and seed sets may run as separate processes; a pilot's
+    go to a file :func:`merge` does not read)."""
+    if PILOT:
+        return RESULTS_DIR / f"learned_terms_pilot{tag}.json"
     return RESULTS_DIR / f"learned_terms_{part}{tag}.json"
 
 
 def merge() -> dict[str, Any]:
-    """Every part file's rows merged into :data:`RESULTS` (rows concatenated, setups listed)."""
-    data: dict[str, Any] = {"audit": [], "t2t": [], "setups": []}
+    """Every part file's rows merged into :data:`RESULTS` (rows concatenated, setups listed;
+    pilot rows under ``pilots``)."""
+    data: dict[str, Any] = {"audit": [], "t2t": [], "setups": [], "pilots": []}
     for part in ("audit", "t2t"):
         for path in sorted(RESULTS_DIR.glob(f"learned_terms_{part}*.json")):
             got = read_json(path) or {}
             data[part] += got.get(part, [])
             data["setups"].append({"part": part, "file": path.name, **got.get(f"{part}_setup", {})})
+    # pilot runs (``--pilot``): apart from the measured rows, each with its file
+    for path in sorted(RESULTS_DIR.glob("learned_terms_pilot*.json")):
+        got = read_json(path) or {}
+        data["pilots"] += [{**r, "file": path.name} for r in got.get("t2t", [])]
+        data["setups"].append({"part": "pilot", "file": path.name, **got.get("t2t_setup", {})})
     data["audit"].sort(
         key=lambda r: (list(TASKS).index(r.get("base_task", r["task"])), r["task"], r["seed"])
     )
@@ -431,7 +463,18 @@ def main(argv: list[str] | None = None) -> int:
         "--per", choices=["episode", "batch"], default="episode", help="the learned budget's unit"
     )
     parser.add_argument("--render", action="store_true", help="merge the parts, render the doc")
+    parser.add_argument(
+        "--pilot",
+        action="store_true",
+        help=f"tokens to threshold on seed {PILOT_SEED}, trained to the end, into "
+        "learned_terms_pilot<tag>.json (sets a threshold: pilot_threshold)",
+    )
     args = parser.parse_args(argv)
+    if args.pilot and (args.part != "t2t" or args.seeds):
+        raise SystemExit(
+            f"--pilot runs the t2t part on seed {PILOT_SEED}: it needs --part t2t and no "
+            f"--seeds (got --part {args.part}, --seeds {args.seeds})"
+        )
     if args.render:
         from benchmarks.learned_terms_doc import render
 
@@ -444,8 +487,10 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",")]
-    global TAG, PER
-    TAG, PER = args.tag, args.per
+    if args.pilot:
+        seeds = [PILOT_SEED]
+    global TAG, PER, PILOT
+    TAG, PER, PILOT = args.tag, args.per, args.pilot
     chosen = {
         "audit": _names(args.tasks, list(TASKS)),
         "t2t": _names(args.t2t_tasks, T2T_TASKS),
@@ -456,7 +501,8 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rows = fn(args.quick, seeds, chosen[part])
         _write_part(part, args.quick, seeds, rows, time.perf_counter() - start)
-    merge()
+    if not args.pilot:
+        merge()
     return 0
 
 

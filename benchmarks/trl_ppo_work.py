@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
 import time
@@ -39,6 +40,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_stamp, write_json
+from interleave import SteppedTrainer, run_rounds, summarise
 from trl_common import PROMPT_LEN, VOCAB
 from trl_ppo import Setting, build_prompts, marlhf_algo, trl_side
 
@@ -174,11 +176,23 @@ def profiled(store: dict[str, Any], top: int = 12) -> Iterator[None]:
         yield
     ops = [e for e in prof.key_averages() if e.key.startswith("aten::")]
     total = sum(e.self_cpu_time_total for e in ops)
+    # The optimizer's share: aten ops inside its steps (torch names each "Optimizer.step#...").
+    events = prof.events()
+    steps = [e.time_range for e in events if e.name.startswith("Optimizer.step")]
+    inside = [
+        e
+        for e in events
+        if e.name.startswith("aten::")
+        and any(r.start <= e.time_range.start and e.time_range.end <= r.end for r in steps)
+    ]
     ops.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     store.update(
         {
             "aten_calls": int(sum(e.count for e in ops)),
             "self_cpu_s": total / 1e6,
+            "optimizer_steps": len(steps),
+            "optimizer_aten_calls": len(inside),
+            "optimizer_self_cpu_s": sum(e.self_cpu_time_total for e in inside) / 1e6,
             "top": [
                 {
                     "op": e.key,
@@ -192,9 +206,14 @@ def profiled(store: dict[str, Any], top: int = 12) -> Iterator[None]:
     )
 
 
-def measure_trl(tokenizer: Any, prompts: list[list[int]], s: Setting) -> dict[str, Any]:
-    """Warm-up, counted and profiled iterations of TRL's PPO."""
-    counter = WorkCounter(VOCAB)
+#: A side: runs one iteration inside the given context (a factory, or None) -> its seconds.
+Step = Callable[[Callable[[], Any] | None], float]
+
+
+def trl_steps(
+    tokenizer: Any, prompts: list[list[int]], s: Setting, steps: int, counter: WorkCounter
+) -> SteppedTrainer:
+    """TRL's PPO, paused after each iteration, its models watched by ``counter``."""
 
     def hook(trainer: Any) -> None:
         policy = trainer.model.policy
@@ -210,25 +229,18 @@ def measure_trl(tokenizer: Any, prompts: list[list[int]], s: Setting) -> dict[st
 
         policy.generate = marked
 
-    trainer = trl_side(tokenizer, prompts, s, steps=4, on_trainer=hook)
-    profile: dict[str, Any] = {}
-    try:
-        warm = trainer.step()
-        counted = trainer.step(counter.counting_flops)
-        profiled_s = trainer.step(lambda: profiled(profile))
-    finally:
-        trainer.close()
-    return _entry(counter, profile, warm, counted, profiled_s)
+    return trl_side(tokenizer, prompts, s, steps, on_trainer=hook)
 
 
-def measure_marlhf(
-    tokenizer: Any, prompts: list[list[int]], s: Setting, separate_critic: bool
-) -> dict[str, Any]:
-    """Warm-up, counted and profiled iterations of marlhf's PPO."""
-    import torch
-
+def marlhf_steps(
+    tokenizer: Any,
+    prompts: list[list[int]],
+    s: Setting,
+    separate_critic: bool,
+    counter: WorkCounter,
+) -> Step:
+    """marlhf's PPO, its models watched by ``counter``; one iteration per call."""
     algo = marlhf_algo(tokenizer, prompts, s, separate_critic)
-    counter = WorkCounter(VOCAB)
     counter.watch("policy", algo.policy.model)
     counter.watch("reference", algo.policy.ref_model)
     if algo.policy.critic is not None:
@@ -243,37 +255,61 @@ def measure_marlhf(
     algo.collector.collect = marked
     tokens = s.batch * s.response_length
 
-    def iteration() -> float:
-        start = time.perf_counter()
-        algo.learn(tokens, reset_num_timesteps=False)
-        return time.perf_counter() - start
+    def step(context: Callable[[], Any] | None = None) -> float:
+        with contextlib.nullcontext() if context is None else context():
+            start = time.perf_counter()
+            algo.learn(tokens, reset_num_timesteps=False)
+            return time.perf_counter() - start
 
-    profile: dict[str, Any] = {}
-    warm = iteration()
-    with counter.counting_flops():
-        counted = iteration()
-    with profiled(profile):
-        profiled_s = iteration()
-    entry = _entry(counter, profile, warm, counted, profiled_s)
-    entry["torch_threads"] = torch.get_num_threads()
-    return entry
+    return step
 
 
-def _entry(
-    counter: WorkCounter, profile: dict[str, Any], warm: float, counted: float, prof: float
-) -> dict[str, Any]:
-    return {
-        "work": counter.summary(),
-        "profile": profile,
-        "seconds": {"warm_up": warm, "counted": counted, "profiled": prof},
-        "loadavg": list(os.getloadavg()),
-    }
+def measure(tokenizer: Any, prompts: list[list[int]], s: Setting, rounds: int) -> dict[str, Any]:
+    """Every side: a warm-up iteration, a counted one and a profiled one (side by side in
+    turn), then ``rounds`` interleaved rounds of plain iterations (:func:`interleave.run_rounds`)
+    for the seconds per iteration and the GFLOPs per second."""
+    counters = {name: WorkCounter(VOCAB) for name in SIDES}
+    trl = trl_steps(tokenizer, prompts, s, 4 + rounds, counters["trl"])
+    out: dict[str, Any] = {name: {"profile": {}, "seconds": {}} for name in SIDES}
+
+    def profiling(name: str) -> Callable[[], Any]:
+        return lambda: profiled(out[name]["profile"])
+
+    try:
+        steps: dict[str, Step] = {
+            "trl": trl.step,
+            "marlhf": marlhf_steps(tokenizer, prompts, s, True, counters["marlhf"]),
+            "marlhf_shared": marlhf_steps(tokenizer, prompts, s, False, counters["marlhf_shared"]),
+        }
+        for name, step in steps.items():
+            seconds = out[name]["seconds"]
+            seconds["warm_up"] = step(None)
+            seconds["counted"] = step(counters[name].counting_flops)
+            seconds["profiled"] = step(profiling(name))
+            out[name]["loadavg"] = list(os.getloadavg())
+            print(f"trl_ppo_work: {name} counted", seconds, flush=True)
+        plain: dict[str, Callable[[], float]] = {
+            name: functools.partial(step, None) for name, step in steps.items()
+        }
+        times = run_rounds(
+            plain, rounds, warmup=0, progress=lambda m: print(f"trl_ppo_work: {m}", flush=True)
+        )
+    finally:
+        trl.close()
+    timing = summarise(times, "trl")
+    for name in SIDES:
+        out[name]["work"] = counters[name].summary()
+        median = timing["sides"][name]["median"]
+        out[name]["s_per_iter"] = median
+        out[name]["gflops_per_s"] = out[name]["work"]["total"]["gflops"] / median
+    return {"sides": out, "timing": timing}
 
 
-def main(threads: int = 1) -> dict[str, Any]:
-    """Count each side's work; write :data:`RESULTS`; return its content.
+def main(threads: int = 1, rounds: int = 5) -> dict[str, Any]:
+    """Count each side's work and time it; write :data:`RESULTS`; return its content.
 
     :param threads: torch CPU threads (default 1, as ``trl_ppo.py``).
+    :param rounds: interleaved rounds of plain iterations after the counted ones (default 5).
     """
     import torch
 
@@ -284,6 +320,7 @@ def main(threads: int = 1) -> dict[str, Any]:
     out: dict[str, Any] = {
         "machine": machine_stamp(),
         "setting": {**vars(s), "prompt_len": PROMPT_LEN, "vocab": VOCAB},
+        "rounds": rounds,
         "loadavg_start": list(os.getloadavg()),
     }
     try:
@@ -298,19 +335,16 @@ def main(threads: int = 1) -> dict[str, Any]:
         return out
     tokenizer = train_bpe_tokenizer(VOCAB)
     prompts = build_prompts(tokenizer, 256)
-    sides: dict[str, Callable[[], dict[str, Any]]] = {
-        "trl": lambda: measure_trl(tokenizer, prompts, s),
-        "marlhf": lambda: measure_marlhf(tokenizer, prompts, s, True),
-        "marlhf_shared": lambda: measure_marlhf(tokenizer, prompts, s, False),
-    }
-    out["sides"] = {}
-    for name, measure in sides.items():
-        out["sides"][name] = measure()
-        print(f"trl_ppo_work: {name} done", out["sides"][name]["seconds"], flush=True)
+    out.update(measure(tokenizer, prompts, s, rounds))
     out["loadavg_end"] = list(os.getloadavg())
     write_json(RESULTS, out)
     print(work_table(out))
     return out
+
+
+def _commit(machine: dict[str, Any]) -> str:
+    commit = str(machine.get("commit") or "unknown")  # (sha, "+dirty" when files differed)
+    return commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
 
 
 def _number(x: float, digits: int = 0) -> str:
@@ -350,6 +384,20 @@ def work_table(d: dict[str, Any]) -> str:
         _number(d["sides"][k]["profile"]["aten_calls"]) for k in sides
     ]
     lines.append("| " + " | ".join(calls) + " |")
+    timing = d.get("timing")
+    if timing is not None:
+        per_iter = ["seconds per iteration (median)"] + [
+            f"{d['sides'][k]['s_per_iter']:.2f}" for k in sides
+        ]
+        ratios = ["seconds over TRL's (per round)"] + [
+            "1"
+            if k == "trl"
+            else f"{timing['ratios'][k]['median']:.2f} "
+            f"({timing['ratios'][k]['min']:.2f}-{timing['ratios'][k]['max']:.2f})"
+            for k in sides
+        ]
+        rate = ["GFLOPs per second"] + [f"{d['sides'][k]['gflops_per_s']:.1f}" for k in sides]
+        lines += ["| " + " | ".join(row) + " |" for row in (per_iter, ratios, rate)]
     s = d["setting"]
     loads = [x for k in sides for x in d["sides"][k]["loadavg"][:1]]
     lines += [
@@ -357,12 +405,61 @@ def work_table(d: dict[str, Any]) -> str:
         f"One iteration at batch {s['batch']}, prompts of {s['prompt_len']} tokens, "
         f"{s['response_length']} new tokens, {s['n_epochs']} epochs of minibatches of "
         f"{s['minibatch']}, GPT-2 {s['n_layer']}x{s['n_embd']} with a {s['vocab']:,}-token "
-        f"vocabulary; TRL {d.get('trl_version', '?')}, commit "
-        f"{d['machine'].get('commit', 'unknown')}. Tokens: positions fed to each model's "
+        f"vocabulary; TRL {d.get('trl_version', '?')}, commit {_commit(d['machine'])}. "
+        "Tokens: positions fed to each model's "
         "transformer; head rows: positions whose full-vocabulary logits a forward makes; "
-        "GFLOPs: matrix products and attention, forward and backward "
-        f"(`benchmarks/results/trl_ppo_work.json`; profile at load "
-        f"{min(loads):.1f}-{max(loads):.1f}).",
+        "GFLOPs: matrix products and attention, forward and backward; seconds: "
+        f"{d.get('rounds', 0)} interleaved rounds of plain iterations after the counted ones, "
+        "one thread (`benchmarks/results/trl_ppo_work.json`; load "
+        f"{min(loads):.1f}-{max(loads):.1f} during the profile"
+        + (f", {timing['loadavg'][0]:.1f} after the rounds)." if timing else ")."),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _optimizer_cell(profile: dict[str, Any]) -> str:
+    if "optimizer_aten_calls" not in profile:
+        return "not recorded"
+    share = profile["optimizer_self_cpu_s"] / profile["self_cpu_s"]
+    return (
+        f"{share:.0%} ({_number(profile['optimizer_aten_calls'])} in "
+        f"{profile['optimizer_steps']} steps)"
+    )
+
+
+def profile_table(d: dict[str, Any], per_side: int = 6) -> str:
+    """The profiled iteration's largest ops: each side's ``per_side`` ops with the most self
+    CPU time (together), their share of the side's aten self CPU time and their calls."""
+    if "sides" not in d:
+        return f"Not measured: {d.get('error', 'no sides in the results file')}."
+    sides = [k for k in SIDES if k in d["sides"]]
+    tops = {k: {t["op"]: t for t in d["sides"][k]["profile"]["top"]} for k in sides}
+    ops: list[str] = []
+    for k in sides:
+        for op in list(tops[k])[:per_side]:
+            if op not in ops:
+                ops.append(op)
+    head = ["op"] + [f"{SIDES[k]}: share (calls)" for k in sides]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for op in ops:
+        cells = [
+            f"{tops[k][op]['share']:.0%} ({_number(tops[k][op]['calls'])})"
+            if op in tops[k]
+            else "not in the top"
+            for k in sides
+        ]
+        lines.append(f"| `{op.removeprefix('aten::')}` | " + " | ".join(cells) + " |")
+    optimizer = ["aten ops inside the optimizer's steps"] + [
+        _optimizer_cell(d["sides"][k]["profile"]) for k in sides
+    ]
+    total = ["all aten ops"] + [
+        f"100% ({_number(d['sides'][k]['profile']['aten_calls'])})" for k in sides
+    ]
+    lines += ["| " + " | ".join(row) + " |" for row in (optimizer, total)]
+    lines += [
+        "",
+        "One profiled iteration per side (`torch.profiler`, CPU, one thread): each op's self "
+        "CPU time over all aten ops' (`benchmarks/results/trl_ppo_work.json`).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -370,4 +467,6 @@ def work_table(d: dict[str, Any]) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    main(threads=parser.parse_args().threads)
+    parser.add_argument("--rounds", type=int, default=5, help="timed rounds (default 5)")
+    args = parser.parse_args()
+    main(threads=args.threads, rounds=args.rounds)

@@ -201,3 +201,52 @@ def test_head_scores_keep_the_probabilities_only_for_one_slice_with_a_backward()
     assert logprobs.head_scores(frozen, tokens)[0].grad_fn is None  # no backward: nothing kept
     with torch.no_grad():
         assert logprobs.head_scores(head, tokens)[0].grad_fn is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"preset": "ppo", "kl_coef": 0.05},  # the KL in the rewards (PPO's default)
+        {"preset": "grpo", "group_size": 2, "kl_coef": 0.05},  # k3 in the loss
+    ],
+)
+def test_two_ppo_iterations_with_kept_probabilities_equal_the_remade_ones_bitwise(
+    kw: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from marlhf.algorithms import PPO
+    from tests.agents.conftest import CueEnv, tiny_model
+
+    apply = logprobs._HeadTokenLogProbs.apply
+
+    def run(keep: bool) -> tuple[Any, list[bool]]:
+        kept: list[bool] = []
+
+        def forced(*args: Any) -> Any:
+            *rest, (chunk, entropy, backward) = args
+            kept.append(backward and keep)
+            return apply(*rest, (chunk, entropy, backward and keep))
+
+        monkeypatch.setattr(logprobs._HeadTokenLogProbs, "apply", forced)
+        env = CueEnv(num_envs=4, max_new_tokens=4)
+        algo = PPO(
+            tiny_model(env.codec, seed=0),
+            env,
+            seed=3,
+            n_epochs=2,
+            batch_size=2,
+            learning_rate=0.002,
+            **kw,
+        )
+        algo.policy.fused_head = True  # (the toy vocabulary is below the default's threshold)
+        algo.learn(2 * 4 * 4)
+        return algo, kept
+
+    fast, kept = run(True)
+    slow, remade = run(False)
+    assert any(kept) and not any(remade)
+    for (name, p), q in zip(fast.policy.named_parameters(), slow.policy.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    for key, value in fast.train_stats.items():
+        other = slow.train_stats[key]
+        assert value == other or (value != value and other != other), key
+    assert fast.rollout_stats["rollout/kl_ref"] == slow.rollout_stats["rollout/kl_ref"]

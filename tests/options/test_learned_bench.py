@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from benchmarks.learned_terms import tokens_to_threshold
-from benchmarks.learned_terms_doc import mean_ci, render
+from benchmarks.learned_terms_doc import render
 from benchmarks.learned_terms_keypos import KeyPositionTask
+from benchmarks.learned_terms_tables import mean_ci
 from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
 
@@ -144,3 +145,79 @@ def test_global_top_keeps_the_batch_best_candidates() -> None:
         [3, 3],
     ]
     assert int(global_top(scores, mask, 100).sum()) == 6 + 4 + 6 + 3  # every candidate
+
+
+def _pilot_rows(scores: dict[str, list[float]]) -> list[dict[str, Any]]:
+    return [
+        {"rule": rule, "curve": [(100 * (i + 1), 100 * (i + 1), s) for i, s in enumerate(xs)]}
+        for rule, xs in scores.items()
+    ]
+
+
+def test_pilot_threshold_is_halfway_from_start_to_end_pooled_over_rules() -> None:
+    from benchmarks.learned_terms_tables import pilot_threshold
+
+    rows = _pilot_rows(
+        {
+            "even": [0.1, 0.1, 0.1, 0.5, 0.3, 0.3, 0.3],  # starts 0.1, ends 0.3
+            "learned": [0.2, 0.2, 0.2, 0.0, 0.5, 0.5, 0.5],  # starts 0.2, ends 0.5
+        }
+    )
+    # start (0.1 + 0.2) / 2 = 0.15, end (0.3 + 0.5) / 2 = 0.4: halfway 0.275, down to 0.27
+    assert pilot_threshold(rows) == 0.27
+    # the middle iterations do not count, and neither does the order of the rules
+    rows[0]["curve"][3] = (400, 400, 0.9)
+    assert pilot_threshold(rows[::-1]) == 0.27
+
+
+def test_pilot_threshold_refuses_runs_too_short_to_have_a_start_and_an_end() -> None:
+    from benchmarks.learned_terms_tables import pilot_threshold
+
+    rows = _pilot_rows({"even": [0.1] * 6, "entropy": [0.1] * 5})
+    with pytest.raises(ValueError, match=r"rows of \['entropy'\] have fewer than 6 iterations"):
+        pilot_threshold(rows)
+    with pytest.raises(ValueError, match="no rows"):
+        pilot_threshold([])
+
+
+def test_reverse_threshold_is_the_pilot_rule_on_its_pilot_file() -> None:
+    """The threshold typed in ``TASKS`` is what the documented rule gives on the pilot's runs
+    (a seed outside the measured ones), not a value tuned by hand."""
+    from benchmarks.common import RESULTS_DIR, read_json
+    from benchmarks.learned_terms import PILOT_SEED, TASKS
+    from benchmarks.learned_terms_tables import pilot_threshold
+
+    pilot = read_json(RESULTS_DIR / "learned_terms_pilot_rev.json")
+    rows = pilot["t2t"]
+    assert {r["task"] for r in rows} == {"Reverse"} and {r["seed"] for r in rows} == {PILOT_SEED}
+    assert {r["rule"] for r in rows} == {"learned", "even", "entropy", "value_change"}
+    assert TASKS["Reverse"][4] == pilot_threshold(rows)
+
+
+def test_pilot_table_says_which_threshold_the_page_uses() -> None:
+    """A pilot whose task has measured rows sets the table's threshold; one whose score does
+    not rise gives no threshold (every rule would reach the halfway point at once)."""
+    from benchmarks.learned_terms_tables import pilot_table
+
+    rising = _pilot_rows({"learned": [0.1] * 3 + [0.3] * 3, "even": [0.1] * 3 + [0.5] * 3})
+    falling = _pilot_rows({"learned": [0.2] * 3 + [0.1] * 3, "even": [0.2] * 3 + [0.2] * 3})
+    pilots = [{**r, "task": "Up", "seed": 9, "seconds": 12.0} for r in rising]
+    pilots += [{**r, "task": "Down", "seed": 9, "seconds": 3.0} for r in falling]
+    lines = pilot_table({"pilots": pilots, "t2t": [{"task": "Up"}]})
+    assert lines[2] == (
+        "| Up | 9 | 0.10 -> 0.30 | 0.10 -> 0.50 | 0.10 -> 0.40 | 0.25 | 12 | 12 "
+        "| the table's threshold |"
+    )
+    assert lines[3].startswith("| Down | 9 | 0.20 -> 0.10 | 0.20 -> 0.20 | 0.20 -> 0.15 | 0.17 |")
+    assert lines[3].endswith("| none: the score does not rise, so every rule reaches the halfway "
+                             "point in its first three iterations (no row) |")  # fmt: skip
+    assert pilot_table({"t2t": []}) == []
+
+
+def test_pilot_flag_names_the_part_and_seeds_it_needs() -> None:
+    from benchmarks.learned_terms import main
+
+    with pytest.raises(SystemExit, match=r"needs --part t2t and no --seeds \(got --part all, "):
+        main(["--pilot"])
+    with pytest.raises(SystemExit, match=r"\(got --part t2t, --seeds 1\)"):
+        main(["--pilot", "--part", "t2t", "--seeds", "1"])
