@@ -151,8 +151,9 @@ def rollout_lines(rows: list[dict[str, Any]], where: str) -> list[str]:
 def rollout_ops_lines() -> list[str]:
     """Torch operations per generated token of the agent's rollout and of the bare loop
     (``benchmarks/rollout_ops.py``: exact counts, whatever the load), one row per recorded
-    label, with that run's timed ratio (best of alternating runs) and its 1-minute load
-    before and after; the file's note says what each label measured."""
+    label, with that run's timed ratios (best of alternating runs; the median and quartiles of
+    back-to-back pairs, when measured) and its 1-minute load before and after; the file's note
+    says what each label measured."""
     data = read_json(RESULTS_DIR / "rollout_ops.json") or {}
     entries = [(k, e) for k, e in data.items() if isinstance(e, dict) and "ops_per_step" in e]
     if not entries:
@@ -163,16 +164,19 @@ def rollout_ops_lines() -> list[str]:
         "",
         f"{first['model']}, batch {first['batch']}, {first['new_tokens']} new tokens: aten "
         "operations per generated token, counted exactly (the count does not depend on the "
-        "load), and the agent/bare ratio of that run (noisy on a shared machine).",
+        "load), and the agent/bare ratios of that run: of the best times of alternating runs, "
+        "and the median (quartiles) of back-to-back pairs where measured (a shared machine's "
+        "load moves both).",
         "",
         markdown_table(
-            ["label", "agent ops/token", "bare ops/token", "agent/bare", "load"],
+            ["label", "agent ops/token", "bare ops/token", "agent/bare", "pairs", "load"],
             [
                 [
                     label,
                     f"{e['ops_per_step']['agent']:.1f}",
                     f"{e['ops_per_step']['bare']:.1f}",
                     e["agent_over_bare"],
+                    _pairs_text(e.get("pair_ratios")),
                     f"{e['load_before'][0]:.1f}-{e['load_after'][0]:.1f}",
                 ]
                 for label, e in entries
@@ -183,3 +187,10 @@ def rollout_ops_lines() -> list[str]:
     if data.get("note"):
         lines += [str(data["note"]), ""]
     return lines
+
+
+def _pairs_text(r: dict[str, Any] | None) -> str:
+    """``median (q1-q3), n pairs`` of :func:`rollout_ops.pair_ratios`, or n/a."""
+    if not r:
+        return "n/a"
+    return f"{fmt(r['median'])} ({r['q1']:.2f}-{r['q3']:.2f}), {r['pairs']} pairs"

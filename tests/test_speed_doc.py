@@ -85,12 +85,15 @@ def test_the_rollout_rows_show_their_load_and_the_op_counts(
     assert speed_doc.rollout_lines([{}], "x")[0] == "Measured at commit x."  # no load recorded
     data = {
         "before": _ops_entry(124.109375, 0.87, 1.5),
-        "after": _ops_entry(106.4375, 0.93, 2.0),
+        "after": {
+            **_ops_entry(106.4375, 0.93, 2.0),
+            "pair_ratios": {"median": 0.95, "q1": 0.9, "q3": 0.99, "pairs": 40},
+        },
         "note": "before: main; after: this branch.",
     }
     (tmp_path / "rollout_ops.json").write_text(json.dumps(data))
     text = "\n".join(speed_doc.rollout_lines([], "x"))
     assert "tiny GPT-2 2 x 128, batch 16, 64 new tokens" in text
-    assert "| before | 124.1 | 101.6 | 0.870 | 1.5-2.5 |" in text
-    assert "| after | 106.4 | 101.6 | 0.930 | 2.0-3.0 |" in text
+    assert "| before | 124.1 | 101.6 | 0.870 | n/a | 1.5-2.5 |" in text
+    assert "| after | 106.4 | 101.6 | 0.930 | 0.950 (0.90-0.99), 40 pairs | 2.0-3.0 |" in text
     assert text.rstrip().endswith("before: main; after: this branch.")

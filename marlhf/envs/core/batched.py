@@ -93,10 +93,11 @@ class BatchedTokenEnv(TokenVectorEnv):
         # Response columns written into response_ids/response_mask/lengths; the fast path's
         # steps past it are only in the window until the next read (_catch_up).
         self._written = 0
-        # The fast path's per-step rewards and flags (made by reset()).
+        # The fast path's per-step rewards and flags from step _step_first on (_step_blocks).
         self._step_rewards: tuple[torch.Tensor, ...] = ()
         self._step_false: tuple[torch.Tensor, ...] = ()
         self._step_true: tuple[torch.Tensor, ...] = ()
+        self._step_first = 0
         self._ones_column = torch.ones((B, 1), dtype=torch.int64, device=dev)
 
     # ------------------------------------------------------------------ reset
@@ -189,11 +190,7 @@ class BatchedTokenEnv(TokenVectorEnv):
         self._any_done = False
         self._steps = self._written = 0
         self._ragged = False
-        # The fast path's per-step results, made here one block per kind for the episode: each
-        # step returns its own rows of them (fresh tensors, distinct memory, nothing allocated).
-        self._step_rewards = torch.zeros((N, B), dtype=torch.float32, device=dev).unbind(0)
-        self._step_false = torch.zeros((2 * N, B), dtype=torch.bool, device=dev).unbind(0)
-        self._step_true = torch.ones((N, B), dtype=torch.bool, device=dev).unbind(0)
+        self._step_true = ()  # (the fast path's first step makes them: _step_blocks)
         if any(prefixes):
             self._apply_prefixes(prefixes)
         info: dict[str, Any] = {
@@ -317,6 +314,18 @@ class BatchedTokenEnv(TokenVectorEnv):
             self._needs_reset = True
             raise
 
+    def _step_blocks(self, first: int) -> None:
+        """The fast path's per-step rewards, flags and active masks from step ``first`` to the
+        horizon: one block per kind, unbound into its rows, so that each step returns fresh
+        tensors of its own (distinct memory) without making any (a row view costs a third of a
+        ``torch.zeros``; rows are made only for the steps left, and only once the fast path
+        runs, so resets that never take it, as ragged prefixes, pay nothing)."""
+        B, dev, steps = self.num_envs, self.device, self.max_new_tokens - first
+        self._step_first = first
+        self._step_rewards = torch.zeros((steps, B), dtype=torch.float32, device=dev).unbind(0)
+        self._step_false = torch.zeros((2 * steps, B), dtype=torch.bool, device=dev).unbind(0)
+        self._step_true = torch.ones((steps, B), dtype=torch.bool, device=dev).unbind(0)
+
     def _dense_rewards(self, active: torch.Tensor) -> torch.Tensor:
         """``float32[B]``: the task's dense reward for the token each row just appended
         (checked for shape and dtype; the caller keeps it only on ``active`` rows)."""
@@ -341,7 +350,10 @@ class BatchedTokenEnv(TokenVectorEnv):
         response and lengths catch up from the window when next read (:meth:`_catch_up`)."""
         B, N, dev = self.num_envs, self.max_new_tokens, self.device
         t = self._steps
-        active = self._step_true[t]
+        if not self._step_true:  # the first fast step since the reset
+            self._step_blocks(t)
+        k = t - self._step_first  # this step's row of the blocks
+        active = self._step_true[k]
         self.input_ids = torch.cat([self.input_ids[:, 1:], actions[:, None]], dim=1)
         self.attention_mask = torch.cat([self.attention_mask[:, 1:], self._ones_column], dim=1)
         self._steps = t + 1  # (response column t: the window's last, until _catch_up)
@@ -349,14 +361,14 @@ class BatchedTokenEnv(TokenVectorEnv):
 
         if self.eos_token_id is not None:
             terminated = actions == self.eos_token_id
-            truncated = ~terminated if last else self._step_false[2 * t + 1]
+            truncated = ~terminated if last else self._step_false[2 * k + 1]
         else:
-            terminated = self._step_false[2 * t]
+            terminated = self._step_false[2 * k]
             truncated = (
-                torch.ones(B, dtype=torch.bool, device=dev) if last else self._step_false[2 * t + 1]
+                torch.ones(B, dtype=torch.bool, device=dev) if last else self._step_false[2 * k + 1]
             )
 
-        rewards = self._step_rewards[t]
+        rewards = self._step_rewards[k]
         nonfinite: torch.Tensor | None = None
         if self.reward_mode == "dense":
             dense = self._dense_rewards(active)
