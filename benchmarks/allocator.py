@@ -4,11 +4,14 @@ With the policy, glibc gives every block of 128 KiB or more a memory map of its 
 it when freed, so each such block's pages are faulted in (and zeroed by the kernel) again;
 glibc's own dynamic threshold serves them from its heap instead. The cost, if any, is in the
 update, whose activations are blocks of a few MiB. Each round runs one process per side, the
-order alternating from round to round: ``policy`` (the default) and ``glibc``
+order rotating from round to round: ``policy`` (the default, 128 KiB), ``2mib``
+(``MARLHF_MMAP_THRESHOLD=2097152``: only blocks of 2 MiB or more mapped) and ``glibc``
 (``MARLHF_MMAP_THRESHOLD=glibc``). A process builds a policy of the SmolLM2-135M architecture
 (seeded random weights, ``layers`` of its 30 blocks, no download) and Adam, runs one warm-up
 update (forward, backward, step; Adam's moments are made there), then times ``updates`` more;
-its time is their median. Also kept per process: the peak RSS of the timed updates. One thread.
+its time is their median. Also kept per process: the peak RSS of the timed updates and the
+minor page faults per timed update (median; the kernel's count, which the load does not
+change). One thread.
 
 Run: ``python benchmarks/allocator.py [--rounds 3] [--layers 8] [--batch 32]``; writes
 ``benchmarks/results/allocator.json``.
@@ -31,7 +34,7 @@ from common import RESULTS_DIR, machine_stamp, write_json
 
 OUT = RESULTS_DIR / "allocator.json"
 #: The sides: name -> MARLHF_MMAP_THRESHOLD (None: unset, the policy's default).
-SIDES: dict[str, str | None] = {"policy": None, "glibc": "glibc"}
+SIDES: dict[str, str | None] = {"policy": None, "2mib": str(2 << 20), "glibc": "glibc"}
 PROMPT, RESPONSE = 16, 32
 
 
@@ -40,6 +43,11 @@ def _rss_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _minor_faults() -> int:
+    fields = Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7])  # minflt: the 10th field, the 8th after the command's name
 
 
 def child(layers: int, batch: int, updates: int) -> dict[str, Any]:
@@ -72,13 +80,15 @@ def child(layers: int, batch: int, updates: int) -> dict[str, Any]:
 
     update()
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    seconds = []
+    seconds, faults = [], []
     for _ in range(updates):
-        start = time.perf_counter()
+        start, faulted = time.perf_counter(), _minor_faults()
         update()
         seconds.append(time.perf_counter() - start)
+        faults.append(_minor_faults() - faulted)
     return {
         "seconds": statistics.median(seconds),
+        "minor_faults": statistics.median(faults),
         "peak_rss_mb": _rss_kb("VmHWM") / 1024,
         "applied_threshold": applied,
     }
@@ -115,13 +125,15 @@ def main() -> None:
         return
     load_before = list(os.getloadavg())
     runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    ratios = []
+    names = list(SIDES)
+    ratios: dict[str, list[float]] = {side: [] for side in names if side != "glibc"}
     for r in range(args.rounds):
-        order = list(SIDES) if r % 2 == 0 else list(SIDES)[::-1]
+        order = names[r % len(names) :] + names[: r % len(names)]
         for side in order:
             runs[side].append(_run_side(side, args.layers, args.batch, args.updates))
             print(f"allocator: round {r}: {side}: {runs[side][-1]}", flush=True)
-        ratios.append(runs["policy"][-1]["seconds"] / runs["glibc"][-1]["seconds"])
+        for side in ratios:
+            ratios[side].append(runs[side][-1]["seconds"] / runs["glibc"][-1]["seconds"])
     result = {
         "layers": args.layers,
         "batch": args.batch,
@@ -130,14 +142,15 @@ def main() -> None:
         "rounds": args.rounds,
         "seconds": {s: _spread([x["seconds"] for x in runs[s]]) for s in SIDES},
         "peak_rss_mb": {s: _spread([x["peak_rss_mb"] for x in runs[s]]) for s in SIDES},
+        "minor_faults": {s: _spread([x["minor_faults"] for x in runs[s]]) for s in SIDES},
         "applied_threshold": {s: runs[s][0]["applied_threshold"] for s in SIDES},
-        "policy_over_glibc": _spread(ratios),
+        "over_glibc": {side: _spread(values) for side, values in ratios.items()},
         "load_before": load_before,
         "load_after": list(os.getloadavg()),
         "machine": machine_stamp(),
     }
     write_json(OUT, result)
-    print(f"allocator: policy/glibc {result['policy_over_glibc']}; {OUT}")
+    print(f"allocator: over glibc {result['over_glibc']}; {OUT}")
 
 
 if __name__ == "__main__":

@@ -99,6 +99,8 @@ MEMORY_ROWS = {
     "remade": "norm outputs remade, allocator policy: the default (`remade`)",
     "remade-lora": "LoRA r=8, the default (`remade-lora`)",
     "remade-glibc": "`remade`, glibc's dynamic threshold (`remade-glibc`)",
+    "remade-mmap2m": "`remade`, 2 MiB mmap threshold (`remade-mmap2m`)",
+    "remade-mmap2m-lora": "`remade-lora`, 2 MiB mmap threshold (`remade-mmap2m-lora`)",
 }
 #: The goal of LoRA's peak over the full fine-tune's.
 MEMORY_LORA_GOAL = 0.6
@@ -181,26 +183,29 @@ ALLOCATOR = RESULTS_DIR / "allocator.json"
 
 def allocator_table(d: dict[str, Any]) -> str:
     """``benchmarks/allocator.py``'s side-by-side cost of the allocator policy: each side's
-    update time and peak RSS (medians with ranges) and the per-round ratio, with the load."""
-    header = ["side", "threshold", "s per update", "peak RSS (MB)"]
-    rows = [
-        [
-            f"`{side}`",
-            "glibc's dynamic"
-            if d["applied_threshold"][side] is None
-            else f"{d['applied_threshold'][side] // 1024} KiB",
-            _median_range(d["seconds"][side], 2),
-            _median_range(d["peak_rss_mb"][side], 0),
-        ]
-        for side in ("policy", "glibc")
-    ]
+    update time, minor page faults and peak RSS (medians with ranges) and its per-round ratio
+    to glibc's own threshold, with the load."""
+    header = ["side", "threshold", "s per update", "over glibc", "page faults", "peak RSS (MB)"]
+    rows = []
+    for side, threshold in d["applied_threshold"].items():
+        ratio = d["over_glibc"].get(side)
+        rows.append(
+            [
+                f"`{side}`",
+                "glibc's dynamic" if threshold is None else f"{threshold // 1024} KiB",
+                _median_range(d["seconds"][side], 2),
+                "1" if ratio is None else _median_range(ratio, 2),
+                _median_range(d["minor_faults"][side], 0),
+                _median_range(d["peak_rss_mb"][side], 0),
+            ]
+        )
     return "\n".join(
         [
             markdown_table(header, rows),
             "",
-            f"policy / glibc per round: {_median_range(d['policy_over_glibc'], 2)}; "
-            f"{d['rounds']} interleaved rounds, one process per side and round, "
-            f"{d['updates_per_process']} timed updates each after a warm-up (median), "
+            f"{d['rounds']} interleaved rounds (the order rotating), one process per side and "
+            f"round, {d['updates_per_process']} timed updates each after a warm-up (median; "
+            "page faults: the kernel's count of minor faults per update), "
             f"{d['layers']} of SmolLM2-135M's 30 blocks (random weights), batch {d['batch']} x "
             f"{d['tokens_per_row']} tokens, one thread; load {d['load_before'][0]:.1f} before, "
             f"{d['load_after'][0]:.1f} after; commit "
