@@ -91,11 +91,14 @@ MEMORY_ROWS = {
     "after-lora": "LoRA r=8, sliced log-probs (`after-lora`)",
     "fused-lora-lora": "LoRA r=8, scores from the hidden state (`fused-lora`)",
     "plain": "eager MLP and RMSNorm, `lean=False` (`plain`)",
-    "lean": "lean MLP and RMSNorm, the default (`lean`)",
+    "lean": "lean MLP and RMSNorm, glibc's allocator (`lean`)",
     "lean-lora": "LoRA r=8, lean (`lean-lora`)",
     "plain-mmap128k": "`plain`, 128 KiB mmap threshold (`plain-mmap128k`)",
     "lean-mmap128k": "`lean`, 128 KiB mmap threshold (`lean-mmap128k`)",
     "lean-mmap128k-lora": "`lean-lora`, 128 KiB mmap threshold (`lean-mmap128k-lora`)",
+    "remade": "norm outputs remade, allocator policy: the default (`remade`)",
+    "remade-lora": "LoRA r=8, the default (`remade-lora`)",
+    "remade-glibc": "`remade`, glibc's dynamic threshold (`remade-glibc`)",
 }
 #: The goal of LoRA's peak over the full fine-tune's.
 MEMORY_LORA_GOAL = 0.6
@@ -103,6 +106,7 @@ MEMORY_LORA_GOAL = 0.6
 MEMORY_JUDGED = {
     "lean": "glibc's defaults",
     "lean-mmap128k": "MALLOC_MMAP_THRESHOLD_=131072",
+    "remade": "marlhf's allocator policy, no setting: the default",
 }
 
 
@@ -169,6 +173,40 @@ def memory_table(data: dict[str, Any]) -> str:
     if isinstance(data.get("note"), str):
         lines += ["", data["note"]]
     return "\n".join(lines).rstrip()
+
+
+# --------------------------------------------------------------------------- allocator.json
+ALLOCATOR = RESULTS_DIR / "allocator.json"
+
+
+def allocator_table(d: dict[str, Any]) -> str:
+    """``benchmarks/allocator.py``'s side-by-side cost of the allocator policy: each side's
+    update time and peak RSS (medians with ranges) and the per-round ratio, with the load."""
+    header = ["side", "threshold", "s per update", "peak RSS (MB)"]
+    rows = [
+        [
+            f"`{side}`",
+            "glibc's dynamic"
+            if d["applied_threshold"][side] is None
+            else f"{d['applied_threshold'][side] // 1024} KiB",
+            _median_range(d["seconds"][side], 2),
+            _median_range(d["peak_rss_mb"][side], 0),
+        ]
+        for side in ("policy", "glibc")
+    ]
+    return "\n".join(
+        [
+            markdown_table(header, rows),
+            "",
+            f"policy / glibc per round: {_median_range(d['policy_over_glibc'], 2)}; "
+            f"{d['rounds']} interleaved rounds, one process per side and round, "
+            f"{d['updates_per_process']} timed updates each after a warm-up (median), "
+            f"{d['layers']} of SmolLM2-135M's 30 blocks (random weights), batch {d['batch']} x "
+            f"{d['tokens_per_row']} tokens, one thread; load {d['load_before'][0]:.1f} before, "
+            f"{d['load_after'][0]:.1f} after; commit "
+            f"{str(d['machine'].get('commit', 'n/a'))[:7]}.",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------- lean.json
@@ -403,6 +441,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
     "lean-check": (LEAN, lean_table),
+    "allocator-cost": (ALLOCATOR, allocator_table),
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
 }

@@ -17,6 +17,10 @@ second iteration on does the update's backward run with them resident (``stages_
 steady state); ``peak_rss_mb`` is the most of every stage, ``first_iteration_peak_rss_mb`` the
 first iteration's.
 
+The process runs under marlhf's allocator policy (:mod:`marlhf.allocator`: glibc's mmap
+threshold fixed when the agent is built; ``allocator_threshold`` in the entry, None when
+``MARLHF_MMAP_THRESHOLD=glibc`` or glibc's own ``MALLOC_*`` settings left it alone).
+
 Run: ``python benchmarks/memory.py --label after [--lora] [--plain]``; merges its entry into
 ``benchmarks/results/memory_smollm2.json`` (one entry per label and variant).
 """
@@ -34,6 +38,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_stamp, read_json, write_json
 from trl_common import even_fraction_reward, fixed_prompts_task, stdlib_windows
+
+from marlhf import allocator
 
 OUT = RESULTS_DIR / "memory_smollm2.json"
 
@@ -153,6 +159,7 @@ def measure(
     out["peak_rss_mb"] = max(s["peak_rss_mb"] for s in every)
     out["first_iteration_peak_rss_mb"] = max(s["peak_rss_mb"] for s in out["stages"].values())
     out["iteration_s"] = sum(s["seconds"] for s in out["stages"].values())
+    out["allocator_threshold"] = allocator.applied_threshold()
     return out
 
 
@@ -194,6 +201,10 @@ def main() -> None:
             "lean": not args.plain,
             # glibc reads these at start-up (MALLOC_MMAP_THRESHOLD_: freed blocks go back)
             "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+            # marlhf's allocator policy (marlhf.allocator): the mmap threshold it fixed, None
+            # when it left glibc alone (MARLHF_MMAP_THRESHOLD=glibc, or glibc's own settings)
+            "allocator_threshold": result.pop("allocator_threshold"),
+            "allocator_env": os.environ.get(allocator.ENV_VAR),
             "iterations": args.iterations,
             "loadavg_start": load_start,
             "loadavg_end": list(os.getloadavg()),

@@ -28,7 +28,7 @@ ROOT = Path(marlhf.__file__).resolve().parent
 #: is a package, a top-level module, or ``marlhf`` itself (the package root and ``_compat``).
 LAYERS: list[tuple[str, ...]] = [
     ("marlhf.tokenization",),
-    ("marlhf.models", "marlhf.threads"),
+    ("marlhf.models", "marlhf.threads", "marlhf.allocator"),
     ("marlhf.envs.core", "marlhf.options"),
     ("marlhf.envs.builtin", "marlhf.envs.coding"),
     ("marlhf.envs.multiturn",),

@@ -43,7 +43,9 @@ def test_memory_block_rows_and_goals() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) == 4  # the header and three entries: the note is no row
     assert rows[1].split(" | ")[4] == "not measured"  # `fused`: one iteration only
-    lean_row = "| lean MLP and RMSNorm, the default (`lean`) | none | 1800 | 3300 | 4000 | 4000 |"
+    lean_row = (
+        "| lean MLP and RMSNorm, glibc's allocator (`lean`) | none | 1800 | 3300 | 4000 | 4000 |"
+    )
     assert lean_row + " 3.2 | 0123456 |" in text
     assert (
         "- `lean` (glibc's defaults): peak 4000 MB over both iterations, goal under 4096 MB "
@@ -80,3 +82,26 @@ def test_lean_check_block() -> None:
     assert "6 interleaved rounds" in text
     data["gradients_bitwise_equal"] = False
     assert "| **no** |" in facts_perf.lean_table(data)
+
+
+def test_allocator_cost_block() -> None:
+    spread = {"median": 1.5, "min": 1.25, "max": 2.0}
+    data = {
+        "layers": 8,
+        "batch": 32,
+        "tokens_per_row": 48,
+        "updates_per_process": 2,
+        "rounds": 3,
+        "seconds": {"policy": spread, "glibc": {"median": 1.4, "min": 1.0, "max": 3.0}},
+        "peak_rss_mb": {"policy": {"median": 900.0, "min": 890.0, "max": 910.0}, "glibc": spread},
+        "applied_threshold": {"policy": 131072, "glibc": None},
+        "policy_over_glibc": {"median": 1.07, "min": 0.95, "max": 1.1},
+        "load_before": [2.5, 1.0, 1.0],
+        "load_after": [3.0, 1.0, 1.0],
+        "machine": {"commit": "0123456789abcdef"},
+    }
+    text = facts_perf.allocator_table(data)
+    assert "| `policy` | 128 KiB | 1.50 (1.25-2.00) | 900 (890-910) |" in text
+    assert "| `glibc` | glibc's dynamic | 1.40 (1.00-3.00) | 2 (1-2) |" in text
+    assert "policy / glibc per round: 1.07 (0.95-1.10); 3 interleaved rounds" in text
+    assert "load 2.5 before, 3.0 after; commit 0123456." in text

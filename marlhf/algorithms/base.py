@@ -41,6 +41,7 @@ from marlhf.algorithms.config import (
 )
 from marlhf.algorithms.turn_checks import check_estimator_env
 from marlhf.algorithms.updater import PPOUpdater
+from marlhf.allocator import apply_allocator_policy
 from marlhf.checkpoint import save_util
 from marlhf.credit.kl import make_kl_controller
 from marlhf.envs.core.batched import BatchedTokenEnv
@@ -132,6 +133,7 @@ class LMOnPolicyAlgorithm:
         explicit = {**{k: v for k, v in groups.items() if v is not None}, **flat}
         self._config = resolve_config(self.config_class, preset, explicit)
         apply_thread_policy()  # one torch thread unless the user chose (marlhf.threads)
+        apply_allocator_policy()  # freed large blocks go back to the system (marlhf.allocator)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
         self.policy_kwargs = dict(policy_kwargs or {})

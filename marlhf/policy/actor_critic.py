@@ -26,7 +26,7 @@ from torch import nn
 
 from marlhf.parallel import distributed as dist_utils
 from marlhf.policy import head_fusion, logprobs, static_decode
-from marlhf.policy.lean import make_lean
+from marlhf.policy.lean import make_lean, remade_norm_outputs
 from marlhf.policy.lm_utils import (
     cache_keyword,
     filter_logits,
@@ -185,6 +185,8 @@ class CausalLMActorCritic(nn.Module):
             self.ref_model.requires_grad_(False)
         if not isinstance(lean, bool):
             raise TypeError(f"lean={lean!r} must be a bool")
+        #: Whether the lean forms were installed (``lean`` above).
+        self.lean = lean
         if lean:  # (after the copy: the reference runs without gradients)
             for part in (self.model, self.critic):
                 if part is not None:
@@ -437,16 +439,26 @@ class CausalLMActorCritic(nn.Module):
         mask = attention_mask.long()
         shared = with_values and self.critic is None
         score = self._token_scores(input_ids[:, p:], temperature, action_mask, entropy)
-        scores, hidden = self._forward(self.model, input_ids, mask, n, hidden=shared, reduce=score)
-        logp, entropies = scores
-        if not with_values:
-            return logp, entropies, None
-        if self.critic is not None:
-            hidden = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)[1]
-        assert hidden is not None
-        # The value head runs in float32 even under bf16 autocast: returns need the precision.
-        with torch.autocast(device_type=hidden.device.type, enabled=False):
-            values = self.value_head(hidden.float()).squeeze(-1)
+        # With a graph, the lean norms' outputs are remade in the backward, not kept. Not when
+        # sharded: FSDP frees the gathered norm weights after the forward, and the recipe
+        # would read them before the backward gathers them again.
+        remade = self.lean and torch.is_grad_enabled() and self.fsdp is None
+        with remade_norm_outputs() if remade else contextlib.nullcontext():
+            scores, hidden = self._forward(
+                self.model, input_ids, mask, n, hidden=shared, reduce=score
+            )
+            logp, entropies = scores
+            if not with_values:
+                return logp, entropies, None
+            if self.critic is not None:
+                hidden = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)[
+                    1
+                ]
+            assert hidden is not None
+            # The value head runs in float32 even under bf16 autocast: returns need the
+            # precision.
+            with torch.autocast(device_type=hidden.device.type, enabled=False):
+                values = self.value_head(hidden.float()).squeeze(-1)
         return logp, entropies, values
 
     @torch.no_grad()

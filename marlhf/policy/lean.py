@@ -33,6 +33,9 @@ its own); :func:`make_plain` removes them.
 from __future__ import annotations
 
 import types
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -114,7 +117,10 @@ class _RMSNorm(torch.autograd.Function):
     ) -> torch.Tensor:
         root = torch.rsqrt(x_square.pow(2).mean(-1, keepdim=True) + eps)
         ctx.save_for_backward(x_prod, root, weight)
-        return (x_prod * root).mul_(weight)  # (products commute: bitwise weight * (x * r))
+        out = (x_prod * root).mul_(weight)  # (products commute: bitwise weight * (x * r))
+        if _REMAKERS:
+            _REMAKERS[-1].made(out, x_prod, root, weight)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
@@ -132,6 +138,83 @@ class _RMSNorm(torch.autograd.Function):
         d_square = d_var.expand(x.shape) / x.shape[-1]  # mean's
         d_x_square = d_square * (2.0 * x.pow(1.0))  # pow(2)'s, as PyTorch writes it
         return d_prod, d_x_square, d_weight, None
+
+
+def _normalise(x: torch.Tensor, root: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """The norm's output from its saved operands, by :class:`_RMSNorm`'s own kernels."""
+    return (x * root).mul_(weight)
+
+
+class _Remade:
+    """A saved norm output's recipe: the norm's operands and where in its output the saved
+    tensor (maybe a view) lies."""
+
+    def __init__(self, operands: tuple[torch.Tensor, ...], view: torch.Tensor) -> None:
+        self.operands = operands
+        self.geometry = (tuple(view.shape), view.stride(), view.storage_offset())
+
+
+class _NormRemaker:
+    """The saved-tensor hooks of :func:`remade_norm_outputs`: a saved tensor that is (a view
+    of) an RMSNorm output made inside the context, unchanged since, is packed as its recipe."""
+
+    def __init__(self) -> None:
+        # storage address -> (the output, weakly; its version; x, root, weight)
+        self._outputs: dict[int, tuple[Any, int, tuple[torch.Tensor, ...]]] = {}
+
+    def made(
+        self, out: torch.Tensor, x: torch.Tensor, root: torch.Tensor, weight: torch.Tensor
+    ) -> None:
+        """Record a norm output ``out`` (contiguous, a storage of its own) and its operands."""
+        if out.is_contiguous() and out.storage_offset() == 0:
+            key = out.untyped_storage().data_ptr()
+            self._outputs[key] = (weakref.ref(out), out._version, (x, root, weight))
+
+    def pack(self, t: torch.Tensor) -> Any:
+        if t.layout != torch.strided:
+            return t
+        entry = self._outputs.get(t.untyped_storage().data_ptr())
+        if entry is None:
+            return t
+        out = entry[0]()
+        # The output object alive: its storage is the one recorded (no reuse of the address).
+        if out is None or out._version != entry[1] or t._version != entry[1]:
+            return t
+        if t.dtype != out.dtype or t.device != out.device:
+            return t
+        return _Remade(entry[2], t)
+
+    @staticmethod
+    def unpack(packed: Any) -> torch.Tensor:
+        if not isinstance(packed, _Remade):
+            return packed
+        size, stride, offset = packed.geometry
+        return _normalise(*packed.operands).as_strided(size, stride, offset)
+
+
+#: The active :func:`remade_norm_outputs` contexts, innermost last.
+_REMAKERS: list[_NormRemaker] = []
+
+
+@contextmanager
+def remade_norm_outputs() -> Iterator[None]:
+    """Inside, the graph keeps no lean RMSNorm's output for the backward: an operation that
+    saves one (the projections after the norm save their input for their weights' gradients)
+    keeps the norm's recipe instead, and the backward remakes the output from the ``x`` and the
+    reciprocal root the norm saved anyway, by the norm's own kernels (the same bits). One
+    ``hidden_size``-wide tensor per norm fewer (two per Llama block); each use in the backward
+    costs an element-wise product. Outputs changed in place after the norm are kept as they are.
+    Blocks under gradient checkpointing use their own hooks (theirs are innermost). Not for
+    weights that are freed between the forward and the backward (FSDP's gathered shards): the
+    recipe reads the norm's weight as it is then."""
+    remaker = _NormRemaker()
+    _REMAKERS.append(remaker)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(remaker.pack, remaker.unpack):
+            yield
+    finally:
+        _REMAKERS.remove(remaker)
+        remaker._outputs.clear()
 
 
 def _lean_on(*tensors: torch.Tensor) -> bool:

@@ -3,6 +3,7 @@ gradients bit for bit, and save less for the backward."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -250,3 +251,57 @@ def test_make_lean_draws_no_random_numbers_and_keeps_the_modes() -> None:
     assert lean.make_lean(model) == 10
     assert torch.equal(torch.get_rng_state(), state)
     assert all(m.training for m in model.modules())
+
+
+def test_norm_outputs_are_remade_bitwise_not_saved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under ``remade_norm_outputs`` every saved norm output (the projections' inputs) is kept
+    as a recipe, and the backward's remade outputs
+    give the gradients of the saving run bit for bit."""
+    packed: list[Any] = []
+    real_pack = lean._NormRemaker.pack
+
+    def pack(self: Any, t: torch.Tensor) -> Any:
+        packed.append(real_pack(self, t))
+        return packed[-1]
+
+    monkeypatch.setattr(lean._NormRemaker, "pack", pack)
+    policy = CausalLMActorCritic(_llama(), reference=None)
+    policy.train()
+    ids = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(4))
+    mask = torch.ones_like(ids)
+    mask[0, :2] = 0
+    response = torch.ones(3, 4, dtype=torch.bool)
+    grads = []
+    for remade in (False, True):
+        policy.lean = remade  # (the policy enters the context when lean and building a graph)
+        packed.clear()
+        policy.zero_grad(set_to_none=True)
+        logp, _, values = policy.evaluate_actions(ids, mask, response, entropy="none")
+        (logp.sum() + values.sum()).backward()
+        grads.append([p.grad.clone() for p in policy.trainable_parameters() if p.grad is not None])
+        recipes = sum(isinstance(p, lean._Remade) for p in packed)
+        # q, k, v, gate and up save their norm's output in each of 3 blocks (the heads save
+        # copies of the final norm's response positions, not the output itself).
+        assert recipes == (3 * 5 if remade else 0)
+    assert len(grads[0]) == len(grads[1]) > 2
+    for a, b in zip(*grads, strict=True):
+        assert torch.equal(a, b)
+    assert not lean._REMAKERS  # (the context is left)
+
+
+def test_a_norm_output_changed_in_place_is_saved_as_it_is() -> None:
+    """An output changed after the norm is no longer the norm's: it is saved, not remade."""
+    norm = _llama().model.layers[0].input_layernorm
+    lean.make_lean(norm)
+    weight = torch.randn(5, 48, generator=torch.Generator().manual_seed(8))
+    grads = []
+    for remade in (False, True):
+        x = torch.randn(2, 3, 48, generator=torch.Generator().manual_seed(9)).requires_grad_()
+        with lean.remade_norm_outputs() if remade else contextlib.nullcontext():
+            y = norm(x)
+            y.mul_(3.0)
+            loss = torch.nn.functional.linear(y, weight).pow(2).sum()
+        loss.backward()
+        assert x.grad is not None
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
