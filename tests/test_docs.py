@@ -2,9 +2,12 @@
 
 - Every ```` ```python ```` and ```` ```bash ```` block runs, in a fresh temporary folder (with
   ``examples/`` linked in) and a fresh process: a page's python blocks run in order in one
-  interpreter, as a reader pastes them; each bash block runs on its own with the venv's
-  ``marlhf`` on ``PATH``. A block preceded by ``<!-- docs-test: skip: REASON -->`` is not run;
-  the reason is required and the markers are few (:data:`MAX_SKIPS`).
+  interpreter, as a reader pastes them (one test); each bash block is a test of its own, run in
+  its own folder with the venv's ``marlhf`` on ``PATH``, so a bash block must not read files
+  that another block writes (each page's commands so far are self-contained). Split so, a long
+  page's commands spread over the test workers and each test stays well inside the per-test
+  timeout on a loaded machine. A block preceded by ``<!-- docs-test: skip: REASON -->`` is not
+  run; the reason is required and the markers are few (:data:`MAX_SKIPS`).
 - Every generated page equals what its committed results file renders
   (``benchmarks/pages.py --check``), and every commit a page names is in the history.
 - README numbers live in rendered blocks: outside them it holds no measured value (a decimal
@@ -106,8 +109,34 @@ def _run(cmd: list[str], cwd: Path, what: str) -> None:
     )
 
 
-def pages_with_code() -> list[Path]:
-    return [p for p in markdown_files() if any(b.lang in RUN and not b.skip for b in blocks(p))]
+@dataclass(frozen=True)
+class Part:
+    """What one test runs: a page's python blocks (in order, one interpreter) or one bash block."""
+
+    path: Path
+    blocks: tuple[Block, ...]
+
+    @property
+    def id(self) -> str:
+        """``PAGE:python`` or ``PAGE:LINE`` (a page outside the repository: its file name)."""
+        page = (
+            str(self.path.relative_to(ROOT)) if self.path.is_relative_to(ROOT) else self.path.name
+        )
+        first = self.blocks[0]
+        return f"{page}:python" if first.lang == "python" else f"{page}:{first.line}"
+
+
+def parts(path: Path) -> list[Part]:
+    """The tests of ``path``: its python blocks together, then each bash block alone."""
+    todo = [b for b in blocks(path) if b.lang in RUN and not b.skip]
+    python = tuple(b for b in todo if b.lang == "python")
+    return ([Part(path, python)] if python else []) + [
+        Part(path, (b,)) for b in todo if b.lang == "bash"
+    ]
+
+
+def all_parts() -> list[Part]:
+    return [part for path in markdown_files() for part in parts(path)]
 
 
 def test_blocks_are_found_and_skips_are_few_and_reasoned() -> None:
@@ -134,21 +163,36 @@ def test_a_skip_marker_applies_to_the_next_block_only(tmp_path: Path) -> None:
     ]
 
 
+def test_a_page_splits_into_its_python_blocks_and_each_bash_block(tmp_path: Path) -> None:
+    page = tmp_path / "p.md"
+    page.write_text(
+        "```bash\necho one\n```\n\n```python\nx = 1\n```\n\n```text\nnot run\n```\n\n"
+        "<!-- docs-test: skip: needs a GPU that CI does not have -->\n```bash\nfalse\n```\n\n"
+        "```python\nprint(x)\n```\n\n```bash\necho two\n```\n",
+        encoding="utf-8",
+    )
+    got = [[(b.lang, b.code) for b in part.blocks] for part in parts(page)]
+    assert got == [
+        [("python", "x = 1\n"), ("python", "print(x)\n")],
+        [("bash", "echo one\n")],
+        [("bash", "echo two\n")],
+    ]
+    assert [part.id for part in parts(page)] == ["p.md:python", "p.md:1", "p.md:22"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("path", pages_with_code(), ids=lambda p: str(p.relative_to(ROOT)))
-def test_code_blocks_run(path: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("part", all_parts(), ids=lambda part: part.id)
+def test_code_blocks_run(part: Part, tmp_path: Path) -> None:
     cwd = _workdir(tmp_path)
-    todo = [b for b in blocks(path) if b.lang in RUN and not b.skip]
-    python = [b for b in todo if b.lang == "python"]
-    if python:  # one interpreter for the page, blocks in order, each tagged with its line
+    first = part.blocks[0]
+    if first.lang == "python":  # one interpreter for the page, blocks in order, each tagged
         script = "\n".join(
-            f"# --- {b.where}\nexec(compile({b.code!r}, {b.where!r}, 'exec'))" for b in python
+            f"# --- {b.where}\nexec(compile({b.code!r}, {b.where!r}, 'exec'))" for b in part.blocks
         )
         (cwd / "page_blocks.py").write_text(script, encoding="utf-8")
-        _run([sys.executable, "page_blocks.py"], cwd, f"the python blocks of {path.name}")
-    for b in todo:
-        if b.lang == "bash":
-            _run(["bash", "-euo", "pipefail", "-c", b.code], cwd, f"{b.where} (bash)")
+        _run([sys.executable, "page_blocks.py"], cwd, f"the python blocks of {part.path.name}")
+    else:
+        _run(["bash", "-euo", "pipefail", "-c", first.code], cwd, f"{first.where} (bash)")
 
 
 @pytest.mark.slow  # imports every renderer (torch, the estimators' benchmark): ~10-20 s
