@@ -12,10 +12,13 @@ the same) save tensors the backward can remake for the price of an element-wise 
   :class:`_GatedSiLU` remakes only ``silu(gate(x))``;
 - RMSNorm ``w * (x * rsqrt(mean(x^2) + eps))`` saves ``x``, the reciprocal root and the
   normalised ``x * r`` (for the weight's gradient). :class:`_RMSNorm` saves ``x`` and ``r`` and
-  remakes ``x * r``: one ``hidden_size``-wide tensor per norm fewer.
+  remakes ``x * r``: one ``hidden_size``-wide tensor per norm fewer;
+- inside :func:`remade_norm_outputs` (the policy's update forwards), the projections after a
+  lean RMSNorm keep the norm's recipe instead of its output, and the backward remakes the output
+  from the ``x`` and ``r`` the norm saved: one more ``hidden_size``-wide tensor per norm fewer.
 
-On SmolLM2-135M this is over a third of the saved activations. Each backward runs the kernels
-the eager graph's nodes run, on the same operands in the same order (``down``'s matrix
+On SmolLM2-135M the first two are over a third of the saved activations. Each backward runs
+the kernels the eager graph's nodes run, on the same operands in the same order (``down``'s matrix
 products, the product's gradient, SiLU's ``silu_backward``; the norm's chain of products, sums
 and the root's derivative, written out as PyTorch's derivative formulas have them), and RMSNorm
 hands its input's two gradient terms back separately, in the order the eager nodes would add
