@@ -13,8 +13,13 @@ its time is their median. Also kept per process: the peak RSS of the timed updat
 minor page faults per timed update (median; the kernel's count, which the load does not
 change). One thread.
 
+``--model tiny`` measures the other end: whole PPO iterations of a 2-layer, 128-wide toy GPT-2
+(DelayedChoice, horizon 64, 32 envs, minibatches of 16, 4 epochs), sides ``128kib``
+(``MARLHF_MMAP_THRESHOLD=131072``, forced: the policy leaves a model this small alone) and
+``glibc``; the time is per iteration, the page faults per iteration.
+
 Run: ``python benchmarks/allocator.py [--rounds 3] [--layers 8] [--batch 32]``; writes
-``benchmarks/results/allocator.json``.
+``benchmarks/results/allocator.json`` (``--model tiny``: ``allocator_tiny.json``).
 """
 
 from __future__ import annotations
@@ -33,8 +38,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_stamp, write_json
 
 OUT = RESULTS_DIR / "allocator.json"
-#: The sides: name -> MARLHF_MMAP_THRESHOLD (None: unset, the policy's default).
-SIDES: dict[str, str | None] = {"policy": None, "2mib": str(2 << 20), "glibc": "glibc"}
+OUT_TINY = RESULTS_DIR / "allocator_tiny.json"
+#: The sides per model: name -> MARLHF_MMAP_THRESHOLD (None: unset, the policy's default).
+SIDES_BY_MODEL: dict[str, dict[str, str | None]] = {
+    "smollm2": {"policy": None, "2mib": str(2 << 20), "glibc": "glibc"},
+    "tiny": {"128kib": str(128 << 10), "glibc": "glibc"},
+}
 PROMPT, RESPONSE = 16, 32
 
 
@@ -59,10 +68,11 @@ def child(layers: int, batch: int, updates: int) -> dict[str, Any]:
     from marlhf.policy.actor_critic import CausalLMActorCritic
 
     torch.set_num_threads(1)
-    applied = allocator.apply_allocator_policy()  # (what building an agent does)
     model = smollm2_architecture()
     model.model.layers = model.model.layers[:layers]
     model.config.num_hidden_layers = layers
+    # (what building an agent does)
+    applied = allocator.apply_allocator_policy(sum(p.numel() for p in model.parameters()))
     policy = CausalLMActorCritic(model, reference=None)
     policy.train()
     optimizer = torch.optim.Adam(list(policy.trainable_parameters()), lr=1e-6, eps=1e-5)
@@ -94,11 +104,54 @@ def child(layers: int, batch: int, updates: int) -> dict[str, Any]:
     }
 
 
-def _run_side(side: str, layers: int, batch: int, updates: int) -> dict[str, Any]:
+def child_tiny(updates: int) -> dict[str, Any]:
+    """One side's process for ``--model tiny``: a warm-up PPO iteration, then ``updates`` timed
+    ones (the policy is applied by building the agent, as in a run)."""
+    import gymnasium as gym
+    import torch
+
+    from marlhf import PPO, allocator
+    from marlhf.models import tiny_gpt2
+
+    torch.set_num_threads(1)
+    env = gym.make_vec(
+        "marlhf/DelayedChoice-v0",
+        num_envs=32,
+        horizon=64,
+        vectorization_mode="vector_entry_point",
+    )
+    model = PPO(
+        tiny_gpt2(env.codec, n_layer=2, n_embd=128, n_head=4),  # type: ignore[attr-defined]
+        env,
+        batch_size=16,
+        n_epochs=4,
+        learning_rate=1e-3,
+        seed=0,
+    )
+    step = 32 * 64
+    model.learn(step)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    seconds, faults = [], []
+    for _ in range(updates):
+        start, faulted = time.perf_counter(), _minor_faults()
+        model.learn(step, reset_num_timesteps=False)
+        seconds.append(time.perf_counter() - start)
+        faults.append(_minor_faults() - faulted)
+    return {
+        "seconds": statistics.median(seconds),
+        "minor_faults": statistics.median(faults),
+        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
+        "applied_threshold": allocator.applied_threshold(),
+    }
+
+
+def _run_side(model: str, side: str, layers: int, batch: int, updates: int) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if k != "MARLHF_MMAP_THRESHOLD"}
-    if SIDES[side] is not None:
-        env["MARLHF_MMAP_THRESHOLD"] = str(SIDES[side])
-    args = ["--child", "--layers", str(layers), "--batch", str(batch), "--updates", str(updates)]
+    threshold = SIDES_BY_MODEL[model][side]
+    if threshold is not None:
+        env["MARLHF_MMAP_THRESHOLD"] = threshold
+    args = ["--child", "--model", model, "--layers", str(layers), "--batch", str(batch)]
+    args += ["--updates", str(updates)]
     done = subprocess.run(
         [sys.executable, __file__, *args], capture_output=True, text=True, env=env, check=True
     )
@@ -115,42 +168,49 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--updates", type=int, default=2)
+    parser.add_argument("--model", choices=sorted(SIDES_BY_MODEL), default="smollm2")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     for name in ("rounds", "layers", "batch", "updates"):
         if getattr(args, name) < 1:
             parser.error(f"--{name}={getattr(args, name)} must be at least 1")
     if args.child:
-        print(json.dumps(child(args.layers, args.batch, args.updates)))
+        if args.model == "tiny":
+            print(json.dumps(child_tiny(args.updates)))
+        else:
+            print(json.dumps(child(args.layers, args.batch, args.updates)))
         return
+    sides = SIDES_BY_MODEL[args.model]
     load_before = list(os.getloadavg())
-    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in SIDES}
-    names = list(SIDES)
+    runs: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
+    names = list(sides)
     ratios: dict[str, list[float]] = {side: [] for side in names if side != "glibc"}
     for r in range(args.rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for side in order:
-            runs[side].append(_run_side(side, args.layers, args.batch, args.updates))
+            runs[side].append(_run_side(args.model, side, args.layers, args.batch, args.updates))
             print(f"allocator: round {r}: {side}: {runs[side][-1]}", flush=True)
         for side in ratios:
             ratios[side].append(runs[side][-1]["seconds"] / runs["glibc"][-1]["seconds"])
     result = {
+        "model": args.model,
         "layers": args.layers,
         "batch": args.batch,
         "tokens_per_row": PROMPT + RESPONSE,
         "updates_per_process": args.updates,
         "rounds": args.rounds,
-        "seconds": {s: _spread([x["seconds"] for x in runs[s]]) for s in SIDES},
-        "peak_rss_mb": {s: _spread([x["peak_rss_mb"] for x in runs[s]]) for s in SIDES},
-        "minor_faults": {s: _spread([x["minor_faults"] for x in runs[s]]) for s in SIDES},
-        "applied_threshold": {s: runs[s][0]["applied_threshold"] for s in SIDES},
+        "seconds": {s: _spread([x["seconds"] for x in runs[s]]) for s in sides},
+        "peak_rss_mb": {s: _spread([x["peak_rss_mb"] for x in runs[s]]) for s in sides},
+        "minor_faults": {s: _spread([x["minor_faults"] for x in runs[s]]) for s in sides},
+        "applied_threshold": {s: runs[s][0]["applied_threshold"] for s in sides},
         "over_glibc": {side: _spread(values) for side, values in ratios.items()},
         "load_before": load_before,
         "load_after": list(os.getloadavg()),
         "machine": machine_stamp(),
     }
-    write_json(OUT, result)
-    print(f"allocator: over glibc {result['over_glibc']}; {OUT}")
+    out = OUT_TINY if args.model == "tiny" else OUT
+    write_json(out, result)
+    print(f"allocator: over glibc {result['over_glibc']}; {out}")
 
 
 if __name__ == "__main__":

@@ -179,6 +179,7 @@ def memory_table(data: dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- allocator.json
 ALLOCATOR = RESULTS_DIR / "allocator.json"
+ALLOCATOR_TINY = RESULTS_DIR / "allocator_tiny.json"
 
 
 def allocator_table(d: dict[str, Any]) -> str:
@@ -199,15 +200,27 @@ def allocator_table(d: dict[str, Any]) -> str:
                 _median_range(d["peak_rss_mb"][side], 0),
             ]
         )
+    if d.get("model") == "tiny":
+        header[2] = "s per iteration"
+        what = (
+            f"{d['updates_per_process']} timed PPO iterations each after a warm-up (median; "
+            "page faults: the kernel's count of minor faults per iteration), a 2-layer, "
+            "128-wide toy GPT-2 on DelayedChoice (horizon 64, 32 envs, minibatches of 16, 4 "
+            "epochs)"
+        )
+    else:
+        what = (
+            f"{d['updates_per_process']} timed updates each after a warm-up (median; page "
+            "faults: the kernel's count of minor faults per update), "
+            f"{d['layers']} of SmolLM2-135M's 30 blocks (random weights), batch {d['batch']} x "
+            f"{d['tokens_per_row']} tokens"
+        )
     return "\n".join(
         [
             markdown_table(header, rows),
             "",
             f"{d['rounds']} interleaved rounds (the order rotating), one process per side and "
-            f"round, {d['updates_per_process']} timed updates each after a warm-up (median; "
-            "page faults: the kernel's count of minor faults per update), "
-            f"{d['layers']} of SmolLM2-135M's 30 blocks (random weights), batch {d['batch']} x "
-            f"{d['tokens_per_row']} tokens, one thread; load {d['load_before'][0]:.1f} before, "
+            f"round, {what}, one thread; load {d['load_before'][0]:.1f} before, "
             f"{d['load_after'][0]:.1f} after; commit "
             f"{str(d['machine'].get('commit', 'n/a'))[:7]}.",
         ]
@@ -447,6 +460,7 @@ BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "memory-stages": (MEMORY, memory_table),
     "lean-check": (LEAN, lean_table),
     "allocator-cost": (ALLOCATOR, allocator_table),
+    "allocator-cost-tiny": (ALLOCATOR_TINY, allocator_table),
     "scale-memory": (SCALE, scale_memory),
     "scale-scaling": (SCALE, scale_scaling),
 }

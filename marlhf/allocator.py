@@ -11,16 +11,22 @@ than the same run with the threshold fixed (``benchmarks/memory.py``,
 ``benchmarks/results/memory_smollm2.json``; ``docs/performance.md``, "Memory").
 
 So marlhf fixes the threshold at :data:`DEFAULT_THRESHOLD` (``mallopt(M_MMAP_THRESHOLD)``, which
-also turns the dynamic rise off) when an agent is built (:func:`apply_allocator_policy`). The
-setting is process-wide and lasts until the process ends; it changes where blocks live, never a
-computed value. In order, the first that applies decides:
+also turns the dynamic rise off) when an agent of at least :data:`MIN_PARAMETERS` parameters is
+built (:func:`apply_allocator_policy`). Small models are left alone: their blocks are a few
+hundred KiB, freed and made again at every step, and a map of their own for each (its pages
+faulted in and zeroed by the kernel every time) made a 2-layer toy GPT-2's PPO iteration about
+1.5x slower (``benchmarks/allocator.py --model tiny``, ``benchmarks/results/allocator_tiny.json``),
+while the memory it saves there is a few MB. The setting is process-wide and lasts until the
+process ends; it changes where blocks live, never a computed value. In order, the first that
+applies decides:
 
 1. the ``MARLHF_MMAP_THRESHOLD`` environment variable: a threshold in bytes (at most
    :data:`MAX_THRESHOLD`), or ``glibc`` to keep glibc's own (dynamic) threshold;
 2. glibc's own settings in the environment (``MALLOC_MMAP_THRESHOLD_``,
    ``MALLOC_TOP_PAD_``-style variables or a ``glibc.malloc`` tunable in ``GLIBC_TUNABLES``):
    left alone, glibc has read them;
-3. otherwise :data:`DEFAULT_THRESHOLD`.
+3. otherwise :data:`DEFAULT_THRESHOLD` for a model of at least :data:`MIN_PARAMETERS`
+   parameters, glibc's own threshold for a smaller one.
 
 Other C libraries (musl, macOS, Windows) are left alone: :func:`apply_allocator_policy` returns
 ``None`` there.
@@ -36,6 +42,10 @@ from typing import Any
 ENV_VAR = "MARLHF_MMAP_THRESHOLD"
 #: The threshold (bytes) applied when nothing else is asked for: glibc's starting value.
 DEFAULT_THRESHOLD = 128 * 1024
+#: The smallest model (parameters) the default threshold is applied for (module doc): the
+#: SmolLM2-135M architecture (135M; 42M with 4 of its blocks, where the cost was measured) is
+#: above it, the toy GPT-2s of the tests and the demo (about 1M) far below.
+MIN_PARAMETERS = 20_000_000
 #: The largest threshold glibc accepts on 64-bit systems (``HEAP_MAX_SIZE / 2``).
 MAX_THRESHOLD = 32 * 1024 * 1024
 #: ``mallopt``'s parameter number for the mmap threshold (glibc's ``M_MMAP_THRESHOLD``).
@@ -91,14 +101,15 @@ def glibc_settings_given() -> bool:
     return "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", "")
 
 
-def chosen_threshold() -> int | None:
-    """The threshold the policy picks, or None to leave the allocator alone (module doc)."""
+def chosen_threshold(num_parameters: int) -> int | None:
+    """The threshold the policy picks for a model of ``num_parameters`` parameters, or None to
+    leave the allocator alone (module doc)."""
     from_env = threshold_from_env()
     if from_env is not None:
         return from_env
     if os.environ.get(ENV_VAR, "").strip() == "glibc" or glibc_settings_given():
         return None
-    return DEFAULT_THRESHOLD
+    return DEFAULT_THRESHOLD if num_parameters >= MIN_PARAMETERS else None
 
 
 def applied_threshold() -> int | None:
@@ -106,9 +117,10 @@ def applied_threshold() -> int | None:
     return _applied
 
 
-def apply_allocator_policy() -> int | None:
-    """Fix glibc's mmap threshold by the policy (module doc); returns the threshold in effect
-    from this module (None: glibc's own, or not glibc).
+def apply_allocator_policy(num_parameters: int) -> int | None:
+    """Fix glibc's mmap threshold by the policy (module doc) for a model of ``num_parameters``
+    parameters; returns the threshold in effect from this module (None: glibc's own, or not
+    glibc).
 
     Idempotent: a later call with the same choice does nothing more.
 
@@ -116,7 +128,7 @@ def apply_allocator_policy() -> int | None:
     :raises OSError: when glibc refuses the value.
     """
     global _applied
-    threshold = chosen_threshold()
+    threshold = chosen_threshold(num_parameters)
     if threshold is None or threshold == _applied:
         return _applied
     libc = glibc()

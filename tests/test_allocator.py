@@ -29,7 +29,8 @@ libc.mallinfo2.restype = MallInfo2
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-applied = mod.apply_allocator_policy() if sys.argv[2] == "apply" else None
+modes = {"apply": mod.MIN_PARAMETERS, "small": mod.MIN_PARAMETERS - 1}
+applied = mod.apply_allocator_policy(modes[sys.argv[2]]) if sys.argv[2] in modes else None
 libc.free(libc.malloc(4 << 20))
 before = libc.mallinfo2().hblks
 block = libc.malloc(1 << 20)
@@ -46,18 +47,21 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_who_decides(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert allocator.chosen_threshold() == allocator.DEFAULT_THRESHOLD == 128 * 1024  # 3.
+    big, small = allocator.MIN_PARAMETERS, allocator.MIN_PARAMETERS - 1
+    assert allocator.chosen_threshold(big) == allocator.DEFAULT_THRESHOLD == 128 * 1024  # 3.
+    assert allocator.chosen_threshold(small) is None  # 3. a small model: glibc's own
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
-    assert allocator.chosen_threshold() is None  # 2. glibc's tunable
+    assert allocator.chosen_threshold(big) is None  # 2. glibc's tunable
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.rtld.nns=2")
-    assert allocator.chosen_threshold() == allocator.DEFAULT_THRESHOLD  # (not a malloc one)
+    assert allocator.chosen_threshold(big) == allocator.DEFAULT_THRESHOLD  # (not a malloc one)
     monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "262144")
-    assert allocator.chosen_threshold() is None  # 2. glibc's variable
+    assert allocator.chosen_threshold(big) is None  # 2. glibc's variable
     monkeypatch.setenv(allocator.ENV_VAR, "1048576")
-    assert allocator.chosen_threshold() == 1 << 20  # 1. marlhf's variable wins
+    assert allocator.chosen_threshold(big) == 1 << 20  # 1. marlhf's variable wins
+    assert allocator.chosen_threshold(small) == 1 << 20  # (at any size)
     monkeypatch.setenv(allocator.ENV_VAR, "glibc")
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_")
-    assert allocator.chosen_threshold() is None  # 1. glibc's own threshold asked for
+    assert allocator.chosen_threshold(big) is None  # 1. glibc's own threshold asked for
 
 
 @pytest.mark.parametrize("text", ["0", "-5", "big", str(allocator.MAX_THRESHOLD + 1)])
@@ -66,7 +70,7 @@ def test_bad_variable_names_it_and_the_valid_values(
 ) -> None:
     monkeypatch.setenv(allocator.ENV_VAR, text)
     with pytest.raises(ValueError, match=r"MARLHF_MMAP_THRESHOLD=.*from 1 to 33554432.*'glibc'"):
-        allocator.apply_allocator_policy()
+        allocator.apply_allocator_policy(allocator.MIN_PARAMETERS)
 
 
 def _probe(mode: str, env: dict[str, str]) -> dict[str, int | None]:
@@ -91,19 +95,23 @@ def test_the_policy_fixes_glibcs_threshold() -> None:
     env = {"PATH": "/usr/bin:/bin"}
     assert _probe("none", env) == {"mapped": 0, "applied": None}
     assert _probe("apply", env) == {"mapped": 1, "applied": allocator.DEFAULT_THRESHOLD}
+    assert _probe("small", env) == {"mapped": 0, "applied": None}  # a small model: left alone
     kept = _probe("apply", {**env, allocator.ENV_VAR: "glibc"})
     assert kept == {"mapped": 0, "applied": None}
     bigger = _probe("apply", {**env, allocator.ENV_VAR: str(2 << 20)})  # 1 MiB < 2 MiB
     assert bigger == {"mapped": 0, "applied": 2 << 20}
 
 
-def test_building_an_agent_applies_the_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_building_an_agent_applies_the_policy_with_its_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from marlhf.algorithms import PPO, base
     from marlhf.envs import BatchedTokenEnv
     from tests.agents.conftest import tiny_llama_for
 
     calls: list[int] = []
-    monkeypatch.setattr(base, "apply_allocator_policy", lambda: calls.append(1))
+    monkeypatch.setattr(base, "apply_allocator_policy", calls.append)
     env = BatchedTokenEnv("DelayedChoice", num_envs=2, seed=0, horizon=2)
-    PPO(tiny_llama_for(env.codec, seed=0), env, seed=0)
-    assert calls == [1]
+    model = PPO(tiny_llama_for(env.codec, seed=0), env, seed=0)
+    assert calls == [sum(p.numel() for p in model.policy.parameters())]
+    assert allocator.chosen_threshold(calls[0]) is None  # a toy model: glibc's own threshold

@@ -160,6 +160,8 @@ NOT_RESULTS = {
     ("sandbox.md", "64 MiB"): "the memory group's allowance, a setting",
     ("sandbox.md", "1 MiB"): "result_mb's default, a setting",
     ("performance.md", "64 MiB"): "the log-prob slice size, a setting",
+    ("performance.md", "32 MiB"): "the largest mmap threshold glibc accepts, a limit",
+    ("performance.md", "2 MiB"): "the allocator benchmark's other threshold, a setting",
 }
 
 

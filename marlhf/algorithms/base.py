@@ -133,7 +133,6 @@ class LMOnPolicyAlgorithm:
         explicit = {**{k: v for k, v in groups.items() if v is not None}, **flat}
         self._config = resolve_config(self.config_class, preset, explicit)
         apply_thread_policy()  # one torch thread unless the user chose (marlhf.threads)
-        apply_allocator_policy()  # freed large blocks go back to the system (marlhf.allocator)
         self.preset = preset
         self.tensorboard_log = tensorboard_log
         self.policy_kwargs = dict(policy_kwargs or {})
@@ -179,6 +178,8 @@ class LMOnPolicyAlgorithm:
             self.policy = policy
         else:
             self.policy = CausalLMActorCritic(policy, **self.policy_kwargs)
+        # A large model's freed blocks go back to the system (marlhf.allocator).
+        apply_allocator_policy(sum(p.numel() for p in self.policy.parameters()))
         self.policy.to(self.device)
         self.policy.eval()
         if self.config.systems.fsdp:
