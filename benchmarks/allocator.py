@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +89,18 @@ def child(layers: int, batch: int, updates: int) -> dict[str, Any]:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    update()
+    return _timed(update, updates, applied)
+
+
+def _timed(work: Callable[[], object], times: int, applied: int | None) -> dict[str, Any]:
+    """Run ``work`` once (warm-up), then ``times`` timed runs: their median seconds and minor
+    page faults, and the peak RSS over the timed runs."""
+    work()
     Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
     seconds, faults = [], []
-    for _ in range(updates):
+    for _ in range(times):
         start, faulted = time.perf_counter(), _minor_faults()
-        update()
+        work()
         seconds.append(time.perf_counter() - start)
         faults.append(_minor_faults() - faulted)
     return {
@@ -128,21 +135,11 @@ def child_tiny(updates: int) -> dict[str, Any]:
         learning_rate=1e-3,
         seed=0,
     )
-    step = 32 * 64
-    model.learn(step)
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-    seconds, faults = [], []
-    for _ in range(updates):
-        start, faulted = time.perf_counter(), _minor_faults()
-        model.learn(step, reset_num_timesteps=False)
-        seconds.append(time.perf_counter() - start)
-        faults.append(_minor_faults() - faulted)
-    return {
-        "seconds": statistics.median(seconds),
-        "minor_faults": statistics.median(faults),
-        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
-        "applied_threshold": allocator.applied_threshold(),
-    }
+    return _timed(
+        lambda: model.learn(32 * 64, reset_num_timesteps=False),
+        updates,
+        allocator.applied_threshold(),
+    )
 
 
 def _run_side(model: str, side: str, layers: int, batch: int, updates: int) -> dict[str, Any]:
