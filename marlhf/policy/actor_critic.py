@@ -451,9 +451,8 @@ class CausalLMActorCritic(nn.Module):
             if not with_values:
                 return logp, entropies, None
             if self.critic is not None:
-                hidden = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)[
-                    1
-                ]
+                critic = self._forward(self.critic, input_ids, mask, n, hidden=True, logits=False)
+                hidden = critic[1]
             assert hidden is not None
             # The value head runs in float32 even under bf16 autocast: returns need the
             # precision.

@@ -70,6 +70,24 @@ def _equal(a: list[Any], b: list[Any]) -> bool:
     )
 
 
+def test_the_masked_step_after_unread_fast_steps_writes_them_first() -> None:
+    # Fast steps leave their tokens in the window; a masked step that follows (here forced
+    # mid-episode, as a finishing row or a reward that reads nothing would lead to) moves the
+    # window, so it must write them before it does.
+    def episode(switch_at: int | None) -> list[torch.Tensor]:
+        env = _env("DelayedChoice", {"horizon": 6})
+        env.reset(seed=5)
+        gen = torch.Generator().manual_seed(0)
+        for step in range(6):
+            if step == switch_at:
+                env._ragged = True  # the masked path from here on
+            env.step(torch.multinomial(env.action_masks().float(), 1, generator=gen)[:, 0])
+        return [env.response_ids.clone(), env.response_mask.clone(), env.lengths.clone()]
+
+    reference = episode(switch_at=0)
+    assert _equal(episode(switch_at=3), reference)
+
+
 @pytest.mark.parametrize(("task", "kwargs", "prefixes"), CASES)
 def test_the_fast_step_equals_one_write_a_step(
     task: str, kwargs: dict[str, Any], prefixes: list[list[int]] | None

@@ -408,6 +408,8 @@ class BatchedTokenEnv(TokenVectorEnv):
     ) -> tuple[Obs, torch.Tensor, torch.Tensor, torch.Tensor, dict[str, Any]]:
         N = self.max_new_tokens
         active = ~self.done
+        # The fast path's unwritten columns are the window's last ones only until it moves.
+        self._catch_up()
 
         # Append the token of every active row (in the window, the response and its mask).
         keep = active[:, None]
