@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine_stamp, write_json
+from common import RESULTS_DIR, machine_stamp, proc_status_kb, reset_peak_rss, write_json
 
 OUT = RESULTS_DIR / "allocator.json"
 OUT_TINY = RESULTS_DIR / "allocator_tiny.json"
@@ -46,13 +46,6 @@ SIDES_BY_MODEL: dict[str, dict[str, str | None]] = {
     "tiny": {"128kib": str(128 << 10), "glibc": "glibc"},
 }
 PROMPT, RESPONSE = 16, 32
-
-
-def _rss_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def _minor_faults() -> int:
@@ -96,7 +89,7 @@ def _timed(work: Callable[[], object], times: int, applied: int | None) -> dict[
     """Run ``work`` once (warm-up), then ``times`` timed runs: their median seconds and minor
     page faults, and the peak RSS over the timed runs."""
     work()
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+    reset_peak_rss()
     seconds, faults = [], []
     for _ in range(times):
         start, faulted = time.perf_counter(), _minor_faults()
@@ -106,7 +99,7 @@ def _timed(work: Callable[[], object], times: int, applied: int | None) -> dict[
     return {
         "seconds": statistics.median(seconds),
         "minor_faults": statistics.median(faults),
-        "peak_rss_mb": _rss_kb("VmHWM") / 1024,
+        "peak_rss_mb": proc_status_kb("VmHWM") / 1024,
         "applied_threshold": applied,
     }
 

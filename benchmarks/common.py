@@ -114,6 +114,20 @@ def machine_stamp() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- files
+def proc_status_kb(field: str) -> int:
+    """This process's ``field`` of ``/proc/self/status`` in KiB (``VmRSS``, ``VmHWM``: the peak
+    resident memory since the start or the last :func:`reset_peak_rss`)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def reset_peak_rss() -> None:
+    """Reset this process's ``VmHWM`` (peak resident memory) to its ``VmRSS`` (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented JSON, atomically (temp file then rename); NaN/inf become null."""
     path = Path(path)

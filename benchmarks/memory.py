@@ -36,23 +36,19 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS_DIR, machine_stamp, read_json, write_json
+from common import (
+    RESULTS_DIR,
+    machine_stamp,
+    proc_status_kb,
+    read_json,
+    reset_peak_rss,
+    write_json,
+)
 from trl_common import even_fraction_reward, fixed_prompts_task, stdlib_windows
 
 from marlhf import allocator
 
 OUT = RESULTS_DIR / "memory_smollm2.json"
-
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
 
 
 def build(
@@ -114,7 +110,7 @@ def measure(
     algo = build(batch, prompt_len, new_tokens, lora, micro, lean)
     out: dict[str, Any] = {
         "load_s": time.perf_counter() - start,
-        "rss_loaded_mb": _status_kb("VmRSS") / 1024,
+        "rss_loaded_mb": proc_status_kb("VmRSS") / 1024,
         "stages": {},
     }
     print(f"memory: loaded in {out['load_s']:.0f} s, {out['rss_loaded_mb']:.0f} MB", flush=True)
@@ -145,12 +141,12 @@ def measure(
         algo._rollout_mc_tokens = 0  # (what finish_rollout sets before the stages)
         for name, run in stages:
             gc.collect()
-            before = _status_kb("VmRSS")
-            _reset_peak()
+            before = proc_status_kb("VmRSS")
+            reset_peak_rss()
             t0 = time.perf_counter()
             run()
             out[key][name] = {
-                "peak_rss_mb": _status_kb("VmHWM") / 1024,
+                "peak_rss_mb": proc_status_kb("VmHWM") / 1024,
                 "rss_before_mb": before / 1024,
                 "seconds": time.perf_counter() - t0,
             }

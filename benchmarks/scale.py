@@ -47,7 +47,15 @@ import torch.multiprocessing as mp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS_DIR, machine_stamp, print_table, read_json, write_json
+from common import (
+    RESULTS_DIR,
+    machine_stamp,
+    print_table,
+    proc_status_kb,
+    read_json,
+    reset_peak_rss,
+    write_json,
+)
 
 RESULTS = RESULTS_DIR / "scale.json"
 LOAD_BEFORE = os.getloadavg()
@@ -229,13 +237,6 @@ def measure_scaling(args: dict[str, Any], envs: list[int]) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- memory
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
 def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: Any) -> None:
     import gc
 
@@ -272,8 +273,8 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
     )
     trainable = sum(p.numel() for p in algo.policy.trainable_parameters())
     gc.collect()
-    resident = _rss_mb("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to now
+    resident = proc_status_kb("VmRSS") / 1024
+    reset_peak_rss()  # the high-water mark from now
     start = time.perf_counter()
     algo.learn(8 * 32)
     seconds = time.perf_counter() - start
@@ -281,7 +282,7 @@ def _memory_run(rank: int, world: int, port: int, setting: dict[str, Any], out: 
         (
             rank,
             {
-                "peak_mb": _rss_mb("VmHWM"),
+                "peak_mb": proc_status_kb("VmHWM") / 1024,
                 "resident_before_mb": resident,
                 "iteration_s": seconds,
                 "trainable_params": trainable,
