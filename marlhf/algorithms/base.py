@@ -192,10 +192,13 @@ class LMOnPolicyAlgorithm:
         # (Sharded: the optimizer holds this rank's shards; the weights are gathered after.)
         params = list(self.policy.trainable_parameters())
         lr, wd = self.config.optim.learning_rate, self.config.optim.weight_decay
+        # fused=True only when asked; None is PyTorch's default implementation, bit for bit as
+        # before the switch existed (the fused kernel rounds differently).
+        fused = True if self.config.systems.fused_optimizer else None
         optimizer: torch.optim.Optimizer = (
-            torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=wd)
+            torch.optim.AdamW(params, lr=lr, eps=1e-5, weight_decay=wd, fused=fused)
             if wd > 0
-            else torch.optim.Adam(params, lr=lr, eps=1e-5)
+            else torch.optim.Adam(params, lr=lr, eps=1e-5, fused=fused)
         )
         if self.policy.fsdp is not None:
             self.policy.fsdp.gather()

@@ -15,7 +15,7 @@ group          knobs
                (:mod:`marlhf.credit.estimator_options`): ``credit.grpo.group_std``,
                ``credit.reinforce_pp_baseline.reinforce_pp_form``, ``credit.mc.mc_rollouts``,
                ``credit.mc.mc_max_starts``
-``systems``    bf16, fsdp
+``systems``    bf16, fsdp, fused_optimizer
 =============  ==========================================================================
 
 Flat names reach these fields through :data:`marlhf.algorithms.knobs.FLAT_KEYS`. Each group
@@ -414,6 +414,15 @@ class SystemsConfig:
         metadata=doc(
             "shard parameters, gradients and optimizer state over the ranks during the update "
             "(FSDP2, fully_shard; needs torchrun); sampling runs on gathered weights"
+        ),
+    )
+    fused_optimizer: bool = field(
+        default=False,
+        metadata=doc(
+            "Adam(W) as one fused kernel per parameter (PyTorch's fused=True, what Hugging "
+            "Face's Trainer uses by default): about 2x faster optimizer steps on CPU, equal to "
+            "the default implementation to float rounding (not bit for bit); False: PyTorch's "
+            "default implementation"
         ),
     )
 

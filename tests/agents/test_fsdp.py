@@ -52,6 +52,7 @@ CASES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     ),
     "ppo+lora": ("ppo", lambda: {"lm": _gpt2, "policy_kwargs": {"lora": {"r": 4}}}),
     "ppo+llama": ("ppo", lambda: {"lm": _llama}),
+    "ppo+fused optimizer": ("ppo", lambda: {"lm": _gpt2, "fused_optimizer": True}),
     "ppo+separate critic": (
         "ppo",
         lambda: {"lm": _gpt2, "policy_kwargs": {"critic": _gpt2(CueEnv().codec)}},

@@ -107,7 +107,9 @@ def _iteration(cls: type, force_grad_entropy: bool, **kw: Any) -> Any:
     """One rollout and one ``train()``; ``force_grad_entropy`` makes every scoring forward of
     the update build the entropy's graph (the path before the entropy was only logged)."""
     env = CueEnv(num_envs=B, max_new_tokens=N)
-    algo = cls(tiny_model(env.codec, seed=0), env, seed=3, **{**SETTINGS, **kw})
+    # (Seed 4: every case's rollout earns rewards, so its update moves the weights; with seed
+    # 3 most earned none and updated nothing, and the comparisons were of untouched starts.)
+    algo = cls(tiny_model(env.codec, seed=0), env, seed=4, **{**SETTINGS, **kw})
     # Scores from whole logits: the bitwise comparison is of the logits path (scoring from the
     # hidden state equals it to 1e-5: tests/agents/test_head_scores.py).
     algo.policy.fused_head = False
@@ -127,6 +129,15 @@ def _iteration(cls: type, force_grad_entropy: bool, **kw: Any) -> Any:
     return algo, calls
 
 
+def _moved(algo: Any) -> float:
+    """The largest change of a policy weight from its seeded start (``_iteration``'s model)."""
+    start = dict(tiny_model(CueEnv(num_envs=B, max_new_tokens=N).codec, seed=0).named_parameters())
+    return max(
+        float((p - start[name]).detach().abs().max())
+        for name, p in algo.policy.model.named_parameters()
+    )
+
+
 @pytest.mark.parametrize(
     "cls,kw",
     [
@@ -138,6 +149,7 @@ def _iteration(cls: type, force_grad_entropy: bool, **kw: Any) -> Any:
 def test_logged_only_entropy_updates_bitwise_as_the_graph_path(cls: type, kw: Any) -> None:
     fast, calls = _iteration(cls, False, **kw)
     slow, _ = _iteration(cls, True, **kw)
+    assert _moved(fast) > 1e-3  # the update moved the weights: not a comparison of two starts
     # Scoring asks for no entropy (no termination reads it), the update for a logged one.
     assert calls[0] == "none" and set(calls[1:]) == {"no_grad"}
     for (name, p), q in zip(fast.policy.named_parameters(), slow.policy.parameters(), strict=True):
@@ -259,3 +271,27 @@ def test_the_prefill_runs_the_lm_head_on_the_last_position_only() -> None:
             position_ids=(mask[:, first:].cumsum(-1) - 1).clamp(min=0),
         ).logits[:, -1]
     torch.testing.assert_close(state.next_logits, full, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])  # Adam, AdamW
+def test_the_fused_optimizer_updates_as_the_default_one_to_rounding(weight_decay: float) -> None:
+    kw = {"preset": "ppo", "weight_decay": weight_decay, "kl_coef": 0.05}
+    plain, _ = _iteration(PPO, False, **kw)
+    fused, _ = _iteration(PPO, False, fused_optimizer=True, **kw)
+    # The default is PyTorch's own implementation (its choice of for-loop or foreach), untouched.
+    assert not plain.optimizer.defaults["fused"] and fused.optimizer.defaults["fused"]
+    want = torch.optim.AdamW if weight_decay else torch.optim.Adam
+    assert type(plain.optimizer) is want and type(fused.optimizer) is want
+    assert _moved(plain) > 1e-3  # the update moved the weights: not a comparison of two starts
+    for (name, p), q in zip(
+        plain.policy.named_parameters(), fused.policy.parameters(), strict=True
+    ):
+        torch.testing.assert_close(q, p, atol=1e-6, rtol=0, msg=name)
+    for key in ("train/policy_loss", "train/value_loss", "train/approx_kl"):
+        assert fused.train_stats[key] == pytest.approx(plain.train_stats[key], abs=1e-5), key
+
+
+def test_fused_optimizer_must_be_a_flag() -> None:
+    env = CueEnv(num_envs=B, max_new_tokens=N)
+    with pytest.raises(ValueError, match="fused_optimizer='yes' must be True or False"):
+        PPO(tiny_model(env.codec, seed=0), env, fused_optimizer="yes")
