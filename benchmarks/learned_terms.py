@@ -120,28 +120,36 @@ T2T_TASKS = ["CreditSum h32", "KeyPosition h32"]
 T2T_RULES = ["learned", "even", "entropy", "value_change"]
 
 
-#: the reasoning task's fine-tuned weights, made once per process (every seed starts from them)
-_SFT: dict[str, Any] = {}
+#: the reasoning task's fine-tuned weights and their seconds by fine-tuning steps, made once per
+#: process (every seed starts from them)
+_SFT: dict[int, tuple[dict[str, Any], float]] = {}
 
 
-def make_agent(task: str, seed: int, termination: str) -> Any:
+def make_agent(
+    task: str,
+    seed: int,
+    termination: str,
+    learning_rate: float = 1e-3,
+    sft_steps: int = reasoning.SFT_STEPS,
+) -> Any:
     """MA-PPO on ``task``: a fresh tiny GPT-2 seeded by ``seed``; for the reasoning task the
-    fine-tuned one (made once, with seed 0: the seeds differ in the RL that follows)."""
+    one fine-tuned for ``sft_steps`` (made once per step count, with seed 0: the seeds differ
+    in the RL that follows)."""
     env_id, kwargs, *_ = TASKS[task]
     env = gym.make_vec(env_id, num_envs=NUM_ENVS, vectorization_mode="vector_entry_point", **kwargs)
     if task == REASONING:
-        if "state" not in _SFT:
+        if sft_steps not in _SFT:
             start = time.perf_counter()
-            _SFT["state"] = reasoning.sft_policy(cast(Any, env).task, 0).state_dict()
-            _SFT["seconds"] = time.perf_counter() - start
+            state = reasoning.sft_policy(cast(Any, env).task, 0, sft_steps).state_dict()
+            _SFT[sft_steps] = (state, time.perf_counter() - start)
         model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=0)
-        model.load_state_dict(_SFT["state"])
+        model.load_state_dict(_SFT[sft_steps][0])
     else:
         model = tiny_gpt2(cast(Any, env).codec, n_layer=2, n_embd=64, n_head=4, seed=seed)
     return MAPPO(
         model,
         env,
-        learning_rate=1e-3,
+        learning_rate=learning_rate,
         batch_size=16,
         kl_coef=0.0,
         mask_actions=task != REASONING,  # (the reasoning task writes free text)
@@ -336,7 +344,7 @@ def run_audit(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str,
                 truth_tokens=int(algo.termination.truth_tokens),
                 env_tokens=int(algo.num_timesteps),
                 curve=curve.points,
-                sft_seconds=_SFT.get("seconds") if task == REASONING else None,
+                sft_seconds=_SFT[reasoning.SFT_STEPS][1] if task == REASONING else None,
             )
             rows.append(row)
             _write_part("audit", quick, seeds, rows, 0.0)

@@ -13,6 +13,7 @@ import torch
 from benchmarks.learned_terms import tokens_to_threshold
 from benchmarks.learned_terms_doc import render
 from benchmarks.learned_terms_keypos import KeyPositionTask
+from benchmarks.learned_terms_rsn_sweep import window_means
 from benchmarks.learned_terms_tables import mean_ci
 from marlhf.credit.truth import Sampling, exact_advantages
 from marlhf.models import tiny_gpt2
@@ -44,6 +45,13 @@ def test_tokens_to_threshold_needs_three_iterations_at_the_threshold() -> None:
     assert tokens_to_threshold(points, 0.6) == 300  # (0.1 + 0.9 + 0.9) / 3 >= 0.6
     assert tokens_to_threshold(points, 0.6, column=1) == 270
     assert tokens_to_threshold(points, 0.95) == math.inf
+
+
+def test_sweep_windows_are_the_first_best_and_last_means() -> None:
+    got = window_means([0.0, 1.0, 2.0, 6.0, 1.0], width=2)
+    assert got == {"first": 0.5, "best": 4.0, "last": 3.5}
+    with pytest.raises(ValueError, match="width=3"):
+        window_means([1.0, 2.0], width=3)
 
 
 def test_mean_ci() -> None:
