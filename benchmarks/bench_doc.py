@@ -96,6 +96,10 @@ What differs, and why:
 - **Reward model input.** TRL feeds the reward model the token ids directly; marlhf's
   `RewardModelReward` decodes the response and re-tokenises `prompt + response` (its contract is
   text, so any reward model with its own tokenizer works).
+- **Optimizer kernel.** TRL runs Hugging Face's default, `AdamW` as PyTorch's fused kernel;
+  marlhf's default is PyTorch's default `Adam` (one parameter tensor at a time on CPU), and the
+  "fused Adam" columns run marlhf with `fused_optimizer=True`, TRL's kernel (equal to the default
+  to float rounding, not bit for bit, so it is a switch and not the default).
 - **Learning-rate schedule.** TRL decays the learning rate linearly to 0 over the run; marlhf
   keeps it constant. This does not change the cost of an iteration.
 - **Logging.** TRL computes and logs its statistics every iteration; marlhf's SB3 logger runs at
@@ -372,8 +376,10 @@ def render_doc(s: dict[str, Any]) -> str:
                     "TRL s/iter",
                     "marlhf s/iter (separate critic)",
                     "ratio",
+                    "ratio, fused Adam",
                     "marlhf s/iter (shared trunk)",
                     "ratio",
+                    "ratio, fused Adam",
                     "load",
                 ],
                 [
@@ -383,8 +389,10 @@ def render_doc(s: dict[str, Any]) -> str:
                         e["trl_s_per_iter"],
                         e["marlhf_s_per_iter"],
                         ratio_range(e, "marlhf"),
+                        ratio_range(e, "marlhf_fused"),
                         e["marlhf_shared_s_per_iter"],
                         ratio_range(e, "marlhf_shared"),
+                        ratio_range(e, "marlhf_shared_fused"),
                         load_text(e.get("loadavg")),
                     ]
                     for e in trl["settings"]

@@ -436,6 +436,17 @@ def trl_ppo_ratio_shared(d: dict[str, Any]) -> str:
     return f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
 
 
+@fact("trl-ppo-ratio-fused", TRL_PPO)
+def trl_ppo_ratio_fused(d: dict[str, Any]) -> str:
+    """The per-round median and range of each marlhf side's ratio with ``fused_optimizer=True``
+    (TRL's optimizer kernel): the separate critic's, then the shared trunk's."""
+    ratios = _trl_ppo_setting(d)["ratios"]
+    return " and ".join(
+        f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+        for r in (ratios["marlhf_fused"], ratios["marlhf_shared_fused"])
+    )
+
+
 @fact("trl-ppo-goal", TRL_PPO)
 def trl_ppo_goal(d: dict[str, Any]) -> str:
     """Whether each marlhf side's median ratio meets :data:`TRL_PPO_GOAL`."""

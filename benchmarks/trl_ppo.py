@@ -8,6 +8,10 @@ side per round, the order rotating (:mod:`interleave`), on:
 - the same reward model: a ``GPT2ForSequenceClassification`` of the same size (1 label), seeded;
 - a separate value model on both sides (TRL's design; marlhf's ``policy_kwargs={"critic": ...}``),
   plus marlhf's default shared-trunk value head as a second marlhf row;
+- the optimizer: TRL's is Hugging Face's default, ``AdamW`` as PyTorch's fused kernel; marlhf's
+  default is PyTorch's default ``Adam`` (its for-loop implementation on CPU), and each marlhf
+  row is measured again with ``fused_optimizer=True`` (the ``_fused`` sides), the same kernel
+  as TRL's;
 - the same prompts (``PROMPT_LEN`` tokens each, windows of the standard library's source), the same
   batch (episodes per iteration), response length, epochs, minibatch size, clip ranges, KL
   coefficient (0.05, k1), gamma 1, lambda 0.95, temperature 1, no top-k/top-p;
@@ -177,10 +181,11 @@ def marlhf_side(
     prompts: list[list[int]],
     s: Setting,
     separate_critic: bool,
+    fused: bool = False,
 ) -> Callable[[], float]:
     """marlhf's PPO; returns a function that runs one iteration and returns its seconds."""
     return timed_iterations(
-        marlhf_algo(tokenizer, prompts, s, separate_critic), s.batch * s.response_length
+        marlhf_algo(tokenizer, prompts, s, separate_critic, fused), s.batch * s.response_length
     )
 
 
@@ -189,8 +194,10 @@ def marlhf_algo(
     prompts: list[list[int]],
     s: Setting,
     separate_critic: bool,
+    fused: bool = False,
 ) -> Any:
-    """marlhf's ``PPO`` on the benchmark's setting (a separate critic or the shared trunk)."""
+    """marlhf's ``PPO`` on the benchmark's setting (a separate critic or the shared trunk;
+    ``fused``: ``fused_optimizer=True``)."""
     import torch
 
     from marlhf.algorithms import PPO
@@ -225,6 +232,7 @@ def marlhf_algo(
         temperature=1.0,
         seed=0,
         device="cpu",
+        fused_optimizer=fused,
         **kwargs,
     )
     return algo
@@ -233,12 +241,14 @@ def marlhf_algo(
 def measure(
     tokenizer: Any, prompts: list[list[int]], s: Setting, warmup: int, iters: int
 ) -> dict[str, Any]:
-    """Interleaved rounds of TRL, marlhf with a separate critic and marlhf's shared trunk."""
+    """Interleaved rounds of TRL, marlhf with a separate critic and marlhf's shared trunk, each
+    with marlhf's default optimizer and with the fused one."""
     return against_trl(
         trl_side(tokenizer, prompts, s, warmup + iters + 1),
         lambda: {
-            "marlhf": marlhf_side(tokenizer, prompts, s, True),
-            "marlhf_shared": marlhf_side(tokenizer, prompts, s, False),
+            f"{name}{tag}": marlhf_side(tokenizer, prompts, s, separate, fused)
+            for name, separate in (("marlhf", True), ("marlhf_shared", False))
+            for tag, fused in (("", False), ("_fused", True))
         },
         iters,
         warmup,
@@ -293,14 +303,18 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
             "marlhf_shared_s_per_iter": sides["marlhf_shared"]["median"],
             "ratio": ratios["marlhf"]["median"],
             "ratio_shared": ratios["marlhf_shared"]["median"],
+            "ratio_fused": ratios["marlhf_fused"]["median"],
+            "ratio_shared_fused": ratios["marlhf_shared_fused"]["median"],
         }
         row = [
             f"B={s.batch} R={s.response_length}",
             headline["trl_s_per_iter"],
             headline["marlhf_s_per_iter"],
             ratio_cell(ratios["marlhf"]),
+            ratio_cell(ratios["marlhf_fused"]),
             headline["marlhf_shared_s_per_iter"],
             ratio_cell(ratios["marlhf_shared"]),
+            ratio_cell(ratios["marlhf_shared_fused"]),
             " ".join(f"{x:.1f}" for x in result["loadavg"]),
         ]
         return headline, row
@@ -311,7 +325,17 @@ def main(full: bool = False, warmup: int = 1, iters: int = 5, threads: int = 1) 
     finish(out, "trl_ppo.json")
     print_table(
         "seconds per PPO iteration: marlhf vs TRL (interleaved; ratios per round)",
-        ["setting", "TRL", "marlhf (sep. critic)", "ratio", "marlhf (shared)", "ratio", "load"],
+        [
+            "setting",
+            "TRL",
+            "marlhf (sep. critic)",
+            "ratio",
+            "fused Adam",
+            "marlhf (shared)",
+            "ratio",
+            "fused Adam",
+            "load",
+        ],
         rows,
     )
     return out
