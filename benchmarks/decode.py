@@ -5,14 +5,18 @@ time does not depend on their values) one PPO agent per decode path (``decode="e
 ``"static"``, ``"compiled"``, :mod:`marlhf.policy.static_decode`) rolls out ``batch`` rows of
 ``DelayedChoice`` for exactly ``new_tokens`` tokens (stepping the env; the no-grad scoring after
 the rollout is not run), and the bare KV-cache loop of ``benchmarks/rollout.py`` samples as many
-tokens from the same model. Every round runs each side once, in an order that rotates from round
+tokens from the same model, and so does Hugging Face's ``generate`` (sampling at temperature 1,
+no top-k or top-p, exactly ``new_tokens`` tokens, from the same vocabulary as the agent). Every
+round runs each side once, in an order that rotates from round
 to round, after one untimed warm-up round (which compiles: its time is reported as
 ``compile_s``); each side's median and range over the rounds, and per-round ratios against the
 eager agent and against the bare loop (median and range), with the load average before and
 after.
 
 The SmolLM2-135M architecture's vocabulary is 49,152 tokens; the env's is DelayedChoice's, so
-sampling reads the first rows of the logits (the LM head still computes all of them).
+the agent samples from the first rows of the logits (the LM head still computes all of them),
+and so does ``generate`` (a logits processor keeps those columns); the bare loop samples from
+all of them.
 
 Run: ``python benchmarks/decode.py [--quick] [--rounds R] [--models tiny,smollm2]``; writes
 ``benchmarks/results/decode.json``.
@@ -83,6 +87,53 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def hf_generate(model: Any, env: BatchedTokenEnv, n_new: int) -> Callable[[], Any]:
+    """Hugging Face's ``generate`` on the env's first prompts (as the bare loop takes them):
+    ``n_new`` sampled tokens per row from the env's vocabulary (the logits' first columns, as
+    the agent samples), temperature 1, no top-k or top-p, the global stream seeded before each
+    call."""
+    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+    vocab = env.codec.vocab_size
+
+    class EnvVocabulary(LogitsProcessor):  # type: ignore[misc]
+        """The scores of the env's tokens only (the next token is sampled among them)."""
+
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return scores[:, :vocab]
+
+    prompt, _ = env.reset(seed=0)
+    ids = prompt["input_ids"][:, -env.max_prompt_len :]
+    config = GenerationConfig(
+        do_sample=True,
+        max_new_tokens=n_new,
+        min_new_tokens=n_new,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+
+    def generate() -> Any:
+        torch.manual_seed(0)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                generation_config=config,
+                logits_processor=LogitsProcessorList([EnvVocabulary()]),
+            )
+        made = out[:, ids.shape[1] :]
+        if made.shape[1] != n_new or int(made.max()) >= vocab:  # (the same work as the agent's)
+            raise RuntimeError(
+                f"generate made {made.shape[1]} tokens (of {n_new}), max id {made.max()}"
+            )
+        return out
+
+    return generate
+
+
 def run_case(model_name: str, model: Any, batch: int, n_new: int, rounds: int) -> dict[str, Any]:
     """One model at one batch size and length: every decode path and the bare loop."""
 
@@ -102,6 +153,7 @@ def run_case(model_name: str, model: Any, batch: int, n_new: int, rounds: int) -
         bare = bare if bare is not None else bare_loop
     assert bare is not None
     sides["bare"] = bare
+    sides["generate"] = hf_generate(model, make_env(), n_new)
     load_before = os.getloadavg()
     warm: dict[str, float] = {}
     for name, side in sides.items():  # warm-up; the compiled agent compiles here
@@ -125,6 +177,7 @@ def run_case(model_name: str, model: Any, batch: int, n_new: int, rounds: int) -
         # speed-ups per round (> 1: faster than the denominator)
         "speedup_over_eager": {p: ratio(p, "eager") for p in ("static", "compiled")},
         "agent_over_bare": {p: ratio(p, "bare") for p in PATHS},
+        "agent_over_generate": {p: ratio(p, "generate") for p in PATHS},
         "load_before": list(load_before),
         "load_after": list(os.getloadavg()),
     }
@@ -185,6 +238,7 @@ def main(argv: list[str] | None = None) -> None:
         "static x",
         "compiled x",
         "compiled/bare",
+        "eager/generate",
         "compile s",
     ]
     table = [
@@ -192,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
             r["model"], r["batch"], r["new_tokens"], round(r["tok_s"]["eager"]),
             r["speedup_over_eager"]["static"]["median"],
             r["speedup_over_eager"]["compiled"]["median"],
-            r["agent_over_bare"]["compiled"]["median"], round(r["compile_s"]),
+            r["agent_over_bare"]["compiled"]["median"],
+            r["agent_over_generate"]["eager"]["median"], round(r["compile_s"]),
         ]
         for r in rows
     ]  # fmt: skip
