@@ -442,6 +442,10 @@ def merge() -> dict[str, Any]:
     data["audit"].sort(
         key=lambda r: (list(TASKS).index(r.get("base_task", r["task"])), r["task"], r["seed"])
     )
+    # the reasoning task's learning-rate sweep (benchmarks/learned_terms_rsn_sweep.py)
+    sweep = read_json(RESULTS_DIR / "learned_terms_rsn_sweep.json")
+    if sweep:
+        data["rsn_sweep"] = sweep
     write_json(RESULTS, data)
     return data
 

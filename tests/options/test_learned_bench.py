@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from benchmarks.learned_terms import tokens_to_threshold
-from benchmarks.learned_terms_doc import render
+from benchmarks.learned_terms_doc import render, sweep_lines
 from benchmarks.learned_terms_keypos import KeyPositionTask
 from benchmarks.learned_terms_rsn_sweep import window_means
 from benchmarks.learned_terms_tables import mean_ci
@@ -52,6 +52,16 @@ def test_sweep_windows_are_the_first_best_and_last_means() -> None:
     assert got == {"first": 0.5, "best": 4.0, "last": 3.5}
     with pytest.raises(ValueError, match="width=3"):
         window_means([1.0, 2.0], width=3)
+
+
+def test_the_sweep_table_has_a_row_per_run_and_nothing_without_a_sweep() -> None:
+    run = {"sft_steps": 300, "learning_rate": 3e-4, "rollouts": 12, "first": 0.184,
+           "best": 0.222, "last": 0.212, "seconds": 78.2, "loadavg": [1.04, 1.0, 1.0]}  # fmt: skip
+    lines = sweep_lines({"calls": 6, "window": 10, "runs": [run, {**run, "sft_steps": 1000}]})
+    rows = [line for line in lines if line.startswith("| 300") or line.startswith("| 1000")]
+    assert rows[0] == "| 300 | 0.0003 | 12 | 0.18 | 0.22 | 0.21 | 78 | 1.0 |"
+    assert len(rows) == 2 and any("6 learn calls" in line for line in lines)
+    assert sweep_lines(None) == [] and sweep_lines({}) == []
 
 
 def test_mean_ci() -> None:
