@@ -116,6 +116,14 @@ TASKS: dict[str, tuple[str, dict[str, Any], int, int, float]] = {
     "KeyPosition h32": ("marlhf/KeyPosition-v0", {}, 12, 40, 0.75),
     REASONING: (reasoning.ENV_ID, reasoning.ENV_KWARGS, 4, 12, 0.5),
 }
+#: Tokens to threshold where a task's audit setting does not learn within the run: the
+#: reasoning task's score falls at the audit's learning rate (1e-3) and hardly moves from its
+#: 300-step fine-tuning; from 1000 steps at 3e-4 it rises steadily (the sweep,
+#: ``learned_terms_rsn_sweep.py``). Task -> :func:`make_agent`'s keywords and the iterations
+#: (quick, full) of its runs.
+T2T_SETUP: dict[str, dict[str, Any]] = {
+    REASONING: {"sft_steps": 1000, "learning_rate": 3e-4, "iterations": (20, 60)},
+}
 T2T_TASKS = ["CreditSum h32", "KeyPosition h32"]
 T2T_RULES = ["learned", "even", "entropy", "value_change"]
 
@@ -367,14 +375,16 @@ def run_t2t(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, A
     for seed in seeds:
         for task in tasks:
             _, _, it_quick, it_full, threshold = TASKS[task]
-            for rule in T2T_RULES:
+            setup = dict(T2T_SETUP.get(task, {}))
+            it_quick, it_full = setup.pop("iterations", (it_quick, it_full))
+            for rule in RULES or T2T_RULES:
                 spec = (
                     f"learned:budget={BUDGET};rows=16;steps=20"
                     if rule == "learned"
                     else (f"{rule}:budget={BUDGET}")
                 )
                 start = time.perf_counter()
-                algo = make_agent(task, seed, spec)
+                algo = make_agent(task, seed, spec, **setup)
                 horizon = algo.env.task.max_new_tokens
                 curve = Curve()
                 for _ in range((it_quick if quick else it_full) * 2):
@@ -396,6 +406,9 @@ def run_t2t(quick: bool, seeds: list[int], tasks: list[str]) -> list[dict[str, A
 
 
 TAG = ""
+#: ``--rules``: the tokens-to-threshold rules this process runs (default :data:`T2T_RULES`;
+#: processes with other rules and tags run beside it, their part files merged)
+RULES: list[str] = []
 #: ``--pilot``: tokens-to-threshold runs trained to the end (no stop at the threshold), into
 #: ``learned_terms_pilot<tag>.json``, which :func:`merge` keeps apart (``pilots``: the page
 #: shows them, :func:`pilot_threshold` reads them)
@@ -474,6 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--per", choices=["episode", "batch"], default="episode", help="the learned budget's unit"
     )
+    parser.add_argument(
+        "--rules", default=None, help=f"tokens-to-threshold rules, comma-separated {T2T_RULES}"
+    )
     parser.add_argument("--render", action="store_true", help="merge the parts, render the doc")
     parser.add_argument(
         "--pilot",
@@ -487,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
             f"--pilot runs the t2t part on seed {PILOT_SEED}: it needs --part t2t and no "
             f"--seeds (got --part {args.part}, --seeds {args.seeds})"
         )
+    rules = [r.strip() for r in (args.rules or "").split(",") if r.strip()]
+    if sorted(set(rules) - set(T2T_RULES)):
+        raise SystemExit(f"--rules {args.rules!r}: each must be one of {T2T_RULES}")
     if args.render:
         from benchmarks.learned_terms_doc import render
 
@@ -496,13 +515,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters is not None:
         for name, (env_id, kw, _, _, thr) in list(TASKS.items()):
             TASKS[name] = (env_id, kw, args.iters, args.iters, thr)
+        for setup in T2T_SETUP.values():
+            setup["iterations"] = (args.iters, args.iters)
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
     if args.seeds:
         seeds = [int(x) for x in args.seeds.split(",")]
     if args.pilot:
         seeds = [PILOT_SEED]
-    global TAG, PER, PILOT
-    TAG, PER, PILOT = args.tag, args.per, args.pilot
+    global TAG, PER, PILOT, RULES
+    TAG, PER, PILOT, RULES = args.tag, args.per, args.pilot, rules
     chosen = {
         "audit": _names(args.tasks, list(TASKS)),
         "t2t": _names(args.t2t_tasks, T2T_TASKS),

@@ -152,17 +152,20 @@ def render(
         + (
             "12 iterations of 32 episodes (6 for DelayedChoice h128, 4 for the reasoning task); "
             "tokens to threshold: at most 24 x 32 x horizon env tokens (12 x 32 x horizon "
-            "for DelayedChoice h128), "
+            "for DelayedChoice h128, 40 x 32 x horizon for the reasoning task), "
             if quick
             else "40 iterations of 32 episodes (20 for DelayedChoice h128, 12 for the "
-            "reasoning task); tokens to threshold: at most 80 x 32 x horizon env tokens, "
+            "reasoning task); tokens to threshold: at most 80 x 32 x horizon env tokens "
+            "(120 x 32 x horizon for the reasoning task), "
         )
         + f"on {', '.join(t2t_tasks) or 'no task'}. "
         "The reasoning task (`Reasoning h16`) is reasoning-gym's `chain_sum` (two one-digit "
         "terms) in the tag answer format, `<answer>N</answer>` scored by the dataset's verifier: "
         "about 15 tokens of a 1024-token BPE vocabulary, with the decisive digits in the middle. "
         "Its policy is the same tiny GPT-2, first fine-tuned for 300 steps on the task's "
-        "reference solutions (once, seed 0; the seeds differ in the RL after it). Its truth "
+        "reference solutions (once, seed 0; the seeds differ in the RL after it); its tokens "
+        "to threshold start from 1000 steps of fine-tuning and learn at 3e-4 instead of 1e-3, "
+        "where its score rises (`T2T_SETUP`; the sweep below says why). Its truth "
         "is Monte Carlo, so its RMSE is shown twice: against the truth as computed (which adds "
         "the truth's own noise to every rule alike) and net of that noise.",
         "",
@@ -230,7 +233,8 @@ def render(
         "uniform policy's return to the optimum (CreditSum's 0.83 rounded down to 0.80); on "
         "Reverse, whose quick runs end far below the optimum, halfway from where a pilot "
         "seed's runs start to where they end, pooled over the four rules (seed 9, not one of "
-        "the measured seeds; `learned_terms_pilot_rev.json`). An iteration is one rollout of "
+        "the measured seeds; `learned_terms_pilot_rev.json`), and the same on the reasoning "
+        "task (`learned_terms_pilot_rsn.json`). An iteration is one rollout of "
         "32 episodes; on Reverse, whose responses end before the horizon, 32 x horizon env "
         "tokens are about two.",
         "",
