@@ -295,18 +295,14 @@ def learned_t2t_reverse(data: dict[str, Any]) -> str:
     )
 
 
-@fact("learned-t2t-reasoning-pilot", LEARNED)
-def learned_t2t_reasoning_pilot(data: dict[str, Any]) -> str:
-    """The reasoning task's pilot: the score over the first and the last three iterations,
-    pooled over the rules, the learned run's seconds and the load its file recorded."""
-    runs = [r for r in data["pilots"] if r["task"] == "Reasoning h16"]
-    first = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][:3]) for r in runs)
-    last = statistics.fmean(statistics.fmean(p[2] for p in r["curve"][-3:]) for r in runs)
-    learned = next(r["seconds"] for r in runs if r["rule"] == "learned")
-    load = next(s["loadavg"][0] for s in data["setups"] if s["file"] == runs[0]["file"])
+@fact("learned-t2t-reasoning", LEARNED)
+def learned_t2t_reasoning(data: dict[str, Any]) -> str:
+    """The reasoning task: learned over the best heuristic, median tokens, compute-matched then
+    env only, and its seeds."""
+    r = _t2t(data)["Reasoning h16"]
     return (
-        f"{first:.2f} -> {last:.2f}, pooled over the rules; its learned run took {learned:.0f} s "
-        f"at a load of {load}"
+        f"{_over_best(r['median']):.1f}x the tokens of the best heuristic compute-matched and "
+        f"{_over_best(r['env_median']):.2f}x counting env tokens only ({r['seeds']} seeds"
     )
 
 

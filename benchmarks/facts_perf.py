@@ -107,6 +107,12 @@ def decode_ceiling(data: dict[str, Any]) -> str:
     return f"{_smollm2_row(data)['compile_ceiling']:.2f}x"
 
 
+@fact("decode-ceiling-goal", DECODE)
+def decode_ceiling_goal(data: dict[str, Any]) -> str:
+    """Whether the SmolLM2 architecture's compile ceiling lies below the speed-up goal."""
+    return "below" if _smollm2_row(data)["compile_ceiling"] < COMPILED_GOAL else "above"
+
+
 @fact("decode-matmul-share", DECODE)
 def decode_matmul_share(data: dict[str, Any]) -> str:
     """The matrix products' share of the SmolLM2 architecture's eager decode step."""

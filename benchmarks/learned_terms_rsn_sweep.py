@@ -1,10 +1,10 @@
 """Does RL raise the reasoning task's score at this scale? The learning-rate and fine-tuning sweep
-behind its missing tokens-to-threshold row.
+behind its tokens-to-threshold setting (``learned_terms.T2T_SETUP``).
 
 Tokens to threshold needs runs whose score rises from where they start: a threshold between
 start and end then separates the rules. The reasoning task (:mod:`learned_terms_reasoning`)
-starts from a fine-tuned tiny GPT-2; at the quick run's learning rate (1e-3) its pilot score
-fell (``learned_terms_pilot_rsn.json``). This sweep trains the cheapest rule (``even``, budget
+starts from a fine-tuned tiny GPT-2; at the quick run's learning rate (1e-3) its first pilot's
+score fell. This sweep trains the cheapest rule (``even``, budget
 :data:`learned_terms.BUDGET`) on the pilot seed for a fixed number of ``learn`` calls from two
 fine-tuning lengths at several learning rates, and records every rollout's score (mean of 32
 episodes: its standard error is about 0.09 at a score of 0.5), and per run the mean score of
