@@ -1,0 +1,149 @@
+"""benchmarks/device_check.py: the bound formula, the budget guard, a failing part, and the whole
+script in its CPU check mode (every part tiny)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import device_check
+import device_parts
+from device_parts import (
+    Budget,
+    Plan,
+    bandwidth_bound_tok_s,
+    kv_bytes_per_token,
+    param_bytes,
+    parse_pytest_counts,
+)
+
+
+def test_bandwidth_bound_formula() -> None:
+    # a step reads 1000 parameter bytes + 4 rows x 5 tokens x 10 bytes = 1200 bytes; at 2000
+    # bytes/s a step takes 0.6 s and yields 4 tokens
+    assert bandwidth_bound_tok_s(4, 1000, 10, 5.0, 2000.0) == pytest.approx(4 / 0.6)
+    # twice the bandwidth, twice the bound; a longer context lowers it
+    assert bandwidth_bound_tok_s(4, 1000, 10, 5.0, 4000.0) == pytest.approx(8 / 0.6)
+    assert bandwidth_bound_tok_s(4, 1000, 10, 50.0, 2000.0) < 4 / 0.6
+
+
+def test_kv_and_param_bytes() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=32, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True,
+        )
+    )  # fmt: skip
+    # keys and values x 2 layers x 2 KV heads x 16 dims x 4 bytes (float32)
+    assert kv_bytes_per_token(llama) == 2 * 2 * 2 * 16 * 4
+    assert kv_bytes_per_token(torch.nn.Module.to(llama, torch.bfloat16)) == 2 * 2 * 2 * 16 * 2
+    n = sum(p.numel() for p in llama.parameters())
+    assert param_bytes(llama) == 2 * n  # bf16 now; the tied head is counted once
+    gpt2 = device_parts._tiny(2)
+    assert kv_bytes_per_token(gpt2) == 2 * 2 * 4 * 32 * 4  # n_layer, n_head, 128 / 4, float32
+
+
+def test_parse_pytest_counts() -> None:
+    out = "....s\nFAILED x\n3 passed, 1 failed, 2 skipped, 1 error in 4.20s\n"
+    assert parse_pytest_counts(out) == {"passed": 3, "failed": 1, "skipped": 2, "errors": 1}
+    assert parse_pytest_counts("50 skipped in 1.0s") == {
+        "passed": 0, "failed": 0, "skipped": 50, "errors": 0,
+    }  # fmt: skip
+
+
+def test_budget_refuses_what_does_not_fit() -> None:
+    budget = Budget(100.0)
+    assert budget.refuse(1.0) is None
+    reason = budget.refuse(500.0)
+    assert reason is not None and "estimated 500 s" in reason and "--budget-s" in reason
+    with pytest.raises(ValueError, match="--budget-s=0"):
+        Budget(0)
+
+
+def test_tiny_budget_skips_every_part_with_its_reason(tmp_path: Path) -> None:
+    out = tmp_path / "device.json"
+    device_check.main(["--device", "cpu", "--quick", "--budget-s", "0.001", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert set(data["parts"]) == set(device_parts.PARTS)
+    for entry in data["parts"].values():
+        assert entry["status"] == "skipped"
+        assert "--budget-s" in entry["reason"] and "budget" in entry["reason"]
+
+
+def test_a_failing_part_records_its_error_and_the_others_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(plan: Plan, budget: Budget) -> dict[str, Any]:
+        raise RuntimeError("boom on purpose")
+
+    def fine(plan: Plan, budget: Budget) -> dict[str, Any]:
+        return {"value": 1}
+
+    monkeypatch.setitem(device_check.PARTS, "decode", (broken, lambda plan: 0.0))
+    monkeypatch.setitem(device_check.PARTS, "agent_vs_bare", (fine, lambda plan: 0.0))
+    parts = device_check.run_parts(
+        Plan(torch.device("cpu"), quick=True), Budget(60.0), ["decode", "agent_vs_bare"]
+    )
+    assert parts["decode"]["status"] == "error"
+    assert parts["decode"]["error"] == "RuntimeError: boom on purpose"
+    assert "boom on purpose" in parts["decode"]["traceback"]
+    assert parts["agent_vs_bare"] == {**parts["agent_vs_bare"], "status": "ok",
+                                      "result": {"value": 1}}  # fmt: skip
+
+
+def test_bad_parts_name_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        device_check.main(["--device", "cpu", "--parts", "decode,nosuch"])
+
+
+@pytest.mark.slow
+def test_cpu_check_mode_runs_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "device.json"
+    device_check.main(["--device", "cpu", "--quick", "--out", str(out)])
+    data = json.loads(out.read_text())
+    assert data["device"] == "cpu" and data["quick"] is True and data["gpu"] is None
+    assert "commit" in data["machine"] and data["torch"] == torch.__version__
+    assert set(data["parts"]) == set(device_parts.PARTS)
+    for name, entry in data["parts"].items():
+        assert entry["status"] == "ok", (name, entry.get("error") or entry.get("reason"))
+        assert entry["seconds"] >= 0
+    assert data["total_s"] >= sum(e["seconds"] for e in data["parts"].values())
+
+    nccl = data["parts"]["nccl_one_rank"]["result"]
+    assert nccl["backend"] == "gloo" and nccl["correct"] is True and "gloo" in nccl["note"]
+
+    dec = data["parts"]["decode"]["result"]
+    bandwidth = dec["copy_bandwidth_gb_s"] * 1e9
+    assert bandwidth > 0 and dec["param_bytes"] > 0
+    (case,) = dec["cases"]
+    assert case["status"] == "ok" and case["context"] <= 512
+    assert set(case["tok_s"]) == {"eager", "static", "compiled", "bare", "hf_generate"}
+    bound = bandwidth_bound_tok_s(
+        case["batch"], dec["param_bytes"], case["kv_bytes_per_token"], case["mean_context"],
+        bandwidth,
+    )  # fmt: skip
+    assert case["bound_tok_s"] == pytest.approx(bound)
+    for side, tok_s in case["tok_s"].items():
+        assert tok_s > 0
+        assert case["fraction_of_bound"][side] == pytest.approx(tok_s / bound)
+
+    (pair,) = data["parts"]["agent_vs_bare"]["result"]["cases"]
+    assert pair["agent_over_bare"]["median"] > 0
+
+    split = data["parts"]["iteration_split"]["result"]["algorithms"]
+    assert set(split) == {"PPO", "GRPO"}
+    for algo in split.values():
+        assert set(algo["seconds"]) == {"collect", "finish_rollout", "train"}
+        assert algo["total_s"] == pytest.approx(sum(algo["seconds"].values()))
+
+    tests = data["parts"]["cuda_tests"]["result"]
+    if not torch.cuda.is_available():  # every CUDA test skips here, none fails
+        assert tests["skipped"] > 0 and tests["failed"] == 0 and tests["passed"] == 0
