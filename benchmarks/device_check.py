@@ -1,36 +1,48 @@
 """One prepared check of a lent GPU (issue 28, item 5): CUDA tests, decode throughput against
 the memory-bandwidth bound, agent/bare, one PPO and one GRPO iteration's split, NCCL with one rank.
 
-Run on a lent machine (the device tool runs a bash command in the repository root; there is no
-network there, so ``make install`` is not possible: carry the venv, ``carry=[".venv"]``)::
+Run on a lent machine. The device tool runs one bash command in the repository root of a copy
+of the working tree, with no network (``make install`` is not possible there) and no ``.git``:
+carry the venv (``carry=[".venv"]``), type the commit in, and write under ``$OUT`` (only what is
+written there comes back; ``$OUT/device.json`` is the default when ``$OUT`` is set)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/device_check.py --commit $(git rev-parse HEAD)
+    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/device_check.py --commit <sha of main>
 
-(``--commit`` from this machine: the copy on the device has no ``.git``.) It writes
-``benchmarks/results/device.json`` (or ``--out``) and prints a table; give the device call a
-``timeout_s`` of about 540 (the default ``--budget-s`` is 420 s, so the run stays under 8 minutes
-with the start-up).
+with the call's ``timeout_s`` at about 540: the default ``--budget-s`` (420 s) keeps the parts
+under 7 minutes, the start-up adds a few seconds. ``--device cuda --quick`` (well under a minute)
+is a smoke run of the script on the GPU first, if the time allows. The results are written after
+every part (a run cut short keeps what it measured) and a table is printed; copy the file into
+``benchmarks/results/device.json`` on this side.
 
-Parts (each its own function; a failing part records its exact error and never stops the
-others; a part whose estimated seconds would overrun ``--budget-s`` is skipped with the reason):
+Parts, in the order they run (each its own function in ``benchmarks/device_parts.py``; a failing
+part records its exact error and never stops the others; a part, or a decode batch size, whose
+estimated seconds would overrun what is left of ``--budget-s`` is skipped with the reason):
 
-1. ``nccl_one_rank``: ``init_process_group("nccl", world_size=1)`` in-process, an ``all_reduce``
-   of a known tensor (checked), its time, ``destroy_process_group`` (``gloo`` on the CPU).
-2. ``cuda_tests``: ``pytest tests/agents/test_cuda.py`` (the only module skipped without CUDA)
-   in a subprocess: passed/failed/skipped counts and the output's tail.
-3. ``decode``: the SmolLM2-135M architecture (``decode.smollm2_architecture``, random weights,
-   float32) at B = 64 and 256, a 32-token prompt and 128 new tokens (context <= 512): the agent's
+1. ``nccl_one_rank``: ``init_process_group("nccl", rank=0, world_size=1)`` in-process
+   (MASTER_ADDR/PORT set for the call), an ``all_reduce`` of a known tensor (checked), its time,
+   ``destroy_process_group``; ``gloo`` on the CPU.
+2. ``decode``: the SmolLM2-135M architecture (``decode.smollm2_architecture``, random weights,
+   float32) at B = 64 and 256, a 32-token prompt (``DelayedChoice`` behind 31 random symbols,
+   :class:`device_parts.LongCueChoice`) and 128 new tokens (context 160 <= 512): the agent's
    rollout with ``decode="eager"``, ``"static"`` and ``"compiled"`` (on CUDA the compiled step is
-   captured as a CUDA graph), the bare KV-cache loop and HF ``generate``, in rotating rounds;
-   tokens/s each, and each one's fraction of the memory-bandwidth bound
-   (:func:`bandwidth_bound_tok_s`, from the measured copy bandwidth). Goals (issue 28): at least
+   captured as a CUDA graph), the bare KV-cache loop and HF ``generate`` (dynamic cache, whole
+   softmax), one warm-up round (which compiles: ``compile_s``) then 3 rounds in rotating order;
+   tokens/s of each, agent/bare per round, and each one's fraction of the memory-bandwidth bound
+   :func:`device_parts.bandwidth_bound_tok_s`: B tokens per step, a step reading the parameters
+   once and every row's KV cache at the mean context, at the copy bandwidth measured on the
+   device (a 1 GiB tensor copy, bytes read + written per second). Goals (issue 28): at least
    100k tokens/s at B = 256; agent/bare at least 0.9.
-4. ``agent_vs_bare``: the tiny GPT-2 2x128 and 6x128 agent rollouts over the bare loop; the
-   median of paired ratios (goal at least 0.9).
-5. ``iteration_split``: one PPO and one GRPO iteration of the SmolLM2 architecture in bf16
-   (32 rows, 64 tokens), after one warm-up iteration: seconds of ``collect`` (sampling),
-   ``finish_rollout`` (scoring, shaping, advantages) and ``train`` (the update).
+3. ``agent_vs_bare``: the tiny GPT-2 2x128 and 6x128 agent rollouts (B = 64, 64 tokens) over the
+   bare loop: the median of 10 paired ratios (goal at least 0.9).
+4. ``iteration_split``: one PPO and one GRPO (``preset="grpo"``, groups of 4) iteration of the
+   SmolLM2 architecture in bf16 (32 rows, 32-token prompts, 64 tokens) after a warm-up one:
+   seconds of ``collect`` (sampling), ``finish_rollout`` (scoring, shaping, advantages) and
+   ``train`` (the update).
+5. ``cuda_tests``: ``pytest tests/agents/test_cuda.py`` (the only test module skipped without
+   CUDA) in a subprocess, with what is left of the budget as its timeout: passed, failed and
+   skipped counts and the output's tail.
 
+On CUDA each part also records its peak CUDA memory.
 ``--device cpu --quick`` runs every part tiny on the CPU (the tiny GPT-2 in place of SmolLM2,
 float32, gloo) in well under a minute: a check of the script, not a measurement.
 """
@@ -41,6 +53,7 @@ import argparse
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +68,30 @@ from common import RESULTS_DIR, machine_stamp, print_table, write_json
 from device_parts import PARTS, Budget, Plan
 
 RESULTS = RESULTS_DIR / "device.json"
+
+
+def default_out() -> Path:
+    """``$OUT/device.json`` when ``$OUT`` is a folder (the device tool's: what is written there
+    comes back), else ``benchmarks/results/device.json``."""
+    out = os.environ.get("OUT")
+    if out and Path(out).is_dir():
+        return Path(out) / "device.json"
+    return RESULTS
+
+
 DEFAULT_BUDGET_S = 420.0
 
 
-def run_parts(plan: Plan, budget: Budget, names: list[str]) -> dict[str, Any]:
-    """Each part in turn: its result, its exact error, or the reason it was skipped."""
+def run_parts(
+    plan: Plan,
+    budget: Budget,
+    names: list[str],
+    save: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Each part in turn: its result, its exact error, or the reason it was skipped.
+
+    :param save: called with the parts so far after each one (a run cut short keeps them).
+    """
     parts: dict[str, Any] = {}
     for name in names:
         fn, estimate = PARTS[name]
@@ -67,6 +99,8 @@ def run_parts(plan: Plan, budget: Budget, names: list[str]) -> dict[str, Any]:
         reason = budget.refuse(est)
         start = time.perf_counter()
         entry: dict[str, Any] = {"estimate_s": est}
+        if plan.cuda:
+            torch.cuda.reset_peak_memory_stats(plan.device)
         if reason is not None:
             entry.update(status="skipped", reason=reason)
         else:
@@ -81,7 +115,11 @@ def run_parts(plan: Plan, budget: Budget, names: list[str]) -> dict[str, Any]:
                     traceback=traceback.format_exc()[-4000:],
                 )
         entry["seconds"] = time.perf_counter() - start
+        if plan.cuda:
+            entry["peak_cuda_mb"] = torch.cuda.max_memory_allocated(plan.device) / 2**20
         parts[name] = entry
+        if save is not None:
+            save(parts)
         print(f"[{budget.elapsed():6.1f} s] {name}: {entry['status']}", flush=True)
     return parts
 
@@ -90,6 +128,22 @@ def _summary_rows(parts: dict[str, Any]) -> list[list[Any]]:
     rows: list[list[Any]] = []
     for name, entry in parts.items():
         rows.append([name, entry["status"], round(entry["seconds"], 1), _headline(name, entry)])
+    return rows
+
+
+def _decode_rows(parts: dict[str, Any]) -> list[list[Any]]:
+    entry = parts.get("decode", {})
+    if entry.get("status") != "ok":
+        return []
+    rows: list[list[Any]] = []
+    for case in entry["result"]["cases"]:
+        if case.get("status") != "ok":
+            continue
+        rows.append([case["batch"], case["context"], "bound", round(case["bound_tok_s"]), 1.0, "-"])
+        for side, tok_s in case["tok_s"].items():
+            ratio = case["agent_over_bare"].get(side, {}).get("median", "-")
+            rows.append([case["batch"], case["context"], side, round(tok_s),
+                         case["fraction_of_bound"][side], ratio])  # fmt: skip
     return rows
 
 
@@ -138,8 +192,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}"
     )
     parser.add_argument("--commit", default=None, help="commit to stamp (no .git on the device)")
-    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="JSON output path (default: see default_out)"
+    )
     args = parser.parse_args(argv)
+    out: Path = args.out or default_out()
     names = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = [p for p in names if p not in PARTS]
     if unknown:
@@ -164,16 +221,31 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "budget_s": args.budget_s,
         "load_before": list(os.getloadavg()),
     }
-    result["parts"] = run_parts(plan, budget, names)
-    result["total_s"] = budget.elapsed()
-    result["load_after"] = list(os.getloadavg())
-    write_json(args.out, result)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        result["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+        result["gpu_sms"] = props.multi_processor_count
+
+    def save(parts: dict[str, Any]) -> None:
+        result["parts"] = parts
+        result["total_s"] = budget.elapsed()
+        result["load_after"] = list(os.getloadavg())
+        write_json(out, result)
+
+    save(run_parts(plan, budget, names, save))
     print_table(
         f"Device check ({result['gpu'] or device}, {result['total_s']:.0f} s)",
         ["part", "status", "s", "result"],
         _summary_rows(result["parts"]),
     )
-    print(f"\nwrote {args.out}")
+    decode_rows = _decode_rows(result["parts"])
+    if decode_rows:
+        print_table(
+            "Decode tokens/s against the memory-bandwidth bound",
+            ["B", "context", "side", "tok/s", "of bound", "agent/bare"],
+            decode_rows,
+        )
+    print(f"\nwrote {out}")
     return result
 
 

@@ -11,6 +11,7 @@ import copy
 import gc
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -28,13 +30,15 @@ from decode import smollm2_architecture
 from rollout import rollout_pair
 
 from marlhf.algorithms import PPO
-from marlhf.envs import BatchedTokenEnv
+from marlhf.envs import BatchedTokenEnv, DelayedChoiceTask
+from marlhf.envs.core.tasks import Prompt
 from marlhf.models import tiny_gpt2
 
 ROOT = Path(__file__).resolve().parent.parent
 CUDA_TEST_MODULES = ("tests/agents/test_cuda.py",)  # the modules skipped without CUDA
 GOAL_TOK_S = 100_000  # issue 28: SmolLM2-135M architecture at B = 256
 GOAL_AGENT_OVER_BARE = 0.9
+PROMPT_LEN = 32  # the decode and iteration prompts (issue 28: context <= 512)
 
 
 @dataclass
@@ -102,8 +106,38 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _env(batch: int, n_new: int, device: torch.device) -> BatchedTokenEnv:
-    return BatchedTokenEnv("DelayedChoice", num_envs=batch, device=device, seed=0, horizon=n_new)
+class LongCueChoice(DelayedChoiceTask):
+    """``DelayedChoice`` behind a longer prompt: ``prompt_len - 1`` seeded random symbols, then
+    the cue (the reward reads the prompt's last token), so a decode step attends to a context
+    of ``prompt_len`` + the tokens so far, as a real prompt would make it."""
+
+    def __init__(self, horizon: int, prompt_len: int = PROMPT_LEN) -> None:
+        super().__init__(horizon=horizon)
+        if prompt_len < 1:
+            raise ValueError(f"LongCueChoice: prompt_len={prompt_len} must be at least 1")
+        self.name = f"DelayedChoice (prompt {prompt_len})"
+        self.max_prompt_len = prompt_len
+        self._symbols = [self.codec.tokens.index(t) for t in self.cues + self.choices]
+
+    def sample_prompts(self, rng: np.random.Generator, n: int) -> list[Prompt]:
+        out = []
+        for cue in super().sample_prompts(rng, n):
+            filler = rng.choice(self._symbols, size=self.max_prompt_len - 1).tolist()
+            out.append(Prompt(filler + cue.ids, cue.metadata, text=cue.text))
+        return out
+
+
+def _env(
+    batch: int, n_new: int, device: torch.device, prompt_len: int | None = None
+) -> BatchedTokenEnv:
+    """``batch`` rows of ``DelayedChoice`` (``n_new`` tokens each, no EOS), behind a prompt of
+    ``prompt_len`` tokens when given (:class:`LongCueChoice`), else its one-token cue."""
+    if prompt_len is None:
+        return BatchedTokenEnv(
+            "DelayedChoice", num_envs=batch, device=device, seed=0, horizon=n_new
+        )
+    task = LongCueChoice(horizon=n_new, prompt_len=prompt_len)
+    return BatchedTokenEnv(task, num_envs=batch, device=device, seed=0)
 
 
 def _tiny(n_layer: int, n_positions: int = 1024) -> Any:
@@ -159,10 +193,18 @@ def nccl_one_rank(plan: Plan, budget: Budget) -> dict[str, Any]:
     import torch.distributed as dist
 
     backend = "nccl" if plan.cuda else "gloo"
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", "29517")
+    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(_free_port())
     start = time.perf_counter()
-    dist.init_process_group(backend, rank=0, world_size=1)
+    try:
+        dist.init_process_group(backend, rank=0, world_size=1)
+    finally:
+        for key, value in saved.items():  # the process's environment as it was
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     init_s = time.perf_counter() - start
     try:
         x = torch.arange(1024, dtype=torch.float32, device=plan.device)
@@ -176,8 +218,16 @@ def nccl_one_rank(plan: Plan, budget: Budget) -> dict[str, Any]:
     if not correct:
         raise AssertionError(f"{backend} all_reduce over one rank changed the tensor")
     note = None if plan.cuda else "CPU check mode: gloo, not NCCL"
-    return {"backend": backend, "init_s": init_s, "all_reduce_s": seconds, "correct": correct,
-            "note": note}  # fmt: skip
+    version = ".".join(map(str, torch.cuda.nccl.version())) if plan.cuda else None
+    return {"backend": backend, "nccl_version": version, "init_s": init_s,
+            "all_reduce_s": seconds, "correct": correct, "note": note}  # fmt: skip
+
+
+def _free_port() -> int:
+    """A TCP port nobody listens on now (so two runs side by side do not collide)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
@@ -214,11 +264,14 @@ def cuda_tests(plan: Plan, budget: Budget) -> dict[str, Any]:
 
 @torch.no_grad()
 def hf_generate(model: Any, prompt: torch.Tensor, n_new: int) -> torch.Tensor:
-    """HF ``generate`` sampling exactly ``n_new`` tokens per row (its own KV cache)."""
+    """HF ``generate`` sampling exactly ``n_new`` tokens per row (its own dynamic KV cache)
+    from the whole softmax, as the bare loop does (``top_k=0``: no top-k filter)."""
     return model.generate(
         input_ids=prompt,
         attention_mask=torch.ones_like(prompt),
         do_sample=True,
+        top_k=0,
+        top_p=1.0,
         max_new_tokens=n_new,
         min_new_tokens=n_new,
         pad_token_id=0,
@@ -239,7 +292,7 @@ def decode_case(model: Any, batch: int, n_new: int, rounds: int, plan: Plan) -> 
     keep: list[Any] = []
     prompt_len = 0
     for path in ("eager", "static", "compiled"):
-        env = _env(batch, n_new, plan.device)
+        env = _env(batch, n_new, plan.device, PROMPT_LEN)
         kwargs = {"decode": path, "vocab_size": env.codec.vocab_size}
         ppo, bare_loop, agent = rollout_pair(
             copy.deepcopy(model), env, n_new, n_epochs=1, batch_size=batch, seed=0,
@@ -323,7 +376,8 @@ def decode(plan: Plan, budget: Budget) -> dict[str, Any]:
 def _decode_case_estimate(plan: Plan, batch: int) -> float:
     if plan.quick:
         return 5.0
-    return 60.0 if batch <= 64 else 90.0  # compile + 5 sides x 4 runs (a guess: see the note)
+    # compile + 5 sides x 4 runs: a guess before any GPU run (the first case compiles)
+    return 120.0 if batch <= 64 else 100.0
 
 
 def agent_vs_bare(plan: Plan, budget: Budget) -> dict[str, Any]:
@@ -365,10 +419,12 @@ def iteration_split(plan: Plan, budget: Budget) -> dict[str, Any]:
     """One PPO and one GRPO iteration (bf16 on CUDA), after a warm-up one, stage by stage."""
     batch, n_new = (4, 8) if plan.quick else (32, 64)
     bf16 = plan.cuda
-    out: dict[str, Any] = {"batch": batch, "new_tokens": n_new, "bf16": bf16, "algorithms": {}}
+    out: dict[str, Any] = {"batch": batch, "prompt_len": PROMPT_LEN, "new_tokens": n_new,
+                           "bf16": bf16, "algorithms": {}}  # fmt: skip
+    built = _tiny(2) if plan.quick else smollm2_architecture()
     for name, extra in (("PPO", {}), ("GRPO", {"preset": "grpo", "group_size": 4})):
-        model = _tiny(2) if plan.quick else smollm2_architecture()
-        env = _env(batch, n_new, plan.device)
+        model = copy.deepcopy(built)
+        env = _env(batch, n_new, plan.device, PROMPT_LEN)
         algo = PPO(
             model, env, n_epochs=1, batch_size=batch, seed=0, device=plan.device, bf16=bf16,
             policy_kwargs={"vocab_size": env.codec.vocab_size}, **extra,
@@ -379,6 +435,7 @@ def iteration_split(plan: Plan, budget: Budget) -> dict[str, Any]:
         out["model"] = "tiny GPT-2 2x128" if plan.quick else "SmolLM2-135M architecture"
         del algo, model
         _free(plan.device)
+    del built
     return out
 
 

@@ -16,6 +16,7 @@ import device_check
 import device_parts
 from device_parts import (
     Budget,
+    LongCueChoice,
     Plan,
     bandwidth_bound_tok_s,
     kv_bytes_per_token,
@@ -99,6 +100,52 @@ def test_a_failing_part_records_its_error_and_the_others_run(
                                       "result": {"value": 1}}  # fmt: skip
 
 
+def test_out_defaults_to_the_device_tools_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OUT", str(tmp_path))
+    assert device_check.default_out() == tmp_path / "device.json"
+    device_check.main(["--device", "cpu", "--quick", "--budget-s", "0.001"])
+    assert set(json.loads((tmp_path / "device.json").read_text())["parts"]) == set(
+        device_parts.PARTS
+    )
+    monkeypatch.setenv("OUT", str(tmp_path / "missing"))
+    assert device_check.default_out() == device_check.RESULTS
+
+
+def test_each_part_is_saved_as_it_ends() -> None:
+    seen: list[list[str]] = []
+    device_check.run_parts(
+        Plan(torch.device("cpu"), quick=True),
+        Budget(0.001),
+        ["decode", "cuda_tests"],
+        save=lambda parts: seen.append(list(parts)),
+    )
+    assert seen == [["decode"], ["decode", "cuda_tests"]]
+
+
+def test_long_cue_prompts_end_with_the_cue_the_reward_reads() -> None:
+    import numpy as np
+
+    from marlhf.envs import DelayedChoiceTask
+
+    task = LongCueChoice(horizon=8, prompt_len=32)
+    plain = DelayedChoiceTask(horizon=8)
+    long, short = (
+        task.sample_prompts(np.random.default_rng(3), 6),
+        plain.sample_prompts(np.random.default_rng(3), 6),
+    )
+    assert task.max_prompt_len == 32 and all(len(p.ids) == 32 for p in long)
+    assert [p.ids[-1] for p in long] == [p.ids[0] for p in short]  # the same cues, last
+    assert [p.metadata for p in long] == [p.metadata for p in short]
+    assert task.codec.pad_token_id not in {i for p in long for i in p.ids}
+    env = device_parts._env(4, 8, torch.device("cpu"), prompt_len=32)
+    obs, _ = env.reset(seed=0)
+    assert obs["input_ids"].shape[1] >= 32
+    with pytest.raises(ValueError, match="prompt_len=0"):
+        LongCueChoice(horizon=8, prompt_len=0)
+
+
 def test_bad_parts_name_is_refused() -> None:
     with pytest.raises(SystemExit):
         device_check.main(["--device", "cpu", "--parts", "decode,nosuch"])
@@ -124,7 +171,7 @@ def test_cpu_check_mode_runs_every_part(tmp_path: Path) -> None:
     bandwidth = dec["copy_bandwidth_gb_s"] * 1e9
     assert bandwidth > 0 and dec["param_bytes"] > 0
     (case,) = dec["cases"]
-    assert case["status"] == "ok" and case["context"] <= 512
+    assert case["status"] == "ok" and case["context"] == device_parts.PROMPT_LEN + 8 <= 512
     assert set(case["tok_s"]) == {"eager", "static", "compiled", "bare", "hf_generate"}
     bound = bandwidth_bound_tok_s(
         case["batch"], dec["param_bytes"], case["kv_bytes_per_token"], case["mean_context"],
