@@ -2,17 +2,23 @@
 the memory-bandwidth bound, agent/bare, one PPO and one GRPO iteration's split, NCCL with one rank.
 
 Run on a lent machine. The device tool runs one bash command in the repository root of a copy
-of the working tree, with no network (``make install`` is not possible there) and no ``.git``:
-carry the venv (``carry=[".venv"]``), type the commit in, and write under ``$OUT`` (only what is
-written there comes back; ``$OUT/device.json`` is the default when ``$OUT`` is set)::
+of the working tree, with no network and no ``.git``; its ``python3`` (3.12) holds torch with
+CUDA, transformers and pytest, but not Gymnasium or Stable-Baselines3, which marlhf imports, and
+the venv here (a 2 GB CPU build) cannot travel. So, here, once: ``bash
+benchmarks/device_wheels.sh`` (their wheels into ``.whl/``, about 1.5 MB); then one device call
+with ``carry=[".whl"]``, ``timeout_s=540`` and this command (the commit typed in)::
 
-    HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/device_check.py --commit <sha of main>
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/site .whl/*.whl && export PYTHONPATH=$PWD:/tmp/site HF_HUB_OFFLINE=1 \
+        PYTHONUNBUFFERED=1 && python3 benchmarks/device_check.py --commit <sha of main>
 
-with the call's ``timeout_s`` at about 540: the default ``--budget-s`` (420 s) keeps the parts
-under 7 minutes, the start-up adds a few seconds. ``--device cuda --quick`` (well under a minute)
-is a smoke run of the script on the GPU first, if the time allows. The results are written after
-every part (a run cut short keeps what it measured) and a table is printed; copy the file into
-``benchmarks/results/device.json`` on this side.
+The default ``--budget-s`` (420 s) keeps the parts under 7 minutes; the start-up adds seconds.
+Only what is written under ``$OUT`` comes back: ``$OUT/device.json`` is the default output when
+``$OUT`` is set (else ``benchmarks/results/device.json``); it is written after every part (a run
+cut short keeps what it measured), and a table is printed. Copy it into
+``benchmarks/results/device.json`` here. If time allows, ``--device cuda --quick`` (under a
+minute) first checks the script on the GPU; ``--decode-batches``, ``--decode-tokens``,
+``--rounds`` and ``--iter-size`` change the sizes.
 
 Parts, in the order they run (each its own function in ``benchmarks/device_parts.py``; a failing
 part records its exact error and never stops the others; a part, or a decode batch size, whose
@@ -178,6 +184,43 @@ def _headline(name: str, entry: dict[str, Any]) -> str:
     return ""
 
 
+def _version(dist: str) -> str | None:
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _positive(parser: argparse.ArgumentParser, flag: str, value: int | None) -> int | None:
+    if value is not None and value < 1:
+        parser.error(f"{flag}={value} must be a positive integer")
+    return value
+
+
+def _ints(parser: argparse.ArgumentParser, flag: str, text: str | None) -> list[int] | None:
+    """``"64,256"`` -> ``[64, 256]``; a clear error for anything but positive integers."""
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        parser.error(f"{flag}={text!r} must be positive integers separated by commas")
+    return values
+
+
+def _pair(parser: argparse.ArgumentParser, flag: str, text: str | None) -> tuple[int, int] | None:
+    values = _ints(parser, flag, text)
+    if values is None:
+        return None
+    if len(values) != 2:
+        parser.error(f"{flag}={text!r} must be two integers: rows,tokens")
+    return values[0], values[1]
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -190,6 +233,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--parts", default=",".join(PARTS), help=f"comma-separated, of: {', '.join(PARTS)}"
+    )
+    parser.add_argument(
+        "--decode-batches", default=None, help="decode batch sizes, e.g. 64,256 (the default)"
+    )
+    parser.add_argument("--decode-tokens", type=int, default=None, help="decode new tokens (128)")
+    parser.add_argument("--rounds", type=int, default=None, help="decode timed rounds (3)")
+    parser.add_argument(
+        "--iter-size", default=None, help="iteration split rows,tokens, e.g. 32,64 (the default)"
     )
     parser.add_argument("--commit", default=None, help="commit to stamp (no .git on the device)")
     parser.add_argument(
@@ -207,7 +258,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     budget = Budget(args.budget_s)
     if device.type == "cpu":
         torch.set_num_threads(1)
-    plan = Plan(device=device, quick=args.quick)
+    plan = Plan(
+        device=device,
+        quick=args.quick,
+        decode_batches=_ints(parser, "--decode-batches", args.decode_batches),
+        decode_tokens=_positive(parser, "--decode-tokens", args.decode_tokens),
+        rounds=_positive(parser, "--rounds", args.rounds),
+        iter_size=_pair(parser, "--iter-size", args.iter_size),
+    )
     stamp = machine_stamp()
     if args.commit:
         stamp["commit"] = args.commit
@@ -217,6 +275,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
+        "transformers": _version("transformers"),
         "quick": args.quick,
         "budget_s": args.budget_s,
         "load_before": list(os.getloadavg()),

@@ -43,10 +43,16 @@ PROMPT_LEN = 32  # the decode and iteration prompts (issue 28: context <= 512)
 
 @dataclass
 class Plan:
-    """Where and how big: ``quick`` shrinks every part to a check of the script."""
+    """Where and how big: ``quick`` shrinks every part to a check of the script; the other
+    fields, when given, replace the decode part's batch sizes, new tokens and rounds, and the
+    iteration split's rows and tokens (whatever ``quick`` says)."""
 
     device: torch.device
     quick: bool = False
+    decode_batches: list[int] | None = None
+    decode_tokens: int | None = None
+    rounds: int | None = None
+    iter_size: tuple[int, int] | None = None
 
     @property
     def cuda(self) -> bool:
@@ -245,7 +251,8 @@ def parse_pytest_counts(tail: str) -> dict[str, int]:
 
 def cuda_tests(plan: Plan, budget: Budget) -> dict[str, Any]:
     """The CUDA test modules in a subprocess (skipped there without CUDA), within the budget."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths), "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CUDA_TEST_MODULES]
     timeout = max(budget.left(), 1.0)
     try:
@@ -280,9 +287,12 @@ def hf_generate(model: Any, prompt: torch.Tensor, n_new: int) -> torch.Tensor:
 
 def _decode_sizes(plan: Plan) -> tuple[list[int], int, int]:
     """``(batches, new tokens, rounds)``."""
-    if plan.quick:
-        return [4], 8, 2
-    return [64, 256], 128, 3
+    batches, n_new, rounds = ([4], 8, 2) if plan.quick else ([64, 256], 128, 3)
+    return (
+        plan.decode_batches or batches,
+        plan.decode_tokens or n_new,
+        plan.rounds or rounds,
+    )
 
 
 def decode_case(model: Any, batch: int, n_new: int, rounds: int, plan: Plan) -> dict[str, Any]:
@@ -417,7 +427,7 @@ def _stage_seconds(algo: PPO, device: torch.device) -> dict[str, float]:
 
 def iteration_split(plan: Plan, budget: Budget) -> dict[str, Any]:
     """One PPO and one GRPO iteration (bf16 on CUDA), after a warm-up one, stage by stage."""
-    batch, n_new = (4, 8) if plan.quick else (32, 64)
+    batch, n_new = plan.iter_size or ((4, 8) if plan.quick else (32, 64))
     bf16 = plan.cuda
     out: dict[str, Any] = {"batch": batch, "prompt_len": PROMPT_LEN, "new_tokens": n_new,
                            "bf16": bf16, "algorithms": {}}  # fmt: skip

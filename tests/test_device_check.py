@@ -146,9 +146,61 @@ def test_long_cue_prompts_end_with_the_cue_the_reward_reads() -> None:
         LongCueChoice(horizon=8, prompt_len=0)
 
 
-def test_bad_parts_name_is_refused() -> None:
-    with pytest.raises(SystemExit):
-        device_check.main(["--device", "cpu", "--parts", "decode,nosuch"])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--parts", "decode,nosuch"],
+        ["--decode-batches", "0"],
+        ["--decode-batches", "a,b"],
+        ["--iter-size", "4"],
+        ["--rounds", "0"],
+        ["--budget-s", "0"],
+    ],
+)
+def test_bad_arguments_are_refused(argv: list[str], tmp_path: Path) -> None:
+    with pytest.raises((SystemExit, ValueError)):
+        device_check.main(["--device", "cpu", "--quick", "--out", str(tmp_path / "x"), *argv])
+    assert not (tmp_path / "x").exists()
+
+
+def test_size_overrides_replace_the_defaults() -> None:
+    cpu = torch.device("cpu")
+    assert device_parts._decode_sizes(Plan(cpu, quick=True)) == ([4], 8, 2)
+    assert device_parts._decode_sizes(Plan(cpu)) == ([64, 256], 128, 3)
+    plan = Plan(cpu, quick=False, decode_batches=[2], decode_tokens=3, rounds=1)
+    assert device_parts._decode_sizes(plan) == ([2], 3, 1)
+
+
+def test_cuda_tests_part_counts_and_keeps_the_python_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subprocess
+
+    calls: list[dict[str, Any]] = []
+
+    def fake_run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        calls.append({"cmd": cmd, **kwargs})
+        return subprocess.CompletedProcess(cmd, returncode, stdout=stdout, stderr="")
+
+    monkeypatch.setattr(device_parts.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", "/tmp/site")
+    plan, budget = Plan(torch.device("cpu"), quick=True), Budget(60.0)
+    returncode, stdout = 1, "..F\n2 passed, 1 failed in 3.0s\n"
+    result = device_parts.cuda_tests(plan, budget)
+    assert (result["passed"], result["failed"], result["returncode"]) == (2, 1, 1)
+    env_path = calls[0]["env"]["PYTHONPATH"].split(":")
+    assert env_path == [str(device_parts.ROOT), "/tmp/site"]  # the carried wheels stay found
+    assert calls[0]["cmd"][-1] == "tests/agents/test_cuda.py" and calls[0]["timeout"] <= 60
+    returncode, stdout = 4, "ERROR: usage"
+    with pytest.raises(RuntimeError, match="pytest exited 4"):
+        device_parts.cuda_tests(plan, budget)
+
+    def too_long(cmd: list[str], **kwargs: Any) -> None:
+        raise subprocess.TimeoutExpired(cmd, kwargs["timeout"])
+
+    monkeypatch.setattr(device_parts.subprocess, "run", too_long)
+    with pytest.raises(TimeoutError, match="left of the budget"):
+        device_parts.cuda_tests(plan, budget)
 
 
 @pytest.mark.slow
