@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import os
 import re
 import socket
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CUDA_TEST_MODULES = ("tests/agents/test_cuda.py",)  # the modules skipped without CUDA
 GOAL_TOK_S = 100_000  # issue 28: SmolLM2-135M architecture at B = 256
 GOAL_AGENT_OVER_BARE = 0.9
+NCCL_TIMEOUT_S = 90.0  # the one-rank process group's child, start-up included
 PROMPT_LEN = 32  # the decode and iteration prompts (issue 28: context <= 512)
 
 
@@ -195,36 +197,51 @@ def bandwidth_bound_tok_s(
 
 
 def nccl_one_rank(plan: Plan, budget: Budget) -> dict[str, Any]:
-    """NCCL (gloo on the CPU) with one rank: init, a checked all_reduce, destroy."""
+    """NCCL (gloo on the CPU) with one rank, in a child process with a timeout (a hung
+    rendezvous must not stall the other parts, nor a process group outlive this part)."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--nccl-child", str(plan.device)]
+    paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
+    timeout = max(min(NCCL_TIMEOUT_S, budget.left()), 1.0)
+    try:
+        done = subprocess.run(
+            cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise TimeoutError(f"the one-rank process group ran past {timeout:.0f} s") from exc
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        raise RuntimeError(f"the NCCL child exited {done.returncode}: {done.stderr[-2000:]}")
+    return dict(json.loads(lines[-1]))
+
+
+def nccl_all_reduce(device: torch.device) -> dict[str, Any]:
+    """In this process: ``init_process_group`` with one rank (MASTER_ADDR/PORT set here), an
+    ``all_reduce`` of a known tensor (checked: one rank's sum is the tensor itself), its time,
+    ``destroy_process_group``. NCCL on CUDA, gloo on the CPU."""
     import torch.distributed as dist
 
-    backend = "nccl" if plan.cuda else "gloo"
-    saved = {k: os.environ.get(k) for k in ("MASTER_ADDR", "MASTER_PORT")}
+    cuda = device.type == "cuda"
+    backend = "nccl" if cuda else "gloo"
     os.environ["MASTER_ADDR"] = "127.0.0.1"
     os.environ["MASTER_PORT"] = str(_free_port())
     start = time.perf_counter()
-    try:
-        dist.init_process_group(backend, rank=0, world_size=1)
-    finally:
-        for key, value in saved.items():  # the process's environment as it was
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    dist.init_process_group(backend, rank=0, world_size=1)
     init_s = time.perf_counter() - start
     try:
-        x = torch.arange(1024, dtype=torch.float32, device=plan.device)
+        x = torch.arange(1024, dtype=torch.float32, device=device)
         dist.all_reduce(x)  # warm-up (NCCL builds its communicator on the first call)
-        x = torch.arange(1024, dtype=torch.float32, device=plan.device)
-        seconds = timed(lambda: dist.all_reduce(x), plan.device)
-        expected = torch.arange(1024, dtype=torch.float32, device=plan.device)
-        correct = bool(torch.equal(x, expected))  # one rank: the sum is the tensor itself
+        x = torch.arange(1024, dtype=torch.float32, device=device)
+        seconds = timed(lambda: dist.all_reduce(x), device)
+        correct = bool(torch.equal(x, torch.arange(1024, dtype=torch.float32, device=device)))
     finally:
         dist.destroy_process_group()
     if not correct:
         raise AssertionError(f"{backend} all_reduce over one rank changed the tensor")
-    note = None if plan.cuda else "CPU check mode: gloo, not NCCL"
-    version = ".".join(map(str, torch.cuda.nccl.version())) if plan.cuda else None
+    version = torch.cuda.nccl.version() if cuda else None
+    if isinstance(version, tuple):
+        version = ".".join(map(str, version))
+    note = None if cuda else "CPU check mode: gloo, not NCCL"
     return {"backend": backend, "nccl_version": version, "init_s": init_s,
             "all_reduce_s": seconds, "correct": correct, "note": note}  # fmt: skip
 
@@ -456,9 +473,15 @@ def _estimate(quick_s: float, cuda_s: float) -> Callable[[Plan], float]:
 #: name -> (part, its estimated seconds), in the order they run: the measurements first, then
 #: the CUDA tests with whatever is left of the budget (at least their estimate).
 PARTS: dict[str, tuple[Callable[[Plan, Budget], dict[str, Any]], Callable[[Plan], float]]] = {
-    "nccl_one_rank": (nccl_one_rank, _estimate(2.0, 10.0)),
+    "nccl_one_rank": (nccl_one_rank, _estimate(10.0, 20.0)),
     "decode": (decode, lambda plan: _decode_case_estimate(plan, 64)),
     "agent_vs_bare": (agent_vs_bare, _estimate(3.0, 30.0)),
     "iteration_split": (iteration_split, _estimate(5.0, 45.0)),
     "cuda_tests": (cuda_tests, _estimate(20.0, 90.0)),
 }
+
+
+if __name__ == "__main__":  # the NCCL part's child: python device_parts.py --nccl-child DEVICE
+    if len(sys.argv) != 3 or sys.argv[1] != "--nccl-child":
+        raise SystemExit("usage: device_parts.py --nccl-child cpu|cuda")
+    print(json.dumps(nccl_all_reduce(torch.device(sys.argv[2]))))

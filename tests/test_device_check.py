@@ -52,6 +52,15 @@ def test_kv_and_param_bytes() -> None:
     assert kv_bytes_per_token(gpt2) == 2 * 2 * 4 * 32 * 4  # n_layer, n_head, 128 / 4, float32
 
 
+def test_one_rank_all_reduce_in_process_on_gloo() -> None:
+    import torch.distributed as dist
+
+    result = device_parts.nccl_all_reduce(torch.device("cpu"))
+    assert result["backend"] == "gloo" and result["correct"] is True
+    assert result["all_reduce_s"] > 0 and "gloo, not NCCL" in result["note"]
+    assert not dist.is_initialized()  # destroyed again
+
+
 def test_parse_pytest_counts() -> None:
     out = "....s\nFAILED x\n3 passed, 1 failed, 2 skipped, 1 error in 4.20s\n"
     assert parse_pytest_counts(out) == {"passed": 3, "failed": 1, "skipped": 2, "errors": 1}
