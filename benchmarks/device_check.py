@@ -169,9 +169,14 @@ def _headline(name: str, entry: dict[str, Any]) -> str:
                 out.append(f"B={case['batch']} {case.get('status', '?')}")
                 continue
             tok = case["tok_s"]
+            best = max(tok, key=tok.get, default=None)
+            if best is None:
+                out.append(f"B={case['batch']}: every side failed")
+                continue
             out.append(
-                f"B={case['batch']}: compiled {tok['compiled']:.0f} tok/s "
-                f"({case['fraction_of_bound']['compiled']:.2f} of bound)"
+                f"B={case['batch']}: {best} {tok[best]:.0f} tok/s "
+                f"({case['fraction_of_bound'][best]:.2f} of bound)"
+                + (f", {len(case['errors'])} side(s) failed" if case.get("errors") else "")
             )
         return "; ".join(out)
     if name == "agent_vs_bare":

@@ -8,6 +8,7 @@ Each part is ``fn(plan, budget) -> dict`` with an estimate of its seconds (``est
 from __future__ import annotations
 
 import copy
+import functools
 import gc
 import json
 import os
@@ -312,41 +313,62 @@ def _decode_sizes(plan: Plan) -> tuple[list[int], int, int]:
     )
 
 
+def _error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
+
+
 def decode_case(model: Any, batch: int, n_new: int, rounds: int, plan: Plan) -> dict[str, Any]:
-    """Every decode path, the bare loop and HF ``generate`` at one batch size, in rounds."""
+    """Every decode path, the bare loop and HF ``generate`` at one batch size, in rounds.
+
+    A side that fails to build or to run its warm-up is dropped with its error (``errors``);
+    the others are still measured.
+    """
     sides: dict[str, Callable[[], Any]] = {}
-    bare: Callable[[], Any] | None = None
+    errors: dict[str, str] = {}
     keep: list[Any] = []
     prompt_len = 0
     for path in ("eager", "static", "compiled"):
         env = _env(batch, n_new, plan.device, PROMPT_LEN)
         kwargs = {"decode": path, "vocab_size": env.codec.vocab_size}
-        ppo, bare_loop, agent = rollout_pair(
-            copy.deepcopy(model), env, n_new, n_epochs=1, batch_size=batch, seed=0,
-            device=plan.device, policy_kwargs=kwargs,
-        )  # fmt: skip
+        try:
+            ppo, bare_loop, agent = rollout_pair(
+                copy.deepcopy(model), env, n_new, n_epochs=1, batch_size=batch, seed=0,
+                device=plan.device, policy_kwargs=kwargs,
+            )  # fmt: skip
+        except Exception as exc:
+            errors[path] = _error(exc)
+            continue
         sides[path] = agent
         keep.append(ppo)
-        if bare is None:
-            bare = bare_loop
+        if "bare" not in sides:  # the bare loop and HF generate use the first agent's model
+            sides["bare"] = bare_loop
             prompt, _ = env.reset(seed=0)
             prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :].to(plan.device)
             prompt_len = int(prompt_ids.shape[1])
-            hf_model = ppo.policy.model
-    assert bare is not None
-    sides["bare"] = bare
-    sides["hf_generate"] = lambda: hf_generate(hf_model, prompt_ids, n_new)
-    warm = {name: timed(side, plan.device) for name, side in sides.items()}  # compiles here
+            sides["hf_generate"] = functools.partial(
+                hf_generate, ppo.policy.model, prompt_ids, n_new
+            )
+    warm: dict[str, float] = {}
+    for name in list(sides):  # the warm-up; the compiled agent compiles here
+        try:
+            warm[name] = timed(sides[name], plan.device)
+        except Exception as exc:
+            errors[name] = _error(exc)
+            del sides[name]
     names = list(sides)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
             times[name].append(timed(sides[name], plan.device))
     tokens = batch * n_new
-    tok_s = {name: tokens / statistics.median(t) for name, t in times.items()}
-    per_token = kv_bytes_per_token(model)
     del keep, sides
     _free(plan.device)
+    agent_over_bare = {
+        p: _summary([b / a for a, b in zip(times[p], times["bare"], strict=True)])
+        for p in ("eager", "static", "compiled")
+        if p in times and "bare" in times
+    }
+    compiled, static = warm.get("compiled"), warm.get("static")
     return {
         "batch": batch,
         "prompt_len": prompt_len,
@@ -354,14 +376,12 @@ def decode_case(model: Any, batch: int, n_new: int, rounds: int, plan: Plan) -> 
         "context": prompt_len + n_new,
         "rounds": rounds,
         "warmup_s": warm,
-        "compile_s": warm["compiled"] - warm["static"],
+        "compile_s": None if compiled is None or static is None else compiled - static,
         "seconds": {name: _summary(t) for name, t in times.items()},
-        "tok_s": tok_s,
-        "agent_over_bare": {
-            p: _summary([b / a for a, b in zip(times[p], times["bare"], strict=True)])
-            for p in ("eager", "static", "compiled")
-        },
-        "kv_bytes_per_token": per_token,
+        "tok_s": {name: tokens / statistics.median(t) for name, t in times.items()},
+        "agent_over_bare": agent_over_bare,
+        "errors": errors,
+        "kv_bytes_per_token": kv_bytes_per_token(model),
         "mean_context": prompt_len + n_new / 2,
     }
 
@@ -379,7 +399,12 @@ def decode(plan: Plan, budget: Budget) -> dict[str, Any]:
         if reason is not None:
             cases.append({"batch": batch, "status": "skipped", "reason": reason})
             continue
-        case = decode_case(model, batch, n_new, rounds, plan)
+        try:
+            case = decode_case(model, batch, n_new, rounds, plan)
+        except Exception as exc:  # this batch size fails (out of memory, say); the next runs
+            cases.append({"batch": batch, "status": "error", "error": _error(exc)})
+            _free(plan.device)
+            continue
         bound = bandwidth_bound_tok_s(
             batch, p_bytes, case["kv_bytes_per_token"], case["mean_context"], bandwidth
         )

@@ -172,6 +172,50 @@ def test_bad_arguments_are_refused(argv: list[str], tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_failing_decode_side_is_dropped_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    real_pair = device_parts.rollout_pair
+
+    def pair(*args: Any, **kwargs: Any) -> Any:
+        if kwargs["policy_kwargs"]["decode"] == "compiled":
+            raise RuntimeError("no graph today")
+        return real_pair(*args, **kwargs)
+
+    def no_generate(*args: Any) -> None:
+        raise ValueError("generate broke")
+
+    monkeypatch.setattr(device_parts, "rollout_pair", pair)
+    monkeypatch.setattr(device_parts, "hf_generate", no_generate)
+    plan = Plan(torch.device("cpu"), quick=True)
+    case = device_parts.decode_case(device_parts._tiny(2), 2, 4, 1, plan)
+    assert case["errors"] == {
+        "compiled": "RuntimeError: no graph today",
+        "hf_generate": "ValueError: generate broke",
+    }
+    assert set(case["tok_s"]) == {"eager", "static", "bare"}
+    assert set(case["agent_over_bare"]) == {"eager", "static"} and case["compile_s"] is None
+
+
+def test_a_failing_decode_batch_size_is_recorded_and_the_next_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def fake_case(model: Any, batch: int, n_new: int, rounds: int, plan: Plan) -> dict[str, Any]:
+        if batch == 3:
+            raise MemoryError("out of memory at B=3")
+        return {"tok_s": {"eager": 10.0}, "kv_bytes_per_token": 8, "mean_context": 4.0}
+
+    monkeypatch.setattr(device_parts, "decode_case", fake_case)
+    plan = Plan(torch.device("cpu"), quick=True, decode_batches=[3, 2])
+    result = device_parts.decode(plan, Budget(60.0))
+    failed, ok = result["cases"]
+    assert failed == {"batch": 3, "status": "error", "error": "MemoryError: out of memory at B=3"}
+    assert ok["status"] == "ok"
+    bound = bandwidth_bound_tok_s(
+        2, result["param_bytes"], 8, 4.0, result["copy_bandwidth_gb_s"] * 1e9
+    )
+    assert ok["bound_tok_s"] == pytest.approx(bound)
+    assert ok["fraction_of_bound"]["eager"] == pytest.approx(10.0 / bound)
+
+
 def test_size_overrides_replace_the_defaults() -> None:
     cpu = torch.device("cpu")
     assert device_parts._decode_sizes(Plan(cpu, quick=True)) == ([4], 8, 2)
@@ -234,6 +278,7 @@ def test_cpu_check_mode_runs_every_part(tmp_path: Path) -> None:
     (case,) = dec["cases"]
     assert case["status"] == "ok" and case["context"] == device_parts.PROMPT_LEN + 8 <= 512
     assert set(case["tok_s"]) == {"eager", "static", "compiled", "bare", "hf_generate"}
+    assert case["errors"] == {} and case["compile_s"] is not None
     bound = bandwidth_bound_tok_s(
         case["batch"], dec["param_bytes"], case["kv_bytes_per_token"], case["mean_context"],
         bandwidth,
