@@ -180,12 +180,17 @@ def _headline(name: str, entry: dict[str, Any]) -> str:
             )
         return "; ".join(out)
     if name == "agent_vs_bare":
-        return "; ".join(f"{c['model']} {c['agent_over_bare']['median']:.2f}" for c in r["cases"])
+        return "; ".join(
+            f"{c['model']} {c['agent_over_bare']['median']:.2f}" if "error" not in c
+            else f"error {c['error'][:40]}"
+            for c in r["cases"]
+        )  # fmt: skip
     if name == "iteration_split":
         return "; ".join(
             f"{algo} " + "/".join(f"{s:.2f}" for s in split["seconds"].values())
+            if "error" not in split else f"{algo} error {split['error'][:40]}"
             for algo, split in r["algorithms"].items()
-        )
+        )  # fmt: skip
     return ""
 
 

@@ -432,11 +432,25 @@ def _decode_case_estimate(plan: Plan, batch: int) -> float:
     return 120.0 if batch <= 64 else 100.0
 
 
+def _each(items: dict[str, Callable[[], dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """Each item's result, or its error when it fails (the others still run); raises only when
+    every item failed, so that the part reads as failed."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, run in items.items():
+        try:
+            out[name] = run()
+        except Exception as exc:
+            out[name] = {"error": _error(exc)}
+    if out and all("error" in r for r in out.values()):
+        raise RuntimeError(f"every case failed: {out}")
+    return out
+
+
 def agent_vs_bare(plan: Plan, budget: Budget) -> dict[str, Any]:
     """The tiny GPT-2 agent rollouts over the bare loop: median of paired ratios."""
     layers, batch, n_new, rounds = ([2], 4, 8, 3) if plan.quick else ([2, 6], 64, 64, 10)
-    cases = []
-    for n_layer in layers:
+
+    def case(n_layer: int) -> dict[str, Any]:
         model = _tiny(n_layer, n_positions=n_new + 64).to(plan.device)
         env = _env(batch, n_new, plan.device)
         _, bare, agent = rollout_pair(
@@ -445,15 +459,17 @@ def agent_vs_bare(plan: Plan, budget: Budget) -> dict[str, Any]:
         bare(), agent()  # warm-up
         pairs = [(timed(bare, plan.device), timed(agent, plan.device)) for _ in range(rounds)]
         tokens = batch * n_new
-        cases.append({
+        _free(plan.device)
+        return {
             "model": f"tiny GPT-2 {n_layer}x128", "batch": batch, "new_tokens": n_new,
             "rounds": rounds,
             "bare_tok_s": tokens / statistics.median(b for b, _ in pairs),
             "agent_tok_s": tokens / statistics.median(a for _, a in pairs),
             "agent_over_bare": _summary([b / a for b, a in pairs]),
-        })  # fmt: skip
-        _free(plan.device)
-    return {"goal": GOAL_AGENT_OVER_BARE, "cases": cases}
+        }  # fmt: skip
+
+    results = _each({f"{n}x128": functools.partial(case, n) for n in layers})
+    return {"goal": GOAL_AGENT_OVER_BARE, "cases": list(results.values())}
 
 
 def _stage_seconds(algo: PPO, device: torch.device) -> dict[str, float]:
@@ -471,24 +487,29 @@ def iteration_split(plan: Plan, budget: Budget) -> dict[str, Any]:
     """One PPO and one GRPO iteration (bf16 on CUDA), after a warm-up one, stage by stage."""
     batch, n_new = plan.iter_size or ((4, 8) if plan.quick else (32, 64))
     bf16 = plan.cuda
-    out: dict[str, Any] = {"batch": batch, "prompt_len": PROMPT_LEN, "new_tokens": n_new,
-                           "bf16": bf16, "algorithms": {}}  # fmt: skip
     built = _tiny(2) if plan.quick else smollm2_architecture()
-    for name, extra in (("PPO", {}), ("GRPO", {"preset": "grpo", "group_size": 4})):
-        model = copy.deepcopy(built)
+
+    def one(extra: dict[str, Any]) -> dict[str, Any]:
         env = _env(batch, n_new, plan.device, PROMPT_LEN)
         algo = PPO(
-            model, env, n_epochs=1, batch_size=batch, seed=0, device=plan.device, bf16=bf16,
-            policy_kwargs={"vocab_size": env.codec.vocab_size}, **extra,
+            copy.deepcopy(built), env, n_epochs=1, batch_size=batch, seed=0, device=plan.device,
+            bf16=bf16, policy_kwargs={"vocab_size": env.codec.vocab_size}, **extra,
         )  # fmt: skip
         _stage_seconds(algo, plan.device)  # warm-up
         seconds = _stage_seconds(algo, plan.device)
-        out["algorithms"][name] = {"seconds": seconds, "total_s": sum(seconds.values())}
-        out["model"] = "tiny GPT-2 2x128" if plan.quick else "SmolLM2-135M architecture"
-        del algo, model
+        del algo
         _free(plan.device)
-    del built
-    return out
+        return {"seconds": seconds, "total_s": sum(seconds.values())}
+
+    algorithms = _each({
+        "PPO": functools.partial(one, {}),
+        "GRPO": functools.partial(one, {"preset": "grpo", "group_size": 4}),
+    })  # fmt: skip
+    return {
+        "model": "tiny GPT-2 2x128" if plan.quick else "SmolLM2-135M architecture",
+        "batch": batch, "prompt_len": PROMPT_LEN, "new_tokens": n_new, "bf16": bf16,
+        "algorithms": algorithms,
+    }  # fmt: skip
 
 
 def _estimate(quick_s: float, cuda_s: float) -> Callable[[Plan], float]:

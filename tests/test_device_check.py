@@ -216,6 +216,18 @@ def test_a_failing_decode_batch_size_is_recorded_and_the_next_runs(
     assert ok["fraction_of_bound"]["eager"] == pytest.approx(10.0 / bound)
 
 
+def test_each_keeps_the_others_when_one_fails() -> None:
+    def broken() -> dict[str, Any]:
+        raise KeyError("x")
+
+    assert device_parts._each({"a": broken, "b": lambda: {"v": 1}}) == {
+        "a": {"error": "KeyError: 'x'"},
+        "b": {"v": 1},
+    }
+    with pytest.raises(RuntimeError, match="every case failed"):
+        device_parts._each({"a": broken})
+
+
 def test_size_overrides_replace_the_defaults() -> None:
     cpu = torch.device("cpu")
     assert device_parts._decode_sizes(Plan(cpu, quick=True)) == ([4], 8, 2)
