@@ -1,4 +1,4 @@
-"""One prepared check of a lent GPU (issue 28, item 5): CUDA tests, decode throughput against
+r"""One prepared check of a lent GPU (issue 28, item 5): CUDA tests, decode throughput against
 the memory-bandwidth bound, agent/bare, one PPO and one GRPO iteration's split, NCCL with one rank.
 
 Run on a lent machine. The device tool runs one bash command in the repository root of a copy
@@ -24,9 +24,10 @@ Parts, in the order they run (each its own function in ``benchmarks/device_parts
 part records its exact error and never stops the others; a part, or a decode batch size, whose
 estimated seconds would overrun what is left of ``--budget-s`` is skipped with the reason):
 
-1. ``nccl_one_rank``: ``init_process_group("nccl", rank=0, world_size=1)`` in-process
-   (MASTER_ADDR/PORT set for the call), an ``all_reduce`` of a known tensor (checked), its time,
-   ``destroy_process_group``; ``gloo`` on the CPU.
+1. ``nccl_one_rank``: in a child process with a timeout (a hung rendezvous cannot stall the
+   run), ``init_process_group("nccl", rank=0, world_size=1)`` with MASTER_ADDR/PORT set in that
+   process, an ``all_reduce`` of a known tensor (checked), its time, ``destroy_process_group``;
+   ``gloo`` on the CPU.
 2. ``decode``: the SmolLM2-135M architecture (``decode.smollm2_architecture``, random weights,
    float32) at B = 64 and 256, a 32-token prompt (``DelayedChoice`` behind 31 random symbols,
    :class:`device_parts.LongCueChoice`) and 128 new tokens (context 160 <= 512): the agent's
