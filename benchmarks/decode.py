@@ -87,20 +87,28 @@ def _summary(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def first_columns(vocab: int) -> Any:
+    """A logits-processor list for ``generate`` that keeps the first ``vocab`` columns of the
+    scores, so the next token is sampled among them: the env's tokens, as the agent samples
+    (``policy_kwargs={"vocab_size": ...}``) when the model's head is wider than the env's
+    vocabulary."""
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    class FirstColumns(LogitsProcessor):  # type: ignore[misc]
+        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+            return scores[:, :vocab]
+
+    return LogitsProcessorList([FirstColumns()])
+
+
 def hf_generate(model: Any, env: BatchedTokenEnv, n_new: int) -> Callable[[], Any]:
     """Hugging Face's ``generate`` on the env's first prompts (as the bare loop takes them):
     ``n_new`` sampled tokens per row from the env's vocabulary (the logits' first columns, as
     the agent samples), temperature 1, no top-k or top-p, the global stream seeded before each
     call."""
-    from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+    from transformers import GenerationConfig
 
     vocab = env.codec.vocab_size
-
-    class EnvVocabulary(LogitsProcessor):  # type: ignore[misc]
-        """The scores of the env's tokens only (the next token is sampled among them)."""
-
-        def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-            return scores[:, :vocab]
 
     prompt, _ = env.reset(seed=0)
     ids = prompt["input_ids"][:, -env.max_prompt_len :]
@@ -122,7 +130,7 @@ def hf_generate(model: Any, env: BatchedTokenEnv, n_new: int) -> Callable[[], An
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 generation_config=config,
-                logits_processor=LogitsProcessorList([EnvVocabulary()]),
+                logits_processor=first_columns(vocab),
             )
         made = out[:, ids.shape[1] :]
         if made.shape[1] != n_new or int(made.max()) >= vocab:  # (the same work as the agent's)

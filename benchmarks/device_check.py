@@ -32,8 +32,9 @@ estimated seconds would overrun what is left of ``--budget-s`` is skipped with t
    float32) at B = 64 and 256, a 32-token prompt (``DelayedChoice`` behind 31 random symbols,
    :class:`device_parts.LongCueChoice`) and 128 new tokens (context 160 <= 512): the agent's
    rollout with ``decode="eager"``, ``"static"`` and ``"compiled"`` (on CUDA the compiled step is
-   captured as a CUDA graph), the bare KV-cache loop and HF ``generate`` (dynamic cache, whole
-   softmax), one warm-up round (which compiles: ``compile_s``) then 3 rounds in rotating order;
+   captured as a CUDA graph), the bare KV-cache loop and HF ``generate`` (dynamic cache, sampling
+   among the env's tokens as the agent does), one warm-up round (which compiles:
+   ``compile_s``) then 3 rounds in rotating order;
    tokens/s of each, agent/bare per round, and each one's fraction of the memory-bandwidth bound
    :func:`device_parts.bandwidth_bound_tok_s`: B tokens per step, a step reading the parameters
    once and every row's KV cache at the mean context, at the copy bandwidth measured on the

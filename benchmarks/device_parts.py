@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from decode import smollm2_architecture
+from decode import first_columns, smollm2_architecture
 from rollout import rollout_pair
 
 from marlhf.algorithms import PPO
@@ -288,9 +288,10 @@ def cuda_tests(plan: Plan, budget: Budget) -> dict[str, Any]:
 
 
 @torch.no_grad()
-def hf_generate(model: Any, prompt: torch.Tensor, n_new: int) -> torch.Tensor:
+def hf_generate(model: Any, prompt: torch.Tensor, n_new: int, vocab: int) -> torch.Tensor:
     """HF ``generate`` sampling exactly ``n_new`` tokens per row (its own dynamic KV cache)
-    from the whole softmax, as the bare loop does (``top_k=0``: no top-k filter)."""
+    among the first ``vocab`` tokens, as the agent samples (``decode.first_columns``; no top-k
+    or top-p filter)."""
     return model.generate(
         input_ids=prompt,
         attention_mask=torch.ones_like(prompt),
@@ -300,6 +301,7 @@ def hf_generate(model: Any, prompt: torch.Tensor, n_new: int) -> torch.Tensor:
         max_new_tokens=n_new,
         min_new_tokens=n_new,
         pad_token_id=0,
+        logits_processor=first_columns(vocab),
     )
 
 
@@ -346,7 +348,7 @@ def decode_case(model: Any, batch: int, n_new: int, rounds: int, plan: Plan) -> 
             prompt_ids = prompt["input_ids"][:, -env.max_prompt_len :].to(plan.device)
             prompt_len = int(prompt_ids.shape[1])
             sides["hf_generate"] = functools.partial(
-                hf_generate, ppo.policy.model, prompt_ids, n_new
+                hf_generate, ppo.policy.model, prompt_ids, n_new, env.codec.vocab_size
             )
     warm: dict[str, float] = {}
     for name in list(sides):  # the warm-up; the compiled agent compiles here
