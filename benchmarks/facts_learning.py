@@ -284,26 +284,27 @@ def learned_t2t_dc(data: dict[str, Any]) -> str:
     return f"{h32:.2f}x (h32) and {h128:.2f}x (h128)"
 
 
-@fact("learned-t2t-reverse", LEARNED)
-def learned_t2t_reverse(data: dict[str, Any]) -> str:
-    """Reverse: learned over the best heuristic, median tokens, compute-matched then env only,
-    and its seeds."""
-    r = _t2t(data)["Reverse"]
+def _t2t_vs_best(data: dict[str, Any], task: str, env_digits: int) -> str:
+    """Learned over the best heuristic on ``task``, median tokens, compute-matched then env
+    only, and its seeds (the text's closing parenthesis is the page's)."""
+    r = _t2t(data)[task]
     return (
         f"{_over_best(r['median']):.1f}x the tokens of the best heuristic compute-matched and "
-        f"{_over_best(r['env_median']):.1f}x counting env tokens only ({r['seeds']} seeds"
+        f"{_over_best(r['env_median']):.{env_digits}f}x counting env tokens only ({r['seeds']} "
+        "seeds"
     )
+
+
+@fact("learned-t2t-reverse", LEARNED)
+def learned_t2t_reverse(data: dict[str, Any]) -> str:
+    """Reverse: learned over the best heuristic (:func:`_t2t_vs_best`)."""
+    return _t2t_vs_best(data, "Reverse", 1)
 
 
 @fact("learned-t2t-reasoning", LEARNED)
 def learned_t2t_reasoning(data: dict[str, Any]) -> str:
-    """The reasoning task: learned over the best heuristic, median tokens, compute-matched then
-    env only, and its seeds."""
-    r = _t2t(data)["Reasoning h16"]
-    return (
-        f"{_over_best(r['median']):.1f}x the tokens of the best heuristic compute-matched and "
-        f"{_over_best(r['env_median']):.2f}x counting env tokens only ({r['seeds']} seeds"
-    )
+    """The reasoning task: learned over the best heuristic (:func:`_t2t_vs_best`)."""
+    return _t2t_vs_best(data, "Reasoning h16", 2)
 
 
 @fact("learned-t2t-compute", LEARNED)

@@ -22,6 +22,8 @@ from typing import Any
 
 import torch
 
+from marlhf.envs.core.caught_up import CaughtUp
+
 
 def to_action_layout(x: torch.Tensor, index: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """``x[b, index[b, j]]`` where ``mask[b, j]``, 0 elsewhere (episode -> action layout)."""
@@ -169,38 +171,22 @@ class LMRolloutBuffer:
         self._credit_mask: torch.Tensor | None = None
 
     # ------------------------------------------- the fields add() writes, caught up on a read
-    @property
-    def response_ids(self) -> torch.Tensor:
-        """``int64[B, N]``: the sampled tokens (0 on padding; multi-turn: with the env's)."""
-        self._write_pending()
-        return self._response_ids
-
-    @response_ids.setter
-    def response_ids(self, value: torch.Tensor) -> None:
-        self._write_pending()
-        self._response_ids = value
-
-    @property
-    def response_mask(self) -> torch.Tensor:
-        """``bool[B, N]``: True on the response's tokens."""
-        self._write_pending()
-        return self._response_mask
-
-    @response_mask.setter
-    def response_mask(self, value: torch.Tensor) -> None:
-        self._write_pending()
-        self._response_mask = value
-
-    @property
-    def task_rewards(self) -> torch.Tensor:
-        """``float32[B, N]``: the env's reward of each step (action layout)."""
-        self._write_pending()
-        return self._task_rewards
-
-    @task_rewards.setter
-    def task_rewards(self, value: torch.Tensor) -> None:
-        self._write_pending()
-        self._task_rewards = value
+    response_ids = CaughtUp(
+        "_write_pending",
+        on_set=True,
+        doc="``int64[B, N]``: the sampled tokens (0 on padding; multi-turn: with the env's).",
+    )
+    response_mask = CaughtUp(
+        "_write_pending", on_set=True, doc="``bool[B, N]``: True on the response's tokens."
+    )
+    task_rewards = CaughtUp(
+        "_write_pending",
+        on_set=True,
+        doc="``float32[B, N]``: the env's reward of each step (action layout).",
+    )
+    _response_ids: torch.Tensor
+    _response_mask: torch.Tensor
+    _task_rewards: torch.Tensor
 
     @property
     def credit_mask(self) -> torch.Tensor:

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from marlhf.envs.core.action_checks import check_actions
+from marlhf.envs.core.caught_up import CaughtUp
 from marlhf.envs.core.registration import make_task
 from marlhf.envs.core.reset_options import RESET_OPTIONS, check_prefixes, check_prompts
 from marlhf.envs.core.tasks import Prompt, RewardBatch, Task, check_rewards, nonfinite_message
@@ -230,35 +231,16 @@ class BatchedTokenEnv(TokenVectorEnv):
         return self._any_done
 
     # --------------------------------------------- the response, caught up from the window
-    @property
-    def response_ids(self) -> torch.Tensor:
-        """``int64[B, N]``: each row's response tokens so far (pad after them)."""
-        self._catch_up()
-        return self._response_ids
-
-    @response_ids.setter
-    def response_ids(self, value: torch.Tensor) -> None:
-        self._response_ids = value
-
-    @property
-    def response_mask(self) -> torch.Tensor:
-        """``bool[B, N]``: True on each row's response tokens so far."""
-        self._catch_up()
-        return self._response_mask
-
-    @response_mask.setter
-    def response_mask(self, value: torch.Tensor) -> None:
-        self._response_mask = value
-
-    @property
-    def lengths(self) -> torch.Tensor:
-        """``int64[B]``: each row's response tokens so far."""
-        self._catch_up()
-        return self._lengths
-
-    @lengths.setter
-    def lengths(self, value: torch.Tensor) -> None:
-        self._lengths = value
+    response_ids = CaughtUp(
+        "_catch_up", doc="``int64[B, N]``: each row's response tokens so far (pad after them)."
+    )
+    response_mask = CaughtUp(
+        "_catch_up", doc="``bool[B, N]``: True on each row's response tokens so far."
+    )
+    lengths = CaughtUp("_catch_up", doc="``int64[B]``: each row's response tokens so far.")
+    _response_ids: torch.Tensor
+    _response_mask: torch.Tensor
+    _lengths: torch.Tensor
 
     def _catch_up(self) -> None:
         """Write the tokens of the fast path's steps not written yet (all rows at the same
