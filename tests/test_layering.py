@@ -52,6 +52,7 @@ LAYERS: list[tuple[str, ...]] = [
 INSIDE: dict[str, tuple[str, ...]] = {
     "marlhf.envs.core": (
         "action_checks",
+        "caught_up",
         "contract",
         "numpy_view",
         "tasks",
