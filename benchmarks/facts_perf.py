@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS_DIR, markdown_table
-from benchmarks.facts import Facts, registrar, span
+from benchmarks.facts import Facts, registrar, results, span
 from benchmarks.provenance import describe
 from benchmarks.trl_ppo_work import profile_table, work_table
+from benchmarks.update_levers import levers_table
 
 FACTS: Facts = {}
 fact = registrar(FACTS)
@@ -24,6 +25,7 @@ DECODE = RESULTS_DIR / "decode.json"
 MEMORY = RESULTS_DIR / "memory_smollm2.json"
 TRL_WORK = RESULTS_DIR / "trl_ppo_work.json"
 TRL_PPO = RESULTS_DIR / "trl_ppo.json"
+LEVERS = RESULTS_DIR / "update_levers.json"
 
 #: Issue 28's goal for the compiled decode path: this speed-up of the rollout over eager.
 COMPILED_GOAL = 1.5
@@ -517,10 +519,57 @@ def trl_ppo_load(d: dict[str, Any]) -> str:
     return "load " + span([d["loadavg_start"][0], d["loadavg_end"][0]], digits=1)
 
 
+# ----------------------------------------------------------------- update_levers.json
+_TRUNKS = (("marlhf", "separate"), ("marlhf_shared", "shared"))
+
+
+@fact("trl-ppo-needed-cut", TRL_PPO)
+def trl_ppo_needed_cut(d: dict[str, Any]) -> str:
+    """The fraction of each marlhf side's iteration the goal leaves (goal over the median ratio
+    per round): the separate critic's, then the shared trunk's."""
+    ratios = _trl_ppo_setting(d)["ratios"]
+    return " and ".join(f"{TRL_PPO_GOAL / ratios[side]['median']:.2f}" for side, _ in _TRUNKS)
+
+
+@fact("levers-all", LEVERS)
+def levers_all(d: dict[str, Any]) -> str:
+    """The ``all`` side's iteration over the default's (median per round, with its range): the
+    separate critic's, then the shared trunk's."""
+    return " and ".join(
+        f"{r['median']:.2f} ({r['min']:.2f}-{r['max']:.2f})"
+        for r in (d[trunk]["iteration"]["ratios"][f"{trunk}/all"] for _, trunk in _TRUNKS)
+    )
+
+
+@fact("levers-verdict", LEVERS)
+def levers_verdict(d: dict[str, Any]) -> str:
+    """Whether the ``all`` side's median reaches what the goal leaves of each trunk's iteration
+    (``trl_ppo.json``'s ratios), with the two numbers."""
+    ratios = _trl_ppo_setting(results(TRL_PPO))["ratios"]
+    parts = []
+    for (side, trunk), name in zip(_TRUNKS, ("separate critic", "shared trunk"), strict=True):
+        reached = d[trunk]["iteration"]["ratios"][f"{trunk}/all"]["median"]
+        needed = TRL_PPO_GOAL / ratios[side]["median"]
+        verdict = "within" if reached <= needed else "short of"
+        parts.append(f"{verdict} it with the {name} ({reached:.2f} against {needed:.2f})")
+    return " and ".join(parts)
+
+
+@fact("levers-compiled-update", LEVERS)
+def levers_compiled_update(d: dict[str, Any]) -> str:
+    """The compiled blocks' update over the default's (median per round): the separate critic's,
+    then the shared trunk's."""
+    return " and ".join(
+        f"{d[trunk]['update']['ratios'][f'{trunk}/compiled_blocks']['median']:.2f}"
+        for _, trunk in _TRUNKS
+    )
+
+
 #: ``<!-- render:NAME -->`` block name -> (results file, renderer of its JSON).
 BLOCKS: dict[str, tuple[Path, Callable[[Any], str]]] = {
     "trl-ppo-work": (TRL_WORK, work_table),
     "trl-ppo-profile": (TRL_WORK, profile_table),
+    "update-levers": (LEVERS, levers_table),
     "decode-speedups": (DECODE, decode_table),
     "memory-stages": (MEMORY, memory_table),
     "lean-check": (LEAN, lean_table),
