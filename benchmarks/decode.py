@@ -16,7 +16,7 @@ after.
 The SmolLM2-135M architecture's vocabulary is 49,152 tokens; the env's is DelayedChoice's, so
 the agent samples from the first rows of the logits (the LM head still computes all of them),
 and so does ``generate`` (a logits processor keeps those columns); the bare loop samples from
-all of them.
+all of them. A DelayedChoice prompt is one token, so every row's context is ``1 + new_tokens``.
 
 Run: ``python benchmarks/decode.py [--quick] [--rounds R] [--models tiny,smollm2]``; writes
 ``benchmarks/results/decode.json``.
@@ -46,7 +46,6 @@ from marlhf.models import tiny_gpt2
 
 RESULTS = RESULTS_DIR / "decode.json"
 PATHS = ("eager", "static", "compiled")
-PROMPT_LEN = 32  # SmolLM2 rows: a DelayedChoice prompt is short; its window is what matters
 
 
 def smollm2_architecture(vocab: int = 49_152) -> Any:
