@@ -267,6 +267,14 @@ def plot_ratios(s: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _step_cell(name: str, step: dict[str, Any]) -> str:
+    """A step of the run in the page's header: its wall time and exit code, or that it was
+    skipped (``bench.py --skip``) and its earlier results reused."""
+    if step.get("skipped"):
+        return f"{name} skipped (its earlier results reused)"
+    return f"{name} {step['wall_s']:.0f} s (rc {step['rc']})"
+
+
 def render_doc(s: dict[str, Any]) -> str:
     """The markdown of ``docs/benchmarks.md`` from the summary and the step JSON files."""
     m = s["machine"]
@@ -301,7 +309,7 @@ def render_doc(s: dict[str, Any]) -> str:
             else f"{s['gpu']}."
         ),
         f"- total wall time {s.get('total_wall_s', 0):.0f} s; steps: "
-        + ", ".join(f"{k} {v['wall_s']:.0f} s (rc {v['rc']})" for k, v in s["steps"].items()),
+        + ", ".join(_step_cell(k, v) for k, v in s["steps"].items()),
         "",
         "The machine is shared (other processes ran during the measurements), so timings carry "
         "noise of several percent; ratios are taken between runs made back to back.",

@@ -169,3 +169,14 @@ def test_alternate_runs_more_pairs_until_the_first_reached_min_seconds(
     assert rollout._alternate(first, second, 1, cpu, min_seconds=1e9)[2] == 4  # capped
     with pytest.raises(ValueError, match=r"repeats=0 must be at least 1 \(--repeats\)"):
         rollout._alternate(first, second, 0, cpu)
+
+
+def test_a_skipped_step_is_named_as_skipped_in_the_pages_header() -> None:
+    from bench_doc import _step_cell
+
+    assert _step_cell("rollout", {"rc": 0, "wall_s": 41.6}) == "rollout 42 s (rc 0)"
+    assert _step_cell("trl", {"rc": 1, "wall_s": 0.0}) == "trl 0 s (rc 1)"
+    assert (
+        _step_cell("parity", {"rc": 0, "wall_s": 0.0, "skipped": True})
+        == "parity skipped (its earlier results reused)"
+    )
