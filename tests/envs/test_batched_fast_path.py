@@ -39,10 +39,16 @@ def _reset(env: BatchedTokenEnv, prefixes: list[list[int]] | None) -> Any:
 
 
 def _trace(
-    env: BatchedTokenEnv, prefixes: list[list[int]] | None, *, masked: bool, read_every_step: bool
+    env: BatchedTokenEnv,
+    prefixes: list[list[int]] | None,
+    *,
+    masked: bool,
+    read_every_step: bool,
+    avoid_eos: bool = False,
 ) -> list[Any]:
     """Everything an episode shows, with random in-vocabulary actions (seeded). ``masked``
-    forces the masked step (``_advance``, one write a step) from the first step on."""
+    forces the masked step (``_advance``, one write a step) from the first step on;
+    ``avoid_eos`` never samples EOS, so every row of an EOS task runs to the horizon."""
     gen = torch.Generator().manual_seed(0)
     obs, _ = _reset(env, prefixes)
     if masked:
@@ -50,7 +56,10 @@ def _trace(
     out: list[Any] = [obs["input_ids"].clone(), obs["attention_mask"].clone()]
     held = env.response_ids  # a reference kept through the episode
     while not env.all_done:
-        actions = torch.multinomial(env.action_masks().float(), 1, generator=gen)[:, 0]
+        allowed = env.action_masks()
+        if avoid_eos:
+            allowed[:, env.eos_token_id] = False
+        actions = torch.multinomial(allowed.float(), 1, generator=gen)[:, 0]
         obs, rewards, terminated, truncated, info = env.step(actions)
         out += [obs["input_ids"].clone(), obs["attention_mask"].clone(), rewards.clone()]
         out += [terminated.clone(), truncated.clone(), info["active"].clone()]
@@ -102,6 +111,21 @@ def test_the_fast_step_equals_one_write_a_step(
     masked = _trace(_env(task, kwargs), prefixes, masked=True, read_every_step=False)
     assert _equal(fast, masked)
     assert _equal(fast[-6:], reference[-6:])  # the final text, return and response
+
+
+def test_an_eos_task_reaching_the_horizon_on_the_fast_path_equals_the_masked_step() -> None:
+    # An EOS task whose rows all stay active to the horizon (EOS never sampled): the fast step
+    # flags every row truncated on the last step, as the masked step does. (In the Reverse case
+    # above some row always ends early, so the fast path never reaches the horizon there.)
+    reference = _trace(_env("Reverse", {}), None, masked=True, read_every_step=True, avoid_eos=True)
+    fast = _trace(_env("Reverse", {}), None, masked=False, read_every_step=True, avoid_eos=True)
+    assert _equal(fast, reference)
+    env = _env("Reverse", {})
+    assert env.eos_token_id is not None
+    _trace(env, None, masked=False, read_every_step=False, avoid_eos=True)
+    assert env.lengths.eq(env.max_new_tokens).all()  # every row ran to the horizon
+    last_step = reference[-15:-6]  # [ids, mask, rewards, terminated, truncated, active, ...]
+    assert last_step[4].all() and not last_step[3].any()
 
 
 def test_a_reset_mid_episode_leaves_a_held_response_complete() -> None:

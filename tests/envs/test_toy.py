@@ -41,9 +41,13 @@ def test_scripted_optimal_policy_reaches_documented_optimum(make) -> None:
     assert returns.min() == pytest.approx(task.optimal_return, abs=1e-6)
 
 
-@pytest.mark.parametrize("make", TASKS)
+# ExprTarget's random return has no closed form: it is itself a Monte-Carlo run of this env, so
+# checking it against another would pass whatever the reward did. It is checked against a
+# simulation that shares no code with the env (the next test) instead.
+@pytest.mark.parametrize("make", TASKS[:-1])
 def test_random_rollouts_match_documented_random_return(make) -> None:
     task: ToyTask = make()
+    assert not isinstance(task, ExprTargetTask)
     returns = random_returns(task, episodes=2048, seed=123)
     stderr = returns.std() / np.sqrt(len(returns))
     assert abs(returns.mean() - task.random_return) < 4 * stderr + 1e-3
