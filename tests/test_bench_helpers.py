@@ -32,6 +32,9 @@ def test_bootstrap_ci_brackets_the_median_and_is_seeded() -> None:
     low, high = bootstrap_ci(x, n_boot=500, seed=3)
     assert low < float(np.median(x)) < high
     assert (low, high) == bootstrap_ci(x, n_boot=500, seed=3)
+    # The seed is used: the mean's interval (a continuous statistic, unlike the median of 20
+    # values, whose percentiles often coincide between seeds) moves with it.
+    assert bootstrap_ci(x, np.mean, n_boot=500, seed=3) != bootstrap_ci(x, np.mean, 500, seed=4)
     assert low >= x.min() and high <= x.max()
 
 

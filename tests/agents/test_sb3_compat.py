@@ -47,6 +47,19 @@ class Recorder(BaseCallback):
         self.events.append("training_end")
 
 
+class LastStepWeights(BaseCallback):
+    """Keeps a copy of the policy's trainable weights as they are at each env step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weights: list[torch.Tensor] = []
+
+    def _on_step(self) -> bool:
+        policy: Any = self.model.policy  # (marlhf's CausalLMActorCritic)
+        self.weights = [p.detach().clone() for p in policy.trainable_parameters()]
+        return True
+
+
 def test_logger_formats_write_files(tmp_path) -> None:
     algo = _algo(MAPPO, termination="ngram:2")
     algo.set_logger(configure(str(tmp_path), ["stdout", "csv", "json", "tensorboard"]))
@@ -83,10 +96,11 @@ def test_tensorboard_log_argument(tmp_path) -> None:
 
 
 def test_callbacks_fire_like_sb3_and_checkpoint_loads(tmp_path) -> None:
-    recorder = Recorder()
+    recorder, at_step = Recorder(), LastStepWeights()
     checkpoint = CheckpointCallback(save_freq=N, save_path=str(tmp_path), name_prefix="ck")
     algo = _algo()
-    algo.learn(2 * B * N, callback=CallbackList([recorder, checkpoint]), progress_bar=True)
+    callbacks = CallbackList([recorder, checkpoint, at_step])
+    algo.learn(2 * B * N, callback=callbacks, progress_bar=True)
     assert recorder.n_calls == 2 * N
     assert recorder.events == ["training_start"] + ["rollout_start", "rollout_end"] * 2 + [
         "training_end"
@@ -95,11 +109,13 @@ def test_callbacks_fire_like_sb3_and_checkpoint_loads(tmp_path) -> None:
     saved = sorted(tmp_path.glob("ck_*_steps.zip"))
     assert [p.name for p in saved] == [f"ck_{B * N}_steps.zip", f"ck_{2 * B * N}_steps.zip"]
     loaded = PPO.load(saved[-1], env=CueEnv(B, N, eos=False), device="cpu")
-    for p, q in zip(
-        algo.policy.trainable_parameters(), loaded.policy.trainable_parameters(), strict=True
-    ):
-        # The last checkpoint is taken on the last env step, before the last update.
-        assert p.shape == q.shape
+    # The last checkpoint is taken on the last env step, before the last update: it holds the
+    # weights of that step, which the update then moved.
+    weights = list(loaded.policy.trainable_parameters())
+    assert len(weights) == len(at_step.weights)
+    assert all(torch.equal(q, w) for q, w in zip(weights, at_step.weights, strict=True))
+    final = list(algo.policy.trainable_parameters())
+    assert any(not torch.equal(q, p) for q, p in zip(weights, final, strict=True))
     assert loaded.num_timesteps == 2 * B * N
 
 

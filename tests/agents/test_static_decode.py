@@ -93,6 +93,7 @@ def test_forced_tokens_equal_eager() -> None:
         state = policy.advance(state, torch.tensor([1, 2, 3]), forced, lengths)
         state = policy.advance(state, torch.tensor([4, 5, 6]))
         out.append(state)
+    assert [static_decode.is_static(s.cache) for s in out] == [False, True]
     torch.testing.assert_close(out[0].next_logits, out[1].next_logits, atol=1e-5, rtol=0)
     assert torch.equal(out[0].next_position, out[1].next_position)
 
@@ -106,6 +107,7 @@ def test_a_static_cache_forks_like_a_dynamic_one() -> None:
         state = policy.start(ids, mask)
         for t in range(5):
             state = policy.advance(state, response[:, t])
+        assert static_decode.is_static(state.cache) == (policy.decode == "static")
         forks.append(fork_state(policy, state, ids, mask, response, rows, starts))
         # The rollout's own cache is untouched by the fork and continues.
         states.append(policy.advance(state, response[:, 5]))
@@ -115,6 +117,7 @@ def test_a_static_cache_forks_like_a_dynamic_one() -> None:
 
 def test_ppo_with_a_static_cache_samples_the_same_rollout() -> None:
     runs = []
+    caches: dict[str, set[bool]] = {}
     for decode in ("eager", "static"):
         env = CueEnv(4, 6, eos=False)
         algo = PPO(
@@ -125,9 +128,17 @@ def test_ppo_with_a_static_cache_samples_the_same_rollout() -> None:
             device="cpu",
             policy_kwargs={"decode": decode},
         )
+        advance, seen = algo.policy.advance, caches.setdefault(decode, set())
+
+        def spy(state: Any, *args: Any, _advance: Any = advance, _seen: Any = seen) -> Any:
+            _seen.add(static_decode.is_static(state.cache))  # the cache collection fed
+            return _advance(state, *args)
+
+        algo.policy.advance = spy  # type: ignore[method-assign,assignment]
         algo.learn(4 * 6)
         assert algo.policy.decode == decode
         runs.append(algo)
+    assert caches == {"eager": {False}, "static": {True}}
     a, b = (r.rollout_buffer for r in runs)
     assert a is not None and b is not None
     assert torch.equal(a.action_ids, b.action_ids)

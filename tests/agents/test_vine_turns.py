@@ -15,6 +15,7 @@ from marlhf.credit.vine import choose_branch_points, fork_turn_state, monte_carl
 from marlhf.envs.multiturn.env import MultiTurnTokenEnv
 from marlhf.envs.multiturn.tasks.guess_number import GuessTheNumberTask
 from marlhf.envs.multiturn.tool import ToolLookupTask
+from marlhf.policy import static_decode
 from tests.agents.conftest import tiny_llama_for, tiny_model
 
 MC_ROLLOUTS = 2
@@ -80,6 +81,7 @@ def test_forked_turn_state_matches_a_fresh_prefill(
 ) -> None:
     algo = _agent(task_name, decode, llama)
     buf, state, widths = _rollout(algo)
+    assert static_decode.is_static(state.cache) == (decode == "static")  # the cache forked
     _ragged(buf, widths, state)
     # Every action, not only the turn starts: a branch inside a turn follows an action whose
     # step's block is wider than the row's tokens there (others got forced tokens), which is

@@ -48,8 +48,12 @@ def test_audit_of_a_saved_agent_on_saved_rollouts_by_monte_carlo(
     assert main(["audit", *sets(*base, f"output_dir={first}")]) == 0
     capsys.readouterr()
     again = tmp_path / "again"
+    # Another seed and half the envs: a fresh rollout would hold 4 other episodes, so the 8
+    # episodes and the score below come only from the saved file.
     argv = sets(
         *base,
+        "task.num_envs=4",
+        "seed=1",
         f"output_dir={again}",
         f"rollouts={first}/rollouts.safetensors",
         "truth=mc",
@@ -59,6 +63,9 @@ def test_audit_of_a_saved_agent_on_saved_rollouts_by_monte_carlo(
     report = json.loads((again / "audit.json").read_text())
     assert report["truth"]["method"] == "mc" and report["truth"]["stderr_mean"] > 0
     assert not (again / "rollouts.safetensors").exists()  # the given rollouts were audited
+    saved_report = json.loads((first / "audit.json").read_text())
+    assert report["episodes"] == saved_report["episodes"] == 8
+    assert report["score_mean"] == saved_report["score_mean"]
     capsys.readouterr()
     # Rollouts of another task (or of this task with other arguments) are refused in one line
     # that names the task they hold and the task asked for.
