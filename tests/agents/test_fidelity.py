@@ -271,10 +271,15 @@ def _loss_tensors(case: Case) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("loss_agg", ["token-mean", "seq-mean-token-mean", "seq-sum-constant"])
-@pytest.mark.parametrize("dual", [None, 1.5])
+# A dual clip of 1.2 binds inside the cases' ratios (about e^-0.3 to e^0.3) where A < 0.
+@pytest.mark.parametrize("dual", [None, 1.2])
 def test_token_ratio_loss_and_aggregations(seed: int, loss_agg: str, dual: float | None) -> None:
     case = random_case(seed)
     new, old, adv, mask = _loss_tensors(case)
+    if dual is not None:  # some token's loss is the dual bound's, not the clipped surrogate's
+        rows = zip(case.logp, case.old, case.rows(adv), strict=True)
+        tokens = [t for r in rows for t in zip(*r, strict=True)]
+        assert any(a < 0 and math.exp(n - o) > dual for n, o, a in tokens)
     got, _ = policy_loss(new, old, adv, mask, mask, clip_range=0.1, clip_range_high=0.15,
                          loss_agg=loss_agg, dual_clip=dual)  # fmt: skip
     adv_rows = case.rows(adv)
@@ -294,6 +299,15 @@ def test_dual_clip_bounds_negative_advantages(seed: int) -> None:
     plain, _ = policy_loss(big, old, adv, mask, mask, clip_range=0.2)
     dual, _ = policy_loss(big, old, adv, mask, mask, clip_range=0.2, dual_clip=3.0)
     assert float(dual) < float(plain)
+    token = [
+        [ref.ppo_token_loss(n + 2.0, o, a, 0.2, 0.2, 3.0) for n, o, a in zip(*r, strict=True)]
+        for r in zip(case.logp, case.old, case.rows(adv), strict=True)
+    ]
+    # Every token with A < 0 is held at -3 A exactly (its ratio is above 3).
+    assert all(t == -3.0 * a for row, ar in zip(token, case.rows(adv), strict=True)
+               for t, a in zip(row, ar, strict=True) if a < 0)  # fmt: skip
+    want = ref.aggregate(token, "token-mean", len(case.lengths), case.T)
+    assert float(dual) == pytest.approx(want, rel=1e-9)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
