@@ -68,10 +68,22 @@ def _model(env: Any) -> Any:
     return tiny_gpt2(env.codec, n_layer=1, n_embd=32, n_head=2, seed=0)
 
 
+def _drift(algo: Any) -> Any:
+    """Move the policy's weights away from its reference (seeded): a fresh agent's policy equals
+    its reference, so every KL would be 0, and with CueEnv's rewards all 0 at SEED so would
+    every advantage; the comparisons below would then hold whatever the stages did with them.
+    (With this drift some CueEnv rows are rewarded, so GRPO's groups differ too.)"""
+    gen = torch.Generator().manual_seed(13)
+    with torch.no_grad():
+        for p in algo.policy.model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    return algo
+
+
 def _agent(case: str) -> Any:
     cls, env_kind, kwargs = CASES[case]
     env = _env(env_kind)
-    return cls(_model(env), env, seed=SEED, device="cpu", **kwargs)
+    return _drift(cls(_model(env), env, seed=SEED, device="cpu", **kwargs))
 
 
 def _config(case: str) -> PPOConfig:
@@ -173,6 +185,7 @@ def test_pipeline_alone_gives_the_algorithms_advantages(case: str) -> None:
         )
     ref = algo.rollout_buffer
     assert ref is not None and not ref.logprobs_deferred
+    assert bool((kl != 0).any()) and bool((ref.advantages != 0).any())  # (nothing vacuous)
     _same(buf, ref, ESTIMATED)
     assert buf.has_values == ref.has_values == spec.needs_critic
     assert torch.equal(starts, ref.starts) and torch.equal(estimate.advantages, ref.advantages)
@@ -218,7 +231,7 @@ def _updater(algo: Any) -> tuple[PPOUpdater, LMRolloutBuffer]:
 def test_updater_alone_takes_the_algorithms_steps(case: str, overrides: dict[str, Any]) -> None:
     cls, env_kind, kwargs = CASES[case]
     env = _env(env_kind)
-    algo = cls(_model(env), env, seed=SEED, device="cpu", **{**kwargs, **overrides})
+    algo = _drift(cls(_model(env), env, seed=SEED, device="cpu", **{**kwargs, **overrides}))
     algo._setup_learn(1, None, True, "run", False)
     assert algo.collect_rollouts(algo._init_callback(None, False))
     buf = algo.rollout_buffer
@@ -226,7 +239,10 @@ def test_updater_alone_takes_the_algorithms_steps(case: str, overrides: dict[str
     deferred = buf.logprobs_deferred
     assert deferred == (case == "grpo")  # the deferred path is the one under test there
     updater, mine = _updater(algo)
+    before = [p.detach().clone() for p in algo.policy.parameters()]
     algo.train()
+    moved = [not torch.equal(p, q) for p, q in zip(algo.policy.parameters(), before, strict=True)]
+    assert any(moved)  # the update did something for the two paths to agree on
     stats = updater.update(mine, progress=algo.num_timesteps / algo._total_timesteps)
     assert stats.keys() == algo.train_stats.keys()
     for key, value in stats.items():  # (NaN: a value loss without a critic)
@@ -265,6 +281,7 @@ def test_deferred_scores_are_filled_once_by_the_update_or_on_request() -> None:
     full = copy.deepcopy(buf)
     pipeline.score(collector.policy, full, config)
     kl_ref = pipeline.ensure_policy_scores(collector.policy, buf, config)
+    assert kl_ref is not None and kl_ref != 0
     assert kl_ref == pipeline.reference_kl(full, config)
     assert torch.allclose(buf.logprobs, full.logprobs, atol=1e-6)
     assert not buf.logprobs_deferred
