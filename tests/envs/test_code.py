@@ -129,6 +129,8 @@ def test_sampled_prompts_round_trip(task: HumanEvalTask, bpe_codec: TokenCodec) 
     prompts = task.sample_prompts(np.random.default_rng(3), 4)
     again = task.sample_prompts(np.random.default_rng(3), 4)
     assert [p.metadata["task_id"] for p in prompts] == [p.metadata["task_id"] for p in again]
+    other = task.sample_prompts(np.random.default_rng(4), 4)  # the generator is used
+    assert [p.metadata["task_id"] for p in other] != [p.metadata["task_id"] for p in prompts]
     for p in prompts:
         assert bpe_codec.decode(p.ids) == p.text == p.metadata["program_prefix"]
         assert len(p.ids) <= task.max_prompt_len

@@ -36,6 +36,8 @@ def test_prompts_are_seeded_and_carry_the_question(task: ReasoningGymTask, bpe_c
     a = task.sample_prompts(np.random.default_rng(5), 5)
     b = task.sample_prompts(np.random.default_rng(5), 5)
     assert [p.metadata["index"] for p in a] == [p.metadata["index"] for p in b]
+    other = task.sample_prompts(np.random.default_rng(6), 5)  # the generator is used
+    assert [p.metadata["index"] for p in other] != [p.metadata["index"] for p in a]
     for p in a:
         assert p.text is not None and p.text.endswith("\nAnswer: ")
         assert bpe_codec.decode(p.ids) == p.text and len(p.ids) <= task.max_prompt_len

@@ -101,7 +101,7 @@ def test_unknown_task_lists_registered() -> None:
 def test_bad_task_kwarg_is_named() -> None:
     with pytest.raises(ValueError, match="horizon"):
         gymnasium.make("marlhf/DelayedChoice-v0", horizon=1)
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="no_such_kwarg"):
         make_task("Reverse", no_such_kwarg=1)
     with pytest.raises(TypeError, match="already built"):
         make_task(make_task("Reverse"), horizon=9)

@@ -144,6 +144,13 @@ def test_network_is_refused(isolation: str) -> None:
     assert r.status is Status.RUNTIME_ERROR and "not allowed" in r.error
     if os.geteuid() == 0 or isolation == "bwrap":  # then no packet can leave
         assert r.network_isolated
+        # ... because the program sees a network namespace of its own: loopback only (the flag
+        # above is set from the configuration, this is what the program actually sees).
+        lines = "print(open('/proc/net/dev').read().splitlines()[2:])"
+        limits = SandboxLimits(**{**FAST.__dict__, "isolation": isolation})
+        r = run_program(lines, ["assert True"], limits=limits)
+        assert r.status is Status.PASSED, r
+        assert [line.split(":")[0].strip() for line in ast.literal_eval(r.stdout)] == ["lo"]
 
 
 @pytest.mark.parametrize("isolation", ISOLATIONS)  # the audit hook alone, and under bwrap

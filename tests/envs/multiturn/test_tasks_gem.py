@@ -68,6 +68,9 @@ def test_offline_game_runs_is_seeded_and_keeps_the_global_generators(game: str) 
     assert isinstance(first, str) and first and trace
     again, _ = checked.reset(seed=5)
     assert again == first and run(env, moves) == trace  # an episode depends only on its seed
+    if game != "TowerofHanoi":  # (the one game with nothing random: every seed is the same)
+        other, _ = checked.reset(seed=6)  # ... and on the seed: another one changes it
+        assert other != first or run(env, moves) != trace
     assert (random.random(), np.random.rand()) == expected  # GEM left the caller's alone
 
 

@@ -84,11 +84,21 @@ def test_rewards_are_score_differences_with_partial_credit() -> None:
 
 def test_one_turn_is_the_single_turn_task(task) -> None:
     env = ReasoningRetryEnv(task.source, max_turns=1)
-    for seed, answer in [(0, "12"), (1, "-3"), (2, "")]:
+    rewards = []
+    for seed, answer in [(0, "12"), (1, "-3"), (2, ""), (3, None)]:
         env.reset(seed=seed)
+        answer = solution(task, env) if answer is None else answer  # (the last one is right)
         _, reward, terminated, truncated, _ = env.step(answer)
         assert reward == task.source.reward_fn.score(answer, env.entry)
         assert terminated or truncated
+        rewards.append(reward)
+    assert rewards[-1] == 1.0
+    # Partial credit passes through as the single-turn task's score (not only 0 or 1).
+    source = ReasoningGymTask(dataset="fraction_simplification", size=10)
+    env = ReasoningRetryEnv(source, max_turns=1)
+    env.reset(seed=0)
+    _, reward, _, truncated, _ = env.step("cat")
+    assert reward == source.reward_fn.score("cat", env.entry) > 0 and truncated
 
 
 def test_state_key_and_clone(task) -> None:
@@ -100,6 +110,17 @@ def test_state_key_and_clone(task) -> None:
     right = solution(task, env)
     assert twin.step(right) == env.step(right)
     assert twin.source is env.source  # the questions are shared, not copied
+    # With partial credit the score so far is part of the state, and the clone keeps it (a
+    # fresh env's score is 0, so the wrong answer above could not show that).
+    source = ReasoningGymTask(dataset="fraction_simplification", size=10)
+    env = ReasoningRetryEnv(source, max_turns=3)
+    env.reset(seed=0)
+    env.step("cat")
+    twin = env.clone()
+    assert twin.state_key() == env.state_key() == (env.index, 1, env.score) and env.score > 0
+    right = source.solution(source.prompt(env.index))
+    assert twin.step(right) == env.step(right)
+    assert env.score == 1.0
 
 
 def test_bad_input(task) -> None:
