@@ -49,6 +49,16 @@ def _trained(kind: str, **overrides: Any) -> Any:
     buf.task_rewards.zero_()
     buf.task_rewards[torch.arange(B), buf.lengths - 1] = SCORES
     algo.finish_rollout()
+    algo.grads = []  # each step's accumulated gradients, before clipping and the step
+    step = algo.updater._step
+
+    def recording_step(*args: Any, **kwargs: Any) -> Any:
+        algo.grads.append(
+            [None if p.grad is None else p.grad.clone() for p in algo.policy.trainable_parameters()]
+        )
+        return step(*args, **kwargs)
+
+    algo.updater._step = recording_step
     algo.train()
     return algo
 
@@ -71,6 +81,12 @@ def test_micro_batches_update_like_whole_minibatches(kind: str) -> None:
     for size in (1, 3):
         micro = _trained(kind, micro_batch_size=size)
         assert micro._n_updates == whole._n_updates
+        assert len(micro.grads) == len(whole.grads) > 0
+        for got_g, want_g in zip(micro.grads, whole.grads, strict=True):
+            for g, w in zip(got_g, want_g, strict=True):
+                assert (g is None) == (w is None)
+                if w is not None:
+                    torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
         got = _params(micro)
         for name, value in want.items():
             torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)
@@ -113,7 +129,7 @@ def test_bad_micro_batch_size_is_refused_naming_the_field(bad: Any) -> None:
 def _dp_update(kind: str, data: dict[str, Any], rank: int, world_size: int, **kw: Any) -> Any:
     """``test_data_parallel``'s update of a replayed rollout, with config overrides."""
     share = dp.B // world_size
-    algo = dp._algo(kind, share, **kw)
+    algo = dp._algo(kind, share, **{"batch_size": None, **kw})  # 2 rows a rank: 2 chunks
     algo._setup_learn(1, None, True, "run", False)
     dp._replay(algo, data, slice(rank * share, (rank + 1) * share))
     algo.finish_rollout()

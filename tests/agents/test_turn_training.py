@@ -55,3 +55,5 @@ def test_every_turn_preset_trains_on_tool_lookup(preset: str) -> None:
 def test_specs_with_options_and_sums_train(estimator: str) -> None:
     algo = _train(preset=["toy"], estimator=estimator, group_size=4)
     assert torch.isfinite(algo.rollout_buffer.advantages).all()
+    buf = algo.rollout_buffer
+    assert bool((buf.advantages[buf.credit_mask] != 0).any())
