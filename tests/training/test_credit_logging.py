@@ -89,7 +89,7 @@ def test_bad_credit_values_are_named(
     err = capsys.readouterr().err
     assert __import__("re").search(match, err), err
     assert "Traceback" not in err
-    assert not (tmp_path / "x" / "runs").exists()
+    assert not (tmp_path / "x").exists()  # no folder, for train (no runs/) as for compare
 
 
 def test_exact_truth_on_a_task_too_large_to_enumerate_fails_before_training(

@@ -80,7 +80,7 @@ def test_a_bad_value_is_a_one_line_error_and_touches_no_folder(
     tmp_path: Path, capsys: pytest.CaptureFixture, command: str, overrides: list, names: str
 ) -> None:
     out = tmp_path / "out"
-    where = [] if command == "eval" else [f"output_dir={out}"]
+    where = [f"output={out}/samples.jsonl"] if command == "eval" else [f"output_dir={out}"]
     err = _one_line_error(capsys, [command, *sets(*overrides, *where)])
     assert err.startswith(f"marlhf {command}: error: ") and names in err, err
     assert not out.exists()
