@@ -45,7 +45,18 @@ def _gpt2(codec: Any) -> Any:
 #: (a model is not sent between processes).
 CASES: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
     **{kind: (kind, dict) for kind in _configs()},
-    "ppo+micro-batch 1": ("ppo", lambda: {"micro_batch_size": 1, "lm": _gpt2}),
+    # Whole minibatches: two rows a rank, so two chunks each (minibatches of 2 put one row on
+    # each rank, and a micro-batch of 1 would split nothing).
+    "ppo+micro-batch 1": (
+        "ppo",
+        lambda: {"micro_batch_size": 1, "batch_size": None, "lm": _gpt2},
+    ),
+    # Minibatches of one episode over two ranks: the rank without it has fewer chunks and
+    # makes an idle forward and backward (weight 0), so that the sharded collectives match.
+    "ppo+micro-batch 1, uneven minibatches": (
+        "ppo",
+        lambda: {"micro_batch_size": 1, "batch_size": 1, "lm": _gpt2},
+    ),
     "ppo+checkpointing": (
         "ppo",
         lambda: {"lm": _gpt2, "policy_kwargs": {"gradient_checkpointing": True}},
@@ -64,7 +75,15 @@ def _sharded_updates(rank: int, world_size: int, rollouts: dict[str, Any]) -> di
     out = {}
     for case, (kind, settings) in CASES.items():
         torch.manual_seed(0)  # LoRA draws its A matrices from the global stream
-        algo = _update(kind, rollouts[kind], rank, world_size, fsdp=True, **settings())
+        algo = _update(kind, rollouts[kind], rank, world_size, train=False, fsdp=True, **settings())
+        idle, idle_chunk = [0], algo.updater._idle_chunk
+
+        def counted(buf: Any, _idle_chunk: Any = idle_chunk, _idle: list[int] = idle) -> None:
+            _idle[0] += 1
+            _idle_chunk(buf)
+
+        algo.updater._idle_chunk = counted
+        algo.train()
         moments = [
             v for slot in algo.optimizer.state.values() for k, v in slot.items() if k == "exp_avg"
         ]
@@ -74,6 +93,7 @@ def _sharded_updates(rank: int, world_size: int, rollouts: dict[str, Any]) -> di
             # How much of the Adam moments this rank holds, and of how much in all.
             "held": sum(v.to_local().numel() for v in moments),
             "whole": sum(v.numel() for v in moments),
+            "idle_chunks": idle[0],
         }
     return out
 
@@ -102,6 +122,8 @@ def test_fsdp_on_two_ranks_updates_like_one_unsharded_process() -> None:
                     rank,
                     key,
                 )
+        idle = sum(got[case]["idle_chunks"] for got in results)
+        assert (idle > 0) == case.endswith("uneven minibatches"), (case, idle)
         # Each rank held about half of the optimizer state (the shards of odd-sized rows
         # differ by a row): the training state was sharded, not replicated.
         held = [got[case]["held"] for got in results]
