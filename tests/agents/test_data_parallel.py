@@ -322,17 +322,42 @@ def test_two_rank_checkpoint_resumes_exactly_and_refuses_one_rank(tmp_path: Path
         MAPPO.load(tmp_path / "ckpt", env=CueEnv(num_envs=2, max_new_tokens=N), device="cpu")
 
 
+def _update_and_gradients(data: dict[str, Any], rank: int, world_size: int) -> dict[str, Any]:
+    """PPO's update of ``data`` (this rank's part), with each step's gradients as the clipping
+    reads them: summed over ranks, not yet clipped (clipping and Adam would hide a wrong scale
+    of the gradients from the parameters)."""
+    clip = torch.nn.utils.clip_grad_norm_
+    grads: list[list[torch.Tensor]] = []
+
+    def recording(params: Any, *args: Any, **kwargs: Any) -> Any:
+        params = list(params)
+        grads.append([p.grad.clone() for p in params if p.grad is not None])
+        return clip(params, *args, **kwargs)
+
+    torch.nn.utils.clip_grad_norm_ = recording  # type: ignore[assignment]
+    try:
+        algo = _update("ppo", data, rank, world_size)
+    finally:
+        torch.nn.utils.clip_grad_norm_ = clip
+    return {"params": _params(algo), "grads": grads}
+
+
 def _small_buckets(rank: int, world_size: int, data: dict[str, Any]) -> dict[str, Any]:
     from marlhf.parallel import distributed
 
     distributed.BUCKET_BYTES = 200  # a bucket per parameter or two (a 1 KB matrix: its own)
-    return _params(_update("ppo", data, rank, world_size))
+    return _update_and_gradients(data, rank, world_size)
 
 
 @pytest.mark.slow  # two processes (gloo ranks), each building and training a model
 def test_gradients_all_reduced_in_many_buckets_update_like_one_process() -> None:
     data = _rollout("ppo")
-    want = _params(_update("ppo", data, 0, 1))
+    one = _update_and_gradients(data, 0, 1)
+    assert len(one["grads"]) > 0
     for got in run_ranks(_small_buckets, 2, data):
-        for name, value in want.items():
-            torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)
+        for name, value in one["params"].items():
+            torch.testing.assert_close(got["params"][name], value, atol=1e-6, rtol=0, msg=name)
+        assert len(got["grads"]) == len(one["grads"])
+        for step, (mine, want) in enumerate(zip(got["grads"], one["grads"], strict=True)):
+            for g, w in zip(mine, want, strict=True):
+                torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-5, msg=f"step {step}")
