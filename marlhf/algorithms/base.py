@@ -161,6 +161,11 @@ class LMOnPolicyAlgorithm:
             )
         self.num_timesteps = 0
         self._total_timesteps = 0
+        #: The tokens the learning-rate schedule (warm-up, linear decay) spans. None (default):
+        #: each ``learn`` call's total, as in SB3. A caller that trains one budget in several
+        #: ``learn`` calls sets it to the whole budget, or each call would run the schedule to its
+        #: end (the run runner does, as it learns one iteration at a time between checkpoints).
+        self.schedule_timesteps: int | None = None
         self._num_timesteps_at_start = 0
         self._iteration = 0
         self._custom_logger = False

@@ -272,7 +272,8 @@ class PPO(LMOnPolicyAlgorithm):
         if buf is None:
             raise ValueError("train: no rollout buffer; call set_env(env) and collect a rollout")
         self.updater.verbose = self.verbose
-        progress = self.num_timesteps / max(self._total_timesteps, 1)
+        total = self.schedule_timesteps or self._total_timesteps  # (None: this call's total)
+        progress = self.num_timesteps / max(total, 1)
         self.train_stats = self.updater.update(buf, progress)
         if self.updater.kl_ref is not None:  # the scores the update filled in (deferred)
             self.rollout_stats["rollout/kl_ref"] = self.updater.kl_ref

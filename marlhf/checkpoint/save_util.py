@@ -316,6 +316,7 @@ def _save_algorithm(algo: Any, path: str | Path) -> None:
         "verbose": algo.verbose,
         "tensorboard_log": algo.tensorboard_log,
         "num_timesteps": algo.num_timesteps,
+        "schedule_timesteps": algo.schedule_timesteps,
         "mc_tokens": algo.mc_tokens,
         "n_updates": algo._n_updates,
         "iteration": algo._iteration,
@@ -446,6 +447,8 @@ def load_algorithm(
                 stacklevel=3,
             )
     algo.num_timesteps = int(data["num_timesteps"])
+    schedule = data.get("schedule_timesteps")  # (absent from saves before it existed)
+    algo.schedule_timesteps = None if schedule is None else int(schedule)
     algo.mc_tokens = int(data.get("mc_tokens", 0))
     algo._n_updates = int(data["n_updates"])
     algo._iteration = int(data["iteration"])

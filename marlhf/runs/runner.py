@@ -412,6 +412,8 @@ def execute(request: RunRequest, progress: ProgressFn | None = None) -> dict[str
         tokens_per_iter = env.num_envs * env.max_new_tokens * dist_utils.world().world_size
         resumed_tokens = resumed_from  # the tokens of the checkpoint on disk
         last_save, last_iteration = time.perf_counter(), algo._iteration
+        # One schedule over the whole run, however many learn() calls the checkpoints cut it in.
+        algo.schedule_timesteps = total_timesteps
         while algo.num_timesteps < total_timesteps:
             chunk = total_timesteps - algo.num_timesteps
             if checkpoint_every > 0:  # one iteration at a time: a checkpoint may follow any

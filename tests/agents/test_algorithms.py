@@ -120,6 +120,32 @@ def test_save_load_predictions_and_resume_equal_uninterrupted(tmp_path) -> None:
     assert straight.kl_ctl.value == resumed.kl_ctl.value
 
 
+def test_a_schedule_over_a_budget_learned_in_several_calls_resumes_like_one_call(
+    tmp_path,
+) -> None:
+    # Warm-up then linear decay over 3 iterations. One learn() call spans the schedule; learned
+    # one iteration a call (as the run runner does between checkpoints), each call would run it
+    # to its end (learning rate 0 at every update) unless schedule_timesteps names the budget,
+    # which a checkpoint carries.
+    kw: dict[str, Any] = {"lr_schedule": "linear", "warmup_fraction": 0.25}
+    budget = 3 * B * N
+    straight = _make(PPO, **kw).learn(budget)
+    split = _make(PPO, **kw)
+    assert split.schedule_timesteps is None  # SB3's behaviour unless set
+    split.schedule_timesteps = budget
+    split.learn(B * N)
+    split.save(tmp_path / "ckpt")
+    resumed = PPO.load(tmp_path / "ckpt", env=CueEnv(B, N, eos=False), device="cpu")
+    assert resumed.schedule_timesteps == budget
+    seen = [split.train_stats["train/learning_rate"]]
+    for _ in range(2):
+        resumed.learn(B * N, reset_num_timesteps=False)
+        seen.append(resumed.train_stats["train/learning_rate"])
+    assert seen[0] > 0 and len(set(seen)) == 3  # (warm-up, then decay; none stuck at 0)
+    for p, q in zip(_params(straight), _params(resumed), strict=True):
+        assert torch.equal(p, q)
+
+
 def test_predict_with_numpy_and_state() -> None:
     algo = _make(PPO)
     obs, _ = CueEnv(B, N).reset(seed=0)

@@ -106,8 +106,16 @@ def test_compare_refuses_a_different_config_on_the_same_folder(tmp_path: Path, c
     assert "different 'agent'" in capsys.readouterr().err
 
 
-def test_run_resumes_from_checkpoint_after_interruption(tmp_path: Path) -> None:
-    config = load_config(CompareConfig, overrides=TINY)
+# The constant default, and warm-up then linear decay: one schedule over the whole run, however
+# the checkpoints cut it into learn() calls (each call used to run the schedule to its end: the
+# learning rate was 0 at every update of a checkpointed run).
+@pytest.mark.parametrize(
+    "schedule", [[], ["agent.lr_schedule=linear", "agent.warmup_fraction=0.25"]]
+)
+def test_run_resumes_from_checkpoint_after_interruption(
+    tmp_path: Path, schedule: list[str]
+) -> None:
+    config = load_config(CompareConfig, overrides=[*TINY, *schedule])
     kwargs: dict[str, Any] = {"task": config.task, "model": config.model, "agent": config.agent}
     spec = RunSpec("mappo", "ngram:3", seed=5)
     # uninterrupted, in one learn() call (no checkpoints): chunking must not change the result
@@ -136,6 +144,12 @@ def test_run_resumes_from_checkpoint_after_interruption(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         [r["value"] for r in resumed["rows"]], [r["value"] for r in whole["rows"]], rtol=1e-5
     )
+    # (the rows above hold the learning rate of every update: the resumed run's followed the
+    # same schedule; the schedule reads the budget done after each rollout, 1/3, 2/3 and 1)
+    rates = [r["value"] for r in whole["rows"] if r["metric"] == "train/learning_rate"]
+    assert len(rates) == 3 and rates[0] > 0
+    assert rates == ([rates[0]] * 3 if not schedule else sorted(rates, reverse=True))
+    assert len(set(rates)) == (1 if not schedule else 3)
 
 
 def test_compare_a_five_agent_mix(tmp_path: Path) -> None:
