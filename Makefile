@@ -49,7 +49,7 @@ typecheck: $(STAMP)
 # The documentation site (mkdocs.yml): built offline into site/, every warning an error. `make
 # test` builds it too (tests/test_docs.py, with every code block of README.md and docs/ run).
 docs: $(STAMP)
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # Tests run in TEST_WORKERS processes (pytest-xdist; `auto`: one per CPU core; 0: one process,
 # no xdist), each test handed to the next free worker (worksteal: the long tests do not queue
