@@ -59,8 +59,33 @@ def test_cached_sampling_matches_one_forward_scoring() -> None:
     assert bool((logp <= 0).all()) and bool((entropy > 0).all())
 
 
+def test_one_forward_scores_the_sampled_tokens_under_the_sampling_distribution() -> None:
+    # At a temperature: the log-prob of each sampled token under the cached logits that drew
+    # it (scaled as sampling scaled them) is what the one-forward scoring gives that token.
+    policy, t = _policy(), 0.7
+    prompt = torch.tensor([[0, 0, 2, 3], [4, 5, 6, 7]])
+    pmask = (prompt != 0).long()
+    gen, state, tokens, drawn = torch.Generator().manual_seed(0), None, [], []
+    for _ in range(5):
+        actions, state = policy.act(
+            {"input_ids": prompt, "attention_mask": pmask}, state, temperature=t, generator=gen
+        )
+        logits = state.next_logits / t
+        drawn.append(logits.log_softmax(-1).gather(1, actions[:, None])[:, 0])
+        tokens.append(actions)
+        state.pending = actions
+    response = torch.stack(tokens, dim=1)
+    args = _cat(prompt, pmask, response, torch.ones_like(response, dtype=torch.bool))
+    logp, _, _ = policy.evaluate_actions(*args, temperature=t)  # the update's (with a graph)
+    torch.testing.assert_close(logp, torch.stack(drawn, dim=1), atol=1e-5, rtol=0)
+    with torch.no_grad():  # the rollout's scoring (from the hidden state, slice by slice)
+        scored, _, _ = policy.evaluate_actions(*args, temperature=t, entropy="no_grad")
+    torch.testing.assert_close(scored, torch.stack(drawn, dim=1), atol=1e-5, rtol=0)
+
+
 def test_left_padding_does_not_change_scores() -> None:
     policy = _policy()
+    torch.nn.init.normal_(policy.value_head.weight, generator=torch.Generator().manual_seed(1))
     response = torch.tensor([[3, 4, 5]])
     rmask = torch.ones_like(response, dtype=torch.bool)
     short = policy.evaluate_actions(
@@ -71,6 +96,18 @@ def test_left_padding_does_not_change_scores() -> None:
     )
     for a, b in zip(short, padded, strict=True):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    # Beside a row without padding the padded row's columns stay (scoring drops only columns
+    # that are padding in every row): its positions must start after its padding.
+    both = policy.evaluate_actions(
+        *_cat(
+            torch.tensor([[0, 2, 3], [4, 2, 3]]),
+            torch.tensor([[0, 1, 1], [1, 1, 1]]),
+            torch.cat([response, response]),
+            torch.cat([rmask, rmask]),
+        )
+    )
+    for a, b in zip(short, both, strict=True):
+        torch.testing.assert_close(b[:1], a, atol=1e-5, rtol=0)
 
 
 def test_reference_is_frozen_and_starts_equal_to_policy() -> None:
