@@ -22,7 +22,16 @@ class _Codec:
 
 def _llama(**config: Any) -> Any:
     settings = {"hidden_size": 48, "intermediate_size": 96, "num_hidden_layers": 3}
-    return tiny_llama_for(_Codec(), seed=3, **{**settings, **config})
+    model = tiny_llama_for(_Codec(), seed=3, **{**settings, **config})
+    # Norm weights other than their initial ones: with every weight 1.0 a lean norm that left
+    # its weight out, in the forward, the backward or the remade output, would give the same
+    # bits.
+    gen = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+    return model
 
 
 def _grads(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -293,15 +302,16 @@ def test_a_norm_output_changed_in_place_is_saved_as_it_is() -> None:
     """An output changed after the norm is no longer the norm's: it is saved, not remade."""
     norm = _llama().model.layers[0].input_layernorm
     lean.make_lean(norm)
-    weight = torch.randn(5, 48, generator=torch.Generator().manual_seed(8))
     grads = []
     for remade in (False, True):
+        # The weight takes a gradient, so the product saves its input (the changed output).
+        weight = torch.randn(5, 48, generator=torch.Generator().manual_seed(8)).requires_grad_()
         x = torch.randn(2, 3, 48, generator=torch.Generator().manual_seed(9)).requires_grad_()
         with lean.remade_norm_outputs() if remade else contextlib.nullcontext():
             y = norm(x)
             y.mul_(3.0)
             loss = torch.nn.functional.linear(y, weight).pow(2).sum()
         loss.backward()
-        assert x.grad is not None
-        grads.append(x.grad)
-    assert torch.equal(grads[0], grads[1])
+        assert x.grad is not None and weight.grad is not None
+        grads.append((x.grad, weight.grad))
+    assert torch.equal(grads[0][0], grads[1][0]) and torch.equal(grads[0][1], grads[1][1])
