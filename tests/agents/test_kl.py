@@ -68,6 +68,9 @@ def test_adaptive_controller_follows_the_target() -> None:
     assert ctl.value < up
     ctl.update(current_kl=6.0, n_steps=256)
     assert ctl.value == pytest.approx(up * (1 - 0.1 * 256 / 10_000))
+    before = ctl.value
+    ctl.update(current_kl=0.6, n_steps=256)  # 90% below target: error clipped at -0.2
+    assert ctl.value == pytest.approx(before * (1 - 0.2 * 256 / 10_000))
     with pytest.raises(ValueError, match="current_kl=nan"):
         ctl.update(math.nan, 1)
 
