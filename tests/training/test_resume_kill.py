@@ -20,8 +20,18 @@ SPEC = RunSpec("mappo", "ngram:3", seed=5)
 TOTAL = 256  # 4 iterations of 64 tokens: checkpoints after the 1st, 2nd and 3rd
 
 
+#: State that must travel through a checkpoint: an adaptive KL coefficient (with a KL to pay)
+#: and a learning-rate schedule with warm-up and decay.
+STATEFUL = [
+    "agent.kl_coef=0.05",
+    "agent.kl_target=0.01",
+    "agent.lr_schedule=linear",
+    "agent.warmup_fraction=0.25",
+]
+
+
 def _kwargs() -> dict[str, Any]:
-    config = load_config(CompareConfig, overrides=TINY)
+    config = load_config(CompareConfig, overrides=[*TINY, *STATEFUL])
     return {
         "task": config.task,
         "model": config.model,
