@@ -127,7 +127,9 @@ class RolloutCollector:
         self.step_widths = []
         obs = {k: torch.as_tensor(v, device=self.device) for k, v in obs.items()}
         buffer.set_prompts(obs["input_ids"], obs["attention_mask"])
-        self.prefill = (obs["input_ids"], obs["attention_mask"])
+        # A copy: an env may hand out its own buffers and write the next steps into them (the
+        # Monte-Carlo forks read this window after the rollout).
+        self.prefill = (obs["input_ids"].clone(), obs["attention_mask"].clone())
         if group_size > 1:
             if "group_ids" not in info:
                 raise ValueError(

@@ -361,3 +361,44 @@ def test_an_unreaped_killed_saver_counts_as_dead() -> None:
     assert _pid_alive(os.getpid())
     child.wait()
     assert not _pid_alive(child.pid)
+
+
+def test_the_termination_and_monte_carlo_streams_resume_where_they_were(tmp_path: Path) -> None:
+    # A random n-gram termination and Monte-Carlo values draw from their own streams every
+    # iteration; a checkpoint carries them, so the resumed run segments and branches as the
+    # uninterrupted one does (the tests above use a fixed n-gram and no branches).
+    kw = {
+        "termination": "random_ngram:sizes=1,2,3",
+        "estimator": "mc",
+        "mc_rollouts": 2,
+        "kl_in": "loss",  # (Monte-Carlo values are of task rewards: the KL goes in the loss)
+        "kl_estimator": "k3",
+    }
+    # One iteration per learn() call (the budget counts the continuations' tokens too, so a
+    # token budget would not say how many iterations run).
+    straight = _make(**kw)
+    for _ in range(3):
+        straight.learn(1, reset_num_timesteps=False)
+    first = _make(**kw).learn(1)
+    states = [g.get_state() for g in (first.termination_generator, first.mc_generator)]
+    first.save(tmp_path / "ckpt")
+    resumed = MAPPO.load(tmp_path / "ckpt", env=CueEnv(B, N, eos=False), device="cpu")
+    loaded = (resumed.termination_generator, resumed.mc_generator)
+    assert all(torch.equal(s, g.get_state()) for s, g in zip(states, loaded, strict=True))
+    for _ in range(2):
+        resumed.learn(1, reset_num_timesteps=False)
+    assert straight._iteration == resumed._iteration == 3
+    assert straight.mc_tokens == resumed.mc_tokens > 0
+    for g, h in zip(
+        (straight.termination_generator, straight.mc_generator),
+        (resumed.termination_generator, resumed.mc_generator),
+        strict=True,
+    ):
+        assert torch.equal(g.get_state(), h.get_state())
+    # both streams were drawn from after the checkpoint, so the equality above is not vacuous
+    assert not torch.equal(states[0], resumed.termination_generator.get_state())
+    assert not torch.equal(states[1], resumed.mc_generator.get_state())
+    a, b = straight.rollout_buffer, resumed.rollout_buffer
+    assert a is not None and b is not None and torch.equal(a.starts, b.starts)
+    for p, q in zip(_params(straight), _params(resumed), strict=True):
+        assert torch.equal(p, q)
