@@ -81,7 +81,8 @@ def compile_blocks(model: nn.Module, backend: str | Callable[..., Any] = "induct
 
     :param backend: ``torch.compile``'s backend (the tests pass one that counts the graphs).
     """
-    blocks = model.transformer.h  # type: ignore[union-attr]
+    gpt2: Any = model  # (a GPT-2: its ModuleList of blocks below)
+    blocks = gpt2.transformer.h
     for block in blocks:
         eager = block.forward
         compiled = torch.compile(eager, backend=backend, dynamic=False)
