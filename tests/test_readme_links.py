@@ -14,7 +14,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: ``[text](target)``, not an image; the target stops at the first blank or ``)``.
-LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
+LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s<][^)\s]*)\)")
+#: Every other way markdown names a target: an image ``![alt](target)``, a target in angle
+#: brackets ``[text](<a b.md>)``, a reference definition ``[ref]: target`` and an HTML
+#: ``href``/``src``.
+OTHER_TARGETS = [
+    re.compile(r"!\[[^\]]*\]\(([^)\s<]+)\)"),
+    re.compile(r"\[[^\]]*\]\(<([^>]+)>\)"),
+    re.compile(r"^ {0,3}\[[^\]]+\]:\s*<?([^>\s]+)>?", re.MULTILINE),
+    re.compile(r"\b(?:href|src)=\"([^\"]+)\""),
+]
 HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*#*\s*$", re.MULTILINE)
 FENCE = re.compile(r"^```.*?^```\s*$", re.DOTALL | re.MULTILINE)
 
@@ -51,7 +60,8 @@ def broken_links(path: Path) -> list[str]:
     """
     text = FENCE.sub("", path.read_text(encoding="utf-8"))
     broken = []
-    for target in LINK.findall(text):
+    targets = LINK.findall(text) + [t for p in OTHER_TARGETS for t in p.findall(text)]
+    for target in targets:
         if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ...: not checked here
             continue
         file_part, _, anchor = target.partition("#")
@@ -87,10 +97,15 @@ def test_a_broken_link_or_anchor_is_reported(tmp_path: Path) -> None:
     readme.write_text(
         "[ok](page.md) [ok anchor](page.md#the-comparison-a-b-and-c-d) [web](https://x.org/a)\n"
         "[self](#top) [missing](nothing.md) [bad anchor](page.md#the-comparison)\n"
+        "![plot](no.png) [spaced](<no such.md>) [ok spaced](<page.md>)\n"
+        '<a href="no-href.md">x</a> <img src="page.md"> [by reference][r]\n'
+        "\n[r]: no-ref.md\n"
         "```\n[in a code block](ignored.md)\n```\n# Top\n"
     )
-    broken = broken_links(readme)
-    assert [line.split(":")[0] for line in broken] == ["nothing.md", "page.md#the-comparison"]
+    broken = sorted(line.split(":")[0] for line in broken_links(readme))
+    assert broken == sorted(
+        ["nothing.md", "page.md#the-comparison", "no.png", "no such.md", "no-href.md", "no-ref.md"]
+    )
 
 
 def test_slug_matches_the_site() -> None:
