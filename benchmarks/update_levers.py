@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS_DIR, machine_stamp, markdown_table, print_table, write_json
 from interleave import run_rounds, summarise
 from provenance import describe
+from trl_common import timed_iterations
 
 RESULTS = RESULTS_DIR / "update_levers.json"
 #: The levers, each measured against ``default`` on the same trunk.
@@ -122,13 +123,7 @@ def timed_side(algo: Any, tokens: int, update_seconds: list[float]) -> Callable[
         update_seconds.append(time.perf_counter() - start)
 
     algo.train = timed_train
-
-    def iteration() -> float:
-        start = time.perf_counter()
-        algo.learn(tokens, reset_num_timesteps=False)
-        return time.perf_counter() - start
-
-    return iteration
+    return timed_iterations(algo, tokens)
 
 
 def measure(rounds: int, warmup: int) -> dict[str, Any]:

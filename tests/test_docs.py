@@ -222,6 +222,11 @@ NAMED_OUTSIDE_HISTORY = {
 COMMIT = re.compile(r"(?i:commits?) `?([0-9a-f]{7,40})\b|`([0-9a-f]{7,40})(?:\+dirty)?`")
 
 
+def named_commits(text: str) -> set[str]:
+    """The commits ``text`` names (:data:`COMMIT`'s matches)."""
+    return {m.group(1) or m.group(2) for m in COMMIT.finditer(text)}
+
+
 def test_every_commit_a_page_names_is_in_the_history() -> None:
     history = _git_commits()
     if not history:
@@ -229,7 +234,7 @@ def test_every_commit_a_page_names_is_in_the_history() -> None:
     missing = []
     for path in markdown_files():
         text, page = path.read_text(encoding="utf-8"), str(path.relative_to(ROOT))
-        for sha in {next(g for g in m.groups() if g) for m in COMMIT.finditer(text)}:
+        for sha in named_commits(text):
             known = any(c.startswith(sha) for c in history)
             if not known and (page, sha) not in NAMED_OUTSIDE_HISTORY:
                 missing.append(f"{page}: {sha}")
@@ -238,8 +243,7 @@ def test_every_commit_a_page_names_is_in_the_history() -> None:
 
 def test_the_commit_check_sees_every_way_a_page_names_one() -> None:
     text = "measured at `deadbee`; Commit `abcdef1`; commits `1234567` and `7654321+dirty`."
-    found = {next(g for g in m.groups() if g) for m in COMMIT.finditer(text)}
-    assert found == {"deadbee", "abcdef1", "1234567", "7654321"}
+    assert named_commits(text) == {"deadbee", "abcdef1", "1234567", "7654321"}
 
 
 MEASURED = re.compile(r"\b\d+\.\d+\b|\b\d+(\.\d+)?\s?(s|min|minutes?|seconds?|h|hours?)\b")

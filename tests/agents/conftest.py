@@ -8,6 +8,8 @@ passes the same :func:`~marlhf.envs.core.contract.check_batched_env`
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -167,3 +169,33 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def gradients_at_clipping() -> Iterator[list[list[torch.Tensor]]]:
+    """Each optimizer step's gradients as the update clips them: accumulated over micro-batches
+    and summed over ranks, not yet clipped (clipping and Adam would hide a wrong scale of the
+    gradients from the parameters). Patches ``torch.nn.utils.clip_grad_norm_`` inside."""
+    clip = torch.nn.utils.clip_grad_norm_
+    grads: list[list[torch.Tensor]] = []
+
+    def recording(params: Any, *args: Any, **kwargs: Any) -> Any:
+        params = list(params)
+        grads.append([p.grad.clone() for p in params if p.grad is not None])
+        return clip(params, *args, **kwargs)
+
+    torch.nn.utils.clip_grad_norm_ = recording  # type: ignore[assignment]
+    try:
+        yield grads
+    finally:
+        torch.nn.utils.clip_grad_norm_ = clip
+
+
+def assert_same_gradients(
+    got: list[list[torch.Tensor]], want: list[list[torch.Tensor]], rtol: float
+) -> None:
+    """Two updates' :func:`gradients_at_clipping`, step by step (at least one step)."""
+    assert len(got) == len(want) > 0
+    for step, (mine, theirs) in enumerate(zip(got, want, strict=True)):
+        for g, w in zip(mine, theirs, strict=True):
+            torch.testing.assert_close(g, w, atol=1e-6, rtol=rtol, msg=f"step {step}")

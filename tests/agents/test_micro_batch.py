@@ -11,7 +11,7 @@ import torch
 
 from marlhf.algorithms import MAPPO, PPO
 from tests.agents import test_data_parallel as dp
-from tests.agents.conftest import CueEnv, tiny_model
+from tests.agents.conftest import CueEnv, assert_same_gradients, gradients_at_clipping, tiny_model
 from tests.agents.ranks import run_ranks
 
 B, N = 8, 5
@@ -49,17 +49,9 @@ def _trained(kind: str, **overrides: Any) -> Any:
     buf.task_rewards.zero_()
     buf.task_rewards[torch.arange(B), buf.lengths - 1] = SCORES
     algo.finish_rollout()
-    algo.grads = []  # each step's accumulated gradients, before clipping and the step
-    step = algo.updater._step
-
-    def recording_step(*args: Any, **kwargs: Any) -> Any:
-        algo.grads.append(
-            [None if p.grad is None else p.grad.clone() for p in algo.policy.trainable_parameters()]
-        )
-        return step(*args, **kwargs)
-
-    algo.updater._step = recording_step
-    algo.train()
+    with gradients_at_clipping() as grads:
+        algo.train()
+    algo.grads = grads  # each step's accumulated gradients, before clipping and the step
     return algo
 
 
@@ -81,12 +73,7 @@ def test_micro_batches_update_like_whole_minibatches(kind: str) -> None:
     for size in (1, 3):
         micro = _trained(kind, micro_batch_size=size)
         assert micro._n_updates == whole._n_updates
-        assert len(micro.grads) == len(whole.grads) > 0
-        for got_g, want_g in zip(micro.grads, whole.grads, strict=True):
-            for g, w in zip(got_g, want_g, strict=True):
-                assert (g is None) == (w is None)
-                if w is not None:
-                    torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
+        assert_same_gradients(micro.grads, whole.grads, rtol=1e-4)
         got = _params(micro)
         for name, value in want.items():
             torch.testing.assert_close(got[name], value, atol=1e-6, rtol=0, msg=name)
